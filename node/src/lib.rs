@@ -1,1 +1,13 @@
-//! Looper node.
+//! # looper-node
+//!
+//! The Looper daemon: an embedded ldk-node Lightning node, a BDK wallet persisted in redb, a redb swap
+//! store, a Nostr client for offers and encrypted swap messages, the swap engine that drives the
+//! `looper-protocol` state machines, and a local control API for the `looper` CLI.
+#![deny(missing_docs)]
+
+pub mod chain;
+pub mod config;
+pub mod nostr;
+pub mod seed;
+pub mod store;
+pub mod wallet;

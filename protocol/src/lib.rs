@@ -1,1 +1,17 @@
-//! Looper protocol.
+//! # looper-protocol
+//!
+//! The Looper swap protocol without I/O: the swap messages, the taproot HTLC contract, the MuSig2
+//! cooperative spends, key derivation, fees and the buyer and seller state machines.
+//!
+//! The normative text is `spec/` at the root of the repository; names here are the spec's names.
+#![deny(missing_docs)]
+
+pub mod htlc;
+pub mod keys;
+pub mod messages;
+pub mod musig;
+pub mod spend;
+pub mod terms;
+pub mod types;
+
+pub use types::{PaymentHash, Preimage, SwapDirection, SwapId};

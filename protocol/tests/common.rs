@@ -1,0 +1,77 @@
+//! Shared fixtures for the protocol's integration tests.
+#![allow(dead_code, missing_docs)]
+
+use bitcoin::bip32::Xpriv;
+use bitcoin::consensus::serialize;
+use bitcoin::hashes::Hash;
+use bitcoin::{Amount, Network, OutPoint, ScriptBuf, Transaction, TxOut, Txid};
+use bitcoinkernel::{
+    verify, PrecomputedTransactionData, ScriptPubkey, Transaction as KTransaction, TxOut as KTxOut,
+    VERIFY_ALL,
+};
+use looper_protocol::htlc::{Htlc, HtlcParams};
+use looper_protocol::keys::SwapKeys;
+
+pub fn master(tag: u8) -> Xpriv {
+    Xpriv::new_master(Network::Regtest, &[tag; 32]).unwrap()
+}
+
+pub struct Pair {
+    pub seller: SwapKeys,
+    pub buyer: SwapKeys,
+    pub htlc: Htlc,
+}
+
+/// A seller (seed 1) and a buyer (seed 2) with swap index `index` and the HTLC they agree on.
+pub fn pair(index: u32, timeout_height: u32) -> Pair {
+    let seller = SwapKeys::derive(&master(1), index).unwrap();
+    let buyer = SwapKeys::derive(&master(2), index).unwrap();
+    let htlc = Htlc::new(params(&seller, &buyer, timeout_height)).unwrap();
+    Pair { seller, buyer, htlc }
+}
+
+pub fn params(seller: &SwapKeys, buyer: &SwapKeys, timeout_height: u32) -> HtlcParams {
+    HtlcParams {
+        payment_hash: seller.payment_hash(),
+        buyer_claim_key: buyer.claim_pubkey(),
+        seller_refund_key: seller.refund_pubkey(),
+        seller_musig_key: seller.musig_pubkey(),
+        buyer_musig_key: buyer.musig_pubkey(),
+        timeout_height,
+        network: Network::Regtest,
+    }
+}
+
+pub fn outpoint(n: u8) -> OutPoint {
+    OutPoint { txid: Txid::from_byte_array([n; 32]), vout: u32::from(n) }
+}
+
+/// A P2TR destination (the buyer's wallet in the tests).
+pub fn destination() -> ScriptBuf {
+    let k = SwapKeys::derive(&master(9), 0).unwrap();
+    ScriptBuf::new_p2tr(&bitcoin::secp256k1::Secp256k1::new(), k.claim_pubkey(), None)
+}
+
+/// Checks every input of `tx` with Bitcoin Core's script interpreter (libbitcoinkernel), all
+/// consensus flags, given all spent outputs.
+pub fn kernel_verify(tx: &Transaction, spent: &[TxOut]) -> Result<(), String> {
+    let ktx = KTransaction::new(&serialize(tx)).map_err(|e| e.to_string())?;
+    let outs: Vec<KTxOut> = spent
+        .iter()
+        .map(|o| {
+            let spk = ScriptPubkey::new(o.script_pubkey.as_bytes()).unwrap();
+            KTxOut::new(&spk, o.value.to_sat() as i64)
+        })
+        .collect();
+    let data = PrecomputedTransactionData::new(&ktx, &outs).map_err(|e| e.to_string())?;
+    for (i, o) in spent.iter().enumerate() {
+        let spk = ScriptPubkey::new(o.script_pubkey.as_bytes()).map_err(|e| e.to_string())?;
+        verify(&spk, Some(o.value.to_sat() as i64), &ktx, i, Some(VERIFY_ALL), &data)
+            .map_err(|e| format!("input {i}: {e}"))?;
+    }
+    Ok(())
+}
+
+pub fn htlc_out(htlc: &Htlc, amount: Amount) -> TxOut {
+    TxOut { value: amount, script_pubkey: htlc.script_pubkey().to_owned() }
+}
