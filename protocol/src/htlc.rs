@@ -150,7 +150,9 @@ impl Htlc {
         let output_key: PublicKey = key_agg.aggregated_pubkey();
         if output_key.x_only_public_key().0 != spend_info.output_key().to_x_only_public_key() {
             // BIP-0327's taproot tweak and BIP-0341's must agree; anything else is a bug.
-            return Err(HtlcError::KeyAgg("tweaked key differs from the taproot output key".into()));
+            return Err(HtlcError::KeyAgg(
+                "tweaked key differs from the taproot output key".into(),
+            ));
         }
         let script_pubkey = ScriptBuf::new_p2tr_tweaked(spend_info.output_key());
         Ok(Self {

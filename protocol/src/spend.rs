@@ -293,7 +293,12 @@ impl SpendTx {
         };
         let leaf_hash = TapLeafHash::from_script(leaf, LeafVersion::TapScript);
         cache
-            .taproot_script_spend_signature_hash(index, &prevouts, leaf_hash, TapSighashType::Default)
+            .taproot_script_spend_signature_hash(
+                index,
+                &prevouts,
+                leaf_hash,
+                TapSighashType::Default,
+            )
             .map_err(|e| SpendError::Sighash(e.to_string()))
     }
 
@@ -331,7 +336,11 @@ impl SpendTx {
     ///
     /// # Errors
     /// Wrong path, a key that is not the leaf's.
-    pub fn sign_refund_script(&mut self, index: usize, refund_key: &Keypair) -> Result<(), SpendError> {
+    pub fn sign_refund_script(
+        &mut self,
+        index: usize,
+        refund_key: &Keypair,
+    ) -> Result<(), SpendError> {
         let input = self.input(index, SpendPath::RefundScript)?;
         if refund_key.x_only_public_key().0 != input.htlc.params().seller_refund_key {
             return Err(SpendError::WrongKey(SpendPath::RefundScript));

@@ -30,14 +30,9 @@ fn cooperative(p: &Pair, spend: &mut SpendTx, index: usize, initiator: Signer) {
         Signer::Buyer => (&p.buyer, &p.seller, Signer::Seller),
         Signer::Seller => (&p.seller, &p.buyer, Signer::Buyer),
     };
-    let session = InitiatorSession::new(
-        &p.htlc,
-        initiator,
-        ours.musig().secret_key(),
-        sighash,
-        &mut OsRng,
-    )
-    .unwrap();
+    let session =
+        InitiatorSession::new(&p.htlc, initiator, ours.musig().secret_key(), sighash, &mut OsRng)
+            .unwrap();
     let (their_nonce, their_partial) = musig::respond(
         &p.htlc,
         responder,
