@@ -56,8 +56,8 @@ impl SwapKeys {
     /// [`KeyError::IndexOutOfRange`] for an index of 2^31 or more.
     pub fn derive(swap_master: &Xpriv, index: u32) -> Result<Self, KeyError> {
         let secp = Secp256k1::new();
-        let swap = ChildNumber::from_hardened_idx(index)
-            .map_err(|_| KeyError::IndexOutOfRange(index))?;
+        let swap =
+            ChildNumber::from_hardened_idx(index).map_err(|_| KeyError::IndexOutOfRange(index))?;
         let child = |k: u32| -> Result<SecretKey, KeyError> {
             let k = ChildNumber::from_hardened_idx(k).map_err(|_| KeyError::Derivation)?;
             swap_master
