@@ -1,1 +1,305 @@
-//! Looper regtest.
+//! Looper regtest: an embedded Bitcoin regtest chain whose consensus validation is Bitcoin
+//! Core's own engine (`libbitcoinkernel` through the `bitcoinkernel` crate), served behind an
+//! Esplora-compatible REST API so ldk-node, BDK and Looper's own chain source can sync from it.
+//!
+//! * Blocks are built here (coinbase to a chosen script, BIP-34 height, witness commitment,
+//!   regtest bits, ground nonce, time above median-time-past) and handed to
+//!   `ChainstateManager::process_block`; the kernel decides validity. A rejected block never
+//!   enters the chain; the reject reason comes from the kernel's log.
+//! * The kernel has no mempool and no UTXO lookup, so the chain keeps its own UTXO set,
+//!   spend index and script index, updated from the blocks the kernel connects (reorgs
+//!   included). A transaction enters the mempool when it passes the kernel's
+//!   `Transaction::check()`, all inputs exist and are unspent (confirmed or in the mempool;
+//!   first seen wins), every input verifies with `bitcoinkernel::verify` given all spent
+//!   outputs, it is final for the next block (lock-time and BIP-68), coinbase inputs are mature
+//!   and outputs do not exceed inputs. Reject reasons follow Bitcoin Core
+//!   (`non-final`, `txn-mempool-conflict`, `bad-txns-premature-spend-of-coinbase`, ...).
+//!
+//! ```no_run
+//! # fn main() -> Result<(), looper_regtest::Error> {
+//! let chain = looper_regtest::RegtestChain::start("/tmp/chain")?;
+//! println!("esplora at {}", chain.esplora_url());
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs)]
+
+mod chain;
+mod error;
+mod esplora;
+mod kernel;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use bitcoin::secp256k1::{Secp256k1, SecretKey};
+use bitcoin::{Address, Amount, BlockHash, Network, ScriptBuf, Transaction, Txid};
+use tokio::sync::oneshot;
+
+pub use chain::{is_final, script_hash, sign_p2wpkh, subsidy, COINBASE_MATURITY, REGTEST_BITS};
+pub use error::{Error, Result};
+pub use esplora::FEE_TARGETS;
+
+/// State shared by the library handle and the HTTP server.
+pub(crate) struct Shared {
+    pub(crate) state: Mutex<Option<chain::ChainState>>,
+    pub(crate) fee_rate_sat_vb: f64,
+}
+
+/// Options for [`RegtestChain::start_with`].
+#[derive(Debug, Clone)]
+pub struct ChainConfig {
+    /// Directory holding the kernel's block files and chainstate (created when missing).
+    pub datadir: PathBuf,
+    /// Address the Esplora API listens on (`127.0.0.1:0` picks a free port).
+    pub listen: SocketAddr,
+    /// Blocks mined to the chain's own key when the chain is fresh, so that
+    /// [`RegtestChain::fund_address`] has a matured coinbase (default 101).
+    pub premine: u32,
+    /// Fee rate (sat/vB) returned by `/fee-estimates` for every target (default 1.0).
+    pub fee_rate_sat_vb: f64,
+}
+
+impl ChainConfig {
+    /// Defaults for `datadir`: listen on a free local port, premine 101 blocks, 1 sat/vB.
+    pub fn new(datadir: impl AsRef<Path>) -> Self {
+        Self {
+            datadir: datadir.as_ref().to_path_buf(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            premine: 101,
+            fee_rate_sat_vb: 1.0,
+        }
+    }
+}
+
+/// A running regtest chain with its Esplora server. Dropping it shuts it down.
+pub struct RegtestChain {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for RegtestChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegtestChain").field("addr", &self.addr).finish()
+    }
+}
+
+impl RegtestChain {
+    /// Starts a chain in `datadir` with an Esplora API on a free local port.
+    pub fn start(datadir: impl AsRef<Path>) -> Result<Self> {
+        Self::start_with(ChainConfig::new(datadir))
+    }
+
+    /// Starts a chain with explicit options.
+    pub fn start_with(config: ChainConfig) -> Result<Self> {
+        std::fs::create_dir_all(&config.datadir)
+            .map_err(|e| Error::io(format!("creating {}", config.datadir.display()), e))?;
+        let state = chain::ChainState::open(&config.datadir, config.premine)?;
+        let shared = Arc::new(Shared {
+            state: Mutex::new(Some(state)),
+            fee_rate_sat_vb: config.fee_rate_sat_vb,
+        });
+        let listener = std::net::TcpListener::bind(config.listen)
+            .map_err(|e| Error::io(format!("binding {}", config.listen), e))?;
+        listener.set_nonblocking(true).map_err(|e| Error::io("configuring listener", e))?;
+        let addr = listener.local_addr().map_err(|e| Error::io("reading listen address", e))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("regtest-esplora")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::io("building the server runtime", e))?;
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let router = esplora::router(Arc::clone(&shared));
+        let server = std::thread::Builder::new()
+            .name("regtest-esplora".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(e) => {
+                            tracing::error!("esplora listener: {e}");
+                            return;
+                        }
+                    };
+                    let served = axum::serve(listener, router).with_graceful_shutdown(async {
+                        let _ = stop_rx.await;
+                    });
+                    if let Err(e) = served.await {
+                        tracing::error!("esplora server: {e}");
+                    }
+                });
+                runtime.shutdown_background();
+            })
+            .map_err(|e| Error::io("spawning the server thread", e))?;
+        tracing::info!("regtest chain listening on http://{addr}");
+        Ok(Self { shared, addr, stop: Some(stop_tx), server: Some(server) })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut chain::ChainState) -> Result<T>) -> Result<T> {
+        let mut guard =
+            self.shared.state.lock().map_err(|_| Error::Kernel("state lock poisoned".into()))?;
+        match guard.as_mut() {
+            Some(s) => f(s),
+            None => Err(Error::ShutDown),
+        }
+    }
+
+    /// Base URL of the Esplora API (no trailing slash), e.g. `http://127.0.0.1:41234`.
+    pub fn esplora_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Socket address the API listens on.
+    pub fn listen_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Height of the active tip.
+    pub fn tip_height(&self) -> Result<u32> {
+        self.with(|s| Ok(s.tip_height()))
+    }
+
+    /// Hash of the active tip.
+    pub fn tip_hash(&self) -> Result<BlockHash> {
+        self.with(|s| Ok(s.tip_hash()))
+    }
+
+    /// Hash of the active-chain block at `height`.
+    pub fn block_hash(&self, height: u32) -> Result<Option<BlockHash>> {
+        self.with(|s| Ok(s.active.get(height as usize).copied()))
+    }
+
+    /// Mines `n` blocks (with the mempool) paying the coinbase to `address`.
+    pub fn mine_blocks(&self, n: u32, address: &Address) -> Result<Vec<BlockHash>> {
+        let spk = address.script_pubkey();
+        self.with(|s| s.mine(n, &spk))
+    }
+
+    /// Mines `n` blocks paying the coinbase to `script_pubkey`.
+    pub fn mine_to_script(&self, n: u32, script_pubkey: &ScriptBuf) -> Result<Vec<BlockHash>> {
+        self.with(|s| s.mine(n, script_pubkey))
+    }
+
+    /// Mines `n` blocks paying the coinbase to the chain's own key.
+    pub fn mine(&self, n: u32) -> Result<Vec<BlockHash>> {
+        self.with(|s| {
+            let spk = s.miner_spk.clone();
+            s.mine(n, &spk)
+        })
+    }
+
+    /// Sends `amount` of matured coinbase funds to `address` and mines it into a block.
+    pub fn fund_address(&self, address: &Address, amount: Amount) -> Result<Txid> {
+        let spk = address.script_pubkey();
+        self.with(|s| s.fund(&spk, amount))
+    }
+
+    /// Sends `amount` to `script_pubkey` and mines it into a block.
+    pub fn fund_script(&self, script_pubkey: &ScriptBuf, amount: Amount) -> Result<Txid> {
+        self.with(|s| s.fund(script_pubkey, amount))
+    }
+
+    /// Replaces the last `depth` blocks by a longer competing branch of `depth + 1` blocks
+    /// (the kernel reorganises onto it). Transactions of the replaced blocks go back to the
+    /// mempool when still valid. Returns the new branch's hashes.
+    pub fn reorg(&self, depth: u32) -> Result<Vec<BlockHash>> {
+        self.with(|s| s.reorg(depth))
+    }
+
+    /// Submits a transaction to the mempool (same rules as `POST /tx`).
+    pub fn submit_transaction(&self, tx: &Transaction) -> Result<Txid> {
+        let tx = tx.clone();
+        self.with(|s| s.accept(tx))
+    }
+
+    /// Whether `txid` is in the mempool.
+    pub fn in_mempool(&self, txid: &Txid) -> Result<bool> {
+        self.with(|s| Ok(s.mempool.contains_key(txid)))
+    }
+
+    /// Number of transactions in the mempool.
+    pub fn mempool_size(&self) -> Result<usize> {
+        self.with(|s| Ok(s.mempool.len()))
+    }
+
+    /// Height of the active block confirming `txid`, if any.
+    pub fn confirmation_height(&self, txid: &Txid) -> Result<Option<u32>> {
+        self.with(|s| Ok(s.txs.get(txid).and_then(|r| r.confirmed).map(|c| c.1)))
+    }
+
+    /// Reason a transaction was dropped from the mempool because the kernel rejected a block
+    /// containing it.
+    pub fn dropped_reason(&self, txid: &Txid) -> Result<Option<String>> {
+        self.with(|s| Ok(s.dropped.get(txid).cloned()))
+    }
+
+    /// The chain's funding address (P2WPKH of its fixed miner key).
+    pub fn miner_address(&self) -> Result<Address> {
+        self.with(|s| {
+            Address::from_script(&s.miner_spk, Network::Regtest)
+                .map_err(|e| Error::Kernel(format!("miner address: {e}")))
+        })
+    }
+
+    /// Consistency check: the kernel's undo data for the active block at `height` records as
+    /// many spent outputs as the chain's own UTXO bookkeeping.
+    pub fn check_undo(&self, height: u32) -> Result<bool> {
+        self.with(|s| {
+            let kernel = s.kernel.spent_output_count(height)?;
+            let ours = s
+                .active
+                .get(height as usize)
+                .and_then(|h| s.blocks.get(h))
+                .map(|b| b.undo.len())
+                .unwrap_or(0);
+            Ok(kernel == ours)
+        })
+    }
+
+    /// Stops the server and closes the kernel (also done on drop).
+    pub fn shutdown(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            let _ = server.join();
+        }
+        if let Ok(mut g) = self.shared.state.lock() {
+            g.take();
+        }
+    }
+}
+
+impl Drop for RegtestChain {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+/// A deterministic test key: P2WPKH address for `SecretKey` derived from `seed`.
+pub fn test_key(seed: &str) -> Result<(SecretKey, Address)> {
+    use bitcoin::hashes::{sha256, Hash};
+    let digest = sha256::Hash::hash(seed.as_bytes());
+    let key = SecretKey::from_slice(digest.as_byte_array())
+        .map_err(|e| Error::InvalidRequest(format!("key: {e}")))?;
+    let secp = Secp256k1::signing_only();
+    let pk = bitcoin::CompressedPublicKey(key.public_key(&secp));
+    Ok((key, Address::p2wpkh(&pk, Network::Regtest)))
+}
+
+/// Parses a regtest address.
+pub fn parse_address(s: &str) -> Result<Address> {
+    Address::from_str(s)
+        .map_err(|e| Error::InvalidRequest(format!("address: {e}")))?
+        .require_network(Network::Regtest)
+        .map_err(|e| Error::InvalidRequest(format!("address: {e}")))
+}
