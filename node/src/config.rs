@@ -1,0 +1,1117 @@
+//! The node's configuration: `looper.toml` in the data dir (or `--config FILE`), overridden by
+//! command-line flags, which clap in turn lets `LOOPER_*` environment variables stand in for.
+//!
+//! Precedence, highest first: flag, environment variable, configuration file, built-in default.
+//!
+//! ```
+//! # use looper_node::config::{Args, Config};
+//! # use clap::Parser;
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let datadir = dir.path().to_str().ok_or("path")?;
+//! let args = Args::try_parse_from([
+//!     "looper-node", "--datadir", datadir, "--network", "regtest", "--relay", "ws://127.0.0.1:7777",
+//! ])?;
+//! let config = Config::load(&args)?;
+//! assert_eq!(config.network, bitcoin::Network::Regtest);
+//! assert_eq!(config.api.listen.port(), 28839);
+//! # Ok(()) }
+//! ```
+//!
+//! A bad value is refused with one [`ConfigError`] naming the key and the reason, for example
+//! `invalid configuration: seller.fee_ppm: must be <= 100000`.
+//!
+//! The defaults of the swap parameters are the "Numbers to start from" of the protocol design
+//! (timeout delta 288 blocks, claim margin 20 blocks, 1 confirmation, invoice expiry one hour).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use bitcoin::Network;
+use serde::{Deserialize, Serialize};
+
+/// Name of the configuration file looked up in the data dir when `--config` is not given.
+pub const CONFIG_FILE_NAME: &str = "looper.toml";
+
+/// Largest accepted `fee_ppm` (10 %).
+pub const MAX_FEE_PPM: u32 = 100_000;
+
+/// Smallest `seller.timeout_delta_blocks` accepted outside regtest (the protocol's floor for offers).
+pub const MIN_TIMEOUT_DELTA_BLOCKS: u32 = 144;
+
+/// Largest `seller.timeout_delta_blocks` accepted (about four weeks of blocks).
+pub const MAX_TIMEOUT_DELTA_BLOCKS: u32 = 4032;
+
+/// Largest `fees.max_fee_rate_sat_vb` accepted: a guard against typos that would burn money.
+pub const MAX_FEE_RATE_CAP_SAT_VB: u64 = 10_000;
+
+/// Command-line arguments of `looper-node`. Every flag can also be given as the environment
+/// variable named in its help (`LOOPER_*`); a flag on the command line wins over the variable.
+#[derive(Debug, Clone, Default, clap::Parser)]
+#[command(
+    name = "looper-node",
+    version,
+    about = "Looper daemon: peer-to-peer Lightning <-> on-chain swaps over Nostr"
+)]
+pub struct Args {
+    /// Data directory (seed, wallet and swap database, Lightning storage, API token).
+    /// Default: `$HOME/.looper`.
+    #[arg(long, env = "LOOPER_DATADIR", value_name = "DIR")]
+    pub datadir: Option<PathBuf>,
+
+    /// Configuration file. Default: `DATADIR/looper.toml` (optional there); a file named here must
+    /// exist.
+    #[arg(long, env = "LOOPER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Bitcoin network: mainnet (or bitcoin), testnet, testnet4, signet, regtest.
+    #[arg(long, env = "LOOPER_NETWORK", value_name = "NETWORK")]
+    pub network: Option<String>,
+
+    /// Esplora HTTP API base URL, e.g. `https://blockstream.info/api`.
+    #[arg(long, env = "LOOPER_ESPLORA_URL", value_name = "URL")]
+    pub esplora_url: Option<String>,
+
+    /// Nostr relay URL (repeat the flag for several; the variable takes a comma-separated list).
+    /// Replaces the relays of the configuration file.
+    #[arg(long = "relay", env = "LOOPER_RELAYS", value_name = "URL", value_delimiter = ',')]
+    pub relays: Vec<String>,
+
+    /// Lightning peer-to-peer listen address (repeatable; the variable takes a comma-separated
+    /// list). Replaces the addresses of the configuration file.
+    #[arg(
+        long = "ln-listen",
+        env = "LOOPER_LN_LISTEN",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    pub ln_listen: Vec<String>,
+
+    /// Control API listen address (loopback only, e.g. `127.0.0.1:8839`; port 0 picks a free
+    /// port).
+    #[arg(long, env = "LOOPER_API_LISTEN", value_name = "ADDR")]
+    pub api_listen: Option<String>,
+
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "LOOPER_LOG_JSON")]
+    pub log_json: bool,
+
+    /// Restore the node from a BIP-39 mnemonic read from FILE (`-` reads standard input) instead of
+    /// creating a new seed. Refused when the data dir already holds a seed.
+    #[arg(long, env = "LOOPER_RESTORE", value_name = "FILE")]
+    pub restore: Option<PathBuf>,
+}
+
+/// Where a `--restore` mnemonic comes from. Reading it is left to the caller
+/// ([`crate::seed::read_mnemonic`]), so that loading the configuration never consumes stdin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RestoreSource {
+    /// Read the mnemonic from standard input (`--restore -`).
+    Stdin,
+    /// Read the mnemonic from this file.
+    File(PathBuf),
+}
+
+/// The effective configuration of a node, after merging defaults, file, environment and flags,
+/// and validating every value.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    /// The data directory (absolute or as given).
+    pub datadir: PathBuf,
+    /// The configuration file that was read, if any.
+    pub config_file: Option<PathBuf>,
+    /// Bitcoin network.
+    pub network: Network,
+    /// Esplora HTTP API base URL (no trailing slash).
+    pub esplora_url: String,
+    /// Nostr relays for offers and swap messages (at least one).
+    pub relays: Vec<String>,
+    /// Lightning settings.
+    pub lightning: LightningConfig,
+    /// Control API settings.
+    pub api: ApiConfig,
+    /// Seller (maker) settings: what this node offers.
+    pub seller: SellerConfig,
+    /// Buyer (taker) settings: what this node accepts when it takes an offer.
+    pub buyer: BuyerConfig,
+    /// On-chain fee settings.
+    pub fees: FeeConfig,
+    /// Background sync intervals.
+    pub sync: SyncConfig,
+    /// Log as JSON lines.
+    pub log_json: bool,
+    /// Restore from a mnemonic instead of creating a seed (`--restore`).
+    #[serde(skip)]
+    pub restore: Option<RestoreSource>,
+}
+
+/// Lightning settings (`[lightning]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LightningConfig {
+    /// Peer-to-peer listen addresses. Default: `0.0.0.0:9735` on mainnet, 19735 testnet,
+    /// 39735 signet, 29735 regtest. An empty list does not listen.
+    pub listen: Vec<SocketAddr>,
+    /// Node alias announced with public channels (at most 32 bytes).
+    pub alias: Option<String>,
+}
+
+/// Control API settings (`[api]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApiConfig {
+    /// Listen address; must be a loopback address. Default port: 8839 mainnet, 18839 testnet,
+    /// 48839 testnet4, 38839 signet, 28839 regtest. Port 0 picks a free port.
+    pub listen: SocketAddr,
+}
+
+/// Seller (maker) settings (`[seller]`): the terms of the offer this node publishes. Amounts are
+/// in satoshis, deltas in blocks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SellerConfig {
+    /// Publish offers and serve buyers.
+    pub enabled: bool,
+    /// Smallest swap amount offered.
+    pub min_amount_sat: u64,
+    /// Largest swap amount offered.
+    pub max_amount_sat: u64,
+    /// Fixed part of the swap fee.
+    pub fee_base_sat: u64,
+    /// Proportional part of the swap fee, in parts per million of the amount (at most 100000).
+    pub fee_ppm: u32,
+    /// On-chain funding fee charged to the buyer in the quote (the seller pays the real fee).
+    pub funding_fee_sat: u64,
+    /// Confirmations of the HTLC funding output the buyer waits for before paying.
+    pub min_confirmations: u32,
+    /// Blocks from the tip at `swap_accept` to the HTLC timeout.
+    pub timeout_delta_blocks: u32,
+    /// The seller claims an incoming payment only while `tip + claim_margin_blocks <= timeout`.
+    pub claim_margin_blocks: u32,
+    /// Prepayment asked before locking funds (anti-griefing); 0 for none.
+    pub prepay_sat: u64,
+    /// Swaps served at the same time; further requests are refused.
+    pub max_concurrent_swaps: u32,
+    /// Upper bound of the invoice expiry, in seconds (the invoice expires at the earlier of this
+    /// and half the time left to the timeout).
+    pub invoice_expiry_secs: u32,
+}
+
+/// Buyer (taker) settings (`[buyer]`): limits applied when taking an offer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuyerConfig {
+    /// Largest total cost of a swap accepted (swap fee + funding fee + prepay + claim fee).
+    pub max_total_fee_sat: u64,
+    /// Largest total cost accepted, in parts per million of the amount (whichever limit is lower
+    /// applies).
+    pub max_total_fee_ppm: u32,
+    /// Largest `max_total_cltv_expiry_delta` given to a Lightning payment.
+    pub max_route_cltv_blocks: u32,
+    /// Confirmations of the HTLC funding output demanded before paying, whatever the offer says.
+    pub min_confirmations: u32,
+}
+
+/// On-chain fee settings (`[fees]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FeeConfig {
+    /// Cap on every fee rate this node pays, in sat/vB (funding, claim, refund, wallet sends).
+    pub max_fee_rate_sat_vb: u64,
+    /// Fee rate used when the chain source has no estimate (regtest), in sat/vB.
+    pub fallback_fee_rate_sat_vb: u64,
+}
+
+/// Background sync intervals (`[sync]`), in seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncConfig {
+    /// On-chain wallet sync interval.
+    pub wallet_secs: u64,
+    /// Lightning wallet sync interval (ldk-node's background sync).
+    pub lightning_secs: u64,
+    /// Chain poll interval for open swaps (tip, funding, claim, refund).
+    pub chain_poll_secs: u64,
+    /// Fee-rate estimate refresh interval.
+    pub fee_rate_secs: u64,
+}
+
+impl Default for SellerConfig {
+    fn default() -> Self {
+        SellerConfig {
+            enabled: false,
+            min_amount_sat: 100_000,
+            max_amount_sat: 10_000_000,
+            fee_base_sat: 1_000,
+            fee_ppm: 5_000,
+            funding_fee_sat: 1_000,
+            min_confirmations: 1,
+            timeout_delta_blocks: 288,
+            claim_margin_blocks: 20,
+            prepay_sat: 0,
+            max_concurrent_swaps: 20,
+            invoice_expiry_secs: 3_600,
+        }
+    }
+}
+
+impl Default for BuyerConfig {
+    fn default() -> Self {
+        BuyerConfig {
+            max_total_fee_sat: 100_000,
+            max_total_fee_ppm: 20_000,
+            max_route_cltv_blocks: 288,
+            min_confirmations: 1,
+        }
+    }
+}
+
+impl Default for FeeConfig {
+    fn default() -> Self {
+        FeeConfig { max_fee_rate_sat_vb: 200, fallback_fee_rate_sat_vb: 2 }
+    }
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig { wallet_secs: 30, lightning_secs: 30, chain_poll_secs: 10, fee_rate_secs: 600 }
+    }
+}
+
+impl LightningConfig {
+    fn default_for(network: Network) -> Self {
+        LightningConfig {
+            listen: vec![SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+                default_ln_port(network),
+            )],
+            alias: None,
+        }
+    }
+}
+
+/// Default Lightning listen port per network.
+pub fn default_ln_port(network: Network) -> u16 {
+    match network {
+        Network::Bitcoin => 9735,
+        Network::Testnet | Network::Testnet4 => 19735,
+        Network::Signet => 39735,
+        Network::Regtest => 29735,
+    }
+}
+
+/// Default control API port per network (listening on 127.0.0.1).
+pub fn default_api_port(network: Network) -> u16 {
+    match network {
+        Network::Bitcoin => 8839,
+        Network::Testnet => 18839,
+        Network::Testnet4 => 48839,
+        Network::Signet => 38839,
+        Network::Regtest => 28839,
+    }
+}
+
+/// Default Esplora URL per network (`None` on regtest: there is no public one).
+pub fn default_esplora_url(network: Network) -> Option<&'static str> {
+    match network {
+        Network::Bitcoin => Some("https://blockstream.info/api"),
+        Network::Testnet => Some("https://blockstream.info/testnet/api"),
+        Network::Testnet4 => Some("https://mempool.space/testnet4/api"),
+        Network::Signet => Some("https://mempool.space/signet/api"),
+        Network::Regtest => None,
+    }
+}
+
+/// Default Nostr relays per network (none on regtest: tests run their own).
+pub fn default_relays(network: Network) -> Vec<String> {
+    match network {
+        Network::Regtest => Vec::new(),
+        _ => ["wss://relay.damus.io", "wss://nos.lol", "wss://relay.primal.net"]
+            .into_iter()
+            .map(String::from)
+            .collect(),
+    }
+}
+
+/// Parses a network name: `mainnet` or `bitcoin`, `testnet` (or `testnet3`), `testnet4`, `signet`,
+/// `regtest`.
+pub fn parse_network(s: &str) -> Option<Network> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "mainnet" | "bitcoin" | "main" => Some(Network::Bitcoin),
+        "testnet" | "testnet3" | "test" => Some(Network::Testnet),
+        "testnet4" => Some(Network::Testnet4),
+        "signet" => Some(Network::Signet),
+        "regtest" => Some(Network::Regtest),
+        _ => None,
+    }
+}
+
+/// Errors of [`Config::load`]. Each names the file or the key it is about.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No `--datadir`, no `LOOPER_DATADIR` and no `$HOME` to default to.
+    #[error("no data directory: pass --datadir or set LOOPER_DATADIR (no $HOME to default to)")]
+    NoDatadir,
+    /// The configuration file could not be read.
+    #[error("cannot read configuration file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid TOML or has an unknown key or a value of the wrong type.
+    #[error("invalid configuration file {}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the TOML parser said (it names the key and the line).
+        message: String,
+    },
+    /// A value is out of range or inconsistent with another one.
+    #[error("invalid configuration: {key}: {reason}")]
+    Invalid {
+        /// The key, as it is written in `looper.toml` (`seller.fee_ppm`).
+        key: &'static str,
+        /// Why the value is refused.
+        reason: String,
+    },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key, reason: reason.into() }
+}
+
+/// The file layout of `looper.toml`: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    network: Option<String>,
+    esplora_url: Option<String>,
+    relays: Option<Vec<String>>,
+    log_json: Option<bool>,
+    lightning: Option<FileLightning>,
+    api: Option<FileApi>,
+    #[serde(default)]
+    seller: SellerConfig,
+    #[serde(default)]
+    buyer: BuyerConfig,
+    #[serde(default)]
+    fees: FeeConfig,
+    #[serde(default)]
+    sync: SyncConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLightning {
+    listen: Option<Vec<String>>,
+    alias: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileApi {
+    listen: Option<String>,
+}
+
+impl Config {
+    /// Builds the configuration from the arguments (which already carry the environment
+    /// variables), the configuration file and the defaults, then validates it.
+    ///
+    /// The file is `args.config` if given (it must exist), else `DATADIR/looper.toml` if it exists.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file or the key and the reason.
+    pub fn load(args: &Args) -> Result<Config, ConfigError> {
+        let datadir = match &args.datadir {
+            Some(dir) => dir.clone(),
+            None => default_datadir().ok_or(ConfigError::NoDatadir)?,
+        };
+        let (file, config_file) = match &args.config {
+            Some(path) => (read_file(path)?, Some(path.clone())),
+            None => {
+                let path = datadir.join(CONFIG_FILE_NAME);
+                if path.exists() {
+                    (read_file(&path)?, Some(path))
+                } else {
+                    (FileConfig::default(), None)
+                }
+            }
+        };
+        Self::merge(args, datadir, config_file, file)
+    }
+
+    /// Builds the configuration from arguments and the text of a configuration file (for tests
+    /// and for callers that keep the file elsewhere).
+    ///
+    /// # Errors
+    /// As [`Config::load`].
+    pub fn from_toml(args: &Args, datadir: &Path, toml_text: &str) -> Result<Config, ConfigError> {
+        let path = datadir.join(CONFIG_FILE_NAME);
+        let file = parse_file(&path, toml_text)?;
+        Self::merge(args, datadir.to_path_buf(), Some(path), file)
+    }
+
+    fn merge(
+        args: &Args,
+        datadir: PathBuf,
+        config_file: Option<PathBuf>,
+        file: FileConfig,
+    ) -> Result<Config, ConfigError> {
+        let network_text = args.network.clone().or(file.network).ok_or_else(|| {
+            invalid(
+                "network",
+                "not set (use --network, LOOPER_NETWORK or `network = \"...\"` in looper.toml)",
+            )
+        })?;
+        let network = parse_network(&network_text).ok_or_else(|| {
+            invalid(
+                "network",
+                format!(
+                    "unknown network {network_text:?} (expected mainnet, testnet, testnet4, signet or regtest)"
+                ),
+            )
+        })?;
+
+        let esplora_url = match args.esplora_url.clone().or(file.esplora_url) {
+            Some(url) => url,
+            None => default_esplora_url(network)
+                .ok_or_else(|| invalid("esplora_url", "required on regtest (no public default)"))?
+                .to_string(),
+        };
+        let esplora_url = {
+            let url = esplora_url.trim();
+            let trimmed = url.trim_end_matches('/');
+            // Keep "http://" intact so that validation names the real problem (no host).
+            if trimmed.ends_with(':') { url } else { trimmed }.to_string()
+        };
+
+        let relays = if !args.relays.is_empty() {
+            args.relays.clone()
+        } else {
+            file.relays.unwrap_or_else(|| default_relays(network))
+        };
+
+        let file_ln = file.lightning.unwrap_or_default();
+        let mut lightning = LightningConfig::default_for(network);
+        let listen_text =
+            if !args.ln_listen.is_empty() { Some(args.ln_listen.clone()) } else { file_ln.listen };
+        if let Some(list) = listen_text {
+            lightning.listen = list
+                .iter()
+                .map(|s| {
+                    s.trim().parse::<SocketAddr>().map_err(|_| {
+                        invalid(
+                            "lightning.listen",
+                            format!("{s:?} is not an address of the form IP:PORT"),
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        lightning.alias = file_ln.alias;
+
+        let api_text = args.api_listen.clone().or(file.api.and_then(|api| api.listen));
+        let api_listen = match api_text {
+            Some(s) => s.trim().parse::<SocketAddr>().map_err(|_| {
+                invalid("api.listen", format!("{s:?} is not an address of the form IP:PORT"))
+            })?,
+            None => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), default_api_port(network)),
+        };
+
+        let restore = args.restore.as_ref().map(|p| {
+            if p.as_os_str() == "-" {
+                RestoreSource::Stdin
+            } else {
+                RestoreSource::File(p.clone())
+            }
+        });
+
+        let config = Config {
+            datadir,
+            config_file,
+            network,
+            esplora_url,
+            relays,
+            lightning,
+            api: ApiConfig { listen: api_listen },
+            seller: file.seller,
+            buyer: file.buyer,
+            fees: file.fees,
+            sync: file.sync,
+            log_json: args.log_json || file.log_json.unwrap_or(false),
+            restore,
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value; the first problem found is returned.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key and the reason.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_url("esplora_url", &self.esplora_url, &["http://", "https://"])?;
+        if self.relays.is_empty() {
+            return Err(invalid("relays", "at least one relay is required (--relay URL)"));
+        }
+        for relay in &self.relays {
+            validate_url("relays", relay, &["ws://", "wss://"])?;
+        }
+        if let Some(alias) = &self.lightning.alias {
+            if alias.len() > 32 {
+                return Err(invalid("lightning.alias", "must be at most 32 bytes"));
+            }
+        }
+        if !self.api.listen.ip().is_loopback() {
+            return Err(invalid(
+                "api.listen",
+                format!(
+                    "{} is not a loopback address (the control API only listens on 127.0.0.1 or ::1)",
+                    self.api.listen
+                ),
+            ));
+        }
+        self.validate_seller()?;
+        self.validate_buyer()?;
+        self.validate_fees()?;
+        self.validate_sync()
+    }
+
+    fn validate_seller(&self) -> Result<(), ConfigError> {
+        let s = &self.seller;
+        if s.min_amount_sat < looper_protocol::terms::DUST_LIMIT_SAT {
+            return Err(invalid(
+                "seller.min_amount_sat",
+                format!(
+                    "must be >= {} (the dust limit of the HTLC output)",
+                    looper_protocol::terms::DUST_LIMIT_SAT
+                ),
+            ));
+        }
+        if s.max_amount_sat > looper_protocol::terms::MAX_MONEY_SAT {
+            return Err(invalid(
+                "seller.max_amount_sat",
+                "must be <= 2100000000000000 (21 million BTC)",
+            ));
+        }
+        if s.max_amount_sat < s.min_amount_sat {
+            return Err(invalid(
+                "seller.max_amount_sat",
+                format!("must be >= seller.min_amount_sat ({})", s.min_amount_sat),
+            ));
+        }
+        if s.fee_ppm > MAX_FEE_PPM {
+            return Err(invalid("seller.fee_ppm", format!("must be <= {MAX_FEE_PPM}")));
+        }
+        if s.fee_base_sat > s.min_amount_sat {
+            return Err(invalid("seller.fee_base_sat", "must be <= seller.min_amount_sat"));
+        }
+        if s.min_confirmations == 0 || s.min_confirmations > 100 {
+            return Err(invalid("seller.min_confirmations", "must be between 1 and 100"));
+        }
+        if s.timeout_delta_blocks > MAX_TIMEOUT_DELTA_BLOCKS {
+            return Err(invalid(
+                "seller.timeout_delta_blocks",
+                format!("must be <= {MAX_TIMEOUT_DELTA_BLOCKS}"),
+            ));
+        }
+        if self.network != Network::Regtest && s.timeout_delta_blocks < MIN_TIMEOUT_DELTA_BLOCKS {
+            return Err(invalid(
+                "seller.timeout_delta_blocks",
+                format!("must be >= {MIN_TIMEOUT_DELTA_BLOCKS} outside regtest"),
+            ));
+        }
+        if s.claim_margin_blocks == 0 {
+            return Err(invalid("seller.claim_margin_blocks", "must be >= 1"));
+        }
+        let needed = s.claim_margin_blocks.saturating_add(s.min_confirmations).saturating_add(1);
+        if s.timeout_delta_blocks < needed {
+            return Err(invalid(
+                "seller.timeout_delta_blocks",
+                format!(
+                    "must be > seller.claim_margin_blocks + seller.min_confirmations (>= {needed})"
+                ),
+            ));
+        }
+        if s.prepay_sat > s.min_amount_sat {
+            return Err(invalid("seller.prepay_sat", "must be <= seller.min_amount_sat"));
+        }
+        if s.max_concurrent_swaps == 0 {
+            return Err(invalid("seller.max_concurrent_swaps", "must be >= 1"));
+        }
+        if !(60..=86_400).contains(&s.invoice_expiry_secs) {
+            return Err(invalid("seller.invoice_expiry_secs", "must be between 60 and 86400"));
+        }
+        Ok(())
+    }
+
+    fn validate_buyer(&self) -> Result<(), ConfigError> {
+        let b = &self.buyer;
+        if b.max_total_fee_ppm > MAX_FEE_PPM {
+            return Err(invalid("buyer.max_total_fee_ppm", format!("must be <= {MAX_FEE_PPM}")));
+        }
+        if b.max_route_cltv_blocks < 18 || b.max_route_cltv_blocks > 2016 {
+            return Err(invalid("buyer.max_route_cltv_blocks", "must be between 18 and 2016"));
+        }
+        if b.min_confirmations > 100 {
+            return Err(invalid("buyer.min_confirmations", "must be <= 100"));
+        }
+        Ok(())
+    }
+
+    fn validate_fees(&self) -> Result<(), ConfigError> {
+        let f = &self.fees;
+        if f.max_fee_rate_sat_vb == 0 || f.max_fee_rate_sat_vb > MAX_FEE_RATE_CAP_SAT_VB {
+            return Err(invalid(
+                "fees.max_fee_rate_sat_vb",
+                format!("must be between 1 and {MAX_FEE_RATE_CAP_SAT_VB}"),
+            ));
+        }
+        if f.fallback_fee_rate_sat_vb == 0 || f.fallback_fee_rate_sat_vb > f.max_fee_rate_sat_vb {
+            return Err(invalid(
+                "fees.fallback_fee_rate_sat_vb",
+                "must be between 1 and fees.max_fee_rate_sat_vb",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_sync(&self) -> Result<(), ConfigError> {
+        let s = &self.sync;
+        for (key, value) in [
+            ("sync.wallet_secs", s.wallet_secs),
+            ("sync.lightning_secs", s.lightning_secs),
+            ("sync.chain_poll_secs", s.chain_poll_secs),
+            ("sync.fee_rate_secs", s.fee_rate_secs),
+        ] {
+            if value == 0 || value > 86_400 {
+                return Err(invalid(key, "must be between 1 and 86400 seconds"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The fee-rate cap as a [`bitcoin::FeeRate`].
+    pub fn max_fee_rate(&self) -> bitcoin::FeeRate {
+        bitcoin::FeeRate::from_sat_per_vb(self.fees.max_fee_rate_sat_vb)
+            .unwrap_or(bitcoin::FeeRate::MAX)
+    }
+
+    /// The fallback fee rate as a [`bitcoin::FeeRate`].
+    pub fn fallback_fee_rate(&self) -> bitcoin::FeeRate {
+        bitcoin::FeeRate::from_sat_per_vb(self.fees.fallback_fee_rate_sat_vb)
+            .unwrap_or(bitcoin::FeeRate::BROADCAST_MIN)
+    }
+
+    /// `DATADIR/seed`: the BIP-39 mnemonic.
+    pub fn seed_path(&self) -> PathBuf {
+        self.datadir.join(crate::seed::SEED_FILE_NAME)
+    }
+
+    /// `DATADIR/looper.redb`: wallet changesets, swaps, offers, key index, Nostr ids.
+    pub fn db_path(&self) -> PathBuf {
+        self.datadir.join(crate::store::DB_FILE_NAME)
+    }
+
+    /// `DATADIR/ldk`: ldk-node's storage.
+    pub fn ldk_dir(&self) -> PathBuf {
+        self.datadir.join("ldk")
+    }
+
+    /// `DATADIR/api.token`: the control API token.
+    pub fn api_token_path(&self) -> PathBuf {
+        self.datadir.join(crate::seed::API_TOKEN_FILE_NAME)
+    }
+}
+
+fn validate_url(key: &'static str, url: &str, schemes: &[&str]) -> Result<(), ConfigError> {
+    let Some(rest) = schemes.iter().find_map(|s| url.strip_prefix(s)) else {
+        return Err(invalid(key, format!("{url:?} must start with {}", schemes.join(" or "))));
+    };
+    if rest.is_empty() || rest.starts_with('/') || rest.chars().any(char::is_whitespace) {
+        return Err(invalid(key, format!("{url:?} has no valid host")));
+    }
+    Ok(())
+}
+
+fn default_datadir() -> Option<PathBuf> {
+    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".looper"))
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+    parse_file(path, &text)
+}
+
+fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.to_string().trim_end().to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use clap::Parser;
+
+    fn args(extra: &[&str]) -> Args {
+        let mut v = vec!["looper-node", "--datadir", "/nonexistent/looper-test"];
+        v.extend_from_slice(extra);
+        Args::try_parse_from(v).unwrap()
+    }
+
+    fn regtest(extra: &[&str]) -> Args {
+        let mut v = vec![
+            "--network",
+            "regtest",
+            "--esplora-url",
+            "http://127.0.0.1:3002",
+            "--relay",
+            "ws://127.0.0.1:7777",
+        ];
+        v.extend_from_slice(extra);
+        args(&v)
+    }
+
+    fn load_toml(a: &Args, text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(a, Path::new("/nonexistent/looper-test"), text)
+    }
+
+    fn err_text(a: &Args, text: &str) -> String {
+        load_toml(a, text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_regtest() {
+        let c = Config::load(&regtest(&[])).unwrap();
+        assert_eq!(c.network, Network::Regtest);
+        assert_eq!(c.api.listen, "127.0.0.1:28839".parse().unwrap());
+        assert_eq!(c.lightning.listen, vec!["0.0.0.0:29735".parse().unwrap()]);
+        assert_eq!(c.seller, SellerConfig::default());
+        assert_eq!(c.seller.timeout_delta_blocks, 288);
+        assert_eq!(c.seller.claim_margin_blocks, 20);
+        assert_eq!(c.seller.min_confirmations, 1);
+        assert_eq!(c.seller.invoice_expiry_secs, 3600);
+        assert!(c.config_file.is_none());
+        assert!(!c.log_json);
+        assert_eq!(c.restore, None);
+        assert_eq!(c.db_path(), Path::new("/nonexistent/looper-test/looper.redb"));
+    }
+
+    #[test]
+    fn defaults_mainnet() {
+        let c = Config::load(&args(&["--network", "mainnet"])).unwrap();
+        assert_eq!(c.network, Network::Bitcoin);
+        assert_eq!(c.esplora_url, "https://blockstream.info/api");
+        assert_eq!(c.api.listen.port(), 8839);
+        assert_eq!(c.relays.len(), 3);
+        assert_eq!(c.max_fee_rate().to_sat_per_vb_ceil(), 200);
+    }
+
+    #[test]
+    fn full_file() {
+        let text = r#"
+network = "regtest"
+esplora_url = "http://127.0.0.1:3002/"
+relays = ["ws://127.0.0.1:1", "wss://relay.example"]
+log_json = true
+
+[lightning]
+listen = ["127.0.0.1:9999"]
+alias = "looper"
+
+[api]
+listen = "127.0.0.1:0"
+
+[seller]
+enabled = true
+min_amount_sat = 10000
+max_amount_sat = 500000
+fee_base_sat = 10
+fee_ppm = 1000
+funding_fee_sat = 500
+min_confirmations = 2
+timeout_delta_blocks = 60
+claim_margin_blocks = 6
+prepay_sat = 100
+max_concurrent_swaps = 3
+invoice_expiry_secs = 600
+
+[buyer]
+max_total_fee_sat = 5000
+max_total_fee_ppm = 3000
+max_route_cltv_blocks = 40
+min_confirmations = 3
+
+[fees]
+max_fee_rate_sat_vb = 50
+fallback_fee_rate_sat_vb = 1
+
+[sync]
+wallet_secs = 1
+lightning_secs = 2
+chain_poll_secs = 3
+fee_rate_secs = 4
+"#;
+        let c = load_toml(&args(&[]), text).unwrap();
+        assert_eq!(c.esplora_url, "http://127.0.0.1:3002");
+        assert_eq!(c.relays, vec!["ws://127.0.0.1:1", "wss://relay.example"]);
+        assert!(c.log_json);
+        assert_eq!(c.lightning.listen, vec!["127.0.0.1:9999".parse().unwrap()]);
+        assert_eq!(c.lightning.alias.as_deref(), Some("looper"));
+        assert_eq!(c.api.listen.port(), 0);
+        assert!(c.seller.enabled);
+        assert_eq!(c.seller.timeout_delta_blocks, 60);
+        assert_eq!(c.seller.prepay_sat, 100);
+        assert_eq!(c.buyer.max_route_cltv_blocks, 40);
+        assert_eq!(c.buyer.min_confirmations, 3);
+        assert_eq!(c.fees.max_fee_rate_sat_vb, 50);
+        assert_eq!(c.sync.fee_rate_secs, 4);
+    }
+
+    #[test]
+    fn partial_section_keeps_other_defaults() {
+        let c = load_toml(&regtest(&[]), "[seller]\nfee_ppm = 42\n").unwrap();
+        assert_eq!(c.seller.fee_ppm, 42);
+        assert_eq!(c.seller.timeout_delta_blocks, 288);
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let text = r#"
+network = "signet"
+esplora_url = "http://file.example"
+relays = ["ws://file.example"]
+[lightning]
+listen = ["127.0.0.1:1111"]
+[api]
+listen = "127.0.0.1:2222"
+"#;
+        let a = args(&[
+            "--network",
+            "regtest",
+            "--esplora-url",
+            "http://flag.example",
+            "--relay",
+            "ws://flag1.example",
+            "--relay",
+            "ws://flag2.example",
+            "--ln-listen",
+            "127.0.0.1:3333",
+            "--api-listen",
+            "127.0.0.1:4444",
+            "--log-json",
+            "--restore",
+            "-",
+        ]);
+        let c = load_toml(&a, text).unwrap();
+        assert_eq!(c.network, Network::Regtest);
+        assert_eq!(c.esplora_url, "http://flag.example");
+        assert_eq!(c.relays, vec!["ws://flag1.example", "ws://flag2.example"]);
+        assert_eq!(c.lightning.listen, vec!["127.0.0.1:3333".parse().unwrap()]);
+        assert_eq!(c.api.listen.port(), 4444);
+        assert!(c.log_json);
+        assert_eq!(c.restore, Some(RestoreSource::Stdin));
+
+        // Without flags the file wins over the defaults.
+        let c = load_toml(&args(&[]), text).unwrap();
+        assert_eq!(c.network, Network::Signet);
+        assert_eq!(c.esplora_url, "http://file.example");
+        assert_eq!(c.relays, vec!["ws://file.example"]);
+        assert_eq!(c.api.listen.port(), 2222);
+    }
+
+    #[test]
+    fn config_file_in_datadir_and_explicit() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE_NAME),
+            "network = \"regtest\"\nesplora_url = \"http://a.example\"\nrelays = [\"ws://a.example\"]\n",
+        )
+        .unwrap();
+        let d = dir.path().to_str().unwrap();
+        let c = Config::load(&Args::try_parse_from(["x", "--datadir", d]).unwrap()).unwrap();
+        assert_eq!(c.esplora_url, "http://a.example");
+        assert_eq!(c.config_file, Some(dir.path().join(CONFIG_FILE_NAME)));
+
+        let other = dir.path().join("other.toml");
+        std::fs::write(
+            &other,
+            "network = \"regtest\"\nesplora_url = \"http://b.example\"\nrelays = [\"ws://b.example\"]\n",
+        )
+        .unwrap();
+        let c = Config::load(
+            &Args::try_parse_from(["x", "--datadir", d, "--config", other.to_str().unwrap()])
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(c.esplora_url, "http://b.example");
+
+        let missing = dir.path().join("missing.toml");
+        let e = Config::load(
+            &Args::try_parse_from(["x", "--datadir", d, "--config", missing.to_str().unwrap()])
+                .unwrap(),
+        )
+        .unwrap_err();
+        assert!(matches!(e, ConfigError::Read { .. }), "{e}");
+        assert!(e.to_string().contains("missing.toml"), "{e}");
+    }
+
+    #[test]
+    fn restore_file() {
+        let c = Config::load(&regtest(&["--restore", "/tmp/words.txt"])).unwrap();
+        assert_eq!(c.restore, Some(RestoreSource::File(PathBuf::from("/tmp/words.txt"))));
+    }
+
+    #[test]
+    fn error_missing_network() {
+        let e = Config::load(&args(&[])).unwrap_err().to_string();
+        assert!(e.starts_with("invalid configuration: network: not set"), "{e}");
+    }
+
+    #[test]
+    fn error_unknown_network() {
+        let e = Config::load(&args(&["--network", "moonnet"])).unwrap_err().to_string();
+        assert!(e.contains("network: unknown network \"moonnet\""), "{e}");
+    }
+
+    #[test]
+    fn error_regtest_needs_esplora() {
+        let e = Config::load(&args(&["--network", "regtest", "--relay", "ws://a"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("esplora_url: required on regtest"), "{e}");
+    }
+
+    #[test]
+    fn error_regtest_needs_relay() {
+        let e =
+            Config::load(&args(&["--network", "regtest", "--esplora-url", "http://127.0.0.1:1"]))
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("relays: at least one relay"), "{e}");
+    }
+
+    #[test]
+    fn error_bad_urls() {
+        let with = |esplora: &str, relay: &str| {
+            Config::load(&args(&[
+                "--network",
+                "regtest",
+                "--esplora-url",
+                esplora,
+                "--relay",
+                relay,
+            ]))
+            .unwrap_err()
+            .to_string()
+        };
+        let e = with("ftp://x", "ws://a");
+        assert!(e.contains("esplora_url: \"ftp://x\" must start with http:// or https://"), "{e}");
+        let e = with("http://a", "http://x");
+        assert!(e.contains("relays: \"http://x\" must start with ws:// or wss://"), "{e}");
+        let e = with("http://", "ws://a");
+        assert!(e.contains("esplora_url: \"http://\" has no valid host"), "{e}");
+    }
+
+    #[test]
+    fn error_bad_addresses() {
+        let e = Config::load(&regtest(&["--api-listen", "localhost"])).unwrap_err().to_string();
+        assert!(e.contains("api.listen: \"localhost\" is not an address"), "{e}");
+        let e = Config::load(&regtest(&["--api-listen", "0.0.0.0:1"])).unwrap_err().to_string();
+        assert!(e.contains("api.listen: 0.0.0.0:1 is not a loopback address"), "{e}");
+        let e = Config::load(&regtest(&["--ln-listen", "nope"])).unwrap_err().to_string();
+        assert!(e.contains("lightning.listen: \"nope\" is not an address"), "{e}");
+        let e = err_text(
+            &regtest(&[]),
+            "[lightning]\nalias = \"0123456789012345678901234567890123\"\n",
+        );
+        assert!(e.contains("lightning.alias: must be at most 32 bytes"), "{e}");
+    }
+
+    #[test]
+    fn error_syntax_and_unknown_keys() {
+        let e = err_text(&regtest(&[]), "network = ");
+        assert!(e.starts_with("invalid configuration file"), "{e}");
+        let e = err_text(&regtest(&[]), "[seller]\nfe_ppm = 1\n");
+        assert!(e.contains("fe_ppm"), "{e}");
+        let e = err_text(&regtest(&[]), "netwrk = \"regtest\"\n");
+        assert!(e.contains("netwrk"), "{e}");
+        let e = err_text(&regtest(&[]), "[seller]\nfee_ppm = \"many\"\n");
+        assert!(e.contains("fee_ppm"), "{e}");
+        let e = err_text(&regtest(&[]), "[seller]\nfee_ppm = -1\n");
+        assert!(e.contains("fee_ppm"), "{e}");
+    }
+
+    #[test]
+    fn error_seller_values() {
+        let cases: &[(&str, &str)] = &[
+            ("fee_ppm = 100001", "seller.fee_ppm: must be <= 100000"),
+            ("min_amount_sat = 100", "seller.min_amount_sat: must be >= 330 (the dust limit of the HTLC output)"),
+            (
+                "max_amount_sat = 2100000000000001",
+                "seller.max_amount_sat: must be <= 2100000000000000 (21 million BTC)",
+            ),
+            (
+                "min_amount_sat = 5000\nmax_amount_sat = 4000",
+                "seller.max_amount_sat: must be >= seller.min_amount_sat (5000)",
+            ),
+            (
+                "min_amount_sat = 5000\nfee_base_sat = 5001",
+                "seller.fee_base_sat: must be <= seller.min_amount_sat",
+            ),
+            ("min_confirmations = 0", "seller.min_confirmations: must be between 1 and 100"),
+            ("timeout_delta_blocks = 5000", "seller.timeout_delta_blocks: must be <= 4032"),
+            ("claim_margin_blocks = 0", "seller.claim_margin_blocks: must be >= 1"),
+            (
+                "timeout_delta_blocks = 21",
+                "seller.timeout_delta_blocks: must be > seller.claim_margin_blocks + seller.min_confirmations (>= 22)",
+            ),
+            ("prepay_sat = 100001", "seller.prepay_sat: must be <= seller.min_amount_sat"),
+            ("max_concurrent_swaps = 0", "seller.max_concurrent_swaps: must be >= 1"),
+            ("invoice_expiry_secs = 10", "seller.invoice_expiry_secs: must be between 60 and 86400"),
+        ];
+        for (body, expected) in cases {
+            let e = err_text(&regtest(&[]), &format!("[seller]\n{body}\n"));
+            assert_eq!(e, format!("invalid configuration: {expected}"), "for {body}");
+        }
+        // Below 144 blocks is fine on regtest, refused elsewhere.
+        load_toml(&regtest(&[]), "[seller]\ntimeout_delta_blocks = 30\n").unwrap();
+        let e = err_text(&args(&["--network", "signet"]), "[seller]\ntimeout_delta_blocks = 30\n");
+        assert!(e.contains("seller.timeout_delta_blocks: must be >= 144 outside regtest"), "{e}");
+    }
+
+    #[test]
+    fn error_buyer_fees_sync_values() {
+        let cases: &[(&str, &str)] = &[
+            ("[buyer]\nmax_total_fee_ppm = 200000", "buyer.max_total_fee_ppm: must be <= 100000"),
+            (
+                "[buyer]\nmax_route_cltv_blocks = 5",
+                "buyer.max_route_cltv_blocks: must be between 18 and 2016",
+            ),
+            ("[buyer]\nmin_confirmations = 101", "buyer.min_confirmations: must be <= 100"),
+            (
+                "[fees]\nmax_fee_rate_sat_vb = 0",
+                "fees.max_fee_rate_sat_vb: must be between 1 and 10000",
+            ),
+            (
+                "[fees]\nmax_fee_rate_sat_vb = 5\nfallback_fee_rate_sat_vb = 6",
+                "fees.fallback_fee_rate_sat_vb: must be between 1 and fees.max_fee_rate_sat_vb",
+            ),
+            ("[sync]\nwallet_secs = 0", "sync.wallet_secs: must be between 1 and 86400 seconds"),
+            (
+                "[sync]\nchain_poll_secs = 100000",
+                "sync.chain_poll_secs: must be between 1 and 86400 seconds",
+            ),
+        ];
+        for (body, expected) in cases {
+            let e = err_text(&regtest(&[]), body);
+            assert_eq!(e, format!("invalid configuration: {expected}"), "for {body}");
+        }
+    }
+}

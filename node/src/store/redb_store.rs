@@ -1,0 +1,419 @@
+//! [`RedbStore`]: the [`SwapStore`] on one redb file.
+//!
+//! Tables (schema version 1):
+//!
+//! | table | key | value |
+//! |---|---|---|
+//! | `meta` | `&str` | `u64` (`schema_version`, `next_swap_index`) |
+//! | `swap_meta` | `[u8; 32]` swap id | `&str` JSON of role, state, status, payment hash, times |
+//! | `swap_data` | `[u8; 32]` swap id | `&[u8]` the protocol's versioned swap JSON |
+//! | `swap_by_payment_hash` | `[u8; 32]` payment hash | `[u8; 32]` swap id |
+//! | `offers` | `&str` offer id | `&str` offer JSON |
+//! | `nostr_processed` | `[u8; 32]` event id | `u64` seen at (UNIX seconds) |
+//! | `swap_events` | `([u8; 32], u64)` swap id, seq | `&str` event JSON |
+//!
+//! The BDK wallet keeps its changesets in its own table of the same file
+//! ([`crate::wallet::WALLET_TABLE_NAME`]).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use redb::{Database, ReadableTable, TableDefinition};
+
+use super::{
+    sort_and_limit, PaymentHash, StoreError, SwapEvent, SwapFilter, SwapId, SwapMeta, SwapRecord,
+    SwapStore, MAX_SWAP_INDEX,
+};
+
+/// Schema version written by this build. Bump it with a migration step in [`migrate`] and a test
+/// that opens a file of the previous version.
+pub const SCHEMA_VERSION: u64 = 1;
+
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const SWAP_META: TableDefinition<[u8; 32], &str> = TableDefinition::new("swap_meta");
+const SWAP_DATA: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("swap_data");
+const SWAP_BY_HASH: TableDefinition<[u8; 32], [u8; 32]> =
+    TableDefinition::new("swap_by_payment_hash");
+const OFFERS: TableDefinition<&str, &str> = TableDefinition::new("offers");
+const NOSTR_PROCESSED: TableDefinition<[u8; 32], u64> = TableDefinition::new("nostr_processed");
+const SWAP_EVENTS: TableDefinition<([u8; 32], u64), &str> = TableDefinition::new("swap_events");
+
+const KEY_SCHEMA_VERSION: &str = "schema_version";
+const KEY_NEXT_SWAP_INDEX: &str = "next_swap_index";
+
+fn db_err<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> StoreError {
+    move |e| StoreError::Database { op, source: Box::new(e.into()) }
+}
+
+/// The [`SwapStore`] on a redb file. Cheap to clone (the database is shared).
+#[derive(Clone)]
+pub struct RedbStore {
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for RedbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedbStore")
+    }
+}
+
+impl RedbStore {
+    /// Opens (or creates) the database file, creating its parent directory, every table, and
+    /// migrating an older schema.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] (e.g. the file is open in another process),
+    /// [`StoreError::SchemaTooNew`] or [`StoreError::Migration`].
+    pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Database {
+                op: "create the database directory",
+                source: Box::new(redb::Error::Io(e)),
+            })?;
+        }
+        let db = Database::create(path).map_err(db_err("open the database"))?;
+        Self::from_database(Arc::new(db))
+    }
+
+    /// Uses an already open database (e.g. an in-memory redb backend in tests).
+    ///
+    /// # Errors
+    /// As [`RedbStore::open`].
+    pub fn from_database(db: Arc<Database>) -> Result<RedbStore, StoreError> {
+        let store = RedbStore { db };
+        store.init()?;
+        Ok(store)
+    }
+
+    /// The shared database, for the wallet persister.
+    pub fn database(&self) -> Arc<Database> {
+        Arc::clone(&self.db)
+    }
+
+    /// The schema version stored in the file.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`].
+    pub fn schema_version(&self) -> Result<u64, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("begin a read"))?;
+        let table = tx.open_table(META).map_err(db_err("open the meta table"))?;
+        let version = table
+            .get(KEY_SCHEMA_VERSION)
+            .map_err(db_err("read the schema version"))?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        Ok(version)
+    }
+
+    fn init(&self) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
+        {
+            let mut meta = tx.open_table(META).map_err(db_err("open the meta table"))?;
+            let found = meta
+                .get(KEY_SCHEMA_VERSION)
+                .map_err(db_err("read the schema version"))?
+                .map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert(KEY_SCHEMA_VERSION, SCHEMA_VERSION)
+                        .map_err(db_err("write the schema version"))?;
+                }
+                Some(v) if v > SCHEMA_VERSION => {
+                    return Err(StoreError::SchemaTooNew { found: v, supported: SCHEMA_VERSION })
+                }
+                Some(v) if v < SCHEMA_VERSION => {
+                    drop(meta);
+                    migrate(&tx, v)?;
+                    let mut meta = tx.open_table(META).map_err(db_err("open the meta table"))?;
+                    meta.insert(KEY_SCHEMA_VERSION, SCHEMA_VERSION)
+                        .map_err(db_err("write the schema version"))?;
+                }
+                Some(_) => {}
+            }
+        }
+        tx.open_table(SWAP_META).map_err(db_err("create tables"))?;
+        tx.open_table(SWAP_DATA).map_err(db_err("create tables"))?;
+        tx.open_table(SWAP_BY_HASH).map_err(db_err("create tables"))?;
+        tx.open_table(OFFERS).map_err(db_err("create tables"))?;
+        tx.open_table(NOSTR_PROCESSED).map_err(db_err("create tables"))?;
+        tx.open_table(SWAP_EVENTS).map_err(db_err("create tables"))?;
+        tx.commit().map_err(db_err("commit the schema"))
+    }
+
+    fn read_record(meta_json: &str, id: SwapId, data: Vec<u8>) -> Result<SwapRecord, StoreError> {
+        let meta: SwapMeta = serde_json::from_str(meta_json)
+            .map_err(|source| StoreError::Corrupt { what: format!("swap record {id}"), source })?;
+        Ok(meta.into_record(id, data))
+    }
+
+    fn get_swap_in(
+        tx: &redb::ReadTransaction,
+        id: &SwapId,
+    ) -> Result<Option<SwapRecord>, StoreError> {
+        let metas = tx.open_table(SWAP_META).map_err(db_err("open swaps"))?;
+        let datas = tx.open_table(SWAP_DATA).map_err(db_err("open swaps"))?;
+        let Some(meta) = metas.get(id.0).map_err(db_err("read a swap"))? else {
+            return Ok(None);
+        };
+        let data = datas
+            .get(id.0)
+            .map_err(db_err("read a swap"))?
+            .map(|d| d.value().to_vec())
+            .unwrap_or_default();
+        Self::read_record(meta.value(), *id, data).map(Some)
+    }
+}
+
+/// Upgrades the tables from schema version `from` to [`SCHEMA_VERSION`], inside the opening
+/// write transaction (so a failed migration leaves the file untouched).
+///
+/// Version 1 is the first layout, so there is no step yet. A later version adds one step per
+/// version, applied in order, e.g. `if from < 2 { /* rewrite swap_meta */ }`, and a test that
+/// opens a file written in the previous layout (see `node/tests/store_suite.rs`).
+fn migrate(tx: &redb::WriteTransaction, from: u64) -> Result<(), StoreError> {
+    let _ = tx;
+    Err(StoreError::Migration {
+        from,
+        reason: format!("no migration path to version {SCHEMA_VERSION}"),
+    })
+}
+
+impl SwapStore for RedbStore {
+    fn put_swap(&self, record: &SwapRecord) -> Result<(), StoreError> {
+        let meta_json = serde_json::to_string(&SwapMeta::of(record)).map_err(|source| {
+            StoreError::Encode { what: format!("swap record {}", record.id), source }
+        })?;
+        let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
+        {
+            let mut metas = tx.open_table(SWAP_META).map_err(db_err("open swaps"))?;
+            let mut datas = tx.open_table(SWAP_DATA).map_err(db_err("open swaps"))?;
+            let mut by_hash = tx.open_table(SWAP_BY_HASH).map_err(db_err("open swaps"))?;
+            let old_hash = match metas.get(record.id.0).map_err(db_err("read a swap"))? {
+                Some(old) => {
+                    serde_json::from_str::<SwapMeta>(old.value()).ok().and_then(|m| m.payment_hash)
+                }
+                None => None,
+            };
+            if let Some(old) = old_hash.filter(|h| Some(*h) != record.payment_hash) {
+                by_hash.remove(old.0).map_err(db_err("update the payment hash index"))?;
+            }
+            if let Some(hash) = record.payment_hash {
+                by_hash
+                    .insert(hash.0, record.id.0)
+                    .map_err(db_err("update the payment hash index"))?;
+            }
+            metas.insert(record.id.0, meta_json.as_str()).map_err(db_err("write a swap"))?;
+            datas.insert(record.id.0, record.data.as_slice()).map_err(db_err("write a swap"))?;
+        }
+        tx.commit().map_err(db_err("commit a swap"))
+    }
+
+    fn get_swap(&self, id: &SwapId) -> Result<Option<SwapRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("begin a read"))?;
+        Self::get_swap_in(&tx, id)
+    }
+
+    fn get_swap_by_payment_hash(
+        &self,
+        hash: &PaymentHash,
+    ) -> Result<Option<SwapRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("begin a read"))?;
+        let id = {
+            let by_hash = tx.open_table(SWAP_BY_HASH).map_err(db_err("open swaps"))?;
+            let found = by_hash.get(hash.0).map_err(db_err("read the payment hash index"))?;
+            match found {
+                Some(id) => SwapId(id.value()),
+                None => return Ok(None),
+            }
+        };
+        Self::get_swap_in(&tx, &id)
+    }
+
+    fn list_swaps(&self, filter: &SwapFilter) -> Result<Vec<SwapRecord>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("begin a read"))?;
+        let metas = tx.open_table(SWAP_META).map_err(db_err("open swaps"))?;
+        let datas = tx.open_table(SWAP_DATA).map_err(db_err("open swaps"))?;
+        let mut out = Vec::new();
+        for entry in metas.iter().map_err(db_err("list swaps"))? {
+            let (key, meta) = entry.map_err(db_err("list swaps"))?;
+            let id = SwapId(key.value());
+            // Decode the metadata first; fetch the data only for matching swaps.
+            let record = Self::read_record(meta.value(), id, Vec::new())?;
+            if !filter.matches(&record) {
+                continue;
+            }
+            let data = datas
+                .get(id.0)
+                .map_err(db_err("read a swap"))?
+                .map(|d| d.value().to_vec())
+                .unwrap_or_default();
+            out.push(SwapRecord { data, ..record });
+        }
+        sort_and_limit(&mut out, filter.limit);
+        Ok(out)
+    }
+
+    fn put_offer(&self, id: &str, offer: &serde_json::Value) -> Result<(), StoreError> {
+        let json = serde_json::to_string(offer)
+            .map_err(|source| StoreError::Encode { what: format!("offer {id}"), source })?;
+        let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
+        {
+            let mut offers = tx.open_table(OFFERS).map_err(db_err("open offers"))?;
+            offers.insert(id, json.as_str()).map_err(db_err("write an offer"))?;
+        }
+        tx.commit().map_err(db_err("commit an offer"))
+    }
+
+    fn get_offer(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("begin a read"))?;
+        let offers = tx.open_table(OFFERS).map_err(db_err("open offers"))?;
+        let found = offers.get(id).map_err(db_err("read an offer"))?;
+        match found {
+            Some(json) => serde_json::from_str(json.value())
+                .map(Some)
+                .map_err(|source| StoreError::Corrupt { what: format!("offer {id}"), source }),
+            None => Ok(None),
+        }
+    }
+
+    fn list_offers(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("begin a read"))?;
+        let offers = tx.open_table(OFFERS).map_err(db_err("open offers"))?;
+        let mut out = Vec::new();
+        for entry in offers.iter().map_err(db_err("list offers"))? {
+            let (id, json) = entry.map_err(db_err("list offers"))?;
+            let id = id.value().to_string();
+            let value = serde_json::from_str(json.value())
+                .map_err(|source| StoreError::Corrupt { what: format!("offer {id}"), source })?;
+            out.push((id, value));
+        }
+        Ok(out)
+    }
+
+    fn delete_offer(&self, id: &str) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
+        let existed = {
+            let mut offers = tx.open_table(OFFERS).map_err(db_err("open offers"))?;
+            let removed = offers.remove(id).map_err(db_err("delete an offer"))?;
+            removed.is_some()
+        };
+        tx.commit().map_err(db_err("commit an offer deletion"))?;
+        Ok(existed)
+    }
+
+    fn next_swap_index(&self) -> Result<u32, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
+        let index = {
+            let mut meta = tx.open_table(META).map_err(db_err("open the meta table"))?;
+            let current = meta
+                .get(KEY_NEXT_SWAP_INDEX)
+                .map_err(db_err("read the swap index"))?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            let index = u32::try_from(current)
+                .ok()
+                .filter(|i| *i <= MAX_SWAP_INDEX)
+                .ok_or(StoreError::IndexExhausted)?;
+            meta.insert(KEY_NEXT_SWAP_INDEX, current + 1)
+                .map_err(db_err("write the swap index"))?;
+            index
+        };
+        tx.commit().map_err(db_err("commit the swap index"))?;
+        Ok(index)
+    }
+
+    fn peek_swap_index(&self) -> Result<u32, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("begin a read"))?;
+        let meta = tx.open_table(META).map_err(db_err("open the meta table"))?;
+        let current = meta
+            .get(KEY_NEXT_SWAP_INDEX)
+            .map_err(db_err("read the swap index"))?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        u32::try_from(current).map_err(|_| StoreError::IndexExhausted)
+    }
+
+    fn mark_event_processed(&self, id: [u8; 32], seen_at: u64) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
+        let fresh = {
+            let mut table =
+                tx.open_table(NOSTR_PROCESSED).map_err(db_err("open processed events"))?;
+            let exists = table.get(id).map_err(db_err("read processed events"))?.is_some();
+            if !exists {
+                table.insert(id, seen_at).map_err(db_err("write processed events"))?;
+            }
+            !exists
+        };
+        if fresh {
+            tx.commit().map_err(db_err("commit a processed event"))?;
+        } else {
+            tx.abort().map_err(db_err("abort a read-only write"))?;
+        }
+        Ok(fresh)
+    }
+
+    fn is_event_processed(&self, id: &[u8; 32]) -> Result<bool, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("begin a read"))?;
+        let table = tx.open_table(NOSTR_PROCESSED).map_err(db_err("open processed events"))?;
+        let found = table.get(*id).map_err(db_err("read processed events"))?;
+        Ok(found.is_some())
+    }
+
+    fn prune_processed_events(&self, before: u64) -> Result<usize, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
+        let mut removed = 0usize;
+        {
+            let mut table =
+                tx.open_table(NOSTR_PROCESSED).map_err(db_err("open processed events"))?;
+            table
+                .retain(|_, seen_at| {
+                    let keep = seen_at >= before;
+                    if !keep {
+                        removed += 1;
+                    }
+                    keep
+                })
+                .map_err(db_err("prune processed events"))?;
+        }
+        tx.commit().map_err(db_err("commit the pruning"))?;
+        Ok(removed)
+    }
+
+    fn append_swap_event(&self, id: &SwapId, event: &serde_json::Value) -> Result<u64, StoreError> {
+        let json = serde_json::to_string(event)
+            .map_err(|source| StoreError::Encode { what: format!("event of swap {id}"), source })?;
+        let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
+        let seq = {
+            let mut table = tx.open_table(SWAP_EVENTS).map_err(db_err("open swap events"))?;
+            let last = table
+                .range((id.0, 0)..=(id.0, u64::MAX))
+                .map_err(db_err("read swap events"))?
+                .next_back()
+                .transpose()
+                .map_err(db_err("read swap events"))?
+                .map(|(k, _)| k.value().1);
+            let seq = last.map_or(0, |s| s + 1);
+            table.insert((id.0, seq), json.as_str()).map_err(db_err("write a swap event"))?;
+            seq
+        };
+        tx.commit().map_err(db_err("commit a swap event"))?;
+        Ok(seq)
+    }
+
+    fn swap_events(&self, id: &SwapId, from: u64) -> Result<Vec<SwapEvent>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("begin a read"))?;
+        let table = tx.open_table(SWAP_EVENTS).map_err(db_err("open swap events"))?;
+        let mut out = Vec::new();
+        for entry in
+            table.range((id.0, from)..=(id.0, u64::MAX)).map_err(db_err("read swap events"))?
+        {
+            let (key, json) = entry.map_err(db_err("read swap events"))?;
+            let seq = key.value().1;
+            let event = serde_json::from_str(json.value()).map_err(|source| {
+                StoreError::Corrupt { what: format!("event {seq} of swap {id}"), source }
+            })?;
+            out.push(SwapEvent { seq, event });
+        }
+        Ok(out)
+    }
+}

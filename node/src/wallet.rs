@@ -1,0 +1,1 @@
+//! wallet (in progress).
