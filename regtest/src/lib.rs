@@ -232,6 +232,13 @@ impl RegtestChain {
         self.with(|s| Ok(s.txs.get(txid).and_then(|r| r.confirmed).map(|c| c.1)))
     }
 
+    /// The transaction spending `outpoint` (in the mempool or the active chain), if any.
+    pub fn outspend(&self, outpoint: &bitcoin::OutPoint) -> Result<Option<Txid>> {
+        self.with(|s| {
+            Ok(s.mempool_spends.get(outpoint).or_else(|| s.chain_spends.get(outpoint)).map(|x| x.0))
+        })
+    }
+
     /// Reason a transaction was dropped from the mempool because the kernel rejected a block
     /// containing it.
     pub fn dropped_reason(&self, txid: &Txid) -> Result<Option<String>> {
