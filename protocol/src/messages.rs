@@ -1099,6 +1099,15 @@ impl Envelope {
     }
 }
 
+/// ` at `path`` for a field, nothing for the whole input.
+fn at_path(path: &str) -> String {
+    if path.is_empty() {
+        String::new()
+    } else {
+        format!(" at `{path}`")
+    }
+}
+
 /// Reads and checks `v`, before any other field.
 fn check_version(map: &Map<String, Value>, swap_id: Option<SwapId>) -> Result<u32, DecodeError> {
     let malformed =
@@ -1140,7 +1149,7 @@ pub enum DecodeError {
     },
     /// Not JSON, not an object, or a field is missing, of the wrong type, bad hex, the wrong
     /// length or over its limit.
-    #[error("malformed message at `{path}`: {reason}")]
+    #[error("malformed message{}: {reason}", at_path(path))]
     Malformed {
         /// The field (`""` for the whole input).
         path: String,
