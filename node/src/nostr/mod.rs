@@ -1,0 +1,34 @@
+//! Nostr transport: offers as addressable events, swap messages as NIP-59 gift wraps.
+//!
+//! Normative text: `spec/04-nostr.md`. The engine uses [`NostrTransport`]:
+//!
+//! - [`NostrTransport::connect`] with a [`TransportConfig`] (node key, relays, limits) and a
+//!   [`ProcessedEvents`] store (the node's redb store; [`MemoryProcessedEvents`] in tests);
+//! - offers: [`NostrTransport::publish_offer`], [`NostrTransport::withdraw_offer`],
+//!   [`NostrTransport::refresh_offers`] / [`NostrTransport::spawn_refresher`],
+//!   [`NostrTransport::discover_offers`];
+//! - swap messages: [`NostrTransport::send`] / [`NostrTransport::send_with`], and
+//!   [`NostrTransport::incoming`] for the decoded messages addressed to this node.
+
+mod offers;
+mod processed;
+mod ratelimit;
+mod transport;
+pub mod wire;
+mod wrap;
+
+pub use nostr_sdk::{EventId, PublicKey, Timestamp};
+pub use offers::{
+    offer_event_builder, offer_relay_filter, parse_offer_event, select_offers, DiscoveredOffer,
+    OfferFilter, OfferRejection, NETWORK_TAG,
+};
+pub use processed::{MemoryProcessedEvents, ProcessedEvents, ProcessedStoreError};
+pub use ratelimit::{RateLimit, RateLimiter};
+pub use transport::{
+    Incoming, NostrTransport, RefreshHandle, SendOptions, SendReport, TransportConfig,
+    TransportError, TransportStats,
+};
+pub use wrap::{
+    build_gift_wrap, build_seal, committed_pow, event_size, max_gift_wrap_bytes, open_gift_wrap,
+    wrap_seal, OpenedMessage, WrapError,
+};

@@ -1,0 +1,874 @@
+//! The relay pool, the offer publisher and the swap-message sender and receiver.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+
+use nostr_sdk::prelude::*;
+use tokio::sync::{broadcast, mpsc, Mutex};
+use tokio::task::JoinHandle;
+
+use super::offers::{self, DiscoveredOffer, OfferFilter};
+use super::processed::{ProcessedEvents, ProcessedStoreError};
+use super::ratelimit::{RateLimit, RateLimiter};
+use super::wire::{self, Envelope, Offer, MAX_MESSAGE_BYTES, MAX_OFFER_BYTES, OFFER_KIND};
+use super::wrap::{self, WrapError};
+
+/// How many gift-wrap ids the receiver remembers in memory (beyond the persistent store) to
+/// de-duplicate copies arriving from several relays.
+const SEEN_CAPACITY: usize = 100_000;
+
+/// Configuration of a [`NostrTransport`].
+#[derive(Clone)]
+pub struct TransportConfig {
+    /// The node's Nostr secret key (derived from the seed by the caller). Never logged.
+    pub secret_key: [u8; 32],
+    /// Our relays (`wss://` or `ws://` URLs): offers are published and messages received here.
+    pub relays: Vec<String>,
+    /// Proof of work (NIP-13 leading zero bits) demanded on the gift wrap of every `swap_request`
+    /// sent to us; advertise the same number in our offers. `None` or `Some(0)`: none.
+    pub pow_difficulty: Option<u8>,
+    /// Per-sender limit on new swap requests.
+    pub request_rate_limit: RateLimit,
+    /// Per-sender limit on all swap messages (including undecodable ones).
+    pub message_rate_limit: RateLimit,
+    /// Lifetime of a swap-message gift wrap (its NIP-40 `expiration`): must exceed the swap timeout.
+    pub message_ttl: Duration,
+    /// Lifetime of a published offer version (its NIP-40 `expiration`); refresh well before.
+    pub offer_ttl: Duration,
+    /// Events larger than this (NIP-01 JSON, bytes) are dropped by the relay connection before
+    /// they are parsed. Default: [`wrap::max_gift_wrap_bytes`] of [`MAX_MESSAGE_BYTES`].
+    pub max_event_bytes: usize,
+    /// Base interval between reconnection attempts to a relay (nostr-sdk grows it with each
+    /// failure, up to 60 s, with a few seconds of jitter).
+    pub retry_interval: Duration,
+    /// How long [`NostrTransport::send`] and [`NostrTransport::publish_offer`] keep retrying until
+    /// at least one relay has accepted the event.
+    pub send_timeout: Duration,
+    /// How long [`NostrTransport::discover_offers`] waits for relays to answer.
+    pub fetch_timeout: Duration,
+    /// When `false` (default), an incoming event is marked processed just before it is delivered.
+    /// When `true`, the engine marks it with [`NostrTransport::ack`] after it has acted on it, so a
+    /// crash in between redelivers it after the restart.
+    pub manual_ack: bool,
+    /// Capacity of the [`NostrTransport::incoming`] channel.
+    pub channel_capacity: usize,
+    /// At most this many of a peer's advertised relays are used per message.
+    pub max_hint_relays: usize,
+}
+
+impl TransportConfig {
+    /// A configuration with the default limits.
+    pub fn new(secret_key: [u8; 32], relays: Vec<String>) -> Self {
+        Self {
+            secret_key,
+            relays,
+            pow_difficulty: None,
+            request_rate_limit: RateLimit::new(5, 10),
+            message_rate_limit: RateLimit::new(60, 120),
+            message_ttl: Duration::from_secs(7 * 24 * 3600),
+            offer_ttl: Duration::from_secs(3600),
+            max_event_bytes: wrap::max_gift_wrap_bytes(MAX_MESSAGE_BYTES),
+            retry_interval: Duration::from_secs(5),
+            send_timeout: Duration::from_secs(30),
+            fetch_timeout: Duration::from_secs(10),
+            manual_ack: false,
+            channel_capacity: 1024,
+            max_hint_relays: 8,
+        }
+    }
+}
+
+impl fmt::Debug for TransportConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransportConfig")
+            .field("secret_key", &"<redacted>")
+            .field("relays", &self.relays)
+            .field("pow_difficulty", &self.pow_difficulty)
+            .field("request_rate_limit", &self.request_rate_limit)
+            .field("message_rate_limit", &self.message_rate_limit)
+            .field("message_ttl", &self.message_ttl)
+            .field("offer_ttl", &self.offer_ttl)
+            .field("max_event_bytes", &self.max_event_bytes)
+            .field("retry_interval", &self.retry_interval)
+            .field("send_timeout", &self.send_timeout)
+            .field("fetch_timeout", &self.fetch_timeout)
+            .field("manual_ack", &self.manual_ack)
+            .field("channel_capacity", &self.channel_capacity)
+            .field("max_hint_relays", &self.max_hint_relays)
+            .finish()
+    }
+}
+
+/// Errors of the transport.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// The configured secret key is not a valid secp256k1 scalar.
+    #[error("invalid node secret key")]
+    InvalidKey,
+    /// No relay configured.
+    #[error("no relay configured")]
+    NoRelays,
+    /// A relay URL does not parse.
+    #[error("invalid relay url {url:?}: {reason}")]
+    RelayUrl {
+        /// The URL as given.
+        url: String,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The relay pool refused an operation.
+    #[error("relay pool: {0}")]
+    Pool(String),
+    /// The message or offer could not be encoded.
+    #[error("encoding: {0}")]
+    Encode(String),
+    /// The encoded message or offer is over its size limit.
+    #[error("{what} is {size} bytes, over the {max}-byte limit")]
+    TooLarge {
+        /// `message` or `offer`.
+        what: &'static str,
+        /// Encoded size.
+        size: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// Building the gift wrap failed.
+    #[error(transparent)]
+    Wrap(#[from] WrapError),
+    /// No relay accepted the event before the send timeout.
+    #[error("no relay accepted event {event_id} within {timeout:?}: {last_error}")]
+    NotDelivered {
+        /// The event that was not delivered.
+        event_id: EventId,
+        /// The send timeout.
+        timeout: Duration,
+        /// The last relay error seen.
+        last_error: String,
+    },
+    /// The processed-events store failed.
+    #[error(transparent)]
+    Store(#[from] ProcessedStoreError),
+    /// The transport was shut down.
+    #[error("transport is shut down")]
+    Shutdown,
+}
+
+/// A swap message addressed to this node.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The peer's node key (author of the seal and of the rumor).
+    pub sender: PublicKey,
+    /// Id of the gift wrap (the id persisted in [`ProcessedEvents`]).
+    pub event_id: EventId,
+    /// The relay it first arrived from.
+    pub relay: RelayUrl,
+    /// The rumor's `created_at`, set by the sender (gift wrap and seal times are randomised).
+    pub created_at: Timestamp,
+    /// NIP-13 work committed by the gift wrap (see [`wrap::committed_pow`]).
+    pub pow_bits: u8,
+    /// The decoded envelope, or why it did not decode (answer with an `error` message).
+    pub message: Result<Envelope, wire::DecodeError>,
+}
+
+/// Options of one [`NostrTransport::send_with`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendOptions {
+    /// Mine NIP-13 proof of work on the gift wrap (the peer's offer `pow_difficulty`).
+    pub pow: Option<u8>,
+    /// Override [`TransportConfig::message_ttl`] for this message.
+    pub ttl: Option<Duration>,
+}
+
+/// What [`NostrTransport::send`] did.
+#[derive(Debug, Clone)]
+pub struct SendReport {
+    /// Id of the published event.
+    pub event_id: EventId,
+    /// Size of the event's NIP-01 JSON, in bytes.
+    pub event_bytes: usize,
+    /// The relay that accepted it first (the other targets keep trying in the background).
+    pub accepted_by: RelayUrl,
+    /// Every relay the event was sent to.
+    pub targets: Vec<RelayUrl>,
+}
+
+/// Counters of the receiver, for logs and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Gift wraps addressed to us seen (all copies).
+    pub received: u64,
+    /// Messages delivered on [`NostrTransport::incoming`].
+    pub delivered: u64,
+    /// Copies dropped as duplicates (another relay, or processed before).
+    pub duplicates: u64,
+    /// Events dropped for their size, unread.
+    pub oversize: u64,
+    /// Gift wraps that did not open (bad encryption, bad seal, wrong kind, wrong recipient).
+    pub invalid: u64,
+    /// Messages dropped by a per-sender rate limit.
+    pub rate_limited: u64,
+    /// Swap requests dropped for missing proof of work.
+    pub insufficient_pow: u64,
+    /// Bytes sent to all relays (websocket text frames).
+    pub bytes_sent: u64,
+    /// Bytes received from all relays.
+    pub bytes_received: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    received: AtomicU64,
+    delivered: AtomicU64,
+    duplicates: AtomicU64,
+    oversize: AtomicU64,
+    invalid: AtomicU64,
+    rate_limited: AtomicU64,
+    insufficient_pow: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+struct Inner {
+    client: Client,
+    keys: Keys,
+    config: TransportConfig,
+    our_relays: Vec<RelayUrl>,
+    relay_opts: RelayOptions,
+    processed: Arc<dyn ProcessedEvents>,
+    offers: Mutex<HashMap<String, Offer>>,
+    last_offer_time: StdMutex<HashMap<String, Timestamp>>,
+    counters: Counters,
+    incoming: StdMutex<Option<mpsc::Receiver<Incoming>>>,
+    tasks: StdMutex<Vec<JoinHandle<()>>>,
+}
+
+/// The Nostr side of a Looper node. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct NostrTransport {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for NostrTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NostrTransport")
+            .field("public_key", &self.inner.keys.public_key())
+            .field("relays", &self.inner.our_relays)
+            .finish()
+    }
+}
+
+/// Stops the offer refresher when dropped.
+#[derive(Debug)]
+pub struct RefreshHandle(JoinHandle<()>);
+
+impl RefreshHandle {
+    /// Stops the refresher now.
+    pub fn stop(self) {
+        self.0.abort();
+    }
+}
+
+impl Drop for RefreshHandle {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn parse_relay(url: &str) -> Result<RelayUrl, TransportError> {
+    RelayUrl::parse(url)
+        .map_err(|e| TransportError::RelayUrl { url: url.to_string(), reason: e.to_string() })
+}
+
+fn now_plus(d: Duration) -> Timestamp {
+    Timestamp::from_secs(Timestamp::now().as_secs().saturating_add(d.as_secs()))
+}
+
+impl NostrTransport {
+    /// Connects to the configured relays and starts receiving swap messages addressed to the node.
+    ///
+    /// Relays that are down are retried in the background with backoff; the transport works as
+    /// long as one relay is reachable.
+    pub async fn connect(
+        config: TransportConfig,
+        processed: Arc<dyn ProcessedEvents>,
+    ) -> Result<Self, TransportError> {
+        let secret =
+            SecretKey::from_slice(&config.secret_key).map_err(|_| TransportError::InvalidKey)?;
+        let keys = Keys::new(secret);
+        if config.relays.is_empty() {
+            return Err(TransportError::NoRelays);
+        }
+        let our_relays =
+            config.relays.iter().map(|r| parse_relay(r)).collect::<Result<Vec<_>, _>>()?;
+
+        // Size limits applied by the websocket reader before an event is parsed or verified.
+        let max_event = u32::try_from(config.max_event_bytes).unwrap_or(u32::MAX);
+        let max_offer = u32::try_from(MAX_OFFER_BYTES.saturating_add(2048)).unwrap_or(u32::MAX);
+        let mut limits = RelayLimits::default();
+        limits.messages.max_size = Some(max_event.max(max_offer).saturating_add(1024));
+        limits.events = limits
+            .events
+            .set_max_size_per_kind(Kind::GiftWrap, Some(max_event))
+            .set_max_size_per_kind(Kind::Custom(OFFER_KIND), Some(max_offer));
+        limits.events.max_size = Some(max_event.max(max_offer));
+        let relay_opts = RelayOptions::new()
+            .retry_interval(config.retry_interval)
+            .adjust_retry_interval(true)
+            .reconnect(true)
+            .limits(limits);
+
+        let client = Client::builder().signer(keys.clone()).build();
+        for url in &our_relays {
+            client
+                .pool()
+                .add_relay(url.clone(), relay_opts.clone())
+                .await
+                .map_err(|e| TransportError::Pool(e.to_string()))?;
+        }
+        let notifications = client.notifications();
+        client.connect().await;
+        client.wait_for_connection(Duration::from_secs(5)).await;
+
+        // Gift wraps addressed to us, without `since`: NIP-59 randomises created_at up to two days
+        // into the past, so a `since` would silently skip messages. Duplicates are filtered below.
+        let filter = Filter::new().kind(Kind::GiftWrap).pubkey(keys.public_key());
+        client.subscribe(filter, None).await.map_err(|e| TransportError::Pool(e.to_string()))?;
+
+        let (tx, rx) = mpsc::channel(config.channel_capacity.max(1));
+        let inner = Arc::new(Inner {
+            client,
+            keys,
+            our_relays,
+            relay_opts,
+            processed,
+            offers: Mutex::new(HashMap::new()),
+            last_offer_time: StdMutex::new(HashMap::new()),
+            counters: Counters::default(),
+            incoming: StdMutex::new(Some(rx)),
+            tasks: StdMutex::new(Vec::new()),
+            config,
+        });
+        let receiver = Receiver::new(Arc::clone(&inner), tx);
+        let handle = tokio::spawn(receiver.run(notifications));
+        if let Ok(mut tasks) = inner.tasks.lock() {
+            tasks.push(handle);
+        }
+        tracing::info!(
+            pubkey = %inner.keys.public_key(),
+            relays = inner.our_relays.len(),
+            "nostr transport started"
+        );
+        Ok(Self { inner })
+    }
+
+    /// The node's Nostr public key (sellers advertise it as the author of their offers).
+    pub fn public_key(&self) -> PublicKey {
+        self.inner.keys.public_key()
+    }
+
+    /// Our relays, as configured.
+    pub fn relays(&self) -> Vec<String> {
+        self.inner.our_relays.iter().map(|u| u.to_string()).collect()
+    }
+
+    /// The underlying nostr-sdk client (diagnostics and tests).
+    pub fn client(&self) -> &Client {
+        &self.inner.client
+    }
+
+    /// The stream of swap messages addressed to this node. Returns the receiver once; later
+    /// calls return `None`.
+    pub fn incoming(&self) -> Option<mpsc::Receiver<Incoming>> {
+        self.inner.incoming.lock().ok().and_then(|mut g| g.take())
+    }
+
+    /// Marks an incoming event processed (only needed with [`TransportConfig::manual_ack`]).
+    /// Returns `true` when it was not marked before.
+    pub fn ack(&self, event_id: &EventId) -> Result<bool, TransportError> {
+        Ok(self.inner.processed.mark_processed(event_id.to_bytes())?)
+    }
+
+    /// Current counters.
+    pub async fn stats(&self) -> TransportStats {
+        let c = &self.inner.counters;
+        let mut s = TransportStats {
+            received: c.received.load(Ordering::Relaxed),
+            delivered: c.delivered.load(Ordering::Relaxed),
+            duplicates: c.duplicates.load(Ordering::Relaxed),
+            oversize: c.oversize.load(Ordering::Relaxed),
+            invalid: c.invalid.load(Ordering::Relaxed),
+            rate_limited: c.rate_limited.load(Ordering::Relaxed),
+            insufficient_pow: c.insufficient_pow.load(Ordering::Relaxed),
+            bytes_sent: 0,
+            bytes_received: 0,
+        };
+        for relay in self.inner.client.relays().await.values() {
+            let st = relay.stats();
+            s.bytes_sent = s.bytes_sent.saturating_add(st.bytes_sent() as u64);
+            s.bytes_received = s.bytes_received.saturating_add(st.bytes_received() as u64);
+        }
+        s
+    }
+
+    /// Disconnects from every relay and stops the background tasks.
+    pub async fn shutdown(&self) {
+        if let Ok(mut tasks) = self.inner.tasks.lock() {
+            for t in tasks.drain(..) {
+                t.abort();
+            }
+        }
+        self.inner.client.shutdown().await;
+    }
+
+    // ----- swap messages -------------------------------------------------------------------
+
+    /// Sends `envelope` to `peer` as a gift-wrapped swap message, to the peer's advertised relays
+    /// (`relays_hint`, at most [`TransportConfig::max_hint_relays`]) and ours.
+    pub async fn send(
+        &self,
+        peer: &PublicKey,
+        relays_hint: &[String],
+        envelope: &Envelope,
+    ) -> Result<SendReport, TransportError> {
+        self.send_with(peer, relays_hint, envelope, SendOptions::default()).await
+    }
+
+    /// As [`NostrTransport::send`], with proof of work or another lifetime.
+    pub async fn send_with(
+        &self,
+        peer: &PublicKey,
+        relays_hint: &[String],
+        envelope: &Envelope,
+        opts: SendOptions,
+    ) -> Result<SendReport, TransportError> {
+        let content =
+            wire::encode_envelope(envelope).map_err(|e| TransportError::Encode(e.to_string()))?;
+        self.send_raw(peer, relays_hint, content, opts).await
+    }
+
+    /// Sends an already encoded message (`content` is the rumor's content, normally an encoded
+    /// envelope; tests use it to send malformed ones).
+    pub async fn send_raw(
+        &self,
+        peer: &PublicKey,
+        relays_hint: &[String],
+        content: String,
+        opts: SendOptions,
+    ) -> Result<SendReport, TransportError> {
+        if content.len() > MAX_MESSAGE_BYTES {
+            return Err(TransportError::TooLarge {
+                what: "message",
+                size: content.len(),
+                max: MAX_MESSAGE_BYTES,
+            });
+        }
+        let expiration = now_plus(opts.ttl.unwrap_or(self.inner.config.message_ttl));
+        let seal = wrap::build_seal(&self.inner.keys, peer, content).await?;
+        let receiver = *peer;
+        let event = match opts.pow.filter(|d| *d > 0) {
+            Some(d) => tokio::task::spawn_blocking(move || {
+                wrap::wrap_seal(&receiver, &seal, expiration, Some(d))
+            })
+            .await
+            .map_err(|e| TransportError::Encode(format!("pow task: {e}")))??,
+            None => wrap::wrap_seal(&receiver, &seal, expiration, None)?,
+        };
+        let mut targets: Vec<RelayUrl> = Vec::new();
+        for hint in relays_hint.iter().take(self.inner.config.max_hint_relays) {
+            match parse_relay(hint) {
+                Ok(url) => {
+                    if !targets.contains(&url) {
+                        targets.push(url);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "ignoring peer relay hint"),
+            }
+        }
+        for url in &self.inner.our_relays {
+            if !targets.contains(url) {
+                targets.push(url.clone());
+            }
+        }
+        self.deliver(&event, targets).await
+    }
+
+    /// Publishes `event` to `targets` (adding unknown relays to the pool) and returns as soon as
+    /// one relay has accepted it; retries until [`TransportConfig::send_timeout`].
+    async fn deliver(
+        &self,
+        event: &Event,
+        targets: Vec<RelayUrl>,
+    ) -> Result<SendReport, TransportError> {
+        let client = &self.inner.client;
+        for url in &targets {
+            match client.pool().add_relay(url.clone(), self.inner.relay_opts.clone()).await {
+                Ok(true) => {
+                    if let Err(e) = client.connect_relay(url.clone()).await {
+                        tracing::debug!(relay = %url, error = %e, "cannot connect peer relay");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::debug!(relay = %url, error = %e, "cannot add peer relay"),
+            }
+        }
+        let timeout = self.inner.config.send_timeout;
+        let deadline = Instant::now() + timeout;
+        let event_bytes = wrap::event_size(event);
+        let mut backoff = Duration::from_millis(200);
+        let mut last_error = String::from("no relay");
+        loop {
+            let (tx, mut rx) = mpsc::channel(targets.len().max(1));
+            let mut pending = 0usize;
+            for url in &targets {
+                let relay = match client.relay(url.clone()).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        last_error = format!("{url}: {e}");
+                        continue;
+                    }
+                };
+                let tx = tx.clone();
+                let event = event.clone();
+                let url = url.clone();
+                pending += 1;
+                tokio::spawn(async move {
+                    let res = relay.send_event(&event).await.map_err(|e| e.to_string());
+                    let _ = tx.send((url, res)).await;
+                });
+            }
+            drop(tx);
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let first_ok = tokio::time::timeout(remaining, async {
+                while let Some((url, res)) = rx.recv().await {
+                    match res {
+                        Ok(_) => return Some(url),
+                        Err(e) => {
+                            tracing::debug!(relay = %url, error = %e, event_id = %event.id, "relay refused event");
+                            last_error = format!("{url}: {e}");
+                        }
+                    }
+                }
+                None
+            })
+            .await;
+            if let Ok(Some(url)) = first_ok {
+                return Ok(SendReport {
+                    event_id: event.id,
+                    event_bytes,
+                    accepted_by: url,
+                    targets,
+                });
+            }
+            let _ = pending;
+            if Instant::now() + backoff >= deadline {
+                return Err(TransportError::NotDelivered {
+                    event_id: event.id,
+                    timeout,
+                    last_error,
+                });
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    // ----- offers --------------------------------------------------------------------------
+
+    fn next_offer_time(&self, offer_id: &str) -> Timestamp {
+        let now = Timestamp::now();
+        match self.inner.last_offer_time.lock() {
+            Ok(mut m) => {
+                let t = match m.get(offer_id) {
+                    Some(last) if *last >= now => Timestamp::from_secs(last.as_secs() + 1),
+                    _ => now,
+                };
+                m.insert(offer_id.to_string(), t);
+                t
+            }
+            Err(_) => now,
+        }
+    }
+
+    async fn publish_offer_event(&self, offer: &Offer) -> Result<SendReport, TransportError> {
+        let id = wire::offer_id(offer);
+        let created_at = self.next_offer_time(&id);
+        let expiration = now_plus(self.inner.config.offer_ttl);
+        let builder = offers::offer_event_builder(offer, expiration, created_at)
+            .map_err(|e| TransportError::Encode(e.to_string()))?;
+        let event = builder
+            .sign_with_keys(&self.inner.keys)
+            .map_err(|e| TransportError::Encode(e.to_string()))?;
+        if event.content.len() > MAX_OFFER_BYTES {
+            return Err(TransportError::TooLarge {
+                what: "offer",
+                size: event.content.len(),
+                max: MAX_OFFER_BYTES,
+            });
+        }
+        self.deliver(&event, self.inner.our_relays.clone()).await
+    }
+
+    /// Publishes `offer` (addressable event, `d` = offer id, `expiration` = now +
+    /// [`TransportConfig::offer_ttl`]) and remembers it for [`NostrTransport::refresh_offers`].
+    pub async fn publish_offer(&self, offer: &Offer) -> Result<SendReport, TransportError> {
+        let report = self.publish_offer_event(offer).await?;
+        self.inner.offers.lock().await.insert(wire::offer_id(offer), offer.clone());
+        Ok(report)
+    }
+
+    /// Republishes every remembered offer with a new expiration. Returns how many were published.
+    pub async fn refresh_offers(&self) -> Result<usize, TransportError> {
+        let offers: Vec<Offer> = self.inner.offers.lock().await.values().cloned().collect();
+        let mut n = 0;
+        for offer in &offers {
+            self.publish_offer_event(offer).await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Runs [`NostrTransport::refresh_offers`] every `interval` until the handle is dropped.
+    pub fn spawn_refresher(&self, interval: Duration) -> RefreshHandle {
+        let this = self.clone();
+        RefreshHandle(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                if let Err(e) = this.refresh_offers().await {
+                    tracing::warn!(error = %e, "offer refresh failed");
+                }
+            }
+        }))
+    }
+
+    /// Withdraws an offer: publishes an empty replacement (same `d`, short expiry) for relays that
+    /// ignore deletions, then a NIP-09 deletion of the address, and stops refreshing it.
+    pub async fn withdraw_offer(&self, offer_id: &str) -> Result<(), TransportError> {
+        self.inner.offers.lock().await.remove(offer_id);
+        let created_at = self.next_offer_time(offer_id);
+        let replacement = offers::withdrawn_event_builder(
+            offer_id,
+            now_plus(Duration::from_secs(60)),
+            created_at,
+        )
+        .sign_with_keys(&self.inner.keys)
+        .map_err(|e| TransportError::Encode(e.to_string()))?;
+        self.deliver(&replacement, self.inner.our_relays.clone()).await?;
+        let deletion_time = self.next_offer_time(offer_id);
+        let coordinate =
+            Coordinate::new(Kind::Custom(OFFER_KIND), self.public_key()).identifier(offer_id);
+        let deletion = EventBuilder::delete(
+            EventDeletionRequest::new().coordinate(coordinate).reason("offer withdrawn"),
+        )
+        .custom_created_at(deletion_time)
+        .sign_with_keys(&self.inner.keys)
+        .map_err(|e| TransportError::Encode(e.to_string()))?;
+        self.deliver(&deletion, self.inner.our_relays.clone()).await?;
+        Ok(())
+    }
+
+    /// Fetches offers from our relays and returns the valid ones for `filter`, cheapest first.
+    ///
+    /// Dropped: expired, malformed, oversize, wrong network, amount out of range, and every
+    /// version of an offer but the newest.
+    pub async fn discover_offers(
+        &self,
+        filter: &OfferFilter,
+    ) -> Result<Vec<DiscoveredOffer>, TransportError> {
+        let events = self
+            .inner
+            .client
+            .fetch_events_from(
+                self.inner.our_relays.clone(),
+                offers::offer_relay_filter(filter),
+                self.inner.config.fetch_timeout,
+            )
+            .await
+            .map_err(|e| TransportError::Pool(e.to_string()))?;
+        Ok(offers::select_offers(events.iter(), filter, Timestamp::now()))
+    }
+}
+
+/// The receiving task: filters, opens, checks and delivers gift wraps.
+struct Receiver {
+    inner: Arc<Inner>,
+    tx: mpsc::Sender<Incoming>,
+    seen: HashSet<EventId>,
+    seen_order: VecDeque<EventId>,
+    requests: RateLimiter<PublicKey>,
+    messages: RateLimiter<PublicKey>,
+}
+
+impl Receiver {
+    fn new(inner: Arc<Inner>, tx: mpsc::Sender<Incoming>) -> Self {
+        let requests = RateLimiter::new(inner.config.request_rate_limit);
+        let messages = RateLimiter::new(inner.config.message_rate_limit);
+        Self { inner, tx, seen: HashSet::new(), seen_order: VecDeque::new(), requests, messages }
+    }
+
+    async fn run(mut self, mut notifications: broadcast::Receiver<RelayPoolNotification>) {
+        loop {
+            match notifications.recv().await {
+                Ok(RelayPoolNotification::Event { relay_url, event, .. }) => {
+                    if !self.handle(relay_url, *event).await {
+                        break;
+                    }
+                }
+                Ok(RelayPoolNotification::Shutdown) => break,
+                Ok(RelayPoolNotification::Message { .. }) => {}
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "relay notifications lagged; refetching gift wraps");
+                    if !self.refetch().await {
+                        break;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => break,
+            }
+        }
+        tracing::debug!("nostr receiver stopped");
+    }
+
+    /// Asks our relays again for every gift wrap addressed to us (after lost notifications).
+    async fn refetch(&mut self) -> bool {
+        let filter = Filter::new().kind(Kind::GiftWrap).pubkey(self.inner.keys.public_key());
+        match self
+            .inner
+            .client
+            .fetch_events_from(
+                self.inner.our_relays.clone(),
+                filter,
+                self.inner.config.fetch_timeout,
+            )
+            .await
+        {
+            Ok(events) => {
+                let relay = self.inner.our_relays.first().cloned();
+                for event in events {
+                    if let Some(relay) = relay.clone() {
+                        if !self.handle(relay, event).await {
+                            return false;
+                        }
+                    }
+                }
+                true
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "refetching gift wraps failed");
+                true
+            }
+        }
+    }
+
+    fn remember(&mut self, id: EventId) -> bool {
+        if !self.seen.insert(id) {
+            return false;
+        }
+        self.seen_order.push_back(id);
+        if self.seen_order.len() > SEEN_CAPACITY {
+            if let Some(old) = self.seen_order.pop_front() {
+                self.seen.remove(&old);
+            }
+        }
+        true
+    }
+
+    /// Handles one event; returns `false` when the consumer is gone.
+    async fn handle(&mut self, relay: RelayUrl, event: Event) -> bool {
+        let me = self.inner.keys.public_key();
+        if event.kind != Kind::GiftWrap || !event.tags.public_keys().any(|p| *p == me) {
+            return true;
+        }
+        let inner = Arc::clone(&self.inner);
+        let c = &inner.counters;
+        bump(&c.received);
+        if wrap::event_size(&event) > self.inner.config.max_event_bytes {
+            bump(&c.oversize);
+            self.remember(event.id);
+            return true;
+        }
+        if !self.remember(event.id) {
+            bump(&c.duplicates);
+            return true;
+        }
+        let id_bytes = event.id.to_bytes();
+        match self.inner.processed.is_processed(id_bytes) {
+            Ok(true) => {
+                bump(&c.duplicates);
+                return true;
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "processed-events store unavailable"),
+        }
+        let opened = match wrap::open_gift_wrap(&self.inner.keys, &event).await {
+            Ok(o) => o,
+            Err(e) => {
+                bump(&c.invalid);
+                tracing::debug!(event_id = %event.id, error = %e, "dropping gift wrap");
+                self.mark(id_bytes);
+                return true;
+            }
+        };
+        if opened.content.len() > MAX_MESSAGE_BYTES {
+            bump(&c.oversize);
+            self.mark(id_bytes);
+            return true;
+        }
+        if !self.messages.check(&opened.sender) {
+            bump(&c.rate_limited);
+            tracing::debug!(sender = %opened.sender, "message rate limit");
+            self.mark(id_bytes);
+            return true;
+        }
+        let pow_bits = wrap::committed_pow(&event);
+        let message = wire::decode_envelope(&opened.content);
+        if let Ok(envelope) = &message {
+            if wire::is_swap_request(envelope) {
+                let required = self.inner.config.pow_difficulty.unwrap_or(0);
+                if pow_bits < required {
+                    bump(&c.insufficient_pow);
+                    tracing::debug!(sender = %opened.sender, pow_bits, required, "swap request without enough proof of work");
+                    self.mark(id_bytes);
+                    return true;
+                }
+                if !self.requests.check(&opened.sender) {
+                    bump(&c.rate_limited);
+                    tracing::debug!(sender = %opened.sender, "swap request rate limit");
+                    self.mark(id_bytes);
+                    return true;
+                }
+            }
+        }
+        if !self.inner.config.manual_ack {
+            match self.inner.processed.mark_processed(id_bytes) {
+                Ok(true) => {}
+                Ok(false) => {
+                    bump(&c.duplicates);
+                    return true;
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot persist processed event id"),
+            }
+        }
+        bump(&c.delivered);
+        let incoming = Incoming {
+            sender: opened.sender,
+            event_id: event.id,
+            relay,
+            created_at: opened.created_at,
+            pow_bits,
+            message,
+        };
+        self.tx.send(incoming).await.is_ok()
+    }
+
+    fn mark(&self, id: [u8; 32]) {
+        if let Err(e) = self.inner.processed.mark_processed(id) {
+            tracing::warn!(error = %e, "cannot persist processed event id");
+        }
+    }
+}

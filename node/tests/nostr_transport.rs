@@ -1,0 +1,530 @@
+//! The Nostr transport against nostr-relay-builder's in-process relay on 127.0.0.1.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Context, Result};
+use looper_node::nostr::wire::{self, Envelope, Offer, OFFER_KIND};
+use looper_node::nostr::{
+    build_gift_wrap, Incoming, MemoryProcessedEvents, NostrTransport, OfferFilter, ProcessedEvents,
+    RateLimit, SendOptions, TransportConfig,
+};
+use nostr_relay_builder::prelude::{
+    EventBuilder, Keys, Kind, LocalRelay, MemoryDatabase, MemoryDatabaseOptions, RelayBuilder, Tag,
+    Timestamp,
+};
+use nostr_sdk::Client;
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+mod fixtures {
+    use super::*;
+
+    pub fn offer(id: &str, network: &str, min: u64, max: u64, base: u64, ppm: u32) -> Offer {
+        Offer {
+            id: id.to_string(),
+            network: network.to_string(),
+            min_amount_sat: min,
+            max_amount_sat: max,
+            fee_base_sat: base,
+            fee_ppm: ppm,
+            funding_fee_sat: 300,
+            prepay_sat: None,
+            pow_difficulty: None,
+            relays: vec![],
+        }
+    }
+
+    pub fn envelope(kind: &str, seq: u64) -> Envelope {
+        Envelope { kind: kind.to_string(), swap_id: "11".repeat(32), seq }
+    }
+
+    pub fn is_kind(m: &Incoming, kind: &str) -> bool {
+        matches!(&m.message, Ok(e) if e.kind == kind)
+    }
+
+    pub fn seq_of(m: &Incoming) -> Option<u64> {
+        m.message.as_ref().ok().map(|e| e.seq)
+    }
+}
+use fixtures::*;
+
+fn relay_builder() -> RelayBuilder {
+    RelayBuilder::default().rate_limit(nostr_relay_builder::builder::RateLimit {
+        max_reqs: 500,
+        notes_per_minute: 100_000,
+    })
+}
+
+async fn start_relay() -> Result<(LocalRelay, String)> {
+    let relay = LocalRelay::new(relay_builder());
+    relay.run().await?;
+    let url = relay.url().await.to_string();
+    Ok((relay, url))
+}
+
+fn config(relays: &[&str]) -> TransportConfig {
+    let keys = Keys::generate();
+    let mut c = TransportConfig::new(
+        keys.secret_key().to_secret_bytes(),
+        relays.iter().map(|s| s.to_string()).collect(),
+    );
+    c.retry_interval = Duration::from_secs(1);
+    c.fetch_timeout = Duration::from_secs(5);
+    c
+}
+
+async fn transport(c: TransportConfig) -> Result<(NostrTransport, mpsc::Receiver<Incoming>)> {
+    let t = NostrTransport::connect(c, Arc::new(MemoryProcessedEvents::new())).await?;
+    let rx = t.incoming().ok_or_else(|| anyhow!("incoming taken"))?;
+    Ok((t, rx))
+}
+
+async fn recv(rx: &mut mpsc::Receiver<Incoming>) -> Result<Incoming> {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .context("timed out waiting for a message")?
+        .ok_or_else(|| anyhow!("channel closed"))
+}
+
+/// Nothing more arrives within `d`.
+async fn quiet(rx: &mut mpsc::Receiver<Incoming>, d: Duration) -> Result<()> {
+    match tokio::time::timeout(d, rx.recv()).await {
+        Err(_) => Ok(()),
+        Ok(m) => Err(anyhow!("unexpected message: {m:?}")),
+    }
+}
+
+async fn raw_client(url: &str) -> Result<(Client, Keys)> {
+    let keys = Keys::generate();
+    let client = Client::new(keys.clone());
+    client.add_relay(url).await?;
+    client.connect().await;
+    client.wait_for_connection(Duration::from_secs(5)).await;
+    Ok((client, keys))
+}
+
+async fn poll_until<F, Fut>(what: &str, mut f: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if f().await? {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(anyhow!("timed out: {what}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_publish_discover_filter_withdraw() -> Result<()> {
+    let (relay, url) = start_relay().await?;
+    let (seller, _rx) = transport(config(&[&url])).await?;
+    let (seller2, _rx2) = transport(config(&[&url])).await?;
+    let (buyer, _rx3) = transport(config(&[&url])).await?;
+
+    seller.publish_offer(&offer("cheap", "regtest", 10_000, 1_000_000, 100, 1_000)).await?;
+    seller.publish_offer(&offer("small", "regtest", 10_000, 50_000, 0, 0)).await?;
+    seller2.publish_offer(&offer("dear", "regtest", 10_000, 1_000_000, 1_000, 5_000)).await?;
+    seller2.publish_offer(&offer("signet", "signet", 10_000, 1_000_000, 0, 0)).await?;
+
+    // Hostile or broken offers from a raw client: all ignored.
+    let (raw, raw_keys) = raw_client(&url).await?;
+    let exp = Tag::expiration(Timestamp::from_secs(Timestamp::now().as_secs() + 3600));
+    let n = Tag::parse(["n", "regtest"])?;
+    let bad =
+        [
+            EventBuilder::new(Kind::Custom(OFFER_KIND), "{not json").tags([
+                Tag::identifier("bad"),
+                exp.clone(),
+                n.clone(),
+            ]),
+            // valid content, but no expiration
+            EventBuilder::new(
+                Kind::Custom(OFFER_KIND),
+                wire::encode_offer(&offer("noexp", "regtest", 1, 10_000_000, 0, 0))?,
+            )
+            .tags([Tag::identifier("noexp"), n.clone()]),
+            // d tag differs from the offer id
+            EventBuilder::new(
+                Kind::Custom(OFFER_KIND),
+                wire::encode_offer(&offer("x", "regtest", 1, 10_000_000, 0, 0))?,
+            )
+            .tags([Tag::identifier("y"), exp.clone(), n.clone()]),
+            // claims regtest in the tag, signet in the content
+            EventBuilder::new(
+                Kind::Custom(OFFER_KIND),
+                wire::encode_offer(&offer("liar", "signet", 1, 10_000_000, 0, 0))?,
+            )
+            .tags([Tag::identifier("liar"), exp.clone(), n.clone()]),
+            // oversize content
+            EventBuilder::new(Kind::Custom(OFFER_KIND), "x".repeat(wire::MAX_OFFER_BYTES + 1))
+                .tags([Tag::identifier("big"), exp.clone(), n.clone()]),
+        ];
+    for b in bad {
+        raw.send_event(&b.sign_with_keys(&raw_keys)?).await?;
+    }
+
+    let want = OfferFilter { network: "regtest".into(), amount_sat: 100_000, sellers: vec![] };
+    let found = buyer.discover_offers(&want).await?;
+    let ids: Vec<&str> = found.iter().map(|o| o.offer.id.as_str()).collect();
+    assert_eq!(ids, ["cheap", "dear"], "ranked by cost, filtered: {found:#?}");
+    assert_eq!(found[0].seller, seller.public_key());
+    assert_eq!(found[0].cost_sat, 100 + 100 + 300);
+    assert_eq!(found[1].seller, seller2.public_key());
+
+    // A small amount fits all three regtest offers; "small" is the cheapest.
+    let small = buyer.discover_offers(&OfferFilter { amount_sat: 20_000, ..want.clone() }).await?;
+    let ids: Vec<&str> = small.iter().map(|o| o.offer.id.as_str()).collect();
+    assert_eq!(ids, ["small", "cheap", "dear"]);
+
+    // Seller filter.
+    let only = buyer
+        .discover_offers(&OfferFilter { sellers: vec![seller2.public_key()], ..want.clone() })
+        .await?;
+    assert_eq!(only.len(), 1);
+    assert_eq!(only[0].offer.id, "dear");
+
+    // Refresh republishes with a later created_at; withdraw removes the offer.
+    assert_eq!(seller.refresh_offers().await?, 2);
+    seller.withdraw_offer("cheap").await?;
+    let found = buyer.discover_offers(&want).await?;
+    let ids: Vec<&str> = found.iter().map(|o| o.offer.id.as_str()).collect();
+    assert_eq!(ids, ["dear"]);
+    assert_eq!(seller.refresh_offers().await?, 1, "withdrawn offers are not refreshed");
+
+    for t in [&seller, &seller2, &buyer] {
+        t.shutdown().await;
+    }
+    relay.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_expire() -> Result<()> {
+    let (relay, url) = start_relay().await?;
+    let mut c = config(&[&url]);
+    c.offer_ttl = Duration::from_secs(2);
+    let (seller, _rx) = transport(c).await?;
+    let (buyer, _rx2) = transport(config(&[&url])).await?;
+    seller.publish_offer(&offer("short", "regtest", 1_000, 1_000_000, 0, 0)).await?;
+    let want = OfferFilter { network: "regtest".into(), amount_sat: 10_000, sellers: vec![] };
+    assert_eq!(buyer.discover_offers(&want).await?.len(), 1);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(buyer.discover_offers(&want).await?.is_empty(), "expired offer dropped");
+    seller.shutdown().await;
+    buyer.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_round_trip_and_decode_errors() -> Result<()> {
+    let (relay, url) = start_relay().await?;
+    let (alice, mut alice_rx) = transport(config(&[&url])).await?;
+    let (bob, mut bob_rx) = transport(config(&[&url])).await?;
+
+    let env = envelope("swap_request", 0);
+    let report = alice.send(&bob.public_key(), &[], &env).await?;
+    let got = recv(&mut bob_rx).await?;
+    assert_eq!(got.sender, alice.public_key());
+    assert_eq!(got.event_id, report.event_id);
+    assert_eq!(got.message.as_ref().ok(), Some(&env));
+
+    bob.send(&alice.public_key(), &alice.relays(), &envelope("swap_accept", 1)).await?;
+    let back = recv(&mut alice_rx).await?;
+    assert_eq!(back.sender, bob.public_key());
+    assert!(is_kind(&back, "swap_accept"));
+
+    // A malformed envelope is delivered as a decode error, so the engine can answer `error`.
+    alice.send_raw(&bob.public_key(), &[], "{\"garbage\":".into(), SendOptions::default()).await?;
+    let bad = recv(&mut bob_rx).await?;
+    assert_eq!(bad.sender, alice.public_key());
+    assert!(bad.message.is_err());
+
+    // Gift wraps that do not open, or carry another rumor kind, are dropped.
+    let (raw, raw_keys) = raw_client(&url).await?;
+    let chat = EventBuilder::private_msg(&raw_keys, bob.public_key(), "hello", []).await?;
+    raw.send_event(&chat).await?;
+    alice.send(&bob.public_key(), &[], &envelope("swap_funded", 2)).await?;
+    let next = recv(&mut bob_rx).await?;
+    assert_eq!(seq_of(&next), Some(2), "kind-14 chat message dropped");
+    poll_until("invalid counted", || async { Ok(bob.stats().await.invalid >= 1) }).await?;
+
+    alice.shutdown().await;
+    bob.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_are_delivered_once() -> Result<()> {
+    let (relay1, url1) = start_relay().await?;
+    let (relay2, url2) = start_relay().await?;
+    let (bob, mut bob_rx) = transport(config(&[&url1, &url2])).await?;
+    let alice = Keys::generate();
+    let wrapped = build_gift_wrap(
+        &alice,
+        &bob.public_key(),
+        wire::encode_envelope(&envelope("swap_request", 0))?,
+        Timestamp::from_secs(Timestamp::now().as_secs() + 3600),
+        None,
+    )
+    .await?;
+    // The same gift wrap through two relays, twice each.
+    for url in [&url1, &url2] {
+        let (raw, _) = raw_client(url).await?;
+        raw.send_event(&wrapped).await?;
+        raw.send_event(&wrapped).await?;
+    }
+    let got = recv(&mut bob_rx).await?;
+    assert_eq!(got.sender, alice.public_key());
+    quiet(&mut bob_rx, Duration::from_secs(2)).await?;
+    // The relay pool already drops most copies; whatever reaches the receiver is filtered by id.
+    assert_eq!(bob.stats().await.delivered, 1);
+    bob.shutdown().await;
+    relay1.shutdown();
+    relay2.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn processed_ids_survive_restart() -> Result<()> {
+    let (relay, url) = start_relay().await?;
+    let (alice, _alice_rx) = transport(config(&[&url])).await?;
+    let bob_config = config(&[&url]);
+    let store = Arc::new(MemoryProcessedEvents::new());
+    let bob = NostrTransport::connect(bob_config.clone(), store.clone()).await?;
+    let mut bob_rx = bob.incoming().ok_or_else(|| anyhow!("taken"))?;
+    let first = alice.send(&bob.public_key(), &[], &envelope("swap_request", 0)).await?;
+    let got = recv(&mut bob_rx).await?;
+    assert_eq!(got.event_id, first.event_id);
+    assert!(store.is_processed(first.event_id.to_bytes())?);
+    bob.shutdown().await;
+    drop(bob_rx);
+
+    // While bob is down, alice sends another message; it is stored by the relay.
+    let second = alice.send(&bob.public_key(), &[], &envelope("swap_funded", 1)).await?;
+
+    // Bob restarts with the same store: the relay replays both, only the new one is delivered.
+    let bob = NostrTransport::connect(bob_config, store.clone()).await?;
+    let mut bob_rx = bob.incoming().ok_or_else(|| anyhow!("taken"))?;
+    let got = recv(&mut bob_rx).await?;
+    assert_eq!(got.event_id, second.event_id);
+    assert_eq!(seq_of(&got), Some(1));
+    quiet(&mut bob_rx, Duration::from_secs(2)).await?;
+    assert_eq!(store.len(), 2);
+
+    alice.shutdown().await;
+    bob.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_ack_redelivers_unacked_after_restart() -> Result<()> {
+    let (relay, url) = start_relay().await?;
+    let (alice, _alice_rx) = transport(config(&[&url])).await?;
+    let mut bob_config = config(&[&url]);
+    bob_config.manual_ack = true;
+    let store = Arc::new(MemoryProcessedEvents::new());
+    let bob = NostrTransport::connect(bob_config.clone(), store.clone()).await?;
+    let mut bob_rx = bob.incoming().ok_or_else(|| anyhow!("taken"))?;
+    alice.send(&bob.public_key(), &[], &envelope("swap_request", 0)).await?;
+    let m0 = recv(&mut bob_rx).await?;
+    bob.ack(&m0.event_id)?;
+    alice.send(&bob.public_key(), &[], &envelope("swap_funded", 1)).await?;
+    let m1 = recv(&mut bob_rx).await?;
+    assert_eq!(seq_of(&m1), Some(1));
+    // Crash before acknowledging m1.
+    bob.shutdown().await;
+    drop(bob_rx);
+    let bob = NostrTransport::connect(bob_config, store).await?;
+    let mut bob_rx = bob.incoming().ok_or_else(|| anyhow!("taken"))?;
+    let again = recv(&mut bob_rx).await?;
+    assert_eq!(again.event_id, m1.event_id);
+    quiet(&mut bob_rx, Duration::from_secs(2)).await?;
+    alice.shutdown().await;
+    bob.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversize_events_are_dropped_unread() -> Result<()> {
+    let (relay, url) = start_relay().await?;
+    let (alice, _alice_rx) = transport(config(&[&url])).await?;
+    let mut bob_config = config(&[&url]);
+    bob_config.max_event_bytes = 8_000;
+    let (bob, mut bob_rx) = transport(bob_config).await?;
+
+    // A valid message whose gift wrap is larger than bob accepts.
+    let mut big = envelope("swap_request", 0);
+    big.swap_id = "a".repeat(6_000);
+    let sent = alice.send(&bob.public_key(), &[], &big).await?;
+    assert!(sent.event_bytes > 8_000);
+    alice.send(&bob.public_key(), &[], &envelope("swap_request", 7)).await?;
+    let got = recv(&mut bob_rx).await?;
+    assert_eq!(seq_of(&got), Some(7));
+    quiet(&mut bob_rx, Duration::from_secs(1)).await?;
+    assert_eq!(bob.stats().await.delivered, 1);
+
+    // The sender refuses envelopes over the protocol limit outright.
+    let too_big = alice
+        .send_raw(
+            &bob.public_key(),
+            &[],
+            "x".repeat(wire::MAX_MESSAGE_BYTES + 1),
+            SendOptions::default(),
+        )
+        .await;
+    assert!(too_big.is_err());
+
+    alice.shutdown().await;
+    bob.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swap_requests_are_rate_limited_per_sender() -> Result<()> {
+    let (relay, url) = start_relay().await?;
+    let mut bob_config = config(&[&url]);
+    bob_config.request_rate_limit = RateLimit::new(2, 1);
+    let (bob, mut bob_rx) = transport(bob_config).await?;
+    let (alice, _a) = transport(config(&[&url])).await?;
+    let (carol, _c) = transport(config(&[&url])).await?;
+
+    for seq in 0..5 {
+        alice.send(&bob.public_key(), &[], &envelope("swap_request", seq)).await?;
+    }
+    // Other message types from the same sender are not limited by the request bucket.
+    alice.send(&bob.public_key(), &[], &envelope("swap_funded", 10)).await?;
+    carol.send(&bob.public_key(), &[], &envelope("swap_request", 20)).await?;
+
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(recv(&mut bob_rx).await?);
+    }
+    quiet(&mut bob_rx, Duration::from_secs(2)).await?;
+    let from_alice_requests =
+        got.iter().filter(|m| m.sender == alice.public_key() && is_kind(m, "swap_request")).count();
+    assert_eq!(from_alice_requests, 2);
+    assert!(got.iter().any(|m| seq_of(m) == Some(10)));
+    assert!(got.iter().any(|m| m.sender == carol.public_key()));
+    assert_eq!(bob.stats().await.rate_limited, 3);
+
+    for t in [&alice, &bob, &carol] {
+        t.shutdown().await;
+    }
+    relay.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proof_of_work_required_on_swap_requests() -> Result<()> {
+    let (relay, url) = start_relay().await?;
+    let mut bob_config = config(&[&url]);
+    bob_config.pow_difficulty = Some(10);
+    let (bob, mut bob_rx) = transport(bob_config).await?;
+    let (alice, _a) = transport(config(&[&url])).await?;
+
+    // Without work: dropped.
+    alice.send(&bob.public_key(), &[], &envelope("swap_request", 0)).await?;
+    // Too little work: dropped.
+    let weak = SendOptions { pow: Some(4), ..Default::default() };
+    alice.send_with(&bob.public_key(), &[], &envelope("swap_request", 1), weak).await?;
+    // Enough work: delivered.
+    let strong = SendOptions { pow: Some(10), ..Default::default() };
+    let report =
+        alice.send_with(&bob.public_key(), &[], &envelope("swap_request", 2), strong).await?;
+    let got = recv(&mut bob_rx).await?;
+    assert_eq!(got.event_id, report.event_id);
+    assert_eq!(seq_of(&got), Some(2));
+    assert!(got.pow_bits >= 10);
+    // Later messages of a swap need no work.
+    alice.send(&bob.public_key(), &[], &envelope("swap_funded", 3)).await?;
+    assert_eq!(seq_of(&recv(&mut bob_rx).await?), Some(3));
+    quiet(&mut bob_rx, Duration::from_secs(1)).await?;
+    assert_eq!(bob.stats().await.insufficient_pow, 2);
+
+    alice.shutdown().await;
+    bob.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_of_two_relays_down_still_delivers() -> Result<()> {
+    let (relay1, url1) = start_relay().await?;
+    let (relay2, url2) = start_relay().await?;
+    let (alice, mut alice_rx) = transport(config(&[&url1, &url2])).await?;
+    let (bob, mut bob_rx) = transport(config(&[&url1, &url2])).await?;
+
+    alice.send(&bob.public_key(), &[], &envelope("swap_request", 0)).await?;
+    assert_eq!(seq_of(&recv(&mut bob_rx).await?), Some(0));
+
+    relay2.shutdown();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let report = alice.send(&bob.public_key(), &[], &envelope("swap_funded", 1)).await?;
+    assert!(started.elapsed() < Duration::from_secs(8), "send does not wait for the dead relay");
+    assert_eq!(report.accepted_by.to_string(), url1);
+    assert_eq!(seq_of(&recv(&mut bob_rx).await?), Some(1));
+    bob.send(&alice.public_key(), &[], &envelope("swap_accept", 2)).await?;
+    assert_eq!(seq_of(&recv(&mut alice_rx).await?), Some(2));
+
+    alice.shutdown().await;
+    bob.shutdown().await;
+    relay1.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_restart_mid_way_reconnects() -> Result<()> {
+    // One relay whose events survive a restart on the same port (a persistent relay).
+    let db = Arc::new(MemoryDatabase::with_opts(MemoryDatabaseOptions {
+        events: true,
+        max_events: None,
+    }));
+    let relay = LocalRelay::new(relay_builder().database(db.clone()));
+    relay.run().await?;
+    let url = relay.url().await.to_string();
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse().ok())
+        .ok_or_else(|| anyhow!("no port in {url}"))?;
+
+    let (alice, _a) = transport(config(&[&url])).await?;
+    let (bob, mut bob_rx) = transport(config(&[&url])).await?;
+    alice.send(&bob.public_key(), &[], &envelope("swap_request", 0)).await?;
+    assert_eq!(seq_of(&recv(&mut bob_rx).await?), Some(0));
+
+    relay.shutdown();
+    drop(relay);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Alice sends while the relay is down; the send keeps retrying until the relay is back.
+    let bob_pk = bob.public_key();
+    let alice2 = alice.clone();
+    let sending =
+        tokio::spawn(async move { alice2.send(&bob_pk, &[], &envelope("swap_funded", 1)).await });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let relay = LocalRelay::new(relay_builder().database(db).port(port));
+    relay.run().await?;
+    sending.await??;
+    let got = recv(&mut bob_rx).await?;
+    assert_eq!(seq_of(&got), Some(1));
+    quiet(&mut bob_rx, Duration::from_secs(1)).await?;
+
+    alice.shutdown().await;
+    bob.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}
