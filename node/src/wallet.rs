@@ -1,1 +1,668 @@
-//! wallet (in progress).
+//! The on-chain wallet: a BDK taproot (BIP-0086) wallet derived from the node seed, persisted in
+//! the node's redb file, synced through Esplora. It funds HTLCs (several in one transaction),
+//! receives claims and refunds, and sends.
+//!
+//! # Persistence: an own [`WalletPersister`] on the shared redb file, not `bdk_redb`
+//!
+//! `bdk_redb` 0.1 is marked experimental and pins its own redb version, which would put a second
+//! redb (and a second database file format) into the node. `bdk_wallet::ChangeSet` is serde, so a
+//! persister is small: [`RedbWalletPersister`] appends every staged changeset as one JSON row of
+//! the table [`WALLET_TABLE_NAME`] in `DATADIR/looper.redb` (the same file and `redb::Database` as
+//! the [`crate::store::RedbStore`]), each in its own committed write transaction. Loading merges
+//! the rows in order (BDK's `Merge`) and compacts them back into one row, so the table stays small
+//! and a write costs one append, not a rewrite of the whole wallet.
+//!
+//! # Concurrency
+//!
+//! The wallet sits behind a mutex that is never held across an `.await`: a sync builds its request
+//! under the lock, queries Esplora without it, and applies the result under it again. Funding
+//! transactions are built and signed under the lock but are only marked spent once
+//! [`LooperWallet::apply_unconfirmed`] is called after the broadcast; the engine must therefore
+//! build, broadcast and apply one funding transaction at a time (which batching does anyway), and
+//! call [`LooperWallet::cancel_tx`] when a built transaction is not broadcast.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bdk_esplora::EsploraAsyncExt;
+use bdk_wallet::chain::Merge;
+use bdk_wallet::{
+    Balance, ChangeSet, KeychainKind, LocalOutput, PersistedWallet, SignOptions, TxOrdering,
+    Wallet, WalletPersister,
+};
+use bitcoin::address::NetworkUnchecked;
+use bitcoin::{Address, Amount, FeeRate, Network, ScriptBuf, Transaction, Txid};
+use redb::{Database, ReadableTable, TableDefinition};
+
+use crate::chain::{ChainError, ChainSource};
+use crate::seed::NodeKeys;
+
+/// Name of the redb table holding the wallet's changesets.
+pub const WALLET_TABLE_NAME: &str = "bdk_wallet_changesets";
+
+const WALLET_TABLE: TableDefinition<u64, &str> = TableDefinition::new(WALLET_TABLE_NAME);
+
+/// Gap of unused addresses scanned past the last used one on a full scan.
+pub const STOP_GAP: usize = 20;
+
+/// Parallel Esplora requests during a sync.
+pub const PARALLEL_REQUESTS: usize = 4;
+
+/// Errors of the wallet persister.
+#[derive(Debug, thiserror::Error)]
+pub enum WalletPersistError {
+    /// redb failed.
+    #[error("wallet database error while trying to {op}")]
+    Database {
+        /// What was being done.
+        op: &'static str,
+        /// redb's error (boxed: it is large).
+        #[source]
+        source: Box<redb::Error>,
+    },
+    /// A stored changeset could not be decoded or a changeset encoded.
+    #[error("corrupt or unencodable wallet changeset (row {row})")]
+    Json {
+        /// The row key.
+        row: u64,
+        /// serde_json's error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn pdb<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> WalletPersistError {
+    move |e| WalletPersistError::Database { op, source: Box::new(e.into()) }
+}
+
+/// BDK [`WalletPersister`] on the node's redb database (see the module documentation).
+#[derive(Clone)]
+pub struct RedbWalletPersister {
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for RedbWalletPersister {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedbWalletPersister")
+    }
+}
+
+impl RedbWalletPersister {
+    /// A persister on `db` (usually [`crate::store::RedbStore::database`]).
+    pub fn new(db: Arc<Database>) -> RedbWalletPersister {
+        RedbWalletPersister { db }
+    }
+
+    /// Number of changeset rows currently stored (1 after a load; grows by one per persist).
+    ///
+    /// # Errors
+    /// [`WalletPersistError::Database`].
+    pub fn row_count(&self) -> Result<u64, WalletPersistError> {
+        let tx = self.db.begin_read().map_err(pdb("begin a read"))?;
+        match tx.open_table(WALLET_TABLE) {
+            Ok(t) => {
+                let mut n = 0;
+                for row in t.iter().map_err(pdb("count rows"))? {
+                    row.map_err(pdb("count rows"))?;
+                    n += 1;
+                }
+                Ok(n)
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(0),
+            Err(e) => Err(pdb("open the wallet table")(e)),
+        }
+    }
+}
+
+impl WalletPersister for RedbWalletPersister {
+    type Error = WalletPersistError;
+
+    fn initialize(persister: &mut Self) -> Result<ChangeSet, Self::Error> {
+        let tx = persister.db.begin_write().map_err(pdb("begin a write"))?;
+        let merged = {
+            let mut table = tx.open_table(WALLET_TABLE).map_err(pdb("open the wallet table"))?;
+            let mut merged = ChangeSet::default();
+            let mut rows = 0u64;
+            for row in table.iter().map_err(pdb("read the wallet"))? {
+                let (key, json) = row.map_err(pdb("read the wallet"))?;
+                let row = key.value();
+                let cs: ChangeSet = serde_json::from_str(json.value())
+                    .map_err(|source| WalletPersistError::Json { row, source })?;
+                merged.merge(cs);
+                rows += 1;
+            }
+            if rows > 1 {
+                // Compact: one row holding the merged changeset.
+                table.retain(|_, _| false).map_err(pdb("compact the wallet"))?;
+                let json = serde_json::to_string(&merged)
+                    .map_err(|source| WalletPersistError::Json { row: 0, source })?;
+                table.insert(0, json.as_str()).map_err(pdb("compact the wallet"))?;
+            }
+            merged
+        };
+        tx.commit().map_err(pdb("commit the wallet"))?;
+        Ok(merged)
+    }
+
+    fn persist(persister: &mut Self, changeset: &ChangeSet) -> Result<(), Self::Error> {
+        if changeset.is_empty() {
+            return Ok(());
+        }
+        let tx = persister.db.begin_write().map_err(pdb("begin a write"))?;
+        {
+            let mut table = tx.open_table(WALLET_TABLE).map_err(pdb("open the wallet table"))?;
+            let next =
+                table.last().map_err(pdb("read the wallet"))?.map_or(0, |(k, _)| k.value() + 1);
+            let json = serde_json::to_string(changeset)
+                .map_err(|source| WalletPersistError::Json { row: next, source })?;
+            table.insert(next, json.as_str()).map_err(pdb("write the wallet"))?;
+        }
+        tx.commit().map_err(pdb("commit the wallet"))
+    }
+}
+
+/// Errors of [`LooperWallet`]. None carries key material.
+#[derive(Debug, thiserror::Error)]
+pub enum WalletError {
+    /// Persisting or loading the wallet failed.
+    #[error("wallet persistence failed")]
+    Persist(#[from] WalletPersistError),
+    /// The wallet could not be created from the node's descriptors (details withheld: the
+    /// descriptors carry private keys).
+    #[error("cannot create the wallet from the node's descriptors")]
+    Descriptor,
+    /// The stored wallet does not match the node's keys or network.
+    #[error("stored wallet does not match this node: {reason}")]
+    Mismatch {
+        /// What differs (network, genesis, public descriptor).
+        reason: String,
+    },
+    /// The node's keys could not be derived.
+    #[error("cannot derive the wallet keys")]
+    Keys(#[from] crate::seed::SeedError),
+    /// Syncing with Esplora failed.
+    #[error("wallet sync failed")]
+    Sync(#[source] Box<esplora_client::Error>),
+    /// The sync result does not connect to the wallet's chain (reorg during sync); retry.
+    #[error("wallet sync result does not connect to the local chain; retry")]
+    CannotConnect(#[from] bdk_wallet::chain::local_chain::CannotConnectError),
+    /// A transaction could not be built (e.g. insufficient funds, output below dust).
+    #[error("cannot build the transaction")]
+    CreateTx(#[from] bdk_wallet::error::CreateTxError),
+    /// Signing failed.
+    #[error("cannot sign the transaction")]
+    Sign(#[from] bdk_wallet::signer::SignerError),
+    /// The signed PSBT is not complete (a input the wallet cannot sign).
+    #[error("the wallet could not finalize every input of the transaction")]
+    NotFinalized,
+    /// The finished transaction could not be extracted (absurd fee rate, missing UTXO data).
+    #[error("cannot extract the signed transaction")]
+    Extract(#[from] bitcoin::psbt::ExtractTxError),
+    /// An address is for another network.
+    #[error("address {address} is not a {network} address")]
+    WrongNetwork {
+        /// The address as given.
+        address: String,
+        /// The wallet's network.
+        network: Network,
+    },
+    /// No outputs were given to fund.
+    #[error("no outputs to fund")]
+    NoOutputs,
+    /// Broadcasting failed.
+    #[error("broadcast failed")]
+    Broadcast(#[from] ChainError),
+    /// The wallet lock was poisoned by a panicking thread.
+    #[error("wallet lock poisoned")]
+    Poisoned,
+}
+
+/// A signed transaction funding one or more outputs (HTLCs), not yet broadcast.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FundingTx {
+    /// The signed transaction.
+    pub tx: Transaction,
+    /// For each requested output, in the order given, its output index in `tx`.
+    pub vouts: Vec<u32>,
+    /// The fee paid.
+    pub fee: Amount,
+    /// The fee rate used (after the cap).
+    pub fee_rate: FeeRate,
+}
+
+struct Inner {
+    wallet: PersistedWallet<RedbWalletPersister>,
+    persister: RedbWalletPersister,
+    synced_once: bool,
+}
+
+impl Inner {
+    fn persist(&mut self) -> Result<(), WalletError> {
+        self.wallet.persist(&mut self.persister)?;
+        Ok(())
+    }
+}
+
+/// The node's on-chain wallet (see the module documentation).
+pub struct LooperWallet {
+    inner: Mutex<Inner>,
+    network: Network,
+    max_fee_rate: FeeRate,
+}
+
+impl std::fmt::Debug for LooperWallet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LooperWallet")
+            .field("network", &self.network)
+            .field("max_fee_rate", &self.max_fee_rate)
+            .finish()
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl LooperWallet {
+    /// Loads the wallet from `db`, or creates it from the node's BIP-0086 descriptors on first
+    /// start. Every fee rate the wallet pays is capped at `max_fee_rate`.
+    ///
+    /// # Errors
+    /// [`WalletError::Mismatch`] when the stored wallet is for other keys or another network;
+    /// persistence or descriptor errors.
+    pub fn load_or_create(
+        db: Arc<Database>,
+        keys: &NodeKeys,
+        network: Network,
+        max_fee_rate: FeeRate,
+    ) -> Result<LooperWallet, WalletError> {
+        let descriptors = keys.wallet_descriptors()?;
+        let mut persister = RedbWalletPersister::new(db);
+        let loaded = Wallet::load()
+            .descriptor(KeychainKind::External, Some(descriptors.external.clone()))
+            .descriptor(KeychainKind::Internal, Some(descriptors.internal.clone()))
+            .extract_keys()
+            .check_network(network)
+            .load_wallet(&mut persister);
+        let wallet = match loaded {
+            Ok(Some(wallet)) => wallet,
+            Ok(None) => Wallet::create(descriptors.external, descriptors.internal)
+                .network(network)
+                .create_wallet(&mut persister)
+                .map_err(|e| match e {
+                    bdk_wallet::CreateWithPersistError::Persist(p) => WalletError::Persist(p),
+                    bdk_wallet::CreateWithPersistError::DataAlreadyExists(_) => {
+                        WalletError::Mismatch {
+                            reason: "wallet data appeared while creating it".to_string(),
+                        }
+                    }
+                    bdk_wallet::CreateWithPersistError::Descriptor(_) => WalletError::Descriptor,
+                })?,
+            Err(bdk_wallet::LoadWithPersistError::Persist(p)) => return Err(p.into()),
+            Err(bdk_wallet::LoadWithPersistError::InvalidChangeSet(e)) => {
+                return Err(match e {
+                    bdk_wallet::LoadError::Descriptor(_) => WalletError::Descriptor,
+                    // Mismatch errors show public descriptors, network or genesis hash only.
+                    other => WalletError::Mismatch { reason: other.to_string() },
+                });
+            }
+        };
+        Ok(LooperWallet {
+            inner: Mutex::new(Inner { wallet, persister, synced_once: false }),
+            network,
+            max_fee_rate,
+        })
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>, WalletError> {
+        self.inner.lock().map_err(|_| WalletError::Poisoned)
+    }
+
+    /// The wallet's network.
+    pub fn network(&self) -> Network {
+        self.network
+    }
+
+    /// The fee-rate cap.
+    pub fn max_fee_rate(&self) -> FeeRate {
+        self.max_fee_rate
+    }
+
+    /// `rate` limited to the cap (logged when it bites).
+    pub fn capped(&self, rate: FeeRate) -> FeeRate {
+        if rate > self.max_fee_rate {
+            tracing::warn!(
+                requested_sat_per_vb = rate.to_sat_per_vb_ceil(),
+                cap_sat_per_vb = self.max_fee_rate.to_sat_per_vb_ceil(),
+                "fee rate capped"
+            );
+            self.max_fee_rate
+        } else {
+            rate
+        }
+    }
+
+    /// Syncs with Esplora: a full scan (discovering used addresses up to [`STOP_GAP`] unused
+    /// ones) on the first call in this process, then incremental syncs of the revealed scripts.
+    /// The result is persisted before returning.
+    ///
+    /// # Errors
+    /// [`WalletError::Sync`], [`WalletError::CannotConnect`] (retry), persistence errors.
+    pub async fn sync(&self, client: &esplora_client::AsyncClient) -> Result<(), WalletError> {
+        enum Request {
+            Full(bdk_wallet::chain::spk_client::FullScanRequest<KeychainKind>),
+            Incremental(bdk_wallet::chain::spk_client::SyncRequest<(KeychainKind, u32)>),
+        }
+        let request = {
+            let inner = self.lock()?;
+            if inner.synced_once {
+                Request::Incremental(inner.wallet.start_sync_with_revealed_spks().build())
+            } else {
+                Request::Full(inner.wallet.start_full_scan().build())
+            }
+        };
+        match request {
+            Request::Full(req) => {
+                let update = client
+                    .full_scan(req, STOP_GAP, PARALLEL_REQUESTS)
+                    .await
+                    .map_err(WalletError::Sync)?;
+                let mut inner = self.lock()?;
+                inner.wallet.apply_update(update)?;
+                inner.synced_once = true;
+                inner.persist()
+            }
+            Request::Incremental(req) => {
+                let update =
+                    client.sync(req, PARALLEL_REQUESTS).await.map_err(WalletError::Sync)?;
+                let mut inner = self.lock()?;
+                inner.wallet.apply_update(update)?;
+                inner.persist()
+            }
+        }
+    }
+
+    /// The balance (confirmed, trusted and untrusted pending, immature).
+    ///
+    /// # Errors
+    /// [`WalletError::Poisoned`].
+    pub fn balance(&self) -> Result<Balance, WalletError> {
+        Ok(self.lock()?.wallet.balance())
+    }
+
+    /// Height of the wallet's latest synced block.
+    ///
+    /// # Errors
+    /// [`WalletError::Poisoned`].
+    pub fn synced_height(&self) -> Result<u32, WalletError> {
+        Ok(self.lock()?.wallet.latest_checkpoint().height())
+    }
+
+    /// A new receive address (revealed and persisted, so it is watched from now on). Claims and
+    /// refunds pay to such addresses.
+    ///
+    /// # Errors
+    /// Persistence errors.
+    pub fn new_address(&self) -> Result<Address, WalletError> {
+        let mut inner = self.lock()?;
+        let info = inner.wallet.reveal_next_address(KeychainKind::External);
+        inner.persist()?;
+        Ok(info.address)
+    }
+
+    /// Whether `script` belongs to the wallet.
+    ///
+    /// # Errors
+    /// [`WalletError::Poisoned`].
+    pub fn is_mine(&self, script: &ScriptBuf) -> Result<bool, WalletError> {
+        Ok(self.lock()?.wallet.is_mine(script.clone()))
+    }
+
+    /// The wallet's unspent outputs.
+    ///
+    /// # Errors
+    /// [`WalletError::Poisoned`].
+    pub fn list_unspent(&self) -> Result<Vec<LocalOutput>, WalletError> {
+        Ok(self.lock()?.wallet.list_unspent().collect())
+    }
+
+    /// Builds and signs one transaction paying every `(script, amount)` of `outputs` (several
+    /// HTLCs in one transaction = batching), with change back to the wallet, at `fee_rate`
+    /// (capped). Returns the transaction and each output's index. Nothing is broadcast; call
+    /// [`LooperWallet::apply_unconfirmed`] after broadcasting it, or
+    /// [`LooperWallet::cancel_tx`] if it is dropped.
+    ///
+    /// # Errors
+    /// [`WalletError::NoOutputs`], [`WalletError::CreateTx`] (e.g. insufficient funds), signing
+    /// errors.
+    pub fn build_funding_tx(
+        &self,
+        outputs: &[(ScriptBuf, Amount)],
+        fee_rate: FeeRate,
+    ) -> Result<FundingTx, WalletError> {
+        if outputs.is_empty() {
+            return Err(WalletError::NoOutputs);
+        }
+        let fee_rate = self.capped(fee_rate);
+        let mut inner = self.lock()?;
+        let mut builder = inner.wallet.build_tx();
+        for (script, amount) in outputs {
+            builder.add_recipient(script.clone(), *amount);
+        }
+        builder.fee_rate(fee_rate).ordering(TxOrdering::Untouched);
+        let psbt = builder.finish()?;
+        let (tx, fee) = Self::sign_and_extract(&inner.wallet, psbt)?;
+        // Find each requested output, each index used once (two equal outputs get two indices).
+        let mut used = vec![false; tx.output.len()];
+        let mut vouts = Vec::with_capacity(outputs.len());
+        for (script, amount) in outputs {
+            let found = tx
+                .output
+                .iter()
+                .enumerate()
+                .position(|(i, o)| {
+                    !used.get(i).copied().unwrap_or(true)
+                        && &o.script_pubkey == script
+                        && o.value == *amount
+                })
+                .ok_or(WalletError::NotFinalized)?;
+            if let Some(u) = used.get_mut(found) {
+                *u = true;
+            }
+            vouts.push(u32::try_from(found).map_err(|_| WalletError::NotFinalized)?);
+        }
+        // The change address was revealed: persist it.
+        inner.persist()?;
+        Ok(FundingTx { tx, vouts, fee, fee_rate })
+    }
+
+    fn sign_and_extract(
+        wallet: &Wallet,
+        mut psbt: bitcoin::Psbt,
+    ) -> Result<(Transaction, Amount), WalletError> {
+        let finalized = wallet.sign(&mut psbt, SignOptions::default())?;
+        if !finalized {
+            return Err(WalletError::NotFinalized);
+        }
+        let fee = psbt.fee().map_err(|_| WalletError::NotFinalized)?;
+        let tx = psbt.extract_tx()?;
+        Ok((tx, fee))
+    }
+
+    /// Builds, signs and broadcasts a payment of `amount` to `address` at `fee_rate` (capped),
+    /// then records it as unconfirmed. Returns the txid.
+    ///
+    /// # Errors
+    /// [`WalletError::WrongNetwork`], [`WalletError::CreateTx`], [`WalletError::Broadcast`], ...
+    pub async fn send(
+        &self,
+        chain: &dyn ChainSource,
+        address: Address<NetworkUnchecked>,
+        amount: Amount,
+        fee_rate: FeeRate,
+    ) -> Result<Txid, WalletError> {
+        let text = address.clone().assume_checked().to_string();
+        let address = address
+            .require_network(self.network)
+            .map_err(|_| WalletError::WrongNetwork { address: text, network: self.network })?;
+        let fee_rate = self.capped(fee_rate);
+        let tx = {
+            let mut inner = self.lock()?;
+            let mut builder = inner.wallet.build_tx();
+            builder.add_recipient(address.script_pubkey(), amount).fee_rate(fee_rate);
+            let psbt = builder.finish()?;
+            let (tx, _) = Self::sign_and_extract(&inner.wallet, psbt)?;
+            inner.persist()?;
+            tx
+        };
+        match chain.broadcast(&tx).await {
+            Ok(txid) => {
+                self.apply_unconfirmed(&tx)?;
+                Ok(txid)
+            }
+            Err(e) => {
+                self.cancel_tx(&tx)?;
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Records a broadcast transaction (ours or one paying us, e.g. a claim) as unconfirmed, so
+    /// its inputs are spent and its outputs usable before the next sync. Persisted.
+    ///
+    /// # Errors
+    /// Persistence errors.
+    pub fn apply_unconfirmed(&self, tx: &Transaction) -> Result<(), WalletError> {
+        let mut inner = self.lock()?;
+        inner.wallet.apply_unconfirmed_txs([(tx.clone(), now_secs())]);
+        inner.persist()
+    }
+
+    /// Releases the change address of a built transaction that will not be broadcast.
+    ///
+    /// # Errors
+    /// Persistence errors.
+    pub fn cancel_tx(&self, tx: &Transaction) -> Result<(), WalletError> {
+        let mut inner = self.lock()?;
+        inner.wallet.cancel_tx(tx);
+        inner.persist()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::seed::Mnemonic;
+    use crate::store::RedbStore;
+
+    const ABANDON: &str = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
+
+    fn keys(network: Network) -> NodeKeys {
+        NodeKeys::from_mnemonic(&Mnemonic::parse(ABANDON, "t").unwrap(), network).unwrap()
+    }
+
+    #[test]
+    fn create_reload_and_persist_in_the_shared_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("looper.redb");
+        let cap = FeeRate::from_sat_per_vb_u32(50);
+        let (a1, a2);
+        {
+            let store = RedbStore::open(&path).unwrap();
+            let w = LooperWallet::load_or_create(
+                store.database(),
+                &keys(Network::Regtest),
+                Network::Regtest,
+                cap,
+            )
+            .unwrap();
+            a1 = w.new_address().unwrap();
+            a2 = w.new_address().unwrap();
+            assert_ne!(a1, a2);
+            assert_eq!(w.balance().unwrap().total(), Amount::ZERO);
+            // BIP-0086 regtest first address of the "abandon" mnemonic.
+            assert!(a1.to_string().starts_with("bcrt1p"));
+            let p = RedbWalletPersister::new(store.database());
+            assert!(p.row_count().unwrap() >= 2);
+        }
+        let store = RedbStore::open(&path).unwrap();
+        let w = LooperWallet::load_or_create(
+            store.database(),
+            &keys(Network::Regtest),
+            Network::Regtest,
+            cap,
+        )
+        .unwrap();
+        // Loading compacted the rows into one.
+        assert_eq!(RedbWalletPersister::new(store.database()).row_count().unwrap(), 1);
+        // The revealed addresses survived: the next one is new.
+        let a3 = w.new_address().unwrap();
+        assert_ne!(a3, a1);
+        assert_ne!(a3, a2);
+        assert!(w.is_mine(&a1.script_pubkey()).unwrap());
+        // The swap store in the same file is untouched and usable.
+        use crate::store::SwapStore;
+        assert_eq!(store.next_swap_index().unwrap(), 0);
+    }
+
+    #[test]
+    fn other_keys_or_network_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("looper.redb")).unwrap();
+        let cap = FeeRate::from_sat_per_vb_u32(50);
+        LooperWallet::load_or_create(
+            store.database(),
+            &keys(Network::Regtest),
+            Network::Regtest,
+            cap,
+        )
+        .unwrap();
+        let other =
+            NodeKeys::from_mnemonic(&Mnemonic::generate().unwrap(), Network::Regtest).unwrap();
+        let e = LooperWallet::load_or_create(store.database(), &other, Network::Regtest, cap)
+            .unwrap_err();
+        assert!(matches!(e, WalletError::Mismatch { .. }), "{e}");
+        assert!(!e.to_string().contains("prv"), "{e}");
+        let e = LooperWallet::load_or_create(
+            store.database(),
+            &keys(Network::Signet),
+            Network::Signet,
+            cap,
+        )
+        .unwrap_err();
+        assert!(matches!(e, WalletError::Mismatch { .. }), "{e}");
+    }
+
+    #[test]
+    fn funding_without_funds_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("looper.redb")).unwrap();
+        let w = LooperWallet::load_or_create(
+            store.database(),
+            &keys(Network::Regtest),
+            Network::Regtest,
+            FeeRate::from_sat_per_vb_u32(5),
+        )
+        .unwrap();
+        assert!(matches!(
+            w.build_funding_tx(&[], FeeRate::from_sat_per_vb_u32(1)),
+            Err(WalletError::NoOutputs)
+        ));
+        let spk = w.new_address().unwrap().script_pubkey();
+        let e = w
+            .build_funding_tx(
+                &[(spk, Amount::from_sat(10_000))],
+                FeeRate::from_sat_per_vb_u32(1),
+            )
+            .unwrap_err();
+        assert!(matches!(e, WalletError::CreateTx(_)), "{e}");
+        assert_eq!(
+            w.capped(FeeRate::from_sat_per_vb_u32(500)),
+            FeeRate::from_sat_per_vb_u32(5)
+        );
+    }
+}
