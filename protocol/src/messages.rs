@@ -1016,6 +1016,22 @@ impl Message {
     }
 }
 
+impl<'de> Deserialize<'de> for Message {
+    /// A body with its `type` tag, as [`Message`] serializes (for records that store a body alone);
+    /// same field checks as [`decode_envelope`].
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = Value::deserialize(d)?;
+        let map = value.as_object().ok_or_else(|| D::Error::custom("not a JSON object"))?;
+        let err = |e: FieldError| D::Error::custom(format_args!("at `{}`: {}", e.path, e.reason));
+        let type_name: String = field(map, "type").map_err(err)?;
+        let body = Message::from_map(&type_name, map).map_err(err)?.ok_or_else(|| {
+            D::Error::custom(format_args!("unknown message type `{}`", truncate(&type_name, 64)))
+        })?;
+        body.check_limits().map_err(err)?;
+        Ok(body)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Envelope.
 

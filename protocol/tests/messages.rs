@@ -761,6 +761,9 @@ fn round_trip_every_example() {
         // The serde impls agree with decode/encode.
         let via_serde: Envelope = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(via_serde, env, "{name}");
+        let body: Message =
+            serde_json::from_value(serde_json::to_value(&env.body).unwrap()).unwrap();
+        assert_eq!(body, env.body, "{name}");
     }
     let o = offer();
     assert_eq!(decode_offer(&encode_offer(&o)).unwrap(), o);
@@ -1160,8 +1163,6 @@ fn arb_json() -> impl Strategy<Value = Value> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
-
     #[test]
     fn prop_round_trip(env in arb_envelope()) {
         let bytes = encode(&env);
@@ -1246,4 +1247,15 @@ proptest! {
             Err(e) => prop_assert!(false, "unexpected {e}"),
         }
     }
+}
+
+#[test]
+fn deep_nesting_is_refused_without_overflow() {
+    let deep = "[".repeat(MAX_MESSAGE_BYTES);
+    assert_eq!(decode_envelope(deep.as_bytes()).unwrap_err().kind(), "malformed");
+    let mut obj = String::from(r#"{"v":1,"x":"#);
+    obj.push_str(&"{\"a\":".repeat(10_000));
+    assert_eq!(decode_envelope(obj.as_bytes()).unwrap_err().kind(), "malformed");
+    let deep_offer = "{\"v\":1,\"x\":".to_string() + &"[".repeat(MAX_OFFER_BYTES - 20);
+    assert_eq!(decode_offer(deep_offer.as_bytes()).unwrap_err().kind(), "malformed");
 }
