@@ -26,6 +26,7 @@
 mod chain;
 mod error;
 mod esplora;
+mod external;
 mod kernel;
 
 use std::net::SocketAddr;
@@ -41,6 +42,7 @@ use tokio::sync::oneshot;
 pub use chain::{is_final, script_hash, sign_p2wpkh, subsidy, COINBASE_MATURITY, REGTEST_BITS};
 pub use error::{Error, Result};
 pub use esplora::FEE_TARGETS;
+pub use external::ExternalChain;
 
 /// State shared by the library handle and the HTTP server.
 pub(crate) struct Shared {
