@@ -184,19 +184,19 @@ pub enum WalletError {
     Sync(#[source] Box<esplora_client::Error>),
     /// The sync result does not connect to the wallet's chain (reorg during sync); retry.
     #[error("wallet sync result does not connect to the local chain; retry")]
-    CannotConnect(#[from] bdk_wallet::chain::local_chain::CannotConnectError),
+    CannotConnect(#[source] Box<bdk_wallet::chain::local_chain::CannotConnectError>),
     /// A transaction could not be built (e.g. insufficient funds, output below dust).
     #[error("cannot build the transaction")]
-    CreateTx(#[from] bdk_wallet::error::CreateTxError),
+    CreateTx(#[source] Box<bdk_wallet::error::CreateTxError>),
     /// Signing failed.
     #[error("cannot sign the transaction")]
-    Sign(#[from] bdk_wallet::signer::SignerError),
+    Sign(#[source] Box<bdk_wallet::signer::SignerError>),
     /// The signed PSBT is not complete (a input the wallet cannot sign).
     #[error("the wallet could not finalize every input of the transaction")]
     NotFinalized,
     /// The finished transaction could not be extracted (absurd fee rate, missing UTXO data).
     #[error("cannot extract the signed transaction")]
-    Extract(#[from] bitcoin::psbt::ExtractTxError),
+    Extract(#[source] Box<bitcoin::psbt::ExtractTxError>),
     /// An address is for another network.
     #[error("address {address} is not a {network} address")]
     WrongNetwork {
@@ -208,6 +208,12 @@ pub enum WalletError {
     /// No outputs were given to fund.
     #[error("no outputs to fund")]
     NoOutputs,
+    /// A requested output is missing from the built transaction (a BDK invariant broke).
+    #[error("built transaction lacks requested output {index}")]
+    OutputMissing {
+        /// Position of the output in the request.
+        index: usize,
+    },
     /// Broadcasting failed.
     #[error("broadcast failed")]
     Broadcast(#[from] ChainError),
@@ -215,6 +221,23 @@ pub enum WalletError {
     #[error("wallet lock poisoned")]
     Poisoned,
 }
+
+macro_rules! boxed_from {
+    ($($ty:ty => $variant:ident),* $(,)?) => {
+        $(impl From<$ty> for WalletError {
+            fn from(e: $ty) -> Self {
+                WalletError::$variant(Box::new(e))
+            }
+        })*
+    };
+}
+
+boxed_from!(
+    bdk_wallet::chain::local_chain::CannotConnectError => CannotConnect,
+    bdk_wallet::error::CreateTxError => CreateTx,
+    bdk_wallet::signer::SignerError => Sign,
+    bitcoin::psbt::ExtractTxError => Extract,
+);
 
 /// A signed transaction funding one or more outputs (HTLCs), not yet broadcast.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -457,7 +480,7 @@ impl LooperWallet {
         // Find each requested output, each index used once (two equal outputs get two indices).
         let mut used = vec![false; tx.output.len()];
         let mut vouts = Vec::with_capacity(outputs.len());
-        for (script, amount) in outputs {
+        for (index, (script, amount)) in outputs.iter().enumerate() {
             let found = tx
                 .output
                 .iter()
@@ -467,11 +490,11 @@ impl LooperWallet {
                         && &o.script_pubkey == script
                         && o.value == *amount
                 })
-                .ok_or(WalletError::NotFinalized)?;
+                .ok_or(WalletError::OutputMissing { index })?;
             if let Some(u) = used.get_mut(found) {
                 *u = true;
             }
-            vouts.push(u32::try_from(found).map_err(|_| WalletError::NotFinalized)?);
+            vouts.push(u32::try_from(found).map_err(|_| WalletError::OutputMissing { index })?);
         }
         // The change address was revealed: persist it.
         inner.persist()?;
@@ -654,15 +677,9 @@ mod tests {
         ));
         let spk = w.new_address().unwrap().script_pubkey();
         let e = w
-            .build_funding_tx(
-                &[(spk, Amount::from_sat(10_000))],
-                FeeRate::from_sat_per_vb_u32(1),
-            )
+            .build_funding_tx(&[(spk, Amount::from_sat(10_000))], FeeRate::from_sat_per_vb_u32(1))
             .unwrap_err();
         assert!(matches!(e, WalletError::CreateTx(_)), "{e}");
-        assert_eq!(
-            w.capped(FeeRate::from_sat_per_vb_u32(500)),
-            FeeRate::from_sat_per_vb_u32(5)
-        );
+        assert_eq!(w.capped(FeeRate::from_sat_per_vb_u32(500)), FeeRate::from_sat_per_vb_u32(5));
     }
 }

@@ -1,0 +1,195 @@
+//! `EsploraChainSource` and `LooperWallet` against the embedded regtest chain (Bitcoin Core's
+//! kernel behind an Esplora API): tip, statuses, history, spends, idempotent broadcast, rejects,
+//! fee rates; wallet full scan, batched HTLC funding, send, reload from redb, restore from seed.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::str::FromStr;
+use std::time::Instant;
+
+use anyhow::Result;
+use bitcoin::secp256k1::{Keypair, Secp256k1};
+use bitcoin::{Address, Amount, FeeRate, Network, OutPoint, ScriptBuf, Txid};
+use looper_node::chain::{ChainError, ChainSource, EsploraChainSource, TxStatus};
+use looper_node::seed::{Mnemonic, NodeKeys};
+use looper_node::store::RedbStore;
+use looper_node::wallet::{LooperWallet, WalletError};
+use looper_regtest::RegtestChain;
+
+const MNEMONIC: &str =
+    "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
+
+/// A P2TR script of a fresh random key (stands in for an HTLC output).
+fn random_p2tr() -> ScriptBuf {
+    let secp = Secp256k1::new();
+    let kp = Keypair::new(&secp, &mut bitcoin::secp256k1::rand::thread_rng());
+    let (xonly, _) = kp.x_only_public_key();
+    Address::p2tr(&secp, xonly, None, Network::Regtest).script_pubkey()
+}
+
+fn keys() -> NodeKeys {
+    NodeKeys::from_mnemonic(&Mnemonic::parse(MNEMONIC, "test").unwrap(), Network::Regtest).unwrap()
+}
+
+fn start_chain(dir: &std::path::Path) -> RegtestChain {
+    RegtestChain::start(dir.join("chain")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn esplora_chain_source() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let chain = start_chain(dir.path());
+    let src = EsploraChainSource::new(&chain.esplora_url(), FeeRate::from_sat_per_vb_u32(3))?;
+
+    assert_eq!(src.tip_height().await?, chain.tip_height()?);
+
+    // An output the chain funds and mines.
+    let script = random_p2tr();
+    let amount = Amount::from_sat(50_000);
+    let txid = chain.fund_script(&script, amount)?;
+    let tip = chain.tip_height()?;
+    assert_eq!(src.tip_height().await?, tip);
+    assert_eq!(src.tx_status(&txid).await?, Some(TxStatus::Confirmed { height: tip }));
+    let tx = src.get_tx(&txid).await?.expect("funding tx");
+    assert_eq!(tx.compute_txid(), txid);
+
+    let found = src.find_output(&script, amount).await?.expect("output");
+    assert_eq!(found.outpoint.txid, txid);
+    assert_eq!(tx.output[found.outpoint.vout as usize].script_pubkey, script);
+    assert_eq!(found.status.confirmations(tip), 1);
+    assert_eq!(src.find_output(&script, Amount::from_sat(1)).await?, None);
+    assert_eq!(src.script_history(&script).await?.len(), 1);
+    assert!(src.script_history(&random_p2tr()).await?.is_empty());
+    assert_eq!(src.output_spend(&found.outpoint).await?, None);
+
+    // Unknown transaction.
+    let unknown = Txid::from_str(&"11".repeat(32))?;
+    assert_eq!(src.tx_status(&unknown).await?, None);
+    assert_eq!(src.get_tx(&unknown).await?, None);
+
+    // Broadcasting a known (confirmed) transaction again is fine.
+    assert_eq!(src.broadcast(&tx).await?, txid);
+
+    // Fee rates: the regtest chain estimates 1 sat/vB for every target.
+    assert_eq!(src.fee_rate(6).await?, FeeRate::from_sat_per_vb_u32(1));
+    assert_eq!(src.fee_rate(0).await?, FeeRate::from_sat_per_vb_u32(1));
+
+    // A broken transaction is rejected with the node's reason.
+    let mut bad = tx.clone();
+    bad.output[0].value = Amount::from_sat(bad.output[0].value.to_sat() + 1);
+    let e = src.broadcast(&bad).await.unwrap_err();
+    assert!(matches!(e, ChainError::Rejected { .. }), "{e}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wallet_fund_batch_send_reload_restore() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let chain = start_chain(dir.path());
+    let src = EsploraChainSource::new(&chain.esplora_url(), FeeRate::from_sat_per_vb_u32(2))?;
+    let db_path = dir.path().join("node").join("looper.redb");
+    let cap = FeeRate::from_sat_per_vb_u32(20);
+
+    let store = RedbStore::open(&db_path)?;
+    let wallet = LooperWallet::load_or_create(store.database(), &keys(), Network::Regtest, cap)?;
+    let t = Instant::now();
+    wallet.sync(src.client()).await?;
+    eprintln!("first full scan (empty wallet): {:?}", t.elapsed());
+    assert_eq!(wallet.balance()?.total(), Amount::ZERO);
+
+    // Receive 0.01 BTC, confirmed.
+    let addr = wallet.new_address()?;
+    chain.fund_address(&addr, Amount::from_sat(1_000_000))?;
+    let t = Instant::now();
+    wallet.sync(src.client()).await?;
+    eprintln!("incremental sync: {:?}", t.elapsed());
+    assert_eq!(wallet.balance()?.confirmed, Amount::from_sat(1_000_000));
+    assert_eq!(wallet.synced_height()?, chain.tip_height()?);
+
+    // Fund three HTLC-like outputs in one transaction (batching), at a rate above the cap.
+    let outputs = vec![
+        (random_p2tr(), Amount::from_sat(100_000)),
+        (random_p2tr(), Amount::from_sat(200_000)),
+        (random_p2tr(), Amount::from_sat(150_000)),
+    ];
+    let funding = wallet.build_funding_tx(&outputs, FeeRate::from_sat_per_vb_u32(500))?;
+    assert_eq!(funding.fee_rate, cap, "fee rate capped");
+    assert_eq!(funding.vouts.len(), 3);
+    for ((script, amount), vout) in outputs.iter().zip(&funding.vouts) {
+        let out = &funding.tx.output[*vout as usize];
+        assert_eq!(&out.script_pubkey, script);
+        assert_eq!(out.value, *amount);
+    }
+    let vsize = funding.tx.vsize() as u64;
+    assert!(funding.fee.to_sat() >= 20 * vsize, "fee {} vsize {vsize}", funding.fee);
+    let txid = src.broadcast(&funding.tx).await?;
+    // Idempotent: the same transaction again (now in the mempool).
+    assert_eq!(src.broadcast(&funding.tx).await?, txid);
+    assert_eq!(src.tx_status(&txid).await?, Some(TxStatus::Unconfirmed));
+    wallet.apply_unconfirmed(&funding.tx)?;
+    let expected_after = Amount::from_sat(1_000_000 - 450_000) - funding.fee;
+    assert_eq!(wallet.balance()?.total(), expected_after);
+
+    // Each funded output is findable by script and amount while unconfirmed, then confirmed.
+    let (s0, a0) = &outputs[0];
+    let found = src.find_output(s0, *a0).await?.expect("htlc output");
+    assert_eq!(found.status, TxStatus::Unconfirmed);
+    assert_eq!(found.outpoint, OutPoint { txid, vout: funding.vouts[0] });
+    chain.mine(1)?;
+    let tip = chain.tip_height()?;
+    assert_eq!(src.tx_status(&txid).await?, Some(TxStatus::Confirmed { height: tip }));
+    wallet.sync(src.client()).await?;
+    assert_eq!(wallet.balance()?.confirmed, expected_after);
+
+    // Send to an outside address; the spent wallet output reports its spender.
+    let before: Vec<OutPoint> = wallet.list_unspent()?.iter().map(|u| u.outpoint).collect();
+    let (_, outside) = looper_regtest::test_key("outside")?;
+    let sent = wallet
+        .send(
+            &src,
+            outside.to_string().parse()?,
+            Amount::from_sat(100_000),
+            FeeRate::from_sat_per_vb_u32(2),
+        )
+        .await?;
+    let mut spender_seen = false;
+    for op in &before {
+        if let Some(spend) = src.output_spend(op).await? {
+            assert_eq!(spend.txid, sent);
+            assert_eq!(spend.status, TxStatus::Unconfirmed);
+            spender_seen = true;
+        }
+    }
+    assert!(spender_seen);
+    // A mainnet address is refused.
+    let e = wallet
+        .send(
+            &src,
+            "bc1p5cyxnuxmeuwuvkwfem96lqzszd02n6xdcjrs20cac6yqjjwudpxqkedrcr".parse()?,
+            Amount::from_sat(1_000),
+            FeeRate::from_sat_per_vb_u32(1),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, WalletError::WrongNetwork { .. }), "{e}");
+    chain.mine(1)?;
+    wallet.sync(src.client()).await?;
+    let balance = wallet.balance()?;
+    assert!(balance.confirmed < expected_after - Amount::from_sat(100_000));
+    assert_eq!(balance.total(), balance.confirmed);
+
+    // Reload from the redb file: same balance before any sync.
+    drop(wallet);
+    drop(store);
+    let store = RedbStore::open(&db_path)?;
+    let wallet = LooperWallet::load_or_create(store.database(), &keys(), Network::Regtest, cap)?;
+    assert_eq!(wallet.balance()?, balance);
+
+    // Restore from the seed alone into an empty data dir: the full scan finds the same funds.
+    let other = RedbStore::open(&dir.path().join("restored").join("looper.redb"))?;
+    let restored = LooperWallet::load_or_create(other.database(), &keys(), Network::Regtest, cap)?;
+    let t = Instant::now();
+    restored.sync(src.client()).await?;
+    eprintln!("restore full scan: {:?}", t.elapsed());
+    assert_eq!(restored.balance()?.confirmed, balance.confirmed);
+    Ok(())
+}
