@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context, Result};
+use bitcoin::Network;
 use looper_node::nostr::wire::{self, Envelope, Offer, OFFER_KIND};
 use looper_node::nostr::{
     build_gift_wrap, Incoming, MemoryProcessedEvents, NostrTransport, OfferFilter, ProcessedEvents,
@@ -20,31 +21,77 @@ const WAIT: Duration = Duration::from_secs(30);
 
 mod fixtures {
     use super::*;
+    use bitcoin::Network;
+    use looper_protocol::messages::{ErrorCode, ErrorMessage, Message, SwapRequest};
+    use looper_protocol::{SwapDirection, SwapId};
+    use secp256k1::{PublicKey, Secp256k1, SecretKey};
 
-    pub fn offer(id: &str, network: &str, min: u64, max: u64, base: u64, ppm: u32) -> Offer {
+    fn pk(i: u8) -> PublicKey {
+        let sk = SecretKey::from_slice(&[i; 32]).expect("valid key");
+        PublicKey::from_secret_key(&Secp256k1::new(), &sk)
+    }
+
+    pub fn offer(id: &str, network: Network, min: u64, max: u64, base: u64, ppm: u32) -> Offer {
         Offer {
-            id: id.to_string(),
-            network: network.to_string(),
+            version: 1,
+            offer_id: id.into(),
+            network,
+            direction: SwapDirection::LoopOut,
             min_amount_sat: min,
             max_amount_sat: max,
             fee_base_sat: base,
             fee_ppm: ppm,
             funding_fee_sat: 300,
             prepay_sat: None,
+            min_confirmations: 1,
+            timeout_delta: 288,
+            claim_margin: 20,
+            invoice_expiry_secs: 3_600,
+            ln_node_id: pk(9),
+            ln_address: Some("127.0.0.1:9735".into()),
+            relays: vec!["ws://127.0.0.1:7777".into()],
             pow_difficulty: None,
-            relays: vec![],
+            expires_at: Timestamp::now().as_secs() + 3600,
         }
     }
 
-    pub fn envelope(kind: &str, seq: u64) -> Envelope {
-        Envelope { kind: kind.to_string(), swap_id: "11".repeat(32), seq }
+    /// A `swap_request` for offer `offer_id` with sequence `seq`.
+    pub fn request_for(offer_id: &str, seq: u32) -> Envelope {
+        Envelope::new(
+            SwapId([seq as u8; 32]),
+            seq,
+            Message::SwapRequest(SwapRequest {
+                offer_id: offer_id.into(),
+                direction: SwapDirection::LoopOut,
+                network: Network::Regtest,
+                amount_sat: 100_000,
+                buyer_musig_pubkey: pk(1),
+                buyer_claim_pubkey: pk(2).x_only_public_key().0,
+                max_total_fee_sat: 2_000,
+                prepay_accepted: false,
+            }),
+        )
     }
 
-    pub fn is_kind(m: &Incoming, kind: &str) -> bool {
-        matches!(&m.message, Ok(e) if e.kind == kind)
+    /// A `swap_request` with sequence `seq`.
+    pub fn request(seq: u32) -> Envelope {
+        request_for("offer-1", seq)
     }
 
-    pub fn seq_of(m: &Incoming) -> Option<u64> {
+    /// A message that is not a swap request (an `error`), with sequence `seq`.
+    pub fn other(seq: u32) -> Envelope {
+        Envelope::new(
+            SwapId([7; 32]),
+            seq,
+            Message::Error(ErrorMessage::new(ErrorCode::InvalidState, "test")),
+        )
+    }
+
+    pub fn is_request(m: &Incoming) -> bool {
+        matches!(&m.message, Ok(e) if wire::is_swap_request(e))
+    }
+
+    pub fn seq_of(m: &Incoming) -> Option<u32> {
         m.message.as_ref().ok().map(|e| e.seq)
     }
 }
@@ -127,10 +174,12 @@ async fn offers_publish_discover_filter_withdraw() -> Result<()> {
     let (seller2, _rx2) = transport(config(&[&url])).await?;
     let (buyer, _rx3) = transport(config(&[&url])).await?;
 
-    seller.publish_offer(&offer("cheap", "regtest", 10_000, 1_000_000, 100, 1_000)).await?;
-    seller.publish_offer(&offer("small", "regtest", 10_000, 50_000, 0, 0)).await?;
-    seller2.publish_offer(&offer("dear", "regtest", 10_000, 1_000_000, 1_000, 5_000)).await?;
-    seller2.publish_offer(&offer("signet", "signet", 10_000, 1_000_000, 0, 0)).await?;
+    seller.publish_offer(&offer("cheap", Network::Regtest, 10_000, 1_000_000, 100, 1_000)).await?;
+    seller.publish_offer(&offer("small", Network::Regtest, 10_000, 50_000, 0, 0)).await?;
+    seller2
+        .publish_offer(&offer("dear", Network::Regtest, 10_000, 1_000_000, 1_000, 5_000))
+        .await?;
+    seller2.publish_offer(&offer("signet", Network::Signet, 10_000, 1_000_000, 0, 0)).await?;
 
     // Hostile or broken offers from a raw client: all ignored.
     let (raw, raw_keys) = raw_client(&url).await?;
@@ -146,19 +195,19 @@ async fn offers_publish_discover_filter_withdraw() -> Result<()> {
             // valid content, but no expiration
             EventBuilder::new(
                 Kind::Custom(OFFER_KIND),
-                wire::encode_offer(&offer("noexp", "regtest", 1, 10_000_000, 0, 0))?,
+                wire::offer_content(&offer("noexp", Network::Regtest, 1, 10_000_000, 0, 0)),
             )
             .tags([Tag::identifier("noexp"), n.clone()]),
             // d tag differs from the offer id
             EventBuilder::new(
                 Kind::Custom(OFFER_KIND),
-                wire::encode_offer(&offer("x", "regtest", 1, 10_000_000, 0, 0))?,
+                wire::offer_content(&offer("x", Network::Regtest, 1, 10_000_000, 0, 0)),
             )
             .tags([Tag::identifier("y"), exp.clone(), n.clone()]),
             // claims regtest in the tag, signet in the content
             EventBuilder::new(
                 Kind::Custom(OFFER_KIND),
-                wire::encode_offer(&offer("liar", "signet", 1, 10_000_000, 0, 0))?,
+                wire::offer_content(&offer("liar", Network::Signet, 1, 10_000_000, 0, 0)),
             )
             .tags([Tag::identifier("liar"), exp.clone(), n.clone()]),
             // oversize content
@@ -169,9 +218,9 @@ async fn offers_publish_discover_filter_withdraw() -> Result<()> {
         raw.send_event(&b.sign_with_keys(&raw_keys)?).await?;
     }
 
-    let want = OfferFilter { network: "regtest".into(), amount_sat: 100_000, sellers: vec![] };
+    let want = OfferFilter { network: Network::Regtest, amount_sat: 100_000, sellers: vec![] };
     let found = buyer.discover_offers(&want).await?;
-    let ids: Vec<&str> = found.iter().map(|o| o.offer.id.as_str()).collect();
+    let ids: Vec<&str> = found.iter().map(|o| o.offer.offer_id.as_str()).collect();
     assert_eq!(ids, ["cheap", "dear"], "ranked by cost, filtered: {found:#?}");
     assert_eq!(found[0].seller, seller.public_key());
     assert_eq!(found[0].cost_sat, 100 + 100 + 300);
@@ -179,7 +228,7 @@ async fn offers_publish_discover_filter_withdraw() -> Result<()> {
 
     // A small amount fits all three regtest offers; "small" is the cheapest.
     let small = buyer.discover_offers(&OfferFilter { amount_sat: 20_000, ..want.clone() }).await?;
-    let ids: Vec<&str> = small.iter().map(|o| o.offer.id.as_str()).collect();
+    let ids: Vec<&str> = small.iter().map(|o| o.offer.offer_id.as_str()).collect();
     assert_eq!(ids, ["small", "cheap", "dear"]);
 
     // Seller filter.
@@ -187,13 +236,13 @@ async fn offers_publish_discover_filter_withdraw() -> Result<()> {
         .discover_offers(&OfferFilter { sellers: vec![seller2.public_key()], ..want.clone() })
         .await?;
     assert_eq!(only.len(), 1);
-    assert_eq!(only[0].offer.id, "dear");
+    assert_eq!(only[0].offer.offer_id, "dear");
 
     // Refresh republishes with a later created_at; withdraw removes the offer.
     assert_eq!(seller.refresh_offers().await?, 2);
     seller.withdraw_offer("cheap").await?;
     let found = buyer.discover_offers(&want).await?;
-    let ids: Vec<&str> = found.iter().map(|o| o.offer.id.as_str()).collect();
+    let ids: Vec<&str> = found.iter().map(|o| o.offer.offer_id.as_str()).collect();
     assert_eq!(ids, ["dear"]);
     assert_eq!(seller.refresh_offers().await?, 1, "withdrawn offers are not refreshed");
 
@@ -211,8 +260,8 @@ async fn offers_expire() -> Result<()> {
     c.offer_ttl = Duration::from_secs(2);
     let (seller, _rx) = transport(c).await?;
     let (buyer, _rx2) = transport(config(&[&url])).await?;
-    seller.publish_offer(&offer("short", "regtest", 1_000, 1_000_000, 0, 0)).await?;
-    let want = OfferFilter { network: "regtest".into(), amount_sat: 10_000, sellers: vec![] };
+    seller.publish_offer(&offer("short", Network::Regtest, 1_000, 1_000_000, 0, 0)).await?;
+    let want = OfferFilter { network: Network::Regtest, amount_sat: 10_000, sellers: vec![] };
     assert_eq!(buyer.discover_offers(&want).await?.len(), 1);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(buyer.discover_offers(&want).await?.is_empty(), "expired offer dropped");
@@ -228,17 +277,17 @@ async fn message_round_trip_and_decode_errors() -> Result<()> {
     let (alice, mut alice_rx) = transport(config(&[&url])).await?;
     let (bob, mut bob_rx) = transport(config(&[&url])).await?;
 
-    let env = envelope("swap_request", 0);
+    let env = request(0);
     let report = alice.send(&bob.public_key(), &[], &env).await?;
     let got = recv(&mut bob_rx).await?;
     assert_eq!(got.sender, alice.public_key());
     assert_eq!(got.event_id, report.event_id);
     assert_eq!(got.message.as_ref().ok(), Some(&env));
 
-    bob.send(&alice.public_key(), &alice.relays(), &envelope("swap_accept", 1)).await?;
+    bob.send(&alice.public_key(), &alice.relays(), &other(1)).await?;
     let back = recv(&mut alice_rx).await?;
     assert_eq!(back.sender, bob.public_key());
-    assert!(is_kind(&back, "swap_accept"));
+    assert_eq!(seq_of(&back), Some(1));
 
     // A malformed envelope is delivered as a decode error, so the engine can answer `error`.
     alice.send_raw(&bob.public_key(), &[], "{\"garbage\":".into(), SendOptions::default()).await?;
@@ -250,7 +299,7 @@ async fn message_round_trip_and_decode_errors() -> Result<()> {
     let (raw, raw_keys) = raw_client(&url).await?;
     let chat = EventBuilder::private_msg(&raw_keys, bob.public_key(), "hello", []).await?;
     raw.send_event(&chat).await?;
-    alice.send(&bob.public_key(), &[], &envelope("swap_funded", 2)).await?;
+    alice.send(&bob.public_key(), &[], &other(2)).await?;
     let next = recv(&mut bob_rx).await?;
     assert_eq!(seq_of(&next), Some(2), "kind-14 chat message dropped");
     poll_until("invalid counted", || async { Ok(bob.stats().await.invalid >= 1) }).await?;
@@ -270,7 +319,7 @@ async fn duplicates_are_delivered_once() -> Result<()> {
     let wrapped = build_gift_wrap(
         &alice,
         &bob.public_key(),
-        wire::encode_envelope(&envelope("swap_request", 0))?,
+        wire::envelope_content(&request(0)),
         Timestamp::from_secs(Timestamp::now().as_secs() + 3600),
         None,
     )
@@ -300,7 +349,7 @@ async fn processed_ids_survive_restart() -> Result<()> {
     let store = Arc::new(MemoryProcessedEvents::new());
     let bob = NostrTransport::connect(bob_config.clone(), store.clone()).await?;
     let mut bob_rx = bob.incoming().ok_or_else(|| anyhow!("taken"))?;
-    let first = alice.send(&bob.public_key(), &[], &envelope("swap_request", 0)).await?;
+    let first = alice.send(&bob.public_key(), &[], &request(0)).await?;
     let got = recv(&mut bob_rx).await?;
     assert_eq!(got.event_id, first.event_id);
     assert!(store.is_processed(first.event_id.to_bytes())?);
@@ -308,7 +357,7 @@ async fn processed_ids_survive_restart() -> Result<()> {
     drop(bob_rx);
 
     // While bob is down, alice sends another message; it is stored by the relay.
-    let second = alice.send(&bob.public_key(), &[], &envelope("swap_funded", 1)).await?;
+    let second = alice.send(&bob.public_key(), &[], &other(1)).await?;
 
     // Bob restarts with the same store: the relay replays both, only the new one is delivered.
     let bob = NostrTransport::connect(bob_config, store.clone()).await?;
@@ -334,10 +383,10 @@ async fn manual_ack_redelivers_unacked_after_restart() -> Result<()> {
     let store = Arc::new(MemoryProcessedEvents::new());
     let bob = NostrTransport::connect(bob_config.clone(), store.clone()).await?;
     let mut bob_rx = bob.incoming().ok_or_else(|| anyhow!("taken"))?;
-    alice.send(&bob.public_key(), &[], &envelope("swap_request", 0)).await?;
+    alice.send(&bob.public_key(), &[], &request(0)).await?;
     let m0 = recv(&mut bob_rx).await?;
     bob.ack(&m0.event_id)?;
-    alice.send(&bob.public_key(), &[], &envelope("swap_funded", 1)).await?;
+    alice.send(&bob.public_key(), &[], &other(1)).await?;
     let m1 = recv(&mut bob_rx).await?;
     assert_eq!(seq_of(&m1), Some(1));
     // Crash before acknowledging m1.
@@ -363,11 +412,10 @@ async fn oversize_events_are_dropped_unread() -> Result<()> {
     let (bob, mut bob_rx) = transport(bob_config).await?;
 
     // A valid message whose gift wrap is larger than bob accepts.
-    let mut big = envelope("swap_request", 0);
-    big.swap_id = "a".repeat(6_000);
-    let sent = alice.send(&bob.public_key(), &[], &big).await?;
+    let big = format!("{{\"pad\":\"{}\"}}", "a".repeat(6_000));
+    let sent = alice.send_raw(&bob.public_key(), &[], big, SendOptions::default()).await?;
     assert!(sent.event_bytes > 8_000);
-    alice.send(&bob.public_key(), &[], &envelope("swap_request", 7)).await?;
+    alice.send(&bob.public_key(), &[], &request(7)).await?;
     let got = recv(&mut bob_rx).await?;
     assert_eq!(seq_of(&got), Some(7));
     quiet(&mut bob_rx, Duration::from_secs(1)).await?;
@@ -400,11 +448,11 @@ async fn swap_requests_are_rate_limited_per_sender() -> Result<()> {
     let (carol, _c) = transport(config(&[&url])).await?;
 
     for seq in 0..5 {
-        alice.send(&bob.public_key(), &[], &envelope("swap_request", seq)).await?;
+        alice.send(&bob.public_key(), &[], &request(seq)).await?;
     }
     // Other message types from the same sender are not limited by the request bucket.
-    alice.send(&bob.public_key(), &[], &envelope("swap_funded", 10)).await?;
-    carol.send(&bob.public_key(), &[], &envelope("swap_request", 20)).await?;
+    alice.send(&bob.public_key(), &[], &other(10)).await?;
+    carol.send(&bob.public_key(), &[], &request(20)).await?;
 
     let mut got = Vec::new();
     for _ in 0..4 {
@@ -412,7 +460,7 @@ async fn swap_requests_are_rate_limited_per_sender() -> Result<()> {
     }
     quiet(&mut bob_rx, Duration::from_secs(2)).await?;
     let from_alice_requests =
-        got.iter().filter(|m| m.sender == alice.public_key() && is_kind(m, "swap_request")).count();
+        got.iter().filter(|m| m.sender == alice.public_key() && is_request(m)).count();
     assert_eq!(from_alice_requests, 2);
     assert!(got.iter().any(|m| seq_of(m) == Some(10)));
     assert!(got.iter().any(|m| m.sender == carol.public_key()));
@@ -434,20 +482,19 @@ async fn proof_of_work_required_on_swap_requests() -> Result<()> {
     let (alice, _a) = transport(config(&[&url])).await?;
 
     // Without work: dropped.
-    alice.send(&bob.public_key(), &[], &envelope("swap_request", 0)).await?;
+    alice.send(&bob.public_key(), &[], &request(0)).await?;
     // Too little work: dropped.
     let weak = SendOptions { pow: Some(4), ..Default::default() };
-    alice.send_with(&bob.public_key(), &[], &envelope("swap_request", 1), weak).await?;
+    alice.send_with(&bob.public_key(), &[], &request(1), weak).await?;
     // Enough work: delivered.
     let strong = SendOptions { pow: Some(10), ..Default::default() };
-    let report =
-        alice.send_with(&bob.public_key(), &[], &envelope("swap_request", 2), strong).await?;
+    let report = alice.send_with(&bob.public_key(), &[], &request(2), strong).await?;
     let got = recv(&mut bob_rx).await?;
     assert_eq!(got.event_id, report.event_id);
     assert_eq!(seq_of(&got), Some(2));
     assert!(got.pow_bits >= 10);
     // Later messages of a swap need no work.
-    alice.send(&bob.public_key(), &[], &envelope("swap_funded", 3)).await?;
+    alice.send(&bob.public_key(), &[], &other(3)).await?;
     assert_eq!(seq_of(&recv(&mut bob_rx).await?), Some(3));
     quiet(&mut bob_rx, Duration::from_secs(1)).await?;
     assert_eq!(bob.stats().await.insufficient_pow, 2);
@@ -459,23 +506,56 @@ async fn proof_of_work_required_on_swap_requests() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proof_of_work_demanded_by_the_offer() -> Result<()> {
+    let (relay, url) = start_relay().await?;
+    let (seller, mut seller_rx) = transport(config(&[&url])).await?;
+    let (buyer, _b) = transport(config(&[&url])).await?;
+    let mut o = offer("worky", Network::Regtest, 10_000, 1_000_000, 0, 0);
+    o.pow_difficulty = Some(8);
+    seller.publish_offer(&o).await?;
+    let want = OfferFilter { network: Network::Regtest, amount_sat: 50_000, sellers: vec![] };
+    let found = buyer.discover_offers(&want).await?;
+    assert_eq!(found.len(), 1);
+    let pow = found[0].offer.pow_difficulty;
+    assert_eq!(pow, Some(8));
+
+    // A request for another offer needs no work; one for this offer does.
+    buyer.send(&seller.public_key(), &found[0].offer.relays, &request_for("worky", 0)).await?;
+    let opts = SendOptions { pow, ..Default::default() };
+    buyer
+        .send_with(&seller.public_key(), &found[0].offer.relays, &request_for("worky", 1), opts)
+        .await?;
+    buyer.send(&seller.public_key(), &[], &request_for("other", 2)).await?;
+    let mut seqs = vec![seq_of(&recv(&mut seller_rx).await?), seq_of(&recv(&mut seller_rx).await?)];
+    seqs.sort();
+    assert_eq!(seqs, [Some(1), Some(2)]);
+    quiet(&mut seller_rx, Duration::from_secs(1)).await?;
+    assert_eq!(seller.stats().await.insufficient_pow, 1);
+
+    buyer.shutdown().await;
+    seller.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_of_two_relays_down_still_delivers() -> Result<()> {
     let (relay1, url1) = start_relay().await?;
     let (relay2, url2) = start_relay().await?;
     let (alice, mut alice_rx) = transport(config(&[&url1, &url2])).await?;
     let (bob, mut bob_rx) = transport(config(&[&url1, &url2])).await?;
 
-    alice.send(&bob.public_key(), &[], &envelope("swap_request", 0)).await?;
+    alice.send(&bob.public_key(), &[], &request(0)).await?;
     assert_eq!(seq_of(&recv(&mut bob_rx).await?), Some(0));
 
     relay2.shutdown();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let started = Instant::now();
-    let report = alice.send(&bob.public_key(), &[], &envelope("swap_funded", 1)).await?;
+    let report = alice.send(&bob.public_key(), &[], &other(1)).await?;
     assert!(started.elapsed() < Duration::from_secs(8), "send does not wait for the dead relay");
     assert_eq!(report.accepted_by.to_string(), url1);
     assert_eq!(seq_of(&recv(&mut bob_rx).await?), Some(1));
-    bob.send(&alice.public_key(), &[], &envelope("swap_accept", 2)).await?;
+    bob.send(&alice.public_key(), &[], &other(2)).await?;
     assert_eq!(seq_of(&recv(&mut alice_rx).await?), Some(2));
 
     alice.shutdown().await;
@@ -502,7 +582,7 @@ async fn relay_restart_mid_way_reconnects() -> Result<()> {
 
     let (alice, _a) = transport(config(&[&url])).await?;
     let (bob, mut bob_rx) = transport(config(&[&url])).await?;
-    alice.send(&bob.public_key(), &[], &envelope("swap_request", 0)).await?;
+    alice.send(&bob.public_key(), &[], &request(0)).await?;
     assert_eq!(seq_of(&recv(&mut bob_rx).await?), Some(0));
 
     relay.shutdown();
@@ -512,8 +592,7 @@ async fn relay_restart_mid_way_reconnects() -> Result<()> {
     // Alice sends while the relay is down; the send keeps retrying until the relay is back.
     let bob_pk = bob.public_key();
     let alice2 = alice.clone();
-    let sending =
-        tokio::spawn(async move { alice2.send(&bob_pk, &[], &envelope("swap_funded", 1)).await });
+    let sending = tokio::spawn(async move { alice2.send(&bob_pk, &[], &other(1)).await });
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let relay = LocalRelay::new(relay_builder().database(db).port(port));

@@ -3,6 +3,7 @@
 use nostr_sdk::prelude::*;
 
 use super::wire::{self, Offer, MAX_OFFER_BYTES, OFFER_KIND};
+use bitcoin::Network;
 
 /// The single-letter tag carrying the offer's network (`["n", "regtest"]`), so relays can filter.
 pub const NETWORK_TAG: Alphabet = Alphabet::N;
@@ -10,8 +11,8 @@ pub const NETWORK_TAG: Alphabet = Alphabet::N;
 /// What a buyer asks for when discovering offers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OfferFilter {
-    /// Network name as in the offer (`bitcoin`, `testnet`, `signet`, `regtest`).
-    pub network: String,
+    /// The network the buyer swaps on.
+    pub network: Network,
     /// Swap amount in satoshis: offers whose range excludes it are dropped.
     pub amount_sat: u64,
     /// Only offers from these sellers (empty: any seller).
@@ -47,7 +48,7 @@ pub enum OfferRejection {
     /// No NIP-40 `expiration` tag.
     #[error("offer has no expiration tag")]
     NoExpiration,
-    /// Expired.
+    /// Expired (by its `expiration` tag or its `expires_at`).
     #[error("offer expired")]
     Expired,
     /// No `d` tag, or it differs from the offer id.
@@ -58,7 +59,7 @@ pub enum OfferRejection {
     Malformed(String),
     /// Another network.
     #[error("offer is for network {0}")]
-    WrongNetwork(String),
+    WrongNetwork(Network),
     /// The amount is outside the offer's range (or the quote overflows).
     #[error("amount outside the offer's range")]
     AmountOutOfRange,
@@ -67,23 +68,25 @@ pub enum OfferRejection {
     OtherSeller,
 }
 
-/// Builds the unsigned-content builder of the offer event (caller signs it).
+/// The offer event (to be signed by the seller's node key): content = the offer with
+/// `expires_at` set to `expiration`, tags `d` = offer id, `expiration` (NIP-40), `n` = network.
 pub fn offer_event_builder(
     offer: &Offer,
     expiration: Timestamp,
     created_at: Timestamp,
-) -> Result<EventBuilder, wire::DecodeError> {
-    let content = wire::encode_offer(offer)?;
-    Ok(EventBuilder::new(Kind::Custom(OFFER_KIND), content)
+) -> EventBuilder {
+    let mut offer = offer.clone();
+    offer.expires_at = expiration.as_secs();
+    EventBuilder::new(Kind::Custom(OFFER_KIND), wire::offer_content(&offer))
         .tags([
-            Tag::identifier(wire::offer_id(offer)),
+            Tag::identifier(offer.offer_id.clone()),
             Tag::expiration(expiration),
             Tag::custom(
                 TagKind::SingleLetter(SingleLetterTag::lowercase(NETWORK_TAG)),
-                [wire::offer_network(offer)],
+                [wire::network_name(offer.network)],
             ),
         ])
-        .custom_created_at(created_at))
+        .custom_created_at(created_at)
 }
 
 /// The replacement published when an offer is withdrawn: same `d` tag, empty content, short expiry.
@@ -101,7 +104,7 @@ pub fn withdrawn_event_builder(
 pub fn offer_relay_filter(filter: &OfferFilter) -> Filter {
     let mut f = Filter::new()
         .kind(Kind::Custom(OFFER_KIND))
-        .custom_tag(SingleLetterTag::lowercase(NETWORK_TAG), filter.network.clone());
+        .custom_tag(SingleLetterTag::lowercase(NETWORK_TAG), wire::network_name(filter.network));
     if !filter.sellers.is_empty() {
         f = f.authors(filter.sellers.iter().copied());
     }
@@ -128,14 +131,16 @@ pub fn parse_offer_event(
     if expires_at <= now {
         return Err(OfferRejection::Expired);
     }
-    let offer =
-        wire::decode_offer(&event.content).map_err(|e| OfferRejection::Malformed(e.to_string()))?;
-    if event.tags.identifier() != Some(wire::offer_id(&offer).as_str()) {
+    let offer = wire::decode_offer(event.content.as_bytes())
+        .map_err(|e| OfferRejection::Malformed(e.to_string()))?;
+    if offer.is_expired(now.as_secs()) {
+        return Err(OfferRejection::Expired);
+    }
+    if event.tags.identifier() != Some(offer.offer_id.as_str()) {
         return Err(OfferRejection::BadIdentifier);
     }
-    let network = wire::offer_network(&offer);
-    if network != filter.network {
-        return Err(OfferRejection::WrongNetwork(network));
+    if offer.network != filter.network {
+        return Err(OfferRejection::WrongNetwork(offer.network));
     }
     let cost_sat =
         wire::offer_cost(&offer, filter.amount_sat).ok_or(OfferRejection::AmountOutOfRange)?;

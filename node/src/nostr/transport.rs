@@ -28,7 +28,8 @@ pub struct TransportConfig {
     /// Our relays (`wss://` or `ws://` URLs): offers are published and messages received here.
     pub relays: Vec<String>,
     /// Proof of work (NIP-13 leading zero bits) demanded on the gift wrap of every `swap_request`
-    /// sent to us; advertise the same number in our offers. `None` or `Some(0)`: none.
+    /// sent to us, whatever offer it takes (a published offer's own `pow_difficulty` is demanded
+    /// from requests for that offer in any case). `None` or `Some(0)`: none beyond the offers'.
     pub pow_difficulty: Option<u8>,
     /// Per-sender limit on new swap requests.
     pub request_rate_limit: RateLimit,
@@ -169,7 +170,8 @@ pub struct Incoming {
     pub created_at: Timestamp,
     /// NIP-13 work committed by the gift wrap (see [`wrap::committed_pow`]).
     pub pow_bits: u8,
-    /// The decoded envelope, or why it did not decode (answer with an `error` message).
+    /// The decoded envelope, or why it did not decode (answer with
+    /// [`wire::DecodeError::reply`] when it names a swap).
     pub message: Result<Envelope, wire::DecodeError>,
 }
 
@@ -446,9 +448,7 @@ impl NostrTransport {
         envelope: &Envelope,
         opts: SendOptions,
     ) -> Result<SendReport, TransportError> {
-        let content =
-            wire::encode_envelope(envelope).map_err(|e| TransportError::Encode(e.to_string()))?;
-        self.send_raw(peer, relays_hint, content, opts).await
+        self.send_raw(peer, relays_hint, wire::envelope_content(envelope), opts).await
     }
 
     /// Sends an already encoded message (`content` is the rumor's content, normally an encoded
@@ -595,12 +595,9 @@ impl NostrTransport {
     }
 
     async fn publish_offer_event(&self, offer: &Offer) -> Result<SendReport, TransportError> {
-        let id = wire::offer_id(offer);
-        let created_at = self.next_offer_time(&id);
+        let created_at = self.next_offer_time(&offer.offer_id);
         let expiration = now_plus(self.inner.config.offer_ttl);
-        let builder = offers::offer_event_builder(offer, expiration, created_at)
-            .map_err(|e| TransportError::Encode(e.to_string()))?;
-        let event = builder
+        let event = offers::offer_event_builder(offer, expiration, created_at)
             .sign_with_keys(&self.inner.keys)
             .map_err(|e| TransportError::Encode(e.to_string()))?;
         if event.content.len() > MAX_OFFER_BYTES {
@@ -614,10 +611,12 @@ impl NostrTransport {
     }
 
     /// Publishes `offer` (addressable event, `d` = offer id, `expiration` = now +
-    /// [`TransportConfig::offer_ttl`]) and remembers it for [`NostrTransport::refresh_offers`].
+    /// [`TransportConfig::offer_ttl`], also written into the offer's `expires_at`) and remembers it
+    /// for [`NostrTransport::refresh_offers`]. Its `pow_difficulty` is then demanded from every
+    /// `swap_request` that takes it.
     pub async fn publish_offer(&self, offer: &Offer) -> Result<SendReport, TransportError> {
         let report = self.publish_offer_event(offer).await?;
-        self.inner.offers.lock().await.insert(wire::offer_id(offer), offer.clone());
+        self.inner.offers.lock().await.insert(offer.offer_id.clone(), offer.clone());
         Ok(report)
     }
 
@@ -826,10 +825,15 @@ impl Receiver {
             return true;
         }
         let pow_bits = wrap::committed_pow(&event);
-        let message = wire::decode_envelope(&opened.content);
+        let message = wire::decode_envelope(opened.content.as_bytes());
         if let Ok(envelope) = &message {
             if wire::is_swap_request(envelope) {
-                let required = self.inner.config.pow_difficulty.unwrap_or(0);
+                let offer_pow = match wire::requested_offer_id(envelope) {
+                    Some(id) => inner.offers.lock().await.get(id).and_then(|o| o.pow_difficulty),
+                    None => None,
+                };
+                let required =
+                    self.inner.config.pow_difficulty.unwrap_or(0).max(offer_pow.unwrap_or(0));
                 if pow_bits < required {
                     bump(&c.insufficient_pow);
                     tracing::debug!(sender = %opened.sender, pow_bits, required, "swap request without enough proof of work");
