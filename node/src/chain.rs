@@ -81,7 +81,7 @@ pub enum ChainError {
     /// The chain source could not be reached or answered with an error.
     #[error("chain source failed to {op}")]
     Request {
-        /// The operation ("get the tip height", "get transaction <txid>", ...).
+        /// The operation ("get the tip height", "get transaction TXID", ...).
         op: String,
         /// The underlying error.
         #[source]

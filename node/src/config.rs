@@ -10,7 +10,8 @@
 //! let dir = tempfile::tempdir()?;
 //! let datadir = dir.path().to_str().ok_or("path")?;
 //! let args = Args::try_parse_from([
-//!     "looper-node", "--datadir", datadir, "--network", "regtest", "--relay", "ws://127.0.0.1:7777",
+//!     "looper-node", "--datadir", datadir, "--network", "regtest",
+//!     "--esplora-url", "http://127.0.0.1:3002", "--relay", "ws://127.0.0.1:7777",
 //! ])?;
 //! let config = Config::load(&args)?;
 //! assert_eq!(config.network, bitcoin::Network::Regtest);

@@ -25,7 +25,7 @@ use super::{
     SwapStore, MAX_SWAP_INDEX,
 };
 
-/// Schema version written by this build. Bump it with a migration step in [`migrate`] and a test
+/// Schema version written by this build. Bump it with a migration step (private `migrate`) and a test
 /// that opens a file of the previous version.
 pub const SCHEMA_VERSION: u64 = 1;
 
