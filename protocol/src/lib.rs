@@ -6,11 +6,15 @@
 //! The normative text is `spec/` at the root of the repository; names here are the spec's names.
 #![deny(missing_docs)]
 
+pub mod buyer;
 pub mod htlc;
 pub mod keys;
 pub mod messages;
 pub mod musig;
+pub mod record;
+pub mod seller;
 pub mod spend;
+pub mod swap;
 pub mod terms;
 pub mod types;
 

@@ -1,4 +1,5 @@
 //! Shared fixtures for the protocol's integration tests.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code, missing_docs)]
 
 use bitcoin::bip32::Xpriv;

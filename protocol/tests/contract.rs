@@ -1,5 +1,7 @@
 //! The swap contract end to end: every spend is checked by Bitcoin Core's script interpreter.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use bitcoin::hashes::Hash;

@@ -1,6 +1,8 @@
 //! Property tests of the contract: build -> verify round trips, and any single-byte change to a
 //! leaf, a key or the output is detected.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use bitcoin::secp256k1::{Keypair, PublicKey, Secp256k1, SecretKey};
 use bitcoin::{Network, ScriptBuf};
 use looper_protocol::htlc::{Htlc, HtlcMismatch, HtlcParams};

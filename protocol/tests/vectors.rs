@@ -3,6 +3,8 @@
 //! The test rebuilds every vector from its inputs and compares. `LOOPER_BLESS=1 cargo test -p
 //! looper-protocol --test vectors` rewrites the files (review the diff: a change is a protocol change).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use std::path::PathBuf;

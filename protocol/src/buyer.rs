@@ -1,0 +1,1168 @@
+//! The buyer's side of a loop out (spec `02-swap-flow.md`, "Buyer").
+//!
+//! ```text
+//! Requested -> Accepted -> Funded -> Paying (point of no return) -> Claiming -> ClaimBroadcast -> Claimed
+//!     '------------'-----------'--> Aborted (nothing paid; answers the seller's cooperative refund)
+//! ```
+
+use core::str::FromStr;
+use core::time::Duration;
+
+use bitcoin::hashes::Hash;
+use bitcoin::secp256k1::rand::{CryptoRng, RngCore};
+use bitcoin::secp256k1::{PublicKey, XOnlyPublicKey};
+use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, Txid};
+use lightning_invoice::Bolt11Invoice;
+use serde::{Deserialize, Serialize};
+
+use crate::htlc::{Htlc, HtlcParams};
+use crate::keys::SwapKeys;
+use crate::messages::{
+    AbortReason, CoopClaimRequest, CoopRefundRequest, CoopRefundResponse, ErrorCode, ErrorMessage,
+    Message, Offer, PartialSigBytes, PubNonceBytes, SwapAbort, SwapAccept, SwapFunded, SwapRequest,
+    MIN_CLTV_BUDGET_BLOCKS,
+};
+use crate::musig::{self, InitiatorSession, Signer};
+use crate::spend::{HtlcInput, SpendPath, SpendTx};
+use musig2::BinaryEncoding;
+
+use crate::swap::{
+    check_transition, confirmations, Action, Context, Ephemeral, Event, Inbox, Notification,
+    Outbox, StateKind, SwapError, Transition, TxPurpose, COOP_TIMEOUT_SECS, TIMEOUT_SLACK_BLOCKS,
+};
+use crate::terms::Quote;
+use crate::types::{PaymentHash, Preimage, SwapDirection, SwapId};
+
+/// Cooperative claim attempts before the buyer claims through the script path.
+pub const MAX_COOP_ATTEMPTS: u32 = 2;
+
+/// A check the buyer makes before paying; each failure has its own name (spec
+/// `02-swap-flow.md`, "Buyer checks").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "check", content = "detail", rename_all = "snake_case")]
+pub enum BuyerCheckError {
+    /// The seller's quote differs from ours.
+    #[error("quote mismatch: {0}")]
+    QuoteMismatch(String),
+    /// The fee is above the buyer's limit.
+    #[error("fee {fee_sat} sat exceeds the limit of {max_sat} sat")]
+    FeeTooHigh {
+        /// The quote's fee.
+        fee_sat: u64,
+        /// The limit.
+        max_sat: u64,
+    },
+    /// The invoice does not decode.
+    #[error("invoice does not decode: {0}")]
+    InvoiceInvalid(String),
+    /// The invoice is for another network.
+    #[error("invoice is for another network")]
+    InvoiceNetwork,
+    /// The invoice's hash is not the HTLC's.
+    #[error("invoice payment hash differs from the htlc's")]
+    InvoiceHashMismatch,
+    /// The invoice asks for another amount than the quote.
+    #[error("invoice amount {invoice_msat} msat differs from the quote's {quote_msat} msat")]
+    InvoiceAmountMismatch {
+        /// What the invoice asks.
+        invoice_msat: u64,
+        /// What the quote says.
+        quote_msat: u64,
+    },
+    /// The invoice has expired.
+    #[error("invoice expired")]
+    InvoiceExpired,
+    /// A prepay was asked for (not served in this version).
+    #[error("prepay invoices are not supported")]
+    PrepayUnsupported,
+    /// The HTLC script differs from the one rebuilt from the agreed terms.
+    #[error("htlc script mismatch: {0}")]
+    HtlcScriptMismatch(String),
+    /// The HTLC value differs from the quote's.
+    #[error("htlc amount {got_sat} sat differs from the agreed {expected_sat} sat")]
+    HtlcAmountMismatch {
+        /// Agreed.
+        expected_sat: u64,
+        /// Found.
+        got_sat: u64,
+    },
+    /// The timeout is outside what the offer allows.
+    #[error("timeout height {timeout_height} is outside [{min}, {max}]")]
+    TimeoutOutOfRange {
+        /// The timeout.
+        timeout_height: u32,
+        /// Lowest acceptable.
+        min: u32,
+        /// Highest acceptable.
+        max: u32,
+    },
+    /// Too few blocks left for a Lightning route.
+    #[error("cltv budget of {budget} blocks is below the {needed} a route needs")]
+    CltvBudgetTooShort {
+        /// Blocks available to the route.
+        budget: u32,
+        /// Blocks needed.
+        needed: u32,
+    },
+    /// The HTLC was spent before we paid.
+    #[error("htlc spent before payment")]
+    HtlcSpent,
+}
+
+/// What the buyer agreed to in `swap_accept`, checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Terms {
+    /// The invoice.
+    pub invoice: String,
+    /// Its amount.
+    pub invoice_amount_msat: u64,
+    /// When it expires (unix seconds).
+    pub invoice_expires_at: u64,
+    /// The invoice's final CLTV delta.
+    pub min_final_cltv: u32,
+    /// The quote.
+    pub quote: Quote,
+    /// The HTLC parameters.
+    pub htlc_params: HtlcParams,
+}
+
+/// Where the HTLC is on chain, as our chain source sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HtlcOutput {
+    /// Outpoint.
+    pub outpoint: OutPoint,
+    /// Confirmed at.
+    pub confirmed_height: Option<u32>,
+}
+
+/// The buyer's states.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum BuyerState {
+    /// `swap_request` sent.
+    Requested,
+    /// Terms checked; waiting for the HTLC.
+    Accepted {
+        /// The terms.
+        terms: Terms,
+        /// The outpoint the seller announced (checked against the chain later).
+        announced: Option<OutPoint>,
+    },
+    /// The HTLC is on chain with the agreed script and value.
+    Funded {
+        /// The terms.
+        terms: Terms,
+        /// The HTLC.
+        htlc: HtlcOutput,
+    },
+    /// The invoice is being paid: the point of no return.
+    Paying {
+        /// The terms.
+        terms: Terms,
+        /// The HTLC.
+        htlc: HtlcOutput,
+        /// The route's CLTV budget.
+        max_cltv: u32,
+    },
+    /// Paid; claiming the HTLC.
+    Claiming {
+        /// The terms.
+        terms: Terms,
+        /// The HTLC.
+        htlc: HtlcOutput,
+        /// The preimage.
+        preimage: Preimage,
+        /// When the current cooperative attempt gives up.
+        coop_deadline_secs: u64,
+        /// Cooperative attempts made.
+        coop_attempts: u32,
+    },
+    /// The claim is broadcast.
+    ClaimBroadcast {
+        /// The terms.
+        terms: Terms,
+        /// The HTLC.
+        htlc: HtlcOutput,
+        /// The preimage.
+        preimage: Preimage,
+        /// The claim.
+        claim_tx: Transaction,
+        /// Its path.
+        purpose: TxPurpose,
+    },
+    /// The claim confirmed.
+    Claimed {
+        /// The terms.
+        terms: Terms,
+        /// The claim.
+        claim_txid: Txid,
+        /// What landed in the wallet.
+        received_sat: u64,
+    },
+    /// Ended without paying; still answers the seller's cooperative refund.
+    Aborted {
+        /// Why.
+        reason: AbortReason,
+        /// The failed check, if that was the reason.
+        check: Option<BuyerCheckError>,
+        /// Details.
+        message: Option<String>,
+        /// The terms, if accepted.
+        terms: Option<Terms>,
+        /// The HTLC, if seen.
+        htlc: Option<HtlcOutput>,
+    },
+    /// Paid, but the HTLC went back to the seller (only a dishonest seller or a claim that came
+    /// too late leads here).
+    Lost {
+        /// The terms.
+        terms: Terms,
+        /// The seller's spend.
+        spend_txid: Txid,
+    },
+}
+
+impl BuyerState {
+    /// The state's name, as in the transition table and the spec.
+    pub fn name(&self) -> &'static str {
+        match self {
+            BuyerState::Requested => "Requested",
+            BuyerState::Accepted { .. } => "Accepted",
+            BuyerState::Funded { .. } => "Funded",
+            BuyerState::Paying { .. } => "Paying",
+            BuyerState::Claiming { .. } => "Claiming",
+            BuyerState::ClaimBroadcast { .. } => "ClaimBroadcast",
+            BuyerState::Claimed { .. } => "Claimed",
+            BuyerState::Aborted { .. } => "Aborted",
+            BuyerState::Lost { .. } => "Lost",
+        }
+    }
+
+    /// Pending, succeeded or failed.
+    pub fn kind(&self) -> StateKind {
+        match self {
+            BuyerState::Claimed { .. } => StateKind::Succeeded,
+            BuyerState::Aborted { .. } | BuyerState::Lost { .. } => StateKind::Failed,
+            _ => StateKind::Pending,
+        }
+    }
+
+    /// Whether the buyer has started paying (past the point of no return).
+    pub fn has_paid(&self) -> bool {
+        matches!(
+            self,
+            BuyerState::Paying { .. }
+                | BuyerState::Claiming { .. }
+                | BuyerState::ClaimBroadcast { .. }
+                | BuyerState::Claimed { .. }
+                | BuyerState::Lost { .. }
+        )
+    }
+
+    fn terms(&self) -> Option<&Terms> {
+        match self {
+            BuyerState::Accepted { terms, .. }
+            | BuyerState::Funded { terms, .. }
+            | BuyerState::Paying { terms, .. }
+            | BuyerState::Claiming { terms, .. }
+            | BuyerState::ClaimBroadcast { terms, .. }
+            | BuyerState::Claimed { terms, .. }
+            | BuyerState::Lost { terms, .. } => Some(terms),
+            BuyerState::Aborted { terms, .. } => terms.as_ref(),
+            BuyerState::Requested => None,
+        }
+    }
+
+    fn htlc_output(&self) -> Option<&HtlcOutput> {
+        match self {
+            BuyerState::Funded { htlc, .. }
+            | BuyerState::Paying { htlc, .. }
+            | BuyerState::Claiming { htlc, .. }
+            | BuyerState::ClaimBroadcast { htlc, .. } => Some(htlc),
+            BuyerState::Aborted { htlc, .. } => htlc.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// The buyer's transition table (the diagrams in `spec/diagrams/` are generated from it).
+pub const BUYER_TRANSITIONS: &[Transition] = &[
+    ("Requested", "Accepted", "swap_accept passes every check"),
+    ("Requested", "Aborted", "error, swap_abort, a failed check or user abort"),
+    ("Accepted", "Funded", "htlc on chain with agreed script and value"),
+    ("Accepted", "Aborted", "a failed check, swap_abort, user abort, invoice expiry"),
+    ("Funded", "Paying", "min_confirmations reached and checks pass / pay"),
+    ("Funded", "Aborted", "a failed check, swap_abort, user abort, timeout too close"),
+    ("Paying", "Claiming", "payment succeeded / send coop_claim_request"),
+    ("Paying", "Aborted", "payment failed / send swap_abort"),
+    ("Claiming", "ClaimBroadcast", "coop_claim_response, or 30 s / script path"),
+    ("Claiming", "Lost", "htlc refunded by the seller"),
+    ("ClaimBroadcast", "Claimed", "claim confirmed"),
+    ("ClaimBroadcast", "Lost", "htlc refunded by the seller"),
+];
+
+/// The buyer's limits for one swap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuyerPolicy {
+    /// Most the buyer pays in swap and funding fees.
+    pub max_total_fee_sat: u64,
+    /// Most blocks a route may lock the payment for.
+    pub max_route_cltv: u32,
+    /// Confirmations the buyer wants, at least (the offer's count applies if higher).
+    pub min_confirmations: u32,
+}
+
+impl Default for BuyerPolicy {
+    fn default() -> Self {
+        Self { max_total_fee_sat: u64::MAX, max_route_cltv: 2016, min_confirmations: 1 }
+    }
+}
+
+/// One loop out, buyer side. Serializes to its record; keys are derived again from `key_index`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuyerSwap {
+    /// The swap id (ours).
+    pub swap_id: SwapId,
+    /// The swap-key index.
+    pub key_index: u32,
+    /// The seller (Nostr public key, hex).
+    pub peer: String,
+    /// The offer taken.
+    pub offer: Offer,
+    /// The amount asked for.
+    pub amount_sat: u64,
+    /// Our limits.
+    pub policy: BuyerPolicy,
+    /// Where the claim pays to.
+    pub claim_destination: ScriptBuf,
+    /// Our MuSig2 key (to check the keys on restore).
+    pub musig_pubkey: PublicKey,
+    /// Our claim key.
+    pub claim_pubkey: XOnlyPublicKey,
+    /// When the swap started (unix seconds).
+    pub created_at: u64,
+    /// The seller's messages, in order.
+    pub inbox: Inbox,
+    /// Our messages.
+    pub outbox: Outbox,
+    /// The state.
+    pub state: BuyerState,
+    #[serde(skip)]
+    keys: Option<SwapKeys>,
+    #[serde(skip)]
+    claim_session: Ephemeral<(InitiatorSession, SpendTx)>,
+}
+
+/// Everything a buyer needs to start a swap.
+#[derive(Debug, Clone)]
+pub struct BuyerStart {
+    /// A fresh random swap id.
+    pub swap_id: SwapId,
+    /// The seller.
+    pub peer: String,
+    /// The offer.
+    pub offer: Offer,
+    /// The amount.
+    pub amount_sat: u64,
+    /// Limits.
+    pub policy: BuyerPolicy,
+    /// Where the claim pays.
+    pub claim_destination: ScriptBuf,
+    /// Our keys for this swap.
+    pub keys: SwapKeys,
+}
+
+impl BuyerSwap {
+    /// Starts a swap: computes the quote, checks it against the policy, sends `swap_request`.
+    ///
+    /// # Errors
+    /// [`BuyerCheckError`] when the offer cannot serve the amount within the policy.
+    pub fn start(start: BuyerStart, ctx: &Context) -> Result<(Self, Vec<Action>), BuyerCheckError> {
+        let quote = Quote::compute(&start.offer, start.amount_sat)
+            .map_err(|e| BuyerCheckError::QuoteMismatch(e.to_string()))?;
+        if quote.fee_sat() > start.policy.max_total_fee_sat {
+            return Err(BuyerCheckError::FeeTooHigh {
+                fee_sat: quote.fee_sat(),
+                max_sat: start.policy.max_total_fee_sat,
+            });
+        }
+        if quote.prepay_sat > 0 {
+            return Err(BuyerCheckError::PrepayUnsupported);
+        }
+        let request = SwapRequest {
+            offer_id: start.offer.offer_id.clone(),
+            direction: SwapDirection::LoopOut,
+            network: start.offer.network,
+            amount_sat: start.amount_sat,
+            buyer_musig_pubkey: start.keys.musig_pubkey(),
+            buyer_claim_pubkey: start.keys.claim_pubkey(),
+            max_total_fee_sat: start.policy.max_total_fee_sat.min(quote.fee_sat()),
+            prepay_accepted: false,
+        };
+        let mut swap = BuyerSwap {
+            swap_id: start.swap_id,
+            key_index: start.keys.index(),
+            peer: start.peer,
+            offer: start.offer,
+            amount_sat: start.amount_sat,
+            policy: start.policy,
+            claim_destination: start.claim_destination,
+            musig_pubkey: start.keys.musig_pubkey(),
+            claim_pubkey: start.keys.claim_pubkey(),
+            created_at: ctx.now_secs,
+            inbox: Inbox::default(),
+            outbox: Outbox::default(),
+            state: BuyerState::Requested,
+            keys: Some(start.keys),
+            claim_session: Ephemeral(None),
+        };
+        let send = swap.outbox.send(swap.swap_id, Message::SwapRequest(request));
+        Ok((swap, vec![Action::Persist, send]))
+    }
+
+    /// Re-attaches the keys after loading the record.
+    ///
+    /// # Errors
+    /// When the keys are not the ones the swap was made with.
+    pub fn attach_keys(&mut self, keys: SwapKeys) -> Result<(), SwapError> {
+        if keys.index() != self.key_index
+            || keys.musig_pubkey() != self.musig_pubkey
+            || keys.claim_pubkey() != self.claim_pubkey
+        {
+            return Err(SwapError::Internal("keys do not belong to this swap".into()));
+        }
+        self.keys = Some(keys);
+        Ok(())
+    }
+
+    fn keys(&self) -> Result<&SwapKeys, SwapError> {
+        self.keys.as_ref().ok_or_else(|| SwapError::Internal("keys not attached".into()))
+    }
+
+    /// Pending, succeeded or failed.
+    pub fn kind(&self) -> StateKind {
+        self.state.kind()
+    }
+
+    /// The payment hash, once accepted.
+    pub fn payment_hash(&self) -> Option<PaymentHash> {
+        self.state.terms().map(|t| t.htlc_params.payment_hash)
+    }
+
+    /// The agreed terms, once accepted.
+    pub fn terms(&self) -> Option<&Terms> {
+        self.state.terms()
+    }
+
+    fn go(&mut self, to: BuyerState) -> Result<(), SwapError> {
+        check_transition(BUYER_TRANSITIONS, self.state.name(), to.name())?;
+        self.state = to;
+        Ok(())
+    }
+
+    fn finished(&self) -> Action {
+        Action::Notify(Notification::Finished {
+            state: self.state.name().to_string(),
+            kind: self.state.kind(),
+        })
+    }
+
+    fn htlc(&self) -> Result<Htlc, SwapError> {
+        let terms = self.state.terms().ok_or_else(|| SwapError::Internal("no terms yet".into()))?;
+        Htlc::new(terms.htlc_params.clone()).map_err(|e| SwapError::Internal(e.to_string()))
+    }
+
+    /// Actions after loading the record at start-up.
+    ///
+    /// # Errors
+    /// When the keys are not attached.
+    pub fn resume<R: RngCore + CryptoRng>(
+        &mut self,
+        ctx: &Context,
+        rng: &mut R,
+    ) -> Result<Vec<Action>, SwapError> {
+        self.keys()?;
+        let mut actions = self.outbox.resend_all();
+        if let Some(terms) = self.state.terms() {
+            if self.kind() == StateKind::Pending || matches!(self.state, BuyerState::Aborted { .. })
+            {
+                let htlc = Htlc::new(terms.htlc_params.clone())
+                    .map_err(|e| SwapError::Internal(e.to_string()))?;
+                actions.push(Action::WatchHtlc { script_pubkey: htlc.script_pubkey().to_owned() });
+            }
+        }
+        match &self.state {
+            BuyerState::Paying { terms, max_cltv, .. } => {
+                // Paying again is idempotent: the node finds the payment by its hash.
+                actions.push(Action::PayInvoice {
+                    invoice: terms.invoice.clone(),
+                    amount_msat: terms.invoice_amount_msat,
+                    max_total_cltv_expiry_delta: *max_cltv,
+                });
+            }
+            BuyerState::Claiming { .. } => {
+                // The nonce died with the process: a new session with a fresh one.
+                actions.extend(self.start_claim(ctx, rng)?);
+            }
+            BuyerState::ClaimBroadcast { claim_tx, purpose, .. } => {
+                actions.push(Action::Broadcast { tx: claim_tx.clone(), purpose: *purpose });
+            }
+            _ => {}
+        }
+        actions.extend(self.handle_tick(ctx, rng)?);
+        Ok(actions)
+    }
+
+    /// Feeds one event.
+    ///
+    /// # Errors
+    /// [`SwapError`] when the event does not fit; the state is then unchanged.
+    pub fn handle<R: RngCore + CryptoRng>(
+        &mut self,
+        event: Event,
+        ctx: &Context,
+        rng: &mut R,
+    ) -> Result<Vec<Action>, SwapError> {
+        match event {
+            Event::Message(env) => {
+                if env.swap_id != self.swap_id {
+                    return Err(SwapError::WrongSwap { expected: self.swap_id, got: env.swap_id });
+                }
+                let mut actions = Vec::new();
+                for env in self.inbox.accept(env) {
+                    actions.extend(self.handle_message(env.body, ctx, rng)?);
+                }
+                if !actions.is_empty() && actions.first() != Some(&Action::Persist) {
+                    actions.insert(0, Action::Persist);
+                }
+                Ok(actions)
+            }
+            Event::Tick => self.handle_tick(ctx, rng),
+            Event::HtlcOutput { outpoint, value_sat, script_pubkey, confirmed_height } => {
+                self.on_htlc_output(outpoint, value_sat, script_pubkey, confirmed_height, ctx)
+            }
+            Event::HtlcSpent { tx, confirmed_height } => self.on_htlc_spent(tx, confirmed_height),
+            Event::PaymentSucceeded { preimage } => self.on_payment_succeeded(preimage, ctx, rng),
+            Event::PaymentFailed { reason } => match self.state {
+                BuyerState::Paying { .. } => {
+                    self.abort(AbortReason::PaymentFailed, None, Some(reason))
+                }
+                _ => Ok(Vec::new()),
+            },
+            Event::UserAbort => match self.state {
+                BuyerState::Requested | BuyerState::Accepted { .. } | BuyerState::Funded { .. } => {
+                    self.abort(AbortReason::UserRequested, None, None)
+                }
+                _ => Err(SwapError::Unexpected { event: "user_abort", state: self.state.name() }),
+            },
+            Event::FundingBuilt { .. }
+            | Event::FundingFailed { .. }
+            | Event::InvoiceCreated { .. }
+            | Event::PaymentClaimable { .. }
+            | Event::PaymentClaimed { .. } => {
+                Err(SwapError::Unexpected { event: "seller_event", state: self.state.name() })
+            }
+        }
+    }
+
+    /// Aborts before paying: tells the seller (who refunds cooperatively).
+    fn abort(
+        &mut self,
+        reason: AbortReason,
+        check: Option<BuyerCheckError>,
+        message: Option<String>,
+    ) -> Result<Vec<Action>, SwapError> {
+        let terms = self.state.terms().cloned();
+        let htlc = self.state.htlc_output().cloned();
+        let text = message.clone().or_else(|| check.as_ref().map(|c| c.to_string()));
+        let text =
+            text.map(|t| t.chars().take(crate::messages::MAX_TEXT_CHARS).collect::<String>());
+        self.go(BuyerState::Aborted { reason, check, message: text.clone(), terms, htlc })?;
+        self.claim_session = Ephemeral(None);
+        let send = self
+            .outbox
+            .send(self.swap_id, Message::SwapAbort(SwapAbort { reason, message: text.clone() }));
+        Ok(vec![
+            Action::Persist,
+            send,
+            Action::Notify(Notification::Aborted { reason, message: text }),
+            self.finished(),
+        ])
+    }
+
+    fn check_accept(&self, accept: &SwapAccept, ctx: &Context) -> Result<Terms, BuyerCheckError> {
+        let quote = &accept.quote;
+        quote
+            .check_against(&self.offer, self.amount_sat)
+            .map_err(|e| BuyerCheckError::QuoteMismatch(e.to_string()))?;
+        if quote.fee_sat() > self.policy.max_total_fee_sat {
+            return Err(BuyerCheckError::FeeTooHigh {
+                fee_sat: quote.fee_sat(),
+                max_sat: self.policy.max_total_fee_sat,
+            });
+        }
+        if accept.prepay_invoice.is_some() || quote.prepay_sat > 0 {
+            return Err(BuyerCheckError::PrepayUnsupported);
+        }
+        let invoice = Bolt11Invoice::from_str(&accept.invoice)
+            .map_err(|e| BuyerCheckError::InvoiceInvalid(e.to_string()))?;
+        if invoice.network() != self.offer.network {
+            return Err(BuyerCheckError::InvoiceNetwork);
+        }
+        if invoice.payment_hash().to_byte_array() != accept.payment_hash.0 {
+            return Err(BuyerCheckError::InvoiceHashMismatch);
+        }
+        let quote_msat = quote.invoice_amount_sat.saturating_mul(1000);
+        let invoice_msat = invoice.amount_milli_satoshis().unwrap_or(0);
+        if invoice_msat != quote_msat {
+            return Err(BuyerCheckError::InvoiceAmountMismatch { invoice_msat, quote_msat });
+        }
+        if invoice.would_expire(Duration::from_secs(ctx.now_secs)) {
+            return Err(BuyerCheckError::InvoiceExpired);
+        }
+        let min = ctx
+            .tip_height
+            .saturating_add(self.offer.claim_margin)
+            .saturating_add(MIN_CLTV_BUDGET_BLOCKS);
+        let max = ctx
+            .tip_height
+            .saturating_add(self.offer.timeout_delta)
+            .saturating_add(TIMEOUT_SLACK_BLOCKS);
+        if accept.timeout_height < min || accept.timeout_height > max {
+            return Err(BuyerCheckError::TimeoutOutOfRange {
+                timeout_height: accept.timeout_height,
+                min,
+                max,
+            });
+        }
+        if accept.htlc_amount_sat != quote.htlc_amount_sat
+            || quote.htlc_amount_sat != self.amount_sat
+        {
+            return Err(BuyerCheckError::HtlcAmountMismatch {
+                expected_sat: self.amount_sat,
+                got_sat: accept.htlc_amount_sat,
+            });
+        }
+        let htlc_params = HtlcParams {
+            payment_hash: accept.payment_hash,
+            buyer_claim_key: self.claim_pubkey,
+            seller_refund_key: accept.seller_refund_pubkey,
+            seller_musig_key: accept.seller_musig_pubkey,
+            buyer_musig_key: self.musig_pubkey,
+            timeout_height: accept.timeout_height,
+            network: self.offer.network,
+        };
+        let htlc = Htlc::new(htlc_params.clone())
+            .map_err(|e| BuyerCheckError::HtlcScriptMismatch(e.to_string()))?;
+        htlc.verify_script_pubkey(&accept.htlc_script_pubkey)
+            .map_err(|e| BuyerCheckError::HtlcScriptMismatch(e.to_string()))?;
+        let expires_at = invoice.expires_at().map(|d| d.as_secs()).unwrap_or(u64::MAX);
+        Ok(Terms {
+            invoice: accept.invoice.clone(),
+            invoice_amount_msat: invoice_msat,
+            invoice_expires_at: expires_at,
+            min_final_cltv: u32::try_from(invoice.min_final_cltv_expiry_delta())
+                .unwrap_or(u32::MAX),
+            quote: *quote,
+            htlc_params,
+        })
+    }
+
+    fn handle_message<R: RngCore + CryptoRng>(
+        &mut self,
+        body: Message,
+        ctx: &Context,
+        rng: &mut R,
+    ) -> Result<Vec<Action>, SwapError> {
+        match body {
+            Message::SwapAccept(accept) => {
+                if self.state != BuyerState::Requested {
+                    return Ok(Vec::new());
+                }
+                match self.check_accept(&accept, ctx) {
+                    Ok(terms) => {
+                        let htlc = Htlc::new(terms.htlc_params.clone())
+                            .map_err(|e| SwapError::Internal(e.to_string()))?;
+                        let note = Action::Notify(Notification::Accepted {
+                            quote: terms.quote,
+                            timeout_height: terms.htlc_params.timeout_height,
+                        });
+                        self.go(BuyerState::Accepted { terms, announced: None })?;
+                        Ok(vec![
+                            Action::Persist,
+                            Action::WatchHtlc { script_pubkey: htlc.script_pubkey().to_owned() },
+                            note,
+                        ])
+                    }
+                    Err(check) => self.abort(AbortReason::ChecksFailed, Some(check), None),
+                }
+            }
+            Message::SwapFunded(funded) => self.on_swap_funded(funded),
+            Message::CoopClaimResponse(resp) => {
+                let BuyerState::Claiming { .. } = &self.state else { return Ok(Vec::new()) };
+                let Some((session, mut spend)) = self.claim_session.0.take() else {
+                    return Ok(Vec::new());
+                };
+                let signed = musig::decode_pub_nonce(&resp.seller_nonce.0)
+                    .and_then(|n| Ok((n, musig::decode_partial_signature(&resp.partial_sig.0)?)))
+                    .and_then(|(n, p)| session.finish(&n, p))
+                    .map_err(|e| e.to_string())
+                    .and_then(|sig| {
+                        spend.set_key_path_signature(0, &sig).map_err(|e| e.to_string())
+                    });
+                match signed {
+                    Ok(()) => self.broadcast_claim(spend, TxPurpose::CooperativeClaim),
+                    Err(reason) => {
+                        let mut actions =
+                            vec![Action::Notify(Notification::CooperationFailed { reason })];
+                        actions.extend(self.script_claim(ctx)?);
+                        Ok(actions)
+                    }
+                }
+            }
+            Message::CoopRefundRequest(req) => self.on_coop_refund_request(req, rng),
+            Message::SwapAbort(abort) => {
+                let note = Action::Notify(Notification::Aborted {
+                    reason: abort.reason,
+                    message: abort.message.clone(),
+                });
+                if self.state.has_paid() || matches!(self.state, BuyerState::Aborted { .. }) {
+                    return Ok(vec![note]);
+                }
+                let terms = self.state.terms().cloned();
+                let htlc = self.state.htlc_output().cloned();
+                self.go(BuyerState::Aborted {
+                    reason: abort.reason,
+                    check: None,
+                    message: abort.message,
+                    terms,
+                    htlc,
+                })?;
+                Ok(vec![Action::Persist, note, self.finished()])
+            }
+            Message::Error(error) => {
+                let note = Action::Notify(Notification::PeerError { error: error.clone() });
+                if self.state == BuyerState::Requested {
+                    self.go(BuyerState::Aborted {
+                        reason: AbortReason::Internal,
+                        check: None,
+                        message: Some(format!("{}: {}", error.code.as_str(), error.message)),
+                        terms: None,
+                        htlc: None,
+                    })?;
+                    return Ok(vec![Action::Persist, note, self.finished()]);
+                }
+                Ok(vec![note])
+            }
+            other => {
+                let send = self.outbox.send(
+                    self.swap_id,
+                    Message::Error(ErrorMessage::new(
+                        ErrorCode::InvalidState,
+                        format!("{} is not expected from the seller", other.kind_name()),
+                    )),
+                );
+                Ok(vec![send])
+            }
+        }
+    }
+
+    fn on_swap_funded(&mut self, funded: SwapFunded) -> Result<Vec<Action>, SwapError> {
+        let BuyerState::Accepted { terms, announced: None } = &self.state else {
+            return Ok(Vec::new());
+        };
+        let terms = terms.clone();
+        let htlc = self.htlc()?;
+        let check = funded.tx().map_err(|e| e.to_string()).and_then(|tx| {
+            let out = tx.output.get(funded.vout as usize).ok_or("no such output")?;
+            if out.script_pubkey != *htlc.script_pubkey() {
+                return Err("funding output script differs from the htlc".to_string());
+            }
+            if out.value != Amount::from_sat(terms.quote.htlc_amount_sat) {
+                return Err(format!(
+                    "funding output pays {} sat, agreed {}",
+                    out.value.to_sat(),
+                    terms.quote.htlc_amount_sat
+                ));
+            }
+            Ok(())
+        });
+        match check {
+            Ok(()) => {
+                self.state = BuyerState::Accepted {
+                    terms,
+                    announced: Some(OutPoint { txid: funded.txid, vout: funded.vout }),
+                };
+                Ok(vec![Action::Persist])
+            }
+            Err(reason) => self.abort(
+                AbortReason::ChecksFailed,
+                Some(BuyerCheckError::HtlcScriptMismatch(reason)),
+                None,
+            ),
+        }
+    }
+
+    fn on_htlc_output(
+        &mut self,
+        outpoint: OutPoint,
+        value_sat: u64,
+        script_pubkey: ScriptBuf,
+        confirmed_height: Option<u32>,
+        ctx: &Context,
+    ) -> Result<Vec<Action>, SwapError> {
+        let (terms, current) = match &self.state {
+            BuyerState::Accepted { terms, .. } => (terms.clone(), None),
+            BuyerState::Funded { terms, htlc } => (terms.clone(), Some(htlc.clone())),
+            BuyerState::Paying { .. }
+            | BuyerState::Claiming { .. }
+            | BuyerState::ClaimBroadcast { .. } => return Ok(Vec::new()),
+            _ => return Ok(Vec::new()),
+        };
+        let htlc = self.htlc()?;
+        if script_pubkey != *htlc.script_pubkey() {
+            return Ok(Vec::new());
+        }
+        if let Some(cur) = &current {
+            if cur.outpoint != outpoint {
+                return Ok(Vec::new());
+            }
+        }
+        if value_sat != terms.quote.htlc_amount_sat {
+            return self.abort(
+                AbortReason::ChecksFailed,
+                Some(BuyerCheckError::HtlcAmountMismatch {
+                    expected_sat: terms.quote.htlc_amount_sat,
+                    got_sat: value_sat,
+                }),
+                None,
+            );
+        }
+        let output = HtlcOutput { outpoint, confirmed_height };
+        let changed = current.as_ref() != Some(&output);
+        let mut actions = Vec::new();
+        if changed {
+            let required = self.required_confirmations();
+            let note = Action::Notify(Notification::FundingSeen {
+                txid: outpoint.txid,
+                confirmations: confirmations(confirmed_height, ctx.tip_height),
+                required,
+            });
+            self.go(BuyerState::Funded { terms, htlc: output })?;
+            actions.push(Action::Persist);
+            actions.push(note);
+        }
+        actions.extend(self.maybe_pay(ctx)?);
+        Ok(actions)
+    }
+
+    fn required_confirmations(&self) -> u32 {
+        self.offer.min_confirmations.max(self.policy.min_confirmations).max(1)
+    }
+
+    /// In `Funded`: pays once confirmed enough and every pre-payment check holds.
+    fn maybe_pay(&mut self, ctx: &Context) -> Result<Vec<Action>, SwapError> {
+        let BuyerState::Funded { terms, htlc } = &self.state else { return Ok(Vec::new()) };
+        let (terms, htlc) = (terms.clone(), htlc.clone());
+        if ctx.now_secs >= terms.invoice_expires_at {
+            return self.abort(
+                AbortReason::ChecksFailed,
+                Some(BuyerCheckError::InvoiceExpired),
+                None,
+            );
+        }
+        let timeout = terms.htlc_params.timeout_height;
+        let available =
+            timeout.saturating_sub(ctx.tip_height).saturating_sub(self.offer.claim_margin);
+        let needed = MIN_CLTV_BUDGET_BLOCKS.max(terms.min_final_cltv);
+        let budget = available.min(self.policy.max_route_cltv);
+        if budget < needed {
+            return self.abort(
+                AbortReason::TimeoutTooClose,
+                Some(BuyerCheckError::CltvBudgetTooShort { budget, needed }),
+                None,
+            );
+        }
+        if confirmations(htlc.confirmed_height, ctx.tip_height) < self.required_confirmations() {
+            return Ok(Vec::new());
+        }
+        let action = Action::PayInvoice {
+            invoice: terms.invoice.clone(),
+            amount_msat: terms.invoice_amount_msat,
+            max_total_cltv_expiry_delta: budget,
+        };
+        self.go(BuyerState::Paying { terms, htlc, max_cltv: budget })?;
+        Ok(vec![Action::Persist, action, Action::Notify(Notification::Paying { max_cltv: budget })])
+    }
+
+    fn on_payment_succeeded<R: RngCore + CryptoRng>(
+        &mut self,
+        preimage: Preimage,
+        ctx: &Context,
+        rng: &mut R,
+    ) -> Result<Vec<Action>, SwapError> {
+        let BuyerState::Paying { terms, htlc, .. } = &self.state else { return Ok(Vec::new()) };
+        if preimage.payment_hash() != terms.htlc_params.payment_hash {
+            return Err(SwapError::Internal("preimage does not match the payment hash".into()));
+        }
+        let (terms, htlc) = (terms.clone(), htlc.clone());
+        self.go(BuyerState::Claiming {
+            terms,
+            htlc,
+            preimage,
+            coop_deadline_secs: 0,
+            coop_attempts: 0,
+        })?;
+        let mut actions = vec![Action::Persist, Action::Notify(Notification::Paid)];
+        actions.extend(self.start_claim(ctx, rng)?);
+        Ok(actions)
+    }
+
+    /// Starts a cooperative claim (or the script path when attempts are used up).
+    fn start_claim<R: RngCore + CryptoRng>(
+        &mut self,
+        ctx: &Context,
+        rng: &mut R,
+    ) -> Result<Vec<Action>, SwapError> {
+        let BuyerState::Claiming { terms, htlc, preimage, coop_attempts, .. } = &self.state else {
+            return Ok(Vec::new());
+        };
+        if *coop_attempts >= MAX_COOP_ATTEMPTS {
+            return self.script_claim(ctx);
+        }
+        let (terms, output, preimage, attempts) =
+            (terms.clone(), htlc.clone(), preimage.clone(), *coop_attempts);
+        let htlc = self.htlc()?;
+        let input = HtlcInput {
+            htlc: htlc.clone(),
+            outpoint: output.outpoint,
+            amount: Amount::from_sat(terms.quote.htlc_amount_sat),
+            path: SpendPath::KeyPath,
+        };
+        let spend = SpendTx::build(vec![input], self.claim_destination.clone(), ctx.fee_rate)
+            .map_err(|e| SwapError::Internal(e.to_string()))?;
+        let sighash = spend.sighash(0).map_err(|e| SwapError::Internal(e.to_string()))?;
+        let seckey = self.keys()?.musig().secret_key();
+        let session = InitiatorSession::new(&htlc, Signer::Buyer, seckey, sighash, rng)
+            .map_err(|e| SwapError::Internal(e.to_string()))?;
+        let request = CoopClaimRequest {
+            tx_hex: bitcoin::consensus::encode::serialize_hex(spend.tx()),
+            buyer_nonce: PubNonceBytes(session.public_nonce().to_bytes()),
+        };
+        self.claim_session = Ephemeral(Some((session, spend)));
+        self.state = BuyerState::Claiming {
+            terms,
+            htlc: output,
+            preimage,
+            coop_deadline_secs: ctx.now_secs.saturating_add(COOP_TIMEOUT_SECS),
+            coop_attempts: attempts.saturating_add(1),
+        };
+        let send = self.outbox.send(self.swap_id, Message::CoopClaimRequest(request));
+        Ok(vec![Action::Persist, send])
+    }
+
+    fn script_claim(&mut self, ctx: &Context) -> Result<Vec<Action>, SwapError> {
+        let BuyerState::Claiming { terms, htlc: output, preimage, .. } = &self.state else {
+            return Ok(Vec::new());
+        };
+        let (amount, outpoint, preimage) =
+            (terms.quote.htlc_amount_sat, output.outpoint, preimage.clone());
+        self.claim_session = Ephemeral(None);
+        let htlc = self.htlc()?;
+        let input = HtlcInput {
+            htlc,
+            outpoint,
+            amount: Amount::from_sat(amount),
+            path: SpendPath::ClaimScript,
+        };
+        let mut spend = SpendTx::build(vec![input], self.claim_destination.clone(), ctx.fee_rate)
+            .map_err(|e| SwapError::Internal(e.to_string()))?;
+        let claim_key = *self.keys()?.claim();
+        spend
+            .sign_claim_script(0, &claim_key, &preimage)
+            .map_err(|e| SwapError::Internal(e.to_string()))?;
+        self.broadcast_claim(spend, TxPurpose::ScriptClaim)
+    }
+
+    fn broadcast_claim(
+        &mut self,
+        spend: SpendTx,
+        purpose: TxPurpose,
+    ) -> Result<Vec<Action>, SwapError> {
+        let BuyerState::Claiming { terms, htlc, preimage, .. } = &self.state else {
+            return Ok(Vec::new());
+        };
+        let (terms, htlc, preimage) = (terms.clone(), htlc.clone(), preimage.clone());
+        let fee_sat = spend.fee().to_sat();
+        let tx = spend.finalize().map_err(|e| SwapError::Internal(e.to_string()))?;
+        let note = Action::Notify(Notification::Broadcast {
+            txid: tx.compute_txid(),
+            purpose,
+            fee_sat,
+            vsize: tx.vsize() as u64,
+        });
+        self.go(BuyerState::ClaimBroadcast {
+            terms,
+            htlc,
+            preimage,
+            claim_tx: tx.clone(),
+            purpose,
+        })?;
+        Ok(vec![Action::Persist, Action::Broadcast { tx, purpose }, note])
+    }
+
+    fn on_coop_refund_request<R: RngCore + CryptoRng>(
+        &mut self,
+        req: CoopRefundRequest,
+        rng: &mut R,
+    ) -> Result<Vec<Action>, SwapError> {
+        // Never after paying: the HTLC is then ours to claim.
+        if self.state.has_paid() {
+            let send = self.outbox.send(
+                self.swap_id,
+                Message::Error(ErrorMessage::new(
+                    ErrorCode::InvalidState,
+                    "payment in flight or done",
+                )),
+            );
+            return Ok(vec![send]);
+        }
+        let announced = match &self.state {
+            BuyerState::Accepted { announced: Some(o), .. } => {
+                Some(HtlcOutput { outpoint: *o, confirmed_height: None })
+            }
+            _ => None,
+        };
+        let Some(output) = self.state.htlc_output().cloned().or(announced) else {
+            return Ok(Vec::new());
+        };
+        let Some(terms) = self.state.terms().cloned() else { return Ok(Vec::new()) };
+        let htlc = self.htlc()?;
+        let answer = (|| -> Result<CoopRefundResponse, String> {
+            let tx = req.tx().map_err(|e| e.to_string())?;
+            if tx.input.len() != 1 {
+                return Err("a cooperative refund spends exactly the htlc".into());
+            }
+            let input = HtlcInput {
+                htlc: htlc.clone(),
+                outpoint: output.outpoint,
+                amount: Amount::from_sat(terms.quote.htlc_amount_sat),
+                path: SpendPath::KeyPath,
+            };
+            let spend = SpendTx::from_unsigned(tx, vec![input]).map_err(|e| e.to_string())?;
+            let sighash = spend.sighash(0).map_err(|e| e.to_string())?;
+            let nonce = musig::decode_pub_nonce(&req.seller_nonce.0).map_err(|e| e.to_string())?;
+            let seckey = self.keys().map_err(|e| e.to_string())?.musig().secret_key();
+            let (ours, partial) =
+                musig::respond(&htlc, Signer::Buyer, &seckey, &sighash, &nonce, rng)
+                    .map_err(|e| e.to_string())?;
+            Ok(CoopRefundResponse {
+                buyer_nonce: PubNonceBytes(ours.to_bytes()),
+                partial_sig: PartialSigBytes(partial.serialize()),
+            })
+        })();
+        let mut actions = Vec::new();
+        if !matches!(self.state, BuyerState::Aborted { .. }) {
+            // Signing a refund means never paying: abort first (persisted before the answer).
+            actions.extend(self.abort(
+                AbortReason::UserRequested,
+                None,
+                Some("seller refunds".into()),
+            )?);
+        }
+        let body = match answer {
+            Ok(resp) => Message::CoopRefundResponse(resp),
+            Err(reason) => Message::Error(ErrorMessage::new(ErrorCode::InvalidParams, reason)),
+        };
+        actions.push(Action::Persist);
+        actions.push(self.outbox.send(self.swap_id, body));
+        Ok(actions)
+    }
+
+    fn on_htlc_spent(
+        &mut self,
+        tx: Transaction,
+        confirmed_height: Option<u32>,
+    ) -> Result<Vec<Action>, SwapError> {
+        let Some(output) = self.state.htlc_output().cloned() else { return Ok(Vec::new()) };
+        if !tx.input.iter().any(|i| i.previous_output == output.outpoint) {
+            return Ok(Vec::new());
+        }
+        let txid = tx.compute_txid();
+        match &self.state {
+            BuyerState::ClaimBroadcast { terms, claim_tx, .. }
+                if claim_tx.compute_txid() == txid
+                    || tx.output.iter().any(|o| o.script_pubkey == self.claim_destination) =>
+            {
+                if confirmed_height.is_none() {
+                    return Ok(Vec::new());
+                }
+                let received_sat = tx
+                    .output
+                    .iter()
+                    .filter(|o| o.script_pubkey == self.claim_destination)
+                    .map(|o| o.value.to_sat())
+                    .sum();
+                let terms = terms.clone();
+                self.go(BuyerState::Claimed { terms, claim_txid: txid, received_sat })?;
+                Ok(vec![Action::Persist, self.finished()])
+            }
+            BuyerState::Claiming { terms, .. } | BuyerState::ClaimBroadcast { terms, .. } => {
+                if confirmed_height.is_none() {
+                    return Ok(Vec::new());
+                }
+                let terms = terms.clone();
+                self.claim_session = Ephemeral(None);
+                self.go(BuyerState::Lost { terms, spend_txid: txid })?;
+                Ok(vec![Action::Persist, self.finished()])
+            }
+            BuyerState::Funded { .. } => {
+                self.abort(AbortReason::ChecksFailed, Some(BuyerCheckError::HtlcSpent), None)
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn handle_tick<R: RngCore + CryptoRng>(
+        &mut self,
+        ctx: &Context,
+        rng: &mut R,
+    ) -> Result<Vec<Action>, SwapError> {
+        match &self.state {
+            BuyerState::Accepted { terms, .. } => {
+                if ctx.now_secs >= terms.invoice_expires_at {
+                    return self.abort(
+                        AbortReason::FundingTimeout,
+                        Some(BuyerCheckError::InvoiceExpired),
+                        None,
+                    );
+                }
+                let last = terms
+                    .htlc_params
+                    .timeout_height
+                    .saturating_sub(self.offer.claim_margin)
+                    .saturating_sub(MIN_CLTV_BUDGET_BLOCKS.max(terms.min_final_cltv));
+                if ctx.tip_height > last {
+                    return self.abort(AbortReason::TimeoutTooClose, None, None);
+                }
+                Ok(Vec::new())
+            }
+            BuyerState::Funded { .. } => self.maybe_pay(ctx),
+            BuyerState::Claiming { coop_deadline_secs, .. } => {
+                let deadline = *coop_deadline_secs;
+                if self.claim_session.0.is_none() {
+                    return self.start_claim(ctx, rng);
+                }
+                if ctx.now_secs >= deadline {
+                    let mut actions = vec![Action::Notify(Notification::CooperationFailed {
+                        reason: "no partial signature from the seller in time".into(),
+                    })];
+                    actions.extend(self.script_claim(ctx)?);
+                    return Ok(actions);
+                }
+                Ok(Vec::new())
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+}

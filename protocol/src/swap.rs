@@ -1,0 +1,420 @@
+//! What the buyer and seller state machines share: the events they are fed, the actions they
+//! return, the in-order inbox, and the rules of spec `02-swap-flow.md`.
+//!
+//! A swap is a value. The node feeds it [`Event`]s with the current [`Context`] (time and tip
+//! height are only ever arguments) and carries out the returned [`Action`]s in order. Every
+//! transition starts its actions with [`Action::Persist`]: the node commits the swap's record
+//! before it sends, broadcasts or pays anything.
+
+use bitcoin::{OutPoint, ScriptBuf, Transaction, Txid};
+use serde::{Deserialize, Serialize};
+
+use crate::messages::{AbortReason, Envelope, ErrorMessage, Message, PROTOCOL_VERSION};
+use crate::terms::Quote;
+use crate::types::{PaymentHash, Preimage, SwapId};
+
+/// The minimum blocks a buyer keeps for its claim after a payment resolves (`claim_margin`).
+pub const DEFAULT_CLAIM_MARGIN: u32 = 20;
+/// How long the buyer waits for the seller's partial signature before the script path.
+pub const COOP_TIMEOUT_SECS: u64 = 30;
+/// How many early (out-of-order) messages a swap buffers.
+pub const MAX_EARLY_MESSAGES: usize = 16;
+/// Blocks the buyer allows a timeout to exceed `tip + offer.timeout_delta` (blocks found while the
+/// messages travelled).
+pub const TIMEOUT_SLACK_BLOCKS: u32 = 6;
+/// Seconds per block used to bound invoice expiry by the time left to the timeout.
+pub const SECS_PER_BLOCK: u64 = 600;
+/// Target in blocks for claim and refund fees.
+pub const CLAIM_FEE_TARGET_BLOCKS: u16 = 9;
+
+/// Time and chain tip, passed to every call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context {
+    /// Unix time in seconds.
+    pub now_secs: u64,
+    /// Height of the best block.
+    pub tip_height: u32,
+    /// Fee rate for claims and refunds built now (the node's estimate for
+    /// [`CLAIM_FEE_TARGET_BLOCKS`], capped by its configuration).
+    pub fee_rate: bitcoin::FeeRate,
+}
+
+/// Coarse outcome of a state, as Loop and PeerSwap show it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateKind {
+    /// Still running.
+    Pending,
+    /// Finished as intended.
+    Succeeded,
+    /// Finished without the exchange (refunded, aborted, refused).
+    Failed,
+}
+
+/// Everything that can happen to a swap.
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // transient values, moved once
+pub enum Event {
+    /// A message from the peer (the node has checked that it comes from the swap's peer).
+    Message(Envelope),
+    /// Time passed or the tip moved (the [`Context`] says to what).
+    Tick,
+    /// The HTLC output as the node's chain source sees it.
+    HtlcOutput {
+        /// Where it is.
+        outpoint: OutPoint,
+        /// Its value.
+        value_sat: u64,
+        /// Its script.
+        script_pubkey: ScriptBuf,
+        /// Height of the block that holds it, if confirmed.
+        confirmed_height: Option<u32>,
+    },
+    /// A transaction spending the HTLC output was seen.
+    HtlcSpent {
+        /// The spending transaction.
+        tx: Transaction,
+        /// Height of the block that holds it, if confirmed.
+        confirmed_height: Option<u32>,
+    },
+    /// Seller: the wallet built (not yet broadcast) the funding transaction asked for by
+    /// [`Action::FundHtlc`].
+    FundingBuilt {
+        /// The signed funding transaction.
+        tx: Transaction,
+        /// The HTLC output's index in it.
+        vout: u32,
+    },
+    /// Seller: the wallet could not fund the HTLC.
+    FundingFailed {
+        /// Why (shown to the user; never contains secrets).
+        reason: String,
+    },
+    /// Seller: the invoice asked for by [`Action::CreateInvoice`].
+    InvoiceCreated {
+        /// BOLT11.
+        invoice: String,
+    },
+    /// Seller: a payment for the swap's hash is held, waiting for [`Action::ClaimPayment`] or
+    /// [`Action::FailPayment`].
+    PaymentClaimable {
+        /// Its hash.
+        payment_hash: PaymentHash,
+        /// What it pays.
+        amount_msat: u64,
+    },
+    /// Seller: the payment was claimed.
+    PaymentClaimed {
+        /// Its hash.
+        payment_hash: PaymentHash,
+    },
+    /// Buyer: the payment succeeded.
+    PaymentSucceeded {
+        /// The preimage it revealed.
+        preimage: Preimage,
+    },
+    /// Buyer: the payment failed for good.
+    PaymentFailed {
+        /// Why.
+        reason: String,
+    },
+    /// The user asks to abort.
+    UserAbort,
+}
+
+/// What a transaction is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TxPurpose {
+    /// Locks the seller's BTC in the HTLC.
+    Funding,
+    /// Buyer's claim on the MuSig2 key path.
+    CooperativeClaim,
+    /// Buyer's claim through the claim leaf.
+    ScriptClaim,
+    /// Seller's refund on the MuSig2 key path.
+    CooperativeRefund,
+    /// Seller's refund through the refund leaf.
+    ScriptRefund,
+}
+
+/// What the node must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // transient values, moved once
+pub enum Action {
+    /// Commit the swap's record (its [`crate::record`]) before anything that follows.
+    Persist,
+    /// Send a message to the peer.
+    Send(Envelope),
+    /// Seller: create a hold invoice for `payment_hash` (answer with [`Event::InvoiceCreated`]).
+    CreateInvoice {
+        /// The hash.
+        payment_hash: PaymentHash,
+        /// The amount.
+        amount_msat: u64,
+        /// Expiry in seconds.
+        expiry_secs: u32,
+        /// Description.
+        description: String,
+    },
+    /// Seller: build a transaction paying `amount_sat` to `script_pubkey` (answer with
+    /// [`Event::FundingBuilt`]); the node may batch several swaps' outputs in one transaction.
+    FundHtlc {
+        /// The HTLC's script.
+        script_pubkey: ScriptBuf,
+        /// Its value.
+        amount_sat: u64,
+    },
+    /// Broadcast a transaction (idempotent: it may already be known).
+    Broadcast {
+        /// The transaction.
+        tx: Transaction,
+        /// What it is for.
+        purpose: TxPurpose,
+    },
+    /// Watch the HTLC's script for its output and its spend (answer with [`Event::HtlcOutput`]
+    /// and [`Event::HtlcSpent`]).
+    WatchHtlc {
+        /// The HTLC's script.
+        script_pubkey: ScriptBuf,
+    },
+    /// Buyer: pay a BOLT11 invoice with a cap on the route's total CLTV.
+    PayInvoice {
+        /// BOLT11.
+        invoice: String,
+        /// The amount (already checked against the quote).
+        amount_msat: u64,
+        /// `max_total_cltv_expiry_delta` for the route.
+        max_total_cltv_expiry_delta: u32,
+    },
+    /// Seller: claim the held payment.
+    ClaimPayment {
+        /// Its hash.
+        payment_hash: PaymentHash,
+        /// The preimage.
+        preimage: Preimage,
+        /// What it pays.
+        amount_msat: u64,
+    },
+    /// Seller: fail the held payment back.
+    FailPayment {
+        /// Its hash.
+        payment_hash: PaymentHash,
+    },
+    /// Tell the user.
+    Notify(Notification),
+}
+
+/// Progress the user sees (`looper swap monitor`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Notification {
+    /// The seller accepted; the quote.
+    Accepted {
+        /// The agreed quote.
+        quote: Quote,
+        /// The timeout height.
+        timeout_height: u32,
+    },
+    /// The HTLC was funded.
+    FundingSeen {
+        /// The funding transaction.
+        txid: Txid,
+        /// Confirmations so far.
+        confirmations: u32,
+        /// Confirmations required.
+        required: u32,
+    },
+    /// The buyer is paying the invoice.
+    Paying {
+        /// The route's CLTV budget.
+        max_cltv: u32,
+    },
+    /// The payment went through (preimage known to both).
+    Paid,
+    /// A claim or refund transaction was broadcast.
+    Broadcast {
+        /// Its id.
+        txid: Txid,
+        /// What it is.
+        purpose: TxPurpose,
+        /// Its fee.
+        fee_sat: u64,
+        /// Its size.
+        vsize: u64,
+    },
+    /// The cooperative path failed; falling back to the script path.
+    CooperationFailed {
+        /// Why.
+        reason: String,
+    },
+    /// The swap finished.
+    Finished {
+        /// The final state's name.
+        state: String,
+        /// Succeeded or failed.
+        kind: StateKind,
+    },
+    /// The peer or this side aborted.
+    Aborted {
+        /// The reason.
+        reason: AbortReason,
+        /// Details.
+        message: Option<String>,
+    },
+    /// The peer reported an error.
+    PeerError {
+        /// What it said.
+        error: ErrorMessage,
+    },
+}
+
+/// Errors a state machine returns without changing state.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SwapError {
+    /// The event does not fit the state.
+    #[error("{event} is not expected in state {state}")]
+    Unexpected {
+        /// The event.
+        event: &'static str,
+        /// The state.
+        state: &'static str,
+    },
+    /// The message belongs to another swap.
+    #[error("message for swap {got} reached swap {expected}")]
+    WrongSwap {
+        /// This swap.
+        expected: SwapId,
+        /// The message's swap.
+        got: SwapId,
+    },
+    /// A transition missing from the transition table (a bug; never panics).
+    #[error("transition {from} -> {to} is not in the transition table")]
+    InvalidTransition {
+        /// From.
+        from: &'static str,
+        /// To.
+        to: &'static str,
+    },
+    /// A cryptographic or transaction-building step failed.
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The peer's messages, delivered in sequence order: duplicates are dropped, early messages
+/// buffered (up to [`MAX_EARLY_MESSAGES`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Inbox {
+    /// The next sequence number expected from the peer.
+    pub next_seq: u32,
+    /// Messages that arrived before their turn.
+    #[serde(default)]
+    pub early: Vec<Envelope>,
+}
+
+impl Inbox {
+    /// Takes a message and returns those now ready, in order.
+    pub fn accept(&mut self, env: Envelope) -> Vec<Envelope> {
+        if env.seq < self.next_seq || self.early.iter().any(|e| e.seq == env.seq) {
+            return Vec::new();
+        }
+        if env.seq > self.next_seq {
+            if self.early.len() < MAX_EARLY_MESSAGES {
+                self.early.push(env);
+            }
+            return Vec::new();
+        }
+        let mut ready = vec![env];
+        self.next_seq = self.next_seq.saturating_add(1);
+        while let Some(pos) = self.early.iter().position(|e| e.seq == self.next_seq) {
+            ready.push(self.early.swap_remove(pos));
+            self.next_seq = self.next_seq.saturating_add(1);
+        }
+        ready
+    }
+}
+
+/// Our sent messages, numbered; kept so that a resumed swap re-sends them with their numbers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Outbox {
+    /// Every message sent, in order (`seq` = index).
+    pub sent: Vec<Envelope>,
+}
+
+impl Outbox {
+    /// Numbers and records a new message, returning the action that sends it.
+    pub fn send(&mut self, swap_id: SwapId, body: Message) -> Action {
+        let seq = u32::try_from(self.sent.len()).unwrap_or(u32::MAX);
+        let env = Envelope { version: PROTOCOL_VERSION, swap_id, seq, body };
+        self.sent.push(env.clone());
+        Action::Send(env)
+    }
+
+    /// Actions re-sending everything (the peer drops what it has seen).
+    pub fn resend_all(&self) -> Vec<Action> {
+        self.sent.iter().cloned().map(Action::Send).collect()
+    }
+}
+
+/// One row of a transition table: from, to, and what causes it.
+pub type Transition = (&'static str, &'static str, &'static str);
+
+/// Checks a transition against a table.
+///
+/// # Errors
+/// [`SwapError::InvalidTransition`] when the table lacks it.
+pub fn check_transition(
+    table: &[Transition],
+    from: &'static str,
+    to: &'static str,
+) -> Result<(), SwapError> {
+    if from == to || table.iter().any(|(f, t, _)| *f == from && *t == to) {
+        Ok(())
+    } else {
+        Err(SwapError::InvalidTransition { from, to })
+    }
+}
+
+/// Renders a transition table as a Mermaid state diagram.
+pub fn mermaid(title: &str, table: &[Transition], initial: &str, finals: &[&str]) -> String {
+    let mut out = format!("```mermaid\n---\ntitle: {title}\n---\nstateDiagram-v2\n");
+    out.push_str(&format!("    [*] --> {initial}\n"));
+    for (from, to, why) in table {
+        out.push_str(&format!("    {from} --> {to}: {why}\n"));
+    }
+    for f in finals {
+        out.push_str(&format!("    {f} --> [*]\n"));
+    }
+    out.push_str("```\n");
+    out
+}
+
+/// Number of confirmations of a transaction confirmed at `height` with the tip at `tip`.
+pub fn confirmations(height: Option<u32>, tip: u32) -> u32 {
+    match height {
+        Some(h) if tip >= h => tip - h + 1,
+        _ => 0,
+    }
+}
+
+/// Memory-only data of a swap (a MuSig2 session with its secret nonce): never serialized, and a
+/// clone of the swap starts without it.
+pub struct Ephemeral<T>(pub Option<T>);
+
+impl<T> Default for Ephemeral<T> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<T> Clone for Ephemeral<T> {
+    fn clone(&self) -> Self {
+        Self(None)
+    }
+}
+
+impl<T> core::fmt::Debug for Ephemeral<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(if self.0.is_some() { "Ephemeral(Some(..))" } else { "Ephemeral(None)" })
+    }
+}

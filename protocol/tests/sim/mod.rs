@@ -1,0 +1,628 @@
+//! A deterministic buyer/seller simulation: a virtual clock and tip height, a simulated chain
+//! whose HTLC spends are checked by Bitcoin Core's interpreter, a simulated Lightning network,
+//! and a wire that carries real encoded messages (and can drop, duplicate or reorder them).
+#![allow(dead_code, missing_docs, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use bitcoin::hashes::{sha256, Hash};
+use bitcoin::secp256k1::{rand::rngs::StdRng, rand::SeedableRng, Secp256k1, SecretKey};
+use bitcoin::transaction::Version;
+use bitcoin::{
+    absolute::LockTime, Amount, FeeRate, Network, OutPoint, ScriptBuf, Sequence, Transaction, TxIn,
+    TxOut, Txid, Witness,
+};
+use lightning_invoice::{Currency, InvoiceBuilder, PaymentSecret};
+use looper_protocol::buyer::{BuyerPolicy, BuyerStart, BuyerState, BuyerSwap};
+use looper_protocol::keys::SwapKeys;
+use looper_protocol::messages::{decode_envelope, encode, Envelope, Message, Offer};
+use looper_protocol::record::SwapRecord;
+use looper_protocol::seller::{SellerPolicy, SellerState, SellerSwap};
+use looper_protocol::swap::{Action, Context, Event, StateKind, TxPurpose};
+use looper_protocol::{PaymentHash, SwapDirection, SwapId};
+
+use crate::common::{kernel_verify, master};
+
+pub const START_HEIGHT: u32 = 1_000;
+pub const START_TIME: u64 = 1_800_000_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Party {
+    Buyer,
+    Seller,
+}
+
+/// Knobs for the scenarios: faults and misbehaviour.
+#[derive(Debug, Clone, Default)]
+pub struct Opts {
+    /// Route CLTV the simulated network needs (payment fails if the cap is lower).
+    pub route_cltv: u32,
+    /// Blocks a payment spends in flight before it reaches the seller.
+    pub payment_delay_blocks: u32,
+    /// The buyer's node is gone after it accepted (never pays, never answers).
+    pub buyer_vanishes_after_accept: bool,
+    /// The buyer aborts once the HTLC is funded.
+    pub buyer_aborts_when_funded: bool,
+    /// The seller's co-signing is switched off.
+    pub seller_uncooperative: bool,
+    /// Every message is delivered twice.
+    pub duplicate_messages: bool,
+    /// Messages are delivered newest first.
+    pub reorder_messages: bool,
+    /// Tamper with what the seller sends or does.
+    pub tamper: Option<Tamper>,
+    /// Buyer's route CLTV cap.
+    pub buyer_max_route_cltv: Option<u32>,
+    /// Crash a party right after it persists this state, restoring it from its record.
+    pub crash_at: Option<(Party, &'static str)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tamper {
+    FundingValue,
+    HtlcScript,
+    InvoiceHash,
+    InvoiceExpired,
+    InvoiceAmount,
+}
+
+#[derive(Debug, Default)]
+pub struct Chain {
+    pub mempool: Vec<Transaction>,
+    pub confirmed: BTreeMap<Txid, (u32, Transaction)>,
+}
+
+impl Chain {
+    fn all(&self) -> impl Iterator<Item = (&Transaction, Option<u32>)> {
+        self.confirmed
+            .values()
+            .map(|(h, t)| (t, Some(*h)))
+            .chain(self.mempool.iter().map(|t| (t, None)))
+    }
+
+    fn spender_of(&self, op: OutPoint) -> Option<(&Transaction, Option<u32>)> {
+        self.all().find(|(t, _)| t.input.iter().any(|i| i.previous_output == op))
+    }
+
+    fn output(&self, op: OutPoint) -> Option<TxOut> {
+        self.all()
+            .find(|(t, _)| t.compute_txid() == op.txid)
+            .and_then(|(t, _)| t.output.get(op.vout as usize).cloned())
+    }
+}
+
+pub struct Sim {
+    pub opts: Opts,
+    pub ctx: Context,
+    pub rng: StdRng,
+    pub offer: Offer,
+    pub buyer: BuyerSwap,
+    pub seller: Option<SellerSwap>,
+    pub buyer_record: Vec<u8>,
+    pub seller_record: Vec<u8>,
+    pub to_seller: VecDeque<Envelope>,
+    pub to_buyer: VecDeque<Envelope>,
+    pub chain: Chain,
+    pub watch: Vec<(Party, ScriptBuf)>,
+    pub seen: BTreeMap<(u8, String), String>,
+    /// Payments in flight: (arrives at seller at height, hash, amount).
+    pub in_flight: Vec<(u32, PaymentHash, u64)>,
+    pub buyer_paid_msat: u64,
+    pub seller_received_msat: u64,
+    pub seller_failed_payments: u32,
+    pub broadcasts: Vec<(Party, TxPurpose, Txid)>,
+    pub crashed: bool,
+    pub log: Vec<String>,
+    pub buyer_gone: bool,
+    ln_secret: SecretKey,
+}
+
+pub fn offer() -> Offer {
+    Offer {
+        version: 1,
+        offer_id: "sim".into(),
+        network: Network::Regtest,
+        direction: SwapDirection::LoopOut,
+        min_amount_sat: 10_000,
+        max_amount_sat: 5_000_000,
+        fee_base_sat: 1_000,
+        fee_ppm: 2_500,
+        funding_fee_sat: 300,
+        prepay_sat: None,
+        min_confirmations: 1,
+        timeout_delta: 144,
+        claim_margin: 20,
+        invoice_expiry_secs: 3_600,
+        ln_node_id: SecretKey::from_slice(&[7; 32]).unwrap().public_key(&Secp256k1::new()),
+        ln_address: None,
+        relays: vec!["ws://127.0.0.1:7777".into()],
+        pow_difficulty: None,
+        expires_at: START_TIME + 86_400,
+    }
+}
+
+pub fn p2tr(tag: u8) -> ScriptBuf {
+    let k = SwapKeys::derive(&master(tag), 0).unwrap();
+    ScriptBuf::new_p2tr(&Secp256k1::new(), k.claim_pubkey(), None)
+}
+
+impl Sim {
+    pub fn new(opts: Opts) -> Self {
+        let ctx = Context {
+            now_secs: START_TIME,
+            tip_height: START_HEIGHT,
+            fee_rate: FeeRate::from_sat_per_vb(2).unwrap(),
+        };
+        let offer = offer();
+        let policy = BuyerPolicy {
+            max_total_fee_sat: 50_000,
+            max_route_cltv: opts.buyer_max_route_cltv.unwrap_or(500),
+            min_confirmations: 1,
+        };
+        let start = BuyerStart {
+            swap_id: SwapId([0xab; 32]),
+            peer: "seller".into(),
+            offer: offer.clone(),
+            amount_sat: 200_000,
+            policy,
+            claim_destination: p2tr(20),
+            keys: SwapKeys::derive(&master(2), 0).unwrap(),
+        };
+        let (buyer, actions) = BuyerSwap::start(start, &ctx).unwrap();
+        let mut sim = Sim {
+            opts,
+            ctx,
+            rng: StdRng::seed_from_u64(7),
+            offer,
+            buyer,
+            seller: None,
+            buyer_record: Vec::new(),
+            seller_record: Vec::new(),
+            to_seller: VecDeque::new(),
+            to_buyer: VecDeque::new(),
+            chain: Chain::default(),
+            watch: Vec::new(),
+            seen: BTreeMap::new(),
+            in_flight: Vec::new(),
+            buyer_paid_msat: 0,
+            seller_received_msat: 0,
+            seller_failed_payments: 0,
+            broadcasts: Vec::new(),
+            crashed: false,
+            log: Vec::new(),
+            buyer_gone: false,
+            ln_secret: SecretKey::from_slice(&[7; 32]).unwrap(),
+        };
+        sim.run(Party::Buyer, actions);
+        sim
+    }
+
+    fn wire(&mut self, to: Party, env: Envelope) {
+        // Real encoding on the way.
+        let env = decode_envelope(&encode(&env)).expect("our own messages decode");
+        let queue = if to == Party::Seller { &mut self.to_seller } else { &mut self.to_buyer };
+        queue.push_back(env.clone());
+        if self.opts.duplicate_messages {
+            queue.push_back(env);
+        }
+    }
+
+    fn make_invoice(&self, hash: PaymentHash, amount_msat: u64, expiry_secs: u32) -> String {
+        let secp = Secp256k1::new();
+        let mut hash = hash;
+        let mut amount_msat = amount_msat;
+        let mut expiry = u64::from(expiry_secs);
+        let mut created = self.ctx.now_secs;
+        match self.opts.tamper {
+            Some(Tamper::InvoiceHash) => hash = PaymentHash([0x99; 32]),
+            Some(Tamper::InvoiceAmount) => amount_msat += 1_000,
+            Some(Tamper::InvoiceExpired) => {
+                expiry = 10;
+                created -= 100;
+            }
+            _ => {}
+        }
+        InvoiceBuilder::new(Currency::Regtest)
+            .description("sim".into())
+            .payment_hash(sha256::Hash::from_byte_array(hash.0))
+            .payment_secret(PaymentSecret([42; 32]))
+            .duration_since_epoch(Duration::from_secs(created))
+            .min_final_cltv_expiry_delta(42)
+            .amount_milli_satoshis(amount_msat)
+            .expiry_time(Duration::from_secs(expiry))
+            .build_signed(|h| secp.sign_ecdsa_recoverable(h, &self.ln_secret))
+            .unwrap()
+            .to_string()
+    }
+
+    fn feed(&mut self, party: Party, event: Event) {
+        if party == Party::Buyer && self.buyer_gone {
+            return;
+        }
+        let ctx = self.ctx;
+        let result = match party {
+            Party::Buyer => self.buyer.handle(event, &ctx, &mut self.rng),
+            Party::Seller => match self.seller.as_mut() {
+                Some(s) => s.handle(event, &ctx, &mut self.rng),
+                None => return,
+            },
+        };
+        match result {
+            Ok(actions) => self.run(party, actions),
+            Err(e) => self.log.push(format!("{party:?} refused event: {e}")),
+        }
+    }
+
+    fn state_name(&self, party: Party) -> &'static str {
+        match party {
+            Party::Buyer => self.buyer.state.name(),
+            Party::Seller => self.seller.as_ref().map(|s| s.state.name()).unwrap_or("-"),
+        }
+    }
+
+    /// Carries out actions in order, as the node would.
+    fn run(&mut self, party: Party, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Persist => {
+                    let bytes = match party {
+                        Party::Buyer => SwapRecord::Buyer(self.buyer.clone()).to_bytes().unwrap(),
+                        Party::Seller => {
+                            SwapRecord::Seller(self.seller.clone().unwrap()).to_bytes().unwrap()
+                        }
+                    };
+                    if party == Party::Buyer {
+                        self.buyer_record = bytes;
+                    } else {
+                        self.seller_record = bytes;
+                    }
+                    if let Some((p, state)) = self.opts.crash_at {
+                        if p == party && state == self.state_name(party) && !self.crashed {
+                            self.crashed = true;
+                            self.log.push(format!("crash {party:?} in {state}"));
+                            self.restart(party);
+                            return; // The rest of the actions died with the process.
+                        }
+                    }
+                }
+                Action::Send(env) => {
+                    if party == Party::Seller && self.opts.tamper == Some(Tamper::HtlcScript) {
+                        if let Message::SwapAccept(mut a) = env.body.clone() {
+                            a.htlc_script_pubkey = p2tr(33);
+                            let env = Envelope { body: Message::SwapAccept(a), ..env };
+                            self.wire(Party::Buyer, env);
+                            continue;
+                        }
+                    }
+                    let to = if party == Party::Buyer { Party::Seller } else { Party::Buyer };
+                    self.wire(to, env);
+                }
+                Action::CreateInvoice { payment_hash, amount_msat, expiry_secs, .. } => {
+                    let invoice = self.make_invoice(payment_hash, amount_msat, expiry_secs);
+                    self.feed(party, Event::InvoiceCreated { invoice });
+                }
+                Action::FundHtlc { script_pubkey, amount_sat } => {
+                    let tx = Transaction {
+                        version: Version::TWO,
+                        lock_time: LockTime::ZERO,
+                        input: vec![TxIn {
+                            previous_output: OutPoint {
+                                txid: Txid::from_byte_array([5; 32]),
+                                vout: 0,
+                            },
+                            script_sig: ScriptBuf::new(),
+                            sequence: Sequence::MAX,
+                            witness: Witness::new(),
+                        }],
+                        output: vec![
+                            TxOut { value: Amount::from_sat(50_000), script_pubkey: p2tr(11) },
+                            TxOut { value: Amount::from_sat(amount_sat), script_pubkey },
+                        ],
+                    };
+                    self.feed(party, Event::FundingBuilt { tx, vout: 1 });
+                }
+                Action::Broadcast { mut tx, purpose } => {
+                    if purpose == TxPurpose::Funding
+                        && self.opts.tamper == Some(Tamper::FundingValue)
+                    {
+                        tx.output[1].value -= Amount::from_sat(1_000);
+                    }
+                    self.broadcast(party, tx, purpose);
+                }
+                Action::WatchHtlc { script_pubkey } => {
+                    if !self.watch.contains(&(party, script_pubkey.clone())) {
+                        self.watch.push((party, script_pubkey));
+                    }
+                    self.notify_chain();
+                }
+                Action::PayInvoice { invoice, amount_msat, max_total_cltv_expiry_delta } => {
+                    let inv: lightning_invoice::Bolt11Invoice = invoice.parse().unwrap();
+                    assert_eq!(inv.amount_milli_satoshis(), Some(amount_msat));
+                    let hash = PaymentHash(inv.payment_hash().to_byte_array());
+                    if self.in_flight.iter().any(|(_, h, _)| *h == hash) || self.buyer_paid_msat > 0
+                    {
+                        continue; // idempotent
+                    }
+                    if max_total_cltv_expiry_delta < self.opts.route_cltv.max(42) {
+                        self.feed(
+                            Party::Buyer,
+                            Event::PaymentFailed { reason: "no route within the cltv cap".into() },
+                        );
+                    } else {
+                        let at = self.ctx.tip_height + self.opts.payment_delay_blocks;
+                        self.in_flight.push((at, hash, amount_msat));
+                        self.deliver_payments();
+                    }
+                }
+                Action::ClaimPayment { payment_hash, preimage, amount_msat } => {
+                    assert_eq!(preimage.payment_hash(), payment_hash);
+                    if self.seller_received_msat == 0 {
+                        self.seller_received_msat = amount_msat;
+                        self.buyer_paid_msat = amount_msat;
+                        self.feed(Party::Buyer, Event::PaymentSucceeded { preimage });
+                    }
+                }
+                Action::FailPayment { .. } => {
+                    self.seller_failed_payments += 1;
+                    self.feed(
+                        Party::Buyer,
+                        Event::PaymentFailed { reason: "failed back by the seller".into() },
+                    );
+                }
+                Action::Notify(n) => self.log.push(format!("{party:?}: {n:?}")),
+            }
+        }
+    }
+
+    fn restart(&mut self, party: Party) {
+        let ctx = self.ctx;
+        match party {
+            Party::Buyer => {
+                let SwapRecord::Buyer(mut b) = SwapRecord::from_bytes(&self.buyer_record).unwrap()
+                else {
+                    panic!("not a buyer record")
+                };
+                b.attach_keys(SwapKeys::derive(&master(2), b.key_index).unwrap()).unwrap();
+                self.buyer = b;
+                let actions = self.buyer.resume(&ctx, &mut self.rng).unwrap();
+                self.run(Party::Buyer, actions);
+            }
+            Party::Seller => {
+                let SwapRecord::Seller(mut s) =
+                    SwapRecord::from_bytes(&self.seller_record).unwrap()
+                else {
+                    panic!("not a seller record")
+                };
+                s.attach_keys(SwapKeys::derive(&master(1), s.key_index).unwrap()).unwrap();
+                self.seller = Some(s);
+                let actions = self.seller.as_mut().unwrap().resume(&ctx).unwrap();
+                self.run(Party::Seller, actions);
+            }
+        }
+    }
+
+    fn broadcast(&mut self, party: Party, tx: Transaction, purpose: TxPurpose) {
+        let txid = tx.compute_txid();
+        if self.chain.all().any(|(t, _)| t.compute_txid() == txid) {
+            return;
+        }
+        // First seen wins.
+        for input in &tx.input {
+            if self.chain.spender_of(input.previous_output).is_some() {
+                self.log.push(format!("{party:?} {purpose:?} rejected: double spend"));
+                return;
+            }
+        }
+        if purpose != TxPurpose::Funding {
+            let Some(prevouts) = tx
+                .input
+                .iter()
+                .map(|i| self.chain.output(i.previous_output))
+                .collect::<Option<Vec<TxOut>>>()
+            else {
+                self.log.push(format!("{party:?} {purpose:?} rejected: missing inputs"));
+                return;
+            };
+            if let Err(e) = kernel_verify(&tx, &prevouts) {
+                panic!("{party:?} broadcast an invalid {purpose:?}: {e}");
+            }
+            // Final at the next block?
+            let lock = tx.lock_time.to_consensus_u32();
+            if lock > self.ctx.tip_height {
+                self.log.push(format!("{party:?} {purpose:?} rejected: non-final"));
+                return;
+            }
+        }
+        self.broadcasts.push((party, purpose, txid));
+        self.chain.mempool.push(tx);
+        self.notify_chain();
+    }
+
+    fn notify_chain(&mut self) {
+        let watchers = self.watch.clone();
+        for (party, spk) in watchers {
+            let outputs: Vec<(OutPoint, u64, Option<u32>)> = self
+                .chain
+                .all()
+                .flat_map(|(t, h)| {
+                    let txid = t.compute_txid();
+                    t.output
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, o)| o.script_pubkey == spk)
+                        .map(move |(v, o)| (OutPoint { txid, vout: v as u32 }, o.value.to_sat(), h))
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            for (op, value, height) in outputs {
+                let key = ((party == Party::Buyer) as u8, format!("out {op}"));
+                let val = format!("{height:?}");
+                if self.seen.get(&key) != Some(&val) {
+                    self.seen.insert(key, val);
+                    self.feed(
+                        party,
+                        Event::HtlcOutput {
+                            outpoint: op,
+                            value_sat: value,
+                            script_pubkey: spk.clone(),
+                            confirmed_height: height,
+                        },
+                    );
+                }
+                if let Some((tx, h)) = self.chain.spender_of(op).map(|(t, h)| (t.clone(), h)) {
+                    let key = ((party == Party::Buyer) as u8, format!("spent {op}"));
+                    let val = format!("{} {h:?}", tx.compute_txid());
+                    if self.seen.get(&key) != Some(&val) {
+                        self.seen.insert(key, val);
+                        self.feed(party, Event::HtlcSpent { tx, confirmed_height: h });
+                    }
+                }
+            }
+        }
+    }
+
+    fn deliver_payments(&mut self) {
+        let tip = self.ctx.tip_height;
+        let (due, later): (Vec<_>, Vec<_>) =
+            self.in_flight.drain(..).partition(|(at, _, _)| *at <= tip);
+        self.in_flight = later;
+        for (_, payment_hash, amount_msat) in due {
+            self.feed(Party::Seller, Event::PaymentClaimable { payment_hash, amount_msat });
+        }
+    }
+
+    /// Delivers every queued message (in the configured order) until the wire is quiet.
+    pub fn pump(&mut self) {
+        for _ in 0..1_000 {
+            let next = if self.opts.reorder_messages {
+                self.to_seller
+                    .pop_back()
+                    .map(|e| (Party::Seller, e))
+                    .or_else(|| self.to_buyer.pop_back().map(|e| (Party::Buyer, e)))
+            } else {
+                self.to_seller
+                    .pop_front()
+                    .map(|e| (Party::Seller, e))
+                    .or_else(|| self.to_buyer.pop_front().map(|e| (Party::Buyer, e)))
+            };
+            let Some((to, env)) = next else { return };
+            if to == Party::Seller && self.buyer_gone {
+                continue;
+            }
+            if to == Party::Seller && self.seller.is_none() {
+                let Message::SwapRequest(req) = env.body.clone() else { continue };
+                let policy = SellerPolicy { cooperative_claims: !self.opts.seller_uncooperative };
+                let keys = SwapKeys::derive(&master(1), 0).unwrap();
+                match SellerSwap::from_request(
+                    env.swap_id,
+                    "buyer".into(),
+                    self.offer.clone(),
+                    req,
+                    keys,
+                    p2tr(10),
+                    policy,
+                    &self.ctx,
+                ) {
+                    Ok((s, actions)) => {
+                        self.seller = Some(s);
+                        self.run(Party::Seller, actions);
+                    }
+                    Err(e) => self.wire(Party::Buyer, Envelope::error_reply(env.swap_id, 0, e)),
+                }
+                continue;
+            }
+            self.feed(to, Event::Message(env));
+            self.after_step();
+        }
+        panic!("the wire never went quiet: {:#?}", self.log);
+    }
+
+    fn after_step(&mut self) {
+        if self.opts.buyer_vanishes_after_accept
+            && matches!(self.buyer.state, BuyerState::Accepted { .. } | BuyerState::Funded { .. })
+        {
+            self.buyer_gone = true;
+        }
+        if self.opts.buyer_aborts_when_funded
+            && matches!(self.buyer.state, BuyerState::Funded { .. })
+        {
+            self.feed(Party::Buyer, Event::UserAbort);
+        }
+    }
+
+    pub fn tick(&mut self) {
+        self.feed(Party::Buyer, Event::Tick);
+        self.feed(Party::Seller, Event::Tick);
+        self.after_step();
+        self.pump();
+    }
+
+    pub fn mine(&mut self, n: u32) {
+        for _ in 0..n {
+            self.ctx.tip_height += 1;
+            self.ctx.now_secs += 600;
+            let h = self.ctx.tip_height;
+            for tx in std::mem::take(&mut self.chain.mempool) {
+                self.chain.confirmed.insert(tx.compute_txid(), (h, tx));
+            }
+            self.notify_chain();
+            self.deliver_payments();
+            self.after_step();
+            self.pump();
+            self.tick();
+        }
+    }
+
+    pub fn advance_secs(&mut self, secs: u64) {
+        self.ctx.now_secs += secs;
+        self.tick();
+    }
+
+    /// Runs the swap until both sides are finished or `max_blocks` pass.
+    pub fn run_to_end(&mut self, max_blocks: u32) {
+        self.pump();
+        for _ in 0..max_blocks {
+            if self.finished() {
+                return;
+            }
+            self.advance_secs(31);
+            self.mine(1);
+        }
+    }
+
+    pub fn finished(&self) -> bool {
+        let seller_done = self.seller.as_ref().is_none_or(|s| s.kind() != StateKind::Pending);
+        seller_done && (self.buyer.kind() != StateKind::Pending || self.buyer_gone)
+    }
+
+    pub fn seller_state(&self) -> &SellerState {
+        &self.seller.as_ref().expect("seller exists").state
+    }
+
+    pub fn purposes(&self) -> Vec<TxPurpose> {
+        self.broadcasts.iter().map(|(_, p, _)| *p).collect()
+    }
+
+    /// The safety invariant: an honest party never loses both sides.
+    pub fn check_invariants(&self) {
+        let htlc_locked = self.broadcasts.iter().any(|(_, p, _)| *p == TxPurpose::Funding);
+        if self.buyer_paid_msat > 0 && !self.buyer_gone {
+            assert!(
+                matches!(self.buyer.state, BuyerState::Claimed { .. }),
+                "buyer paid but did not claim: {:?}\n{:#?}",
+                self.buyer.state.name(),
+                self.log
+            );
+        }
+        if htlc_locked && self.opts.tamper.is_none() {
+            let refunded = matches!(self.seller_state(), SellerState::Refunded { .. });
+            assert!(
+                self.seller_received_msat > 0 || refunded,
+                "seller locked but neither paid nor refunded: {}\n{:#?}",
+                self.seller_state().name(),
+                self.log
+            );
+        }
+    }
+}

@@ -1,0 +1,166 @@
+//! Named scenarios of a whole loop out, driven deterministically (spec `02-swap-flow.md`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod sim;
+
+use looper_protocol::buyer::{BuyerCheckError, BuyerState};
+use looper_protocol::messages::AbortReason;
+use looper_protocol::seller::SellerState;
+use looper_protocol::swap::TxPurpose;
+use sim::{Opts, Party, Sim, Tamper};
+
+fn run(opts: Opts) -> Sim {
+    let mut sim = Sim::new(Opts { route_cltv: 60, ..opts });
+    sim.run_to_end(400);
+    sim.check_invariants();
+    sim
+}
+
+fn assert_refused(sim: &Sim, expected: fn(&BuyerCheckError) -> bool) {
+    let BuyerState::Aborted { check: Some(check), .. } = &sim.buyer.state else {
+        panic!("buyer not aborted on a check: {:?}\n{:#?}", sim.buyer.state.name(), sim.log);
+    };
+    assert!(expected(check), "wrong check: {check:?}");
+    assert_eq!(sim.buyer_paid_msat, 0, "paid nothing");
+}
+
+#[test]
+fn cooperative_claim() {
+    let sim = run(Opts::default());
+    assert!(matches!(sim.buyer.state, BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.seller_state(), SellerState::Claimed { .. }));
+    assert_eq!(sim.purposes(), vec![TxPurpose::Funding, TxPurpose::CooperativeClaim]);
+}
+
+#[test]
+fn seller_silent_at_claim_falls_back_to_script_path() {
+    let sim = run(Opts { seller_uncooperative: true, ..Opts::default() });
+    assert!(matches!(sim.buyer.state, BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert_eq!(sim.purposes(), vec![TxPurpose::Funding, TxPurpose::ScriptClaim]);
+}
+
+#[test]
+fn buyer_never_pays_seller_refunds_after_timeout() {
+    let sim = run(Opts { buyer_vanishes_after_accept: true, ..Opts::default() });
+    assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }), "{:#?}", sim.log);
+    assert_eq!(sim.purposes(), vec![TxPurpose::Funding, TxPurpose::ScriptRefund]);
+    assert_eq!(sim.buyer_paid_msat, 0);
+}
+
+#[test]
+fn buyer_aborts_cooperative_refund() {
+    let sim = run(Opts { buyer_aborts_when_funded: true, ..Opts::default() });
+    assert!(matches!(
+        sim.buyer.state,
+        BuyerState::Aborted { reason: AbortReason::UserRequested, .. }
+    ));
+    assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }), "{:#?}", sim.log);
+    assert_eq!(sim.purposes(), vec![TxPurpose::Funding, TxPurpose::CooperativeRefund]);
+}
+
+#[test]
+fn late_payment_is_failed_back_and_refunded() {
+    // The payment spends 130 of the 144 blocks in flight: past timeout - claim_margin.
+    let sim = run(Opts { payment_delay_blocks: 130, ..Opts::default() });
+    assert_eq!(sim.seller_received_msat, 0);
+    assert!(sim.seller_failed_payments >= 1);
+    assert!(matches!(
+        sim.buyer.state,
+        BuyerState::Aborted { reason: AbortReason::PaymentFailed, .. }
+    ));
+    assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }), "{:#?}", sim.log);
+}
+
+#[test]
+fn wrong_htlc_amount_is_refused() {
+    let sim = run(Opts { tamper: Some(Tamper::FundingValue), ..Opts::default() });
+    assert_refused(&sim, |c| {
+        matches!(
+            c,
+            BuyerCheckError::HtlcAmountMismatch { .. } | BuyerCheckError::HtlcScriptMismatch(_)
+        )
+    });
+}
+
+#[test]
+fn wrong_htlc_script_is_refused() {
+    let sim = run(Opts { tamper: Some(Tamper::HtlcScript), ..Opts::default() });
+    assert_refused(&sim, |c| matches!(c, BuyerCheckError::HtlcScriptMismatch(_)));
+}
+
+#[test]
+fn wrong_invoice_hash_is_refused() {
+    let sim = run(Opts { tamper: Some(Tamper::InvoiceHash), ..Opts::default() });
+    assert_refused(&sim, |c| matches!(c, BuyerCheckError::InvoiceHashMismatch));
+}
+
+#[test]
+fn expired_invoice_is_refused() {
+    let sim = run(Opts { tamper: Some(Tamper::InvoiceExpired), ..Opts::default() });
+    assert_refused(&sim, |c| matches!(c, BuyerCheckError::InvoiceExpired));
+}
+
+#[test]
+fn invoice_above_the_quote_is_refused() {
+    let sim = run(Opts { tamper: Some(Tamper::InvoiceAmount), ..Opts::default() });
+    assert_refused(&sim, |c| matches!(c, BuyerCheckError::InvoiceAmountMismatch { .. }));
+}
+
+#[test]
+fn cltv_budget_too_short_is_refused() {
+    let sim = run(Opts { buyer_max_route_cltv: Some(30), ..Opts::default() });
+    assert_refused(&sim, |c| matches!(c, BuyerCheckError::CltvBudgetTooShort { .. }));
+}
+
+#[test]
+fn duplicated_and_reordered_messages_change_nothing() {
+    for opts in [
+        Opts { duplicate_messages: true, ..Opts::default() },
+        Opts { reorder_messages: true, ..Opts::default() },
+        Opts { duplicate_messages: true, reorder_messages: true, ..Opts::default() },
+    ] {
+        let sim = run(opts.clone());
+        assert!(matches!(sim.buyer.state, BuyerState::Claimed { .. }), "{opts:?}: {:#?}", sim.log);
+        assert_eq!(
+            sim.purposes(),
+            vec![TxPurpose::Funding, TxPurpose::CooperativeClaim],
+            "{opts:?}"
+        );
+    }
+}
+
+#[test]
+fn restored_from_its_record_at_every_state_a_swap_finishes() {
+    let buyer_states = ["Requested", "Accepted", "Funded", "Paying", "Claiming", "ClaimBroadcast"];
+    let seller_states = ["AwaitingInvoice", "Accepted", "Funded", "Paid"];
+    for (party, state) in buyer_states
+        .iter()
+        .map(|s| (Party::Buyer, *s))
+        .chain(seller_states.iter().map(|s| (Party::Seller, *s)))
+    {
+        let sim = run(Opts { crash_at: Some((party, state)), ..Opts::default() });
+        assert!(sim.crashed, "never reached {party:?} {state}");
+        assert!(
+            matches!(sim.buyer.state, BuyerState::Claimed { .. }),
+            "{party:?} {state}: {:#?}",
+            sim.log
+        );
+        assert!(matches!(sim.seller_state(), SellerState::Claimed { .. }), "{party:?} {state}");
+    }
+    // The refund paths, too.
+    for state in ["RefundingCooperatively", "Refunding"] {
+        let sim = run(Opts {
+            crash_at: Some((Party::Seller, state)),
+            buyer_aborts_when_funded: true,
+            ..Opts::default()
+        });
+        assert!(sim.crashed, "never reached {state}");
+        assert!(
+            matches!(sim.seller_state(), SellerState::Refunded { .. }),
+            "{state}: {:#?}",
+            sim.log
+        );
+    }
+}
