@@ -607,3 +607,25 @@ async fn relay_restart_mid_way_reconnects() -> Result<()> {
     relay.shutdown();
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_reach_a_buyer_on_other_relays() -> Result<()> {
+    // Seller and buyer have no relay in common: the buyer sends to the seller's advertised relay
+    // and from then on also reads there, so the seller's replies on its own relay arrive.
+    let (relay_s, url_s) = start_relay().await?;
+    let (relay_b, url_b) = start_relay().await?;
+    let (seller, mut seller_rx) = transport(config(&[&url_s])).await?;
+    let (buyer, mut buyer_rx) = transport(config(&[&url_b])).await?;
+    buyer
+        .send(&seller.public_key(), &[url_s.clone()], &request(0))
+        .await?;
+    let got = recv(&mut seller_rx).await?;
+    assert_eq!(got.sender, buyer.public_key());
+    seller.send(&buyer.public_key(), &[], &other(1)).await?;
+    assert_eq!(seq_of(&recv(&mut buyer_rx).await?), Some(1));
+    buyer.shutdown().await;
+    seller.shutdown().await;
+    relay_s.shutdown();
+    relay_b.shutdown();
+    Ok(())
+}
