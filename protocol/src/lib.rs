@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod buyer;
+pub mod diagrams;
 pub mod htlc;
 pub mod keys;
 pub mod messages;

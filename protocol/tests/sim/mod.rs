@@ -375,7 +375,7 @@ impl Sim {
         }
     }
 
-    fn restart(&mut self, party: Party) {
+    pub fn restart(&mut self, party: Party) {
         let ctx = self.ctx;
         match party {
             Party::Buyer => {
@@ -492,6 +492,69 @@ impl Sim {
         }
     }
 
+    /// Drops the next message queued for `to`.
+    pub fn drop_next(&mut self, to: Party) {
+        let queue = if to == Party::Seller { &mut self.to_seller } else { &mut self.to_buyer };
+        queue.pop_front();
+    }
+
+    /// Duplicates the next message queued for `to`.
+    pub fn duplicate_next(&mut self, to: Party) {
+        let queue = if to == Party::Seller { &mut self.to_seller } else { &mut self.to_buyer };
+        if let Some(e) = queue.front().cloned() {
+            queue.push_back(e);
+        }
+    }
+
+    /// Moves the next message queued for `to` to the back of its queue (reordering).
+    pub fn delay_next(&mut self, to: Party) {
+        let queue = if to == Party::Seller { &mut self.to_seller } else { &mut self.to_buyer };
+        if let Some(e) = queue.pop_front() {
+            queue.push_back(e);
+        }
+    }
+
+    /// Delivers one message to `to`, if any is queued.
+    pub fn deliver_one(&mut self, to: Party) {
+        let queue = if to == Party::Seller { &mut self.to_seller } else { &mut self.to_buyer };
+        let Some(env) = queue.pop_front() else { return };
+        if to == Party::Seller {
+            self.to_seller.push_front(env);
+            self.deliver_seller_front();
+        } else {
+            self.feed(Party::Buyer, Event::Message(env));
+            self.after_step();
+        }
+    }
+
+    fn deliver_seller_front(&mut self) {
+        let Some(env) = self.to_seller.pop_front() else { return };
+        if self.seller.is_none() {
+            let Message::SwapRequest(req) = env.body.clone() else { return };
+            let policy = SellerPolicy { cooperative_claims: !self.opts.seller_uncooperative };
+            let keys = SwapKeys::derive(&master(1), 0).unwrap();
+            match SellerSwap::from_request(
+                env.swap_id,
+                "buyer".into(),
+                self.offer.clone(),
+                req,
+                keys,
+                p2tr(10),
+                policy,
+                &self.ctx,
+            ) {
+                Ok((s, actions)) => {
+                    self.seller = Some(s);
+                    self.run(Party::Seller, actions);
+                }
+                Err(e) => self.wire(Party::Buyer, Envelope::error_reply(env.swap_id, 0, e)),
+            }
+            return;
+        }
+        self.feed(Party::Seller, Event::Message(env));
+        self.after_step();
+    }
+
     /// Delivers every queued message (in the configured order) until the wire is quiet.
     pub fn pump(&mut self) {
         for _ in 0..1_000 {
@@ -510,26 +573,9 @@ impl Sim {
             if to == Party::Seller && self.buyer_gone {
                 continue;
             }
-            if to == Party::Seller && self.seller.is_none() {
-                let Message::SwapRequest(req) = env.body.clone() else { continue };
-                let policy = SellerPolicy { cooperative_claims: !self.opts.seller_uncooperative };
-                let keys = SwapKeys::derive(&master(1), 0).unwrap();
-                match SellerSwap::from_request(
-                    env.swap_id,
-                    "buyer".into(),
-                    self.offer.clone(),
-                    req,
-                    keys,
-                    p2tr(10),
-                    policy,
-                    &self.ctx,
-                ) {
-                    Ok((s, actions)) => {
-                        self.seller = Some(s);
-                        self.run(Party::Seller, actions);
-                    }
-                    Err(e) => self.wire(Party::Buyer, Envelope::error_reply(env.swap_id, 0, e)),
-                }
+            if to == Party::Seller {
+                self.to_seller.push_front(env);
+                self.deliver_seller_front();
                 continue;
             }
             self.feed(to, Event::Message(env));
@@ -549,6 +595,11 @@ impl Sim {
         {
             self.feed(Party::Buyer, Event::UserAbort);
         }
+    }
+
+    /// The user of `party` asks to abort.
+    pub fn user_abort(&mut self, party: Party) {
+        self.feed(party, Event::UserAbort);
     }
 
     pub fn tick(&mut self) {

@@ -1,0 +1,35 @@
+//! State diagrams generated from the transition tables (`spec/diagrams/*.md`).
+//!
+//! `cargo run -p looper-protocol --example fsm-diagrams` writes them; a test fails when the
+//! committed files differ from what the tables give.
+
+use crate::buyer::BUYER_TRANSITIONS;
+use crate::seller::SELLER_TRANSITIONS;
+use crate::swap::mermaid;
+
+/// `(file name, Markdown)` for each role's diagram.
+pub fn state_diagrams() -> Vec<(&'static str, String)> {
+    let header = "<!-- Generated from the transition tables in protocol/src/{buyer,seller}.rs by \
+                  `cargo run -p looper-protocol --example fsm-diagrams`. Do not edit. -->\n\n";
+    vec![
+        (
+            "buyer.md",
+            format!(
+                "{header}# Buyer (loop out)\n\nPoint of no return: `Paying`.\n\n{}",
+                mermaid("Buyer", BUYER_TRANSITIONS, "Requested", &["Claimed", "Aborted", "Lost"])
+            ),
+        ),
+        (
+            "seller.md",
+            format!(
+                "{header}# Seller (loop out)\n\nPoint of no return: `Paid`.\n\n{}",
+                mermaid(
+                    "Seller",
+                    SELLER_TRANSITIONS,
+                    "AwaitingInvoice",
+                    &["Claimed", "Refunded", "Aborted"]
+                )
+            ),
+        ),
+    ]
+}
