@@ -55,6 +55,9 @@ pub enum BuyerCheckError {
     /// The invoice does not decode.
     #[error("invoice does not decode: {0}")]
     InvoiceInvalid(String),
+    /// The invoice is not signed by the offer's Lightning node.
+    #[error("invoice payee is not the offer's lightning node")]
+    InvoicePayee,
     /// The invoice is for another network.
     #[error("invoice is for another network")]
     InvoiceNetwork,
@@ -573,7 +576,13 @@ impl BuyerSwap {
         message: Option<String>,
     ) -> Result<Vec<Action>, SwapError> {
         let terms = self.state.terms().cloned();
-        let htlc = self.state.htlc_output().cloned();
+        let htlc = self.state.htlc_output().cloned().or(match &self.state {
+            // Keep the announced outpoint: the seller's cooperative refund needs it.
+            BuyerState::Accepted { announced: Some(o), .. } => {
+                Some(HtlcOutput { outpoint: *o, confirmed_height: None })
+            }
+            _ => None,
+        });
         let text = message.clone().or_else(|| check.as_ref().map(|c| c.to_string()));
         let text =
             text.map(|t| t.chars().take(crate::messages::MAX_TEXT_CHARS).collect::<String>());
@@ -608,6 +617,9 @@ impl BuyerSwap {
             .map_err(|e| BuyerCheckError::InvoiceInvalid(e.to_string()))?;
         if invoice.network() != self.offer.network {
             return Err(BuyerCheckError::InvoiceNetwork);
+        }
+        if invoice.recover_payee_pub_key() != self.offer.ln_node_id {
+            return Err(BuyerCheckError::InvoicePayee);
         }
         if invoice.payment_hash().to_byte_array() != accept.payment_hash.0 {
             return Err(BuyerCheckError::InvoiceHashMismatch);

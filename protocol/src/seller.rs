@@ -230,6 +230,13 @@ pub struct SellerSwap {
     refund_session: Ephemeral<(InitiatorSession, SpendTx)>,
 }
 
+/// Invoice expiry: the offer's, but at most half the time to the timeout.
+fn invoice_expiry_secs(offer: &Offer) -> u32 {
+    let half_timeout_secs = u64::from(offer.timeout_delta) * SECS_PER_BLOCK / 2;
+    u32::try_from(half_timeout_secs.min(u64::from(offer.invoice_expiry_secs)))
+        .unwrap_or(offer.invoice_expiry_secs)
+}
+
 fn err(code: ErrorCode, message: impl core::fmt::Display) -> ErrorMessage {
     ErrorMessage::new(code, message)
 }
@@ -293,9 +300,7 @@ impl SellerSwap {
         };
         let htlc = Htlc::new_at(htlc_params.clone(), ctx.tip_height)
             .map_err(|e| err(ErrorCode::InvalidParams, e))?;
-        let remaining_secs = u64::from(offer.timeout_delta) * SECS_PER_BLOCK / 2;
-        let expiry_secs =
-            u32::try_from(remaining_secs.min(u64::from(offer.invoice_expiry_secs))).unwrap_or(3600);
+        let expiry_secs = invoice_expiry_secs(&offer);
         let amount_msat = quote.invoice_amount_sat.saturating_mul(1000);
         let swap = SellerSwap {
             swap_id,
@@ -393,7 +398,7 @@ impl SellerSwap {
                 actions.push(Action::CreateInvoice {
                     payment_hash: self.payment_hash(),
                     amount_msat: self.quote.invoice_amount_sat.saturating_mul(1000),
-                    expiry_secs: self.offer.invoice_expiry_secs,
+                    expiry_secs: invoice_expiry_secs(&self.offer),
                     description: format!("looper swap {}", self.swap_id),
                 });
             }

@@ -11,7 +11,8 @@
 //! | claim leaf | `<sig> <preimage> <claim leaf> <control block>` | [`CLAIM_SCRIPT_PATH_VBYTES`] = 152 |
 //! | refund leaf | `<sig> <refund leaf> <control block>` | [`REFUND_SCRIPT_PATH_VBYTES`] = 138 |
 //!
-//! (The refund figure holds for timeouts from 65,536 to 8,388,607, whose height takes 3 bytes.)
+//! (The refund figure holds for every timeout height from 128 on: the 2- and 3-byte height pushes
+//! round to the same virtual size.)
 
 use bitcoin::absolute::LockTime;
 use bitcoin::secp256k1::{schnorr, Keypair, Message, Secp256k1};

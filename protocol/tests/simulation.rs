@@ -109,6 +109,12 @@ fn invoice_above_the_quote_is_refused() {
 }
 
 #[test]
+fn invoice_from_another_node_is_refused() {
+    let sim = run(Opts { tamper: Some(Tamper::InvoicePayee), ..Opts::default() });
+    assert_refused(&sim, |c| matches!(c, BuyerCheckError::InvoicePayee));
+}
+
+#[test]
 fn cltv_budget_too_short_is_refused() {
     let sim = run(Opts { buyer_max_route_cltv: Some(30), ..Opts::default() });
     assert_refused(&sim, |c| matches!(c, BuyerCheckError::CltvBudgetTooShort { .. }));

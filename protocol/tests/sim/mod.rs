@@ -65,6 +65,7 @@ pub enum Tamper {
     InvoiceHash,
     InvoiceExpired,
     InvoiceAmount,
+    InvoicePayee,
 }
 
 #[derive(Debug, Default)]
@@ -231,7 +232,14 @@ impl Sim {
             .min_final_cltv_expiry_delta(42)
             .amount_milli_satoshis(amount_msat)
             .expiry_time(Duration::from_secs(expiry))
-            .build_signed(|h| secp.sign_ecdsa_recoverable(h, &self.ln_secret))
+            .build_signed(|h| {
+                let key = if self.opts.tamper == Some(Tamper::InvoicePayee) {
+                    SecretKey::from_slice(&[8; 32]).unwrap()
+                } else {
+                    self.ln_secret
+                };
+                secp.sign_ecdsa_recoverable(h, &key)
+            })
             .unwrap()
             .to_string()
     }
