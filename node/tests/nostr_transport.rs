@@ -27,8 +27,11 @@ mod fixtures {
     use secp256k1::{PublicKey, Secp256k1, SecretKey};
 
     fn pk(i: u8) -> PublicKey {
-        let sk = SecretKey::from_slice(&[i; 32]).expect("valid key");
-        PublicKey::from_secret_key(&Secp256k1::new(), &sk)
+        // Any i in 1..=255 repeated 32 times is a valid scalar.
+        match SecretKey::from_slice(&[i.max(1); 32]) {
+            Ok(sk) => PublicKey::from_secret_key(&Secp256k1::new(), &sk),
+            Err(_) => unreachable!("valid scalar"),
+        }
     }
 
     pub fn offer(id: &str, network: Network, min: u64, max: u64, base: u64, ppm: u32) -> Offer {
@@ -616,9 +619,7 @@ async fn replies_reach_a_buyer_on_other_relays() -> Result<()> {
     let (relay_b, url_b) = start_relay().await?;
     let (seller, mut seller_rx) = transport(config(&[&url_s])).await?;
     let (buyer, mut buyer_rx) = transport(config(&[&url_b])).await?;
-    buyer
-        .send(&seller.public_key(), &[url_s.clone()], &request(0))
-        .await?;
+    buyer.send(&seller.public_key(), std::slice::from_ref(&url_s), &request(0)).await?;
     let got = recv(&mut seller_rx).await?;
     assert_eq!(got.sender, buyer.public_key());
     seller.send(&buyer.public_key(), &[], &other(1)).await?;

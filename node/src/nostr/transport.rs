@@ -40,7 +40,7 @@ pub struct TransportConfig {
     /// Lifetime of a published offer version (its NIP-40 `expiration`); refresh well before.
     pub offer_ttl: Duration,
     /// Events larger than this (NIP-01 JSON, bytes) are dropped by the relay connection before
-    /// they are parsed. Default: [`wrap::max_gift_wrap_bytes`] of [`MAX_MESSAGE_BYTES`].
+    /// they are parsed. Default: [`crate::nostr::max_gift_wrap_bytes`] of [`MAX_MESSAGE_BYTES`].
     pub max_event_bytes: usize,
     /// Base interval between reconnection attempts to a relay (nostr-sdk grows it with each
     /// failure, up to 60 s, with a few seconds of jitter).
@@ -168,7 +168,7 @@ pub struct Incoming {
     pub relay: RelayUrl,
     /// The rumor's `created_at`, set by the sender (gift wrap and seal times are randomised).
     pub created_at: Timestamp,
-    /// NIP-13 work committed by the gift wrap (see [`wrap::committed_pow`]).
+    /// NIP-13 work committed by the gift wrap (see [`crate::nostr::committed_pow`]).
     pub pow_bits: u8,
     /// The decoded envelope, or why it did not decode (answer with
     /// [`wire::DecodeError::reply`] when it names a swap).
