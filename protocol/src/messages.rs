@@ -47,14 +47,16 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const SUPPORTED_VERSIONS: &[u32] = &[1];
 
 /// Largest encoded swap message, in bytes, checked before parsing. Sized for `swap_funded`, which
-/// carries the raw funding transaction (up to [`MAX_TX_BYTES`]).
-pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
+/// carries the raw funding transaction (up to [`MAX_TX_BYTES`]). Bounded by Nostr: NIP-44 encrypts at
+/// most 65,535 bytes and a message is encrypted twice (rumor in seal in gift wrap), which leaves room
+/// for about 40,600 bytes of envelope (`spec/04-nostr.md`).
+pub const MAX_MESSAGE_BYTES: usize = 40_000;
 
 /// Largest encoded offer (the content of the offer event), in bytes, checked before parsing.
 pub const MAX_OFFER_BYTES: usize = 8 * 1024;
 
 /// Largest raw transaction a message may carry (`tx_hex` is at most twice this many characters).
-pub const MAX_TX_BYTES: usize = 30_000;
+pub const MAX_TX_BYTES: usize = 19_000;
 
 /// Largest BOLT11 invoice, in characters.
 pub const MAX_INVOICE_CHARS: usize = 2048;
