@@ -1,1 +1,3 @@
+//! `looper-node`: the Looper daemon (work in progress: see the README status table).
+
 fn main() {}
