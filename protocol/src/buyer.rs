@@ -27,8 +27,9 @@ use crate::spend::{HtlcInput, SpendPath, SpendTx};
 use musig2::BinaryEncoding;
 
 use crate::swap::{
-    check_transition, confirmations, Action, Context, Ephemeral, Event, Inbox, Notification,
-    Outbox, StateKind, SwapError, Transition, TxPurpose, COOP_TIMEOUT_SECS, TIMEOUT_SLACK_BLOCKS,
+    check_transition, confirmations, persist_first, Action, Context, Ephemeral, Event, Inbox,
+    Notification, Outbox, StateKind, SwapError, Transition, TxPurpose, COOP_TIMEOUT_SECS,
+    TIMEOUT_SLACK_BLOCKS,
 };
 use crate::terms::Quote;
 use crate::types::{PaymentHash, Preimage, SwapDirection, SwapId};
@@ -528,17 +529,11 @@ impl BuyerSwap {
     ) -> Result<Vec<Action>, SwapError> {
         match event {
             Event::Message(env) => {
-                if env.swap_id != self.swap_id {
-                    return Err(SwapError::WrongSwap { expected: self.swap_id, got: env.swap_id });
-                }
                 let mut actions = Vec::new();
-                for env in self.inbox.accept(env) {
+                for env in self.inbox.accept_for(self.swap_id, env)? {
                     actions.extend(self.handle_message(env.body, ctx, rng)?);
                 }
-                if !actions.is_empty() && actions.first() != Some(&Action::Persist) {
-                    actions.insert(0, Action::Persist);
-                }
-                Ok(actions)
+                Ok(persist_first(actions))
             }
             Event::Tick => self.handle_tick(ctx, rng),
             Event::HtlcOutput { outpoint, value_sat, script_pubkey, confirmed_height } => {
@@ -1007,12 +1002,7 @@ impl BuyerSwap {
         let (terms, htlc, preimage) = (terms.clone(), htlc.clone(), preimage.clone());
         let fee_sat = spend.fee().to_sat();
         let tx = spend.finalize().map_err(|e| SwapError::Internal(e.to_string()))?;
-        let note = Action::Notify(Notification::Broadcast {
-            txid: tx.compute_txid(),
-            purpose,
-            fee_sat,
-            vsize: tx.vsize() as u64,
-        });
+        let note = Action::Notify(Notification::broadcast(&tx, purpose, fee_sat));
         self.go(BuyerState::ClaimBroadcast {
             terms,
             htlc,

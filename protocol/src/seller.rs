@@ -22,8 +22,8 @@ use crate::spend::{HtlcInput, SpendPath, SpendTx};
 use musig2::BinaryEncoding;
 
 use crate::swap::{
-    check_transition, Action, Context, Ephemeral, Event, Inbox, Notification, Outbox, StateKind,
-    SwapError, Transition, TxPurpose, COOP_TIMEOUT_SECS, SECS_PER_BLOCK,
+    check_transition, persist_first, Action, Context, Ephemeral, Event, Inbox, Notification,
+    Outbox, StateKind, SwapError, Transition, TxPurpose, COOP_TIMEOUT_SECS, SECS_PER_BLOCK,
 };
 use crate::terms::Quote;
 use crate::types::{PaymentHash, SwapDirection, SwapId};
@@ -459,17 +459,11 @@ impl SellerSwap {
     ) -> Result<Vec<Action>, SwapError> {
         match event {
             Event::Message(env) => {
-                if env.swap_id != self.swap_id {
-                    return Err(SwapError::WrongSwap { expected: self.swap_id, got: env.swap_id });
-                }
                 let mut actions = Vec::new();
-                for env in self.inbox.accept(env) {
+                for env in self.inbox.accept_for(self.swap_id, env)? {
                     actions.extend(self.handle_message(env.body, ctx, rng)?);
                 }
-                if !actions.is_empty() && actions.first() != Some(&Action::Persist) {
-                    actions.insert(0, Action::Persist);
-                }
-                Ok(actions)
+                Ok(persist_first(actions))
             }
             Event::Tick => self.handle_tick(ctx),
             Event::InvoiceCreated { invoice } => self.on_invoice(invoice),
@@ -694,25 +688,12 @@ impl SellerSwap {
                     })
                     .and_then(|()| spend.clone().finalize().map_err(|e| e.to_string()));
                 match signed {
-                    Ok(tx) => {
-                        let fee_sat = spend.fee().to_sat();
-                        let notify = Action::Notify(Notification::Broadcast {
-                            txid: tx.compute_txid(),
-                            purpose: TxPurpose::CooperativeRefund,
-                            fee_sat,
-                            vsize: tx.vsize() as u64,
-                        });
-                        self.go(SellerState::Refunding {
-                            funding,
-                            refund_tx: tx.clone(),
-                            purpose: TxPurpose::CooperativeRefund,
-                        })?;
-                        Ok(vec![
-                            Action::Persist,
-                            Action::Broadcast { tx, purpose: TxPurpose::CooperativeRefund },
-                            notify,
-                        ])
-                    }
+                    Ok(tx) => self.broadcast_refund(
+                        funding,
+                        tx,
+                        spend.fee().to_sat(),
+                        TxPurpose::CooperativeRefund,
+                    ),
                     Err(reason) => {
                         self.go(SellerState::Funded { invoice, funding })?;
                         Ok(vec![
@@ -833,6 +814,18 @@ impl SellerSwap {
         Ok(vec![Action::Persist, send])
     }
 
+    fn broadcast_refund(
+        &mut self,
+        funding: Funding,
+        refund_tx: Transaction,
+        fee_sat: u64,
+        purpose: TxPurpose,
+    ) -> Result<Vec<Action>, SwapError> {
+        let notify = Action::Notify(Notification::broadcast(&refund_tx, purpose, fee_sat));
+        self.go(SellerState::Refunding { funding, refund_tx: refund_tx.clone(), purpose })?;
+        Ok(vec![Action::Persist, Action::Broadcast { tx: refund_tx, purpose }, notify])
+    }
+
     fn handle_tick(&mut self, ctx: &Context) -> Result<Vec<Action>, SwapError> {
         match &self.state {
             SellerState::RefundingCooperatively { invoice, funding, deadline_secs }
@@ -869,22 +862,7 @@ impl SellerSwap {
                     .quote
                     .htlc_amount_sat
                     .saturating_sub(tx.output.iter().map(|o| o.value.to_sat()).sum());
-                let notify = Action::Notify(Notification::Broadcast {
-                    txid: tx.compute_txid(),
-                    purpose: TxPurpose::ScriptRefund,
-                    fee_sat,
-                    vsize: tx.vsize() as u64,
-                });
-                self.go(SellerState::Refunding {
-                    funding,
-                    refund_tx: tx.clone(),
-                    purpose: TxPurpose::ScriptRefund,
-                })?;
-                Ok(vec![
-                    Action::Persist,
-                    Action::Broadcast { tx, purpose: TxPurpose::ScriptRefund },
-                    notify,
-                ])
+                self.broadcast_refund(funding, tx, fee_sat, TxPurpose::ScriptRefund)
             }
             SellerState::AwaitingInvoice | SellerState::Accepted { .. }
                 if ctx.tip_height.saturating_add(self.offer.claim_margin)

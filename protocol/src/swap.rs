@@ -334,6 +334,44 @@ impl Inbox {
     }
 }
 
+impl Inbox {
+    /// Checks that `env` belongs to `swap_id` and returns the messages now ready, in order.
+    ///
+    /// # Errors
+    /// [`SwapError::WrongSwap`] for another swap's message.
+    pub fn accept_for(
+        &mut self,
+        swap_id: SwapId,
+        env: Envelope,
+    ) -> Result<Vec<Envelope>, SwapError> {
+        if env.swap_id != swap_id {
+            return Err(SwapError::WrongSwap { expected: swap_id, got: env.swap_id });
+        }
+        Ok(self.accept(env))
+    }
+}
+
+/// Puts [`Action::Persist`] first when there are actions (handling a message always changes the
+/// record: at least the inbox).
+pub fn persist_first(mut actions: Vec<Action>) -> Vec<Action> {
+    if !actions.is_empty() && actions.first() != Some(&Action::Persist) {
+        actions.insert(0, Action::Persist);
+    }
+    actions
+}
+
+impl Notification {
+    /// The notification for a claim or refund being broadcast.
+    pub fn broadcast(tx: &Transaction, purpose: TxPurpose, fee_sat: u64) -> Self {
+        Notification::Broadcast {
+            txid: tx.compute_txid(),
+            purpose,
+            fee_sat,
+            vsize: tx.vsize() as u64,
+        }
+    }
+}
+
 /// Our sent messages, numbered; kept so that a resumed swap re-sends them with their numbers.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Outbox {
