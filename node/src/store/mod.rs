@@ -15,6 +15,7 @@
 
 mod memory;
 mod redb_store;
+#[cfg(any(test, feature = "test-suite"))]
 pub mod test_suite;
 
 use serde::{Deserialize, Serialize};

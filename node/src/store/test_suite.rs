@@ -10,6 +10,7 @@
 //! The expression is evaluated once per test and must dereference to a [`SwapStore`]; wrap a
 //! backend that needs a temporary directory in a struct that keeps it alive and implements
 //! `Deref`.
+#![cfg(any(test, feature = "test-suite"))] // test support only: never in the daemon
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use super::{PaymentHash, SwapFilter, SwapId, SwapRecord, SwapRole, SwapStatus, SwapStore};
