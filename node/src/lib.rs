@@ -7,6 +7,8 @@
 
 pub mod chain;
 pub mod config;
+pub mod engine;
+pub mod lightning;
 pub mod nostr;
 pub mod seed;
 pub mod store;

@@ -1,0 +1,941 @@
+//! The swap engine: drives the protocol's [`BuyerSwap`] and [`SellerSwap`] state machines with real
+//! I/O (the node's counterpart of `protocol/tests/sim`).
+//!
+//! One event loop ([`Engine::run`]) selects over incoming Nostr messages, Lightning events and a
+//! chain poll timer. Every event is fed to its swap; the returned [`Action`]s are carried out in
+//! order, and [`Action::Persist`] commits the swap's record to the [`SwapStore`] before anything
+//! after it happens. Results of actions (a built funding transaction, a created invoice, an
+//! already-succeeded payment) are fed back to the same swap before the next event is taken.
+//!
+//! At start ([`Engine::start`]) every open swap is loaded, its keys derived again from the seed
+//! (`key_index`), and `resume` carried out.
+//!
+//! The API side calls [`Engine::take_offer`], [`Engine::abort`], [`Engine::publish_offer`], ...;
+//! the state is shared behind one async mutex, so API calls and the loop never interleave inside
+//! one transition.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bitcoin::bip32::Xpriv;
+use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction};
+use looper_protocol::buyer::{BuyerPolicy, BuyerStart, BuyerSwap};
+use looper_protocol::keys::SwapKeys;
+use looper_protocol::messages::{Envelope, ErrorCode, ErrorMessage, Message, Offer};
+use looper_protocol::record::SwapRecord as ProtoRecord;
+use looper_protocol::seller::{SellerPolicy, SellerSwap};
+use looper_protocol::swap::{
+    Action, Context, Event, Notification, StateKind, TxPurpose, CLAIM_FEE_TARGET_BLOCKS,
+};
+use looper_protocol::{PaymentHash, SwapId};
+use rand::RngCore;
+use serde::Serialize;
+use tokio::sync::{broadcast, Mutex};
+
+use crate::chain::{ChainError, ChainSource};
+use crate::lightning::{Lightning, LightningEvent, PayOutcome};
+use crate::nostr::{Incoming, NostrTransport, PublicKey as NostrPublicKey};
+use crate::store::{StoreError, SwapRecord, SwapRole, SwapStatus, SwapStore};
+use crate::wallet::{LooperWallet, WalletError};
+
+/// Errors of the engine's API.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The chain source failed.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// The wallet failed.
+    #[error(transparent)]
+    Wallet(#[from] WalletError),
+    /// Key derivation failed.
+    #[error("cannot derive swap keys: {0}")]
+    Keys(String),
+    /// The buyer's checks refused the offer.
+    #[error("offer refused: {0}")]
+    Refused(String),
+    /// The state machine refused the event.
+    #[error("swap refused the request: {0}")]
+    Swap(String),
+    /// No such swap.
+    #[error("no swap {0}")]
+    UnknownSwap(String),
+    /// A record does not decode.
+    #[error("swap record {id} does not decode: {reason}")]
+    Record {
+        /// The swap.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The Nostr transport failed.
+    #[error("nostr: {0}")]
+    Transport(String),
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Seller policy for new swaps.
+    pub seller_policy: SellerPolicy,
+    /// How often the chain is polled (and `Tick` fed).
+    pub chain_poll: Duration,
+    /// Every how many polls the on-chain wallet is synced.
+    pub wallet_sync_every: u32,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            seller_policy: SellerPolicy::default(),
+            chain_poll: Duration::from_secs(3),
+            wallet_sync_every: 5,
+        }
+    }
+}
+
+/// A notification of one swap, as subscribers receive it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwapNotification {
+    /// The swap.
+    pub swap_id: SwapId,
+    /// Sequence number in the swap's event log.
+    pub seq: u64,
+    /// What happened.
+    pub notification: Notification,
+}
+
+/// Everything the engine is built from.
+pub struct EngineParts {
+    /// The store.
+    pub store: Arc<dyn SwapStore>,
+    /// The on-chain wallet.
+    pub wallet: Arc<LooperWallet>,
+    /// Esplora client used to sync the wallet (`None`: the wallet is not synced by the engine).
+    pub wallet_sync: Option<esplora_client::AsyncClient>,
+    /// The chain source.
+    pub chain: Arc<dyn ChainSource>,
+    /// The Lightning node.
+    pub lightning: Arc<dyn Lightning>,
+    /// The Nostr transport.
+    pub transport: NostrTransport,
+    /// The swap master key (`NodeKeys::swap_master`).
+    pub swap_master: Xpriv,
+    /// Settings.
+    pub config: EngineConfig,
+}
+
+#[allow(clippy::large_enum_variant)]
+enum Machine {
+    Buyer(BuyerSwap),
+    Seller(SellerSwap),
+}
+
+impl Machine {
+    fn kind(&self) -> StateKind {
+        match self {
+            Machine::Buyer(b) => b.kind(),
+            Machine::Seller(s) => s.kind(),
+        }
+    }
+
+    fn state_name(&self) -> &'static str {
+        match self {
+            Machine::Buyer(b) => b.state.name(),
+            Machine::Seller(s) => s.state.name(),
+        }
+    }
+
+    fn peer(&self) -> &str {
+        match self {
+            Machine::Buyer(b) => &b.peer,
+            Machine::Seller(s) => &s.peer,
+        }
+    }
+
+    fn payment_hash(&self) -> Option<PaymentHash> {
+        match self {
+            Machine::Buyer(b) => b.payment_hash(),
+            Machine::Seller(s) => Some(s.payment_hash()),
+        }
+    }
+
+    fn relays(&self) -> Vec<String> {
+        match self {
+            Machine::Buyer(b) => b.offer.relays.clone(),
+            Machine::Seller(_) => Vec::new(),
+        }
+    }
+
+    fn record(&self, now: u64) -> Result<SwapRecord, EngineError> {
+        let (proto, role, created_at) = match self {
+            Machine::Buyer(b) => (ProtoRecord::Buyer(b.clone()), SwapRole::Buyer, b.created_at),
+            Machine::Seller(s) => (ProtoRecord::Seller(s.clone()), SwapRole::Seller, s.created_at),
+        };
+        let data = proto.to_bytes().map_err(|e| EngineError::Record {
+            id: proto.swap_id().to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(SwapRecord {
+            id: proto.swap_id(),
+            role,
+            state: self.state_name().to_string(),
+            status: status_of(self.kind()),
+            payment_hash: self.payment_hash(),
+            created_at,
+            updated_at: now,
+            data,
+        })
+    }
+}
+
+fn status_of(kind: StateKind) -> SwapStatus {
+    match kind {
+        StateKind::Pending => SwapStatus::Pending,
+        StateKind::Succeeded => SwapStatus::Succeeded,
+        StateKind::Failed => SwapStatus::Failed,
+    }
+}
+
+struct Active {
+    machine: Machine,
+    /// Scripts watched for the HTLC output and its spend.
+    watch: Vec<ScriptBuf>,
+    /// What was last reported per outpoint ("out"/"spent" key -> value), to feed changes only.
+    seen: HashMap<String, String>,
+}
+
+struct State {
+    swaps: HashMap<SwapId, Active>,
+    ctx: Context,
+    polls: u32,
+}
+
+struct Inner {
+    store: Arc<dyn SwapStore>,
+    wallet: Arc<LooperWallet>,
+    wallet_sync: Option<esplora_client::AsyncClient>,
+    chain: Arc<dyn ChainSource>,
+    lightning: Arc<dyn Lightning>,
+    transport: NostrTransport,
+    swap_master: Xpriv,
+    config: EngineConfig,
+    state: Mutex<State>,
+    notifications: broadcast::Sender<SwapNotification>,
+}
+
+/// The swap engine (cheap to clone; shared state).
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn blocking_store<T>(f: impl FnOnce() -> T) -> T {
+    // redb commits fsync; keep the runtime's worker usable meanwhile.
+    tokio::task::block_in_place(f)
+}
+
+impl Engine {
+    /// Builds the engine: loads every open swap, re-attaches its keys and carries out `resume`.
+    ///
+    /// # Errors
+    /// Store, chain or key errors. A record that does not decode is logged and skipped.
+    pub async fn start(parts: EngineParts) -> Result<Engine, EngineError> {
+        let (notifications, _) = broadcast::channel(1024);
+        let tip = parts.chain.tip_height().await?;
+        let fee_rate = fee_rate(&*parts.chain, &parts.wallet).await;
+        let ctx = Context { now_secs: now_secs(), tip_height: tip, fee_rate };
+        let inner = Arc::new(Inner {
+            store: parts.store,
+            wallet: parts.wallet,
+            wallet_sync: parts.wallet_sync,
+            chain: parts.chain,
+            lightning: parts.lightning,
+            transport: parts.transport,
+            swap_master: parts.swap_master,
+            config: parts.config,
+            state: Mutex::new(State { swaps: HashMap::new(), ctx, polls: 0 }),
+            notifications,
+        });
+        let engine = Engine { inner };
+        if let Err(e) = engine.sync_wallet().await {
+            tracing::warn!(error = %e, "wallet sync at start failed");
+        }
+        engine.resume_all().await?;
+        Ok(engine)
+    }
+
+    async fn resume_all(&self) -> Result<(), EngineError> {
+        let records =
+            blocking_store(|| self.inner.store.list_swaps(&crate::store::SwapFilter::pending()))?;
+        let mut st = self.inner.state.lock().await;
+        let ctx = st.ctx;
+        for rec in records {
+            let id = rec.id;
+            let proto = match ProtoRecord::from_bytes(&rec.data) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(swap = %id, error = %e, "cannot load swap record");
+                    continue;
+                }
+            };
+            let keys = SwapKeys::derive(&self.inner.swap_master, proto.key_index())
+                .map_err(|e| EngineError::Keys(e.to_string()))?;
+            let mut rng = rand::thread_rng();
+            let (machine, actions) = match proto {
+                ProtoRecord::Buyer(mut b) => {
+                    let r = b.attach_keys(keys).and_then(|_| b.resume(&ctx, &mut rng));
+                    (Machine::Buyer(b), r)
+                }
+                ProtoRecord::Seller(mut s) => {
+                    let r = s.attach_keys(keys).and_then(|_| s.resume(&ctx));
+                    (Machine::Seller(s), r)
+                }
+            };
+            let actions = match actions {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::error!(swap = %id, error = %e, "cannot resume swap");
+                    continue;
+                }
+            };
+            tracing::info!(swap = %id, state = machine.state_name(), "resuming swap");
+            st.swaps.insert(id, Active { machine, watch: Vec::new(), seen: HashMap::new() });
+            self.carry_out(&mut st, id, actions).await;
+        }
+        Ok(())
+    }
+
+    /// Subscribes to every swap's notifications.
+    pub fn subscribe(&self) -> broadcast::Receiver<SwapNotification> {
+        self.inner.notifications.subscribe()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn SwapStore> {
+        &self.inner.store
+    }
+
+    /// The wallet.
+    pub fn wallet(&self) -> &Arc<LooperWallet> {
+        &self.inner.wallet
+    }
+
+    /// The chain source.
+    pub fn chain(&self) -> &Arc<dyn ChainSource> {
+        &self.inner.chain
+    }
+
+    /// The Lightning node.
+    pub fn lightning(&self) -> &Arc<dyn Lightning> {
+        &self.inner.lightning
+    }
+
+    /// The Nostr transport.
+    pub fn transport(&self) -> &NostrTransport {
+        &self.inner.transport
+    }
+
+    /// Syncs the on-chain wallet (when a sync client was given).
+    ///
+    /// # Errors
+    /// Wallet sync errors.
+    pub async fn sync_wallet(&self) -> Result<(), EngineError> {
+        if let Some(client) = &self.inner.wallet_sync {
+            self.inner.wallet.sync(client).await?;
+        }
+        Ok(())
+    }
+
+    /// Seller: remembers `offer` (served from now on) and publishes it.
+    ///
+    /// # Errors
+    /// Store or transport errors.
+    pub async fn publish_offer(&self, offer: &Offer) -> Result<(), EngineError> {
+        let value = serde_json::to_value(offer).map_err(|e| EngineError::Record {
+            id: offer.offer_id.clone(),
+            reason: e.to_string(),
+        })?;
+        blocking_store(|| self.inner.store.put_offer(&offer.offer_id, &value))?;
+        self.inner
+            .transport
+            .publish_offer(offer)
+            .await
+            .map_err(|e| EngineError::Transport(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Seller: withdraws an offer (no new swaps from it). Returns whether it existed.
+    ///
+    /// # Errors
+    /// Store or transport errors.
+    pub async fn withdraw_offer(&self, offer_id: &str) -> Result<bool, EngineError> {
+        let existed = blocking_store(|| self.inner.store.delete_offer(offer_id))?;
+        self.inner
+            .transport
+            .withdraw_offer(offer_id)
+            .await
+            .map_err(|e| EngineError::Transport(e.to_string()))?;
+        Ok(existed)
+    }
+
+    /// Buyer: takes `offer` from `seller` for `amount_sat`. Returns the new swap's id.
+    ///
+    /// # Errors
+    /// [`EngineError::Refused`] when the offer does not fit the policy; store or key errors.
+    pub async fn take_offer(
+        &self,
+        offer: Offer,
+        seller: NostrPublicKey,
+        amount_sat: u64,
+        policy: BuyerPolicy,
+    ) -> Result<SwapId, EngineError> {
+        let mut st = self.inner.state.lock().await;
+        let ctx = st.ctx;
+        let index = blocking_store(|| self.inner.store.next_swap_index())?;
+        let keys = SwapKeys::derive(&self.inner.swap_master, index)
+            .map_err(|e| EngineError::Keys(e.to_string()))?;
+        let claim_destination = self.inner.wallet.new_address()?.script_pubkey();
+        let mut id = [0u8; 32];
+        rand::thread_rng().fill_bytes(&mut id);
+        let swap_id = SwapId(id);
+        let start = BuyerStart {
+            swap_id,
+            peer: seller.to_hex(),
+            offer,
+            amount_sat,
+            policy,
+            claim_destination,
+            keys,
+        };
+        let (swap, actions) =
+            BuyerSwap::start(start, &ctx).map_err(|e| EngineError::Refused(e.to_string()))?;
+        tracing::info!(swap = %swap_id, amount_sat, "taking offer");
+        st.swaps.insert(
+            swap_id,
+            Active { machine: Machine::Buyer(swap), watch: Vec::new(), seen: HashMap::new() },
+        );
+        self.carry_out(&mut st, swap_id, actions).await;
+        Ok(swap_id)
+    }
+
+    /// Asks a swap to abort (the state machine decides what that means in its state).
+    ///
+    /// # Errors
+    /// [`EngineError::UnknownSwap`], [`EngineError::Swap`].
+    pub async fn abort(&self, swap_id: SwapId) -> Result<(), EngineError> {
+        let mut st = self.inner.state.lock().await;
+        if !st.swaps.contains_key(&swap_id) {
+            return Err(EngineError::UnknownSwap(swap_id.to_string()));
+        }
+        self.feed(&mut st, swap_id, Event::UserAbort).await.map_err(EngineError::Swap)
+    }
+
+    /// The state name and kind of an active (in-memory) swap.
+    pub async fn swap_state(&self, swap_id: SwapId) -> Option<(String, StateKind)> {
+        let st = self.inner.state.lock().await;
+        st.swaps.get(&swap_id).map(|a| (a.machine.state_name().to_string(), a.machine.kind()))
+    }
+
+    /// The swap's current record as the protocol stores it (JSON), if the engine has it.
+    pub async fn swap_record(&self, swap_id: SwapId) -> Option<ProtoRecord> {
+        let st = self.inner.state.lock().await;
+        st.swaps.get(&swap_id).map(|a| match &a.machine {
+            Machine::Buyer(b) => ProtoRecord::Buyer(b.clone()),
+            Machine::Seller(s) => ProtoRecord::Seller(s.clone()),
+        })
+    }
+
+    /// Ids of the swaps the engine holds.
+    pub async fn swap_ids(&self) -> Vec<SwapId> {
+        self.inner.state.lock().await.swaps.keys().copied().collect()
+    }
+
+    /// Runs the event loop until `shutdown` resolves.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) {
+        let mut incoming = self.inner.transport.incoming();
+        let mut ln_events = self.inner.lightning.take_events();
+        let mut ticker = tokio::time::interval(self.inner.config.chain_poll);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                msg = recv_opt(&mut incoming) => match msg {
+                    Some(m) => self.on_incoming(m).await,
+                    None => incoming = None,
+                },
+                ev = recv_opt(&mut ln_events) => match ev {
+                    Some(e) => self.on_lightning(e).await,
+                    None => ln_events = None,
+                },
+                _ = ticker.tick() => self.poll().await,
+            }
+        }
+        tracing::info!("engine stopped");
+    }
+
+    async fn on_incoming(&self, inc: Incoming) {
+        let env = match inc.message {
+            Ok(env) => env,
+            Err(e) => {
+                tracing::debug!(sender = %inc.sender, error = %e, "undecodable swap message");
+                return;
+            }
+        };
+        let sender = inc.sender.to_hex();
+        let mut st = self.inner.state.lock().await;
+        let id = env.swap_id;
+        let known_peer = st.swaps.get(&id).map(|a| a.machine.peer().to_string());
+        match known_peer {
+            Some(peer) if peer == sender => {
+                if let Err(e) = self.feed(&mut st, id, Event::Message(env)).await {
+                    tracing::debug!(swap = %id, error = %e, "message refused");
+                }
+            }
+            Some(_) => {
+                tracing::warn!(swap = %id, sender = %sender, "message from a stranger for a known swap");
+                self.reply_error(&inc.sender, &env, ErrorCode::UnknownSwap, "unknown swap").await;
+            }
+            None => match &env.body {
+                Message::SwapRequest(_) => self.on_request(&mut st, inc.sender, env).await,
+                Message::Error(_) => {}
+                _ => {
+                    // A finished swap (not in memory) or a stranger.
+                    let stored = blocking_store(|| self.inner.store.get_swap(&id)).ok().flatten();
+                    if stored.is_none() {
+                        self.reply_error(&inc.sender, &env, ErrorCode::UnknownSwap, "unknown swap")
+                            .await;
+                    }
+                }
+            },
+        }
+    }
+
+    async fn reply_error(
+        &self,
+        to: &NostrPublicKey,
+        env: &Envelope,
+        code: ErrorCode,
+        message: &str,
+    ) {
+        if matches!(env.body, Message::Error(_)) {
+            return;
+        }
+        let reply = Envelope::error_reply(env.swap_id, 0, ErrorMessage::new(code, message));
+        if let Err(e) = self.inner.transport.send(to, &[], &reply).await {
+            tracing::debug!(error = %e, "cannot send error reply");
+        }
+    }
+
+    async fn on_request(&self, st: &mut State, sender: NostrPublicKey, env: Envelope) {
+        let Message::SwapRequest(req) = env.body.clone() else { return };
+        let id = env.swap_id;
+        if blocking_store(|| self.inner.store.get_swap(&id)).ok().flatten().is_some() {
+            return; // a finished swap's request again
+        }
+        let offer = blocking_store(|| self.inner.store.get_offer(&req.offer_id))
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_value::<Offer>(v).ok());
+        let Some(offer) = offer else {
+            self.reply_error(&sender, &env, ErrorCode::UnknownOffer, "no such offer").await;
+            return;
+        };
+        let keys = match blocking_store(|| self.inner.store.next_swap_index())
+            .map_err(|e| e.to_string())
+            .and_then(|i| SwapKeys::derive(&self.inner.swap_master, i).map_err(|e| e.to_string()))
+        {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot derive swap keys");
+                self.reply_error(&sender, &env, ErrorCode::Internal, "internal error").await;
+                return;
+            }
+        };
+        let refund = match self.inner.wallet.new_address() {
+            Ok(a) => a.script_pubkey(),
+            Err(e) => {
+                tracing::error!(error = %e, "no refund address");
+                self.reply_error(&sender, &env, ErrorCode::Internal, "internal error").await;
+                return;
+            }
+        };
+        match SellerSwap::from_request(
+            id,
+            sender.to_hex(),
+            offer,
+            req,
+            keys,
+            refund,
+            self.inner.config.seller_policy,
+            &st.ctx,
+        ) {
+            Ok((swap, actions)) => {
+                tracing::info!(swap = %id, amount_sat = swap.request.amount_sat, "new swap request accepted");
+                st.swaps.insert(
+                    id,
+                    Active {
+                        machine: Machine::Seller(swap),
+                        watch: Vec::new(),
+                        seen: HashMap::new(),
+                    },
+                );
+                self.carry_out(st, id, actions).await;
+            }
+            Err(err) => {
+                tracing::info!(swap = %id, error = %err.message, "swap request refused");
+                let reply = Envelope::error_reply(id, 0, err);
+                if let Err(e) = self.inner.transport.send(&sender, &[], &reply).await {
+                    tracing::debug!(error = %e, "cannot send error reply");
+                }
+            }
+        }
+    }
+
+    async fn on_lightning(&self, ev: LightningEvent) {
+        let mut st = self.inner.state.lock().await;
+        let by_hash = |st: &State, h: PaymentHash| {
+            st.swaps.iter().find(|(_, a)| a.machine.payment_hash() == Some(h)).map(|(id, _)| *id)
+        };
+        let (hash, event) = match ev {
+            LightningEvent::PaymentClaimable { payment_hash, amount_msat } => {
+                (payment_hash, Event::PaymentClaimable { payment_hash, amount_msat })
+            }
+            LightningEvent::PaymentClaimed { payment_hash, .. } => {
+                (payment_hash, Event::PaymentClaimed { payment_hash })
+            }
+            LightningEvent::PaymentSucceeded { payment_hash, preimage, .. } => {
+                (payment_hash, Event::PaymentSucceeded { preimage })
+            }
+            LightningEvent::PaymentFailed { payment_hash: Some(h), reason } => {
+                (h, Event::PaymentFailed { reason })
+            }
+            LightningEvent::PaymentFailed { payment_hash: None, .. } => return,
+        };
+        let Some(id) = by_hash(&st, hash) else {
+            tracing::debug!("lightning event for no swap");
+            return;
+        };
+        if let Err(e) = self.feed(&mut st, id, event).await {
+            tracing::debug!(swap = %id, error = %e, "lightning event refused");
+        }
+    }
+
+    /// One chain poll: new tip and fee rate, each watched script's output and spend, then a tick.
+    async fn poll(&self) {
+        let tip = match self.inner.chain.tip_height().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "chain poll failed");
+                return;
+            }
+        };
+        let fee_rate = fee_rate(&*self.inner.chain, &self.inner.wallet).await;
+        let sync_now = {
+            let mut st = self.inner.state.lock().await;
+            st.polls = st.polls.wrapping_add(1);
+            st.polls % self.inner.config.wallet_sync_every.max(1) == 0
+        };
+        if sync_now {
+            if let Err(e) = self.sync_wallet().await {
+                tracing::debug!(error = %e, "wallet sync failed");
+            }
+        }
+        let mut st = self.inner.state.lock().await;
+        st.ctx = Context { now_secs: now_secs(), tip_height: tip, fee_rate };
+        let ids: Vec<SwapId> = st
+            .swaps
+            .iter()
+            .filter(|(_, a)| !a.watch.is_empty() && a.machine.kind() == StateKind::Pending)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.check_chain(&mut st, id).await;
+        }
+        let pending: Vec<SwapId> = st
+            .swaps
+            .iter()
+            .filter(|(_, a)| a.machine.kind() == StateKind::Pending)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in pending {
+            if let Err(e) = self.feed(&mut st, id, Event::Tick).await {
+                tracing::debug!(swap = %id, error = %e, "tick refused");
+            }
+        }
+    }
+
+    async fn check_chain(&self, st: &mut State, id: SwapId) {
+        let Some(scripts) = st.swaps.get(&id).map(|a| a.watch.clone()) else { return };
+        for spk in scripts {
+            let history = match self.inner.chain.script_history(&spk).await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::debug!(swap = %id, error = %e, "script history failed");
+                    continue;
+                }
+            };
+            let mut events = Vec::new();
+            let mut outputs: Vec<OutPoint> = Vec::new();
+            for h in &history {
+                let txid = h.tx.compute_txid();
+                for (vout, o) in h.tx.output.iter().enumerate() {
+                    if o.script_pubkey != spk {
+                        continue;
+                    }
+                    let Ok(vout) = u32::try_from(vout) else { continue };
+                    let outpoint = OutPoint { txid, vout };
+                    outputs.push(outpoint);
+                    let key = format!("out {outpoint}");
+                    let val = format!("{:?}", h.status.height());
+                    events.push((
+                        key,
+                        val,
+                        Event::HtlcOutput {
+                            outpoint,
+                            value_sat: o.value.to_sat(),
+                            script_pubkey: spk.clone(),
+                            confirmed_height: h.status.height(),
+                        },
+                    ));
+                }
+            }
+            for op in &outputs {
+                let spender =
+                    history.iter().find(|h| h.tx.input.iter().any(|i| i.previous_output == *op));
+                if let Some(h) = spender {
+                    let key = format!("spent {op}");
+                    let val = format!("{} {:?}", h.tx.compute_txid(), h.status.height());
+                    events.push((
+                        key,
+                        val,
+                        Event::HtlcSpent { tx: h.tx.clone(), confirmed_height: h.status.height() },
+                    ));
+                }
+            }
+            for (key, val, event) in events {
+                let changed =
+                    st.swaps.get(&id).map(|a| a.seen.get(&key) != Some(&val)).unwrap_or(false);
+                if !changed {
+                    continue;
+                }
+                if let Some(a) = st.swaps.get_mut(&id) {
+                    a.seen.insert(key, val);
+                }
+                if let Err(e) = self.feed(st, id, event).await {
+                    tracing::debug!(swap = %id, error = %e, "chain event refused");
+                }
+            }
+        }
+    }
+
+    /// Feeds one event and carries out what follows (including events the actions produce).
+    async fn feed(&self, st: &mut State, id: SwapId, event: Event) -> Result<(), String> {
+        let ctx = st.ctx;
+        let actions = {
+            let Some(active) = st.swaps.get_mut(&id) else {
+                return Err("unknown swap".into());
+            };
+            let mut rng = rand::thread_rng();
+            match &mut active.machine {
+                Machine::Buyer(b) => b.handle(event, &ctx, &mut rng),
+                Machine::Seller(s) => s.handle(event, &ctx, &mut rng),
+            }
+            .map_err(|e| e.to_string())?
+        };
+        self.carry_out(st, id, actions).await;
+        Ok(())
+    }
+
+    /// Carries out `actions` in order, then the events they produced, until quiet.
+    async fn carry_out(&self, st: &mut State, id: SwapId, actions: Vec<Action>) {
+        let mut queue: VecDeque<Vec<Action>> = VecDeque::from([actions]);
+        while let Some(actions) = queue.pop_front() {
+            let mut followups = Vec::new();
+            for action in actions {
+                match self.act(st, id, action).await {
+                    Ok(Some(event)) => followups.push(event),
+                    Ok(None) => {}
+                    Err(Stop) => {
+                        // Persisting failed: nothing after it may happen.
+                        return;
+                    }
+                }
+            }
+            for event in followups {
+                let ctx = st.ctx;
+                let Some(active) = st.swaps.get_mut(&id) else { return };
+                let mut rng = rand::thread_rng();
+                let result = match &mut active.machine {
+                    Machine::Buyer(b) => b.handle(event, &ctx, &mut rng),
+                    Machine::Seller(s) => s.handle(event, &ctx, &mut rng),
+                };
+                match result {
+                    Ok(next) => queue.push_back(next),
+                    Err(e) => tracing::debug!(swap = %id, error = %e, "follow-up event refused"),
+                }
+            }
+        }
+    }
+
+    async fn act(&self, st: &mut State, id: SwapId, action: Action) -> Result<Option<Event>, Stop> {
+        let Some(active) = st.swaps.get_mut(&id) else { return Ok(None) };
+        match action {
+            Action::Persist => {
+                let now = now_secs();
+                let rec = match active.machine.record(now) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(swap = %id, error = %e, "cannot encode swap record");
+                        return Err(Stop);
+                    }
+                };
+                if let Err(e) = blocking_store(|| self.inner.store.put_swap(&rec)) {
+                    tracing::error!(swap = %id, error = %e, "cannot persist swap");
+                    return Err(Stop);
+                }
+                tracing::debug!(swap = %id, state = %rec.state, "persisted");
+                Ok(None)
+            }
+            Action::Send(env) => {
+                let peer = active.machine.peer().to_string();
+                let relays = active.machine.relays();
+                let Ok(pk) = NostrPublicKey::from_hex(&peer) else {
+                    tracing::error!(swap = %id, "peer key does not parse");
+                    return Ok(None);
+                };
+                if let Err(e) = self.inner.transport.send(&pk, &relays, &env).await {
+                    tracing::warn!(swap = %id, error = %e, "cannot send swap message");
+                }
+                Ok(None)
+            }
+            Action::CreateInvoice { payment_hash, amount_msat, expiry_secs, description } => {
+                match self
+                    .inner
+                    .lightning
+                    .receive_for_hash(payment_hash, amount_msat, expiry_secs, &description)
+                    .await
+                {
+                    Ok(invoice) => Ok(Some(Event::InvoiceCreated { invoice })),
+                    Err(e) => {
+                        tracing::error!(swap = %id, error = %e, "cannot create the swap invoice");
+                        Ok(None)
+                    }
+                }
+            }
+            Action::FundHtlc { script_pubkey, amount_sat } => {
+                if let Err(e) = self.sync_wallet().await {
+                    tracing::debug!(error = %e, "wallet sync before funding failed");
+                }
+                let rate = st.ctx.fee_rate;
+                match self
+                    .inner
+                    .wallet
+                    .build_funding_tx(&[(script_pubkey, Amount::from_sat(amount_sat))], rate)
+                {
+                    Ok(f) => match f.vouts.first() {
+                        Some(vout) => Ok(Some(Event::FundingBuilt { tx: f.tx, vout: *vout })),
+                        None => Ok(Some(Event::FundingFailed { reason: "no output".into() })),
+                    },
+                    Err(e) => Ok(Some(Event::FundingFailed { reason: e.to_string() })),
+                }
+            }
+            Action::Broadcast { tx, purpose } => {
+                self.broadcast(id, &tx, purpose).await;
+                Ok(None)
+            }
+            Action::WatchHtlc { script_pubkey } => {
+                if !active.watch.contains(&script_pubkey) {
+                    active.watch.push(script_pubkey);
+                }
+                Ok(None)
+            }
+            Action::PayInvoice { invoice, max_total_cltv_expiry_delta, .. } => {
+                match self.inner.lightning.pay(&invoice, max_total_cltv_expiry_delta).await {
+                    Ok(PayOutcome::Started) | Ok(PayOutcome::AlreadyPending) => Ok(None),
+                    Ok(PayOutcome::AlreadySucceeded(preimage)) => {
+                        Ok(Some(Event::PaymentSucceeded { preimage }))
+                    }
+                    Err(e) => Ok(Some(Event::PaymentFailed { reason: e.to_string() })),
+                }
+            }
+            Action::ClaimPayment { payment_hash, preimage, amount_msat } => {
+                if let Err(e) =
+                    self.inner.lightning.claim_for_hash(payment_hash, amount_msat, &preimage).await
+                {
+                    tracing::error!(swap = %id, error = %e, "cannot claim the held payment");
+                }
+                Ok(None)
+            }
+            Action::FailPayment { payment_hash } => {
+                if let Err(e) = self.inner.lightning.fail_for_hash(payment_hash).await {
+                    tracing::warn!(swap = %id, error = %e, "cannot fail the held payment");
+                }
+                Ok(None)
+            }
+            Action::Notify(notification) => {
+                tracing::info!(swap = %id, notification = ?notification, "swap progress");
+                let value = serde_json::to_value(&notification).unwrap_or_default();
+                let seq = blocking_store(|| self.inner.store.append_swap_event(&id, &value))
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(swap = %id, error = %e, "cannot log swap event");
+                        0
+                    });
+                // No subscriber is fine.
+                let _ = self.inner.notifications.send(SwapNotification {
+                    swap_id: id,
+                    seq,
+                    notification,
+                });
+                Ok(None)
+            }
+        }
+    }
+
+    async fn broadcast(&self, id: SwapId, tx: &Transaction, purpose: TxPurpose) {
+        match self.inner.chain.broadcast(tx).await {
+            Ok(txid) => {
+                tracing::info!(swap = %id, %txid, purpose = ?purpose, "broadcast");
+                if let Err(e) = self.inner.wallet.apply_unconfirmed(tx) {
+                    tracing::warn!(swap = %id, error = %e, "wallet did not record the transaction");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(swap = %id, purpose = ?purpose, error = %e, "broadcast failed");
+            }
+        }
+    }
+}
+
+/// Persisting failed: the rest of the actions must not run.
+struct Stop;
+
+async fn recv_opt<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn fee_rate(chain: &dyn ChainSource, wallet: &LooperWallet) -> FeeRate {
+    let rate =
+        chain.fee_rate(CLAIM_FEE_TARGET_BLOCKS).await.unwrap_or(FeeRate::from_sat_per_vb_u32(2));
+    wallet.capped(rate)
+}

@@ -1,0 +1,528 @@
+//! Lightning for the engine: one [`Lightning`] trait (object-safe, `Arc<dyn Lightning>`) and its
+//! ldk-node implementation, [`LdkLightning`].
+//!
+//! The seller's swap invoice is a hold invoice (`receive_for_hash`): the payment is held until the
+//! engine claims it (`claim_for_hash`) or fails it back (`fail_for_hash`). The buyer pays with a cap
+//! on the route's total CLTV. Events come back through [`Lightning::take_events`] as
+//! [`LightningEvent`]s keyed by payment hash, so the engine can route them to the swap.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bitcoin::hashes::Hash;
+use bitcoin::secp256k1::PublicKey;
+use bitcoin::Network;
+use ldk_node::config::{BackgroundSyncConfig, EsploraSyncConfig};
+use ldk_node::lightning::ln::channelmanager::PaymentId;
+use ldk_node::lightning::ln::msgs::SocketAddress;
+use ldk_node::lightning::routing::router::RouteParametersConfig;
+use ldk_node::lightning_invoice::{Bolt11Invoice, Bolt11InvoiceDescription, Description};
+use ldk_node::lightning_types::payment::{
+    PaymentHash as LdkPaymentHash, PaymentPreimage as LdkPreimage,
+};
+use ldk_node::payment::PaymentStatus;
+use ldk_node::{Builder, Node};
+use looper_protocol::{PaymentHash, Preimage};
+use tokio::sync::mpsc;
+
+/// An event of the Lightning node that concerns swaps.
+#[derive(Debug, Clone)]
+pub enum LightningEvent {
+    /// A payment to one of our hold invoices is held, waiting for a claim or a failure.
+    PaymentClaimable {
+        /// Its hash.
+        payment_hash: PaymentHash,
+        /// What it pays.
+        amount_msat: u64,
+    },
+    /// A payment to us was claimed.
+    PaymentClaimed {
+        /// Its hash.
+        payment_hash: PaymentHash,
+        /// What it paid.
+        amount_msat: u64,
+    },
+    /// A payment we sent succeeded.
+    PaymentSucceeded {
+        /// Its hash.
+        payment_hash: PaymentHash,
+        /// The preimage it revealed.
+        preimage: Preimage,
+        /// Routing fee paid.
+        fee_paid_msat: Option<u64>,
+    },
+    /// A payment we sent failed for good.
+    PaymentFailed {
+        /// Its hash (when known).
+        payment_hash: Option<PaymentHash>,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// What [`Lightning::pay`] found or started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PayOutcome {
+    /// A new payment is under way; its result comes as an event.
+    Started,
+    /// The invoice was paid before (a resumed swap): the payment is still in flight.
+    AlreadyPending,
+    /// The invoice was paid before and succeeded: here is the preimage.
+    AlreadySucceeded(Preimage),
+}
+
+/// A channel, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ChannelInfo {
+    /// Channel id (hex).
+    pub channel_id: String,
+    /// The peer's node id.
+    pub counterparty: String,
+    /// Channel size.
+    pub capacity_sat: u64,
+    /// What we can send.
+    pub outbound_msat: u64,
+    /// What we can receive.
+    pub inbound_msat: u64,
+    /// Whether it is ready.
+    pub ready: bool,
+    /// Whether it is usable now.
+    pub usable: bool,
+}
+
+/// Errors of the Lightning node; they never contain secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum LightningError {
+    /// The node could not be built.
+    #[error("cannot build the lightning node: {0}")]
+    Build(String),
+    /// An operation of the node failed.
+    #[error("lightning node failed to {op}: {reason}")]
+    Node {
+        /// The operation.
+        op: &'static str,
+        /// ldk-node's error.
+        reason: String,
+    },
+    /// Input that does not parse.
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// What.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A blocking task died.
+    #[error("lightning task failed: {0}")]
+    Task(String),
+}
+
+fn node_err(op: &'static str) -> impl FnOnce(ldk_node::NodeError) -> LightningError {
+    move |e| LightningError::Node { op, reason: e.to_string() }
+}
+
+/// The Lightning node, as the engine and the API use it.
+#[async_trait]
+pub trait Lightning: Send + Sync {
+    /// Our node id.
+    fn node_id(&self) -> PublicKey;
+
+    /// The event stream (returned once; later calls return `None`).
+    fn take_events(&self) -> Option<mpsc::Receiver<LightningEvent>>;
+
+    /// A hold invoice for `payment_hash`.
+    async fn receive_for_hash(
+        &self,
+        payment_hash: PaymentHash,
+        amount_msat: u64,
+        expiry_secs: u32,
+        description: &str,
+    ) -> Result<String, LightningError>;
+
+    /// Claims a held payment.
+    async fn claim_for_hash(
+        &self,
+        payment_hash: PaymentHash,
+        amount_msat: u64,
+        preimage: &Preimage,
+    ) -> Result<(), LightningError>;
+
+    /// Fails a held payment back.
+    async fn fail_for_hash(&self, payment_hash: PaymentHash) -> Result<(), LightningError>;
+
+    /// Pays a BOLT11 invoice with a cap on the route's total CLTV. Idempotent: an invoice paid
+    /// before reports [`PayOutcome::AlreadyPending`] or [`PayOutcome::AlreadySucceeded`].
+    async fn pay(
+        &self,
+        invoice: &str,
+        max_total_cltv_expiry_delta: u32,
+    ) -> Result<PayOutcome, LightningError>;
+
+    /// A plain invoice (auto-claimed).
+    async fn invoice(
+        &self,
+        amount_msat: u64,
+        description: &str,
+        expiry_secs: u32,
+    ) -> Result<String, LightningError>;
+
+    /// Opens a channel to `node_id` at `address` ("host:port").
+    async fn open_channel(
+        &self,
+        node_id: PublicKey,
+        address: &str,
+        capacity_sat: u64,
+        push_msat: Option<u64>,
+    ) -> Result<(), LightningError>;
+
+    /// Our channels.
+    fn channels(&self) -> Vec<ChannelInfo>;
+
+    /// A new on-chain address of the Lightning node's own wallet (to fund channels).
+    async fn onchain_address(&self) -> Result<bitcoin::Address, LightningError>;
+
+    /// Spendable on-chain balance of the Lightning node's wallet.
+    fn onchain_spendable_sat(&self) -> u64;
+
+    /// Syncs the Lightning and on-chain wallets now.
+    async fn sync(&self) -> Result<(), LightningError>;
+
+    /// Stops the node.
+    async fn stop(&self) -> Result<(), LightningError>;
+}
+
+/// How to build an [`LdkLightning`].
+#[derive(Debug, Clone)]
+pub struct LdkConfig {
+    /// The network.
+    pub network: Network,
+    /// Esplora URL.
+    pub esplora_url: String,
+    /// Storage directory (`DATADIR/ldk`).
+    pub storage_dir: std::path::PathBuf,
+    /// Listening addresses ("127.0.0.1:9735").
+    pub listen: Vec<String>,
+    /// Node alias.
+    pub alias: Option<String>,
+    /// Background sync interval (seconds) for the on-chain and Lightning wallets and fees.
+    pub sync_interval_secs: u64,
+}
+
+/// [`Lightning`] over an embedded ldk-node.
+pub struct LdkLightning {
+    node: Arc<Node>,
+    events: Mutex<Option<mpsc::Receiver<LightningEvent>>>,
+    pump: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for LdkLightning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LdkLightning").field("node_id", &self.node.node_id()).finish()
+    }
+}
+
+fn to_hash(h: &LdkPaymentHash) -> PaymentHash {
+    PaymentHash(h.0)
+}
+
+impl LdkLightning {
+    /// Builds and starts the node (entropy: the node seed's derived ldk-node seed). Must be called
+    /// within a multi-threaded tokio runtime. Starts a task forwarding the node's events.
+    ///
+    /// # Errors
+    /// [`LightningError::Build`] (bad address, unreachable Esplora, storage).
+    pub async fn start(config: LdkConfig, entropy: [u8; 64]) -> Result<Self, LightningError> {
+        let node = tokio::task::spawn_blocking(move || build_node(&config, entropy))
+            .await
+            .map_err(|e| LightningError::Task(e.to_string()))??;
+        let node = Arc::new(node);
+        let (tx, rx) = mpsc::channel(1024);
+        let pump_node = Arc::clone(&node);
+        let pump = tokio::spawn(async move {
+            loop {
+                let event = pump_node.next_event_async().await;
+                if let Some(mapped) = map_event(&event) {
+                    if tx.send(mapped).await.is_err() {
+                        // Nobody listens: leave the event queued for the next start.
+                        break;
+                    }
+                }
+                if let Err(e) = pump_node.event_handled() {
+                    tracing::warn!(error = %e, "ldk-node event_handled failed");
+                }
+            }
+        });
+        Ok(Self { node, events: Mutex::new(Some(rx)), pump: Mutex::new(Some(pump)) })
+    }
+
+    /// The ldk-node instance (tests, diagnostics).
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Node) -> Result<T, LightningError> + Send + 'static,
+    ) -> Result<T, LightningError> {
+        let node = Arc::clone(&self.node);
+        tokio::task::spawn_blocking(move || f(&node))
+            .await
+            .map_err(|e| LightningError::Task(e.to_string()))?
+    }
+}
+
+fn build_node(config: &LdkConfig, entropy: [u8; 64]) -> Result<Node, LightningError> {
+    let secs = config.sync_interval_secs.max(1);
+    let sync = EsploraSyncConfig {
+        background_sync_config: Some(BackgroundSyncConfig {
+            onchain_wallet_sync_interval_secs: secs,
+            lightning_wallet_sync_interval_secs: secs,
+            fee_rate_cache_update_interval_secs: secs,
+        }),
+    };
+    let mut builder = Builder::new();
+    builder.set_network(config.network);
+    builder.set_storage_dir_path(config.storage_dir.to_string_lossy().into_owned());
+    builder.set_entropy_seed_bytes(entropy);
+    if !config.listen.is_empty() {
+        let addrs = config
+            .listen
+            .iter()
+            .map(|a| {
+                SocketAddress::from_str(a).map_err(|_| LightningError::Invalid {
+                    what: "listen address",
+                    reason: a.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        builder.set_listening_addresses(addrs).map_err(|e| LightningError::Build(e.to_string()))?;
+    }
+    if let Some(alias) = &config.alias {
+        builder.set_node_alias(alias.clone()).map_err(|e| LightningError::Build(e.to_string()))?;
+    }
+    builder.set_chain_source_esplora(config.esplora_url.clone(), Some(sync));
+    let node = builder.build().map_err(|e| LightningError::Build(e.to_string()))?;
+    node.start().map_err(|e| LightningError::Build(e.to_string()))?;
+    Ok(node)
+}
+
+fn map_event(event: &ldk_node::Event) -> Option<LightningEvent> {
+    match event {
+        ldk_node::Event::PaymentClaimable { payment_hash, claimable_amount_msat, .. } => {
+            Some(LightningEvent::PaymentClaimable {
+                payment_hash: to_hash(payment_hash),
+                amount_msat: *claimable_amount_msat,
+            })
+        }
+        ldk_node::Event::PaymentReceived { payment_hash, amount_msat, .. } => {
+            Some(LightningEvent::PaymentClaimed {
+                payment_hash: to_hash(payment_hash),
+                amount_msat: *amount_msat,
+            })
+        }
+        ldk_node::Event::PaymentSuccessful {
+            payment_hash,
+            payment_preimage,
+            fee_paid_msat,
+            ..
+        } => payment_preimage.map(|p| LightningEvent::PaymentSucceeded {
+            payment_hash: to_hash(payment_hash),
+            preimage: Preimage(p.0),
+            fee_paid_msat: *fee_paid_msat,
+        }),
+        ldk_node::Event::PaymentFailed { payment_hash, reason, .. } => {
+            Some(LightningEvent::PaymentFailed {
+                payment_hash: payment_hash.as_ref().map(to_hash),
+                reason: reason.map(|r| format!("{r:?}")).unwrap_or_else(|| "unknown".into()),
+            })
+        }
+        other => {
+            tracing::debug!(event = ?std::mem::discriminant(other), "lightning event");
+            None
+        }
+    }
+}
+
+fn description(text: &str) -> Result<Bolt11InvoiceDescription, LightningError> {
+    Description::new(text.to_string())
+        .map(Bolt11InvoiceDescription::Direct)
+        .map_err(|e| LightningError::Invalid { what: "description", reason: e.to_string() })
+}
+
+#[async_trait]
+impl Lightning for LdkLightning {
+    fn node_id(&self) -> PublicKey {
+        self.node.node_id()
+    }
+
+    fn take_events(&self) -> Option<mpsc::Receiver<LightningEvent>> {
+        self.events.lock().ok().and_then(|mut g| g.take())
+    }
+
+    async fn receive_for_hash(
+        &self,
+        payment_hash: PaymentHash,
+        amount_msat: u64,
+        expiry_secs: u32,
+        desc: &str,
+    ) -> Result<String, LightningError> {
+        let desc = description(desc)?;
+        self.blocking(move |node| {
+            node.bolt11_payment()
+                .receive_for_hash(amount_msat, &desc, expiry_secs, LdkPaymentHash(payment_hash.0))
+                .map(|i| i.to_string())
+                .map_err(node_err("create a hold invoice"))
+        })
+        .await
+    }
+
+    async fn claim_for_hash(
+        &self,
+        payment_hash: PaymentHash,
+        amount_msat: u64,
+        preimage: &Preimage,
+    ) -> Result<(), LightningError> {
+        let preimage = LdkPreimage(preimage.0);
+        self.blocking(move |node| {
+            // Already claimed (a resumed swap): nothing to do.
+            if let Some(p) = node.payment(&PaymentId(payment_hash.0)) {
+                if p.status == PaymentStatus::Succeeded {
+                    return Ok(());
+                }
+            }
+            node.bolt11_payment()
+                .claim_for_hash(LdkPaymentHash(payment_hash.0), amount_msat, preimage)
+                .map_err(node_err("claim a held payment"))
+        })
+        .await
+    }
+
+    async fn fail_for_hash(&self, payment_hash: PaymentHash) -> Result<(), LightningError> {
+        self.blocking(move |node| {
+            node.bolt11_payment()
+                .fail_for_hash(LdkPaymentHash(payment_hash.0))
+                .map_err(node_err("fail a held payment"))
+        })
+        .await
+    }
+
+    async fn pay(
+        &self,
+        invoice: &str,
+        max_total_cltv_expiry_delta: u32,
+    ) -> Result<PayOutcome, LightningError> {
+        let invoice = Bolt11Invoice::from_str(invoice)
+            .map_err(|e| LightningError::Invalid { what: "invoice", reason: e.to_string() })?;
+        self.blocking(move |node| {
+            let id = PaymentId(invoice.payment_hash().to_byte_array());
+            let known = |node: &Node| -> Option<PayOutcome> {
+                let p = node.payment(&id)?;
+                match p.status {
+                    PaymentStatus::Pending => Some(PayOutcome::AlreadyPending),
+                    PaymentStatus::Succeeded => match p.kind {
+                        ldk_node::payment::PaymentKind::Bolt11 { preimage: Some(pre), .. } => {
+                            Some(PayOutcome::AlreadySucceeded(Preimage(pre.0)))
+                        }
+                        _ => Some(PayOutcome::AlreadyPending),
+                    },
+                    PaymentStatus::Failed => None,
+                }
+            };
+            if let Some(outcome) = known(node) {
+                return Ok(outcome);
+            }
+            let params = RouteParametersConfig {
+                max_total_cltv_expiry_delta,
+                ..RouteParametersConfig::default()
+            };
+            match node.bolt11_payment().send(&invoice, Some(params)) {
+                Ok(_) => Ok(PayOutcome::Started),
+                Err(ldk_node::NodeError::DuplicatePayment) => {
+                    Ok(known(node).unwrap_or(PayOutcome::AlreadyPending))
+                }
+                Err(e) => Err(LightningError::Node { op: "pay an invoice", reason: e.to_string() }),
+            }
+        })
+        .await
+    }
+
+    async fn invoice(
+        &self,
+        amount_msat: u64,
+        desc: &str,
+        expiry_secs: u32,
+    ) -> Result<String, LightningError> {
+        let desc = description(desc)?;
+        self.blocking(move |node| {
+            node.bolt11_payment()
+                .receive(amount_msat, &desc, expiry_secs)
+                .map(|i| i.to_string())
+                .map_err(node_err("create an invoice"))
+        })
+        .await
+    }
+
+    async fn open_channel(
+        &self,
+        node_id: PublicKey,
+        address: &str,
+        capacity_sat: u64,
+        push_msat: Option<u64>,
+    ) -> Result<(), LightningError> {
+        let addr = SocketAddress::from_str(address).map_err(|_| LightningError::Invalid {
+            what: "peer address",
+            reason: address.to_string(),
+        })?;
+        self.blocking(move |node| {
+            node.open_channel(node_id, addr, capacity_sat, push_msat, None)
+                .map(|_| ())
+                .map_err(node_err("open a channel"))
+        })
+        .await
+    }
+
+    fn channels(&self) -> Vec<ChannelInfo> {
+        self.node
+            .list_channels()
+            .into_iter()
+            .map(|c| ChannelInfo {
+                channel_id: c.channel_id.to_string(),
+                counterparty: c.counterparty_node_id.to_string(),
+                capacity_sat: c.channel_value_sats,
+                outbound_msat: c.outbound_capacity_msat,
+                inbound_msat: c.inbound_capacity_msat,
+                ready: c.is_channel_ready,
+                usable: c.is_usable,
+            })
+            .collect()
+    }
+
+    async fn onchain_address(&self) -> Result<bitcoin::Address, LightningError> {
+        self.blocking(|node| {
+            node.onchain_payment().new_address().map_err(node_err("create an on-chain address"))
+        })
+        .await
+    }
+
+    fn onchain_spendable_sat(&self) -> u64 {
+        self.node.list_balances().spendable_onchain_balance_sats
+    }
+
+    async fn sync(&self) -> Result<(), LightningError> {
+        self.blocking(|node| node.sync_wallets().map_err(node_err("sync wallets"))).await
+    }
+
+    async fn stop(&self) -> Result<(), LightningError> {
+        if let Some(pump) = self.pump.lock().ok().and_then(|mut g| g.take()) {
+            pump.abort();
+        }
+        self.blocking(|node| node.stop().map_err(node_err("stop"))).await
+    }
+}
+
+/// The ldk-node storage directory inside a data directory.
+pub fn storage_dir(datadir: &Path) -> std::path::PathBuf {
+    datadir.join("ldk")
+}

@@ -1,0 +1,313 @@
+//! Two engines (seller, buyer), each with its own ldk-node, redb store and BDK wallet, on the
+//! embedded regtest chain and a local Nostr relay: a real channel buyer -> seller, the seller
+//! publishes an offer, the buyer takes it, and the loop out runs to the end (cooperative claim;
+//! script-path claim with the seller's co-signing off).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use bitcoin::{Amount, FeeRate, Network};
+use looper_node::chain::EsploraChainSource;
+use looper_node::engine::{Engine, EngineConfig, EngineParts};
+use looper_node::lightning::{LdkConfig, LdkLightning, Lightning};
+use looper_node::nostr::{MemoryProcessedEvents, NostrTransport, TransportConfig};
+use looper_node::seed::{Mnemonic, NodeKeys};
+use looper_node::store::RedbStore;
+use looper_node::wallet::LooperWallet;
+use looper_protocol::buyer::BuyerPolicy;
+use looper_protocol::messages::Offer;
+use looper_protocol::record::SwapRecord;
+use looper_protocol::seller::SellerPolicy;
+use looper_protocol::swap::{StateKind, TxPurpose};
+use looper_protocol::{SwapDirection, SwapId};
+use looper_regtest::RegtestChain;
+use nostr_relay_builder::prelude::*;
+
+const TIMEOUT: Duration = Duration::from_secs(240);
+
+struct Party {
+    engine: Engine,
+    ln: Arc<LdkLightning>,
+    wallet: Arc<LooperWallet>,
+    listen: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn party(
+    chain: &RegtestChain,
+    relay: &str,
+    dir: &std::path::Path,
+    seller_policy: SellerPolicy,
+) -> Result<Party> {
+    std::fs::create_dir_all(dir)?;
+    let mnemonic = Mnemonic::generate()?;
+    let keys = NodeKeys::from_mnemonic(&mnemonic, Network::Regtest)?;
+    let store = RedbStore::open(&dir.join("looper.redb"))?;
+    let wallet = Arc::new(LooperWallet::load_or_create(
+        store.database(),
+        &keys,
+        Network::Regtest,
+        FeeRate::from_sat_per_vb_u32(50),
+    )?);
+    let esplora = EsploraChainSource::new(&chain.esplora_url(), FeeRate::from_sat_per_vb_u32(2))?;
+    let sync_client = esplora.client().clone();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let ln = Arc::new(
+        LdkLightning::start(
+            LdkConfig {
+                network: Network::Regtest,
+                esplora_url: chain.esplora_url(),
+                storage_dir: dir.join("ldk"),
+                listen: vec![listen.clone()],
+                alias: None,
+                sync_interval_secs: 2,
+            },
+            keys.ldk_seed_bytes()?,
+        )
+        .await?,
+    );
+    let mut tc = TransportConfig::new(keys.nostr_secret_key()?.secret_bytes(), vec![relay.into()]);
+    tc.retry_interval = Duration::from_secs(1);
+    tc.fetch_timeout = Duration::from_secs(5);
+    let transport = NostrTransport::connect(tc, Arc::new(MemoryProcessedEvents::new())).await?;
+    let engine = Engine::start(EngineParts {
+        store: Arc::new(store),
+        wallet: Arc::clone(&wallet),
+        wallet_sync: Some(sync_client),
+        chain: esplora.into_dyn(),
+        lightning: ln.clone() as Arc<dyn Lightning>,
+        transport,
+        swap_master: keys.swap_master()?,
+        config: EngineConfig {
+            seller_policy,
+            chain_poll: Duration::from_secs(1),
+            wallet_sync_every: 2,
+        },
+    })
+    .await?;
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(engine.clone().run(async move {
+        let _ = rx.await;
+    }));
+    Ok(Party { engine, ln, wallet, listen, stop: Some(stop), task })
+}
+
+async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn offer(seller_ln: bitcoin::secp256k1::PublicKey, relay: &str, id: &str) -> Offer {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    Offer {
+        version: 1,
+        offer_id: id.into(),
+        network: Network::Regtest,
+        direction: SwapDirection::LoopOut,
+        min_amount_sat: 10_000,
+        max_amount_sat: 1_000_000,
+        fee_base_sat: 1_000,
+        fee_ppm: 2_500,
+        funding_fee_sat: 300,
+        prepay_sat: None,
+        min_confirmations: 1,
+        timeout_delta: 144,
+        claim_margin: 20,
+        invoice_expiry_secs: 3_600,
+        ln_node_id: seller_ln,
+        ln_address: None,
+        relays: vec![relay.into()],
+        pow_difficulty: None,
+        expires_at: now + 86_400,
+    }
+}
+
+fn balance(w: &LooperWallet) -> u64 {
+    w.balance().map(|b| b.total().to_sat()).unwrap_or(0)
+}
+
+async fn loop_out(cooperative: bool) -> Result<()> {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "looper_node=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+    let tmp = tempfile::tempdir()?;
+    // LOOPER_KEEP_TESTDIR=1 keeps the chain, ldk-node logs and stores for a post-mortem.
+    let (_guard, dir) = if std::env::var_os("LOOPER_KEEP_TESTDIR").is_some() {
+        let p = tmp.keep();
+        eprintln!("test dir (kept): {}", p.display());
+        (None, p)
+    } else {
+        let p = tmp.path().to_path_buf();
+        (Some(tmp), p)
+    };
+    let chain = Arc::new(RegtestChain::start(dir.join("chain"))?);
+    let relay = LocalRelay::new(RelayBuilder::default().rate_limit(
+        nostr_relay_builder::builder::RateLimit { max_reqs: 500, notes_per_minute: 100_000 },
+    ));
+    relay.run().await?;
+    let relay_url = relay.url().await.to_string();
+
+    let mut seller = party(
+        &chain,
+        &relay_url,
+        &dir.join("seller"),
+        SellerPolicy { cooperative_claims: cooperative },
+    )
+    .await?;
+    let mut buyer = party(&chain, &relay_url, &dir.join("buyer"), SellerPolicy::default()).await?;
+
+    // Fund: the seller's swap wallet (HTLCs), the buyer's Lightning wallet (channel), the
+    // seller's Lightning wallet (anchor reserve).
+    chain.fund_address(&seller.wallet.new_address()?, Amount::from_sat(2_000_000))?;
+    chain.fund_address(&buyer.ln.onchain_address().await?, Amount::from_sat(3_000_000))?;
+    chain.fund_address(&seller.ln.onchain_address().await?, Amount::from_sat(200_000))?;
+    wait_for("lightning wallets funded", || async {
+        let _ = buyer.ln.sync().await;
+        let _ = seller.ln.sync().await;
+        (buyer.ln.onchain_spendable_sat() >= 3_000_000
+            && seller.ln.onchain_spendable_sat() >= 200_000)
+            .then_some(())
+    })
+    .await?;
+
+    // Channel buyer -> seller.
+    buyer.ln.open_channel(seller.ln.node_id(), &seller.listen, 2_000_000, None).await?;
+    let c = chain.clone();
+    wait_for("channel funding in the mempool", || {
+        let c = c.clone();
+        async move { (c.mempool_size().ok()? > 0).then_some(()) }
+    })
+    .await?;
+    chain.mine(6)?;
+    wait_for("channel usable", || async {
+        let _ = buyer.ln.sync().await;
+        let _ = seller.ln.sync().await;
+        (buyer.ln.channels().iter().any(|c| c.usable)
+            && seller.ln.channels().iter().any(|c| c.usable))
+        .then_some(())
+    })
+    .await?;
+
+    // Blocks keep coming while the swap runs.
+    let miner_chain = chain.clone();
+    let miner = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let c = miner_chain.clone();
+            let _ = tokio::task::spawn_blocking(move || c.mine(1)).await;
+        }
+    });
+
+    // The seller publishes; the buyer takes.
+    let offer = offer(seller.ln.node_id(), &relay_url, "regtest-offer");
+    seller.engine.publish_offer(&offer).await?;
+    seller.engine.sync_wallet().await?;
+    buyer.engine.sync_wallet().await?;
+    let buyer_before = balance(&buyer.wallet);
+    // ldk-node accepts inbound HTLCs in flight up to 10% of the channel by default.
+    let amount = 100_000;
+    let seller_pk = seller.engine.transport().public_key();
+    let policy =
+        BuyerPolicy { max_total_fee_sat: 10_000, max_route_cltv: 200, min_confirmations: 1 };
+    let swap_id: SwapId = buyer.engine.take_offer(offer, seller_pk, amount, policy).await?;
+
+    let kind = wait_for("buyer swap finished", || async {
+        match buyer.engine.swap_state(swap_id).await {
+            Some((_, k)) if k != StateKind::Pending => Some(k),
+            _ => None,
+        }
+    })
+    .await?;
+    let (state, _) = buyer.engine.swap_state(swap_id).await.unwrap();
+    let events = buyer.engine.store().swap_events(&swap_id, 0)?;
+    assert_eq!(kind, StateKind::Succeeded, "buyer ended in {state}: {events:#?}");
+    assert_eq!(state, "Claimed");
+    let wanted = if cooperative { TxPurpose::CooperativeClaim } else { TxPurpose::ScriptClaim };
+    let purposes: Vec<TxPurpose> = events
+        .iter()
+        .filter(|e| e.event["event"] == "broadcast")
+        .map(|e| serde_json::from_value(e.event["purpose"].clone()).unwrap())
+        .collect();
+    assert_eq!(purposes, vec![wanted], "{events:#?}");
+
+    let seller_state = wait_for("seller swap finished", || async {
+        match seller.engine.swap_state(swap_id).await {
+            Some((s, k)) if k != StateKind::Pending => Some(s),
+            _ => None,
+        }
+    })
+    .await?;
+    assert_eq!(seller_state, "Claimed");
+
+    // The buyer's wallet got the HTLC minus the claim fee.
+    let Some(SwapRecord::Buyer(b)) = buyer.engine.swap_record(swap_id).await else {
+        bail!("no buyer record")
+    };
+    let looper_protocol::buyer::BuyerState::Claimed { claim_txid, received_sat, .. } = b.state
+    else {
+        bail!("not claimed")
+    };
+    let claim = buyer.engine.chain().get_tx(&claim_txid).await?.expect("claim tx");
+    let claim_fee = amount - claim.output.iter().map(|o| o.value.to_sat()).sum::<u64>();
+    assert_eq!(received_sat, amount - claim_fee);
+    let after = wait_for("claim in the buyer's wallet", || async {
+        buyer.engine.sync_wallet().await.ok()?;
+        let b = balance(&buyer.wallet);
+        (b > buyer_before).then_some(b)
+    })
+    .await?;
+    assert_eq!(after - buyer_before, amount - claim_fee);
+    eprintln!(
+        "loop out ({}) done: claim fee {claim_fee} sat, claim vsize {}",
+        if cooperative { "cooperative" } else { "script path" },
+        claim.vsize()
+    );
+
+    miner.abort();
+    for p in [&mut seller, &mut buyer] {
+        if let Some(s) = p.stop.take() {
+            let _ = s.send(());
+        }
+    }
+    for p in [seller, buyer] {
+        let _ = p.task.await;
+        p.engine.transport().shutdown().await;
+        p.ln.stop().await?;
+    }
+    relay.shutdown();
+    drop(chain);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn loop_out_cooperative_claim() -> Result<()> {
+    loop_out(true).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn loop_out_script_path_claim() -> Result<()> {
+    loop_out(false).await
+}
