@@ -1,0 +1,261 @@
+//! Buyer and seller engines run whole swaps over nostr-relay-builder's relay on 127.0.0.1.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, Result};
+use bitcoin::Network;
+use looper_conformance::{drive, lock, settle, Behaviour, Engine, SharedWorld, World};
+use looper_node::nostr::wire::{self, Envelope};
+use looper_node::nostr::{
+    Incoming, MemoryProcessedEvents, NostrTransport, OfferFilter, SendOptions, TransportConfig,
+};
+use looper_protocol::buyer::BuyerState;
+use looper_protocol::messages::{AbortReason, ErrorCode, Message, SwapAbort, SUPPORTED_VERSIONS};
+use looper_protocol::seller::SellerState;
+use looper_protocol::swap::TxPurpose;
+use nostr_relay_builder::prelude::{Keys, LocalRelay, RelayBuilder};
+use tokio::sync::mpsc;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn start_relay() -> Result<(LocalRelay, String)> {
+    let relay = LocalRelay::new(RelayBuilder::default().rate_limit(
+        nostr_relay_builder::builder::RateLimit { max_reqs: 500, notes_per_minute: 100_000 },
+    ));
+    relay.run().await?;
+    let url = relay.url().await.to_string();
+    Ok((relay, url))
+}
+
+async fn transport(url: &str) -> Result<NostrTransport> {
+    let keys = Keys::generate();
+    let mut c = TransportConfig::new(keys.secret_key().to_secret_bytes(), vec![url.to_string()]);
+    c.retry_interval = Duration::from_secs(1);
+    c.fetch_timeout = Duration::from_secs(5);
+    Ok(NostrTransport::connect(c, Arc::new(MemoryProcessedEvents::new())).await?)
+}
+
+struct Setup {
+    relay: LocalRelay,
+    url: String,
+    world: SharedWorld,
+    buyer: Engine,
+    seller: Engine,
+}
+
+/// Seller publishes its offer; the buyer discovers it on the relay and takes it.
+async fn setup(buyer_b: Behaviour, seller_b: Behaviour) -> Result<Setup> {
+    let (relay, url) = start_relay().await?;
+    let world = World::shared()?;
+    let seller_t = transport(&url).await?;
+    let offer = looper_conformance::offer(&world, "conformance", vec![url.clone()])?;
+    seller_t.publish_offer(&offer).await?;
+    let seller = Engine::seller(seller_t, world.clone(), offer, seller_b)?;
+
+    let buyer_t = transport(&url).await?;
+    let want = OfferFilter { network: Network::Regtest, amount_sat: 200_000, sellers: vec![] };
+    let deadline = Instant::now() + WAIT;
+    let found = loop {
+        let found = buyer_t.discover_offers(&want).await?;
+        if !found.is_empty() || Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let taken = found.first().ok_or_else(|| anyhow!("no offer discovered"))?;
+    assert_eq!(taken.seller, seller.transport.public_key());
+    let buyer =
+        Engine::buyer(buyer_t, world.clone(), taken.seller, taken.offer.clone(), 200_000, buyer_b)
+            .await?;
+    Ok(Setup { relay, url, world, buyer, seller })
+}
+
+async fn teardown(s: Setup) {
+    s.buyer.transport.shutdown().await;
+    s.seller.transport.shutdown().await;
+    s.relay.shutdown();
+}
+
+fn buyer_state(e: &Engine) -> &BuyerState {
+    match &e.swap {
+        looper_conformance::Swap::Buyer(b) => &b.state,
+        _ => panic!("not a buyer"),
+    }
+}
+
+fn seller_state(e: &Engine) -> &SellerState {
+    match &e.swap {
+        looper_conformance::Swap::Seller(Some(s)) => &s.state,
+        _ => panic!("no seller swap"),
+    }
+}
+
+fn purposes(world: &SharedWorld) -> Vec<TxPurpose> {
+    lock(world).unwrap().purposes()
+}
+
+fn log(world: &SharedWorld) -> Vec<String> {
+    lock(world).unwrap().log.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cooperative_claim_over_the_relay() -> Result<()> {
+    let started = Instant::now();
+    let mut s = setup(Behaviour::default(), Behaviour::default()).await?;
+    let blocks = drive(&mut s.buyer, &mut s.seller, 50).await?;
+    let wall = started.elapsed();
+    assert!(matches!(buyer_state(&s.buyer), BuyerState::Claimed { .. }), "{:#?}", log(&s.world));
+    assert!(matches!(seller_state(&s.seller), SellerState::Claimed { .. }));
+    assert_eq!(purposes(&s.world), vec![TxPurpose::Funding, TxPurpose::CooperativeClaim]);
+    let (msgs, bytes) = {
+        let w = lock(&s.world).unwrap();
+        (w.sent_to[0] + w.sent_to[1], w.event_bytes)
+    };
+    let bs = s.buyer.transport.stats().await;
+    let ss = s.seller.transport.stats().await;
+    println!(
+        "FIGURES: wall {:.2} s, {blocks} blocks, {msgs} swap messages, {bytes} bytes of gift \
+         wraps, websocket bytes sent buyer {} seller {}, received buyer {} seller {}",
+        wall.as_secs_f64(),
+        bs.bytes_sent,
+        ss.bytes_sent,
+        bs.bytes_received,
+        ss.bytes_received
+    );
+    let _ = &s.url;
+    teardown(s).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seller_uncooperative_script_claim() -> Result<()> {
+    let mut s =
+        setup(Behaviour::default(), Behaviour { uncooperative: true, ..Default::default() })
+            .await?;
+    drive(&mut s.buyer, &mut s.seller, 60).await?;
+    assert!(matches!(buyer_state(&s.buyer), BuyerState::Claimed { .. }), "{:#?}", log(&s.world));
+    assert!(matches!(seller_state(&s.seller), SellerState::Claimed { .. }));
+    assert_eq!(purposes(&s.world), vec![TxPurpose::Funding, TxPurpose::ScriptClaim]);
+    teardown(s).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buyer_aborts_cooperative_refund() -> Result<()> {
+    let mut s =
+        setup(Behaviour { abort_when_funded: true, ..Default::default() }, Behaviour::default())
+            .await?;
+    drive(&mut s.buyer, &mut s.seller, 60).await?;
+    assert!(
+        matches!(seller_state(&s.seller), SellerState::Refunded { .. }),
+        "{}: {:#?}",
+        s.seller.state_name(),
+        log(&s.world)
+    );
+    assert_eq!(purposes(&s.world), vec![TxPurpose::Funding, TxPurpose::CooperativeRefund]);
+    assert_eq!(lock(&s.world).unwrap().buyer_paid_msat, 0);
+    teardown(s).await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buyer_vanishes_refund_after_timeout() -> Result<()> {
+    let mut s =
+        setup(Behaviour { vanish_after_accept: true, ..Default::default() }, Behaviour::default())
+            .await?;
+    drive(&mut s.buyer, &mut s.seller, 400).await?;
+    let st = seller_state(&s.seller);
+    assert!(matches!(st, SellerState::Refunded { .. }), "{}: {:#?}", st.name(), log(&s.world));
+    assert_eq!(purposes(&s.world), vec![TxPurpose::Funding, TxPurpose::ScriptRefund]);
+    assert!(lock(&s.world).unwrap().ctx.tip_height > looper_conformance::START_HEIGHT + 144);
+    assert_eq!(lock(&s.world).unwrap().seller_received_msat, 0);
+    teardown(s).await;
+    Ok(())
+}
+
+/// Keeps both engines running until the attacker gets a reply (bounded).
+async fn await_reply(
+    s: &mut Setup,
+    arx: &mut mpsc::Receiver<Incoming>,
+    what: &str,
+) -> Result<Incoming> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        settle(&mut s.buyer, &mut s.seller).await?;
+        if let Ok(m) = tokio::time::timeout(Duration::from_millis(200), arx.recv()).await {
+            return m.ok_or_else(|| anyhow!("closed"));
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!("no reply to {what}"));
+        }
+    }
+}
+
+fn error_of(m: &Incoming) -> Result<looper_protocol::messages::ErrorMessage> {
+    match &m.message {
+        Ok(Envelope { body: Message::Error(e), .. }) => Ok(e.clone()),
+        other => Err(anyhow!("expected an error, got {other:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_client_beside_an_honest_swap() -> Result<()> {
+    let mut s = setup(Behaviour::default(), Behaviour::default()).await?;
+    // Let the seller take the honest request first.
+    settle(&mut s.buyer, &mut s.seller).await?;
+    let honest_id = s.seller.swap_id().ok_or_else(|| anyhow!("seller took no swap"))?;
+    let state_before = s.seller.state_name();
+
+    let attacker = transport(&s.url).await?;
+    let mut arx = attacker.incoming().ok_or_else(|| anyhow!("incoming taken"))?;
+    let seller_pk = s.seller.transport.public_key();
+    let template = wire::envelope_content(&Envelope::new(
+        honest_id,
+        1,
+        Message::SwapAbort(SwapAbort { reason: AbortReason::UserRequested, message: None }),
+    ));
+    let mut value: serde_json::Value = serde_json::from_str(&template)?;
+
+    // 1. Malformed: a readable swap id, but the body is wrong.
+    let mut malformed = value.clone();
+    malformed["reason"] = serde_json::json!(42);
+    attacker.send_raw(&seller_pk, &[], malformed.to_string(), SendOptions::default()).await?;
+    settle(&mut s.buyer, &mut s.seller).await?;
+    let reply = await_reply(&mut s, &mut arx, "the malformed message").await?;
+    let e = error_of(&reply)?;
+    assert_eq!(e.code, ErrorCode::Malformed, "{e:?}");
+
+    // 2. Unknown version.
+    value["v"] = serde_json::json!(99);
+    attacker.send_raw(&seller_pk, &[], value.to_string(), SendOptions::default()).await?;
+    let reply = await_reply(&mut s, &mut arx, "the unknown version").await?;
+    let e = error_of(&reply)?;
+    assert_eq!(e.code, ErrorCode::UnsupportedVersion, "{e:?}");
+    assert_eq!(e.supported_versions, Some(SUPPORTED_VERSIONS.to_vec()));
+
+    // 3. A well-formed abort of the honest buyer's swap, from the attacker: unknown_swap.
+    let abort = Envelope::new(
+        honest_id,
+        7,
+        Message::SwapAbort(SwapAbort { reason: AbortReason::UserRequested, message: None }),
+    );
+    attacker.send(&seller_pk, &[], &abort).await?;
+    let reply = await_reply(&mut s, &mut arx, "the foreign abort").await?;
+    let e = error_of(&reply)?;
+    assert_eq!(e.code, ErrorCode::UnknownSwap, "{e:?}");
+    assert_eq!(reply.message.as_ref().map(|m| m.swap_id).ok(), Some(honest_id));
+    assert_eq!(s.seller.state_name(), state_before, "the attacker changed nothing");
+    assert_eq!(s.seller.peer, Some(s.buyer.transport.public_key()));
+
+    // The honest swap completes.
+    drive(&mut s.buyer, &mut s.seller, 50).await?;
+    assert!(matches!(buyer_state(&s.buyer), BuyerState::Claimed { .. }), "{:#?}", log(&s.world));
+    assert!(matches!(seller_state(&s.seller), SellerState::Claimed { .. }));
+    assert_eq!(purposes(&s.world), vec![TxPurpose::Funding, TxPurpose::CooperativeClaim]);
+    assert_eq!(s.seller.stranger_replies.len(), 3);
+    attacker.shutdown().await;
+    teardown(s).await;
+    Ok(())
+}
