@@ -5,10 +5,12 @@
 //! `looper-protocol` state machines, and a local control API for the `looper` CLI.
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod chain;
 pub mod config;
 pub mod engine;
 pub mod lightning;
+pub mod node;
 pub mod nostr;
 pub mod seed;
 pub mod store;

@@ -1,0 +1,197 @@
+//! Wiring a node from its [`Config`]: seed, store, wallet, chain source, ldk-node, Nostr transport,
+//! engine and control API ([`LooperNode::start`]), and running it until shutdown
+//! ([`LooperNode::run`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bitcoin::FeeRate;
+use looper_protocol::seller::SellerPolicy;
+
+use crate::chain::EsploraChainSource;
+use crate::config::Config;
+use crate::engine::{Engine, EngineConfig, EngineParts};
+use crate::lightning::{storage_dir, LdkConfig, LdkLightning, Lightning};
+use crate::nostr::{NostrTransport, ProcessedEvents, ProcessedStoreError, TransportConfig};
+use crate::seed::{load_or_create_seed, read_mnemonic, ApiToken, NodeKeys, SeedOrigin};
+use crate::store::{RedbStore, SwapStore, DB_FILE_NAME};
+use crate::wallet::LooperWallet;
+
+/// Why the node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A step of the start failed.
+    #[error("cannot {step}: {reason}")]
+    Start {
+        /// The step ("open the store", ...).
+        step: &'static str,
+        /// Why (never contains secrets).
+        reason: String,
+    },
+}
+
+fn step<E: std::fmt::Display>(step: &'static str) -> impl FnOnce(E) -> NodeError {
+    move |e| NodeError::Start { step, reason: e.to_string() }
+}
+
+/// [`ProcessedEvents`] over the node's [`SwapStore`].
+pub struct StoreProcessedEvents(pub Arc<dyn SwapStore>);
+
+impl ProcessedEvents for StoreProcessedEvents {
+    fn mark_processed(&self, id: [u8; 32]) -> Result<bool, ProcessedStoreError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.0.mark_event_processed(id, now).map_err(|e| ProcessedStoreError(e.to_string()))
+    }
+
+    fn is_processed(&self, id: [u8; 32]) -> Result<bool, ProcessedStoreError> {
+        self.0.is_event_processed(&id).map_err(|e| ProcessedStoreError(e.to_string()))
+    }
+}
+
+/// A started node.
+pub struct LooperNode {
+    /// The configuration it runs with.
+    pub config: Config,
+    /// The engine.
+    pub engine: Engine,
+    /// The Lightning node.
+    pub lightning: Arc<LdkLightning>,
+    /// Where the seed file is and whether it was just created.
+    pub seed: (std::path::PathBuf, SeedOrigin),
+    /// The API token.
+    pub token: ApiToken,
+}
+
+impl std::fmt::Debug for LooperNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LooperNode").field("datadir", &self.config.datadir).finish()
+    }
+}
+
+impl LooperNode {
+    /// Starts every component from `config`. Must run in a multi-threaded tokio runtime.
+    ///
+    /// # Errors
+    /// [`NodeError::Start`] naming the step that failed.
+    pub async fn start(config: Config) -> Result<LooperNode, NodeError> {
+        std::fs::create_dir_all(&config.datadir).map_err(step("create the data directory"))?;
+        let restore = match &config.restore {
+            Some(source) => Some(read_mnemonic(source).map_err(step("read the restore mnemonic"))?),
+            None => None,
+        };
+        let (mnemonic, origin) =
+            load_or_create_seed(&config.datadir, restore).map_err(step("load the seed"))?;
+        let keys =
+            NodeKeys::from_mnemonic(&mnemonic, config.network).map_err(step("derive keys"))?;
+        let token =
+            ApiToken::load_or_create(&config.datadir).map_err(step("load the API token"))?;
+        let store =
+            RedbStore::open(&config.datadir.join(DB_FILE_NAME)).map_err(step("open the store"))?;
+        let wallet = Arc::new(
+            LooperWallet::load_or_create(
+                store.database(),
+                &keys,
+                config.network,
+                config.max_fee_rate(),
+            )
+            .map_err(step("load the wallet"))?,
+        );
+        let fallback = FeeRate::from_sat_per_vb_u32(
+            u32::try_from(config.fees.fallback_fee_rate_sat_vb).unwrap_or(2),
+        );
+        let esplora = EsploraChainSource::new(&config.esplora_url, fallback)
+            .map_err(step("reach Esplora"))?;
+        let sync_client = esplora.client().clone();
+        let lightning = Arc::new(
+            LdkLightning::start(
+                LdkConfig {
+                    network: config.network,
+                    esplora_url: config.esplora_url.clone(),
+                    storage_dir: storage_dir(&config.datadir),
+                    listen: config.lightning.listen.iter().map(|a| a.to_string()).collect(),
+                    alias: config.lightning.alias.clone(),
+                    sync_interval_secs: config.sync.lightning_secs,
+                },
+                keys.ldk_seed_bytes().map_err(step("derive the lightning seed"))?,
+            )
+            .await
+            .map_err(step("start the lightning node"))?,
+        );
+        let store: Arc<dyn SwapStore> = Arc::new(store);
+        let nostr_key = keys.nostr_secret_key().map_err(step("derive the nostr key"))?;
+        let transport = NostrTransport::connect(
+            TransportConfig::new(nostr_key.secret_bytes(), config.relays.clone()),
+            Arc::new(StoreProcessedEvents(Arc::clone(&store))),
+        )
+        .await
+        .map_err(step("connect to the nostr relays"))?;
+        let wallet_every = u32::try_from(
+            config.sync.wallet_secs.checked_div(config.sync.chain_poll_secs.max(1)).unwrap_or(1),
+        )
+        .unwrap_or(1);
+        let engine = Engine::start(EngineParts {
+            store,
+            wallet,
+            wallet_sync: Some(sync_client),
+            chain: esplora.into_dyn(),
+            lightning: Arc::clone(&lightning) as Arc<dyn Lightning>,
+            transport,
+            swap_master: keys.swap_master().map_err(step("derive the swap master key"))?,
+            config: EngineConfig {
+                seller_policy: SellerPolicy::default(),
+                chain_poll: Duration::from_secs(config.sync.chain_poll_secs.max(1)),
+                wallet_sync_every: wallet_every.max(1),
+            },
+        })
+        .await
+        .map_err(step("start the swap engine"))?;
+        let seed_path = config.datadir.join(crate::seed::SEED_FILE_NAME);
+        Ok(LooperNode { config, engine, lightning, seed: (seed_path, origin), token })
+    }
+
+    /// Serves the control API and runs the engine until `shutdown` resolves, then stops the
+    /// Lightning node. `on_listen` is told the API's address once it is bound.
+    ///
+    /// # Errors
+    /// [`NodeError::Start`] when the API cannot bind.
+    pub async fn run(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+        on_listen: impl FnOnce(SocketAddr),
+    ) -> Result<(), NodeError> {
+        let listener = tokio::net::TcpListener::bind(self.config.api.listen)
+            .await
+            .map_err(step("bind the control API"))?;
+        let addr = listener.local_addr().map_err(step("bind the control API"))?;
+        on_listen(addr);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut engine_stop = stop_rx.clone();
+        let engine_task = tokio::spawn(self.engine.clone().run(async move {
+            let _ = engine_stop.wait_for(|s| *s).await;
+        }));
+        let app = crate::api::router(crate::api::ApiState {
+            engine: self.engine.clone(),
+            token: Arc::new(self.token),
+            network: self.config.network,
+        });
+        let mut api_stop = stop_rx;
+        let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = api_stop.wait_for(|s| *s).await;
+        });
+        let server_task = tokio::spawn(async move { server.await });
+        shutdown.await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        let _ = engine_task.await;
+        let _ = server_task.await;
+        self.engine.transport().shutdown().await;
+        if let Err(e) = self.lightning.stop().await {
+            tracing::warn!(error = %e, "lightning node did not stop cleanly");
+        }
+        Ok(())
+    }
+}
