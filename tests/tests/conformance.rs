@@ -259,3 +259,89 @@ async fn hostile_client_beside_an_honest_swap() -> Result<()> {
     teardown(s).await;
     Ok(())
 }
+
+fn flood_request(i: u8) -> Envelope {
+    use bitcoin::secp256k1::{Secp256k1, SecretKey};
+    let secp = Secp256k1::new();
+    let pk = SecretKey::from_slice(&[1; 32]).unwrap().public_key(&secp);
+    Envelope::new(
+        looper_protocol::SwapId([i; 32]),
+        0,
+        Message::SwapRequest(looper_protocol::messages::SwapRequest {
+            offer_id: "conformance".into(),
+            direction: looper_protocol::SwapDirection::LoopOut,
+            network: Network::Regtest,
+            amount_sat: 100_000,
+            buyer_musig_pubkey: pk,
+            buyer_claim_pubkey: pk.x_only_public_key().0,
+            max_total_fee_sat: 50_000,
+            prepay_accepted: false,
+        }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_oversize_and_flood_are_ignored() -> Result<()> {
+    use nostr_sdk::{Client, Filter, Kind};
+    let mut s = setup(Behaviour::default(), Behaviour::default()).await?;
+    settle(&mut s.buyer, &mut s.seller).await?;
+    let seller_pk = s.seller.transport.public_key();
+    let honest_id = s.seller.swap_id().ok_or_else(|| anyhow!("seller took no swap"))?;
+
+    // Replayed old messages: a raw client republishes every gift wrap addressed to the seller.
+    let raw_keys = Keys::generate();
+    let raw = Client::new(raw_keys);
+    raw.add_relay(&s.url).await?;
+    raw.connect().await;
+    raw.wait_for_connection(Duration::from_secs(5)).await;
+    let old = raw
+        .fetch_events(Filter::new().kind(Kind::GiftWrap).pubkey(seller_pk), Duration::from_secs(5))
+        .await?;
+    assert!(!old.is_empty(), "the buyer's request is on the relay");
+    for ev in old.iter() {
+        let _ = raw.send_event(ev).await;
+    }
+
+    // Oversized content and a flood of requests from another key.
+    let attacker = transport(&s.url).await?;
+    let mut arx = attacker.incoming().ok_or_else(|| anyhow!("incoming taken"))?;
+    let oversize_sent = attacker
+        .send_raw(&seller_pk, &[], "x".repeat(200_000), SendOptions::default())
+        .await
+        .is_ok();
+    for i in 0..12u8 {
+        attacker.send(&seller_pk, &[], &flood_request(i)).await?;
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        settle(&mut s.buyer, &mut s.seller).await?;
+        let st = s.seller.transport.stats().await;
+        if st.rate_limited > 0 && (!oversize_sent || st.oversize > 0) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!("flood/oversize never accounted: {st:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The requests that got through the rate limit are refused (the seller serves one swap).
+    let mut refused = 0;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), arx.recv()).await {
+        assert!(error_of(&m).is_ok());
+        refused += 1;
+    }
+    assert!(refused <= 12);
+    assert_eq!(s.seller.swap_id(), Some(honest_id));
+    assert_eq!(s.seller.peer, Some(s.buyer.transport.public_key()));
+
+    drive(&mut s.buyer, &mut s.seller, 50).await?;
+    assert!(matches!(buyer_state(&s.buyer), BuyerState::Claimed { .. }), "{:#?}", log(&s.world));
+    assert!(matches!(seller_state(&s.seller), SellerState::Claimed { .. }));
+    assert_eq!(purposes(&s.world), vec![TxPurpose::Funding, TxPurpose::CooperativeClaim]);
+    let st = s.seller.transport.stats().await;
+    println!("seller transport after the abuse: {st:?}, {refused} refusals");
+    raw.shutdown().await;
+    attacker.shutdown().await;
+    teardown(s).await;
+    Ok(())
+}
