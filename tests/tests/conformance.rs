@@ -345,3 +345,27 @@ async fn replay_oversize_and_flood_are_ignored() -> Result<()> {
     teardown(s).await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_restart_mid_swap() -> Result<()> {
+    let mut s = setup(Behaviour::default(), Behaviour::default()).await?;
+    // Request and accept go through the first relay.
+    settle(&mut s.buyer, &mut s.seller).await?;
+    assert!(!s.buyer.finished() && !s.seller.finished(), "{:#?}", log(&s.world));
+    let mid = (s.buyer.state_name(), s.seller.state_name());
+    let port: u16 = s.url.trim_end_matches('/').rsplit(':').next().unwrap().parse()?;
+    s.relay.shutdown();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let relay = LocalRelay::new(RelayBuilder::default().port(port).rate_limit(
+        nostr_relay_builder::builder::RateLimit { max_reqs: 500, notes_per_minute: 100_000 },
+    ));
+    relay.run().await?;
+    s.relay = relay;
+    println!("relay restarted with buyer {} and seller {}", mid.0, mid.1);
+    drive(&mut s.buyer, &mut s.seller, 50).await?;
+    assert!(matches!(buyer_state(&s.buyer), BuyerState::Claimed { .. }), "{:#?}", log(&s.world));
+    assert!(matches!(seller_state(&s.seller), SellerState::Claimed { .. }));
+    assert_eq!(purposes(&s.world), vec![TxPurpose::Funding, TxPurpose::CooperativeClaim]);
+    teardown(s).await;
+    Ok(())
+}
