@@ -286,6 +286,28 @@ async fn loop_out(cooperative: bool) -> Result<()> {
         claim.vsize()
     );
 
+    // The control API answers for the swap by its payment hash, and only with the token.
+    let token = looper_node::seed::ApiToken::load_or_create(&dir.join("buyer"))?;
+    let app = looper_node::api::router(looper_node::api::ApiState {
+        engine: buyer.engine.clone(),
+        token: Arc::new(token.clone()),
+        network: Network::Regtest,
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let api_addr = listener.local_addr()?;
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let hash = b.payment_hash().expect("hash").to_string();
+    let (status, body) = http_get(api_addr, &format!("/v1/swaps/{hash}"), None).await?;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("\"code\":\"unauthorized\""), "{body}");
+    let (status, body) =
+        http_get(api_addr, &format!("/v1/swaps/{hash}"), Some(token.expose())).await?;
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body)?;
+    assert_eq!(v["state"], "Claimed");
+    assert_eq!(v["swap_id"], swap_id.to_string());
+    server.abort();
+
     miner.abort();
     for p in [&mut seller, &mut buyer] {
         if let Some(s) = p.stop.take() {
@@ -300,6 +322,24 @@ async fn loop_out(cooperative: bool) -> Result<()> {
     relay.shutdown();
     drop(chain);
     Ok(())
+}
+
+/// A minimal HTTP/1.1 GET (the test needs no HTTP client crate): status and body.
+async fn http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> Result<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await?;
+    let mut buf = String::new();
+    stream.read_to_string(&mut buf).await?;
+    let status: u16 = buf.split(' ').nth(1).unwrap_or("0").parse()?;
+    let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok((status, body))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
