@@ -1,26 +1,71 @@
-//! The control API (axum, 127.0.0.1, bearer token from `DATADIR/api.token`). Errors are JSON
-//! `{"code": "...", "message": "..."}` with a stable code.
+//! The control API (axum, 127.0.0.1, bearer token from `DATADIR/api.token`).
+//!
+//! Every route is listed in [`ROUTES`] (method, path), which builds the router and is checked
+//! against the committed OpenAPI document (`node/openapi.yaml`) by `node/tests/api_openapi.rs`.
+//! Requests and answers are JSON; errors are `{"code": "...", "message": "..."}` with a stable
+//! snake_case code (see [`ApiError`]) and a one-line message that never carries a secret.
 
+use std::str::FromStr;
 use std::sync::Arc;
 
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
-use bitcoin::Network;
+use axum::routing::{delete, get, post, MethodRouter};
+use axum::{Extension, Json, Router};
+use bitcoin::address::NetworkUnchecked;
+use bitcoin::hashes::Hash;
+use bitcoin::{Address, Amount, FeeRate, Network};
+use ldk_node::lightning_invoice::Bolt11Invoice;
 use looper_protocol::buyer::BuyerPolicy;
 use looper_protocol::messages::Offer;
 use looper_protocol::record::SwapRecord as ProtoRecord;
 use looper_protocol::{PaymentHash, SwapId};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::engine::Engine;
-use crate::nostr::PublicKey as NostrPublicKey;
+use crate::engine::{Engine, EngineError};
+use crate::lightning::{LightningError, PayOutcome};
+use crate::nostr::{OfferFilter, PublicKey as NostrPublicKey};
 use crate::seed::ApiToken;
 use crate::store::{SwapFilter, SwapRecord};
+use crate::wallet::WalletError;
+
+/// Version of the control API's request and answer shapes (`GET /v1/info` → `api_version`).
+pub const API_VERSION: u32 = 1;
+
+/// Every route of the API as `(method, path)`, paths in axum/OpenAPI template syntax.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/info"),
+    ("GET", "/v1/offers"),
+    ("POST", "/v1/offers"),
+    ("DELETE", "/v1/offers/{id}"),
+    ("GET", "/v1/offers/discover"),
+    ("POST", "/v1/swaps/out"),
+    ("GET", "/v1/swaps"),
+    ("GET", "/v1/swaps/{id}"),
+    ("POST", "/v1/swaps/{id}/abort"),
+    ("GET", "/v1/swaps/{id}/events"),
+    ("GET", "/v1/wallet/balance"),
+    ("POST", "/v1/wallet/address"),
+    ("POST", "/v1/wallet/send"),
+    ("GET", "/v1/ln/info"),
+    ("GET", "/v1/ln/balance"),
+    ("GET", "/v1/ln/channels"),
+    ("POST", "/v1/ln/address"),
+    ("POST", "/v1/ln/open"),
+    ("POST", "/v1/ln/invoice"),
+    ("POST", "/v1/ln/pay"),
+    ("POST", "/v1/sync"),
+];
+
+/// Default cap on a payment route's total CLTV expiry delta (LDK's default).
+pub const DEFAULT_MAX_TOTAL_CLTV_EXPIRY_DELTA: u32 = 1008;
+
+/// Confirmation target (blocks) of the fee rate used by `POST /v1/wallet/send` by default.
+pub const SEND_FEE_TARGET_BLOCKS: u16 = 6;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -33,7 +78,17 @@ pub struct ApiState {
     pub network: Network,
 }
 
-/// A JSON error with a stable code.
+/// Facts about the node the engine does not hold, shown by `GET /v1/info`.
+#[derive(Debug, Clone, Default)]
+pub struct NodeFacts {
+    /// The Lightning node's listening addresses ("127.0.0.1:9735").
+    pub ln_listen: Vec<String>,
+}
+
+/// A JSON error with a stable code: `unauthorized` (401), `bad_request` (400, the message names
+/// the field), `not_found` (404), `unknown_offer` (404), `insufficient_funds` (400),
+/// `offer_refused` (422), `conflict` (409), `lightning_error` (502), `chain_error` (502),
+/// `internal` (500).
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -41,45 +96,138 @@ pub struct ApiError {
     message: String,
 }
 
+/// The body of every error answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable snake_case code.
+    pub code: String,
+    /// One-line human-readable message.
+    pub message: String,
+}
+
 impl ApiError {
     fn new(status: StatusCode, code: &'static str, message: impl std::fmt::Display) -> Self {
-        Self { status, code, message: message.to_string() }
+        // One line, whatever the source error printed.
+        let message = message.to_string().lines().collect::<Vec<_>>().join(" ");
+        Self { status, code, message }
     }
     fn internal(e: impl std::fmt::Display) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e)
     }
-    fn bad(e: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "invalid_request", e)
+    fn bad(field: &str, e: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", format!("{field}: {e}"))
     }
     fn not_found(what: impl std::fmt::Display) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+    fn chain(e: impl std::fmt::Display) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "chain_error", e)
+    }
+    fn lightning(e: LightningError) -> Self {
+        match e {
+            LightningError::Invalid { what, reason } => Self::bad(what, reason),
+            other => Self::new(StatusCode::BAD_GATEWAY, "lightning_error", other),
+        }
+    }
+    fn wallet(e: WalletError) -> Self {
+        match e {
+            WalletError::CreateTx(inner) => match *inner {
+                bdk_wallet::error::CreateTxError::CoinSelection(ref f) => Self::new(
+                    StatusCode::BAD_REQUEST,
+                    "insufficient_funds",
+                    format!("insufficient funds: {f}"),
+                ),
+                bdk_wallet::error::CreateTxError::OutputBelowDustLimit(_) => {
+                    Self::bad("amount_sat", "below the dust limit")
+                }
+                other => Self::internal(format!("cannot build the transaction: {other}")),
+            },
+            WalletError::WrongNetwork { .. } => Self::bad("address", e),
+            WalletError::Broadcast(c) => Self::chain(format!("broadcast failed: {c}")),
+            WalletError::Sync(_) | WalletError::CannotConnect(_) => Self::chain(e),
+            other => Self::internal(other),
+        }
+    }
+    fn engine(e: EngineError) -> Self {
+        match e {
+            EngineError::Chain(c) => Self::chain(c),
+            EngineError::Wallet(w) => Self::wallet(w),
+            EngineError::Refused(m) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "offer_refused", m)
+            }
+            EngineError::UnknownSwap(id) => Self::not_found(format!("no active swap {id}")),
+            other => Self::internal(other),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(json!({"code": self.code, "message": self.message}))).into_response()
+        (self.status, Json(ErrorBody { code: self.code.to_string(), message: self.message }))
+            .into_response()
     }
 }
 
 type ApiResult = Result<Json<Value>, ApiError>;
+type Typed<T> = Result<Json<T>, ApiError>;
 
-/// The router with every route and the token check.
+fn body<T>(r: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    r.map(|Json(v)| v).map_err(|e| ApiError::bad("body", e.body_text()))
+}
+
+fn positive(field: &str, v: u64) -> Result<u64, ApiError> {
+    if v == 0 {
+        return Err(ApiError::bad(field, "must be greater than 0"));
+    }
+    Ok(v)
+}
+
+fn method_router(method: &str, path: &str) -> Option<MethodRouter<ApiState>> {
+    Some(match (method, path) {
+        ("GET", "/v1/info") => get(info),
+        ("GET", "/v1/offers") => get(list_offers),
+        ("POST", "/v1/offers") => post(publish_offer),
+        ("DELETE", "/v1/offers/{id}") => delete(withdraw_offer),
+        ("GET", "/v1/offers/discover") => get(discover_offers),
+        ("POST", "/v1/swaps/out") => post(swap_out),
+        ("GET", "/v1/swaps") => get(list_swaps),
+        ("GET", "/v1/swaps/{id}") => get(get_swap),
+        ("POST", "/v1/swaps/{id}/abort") => post(abort_swap),
+        ("GET", "/v1/swaps/{id}/events") => get(swap_events),
+        ("GET", "/v1/wallet/balance") => get(wallet_balance),
+        ("POST", "/v1/wallet/address") => post(wallet_address),
+        ("POST", "/v1/wallet/send") => post(wallet_send),
+        ("GET", "/v1/ln/info") => get(ln_info),
+        ("GET", "/v1/ln/balance") => get(ln_balance),
+        ("GET", "/v1/ln/channels") => get(ln_channels),
+        ("POST", "/v1/ln/address") => post(ln_address),
+        ("POST", "/v1/ln/open") => post(ln_open),
+        ("POST", "/v1/ln/invoice") => post(ln_invoice),
+        ("POST", "/v1/ln/pay") => post(ln_pay),
+        ("POST", "/v1/sync") => post(sync),
+        _ => return None,
+    })
+}
+
+/// The router with every route of [`ROUTES`] and the token check; `GET /v1/info` shows no
+/// Lightning listening addresses (see [`router_with`]).
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/v1/info", get(info))
-        .route("/v1/offers", get(list_offers).post(publish_offer))
-        .route("/v1/offers/{id}", delete(withdraw_offer))
-        .route("/v1/swaps/out", post(swap_out))
-        .route("/v1/swaps", get(list_swaps))
-        .route("/v1/swaps/{id}", get(get_swap))
-        .route("/v1/swaps/{id}/abort", post(abort_swap))
-        .route("/v1/swaps/{id}/events", get(swap_events))
-        .route("/v1/wallet/balance", get(wallet_balance))
-        .route("/v1/wallet/address", post(wallet_address))
-        .route("/v1/ln/info", get(ln_info))
-        .route("/v1/ln/channels", get(ln_channels))
-        .route("/v1/ln/invoice", post(ln_invoice))
+    router_with(state, NodeFacts::default())
+}
+
+/// The router with every route of [`ROUTES`], the token check, and `facts` for `GET /v1/info`.
+pub fn router_with(state: ApiState, facts: NodeFacts) -> Router {
+    let mut r = Router::new();
+    for (method, path) in ROUTES {
+        if let Some(m) = method_router(method, path) {
+            r = r.route(path, m);
+        }
+    }
+    r.fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "bad_request", "method not allowed")
+        })
+        .layer(Extension(Arc::new(facts)))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .with_state(state)
 }
@@ -98,16 +246,43 @@ async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Respon
     next.run(req).await
 }
 
-async fn info(State(s): State<ApiState>) -> ApiResult {
-    let tip = s.engine.chain().tip_height().await.map_err(ApiError::internal)?;
-    Ok(Json(json!({
-        "network": s.network.to_string(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "nostr_pubkey": s.engine.transport().public_key().to_hex(),
-        "ln_node_id": s.engine.lightning().node_id().to_string(),
-        "tip_height": tip,
-        "swaps_active": s.engine.swap_ids().await.len(),
-    })))
+/// `GET /v1/info`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InfoResponse {
+    /// "regtest", "signet", "testnet", "bitcoin".
+    pub network: String,
+    /// [`API_VERSION`].
+    pub api_version: u32,
+    /// The daemon's version.
+    pub version: String,
+    /// Height of the chain source's best block.
+    pub tip_height: u32,
+    /// The node's Nostr public key (hex).
+    pub nostr_pubkey: String,
+    /// The Lightning node id.
+    pub ln_node_id: String,
+    /// The Lightning node's listening addresses.
+    pub ln_listen: Vec<String>,
+    /// Swaps not finished yet (stored as pending).
+    pub open_swaps: u64,
+}
+
+async fn info(
+    State(s): State<ApiState>,
+    Extension(facts): Extension<Arc<NodeFacts>>,
+) -> Typed<InfoResponse> {
+    let tip = s.engine.chain().tip_height().await.map_err(ApiError::chain)?;
+    let open = s.engine.store().list_swaps(&SwapFilter::pending()).map_err(ApiError::internal)?;
+    Ok(Json(InfoResponse {
+        network: s.network.to_string(),
+        api_version: API_VERSION,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        tip_height: tip,
+        nostr_pubkey: s.engine.transport().public_key().to_hex(),
+        ln_node_id: s.engine.lightning().node_id().to_string(),
+        ln_listen: facts.ln_listen.clone(),
+        open_swaps: open.len() as u64,
+    }))
 }
 
 async fn list_offers(State(s): State<ApiState>) -> ApiResult {
@@ -115,34 +290,136 @@ async fn list_offers(State(s): State<ApiState>) -> ApiResult {
     Ok(Json(json!({"offers": offers.into_iter().map(|(_, v)| v).collect::<Vec<_>>()})))
 }
 
-async fn publish_offer(State(s): State<ApiState>, Json(offer): Json<Offer>) -> ApiResult {
-    offer.validate().map_err(ApiError::bad)?;
+async fn publish_offer(
+    State(s): State<ApiState>,
+    offer: Result<Json<Offer>, JsonRejection>,
+) -> ApiResult {
+    let offer = body(offer)?;
+    offer.validate().map_err(|e| ApiError::bad("offer", e))?;
     if offer.network != s.network {
-        return Err(ApiError::bad("offer network differs from the node's"));
+        return Err(ApiError::bad("network", "offer network differs from the node's"));
     }
-    s.engine.publish_offer(&offer).await.map_err(ApiError::internal)?;
+    s.engine.publish_offer(&offer).await.map_err(ApiError::engine)?;
     Ok(Json(json!({"offer_id": offer.offer_id})))
 }
 
 async fn withdraw_offer(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult {
-    if !s.engine.withdraw_offer(&id).await.map_err(ApiError::internal)? {
+    if !s.engine.withdraw_offer(&id).await.map_err(ApiError::engine)? {
         return Err(ApiError::not_found(format!("no offer {id}")));
     }
     Ok(Json(json!({"withdrawn": id})))
 }
 
-#[derive(Deserialize)]
+/// Query of `GET /v1/offers/discover`.
+#[derive(Debug, Deserialize)]
+struct DiscoverQuery {
+    amount_sat: u64,
+}
+
+/// One entry of `GET /v1/offers/discover` (cheapest first).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiscoveredOfferResponse {
+    /// The seller's Nostr public key (hex): the `seller` of `POST /v1/swaps/out`.
+    pub seller: String,
+    /// The offer as published.
+    pub offer: Offer,
+    /// What the seller charges for the asked amount (swap fee + funding fee).
+    pub cost_sat: u64,
+    /// When the offer event expires (UNIX seconds).
+    pub expires_at: u64,
+}
+
+async fn discover_offers(
+    State(s): State<ApiState>,
+    q: Result<Query<DiscoverQuery>, QueryRejection>,
+) -> Typed<Vec<DiscoveredOfferResponse>> {
+    let Query(q) = q.map_err(|e| ApiError::bad("amount_sat", e.body_text()))?;
+    let amount_sat = positive("amount_sat", q.amount_sat)?;
+    let filter = OfferFilter { network: s.network, amount_sat, sellers: Vec::new() };
+    let found = s
+        .engine
+        .transport()
+        .discover_offers(&filter)
+        .await
+        .map_err(|e| ApiError::internal(format!("offer discovery failed: {e}")))?;
+    Ok(Json(
+        found
+            .into_iter()
+            .map(|d| DiscoveredOfferResponse {
+                seller: d.seller.to_hex(),
+                offer: d.offer,
+                cost_sat: d.cost_sat,
+                expires_at: d.expires_at.as_secs(),
+            })
+            .collect(),
+    ))
+}
+
+/// Body of `POST /v1/swaps/out`: take `offer_id` of `seller` (looked up on the relays), or the
+/// given `offer`.
+#[derive(Debug, Deserialize)]
 struct SwapOutRequest {
-    offer: Offer,
-    seller_pubkey: String,
+    offer_id: Option<String>,
+    offer: Option<Offer>,
+    #[serde(alias = "seller_pubkey")]
+    seller: String,
     amount_sat: u64,
     max_total_fee_sat: Option<u64>,
     max_route_cltv: Option<u32>,
     min_confirmations: Option<u32>,
+    address: Option<String>,
 }
 
-async fn swap_out(State(s): State<ApiState>, Json(req): Json<SwapOutRequest>) -> ApiResult {
-    let seller = NostrPublicKey::from_hex(&req.seller_pubkey).map_err(ApiError::bad)?;
+/// Answer of `POST /v1/swaps/out`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwapOutResponse {
+    /// The new swap's id (hex).
+    pub swap_id: String,
+}
+
+async fn swap_out(
+    State(s): State<ApiState>,
+    req: Result<Json<SwapOutRequest>, JsonRejection>,
+) -> Typed<SwapOutResponse> {
+    let req = body(req)?;
+    let seller = NostrPublicKey::from_hex(&req.seller).map_err(|e| ApiError::bad("seller", e))?;
+    let amount_sat = positive("amount_sat", req.amount_sat)?;
+    if req.address.is_some() {
+        return Err(ApiError::bad(
+            "address",
+            "a custom claim address is not supported; claims go to the node's wallet",
+        ));
+    }
+    let offer = match (req.offer, req.offer_id) {
+        (Some(offer), id) => {
+            if id.as_ref().is_some_and(|id| *id != offer.offer_id) {
+                return Err(ApiError::bad("offer_id", "differs from offer.offer_id"));
+            }
+            offer
+        }
+        (None, Some(id)) => {
+            let filter = OfferFilter { network: s.network, amount_sat, sellers: vec![seller] };
+            let found = s
+                .engine
+                .transport()
+                .discover_offers(&filter)
+                .await
+                .map_err(|e| ApiError::internal(format!("offer discovery failed: {e}")))?;
+            found.into_iter().find(|d| d.offer.offer_id == id).map(|d| d.offer).ok_or_else(
+                || {
+                    ApiError::new(
+                        StatusCode::NOT_FOUND,
+                        "unknown_offer",
+                        format!("no valid offer {id} of this seller for {amount_sat} sat"),
+                    )
+                },
+            )?
+        }
+        (None, None) => return Err(ApiError::bad("offer_id", "missing")),
+    };
+    if offer.network != s.network {
+        return Err(ApiError::bad("offer", "offer network differs from the node's"));
+    }
     let defaults = BuyerPolicy::default();
     let policy = BuyerPolicy {
         max_total_fee_sat: req.max_total_fee_sat.unwrap_or(defaults.max_total_fee_sat),
@@ -150,15 +427,8 @@ async fn swap_out(State(s): State<ApiState>, Json(req): Json<SwapOutRequest>) ->
         min_confirmations: req.min_confirmations.unwrap_or(defaults.min_confirmations),
     };
     let id =
-        s.engine.take_offer(req.offer, seller, req.amount_sat, policy).await.map_err(
-            |e| match e {
-                crate::engine::EngineError::Refused(m) => {
-                    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "offer_refused", m)
-                }
-                other => ApiError::internal(other),
-            },
-        )?;
-    Ok(Json(json!({"swap_id": id.to_string()})))
+        s.engine.take_offer(offer, seller, amount_sat, policy).await.map_err(ApiError::engine)?;
+    Ok(Json(SwapOutResponse { swap_id: id.to_string() }))
 }
 
 fn summary(r: &SwapRecord) -> Value {
@@ -205,7 +475,10 @@ async fn get_swap(State(s): State<ApiState>, Path(key): Path<String>) -> ApiResu
 
 async fn abort_swap(State(s): State<ApiState>, Path(key): Path<String>) -> ApiResult {
     let r = find_swap(&s, &key)?;
-    s.engine.abort(r.id).await.map_err(|e| ApiError::new(StatusCode::CONFLICT, "refused", e))?;
+    s.engine.abort(r.id).await.map_err(|e| match e {
+        EngineError::Swap(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+        other => ApiError::engine(other),
+    })?;
     Ok(Json(json!({"swap_id": r.id.to_string(), "abort": "requested"})))
 }
 
@@ -219,8 +492,9 @@ struct EventsQuery {
 async fn swap_events(
     State(s): State<ApiState>,
     Path(key): Path<String>,
-    Query(q): Query<EventsQuery>,
+    q: Result<Query<EventsQuery>, QueryRejection>,
 ) -> ApiResult {
+    let Query(q) = q.map_err(|e| ApiError::bad("query", e.body_text()))?;
     let r = find_swap(&s, &key)?;
     let from = q.from.unwrap_or(0);
     let mut sub = s.engine.subscribe();
@@ -239,7 +513,7 @@ async fn swap_events(
 }
 
 async fn wallet_balance(State(s): State<ApiState>) -> ApiResult {
-    let b = s.engine.wallet().balance().map_err(ApiError::internal)?;
+    let b = s.engine.wallet().balance().map_err(ApiError::wallet)?;
     Ok(Json(json!({
         "confirmed_sat": b.confirmed.to_sat(),
         "trusted_pending_sat": b.trusted_pending.to_sat(),
@@ -249,9 +523,56 @@ async fn wallet_balance(State(s): State<ApiState>) -> ApiResult {
     })))
 }
 
-async fn wallet_address(State(s): State<ApiState>) -> ApiResult {
-    let a = s.engine.wallet().new_address().map_err(ApiError::internal)?;
-    Ok(Json(json!({"address": a.to_string()})))
+/// An on-chain address (`POST /v1/wallet/address`, `POST /v1/ln/address`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressResponse {
+    /// The address.
+    pub address: String,
+}
+
+async fn wallet_address(State(s): State<ApiState>) -> Typed<AddressResponse> {
+    let a = s.engine.wallet().new_address().map_err(ApiError::wallet)?;
+    Ok(Json(AddressResponse { address: a.to_string() }))
+}
+
+/// Body of `POST /v1/wallet/send`.
+#[derive(Debug, Deserialize)]
+struct SendRequest {
+    address: String,
+    amount_sat: u64,
+    fee_rate_sat_vb: Option<u64>,
+}
+
+/// Answer of `POST /v1/wallet/send`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendResponse {
+    /// The broadcast transaction.
+    pub txid: String,
+}
+
+async fn wallet_send(
+    State(s): State<ApiState>,
+    req: Result<Json<SendRequest>, JsonRejection>,
+) -> Typed<SendResponse> {
+    let req = body(req)?;
+    let address = Address::<NetworkUnchecked>::from_str(req.address.trim())
+        .map_err(|e| ApiError::bad("address", e))?;
+    if !address.is_valid_for_network(s.network) {
+        return Err(ApiError::bad("address", format!("not a {} address", s.network)));
+    }
+    let amount = Amount::from_sat(positive("amount_sat", req.amount_sat)?);
+    let fee_rate = match req.fee_rate_sat_vb {
+        Some(r) => FeeRate::from_sat_per_vb(positive("fee_rate_sat_vb", r)?)
+            .ok_or_else(|| ApiError::bad("fee_rate_sat_vb", "too large"))?,
+        None => s.engine.chain().fee_rate(SEND_FEE_TARGET_BLOCKS).await.map_err(ApiError::chain)?,
+    };
+    let txid = s
+        .engine
+        .wallet()
+        .send(s.engine.chain().as_ref(), address, amount, fee_rate)
+        .await
+        .map_err(ApiError::wallet)?;
+    Ok(Json(SendResponse { txid: txid.to_string() }))
 }
 
 async fn ln_info(State(s): State<ApiState>) -> ApiResult {
@@ -263,8 +584,81 @@ async fn ln_info(State(s): State<ApiState>) -> ApiResult {
     })))
 }
 
+/// `GET /v1/ln/balance`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LnBalanceResponse {
+    /// Spendable balance of the Lightning node's own on-chain wallet.
+    pub onchain_spendable_sat: u64,
+    /// What the node can send over its channels.
+    pub lightning_outbound_msat: u64,
+    /// What the node can receive over its channels.
+    pub lightning_inbound_msat: u64,
+}
+
+async fn ln_balance(State(s): State<ApiState>) -> Typed<LnBalanceResponse> {
+    let ln = s.engine.lightning();
+    let channels = ln.channels();
+    Ok(Json(LnBalanceResponse {
+        onchain_spendable_sat: ln.onchain_spendable_sat(),
+        lightning_outbound_msat: channels.iter().map(|c| c.outbound_msat).sum(),
+        lightning_inbound_msat: channels.iter().map(|c| c.inbound_msat).sum(),
+    }))
+}
+
 async fn ln_channels(State(s): State<ApiState>) -> ApiResult {
     Ok(Json(json!({"channels": s.engine.lightning().channels()})))
+}
+
+async fn ln_address(State(s): State<ApiState>) -> Typed<AddressResponse> {
+    let a = s.engine.lightning().onchain_address().await.map_err(ApiError::lightning)?;
+    Ok(Json(AddressResponse { address: a.to_string() }))
+}
+
+/// Body of `POST /v1/ln/open`.
+#[derive(Debug, Deserialize)]
+struct OpenRequest {
+    node_id: String,
+    address: String,
+    amount_sat: u64,
+    #[serde(default)]
+    push_msat: u64,
+}
+
+/// Answer of `POST /v1/ln/open`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenResponse {
+    /// Id of the new channel as `GET /v1/ln/channels` lists it (empty when it is not listed
+    /// yet). Until the funding transaction is known this is the temporary channel id.
+    pub user_channel_id: String,
+}
+
+async fn ln_open(
+    State(s): State<ApiState>,
+    req: Result<Json<OpenRequest>, JsonRejection>,
+) -> Typed<OpenResponse> {
+    let req = body(req)?;
+    let node_id = bitcoin::secp256k1::PublicKey::from_str(req.node_id.trim())
+        .map_err(|e| ApiError::bad("node_id", e))?;
+    let amount_sat = positive("amount_sat", req.amount_sat)?;
+    if req.address.trim().is_empty() {
+        return Err(ApiError::bad("address", "missing"));
+    }
+    if req.push_msat > amount_sat.saturating_mul(1000) {
+        return Err(ApiError::bad("push_msat", "exceeds the channel amount"));
+    }
+    let ln = s.engine.lightning();
+    let before: Vec<String> = ln.channels().into_iter().map(|c| c.channel_id).collect();
+    let push = (req.push_msat > 0).then_some(req.push_msat);
+    ln.open_channel(node_id, req.address.trim(), amount_sat, push)
+        .await
+        .map_err(ApiError::lightning)?;
+    let new = ln
+        .channels()
+        .into_iter()
+        .find(|c| !before.contains(&c.channel_id) && c.counterparty == node_id.to_string())
+        .map(|c| c.channel_id)
+        .unwrap_or_default();
+    Ok(Json(OpenResponse { user_channel_id: new }))
 }
 
 #[derive(Deserialize)]
@@ -274,16 +668,104 @@ struct InvoiceRequest {
     expiry_secs: Option<u32>,
 }
 
-async fn ln_invoice(State(s): State<ApiState>, Json(req): Json<InvoiceRequest>) -> ApiResult {
+async fn ln_invoice(
+    State(s): State<ApiState>,
+    req: Result<Json<InvoiceRequest>, JsonRejection>,
+) -> ApiResult {
+    let req = body(req)?;
+    let amount_msat = positive("amount_msat", req.amount_msat)?;
     let invoice = s
         .engine
         .lightning()
         .invoice(
-            req.amount_msat,
+            amount_msat,
             req.description.as_deref().unwrap_or(""),
             req.expiry_secs.unwrap_or(3600),
         )
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::lightning)?;
     Ok(Json(json!({"invoice": invoice})))
+}
+
+/// Body of `POST /v1/ln/pay`.
+#[derive(Debug, Deserialize)]
+struct PayRequest {
+    invoice: String,
+    max_total_cltv_expiry_delta: Option<u32>,
+}
+
+/// Answer of `POST /v1/ln/pay`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayResponse {
+    /// The invoice's payment hash (hex).
+    pub payment_hash: String,
+    /// "pending" (under way), "succeeded" or "failed".
+    pub status: String,
+    /// The preimage, once the payment succeeded.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub preimage: Option<String>,
+}
+
+async fn ln_pay(
+    State(s): State<ApiState>,
+    req: Result<Json<PayRequest>, JsonRejection>,
+) -> Typed<PayResponse> {
+    let req = body(req)?;
+    let invoice =
+        Bolt11Invoice::from_str(req.invoice.trim()).map_err(|e| ApiError::bad("invoice", e))?;
+    if invoice.network() != s.network {
+        return Err(ApiError::bad("invoice", format!("not a {} invoice", s.network)));
+    }
+    if invoice.amount_milli_satoshis().is_none() {
+        return Err(ApiError::bad("invoice", "invoices without an amount are not supported"));
+    }
+    if invoice.is_expired() {
+        return Err(ApiError::bad("invoice", "expired"));
+    }
+    let cltv = req.max_total_cltv_expiry_delta.unwrap_or(DEFAULT_MAX_TOTAL_CLTV_EXPIRY_DELTA);
+    if cltv == 0 {
+        return Err(ApiError::bad("max_total_cltv_expiry_delta", "must be greater than 0"));
+    }
+    let payment_hash = PaymentHash(invoice.payment_hash().to_byte_array()).to_string();
+    let outcome =
+        s.engine.lightning().pay(&invoice.to_string(), cltv).await.map_err(ApiError::lightning)?;
+    let (status, preimage) = match outcome {
+        PayOutcome::Started | PayOutcome::AlreadyPending => ("pending", None),
+        PayOutcome::AlreadySucceeded(p) => ("succeeded", Some(p.to_hex())),
+    };
+    Ok(Json(PayResponse { payment_hash, status: status.to_string(), preimage }))
+}
+
+/// Answer of `POST /v1/sync`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncResponse {
+    /// Height of the chain source's best block after the sync.
+    pub tip_height: u32,
+}
+
+async fn sync(State(s): State<ApiState>) -> Typed<SyncResponse> {
+    s.engine.sync_wallet().await.map_err(ApiError::engine)?;
+    s.engine.lightning().sync().await.map_err(ApiError::lightning)?;
+    let tip = s.engine.chain().tip_height().await.map_err(ApiError::chain)?;
+    Ok(Json(SyncResponse { tip_height: tip }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_has_a_handler_and_is_unique() {
+        for (i, (m, p)) in ROUTES.iter().enumerate() {
+            assert!(method_router(m, p).is_some(), "{m} {p} has no handler");
+            assert!(!ROUTES[..i].contains(&(*m, *p)), "{m} {p} twice");
+        }
+    }
+
+    #[test]
+    fn error_messages_are_one_line() {
+        let e = ApiError::bad("x", "a\nb");
+        assert_eq!(e.message, "x: a b");
+        assert_eq!(e.code, "bad_request");
+    }
 }
