@@ -1,0 +1,434 @@
+//! The HTTP client of the node's control API (`/v1/...`, bearer token) and the mapping of every
+//! failure to one [`CliError`] line; plus finding the node: `--rpc-url`/`--token-file`, or the
+//! data dir (`DATADIR/api.token`, `DATADIR/looper.toml`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::error::{CliError, CliResult};
+
+/// Name of the token file in the data dir (written by `looper-node` at start).
+pub const API_TOKEN_FILE_NAME: &str = "api.token";
+/// Name of the node's configuration file in the data dir.
+pub const CONFIG_FILE_NAME: &str = "looper.toml";
+/// Timeout of an ordinary request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where the node is and how to authenticate, from the global flags.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// `--datadir` / `LOOPER_DATADIR`.
+    pub datadir: Option<PathBuf>,
+    /// `--rpc-url` / `LOOPER_RPC_URL`.
+    pub rpc_url: Option<String>,
+    /// `--token-file` / `LOOPER_TOKEN_FILE`.
+    pub token_file: Option<PathBuf>,
+    /// `--network` / `LOOPER_NETWORK`: picks the default API port.
+    pub network: Option<String>,
+}
+
+/// Default control API port per network, as `looper-node` uses it (`node/src/config.rs`).
+pub fn default_api_port(network: &str) -> Option<u16> {
+    match network.trim().to_ascii_lowercase().as_str() {
+        "mainnet" | "bitcoin" | "main" => Some(8839),
+        "testnet" | "testnet3" | "test" => Some(18839),
+        "testnet4" => Some(48839),
+        "signet" => Some(38839),
+        "regtest" => Some(28839),
+        _ => None,
+    }
+}
+
+fn default_datadir() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".looper"))
+}
+
+/// `network` and `api.listen` of `DATADIR/looper.toml`, when the file exists.
+fn read_node_config(datadir: &Path) -> CliResult<(Option<String>, Option<String>)> {
+    let path = datadir.join(CONFIG_FILE_NAME);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((None, None)),
+        Err(e) => {
+            return Err(CliError::failure(
+                format!("cannot read {}", path.display()),
+                e.to_string(),
+                "pass --rpc-url URL to name the node's API address",
+            ))
+        }
+    };
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        CliError::failure(
+            format!("cannot read {}", path.display()),
+            e.message().to_string(),
+            "fix the file or pass --rpc-url URL",
+        )
+    })?;
+    let network = table.get("network").and_then(|v| v.as_str()).map(String::from);
+    let listen =
+        table.get("api").and_then(|a| a.get("listen")).and_then(|v| v.as_str()).map(String::from);
+    Ok((network, listen))
+}
+
+/// Resolves the API base URL (no trailing slash) and the token file.
+///
+/// Order: `--rpc-url`, else `api.listen` of `DATADIR/looper.toml`, else `127.0.0.1` and the
+/// default port of the network (`--network`, else `network` of `looper.toml`, else mainnet).
+/// The token: `--token-file`, else `DATADIR/api.token`. `DATADIR` defaults to `$HOME/.looper`.
+///
+/// # Errors
+/// A usage error for a malformed URL or network, a failure when `looper.toml` is unreadable.
+pub fn resolve(opts: &ConnectOptions) -> CliResult<(String, PathBuf)> {
+    let datadir = opts.datadir.clone().or_else(default_datadir);
+    let need_datadir = || {
+        datadir.clone().ok_or_else(|| {
+            CliError::usage(
+                "cannot find the node",
+                "no --datadir, no LOOPER_DATADIR and no $HOME",
+                "pass --datadir DIR or --rpc-url URL --token-file FILE",
+            )
+        })
+    };
+    let url = match &opts.rpc_url {
+        Some(url) => url.trim().trim_end_matches('/').to_string(),
+        None => {
+            let dir = need_datadir()?;
+            let (file_network, listen) = read_node_config(&dir)?;
+            match listen {
+                Some(listen) if listen.trim().ends_with(":0") => {
+                    return Err(CliError::usage(
+                        "cannot find the node's API address",
+                        format!(
+                            "{} sets api.listen = {listen:?} (a port chosen at start)",
+                            dir.join(CONFIG_FILE_NAME).display()
+                        ),
+                        "pass --rpc-url with the address looper-node printed",
+                    ))
+                }
+                Some(listen) => format!("http://{}", listen.trim()),
+                None => {
+                    let network =
+                        opts.network.clone().or(file_network).unwrap_or_else(|| "mainnet".into());
+                    let port = default_api_port(&network).ok_or_else(|| {
+                        CliError::usage(
+                            "cannot find the node's API address",
+                            format!("unknown network {network:?}"),
+                            "use mainnet, testnet, testnet4, signet or regtest",
+                        )
+                    })?;
+                    format!("http://127.0.0.1:{port}")
+                }
+            }
+        }
+    };
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() <= "https://".len()
+    {
+        return Err(CliError::usage(
+            "invalid --rpc-url",
+            format!("{url:?} is not an http:// or https:// URL"),
+            "for example --rpc-url http://127.0.0.1:28839",
+        ));
+    }
+    let token_file = match &opts.token_file {
+        Some(f) => f.clone(),
+        None => need_datadir()?.join(API_TOKEN_FILE_NAME),
+    };
+    Ok((url, token_file))
+}
+
+/// Reads the token (trimmed) from `path`.
+///
+/// # Errors
+/// A failure naming the file; the token itself is never shown.
+pub fn read_token(path: &Path) -> CliResult<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        let why = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file".to_string(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+            _ => e.to_string(),
+        };
+        CliError::failure(
+            format!("cannot read the API token {}", path.display()),
+            why,
+            "looper-node writes it into its data dir at start: pass --datadir DIR of the running node, or --token-file FILE",
+        )
+    })?;
+    let token = text.trim().to_string();
+    if token.is_empty() {
+        return Err(CliError::failure(
+            format!("cannot read the API token {}", path.display()),
+            "the file is empty",
+            "restart looper-node to write a new token, or pass --token-file FILE",
+        ));
+    }
+    Ok(token)
+}
+
+/// A client of one node's control API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client of the API at `base` (`http://127.0.0.1:28839`) with `token`.
+    ///
+    /// # Errors
+    /// A failure when the HTTP client cannot be built (TLS backend).
+    pub fn new(base: String, token: String) -> CliResult<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .build()
+            .map_err(|e| CliError::failure("cannot set up the HTTP client", e.to_string(), ""))?;
+        Ok(Self { base, token, http })
+    }
+
+    /// Connects with the global options: resolves the address and reads the token.
+    ///
+    /// # Errors
+    /// As [`resolve`] and [`read_token`].
+    pub fn connect(opts: &ConnectOptions) -> CliResult<Self> {
+        let (url, token_file) = resolve(opts)?;
+        let token = read_token(&token_file)?;
+        Self::new(url, token)
+    }
+
+    /// The API base URL.
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET path`; `what` names the action for the error line ("list the swaps").
+    ///
+    /// # Errors
+    /// See [`Client::send`].
+    pub async fn get(&self, path: &str, what: &str) -> CliResult<Value> {
+        self.send(Method::GET, path, None, what, REQUEST_TIMEOUT).await
+    }
+
+    /// `POST path` with a JSON body.
+    ///
+    /// # Errors
+    /// See [`Client::send`].
+    pub async fn post(&self, path: &str, body: &Value, what: &str) -> CliResult<Value> {
+        self.send(Method::POST, path, Some(body), what, REQUEST_TIMEOUT).await
+    }
+
+    /// `DELETE path`.
+    ///
+    /// # Errors
+    /// See [`Client::send`].
+    pub async fn delete(&self, path: &str, what: &str) -> CliResult<Value> {
+        self.send(Method::DELETE, path, None, what, REQUEST_TIMEOUT).await
+    }
+
+    /// `GET /v1/swaps/{key}/events?from=N&wait_secs=W` (long poll).
+    ///
+    /// # Errors
+    /// See [`Client::send`].
+    pub async fn swap_events(&self, key: &str, from: u64, wait_secs: u64) -> CliResult<Value> {
+        let path = format!("/v1/swaps/{}/events?from={from}&wait_secs={wait_secs}", encode(key));
+        self.send(Method::GET, &path, None, "follow the swap", Duration::from_secs(wait_secs + 30))
+            .await
+    }
+
+    /// Sends one request and maps every failure to a [`CliError`]:
+    /// unreachable node, timeout, refused token (401), unknown endpoint, or the node's JSON error
+    /// `{code, message}`.
+    ///
+    /// # Errors
+    /// One [`CliError`] (exit code 1) per failure.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        what: &str,
+        timeout: Duration,
+    ) -> CliResult<Value> {
+        let url = format!("{}{}", self.base, path);
+        let mut req =
+            self.http.request(method.clone(), &url).bearer_auth(&self.token).timeout(timeout);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req.send().await.map_err(|e| self.transport_error(&e, what))?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(|e| self.transport_error(&e, what))?;
+        if status.is_success() {
+            if text.trim().is_empty() {
+                return Ok(Value::Null);
+            }
+            return serde_json::from_str(&text).map_err(|e| {
+                CliError::failure(
+                    format!("cannot {what}"),
+                    format!("the node's answer is not JSON: {e}"),
+                    "is --rpc-url the looper-node control API?",
+                )
+            });
+        }
+        let parsed: Option<Value> = serde_json::from_str(&text).ok();
+        let code =
+            parsed.as_ref().and_then(|v| v.get("code")).and_then(|v| v.as_str()).map(String::from);
+        let message = parsed
+            .as_ref()
+            .and_then(|v| v.get("message"))
+            .and_then(|v| v.as_str())
+            .map(String::from);
+        let mut err = match (status.as_u16(), &code, &message) {
+            (401, _, _) => CliError::failure(
+                "the node refused the API token (401)",
+                message.clone().unwrap_or_else(|| "missing or wrong token".into()),
+                "use the api.token of the node you reach: --datadir DIR of that node, or --token-file FILE",
+            ),
+            (404 | 405, None, _) => CliError::failure(
+                format!("cannot {what}"),
+                format!("the node at {} has no endpoint {method} {}", self.base, strip_query(path)),
+                "upgrade looper-node to the version of this looper",
+            ),
+            (_, Some(code), Some(message)) => CliError::failure(
+                format!("cannot {what}"),
+                message.clone(),
+                hint_for(code),
+            ),
+            (s, _, _) => CliError::failure(
+                format!("cannot {what}"),
+                format!("the node answered HTTP {s}{}", snippet(&text)),
+                "see the node's log",
+            ),
+        };
+        err.api_code = code;
+        err.status = Some(status.as_u16());
+        Err(err)
+    }
+
+    fn transport_error(&self, e: &reqwest::Error, what: &str) -> CliError {
+        if e.is_connect() {
+            return CliError::failure(
+                format!("cannot reach looper-node at {}", self.base),
+                root_cause(e),
+                "is looper-node running? start it with `looper-node --datadir DIR`",
+            );
+        }
+        if e.is_timeout() {
+            return CliError::failure(
+                format!("cannot {what}"),
+                format!("looper-node at {} did not answer in time", self.base),
+                "it may be busy or stuck: check its log and retry",
+            );
+        }
+        CliError::failure(
+            format!("cannot {what}"),
+            format!("request to {} failed: {}", self.base, root_cause(e)),
+            "check --rpc-url and that looper-node is running",
+        )
+    }
+}
+
+/// The advice for a node error code.
+fn hint_for(code: &str) -> &'static str {
+    match code {
+        "not_found" => "check the id: `looper swaps` and `looper offer list` list them",
+        "invalid_request" => "check the values given",
+        "offer_refused" => "pick another offer: `looper offers --amount SAT`",
+        "refused" => "see the swap's state with `looper swap ID`",
+        "unauthorized" => "pass the right --token-file",
+        _ => "see the node's log",
+    }
+}
+
+/// The innermost error message, lower-case ("connection refused").
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur: &(dyn std::error::Error + 'static) = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    if let Some(io) = cur.downcast_ref::<std::io::Error>() {
+        match io.kind() {
+            std::io::ErrorKind::ConnectionRefused => return "connection refused".into(),
+            std::io::ErrorKind::TimedOut => return "connection timed out".into(),
+            _ => {}
+        }
+    }
+    let text = cur.to_string();
+    // "Connection refused (os error 111)" -> "connection refused"
+    let text = match text.find(" (os error") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().collect::<String>() + chars.as_str(),
+        None => "unknown error".into(),
+    }
+}
+
+fn strip_query(path: &str) -> &str {
+    path.split('?').next().unwrap_or(path)
+}
+
+fn snippet(text: &str) -> String {
+    let t = text.trim();
+    if t.is_empty() {
+        return String::new();
+    }
+    let short: String = t.chars().take(120).collect();
+    format!(": {short}")
+}
+
+/// Percent-encodes a path segment (ids and hashes are hex; anything else is escaped).
+pub fn encode(segment: &str) -> String {
+    let mut out = String::with_capacity(segment.len());
+    for b in segment.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn ports_match_the_node() {
+        assert_eq!(default_api_port("regtest"), Some(28839));
+        assert_eq!(default_api_port("mainnet"), Some(8839));
+        assert_eq!(default_api_port("bitcoin"), Some(8839));
+        assert_eq!(default_api_port("signet"), Some(38839));
+        assert_eq!(default_api_port("testnet4"), Some(48839));
+        assert_eq!(default_api_port("moon"), None);
+    }
+
+    #[test]
+    fn resolve_from_datadir() {
+        let dir = std::env::temp_dir().join(format!("looper-cli-resolve-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let opts = ConnectOptions { datadir: Some(dir.clone()), ..Default::default() };
+        let (url, token) = resolve(&opts).unwrap();
+        assert_eq!(url, "http://127.0.0.1:8839");
+        assert_eq!(token, dir.join("api.token"));
+        std::fs::write(dir.join(CONFIG_FILE_NAME), "network = \"regtest\"\n").unwrap();
+        assert_eq!(resolve(&opts).unwrap().0, "http://127.0.0.1:28839");
+        std::fs::write(dir.join(CONFIG_FILE_NAME), "[api]\nlisten = \"127.0.0.1:1234\"\n").unwrap();
+        assert_eq!(resolve(&opts).unwrap().0, "http://127.0.0.1:1234");
+        let opts = ConnectOptions { rpc_url: Some("ftp://x".into()), ..opts };
+        assert_eq!(resolve(&opts).unwrap_err().exit, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn encodes_segments() {
+        assert_eq!(encode("ab12"), "ab12");
+        assert_eq!(encode("a/b c"), "a%2Fb%20c");
+    }
+}

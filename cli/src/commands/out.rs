@@ -1,0 +1,191 @@
+//! `looper out`: discover, quote, confirm, take, follow.
+
+use std::time::Instant;
+
+use clap::Args;
+use serde_json::{json, Value};
+
+use super::offers::{claim_fee_rate, fetch, Candidate, Quote, CLAIM_VSIZE_VB};
+use super::swaps::Follower;
+use super::{confirm, parse_sat, Ctx};
+use crate::error::{CliError, CliResult};
+use crate::output::{duration, key_values, num, print_json_line, sat, short, text};
+
+/// `looper out`.
+#[derive(Debug, Args)]
+pub struct OutArgs {
+    /// Amount to receive on-chain (before the claim fee), in satoshis.
+    #[arg(long, value_name = "SAT", value_parser = parse_sat)]
+    pub amount: u64,
+    /// Take this offer (id from `looper offers`).
+    #[arg(long, value_name = "ID", conflicts_with = "best")]
+    pub offer: Option<String>,
+    /// Take the cheapest offer for the amount (the default).
+    #[arg(long)]
+    pub best: bool,
+    /// Refuse offers whose total cost is above this, in satoshis.
+    #[arg(long, value_name = "SAT", value_parser = parse_sat)]
+    pub max_total_fee: Option<u64>,
+    /// Where the claimed coins go (default: a new address of the node's wallet).
+    #[arg(long, value_name = "ADDR")]
+    pub address: Option<String>,
+    /// Fee rate for the claim fee estimate, in sat/vB (default: the node's estimate).
+    #[arg(long, value_name = "SAT_PER_VB", value_parser = parse_sat)]
+    pub fee_rate: Option<u64>,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+/// The quote shown before asking.
+pub fn render_quote(c: &Candidate, q: &Quote) -> String {
+    let mut out = format!(
+        "Loop out {} from offer {} (seller {})\n",
+        sat(q.amount_sat),
+        text(&c.offer, "offer_id"),
+        short(&c.seller)
+    );
+    let mut pairs = vec![
+        ("total cost", sat(q.total_cost_sat())),
+        ("  swap fee", sat(q.swap_fee_sat)),
+        ("  funding fee", sat(q.funding_fee_sat)),
+        (
+            "  claim fee (est.)",
+            format!(
+                "{} ({CLAIM_VSIZE_VB} vB x {} sat/vB)",
+                sat(q.claim_fee_sat),
+                q.fee_rate_sat_vb
+            ),
+        ),
+        ("you pay (Lightning)", sat(q.pay_sat())),
+        ("you receive (on-chain)", sat(q.receive_sat())),
+    ];
+    if q.prepay_sat > 0 {
+        pairs.push(("  of which prepaid", sat(q.prepay_sat)));
+    }
+    pairs.push(("confirmations", text(&c.offer, "min_confirmations")));
+    pairs.push(("timeout", format!("{} blocks", text(&c.offer, "timeout_delta"))));
+    out.push_str(&key_values(&pairs));
+    out
+}
+
+/// Runs `looper out`.
+pub async fn out(ctx: &Ctx, args: &OutArgs) -> CliResult<()> {
+    let client = ctx.client()?;
+    let rate = claim_fee_rate(&client, args.fee_rate).await?;
+    let list = fetch(&client, Some(args.amount), rate).await?;
+    let amount = args.amount;
+    let chosen = match &args.offer {
+        Some(id) => list.iter().find(|c| text(&c.offer, "offer_id") == *id).ok_or_else(|| {
+            CliError::failure(
+                format!("cannot take offer {id}"),
+                format!("no live offer {id} covers {} ({} offers do)", sat(amount), list.len()),
+                format!("list them with `looper offers --amount {amount}`"),
+            )
+        })?,
+        None => list.first().ok_or_else(|| {
+            CliError::failure(
+                format!("cannot loop out {}", sat(amount)),
+                "no live offer covers this amount",
+                "see the ranges on offer with `looper offers`",
+            )
+        })?,
+    };
+    let quote = chosen.quote.ok_or_else(|| {
+        CliError::failure("cannot quote the offer", "it does not cover the amount", "")
+    })?;
+    let offer_id = text(&chosen.offer, "offer_id");
+    if let Some(max) = args.max_total_fee {
+        if quote.total_cost_sat() > max {
+            return Err(CliError::failure(
+                format!("cannot take offer {offer_id}"),
+                format!(
+                    "its total cost {} is above --max-total-fee {}",
+                    sat(quote.total_cost_sat()),
+                    sat(max)
+                ),
+                format!("raise --max-total-fee or pick another offer: `looper offers --amount {amount}`"),
+            ));
+        }
+    }
+    if ctx.json() {
+        print_json_line(&json!({
+            "type": "quote", "seller": chosen.seller, "offer_id": offer_id, "quote": quote.to_json(),
+        }));
+    } else {
+        print!("{}", render_quote(chosen, &quote));
+    }
+    confirm("Take this offer?", args.yes)?;
+
+    let start = Instant::now();
+    let mut body = json!({
+        "offer": chosen.offer,
+        "seller_pubkey": chosen.seller,
+        "amount_sat": amount,
+        // The same, under the names of the API contract.
+        "offer_id": offer_id,
+        "seller": chosen.seller,
+    });
+    if let Some(max) = args.max_total_fee {
+        body["max_total_fee_sat"] = json!(max);
+    }
+    if let Some(a) = &args.address {
+        body["address"] = json!(a);
+    }
+    let v = client.post("/v1/swaps/out", &body, &format!("take offer {offer_id}")).await?;
+    let swap_id = text(&v, "swap_id");
+    if ctx.json() {
+        print_json_line(&json!({"type": "started", "swap_id": swap_id}));
+    } else {
+        println!(
+            "swap {swap_id} started (follow it elsewhere with `looper swap monitor {swap_id}`)"
+        );
+    }
+    let mut follower = Follower::new(swap_id.clone(), ctx.json(), false, start);
+    while !follower.outcome.finished {
+        follower.step(&client, 25).await?;
+    }
+    let o = &follower.outcome;
+    let elapsed = start.elapsed().as_secs();
+    let agreed = o.quote.clone().unwrap_or(Value::Null);
+    let (swap_fee, funding_fee) = if agreed.is_null() {
+        (quote.swap_fee_sat, quote.funding_fee_sat)
+    } else {
+        (num(&agreed, "swap_fee_sat"), num(&agreed, "funding_fee_sat"))
+    };
+    let claim_fee = o.claim_fee_sat.unwrap_or(quote.claim_fee_sat);
+    let total = swap_fee.saturating_add(funding_fee).saturating_add(claim_fee);
+    if ctx.json() {
+        print_json_line(&json!({
+            "type": "result",
+            "swap_id": swap_id,
+            "status": if o.succeeded { "succeeded" } else { "failed" },
+            "state": o.state,
+            "claim_txid": o.claim_txid,
+            "total_cost_sat": if o.succeeded { Some(total) } else { None },
+            "swap_fee_sat": swap_fee,
+            "funding_fee_sat": funding_fee,
+            "claim_fee_sat": o.claim_fee_sat,
+            "elapsed_secs": elapsed,
+        }));
+    }
+    if !o.succeeded {
+        return Err(CliError::failure(
+            format!("swap {swap_id} did not succeed"),
+            format!("it ended in state {}", o.state),
+            format!("see `looper swap {swap_id}`; funds locked on-chain are refunded to the seller after the timeout, an unpaid invoice costs nothing"),
+        ));
+    }
+    if !ctx.json() {
+        println!(
+            "done: claim txid {}, total cost {} (swap fee {} + funding fee {} + claim fee {}), took {}",
+            o.claim_txid.clone().unwrap_or_else(|| "-".into()),
+            sat(total),
+            sat(swap_fee),
+            sat(funding_fee),
+            sat(claim_fee),
+            duration(elapsed)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,402 @@
+//! `looper swaps`, `looper swap ID|PAYMENT_HASH`, `looper swap monitor [ID]`,
+//! `looper swap abort ID`, and following a swap's events (shared with `looper out`).
+
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Value};
+
+use super::Ctx;
+use crate::client::{encode, Client};
+use crate::error::{CliError, CliResult};
+use crate::output::{
+    duration, key_values, num, print_json, print_json_line, sat, short, table, text, Align,
+};
+
+/// `looper swap`.
+#[derive(Debug, Args)]
+pub struct SwapArgs {
+    /// Swap id or payment hash (hex).
+    #[arg(value_name = "ID|PAYMENT_HASH")]
+    pub key: Option<String>,
+    /// Subcommand.
+    #[command(subcommand)]
+    pub command: Option<SwapCommand>,
+}
+
+/// `looper swap monitor|abort`.
+#[derive(Debug, Subcommand)]
+pub enum SwapCommand {
+    /// Follow a swap's progress live (every swap in progress when no id is given).
+    #[command(after_help = "Examples:\n  looper swap monitor\n  looper swap monitor 9d1e...")]
+    Monitor {
+        /// Swap id or payment hash.
+        #[arg(value_name = "ID|PAYMENT_HASH")]
+        key: Option<String>,
+    },
+    /// Ask the node to abort a swap (refused once the swap cannot be aborted safely).
+    #[command(after_help = "Example:\n  looper swap abort 9d1e...")]
+    Abort {
+        /// Swap id or payment hash.
+        #[arg(value_name = "ID|PAYMENT_HASH")]
+        key: String,
+    },
+}
+
+fn not_found_hint(e: CliError) -> CliError {
+    if e.is_not_found() {
+        e.with_todo("`looper swaps` lists this node's swaps")
+    } else {
+        e
+    }
+}
+
+/// `looper swaps`.
+pub async fn list(ctx: &Ctx) -> CliResult<()> {
+    let client = ctx.client()?;
+    let v = client.get("/v1/swaps", "list the swaps").await?;
+    if ctx.json() {
+        print_json(&v);
+    } else {
+        print!("{}", render_swaps(&v));
+    }
+    Ok(())
+}
+
+/// The human table of `/v1/swaps`, newest first.
+pub fn render_swaps(v: &Value) -> String {
+    let mut swaps = v.get("swaps").and_then(Value::as_array).cloned().unwrap_or_default();
+    if swaps.is_empty() {
+        return "no swaps yet (start one with `looper out --amount SAT`)\n".into();
+    }
+    swaps.sort_by_key(|s| std::cmp::Reverse(num(s, "created_at")));
+    let rows: Vec<Vec<String>> = swaps
+        .iter()
+        .map(|s| {
+            vec![
+                text(s, "swap_id"),
+                text(s, "role"),
+                text(s, "status"),
+                text(s, "state"),
+                short(&text(s, "payment_hash")),
+                text(s, "created_at"),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            ("SWAP", Align::Left),
+            ("ROLE", Align::Left),
+            ("STATUS", Align::Left),
+            ("STATE", Align::Left),
+            ("PAYMENT HASH", Align::Left),
+            ("CREATED (unix)", Align::Right),
+        ],
+        &rows,
+    )
+}
+
+/// `looper swap ...`.
+pub async fn swap(ctx: &Ctx, args: SwapArgs) -> CliResult<()> {
+    match (args.command, args.key) {
+        (Some(SwapCommand::Monitor { key }), _) => monitor(ctx, key).await,
+        (Some(SwapCommand::Abort { key }), _) => {
+            let client = ctx.client()?;
+            let v = client
+                .post(
+                    &format!("/v1/swaps/{}/abort", encode(&key)),
+                    &json!({}),
+                    &format!("abort swap {key}"),
+                )
+                .await
+                .map_err(not_found_hint)?;
+            if ctx.json() {
+                print_json(&v);
+            } else {
+                println!("abort requested for swap {}", text(&v, "swap_id"));
+            }
+            Ok(())
+        }
+        (None, Some(key)) => show(ctx, &key).await,
+        (None, None) => Err(CliError::usage(
+            "looper swap",
+            "no swap id given",
+            "use `looper swap ID`, `looper swap monitor [ID]` or `looper swap abort ID`",
+        )),
+    }
+}
+
+async fn show(ctx: &Ctx, key: &str) -> CliResult<()> {
+    let client = ctx.client()?;
+    let v = client
+        .get(&format!("/v1/swaps/{}", encode(key)), &format!("get swap {key}"))
+        .await
+        .map_err(not_found_hint)?;
+    if ctx.json() {
+        print_json(&v);
+        return Ok(());
+    }
+    print!(
+        "{}",
+        key_values(&[
+            ("swap", text(&v, "swap_id")),
+            ("role", text(&v, "role")),
+            ("status", text(&v, "status")),
+            ("state", text(&v, "state")),
+            ("payment hash", text(&v, "payment_hash")),
+            ("created", text(&v, "created_at")),
+            ("updated", text(&v, "updated_at")),
+        ])
+    );
+    let id = text(&v, "swap_id");
+    let events = client.swap_events(&id, 0, 0).await?;
+    let list = events.get("events").and_then(Value::as_array).cloned().unwrap_or_default();
+    if !list.is_empty() {
+        println!("events:");
+        for e in &list {
+            println!(
+                "  {:>3}  {}",
+                num(e, "seq"),
+                describe(e.get("event").unwrap_or(&Value::Null))
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn monitor(ctx: &Ctx, key: Option<String>) -> CliResult<()> {
+    let client = ctx.client()?;
+    let start = Instant::now();
+    let keys: Vec<String> = match key {
+        Some(k) => {
+            // Resolve a payment hash to the id, and fail early on an unknown swap.
+            let v = client
+                .get(&format!("/v1/swaps/{}", encode(&k)), &format!("get swap {k}"))
+                .await
+                .map_err(not_found_hint)?;
+            vec![text(&v, "swap_id")]
+        }
+        None => {
+            let v = client.get("/v1/swaps", "list the swaps").await?;
+            v.get("swaps")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter(|s| text(s, "status") == "pending")
+                        .map(|s| text(s, "swap_id"))
+                        .collect()
+                })
+                .unwrap_or_default()
+        }
+    };
+    if keys.is_empty() {
+        if ctx.json() {
+            print_json_line(&json!({"type": "idle", "swaps": []}));
+        } else {
+            println!("no swap in progress");
+        }
+        return Ok(());
+    }
+    let many = keys.len() > 1;
+    let mut followers: Vec<Follower> =
+        keys.into_iter().map(|k| Follower::new(k, ctx.json(), many, start)).collect();
+    loop {
+        let mut all_done = true;
+        for f in followers.iter_mut().filter(|f| !f.outcome.finished) {
+            f.step(&client, if many { 0 } else { 25 }).await?;
+            all_done &= f.outcome.finished;
+        }
+        if all_done {
+            break;
+        }
+        if many {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+    if followers.iter().all(|f| f.outcome.succeeded) {
+        Ok(())
+    } else {
+        let failed: Vec<&str> =
+            followers.iter().filter(|f| !f.outcome.succeeded).map(|f| f.key.as_str()).collect();
+        Err(CliError::failure(
+            format!("swap {} did not succeed", failed.join(", ")),
+            "it ended without the exchange (refunded, aborted or failed)",
+            "see `looper swap ID` for its events",
+        ))
+    }
+}
+
+/// What following a swap learnt.
+#[derive(Debug, Clone, Default)]
+pub struct Outcome {
+    /// The swap finished (succeeded or failed).
+    pub finished: bool,
+    /// It succeeded.
+    pub succeeded: bool,
+    /// The final state name.
+    pub state: String,
+    /// The claim transaction.
+    pub claim_txid: Option<String>,
+    /// Its fee.
+    pub claim_fee_sat: Option<u64>,
+    /// The agreed quote (from the `accepted` event).
+    pub quote: Option<Value>,
+}
+
+/// Follows one swap's event log, printing each event once.
+#[derive(Debug)]
+pub struct Follower {
+    /// Swap id.
+    pub key: String,
+    next: u64,
+    json: bool,
+    prefix: bool,
+    start: Instant,
+    /// What was seen so far.
+    pub outcome: Outcome,
+}
+
+impl Follower {
+    /// A follower of swap `key` from its first event.
+    pub fn new(key: String, json: bool, prefix: bool, start: Instant) -> Self {
+        Self { key, next: 0, json, prefix, start, outcome: Outcome::default() }
+    }
+
+    /// One long poll (up to `wait_secs`); prints new events and updates the outcome.
+    ///
+    /// # Errors
+    /// The client's error.
+    pub async fn step(&mut self, client: &Client, wait_secs: u64) -> CliResult<()> {
+        let v = client.swap_events(&self.key, self.next, wait_secs).await?;
+        let events = v.get("events").and_then(Value::as_array).cloned().unwrap_or_default();
+        for e in &events {
+            let seq = num(e, "seq");
+            if seq < self.next {
+                continue;
+            }
+            self.next = seq + 1;
+            let event = e.get("event").cloned().unwrap_or(Value::Null);
+            self.learn(&event);
+            let elapsed = self.start.elapsed().as_secs();
+            if self.json {
+                print_json_line(&json!({
+                    "type": "event", "swap_id": self.key, "seq": seq,
+                    "elapsed_secs": elapsed, "event": event,
+                }));
+            } else if self.prefix {
+                println!("[{:>6}] {}  {}", duration(elapsed), short(&self.key), describe(&event));
+            } else {
+                println!("[{:>6}] {}", duration(elapsed), describe(&event));
+            }
+        }
+        if events.is_empty() && !self.outcome.finished {
+            // No event for a while: the swap may have ended before its log says so.
+            let s = client.get(&format!("/v1/swaps/{}", encode(&self.key)), "get the swap").await?;
+            match text(&s, "status").as_str() {
+                "pending" | "-" => {}
+                status => {
+                    self.outcome.finished = true;
+                    self.outcome.succeeded = status == "succeeded";
+                    self.outcome.state = text(&s, "state");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn learn(&mut self, e: &Value) {
+        match text(e, "event").as_str() {
+            "accepted" => self.outcome.quote = e.get("quote").cloned(),
+            "broadcast" => {
+                let purpose = text(e, "purpose");
+                if purpose.ends_with("claim") {
+                    self.outcome.claim_txid = Some(text(e, "txid"));
+                    self.outcome.claim_fee_sat = e.get("fee_sat").and_then(Value::as_u64);
+                }
+            }
+            "finished" => {
+                self.outcome.finished = true;
+                self.outcome.succeeded = text(e, "kind") == "succeeded";
+                self.outcome.state = text(e, "state");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// One line for a swap event (the engine's `Notification`, tagged by `event`).
+pub fn describe(e: &Value) -> String {
+    match text(e, "event").as_str() {
+        "accepted" => {
+            let q = e.get("quote").cloned().unwrap_or(Value::Null);
+            format!(
+                "accepted: invoice {}, HTLC {}, timeout at height {}",
+                sat(num(&q, "invoice_amount_sat")),
+                sat(num(&q, "htlc_amount_sat")),
+                text(e, "timeout_height")
+            )
+        }
+        "funding_seen" => format!(
+            "funding seen: {} (confirmations {}/{})",
+            text(e, "txid"),
+            text(e, "confirmations"),
+            text(e, "required")
+        ),
+        "paying" => {
+            format!("paying the invoice (route CLTV budget {} blocks)", text(e, "max_cltv"))
+        }
+        "paid" => "paid: the preimage is known".into(),
+        "broadcast" => {
+            let purpose = text(e, "purpose");
+            let what = match purpose.as_str() {
+                "cooperative_claim" | "script_claim" => "claiming",
+                "cooperative_refund" | "script_refund" => "refunding",
+                "funding" => "funding",
+                _ => "broadcast",
+            };
+            format!(
+                "{what}: {} {} (fee {}, {} vB)",
+                purpose.replace('_', " "),
+                text(e, "txid"),
+                sat(num(e, "fee_sat")),
+                text(e, "vsize")
+            )
+        }
+        "cooperation_failed" => {
+            format!("cooperative path failed ({}): using the script path", text(e, "reason"))
+        }
+        "finished" => {
+            let kind = text(e, "kind");
+            let word = if kind == "succeeded" { "claimed" } else { "finished" };
+            format!("{word}: {} ({kind})", text(e, "state"))
+        }
+        "aborted" => {
+            let msg = text(e, "message");
+            if msg == "-" {
+                format!("aborted: {}", text(e, "reason"))
+            } else {
+                format!("aborted: {}: {msg}", text(e, "reason"))
+            }
+        }
+        "peer_error" => {
+            let err = e.get("error").cloned().unwrap_or(Value::Null);
+            format!("peer error: {} {}", text(&err, "code"), text(&err, "message"))
+        }
+        other => format!("{other}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_events() {
+        let e = json!({"event": "funding_seen", "txid": "ab", "confirmations": 0, "required": 1});
+        assert_eq!(describe(&e), "funding seen: ab (confirmations 0/1)");
+        let e = json!({"event": "finished", "state": "claimed", "kind": "succeeded"});
+        assert_eq!(describe(&e), "claimed: claimed (succeeded)");
+        let e = json!({"event": "broadcast", "txid": "cd", "purpose": "cooperative_claim", "fee_sat": 222, "vsize": 111});
+        assert_eq!(describe(&e), "claiming: cooperative claim cd (fee 222 sat, 111 vB)");
+    }
+}
