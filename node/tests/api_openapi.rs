@@ -1,0 +1,683 @@
+//! The committed OpenAPI document (`node/openapi.yaml`) against the control API:
+//!
+//! - `routes_match_openapi`: the document's (method, path) set is exactly [`api::ROUTES`];
+//! - `typed_answers_match_schemas`: sample values of every typed answer serialize to JSON that
+//!   validates against its schema (required properties present, no undocumented property, types);
+//! - `live_api_matches_openapi` (regtest chain, one node): every route refuses a request without
+//!   the token with `401 unauthorized`; the live answers of the GET and body-less POST routes, of
+//!   `wallet/send`, `offers`, `offers/discover`, and the errors of invalid inputs validate against
+//!   the document, with the documented status and stable code.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use bitcoin::{Amount, FeeRate, Network};
+use looper_node::api::{self, ApiState, NodeFacts};
+use looper_node::chain::EsploraChainSource;
+use looper_node::engine::{Engine, EngineConfig, EngineParts};
+use looper_node::lightning::{ChannelInfo, LdkConfig, LdkLightning, Lightning};
+use looper_node::nostr::{MemoryProcessedEvents, NostrTransport, TransportConfig};
+use looper_node::seed::{ApiToken, Mnemonic, NodeKeys};
+use looper_node::store::RedbStore;
+use looper_node::wallet::LooperWallet;
+use looper_protocol::messages::Offer;
+use looper_protocol::seller::SellerPolicy;
+use looper_protocol::SwapDirection;
+use looper_regtest::RegtestChain;
+use nostr_relay_builder::prelude::*;
+use serde_json::{json, Value};
+
+const OPENAPI: &str = include_str!("../openapi.yaml");
+
+fn doc() -> Value {
+    serde_norway::from_str(OPENAPI).expect("openapi.yaml parses")
+}
+
+/// Resolves a local `$ref` ("#/components/...").
+fn resolve<'a>(doc: &'a Value, v: &'a Value) -> &'a Value {
+    match v.get("$ref").and_then(Value::as_str) {
+        Some(r) => {
+            let ptr = r.strip_prefix('#').expect("local ref");
+            let target = doc.pointer(ptr).unwrap_or_else(|| panic!("dangling ref {r}"));
+            resolve(doc, target)
+        }
+        None => v,
+    }
+}
+
+/// Validates `value` against `schema` (the subset of OpenAPI 3.0 the document uses: `$ref`,
+/// `allOf`, `type`, `required`, `properties` (closed: no undocumented property), `items`,
+/// `enum`, `nullable`). Returns the errors with their JSON paths.
+fn validate(doc: &Value, schema: &Value, value: &Value, path: &str, errs: &mut Vec<String>) {
+    let schema = resolve(doc, schema);
+    if value.is_null() && schema.get("nullable").and_then(Value::as_bool) == Some(true) {
+        return;
+    }
+    if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
+        // Closed over the union of the parts' properties.
+        let mut props = BTreeSet::new();
+        for part in all {
+            let part = resolve(doc, part);
+            let mut open = part.clone();
+            if let Some(p) = part.get("properties").and_then(Value::as_object) {
+                props.extend(p.keys().cloned());
+            }
+            open.as_object_mut().unwrap().insert("x-open".into(), json!(true));
+            validate(doc, &open, value, path, errs);
+        }
+        if let Some(obj) = value.as_object() {
+            for k in obj.keys().filter(|k| !props.contains(*k)) {
+                errs.push(format!("{path}: undocumented property {k}"));
+            }
+        }
+        return;
+    }
+    if let Some(e) = schema.get("enum").and_then(Value::as_array) {
+        if !e.contains(value) {
+            errs.push(format!("{path}: {value} not in {e:?}"));
+        }
+    }
+    let ty = schema.get("type").and_then(Value::as_str);
+    let ok = match ty {
+        Some("object") => value.is_object(),
+        Some("array") => value.is_array(),
+        Some("string") => value.is_string(),
+        Some("integer") => value.is_u64() || value.is_i64(),
+        Some("number") => value.is_number(),
+        Some("boolean") => value.is_boolean(),
+        _ => true,
+    };
+    if !ok {
+        errs.push(format!("{path}: {value} is not {}", ty.unwrap_or("?")));
+        return;
+    }
+    if let Some(obj) = value.as_object() {
+        let props = schema.get("properties").and_then(Value::as_object);
+        for r in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+            let r = r.as_str().unwrap();
+            if !obj.contains_key(r) {
+                errs.push(format!("{path}: missing required property {r}"));
+            }
+        }
+        if let Some(props) = props {
+            for (k, v) in obj {
+                match props.get(k) {
+                    Some(s) => validate(doc, s, v, &format!("{path}.{k}"), errs),
+                    None if schema.get("x-open").is_none() => {
+                        errs.push(format!("{path}: undocumented property {k}"))
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+    if let (Some(items), Some(arr)) = (schema.get("items"), value.as_array()) {
+        for (i, v) in arr.iter().enumerate() {
+            validate(doc, items, v, &format!("{path}[{i}]"), errs);
+        }
+    }
+}
+
+fn check_schema(doc: &Value, schema: &Value, value: &Value, what: &str) {
+    let mut errs = Vec::new();
+    validate(doc, schema, value, "$", &mut errs);
+    assert!(errs.is_empty(), "{what}: {value} does not match its schema: {errs:#?}");
+}
+
+fn check_named(doc: &Value, name: &str, value: &impl serde::Serialize) {
+    let v = serde_json::to_value(value).unwrap();
+    check_schema(doc, &json!({"$ref": format!("#/components/schemas/{name}")}), &v, name);
+}
+
+/// The schema of the answer `status` of `method path`.
+fn response_schema(doc: &Value, method: &str, path: &str, status: u16) -> Result<Value> {
+    let op = doc
+        .pointer(&format!("/paths/{}/{}", path.replace('/', "~1"), method.to_lowercase()))
+        .ok_or_else(|| anyhow!("{method} {path} not documented"))?;
+    let resp = op
+        .get("responses")
+        .and_then(|r| r.get(status.to_string()))
+        .ok_or_else(|| anyhow!("{method} {path} does not document status {status}"))?;
+    let resp = resolve(doc, resp);
+    resp.pointer("/content/application~1json/schema")
+        .cloned()
+        .ok_or_else(|| anyhow!("{method} {path} {status}: no JSON schema"))
+}
+
+#[test]
+fn routes_match_openapi() {
+    let doc = doc();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.0"));
+    let mut documented = BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().expect("paths") {
+        for method in item.as_object().unwrap().keys() {
+            if ["get", "post", "put", "delete", "patch"].contains(&method.as_str()) {
+                documented.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    let routed: BTreeSet<(String, String)> =
+        api::ROUTES.iter().map(|(m, p)| (m.to_string(), p.to_string())).collect();
+    assert_eq!(routed.len(), api::ROUTES.len(), "duplicate route");
+    assert_eq!(documented, routed, "openapi.yaml paths differ from api::ROUTES");
+    // Every operation documents 200 (with a JSON schema) and 401.
+    for (m, p) in api::ROUTES {
+        response_schema(&doc, m, p, 200).unwrap();
+        response_schema(&doc, m, p, 401).unwrap();
+    }
+}
+
+fn sample_offer() -> Offer {
+    Offer {
+        version: 1,
+        offer_id: "o1".into(),
+        network: Network::Regtest,
+        direction: SwapDirection::LoopOut,
+        min_amount_sat: 10_000,
+        max_amount_sat: 1_000_000,
+        fee_base_sat: 1_000,
+        fee_ppm: 2_500,
+        funding_fee_sat: 300,
+        prepay_sat: Some(1_000),
+        min_confirmations: 1,
+        timeout_delta: 144,
+        claim_margin: 20,
+        invoice_expiry_secs: 3_600,
+        ln_node_id: "02eec7245d6b7d2ccb30380bfbe2a3648cd7a942653f5aa340edcea1f283686619"
+            .parse()
+            .unwrap(),
+        ln_address: Some("127.0.0.1:9735".into()),
+        relays: vec!["ws://127.0.0.1:7777".into()],
+        pow_difficulty: Some(8),
+        expires_at: 1_900_000_000,
+    }
+}
+
+#[test]
+fn typed_answers_match_schemas() {
+    let doc = doc();
+    check_named(
+        &doc,
+        "Info",
+        &api::InfoResponse {
+            network: "regtest".into(),
+            api_version: api::API_VERSION,
+            version: "0.1.0".into(),
+            tip_height: 101,
+            nostr_pubkey: "ab".repeat(32),
+            ln_node_id: "02".repeat(33),
+            ln_listen: vec!["127.0.0.1:9735".into()],
+            open_swaps: 0,
+        },
+    );
+    check_named(&doc, "Offer", &sample_offer());
+    let mut minimal = sample_offer();
+    minimal.prepay_sat = None;
+    minimal.ln_address = None;
+    minimal.pow_difficulty = None;
+    check_named(&doc, "Offer", &minimal);
+    check_named(
+        &doc,
+        "DiscoveredOffer",
+        &api::DiscoveredOfferResponse {
+            seller: "ab".repeat(32),
+            offer: sample_offer(),
+            cost_sat: 1_550,
+            expires_at: 1_900_000_000,
+        },
+    );
+    check_named(&doc, "SwapOutResponse", &api::SwapOutResponse { swap_id: "00".repeat(32) });
+    check_named(&doc, "AddressResponse", &api::AddressResponse { address: "bcrt1q".into() });
+    check_named(&doc, "SendResponse", &api::SendResponse { txid: "00".repeat(32) });
+    check_named(
+        &doc,
+        "LnBalance",
+        &api::LnBalanceResponse {
+            onchain_spendable_sat: 1,
+            lightning_outbound_msat: 2,
+            lightning_inbound_msat: 3,
+        },
+    );
+    check_named(&doc, "OpenResponse", &api::OpenResponse { user_channel_id: "cid".into() });
+    for (status, preimage) in [("pending", None), ("succeeded", Some("11".repeat(32)))] {
+        check_named(
+            &doc,
+            "PayResponse",
+            &api::PayResponse { payment_hash: "22".repeat(32), status: status.into(), preimage },
+        );
+    }
+    check_named(&doc, "SyncResponse", &api::SyncResponse { tip_height: 7 });
+    check_named(
+        &doc,
+        "Error",
+        &api::ErrorBody { code: "bad_request".into(), message: "amount_sat: must be > 0".into() },
+    );
+    check_named(
+        &doc,
+        "Channel",
+        &ChannelInfo {
+            channel_id: "c".into(),
+            counterparty: "02".repeat(33),
+            capacity_sat: 1,
+            outbound_msat: 2,
+            inbound_msat: 3,
+            ready: true,
+            usable: false,
+        },
+    );
+    // The validator itself rejects what it should.
+    let mut errs = Vec::new();
+    let bad = json!({"tip_height": "x", "extra": 1});
+    validate(&doc, &json!({"$ref": "#/components/schemas/SyncResponse"}), &bad, "$", &mut errs);
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    errs.clear();
+    validate(
+        &doc,
+        &json!({"$ref": "#/components/schemas/SyncResponse"}),
+        &json!({}),
+        "$",
+        &mut errs,
+    );
+    assert_eq!(errs.len(), 1, "{errs:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Live: one node on the regtest chain.
+
+/// A minimal HTTP/1.1 client (no HTTP client crate needed): status and parsed JSON body.
+async fn call(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> Result<(u16, Value)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let ctype = if body.is_empty() { "" } else { "Content-Type: application/json\r\n" };
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{ctype}Content-Length: {}\r\n\
+         Connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).await?;
+    let mut buf = String::new();
+    tokio::time::timeout(Duration::from_secs(120), stream.read_to_string(&mut buf))
+        .await
+        .context("HTTP timeout")??;
+    let status: u16 = buf.split(' ').nth(1).unwrap_or("0").parse()?;
+    let text = buf.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let json = serde_json::from_str(text).with_context(|| format!("{method} {path}: {buf}"))?;
+    Ok((status, json))
+}
+
+struct Live {
+    doc: Value,
+    addr: std::net::SocketAddr,
+    token: String,
+}
+
+impl Live {
+    /// Calls with the token; asserts the status and that the body matches the documented schema.
+    async fn expect(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        status: u16,
+    ) -> Result<Value> {
+        let (got, v) = call(self.addr, method, path, Some(&self.token), body.as_ref()).await?;
+        if got != status {
+            bail!("{method} {path}: status {got}, expected {status}: {v}");
+        }
+        let template = api::ROUTES
+            .iter()
+            .find(|(m, p)| *m == method && matches(p, path.split('?').next().unwrap_or(path)))
+            .map(|(_, p)| *p)
+            .ok_or_else(|| anyhow!("no route for {method} {path}"))?;
+        let schema = response_schema(&self.doc, method, template, status)?;
+        check_schema(&self.doc, &schema, &v, &format!("{method} {path} {status}"));
+        Ok(v)
+    }
+
+    /// Expects an error answer with `code` whose message mentions `needle`.
+    async fn error(
+        &self,
+        method: &str,
+        path: &str,
+        body: Value,
+        status: u16,
+        code: &str,
+        needle: &str,
+    ) -> Result<()> {
+        let body = (!body.is_null()).then_some(body);
+        let v = self.expect(method, path, body, status).await?;
+        assert_eq!(v["code"], code, "{method} {path}: {v}");
+        let msg = v["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "{method} {path}: message {msg:?} lacks {needle:?}");
+        assert!(!msg.contains('\n'), "multi-line message {msg:?}");
+        assert!(!msg.contains(&self.token), "token in message");
+        Ok(())
+    }
+}
+
+fn matches(template: &str, path: &str) -> bool {
+    let t: Vec<_> = template.split('/').collect();
+    let p: Vec<_> = path.split('/').collect();
+    t.len() == p.len() && t.iter().zip(&p).all(|(a, b)| a.starts_with('{') || a == b)
+}
+
+async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn live_api_matches_openapi() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().to_path_buf();
+    let chain = Arc::new(RegtestChain::start(dir.join("chain"))?);
+    let relay = LocalRelay::new(RelayBuilder::default());
+    relay.run().await?;
+    let relay_url = relay.url().await.to_string();
+
+    // One node: store, wallet, ldk-node, Nostr transport, engine.
+    let node_dir = dir.join("node");
+    std::fs::create_dir_all(&node_dir)?;
+    let keys = NodeKeys::from_mnemonic(&Mnemonic::generate()?, Network::Regtest)?;
+    let store = RedbStore::open(&node_dir.join("looper.redb"))?;
+    let wallet = Arc::new(LooperWallet::load_or_create(
+        store.database(),
+        &keys,
+        Network::Regtest,
+        FeeRate::from_sat_per_vb_u32(50),
+    )?);
+    let esplora = EsploraChainSource::new(&chain.esplora_url(), FeeRate::from_sat_per_vb_u32(2))?;
+    let sync_client = esplora.client().clone();
+    let listen =
+        format!("127.0.0.1:{}", std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port());
+    let ln = Arc::new(
+        LdkLightning::start(
+            LdkConfig {
+                network: Network::Regtest,
+                esplora_url: chain.esplora_url(),
+                storage_dir: node_dir.join("ldk"),
+                listen: vec![listen.clone()],
+                alias: None,
+                sync_interval_secs: 2,
+            },
+            keys.ldk_seed_bytes()?,
+        )
+        .await?,
+    );
+    let mut tc =
+        TransportConfig::new(keys.nostr_secret_key()?.secret_bytes(), vec![relay_url.clone()]);
+    tc.retry_interval = Duration::from_secs(1);
+    tc.fetch_timeout = Duration::from_secs(5);
+    let transport = NostrTransport::connect(tc, Arc::new(MemoryProcessedEvents::new())).await?;
+    let engine = Engine::start(EngineParts {
+        store: Arc::new(store),
+        wallet: Arc::clone(&wallet),
+        wallet_sync: Some(sync_client),
+        chain: esplora.into_dyn(),
+        lightning: ln.clone() as Arc<dyn Lightning>,
+        transport,
+        swap_master: keys.swap_master()?,
+        config: EngineConfig {
+            seller_policy: SellerPolicy::default(),
+            chain_poll: Duration::from_secs(1),
+            wallet_sync_every: 2,
+            ..EngineConfig::default()
+        },
+    })
+    .await?;
+    let (stop, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(engine.clone().run(async move {
+        let _ = rx.await;
+    }));
+
+    let token = ApiToken::load_or_create(&node_dir)?;
+    let app = api::router_with(
+        ApiState {
+            engine: engine.clone(),
+            token: Arc::new(token.clone()),
+            network: Network::Regtest,
+        },
+        NodeFacts { ln_listen: vec![listen.clone()] },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let live = Live { doc: doc(), addr, token: token.expose().to_string() };
+
+    // 1. Every route refuses a request without (or with a wrong) token.
+    for (m, p) in api::ROUTES {
+        let path = p.replace("{id}", &"00".repeat(32));
+        for t in [None, Some("wrong")] {
+            let (status, v) = call(addr, m, &path, t, Some(&json!({}))).await?;
+            assert_eq!(status, 401, "{m} {path}: {v}");
+            check_schema(&live.doc, &response_schema(&live.doc, m, p, 401)?, &v, "401");
+            assert_eq!(v["code"], "unauthorized");
+        }
+    }
+    // Unknown routes: JSON 404.
+    let (status, v) = call(addr, "GET", "/v1/nope", Some(&live.token), None).await?;
+    assert_eq!((status, v["code"].as_str()), (404, Some("not_found")), "{v}");
+
+    // 2. Live answers of the reading routes.
+    let info = live.expect("GET", "/v1/info", None, 200).await?;
+    assert_eq!(info["network"], "regtest");
+    assert_eq!(info["api_version"], api::API_VERSION);
+    assert_eq!(info["ln_listen"], json!([listen]));
+    assert_eq!(info["ln_node_id"], ln.node_id().to_string());
+    assert_eq!(info["tip_height"], chain.tip_height()?);
+    assert_eq!(info["open_swaps"], 0);
+    for path in ["/v1/offers", "/v1/swaps", "/v1/wallet/balance", "/v1/ln/info", "/v1/ln/balance"] {
+        live.expect("GET", path, None, 200).await?;
+    }
+    live.expect("GET", "/v1/ln/channels", None, 200).await?;
+    let ln_addr = live.expect("POST", "/v1/ln/address", None, 200).await?;
+    assert!(ln_addr["address"].as_str().unwrap().starts_with("bcrt1"));
+    let invoice =
+        live.expect("POST", "/v1/ln/invoice", Some(json!({"amount_msat": 5_000_000})), 200).await?;
+    assert!(invoice["invoice"].as_str().unwrap().starts_with("lnbcrt"));
+
+    // 3. Fund the swap wallet, sync through the API, send.
+    let a = live.expect("POST", "/v1/wallet/address", None, 200).await?;
+    let a = looper_regtest::parse_address(a["address"].as_str().unwrap())?;
+    chain.fund_address(&a, Amount::from_sat(500_000))?;
+    chain.mine(1)?;
+    let tip = chain.tip_height()?;
+    let synced = wait_for("wallet funded through POST /v1/sync", || async {
+        let s = live.expect("POST", "/v1/sync", None, 200).await.ok()?;
+        let b = live.expect("GET", "/v1/wallet/balance", None, 200).await.ok()?;
+        (b["confirmed_sat"] == 500_000).then_some(s)
+    })
+    .await?;
+    assert!(synced["tip_height"].as_u64().unwrap() >= u64::from(tip));
+    let (_, dest) = looper_regtest::test_key("api-send")?;
+    let sent = live
+        .expect(
+            "POST",
+            "/v1/wallet/send",
+            Some(json!({"address": dest.to_string(), "amount_sat": 100_000, "fee_rate_sat_vb": 2})),
+            200,
+        )
+        .await?;
+    let txid: bitcoin::Txid = sent["txid"].as_str().unwrap().parse()?;
+    assert!(chain.in_mempool(&txid)?, "sent transaction not in the mempool");
+
+    // 4. Invalid inputs: 400 naming the field; insufficient funds.
+    let dest = dest.to_string();
+    let send = "/v1/wallet/send";
+    live.error(
+        "POST",
+        send,
+        json!({"address": "nope", "amount_sat": 1}),
+        400,
+        "bad_request",
+        "address",
+    )
+    .await?;
+    // A mainnet address on regtest.
+    let mainnet = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq";
+    live.error(
+        "POST",
+        send,
+        json!({"address": mainnet, "amount_sat": 1000}),
+        400,
+        "bad_request",
+        "address",
+    )
+    .await?;
+    live.error(
+        "POST",
+        send,
+        json!({"address": dest, "amount_sat": 0}),
+        400,
+        "bad_request",
+        "amount_sat",
+    )
+    .await?;
+    live.error(
+        "POST",
+        send,
+        json!({"address": dest, "amount_sat": 1000, "fee_rate_sat_vb": 0}),
+        400,
+        "bad_request",
+        "fee_rate_sat_vb",
+    )
+    .await?;
+    live.error("POST", send, json!({"amount_sat": 1000}), 400, "bad_request", "address").await?;
+    live.error(
+        "POST",
+        send,
+        json!({"address": dest, "amount_sat": 50_000_000}),
+        400,
+        "insufficient_funds",
+        "insufficient",
+    )
+    .await?;
+    live.error(
+        "POST",
+        "/v1/ln/pay",
+        json!({"invoice": "lnbcrt1garbage"}),
+        400,
+        "bad_request",
+        "invoice",
+    )
+    .await?;
+    live.error(
+        "POST",
+        "/v1/ln/open",
+        json!({"node_id": "02zz", "address": "127.0.0.1:1", "amount_sat": 100_000}),
+        400,
+        "bad_request",
+        "node_id",
+    )
+    .await?;
+    let peer = ln.node_id().to_string();
+    live.error(
+        "POST",
+        "/v1/ln/open",
+        json!({"node_id": peer, "address": "127.0.0.1:1", "amount_sat": 0}),
+        400,
+        "bad_request",
+        "amount_sat",
+    )
+    .await?;
+    live.error(
+        "GET",
+        "/v1/offers/discover?amount_sat=0",
+        json!(null),
+        400,
+        "bad_request",
+        "amount_sat",
+    )
+    .await?;
+    live.error("GET", "/v1/offers/discover", json!(null), 400, "bad_request", "amount_sat").await?;
+    live.error(
+        "GET",
+        &format!("/v1/swaps/{}", "00".repeat(32)),
+        json!(null),
+        404,
+        "not_found",
+        "no swap",
+    )
+    .await?;
+
+    // 5. Offers: publish one, discover it (cheapest first), take an unknown id.
+    let mut offer = sample_offer();
+    offer.ln_node_id = ln.node_id();
+    offer.relays = vec![relay_url.clone()];
+    offer.ln_address = None;
+    offer.pow_difficulty = None;
+    offer.prepay_sat = None;
+    offer.expires_at =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + 3_600;
+    let published =
+        live.expect("POST", "/v1/offers", Some(serde_json::to_value(&offer)?), 200).await?;
+    assert_eq!(published["offer_id"], "o1");
+    let listed = live.expect("GET", "/v1/offers", None, 200).await?;
+    assert_eq!(listed["offers"][0]["offer_id"], "o1");
+    let found = wait_for("the published offer discovered", || async {
+        let v = live.expect("GET", "/v1/offers/discover?amount_sat=50000", None, 200).await.ok()?;
+        (!v.as_array()?.is_empty()).then_some(v)
+    })
+    .await?;
+    let nostr = engine.transport().public_key().to_hex();
+    assert_eq!(found[0]["seller"], nostr);
+    assert_eq!(found[0]["offer"]["offer_id"], "o1");
+    assert_eq!(found[0]["cost_sat"], 1_000 + 50_000 * 2_500 / 1_000_000 + 300);
+    live.error(
+        "POST",
+        "/v1/swaps/out",
+        json!({"offer_id": "nope", "seller": nostr, "amount_sat": 50_000}),
+        404,
+        "unknown_offer",
+        "nope",
+    )
+    .await?;
+    live.error(
+        "POST",
+        "/v1/swaps/out",
+        json!({"offer_id": "o1", "seller": "xyz", "amount_sat": 50_000}),
+        400,
+        "bad_request",
+        "seller",
+    )
+    .await?;
+    live.error("DELETE", "/v1/offers/zzz", json!(null), 404, "not_found", "zzz").await?;
+    live.expect("DELETE", "/v1/offers/o1", None, 200).await?;
+    eprintln!(
+        "live API checked: {} routes refuse without token; sent {txid}; discovered {} offer(s)",
+        api::ROUTES.len(),
+        found.as_array().map_or(0, Vec::len)
+    );
+
+    server.abort();
+    let _ = stop.send(());
+    let _ = task.await;
+    engine.transport().shutdown().await;
+    ln.stop().await?;
+    relay.shutdown();
+    drop(chain);
+    Ok(())
+}
