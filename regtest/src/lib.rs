@@ -27,6 +27,7 @@ mod chain;
 mod error;
 mod esplora;
 mod external;
+pub mod harness;
 mod kernel;
 
 use std::net::SocketAddr;

@@ -1,11 +1,15 @@
-//! `looper-regtest`: runs the embedded regtest chain (`chain`); further subcommands (the
-//! harness) plug into [`Command`].
+//! `looper-regtest`: runs the embedded regtest chain (`chain`), the whole harness (`harness`:
+//! chain, Nostr relay, funded looper-nodes with a channel) or the demo (`demo`: one loop out end
+//! to end with a report).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use std::time::{Duration, Instant};
+
+use looper_regtest::harness::{self, Harness, HarnessConfig, NodeSpec};
 use looper_regtest::{ChainConfig, RegtestChain};
 
 #[derive(Parser)]
@@ -19,6 +23,45 @@ struct Cli {
 enum Command {
     /// Run a regtest chain (Bitcoin Core's kernel) behind an Esplora API.
     Chain(ChainArgs),
+    /// Start the chain, a local Nostr relay and looper-nodes (a seller and buyers), funded and
+    /// with buyer -> seller channels; print each node's API and a ready `looper` command line.
+    Harness(HarnessArgs),
+    /// Run one loop out end to end (seller + buyer) and print a report, then stop everything.
+    Demo(DemoArgs),
+}
+
+#[derive(Args)]
+struct NodeBinArgs {
+    /// The looper-node binary (default: next to this executable, then on PATH).
+    #[arg(long, value_name = "FILE")]
+    node_bin: Option<PathBuf>,
+    /// Scratch directory (default: a new directory under the system temp dir).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct HarnessArgs {
+    /// Number of nodes: one seller and N-1 buyers.
+    #[arg(long, default_value_t = 2)]
+    nodes: usize,
+    /// Keep everything running until Ctrl-C, and keep the scratch directory.
+    #[arg(long)]
+    keep: bool,
+    #[command(flatten)]
+    common: NodeBinArgs,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Swap amount in satoshis.
+    #[arg(long, default_value_t = 100_000)]
+    amount: u64,
+    /// Keep the scratch directory (node logs, chain) afterwards.
+    #[arg(long)]
+    keep: bool,
+    #[command(flatten)]
+    common: NodeBinArgs,
 }
 
 #[derive(Args)]
@@ -52,15 +95,145 @@ fn run_chain(args: ChainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn node_binary(arg: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match arg.or_else(harness::find_node_binary) {
+        Some(p) if p.is_file() => Ok(p),
+        Some(p) => anyhow::bail!(
+            "looper-node binary not found at {}: build it: cargo build -p looper-node",
+            p.display()
+        ),
+        None => anyhow::bail!(
+            "looper-node binary not found next to looper-regtest or on PATH: build it: cargo build -p looper-node"
+        ),
+    }
+}
+
+/// The scratch dir and whether we created it (then it is removed at the end unless kept).
+fn scratch_dir(arg: Option<PathBuf>) -> anyhow::Result<(PathBuf, bool)> {
+    match arg {
+        Some(d) => Ok((d, false)),
+        None => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis())
+                .unwrap_or(0);
+            let d =
+                std::env::temp_dir().join(format!("looper-regtest-{}-{now}", std::process::id()));
+            std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+            Ok((d, true))
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("tokio runtime")
+}
+
+fn run_harness(args: HarnessArgs) -> anyhow::Result<()> {
+    let binary = node_binary(args.common.node_bin)?;
+    let (dir, created) = scratch_dir(args.common.dir)?;
+    let mut config = HarnessConfig::new(&dir, binary);
+    config.nodes = vec![NodeSpec::seller("seller")];
+    for i in 1..args.nodes.max(2) {
+        let name = if args.nodes <= 2 { "buyer".to_string() } else { format!("buyer{i}") };
+        config.nodes.push(NodeSpec::buyer(name));
+    }
+    println!("starting the harness in {} ...", dir.display());
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let started = Instant::now();
+        let harness = Harness::start(config).await?;
+        println!("ready in {:.1} s", started.elapsed().as_secs_f64());
+        println!("esplora: {}", harness.chain().esplora_url());
+        println!("relay:   {}", harness.relay_url());
+        for node in harness.nodes() {
+            println!(
+                "{} ({:?}): API {}  log {}",
+                node.name(),
+                node.spec().role,
+                node.api_url(),
+                node.log_file().display()
+            );
+            println!("  {}", node.cli_command());
+        }
+        if args.keep {
+            println!("running; Ctrl-C stops everything");
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        harness.stop().await;
+        anyhow::Ok(())
+    });
+    if created && !args.keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
+    let binary = node_binary(args.common.node_bin)?;
+    let (dir, created) = scratch_dir(args.common.dir)?;
+    let mut config = HarnessConfig::new(&dir, binary);
+    config.channel_sat = (args.amount.saturating_mul(10) + 100_000).max(1_000_000);
+    let amount = args.amount;
+    let channel_sat = config.channel_sat;
+    println!(
+        "==> starting a regtest chain, a Nostr relay, a seller and a buyer in {}",
+        dir.display()
+    );
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let started = Instant::now();
+        let harness = Harness::start(config).await?;
+        println!(
+            "==> ready in {:.1} s: wallets funded, channel buyer -> seller of {} sat, offer published",
+            started.elapsed().as_secs_f64(),
+            channel_sat
+        );
+        for node in harness.nodes() {
+            println!("    {}: {}", node.name(), node.cli_command());
+        }
+        println!("==> loop out of {amount} sat (a block is mined every second)");
+        let miner = harness.start_miner(Duration::from_secs(1));
+        let report = harness.loop_out("buyer", amount, amount / 10).await;
+        miner.stop();
+        let logs: Vec<_> = harness.nodes().iter().map(|n| n.log_file()).collect();
+        harness.stop().await;
+        match report {
+            Ok(r) => {
+                println!("{r}");
+                anyhow::Ok(())
+            }
+            Err(e) => {
+                for log in logs {
+                    eprintln!("--- {}\n{}", log.display(), harness::log_tail(&log, 20));
+                }
+                Err(e.into())
+            }
+        }
+    });
+    if created && !args.keep && result.is_ok() {
+        let _ = std::fs::remove_dir_all(&dir);
+    } else {
+        println!("scratch directory kept: {}", dir.display());
+    }
+    result
+}
+
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let default_filter = match cli.command {
+        Command::Chain(_) => "info",
+        _ => "warn,nostr_relay_builder=off",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .init();
-    let cli = Cli::parse();
     match cli.command {
         Command::Chain(args) => run_chain(args),
+        Command::Harness(args) => run_harness(args),
+        Command::Demo(args) => run_demo(args),
     }
 }

@@ -1,0 +1,908 @@
+//! The Looper regtest harness: the embedded chain, a local Nostr relay and N `looper-node`
+//! processes in a scratch directory, funded and connected by a buyer -> seller channel.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), looper_regtest::harness::HarnessError> {
+//! use looper_regtest::harness::{Harness, HarnessConfig};
+//! let config = HarnessConfig::new("/tmp/looper-harness", "target/debug/looper-node");
+//! let harness = Harness::start(config).await?;
+//! for node in harness.nodes() {
+//!     println!("{}: {}", node.name(), node.cli_command());
+//! }
+//! let report = harness.loop_out("buyer", 100_000, 10_000).await?;
+//! println!("{report}");
+//! harness.stop().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Each node runs as a child process with `--datadir DIR/<name> --network regtest
+//! --esplora-url .. --relay .. --ln-listen 127.0.0.1:P --api-listen 127.0.0.1:Q`; its seller
+//! settings and short sync intervals are in `DIR/<name>/looper.toml`; its standard output and
+//! error go to `DIR/<name>/node.log`.
+
+mod client;
+mod report;
+
+use std::fs::OpenOptions;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bitcoin::Amount;
+use nostr_relay_builder::prelude::{LocalRelay, RelayBuilder};
+use serde_json::{json, Value};
+
+pub use client::{
+    ApiClient, Channel, DiscoveredOffer, LnBalance, NodeInfo, SwapView, WalletBalance,
+};
+pub use report::{LoopOutReport, Phase};
+
+use crate::RegtestChain;
+
+/// How long a node may take to answer its API after it was spawned.
+pub const NODE_START_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// How long the setup steps (funding seen, channel usable, offer discovered) may take.
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(240);
+
+/// Errors of the harness. None carries a secret (tokens and seeds are never formatted).
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// A file or process operation failed.
+    #[error("cannot {what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The regtest chain failed.
+    #[error("regtest chain: {0}")]
+    Chain(#[from] crate::Error),
+    /// The Nostr relay could not start.
+    #[error("nostr relay: {0}")]
+    Relay(String),
+    /// The `looper-node` binary is missing.
+    #[error("looper-node binary not found at {}: build it: cargo build -p looper-node", .0.display())]
+    MissingBinary(PathBuf),
+    /// An HTTP exchange with a node failed.
+    #[error("{what}: {reason}")]
+    Http {
+        /// The request.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// A node answered with an API error.
+    #[error("{what}: HTTP {status} {code}: {message}")]
+    Api {
+        /// The request.
+        what: String,
+        /// HTTP status.
+        status: u16,
+        /// The API's error code.
+        code: String,
+        /// The API's message.
+        message: String,
+    },
+    /// A node process exited.
+    #[error("node {name} exited ({status}); last lines of its log:\n{log_tail}")]
+    NodeExited {
+        /// The node.
+        name: String,
+        /// Its exit status.
+        status: String,
+        /// The end of its `node.log`.
+        log_tail: String,
+    },
+    /// Something did not happen in time.
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
+    /// No node of that name.
+    #[error("no node named {0:?}")]
+    NoSuchNode(String),
+    /// A swap ended in another state than expected.
+    #[error("swap {swap_id} ended in {state}: {detail}")]
+    SwapFailed {
+        /// The swap.
+        swap_id: String,
+        /// Its final state.
+        state: String,
+        /// Its events (JSON).
+        detail: String,
+    },
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
+    let what = what.into();
+    move |source| HarnessError::Io { what, source }
+}
+
+/// What a node does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Publishes an offer and serves buyers.
+    Seller,
+    /// Takes offers; gets a channel to every seller.
+    Buyer,
+    /// Both: publishes an offer and gets channels to the other sellers.
+    Both,
+}
+
+impl Role {
+    /// Whether the node publishes an offer.
+    pub fn sells(self) -> bool {
+        matches!(self, Role::Seller | Role::Both)
+    }
+    /// Whether the node takes offers (and so gets channels).
+    pub fn buys(self) -> bool {
+        matches!(self, Role::Buyer | Role::Both)
+    }
+}
+
+/// The terms a seller node offers (written to `[seller]` of its `looper.toml` and published).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferParams {
+    /// Smallest swap.
+    pub min_amount_sat: u64,
+    /// Largest swap.
+    pub max_amount_sat: u64,
+    /// Fixed fee.
+    pub fee_base_sat: u64,
+    /// Proportional fee (ppm).
+    pub fee_ppm: u32,
+    /// Funding fee charged to the buyer.
+    pub funding_fee_sat: u64,
+    /// Confirmations before the buyer pays.
+    pub min_confirmations: u32,
+    /// Blocks from `swap_accept` to the HTLC timeout.
+    pub timeout_delta_blocks: u32,
+    /// The claim margin.
+    pub claim_margin_blocks: u32,
+    /// Swaps served at once.
+    pub max_concurrent_swaps: u32,
+}
+
+impl Default for OfferParams {
+    fn default() -> Self {
+        OfferParams {
+            min_amount_sat: 10_000,
+            max_amount_sat: 1_000_000,
+            fee_base_sat: 1_000,
+            fee_ppm: 2_500,
+            funding_fee_sat: 300,
+            min_confirmations: 1,
+            timeout_delta_blocks: 144,
+            claim_margin_blocks: 20,
+            max_concurrent_swaps: 50,
+        }
+    }
+}
+
+/// One node of the harness.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSpec {
+    /// Its name (also its directory under the harness dir).
+    pub name: String,
+    /// What it does.
+    pub role: Role,
+    /// Whether, as a seller, it co-signs cooperative claims (off only to test the script path).
+    pub seller_cooperative: bool,
+    /// Its offer, if it sells.
+    pub offer: OfferParams,
+}
+
+impl NodeSpec {
+    /// A cooperative seller with the default offer.
+    pub fn seller(name: impl Into<String>) -> Self {
+        NodeSpec {
+            name: name.into(),
+            role: Role::Seller,
+            seller_cooperative: true,
+            offer: OfferParams::default(),
+        }
+    }
+    /// A buyer.
+    pub fn buyer(name: impl Into<String>) -> Self {
+        NodeSpec { role: Role::Buyer, ..NodeSpec::seller(name) }
+    }
+}
+
+/// What [`Harness::start`] builds.
+#[derive(Debug, Clone)]
+pub struct HarnessConfig {
+    /// Scratch directory (created; the chain goes to `DIR/chain`, node `n` to `DIR/n`).
+    pub dir: PathBuf,
+    /// The nodes.
+    pub nodes: Vec<NodeSpec>,
+    /// The `looper-node` binary.
+    pub node_binary: PathBuf,
+    /// Leave everything running when the harness is dropped (only [`Harness::stop`] stops it).
+    pub keep: bool,
+    /// Size of each buyer -> seller channel (ldk-node lets at most 10 % of it be in flight: make
+    /// it ten times the swap amount).
+    pub channel_sat: u64,
+    /// Sent to each node's swap wallet (the seller funds HTLCs from it).
+    pub wallet_fund_sat: u64,
+    /// Sent to a seller's ldk-node wallet (anchor reserve).
+    pub seller_ln_fund_sat: u64,
+    /// `RUST_LOG` of the nodes.
+    pub node_log_filter: String,
+}
+
+impl HarnessConfig {
+    /// A seller and a buyer, 2 000 000 sat channel (swaps up to 200 000 sat).
+    pub fn new(dir: impl Into<PathBuf>, node_binary: impl Into<PathBuf>) -> Self {
+        HarnessConfig {
+            dir: dir.into(),
+            nodes: vec![NodeSpec::seller("seller"), NodeSpec::buyer("buyer")],
+            node_binary: node_binary.into(),
+            keep: false,
+            channel_sat: 2_000_000,
+            wallet_fund_sat: 5_000_000,
+            seller_ln_fund_sat: 300_000,
+            node_log_filter: "info,ldk_node=warn,lightning=warn,nostr_relay_pool=warn".into(),
+        }
+    }
+}
+
+/// A running `looper-node` of the harness.
+#[derive(Debug)]
+pub struct NodeHandle {
+    spec: NodeSpec,
+    datadir: PathBuf,
+    api_addr: SocketAddr,
+    ln_addr: SocketAddr,
+    args: Vec<String>,
+    child: Option<Child>,
+    client: ApiClient,
+    info: NodeInfo,
+}
+
+impl NodeHandle {
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+    /// Its spec.
+    pub fn spec(&self) -> &NodeSpec {
+        &self.spec
+    }
+    /// Its data directory.
+    pub fn datadir(&self) -> &Path {
+        &self.datadir
+    }
+    /// The control API's base URL (`http://127.0.0.1:PORT`).
+    pub fn api_url(&self) -> String {
+        format!("http://{}", self.api_addr)
+    }
+    /// The Lightning listen address.
+    pub fn ln_addr(&self) -> SocketAddr {
+        self.ln_addr
+    }
+    /// The file holding the API token.
+    pub fn token_file(&self) -> PathBuf {
+        self.datadir.join("api.token")
+    }
+    /// The API token (read from the token file).
+    ///
+    /// # Errors
+    /// [`HarnessError::Io`] when the file cannot be read.
+    pub fn token(&self) -> Result<String, HarnessError> {
+        read_token(&self.token_file())
+    }
+    /// The node's log file.
+    pub fn log_file(&self) -> PathBuf {
+        self.datadir.join("node.log")
+    }
+    /// The API client.
+    pub fn api(&self) -> &ApiClient {
+        &self.client
+    }
+    /// What `GET /v1/info` said at start.
+    pub fn info(&self) -> &NodeInfo {
+        &self.info
+    }
+    /// The process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+    /// A ready `looper` command line for this node.
+    pub fn cli_command(&self) -> String {
+        format!("looper --rpc-url {} --token-file {}", self.api_url(), self.token_file().display())
+    }
+
+    fn spawn(&mut self, binary: &Path, log_filter: &str) -> Result<(), HarnessError> {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_file())
+            .map_err(io(format!("open {}", self.log_file().display())))?;
+        let err = log.try_clone().map_err(io("clone the log handle"))?;
+        let mut cmd = Command::new(binary);
+        cmd.args(&self.args)
+            .env("RUST_LOG", log_filter)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(err));
+        for var in ["LOOPER_CONFIG", "LOOPER_RESTORE", "LOOPER_LOG_JSON"] {
+            cmd.env_remove(var);
+        }
+        let child = cmd.spawn().map_err(io(format!("spawn {}", binary.display())))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits for the API to answer (token file, then `GET /v1/info`).
+    async fn wait_ready(&mut self) -> Result<(), HarnessError> {
+        let deadline = Instant::now() + NODE_START_TIMEOUT;
+        loop {
+            self.check_alive()?;
+            if let Ok(token) = read_token(&self.token_file()) {
+                let client = ApiClient::new(self.api_url(), token)?;
+                if let Ok(info) = client.info().await {
+                    self.client = client;
+                    self.info = info;
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(HarnessError::Timeout(format!(
+                    "node {} to answer its API",
+                    self.name()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    fn check_alive(&mut self) -> Result<(), HarnessError> {
+        if let Some(child) = self.child.as_mut() {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return Err(HarnessError::NodeExited {
+                    name: self.spec.name.clone(),
+                    status: status.to_string(),
+                    log_tail: log_tail(&self.log_file(), 30),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn kill_now(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`.
+    fn terminate(&mut self, grace: Duration) {
+        let Some(mut child) = self.child.take() else { return };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+fn read_token(path: &Path) -> Result<String, HarnessError> {
+    let text = std::fs::read_to_string(path).map_err(io(format!("read {}", path.display())))?;
+    let t = text.trim();
+    if t.is_empty() {
+        return Err(HarnessError::Io {
+            what: format!("read {}", path.display()),
+            source: std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "empty token file"),
+        });
+    }
+    Ok(t.to_string())
+}
+
+/// The last `n` lines of a log file (empty when unreadable).
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released).
+///
+/// # Errors
+/// [`HarnessError::Io`] when no port can be bound.
+pub fn free_port() -> Result<u16, HarnessError> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(io("bind a free port"))?;
+    Ok(l.local_addr().map_err(io("read a bound port"))?.port())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Polls `f` every 250 ms until it returns `Some`, for at most `timeout`.
+///
+/// # Errors
+/// [`HarnessError::Timeout`] naming `what`.
+pub async fn wait_until<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    mut f: F,
+) -> Result<T, HarnessError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return Ok(v);
+        }
+        if Instant::now() > deadline {
+            return Err(HarnessError::Timeout(what.to_string()));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A background task mining one block every interval (stopped on drop).
+#[derive(Debug)]
+pub struct Miner {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Miner {
+    /// Stops it.
+    pub fn stop(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Miner {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The running harness.
+pub struct Harness {
+    config: HarnessConfig,
+    chain: Arc<RegtestChain>,
+    relay: Option<LocalRelay>,
+    relay_url: String,
+    nodes: Vec<NodeHandle>,
+    stopped: bool,
+}
+
+impl std::fmt::Debug for Harness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Harness")
+            .field("dir", &self.config.dir)
+            .field("relay", &self.relay_url)
+            .field("nodes", &self.nodes.iter().map(|n| n.name()).collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Harness {
+    /// Starts the chain, the relay and the nodes; funds the wallets, opens a channel from each
+    /// buyer to each seller and publishes the sellers' offers. Must run in a multi-threaded
+    /// tokio runtime.
+    ///
+    /// # Errors
+    /// Any [`HarnessError`]; what was started is stopped again.
+    pub async fn start(config: HarnessConfig) -> Result<Harness, HarnessError> {
+        if !config.node_binary.is_file() {
+            return Err(HarnessError::MissingBinary(config.node_binary.clone()));
+        }
+        std::fs::create_dir_all(&config.dir)
+            .map_err(io(format!("create {}", config.dir.display())))?;
+        let chain_dir = config.dir.join("chain");
+        let chain = tokio::task::spawn_blocking(move || RegtestChain::start(chain_dir))
+            .await
+            .map_err(|e| HarnessError::Relay(format!("chain start task: {e}")))??;
+        let chain = Arc::new(chain);
+        let relay = LocalRelay::new(RelayBuilder::default().rate_limit(
+            nostr_relay_builder::builder::RateLimit { max_reqs: 1_000, notes_per_minute: 100_000 },
+        ));
+        relay.run().await.map_err(|e| HarnessError::Relay(e.to_string()))?;
+        let relay_url = relay.url().await.to_string();
+        let mut harness = Harness {
+            config,
+            chain,
+            relay: Some(relay),
+            relay_url,
+            nodes: Vec::new(),
+            stopped: false,
+        };
+        // On error, Drop stops what runs (unless keep).
+        harness.spawn_nodes().await?;
+        harness.fund().await?;
+        harness.open_channels().await?;
+        harness.publish_offers().await?;
+        Ok(harness)
+    }
+
+    async fn spawn_nodes(&mut self) -> Result<(), HarnessError> {
+        let specs = self.config.nodes.clone();
+        for spec in specs {
+            let datadir = self.config.dir.join(&spec.name);
+            std::fs::create_dir_all(&datadir)
+                .map_err(io(format!("create {}", datadir.display())))?;
+            std::fs::write(datadir.join("looper.toml"), node_toml(&spec))
+                .map_err(io("write looper.toml"))?;
+            let api_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            let ln_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+            let args = vec![
+                "--datadir".to_string(),
+                datadir.display().to_string(),
+                "--network".into(),
+                "regtest".into(),
+                "--esplora-url".into(),
+                self.chain.esplora_url(),
+                "--relay".into(),
+                self.relay_url.clone(),
+                "--ln-listen".into(),
+                ln_addr.to_string(),
+                "--api-listen".into(),
+                api_addr.to_string(),
+            ];
+            let mut node = NodeHandle {
+                spec,
+                datadir,
+                api_addr,
+                ln_addr,
+                args,
+                child: None,
+                client: ApiClient::new(format!("http://{api_addr}"), String::new())?,
+                info: NodeInfo::default(),
+            };
+            node.spawn(&self.config.node_binary, &self.config.node_log_filter)?;
+            self.nodes.push(node);
+        }
+        for node in &mut self.nodes {
+            node.wait_ready().await?;
+        }
+        Ok(())
+    }
+
+    async fn fund(&mut self) -> Result<(), HarnessError> {
+        let sellers = self.nodes.iter().filter(|n| n.spec.role.sells()).count() as u64;
+        let mut wanted = Vec::new();
+        for node in &self.nodes {
+            let wallet = parse_addr(&node.client.wallet_address().await?)?;
+            self.chain.fund_address(&wallet, Amount::from_sat(self.config.wallet_fund_sat))?;
+            let ln_sat = if node.spec.role.buys() {
+                self.config.channel_sat * sellers.max(1) + 500_000
+            } else {
+                self.config.seller_ln_fund_sat
+            };
+            let ln = parse_addr(&node.client.ln_address().await?)?;
+            self.chain.fund_address(&ln, Amount::from_sat(ln_sat))?;
+            wanted.push(ln_sat);
+        }
+        for (node, ln_sat) in self.nodes.iter().zip(wanted) {
+            let want_wallet = self.config.wallet_fund_sat;
+            wait_until(&format!("{} funded", node.name()), SETUP_TIMEOUT, || async move {
+                let _ = node.client.sync().await;
+                let w = node.client.wallet_balance().await.ok()?;
+                let l = node.client.ln_balance().await.ok()?;
+                (w.total_sat >= want_wallet && l.onchain_spendable_sat >= ln_sat).then_some(())
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn open_channels(&mut self) -> Result<(), HarnessError> {
+        let mut opened = 0usize;
+        for buyer in self.nodes.iter().filter(|n| n.spec.role.buys()) {
+            for seller in self.nodes.iter().filter(|n| n.spec.role.sells()) {
+                if seller.name() == buyer.name() {
+                    continue;
+                }
+                buyer
+                    .client
+                    .ln_open(
+                        &seller.info.ln_node_id,
+                        &seller.ln_addr.to_string(),
+                        self.config.channel_sat,
+                    )
+                    .await?;
+                opened += 1;
+            }
+        }
+        if opened == 0 {
+            return Ok(());
+        }
+        let chain = Arc::clone(&self.chain);
+        wait_until("channel fundings in the mempool", SETUP_TIMEOUT, || {
+            let chain = Arc::clone(&chain);
+            async move { (chain.mempool_size().ok()? >= opened).then_some(()) }
+        })
+        .await?;
+        self.mine(6).await?;
+        for buyer in self.nodes.iter().filter(|n| n.spec.role.buys()) {
+            let want = self
+                .nodes
+                .iter()
+                .filter(|s| s.spec.role.sells() && s.name() != buyer.name())
+                .count();
+            let nodes = &self.nodes;
+            wait_until(
+                &format!("{}'s channels usable", buyer.name()),
+                SETUP_TIMEOUT,
+                || async move {
+                    for n in nodes {
+                        let _ = n.client.sync().await;
+                    }
+                    let usable =
+                        buyer.client.ln_channels().await.ok()?.iter().filter(|c| c.usable).count();
+                    (usable >= want).then_some(())
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    async fn publish_offers(&mut self) -> Result<(), HarnessError> {
+        for node in self.nodes.iter().filter(|n| n.spec.role.sells()) {
+            let offer = offer_json(node, &self.relay_url);
+            node.client.publish_offer(&offer).await?;
+        }
+        Ok(())
+    }
+
+    /// The nodes.
+    pub fn nodes(&self) -> &[NodeHandle] {
+        &self.nodes
+    }
+
+    /// The node named `name`.
+    ///
+    /// # Errors
+    /// [`HarnessError::NoSuchNode`].
+    pub fn node(&self, name: &str) -> Result<&NodeHandle, HarnessError> {
+        self.nodes
+            .iter()
+            .find(|n| n.name() == name)
+            .ok_or_else(|| HarnessError::NoSuchNode(name.into()))
+    }
+
+    fn node_mut(&mut self, name: &str) -> Result<&mut NodeHandle, HarnessError> {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.name() == name)
+            .ok_or_else(|| HarnessError::NoSuchNode(name.into()))
+    }
+
+    /// The chain.
+    pub fn chain(&self) -> &Arc<RegtestChain> {
+        &self.chain
+    }
+
+    /// The relay's URL (`ws://127.0.0.1:PORT`).
+    pub fn relay_url(&self) -> &str {
+        &self.relay_url
+    }
+
+    /// The scratch directory.
+    pub fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+
+    /// Kills the node with SIGKILL (no clean shutdown).
+    ///
+    /// # Errors
+    /// [`HarnessError::NoSuchNode`].
+    pub fn kill(&mut self, name: &str) -> Result<(), HarnessError> {
+        self.node_mut(name)?.kill_now();
+        Ok(())
+    }
+
+    /// Starts the node again (after [`Harness::kill`], or stops it first with SIGTERM) and waits
+    /// for its API.
+    ///
+    /// # Errors
+    /// [`HarnessError::NodeExited`], [`HarnessError::Timeout`], ...
+    pub async fn restart(&mut self, name: &str) -> Result<(), HarnessError> {
+        let binary = self.config.node_binary.clone();
+        let filter = self.config.node_log_filter.clone();
+        let node = self.node_mut(name)?;
+        node.terminate(Duration::from_secs(20));
+        node.spawn(&binary, &filter)?;
+        node.wait_ready().await
+    }
+
+    /// Mines `n` blocks, then asks every running node to sync; the new tip height.
+    ///
+    /// # Errors
+    /// [`HarnessError::Chain`].
+    pub async fn mine(&self, n: u32) -> Result<u32, HarnessError> {
+        let chain = Arc::clone(&self.chain);
+        tokio::task::spawn_blocking(move || chain.mine(n))
+            .await
+            .map_err(|e| HarnessError::Relay(format!("mine task: {e}")))??;
+        self.sync_all().await;
+        Ok(self.chain.tip_height()?)
+    }
+
+    /// `POST /v1/sync` on every running node (errors ignored: a node may be down).
+    pub async fn sync_all(&self) {
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let _ = node.client.sync().await;
+        }
+    }
+
+    /// Mines one block every `interval` in the background until the [`Miner`] is dropped.
+    pub fn start_miner(&self, interval: Duration) -> Miner {
+        let chain = Arc::clone(&self.chain);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let c = Arc::clone(&chain);
+                let _ = tokio::task::spawn_blocking(move || c.mine(1)).await;
+            }
+        });
+        Miner { task }
+    }
+
+    /// Runs one loop out from `buyer`: takes the cheapest discovered offer for `amount_sat`,
+    /// follows the swap to `Claimed` (blocks must come: see [`Harness::start_miner`]) and
+    /// reports amounts, fees, transactions and time per phase.
+    ///
+    /// # Errors
+    /// [`HarnessError::SwapFailed`] when the swap ends otherwise; timeouts; API errors.
+    pub async fn loop_out(
+        &self,
+        buyer: &str,
+        amount_sat: u64,
+        max_total_fee_sat: u64,
+    ) -> Result<LoopOutReport, HarnessError> {
+        let node = self.node(buyer)?;
+        let t0 = Instant::now();
+        let offer = self.best_offer(buyer, amount_sat).await?;
+        let discovered = t0.elapsed();
+        let start = Instant::now();
+        let swap_id = node.client.swap_out(&offer, amount_sat, max_total_fee_sat).await?;
+        let mut report = report::follow(node, &swap_id, start, SETUP_TIMEOUT).await?;
+        report.discover = discovered;
+        report.fill_chain_data(&self.chain.esplora_url()).await;
+        Ok(report)
+    }
+
+    /// The cheapest offer `buyer` discovers for `amount_sat` (waits for one).
+    ///
+    /// # Errors
+    /// [`HarnessError::Timeout`] when none shows up.
+    pub async fn best_offer(
+        &self,
+        buyer: &str,
+        amount_sat: u64,
+    ) -> Result<DiscoveredOffer, HarnessError> {
+        let node = self.node(buyer)?;
+        wait_until("an offer on the relay", SETUP_TIMEOUT, || async move {
+            node.client.discover(amount_sat).await.ok()?.into_iter().next()
+        })
+        .await
+    }
+
+    /// Stops the nodes (SIGTERM, SIGKILL after 20 s), the relay and the chain.
+    pub async fn stop(mut self) {
+        let nodes = std::mem::take(&mut self.nodes);
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut nodes = nodes;
+            for n in &mut nodes {
+                n.terminate(Duration::from_secs(20));
+            }
+        })
+        .await;
+        self.stop_rest();
+    }
+
+    fn stop_rest(&mut self) {
+        for n in &mut self.nodes {
+            n.terminate(Duration::from_secs(10));
+        }
+        if let Some(relay) = self.relay.take() {
+            relay.shutdown();
+        }
+        self.stopped = true;
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if !self.stopped && !self.config.keep {
+            self.stop_rest();
+        }
+    }
+}
+
+fn parse_addr(s: &str) -> Result<bitcoin::Address, HarnessError> {
+    crate::parse_address(s).map_err(HarnessError::Chain)
+}
+
+/// The `looper.toml` of a node: seller terms (when it sells) and short sync intervals.
+fn node_toml(spec: &NodeSpec) -> String {
+    let o = &spec.offer;
+    let mut s = String::new();
+    s.push_str("[seller]\n");
+    s.push_str(&format!("enabled = {}\n", spec.role.sells()));
+    s.push_str(&format!("min_amount_sat = {}\n", o.min_amount_sat));
+    s.push_str(&format!("max_amount_sat = {}\n", o.max_amount_sat));
+    s.push_str(&format!("fee_base_sat = {}\n", o.fee_base_sat));
+    s.push_str(&format!("fee_ppm = {}\n", o.fee_ppm));
+    s.push_str(&format!("funding_fee_sat = {}\n", o.funding_fee_sat));
+    s.push_str(&format!("min_confirmations = {}\n", o.min_confirmations));
+    s.push_str(&format!("timeout_delta_blocks = {}\n", o.timeout_delta_blocks));
+    s.push_str(&format!("claim_margin_blocks = {}\n", o.claim_margin_blocks));
+    s.push_str(&format!("max_concurrent_swaps = {}\n", o.max_concurrent_swaps));
+    if !spec.seller_cooperative {
+        // Needs the node's `seller.cooperative_claims` key (script-path tests only).
+        s.push_str("cooperative_claims = false\n");
+    }
+    s.push_str("\n[buyer]\nmax_total_fee_sat = 100000\nmax_route_cltv_blocks = 200\n");
+    s.push_str(
+        "\n[sync]\nwallet_secs = 2\nlightning_secs = 2\nchain_poll_secs = 1\nfee_rate_secs = 60\n",
+    );
+    s
+}
+
+/// The protocol's offer JSON for a seller node.
+fn offer_json(node: &NodeHandle, relay_url: &str) -> Value {
+    let o = &node.spec.offer;
+    json!({
+        "v": 1,
+        "offer_id": format!("{}-offer", node.name()),
+        "network": "regtest",
+        "direction": "loop_out",
+        "min_amount_sat": o.min_amount_sat,
+        "max_amount_sat": o.max_amount_sat,
+        "fee_base_sat": o.fee_base_sat,
+        "fee_ppm": o.fee_ppm,
+        "funding_fee_sat": o.funding_fee_sat,
+        "min_confirmations": o.min_confirmations,
+        "timeout_delta": o.timeout_delta_blocks,
+        "claim_margin": o.claim_margin_blocks,
+        "invoice_expiry_secs": 3600,
+        "ln_node_id": node.info.ln_node_id,
+        "ln_address": node.ln_addr.to_string(),
+        "relays": [relay_url],
+        "expires_at": unix_now() + 86_400,
+    })
+}
+
+/// Finds `looper-node`: next to the current executable (the same cargo target dir), then on
+/// `PATH`.
+pub fn find_node_binary() -> Option<PathBuf> {
+    let name = format!("looper-node{}", std::env::consts::EXE_SUFFIX);
+    if let Ok(exe) = std::env::current_exe() {
+        let mut dir = exe.parent().map(Path::to_path_buf);
+        // Test binaries live in target/debug/deps; the node binary in target/debug.
+        for _ in 0..2 {
+            if let Some(d) = &dir {
+                let candidate = d.join(&name);
+                if candidate.is_file() {
+                    return Some(candidate);
+                }
+                dir = d.parent().map(Path::to_path_buf);
+            }
+        }
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(&name)).find(|p| p.is_file())
+}
