@@ -194,6 +194,9 @@ pub struct SellerConfig {
     /// Upper bound of the invoice expiry, in seconds (the invoice expires at the earlier of this
     /// and half the time left to the timeout).
     pub invoice_expiry_secs: u32,
+    /// Co-sign the buyer's cooperative (key-path) claim. Default on; switched off only to exercise
+    /// the buyer's script-path claim (tests, test harnesses).
+    pub cooperative_claims: bool,
 }
 
 /// Buyer (taker) settings (`[buyer]`): limits applied when taking an offer.
@@ -250,6 +253,7 @@ impl Default for SellerConfig {
             prepay_sat: 0,
             max_concurrent_swaps: 20,
             invoice_expiry_secs: 3_600,
+            cooperative_claims: true,
         }
     }
 }

@@ -24,7 +24,7 @@ use looper_protocol::buyer::{BuyerPolicy, BuyerStart, BuyerSwap};
 use looper_protocol::keys::SwapKeys;
 use looper_protocol::messages::{Envelope, ErrorCode, ErrorMessage, Message, Offer};
 use looper_protocol::record::SwapRecord as ProtoRecord;
-use looper_protocol::seller::{SellerPolicy, SellerSwap};
+use looper_protocol::seller::{SellerPolicy, SellerState, SellerSwap};
 use looper_protocol::swap::{
     Action, Context, Event, Notification, StateKind, TxPurpose, CLAIM_FEE_TARGET_BLOCKS,
 };
@@ -34,8 +34,8 @@ use serde::Serialize;
 use tokio::sync::{broadcast, Mutex};
 
 use crate::chain::{ChainError, ChainSource};
-use crate::lightning::{Lightning, LightningEvent, PayOutcome};
-use crate::nostr::{Incoming, NostrTransport, PublicKey as NostrPublicKey};
+use crate::lightning::{Lightning, LightningDelivery, LightningEvent, PayOutcome};
+use crate::nostr::{Incoming, NostrTransport, PublicKey as NostrPublicKey, RateLimit, RateLimiter};
 use crate::store::{StoreError, SwapRecord, SwapRole, SwapStatus, SwapStore};
 use crate::wallet::{LooperWallet, WalletError};
 
@@ -85,6 +85,19 @@ pub struct EngineConfig {
     pub chain_poll: Duration,
     /// Every how many polls the on-chain wallet is synced.
     pub wallet_sync_every: u32,
+    /// Seller: the offer served from the configuration (`seller.enabled`). Published when
+    /// [`Engine::run`] starts and republished every [`EngineConfig::offer_refresh`] with a new
+    /// `expires_at` (now + [`EngineConfig::offer_ttl`]), until withdrawn.
+    pub seller_offer: Option<Offer>,
+    /// Seller: most swaps served at the same time (`seller.max_concurrent_swaps`); further
+    /// requests are refused with `rate_limited`. `None`: no limit.
+    pub max_concurrent_swaps: Option<u32>,
+    /// How often the served offer is republished.
+    pub offer_refresh: Duration,
+    /// Lifetime given to each published version of the served offer (`expires_at`).
+    pub offer_ttl: Duration,
+    /// Per-sender limit on the `error` replies to messages that do not decode.
+    pub decode_reply_limit: RateLimit,
 }
 
 impl Default for EngineConfig {
@@ -93,6 +106,11 @@ impl Default for EngineConfig {
             seller_policy: SellerPolicy::default(),
             chain_poll: Duration::from_secs(3),
             wallet_sync_every: 5,
+            seller_offer: None,
+            max_concurrent_swaps: None,
+            offer_refresh: Duration::from_secs(20 * 60),
+            offer_ttl: Duration::from_secs(3600),
+            decode_reply_limit: RateLimit::new(5, 10),
         }
     }
 }
@@ -212,6 +230,12 @@ struct State {
     swaps: HashMap<SwapId, Active>,
     ctx: Context,
     polls: u32,
+    /// The configuration's offer while it is served (cleared when withdrawn).
+    served_offer: Option<Offer>,
+    /// Replies to undecodable messages, per sender.
+    decode_replies: RateLimiter<NostrPublicKey>,
+    /// `FundHtlc`s of this loop iteration, funded together by [`Engine::flush_funding`].
+    funding_queue: Vec<(SwapId, ScriptBuf, u64)>,
 }
 
 struct Inner {
@@ -261,6 +285,8 @@ impl Engine {
         let tip = parts.chain.tip_height().await?;
         let fee_rate = fee_rate(&*parts.chain, &parts.wallet).await;
         let ctx = Context { now_secs: now_secs(), tip_height: tip, fee_rate };
+        let served_offer = parts.config.seller_offer.clone();
+        let decode_replies = RateLimiter::new(parts.config.decode_reply_limit);
         let inner = Arc::new(Inner {
             store: parts.store,
             wallet: parts.wallet,
@@ -270,7 +296,14 @@ impl Engine {
             transport: parts.transport,
             swap_master: parts.swap_master,
             config: parts.config,
-            state: Mutex::new(State { swaps: HashMap::new(), ctx, polls: 0 }),
+            state: Mutex::new(State {
+                swaps: HashMap::new(),
+                ctx,
+                polls: 0,
+                served_offer,
+                decode_replies,
+                funding_queue: Vec::new(),
+            }),
             notifications,
         });
         let engine = Engine { inner };
@@ -319,6 +352,7 @@ impl Engine {
             st.swaps.insert(id, Active { machine, watch: Vec::new(), seen: HashMap::new() });
             self.carry_out(&mut st, id, actions).await;
         }
+        self.flush_funding(&mut st).await;
         Ok(())
     }
 
@@ -386,6 +420,12 @@ impl Engine {
     /// # Errors
     /// Store or transport errors.
     pub async fn withdraw_offer(&self, offer_id: &str) -> Result<bool, EngineError> {
+        {
+            let mut st = self.inner.state.lock().await;
+            if st.served_offer.as_ref().is_some_and(|o| o.offer_id == offer_id) {
+                st.served_offer = None;
+            }
+        }
         let existed = blocking_store(|| self.inner.store.delete_offer(offer_id))?;
         self.inner
             .transport
@@ -393,6 +433,24 @@ impl Engine {
             .await
             .map_err(|e| EngineError::Transport(e.to_string()))?;
         Ok(existed)
+    }
+
+    /// Seller: publishes the configuration's offer again (if still served) with a new
+    /// `expires_at`. Called when [`Engine::run`] starts and every
+    /// [`EngineConfig::offer_refresh`].
+    pub async fn refresh_served_offer(&self) {
+        let Some(mut offer) = self.inner.state.lock().await.served_offer.clone() else { return };
+        offer.expires_at = now_secs().saturating_add(self.inner.config.offer_ttl.as_secs());
+        match self.publish_offer(&offer).await {
+            Ok(()) => tracing::info!(offer = %offer.offer_id, "offer published"),
+            Err(e) => {
+                tracing::warn!(offer = %offer.offer_id, error = %e, "cannot publish the offer")
+            }
+        }
+    }
+
+    async fn refresh_served_offer_owned(self) {
+        self.refresh_served_offer().await;
     }
 
     /// Buyer: takes `offer` from `seller` for `amount_sat`. Returns the new swap's id.
@@ -432,6 +490,7 @@ impl Engine {
             Active { machine: Machine::Buyer(swap), watch: Vec::new(), seen: HashMap::new() },
         );
         self.carry_out(&mut st, swap_id, actions).await;
+        self.flush_funding(&mut st).await;
         Ok(swap_id)
     }
 
@@ -444,7 +503,9 @@ impl Engine {
         if !st.swaps.contains_key(&swap_id) {
             return Err(EngineError::UnknownSwap(swap_id.to_string()));
         }
-        self.feed(&mut st, swap_id, Event::UserAbort).await.map_err(EngineError::Swap)
+        self.feed(&mut st, swap_id, Event::UserAbort).await.map_err(EngineError::Swap)?;
+        self.flush_funding(&mut st).await;
+        Ok(())
     }
 
     /// The state name and kind of an active (in-memory) swap.
@@ -473,12 +534,34 @@ impl Engine {
         let mut ln_events = self.inner.lightning.take_events();
         let mut ticker = tokio::time::interval(self.inner.config.chain_poll);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let refresh_every = self.inner.config.offer_refresh.max(Duration::from_secs(1));
+        let mut refresh =
+            tokio::time::interval_at(tokio::time::Instant::now() + refresh_every, refresh_every);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Publishing waits for a relay; the loop does not.
+        tokio::spawn(self.clone().refresh_served_offer_owned());
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 _ = &mut shutdown => break,
+                _ = refresh.tick() => {
+                    tokio::spawn(self.clone().refresh_served_offer_owned());
+                }
                 msg = recv_opt(&mut incoming) => match msg {
-                    Some(m) => self.on_incoming(m).await,
+                    Some(m) => {
+                        self.on_incoming(m).await;
+                        // Take what else arrived meanwhile, so that the swaps it starts are
+                        // funded in one transaction.
+                        for _ in 0..MAX_BATCH {
+                            let Some(m) = incoming.as_mut().and_then(|rx| rx.try_recv().ok())
+                            else {
+                                break;
+                            };
+                            self.on_incoming(m).await;
+                        }
+                        let mut st = self.inner.state.lock().await;
+                        self.flush_funding(&mut st).await;
+                    }
                     None => incoming = None,
                 },
                 ev = recv_opt(&mut ln_events) => match ev {
@@ -496,6 +579,16 @@ impl Engine {
             Ok(env) => env,
             Err(e) => {
                 tracing::debug!(sender = %inc.sender, error = %e, "undecodable swap message");
+                // Answer when the message names a swap, within the sender's reply budget.
+                let Some(reply) = e.reply(0) else { return };
+                let allowed = self.inner.state.lock().await.decode_replies.check(&inc.sender);
+                if !allowed {
+                    tracing::debug!(sender = %inc.sender, "decode-error reply rate limited");
+                    return;
+                }
+                if let Err(e) = self.inner.transport.send(&inc.sender, &[], &reply).await {
+                    tracing::debug!(error = %e, "cannot send decode-error reply");
+                }
                 return;
             }
         };
@@ -549,6 +642,27 @@ impl Engine {
         let id = env.swap_id;
         if blocking_store(|| self.inner.store.get_swap(&id)).ok().flatten().is_some() {
             return; // a finished swap's request again
+        }
+        if let Some(max) = self.inner.config.max_concurrent_swaps {
+            let serving = st
+                .swaps
+                .values()
+                .filter(|a| {
+                    matches!(a.machine, Machine::Seller(_))
+                        && a.machine.kind() == StateKind::Pending
+                })
+                .count();
+            if serving >= usize::try_from(max).unwrap_or(usize::MAX) {
+                tracing::info!(swap = %id, serving, "swap request refused: too many swaps");
+                self.reply_error(
+                    &sender,
+                    &env,
+                    ErrorCode::RateLimited,
+                    "too many swaps in progress",
+                )
+                .await;
+                return;
+            }
         }
         let offer = blocking_store(|| self.inner.store.get_offer(&req.offer_id))
             .ok()
@@ -609,7 +723,16 @@ impl Engine {
         }
     }
 
-    async fn on_lightning(&self, ev: LightningEvent) {
+    /// Processes a Lightning event and acknowledges it once what follows is persisted (so a crash
+    /// before that gets the event again from ldk-node after the restart).
+    async fn on_lightning(&self, delivery: LightningDelivery) {
+        if self.on_lightning_event(delivery.event.clone()).await {
+            delivery.ack();
+        }
+    }
+
+    /// `false` when persisting failed (the event must come again).
+    async fn on_lightning_event(&self, ev: LightningEvent) -> bool {
         let mut st = self.inner.state.lock().await;
         let by_hash = |st: &State, h: PaymentHash| {
             st.swaps.iter().find(|(_, a)| a.machine.payment_hash() == Some(h)).map(|(id, _)| *id)
@@ -627,15 +750,21 @@ impl Engine {
             LightningEvent::PaymentFailed { payment_hash: Some(h), reason } => {
                 (h, Event::PaymentFailed { reason })
             }
-            LightningEvent::PaymentFailed { payment_hash: None, .. } => return,
+            LightningEvent::PaymentFailed { payment_hash: None, .. } => return true,
         };
         let Some(id) = by_hash(&st, hash) else {
             tracing::debug!("lightning event for no swap");
-            return;
+            return true;
         };
-        if let Err(e) = self.feed(&mut st, id, event).await {
-            tracing::debug!(swap = %id, error = %e, "lightning event refused");
-        }
+        let done = match self.feed(&mut st, id, event).await {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::debug!(swap = %id, error = %e, "lightning event refused");
+                true
+            }
+        };
+        self.flush_funding(&mut st).await;
+        done
     }
 
     /// One chain poll: new tip and fee rate, each watched script's output and spend, then a tick.
@@ -680,6 +809,7 @@ impl Engine {
                 tracing::debug!(swap = %id, error = %e, "tick refused");
             }
         }
+        self.flush_funding(&mut st).await;
     }
 
     async fn check_chain(&self, st: &mut State, id: SwapId) {
@@ -747,7 +877,8 @@ impl Engine {
     }
 
     /// Feeds one event and carries out what follows (including events the actions produce).
-    async fn feed(&self, st: &mut State, id: SwapId, event: Event) -> Result<(), String> {
+    /// `Ok(false)`: persisting failed, the rest was not carried out.
+    async fn feed(&self, st: &mut State, id: SwapId, event: Event) -> Result<bool, String> {
         let ctx = st.ctx;
         let actions = {
             let Some(active) = st.swaps.get_mut(&id) else {
@@ -760,12 +891,12 @@ impl Engine {
             }
             .map_err(|e| e.to_string())?
         };
-        self.carry_out(st, id, actions).await;
-        Ok(())
+        Ok(self.carry_out(st, id, actions).await)
     }
 
-    /// Carries out `actions` in order, then the events they produced, until quiet.
-    async fn carry_out(&self, st: &mut State, id: SwapId, actions: Vec<Action>) {
+    /// Carries out `actions` in order, then the events they produced, until quiet. `false` when
+    /// persisting failed (nothing after it was done).
+    async fn carry_out(&self, st: &mut State, id: SwapId, actions: Vec<Action>) -> bool {
         let mut queue: VecDeque<Vec<Action>> = VecDeque::from([actions]);
         while let Some(actions) = queue.pop_front() {
             let mut followups = Vec::new();
@@ -775,13 +906,13 @@ impl Engine {
                     Ok(None) => {}
                     Err(Stop) => {
                         // Persisting failed: nothing after it may happen.
-                        return;
+                        return false;
                     }
                 }
             }
             for event in followups {
                 let ctx = st.ctx;
-                let Some(active) = st.swaps.get_mut(&id) else { return };
+                let Some(active) = st.swaps.get_mut(&id) else { return true };
                 let mut rng = rand::thread_rng();
                 let result = match &mut active.machine {
                     Machine::Buyer(b) => b.handle(event, &ctx, &mut rng),
@@ -793,6 +924,7 @@ impl Engine {
                 }
             }
         }
+        true
     }
 
     async fn act(&self, st: &mut State, id: SwapId, action: Action) -> Result<Option<Event>, Stop> {
@@ -841,21 +973,9 @@ impl Engine {
                 }
             }
             Action::FundHtlc { script_pubkey, amount_sat } => {
-                if let Err(e) = self.sync_wallet().await {
-                    tracing::debug!(error = %e, "wallet sync before funding failed");
-                }
-                let rate = st.ctx.fee_rate;
-                match self
-                    .inner
-                    .wallet
-                    .build_funding_tx(&[(script_pubkey, Amount::from_sat(amount_sat))], rate)
-                {
-                    Ok(f) => match f.vouts.first() {
-                        Some(vout) => Ok(Some(Event::FundingBuilt { tx: f.tx, vout: *vout })),
-                        None => Ok(Some(Event::FundingFailed { reason: "no output".into() })),
-                    },
-                    Err(e) => Ok(Some(Event::FundingFailed { reason: e.to_string() })),
-                }
+                // Funded with the other swaps of this loop iteration (`flush_funding`).
+                st.funding_queue.push((id, script_pubkey, amount_sat));
+                Ok(None)
             }
             Action::Broadcast { tx, purpose } => {
                 self.broadcast(id, &tx, purpose).await;
@@ -909,6 +1029,73 @@ impl Engine {
         }
     }
 
+    /// Funds every queued `FundHtlc` in one transaction and feeds each swap its `FundingBuilt`
+    /// (with its own output index). When the batch cannot be built, each swap is tried alone.
+    async fn flush_funding(&self, st: &mut State) {
+        let queued: Vec<(SwapId, ScriptBuf, u64)> = std::mem::take(&mut st.funding_queue)
+            .into_iter()
+            .filter(|(id, _, _)| {
+                // Only swaps still waiting for their funding (an abort meanwhile drops its output).
+                st.swaps.get(id).is_some_and(|a| {
+                    matches!(&a.machine, Machine::Seller(s) if matches!(s.state, SellerState::Accepted { .. }))
+                })
+            })
+            .collect();
+        if queued.is_empty() {
+            return;
+        }
+        if let Err(e) = self.sync_wallet().await {
+            tracing::debug!(error = %e, "wallet sync before funding failed");
+        }
+        let rate = st.ctx.fee_rate;
+        let build = |batch: &[(SwapId, ScriptBuf, u64)]| {
+            let outputs: Vec<(ScriptBuf, Amount)> = batch
+                .iter()
+                .map(|(_, spk, amount)| (spk.clone(), Amount::from_sat(*amount)))
+                .collect();
+            self.inner.wallet.build_funding_tx(&outputs, rate)
+        };
+        let mut results: Vec<(SwapId, Event)> = Vec::new();
+        match build(&queued) {
+            Ok(f) => {
+                if queued.len() > 1 {
+                    tracing::info!(
+                        swaps = queued.len(),
+                        txid = %f.tx.compute_txid(),
+                        fee_sat = f.fee.to_sat(),
+                        "funding several swaps in one transaction"
+                    );
+                }
+                for ((id, _, _), vout) in queued.iter().zip(f.vouts.iter()) {
+                    results.push((*id, Event::FundingBuilt { tx: f.tx.clone(), vout: *vout }));
+                }
+            }
+            Err(e) if queued.len() > 1 => {
+                tracing::warn!(swaps = queued.len(), error = %e, "batch funding failed; funding each swap alone");
+                for item in &queued {
+                    let event = match build(std::slice::from_ref(item)) {
+                        Ok(f) => match f.vouts.first() {
+                            Some(vout) => Event::FundingBuilt { tx: f.tx, vout: *vout },
+                            None => Event::FundingFailed { reason: "no output".into() },
+                        },
+                        Err(e) => Event::FundingFailed { reason: e.to_string() },
+                    };
+                    results.push((item.0, event));
+                }
+            }
+            Err(e) => {
+                for (id, _, _) in &queued {
+                    results.push((*id, Event::FundingFailed { reason: e.to_string() }));
+                }
+            }
+        }
+        for (id, event) in results {
+            if let Err(e) = self.feed(st, id, event).await {
+                tracing::warn!(swap = %id, error = %e, "funding refused");
+            }
+        }
+    }
+
     async fn broadcast(&self, id: SwapId, tx: &Transaction, purpose: TxPurpose) {
         match self.inner.chain.broadcast(tx).await {
             Ok(txid) => {
@@ -923,6 +1110,9 @@ impl Engine {
         }
     }
 }
+
+/// Most incoming messages handled before the queued fundings are carried out.
+const MAX_BATCH: usize = 32;
 
 /// Persisting failed: the rest of the actions must not run.
 struct Stop;

@@ -25,7 +25,7 @@ use ldk_node::lightning_types::payment::{
 use ldk_node::payment::PaymentStatus;
 use ldk_node::{Builder, Node};
 use looper_protocol::{PaymentHash, Preimage};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// An event of the Lightning node that concerns swaps.
 #[derive(Debug, Clone)]
@@ -60,6 +60,32 @@ pub enum LightningEvent {
         /// Why.
         reason: String,
     },
+}
+
+/// A [`LightningEvent`] as the event stream delivers it: the node marks the event handled (and so
+/// never delivers it again) only once [`LightningDelivery::ack`] is called, after the engine has
+/// persisted what follows from it. Dropped without an ack, the event is delivered again (now, or
+/// after a restart).
+#[derive(Debug)]
+pub struct LightningDelivery {
+    /// The event.
+    pub event: LightningEvent,
+    ack: Option<oneshot::Sender<()>>,
+}
+
+impl LightningDelivery {
+    /// A delivery whose ack is reported on `ack` (`None`: nothing waits for it).
+    pub fn new(event: LightningEvent, ack: Option<oneshot::Sender<()>>) -> Self {
+        Self { event, ack }
+    }
+
+    /// Marks the event processed: the node may forget it.
+    pub fn ack(mut self) {
+        if let Some(tx) = self.ack.take() {
+            // The forwarder stopped meanwhile: the event comes again at the next start.
+            let _ = tx.send(());
+        }
+    }
 }
 
 /// What [`Lightning::pay`] found or started.
@@ -129,8 +155,9 @@ pub trait Lightning: Send + Sync {
     /// Our node id.
     fn node_id(&self) -> PublicKey;
 
-    /// The event stream (returned once; later calls return `None`).
-    fn take_events(&self) -> Option<mpsc::Receiver<LightningEvent>>;
+    /// The event stream (returned once; later calls return `None`). Each delivery must be
+    /// acknowledged ([`LightningDelivery::ack`]) once processed; the next one comes after that.
+    fn take_events(&self) -> Option<mpsc::Receiver<LightningDelivery>>;
 
     /// A hold invoice for `payment_hash`.
     async fn receive_for_hash(
@@ -213,7 +240,7 @@ pub struct LdkConfig {
 /// [`Lightning`] over an embedded ldk-node.
 pub struct LdkLightning {
     node: Arc<Node>,
-    events: Mutex<Option<mpsc::Receiver<LightningEvent>>>,
+    events: Mutex<Option<mpsc::Receiver<LightningDelivery>>>,
     pump: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -229,7 +256,9 @@ fn to_hash(h: &LdkPaymentHash) -> PaymentHash {
 
 impl LdkLightning {
     /// Builds and starts the node (entropy: the node seed's derived ldk-node seed). Must be called
-    /// within a multi-threaded tokio runtime. Starts a task forwarding the node's events.
+    /// within a multi-threaded tokio runtime. Starts a task forwarding the node's events: a swap
+    /// event is marked handled in ldk-node only after the receiver acknowledged it (persist
+    /// before act); one that is not acknowledged is delivered again.
     ///
     /// # Errors
     /// [`LightningError::Build`] (bad address, unreachable Esplora, storage).
@@ -244,9 +273,17 @@ impl LdkLightning {
             loop {
                 let event = pump_node.next_event_async().await;
                 if let Some(mapped) = map_event(&event) {
-                    if tx.send(mapped).await.is_err() {
+                    let (ack_tx, ack_rx) = oneshot::channel();
+                    if tx.send(LightningDelivery::new(mapped, Some(ack_tx))).await.is_err() {
                         // Nobody listens: leave the event queued for the next start.
                         break;
+                    }
+                    if ack_rx.await.is_err() {
+                        // Not processed (e.g. the store failed): ldk-node still holds the event
+                        // and hands it out again.
+                        tracing::warn!("lightning event not acknowledged; delivering it again");
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        continue;
                     }
                 }
                 if let Err(e) = pump_node.event_handled() {
@@ -357,7 +394,7 @@ impl Lightning for LdkLightning {
         self.node.node_id()
     }
 
-    fn take_events(&self) -> Option<mpsc::Receiver<LightningEvent>> {
+    fn take_events(&self) -> Option<mpsc::Receiver<LightningDelivery>> {
         self.events.lock().ok().and_then(|mut g| g.take())
     }
 

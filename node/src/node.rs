@@ -6,8 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bitcoin::secp256k1::PublicKey;
 use bitcoin::FeeRate;
+use looper_protocol::messages::{Offer, OfferError, PROTOCOL_VERSION};
 use looper_protocol::seller::SellerPolicy;
+use looper_protocol::SwapDirection;
 
 use crate::chain::EsploraChainSource;
 use crate::config::Config;
@@ -50,6 +53,48 @@ impl ProcessedEvents for StoreProcessedEvents {
     fn is_processed(&self, id: [u8; 32]) -> Result<bool, ProcessedStoreError> {
         self.0.is_event_processed(&id).map_err(|e| ProcessedStoreError(e.to_string()))
     }
+}
+
+/// The id of the offer built from the configuration's seller section.
+pub const CONFIG_OFFER_ID: &str = "looper";
+
+/// The offer built from the configuration's `[seller]` section (`None` when `seller.enabled` is
+/// off): amount range, fees, funding fee, prepay, confirmations, timeout delta, claim margin,
+/// invoice expiry, our Lightning node id and first routable listen address, our relays. Its
+/// `expires_at` is set each time the engine publishes it.
+///
+/// # Errors
+/// The offer's terms do not validate.
+pub fn seller_offer(config: &Config, ln_node_id: PublicKey) -> Result<Option<Offer>, OfferError> {
+    let s = &config.seller;
+    if !s.enabled {
+        return Ok(None);
+    }
+    let ln_address =
+        config.lightning.listen.iter().find(|a| !a.ip().is_unspecified()).map(|a| a.to_string());
+    let offer = Offer {
+        version: PROTOCOL_VERSION,
+        offer_id: CONFIG_OFFER_ID.to_string(),
+        network: config.network,
+        direction: SwapDirection::LoopOut,
+        min_amount_sat: s.min_amount_sat,
+        max_amount_sat: s.max_amount_sat,
+        fee_base_sat: s.fee_base_sat,
+        fee_ppm: s.fee_ppm,
+        funding_fee_sat: s.funding_fee_sat,
+        prepay_sat: (s.prepay_sat > 0).then_some(s.prepay_sat),
+        min_confirmations: s.min_confirmations,
+        timeout_delta: s.timeout_delta_blocks,
+        claim_margin: s.claim_margin_blocks,
+        invoice_expiry_secs: s.invoice_expiry_secs,
+        ln_node_id,
+        ln_address,
+        relays: config.relays.clone(),
+        pow_difficulty: None,
+        expires_at: u64::MAX,
+    };
+    offer.validate()?;
+    Ok(Some(offer))
 }
 
 /// A started node.
@@ -142,9 +187,18 @@ impl LooperNode {
             transport,
             swap_master: keys.swap_master().map_err(step("derive the swap master key"))?,
             config: EngineConfig {
-                seller_policy: SellerPolicy::default(),
+                seller_policy: SellerPolicy {
+                    cooperative_claims: config.seller.cooperative_claims,
+                },
                 chain_poll: Duration::from_secs(config.sync.chain_poll_secs.max(1)),
                 wallet_sync_every: wallet_every.max(1),
+                seller_offer: seller_offer(&config, lightning.node_id())
+                    .map_err(step("build the offer from the seller settings"))?,
+                max_concurrent_swaps: config
+                    .seller
+                    .enabled
+                    .then_some(config.seller.max_concurrent_swaps),
+                ..EngineConfig::default()
             },
         })
         .await

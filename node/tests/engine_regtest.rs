@@ -46,6 +46,22 @@ async fn party(
     dir: &std::path::Path,
     seller_policy: SellerPolicy,
 ) -> Result<Party> {
+    party_with(chain, relay, dir, |_| EngineConfig {
+        seller_policy,
+        chain_poll: Duration::from_secs(1),
+        wallet_sync_every: 2,
+        ..EngineConfig::default()
+    })
+    .await
+}
+
+/// A party whose engine settings are made from its Lightning node id.
+async fn party_with(
+    chain: &RegtestChain,
+    relay: &str,
+    dir: &std::path::Path,
+    config: impl FnOnce(bitcoin::secp256k1::PublicKey) -> EngineConfig,
+) -> Result<Party> {
     std::fs::create_dir_all(dir)?;
     let mnemonic = Mnemonic::generate()?;
     let keys = NodeKeys::from_mnemonic(&mnemonic, Network::Regtest)?;
@@ -85,11 +101,7 @@ async fn party(
         lightning: ln.clone() as Arc<dyn Lightning>,
         transport,
         swap_master: keys.swap_master()?,
-        config: EngineConfig {
-            seller_policy,
-            chain_poll: Duration::from_secs(1),
-            wallet_sync_every: 2,
-        },
+        config: config(ln.node_id()),
     })
     .await?;
     let (stop, rx) = tokio::sync::oneshot::channel::<()>();
@@ -350,4 +362,233 @@ async fn loop_out_cooperative_claim() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn loop_out_script_path_claim() -> Result<()> {
     loop_out(false).await
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "looper_node=info".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// Sum of the values of `tx`'s inputs (looked up on the chain).
+async fn input_value(engine: &Engine, tx: &bitcoin::Transaction) -> Result<u64> {
+    let mut sum = 0;
+    for input in &tx.input {
+        let prev = engine.chain().get_tx(&input.previous_output.txid).await?.expect("prev tx");
+        sum += prev.output[input.previous_output.vout as usize].value.to_sat();
+    }
+    Ok(sum)
+}
+
+fn output_value(tx: &bitcoin::Transaction) -> u64 {
+    tx.output.iter().map(|o| o.value.to_sat()).sum()
+}
+
+/// A loop out that never gets paid: the buyer is stopped once the HTLC is funded (`abort`:
+/// false; the seller refunds by the script path after the timeout) or asks to abort
+/// (`abort`: true; cooperative refund). No channel is needed: nothing is paid. The seller serves
+/// the offer of its configuration (published by the engine and discovered by the buyer), at most
+/// one swap at a time. The seller's on-chain balance before and after differ by the funding and
+/// refund fees only.
+async fn unpaid_swap(abort: bool) -> Result<()> {
+    init_tracing();
+    let started = Instant::now();
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().to_path_buf();
+    let chain = Arc::new(RegtestChain::start(dir.join("chain"))?);
+    let relay = LocalRelay::new(RelayBuilder::default().rate_limit(
+        nostr_relay_builder::builder::RateLimit { max_reqs: 500, notes_per_minute: 100_000 },
+    ));
+    relay.run().await?;
+    let relay_url = relay.url().await.to_string();
+
+    // The smallest timeout the protocol allows: claim margin + confirmations + 42.
+    let timeout_delta = 45;
+    let r = relay_url.clone();
+    let mut seller = party_with(&chain, &relay_url, &dir.join("seller"), move |ln| {
+        let mut o = offer(ln, &r, "config-offer");
+        o.timeout_delta = timeout_delta;
+        o.claim_margin = 2;
+        EngineConfig {
+            chain_poll: Duration::from_secs(1),
+            wallet_sync_every: 2,
+            seller_offer: Some(o),
+            max_concurrent_swaps: Some(1),
+            ..EngineConfig::default()
+        }
+    })
+    .await?;
+    let mut buyer = party(&chain, &relay_url, &dir.join("buyer"), SellerPolicy::default()).await?;
+    chain.fund_address(&seller.wallet.new_address()?, Amount::from_sat(1_000_000))?;
+    let before = wait_for("seller wallet funded", || async {
+        seller.engine.sync_wallet().await.ok()?;
+        let b = balance(&seller.wallet);
+        (b >= 1_000_000).then_some(b)
+    })
+    .await?;
+
+    // The buyer finds the offer the seller's engine published from its configuration.
+    let seller_pk = seller.engine.transport().public_key();
+    let found = wait_for("the configured offer on the relay", || async {
+        let filter = looper_node::nostr::OfferFilter {
+            network: Network::Regtest,
+            amount_sat: 50_000,
+            sellers: vec![seller_pk],
+        };
+        let offers = buyer.engine.transport().discover_offers(&filter).await.ok()?;
+        offers.into_iter().find(|d| d.offer.offer_id == "config-offer")
+    })
+    .await?;
+    assert_eq!(found.offer.timeout_delta, timeout_delta);
+
+    // The buyer waits for more confirmations than the swap can get: it never pays.
+    let policy =
+        BuyerPolicy { max_total_fee_sat: 10_000, max_route_cltv: 200, min_confirmations: 1_000 };
+    let amount = 50_000;
+    let swap_id = buyer.engine.take_offer(found.offer.clone(), seller_pk, amount, policy).await?;
+    wait_for("buyer sees the funded htlc", || async {
+        matches!(buyer.engine.swap_state(swap_id).await, Some((s, _)) if s == "Funded")
+            .then_some(())
+    })
+    .await?;
+
+    // A second request while the first swap runs: refused (max_concurrent_swaps = 1).
+    let second = buyer.engine.take_offer(found.offer.clone(), seller_pk, amount, policy).await?;
+    let kind = wait_for("second swap refused", || async {
+        match buyer.engine.swap_state(second).await {
+            Some((_, k)) if k != StateKind::Pending => Some(k),
+            _ => None,
+        }
+    })
+    .await?;
+    assert_eq!(kind, StateKind::Failed);
+    let events = buyer.engine.store().swap_events(&second, 0)?;
+    assert!(format!("{events:?}").contains("rate_limited"), "{events:#?}");
+
+    // A message that does not decode but names the swap gets a `malformed` answer.
+    let mut tc = TransportConfig::new(
+        NodeKeys::from_mnemonic(&Mnemonic::generate()?, Network::Regtest)?
+            .nostr_secret_key()?
+            .secret_bytes(),
+        vec![relay_url.clone()],
+    );
+    tc.retry_interval = Duration::from_secs(1);
+    let stranger = NostrTransport::connect(tc, Arc::new(MemoryProcessedEvents::new())).await?;
+    let mut stranger_rx = stranger.incoming().expect("incoming");
+    let mut bad: serde_json::Value = serde_json::from_str(
+        &looper_node::nostr::wire::envelope_content(&looper_protocol::messages::Envelope::new(
+            swap_id,
+            1,
+            looper_protocol::messages::Message::SwapAbort(looper_protocol::messages::SwapAbort {
+                reason: looper_protocol::messages::AbortReason::UserRequested,
+                message: None,
+            }),
+        )),
+    )?;
+    bad["reason"] = serde_json::json!(42);
+    stranger.send_raw(&seller_pk, &[], bad.to_string(), Default::default()).await?;
+    let reply =
+        tokio::time::timeout(Duration::from_secs(60), stranger_rx.recv()).await?.expect("reply");
+    match reply.message {
+        Ok(looper_protocol::messages::Envelope {
+            swap_id: id,
+            body: looper_protocol::messages::Message::Error(e),
+            ..
+        }) => {
+            assert_eq!(id, swap_id);
+            assert_eq!(e.code, looper_protocol::messages::ErrorCode::Malformed, "{e:?}");
+        }
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+    stranger.shutdown().await;
+
+    if abort {
+        buyer.engine.abort(swap_id).await?;
+    } else {
+        // The buyer vanishes.
+        if let Some(s) = buyer.stop.take() {
+            let _ = s.send(());
+        }
+    }
+    // Blocks until the seller's swap ends (the HTLC times out after `timeout_delta` blocks).
+    let c = chain.clone();
+    let state = wait_for("seller swap refunded", || {
+        let c = c.clone();
+        let seller = &seller;
+        async move {
+            let _ = tokio::task::spawn_blocking(move || c.mine(if abort { 1 } else { 3 })).await;
+            match seller.engine.swap_state(swap_id).await {
+                Some((s, k)) if k != StateKind::Pending => Some(s),
+                _ => None,
+            }
+        }
+    })
+    .await?;
+    let Some(SwapRecord::Seller(rec)) = seller.engine.swap_record(swap_id).await else {
+        bail!("no seller record")
+    };
+    let events = seller.engine.store().swap_events(&swap_id, 0)?;
+    assert_eq!(state, "Refunded", "{events:#?}");
+    let looper_protocol::seller::SellerState::Refunded { funding, refund_txid } = rec.state else {
+        bail!("not refunded")
+    };
+    let purposes: Vec<TxPurpose> = events
+        .iter()
+        .filter(|e| e.event["event"] == "broadcast")
+        .map(|e| serde_json::from_value(e.event["purpose"].clone()).unwrap())
+        .collect();
+    let wanted = if abort { TxPurpose::CooperativeRefund } else { TxPurpose::ScriptRefund };
+    assert_eq!(purposes, vec![wanted], "{events:#?}");
+
+    let funding_fee = input_value(&seller.engine, &funding.tx).await? - output_value(&funding.tx);
+    let refund = seller.engine.chain().get_tx(&refund_txid).await?.expect("refund tx");
+    let refund_fee = input_value(&seller.engine, &refund).await? - output_value(&refund);
+    let after = wait_for("refund in the seller's wallet", || async {
+        seller.engine.sync_wallet().await.ok()?;
+        let b = balance(&seller.wallet);
+        (b == before - funding_fee - refund_fee).then_some(b)
+    })
+    .await;
+    let after = match after {
+        Ok(a) => a,
+        Err(_) => bail!(
+            "seller balance {} != {before} - funding fee {funding_fee} - refund fee {refund_fee}",
+            balance(&seller.wallet)
+        ),
+    };
+    eprintln!(
+        "FIGURES: unpaid swap ({}) refunded in {:.1} s: funding fee {funding_fee} sat, refund \
+         fee {refund_fee} sat (vsize {}), seller balance {before} -> {after}",
+        if abort { "cooperative refund" } else { "script refund after timeout" },
+        started.elapsed().as_secs_f64(),
+        refund.vsize(),
+    );
+
+    for p in [&mut seller, &mut buyer] {
+        if let Some(s) = p.stop.take() {
+            let _ = s.send(());
+        }
+    }
+    for p in [seller, buyer] {
+        let _ = p.task.await;
+        p.engine.transport().shutdown().await;
+        p.ln.stop().await?;
+    }
+    relay.shutdown();
+    drop(chain);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn buyer_never_pays_seller_refunds_after_timeout() -> Result<()> {
+    unpaid_swap(false).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn buyer_aborts_cooperative_refund() -> Result<()> {
+    unpaid_swap(true).await
 }
