@@ -286,11 +286,15 @@ impl Client {
                 message.clone().unwrap_or_else(|| "missing or wrong token".into()),
                 "use the api.token of the node you reach: --datadir DIR of that node, or --token-file FILE",
             ),
-            (404 | 405, None, _) => CliError::failure(
+            (404 | 405, None, _) | (404, _, Some(_))
+                if code.is_none() || message.as_deref() == Some("no such route") =>
+            {
+                CliError::failure(
                 format!("cannot {what}"),
                 format!("the node at {} has no endpoint {method} {}", self.base, strip_query(path)),
-                "upgrade looper-node to the version of this looper",
-            ),
+                    "upgrade looper-node to the version of this looper",
+                )
+            }
             (_, Some(code), Some(message)) => CliError::failure(
                 format!("cannot {what}"),
                 message.clone(),
@@ -334,9 +338,17 @@ impl Client {
 fn hint_for(code: &str) -> &'static str {
     match code {
         "not_found" => "check the id: `looper swaps` and `looper offer list` list them",
-        "invalid_request" => "check the values given",
+        "bad_request" | "invalid_request" => "check the values given",
+        "unknown_offer" => "list the live offers with `looper offers --amount SAT`",
         "offer_refused" => "pick another offer: `looper offers --amount SAT`",
-        "refused" => "see the swap's state with `looper swap ID`",
+        "conflict" | "refused" => "see the swap's state with `looper swap ID`",
+        "insufficient_funds" => {
+            "fund the wallet: `looper wallet address`, then `looper wallet balance`"
+        }
+        "chain_error" => {
+            "the node cannot reach its chain source (Esplora): check its log and retry"
+        }
+        "lightning_error" => "check the Lightning node: `looper ln info`, `looper ln channels`",
         "unauthorized" => "pass the right --token-file",
         _ => "see the node's log",
     }

@@ -32,10 +32,24 @@ The token: --token-file, else DATADIR/api.token. Exit codes: 0 ok, 1 failure, 2 
 #[command(name = "looper", version, about, after_help = MAIN_AFTER_HELP)]
 pub struct Cli {
     /// The node's data directory (reads api.token and looper.toml). Default: $HOME/.looper.
-    #[arg(long, global = true, env = "LOOPER_DATADIR", hide_env_values = true, value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "LOOPER_DATADIR",
+        hide_env_values = true,
+        help_heading = "Global options",
+        value_name = "DIR"
+    )]
     pub datadir: Option<PathBuf>,
     /// The node's control API URL, e.g. http://127.0.0.1:28839.
-    #[arg(long, global = true, env = "LOOPER_RPC_URL", hide_env_values = true, value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "LOOPER_RPC_URL",
+        hide_env_values = true,
+        help_heading = "Global options",
+        value_name = "URL"
+    )]
     pub rpc_url: Option<String>,
     /// File holding the API token. Default: DATADIR/api.token.
     #[arg(
@@ -43,6 +57,7 @@ pub struct Cli {
         global = true,
         env = "LOOPER_TOKEN_FILE",
         hide_env_values = true,
+        help_heading = "Global options",
         value_name = "FILE"
     )]
     pub token_file: Option<PathBuf>,
@@ -52,11 +67,12 @@ pub struct Cli {
         global = true,
         env = "LOOPER_NETWORK",
         hide_env_values = true,
+        help_heading = "Global options",
         value_name = "NETWORK"
     )]
     pub network: Option<String>,
     /// Print JSON (schema in the README) instead of tables.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = "Global options")]
     pub json: bool,
     /// The command.
     #[command(subcommand)]

@@ -17,10 +17,12 @@ pub const FALLBACK_FEE_RATE_SAT_VB: u64 = 2;
 /// `looper offers`.
 #[derive(Debug, Args)]
 pub struct OffersArgs {
-    /// Swap amount in satoshis: only offers that cover it, with their cost for it.
+    /// Swap amount in satoshis: only offers that cover it, with their cost for it (required:
+    /// the node discovers offers for an amount).
     #[arg(long, value_name = "SAT", value_parser = parse_sat)]
     pub amount: Option<u64>,
-    /// Fee rate for the claim fee estimate, in sat/vB (default: the node's estimate).
+    /// Fee rate for the claim fee estimate, in sat/vB (default: the node's estimate if
+    /// it gives one, else 2).
     #[arg(long, value_name = "SAT_PER_VB", value_parser = parse_sat)]
     pub fee_rate: Option<u64>,
 }
@@ -223,6 +225,13 @@ pub fn candidate_json(c: &Candidate) -> Value {
 
 /// `looper offers`.
 pub async fn discover(ctx: &Ctx, args: &OffersArgs) -> CliResult<()> {
+    if args.amount.is_none() {
+        return Err(CliError::usage(
+            "looper offers",
+            "no amount given: the node discovers the offers that cover an amount",
+            "pass --amount SAT, e.g. `looper offers --amount 250000`",
+        ));
+    }
     let client = ctx.client()?;
     let rate = claim_fee_rate(&client, args.fee_rate).await?;
     let list = fetch(&client, args.amount, rate).await?;

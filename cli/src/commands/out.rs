@@ -26,10 +26,12 @@ pub struct OutArgs {
     /// Refuse offers whose total cost is above this, in satoshis.
     #[arg(long, value_name = "SAT", value_parser = parse_sat)]
     pub max_total_fee: Option<u64>,
-    /// Where the claimed coins go (default: a new address of the node's wallet).
+    /// Where the claimed coins go (default: the node's wallet; a node that cannot claim to
+    /// another address refuses the swap before it starts).
     #[arg(long, value_name = "ADDR")]
     pub address: Option<String>,
-    /// Fee rate for the claim fee estimate, in sat/vB (default: the node's estimate).
+    /// Fee rate for the claim fee estimate, in sat/vB (default: the node's estimate if
+    /// it gives one, else 2).
     #[arg(long, value_name = "SAT_PER_VB", value_parser = parse_sat)]
     pub fee_rate: Option<u64>,
     /// Do not ask for confirmation.
@@ -120,11 +122,9 @@ pub async fn out(ctx: &Ctx, args: &OutArgs) -> CliResult<()> {
     let start = Instant::now();
     let mut body = json!({
         "offer": chosen.offer,
-        "seller_pubkey": chosen.seller,
-        "amount_sat": amount,
-        // The same, under the names of the API contract.
         "offer_id": offer_id,
         "seller": chosen.seller,
+        "amount_sat": amount,
     });
     if let Some(max) = args.max_total_fee {
         body["max_total_fee_sat"] = json!(max);
