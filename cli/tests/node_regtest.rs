@@ -1,0 +1,182 @@
+//! `looper` against a real `looper-node` (in-process `LooperNode` on the embedded regtest chain
+//! and a local Nostr relay), asserting on `--json`, on snapshots of the stable human output, and
+//! on the documented messages of the bad cases (wrong token, unknown offer, unknown swap).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod common;
+
+use std::time::Duration;
+
+use clap::Parser;
+use common::{free_port, looper, snapshot, Run};
+use looper_node::config::{Args, Config};
+use looper_node::node::LooperNode;
+use looper_regtest::RegtestChain;
+use nostr_relay_builder::prelude::*;
+
+/// Runs `looper --rpc-url URL --token-file FILE ARGS` off the async runtime.
+async fn cli(url: &str, token: &std::path::Path, args: &[&str]) -> Run {
+    let mut all: Vec<String> =
+        vec!["--rpc-url".into(), url.into(), "--token-file".into(), token.display().to_string()];
+    all.extend(args.iter().map(|s| s.to_string()));
+    tokio::task::spawn_blocking(move || {
+        let refs: Vec<&str> = all.iter().map(String::as_str).collect();
+        looper(&refs)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_against_a_regtest_node() -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let chain = RegtestChain::start(tmp.path().join("chain"))?;
+    let relay = LocalRelay::new(RelayBuilder::default());
+    relay.run().await?;
+    let relay_url = relay.url().await.to_string();
+    let datadir = tmp.path().join("node");
+    let ln_listen = format!("127.0.0.1:{}", free_port());
+    let args = Args::try_parse_from([
+        "looper-node",
+        "--datadir",
+        datadir.to_str().unwrap(),
+        "--network",
+        "regtest",
+        "--esplora-url",
+        &chain.esplora_url(),
+        "--relay",
+        &relay_url,
+        "--api-listen",
+        "127.0.0.1:0",
+        "--ln-listen",
+        &ln_listen,
+    ])?;
+    let node = LooperNode::start(Config::load(&args)?).await?;
+    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(node.run(
+        async move {
+            let _ = stop_rx.await;
+        },
+        move |addr| {
+            let _ = addr_tx.send(addr);
+        },
+    ));
+    let addr = tokio::time::timeout(Duration::from_secs(60), addr_rx).await??;
+    let url = format!("http://{addr}");
+    let token = datadir.join("api.token");
+
+    // info
+    let r = cli(&url, &token, &["--json", "info"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let info = r.json();
+    assert_eq!(info["network"], "regtest");
+    assert!(info["tip_height"].as_u64().is_some(), "{info}");
+    assert_eq!(info["open_swaps"], 0);
+    let r = cli(&url, &token, &["info"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.contains("network:") && r.stdout.contains("regtest"), "{r:?}");
+
+    // The data dir alone finds the node when looper.toml names the address.
+    std::fs::write(datadir.join("looper.toml"), format!("[api]\nlisten = \"{addr}\"\n"))?;
+    let dd = datadir.display().to_string();
+    let r =
+        tokio::task::spawn_blocking(move || looper(&["--datadir", &dd, "--json", "swaps"])).await?;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json(), serde_json::json!({"swaps": []}));
+
+    // wallet balance: a fresh wallet holds nothing.
+    let r = cli(&url, &token, &["--json", "wallet", "balance"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["total_sat"], 0);
+    let r = cli(&url, &token, &["wallet", "balance"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    snapshot("wallet_balance_empty.txt", &r.stdout);
+    let r = cli(&url, &token, &["--json", "wallet", "address"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.json()["address"].as_str().unwrap().starts_with("bcrt1"), "{r:?}");
+
+    // swaps: none.
+    let r = cli(&url, &token, &["--json", "swaps"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["swaps"], serde_json::json!([]));
+    let r = cli(&url, &token, &["swaps"]).await;
+    snapshot("swaps_empty.txt", &r.stdout);
+    let r = cli(&url, &token, &["offer", "list"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    snapshot("offer_list_empty.txt", &r.stdout);
+    let r = cli(&url, &token, &["swap", "monitor"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout, "no swap in progress\n");
+
+    // An unknown swap.
+    let unknown = "00".repeat(32);
+    let r = cli(&url, &token, &["swap", &unknown]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.starts_with(&format!("error: cannot get swap {unknown}: ")), "{r:?}");
+    assert!(r.stderr.ends_with("(`looper swaps` lists this node's swaps)\n"), "{r:?}");
+
+    // A wrong token.
+    let wrong = tmp.path().join("wrong.token");
+    std::fs::write(&wrong, "not-the-token\n")?;
+    for args in [&["info"][..], &["--json", "swaps"][..]] {
+        let r = cli(&url, &wrong, args).await;
+        assert_eq!(r.code, 1, "{r:?}");
+        assert_eq!(
+            r.stderr,
+            "error: the node refused the API token (401): missing or wrong token (use the api.token of the node you reach: --datadir DIR of that node, or --token-file FILE)\n"
+        );
+        assert!(r.stdout.is_empty());
+    }
+
+    // An unknown offer.
+    let r = cli(&url, &token, &["--json", "out", "--amount", "100000", "--offer", "nope", "--yes"])
+        .await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(
+        r.stderr,
+        "error: cannot take offer nope: no live offer nope covers 100,000 sat (0 offers do) (list them with `looper offers --amount 100000`)\n"
+    );
+    let r = cli(&url, &token, &["--json", "offers", "--amount", "100000"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["offers"], serde_json::json!([]));
+
+    // Seller: create, list, withdraw.
+    let r = cli(
+        &url,
+        &token,
+        &[
+            "--json",
+            "offer",
+            "create",
+            "--id",
+            "cli-test-1",
+            "--min",
+            "50000",
+            "--max",
+            "500000",
+            "--timeout-delta",
+            "144",
+            "--relay",
+            &relay_url,
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.json()["offer_id"], "cli-test-1");
+    let r = cli(&url, &token, &["--json", "offer", "list"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let offers = r.json()["offers"].clone();
+    assert_eq!(offers.as_array().map(Vec::len), Some(1), "{offers}");
+    assert_eq!(offers[0]["offer_id"], "cli-test-1");
+    let r = cli(&url, &token, &["offer", "withdraw", "cli-test-1"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout, "withdrawn offer cli-test-1\n");
+    let r = cli(&url, &token, &["offer", "withdraw", "cli-test-1"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.starts_with("error: cannot withdraw offer cli-test-1: "), "{r:?}");
+
+    let _ = stop_tx.send(());
+    tokio::time::timeout(Duration::from_secs(60), task).await???;
+    Ok(())
+}
