@@ -90,8 +90,15 @@ pub struct World {
     pub broadcasts: Vec<(Party, TxPurpose, Txid)>,
     /// Events for a party coming from outside its engine (Lightning).
     pub pending: [VecDeque<Event>; 2],
-    /// Lightning payments in flight: (payment hash, amount).
-    pub in_flight: Vec<(PaymentHash, u64)>,
+    /// Lightning payments in flight: (height at which it reaches the seller, payment hash,
+    /// amount in msat).
+    pub in_flight: Vec<(u32, PaymentHash, u64)>,
+    /// Payments the seller failed back.
+    pub failed_back: u32,
+    /// Extra copies sent by the duplicating wire mock.
+    pub mock_duplicates_sent: u64,
+    /// Batches of two or more envelopes the reordering wire mock released in reverse.
+    pub mock_reversed_batches: u64,
     /// What the buyer paid, in msat.
     pub buyer_paid_msat: u64,
     /// What the seller received, in msat.
@@ -125,6 +132,9 @@ impl World {
             broadcasts: Vec::new(),
             pending: [VecDeque::new(), VecDeque::new()],
             in_flight: Vec::new(),
+            failed_back: 0,
+            mock_duplicates_sent: 0,
+            mock_reversed_batches: 0,
             buyer_paid_msat: 0,
             seller_received_msat: 0,
             sent_to: [0; 2],
@@ -159,6 +169,10 @@ impl World {
             .map(|(t, h)| (t.clone(), h))
     }
 
+    fn output_exists(&self, op: OutPoint) -> bool {
+        self.all().any(|(t, _)| t.compute_txid() == op.txid && (op.vout as usize) < t.output.len())
+    }
+
     /// The ln node id of the simulated seller Lightning node.
     pub fn ln_node_id(&self) -> bitcoin::secp256k1::PublicKey {
         self.ln_secret.public_key(&Secp256k1::new())
@@ -176,6 +190,12 @@ impl World {
         }
         if tx.input.iter().any(|i| self.spender_of(i.previous_output).is_some()) {
             self.log.push(format!("{party:?} {purpose:?} rejected: double spend"));
+            return;
+        }
+        if purpose != TxPurpose::Funding
+            && !tx.input.iter().all(|i| self.output_exists(i.previous_output))
+        {
+            self.log.push(format!("{party:?} {purpose:?} rejected: missing inputs"));
             return;
         }
         if purpose != TxPurpose::Funding && tx.lock_time.to_consensus_u32() > self.ctx.tip_height {
@@ -198,34 +218,75 @@ impl World {
     }
 
     fn deliver_payments(&mut self) {
-        for (payment_hash, amount_msat) in std::mem::take(&mut self.in_flight) {
+        let tip = self.ctx.tip_height;
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.in_flight).into_iter().partition(|(at, _, _)| *at <= tip);
+        self.in_flight = later;
+        for (_, payment_hash, amount_msat) in due {
             self.pending[Party::Seller.index()]
                 .push_back(Event::PaymentClaimable { payment_hash, amount_msat });
         }
     }
 
+    /// The seller's invoice, with the tampering of `tamper` (a [`MockTamper`]) applied.
     fn make_invoice(
         &self,
         hash: PaymentHash,
         amount_msat: u64,
         expiry_secs: u32,
+        tamper: Option<MockTamper>,
     ) -> Result<String, EngineError> {
         let secp = Secp256k1::new();
+        let (mut hash, mut amount_msat, mut expiry) = (hash, amount_msat, u64::from(expiry_secs));
+        let mut created = self.ctx.now_secs;
+        let mut key = self.ln_secret;
+        match tamper {
+            Some(MockTamper::InvoiceHash) => hash = PaymentHash([0x99; 32]),
+            Some(MockTamper::InvoiceAmount) => amount_msat += 1_000,
+            Some(MockTamper::InvoiceExpired) => {
+                expiry = 10;
+                created -= 100;
+            }
+            Some(MockTamper::InvoicePayee) => {
+                key = SecretKey::from_slice(&[8; 32])
+                    .map_err(|e| EngineError::Keys(e.to_string()))?;
+            }
+            _ => {}
+        }
         InvoiceBuilder::new(Currency::Regtest)
             .description("conformance".into())
             .payment_hash(sha256::Hash::from_byte_array(hash.0))
             .payment_secret(PaymentSecret([42; 32]))
-            .duration_since_epoch(Duration::from_secs(self.ctx.now_secs))
+            .duration_since_epoch(Duration::from_secs(created))
             .min_final_cltv_expiry_delta(42)
             .amount_milli_satoshis(amount_msat)
-            .expiry_time(Duration::from_secs(u64::from(expiry_secs)))
-            .build_signed(|h| secp.sign_ecdsa_recoverable(h, &self.ln_secret))
+            .expiry_time(Duration::from_secs(expiry))
+            .build_signed(|h| secp.sign_ecdsa_recoverable(h, &key))
             .map(|i| i.to_string())
             .map_err(|e| EngineError::Invoice(e.to_string()))
     }
 }
 
-/// Misbehaviour switches of an engine.
+/// What a dishonest seller tampers with (fault-injection mock, the conformance counterpart of the
+/// protocol simulation's `Tamper`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MockTamper {
+    /// The broadcast funding transaction pays 1,000 sat less into the HTLC than agreed.
+    FundingValue,
+    /// `swap_accept` names another HTLC scriptPubKey.
+    HtlcScript,
+    /// The invoice commits to another payment hash.
+    InvoiceHash,
+    /// The invoice expired before it is sent.
+    InvoiceExpired,
+    /// The invoice asks 1 sat more than the quote.
+    InvoiceAmount,
+    /// The invoice is signed by another Lightning node.
+    InvoicePayee,
+}
+
+/// Misbehaviour switches of an engine. The `mock_*` fields are fault-injection mocks: they make
+/// the engine (or its simulated chain, Lightning node or wire) misbehave on purpose.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Behaviour {
     /// Seller: refuse to co-sign claims.
@@ -234,6 +295,17 @@ pub struct Behaviour {
     pub abort_when_funded: bool,
     /// Buyer: vanish once the seller accepted.
     pub vanish_after_accept: bool,
+    /// Buyer: the route CLTV cap of its policy (default 500).
+    pub max_route_cltv: Option<u32>,
+    /// Seller mock: tamper with what the seller sends, broadcasts or invoices.
+    pub mock_tamper: Option<MockTamper>,
+    /// Buyer mock: blocks the buyer's Lightning payment spends in flight before it reaches the
+    /// seller (0: it arrives with the next block).
+    pub mock_payment_delay_blocks: u32,
+    /// Wire mock: every envelope this engine sends is sent twice (two distinct gift wraps).
+    pub mock_duplicate: bool,
+    /// Wire mock: the envelopes of one step are held and released in reverse order.
+    pub mock_reorder: bool,
 }
 
 /// The swap an engine runs.
@@ -371,7 +443,7 @@ impl Engine {
             amount_sat,
             policy: BuyerPolicy {
                 max_total_fee_sat: 50_000,
-                max_route_cltv: 500,
+                max_route_cltv: behaviour.max_route_cltv.unwrap_or(500),
                 min_confirmations: 1,
             },
             claim_destination: p2tr(20)?,
@@ -442,14 +514,23 @@ impl Engine {
         for action in actions {
             match action {
                 Action::Persist => {}
-                Action::Send(env) => {
+                Action::Send(mut env) => {
+                    if self.behaviour.mock_tamper == Some(MockTamper::HtlcScript) {
+                        if let Message::SwapAccept(a) = &mut env.body {
+                            a.htlc_script_pubkey = p2tr(33)?;
+                        }
+                    }
                     if let Some(peer) = self.peer {
                         self.outbox.push((peer, env));
                     }
                 }
                 Action::CreateInvoice { payment_hash, amount_msat, expiry_secs, .. } => {
-                    let invoice =
-                        lock(&self.world)?.make_invoice(payment_hash, amount_msat, expiry_secs)?;
+                    let invoice = lock(&self.world)?.make_invoice(
+                        payment_hash,
+                        amount_msat,
+                        expiry_secs,
+                        self.behaviour.mock_tamper,
+                    )?;
                     self.local.push_back(Event::InvoiceCreated { invoice });
                 }
                 Action::FundHtlc { script_pubkey, amount_sat } => {
@@ -472,7 +553,17 @@ impl Engine {
                     };
                     self.local.push_back(Event::FundingBuilt { tx, vout: 1 });
                 }
-                Action::Broadcast { tx, purpose } => {
+                Action::Broadcast { mut tx, purpose } => {
+                    if purpose == TxPurpose::Funding
+                        && self.behaviour.mock_tamper == Some(MockTamper::FundingValue)
+                    {
+                        if let Some(out) = tx.output.get_mut(1) {
+                            out.value = out
+                                .value
+                                .checked_sub(Amount::from_sat(1_000))
+                                .unwrap_or(Amount::ZERO);
+                        }
+                    }
                     lock(&self.world)?.broadcast(self.party, tx, purpose);
                 }
                 Action::WatchHtlc { script_pubkey } => {
@@ -485,8 +576,9 @@ impl Engine {
                         invoice.parse().map_err(|e| EngineError::Invoice(format!("{e:?}")))?;
                     let hash = PaymentHash(inv.payment_hash().to_byte_array());
                     let mut w = lock(&self.world)?;
-                    if !w.in_flight.iter().any(|(h, _)| *h == hash) && w.buyer_paid_msat == 0 {
-                        w.in_flight.push((hash, amount_msat));
+                    if !w.in_flight.iter().any(|(_, h, _)| *h == hash) && w.buyer_paid_msat == 0 {
+                        let at = w.ctx.tip_height + self.behaviour.mock_payment_delay_blocks;
+                        w.in_flight.push((at, hash, amount_msat));
                     }
                 }
                 Action::ClaimPayment { preimage, amount_msat, .. } => {
@@ -499,9 +591,11 @@ impl Engine {
                     }
                 }
                 Action::FailPayment { .. } => {
-                    lock(&self.world)?.pending[Party::Buyer.index()].push_back(
-                        Event::PaymentFailed { reason: "failed back by the seller".into() },
-                    );
+                    let mut w = lock(&self.world)?;
+                    w.failed_back += 1;
+                    w.pending[Party::Buyer.index()].push_back(Event::PaymentFailed {
+                        reason: "failed back by the seller".into(),
+                    });
                 }
                 Action::Notify(n) => {
                     lock(&self.world)?.log.push(format!("{:?}: {n:?}", self.party))
@@ -674,13 +768,25 @@ impl Engine {
             self.outbox.clear();
             return Ok(());
         }
-        for (to, env) in std::mem::take(&mut self.outbox) {
-            let report = self.transport.send(&to, &[], &env).await?;
-            let mut w = lock(&self.world)?;
-            w.event_bytes += report.event_bytes as u64;
-            if Some(to) == self.peer {
-                let other = if self.party == Party::Buyer { Party::Seller } else { Party::Buyer };
-                w.sent_to[other.index()] += 1;
+        let mut outbox = std::mem::take(&mut self.outbox);
+        if self.behaviour.mock_reorder && outbox.len() > 1 {
+            outbox.reverse();
+            lock(&self.world)?.mock_reversed_batches += 1;
+        }
+        let copies = if self.behaviour.mock_duplicate { 2 } else { 1 };
+        for (to, env) in outbox {
+            for copy in 0..copies {
+                let report = self.transport.send(&to, &[], &env).await?;
+                let mut w = lock(&self.world)?;
+                w.event_bytes += report.event_bytes as u64;
+                if copy > 0 {
+                    w.mock_duplicates_sent += 1;
+                }
+                if Some(to) == self.peer {
+                    let other =
+                        if self.party == Party::Buyer { Party::Seller } else { Party::Buyer };
+                    w.sent_to[other.index()] += 1;
+                }
             }
         }
         Ok(())

@@ -6,12 +6,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
 use bitcoin::Network;
-use looper_conformance::{drive, lock, settle, Behaviour, Engine, SharedWorld, World};
+use looper_conformance::{drive, lock, settle, Behaviour, Engine, MockTamper, SharedWorld, World};
 use looper_node::nostr::wire::{self, Envelope};
 use looper_node::nostr::{
     Incoming, MemoryProcessedEvents, NostrTransport, OfferFilter, SendOptions, TransportConfig,
 };
-use looper_protocol::buyer::BuyerState;
+use looper_protocol::buyer::{BuyerCheckError, BuyerState};
 use looper_protocol::messages::{AbortReason, ErrorCode, Message, SwapAbort, SUPPORTED_VERSIONS};
 use looper_protocol::seller::SellerState;
 use looper_protocol::swap::TxPurpose;
@@ -367,5 +367,243 @@ async fn relay_restart_mid_swap() -> Result<()> {
     assert!(matches!(seller_state(&s.seller), SellerState::Claimed { .. }));
     assert_eq!(purposes(&s.world), vec![TxPurpose::Funding, TxPurpose::CooperativeClaim]);
     teardown(s).await;
+    Ok(())
+}
+
+/// What a scenario of the state-machine simulation must end in.
+#[derive(Clone, Copy)]
+enum Expect {
+    /// Both claim cooperatively: funding then cooperative claim.
+    CooperativeClaim,
+    /// The late payment is failed back; the buyer aborts with `payment_failed`, the seller
+    /// refunds.
+    FailedBackAndRefunded,
+    /// The buyer refuses on the named pre-payment check and pays nothing; the seller is not paid
+    /// and (when the flag says so) gets its HTLC back.
+    Refused(&'static str, fn(&BuyerCheckError) -> bool, SellerRefunds),
+}
+
+/// Whether the seller of a refused scenario must end refunded. A seller whose broadcast funding
+/// differs from the transaction its state machine built cannot: its refunds spend an outpoint
+/// that does not exist (the simulation asserts only the buyer's side there, too).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SellerRefunds {
+    Yes,
+    NotItsOwnTamperedFunding,
+}
+
+/// One scenario of `protocol/tests/simulation.rs`, with its fault injected through the engines'
+/// mocks.
+struct Scenario {
+    name: &'static str,
+    buyer: Behaviour,
+    seller: Behaviour,
+    expect: Expect,
+}
+
+fn refused(name: &'static str, check: fn(&BuyerCheckError) -> bool) -> Expect {
+    Expect::Refused(name, check, SellerRefunds::Yes)
+}
+
+fn tampered(t: MockTamper) -> Behaviour {
+    Behaviour { mock_tamper: Some(t), ..Default::default() }
+}
+
+fn wire_faults(duplicate: bool, reorder: bool) -> Behaviour {
+    Behaviour { mock_duplicate: duplicate, mock_reorder: reorder, ..Default::default() }
+}
+
+fn scenarios() -> Vec<Scenario> {
+    let honest = Behaviour::default();
+    let s = |name, buyer, seller, expect| Scenario { name, buyer, seller, expect };
+    vec![
+        s(
+            "late_payment_is_failed_back_and_refunded",
+            // The payment spends 130 of the 144 blocks in flight: past timeout - claim_margin.
+            Behaviour { mock_payment_delay_blocks: 130, ..Default::default() },
+            honest,
+            Expect::FailedBackAndRefunded,
+        ),
+        s(
+            "wrong_htlc_amount_is_refused",
+            honest,
+            tampered(MockTamper::FundingValue),
+            Expect::Refused(
+                "HtlcAmountMismatch | HtlcScriptMismatch",
+                |c| {
+                    matches!(
+                        c,
+                        BuyerCheckError::HtlcAmountMismatch { .. }
+                            | BuyerCheckError::HtlcScriptMismatch(_)
+                    )
+                },
+                SellerRefunds::NotItsOwnTamperedFunding,
+            ),
+        ),
+        s(
+            "wrong_htlc_script_is_refused",
+            honest,
+            tampered(MockTamper::HtlcScript),
+            refused("HtlcScriptMismatch", |c| matches!(c, BuyerCheckError::HtlcScriptMismatch(_))),
+        ),
+        s(
+            "wrong_invoice_hash_is_refused",
+            honest,
+            tampered(MockTamper::InvoiceHash),
+            refused("InvoiceHashMismatch", |c| matches!(c, BuyerCheckError::InvoiceHashMismatch)),
+        ),
+        s(
+            "expired_invoice_is_refused",
+            honest,
+            tampered(MockTamper::InvoiceExpired),
+            refused("InvoiceExpired", |c| matches!(c, BuyerCheckError::InvoiceExpired)),
+        ),
+        s(
+            "invoice_above_the_quote_is_refused",
+            honest,
+            tampered(MockTamper::InvoiceAmount),
+            refused("InvoiceAmountMismatch", |c| {
+                matches!(c, BuyerCheckError::InvoiceAmountMismatch { .. })
+            }),
+        ),
+        s(
+            "invoice_from_another_node_is_refused",
+            honest,
+            tampered(MockTamper::InvoicePayee),
+            refused("InvoicePayee", |c| matches!(c, BuyerCheckError::InvoicePayee)),
+        ),
+        s(
+            "cltv_budget_too_short_is_refused",
+            Behaviour { max_route_cltv: Some(30), ..Default::default() },
+            honest,
+            refused("CltvBudgetTooShort", |c| {
+                matches!(c, BuyerCheckError::CltvBudgetTooShort { .. })
+            }),
+        ),
+        s(
+            "duplicated_messages_change_nothing",
+            wire_faults(true, false),
+            wire_faults(true, false),
+            Expect::CooperativeClaim,
+        ),
+        s(
+            "reordered_messages_change_nothing",
+            wire_faults(false, true),
+            wire_faults(false, true),
+            Expect::CooperativeClaim,
+        ),
+        s(
+            "duplicated_and_reordered_messages_change_nothing",
+            wire_faults(true, true),
+            wire_faults(true, true),
+            Expect::CooperativeClaim,
+        ),
+    ]
+}
+
+/// Runs one scenario over its own relay; `Ok(summary)` when the outcome is the expected one.
+async fn run_scenario(sc: &Scenario) -> Result<String> {
+    let mut s = setup(sc.buyer, sc.seller).await?;
+    let outcome = drive(&mut s.buyer, &mut s.seller, 400).await;
+    let result = check_scenario(sc, &s, outcome.map_err(anyhow::Error::from));
+    teardown(s).await;
+    result
+}
+
+fn check_scenario(sc: &Scenario, s: &Setup, driven: Result<u32>) -> Result<String> {
+    let (paid, received, failed_back, duplicates, reversed) = {
+        let w = lock(&s.world).map_err(|e| anyhow!("{e}"))?;
+        let faults = (w.mock_duplicates_sent, w.mock_reversed_batches);
+        (w.buyer_paid_msat, w.seller_received_msat, w.failed_back, faults.0, faults.1)
+    };
+    // The wire mocks must have had something to do.
+    if sc.buyer.mock_duplicate && duplicates == 0 {
+        return Err(anyhow!("nothing was duplicated"));
+    }
+    if sc.seller.mock_reorder && reversed == 0 {
+        return Err(anyhow!("no batch was reordered"));
+    }
+    let purposes = purposes(&s.world);
+    let seller = match &s.seller.swap {
+        looper_conformance::Swap::Seller(Some(sw)) => Some(&sw.state),
+        _ => None,
+    };
+    let buyer = buyer_state(&s.buyer);
+    let ctx = || {
+        format!(
+            "buyer {}, seller {}, txs {purposes:?}, paid {paid}, received {received}: {:#?}",
+            buyer.name(),
+            s.seller.state_name(),
+            log(&s.world)
+        )
+    };
+    let blocks = match (driven, sc.expect) {
+        (Ok(blocks), _) => blocks,
+        // The tampering seller never finishes; the buyer's side is what is checked.
+        (Err(_), Expect::Refused(_, _, SellerRefunds::NotItsOwnTamperedFunding)) => 400,
+        (Err(e), _) => return Err(anyhow!("{e}; {}", ctx())),
+    };
+    match sc.expect {
+        Expect::CooperativeClaim => {
+            if !(matches!(buyer, BuyerState::Claimed { .. })
+                && matches!(seller, Some(SellerState::Claimed { .. }))
+                && purposes == [TxPurpose::Funding, TxPurpose::CooperativeClaim])
+            {
+                return Err(anyhow!("expected a cooperative claim; {}", ctx()));
+            }
+        }
+        Expect::FailedBackAndRefunded => {
+            if !(received == 0
+                && failed_back >= 1
+                && matches!(buyer, BuyerState::Aborted { reason: AbortReason::PaymentFailed, .. })
+                && matches!(seller, Some(SellerState::Refunded { .. })))
+            {
+                return Err(anyhow!("expected failed back and refunded; {}", ctx()));
+            }
+        }
+        Expect::Refused(name, ok, refunds) => {
+            if refunds == SellerRefunds::Yes
+                && !matches!(seller, Some(SellerState::Refunded { .. }))
+            {
+                return Err(anyhow!("expected the seller to refund; {}", ctx()));
+            }
+            let BuyerState::Aborted { check: Some(check), .. } = buyer else {
+                return Err(anyhow!("expected the buyer to refuse on {name}; {}", ctx()));
+            };
+            if !ok(check) || paid != 0 || received != 0 {
+                return Err(anyhow!("expected {name}, got {check:?}; {}", ctx()));
+            }
+        }
+    }
+    Ok(format!(
+        "buyer {}, seller {}, {blocks} blocks, txs {purposes:?}, {duplicates} duplicates, \
+         {reversed} reversed batches",
+        buyer.name(),
+        s.seller.state_name()
+    ))
+}
+
+/// Every scenario of the state-machine simulation (`protocol/tests/simulation.rs`) not covered
+/// above, over the real relay, each on its own relay and engines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_machine_scenarios_over_the_relay() -> Result<()> {
+    let mut failures = Vec::new();
+    for sc in scenarios() {
+        let started = Instant::now();
+        match run_scenario(&sc).await {
+            Ok(summary) => {
+                println!(
+                    "SCENARIO {} ok in {:.2} s: {summary}",
+                    sc.name,
+                    started.elapsed().as_secs_f64()
+                )
+            }
+            Err(e) => {
+                println!("SCENARIO {} FAILED: {e:#}", sc.name);
+                failures.push(sc.name);
+            }
+        }
+    }
+    assert!(failures.is_empty(), "failed scenarios: {failures:?}");
     Ok(())
 }
