@@ -232,6 +232,9 @@ struct State {
     polls: u32,
     /// The configuration's offer while it is served (cleared when withdrawn).
     served_offer: Option<Offer>,
+    /// The served offer is off the relays because the wallet could not fund it; the chain poll
+    /// publishes it again once it can.
+    offer_unfunded: bool,
     /// Replies to undecodable messages, per sender.
     decode_replies: RateLimiter<NostrPublicKey>,
     /// `FundHtlc`s of this loop iteration, funded together by [`Engine::flush_funding`].
@@ -301,6 +304,7 @@ impl Engine {
                 ctx,
                 polls: 0,
                 served_offer,
+                offer_unfunded: false,
                 decode_replies,
                 funding_queue: Vec::new(),
             }),
@@ -438,9 +442,46 @@ impl Engine {
     /// Seller: publishes the configuration's offer again (if still served) with a new
     /// `expires_at`. Called when [`Engine::run`] starts and every
     /// [`EngineConfig::offer_refresh`].
+    ///
+    /// The offer follows what the wallet can fund: its `max_amount_sat` is lowered to the
+    /// spendable balance (less a fee reserve), and it is withdrawn from the relays while the
+    /// wallet cannot fund even `min_amount_sat` (and published again once it can).
     pub async fn refresh_served_offer(&self) {
         let Some(mut offer) = self.inner.state.lock().await.served_offer.clone() else { return };
         offer.expires_at = now_secs().saturating_add(self.inner.config.offer_ttl.as_secs());
+        let spendable = match self.inner.wallet.balance() {
+            Ok(b) => (b.confirmed + b.trusted_pending).to_sat(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the wallet balance for the offer");
+                return;
+            }
+        };
+        match fundable_offer(offer, spendable) {
+            Some(fundable) => {
+                offer = fundable;
+                self.inner.state.lock().await.offer_unfunded = false;
+            }
+            None => {
+                let id = {
+                    let mut st = self.inner.state.lock().await;
+                    if st.offer_unfunded {
+                        return;
+                    }
+                    st.offer_unfunded = true;
+                    st.served_offer.as_ref().map(|o| o.offer_id.clone())
+                };
+                tracing::info!(
+                    spendable_sat = spendable,
+                    "wallet cannot fund the offer: withdrawn"
+                );
+                if let Some(id) = id {
+                    if let Err(e) = self.inner.transport.withdraw_offer(&id).await {
+                        tracing::warn!(error = %e, "cannot withdraw the offer");
+                    }
+                }
+                return;
+            }
+        }
         match self.publish_offer(&offer).await {
             Ok(()) => tracing::info!(offer = %offer.offer_id, "offer published"),
             Err(e) => {
@@ -569,6 +610,17 @@ impl Engine {
                     None => ln_events = None,
                 },
                 _ = ticker.tick() => self.poll().await,
+            }
+        }
+        // A stopped seller serves nobody: take the offer off the relays (bounded wait).
+        let served =
+            self.inner.state.lock().await.served_offer.as_ref().map(|o| o.offer_id.clone());
+        if let Some(id) = served {
+            let withdraw = self.inner.transport.withdraw_offer(&id);
+            match tokio::time::timeout(Duration::from_secs(5), withdraw).await {
+                Ok(Ok(_)) => tracing::info!(offer = %id, "offer withdrawn at shutdown"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot withdraw the offer at shutdown"),
+                Err(_) => tracing::warn!("withdrawing the offer at shutdown timed out"),
             }
         }
         tracing::info!("engine stopped");
@@ -788,6 +840,10 @@ impl Engine {
             }
         }
         let mut st = self.inner.state.lock().await;
+        if st.offer_unfunded && sync_now {
+            // Funds may have arrived: the refresh publishes the offer again if they did.
+            tokio::spawn(self.clone().refresh_served_offer_owned());
+        }
         st.ctx = Context { now_secs: now_secs(), tip_height: tip, fee_rate };
         let ids: Vec<SwapId> = st
             .swaps
@@ -1128,4 +1184,44 @@ async fn fee_rate(chain: &dyn ChainSource, wallet: &LooperWallet) -> FeeRate {
     let rate =
         chain.fee_rate(CLAIM_FEE_TARGET_BLOCKS).await.unwrap_or(FeeRate::from_sat_per_vb_u32(2));
     wallet.capped(rate)
+}
+
+/// Sats kept back from an offer's maximum for the funding transaction's fee.
+const FUNDING_FEE_RESERVE_SAT: u64 = 2_000;
+
+/// The offer as far as `spendable_sat` can fund it: `max_amount_sat` lowered to what the wallet
+/// holds (less [`FUNDING_FEE_RESERVE_SAT`]); `None` when it cannot fund `min_amount_sat`.
+fn fundable_offer(mut offer: Offer, spendable_sat: u64) -> Option<Offer> {
+    let fundable = spendable_sat.saturating_sub(FUNDING_FEE_RESERVE_SAT);
+    if fundable < offer.min_amount_sat {
+        return None;
+    }
+    offer.max_amount_sat = offer.max_amount_sat.min(fundable);
+    Some(offer)
+}
+
+#[cfg(test)]
+mod offer_funding_tests {
+    use super::*;
+
+    fn offer(min: u64, max: u64) -> Offer {
+        let json = serde_json::json!({
+            "v": 1, "offer_id": "t", "network": "regtest", "direction": "loop_out",
+            "min_amount_sat": min, "max_amount_sat": max, "fee_base_sat": 0, "fee_ppm": 0,
+            "funding_fee_sat": 0, "min_confirmations": 1, "timeout_delta": 144,
+            "claim_margin": 20, "invoice_expiry_secs": 3600,
+            "ln_node_id": "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798", "relays": [], "expires_at": 1
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn offer_follows_the_wallet() {
+        assert!(fundable_offer(offer(10_000, 100_000), 11_000).is_none());
+        assert_eq!(fundable_offer(offer(10_000, 100_000), 52_000).unwrap().max_amount_sat, 50_000);
+        assert_eq!(
+            fundable_offer(offer(10_000, 100_000), 10_000_000).unwrap().max_amount_sat,
+            100_000
+        );
+    }
 }
