@@ -384,12 +384,17 @@ async fn swap_out(
     let req = body(req)?;
     let seller = NostrPublicKey::from_hex(&req.seller).map_err(|e| ApiError::bad("seller", e))?;
     let amount_sat = positive("amount_sat", req.amount_sat)?;
-    if req.address.is_some() {
-        return Err(ApiError::bad(
-            "address",
-            "a custom claim address is not supported; claims go to the node's wallet",
-        ));
-    }
+    let destination = match req.address.as_deref().map(str::trim) {
+        Some(text) => {
+            let address = Address::<NetworkUnchecked>::from_str(text)
+                .map_err(|e| ApiError::bad("address", e))?;
+            if !address.is_valid_for_network(s.network) {
+                return Err(ApiError::bad("address", format!("not a {} address", s.network)));
+            }
+            Some(address.assume_checked().script_pubkey())
+        }
+        None => None,
+    };
     let offer = match (req.offer, req.offer_id) {
         (Some(offer), id) => {
             if id.as_ref().is_some_and(|id| *id != offer.offer_id) {
@@ -426,8 +431,11 @@ async fn swap_out(
         max_route_cltv: req.max_route_cltv.unwrap_or(defaults.max_route_cltv),
         min_confirmations: req.min_confirmations.unwrap_or(defaults.min_confirmations),
     };
-    let id =
-        s.engine.take_offer(offer, seller, amount_sat, policy).await.map_err(ApiError::engine)?;
+    let id = s
+        .engine
+        .take_offer_to(offer, seller, amount_sat, policy, destination)
+        .await
+        .map_err(ApiError::engine)?;
     Ok(Json(SwapOutResponse { swap_id: id.to_string() }))
 }
 
@@ -646,19 +654,14 @@ async fn ln_open(
     if req.push_msat > amount_sat.saturating_mul(1000) {
         return Err(ApiError::bad("push_msat", "exceeds the channel amount"));
     }
-    let ln = s.engine.lightning();
-    let before: Vec<String> = ln.channels().into_iter().map(|c| c.channel_id).collect();
     let push = (req.push_msat > 0).then_some(req.push_msat);
-    ln.open_channel(node_id, req.address.trim(), amount_sat, push)
+    let id = s
+        .engine
+        .lightning()
+        .open_channel(node_id, req.address.trim(), amount_sat, push)
         .await
         .map_err(ApiError::lightning)?;
-    let new = ln
-        .channels()
-        .into_iter()
-        .find(|c| !before.contains(&c.channel_id) && c.counterparty == node_id.to_string())
-        .map(|c| c.channel_id)
-        .unwrap_or_default();
-    Ok(Json(OpenResponse { user_channel_id: new }))
+    Ok(Json(OpenResponse { user_channel_id: id.to_string() }))
 }
 
 #[derive(Deserialize)]

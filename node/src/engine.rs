@@ -505,12 +505,31 @@ impl Engine {
         amount_sat: u64,
         policy: BuyerPolicy,
     ) -> Result<SwapId, EngineError> {
+        self.take_offer_to(offer, seller, amount_sat, policy, None).await
+    }
+
+    /// Like [`Engine::take_offer`], claiming to `destination` instead of a new address of the
+    /// node's wallet.
+    ///
+    /// # Errors
+    /// As [`Engine::take_offer`].
+    pub async fn take_offer_to(
+        &self,
+        offer: Offer,
+        seller: NostrPublicKey,
+        amount_sat: u64,
+        policy: BuyerPolicy,
+        destination: Option<ScriptBuf>,
+    ) -> Result<SwapId, EngineError> {
         let mut st = self.inner.state.lock().await;
         let ctx = st.ctx;
         let index = blocking_store(|| self.inner.store.next_swap_index())?;
         let keys = SwapKeys::derive(&self.inner.swap_master, index)
             .map_err(|e| EngineError::Keys(e.to_string()))?;
-        let claim_destination = self.inner.wallet.new_address()?.script_pubkey();
+        let claim_destination = match destination {
+            Some(spk) => spk,
+            None => self.inner.wallet.new_address()?.script_pubkey(),
+        };
         let mut id = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut id);
         let swap_id = SwapId(id);
@@ -1103,6 +1122,10 @@ impl Engine {
         if let Err(e) = self.sync_wallet().await {
             tracing::debug!(error = %e, "wallet sync before funding failed");
         }
+        // Build, broadcast and apply under the wallet's spend guard (feeding FundingBuilt carries
+        // out the swap's Broadcast action).
+        let wallet = Arc::clone(&self.inner.wallet);
+        let _spending = wallet.spend_guard().await;
         let rate = st.ctx.fee_rate;
         let build = |batch: &[(SwapId, ScriptBuf, u64)]| {
             let outputs: Vec<(ScriptBuf, Amount)> = batch
@@ -1128,6 +1151,7 @@ impl Engine {
             }
             Err(e) if queued.len() > 1 => {
                 tracing::warn!(swaps = queued.len(), error = %e, "batch funding failed; funding each swap alone");
+                // One at a time: each is broadcast and applied before the next is built.
                 for item in &queued {
                     let event = match build(std::slice::from_ref(item)) {
                         Ok(f) => match f.vouts.first() {
@@ -1136,7 +1160,9 @@ impl Engine {
                         },
                         Err(e) => Event::FundingFailed { reason: e.to_string() },
                     };
-                    results.push((item.0, event));
+                    if let Err(e) = self.feed(st, item.0, event).await {
+                        tracing::warn!(swap = %item.0, error = %e, "funding refused");
+                    }
                 }
             }
             Err(e) => {

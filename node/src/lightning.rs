@@ -202,7 +202,7 @@ pub trait Lightning: Send + Sync {
         address: &str,
         capacity_sat: u64,
         push_msat: Option<u64>,
-    ) -> Result<(), LightningError>;
+    ) -> Result<u128, LightningError>;
 
     /// Our channels.
     fn channels(&self) -> Vec<ChannelInfo>;
@@ -507,14 +507,14 @@ impl Lightning for LdkLightning {
         address: &str,
         capacity_sat: u64,
         push_msat: Option<u64>,
-    ) -> Result<(), LightningError> {
+    ) -> Result<u128, LightningError> {
         let addr = SocketAddress::from_str(address).map_err(|_| LightningError::Invalid {
             what: "peer address",
             reason: address.to_string(),
         })?;
         self.blocking(move |node| {
             node.open_channel(node_id, addr, capacity_sat, push_msat, None)
-                .map(|_| ())
+                .map(|id| id.0)
                 .map_err(node_err("open a channel"))
         })
         .await

@@ -227,11 +227,17 @@ impl LooperNode {
         let engine_task = tokio::spawn(self.engine.clone().run(async move {
             let _ = engine_stop.wait_for(|s| *s).await;
         }));
-        let app = crate::api::router(crate::api::ApiState {
-            engine: self.engine.clone(),
-            token: Arc::new(self.token),
-            network: self.config.network,
-        });
+        let facts = crate::api::NodeFacts {
+            ln_listen: self.config.lightning.listen.iter().map(|a| a.to_string()).collect(),
+        };
+        let app = crate::api::router_with(
+            crate::api::ApiState {
+                engine: self.engine.clone(),
+                token: Arc::new(self.token),
+                network: self.config.network,
+            },
+            facts,
+        );
         let mut api_stop = stop_rx;
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = api_stop.wait_for(|s| *s).await;

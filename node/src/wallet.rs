@@ -268,6 +268,9 @@ impl Inner {
 /// The node's on-chain wallet (see the module documentation).
 pub struct LooperWallet {
     inner: Mutex<Inner>,
+    /// Held from building a spending transaction until it is broadcast and applied, so two
+    /// spends (an HTLC funding and a `send`) never pick the same coins.
+    spend: tokio::sync::Mutex<()>,
     network: Network,
     max_fee_rate: FeeRate,
 }
@@ -334,6 +337,7 @@ impl LooperWallet {
         };
         Ok(LooperWallet {
             inner: Mutex::new(Inner { wallet, persister, synced_once: false }),
+            spend: tokio::sync::Mutex::new(()),
             network,
             max_fee_rate,
         })
@@ -413,6 +417,13 @@ impl LooperWallet {
     /// [`WalletError::Poisoned`].
     pub fn balance(&self) -> Result<Balance, WalletError> {
         Ok(self.lock()?.wallet.balance())
+    }
+
+    /// Serializes spends: hold the guard from building a transaction until it is broadcast and
+    /// applied ([`LooperWallet::apply_unconfirmed`]) or cancelled, so that concurrent spends never
+    /// choose the same coins. [`LooperWallet::send`] takes it itself.
+    pub async fn spend_guard(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.spend.lock().await
     }
 
     /// Height of the wallet's latest synced block.
@@ -526,6 +537,7 @@ impl LooperWallet {
         amount: Amount,
         fee_rate: FeeRate,
     ) -> Result<Txid, WalletError> {
+        let _spending = self.spend_guard().await;
         let text = address.clone().assume_checked().to_string();
         let address = address
             .require_network(self.network)
