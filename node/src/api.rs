@@ -83,6 +83,8 @@ pub struct ApiState {
 pub struct NodeFacts {
     /// The Lightning node's listening addresses ("127.0.0.1:9735").
     pub ln_listen: Vec<String>,
+    /// The Nostr relays the node uses.
+    pub relays: Vec<String>,
 }
 
 /// A JSON error with a stable code: `unauthorized` (401), `bad_request` (400, the message names
@@ -265,6 +267,10 @@ pub struct InfoResponse {
     pub ln_listen: Vec<String>,
     /// Swaps not finished yet (stored as pending).
     pub open_swaps: u64,
+    /// The Nostr relays the node uses.
+    pub relays: Vec<String>,
+    /// The fee rate claims and refunds would use now (sat/vB, rounded up).
+    pub fee_rate_sat_vb: u64,
 }
 
 async fn info(
@@ -273,6 +279,12 @@ async fn info(
 ) -> Typed<InfoResponse> {
     let tip = s.engine.chain().tip_height().await.map_err(ApiError::chain)?;
     let open = s.engine.store().list_swaps(&SwapFilter::pending()).map_err(ApiError::internal)?;
+    let fee_rate = s
+        .engine
+        .chain()
+        .fee_rate(looper_protocol::swap::CLAIM_FEE_TARGET_BLOCKS)
+        .await
+        .map_err(ApiError::chain)?;
     Ok(Json(InfoResponse {
         network: s.network.to_string(),
         api_version: API_VERSION,
@@ -282,6 +294,8 @@ async fn info(
         ln_node_id: s.engine.lightning().node_id().to_string(),
         ln_listen: facts.ln_listen.clone(),
         open_swaps: open.len() as u64,
+        relays: facts.relays.clone(),
+        fee_rate_sat_vb: fee_rate.to_sat_per_vb_ceil(),
     }))
 }
 

@@ -229,6 +229,7 @@ impl LooperNode {
         }));
         let facts = crate::api::NodeFacts {
             ln_listen: self.config.lightning.listen.iter().map(|a| a.to_string()).collect(),
+            relays: self.config.relays.clone(),
         };
         let app = crate::api::router_with(
             crate::api::ApiState {

@@ -211,6 +211,8 @@ fn typed_answers_match_schemas() {
             ln_node_id: "02".repeat(33),
             ln_listen: vec!["127.0.0.1:9735".into()],
             open_swaps: 0,
+            relays: vec!["ws://127.0.0.1:7777".into()],
+            fee_rate_sat_vb: 2,
         },
     );
     check_named(&doc, "Offer", &sample_offer());
@@ -460,7 +462,7 @@ async fn live_api_matches_openapi() -> Result<()> {
             token: Arc::new(token.clone()),
             network: Network::Regtest,
         },
-        NodeFacts { ln_listen: vec![listen.clone()] },
+        NodeFacts { ln_listen: vec![listen.clone()], relays: vec![] },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
