@@ -40,8 +40,9 @@ pub const MAX_FEE_PPM: u32 = 100_000;
 /// Smallest `seller.timeout_delta_blocks` accepted outside regtest (the protocol's floor for offers).
 pub const MIN_TIMEOUT_DELTA_BLOCKS: u32 = 144;
 
-/// Largest `seller.timeout_delta_blocks` accepted (about four weeks of blocks).
-pub const MAX_TIMEOUT_DELTA_BLOCKS: u32 = 4032;
+/// Largest `seller.timeout_delta_blocks` accepted: the protocol's largest offer timeout (two
+/// weeks of blocks).
+pub const MAX_TIMEOUT_DELTA_BLOCKS: u32 = looper_protocol::messages::MAX_TIMEOUT_DELTA;
 
 /// Largest `fees.max_fee_rate_sat_vb` accepted: a guard against typos that would burn money.
 pub const MAX_FEE_RATE_CAP_SAT_VB: u64 = 10_000;
@@ -630,12 +631,17 @@ impl Config {
         if s.claim_margin_blocks == 0 {
             return Err(invalid("seller.claim_margin_blocks", "must be >= 1"));
         }
-        let needed = s.claim_margin_blocks.saturating_add(s.min_confirmations).saturating_add(1);
+        // The protocol's rule for offers (`Offer::validate`): room for the claim margin, the
+        // confirmations and a Lightning route's minimum CLTV budget.
+        let needed = s
+            .claim_margin_blocks
+            .saturating_add(s.min_confirmations)
+            .saturating_add(looper_protocol::messages::MIN_CLTV_BUDGET_BLOCKS);
         if s.timeout_delta_blocks < needed {
             return Err(invalid(
                 "seller.timeout_delta_blocks",
                 format!(
-                    "must be > seller.claim_margin_blocks + seller.min_confirmations (>= {needed})"
+                    "must be >= seller.claim_margin_blocks + seller.min_confirmations + 42 (>= {needed})"
                 ),
             ));
         }
@@ -1071,11 +1077,11 @@ listen = "127.0.0.1:2222"
                 "seller.fee_base_sat: must be <= seller.min_amount_sat",
             ),
             ("min_confirmations = 0", "seller.min_confirmations: must be between 1 and 100"),
-            ("timeout_delta_blocks = 5000", "seller.timeout_delta_blocks: must be <= 4032"),
+            ("timeout_delta_blocks = 5000", "seller.timeout_delta_blocks: must be <= 2016"),
             ("claim_margin_blocks = 0", "seller.claim_margin_blocks: must be >= 1"),
             (
                 "timeout_delta_blocks = 21",
-                "seller.timeout_delta_blocks: must be > seller.claim_margin_blocks + seller.min_confirmations (>= 22)",
+                "seller.timeout_delta_blocks: must be >= seller.claim_margin_blocks + seller.min_confirmations + 42 (>= 63)",
             ),
             ("prepay_sat = 100001", "seller.prepay_sat: must be <= seller.min_amount_sat"),
             ("max_concurrent_swaps = 0", "seller.max_concurrent_swaps: must be >= 1"),
@@ -1086,8 +1092,8 @@ listen = "127.0.0.1:2222"
             assert_eq!(e, format!("invalid configuration: {expected}"), "for {body}");
         }
         // Below 144 blocks is fine on regtest, refused elsewhere.
-        load_toml(&regtest(&[]), "[seller]\ntimeout_delta_blocks = 30\n").unwrap();
-        let e = err_text(&args(&["--network", "signet"]), "[seller]\ntimeout_delta_blocks = 30\n");
+        load_toml(&regtest(&[]), "[seller]\ntimeout_delta_blocks = 70\n").unwrap();
+        let e = err_text(&args(&["--network", "signet"]), "[seller]\ntimeout_delta_blocks = 70\n");
         assert!(e.contains("seller.timeout_delta_blocks: must be >= 144 outside regtest"), "{e}");
     }
 
