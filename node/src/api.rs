@@ -85,6 +85,11 @@ pub struct NodeFacts {
     pub ln_listen: Vec<String>,
     /// The Nostr relays the node uses.
     pub relays: Vec<String>,
+    /// The buyer's limits from the configuration (`[buyer]`), the defaults of `POST /v1/swaps/out`.
+    pub buyer_defaults: BuyerPolicy,
+    /// `[buyer] max_total_fee_ppm`: the fee limit in parts per million of the amount (the lower of
+    /// this and `buyer_defaults.max_total_fee_sat` applies).
+    pub buyer_max_fee_ppm: Option<u32>,
 }
 
 /// A JSON error with a stable code: `unauthorized` (401), `bad_request` (400, the message names
@@ -393,6 +398,7 @@ pub struct SwapOutResponse {
 
 async fn swap_out(
     State(s): State<ApiState>,
+    Extension(facts): Extension<Arc<NodeFacts>>,
     req: Result<Json<SwapOutRequest>, JsonRejection>,
 ) -> Typed<SwapOutResponse> {
     let req = body(req)?;
@@ -439,9 +445,14 @@ async fn swap_out(
     if offer.network != s.network {
         return Err(ApiError::bad("offer", "offer network differs from the node's"));
     }
-    let defaults = BuyerPolicy::default();
+    let defaults = facts.buyer_defaults;
+    let ppm_limit = facts.buyer_max_fee_ppm.map_or(u64::MAX, |ppm| {
+        u64::try_from(u128::from(amount_sat) * u128::from(ppm) / 1_000_000).unwrap_or(u64::MAX)
+    });
     let policy = BuyerPolicy {
-        max_total_fee_sat: req.max_total_fee_sat.unwrap_or(defaults.max_total_fee_sat),
+        max_total_fee_sat: req
+            .max_total_fee_sat
+            .unwrap_or(defaults.max_total_fee_sat.min(ppm_limit)),
         max_route_cltv: req.max_route_cltv.unwrap_or(defaults.max_route_cltv),
         min_confirmations: req.min_confirmations.unwrap_or(defaults.min_confirmations),
     };

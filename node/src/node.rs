@@ -230,6 +230,12 @@ impl LooperNode {
         let facts = crate::api::NodeFacts {
             ln_listen: self.config.lightning.listen.iter().map(|a| a.to_string()).collect(),
             relays: self.config.relays.clone(),
+            buyer_defaults: looper_protocol::buyer::BuyerPolicy {
+                max_total_fee_sat: self.config.buyer.max_total_fee_sat,
+                max_route_cltv: self.config.buyer.max_route_cltv_blocks,
+                min_confirmations: self.config.buyer.min_confirmations,
+            },
+            buyer_max_fee_ppm: Some(self.config.buyer.max_total_fee_ppm),
         };
         let app = crate::api::router_with(
             crate::api::ApiState {

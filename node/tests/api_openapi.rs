@@ -462,7 +462,7 @@ async fn live_api_matches_openapi() -> Result<()> {
             token: Arc::new(token.clone()),
             network: Network::Regtest,
         },
-        NodeFacts { ln_listen: vec![listen.clone()], relays: vec![] },
+        NodeFacts { ln_listen: vec![listen.clone()], ..NodeFacts::default() },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
