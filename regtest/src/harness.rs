@@ -724,7 +724,19 @@ impl Harness {
         let node = self.node_mut(name)?;
         node.terminate(Duration::from_secs(20));
         node.spawn(&binary, &filter)?;
-        node.wait_ready().await
+        node.wait_ready().await?;
+        // Its channels come back once the peers reconnect.
+        let node = self.node(name)?;
+        let had = node.client.ln_channels().await?.len();
+        if had > 0 {
+            wait_until(&format!("{name}'s channels usable again"), SETUP_TIMEOUT, || async move {
+                let usable =
+                    node.client.ln_channels().await.ok()?.iter().filter(|c| c.usable).count();
+                (usable >= had).then_some(())
+            })
+            .await?;
+        }
+        Ok(())
     }
 
     /// Mines `n` blocks, then asks every running node to sync; the new tip height.
@@ -905,4 +917,17 @@ pub fn find_node_binary() -> Option<PathBuf> {
     }
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|d| d.join(&name)).find(|p| p.is_file())
+}
+
+/// Follows swap `swap_id` on `node` (the buyer) until it is final; the report of a `Claimed`
+/// swap (phases timed from now; call [`LoopOutReport::fill_chain_data`] for the funding data).
+///
+/// # Errors
+/// [`HarnessError::SwapFailed`] when it ends otherwise; [`HarnessError::Timeout`].
+pub async fn report_follow(
+    node: &NodeHandle,
+    swap_id: &str,
+    timeout: Duration,
+) -> Result<LoopOutReport, HarnessError> {
+    report::follow(node, swap_id, Instant::now(), timeout).await
 }
