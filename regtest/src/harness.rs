@@ -545,20 +545,8 @@ impl Harness {
                 .map_err(io("write looper.toml"))?;
             let api_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
             let ln_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-            let args = vec![
-                "--datadir".to_string(),
-                datadir.display().to_string(),
-                "--network".into(),
-                "regtest".into(),
-                "--esplora-url".into(),
-                self.chain.esplora_url(),
-                "--relay".into(),
-                self.relay_url.clone(),
-                "--ln-listen".into(),
-                ln_addr.to_string(),
-                "--api-listen".into(),
-                api_addr.to_string(),
-            ];
+            let args =
+                node_args(&datadir, &self.chain.esplora_url(), &self.relay_url, ln_addr, api_addr);
             let mut node = NodeHandle {
                 spec,
                 datadir,
@@ -572,8 +560,34 @@ impl Harness {
             node.spawn(&self.config.node_binary, &self.config.node_log_filter)?;
             self.nodes.push(node);
         }
+        let binary = self.config.node_binary.clone();
+        let filter = self.config.node_log_filter.clone();
         for node in &mut self.nodes {
-            node.wait_ready().await?;
+            let mut tries = 0;
+            loop {
+                match node.wait_ready().await {
+                    Ok(()) => break,
+                    // A port picked free was taken meanwhile: new ports, once more.
+                    Err(HarnessError::NodeExited { log_tail, .. })
+                        if tries < 3
+                            && (log_tail.contains("in use")
+                                || log_tail_has_ldk_bind_panic(&log_tail)) =>
+                    {
+                        tries += 1;
+                        node.api_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+                        node.ln_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+                        node.args = node_args(
+                            &node.datadir,
+                            &self.chain.esplora_url(),
+                            &self.relay_url,
+                            node.ln_addr,
+                            node.api_addr,
+                        );
+                        node.spawn(&binary, &filter)?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         Ok(())
     }
@@ -842,6 +856,34 @@ impl Drop for Harness {
             self.stop_rest();
         }
     }
+}
+
+fn node_args(
+    datadir: &Path,
+    esplora_url: &str,
+    relay_url: &str,
+    ln_addr: SocketAddr,
+    api_addr: SocketAddr,
+) -> Vec<String> {
+    vec![
+        "--datadir".to_string(),
+        datadir.display().to_string(),
+        "--network".into(),
+        "regtest".into(),
+        "--esplora-url".into(),
+        esplora_url.into(),
+        "--relay".into(),
+        relay_url.into(),
+        "--ln-listen".into(),
+        ln_addr.to_string(),
+        "--api-listen".into(),
+        api_addr.to_string(),
+    ]
+}
+
+/// ldk-node panics when its listen port is taken.
+fn log_tail_has_ldk_bind_panic(tail: &str) -> bool {
+    tail.contains("ldk-node") && tail.contains("panicked")
 }
 
 fn parse_addr(s: &str) -> Result<bitcoin::Address, HarnessError> {
