@@ -37,6 +37,14 @@ use crate::types::{PaymentHash, Preimage, SwapDirection, SwapId};
 /// Cooperative claim attempts before the buyer claims through the script path.
 pub const MAX_COOP_ATTEMPTS: u32 = 2;
 
+/// Payment attempts before the buyer gives up (a failed payment left nothing in flight, so it is
+/// safe to try again while the timing checks still hold: a peer reconnecting, a route not yet
+/// usable).
+pub const MAX_PAYMENT_ATTEMPTS: u32 = 3;
+
+/// Seconds between a failed payment and the next attempt.
+pub const PAYMENT_RETRY_SECS: u64 = 10;
+
 /// A check the buyer makes before paying; each failure has its own name (spec
 /// `02-swap-flow.md`, "Buyer checks").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -158,6 +166,12 @@ pub enum BuyerState {
         terms: Terms,
         /// The HTLC.
         htlc: HtlcOutput,
+        /// Payment attempts that failed for good so far.
+        #[serde(default)]
+        payment_attempts: u32,
+        /// No new attempt before this time (unix seconds).
+        #[serde(default)]
+        retry_at_secs: u64,
     },
     /// The invoice is being paid: the point of no return.
     Paying {
@@ -167,6 +181,9 @@ pub enum BuyerState {
         htlc: HtlcOutput,
         /// The route's CLTV budget.
         max_cltv: u32,
+        /// Which attempt this is (1 for the first).
+        #[serde(default)]
+        payment_attempts: u32,
     },
     /// Paid; claiming the HTLC.
     Claiming {
@@ -298,7 +315,8 @@ pub const BUYER_TRANSITIONS: &[Transition] = &[
     ("Funded", "Paying", "min_confirmations reached and checks pass / pay"),
     ("Funded", "Aborted", "a failed check, swap_abort, user abort, timeout too close"),
     ("Paying", "Claiming", "payment succeeded / send coop_claim_request"),
-    ("Paying", "Aborted", "payment failed / send swap_abort"),
+    ("Paying", "Funded", "payment failed, attempts left / retry in 10 s"),
+    ("Paying", "Aborted", "payment failed, no attempts left / send swap_abort"),
     ("Claiming", "ClaimBroadcast", "coop_claim_response, or 30 s / script path"),
     ("Claiming", "Lost", "htlc refunded by the seller"),
     ("ClaimBroadcast", "Claimed", "claim confirmed"),
@@ -541,7 +559,22 @@ impl BuyerSwap {
             }
             Event::HtlcSpent { tx, confirmed_height } => self.on_htlc_spent(tx, confirmed_height),
             Event::PaymentSucceeded { preimage } => self.on_payment_succeeded(preimage, ctx, rng),
-            Event::PaymentFailed { reason } => match self.state {
+            Event::PaymentFailed { reason } => match &self.state {
+                BuyerState::Paying { terms, htlc, payment_attempts, .. }
+                    if *payment_attempts < MAX_PAYMENT_ATTEMPTS =>
+                {
+                    let (terms, htlc, attempts) = (terms.clone(), htlc.clone(), *payment_attempts);
+                    self.go(BuyerState::Funded {
+                        terms,
+                        htlc,
+                        payment_attempts: attempts,
+                        retry_at_secs: ctx.now_secs.saturating_add(PAYMENT_RETRY_SECS),
+                    })?;
+                    Ok(vec![
+                        Action::Persist,
+                        Action::Notify(Notification::PaymentFailed { reason, retrying: true }),
+                    ])
+                }
                 BuyerState::Paying { .. } => {
                     self.abort(AbortReason::PaymentFailed, None, Some(reason))
                 }
@@ -820,7 +853,7 @@ impl BuyerSwap {
     ) -> Result<Vec<Action>, SwapError> {
         let (terms, current) = match &self.state {
             BuyerState::Accepted { terms, .. } => (terms.clone(), None),
-            BuyerState::Funded { terms, htlc } => (terms.clone(), Some(htlc.clone())),
+            BuyerState::Funded { terms, htlc, .. } => (terms.clone(), Some(htlc.clone())),
             BuyerState::Paying { .. }
             | BuyerState::Claiming { .. }
             | BuyerState::ClaimBroadcast { .. } => return Ok(Vec::new()),
@@ -845,6 +878,12 @@ impl BuyerSwap {
                 None,
             );
         }
+        let (payment_attempts, retry_at_secs) = match &self.state {
+            BuyerState::Funded { payment_attempts, retry_at_secs, .. } => {
+                (*payment_attempts, *retry_at_secs)
+            }
+            _ => (0, 0),
+        };
         let output = HtlcOutput { outpoint, confirmed_height };
         let changed = current.as_ref() != Some(&output);
         let mut actions = Vec::new();
@@ -855,7 +894,7 @@ impl BuyerSwap {
                 confirmations: confirmations(confirmed_height, ctx.tip_height),
                 required,
             });
-            self.go(BuyerState::Funded { terms, htlc: output })?;
+            self.go(BuyerState::Funded { terms, htlc: output, payment_attempts, retry_at_secs })?;
             actions.push(Action::Persist);
             actions.push(note);
         }
@@ -869,8 +908,12 @@ impl BuyerSwap {
 
     /// In `Funded`: pays once confirmed enough and every pre-payment check holds.
     fn maybe_pay(&mut self, ctx: &Context) -> Result<Vec<Action>, SwapError> {
-        let BuyerState::Funded { terms, htlc } = &self.state else { return Ok(Vec::new()) };
-        let (terms, htlc) = (terms.clone(), htlc.clone());
+        let BuyerState::Funded { terms, htlc, payment_attempts, retry_at_secs } = &self.state
+        else {
+            return Ok(Vec::new());
+        };
+        let (terms, htlc, attempts, retry_at) =
+            (terms.clone(), htlc.clone(), *payment_attempts, *retry_at_secs);
         if ctx.now_secs >= terms.invoice_expires_at {
             return self.abort(
                 AbortReason::ChecksFailed,
@@ -890,7 +933,9 @@ impl BuyerSwap {
                 None,
             );
         }
-        if confirmations(htlc.confirmed_height, ctx.tip_height) < self.required_confirmations() {
+        if confirmations(htlc.confirmed_height, ctx.tip_height) < self.required_confirmations()
+            || ctx.now_secs < retry_at
+        {
             return Ok(Vec::new());
         }
         let action = Action::PayInvoice {
@@ -898,7 +943,8 @@ impl BuyerSwap {
             amount_msat: terms.invoice_amount_msat,
             max_total_cltv_expiry_delta: budget,
         };
-        self.go(BuyerState::Paying { terms, htlc, max_cltv: budget })?;
+        let payment_attempts = attempts.saturating_add(1);
+        self.go(BuyerState::Paying { terms, htlc, max_cltv: budget, payment_attempts })?;
         Ok(vec![Action::Persist, action, Action::Notify(Notification::Paying { max_cltv: budget })])
     }
 

@@ -232,6 +232,13 @@ pub enum Notification {
     },
     /// The payment went through (preimage known to both).
     Paid,
+    /// The payment failed; nothing is in flight.
+    PaymentFailed {
+        /// Why.
+        reason: String,
+        /// Whether the buyer tries again.
+        retrying: bool,
+    },
     /// A claim or refund transaction was broadcast.
     Broadcast {
         /// Its id.

@@ -40,6 +40,8 @@ pub struct Opts {
     pub route_cltv: u32,
     /// Blocks a payment spends in flight before it reaches the seller.
     pub payment_delay_blocks: u32,
+    /// The first N payment attempts fail at once (no route yet: a peer reconnecting).
+    pub fail_first_payments: u32,
     /// The buyer's node is gone after it accepted (never pays, never answers).
     pub buyer_vanishes_after_accept: bool,
     /// The buyer aborts once the HTLC is funded.
@@ -352,7 +354,13 @@ impl Sim {
                     {
                         continue; // idempotent
                     }
-                    if max_total_cltv_expiry_delta < self.opts.route_cltv.max(42) {
+                    if self.opts.fail_first_payments > 0 {
+                        self.opts.fail_first_payments -= 1;
+                        self.feed(
+                            Party::Buyer,
+                            Event::PaymentFailed { reason: "no route: peer offline".into() },
+                        );
+                    } else if max_total_cltv_expiry_delta < self.opts.route_cltv.max(42) {
                         self.feed(
                             Party::Buyer,
                             Event::PaymentFailed { reason: "no route within the cltv cap".into() },
