@@ -110,6 +110,14 @@ pub fn num(v: &Value, key: &str) -> u64 {
     v.get(key).and_then(Value::as_u64).unwrap_or(0)
 }
 
+/// A JSON field holding unix seconds as a UTC date (`2026-11-24 16:50:01 UTC`; "-" when absent).
+pub fn time(v: &Value, key: &str) -> String {
+    v.get(key)
+        .and_then(Value::as_i64)
+        .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
+        .map_or_else(|| "-".into(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
+}
+
 /// A long hex string shortened for tables: first 8 and last 4 characters.
 pub fn short(s: &str) -> String {
     if s.chars().count() <= 14 {

@@ -26,9 +26,9 @@ pub struct OutArgs {
     /// Refuse offers whose total cost is above this, in satoshis.
     #[arg(long, value_name = "SAT", value_parser = parse_sat)]
     pub max_total_fee: Option<u64>,
-    /// Where the claimed coins go (default: the node's wallet; a node that cannot claim to
-    /// another address refuses the swap before it starts).
-    #[arg(long, value_name = "ADDR")]
+    /// Where the claimed coins go (default: a new address of the node's wallet). The node
+    /// checks that it is for its network.
+    #[arg(long, value_name = "ADDR", value_parser = parse_address)]
     pub address: Option<String>,
     /// Fee rate for the claim fee estimate, in sat/vB (default: the node's estimate if
     /// it gives one, else 2).
@@ -188,4 +188,12 @@ pub async fn out(ctx: &Ctx, args: &OutArgs) -> CliResult<()> {
         );
     }
     Ok(())
+}
+
+/// `--address`: a Bitcoin address (any network here; the node checks its own).
+fn parse_address(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    s.parse::<bitcoin::Address<bitcoin::address::NetworkUnchecked>>()
+        .map(|_| s.to_string())
+        .map_err(|e| format!("not a bitcoin address: {e}"))
 }

@@ -10,7 +10,7 @@ use super::Ctx;
 use crate::client::{encode, Client};
 use crate::error::{CliError, CliResult};
 use crate::output::{
-    duration, key_values, num, print_json, print_json_line, sat, short, table, text, Align,
+    duration, key_values, num, print_json, print_json_line, sat, short, table, text, time, Align,
 };
 
 /// `looper swap`.
@@ -79,7 +79,7 @@ pub fn render_swaps(v: &Value) -> String {
                 text(s, "status"),
                 text(s, "state"),
                 short(&text(s, "payment_hash")),
-                text(s, "created_at"),
+                time(s, "created_at"),
             ]
         })
         .collect();
@@ -144,8 +144,8 @@ async fn show(ctx: &Ctx, key: &str) -> CliResult<()> {
             ("status", text(&v, "status")),
             ("state", text(&v, "state")),
             ("payment hash", text(&v, "payment_hash")),
-            ("created", text(&v, "created_at")),
-            ("updated", text(&v, "updated_at")),
+            ("created", time(&v, "created_at")),
+            ("updated", time(&v, "updated_at")),
         ])
     );
     let id = text(&v, "swap_id");
@@ -362,13 +362,24 @@ pub fn describe(e: &Value) -> String {
                 text(e, "vsize")
             )
         }
+        "payment_failed" => {
+            let again = if e.get("retrying").and_then(Value::as_bool) == Some(true) {
+                ": trying again shortly"
+            } else {
+                ""
+            };
+            format!("payment failed ({}){again}", text(e, "reason"))
+        }
         "cooperation_failed" => {
             format!("cooperative path failed ({}): using the script path", text(e, "reason"))
         }
         "finished" => {
             let kind = text(e, "kind");
-            let word = if kind == "succeeded" { "claimed" } else { "finished" };
-            format!("{word}: {} ({kind})", text(e, "state"))
+            if kind == "succeeded" {
+                format!("finished: {}", text(e, "state").to_lowercase())
+            } else {
+                format!("finished: {} ({kind})", text(e, "state"))
+            }
         }
         "aborted" => {
             let msg = text(e, "message");
@@ -395,7 +406,7 @@ mod tests {
         let e = json!({"event": "funding_seen", "txid": "ab", "confirmations": 0, "required": 1});
         assert_eq!(describe(&e), "funding seen: ab (confirmations 0/1)");
         let e = json!({"event": "finished", "state": "claimed", "kind": "succeeded"});
-        assert_eq!(describe(&e), "claimed: claimed (succeeded)");
+        assert_eq!(describe(&e), "finished: claimed");
         let e = json!({"event": "broadcast", "txid": "cd", "purpose": "cooperative_claim", "fee_sat": 222, "vsize": 111});
         assert_eq!(describe(&e), "claiming: cooperative claim cd (fee 222 sat, 111 vB)");
     }
