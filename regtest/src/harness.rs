@@ -258,6 +258,7 @@ pub struct NodeHandle {
     ln_addr: SocketAddr,
     args: Vec<String>,
     child: Option<Child>,
+    paused: bool,
     client: ApiClient,
     info: NodeInfo,
 }
@@ -373,7 +374,19 @@ impl NodeHandle {
         Ok(())
     }
 
+    /// Sends `signal` (`STOP`, `CONT`, `TERM`) to the running process.
+    fn signal(&self, signal: &str) {
+        if let Some(child) = self.child.as_ref() {
+            let _ = Command::new("kill")
+                .args([&format!("-{signal}"), &child.id().to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
     fn kill_now(&mut self) {
+        self.paused = false;
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -382,12 +395,12 @@ impl NodeHandle {
 
     /// SIGTERM, then SIGKILL after `grace`.
     fn terminate(&mut self, grace: Duration) {
+        if self.paused {
+            self.signal("CONT");
+            self.paused = false;
+        }
+        self.signal("TERM");
         let Some(mut child) = self.child.take() else { return };
-        let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
         let deadline = Instant::now() + grace;
         while Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
@@ -554,6 +567,7 @@ impl Harness {
                 ln_addr,
                 args,
                 child: None,
+                paused: false,
                 client: ApiClient::new(format!("http://{api_addr}"), String::new())?,
                 info: NodeInfo::default(),
             };
@@ -727,6 +741,34 @@ impl Harness {
         Ok(())
     }
 
+    /// Freezes the node's process with SIGSTOP: it keeps its sockets open (peers see a silent
+    /// node, not a closed connection) and does nothing until [`Harness::resume`]. Its API does
+    /// not answer meanwhile; [`Harness::mine`] and [`Harness::sync_all`] skip it.
+    ///
+    /// # Errors
+    /// [`HarnessError::NoSuchNode`].
+    pub fn pause(&mut self, name: &str) -> Result<(), HarnessError> {
+        let node = self.node_mut(name)?;
+        if node.child.is_some() && !node.paused {
+            node.signal("STOP");
+            node.paused = true;
+        }
+        Ok(())
+    }
+
+    /// Lets a node frozen by [`Harness::pause`] run again (SIGCONT).
+    ///
+    /// # Errors
+    /// [`HarnessError::NoSuchNode`].
+    pub fn resume(&mut self, name: &str) -> Result<(), HarnessError> {
+        let node = self.node_mut(name)?;
+        if node.paused {
+            node.signal("CONT");
+            node.paused = false;
+        }
+        Ok(())
+    }
+
     /// Starts the node again (after [`Harness::kill`], or stops it first with SIGTERM) and waits
     /// for its API.
     ///
@@ -768,7 +810,7 @@ impl Harness {
 
     /// `POST /v1/sync` on every running node (errors ignored: a node may be down).
     pub async fn sync_all(&self) {
-        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+        for node in self.nodes.iter().filter(|n| n.child.is_some() && !n.paused) {
             let _ = node.client.sync().await;
         }
     }
