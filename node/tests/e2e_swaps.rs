@@ -1,8 +1,16 @@
 //! End to end on the regtest harness: real `looper-node` processes (this crate's binary), the
 //! embedded chain, a local Nostr relay, a real ldk-node channel buyer -> seller. Loop outs with
-//! the cooperative and the script-path claim, SIGKILL and restart of either side at several
-//! swap states (balances before and after differ only by the accounted fees), a reorg of the
-//! funding block, and no secret in any node log.
+//! the cooperative and the script-path claim, the refunds (cooperative after the buyer's abort;
+//! the refund leaf after the timeout when the buyer is gone), SIGKILL and restart of either side
+//! at each swap state (balances before and after differ only by the accounted fees), a reorg of
+//! the funding block, and no secret in any node log.
+//!
+//! Not here: the late payment failed back (issue 8 item 3). With real Lightning the buyer's
+//! route budget (`timeout - tip - claim_margin`, at least 42 blocks) bounds the HTLC's expiry,
+//! so by the time `tip + claim_margin > timeout` the HTLC has expired and the seller's ldk-node
+//! fails it back itself (final expiry too soon) before any `PaymentClaimable` reaches the
+//! engine; holding the HTLC that long also makes the buyer's ldk-node force-close the channel.
+//! The engine's `fail_for_hash` branch is covered by the conformance suite's mocks.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::path::PathBuf;
@@ -14,7 +22,7 @@ use looper_node::seed::{Mnemonic, NodeKeys};
 use looper_regtest::harness::{
     wait_until, Harness, HarnessConfig, LoopOutReport, NodeSpec, SwapView,
 };
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const AMOUNT: u64 = 100_000;
 const MAX_FEE: u64 = 10_000;
@@ -214,72 +222,402 @@ async fn e2e_script_path_claim() -> Result<()> {
     Ok(())
 }
 
-/// Kills `victim` with SIGKILL once its view of the swap is in `state`, restarts it, lets the
-/// swap finish. Blocks are mined only while the buyer waits for the funding confirmation, so
-/// that the waiting states (`Accepted`/`Funded` with the funding in the mempool, `Paid`,
-/// `ClaimBroadcast` with the claim in the mempool) hold still until the kill.
-async fn kill_and_restart_at(victim: &str, state: &str) -> Result<()> {
-    let s = scratch()?;
-    let mut h = Harness::start(config(&s.dir, NodeSpec::seller("seller"))).await?;
-    let before = balances(&h).await?;
-    let swap_id = take(&h).await?;
+/// The buyer's states in order (a state after the target means the kill came too late).
+const BUYER_ORDER: [&str; 7] =
+    ["Requested", "Accepted", "Funded", "Paying", "Claiming", "ClaimBroadcast", "Claimed"];
+/// The seller's states of a claimed swap in order.
+const SELLER_ORDER: [&str; 5] = ["AwaitingInvoice", "Accepted", "Funded", "Paid", "Claimed"];
+
+/// How a kill case holds the swap in the state it kills at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hold {
+    /// Blocks are mined only while the buyer waits for the funding confirmation (stalled for
+    /// 2 s), so the waiting states (`Accepted`/`Funded` with the funding in the mempool, `Paid`,
+    /// `ClaimBroadcast` with the claim in the mempool) hold still until the kill. The short
+    /// steps (`AwaitingInvoice`, the seller's `Accepted`) are caught by fast polling or not.
+    Natural,
+    /// The seller is frozen (SIGSTOP) before the request: the buyer stays in `Requested`.
+    SellerFrozenFirst,
+    /// The seller is frozen once the buyer is `Funded`, then the confirming block is mined: the
+    /// buyer pays into a silent peer (the HTLC really is in flight) and stays in `Paying`.
+    SellerFrozenBeforePay,
+    /// The seller is frozen the moment the buyer is `Claiming`: no co-signature comes.
+    SellerFrozenOnReach,
+}
+
+/// One SIGKILL case: `victim` is killed once its view of the swap is in `state`.
+#[derive(Debug, Clone, Copy)]
+struct KillCase {
+    victim: &'static str,
+    state: &'static str,
+    hold: Hold,
+}
+
+const fn case(victim: &'static str, state: &'static str, hold: Hold) -> KillCase {
+    KillCase { victim, state, hold }
+}
+
+/// The buyer killed at each of its states of a claimed swap.
+const BUYER_KILLS: [KillCase; 6] = [
+    case("buyer", "Requested", Hold::SellerFrozenFirst),
+    case("buyer", "Accepted", Hold::Natural),
+    case("buyer", "Funded", Hold::Natural),
+    case("buyer", "Paying", Hold::SellerFrozenBeforePay),
+    case("buyer", "Claiming", Hold::SellerFrozenOnReach),
+    case("buyer", "ClaimBroadcast", Hold::Natural),
+];
+
+/// The seller killed at each of its states of a claimed swap.
+const SELLER_KILLS: [KillCase; 4] = [
+    case("seller", "AwaitingInvoice", Hold::Natural),
+    case("seller", "Accepted", Hold::Natural),
+    case("seller", "Funded", Hold::Natural),
+    case("seller", "Paid", Hold::Natural),
+];
+
+/// What one kill case did.
+#[derive(Debug)]
+struct KillOutcome {
+    case: KillCase,
+    killed_at: String,
+    secs: f64,
+}
+
+impl KillOutcome {
+    fn caught(&self) -> bool {
+        self.killed_at == self.case.state
+    }
+}
+
+/// Runs one kill case on a running harness: a loop out, the victim killed with SIGKILL in
+/// `case.state` (or at the first state after it, when the state passed too fast), restarted;
+/// the swap must end `Claimed` on both sides with the balances differing only by the fees.
+async fn kill_case(h: &mut Harness, case: KillCase) -> Result<KillOutcome> {
+    let t0 = Instant::now();
+    let before = balances(h).await?;
+    let offer = h.best_offer("buyer", AMOUNT).await?;
+    let mut frozen = false;
+    if case.hold == Hold::SellerFrozenFirst {
+        h.pause("seller")?;
+        frozen = true;
+    }
+    let swap_id = h.node("buyer")?.api().swap_out(&offer, AMOUNT, MAX_FEE).await?;
+    let order: &[&str] = if case.victim == "buyer" { &BUYER_ORDER } else { &SELLER_ORDER };
+    let target = order.iter().position(|s| *s == case.state).context("unknown state")?;
     let deadline = Instant::now() + SWAP_TIMEOUT;
     let mut last_change = Instant::now();
     let mut last_state = String::new();
-    loop {
-        let v: SwapView = h.node(victim)?.api().swap(&swap_id).await.unwrap_or_default();
-        if v.state == state {
-            break;
+    let killed_at = loop {
+        let v: SwapView = h.node(case.victim)?.api().swap(&swap_id).await.unwrap_or_default();
+        let at = order.iter().position(|s| *s == v.state);
+        if v.state == case.state {
+            if case.hold == Hold::SellerFrozenOnReach && !frozen {
+                h.pause("seller")?;
+                // Still there once the seller is frozen?
+                let again = h.node(case.victim)?.api().swap(&swap_id).await?;
+                break again.state;
+            }
+            break v.state;
         }
-        ensure!(!v.is_final(), "{victim} passed {state}: ended in {}", v.state);
+        ensure!(!v.is_final(), "{} passed {}: ended in {}", case.victim, case.state, v.state);
+        if at.is_some_and(|i| i > target) {
+            // Passed too fast to catch: killed at the next state instead.
+            break v.state;
+        }
         if v.state != last_state {
             last_state = v.state.clone();
             last_change = Instant::now();
         }
-        // Mine only when stalled waiting for the funding confirmation.
-        let b = h.node("buyer")?.api().swap(&swap_id).await.unwrap_or_default();
+        let b = if case.victim == "buyer" {
+            v.clone()
+        } else {
+            h.node("buyer")?.api().swap(&swap_id).await.unwrap_or_default()
+        };
+        if case.hold == Hold::SellerFrozenBeforePay && !frozen && b.state == "Funded" {
+            h.pause("seller")?;
+            frozen = true;
+            h.mine(1).await?;
+            last_change = Instant::now();
+        }
+        let stall = if case.hold == Hold::SellerFrozenBeforePay && !frozen { 10 } else { 2 };
         if matches!(b.state.as_str(), "Accepted" | "Funded")
+            && !(case.hold == Hold::SellerFrozenBeforePay && frozen)
             && h.chain().mempool_size()? > 0
-            && last_change.elapsed() > Duration::from_secs(2)
+            && last_change.elapsed() > Duration::from_secs(stall)
         {
             h.mine(1).await?;
             last_change = Instant::now();
         }
-        ensure!(Instant::now() < deadline, "{victim} never reached {state} (at {})", v.state);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    h.kill(victim)?;
-    eprintln!("killed {victim} at {state}");
+        ensure!(
+            Instant::now() < deadline,
+            "{} never reached {} (at {})",
+            case.victim,
+            case.state,
+            v.state
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let frozen = frozen || case.hold == Hold::SellerFrozenOnReach;
+    h.kill(case.victim)?;
+    eprintln!("killed {} at {killed_at} (wanted {})", case.victim, case.state);
     // The other side keeps going for a moment on its own.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    h.restart(victim).await?;
+    h.resume("seller")?;
+    h.restart(case.victim).await?;
     let miner = h.start_miner(Duration::from_secs(1));
-    let r = finish(&h, &swap_id).await?;
+    let r = finish(h, &swap_id).await;
     miner.stop();
-    eprintln!("{r}");
-    check_balances(&h, before, &r).await?;
+    let r = r.with_context(|| format!("{case:?}, killed at {killed_at}"))?;
+    check_balances(h, before, &r).await.with_context(|| format!("{case:?}"))?;
+    if frozen {
+        // After a few seconds frozen the seller's relay connection may not deliver the next
+        // request (seen once: the next swap stayed in `Requested`); a clean restart resets it.
+        h.restart("seller").await?;
+    }
+    Ok(KillOutcome { case, killed_at, secs: t0.elapsed().as_secs_f64() })
+}
+
+/// Runs the kill cases one after another on one harness and prints a table.
+async fn kill_matrix(cases: &[KillCase]) -> Result<()> {
+    let s = scratch()?;
+    let t0 = Instant::now();
+    let mut h = Harness::start(config(&s.dir, NodeSpec::seller("seller"))).await?;
+    eprintln!("harness up in {:.1} s", t0.elapsed().as_secs_f64());
+    let mut outcomes = Vec::new();
+    for c in cases {
+        outcomes.push(kill_case(&mut h, *c).await?);
+    }
     h.stop().await;
+    eprintln!("SIGKILL matrix ({:.1} s in all):", t0.elapsed().as_secs_f64());
+    for o in &outcomes {
+        eprintln!(
+            "  {:<7} {:<16} killed at {:<16} {:>6.1} s{}",
+            o.case.victim,
+            o.case.state,
+            o.killed_at,
+            o.secs,
+            if o.caught() { "" } else { "  (passed too fast: not caught)" }
+        );
+    }
+    // The held states must be caught every time; the short steps are best effort.
+    for o in &outcomes {
+        let best_effort = matches!(
+            (o.case.victim, o.case.state),
+            ("seller", "AwaitingInvoice") | ("seller", "Accepted") | ("buyer", "Claiming")
+        );
+        ensure!(best_effort || o.caught(), "{:?} killed at {}", o.case, o.killed_at);
+    }
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn e2e_sigkill_buyer_accepted() -> Result<()> {
-    kill_and_restart_at("buyer", "Accepted").await
+async fn e2e_sigkill_buyer_at_each_state() -> Result<()> {
+    kill_matrix(&BUYER_KILLS).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn e2e_sigkill_seller_funded() -> Result<()> {
-    kill_and_restart_at("seller", "Funded").await
+async fn e2e_sigkill_seller_at_each_state() -> Result<()> {
+    kill_matrix(&SELLER_KILLS).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn e2e_sigkill_seller_paid() -> Result<()> {
-    kill_and_restart_at("seller", "Paid").await
+/// What a refunded swap cost the seller.
+#[derive(Debug)]
+struct RefundFacts {
+    purpose: String,
+    refund_vsize: u64,
+    refund_fee_sat: u64,
+    funding_fee_sat: u64,
 }
 
+/// The seller's events of `swap_id`: its funding fee (from the chain) and its refund.
+async fn refund_facts(h: &Harness, swap_id: &str) -> Result<RefundFacts> {
+    let events = h.node("seller")?.api().swap_events(swap_id).await?;
+    let mut r = LoopOutReport::default();
+    let mut refund = None;
+    for e in &events {
+        match e["event"].as_str() {
+            Some("funding_seen") if r.funding_txid.is_empty() => {
+                r.funding_txid = e["txid"].as_str().unwrap_or("").into();
+            }
+            Some("broadcast") => refund = Some(e.clone()),
+            _ => {}
+        }
+    }
+    let refund = refund.with_context(|| format!("no refund broadcast in {events:?}"))?;
+    ensure!(!r.funding_txid.is_empty(), "no funding in {events:?}");
+    r.fill_chain_data(&h.chain().esplora_url()).await;
+    ensure!(r.funding_fee_paid_sat > 0, "funding fee unknown: {r:?}");
+    Ok(RefundFacts {
+        purpose: refund["purpose"].as_str().unwrap_or("").into(),
+        refund_vsize: refund["vsize"].as_u64().unwrap_or(0),
+        refund_fee_sat: refund["fee_sat"].as_u64().unwrap_or(0),
+        funding_fee_sat: r.funding_fee_paid_sat,
+    })
+}
+
+/// Waits for both sides of a refunded swap to end (seller `Refunded`, buyer `Aborted`), then
+/// checks the balances: the buyer paid nothing, the seller the funding and the refund fee.
+async fn check_refunded(h: &Harness, before: Balances, swap_id: &str) -> Result<RefundFacts> {
+    let seller = h.node("seller")?.api();
+    let buyer = h.node("buyer")?.api();
+    let s = wait_until("seller side final", SWAP_TIMEOUT, || async {
+        let v = seller.swap(swap_id).await.ok()?;
+        v.is_final().then_some(v.state)
+    })
+    .await?;
+    let b = wait_until("buyer side final", SWAP_TIMEOUT, || async {
+        let v = buyer.swap(swap_id).await.ok()?;
+        v.is_final().then_some(v.state)
+    })
+    .await?;
+    ensure!(s == "Refunded" && b == "Aborted", "seller {s}, buyer {b}");
+    let f = refund_facts(h, swap_id).await?;
+    let want_seller = before.seller_wallet - f.funding_fee_sat - f.refund_fee_sat;
+    let got = wait_until("balances settled", SWAP_TIMEOUT, || async {
+        let now = balances(h).await.ok()?;
+        (now.seller_wallet == want_seller && now.buyer_wallet == before.buyer_wallet).then_some(now)
+    })
+    .await;
+    let got = match got {
+        Ok(g) => g,
+        Err(e) => bail!("{e:#}; before {before:?}, {f:?}, now {:?}", balances(h).await.ok()),
+    };
+    ensure!(
+        got.buyer_ln_out_msat == before.buyer_ln_out_msat,
+        "buyer channel balance {} -> {}",
+        before.buyer_ln_out_msat,
+        got.buyer_ln_out_msat
+    );
+    Ok(f)
+}
+
+async fn state_of(h: &Harness, node: &str, swap_id: &str) -> String {
+    match h.node(node) {
+        Ok(n) => n.api().swap(swap_id).await.map(|v| v.state).unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Takes the seller's offer asking 50 confirmations (so the buyer never pays); the swap id once
+/// the buyer sees the funded HTLC.
+async fn take_unpaid(h: &Harness) -> Result<String> {
+    let offer = h.best_offer("buyer", AMOUNT).await?;
+    let body = json!({
+        "offer": offer.offer,
+        "seller": offer.seller,
+        "amount_sat": AMOUNT,
+        "max_total_fee_sat": MAX_FEE,
+        "min_confirmations": 50,
+    });
+    let v: Value = h.node("buyer")?.api().post("/v1/swaps/out", &body).await?;
+    let id = v["swap_id"].as_str().context("swap_id")?.to_string();
+    wait_until("buyer sees the funded htlc", SWAP_TIMEOUT, || async {
+        (state_of(h, "buyer", &id).await == "Funded").then_some(())
+    })
+    .await?;
+    Ok(id)
+}
+
+/// The refund paths on one harness whose seller offers the shortest timeout (claim margin 2,
+/// 1 confirmation: 45 blocks, +15): a cooperative refund (the buyer aborts once funded), a
+/// cooperative refund with the seller killed in `RefundingCooperatively` (buyer frozen, so no
+/// answer comes) and in `Refunding` (refund in the mempool), and the refund leaf after the
+/// timeout (the buyer is killed once funded and comes back after the refund). The buyer waits
+/// for 50 confirmations (`min_confirmations` of the request), so it never pays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn e2e_sigkill_buyer_claim_broadcast() -> Result<()> {
-    kill_and_restart_at("buyer", "ClaimBroadcast").await
+async fn e2e_refunds() -> Result<()> {
+    let s = scratch()?;
+    let t0 = Instant::now();
+    let mut seller = NodeSpec::seller("seller");
+    seller.offer.claim_margin_blocks = 2;
+    seller.offer.timeout_delta_blocks = 60;
+    let mut h = Harness::start(config(&s.dir, seller)).await?;
+    eprintln!("harness up in {:.1} s", t0.elapsed().as_secs_f64());
+    // 1. Cooperative refund: the buyer aborts once funded.
+    let t = Instant::now();
+    let before = balances(&h).await?;
+    let id = take_unpaid(&h).await?;
+    let _: Value =
+        h.node("buyer")?.api().post(&format!("/v1/swaps/{id}/abort"), &json!({})).await?;
+    let miner = h.start_miner(Duration::from_secs(1));
+    let f = check_refunded(&h, before, &id).await;
+    miner.stop();
+    let f = f.context("cooperative refund")?;
+    ensure!(f.purpose == "cooperative_refund", "{f:?}");
+    ensure!(f.refund_vsize == 111, "cooperative refund is {} vB", f.refund_vsize);
+    eprintln!("cooperative refund: {f:?} in {:.1} s", t.elapsed().as_secs_f64());
+
+    // 2. Cooperative refund, the seller killed in RefundingCooperatively and in Refunding.
+    let t = Instant::now();
+    let before = balances(&h).await?;
+    let id = take_unpaid(&h).await?;
+    let _: Value =
+        h.node("buyer")?.api().post(&format!("/v1/swaps/{id}/abort"), &json!({})).await?;
+    // The abort is on the relay when the call returns; the frozen buyer answers nothing.
+    h.pause("buyer")?;
+    wait_until("seller asks for a cooperative refund", SWAP_TIMEOUT, || async {
+        (state_of(&h, "seller", &id).await == "RefundingCooperatively").then_some(())
+    })
+    .await?;
+    h.kill("seller")?;
+    eprintln!("killed seller at RefundingCooperatively");
+    h.resume("buyer")?;
+    h.restart("seller").await?;
+    // No block until the refund is in the mempool (the seller may also fall back to the refund
+    // leaf if the buyer's answer got lost: then blocks up to the timeout are needed).
+    let deadline = Instant::now() + SWAP_TIMEOUT;
+    let mut since = Instant::now();
+    loop {
+        let st = state_of(&h, "seller", &id).await;
+        if st == "Refunding" {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "seller never refunding (at {st})");
+        if st == "Funded" && since.elapsed() > Duration::from_secs(2) {
+            h.mine(10).await?;
+            since = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    h.kill("seller")?;
+    eprintln!("killed seller at Refunding");
+    h.restart("seller").await?;
+    let miner = h.start_miner(Duration::from_secs(1));
+    let f = check_refunded(&h, before, &id).await;
+    miner.stop();
+    let f = f.context("cooperative refund with kills")?;
+    eprintln!("refund after kills: {f:?} in {:.1} s", t.elapsed().as_secs_f64());
+
+    // 3. Refund leaf after the timeout: the buyer is gone from the funding on.
+    let t = Instant::now();
+    let before = balances(&h).await?;
+    let offer = h.best_offer("buyer", AMOUNT).await?;
+    let id = h.node("buyer")?.api().swap_out(&offer, AMOUNT, MAX_FEE).await?;
+    wait_until("buyer sees the funded htlc", SWAP_TIMEOUT, || async {
+        (state_of(&h, "buyer", &id).await == "Funded").then_some(())
+    })
+    .await?;
+    h.kill("buyer")?;
+    let deadline = Instant::now() + SWAP_TIMEOUT;
+    loop {
+        let st = state_of(&h, "seller", &id).await;
+        if st == "Refunded" {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "seller never refunded (at {st})");
+        h.mine(if st == "Refunding" { 1 } else { 5 }).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    h.restart("buyer").await?;
+    let miner = h.start_miner(Duration::from_secs(1));
+    let f = check_refunded(&h, before, &id).await;
+    miner.stop();
+    let f = f.context("refund after the timeout")?;
+    ensure!(f.purpose == "script_refund", "{f:?}");
+    eprintln!("refund leaf after the timeout: {f:?} in {:.1} s", t.elapsed().as_secs_f64());
+    h.stop().await;
+    eprintln!("refunds: {:.1} s in all", t0.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// The block confirming the HTLC funding is replaced (1-block reorg) before the buyer pays
@@ -296,7 +634,9 @@ async fn e2e_reorg_of_the_funding_block() -> Result<()> {
     // The funding reaches the mempool.
     wait_until("funding in the mempool", SWAP_TIMEOUT, || async {
         let v = buyer.swap(&swap_id).await.ok()?;
-        (v.state == "Accepted" && h.chain().mempool_size().ok()? > 0).then_some(())
+        // The buyer may already be `Funded` (it saw the funding in the mempool).
+        (matches!(v.state.as_str(), "Accepted" | "Funded") && h.chain().mempool_size().ok()? > 0)
+            .then_some(())
     })
     .await?;
     h.mine(1).await?;
