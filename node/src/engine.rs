@@ -645,7 +645,17 @@ impl Engine {
         tracing::info!("engine stopped");
     }
 
+    /// Handles one incoming message, then marks its event processed: a crash before that point
+    /// has it delivered again after the restart (the transport runs with `manual_ack`).
     async fn on_incoming(&self, inc: Incoming) {
+        let event_id = inc.event_id;
+        self.handle_incoming(inc).await;
+        if let Err(e) = self.inner.transport.ack(&event_id) {
+            tracing::warn!(error = %e, "cannot mark a nostr event processed");
+        }
+    }
+
+    async fn handle_incoming(&self, inc: Incoming) {
         let env = match inc.message {
             Ok(env) => env,
             Err(e) => {

@@ -168,8 +168,13 @@ impl LooperNode {
         );
         let store: Arc<dyn SwapStore> = Arc::new(store);
         let nostr_key = keys.nostr_secret_key().map_err(step("derive the nostr key"))?;
+        // The engine marks each message processed once it has acted on it (persist before act).
+        let transport_config = TransportConfig {
+            manual_ack: true,
+            ..TransportConfig::new(nostr_key.secret_bytes(), config.relays.clone())
+        };
         let transport = NostrTransport::connect(
-            TransportConfig::new(nostr_key.secret_bytes(), config.relays.clone()),
+            transport_config,
             Arc::new(StoreProcessedEvents(Arc::clone(&store))),
         )
         .await

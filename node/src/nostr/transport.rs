@@ -20,6 +20,12 @@ use super::wrap::{self, WrapError};
 /// de-duplicate copies arriving from several relays.
 const SEEN_CAPACITY: usize = 100_000;
 
+/// How often the receiver asks the relays again for recent gift wraps (see `Receiver::run`).
+const REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+
+/// How far back that refetch looks: NIP-59's two days of randomised `created_at`, plus a day.
+const REFETCH_WINDOW: Duration = Duration::from_secs(3 * 24 * 3600);
+
 /// Configuration of a [`NostrTransport`].
 #[derive(Clone)]
 pub struct TransportConfig {
@@ -712,8 +718,25 @@ impl Receiver {
     }
 
     async fn run(mut self, mut notifications: broadcast::Receiver<RelayPoolNotification>) {
+        // A safety net under the subscription: every REFETCH_INTERVAL the recent gift wraps are
+        // asked for again (a connection that stalled - a process stopped for a while, a relay that
+        // dropped the subscription - must not cost a message). Seen ids are dropped before they
+        // are opened, so this costs little.
+        let mut safety = tokio::time::interval(REFETCH_INTERVAL);
+        safety.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        safety.tick().await;
         loop {
-            match notifications.recv().await {
+            let notification = tokio::select! {
+                n = notifications.recv() => n,
+                _ = safety.tick() => {
+                    let since = Timestamp::now() - REFETCH_WINDOW;
+                    if !self.refetch(Some(since)).await {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            match notification {
                 Ok(RelayPoolNotification::Event { relay_url, event, .. }) => {
                     if !self.handle(relay_url, *event).await {
                         break;
@@ -723,7 +746,7 @@ impl Receiver {
                 Ok(RelayPoolNotification::Message { .. }) => {}
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     tracing::warn!(missed = n, "relay notifications lagged; refetching gift wraps");
-                    if !self.refetch().await {
+                    if !self.refetch(None).await {
                         break;
                     }
                 }
@@ -733,9 +756,13 @@ impl Receiver {
         tracing::debug!("nostr receiver stopped");
     }
 
-    /// Asks our relays again for every gift wrap addressed to us (after lost notifications).
-    async fn refetch(&mut self) -> bool {
-        let filter = Filter::new().kind(Kind::GiftWrap).pubkey(self.inner.keys.public_key());
+    /// Asks our relays again for the gift wraps addressed to us (all of them, or those dated
+    /// from `since`: NIP-59 dates a wrap up to two days in the past, so a window must be wider).
+    async fn refetch(&mut self, since: Option<Timestamp>) -> bool {
+        let mut filter = Filter::new().kind(Kind::GiftWrap).pubkey(self.inner.keys.public_key());
+        if let Some(since) = since {
+            filter = filter.since(since);
+        }
         match self
             .inner
             .client
