@@ -196,6 +196,14 @@ pub async fn follow(
             _ => {}
         }
     }
+    if r.claim_txid.is_empty() {
+        // A node killed between broadcasting its claim and recording the notification: the
+        // record's final state still has the claim.
+        let state = &view.record["swap"]["state"];
+        r.claim_txid = state["claim_txid"].as_str().unwrap_or("").into();
+        let received = state["received_sat"].as_u64().unwrap_or(r.amount_sat);
+        r.claim_fee_sat = r.amount_sat.saturating_sub(received);
+    }
     let at = |i: usize| seen.get(i).copied().flatten().unwrap_or_default();
     let span = |a: usize, b: usize| at(b).saturating_sub(at(a));
     r.phases = vec![
