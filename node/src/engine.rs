@@ -334,14 +334,14 @@ impl Engine {
             };
             let keys = SwapKeys::derive(&self.inner.swap_master, proto.key_index())
                 .map_err(|e| EngineError::Keys(e.to_string()))?;
-            let mut rng = rand::thread_rng();
+            let mut rng = rand::rngs::OsRng;
             let (machine, actions) = match proto {
                 ProtoRecord::Buyer(mut b) => {
                     let r = b.attach_keys(keys).and_then(|_| b.resume(&ctx, &mut rng));
                     (Machine::Buyer(b), r)
                 }
                 ProtoRecord::Seller(mut s) => {
-                    let r = s.attach_keys(keys).and_then(|_| s.resume(&ctx));
+                    let r = s.attach_keys(keys).and_then(|_| s.resume(&ctx, &mut rng));
                     (Machine::Seller(s), r)
                 }
             };
@@ -969,7 +969,7 @@ impl Engine {
             let Some(active) = st.swaps.get_mut(&id) else {
                 return Err("unknown swap".into());
             };
-            let mut rng = rand::thread_rng();
+            let mut rng = rand::rngs::OsRng;
             match &mut active.machine {
                 Machine::Buyer(b) => b.handle(event, &ctx, &mut rng),
                 Machine::Seller(s) => s.handle(event, &ctx, &mut rng),
@@ -998,7 +998,7 @@ impl Engine {
             for event in followups {
                 let ctx = st.ctx;
                 let Some(active) = st.swaps.get_mut(&id) else { return true };
-                let mut rng = rand::thread_rng();
+                let mut rng = rand::rngs::OsRng;
                 let result = match &mut active.machine {
                     Machine::Buyer(b) => b.handle(event, &ctx, &mut rng),
                     Machine::Seller(s) => s.handle(event, &ctx, &mut rng),

@@ -740,6 +740,16 @@ impl BuyerSwap {
             Message::SwapFunded(funded) => self.on_swap_funded(funded),
             Message::CoopClaimResponse(resp) => {
                 let BuyerState::Claiming { .. } = &self.state else { return Ok(Vec::new()) };
+                // An answer that does not verify may answer an earlier request (resent after a
+                // restart, with a nonce that is gone): ignore it and wait for ours until the
+                // deadline.
+                let answer = musig::decode_pub_nonce(&resp.seller_nonce.0)
+                    .and_then(|n| Ok((n, musig::decode_partial_signature(&resp.partial_sig.0)?)));
+                if let (Ok((n, p)), Some((session, _))) = (&answer, self.claim_session.0.as_ref()) {
+                    if session.verify_peer(n, *p).is_err() {
+                        return Ok(Vec::new());
+                    }
+                }
                 let Some((session, mut spend)) = self.claim_session.0.take() else {
                     return Ok(Vec::new());
                 };

@@ -201,6 +201,30 @@ impl InitiatorSession {
         self.sighash
     }
 
+    /// Checks the responder's partial signature without using the session, so that an answer to
+    /// an older request (a resent message after a restart) can be ignored while the session
+    /// waits for the answer to its own request.
+    ///
+    /// # Errors
+    /// [`MusigError::BadPartialSignature`].
+    pub fn verify_peer(
+        &self,
+        their_nonce: &PubNonce,
+        their_partial: PartialSignature,
+    ) -> Result<(), MusigError> {
+        let agg_nonce = aggregate_nonces(self.who, &self.secnonce.public_nonce(), their_nonce);
+        let msg: &[u8; 32] = self.sighash.as_ref();
+        musig2::verify_partial(
+            &self.key_agg,
+            their_partial,
+            &agg_nonce,
+            self.their_pubkey,
+            their_nonce,
+            msg,
+        )
+        .map_err(|_| MusigError::BadPartialSignature)
+    }
+
     /// Finishes with the responder's nonce and partial signature: verifies their partial
     /// signature, signs (consuming the secret nonce), aggregates, and verifies the final
     /// signature against the HTLC's output key.

@@ -390,7 +390,11 @@ impl SellerSwap {
     ///
     /// # Errors
     /// When the keys are not attached.
-    pub fn resume(&mut self, ctx: &Context) -> Result<Vec<Action>, SwapError> {
+    pub fn resume<R: RngCore + CryptoRng>(
+        &mut self,
+        ctx: &Context,
+        rng: &mut R,
+    ) -> Result<Vec<Action>, SwapError> {
         let htlc = self.htlc()?.clone();
         let mut actions = self.outbox.resend_all();
         match &self.state {
@@ -419,11 +423,13 @@ impl SellerSwap {
                     });
                 }
                 if let SellerState::RefundingCooperatively { invoice, funding, .. } = &self.state {
-                    // The session's nonce died with the process: wait for the timeout instead.
+                    // The session's nonce died with the process: ask again with a fresh one (the
+                    // buyer, aborted, answers every request; each signing has its own nonces).
                     let to =
                         SellerState::Funded { invoice: invoice.clone(), funding: funding.clone() };
                     self.go(to)?;
                     actions.insert(0, Action::Persist);
+                    actions.extend(self.start_coop_refund(ctx, rng)?);
                 }
             }
             SellerState::Paid { amount_msat, .. } => {
@@ -676,6 +682,17 @@ impl SellerSwap {
                     return Ok(Vec::new());
                 };
                 let (invoice, funding) = (invoice.clone(), funding.clone());
+                // An answer that does not verify may answer an earlier request (resent after a
+                // restart, with a nonce that is gone): ignore it and wait for ours until the
+                // deadline.
+                let answer = musig::decode_pub_nonce(&resp.buyer_nonce.0)
+                    .and_then(|n| Ok((n, musig::decode_partial_signature(&resp.partial_sig.0)?)));
+                if let (Ok((n, p)), Some((session, _))) = (&answer, self.refund_session.0.as_ref())
+                {
+                    if session.verify_peer(n, *p).is_err() {
+                        return Ok(Vec::new());
+                    }
+                }
                 let Some((session, mut spend)) = self.refund_session.0.take() else {
                     return Ok(Vec::new());
                 };

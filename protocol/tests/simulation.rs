@@ -167,6 +167,13 @@ fn restored_from_its_record_at_every_state_a_swap_finishes() {
             sim.log
         );
         assert!(matches!(sim.seller_state(), SellerState::Claimed { .. }), "{party:?} {state}");
+        // Fresh nonces after the restart: the claim is still the cooperative one.
+        assert_eq!(
+            sim.purposes(),
+            vec![TxPurpose::Funding, TxPurpose::CooperativeClaim],
+            "{party:?} {state}: {:#?}",
+            sim.log
+        );
     }
     // The refund paths, too.
     for state in ["RefundingCooperatively", "Refunding"] {
@@ -178,6 +185,13 @@ fn restored_from_its_record_at_every_state_a_swap_finishes() {
         assert!(sim.crashed, "never reached {state}");
         assert!(
             matches!(sim.seller_state(), SellerState::Refunded { .. }),
+            "{state}: {:#?}",
+            sim.log
+        );
+        // A restarted seller asks again with fresh nonces: still refunded at once, on the key path.
+        assert_eq!(
+            sim.purposes(),
+            vec![TxPurpose::Funding, TxPurpose::CooperativeRefund],
             "{state}: {:#?}",
             sim.log
         );

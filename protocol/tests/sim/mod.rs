@@ -412,7 +412,7 @@ impl Sim {
                 };
                 s.attach_keys(SwapKeys::derive(&master(1), s.key_index).unwrap()).unwrap();
                 self.seller = Some(s);
-                let actions = self.seller.as_mut().unwrap().resume(&ctx).unwrap();
+                let actions = self.seller.as_mut().unwrap().resume(&ctx, &mut self.rng).unwrap();
                 self.run(Party::Seller, actions);
             }
         }
