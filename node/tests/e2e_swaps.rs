@@ -5,12 +5,10 @@
 //! at each swap state (balances before and after differ only by the accounted fees), a reorg of
 //! the funding block, and no secret in any node log.
 //!
-//! Not here: the late payment failed back (issue 8 item 3). With real Lightning the buyer's
-//! route budget (`timeout - tip - claim_margin`, at least 42 blocks) bounds the HTLC's expiry,
-//! so by the time `tip + claim_margin > timeout` the HTLC has expired and the seller's ldk-node
-//! fails it back itself (final expiry too soon) before any `PaymentClaimable` reaches the
-//! engine; holding the HTLC that long also makes the buyer's ldk-node force-close the channel.
-//! The engine's `fail_for_hash` branch is covered by the conformance suite's mocks.
+//! The late payment failed back is in `e2e_late_payment.rs`: an honest buyer cannot pay that late
+//! (its route budget, `timeout - tip - claim_margin` >= 42 blocks, bounds the HTLC's expiry, and it
+//! aborts with `timeout_too_close` first), so there a third node pays the swap invoice with a large
+//! CLTV budget at `tip == timeout - 1` and the seller's engine must fail it back.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::path::PathBuf;
