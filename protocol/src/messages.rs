@@ -21,11 +21,11 @@
 //!     Message::SwapAbort(SwapAbort { reason: AbortReason::UserRequested, message: None }),
 //! );
 //! let bytes = encode(&env);
-//! assert_eq!(decode_envelope(&bytes).unwrap(), env);
+//! assert_eq!(decode_envelope(&bytes), Ok(env));
 //!
 //! // A peer speaking a future version gets an `error` naming the versions we speak.
-//! let err = decode_envelope(br#"{"v":9,"type":"swap_new_thing"}"#).unwrap_err();
-//! assert_eq!(err.to_error_message().supported_versions, Some(SUPPORTED_VERSIONS.to_vec()));
+//! let reply = decode_envelope(br#"{"v":9,"type":"swap_new_thing"}"#).map_err(|e| e.to_error_message());
+//! assert_eq!(reply.err().and_then(|m| m.supported_versions), Some(SUPPORTED_VERSIONS.to_vec()));
 //! ```
 
 use core::fmt;
