@@ -76,7 +76,13 @@ async fn check_balances(h: &Harness, before: Balances, r: &LoopOutReport) -> Res
     let invoice_msat = (r.amount_sat + r.swap_fee_sat + r.funding_fee_sat) * 1000;
     let got = wait_until("balances settled", SWAP_TIMEOUT, || async {
         let now = balances(h).await.ok()?;
-        (now.buyer_wallet == want_buyer && now.seller_wallet == want_seller).then_some(now)
+        // A channel whose peer is still reconnecting after a restart reports no outbound
+        // capacity for a moment: wait for the channel balance too.
+        let paid = before.buyer_ln_out_msat.checked_sub(now.buyer_ln_out_msat);
+        (now.buyer_wallet == want_buyer
+            && now.seller_wallet == want_seller
+            && paid == Some(invoice_msat))
+        .then_some(now)
     })
     .await
     .with_context(|| format!("before {before:?}, report {r:?}"));
@@ -473,7 +479,10 @@ async fn check_refunded(h: &Harness, before: Balances, swap_id: &str) -> Result<
     let want_seller = before.seller_wallet - f.funding_fee_sat - f.refund_fee_sat;
     let got = wait_until("balances settled", SWAP_TIMEOUT, || async {
         let now = balances(h).await.ok()?;
-        (now.seller_wallet == want_seller && now.buyer_wallet == before.buyer_wallet).then_some(now)
+        (now.seller_wallet == want_seller
+            && now.buyer_wallet == before.buyer_wallet
+            && now.buyer_ln_out_msat == before.buyer_ln_out_msat)
+            .then_some(now)
     })
     .await;
     let got = match got {
