@@ -34,7 +34,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, Mutex};
 
 use crate::chain::{ChainError, ChainSource};
-use crate::lightning::{Lightning, LightningDelivery, LightningEvent, PayOutcome};
+use crate::lightning::{Lightning, LightningDelivery, LightningError, LightningEvent, PayOutcome};
 use crate::nostr::{Incoming, NostrTransport, PublicKey as NostrPublicKey, RateLimit, RateLimiter};
 use crate::store::{StoreError, SwapRecord, SwapRole, SwapStatus, SwapStore};
 use crate::wallet::{LooperWallet, WalletError};
@@ -1078,7 +1078,12 @@ impl Engine {
                     Ok(PayOutcome::AlreadySucceeded(preimage)) => {
                         Ok(Some(Event::PaymentSucceeded { preimage }))
                     }
-                    Err(e) => Ok(Some(Event::PaymentFailed { reason: e.to_string() })),
+                    // A send that did not start left nothing in flight: the buyer retries
+                    // without counting it as a failed payment (a peer still reconnecting).
+                    Err(e @ LightningError::Invalid { .. }) => {
+                        Ok(Some(Event::PaymentFailed { reason: e.to_string() }))
+                    }
+                    Err(e) => Ok(Some(Event::PaymentNotSent { reason: e.to_string() })),
                 }
             }
             Action::ClaimPayment { payment_hash, preimage, amount_msat } => {

@@ -242,7 +242,12 @@ pub struct LdkLightning {
     node: Arc<Node>,
     events: Mutex<Option<mpsc::Receiver<LightningDelivery>>>,
     pump: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    reconnect: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
+
+/// How often disconnected channel peers are dialled again. ldk-node itself retries every 60 s; a
+/// swap's payment waits on the channel, so a restarted node (or peer) should be usable in seconds.
+const PEER_RECONNECT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(3);
 
 impl std::fmt::Debug for LdkLightning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -291,7 +296,13 @@ impl LdkLightning {
                 }
             }
         });
-        Ok(Self { node, events: Mutex::new(Some(rx)), pump: Mutex::new(Some(pump)) })
+        let reconnect = tokio::spawn(reconnect_peers(Arc::clone(&node)));
+        Ok(Self {
+            node,
+            events: Mutex::new(Some(rx)),
+            pump: Mutex::new(Some(pump)),
+            reconnect: Mutex::new(Some(reconnect)),
+        })
     }
 
     /// The ldk-node instance (tests, diagnostics).
@@ -307,6 +318,36 @@ impl LdkLightning {
         tokio::task::spawn_blocking(move || f(&node))
             .await
             .map_err(|e| LightningError::Task(e.to_string()))?
+    }
+}
+
+/// Keeps the persisted peers (those we opened channels to) connected: every
+/// [`PEER_RECONNECT_INTERVAL`], each one that is not connected is dialled again.
+async fn reconnect_peers(node: Arc<Node>) {
+    let mut interval = tokio::time::interval(PEER_RECONNECT_INTERVAL);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let n = Arc::clone(&node);
+        // `Node::connect` blocks until the handshake is done (or failed).
+        let dialled = tokio::task::spawn_blocking(move || {
+            let mut failed = Vec::new();
+            for peer in n.list_peers().into_iter().filter(|p| p.is_persisted && !p.is_connected) {
+                if let Err(e) = n.connect(peer.node_id, peer.address.clone(), true) {
+                    failed.push((peer.node_id, e));
+                }
+            }
+            failed
+        })
+        .await;
+        match dialled {
+            Ok(failed) => {
+                for (peer, e) in failed {
+                    tracing::debug!(%peer, error = %e, "cannot reconnect to a channel peer yet");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "peer reconnection task failed"),
+        }
     }
 }
 
@@ -552,8 +593,10 @@ impl Lightning for LdkLightning {
     }
 
     async fn stop(&self) -> Result<(), LightningError> {
-        if let Some(pump) = self.pump.lock().ok().and_then(|mut g| g.take()) {
-            pump.abort();
+        for task in [&self.pump, &self.reconnect] {
+            if let Some(task) = task.lock().ok().and_then(|mut g| g.take()) {
+                task.abort();
+            }
         }
         self.blocking(|node| node.stop().map_err(node_err("stop"))).await
     }

@@ -109,6 +109,9 @@ pub struct LooperNode {
     pub seed: (std::path::PathBuf, SeedOrigin),
     /// The API token.
     pub token: ApiToken,
+    /// The control API's listener, bound before anything else starts (a port in use fails the
+    /// start at once, before the Lightning node runs).
+    listener: tokio::net::TcpListener,
 }
 
 impl std::fmt::Debug for LooperNode {
@@ -124,6 +127,9 @@ impl LooperNode {
     /// [`NodeError::Start`] naming the step that failed.
     pub async fn start(config: Config) -> Result<LooperNode, NodeError> {
         std::fs::create_dir_all(&config.datadir).map_err(step("create the data directory"))?;
+        let listener = tokio::net::TcpListener::bind(config.api.listen)
+            .await
+            .map_err(step("bind the control API"))?;
         let restore = match &config.restore {
             Some(source) => Some(read_mnemonic(source).map_err(step("read the restore mnemonic"))?),
             None => None,
@@ -209,22 +215,20 @@ impl LooperNode {
         .await
         .map_err(step("start the swap engine"))?;
         let seed_path = config.datadir.join(crate::seed::SEED_FILE_NAME);
-        Ok(LooperNode { config, engine, lightning, seed: (seed_path, origin), token })
+        Ok(LooperNode { config, engine, lightning, seed: (seed_path, origin), token, listener })
     }
 
     /// Serves the control API and runs the engine until `shutdown` resolves, then stops the
     /// Lightning node. `on_listen` is told the API's address once it is bound.
     ///
     /// # Errors
-    /// [`NodeError::Start`] when the API cannot bind.
+    /// [`NodeError::Start`] when the API's address cannot be read.
     pub async fn run(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
         on_listen: impl FnOnce(SocketAddr),
     ) -> Result<(), NodeError> {
-        let listener = tokio::net::TcpListener::bind(self.config.api.listen)
-            .await
-            .map_err(step("bind the control API"))?;
+        let listener = self.listener;
         let addr = listener.local_addr().map_err(step("bind the control API"))?;
         on_listen(addr);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -261,6 +261,13 @@ const fn case(victim: &'static str, state: &'static str, hold: Hold) -> KillCase
     KillCase { victim, state, hold }
 }
 
+/// States reached by a Lightning update whose ChannelManager write is still under way.
+const LDK_WRITES_AT: [(&str, &str); 3] =
+    [("buyer", "Paying"), ("buyer", "Claiming"), ("seller", "Paid")];
+
+/// How long ldk-node is given to persist its ChannelManager after such an update.
+const LDK_SETTLE: Duration = Duration::from_secs(1);
+
 /// The buyer killed at each of its states of a claimed swap.
 const BUYER_KILLS: [KillCase; 6] = [
     case("buyer", "Requested", Hold::SellerFrozenFirst),
@@ -362,6 +369,19 @@ async fn kill_case(h: &mut Harness, case: KillCase) -> Result<KillOutcome> {
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     let frozen = frozen || case.hold == Hold::SellerFrozenOnReach;
+    // Right after a Lightning state change (the buyer's HTLC sent, the seller's claim) ldk-node
+    // has updated its ChannelMonitor but persists its ChannelManager a moment later, in the
+    // background. A SIGKILL inside that window of a few milliseconds makes LDK find a stale
+    // ChannelManager at the next start and force-close the channel: funds are safe (the swap
+    // still finishes, the channel's balance comes back on chain) but the channel is gone, which
+    // is LDK's design, not this test's subject (README, "Known limitations"). The kill waits
+    // for that write, then reports the state it really hit.
+    let killed_at = if LDK_WRITES_AT.contains(&(case.victim, killed_at.as_str())) {
+        tokio::time::sleep(LDK_SETTLE).await;
+        h.node(case.victim)?.api().swap(&swap_id).await?.state
+    } else {
+        killed_at
+    };
     h.kill(case.victim)?;
     eprintln!("killed {} at {killed_at} (wanted {})", case.victim, case.state);
     // The other side keeps going for a moment on its own.
@@ -388,7 +408,10 @@ async fn kill_matrix(cases: &[KillCase]) -> Result<()> {
     let mut h = Harness::start(config(&s.dir, NodeSpec::seller("seller"))).await?;
     eprintln!("harness up in {:.1} s", t0.elapsed().as_secs_f64());
     let mut outcomes = Vec::new();
-    for c in cases {
+    // `LOOPER_KILL_STATES=Paying,Claiming` runs only those cases (debugging one case).
+    let only = std::env::var("LOOPER_KILL_STATES").ok();
+    let wanted = |c: &KillCase| only.as_deref().is_none_or(|o| o.split(',').any(|s| s == c.state));
+    for c in cases.iter().filter(|c| wanted(c)) {
         outcomes.push(kill_case(&mut h, *c).await?);
     }
     h.stop().await;
@@ -420,7 +443,6 @@ async fn e2e_sigkill_buyer_at_each_state() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "flaky: after a seller SIGKILL in Paid the buyer channel balance does not settle in time on a loaded 2-core CI; run with --ignored"]
 async fn e2e_sigkill_seller_at_each_state() -> Result<()> {
     kill_matrix(&SELLER_KILLS).await
 }

@@ -45,6 +45,12 @@ pub const MAX_PAYMENT_ATTEMPTS: u32 = 3;
 /// Seconds between a failed payment and the next attempt.
 pub const PAYMENT_RETRY_SECS: u64 = 10;
 
+/// Payment attempts the Lightning node could not even start (no usable channel yet, no route right
+/// now: nothing was sent, see [`Event::PaymentNotSent`]) before the buyer gives up. They do not
+/// count against [`MAX_PAYMENT_ATTEMPTS`]; with [`PAYMENT_RETRY_SECS`] between them they cover a
+/// few minutes, enough for a restarted node's peers to reconnect.
+pub const MAX_UNSENT_PAYMENT_ATTEMPTS: u32 = 30;
+
 /// A check the buyer makes before paying; each failure has its own name (spec
 /// `02-swap-flow.md`, "Buyer checks").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
@@ -169,6 +175,9 @@ pub enum BuyerState {
         /// Payment attempts that failed for good so far.
         #[serde(default)]
         payment_attempts: u32,
+        /// Payment attempts the Lightning node could not start so far.
+        #[serde(default)]
+        unsent_attempts: u32,
         /// No new attempt before this time (unix seconds).
         #[serde(default)]
         retry_at_secs: u64,
@@ -184,6 +193,9 @@ pub enum BuyerState {
         /// Which attempt this is (1 for the first).
         #[serde(default)]
         payment_attempts: u32,
+        /// Payment attempts the Lightning node could not start so far.
+        #[serde(default)]
+        unsent_attempts: u32,
     },
     /// Paid; claiming the HTLC.
     Claiming {
@@ -315,8 +327,8 @@ pub const BUYER_TRANSITIONS: &[Transition] = &[
     ("Funded", "Paying", "min_confirmations reached and checks pass / pay"),
     ("Funded", "Aborted", "a failed check, swap_abort, user abort, timeout too close"),
     ("Paying", "Claiming", "payment succeeded / send coop_claim_request"),
-    ("Paying", "Funded", "payment failed, attempts left / retry in 10 s"),
-    ("Paying", "Aborted", "payment failed, no attempts left / send swap_abort"),
+    ("Paying", "Funded", "payment failed or not sent, attempts left / retry in 10 s"),
+    ("Paying", "Aborted", "payment failed or not sent, no attempts left / send swap_abort"),
     ("Claiming", "ClaimBroadcast", "coop_claim_response, or 30 s / script path"),
     ("Claiming", "Lost", "htlc refunded by the seller"),
     ("ClaimBroadcast", "Claimed", "claim confirmed"),
@@ -560,20 +572,21 @@ impl BuyerSwap {
             Event::HtlcSpent { tx, confirmed_height } => self.on_htlc_spent(tx, confirmed_height),
             Event::PaymentSucceeded { preimage } => self.on_payment_succeeded(preimage, ctx, rng),
             Event::PaymentFailed { reason } => match &self.state {
-                BuyerState::Paying { terms, htlc, payment_attempts, .. }
+                BuyerState::Paying { payment_attempts, .. }
                     if *payment_attempts < MAX_PAYMENT_ATTEMPTS =>
                 {
-                    let (terms, htlc, attempts) = (terms.clone(), htlc.clone(), *payment_attempts);
-                    self.go(BuyerState::Funded {
-                        terms,
-                        htlc,
-                        payment_attempts: attempts,
-                        retry_at_secs: ctx.now_secs.saturating_add(PAYMENT_RETRY_SECS),
-                    })?;
-                    Ok(vec![
-                        Action::Persist,
-                        Action::Notify(Notification::PaymentFailed { reason, retrying: true }),
-                    ])
+                    self.retry_payment(ctx, reason, false)
+                }
+                BuyerState::Paying { .. } => {
+                    self.abort(AbortReason::PaymentFailed, None, Some(reason))
+                }
+                _ => Ok(Vec::new()),
+            },
+            Event::PaymentNotSent { reason } => match &self.state {
+                BuyerState::Paying { unsent_attempts, .. }
+                    if *unsent_attempts < MAX_UNSENT_PAYMENT_ATTEMPTS =>
+                {
+                    self.retry_payment(ctx, reason, true)
                 }
                 BuyerState::Paying { .. } => {
                     self.abort(AbortReason::PaymentFailed, None, Some(reason))
@@ -594,6 +607,38 @@ impl BuyerSwap {
                 Err(SwapError::Unexpected { event: "seller_event", state: self.state.name() })
             }
         }
+    }
+
+    /// `Paying` -> `Funded`: the payment failed for good (`unsent`: it was never sent) and
+    /// attempts are left; the next one comes after [`PAYMENT_RETRY_SECS`] and the checks again.
+    fn retry_payment(
+        &mut self,
+        ctx: &Context,
+        reason: String,
+        unsent: bool,
+    ) -> Result<Vec<Action>, SwapError> {
+        let BuyerState::Paying { terms, htlc, payment_attempts, unsent_attempts, .. } = &self.state
+        else {
+            return Ok(Vec::new());
+        };
+        let (terms, htlc) = (terms.clone(), htlc.clone());
+        // An attempt that was never sent does not count as a failed one.
+        let (payment_attempts, unsent_attempts) = if unsent {
+            (payment_attempts.saturating_sub(1), unsent_attempts.saturating_add(1))
+        } else {
+            (*payment_attempts, *unsent_attempts)
+        };
+        self.go(BuyerState::Funded {
+            terms,
+            htlc,
+            payment_attempts,
+            unsent_attempts,
+            retry_at_secs: ctx.now_secs.saturating_add(PAYMENT_RETRY_SECS),
+        })?;
+        Ok(vec![
+            Action::Persist,
+            Action::Notify(Notification::PaymentFailed { reason, retrying: true }),
+        ])
     }
 
     /// Aborts before paying: tells the seller (who refunds cooperatively).
@@ -888,11 +933,11 @@ impl BuyerSwap {
                 None,
             );
         }
-        let (payment_attempts, retry_at_secs) = match &self.state {
-            BuyerState::Funded { payment_attempts, retry_at_secs, .. } => {
-                (*payment_attempts, *retry_at_secs)
+        let (payment_attempts, unsent_attempts, retry_at_secs) = match &self.state {
+            BuyerState::Funded { payment_attempts, unsent_attempts, retry_at_secs, .. } => {
+                (*payment_attempts, *unsent_attempts, *retry_at_secs)
             }
-            _ => (0, 0),
+            _ => (0, 0, 0),
         };
         let output = HtlcOutput { outpoint, confirmed_height };
         let changed = current.as_ref() != Some(&output);
@@ -904,7 +949,13 @@ impl BuyerSwap {
                 confirmations: confirmations(confirmed_height, ctx.tip_height),
                 required,
             });
-            self.go(BuyerState::Funded { terms, htlc: output, payment_attempts, retry_at_secs })?;
+            self.go(BuyerState::Funded {
+                terms,
+                htlc: output,
+                payment_attempts,
+                unsent_attempts,
+                retry_at_secs,
+            })?;
             actions.push(Action::Persist);
             actions.push(note);
         }
@@ -918,12 +969,13 @@ impl BuyerSwap {
 
     /// In `Funded`: pays once confirmed enough and every pre-payment check holds.
     fn maybe_pay(&mut self, ctx: &Context) -> Result<Vec<Action>, SwapError> {
-        let BuyerState::Funded { terms, htlc, payment_attempts, retry_at_secs } = &self.state
+        let BuyerState::Funded { terms, htlc, payment_attempts, unsent_attempts, retry_at_secs } =
+            &self.state
         else {
             return Ok(Vec::new());
         };
-        let (terms, htlc, attempts, retry_at) =
-            (terms.clone(), htlc.clone(), *payment_attempts, *retry_at_secs);
+        let (terms, htlc, attempts, unsent_attempts, retry_at) =
+            (terms.clone(), htlc.clone(), *payment_attempts, *unsent_attempts, *retry_at_secs);
         if ctx.now_secs >= terms.invoice_expires_at {
             return self.abort(
                 AbortReason::ChecksFailed,
@@ -954,7 +1006,13 @@ impl BuyerSwap {
             max_total_cltv_expiry_delta: budget,
         };
         let payment_attempts = attempts.saturating_add(1);
-        self.go(BuyerState::Paying { terms, htlc, max_cltv: budget, payment_attempts })?;
+        self.go(BuyerState::Paying {
+            terms,
+            htlc,
+            max_cltv: budget,
+            payment_attempts,
+            unsent_attempts,
+        })?;
         Ok(vec![Action::Persist, action, Action::Notify(Notification::Paying { max_cltv: budget })])
     }
 

@@ -496,7 +496,9 @@ impl SellerSwap {
                 SellerState::Funded { .. } => self.start_coop_refund(ctx, rng),
                 _ => Err(SwapError::Unexpected { event: "user_abort", state: self.state.name() }),
             },
-            Event::PaymentSucceeded { .. } | Event::PaymentFailed { .. } => {
+            Event::PaymentSucceeded { .. }
+            | Event::PaymentFailed { .. }
+            | Event::PaymentNotSent { .. } => {
                 Err(SwapError::Unexpected { event: "payment_result", state: self.state.name() })
             }
         }

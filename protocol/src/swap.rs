@@ -113,8 +113,14 @@ pub enum Event {
         /// The preimage it revealed.
         preimage: Preimage,
     },
-    /// Buyer: the payment failed for good.
+    /// Buyer: the payment failed for good (it was sent; nothing of it is in flight any more).
     PaymentFailed {
+        /// Why.
+        reason: String,
+    },
+    /// Buyer: the Lightning node could not start the payment (no usable channel yet, no route
+    /// right now): nothing was sent.
+    PaymentNotSent {
         /// Why.
         reason: String,
     },

@@ -74,6 +74,19 @@ fn a_failed_payment_is_tried_again() {
 }
 
 #[test]
+fn a_payment_not_sent_does_not_count_as_a_failed_one() {
+    // More unsent attempts than MAX_PAYMENT_ATTEMPTS, plus failed ones: still paid.
+    let sim = run(Opts { unsent_first_payments: 5, fail_first_payments: 2, ..Opts::default() });
+    assert!(matches!(sim.buyer.state, BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert_eq!(sim.purposes(), vec![TxPurpose::Funding, TxPurpose::CooperativeClaim]);
+    // A payment that never goes out ends the swap too, having paid nothing.
+    let sim = run(Opts { unsent_first_payments: 1000, ..Opts::default() });
+    assert!(matches!(sim.buyer.state, BuyerState::Aborted { .. }), "{:#?}", sim.log);
+    assert_eq!(sim.buyer_paid_msat, 0);
+    assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }), "{:#?}", sim.log);
+}
+
+#[test]
 fn late_payment_is_failed_back_and_refunded() {
     // The payment spends 130 of the 144 blocks in flight: past timeout - claim_margin.
     let sim = run(Opts { payment_delay_blocks: 130, ..Opts::default() });

@@ -582,10 +582,9 @@ impl Harness {
                 match node.wait_ready().await {
                     Ok(()) => break,
                     // A port picked free was taken meanwhile: new ports, once more.
-                    Err(HarnessError::NodeExited { log_tail, .. })
-                        if tries < 3
-                            && (log_tail.contains("in use")
-                                || log_tail_has_ldk_bind_panic(&log_tail)) =>
+                    // (The whole log: a backtrace may push the error out of the tail.)
+                    Err(HarnessError::NodeExited { .. })
+                        if tries < 3 && port_was_taken(&node.log_file()) =>
                     {
                         tries += 1;
                         node.api_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
@@ -923,9 +922,11 @@ fn node_args(
     ]
 }
 
-/// ldk-node panics when its listen port is taken.
-fn log_tail_has_ldk_bind_panic(tail: &str) -> bool {
-    tail.contains("ldk-node") && tail.contains("panicked")
+/// Whether a node's log shows it could not bind a port (the control API's, or ldk-node's
+/// listener, which panics on it).
+fn port_was_taken(log_file: &Path) -> bool {
+    let log = std::fs::read_to_string(log_file).unwrap_or_default();
+    log.contains("Address already in use") || (log.contains("ldk-node") && log.contains("panicked"))
 }
 
 fn parse_addr(s: &str) -> Result<bitcoin::Address, HarnessError> {

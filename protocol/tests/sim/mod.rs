@@ -40,8 +40,11 @@ pub struct Opts {
     pub route_cltv: u32,
     /// Blocks a payment spends in flight before it reaches the seller.
     pub payment_delay_blocks: u32,
-    /// The first N payment attempts fail at once (no route yet: a peer reconnecting).
+    /// The first N payment attempts fail at once (failed back by the first hop).
     pub fail_first_payments: u32,
+    /// The first N payment attempts are not even sent (no usable channel yet: a peer
+    /// reconnecting).
+    pub unsent_first_payments: u32,
     /// The buyer's node is gone after it accepted (never pays, never answers).
     pub buyer_vanishes_after_accept: bool,
     /// The buyer aborts once the HTLC is funded.
@@ -354,11 +357,17 @@ impl Sim {
                     {
                         continue; // idempotent
                     }
-                    if self.opts.fail_first_payments > 0 {
+                    if self.opts.unsent_first_payments > 0 {
+                        self.opts.unsent_first_payments -= 1;
+                        self.feed(
+                            Party::Buyer,
+                            Event::PaymentNotSent { reason: "no route: peer offline".into() },
+                        );
+                    } else if self.opts.fail_first_payments > 0 {
                         self.opts.fail_first_payments -= 1;
                         self.feed(
                             Party::Buyer,
-                            Event::PaymentFailed { reason: "no route: peer offline".into() },
+                            Event::PaymentFailed { reason: "temporary channel failure".into() },
                         );
                     } else if max_total_cltv_expiry_delta < self.opts.route_cltv.max(42) {
                         self.feed(
