@@ -416,6 +416,19 @@ fn map_event(event: &ldk_node::Event) -> Option<LightningEvent> {
                 reason: reason.map(|r| format!("{r:?}")).unwrap_or_else(|| "unknown".into()),
             })
         }
+        ldk_node::Event::ChannelClosed { channel_id, counterparty_node_id, reason, .. } => {
+            // A force-close (a peer's error, a stale ChannelManager after a crash) takes the
+            // channel's capacity away from swaps: say so where an operator looks.
+            let reason = reason.as_ref().map(|r| r.to_string()).unwrap_or_else(|| "unknown".into());
+            let peer = counterparty_node_id.map(|p| p.to_string()).unwrap_or_default();
+            tracing::warn!(channel = %channel_id, %peer, %reason, "lightning channel closed");
+            None
+        }
+        ldk_node::Event::ChannelReady { channel_id, counterparty_node_id, .. } => {
+            let peer = counterparty_node_id.map(|p| p.to_string()).unwrap_or_default();
+            tracing::info!(channel = %channel_id, %peer, "lightning channel ready");
+            None
+        }
         other => {
             tracing::debug!(event = ?std::mem::discriminant(other), "lightning event");
             None
