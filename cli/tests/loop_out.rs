@@ -316,6 +316,17 @@ async fn loop_out_with_the_cli() -> Result<()> {
     assert_eq!(chans[0]["counterparty"], h.node("seller")?.info().ln_node_id.as_str());
     assert_eq!(chans[0]["usable"], true);
 
+    // ln payment: the swap's invoice, paid by the buyer, with its proof of payment.
+    let swap = buyer.json(&["swap", &swap_id]).await;
+    let hash = swap["payment_hash"].as_str().unwrap().to_string();
+    let payment = buyer.json(&["ln", "payment", &hash]).await;
+    assert_eq!(payment["direction"], "outbound", "{payment:#}");
+    assert_eq!(payment["status"], "succeeded", "{payment:#}");
+    assert!(payment["preimage"].as_str().is_some_and(|p| p.len() == 64), "{payment:#}");
+    let r = buyer.run(&["ln", "payment", "zz"]).await;
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("invalid payment hash"), "{}", r.stderr);
+
     // swap monitor on a finished swap: its history, exit 0.
     let r = buyer.ok(&["swap", "monitor", &swap_id]).await;
     assert_eq!(r.stdout.lines().count(), events.len(), "{}", r.stdout);

@@ -141,6 +141,7 @@ fn help_has_examples() {
         vec!["ln", "open"],
         vec!["ln", "invoice"],
         vec!["ln", "pay"],
+        vec!["ln", "payment"],
         vec!["sync"],
         vec!["completions"],
     ] {

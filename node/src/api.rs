@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::engine::{Engine, EngineError};
-use crate::lightning::{LightningError, PayOutcome};
+use crate::lightning::{LightningError, PayOutcome, PaymentInfo};
 use crate::nostr::{OfferFilter, PublicKey as NostrPublicKey};
 use crate::seed::ApiToken;
 use crate::store::{SwapFilter, SwapRecord};
@@ -58,6 +58,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/ln/open"),
     ("POST", "/v1/ln/invoice"),
     ("POST", "/v1/ln/pay"),
+    ("GET", "/v1/ln/payments/{hash}"),
     ("POST", "/v1/sync"),
 ];
 
@@ -211,6 +212,7 @@ fn method_router(method: &str, path: &str) -> Option<MethodRouter<ApiState>> {
         ("POST", "/v1/ln/open") => post(ln_open),
         ("POST", "/v1/ln/invoice") => post(ln_invoice),
         ("POST", "/v1/ln/pay") => post(ln_pay),
+        ("GET", "/v1/ln/payments/{hash}") => get(ln_payment),
         ("POST", "/v1/sync") => post(sync),
         _ => return None,
     })
@@ -762,6 +764,19 @@ async fn ln_pay(
         PayOutcome::AlreadySucceeded(p) => ("succeeded", Some(p.to_hex())),
     };
     Ok(Json(PayResponse { payment_hash, status: status.to_string(), preimage }))
+}
+
+/// `GET /v1/ln/payments/{hash}`: what the Lightning node knows of a payment, sent or received
+/// (a swap's invoice payment, or one made with `POST /v1/ln/pay`).
+async fn ln_payment(State(s): State<ApiState>, Path(hash): Path<String>) -> Typed<PaymentInfo> {
+    let hash = hash
+        .parse::<PaymentHash>()
+        .map_err(|_| ApiError::bad("payment_hash", "expected 64 hex characters"))?;
+    s.engine
+        .lightning()
+        .payment(hash)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no payment {hash}")))
 }
 
 /// Answer of `POST /v1/sync`.

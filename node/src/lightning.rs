@@ -99,6 +99,29 @@ pub enum PayOutcome {
     AlreadySucceeded(Preimage),
 }
 
+/// A payment the Lightning node knows, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PaymentInfo {
+    /// Its payment hash (hex).
+    pub payment_hash: String,
+    /// "inbound" or "outbound".
+    pub direction: String,
+    /// "pending", "succeeded" or "failed".
+    pub status: String,
+    /// What it pays (when known).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub amount_msat: Option<u64>,
+    /// Routing fee paid (outbound, once known).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub fee_paid_msat: Option<u64>,
+    /// The preimage: only for an outbound payment that succeeded (the payer's proof of payment;
+    /// an inbound preimage is ours and is never shown).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub preimage: Option<String>,
+    /// Last change (unix seconds).
+    pub updated_at: u64,
+}
+
 /// A channel, as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ChannelInfo {
@@ -186,6 +209,9 @@ pub trait Lightning: Send + Sync {
         invoice: &str,
         max_total_cltv_expiry_delta: u32,
     ) -> Result<PayOutcome, LightningError>;
+
+    /// A payment by its hash (`None`: not known to the node).
+    fn payment(&self, payment_hash: PaymentHash) -> Option<PaymentInfo>;
 
     /// A plain invoice (auto-claimed).
     async fn invoice(
@@ -537,6 +563,33 @@ impl Lightning for LdkLightning {
             }
         })
         .await
+    }
+
+    fn payment(&self, payment_hash: PaymentHash) -> Option<PaymentInfo> {
+        let p = self.node.payment(&PaymentId(payment_hash.0))?;
+        let outbound = p.direction == ldk_node::payment::PaymentDirection::Outbound;
+        let status = match p.status {
+            PaymentStatus::Pending => "pending",
+            PaymentStatus::Succeeded => "succeeded",
+            PaymentStatus::Failed => "failed",
+        };
+        let preimage = match (&p.kind, outbound, p.status) {
+            (
+                ldk_node::payment::PaymentKind::Bolt11 { preimage: Some(pre), .. },
+                true,
+                PaymentStatus::Succeeded,
+            ) => Some(Preimage(pre.0).to_hex()),
+            _ => None,
+        };
+        Some(PaymentInfo {
+            payment_hash: payment_hash.to_string(),
+            direction: if outbound { "outbound" } else { "inbound" }.to_string(),
+            status: status.to_string(),
+            amount_msat: p.amount_msat,
+            fee_paid_msat: p.fee_paid_msat,
+            preimage,
+            updated_at: p.latest_update_timestamp,
+        })
     }
 
     async fn invoice(

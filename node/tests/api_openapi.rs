@@ -254,6 +254,19 @@ fn typed_answers_match_schemas() {
     check_named(&doc, "SyncResponse", &api::SyncResponse { tip_height: 7 });
     check_named(
         &doc,
+        "PaymentInfo",
+        &looper_node::lightning::PaymentInfo {
+            payment_hash: "ab".repeat(32),
+            direction: "outbound".into(),
+            status: "succeeded".into(),
+            amount_msat: Some(1_000),
+            fee_paid_msat: Some(0),
+            preimage: Some("cd".repeat(32)),
+            updated_at: 1_800_000_000,
+        },
+    );
+    check_named(
+        &doc,
         "Error",
         &api::ErrorBody { code: "bad_request".into(), message: "amount_sat: must be > 0".into() },
     );
@@ -500,6 +513,15 @@ async fn live_api_matches_openapi() -> Result<()> {
     let invoice =
         live.expect("POST", "/v1/ln/invoice", Some(json!({"amount_msat": 5_000_000})), 200).await?;
     assert!(invoice["invoice"].as_str().unwrap().starts_with("lnbcrt"));
+    let parsed: ldk_node::lightning_invoice::Bolt11Invoice =
+        invoice["invoice"].as_str().unwrap().parse().unwrap();
+    let hash = parsed.payment_hash().to_string();
+    let payment = live.expect("GET", &format!("/v1/ln/payments/{hash}"), None, 200).await?;
+    assert_eq!(payment["payment_hash"], hash.as_str());
+    assert_eq!(payment["direction"], "inbound");
+    assert_eq!(payment["status"], "pending");
+    assert_eq!(payment["amount_msat"], 5_000_000);
+    assert!(payment.get("preimage").is_none(), "an inbound preimage is never shown");
 
     // 3. Fund the swap wallet, sync through the API, send.
     let a = live.expect("POST", "/v1/wallet/address", None, 200).await?;
@@ -586,6 +608,10 @@ async fn live_api_matches_openapi() -> Result<()> {
         "invoice",
     )
     .await?;
+    let unknown = format!("/v1/ln/payments/{}", "00".repeat(32));
+    live.error("GET", &unknown, json!(null), 404, "not_found", "no payment").await?;
+    live.error("GET", "/v1/ln/payments/zz", json!(null), 400, "bad_request", "payment_hash")
+        .await?;
     live.error(
         "POST",
         "/v1/ln/open",

@@ -1,4 +1,4 @@
-//! `looper ln info|channels|open|invoice|pay|address|balance`.
+//! `looper ln info|channels|open|invoice|pay|payment|address|balance`.
 
 use clap::Subcommand;
 use serde_json::{json, Value};
@@ -67,6 +67,14 @@ pub enum LnCommand {
         /// Do not ask for confirmation.
         #[arg(long, short = 'y')]
         yes: bool,
+    },
+    /// A payment, sent or received, by its payment hash (a swap's, or one of `ln pay`).
+    #[command(after_help = "Example:
+  looper ln payment 3b1f...e9 --json")]
+    Payment {
+        /// The payment hash (64 hex characters).
+        #[arg(value_name = "PAYMENT_HASH")]
+        hash: String,
     },
 }
 
@@ -142,7 +150,37 @@ pub async fn ln(ctx: &Ctx, cmd: LnCommand) -> CliResult<()> {
                     "check the route and the channel balances: `looper ln channels`",
                 ));
             }
-            let h = format!("payment {status}: payment hash {}\n", text(&v, "payment_hash"));
+            let h = format!(
+                "payment {status}: payment hash {hash}\n(follow it with `looper ln payment {hash}`)\n",
+                hash = text(&v, "payment_hash")
+            );
+            (v, h)
+        }
+        LnCommand::Payment { hash } => {
+            let hash = hash.trim().to_ascii_lowercase();
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(CliError::usage(
+                    "invalid payment hash",
+                    "expected 64 hex characters",
+                    "copy it from `looper swap ID` or `looper ln pay`",
+                ));
+            }
+            let v = client.get(&format!("/v1/ln/payments/{hash}"), "get the payment").await?;
+            let mut rows = vec![
+                ("payment hash", text(&v, "payment_hash")),
+                ("direction", text(&v, "direction")),
+                ("status", text(&v, "status")),
+            ];
+            if v.get("amount_msat").is_some() {
+                rows.push(("amount", sat(num(&v, "amount_msat") / 1000)));
+            }
+            if v.get("fee_paid_msat").is_some() {
+                rows.push(("fee paid", format!("{} msat", num(&v, "fee_paid_msat"))));
+            }
+            if v.get("preimage").is_some() {
+                rows.push(("preimage", text(&v, "preimage")));
+            }
+            let h = key_values(&rows);
             (v, h)
         }
     };
