@@ -523,15 +523,27 @@ struct EventsQuery {
     wait_secs: Option<u64>,
 }
 
-/// Long poll: the swap's events from `from`; waits up to `wait_secs` (max 60) for new ones.
+/// The swap's events from `from`. With `Accept: text/event-stream`, a Server-Sent Events stream:
+/// every stored event from `from`, then each new one as it happens (`id` = its `seq`, `event:
+/// swap_event`, `data` = the [`SwapEvent`](crate::store::SwapEvent) JSON), ending after the
+/// swap's `finished` event. Otherwise a long poll: the events from `from`, waiting up to
+/// `wait_secs` (max 60) for new ones when there are none.
 async fn swap_events(
     State(s): State<ApiState>,
     Path(key): Path<String>,
+    headers: axum::http::HeaderMap,
     q: Result<Query<EventsQuery>, QueryRejection>,
-) -> ApiResult {
+) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::bad("query", e.body_text()))?;
     let r = find_swap(&s, &key)?;
     let from = q.from.unwrap_or(0);
+    let wants_stream = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/event-stream"));
+    if wants_stream {
+        return Ok(event_stream(s.engine.clone(), r.id, from).into_response());
+    }
     let mut sub = s.engine.subscribe();
     let mut events = s.engine.store().swap_events(&r.id, from).map_err(ApiError::internal)?;
     if events.is_empty() {
@@ -544,7 +556,66 @@ async fn swap_events(
             }
         }
     }
-    Ok(Json(json!({"swap_id": r.id.to_string(), "events": events})))
+    Ok(Json(json!({"swap_id": r.id.to_string(), "events": events})).into_response())
+}
+
+/// How often an idle event stream looks at the store anyway (a missed wake-up costs this much).
+const EVENT_STREAM_REFETCH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The SSE stream of [`swap_events`].
+fn event_stream(
+    engine: Engine,
+    id: SwapId,
+    from: u64,
+) -> axum::response::sse::Sse<
+    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+    struct St {
+        engine: Engine,
+        sub: tokio::sync::broadcast::Receiver<crate::engine::SwapNotification>,
+        next: u64,
+        queue: std::collections::VecDeque<crate::store::SwapEvent>,
+        done: bool,
+    }
+    let sub = engine.subscribe();
+    let st = St { engine, sub, next: from, queue: Default::default(), done: false };
+    let stream = futures_util::stream::unfold(st, move |mut st| async move {
+        loop {
+            if let Some(e) = st.queue.pop_front() {
+                st.next = e.seq.saturating_add(1);
+                st.done = e.event.get("event").and_then(Value::as_str) == Some("finished");
+                let data = serde_json::to_string(&e).unwrap_or_default();
+                let ev = SseEvent::default().id(e.seq.to_string()).event("swap_event").data(data);
+                return Some((Ok(ev), st));
+            }
+            if st.done {
+                return None;
+            }
+            match st.engine.store().swap_events(&id, st.next) {
+                Ok(events) if !events.is_empty() => {
+                    st.queue.extend(events);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(swap = %id, error = %e, "event stream cannot read the store");
+                    return None;
+                }
+            }
+            // Wait for this swap's next notification (or look again after a while).
+            let deadline = tokio::time::Instant::now() + EVENT_STREAM_REFETCH;
+            loop {
+                match tokio::time::timeout_at(deadline, st.sub.recv()).await {
+                    Ok(Ok(n)) if n.swap_id != id => continue,
+                    Ok(Err(tokio::sync::broadcast::error::RecvError::Closed)) => return None,
+                    // This swap's notification, a lag (look in the store), or the timeout.
+                    _ => break,
+                }
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
 async fn wallet_balance(State(s): State<ApiState>) -> ApiResult {

@@ -263,7 +263,11 @@ impl LooperNode {
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
         let _ = engine_task.await;
-        let _ = server_task.await;
+        // Open event streams and long polls would hold a graceful shutdown: a moment, then cut.
+        let abort = server_task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(3), server_task).await.is_err() {
+            abort.abort();
+        }
         self.engine.transport().shutdown().await;
         if let Err(e) = self.lightning.stop().await {
             tracing::warn!(error = %e, "lightning node did not stop cleanly");

@@ -161,9 +161,24 @@ async fn e2e_cooperative_claim_and_no_secret_in_logs() -> Result<()> {
         }
         found
     });
+    // The buyer's event stream (SSE), opened as the swap starts: it must carry the whole log
+    // and end by itself after `finished`.
+    let stream = {
+        let buyer = h.node("buyer")?.api().clone();
+        let id = swap_id.clone();
+        tokio::spawn(async move { buyer.swap_event_stream(&id).await })
+    };
     let r = finish(&h, &swap_id).await?;
     miner.stop();
     eprintln!("{r}");
+    let streamed = tokio::time::timeout(Duration::from_secs(30), stream)
+        .await
+        .context("the event stream did not end after the swap finished")???;
+    let logged = h.node("buyer")?.api().swap_events(&swap_id).await?;
+    let seqs: Vec<u64> = streamed.iter().map(|(seq, _)| *seq).collect();
+    ensure!(seqs == (0..logged.len() as u64).collect::<Vec<_>>(), "stream ids {seqs:?}");
+    let streamed: Vec<Value> = streamed.into_iter().map(|(_, e)| e).collect();
+    ensure!(streamed == logged, "stream {streamed:?}\nlog {logged:?}");
     ensure!(r.claim_purpose == "cooperative_claim", "{r:?}");
     ensure!(r.claim_vsize == 111, "cooperative claim is {} vB", r.claim_vsize);
     check_balances(&h, before, &r).await?;

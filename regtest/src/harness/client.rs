@@ -352,6 +352,45 @@ impl ApiClient {
             })
             .unwrap_or_default())
     }
+
+    /// `GET /v1/swaps/{id}/events` as a Server-Sent Events stream, read until the node ends it
+    /// (after the swap's `finished` event): the notifications (JSON), oldest first, and their
+    /// `seq` numbers (the SSE ids).
+    ///
+    /// # Errors
+    /// [`HarnessError::Http`] or [`HarnessError::Api`], or an event that does not parse.
+    pub async fn swap_event_stream(&self, id: &str) -> Result<Vec<(u64, Value)>, HarnessError> {
+        let what = format!("GET /v1/swaps/{id}/events (event stream)");
+        let http =
+            |e: reqwest::Error| HarnessError::Http { what: what.clone(), reason: e.to_string() };
+        let resp = self
+            .http
+            .get(format!("{}/v1/swaps/{id}/events", self.base))
+            .bearer_auth(&self.token)
+            .header(reqwest::header::ACCEPT, "text/event-stream")
+            .send()
+            .await
+            .map_err(http)?;
+        let status = resp.status();
+        let text = resp.text().await.map_err(http)?;
+        if !status.is_success() {
+            return Err(HarnessError::Api {
+                what,
+                status: status.as_u16(),
+                code: String::new(),
+                message: truncate(&text, 300),
+            });
+        }
+        let mut out = Vec::new();
+        for data in text.lines().filter_map(|l| l.strip_prefix("data:")) {
+            let v: Value = serde_json::from_str(data.trim()).map_err(|e| HarnessError::Http {
+                what: what.clone(),
+                reason: format!("bad event ({e}): {}", truncate(data, 300)),
+            })?;
+            out.push((v["seq"].as_u64().unwrap_or(u64::MAX), v["event"].clone()));
+        }
+        Ok(out)
+    }
 }
 
 fn field_str(v: &Value, key: &str) -> Result<String, HarnessError> {
