@@ -6,11 +6,15 @@ use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
 
-use looper_node::store::test_suite::{hash, id, record};
+#[macro_use]
+#[path = "store_suite/suite.rs"]
+mod suite;
+
 use looper_node::store::{
     MemoryStore, RedbStore, StoreError, SwapFilter, SwapRole, SwapStatus, SwapStore, SCHEMA_VERSION,
 };
 use redb::{Database, TableDefinition};
+use suite::{hash, id, record};
 
 /// A redb store in a temporary directory that lives as long as the store.
 struct TempRedb {
@@ -39,9 +43,9 @@ fn in_memory_redb() -> Box<RedbStore> {
     Box::new(RedbStore::from_database(Arc::new(db)).unwrap())
 }
 
-looper_node::swap_store_test_suite!(memory, Box::new(MemoryStore::new()));
-looper_node::swap_store_test_suite!(redb_file, TempRedb::new());
-looper_node::swap_store_test_suite!(redb_in_memory, in_memory_redb());
+swap_store_test_suite!(memory, Box::new(MemoryStore::new()));
+swap_store_test_suite!(redb_file, TempRedb::new());
+swap_store_test_suite!(redb_in_memory, in_memory_redb());
 
 #[test]
 fn redb_reopen_sees_everything() {

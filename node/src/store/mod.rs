@@ -3,7 +3,8 @@
 //!
 //! Two implementations: [`RedbStore`] (one redb file, `DATADIR/looper.redb`, shared with the BDK
 //! wallet persister through [`RedbStore::database`]) and [`MemoryStore`] (tests, simulations).
-//! Both pass the same test suite ([`test_suite`], run by `node/tests/store_suite.rs`).
+//! Both pass the same test suite (`node/tests/store_suite/suite.rs`, run by
+//! `node/tests/store_suite.rs` on each).
 //!
 //! Durability: every write method runs one redb write transaction and commits it (fsync) before it
 //! returns, so the engine can "persist, then act". The methods are synchronous and may block for
@@ -15,8 +16,6 @@
 
 mod memory;
 mod redb_store;
-#[cfg(any(test, feature = "test-suite"))]
-pub mod test_suite;
 
 use serde::{Deserialize, Serialize};
 

@@ -1,29 +1,22 @@
 //! One test suite for every [`SwapStore`] backend (after rust-nostr's `nostr-database-test-suite`).
 //!
 //! Each function takes a fresh, empty store and panics on the first failed check. Run them all
-//! on a backend with [`swap_store_test_suite!`](crate::swap_store_test_suite):
-//!
-//! ```ignore
-//! looper_node::swap_store_test_suite!(memory, Box::new(looper_node::store::MemoryStore::new()));
-//! ```
-//!
-//! The expression is evaluated once per test and must dereference to a [`SwapStore`]; wrap a
-//! backend that needs a temporary directory in a struct that keeps it alive and implements
-//! `Deref`.
-#![cfg(any(test, feature = "test-suite"))] // test support only: never in the daemon
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! on a backend with `swap_store_test_suite!(name, make_store_expr)`: the expression is evaluated
+//! once per test and must dereference to a [`SwapStore`]; wrap a backend that needs a temporary
+//! directory in a struct that keeps it alive and implements `Deref`.
 
-use super::{PaymentHash, SwapFilter, SwapId, SwapRecord, SwapRole, SwapStatus, SwapStore};
+use looper_node::store::{
+    PaymentHash, SwapFilter, SwapId, SwapRecord, SwapRole, SwapStatus, SwapStore,
+};
 
 /// Generates one `#[test]` per suite function in a module `$name`, each on a fresh store made by
 /// evaluating `$make`.
-#[macro_export]
 macro_rules! swap_store_test_suite {
     ($name:ident, $make:expr) => {
         mod $name {
             #[allow(unused_imports)]
             use super::*;
-            $crate::swap_store_test_suite!(@tests $make;
+            swap_store_test_suite!(@tests $make;
                 swaps_roundtrip,
                 swaps_payment_hash_index,
                 swaps_list_and_filter,
@@ -41,7 +34,7 @@ macro_rules! swap_store_test_suite {
             #[test]
             fn $test() {
                 let fixture = $make;
-                $crate::store::test_suite::$test(&*fixture);
+                crate::suite::$test(&*fixture);
             }
         )+
     };
