@@ -15,33 +15,18 @@
 //! HTLC" (its own rejections, such as a final expiry too soon).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use std::path::{Path, PathBuf};
+mod e2e_common;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use looper_regtest::harness::{wait_until, Harness, HarnessConfig, LoopOutReport, NodeSpec};
 use serde_json::{json, Value};
 
-const AMOUNT: u64 = 100_000;
-const MAX_FEE: u64 = 10_000;
+use e2e_common::{scratch, state_of, take_unpaid, AMOUNT};
+
 const SWAP_TIMEOUT: Duration = Duration::from_secs(120);
-
-struct Scratch {
-    dir: PathBuf,
-    _tmp: Option<tempfile::TempDir>,
-}
-
-/// LOOPER_KEEP_TESTDIR=1 keeps the directory (node logs, data dirs).
-fn scratch() -> Result<Scratch> {
-    let tmp = tempfile::tempdir()?;
-    if std::env::var_os("LOOPER_KEEP_TESTDIR").is_some() {
-        let dir = tmp.keep();
-        eprintln!("test dir (kept): {}", dir.display());
-        Ok(Scratch { dir, _tmp: None })
-    } else {
-        Ok(Scratch { dir: tmp.path().to_path_buf(), _tmp: Some(tmp) })
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Balances {
@@ -60,33 +45,6 @@ async fn balances(h: &Harness) -> Result<Balances> {
         payer_ln_out_msat: p.ln_balance().await?.lightning_outbound_msat,
         seller_wallet: s.wallet_balance().await?.total_sat,
     })
-}
-
-async fn state_of(h: &Harness, node: &str, swap_id: &str) -> String {
-    match h.node(node) {
-        Ok(n) => n.api().swap(swap_id).await.map(|v| v.state).unwrap_or_default(),
-        Err(_) => String::new(),
-    }
-}
-
-/// Takes the seller's offer asking 50 confirmations (so the buyer never pays); the swap id once
-/// the buyer sees the funded HTLC.
-async fn take_unpaid(h: &Harness) -> Result<String> {
-    let offer = h.best_offer("buyer", AMOUNT).await?;
-    let body = json!({
-        "offer": offer.offer,
-        "seller": offer.seller,
-        "amount_sat": AMOUNT,
-        "max_total_fee_sat": MAX_FEE,
-        "min_confirmations": 50,
-    });
-    let v: Value = h.node("buyer")?.api().post("/v1/swaps/out", &body).await?;
-    let id = v["swap_id"].as_str().context("swap_id")?.to_string();
-    wait_until("buyer sees the funded htlc", SWAP_TIMEOUT, || async {
-        (state_of(h, "buyer", &id).await == "Funded").then_some(())
-    })
-    .await?;
-    Ok(id)
 }
 
 /// The first field named `key` (depth first) and its path.
@@ -124,7 +82,7 @@ async fn e2e_late_payment_failed_back_by_the_seller() -> Result<()> {
     eprintln!("harness up in {:.1} s", t0.elapsed().as_secs_f64());
 
     let before = balances(&h).await?;
-    let id = take_unpaid(&h).await?;
+    let id = take_unpaid(&h, SWAP_TIMEOUT).await?;
     let view = h.node("buyer")?.api().swap(&id).await?;
     let (inv_path, invoice) =
         find_first(&view.record, "invoice", "record").context("no invoice in the record")?;

@@ -11,6 +11,8 @@
 //! CLTV budget at `tip == timeout - 1` and the seller's engine must fail it back.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+mod e2e_common;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -22,26 +24,9 @@ use looper_regtest::harness::{
 };
 use serde_json::{json, Value};
 
-const AMOUNT: u64 = 100_000;
-const MAX_FEE: u64 = 10_000;
+use e2e_common::{scratch, state_of, take_unpaid, AMOUNT, MAX_FEE};
+
 const SWAP_TIMEOUT: Duration = Duration::from_secs(180);
-
-struct Scratch {
-    dir: PathBuf,
-    _tmp: Option<tempfile::TempDir>,
-}
-
-/// LOOPER_KEEP_TESTDIR=1 keeps the directory (node logs, data dirs).
-fn scratch() -> Result<Scratch> {
-    let tmp = tempfile::tempdir()?;
-    if std::env::var_os("LOOPER_KEEP_TESTDIR").is_some() {
-        let dir = tmp.keep();
-        eprintln!("test dir (kept): {}", dir.display());
-        Ok(Scratch { dir, _tmp: None })
-    } else {
-        Ok(Scratch { dir: tmp.path().to_path_buf(), _tmp: Some(tmp) })
-    }
-}
 
 fn config(dir: &std::path::Path, seller: NodeSpec) -> HarnessConfig {
     let mut c = HarnessConfig::new(dir, env!("CARGO_BIN_EXE_looper-node"));
@@ -536,33 +521,6 @@ async fn check_refunded(h: &Harness, before: Balances, swap_id: &str) -> Result<
     Ok(f)
 }
 
-async fn state_of(h: &Harness, node: &str, swap_id: &str) -> String {
-    match h.node(node) {
-        Ok(n) => n.api().swap(swap_id).await.map(|v| v.state).unwrap_or_default(),
-        Err(_) => String::new(),
-    }
-}
-
-/// Takes the seller's offer asking 50 confirmations (so the buyer never pays); the swap id once
-/// the buyer sees the funded HTLC.
-async fn take_unpaid(h: &Harness) -> Result<String> {
-    let offer = h.best_offer("buyer", AMOUNT).await?;
-    let body = json!({
-        "offer": offer.offer,
-        "seller": offer.seller,
-        "amount_sat": AMOUNT,
-        "max_total_fee_sat": MAX_FEE,
-        "min_confirmations": 50,
-    });
-    let v: Value = h.node("buyer")?.api().post("/v1/swaps/out", &body).await?;
-    let id = v["swap_id"].as_str().context("swap_id")?.to_string();
-    wait_until("buyer sees the funded htlc", SWAP_TIMEOUT, || async {
-        (state_of(h, "buyer", &id).await == "Funded").then_some(())
-    })
-    .await?;
-    Ok(id)
-}
-
 /// The refund paths on one harness whose seller offers the shortest timeout (claim margin 2,
 /// 1 confirmation: 45 blocks, +15): a cooperative refund (the buyer aborts once funded), a
 /// cooperative refund with the seller killed in `RefundingCooperatively` (buyer frozen, so no
@@ -581,7 +539,7 @@ async fn e2e_refunds() -> Result<()> {
     // 1. Cooperative refund: the buyer aborts once funded.
     let t = Instant::now();
     let before = balances(&h).await?;
-    let id = take_unpaid(&h).await?;
+    let id = take_unpaid(&h, SWAP_TIMEOUT).await?;
     let _: Value =
         h.node("buyer")?.api().post(&format!("/v1/swaps/{id}/abort"), &json!({})).await?;
     let miner = h.start_miner(Duration::from_secs(1));
@@ -595,7 +553,7 @@ async fn e2e_refunds() -> Result<()> {
     // 2. Cooperative refund, the seller killed in RefundingCooperatively and in Refunding.
     let t = Instant::now();
     let before = balances(&h).await?;
-    let id = take_unpaid(&h).await?;
+    let id = take_unpaid(&h, SWAP_TIMEOUT).await?;
     let _: Value =
         h.node("buyer")?.api().post(&format!("/v1/swaps/{id}/abort"), &json!({})).await?;
     // The abort is on the relay when the call returns; the frozen buyer answers nothing.
