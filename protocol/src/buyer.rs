@@ -571,28 +571,8 @@ impl BuyerSwap {
             }
             Event::HtlcSpent { tx, confirmed_height } => self.on_htlc_spent(tx, confirmed_height),
             Event::PaymentSucceeded { preimage } => self.on_payment_succeeded(preimage, ctx, rng),
-            Event::PaymentFailed { reason } => match &self.state {
-                BuyerState::Paying { payment_attempts, .. }
-                    if *payment_attempts < MAX_PAYMENT_ATTEMPTS =>
-                {
-                    self.retry_payment(ctx, reason, false)
-                }
-                BuyerState::Paying { .. } => {
-                    self.abort(AbortReason::PaymentFailed, None, Some(reason))
-                }
-                _ => Ok(Vec::new()),
-            },
-            Event::PaymentNotSent { reason } => match &self.state {
-                BuyerState::Paying { unsent_attempts, .. }
-                    if *unsent_attempts < MAX_UNSENT_PAYMENT_ATTEMPTS =>
-                {
-                    self.retry_payment(ctx, reason, true)
-                }
-                BuyerState::Paying { .. } => {
-                    self.abort(AbortReason::PaymentFailed, None, Some(reason))
-                }
-                _ => Ok(Vec::new()),
-            },
+            Event::PaymentFailed { reason } => self.on_payment_failed(ctx, reason, false),
+            Event::PaymentNotSent { reason } => self.on_payment_failed(ctx, reason, true),
             Event::UserAbort => match self.state {
                 BuyerState::Requested | BuyerState::Accepted { .. } | BuyerState::Funded { .. } => {
                     self.abort(AbortReason::UserRequested, None, None)
@@ -609,9 +589,10 @@ impl BuyerSwap {
         }
     }
 
-    /// `Paying` -> `Funded`: the payment failed for good (`unsent`: it was never sent) and
-    /// attempts are left; the next one comes after [`PAYMENT_RETRY_SECS`] and the checks again.
-    fn retry_payment(
+    /// In `Paying`, the payment failed for good (`unsent`: it was never sent). With attempts
+    /// left: back to `Funded`, the next attempt after [`PAYMENT_RETRY_SECS`] and the checks
+    /// again (an unsent attempt does not count as a failed one); else abort.
+    fn on_payment_failed(
         &mut self,
         ctx: &Context,
         reason: String,
@@ -621,13 +602,20 @@ impl BuyerSwap {
         else {
             return Ok(Vec::new());
         };
-        let (terms, htlc) = (terms.clone(), htlc.clone());
-        // An attempt that was never sent does not count as a failed one.
-        let (payment_attempts, unsent_attempts) = if unsent {
-            (payment_attempts.saturating_sub(1), unsent_attempts.saturating_add(1))
+        let (payment_attempts, unsent_attempts, attempts_left) = if unsent {
+            let unsent = *unsent_attempts;
+            (
+                payment_attempts.saturating_sub(1),
+                unsent.saturating_add(1),
+                unsent < MAX_UNSENT_PAYMENT_ATTEMPTS,
+            )
         } else {
-            (*payment_attempts, *unsent_attempts)
+            (*payment_attempts, *unsent_attempts, *payment_attempts < MAX_PAYMENT_ATTEMPTS)
         };
+        if !attempts_left {
+            return self.abort(AbortReason::PaymentFailed, None, Some(reason));
+        }
+        let (terms, htlc) = (terms.clone(), htlc.clone());
         self.go(BuyerState::Funded {
             terms,
             htlc,

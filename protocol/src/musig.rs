@@ -237,18 +237,10 @@ impl InitiatorSession {
         their_nonce: &PubNonce,
         their_partial: PartialSignature,
     ) -> Result<schnorr::Signature, MusigError> {
+        self.verify_peer(their_nonce, their_partial)?;
         let our_nonce = self.secnonce.public_nonce();
         let agg_nonce = aggregate_nonces(self.who, &our_nonce, their_nonce);
         let msg: &[u8; 32] = self.sighash.as_ref();
-        musig2::verify_partial(
-            &self.key_agg,
-            their_partial,
-            &agg_nonce,
-            self.their_pubkey,
-            their_nonce,
-            msg,
-        )
-        .map_err(|_| MusigError::BadPartialSignature)?;
         let ours: PartialSignature =
             musig2::sign_partial(&self.key_agg, self.seckey, self.secnonce.0, &agg_nonce, msg)
                 .map_err(|e| MusigError::Signing(e.to_string()))?;
