@@ -6,10 +6,10 @@
 //! - BIP-0341 (taproot outputs and key-path signing) through `bitcoin` 0.32 (`TaprootBuilder`,
 //!   `SighashCache`).
 //!
-//! The vectors are read at test time from `../shared/vectors` beside the repository (see its
-//! README: data from the BIP repository at commit 7fe0b034). Every test counts the cases it
-//! exercised and asserts the total, so a file that is missing cases (or a loop that silently skips
-//! some) fails.
+//! The vectors are read at test time from `protocol/tests/vectors/` (copied unchanged from the
+//! bitcoin/bips repository at commit 7fe0b034; its README names each file's source and license).
+//! Every test counts the cases it exercised and asserts the total, so a file that is missing cases
+//! (or a loop that silently skips some) fails.
 //!
 //! Not covered: `bip0327/det_sign_vectors.json` (deterministic signing, `DeterministicSign` in
 //! BIP-0327) has no implementation in `musig2` 0.1.2 (its `deterministic` module is RFC6979 for
@@ -43,7 +43,7 @@ use serde_json::Value;
 // helpers
 
 fn vectors_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors"))
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/vectors"))
 }
 
 fn read(rel: &str) -> String {
