@@ -422,6 +422,15 @@ async fn swap_out(
             if id.as_ref().is_some_and(|id| *id != offer.offer_id) {
                 return Err(ApiError::bad("offer_id", "differs from offer.offer_id"));
             }
+            // An inline offer is checked as strictly as one read from a relay.
+            offer.validate().map_err(|e| ApiError::bad("offer", e))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            if offer.is_expired(now) {
+                return Err(ApiError::bad("offer", "offer expired"));
+            }
             offer
         }
         (None, Some(id)) => {
@@ -457,6 +466,7 @@ async fn swap_out(
             .unwrap_or(defaults.max_total_fee_sat.min(ppm_limit)),
         max_route_cltv: req.max_route_cltv.unwrap_or(defaults.max_route_cltv),
         min_confirmations: req.min_confirmations.unwrap_or(defaults.min_confirmations),
+        ..defaults
     };
     let id = s
         .engine

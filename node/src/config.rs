@@ -213,6 +213,9 @@ pub struct BuyerConfig {
     pub max_route_cltv_blocks: u32,
     /// Confirmations of the HTLC funding output demanded before paying, whatever the offer says.
     pub min_confirmations: u32,
+    /// The buyer's own floor for an offer's `claim_margin` (blocks kept for the claim after a
+    /// payment resolves): offers below it are refused, whatever the seller says.
+    pub min_claim_margin_blocks: u32,
 }
 
 /// On-chain fee settings (`[fees]`).
@@ -266,6 +269,7 @@ impl Default for BuyerConfig {
             max_total_fee_ppm: 20_000,
             max_route_cltv_blocks: 288,
             min_confirmations: 1,
+            min_claim_margin_blocks: looper_protocol::buyer::DEFAULT_MIN_CLAIM_MARGIN,
         }
     }
 }
@@ -667,6 +671,9 @@ impl Config {
         }
         if b.min_confirmations > 100 {
             return Err(invalid("buyer.min_confirmations", "must be <= 100"));
+        }
+        if b.min_claim_margin_blocks == 0 || b.min_claim_margin_blocks > 1000 {
+            return Err(invalid("buyer.min_claim_margin_blocks", "must be between 1 and 1000"));
         }
         Ok(())
     }

@@ -26,9 +26,10 @@ use looper_protocol::messages::{Envelope, ErrorCode, ErrorMessage, Message, Offe
 use looper_protocol::record::SwapRecord as ProtoRecord;
 use looper_protocol::seller::{SellerPolicy, SellerState, SellerSwap};
 use looper_protocol::swap::{
-    Action, Context, Event, Notification, StateKind, TxPurpose, CLAIM_FEE_TARGET_BLOCKS,
+    Action, Context, Event, HtlcStatus, Notification, PaymentStatus, StateKind, TxPurpose,
+    CLAIM_FEE_TARGET_BLOCKS,
 };
-use looper_protocol::{PaymentHash, SwapId};
+use looper_protocol::{PaymentHash, Preimage, SwapId};
 use rand::RngCore;
 use serde::Serialize;
 use tokio::sync::{broadcast, Mutex};
@@ -218,12 +219,32 @@ fn status_of(kind: StateKind) -> SwapStatus {
     }
 }
 
+/// What the chain watcher reported about an outpoint, so that only changes are fed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Seen {
+    /// The HTLC output itself.
+    Output(OutPoint),
+    /// Its spend.
+    Spend(OutPoint),
+}
+
+/// What was reported for a [`Seen`] key: the transaction and its confirmation height.
+type SeenValue = (bitcoin::Txid, Option<u32>);
+
 struct Active {
     machine: Machine,
     /// Scripts watched for the HTLC output and its spend.
     watch: Vec<ScriptBuf>,
-    /// What was last reported per outpoint ("out"/"spent" key -> value), to feed changes only.
-    seen: HashMap<String, String>,
+    /// What was last reported per outpoint, to feed changes only.
+    seen: HashMap<Seen, SeenValue>,
+    /// The record loaded but `resume` failed: tried again at every chain poll.
+    needs_resume: bool,
+}
+
+impl Active {
+    fn new(machine: Machine) -> Self {
+        Active { machine, watch: Vec::new(), seen: HashMap::new(), needs_resume: false }
+    }
 }
 
 struct State {
@@ -332,32 +353,55 @@ impl Engine {
                     continue;
                 }
             };
-            let keys = SwapKeys::derive(&self.inner.swap_master, proto.key_index())
-                .map_err(|e| EngineError::Keys(e.to_string()))?;
-            let mut rng = rand::rngs::OsRng;
-            let (machine, actions) = match proto {
-                ProtoRecord::Buyer(mut b) => {
-                    let r = b.attach_keys(keys).and_then(|_| b.resume(&ctx, &mut rng));
-                    (Machine::Buyer(b), r)
-                }
-                ProtoRecord::Seller(mut s) => {
-                    let r = s.attach_keys(keys).and_then(|_| s.resume(&ctx, &mut rng));
-                    (Machine::Seller(s), r)
-                }
-            };
-            let actions = match actions {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::error!(swap = %id, error = %e, "cannot resume swap");
-                    continue;
-                }
+            let machine = match proto {
+                ProtoRecord::Buyer(b) => Machine::Buyer(b),
+                ProtoRecord::Seller(s) => Machine::Seller(s),
             };
             tracing::info!(swap = %id, state = machine.state_name(), "resuming swap");
-            st.swaps.insert(id, Active { machine, watch: Vec::new(), seen: HashMap::new() });
-            self.carry_out(&mut st, id, actions).await;
+            st.swaps.insert(id, Active::new(machine));
+            self.resume_one(&mut st, id, &ctx).await;
         }
         self.flush_funding(&mut st).await;
         Ok(())
+    }
+
+    /// Attaches the keys and carries out `resume`. A failure never drops the swap: it stays in
+    /// memory (watched, shown in the API and its event log) and is tried again at every poll.
+    async fn resume_one(&self, st: &mut State, id: SwapId, ctx: &Context) {
+        let Some(active) = st.swaps.get_mut(&id) else { return };
+        let mut rng = rand::rngs::OsRng;
+        let result = (|| {
+            let index = match &active.machine {
+                Machine::Buyer(b) => b.key_index,
+                Machine::Seller(s) => s.key_index,
+            };
+            let keys = SwapKeys::derive(&self.inner.swap_master, index)
+                .map_err(|e| format!("cannot derive swap keys: {e}"))?;
+            match &mut active.machine {
+                Machine::Buyer(b) => b.attach_keys(keys).and_then(|_| b.resume(ctx, &mut rng)),
+                Machine::Seller(s) => s.attach_keys(keys).and_then(|_| s.resume(ctx, &mut rng)),
+            }
+            .map_err(|e| e.to_string())
+        })();
+        match result {
+            Ok(actions) => {
+                let retried = active.needs_resume;
+                active.needs_resume = false;
+                if retried {
+                    tracing::info!(swap = %id, "swap resumed after an earlier failure");
+                }
+                self.carry_out(st, id, actions).await;
+            }
+            Err(reason) => {
+                let first = !active.needs_resume;
+                active.needs_resume = true;
+                if first {
+                    tracing::error!(swap = %id, error = %reason, "cannot resume swap; trying again at every poll");
+                    let note = Notification::Stalled { reason: format!("cannot resume: {reason}") };
+                    self.carry_out(st, id, vec![Action::Notify(note)]).await;
+                }
+            }
+        }
     }
 
     /// Subscribes to every swap's notifications.
@@ -545,10 +589,7 @@ impl Engine {
         let (swap, actions) =
             BuyerSwap::start(start, &ctx).map_err(|e| EngineError::Refused(e.to_string()))?;
         tracing::info!(swap = %swap_id, amount_sat, "taking offer");
-        st.swaps.insert(
-            swap_id,
-            Active { machine: Machine::Buyer(swap), watch: Vec::new(), seen: HashMap::new() },
-        );
+        st.swaps.insert(swap_id, Active::new(Machine::Buyer(swap)));
         self.carry_out(&mut st, swap_id, actions).await;
         self.flush_funding(&mut st).await;
         Ok(swap_id)
@@ -649,28 +690,36 @@ impl Engine {
     /// has it delivered again after the restart (the transport runs with `manual_ack`).
     async fn on_incoming(&self, inc: Incoming) {
         let event_id = inc.event_id;
-        self.handle_incoming(inc).await;
+        if !self.handle_incoming(inc).await {
+            // The swap's record could not be persisted: the event stays unprocessed and comes
+            // again with the next refetch (or after a restart).
+            tracing::warn!(
+                "a nostr message was not processed (persisting failed); kept for redelivery"
+            );
+            return;
+        }
         if let Err(e) = self.inner.transport.ack(&event_id) {
             tracing::warn!(error = %e, "cannot mark a nostr event processed");
         }
     }
 
-    async fn handle_incoming(&self, inc: Incoming) {
+    /// `false` when the engine could not persist what follows from the message.
+    async fn handle_incoming(&self, inc: Incoming) -> bool {
         let env = match inc.message {
             Ok(env) => env,
             Err(e) => {
                 tracing::debug!(sender = %inc.sender, error = %e, "undecodable swap message");
                 // Answer when the message names a swap, within the sender's reply budget.
-                let Some(reply) = e.reply(0) else { return };
+                let Some(reply) = e.reply(0) else { return true };
                 let allowed = self.inner.state.lock().await.decode_replies.check(&inc.sender);
                 if !allowed {
                     tracing::debug!(sender = %inc.sender, "decode-error reply rate limited");
-                    return;
+                    return true;
                 }
                 if let Err(e) = self.inner.transport.send(&inc.sender, &[], &reply).await {
                     tracing::debug!(error = %e, "cannot send decode-error reply");
                 }
-                return;
+                return true;
             }
         };
         let sender = inc.sender.to_hex();
@@ -679,17 +728,22 @@ impl Engine {
         let known_peer = st.swaps.get(&id).map(|a| a.machine.peer().to_string());
         match known_peer {
             Some(peer) if peer == sender => {
-                if let Err(e) = self.feed(&mut st, id, Event::Message(env)).await {
-                    tracing::debug!(swap = %id, error = %e, "message refused");
+                match self.feed(&mut st, id, Event::Message(env)).await {
+                    Ok(done) => done,
+                    Err(e) => {
+                        tracing::debug!(swap = %id, error = %e, "message refused");
+                        true
+                    }
                 }
             }
             Some(_) => {
                 tracing::warn!(swap = %id, sender = %sender, "message from a stranger for a known swap");
                 self.reply_error(&inc.sender, &env, ErrorCode::UnknownSwap, "unknown swap").await;
+                true
             }
             None => match &env.body {
                 Message::SwapRequest(_) => self.on_request(&mut st, inc.sender, env).await,
-                Message::Error(_) => {}
+                Message::Error(_) => true,
                 _ => {
                     // A finished swap (not in memory) or a stranger.
                     let stored = blocking_store(|| self.inner.store.get_swap(&id)).ok().flatten();
@@ -697,6 +751,7 @@ impl Engine {
                         self.reply_error(&inc.sender, &env, ErrorCode::UnknownSwap, "unknown swap")
                             .await;
                     }
+                    true
                 }
             },
         }
@@ -718,11 +773,11 @@ impl Engine {
         }
     }
 
-    async fn on_request(&self, st: &mut State, sender: NostrPublicKey, env: Envelope) {
-        let Message::SwapRequest(req) = env.body.clone() else { return };
+    async fn on_request(&self, st: &mut State, sender: NostrPublicKey, env: Envelope) -> bool {
+        let Message::SwapRequest(req) = env.body.clone() else { return true };
         let id = env.swap_id;
         if blocking_store(|| self.inner.store.get_swap(&id)).ok().flatten().is_some() {
-            return; // a finished swap's request again
+            return true; // a finished swap's request again
         }
         if let Some(max) = self.inner.config.max_concurrent_swaps {
             let serving = st
@@ -742,7 +797,7 @@ impl Engine {
                     "too many swaps in progress",
                 )
                 .await;
-                return;
+                return true;
             }
         }
         let offer = blocking_store(|| self.inner.store.get_offer(&req.offer_id))
@@ -751,7 +806,7 @@ impl Engine {
             .and_then(|v| serde_json::from_value::<Offer>(v).ok());
         let Some(offer) = offer else {
             self.reply_error(&sender, &env, ErrorCode::UnknownOffer, "no such offer").await;
-            return;
+            return true;
         };
         let keys = match blocking_store(|| self.inner.store.next_swap_index())
             .map_err(|e| e.to_string())
@@ -761,7 +816,7 @@ impl Engine {
             Err(e) => {
                 tracing::error!(error = %e, "cannot derive swap keys");
                 self.reply_error(&sender, &env, ErrorCode::Internal, "internal error").await;
-                return;
+                return true;
             }
         };
         let refund = match self.inner.wallet.new_address() {
@@ -769,7 +824,7 @@ impl Engine {
             Err(e) => {
                 tracing::error!(error = %e, "no refund address");
                 self.reply_error(&sender, &env, ErrorCode::Internal, "internal error").await;
-                return;
+                return true;
             }
         };
         match SellerSwap::from_request(
@@ -784,15 +839,8 @@ impl Engine {
         ) {
             Ok((swap, actions)) => {
                 tracing::info!(swap = %id, amount_sat = swap.request.amount_sat, "new swap request accepted");
-                st.swaps.insert(
-                    id,
-                    Active {
-                        machine: Machine::Seller(swap),
-                        watch: Vec::new(),
-                        seen: HashMap::new(),
-                    },
-                );
-                self.carry_out(st, id, actions).await;
+                st.swaps.insert(id, Active::new(Machine::Seller(swap)));
+                self.carry_out(st, id, actions).await
             }
             Err(err) => {
                 tracing::info!(swap = %id, error = %err.message, "swap request refused");
@@ -800,6 +848,7 @@ impl Engine {
                 if let Err(e) = self.inner.transport.send(&sender, &[], &reply).await {
                     tracing::debug!(error = %e, "cannot send error reply");
                 }
+                true
             }
         }
     }
@@ -829,7 +878,11 @@ impl Engine {
                 (payment_hash, Event::PaymentSucceeded { preimage })
             }
             LightningEvent::PaymentFailed { payment_hash: Some(h), reason } => {
-                (h, Event::PaymentFailed { reason })
+                // The event names no attempt, and may be a replay of an earlier attempt's
+                // failure: what counts is what the node knows now (pending: another attempt is
+                // in flight, the failure is stale).
+                tracing::debug!(reason = %reason, "lightning payment failed");
+                (h, Event::PaymentStatus { payment_hash: h, status: self.payment_status(h) })
             }
             LightningEvent::PaymentFailed { payment_hash: None, .. } => return true,
         };
@@ -851,10 +904,10 @@ impl Engine {
     /// One chain poll: new tip and fee rate, each watched script's output and spend, then a tick.
     async fn poll(&self) {
         let tip = match self.inner.chain.tip_height().await {
-            Ok(t) => t,
+            Ok(t) => Some(t),
             Err(e) => {
-                tracing::warn!(error = %e, "chain poll failed");
-                return;
+                tracing::warn!(error = %e, "chain poll failed; the swaps' clock keeps moving");
+                None
             }
         };
         let fee_rate = fee_rate(&*self.inner.chain, &self.inner.wallet).await;
@@ -873,7 +926,20 @@ impl Engine {
             // Funds may have arrived: the refresh publishes the offer again if they did.
             tokio::spawn(self.clone().refresh_served_offer_owned());
         }
+        let Some(tip) = tip else {
+            // The chain source is down: time still passes (coop deadlines, invoice expiry,
+            // payment retries), the tip stays where it was last seen.
+            st.ctx.now_secs = now_secs();
+            self.tick_pending(&mut st).await;
+            return;
+        };
         st.ctx = Context { now_secs: now_secs(), tip_height: tip, fee_rate };
+        let stalled: Vec<SwapId> =
+            st.swaps.iter().filter(|(_, a)| a.needs_resume).map(|(id, _)| *id).collect();
+        let ctx = st.ctx;
+        for id in stalled {
+            self.resume_one(&mut st, id, &ctx).await;
+        }
         let ids: Vec<SwapId> = st
             .swaps
             .iter()
@@ -883,6 +949,12 @@ impl Engine {
         for id in ids {
             self.check_chain(&mut st, id).await;
         }
+        self.tick_pending(&mut st).await;
+        self.flush_funding(&mut st).await;
+    }
+
+    /// Feeds a tick to every pending swap.
+    async fn tick_pending(&self, st: &mut State) {
         let pending: Vec<SwapId> = st
             .swaps
             .iter()
@@ -890,11 +962,10 @@ impl Engine {
             .map(|(id, _)| *id)
             .collect();
         for id in pending {
-            if let Err(e) = self.feed(&mut st, id, Event::Tick).await {
+            if let Err(e) = self.feed(st, id, Event::Tick).await {
                 tracing::debug!(swap = %id, error = %e, "tick refused");
             }
         }
-        self.flush_funding(&mut st).await;
     }
 
     async fn check_chain(&self, st: &mut State, id: SwapId) {
@@ -907,7 +978,7 @@ impl Engine {
                     continue;
                 }
             };
-            let mut events = Vec::new();
+            let mut events: Vec<(Seen, Option<SeenValue>, Event)> = Vec::new();
             let mut outputs: Vec<OutPoint> = Vec::new();
             for h in &history {
                 let txid = h.tx.compute_txid();
@@ -918,11 +989,9 @@ impl Engine {
                     let Ok(vout) = u32::try_from(vout) else { continue };
                     let outpoint = OutPoint { txid, vout };
                     outputs.push(outpoint);
-                    let key = format!("out {outpoint}");
-                    let val = format!("{:?}", h.status.height());
                     events.push((
-                        key,
-                        val,
+                        Seen::Output(outpoint),
+                        Some((txid, h.status.height())),
                         Event::HtlcOutput {
                             outpoint,
                             value_sat: o.value.to_sat(),
@@ -935,23 +1004,53 @@ impl Engine {
             for op in &outputs {
                 let spender =
                     history.iter().find(|h| h.tx.input.iter().any(|i| i.previous_output == *op));
-                if let Some(h) = spender {
-                    let key = format!("spent {op}");
-                    let val = format!("{} {:?}", h.tx.compute_txid(), h.status.height());
-                    events.push((
-                        key,
-                        val,
+                match spender {
+                    Some(h) => events.push((
+                        Seen::Spend(*op),
+                        Some((h.tx.compute_txid(), h.status.height())),
                         Event::HtlcSpent { tx: h.tx.clone(), confirmed_height: h.status.height() },
-                    ));
+                    )),
+                    None => {
+                        // A spend seen before is gone (reorganised out): forget it, so that the
+                        // next spend is reported.
+                        if let Some(a) = st.swaps.get_mut(&id) {
+                            a.seen.remove(&Seen::Spend(*op));
+                        }
+                    }
+                }
+            }
+            // Outputs of this script seen before that are in neither the chain nor the mempool
+            // any more (reorganised out and dropped, or double-spent).
+            let gone: Vec<OutPoint> = st
+                .swaps
+                .get(&id)
+                .map(|a| {
+                    a.seen
+                        .keys()
+                        .filter_map(|k| match k {
+                            Seen::Output(op) if !outputs.contains(op) => Some(*op),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            for outpoint in gone {
+                if let Some(a) = st.swaps.get_mut(&id) {
+                    a.seen.remove(&Seen::Output(outpoint));
+                    a.seen.remove(&Seen::Spend(outpoint));
+                }
+                tracing::warn!(swap = %id, %outpoint, "htlc output left the chain");
+                if let Err(e) = self.feed(st, id, Event::HtlcGone { outpoint }).await {
+                    tracing::debug!(swap = %id, error = %e, "chain event refused");
                 }
             }
             for (key, val, event) in events {
                 let changed =
-                    st.swaps.get(&id).map(|a| a.seen.get(&key) != Some(&val)).unwrap_or(false);
+                    st.swaps.get(&id).map(|a| a.seen.get(&key) != val.as_ref()).unwrap_or(false);
                 if !changed {
                     continue;
                 }
-                if let Some(a) = st.swaps.get_mut(&id) {
+                if let (Some(a), Some(val)) = (st.swaps.get_mut(&id), val) {
                     a.seen.insert(key, val);
                 }
                 if let Err(e) = self.feed(st, id, event).await {
@@ -959,6 +1058,39 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// What the Lightning node knows now of the payment for `hash`.
+    fn payment_status(&self, hash: PaymentHash) -> PaymentStatus {
+        match self.inner.lightning.payment(hash) {
+            None => PaymentStatus::Unknown,
+            Some(p) => match p.status.as_str() {
+                "pending" => PaymentStatus::Pending,
+                "succeeded" => PaymentStatus::Succeeded {
+                    preimage: p.preimage.as_deref().and_then(|h| h.parse::<Preimage>().ok()),
+                },
+                _ => PaymentStatus::Failed,
+            },
+        }
+    }
+
+    /// The HTLC output as the chain source sees it now (`None`: the source failed).
+    async fn htlc_status(&self, outpoint: OutPoint, spk: &ScriptBuf) -> Option<HtlcStatus> {
+        let history = match self.inner.chain.script_history(spk).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(%outpoint, error = %e, "cannot check the htlc before paying");
+                return None;
+            }
+        };
+        let Some(h) = history.iter().find(|h| h.tx.compute_txid() == outpoint.txid) else {
+            return Some(HtlcStatus::Missing);
+        };
+        let value_sat = h.tx.output.get(outpoint.vout as usize)?.value.to_sat();
+        if history.iter().any(|h| h.tx.input.iter().any(|i| i.previous_output == outpoint)) {
+            return Some(HtlcStatus::Spent);
+        }
+        Some(HtlcStatus::Unspent { value_sat, confirmed_height: h.status.height() })
     }
 
     /// Feeds one event and carries out what follows (including events the actions produce).
@@ -1072,20 +1204,39 @@ impl Engine {
                 }
                 Ok(None)
             }
-            Action::PayInvoice { invoice, max_total_cltv_expiry_delta, .. } => {
+            Action::PayInvoice { invoice, max_total_cltv_expiry_delta, attempt, .. } => {
+                let hash = active.machine.payment_hash();
                 match self.inner.lightning.pay(&invoice, max_total_cltv_expiry_delta).await {
                     Ok(PayOutcome::Started) | Ok(PayOutcome::AlreadyPending) => Ok(None),
                     Ok(PayOutcome::AlreadySucceeded(preimage)) => {
                         Ok(Some(Event::PaymentSucceeded { preimage }))
                     }
-                    // A send that did not start left nothing in flight: the buyer retries
-                    // without counting it as a failed payment (a peer still reconnecting).
                     Err(e @ LightningError::Invalid { .. }) => {
-                        Ok(Some(Event::PaymentFailed { reason: e.to_string() }))
+                        Ok(Some(Event::PaymentFailed { attempt, reason: e.to_string() }))
                     }
-                    Err(e) => Ok(Some(Event::PaymentNotSent { reason: e.to_string() })),
+                    // The send failed: unless the node says a payment for the hash is in flight
+                    // or done (an HTLC went out after all), nothing was sent and the buyer
+                    // retries without counting it as a failed payment (a peer reconnecting).
+                    Err(e) => Ok(Some(match hash.map(|h| self.payment_status(h)) {
+                        Some(PaymentStatus::Pending) => {
+                            tracing::warn!(swap = %id, error = %e, "send reported an error but the payment is in flight");
+                            return Ok(None);
+                        }
+                        Some(PaymentStatus::Succeeded { preimage: Some(preimage) }) => {
+                            Event::PaymentSucceeded { preimage }
+                        }
+                        _ => Event::PaymentNotSent { attempt, reason: e.to_string() },
+                    })),
                 }
             }
+            Action::CheckPayment { payment_hash } => Ok(Some(Event::PaymentStatus {
+                payment_hash,
+                status: self.payment_status(payment_hash),
+            })),
+            Action::CheckHtlc { outpoint, script_pubkey } => Ok(self
+                .htlc_status(outpoint, &script_pubkey)
+                .await
+                .map(|status| Event::HtlcChecked { outpoint, status })),
             Action::ClaimPayment { payment_hash, preimage, amount_msat } => {
                 if let Err(e) =
                     self.inner.lightning.claim_for_hash(payment_hash, amount_msat, &preimage).await

@@ -243,6 +243,9 @@ impl LooperNode {
                 max_total_fee_sat: self.config.buyer.max_total_fee_sat,
                 max_route_cltv: self.config.buyer.max_route_cltv_blocks,
                 min_confirmations: self.config.buyer.min_confirmations,
+                min_claim_margin: self.config.buyer.min_claim_margin_blocks,
+                // Claims are never priced above the node's fee-rate cap.
+                max_claim_fee_rate_sat_vb: self.config.fees.max_fee_rate_sat_vb,
             },
             buyer_max_fee_ppm: Some(self.config.buyer.max_total_fee_ppm),
         };

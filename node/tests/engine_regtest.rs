@@ -242,8 +242,12 @@ async fn loop_out(cooperative: bool) -> Result<()> {
     // ldk-node accepts inbound HTLCs in flight up to 10% of the channel by default.
     let amount = 100_000;
     let seller_pk = seller.engine.transport().public_key();
-    let policy =
-        BuyerPolicy { max_total_fee_sat: 10_000, max_route_cltv: 200, min_confirmations: 1 };
+    let policy = BuyerPolicy {
+        max_total_fee_sat: 10_000,
+        max_route_cltv: 200,
+        min_confirmations: 1,
+        ..BuyerPolicy::default()
+    };
     let swap_id: SwapId = buyer.engine.take_offer(offer, seller_pk, amount, policy).await?;
 
     let kind = wait_for("buyer swap finished", || async {
@@ -446,8 +450,14 @@ async fn unpaid_swap(abort: bool) -> Result<()> {
     assert_eq!(found.offer.timeout_delta, timeout_delta);
 
     // The buyer waits for more confirmations than the swap can get: it never pays.
-    let policy =
-        BuyerPolicy { max_total_fee_sat: 10_000, max_route_cltv: 200, min_confirmations: 1_000 };
+    let policy = BuyerPolicy {
+        max_total_fee_sat: 10_000,
+        max_route_cltv: 200,
+        min_confirmations: 1_000,
+        // The offer's 2-block margin keeps the test short; the buyer's floor follows it.
+        min_claim_margin: 2,
+        ..BuyerPolicy::default()
+    };
     let amount = 50_000;
     let swap_id = buyer.engine.take_offer(found.offer.clone(), seller_pk, amount, policy).await?;
     wait_for("buyer sees the funded htlc", || async {

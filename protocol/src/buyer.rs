@@ -15,7 +15,7 @@ use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, Txid};
 use lightning_invoice::Bolt11Invoice;
 use serde::{Deserialize, Serialize};
 
-use crate::htlc::{Htlc, HtlcParams};
+use crate::htlc::{Htlc, HtlcParams, HtlcSpendPath};
 use crate::keys::SwapKeys;
 use crate::messages::{
     AbortReason, CoopClaimRequest, CoopRefundRequest, CoopRefundResponse, ErrorCode, ErrorMessage,
@@ -23,15 +23,15 @@ use crate::messages::{
     MIN_CLTV_BUDGET_BLOCKS,
 };
 use crate::musig::{self, InitiatorSession, Signer};
-use crate::spend::{HtlcInput, SpendPath, SpendTx};
+use crate::spend::{HtlcInput, SpendPath, SpendTx, CLAIM_SCRIPT_PATH_VBYTES};
 use musig2::BinaryEncoding;
 
 use crate::swap::{
-    check_transition, confirmations, persist_first, Action, Context, Ephemeral, Event, Inbox,
-    Notification, Outbox, StateKind, SwapError, Transition, TxPurpose, COOP_TIMEOUT_SECS,
-    TIMEOUT_SLACK_BLOCKS,
+    check_transition, confirmations, persist_first, rebroadcast, Action, Context, Ephemeral, Event,
+    HtlcStatus, Inbox, Notification, Outbox, PaymentStatus, StateKind, SwapError, Transition,
+    TxPurpose, COOP_TIMEOUT_SECS, DEFAULT_CLAIM_MARGIN, TIMEOUT_SLACK_BLOCKS,
 };
-use crate::terms::Quote;
+use crate::terms::{Quote, DUST_LIMIT_SAT};
 use crate::types::{PaymentHash, Preimage, SwapDirection, SwapId};
 
 /// Cooperative claim attempts before the buyer claims through the script path.
@@ -125,6 +125,24 @@ pub enum BuyerCheckError {
     /// The HTLC was spent before we paid.
     #[error("htlc spent before payment")]
     HtlcSpent,
+    /// The offer keeps fewer blocks for the claim than the buyer's own floor.
+    #[error("offer's claim margin of {offered} blocks is below this node's floor of {min}")]
+    ClaimMarginTooLow {
+        /// The offer's `claim_margin`.
+        offered: u32,
+        /// The buyer's floor ([`BuyerPolicy::min_claim_margin`]).
+        min: u32,
+    },
+    /// A claim at the highest fee rate the buyer would pay leaves the HTLC at or below dust.
+    #[error("a claim at {fee_rate_sat_vb} sat/vB costs {claim_fee_sat} sat: too much of the {htlc_sat} sat htlc")]
+    ClaimUnaffordable {
+        /// The HTLC value.
+        htlc_sat: u64,
+        /// The script-path claim fee at that rate.
+        claim_fee_sat: u64,
+        /// The rate ([`BuyerPolicy::max_claim_fee_rate_sat_vb`]).
+        fee_rate_sat_vb: u64,
+    },
 }
 
 /// What the buyer agreed to in `swap_accept`, checked.
@@ -181,6 +199,9 @@ pub enum BuyerState {
         /// No new attempt before this time (unix seconds).
         #[serde(default)]
         retry_at_secs: u64,
+        /// The last payment attempt's number (0: none yet); the next one is numbered above it.
+        #[serde(default)]
+        attempt: u32,
     },
     /// The invoice is being paid: the point of no return.
     Paying {
@@ -196,6 +217,10 @@ pub enum BuyerState {
         /// Payment attempts the Lightning node could not start so far.
         #[serde(default)]
         unsent_attempts: u32,
+        /// This attempt's number ([`Action::PayInvoice`]`::attempt`): a failure reported for
+        /// another attempt is ignored.
+        #[serde(default)]
+        attempt: u32,
     },
     /// Paid; claiming the HTLC.
     Claiming {
@@ -326,11 +351,16 @@ pub const BUYER_TRANSITIONS: &[Transition] = &[
     ("Accepted", "Aborted", "a failed check, swap_abort, user abort, invoice expiry"),
     ("Funded", "Paying", "min_confirmations reached and checks pass / pay"),
     ("Funded", "Aborted", "a failed check, swap_abort, user abort, timeout too close"),
+    ("Funded", "Accepted", "htlc gone from the chain (reorg, double spend)"),
+    ("Funded", "Paying", "a payment for the hash found in flight"),
+    ("Funded", "Claiming", "a payment for the hash found succeeded"),
     ("Paying", "Claiming", "payment succeeded / send coop_claim_request"),
     ("Paying", "Funded", "payment failed or not sent, attempts left / retry in 10 s"),
     ("Paying", "Aborted", "payment failed or not sent, no attempts left / send swap_abort"),
+    ("Aborted", "Claiming", "a payment for the hash found succeeded (claim anyway)"),
     ("Claiming", "ClaimBroadcast", "coop_claim_response, or 30 s / script path"),
     ("Claiming", "Lost", "htlc refunded by the seller"),
+    ("Claiming", "Claimed", "our claim confirmed (broadcast before a restart)"),
     ("ClaimBroadcast", "Claimed", "claim confirmed"),
     ("ClaimBroadcast", "Lost", "htlc refunded by the seller"),
 ];
@@ -344,12 +374,58 @@ pub struct BuyerPolicy {
     pub max_route_cltv: u32,
     /// Confirmations the buyer wants, at least (the offer's count applies if higher).
     pub min_confirmations: u32,
+    /// The buyer's own floor for the blocks kept for its claim after a payment resolves: an
+    /// offer whose `claim_margin` is lower is refused, whatever the seller says (spec
+    /// `02-swap-flow.md`, "Buyer checks").
+    #[serde(default = "default_min_claim_margin")]
+    pub min_claim_margin: u32,
+    /// The highest fee rate the buyer would pay for its claim, in sat/vB: a swap whose HTLC a
+    /// script-path claim at this rate would leave at or below dust is refused.
+    #[serde(default = "default_max_claim_fee_rate")]
+    pub max_claim_fee_rate_sat_vb: u64,
+}
+
+/// Default of [`BuyerPolicy::min_claim_margin`]: [`DEFAULT_CLAIM_MARGIN`] blocks.
+pub const DEFAULT_MIN_CLAIM_MARGIN: u32 = DEFAULT_CLAIM_MARGIN;
+
+/// Default of [`BuyerPolicy::max_claim_fee_rate_sat_vb`].
+pub const DEFAULT_MAX_CLAIM_FEE_RATE_SAT_VB: u64 = 200;
+
+fn default_min_claim_margin() -> u32 {
+    DEFAULT_MIN_CLAIM_MARGIN
+}
+
+fn default_max_claim_fee_rate() -> u64 {
+    DEFAULT_MAX_CLAIM_FEE_RATE_SAT_VB
 }
 
 impl Default for BuyerPolicy {
     fn default() -> Self {
-        Self { max_total_fee_sat: u64::MAX, max_route_cltv: 2016, min_confirmations: 1 }
+        Self {
+            max_total_fee_sat: u64::MAX,
+            max_route_cltv: 2016,
+            min_confirmations: 1,
+            min_claim_margin: DEFAULT_MIN_CLAIM_MARGIN,
+            max_claim_fee_rate_sat_vb: DEFAULT_MAX_CLAIM_FEE_RATE_SAT_VB,
+        }
     }
+}
+
+/// The script-path claim fee of an HTLC of `htlc_sat` at `fee_rate_sat_vb`, checked against
+/// dust.
+///
+/// # Errors
+/// [`BuyerCheckError::ClaimUnaffordable`] when the claim would leave `DUST_LIMIT_SAT` or less.
+pub fn check_claim_affordable(htlc_sat: u64, fee_rate_sat_vb: u64) -> Result<(), BuyerCheckError> {
+    let claim_fee_sat = CLAIM_SCRIPT_PATH_VBYTES.saturating_mul(fee_rate_sat_vb);
+    if htlc_sat.saturating_sub(claim_fee_sat) <= DUST_LIMIT_SAT {
+        return Err(BuyerCheckError::ClaimUnaffordable {
+            htlc_sat,
+            claim_fee_sat,
+            fee_rate_sat_vb,
+        });
+    }
+    Ok(())
 }
 
 /// One loop out, buyer side. Serializes to its record; keys are derived again from `key_index`.
@@ -385,6 +461,19 @@ pub struct BuyerSwap {
     keys: Option<SwapKeys>,
     #[serde(skip)]
     claim_session: Ephemeral<(InitiatorSession, SpendTx)>,
+    /// A `coop_refund_request` waiting for the Lightning node's word that no payment for the
+    /// hash can still succeed ([`Action::CheckPayment`]).
+    #[serde(skip)]
+    pending_refund: Ephemeral<CoopRefundRequest>,
+    /// A [`Action::CheckHtlc`] right before paying is outstanding.
+    #[serde(skip)]
+    verifying_htlc: bool,
+    /// Tip height of the last claim broadcast (rebroadcast once per block until confirmed).
+    #[serde(skip)]
+    broadcast_height: u32,
+    /// A [`Notification::Stalled`] was sent for the current trouble (sent once, not every tick).
+    #[serde(skip)]
+    stall_reported: bool,
 }
 
 /// Everything a buyer needs to start a swap.
@@ -423,6 +512,13 @@ impl BuyerSwap {
         if quote.prepay_sat > 0 {
             return Err(BuyerCheckError::PrepayUnsupported);
         }
+        if start.offer.claim_margin < start.policy.min_claim_margin {
+            return Err(BuyerCheckError::ClaimMarginTooLow {
+                offered: start.offer.claim_margin,
+                min: start.policy.min_claim_margin,
+            });
+        }
+        check_claim_affordable(quote.htlc_amount_sat, start.policy.max_claim_fee_rate_sat_vb)?;
         let request = SwapRequest {
             offer_id: start.offer.offer_id.clone(),
             direction: SwapDirection::LoopOut,
@@ -449,6 +545,10 @@ impl BuyerSwap {
             state: BuyerState::Requested,
             keys: Some(start.keys),
             claim_session: Ephemeral(None),
+            pending_refund: Ephemeral(None),
+            verifying_htlc: false,
+            broadcast_height: 0,
+            stall_reported: false,
         };
         let send = swap.outbox.send(swap.swap_id, Message::SwapRequest(request));
         Ok((swap, vec![Action::Persist, send]))
@@ -501,6 +601,12 @@ impl BuyerSwap {
         })
     }
 
+    /// The blocks kept for the claim after a payment resolves: the offer's margin, never below
+    /// the buyer's own floor.
+    fn claim_margin(&self) -> u32 {
+        self.offer.claim_margin.max(self.policy.min_claim_margin)
+    }
+
     fn htlc(&self) -> Result<Htlc, SwapError> {
         let terms = self.state.terms().ok_or_else(|| SwapError::Internal("no terms yet".into()))?;
         Htlc::new(terms.htlc_params.clone()).map_err(|e| SwapError::Internal(e.to_string()))
@@ -526,13 +632,11 @@ impl BuyerSwap {
             }
         }
         match &self.state {
-            BuyerState::Paying { terms, max_cltv, .. } => {
-                // Paying again is idempotent: the node finds the payment by its hash.
-                actions.push(Action::PayInvoice {
-                    invoice: terms.invoice.clone(),
-                    amount_msat: terms.invoice_amount_msat,
-                    max_total_cltv_expiry_delta: *max_cltv,
-                });
+            BuyerState::Paying { terms, .. } => {
+                // Never pay again blindly: the attempt may be in flight, and its CLTV budget was
+                // computed from an old tip. Ask the node; a new attempt (if any) reruns every
+                // pre-payment check from the current tip.
+                actions.push(Action::CheckPayment { payment_hash: terms.htlc_params.payment_hash });
             }
             BuyerState::Claiming { .. } => {
                 // The nonce died with the process: a new session with a fresh one.
@@ -561,7 +665,7 @@ impl BuyerSwap {
             Event::Message(env) => {
                 let mut actions = Vec::new();
                 for env in self.inbox.accept_for(self.swap_id, env)? {
-                    actions.extend(self.handle_message(env.body, ctx, rng)?);
+                    actions.extend(self.handle_message(env.body, ctx)?);
                 }
                 Ok(persist_first(actions))
             }
@@ -571,8 +675,26 @@ impl BuyerSwap {
             }
             Event::HtlcSpent { tx, confirmed_height } => self.on_htlc_spent(tx, confirmed_height),
             Event::PaymentSucceeded { preimage } => self.on_payment_succeeded(preimage, ctx, rng),
-            Event::PaymentFailed { reason } => self.on_payment_failed(ctx, reason, false),
-            Event::PaymentNotSent { reason } => self.on_payment_failed(ctx, reason, true),
+            Event::PaymentFailed { attempt, reason } => {
+                if self.current_attempt() != Some(attempt) {
+                    return Ok(Vec::new()); // another attempt's failure (stale, replayed)
+                }
+                self.on_payment_failed(ctx, reason, false)
+            }
+            Event::PaymentNotSent { attempt, reason } => {
+                if self.current_attempt() != Some(attempt) {
+                    return Ok(Vec::new());
+                }
+                self.on_payment_failed(ctx, reason, true)
+            }
+            Event::PaymentStatus { payment_hash, status } => {
+                if Some(payment_hash) != self.payment_hash() {
+                    return Ok(Vec::new());
+                }
+                self.on_payment_status(status, ctx, rng)
+            }
+            Event::HtlcChecked { outpoint, status } => self.on_htlc_checked(outpoint, status, ctx),
+            Event::HtlcGone { outpoint } => self.on_htlc_gone(outpoint),
             Event::UserAbort => match self.state {
                 BuyerState::Requested | BuyerState::Accepted { .. } | BuyerState::Funded { .. } => {
                     self.abort(AbortReason::UserRequested, None, None)
@@ -598,10 +720,12 @@ impl BuyerSwap {
         reason: String,
         unsent: bool,
     ) -> Result<Vec<Action>, SwapError> {
-        let BuyerState::Paying { terms, htlc, payment_attempts, unsent_attempts, .. } = &self.state
+        let BuyerState::Paying { terms, htlc, payment_attempts, unsent_attempts, attempt, .. } =
+            &self.state
         else {
             return Ok(Vec::new());
         };
+        let attempt = *attempt;
         let (payment_attempts, unsent_attempts, attempts_left) = if unsent {
             let unsent = *unsent_attempts;
             (
@@ -622,6 +746,7 @@ impl BuyerSwap {
             payment_attempts,
             unsent_attempts,
             retry_at_secs: ctx.now_secs.saturating_add(PAYMENT_RETRY_SECS),
+            attempt,
         })?;
         Ok(vec![
             Action::Persist,
@@ -693,9 +818,16 @@ impl BuyerSwap {
         if invoice.would_expire(Duration::from_secs(ctx.now_secs)) {
             return Err(BuyerCheckError::InvoiceExpired);
         }
+        if self.offer.claim_margin < self.policy.min_claim_margin {
+            return Err(BuyerCheckError::ClaimMarginTooLow {
+                offered: self.offer.claim_margin,
+                min: self.policy.min_claim_margin,
+            });
+        }
+        check_claim_affordable(quote.htlc_amount_sat, self.policy.max_claim_fee_rate_sat_vb)?;
         let min = ctx
             .tip_height
-            .saturating_add(self.offer.claim_margin)
+            .saturating_add(self.claim_margin())
             .saturating_add(MIN_CLTV_BUDGET_BLOCKS);
         let max = ctx
             .tip_height
@@ -741,12 +873,7 @@ impl BuyerSwap {
         })
     }
 
-    fn handle_message<R: RngCore + CryptoRng>(
-        &mut self,
-        body: Message,
-        ctx: &Context,
-        rng: &mut R,
-    ) -> Result<Vec<Action>, SwapError> {
+    fn handle_message(&mut self, body: Message, ctx: &Context) -> Result<Vec<Action>, SwapError> {
         match body {
             Message::SwapAccept(accept) => {
                 if self.state != BuyerState::Requested {
@@ -803,7 +930,7 @@ impl BuyerSwap {
                     }
                 }
             }
-            Message::CoopRefundRequest(req) => self.on_coop_refund_request(req, rng),
+            Message::CoopRefundRequest(req) => self.on_coop_refund_request(req),
             Message::SwapAbort(abort) => {
                 let note = Action::Notify(Notification::Aborted {
                     reason: abort.reason,
@@ -921,11 +1048,15 @@ impl BuyerSwap {
                 None,
             );
         }
-        let (payment_attempts, unsent_attempts, retry_at_secs) = match &self.state {
-            BuyerState::Funded { payment_attempts, unsent_attempts, retry_at_secs, .. } => {
-                (*payment_attempts, *unsent_attempts, *retry_at_secs)
-            }
-            _ => (0, 0, 0),
+        let (payment_attempts, unsent_attempts, retry_at_secs, attempt) = match &self.state {
+            BuyerState::Funded {
+                payment_attempts,
+                unsent_attempts,
+                retry_at_secs,
+                attempt,
+                ..
+            } => (*payment_attempts, *unsent_attempts, *retry_at_secs, *attempt),
+            _ => (0, 0, 0, 0),
         };
         let output = HtlcOutput { outpoint, confirmed_height };
         let changed = current.as_ref() != Some(&output);
@@ -943,6 +1074,7 @@ impl BuyerSwap {
                 payment_attempts,
                 unsent_attempts,
                 retry_at_secs,
+                attempt,
             })?;
             actions.push(Action::Persist);
             actions.push(note);
@@ -955,15 +1087,38 @@ impl BuyerSwap {
         self.offer.min_confirmations.max(self.policy.min_confirmations).max(1)
     }
 
-    /// In `Funded`: pays once confirmed enough and every pre-payment check holds.
+    /// In `Funded`: once confirmed enough and every pre-payment check holds, looks the HTLC up
+    /// on chain once more ([`Action::CheckHtlc`]); the payment starts when the answer
+    /// ([`Event::HtlcChecked`]) confirms it ([`BuyerSwap::pay_if_ready`] with `verified`).
     fn maybe_pay(&mut self, ctx: &Context) -> Result<Vec<Action>, SwapError> {
-        let BuyerState::Funded { terms, htlc, payment_attempts, unsent_attempts, retry_at_secs } =
-            &self.state
+        self.pay_if_ready(ctx, false)
+    }
+
+    /// The pre-payment checks, from the current tip (spec `02-swap-flow.md`, "Buyer checks"):
+    /// invoice not expired, `tip + budget + claim_margin <= timeout` with a budget a route can
+    /// use, the claim affordable, the confirmations. Aborts when a check can no longer pass;
+    /// waits when it may pass later. With every check passing: asks for the chain check first
+    /// (`verified == false`), or pays (`verified == true`).
+    fn pay_if_ready(&mut self, ctx: &Context, verified: bool) -> Result<Vec<Action>, SwapError> {
+        let BuyerState::Funded {
+            terms,
+            htlc,
+            payment_attempts,
+            unsent_attempts,
+            retry_at_secs,
+            attempt,
+        } = &self.state
         else {
             return Ok(Vec::new());
         };
-        let (terms, htlc, attempts, unsent_attempts, retry_at) =
-            (terms.clone(), htlc.clone(), *payment_attempts, *unsent_attempts, *retry_at_secs);
+        let (terms, htlc, attempts, unsent_attempts, retry_at, attempt) = (
+            terms.clone(),
+            htlc.clone(),
+            *payment_attempts,
+            *unsent_attempts,
+            *retry_at_secs,
+            *attempt,
+        );
         if ctx.now_secs >= terms.invoice_expires_at {
             return self.abort(
                 AbortReason::ChecksFailed,
@@ -972,8 +1127,7 @@ impl BuyerSwap {
             );
         }
         let timeout = terms.htlc_params.timeout_height;
-        let available =
-            timeout.saturating_sub(ctx.tip_height).saturating_sub(self.offer.claim_margin);
+        let available = timeout.saturating_sub(ctx.tip_height).saturating_sub(self.claim_margin());
         let needed = MIN_CLTV_BUDGET_BLOCKS.max(terms.min_final_cltv);
         let budget = available.min(self.policy.max_route_cltv);
         if budget < needed {
@@ -983,15 +1137,32 @@ impl BuyerSwap {
                 None,
             );
         }
+        if let Err(check) = check_claim_affordable(
+            terms.quote.htlc_amount_sat,
+            self.policy.max_claim_fee_rate_sat_vb,
+        ) {
+            return self.abort(AbortReason::ChecksFailed, Some(check), None);
+        }
         if confirmations(htlc.confirmed_height, ctx.tip_height) < self.required_confirmations()
             || ctx.now_secs < retry_at
+            || self.pending_refund.0.is_some()
         {
             return Ok(Vec::new());
         }
+        if !verified {
+            if self.verifying_htlc {
+                return Ok(Vec::new());
+            }
+            self.verifying_htlc = true;
+            let script_pubkey = self.htlc()?.script_pubkey().to_owned();
+            return Ok(vec![Action::CheckHtlc { outpoint: htlc.outpoint, script_pubkey }]);
+        }
+        let attempt = attempt.saturating_add(1);
         let action = Action::PayInvoice {
             invoice: terms.invoice.clone(),
             amount_msat: terms.invoice_amount_msat,
             max_total_cltv_expiry_delta: budget,
+            attempt,
         };
         let payment_attempts = attempts.saturating_add(1);
         self.go(BuyerState::Paying {
@@ -1000,8 +1171,144 @@ impl BuyerSwap {
             max_cltv: budget,
             payment_attempts,
             unsent_attempts,
+            attempt,
         })?;
         Ok(vec![Action::Persist, action, Action::Notify(Notification::Paying { max_cltv: budget })])
+    }
+
+    /// The attempt in flight, in `Paying`.
+    fn current_attempt(&self) -> Option<u32> {
+        match &self.state {
+            BuyerState::Paying { attempt, .. } => Some(*attempt),
+            _ => None,
+        }
+    }
+
+    /// The chain's answer right before paying.
+    fn on_htlc_checked(
+        &mut self,
+        outpoint: OutPoint,
+        status: HtlcStatus,
+        ctx: &Context,
+    ) -> Result<Vec<Action>, SwapError> {
+        let BuyerState::Funded { htlc, .. } = &self.state else {
+            self.verifying_htlc = false;
+            return Ok(Vec::new());
+        };
+        if htlc.outpoint != outpoint {
+            return Ok(Vec::new());
+        }
+        self.verifying_htlc = false;
+        match status {
+            HtlcStatus::Missing => self.on_htlc_gone(outpoint),
+            HtlcStatus::Spent => {
+                self.abort(AbortReason::ChecksFailed, Some(BuyerCheckError::HtlcSpent), None)
+            }
+            HtlcStatus::Unspent { value_sat, confirmed_height } => {
+                let expected_sat = self.state.terms().map(|t| t.quote.htlc_amount_sat).unwrap_or(0);
+                if value_sat != expected_sat {
+                    return self.abort(
+                        AbortReason::ChecksFailed,
+                        Some(BuyerCheckError::HtlcAmountMismatch {
+                            expected_sat,
+                            got_sat: value_sat,
+                        }),
+                        None,
+                    );
+                }
+                let mut actions = Vec::new();
+                if let BuyerState::Funded { htlc, .. } = &mut self.state {
+                    if htlc.confirmed_height != confirmed_height {
+                        htlc.confirmed_height = confirmed_height;
+                        actions.push(Action::Persist);
+                    }
+                }
+                actions.extend(self.pay_if_ready(ctx, true)?);
+                Ok(actions)
+            }
+        }
+    }
+
+    /// The HTLC output left the chain (reorg, double spend). Before paying: wait for it again
+    /// (`Accepted`; the usual deadlines abort the swap if it never comes back). After paying:
+    /// keep watching, the claim is rebroadcast every block and confirms once the HTLC is back.
+    fn on_htlc_gone(&mut self, outpoint: OutPoint) -> Result<Vec<Action>, SwapError> {
+        let Some(output) = self.state.htlc_output() else { return Ok(Vec::new()) };
+        if output.outpoint != outpoint {
+            return Ok(Vec::new());
+        }
+        let note = Action::Notify(Notification::FundingGone { txid: outpoint.txid });
+        match &self.state {
+            BuyerState::Funded { terms, .. } => {
+                let terms = terms.clone();
+                self.verifying_htlc = false;
+                self.go(BuyerState::Accepted { terms, announced: None })?;
+                Ok(vec![Action::Persist, note])
+            }
+            _ => Ok(vec![note]),
+        }
+    }
+
+    /// What the Lightning node knows of our payment for the hash: after a restart in `Paying`,
+    /// before answering a cooperative refund, and for payment failures the node cannot tie to an
+    /// attempt.
+    fn on_payment_status<R: RngCore + CryptoRng>(
+        &mut self,
+        status: PaymentStatus,
+        ctx: &Context,
+        rng: &mut R,
+    ) -> Result<Vec<Action>, SwapError> {
+        match status {
+            PaymentStatus::Succeeded { preimage: Some(preimage) } => {
+                self.on_payment_succeeded(preimage, ctx, rng)
+            }
+            PaymentStatus::Succeeded { preimage: None } | PaymentStatus::Pending => {
+                // In flight (or done): never a refund signature, never a second attempt.
+                let mut actions = self.refuse_pending_refund("a payment for the hash is in flight");
+                if let BuyerState::Funded {
+                    terms,
+                    htlc,
+                    payment_attempts,
+                    unsent_attempts,
+                    attempt,
+                    ..
+                } = &self.state
+                {
+                    let to = BuyerState::Paying {
+                        terms: terms.clone(),
+                        htlc: htlc.clone(),
+                        max_cltv: 0,
+                        payment_attempts: *payment_attempts,
+                        unsent_attempts: *unsent_attempts,
+                        attempt: *attempt,
+                    };
+                    self.go(to)?;
+                    actions.insert(0, Action::Persist);
+                }
+                Ok(actions)
+            }
+            PaymentStatus::Failed | PaymentStatus::Unknown => {
+                if self.current_attempt().is_some() {
+                    // Nothing in flight: the current attempt failed (or, unknown to the node,
+                    // never went out before a crash).
+                    let unsent = status == PaymentStatus::Unknown;
+                    return self.on_payment_failed(ctx, "payment not in flight".into(), unsent);
+                }
+                match self.pending_refund.0.take() {
+                    Some(req) => self.answer_refund(req, rng),
+                    None => Ok(Vec::new()),
+                }
+            }
+        }
+    }
+
+    fn refuse_pending_refund(&mut self, why: &str) -> Vec<Action> {
+        if self.pending_refund.0.take().is_none() {
+            return Vec::new();
+        }
+        vec![self
+            .outbox
+            .send(self.swap_id, Message::Error(ErrorMessage::new(ErrorCode::InvalidState, why)))]
     }
 
     fn on_payment_succeeded<R: RngCore + CryptoRng>(
@@ -1010,11 +1317,22 @@ impl BuyerSwap {
         ctx: &Context,
         rng: &mut R,
     ) -> Result<Vec<Action>, SwapError> {
-        let BuyerState::Paying { terms, htlc, .. } = &self.state else { return Ok(Vec::new()) };
+        // Whatever the state says, a payment that succeeded leads to the claim: the HTLC is ours
+        // (also after a stale failure moved the swap back to `Funded` or `Aborted`).
+        let (terms, htlc) = match &self.state {
+            BuyerState::Paying { terms, htlc, .. } | BuyerState::Funded { terms, htlc, .. } => {
+                (terms.clone(), htlc.clone())
+            }
+            BuyerState::Aborted { terms: Some(terms), htlc: Some(htlc), .. } => {
+                (terms.clone(), htlc.clone())
+            }
+            _ => return Ok(Vec::new()),
+        };
         if preimage.payment_hash() != terms.htlc_params.payment_hash {
             return Err(SwapError::Internal("preimage does not match the payment hash".into()));
         }
-        let (terms, htlc) = (terms.clone(), htlc.clone());
+        let mut actions = self.refuse_pending_refund("the invoice is paid");
+        self.verifying_htlc = false;
         self.go(BuyerState::Claiming {
             terms,
             htlc,
@@ -1022,9 +1340,42 @@ impl BuyerSwap {
             coop_deadline_secs: 0,
             coop_attempts: 0,
         })?;
-        let mut actions = vec![Action::Persist, Action::Notify(Notification::Paid)];
-        actions.extend(self.start_claim(ctx, rng)?);
+        actions.insert(0, Action::Persist);
+        actions.push(Action::Notify(Notification::Paid));
+        actions.extend(self.try_start_claim(ctx, rng));
         Ok(actions)
+    }
+
+    /// The actions of `result`, or for an error one [`Notification::Stalled`] (once per
+    /// trouble); the swap stays where it is and is tried again at the next tick.
+    fn stall_on_error(&mut self, result: Result<Vec<Action>, SwapError>) -> Vec<Action> {
+        match result {
+            Ok(actions) => {
+                self.stall_reported = false;
+                actions
+            }
+            Err(e) => {
+                if self.stall_reported {
+                    return Vec::new();
+                }
+                self.stall_reported = true;
+                vec![Action::Notify(Notification::Stalled { reason: format!("claim: {e}") })]
+            }
+        }
+    }
+
+    /// [`BuyerSwap::start_claim`], where a failure (a claim that cannot be built at this fee
+    /// rate) leaves the swap in `Claiming` to be tried again at the next tick, reported once.
+    fn try_start_claim<R: RngCore + CryptoRng>(
+        &mut self,
+        ctx: &Context,
+        rng: &mut R,
+    ) -> Vec<Action> {
+        let result = self.start_claim(ctx, rng);
+        if result.is_err() {
+            self.claim_session = Ephemeral(None);
+        }
+        self.stall_on_error(result)
     }
 
     /// Starts a cooperative claim (or the script path when attempts are used up).
@@ -1057,6 +1408,7 @@ impl BuyerSwap {
         let request = CoopClaimRequest {
             tx_hex: bitcoin::consensus::encode::serialize_hex(spend.tx()),
             buyer_nonce: PubNonceBytes(session.public_nonce().to_bytes()),
+            preimage: Some(preimage.clone()),
         };
         self.claim_session = Ephemeral(Some((session, spend)));
         self.state = BuyerState::Claiming {
@@ -1112,15 +1464,14 @@ impl BuyerSwap {
             claim_tx: tx.clone(),
             purpose,
         })?;
+        self.broadcast_height = 0;
         Ok(vec![Action::Persist, Action::Broadcast { tx, purpose }, note])
     }
 
-    fn on_coop_refund_request<R: RngCore + CryptoRng>(
-        &mut self,
-        req: CoopRefundRequest,
-        rng: &mut R,
-    ) -> Result<Vec<Action>, SwapError> {
-        // Never after paying: the HTLC is then ours to claim.
+    /// A `coop_refund_request`: never after paying; before, only once the Lightning node says no
+    /// payment for the hash can still succeed (the answer to [`Action::CheckPayment`] signs, in
+    /// [`BuyerSwap::answer_refund`]).
+    fn on_coop_refund_request(&mut self, req: CoopRefundRequest) -> Result<Vec<Action>, SwapError> {
         if self.state.has_paid() {
             let send = self.outbox.send(
                 self.swap_id,
@@ -1131,16 +1482,47 @@ impl BuyerSwap {
             );
             return Ok(vec![send]);
         }
+        let Some(payment_hash) = self.payment_hash() else {
+            // Aborted before accepting: there are no agreed terms to sign for.
+            return Ok(vec![self.no_refund_to_sign()]);
+        };
+        self.pending_refund = Ephemeral(Some(req));
+        Ok(vec![Action::CheckPayment { payment_hash }])
+    }
+
+    /// The `error` answering a `coop_refund_request` for which the buyer knows no HTLC (it
+    /// aborted before accepting or before the funding was announced): the seller stops asking.
+    fn no_refund_to_sign(&mut self) -> Action {
+        self.outbox.send(
+            self.swap_id,
+            Message::Error(ErrorMessage::new(
+                ErrorCode::InvalidState,
+                "no agreed htlc to co-sign a refund for",
+            )),
+        )
+    }
+
+    /// Signs the seller's cooperative refund: the node said no payment for the hash is in flight
+    /// or done. Aborts first (persisted before the answer): signing a refund means never paying.
+    fn answer_refund<R: RngCore + CryptoRng>(
+        &mut self,
+        req: CoopRefundRequest,
+        rng: &mut R,
+    ) -> Result<Vec<Action>, SwapError> {
+        if self.state.has_paid() {
+            return Ok(Vec::new());
+        }
         let announced = match &self.state {
             BuyerState::Accepted { announced: Some(o), .. } => {
                 Some(HtlcOutput { outpoint: *o, confirmed_height: None })
             }
             _ => None,
         };
-        let Some(output) = self.state.htlc_output().cloned().or(announced) else {
-            return Ok(Vec::new());
+        let (Some(output), Some(terms)) =
+            (self.state.htlc_output().cloned().or(announced), self.state.terms().cloned())
+        else {
+            return Ok(vec![self.no_refund_to_sign()]);
         };
-        let Some(terms) = self.state.terms().cloned() else { return Ok(Vec::new()) };
         let htlc = self.htlc()?;
         let answer = (|| -> Result<CoopRefundResponse, String> {
             let tx = req.tx().map_err(|e| e.to_string())?;
@@ -1167,7 +1549,6 @@ impl BuyerSwap {
         })();
         let mut actions = Vec::new();
         if !matches!(self.state, BuyerState::Aborted { .. }) {
-            // Signing a refund means never paying: abort first (persisted before the answer).
             actions.extend(self.abort(
                 AbortReason::UserRequested,
                 None,
@@ -1189,41 +1570,43 @@ impl BuyerSwap {
         confirmed_height: Option<u32>,
     ) -> Result<Vec<Action>, SwapError> {
         let Some(output) = self.state.htlc_output().cloned() else { return Ok(Vec::new()) };
-        if !tx.input.iter().any(|i| i.previous_output == output.outpoint) {
-            return Ok(Vec::new());
-        }
+        let htlc = self.htlc()?;
+        // The witness names the path: a claim leaf spend is the buyer's claim, a refund leaf
+        // spend the seller's refund. A key-path spend is one the buyer signed: its claim (paying
+        // the claim destination) or a cooperative refund it co-signed.
+        let Some(path) = htlc.spend_path(&tx, output.outpoint) else { return Ok(Vec::new()) };
+        let ours = match path {
+            HtlcSpendPath::ClaimLeaf => true,
+            HtlcSpendPath::KeyPath => {
+                tx.output.iter().any(|o| o.script_pubkey == self.claim_destination)
+            }
+            _ => false,
+        };
         let txid = tx.compute_txid();
         match &self.state {
-            BuyerState::ClaimBroadcast { terms, claim_tx, .. }
-                if claim_tx.compute_txid() == txid
-                    || tx.output.iter().any(|o| o.script_pubkey == self.claim_destination) =>
-            {
-                if confirmed_height.is_none() {
-                    return Ok(Vec::new());
-                }
-                let received_sat = tx
-                    .output
-                    .iter()
-                    .filter(|o| o.script_pubkey == self.claim_destination)
-                    .map(|o| o.value.to_sat())
-                    .sum();
-                let terms = terms.clone();
-                self.go(BuyerState::Claimed { terms, claim_txid: txid, received_sat })?;
-                Ok(vec![Action::Persist, self.finished()])
-            }
             BuyerState::Claiming { terms, .. } | BuyerState::ClaimBroadcast { terms, .. } => {
                 if confirmed_height.is_none() {
                     return Ok(Vec::new());
                 }
                 let terms = terms.clone();
                 self.claim_session = Ephemeral(None);
-                self.go(BuyerState::Lost { terms, spend_txid: txid })?;
+                if ours {
+                    let received_sat = tx
+                        .output
+                        .iter()
+                        .filter(|o| o.script_pubkey == self.claim_destination)
+                        .map(|o| o.value.to_sat())
+                        .sum();
+                    self.go(BuyerState::Claimed { terms, claim_txid: txid, received_sat })?;
+                } else {
+                    self.go(BuyerState::Lost { terms, spend_txid: txid })?;
+                }
                 Ok(vec![Action::Persist, self.finished()])
             }
             BuyerState::Funded { .. } => {
                 self.abort(AbortReason::ChecksFailed, Some(BuyerCheckError::HtlcSpent), None)
             }
-            _ => Ok(Vec::new()),
+            _ => Ok(vec![]),
         }
     }
 
@@ -1244,7 +1627,7 @@ impl BuyerSwap {
                 let last = terms
                     .htlc_params
                     .timeout_height
-                    .saturating_sub(self.offer.claim_margin)
+                    .saturating_sub(self.claim_margin())
                     .saturating_sub(MIN_CLTV_BUDGET_BLOCKS.max(terms.min_final_cltv));
                 if ctx.tip_height > last {
                     return self.abort(AbortReason::TimeoutTooClose, None, None);
@@ -1255,16 +1638,23 @@ impl BuyerSwap {
             BuyerState::Claiming { coop_deadline_secs, .. } => {
                 let deadline = *coop_deadline_secs;
                 if self.claim_session.0.is_none() {
-                    return self.start_claim(ctx, rng);
+                    return Ok(self.try_start_claim(ctx, rng));
                 }
                 if ctx.now_secs >= deadline {
                     let mut actions = vec![Action::Notify(Notification::CooperationFailed {
                         reason: "no partial signature from the seller in time".into(),
                     })];
-                    actions.extend(self.script_claim(ctx)?);
+                    let claim = self.script_claim(ctx);
+                    actions.extend(self.stall_on_error(claim));
                     return Ok(actions);
                 }
                 Ok(Vec::new())
+            }
+            BuyerState::ClaimBroadcast { claim_tx, purpose, .. } => {
+                // Once per block until it confirms: a dropped claim, or one whose HTLC was
+                // reorganised out and came back, goes out again.
+                let (tx, purpose) = (claim_tx.clone(), *purpose);
+                Ok(rebroadcast(&mut self.broadcast_height, ctx.tip_height, tx, purpose))
             }
             _ => Ok(Vec::new()),
         }

@@ -17,7 +17,7 @@ use bitcoin::opcodes::all::{
 };
 use bitcoin::secp256k1::{PublicKey, Secp256k1, XOnlyPublicKey};
 use bitcoin::taproot::{ControlBlock, LeafVersion, TapNodeHash, TaprootBuilder, TaprootSpendInfo};
-use bitcoin::{Address, Network, Script, ScriptBuf};
+use bitcoin::{Address, Network, OutPoint, Script, ScriptBuf, Transaction};
 use musig2::KeyAggContext;
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,23 @@ use crate::types::PaymentHash;
 
 /// Lowest `nLockTime` value that means a unix time instead of a block height.
 pub const LOCKTIME_THRESHOLD: u32 = 500_000_000;
+
+/// The first byte of a BIP-0341 annex (the last witness element, when there are two or more).
+const TAPROOT_ANNEX_PREFIX: u8 = 0x50;
+
+/// The path a transaction took to spend the HTLC ([`Htlc::spend_path`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HtlcSpendPath {
+    /// The MuSig2 key path: a cooperative claim or refund, co-signed by both.
+    KeyPath,
+    /// The buyer's claim leaf (reveals the preimage).
+    ClaimLeaf,
+    /// The seller's refund leaf (after the timeout).
+    RefundLeaf,
+    /// A script path with a script that is neither leaf (cannot happen for this output).
+    Unknown,
+}
 
 /// Everything both parties agree on that determines the HTLC output.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,6 +270,33 @@ impl Htlc {
                 got: script_pubkey.to_hex_string(),
             })
         }
+    }
+
+    /// How `tx` spends the HTLC output at `outpoint`, read from the spending input's witness
+    /// (BIP-0341: one element, or two with an annex, is a key-path spend; otherwise the leaf
+    /// script stands before the control block). `None` when `tx` does not spend `outpoint`.
+    ///
+    /// This, not where the outputs pay, tells a claim from a refund: a key-path spend is whatever
+    /// the two parties co-signed, a script-path spend names its leaf.
+    pub fn spend_path(&self, tx: &Transaction, outpoint: OutPoint) -> Option<HtlcSpendPath> {
+        let input = tx.input.iter().find(|i| i.previous_output == outpoint)?;
+        let mut elements: Vec<&[u8]> = input.witness.iter().collect();
+        if elements.len() >= 2
+            && elements.last().and_then(|e| e.first()) == Some(&TAPROOT_ANNEX_PREFIX)
+        {
+            elements.pop();
+        }
+        if elements.len() <= 1 {
+            return Some(HtlcSpendPath::KeyPath);
+        }
+        let script = elements.get(elements.len().saturating_sub(2)).copied().unwrap_or_default();
+        Some(if script == self.claim_script.as_bytes() {
+            HtlcSpendPath::ClaimLeaf
+        } else if script == self.refund_script.as_bytes() {
+            HtlcSpendPath::RefundLeaf
+        } else {
+            HtlcSpendPath::Unknown
+        })
     }
 
     /// Byte-compares every part a peer may have sent (leaves, internal key, output script) with

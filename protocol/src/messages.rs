@@ -37,7 +37,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 
 use crate::terms::{Quote, QuoteError, DUST_LIMIT_SAT, MAX_MONEY_SAT};
-use crate::types::{PaymentHash, SwapDirection, SwapId};
+use crate::types::{PaymentHash, Preimage, SwapDirection, SwapId};
 
 /// The protocol version this implementation writes in `v`.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -737,6 +737,10 @@ wire_struct! {
         pub tx_hex: String => "tx_hex",
         /// The buyer's MuSig2 public nonce for this signing session.
         pub buyer_nonce: PubNonceBytes => "buyer_nonce",
+        /// The preimage the buyer's payment revealed: proof that the seller's Lightning claim
+        /// went out, so the seller may co-sign before its own node reports the claim settled.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub preimage: Option<Preimage> => "preimage",
     }
 }
 

@@ -11,7 +11,7 @@ use bitcoin::secp256k1::rand::{CryptoRng, RngCore};
 use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, Txid};
 use serde::{Deserialize, Serialize};
 
-use crate::htlc::{Htlc, HtlcParams};
+use crate::htlc::{Htlc, HtlcParams, HtlcSpendPath};
 use crate::keys::SwapKeys;
 use crate::messages::{
     AbortReason, CoopClaimRequest, CoopClaimResponse, CoopRefundRequest, ErrorCode, ErrorMessage,
@@ -22,14 +22,24 @@ use crate::spend::{HtlcInput, SpendPath, SpendTx};
 use musig2::BinaryEncoding;
 
 use crate::swap::{
-    check_transition, persist_first, Action, Context, Ephemeral, Event, Inbox, Notification,
-    Outbox, StateKind, SwapError, Transition, TxPurpose, COOP_TIMEOUT_SECS, SECS_PER_BLOCK,
+    check_transition, persist_first, rebroadcast, Action, Context, Ephemeral, Event, Inbox,
+    Notification, Outbox, PaymentStatus, StateKind, SwapError, Transition, TxPurpose,
+    COOP_TIMEOUT_SECS, SECS_PER_BLOCK,
 };
 use crate::terms::Quote;
 use crate::types::{PaymentHash, SwapDirection, SwapId};
 
 /// Most co-signing answers a seller gives per swap (each with a fresh nonce).
 pub const MAX_COOP_SIGNATURES: u32 = 8;
+
+/// Cooperative refunds a seller asks of an aborted buyer before it waits for the timeout.
+pub const MAX_COOP_REFUND_ATTEMPTS: u32 = 10;
+
+/// Seconds between two cooperative refund requests.
+pub const COOP_REFUND_RETRY_SECS: u64 = 60;
+
+/// Seconds between two looks at a claim that has not settled yet (`Paid`).
+pub const CLAIM_CHECK_SECS: u64 = 30;
 
 /// Where the HTLC is on chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,8 +69,16 @@ pub enum SellerState {
         invoice: String,
         /// The HTLC.
         funding: Funding,
+        /// Cooperative refunds asked of the buyer so far (more than 0: the swap is being
+        /// refunded; asked again every [`COOP_REFUND_RETRY_SECS`] up to
+        /// [`MAX_COOP_REFUND_ATTEMPTS`] times, then the refund leaf at the timeout).
+        #[serde(default)]
+        refund_attempts: u32,
+        /// When the next cooperative refund is asked (unix seconds).
+        #[serde(default)]
+        refund_retry_at_secs: u64,
     },
-    /// The payment was claimed: the preimage is out. Point of no return.
+    /// The payment is being claimed: the preimage is out. Point of no return.
     Paid {
         /// The HTLC.
         funding: Funding,
@@ -68,6 +86,13 @@ pub enum SellerState {
         amount_msat: u64,
         /// Co-signatures given.
         coop_signatures: u32,
+        /// The invoice (back to `Funded` with it if the claim never settles).
+        #[serde(default)]
+        invoice: String,
+        /// The Lightning node reported the claim settled (`PaymentClaimed`): only then (or for a
+        /// request that carries the preimage) does the seller co-sign a key-path claim.
+        #[serde(default)]
+        claim_settled: bool,
     },
     /// The buyer claimed the HTLC (confirmed).
     Claimed {
@@ -86,6 +111,9 @@ pub enum SellerState {
         funding: Funding,
         /// Until when we wait for the buyer's partial signature.
         deadline_secs: u64,
+        /// Cooperative refunds asked so far, this one included.
+        #[serde(default)]
+        attempts: u32,
     },
     /// A refund is broadcast.
     Refunding {
@@ -175,6 +203,7 @@ pub const SELLER_TRANSITIONS: &[Transition] = &[
     ("RefundingCooperatively", "Refunding", "coop_refund_response / broadcast"),
     ("RefundingCooperatively", "Funded", "no answer in 30 s or bad signature"),
     ("Paid", "Claimed", "claim confirmed"),
+    ("Paid", "Funded", "the claim never settled (payment failed back) / refundable again"),
     ("Refunding", "Refunded", "refund confirmed"),
     ("Refunding", "Claimed", "buyer's claim confirmed first"),
 ];
@@ -228,6 +257,13 @@ pub struct SellerSwap {
     htlc: Option<Htlc>,
     #[serde(skip)]
     refund_session: Ephemeral<(InitiatorSession, SpendTx)>,
+    /// Tip height of the last broadcast of the funding or refund (rebroadcast once per block
+    /// until confirmed).
+    #[serde(skip)]
+    broadcast_height: u32,
+    /// When an unsettled claim is looked at next (`Paid`; unix seconds).
+    #[serde(skip)]
+    claim_check_at_secs: u64,
 }
 
 /// Invoice expiry: the offer's, but at most half the time to the timeout.
@@ -319,6 +355,8 @@ impl SellerSwap {
             keys: Some(keys),
             htlc: Some(htlc),
             refund_session: Ephemeral(None),
+            broadcast_height: 0,
+            claim_check_at_secs: 0,
         };
         let actions = vec![
             Action::Persist,
@@ -422,24 +460,33 @@ impl SellerSwap {
                         purpose: TxPurpose::Funding,
                     });
                 }
-                if let SellerState::RefundingCooperatively { invoice, funding, .. } = &self.state {
+                if let SellerState::RefundingCooperatively { invoice, funding, attempts, .. } =
+                    &self.state
+                {
                     // The session's nonce died with the process: ask again with a fresh one (the
                     // buyer, aborted, answers every request; each signing has its own nonces).
-                    let to =
-                        SellerState::Funded { invoice: invoice.clone(), funding: funding.clone() };
+                    let to = SellerState::Funded {
+                        invoice: invoice.clone(),
+                        funding: funding.clone(),
+                        refund_attempts: *attempts,
+                        refund_retry_at_secs: 0,
+                    };
                     self.go(to)?;
                     actions.insert(0, Action::Persist);
                     actions.extend(self.start_coop_refund(ctx, rng)?);
                 }
             }
-            SellerState::Paid { amount_msat, .. } => {
+            SellerState::Paid { amount_msat, claim_settled, .. } => {
                 // The claim may not have happened before the restart; claiming is idempotent.
                 actions.push(Action::WatchHtlc { script_pubkey: htlc.script_pubkey().to_owned() });
-                actions.push(Action::ClaimPayment {
-                    payment_hash: self.payment_hash(),
-                    preimage: self.keys()?.preimage().clone(),
-                    amount_msat: *amount_msat,
-                });
+                if !claim_settled {
+                    actions.push(Action::ClaimPayment {
+                        payment_hash: self.payment_hash(),
+                        preimage: self.keys()?.preimage().clone(),
+                        amount_msat: *amount_msat,
+                    });
+                    actions.push(Action::CheckPayment { payment_hash: self.payment_hash() });
+                }
             }
             SellerState::Refunding { refund_tx, purpose, .. } => {
                 actions.push(Action::WatchHtlc { script_pubkey: htlc.script_pubkey().to_owned() });
@@ -449,7 +496,7 @@ impl SellerSwap {
             | SellerState::Refunded { .. }
             | SellerState::Aborted { .. } => {}
         }
-        actions.extend(self.handle_tick(ctx)?);
+        actions.extend(self.handle_tick(ctx, rng)?);
         Ok(actions)
     }
 
@@ -471,7 +518,7 @@ impl SellerSwap {
                 }
                 Ok(persist_first(actions))
             }
-            Event::Tick => self.handle_tick(ctx),
+            Event::Tick => self.handle_tick(ctx, rng),
             Event::InvoiceCreated { invoice } => self.on_invoice(invoice),
             Event::FundingBuilt { tx, vout } => self.on_funding_built(tx, vout),
             Event::FundingFailed { reason } => self.abort(AbortReason::Internal, Some(reason)),
@@ -488,7 +535,28 @@ impl SellerSwap {
             Event::PaymentClaimable { payment_hash, amount_msat } => {
                 self.on_payment_claimable(payment_hash, amount_msat, ctx)
             }
-            Event::PaymentClaimed { .. } => Ok(Vec::new()),
+            Event::PaymentClaimed { payment_hash } => {
+                if payment_hash != self.payment_hash() {
+                    return Ok(Vec::new());
+                }
+                self.on_claim_settled()
+            }
+            Event::PaymentStatus { payment_hash, status } => {
+                if payment_hash != self.payment_hash() {
+                    return Ok(Vec::new());
+                }
+                self.on_payment_status(status)
+            }
+            Event::HtlcGone { outpoint } => match self.state.funding_mut() {
+                // Reorganised out: rebroadcast every block until it confirms again.
+                Some(f) if f.outpoint == outpoint && f.confirmed_height.is_some() => {
+                    f.confirmed_height = None;
+                    self.broadcast_height = 0;
+                    Ok(vec![Action::Persist])
+                }
+                _ => Ok(Vec::new()),
+            },
+            Event::HtlcChecked { .. } => Ok(Vec::new()),
             Event::UserAbort => match self.state {
                 SellerState::AwaitingInvoice | SellerState::Accepted { .. } => {
                     self.abort(AbortReason::UserRequested, None)
@@ -576,7 +644,13 @@ impl SellerSwap {
         let msg = SwapFunded::new(&funding.tx, vout);
         let txid = funding.outpoint.txid;
         let tx = funding.tx.clone();
-        self.go(SellerState::Funded { invoice: invoice.clone(), funding })?;
+        self.go(SellerState::Funded {
+            invoice: invoice.clone(),
+            funding,
+            refund_attempts: 0,
+            refund_retry_at_secs: 0,
+        })?;
+        self.broadcast_height = 0;
         let send = self.outbox.send(self.swap_id, Message::SwapFunded(msg));
         Ok(vec![
             Action::Persist,
@@ -605,9 +679,16 @@ impl SellerSwap {
         let in_time = ctx.tip_height.saturating_add(self.offer.claim_margin)
             <= self.htlc_params.timeout_height;
         match &self.state {
-            SellerState::Funded { funding, .. } if enough && in_time => {
-                let funding = funding.clone();
-                self.go(SellerState::Paid { funding, amount_msat, coop_signatures: 0 })?;
+            SellerState::Funded { funding, invoice, .. } if enough && in_time => {
+                let (funding, invoice) = (funding.clone(), invoice.clone());
+                self.go(SellerState::Paid {
+                    funding,
+                    amount_msat,
+                    coop_signatures: 0,
+                    invoice,
+                    claim_settled: false,
+                })?;
+                self.claim_check_at_secs = ctx.now_secs.saturating_add(CLAIM_CHECK_SECS);
                 Ok(vec![
                     Action::Persist,
                     Action::ClaimPayment { payment_hash, preimage, amount_msat },
@@ -622,19 +703,76 @@ impl SellerSwap {
         }
     }
 
+    /// The Lightning node reports the claim settled: co-signing the buyer's key-path claim is
+    /// safe from now on.
+    fn on_claim_settled(&mut self) -> Result<Vec<Action>, SwapError> {
+        match &mut self.state {
+            SellerState::Paid { claim_settled, .. } if !*claim_settled => {
+                *claim_settled = true;
+                Ok(vec![Action::Persist])
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// What the Lightning node knows of the payment to our invoice, asked while a claim has
+    /// not settled: settled, still being claimed (claim again: idempotent), or gone (failed back,
+    /// never claimed): then the preimage never went out and the swap is refundable again.
+    fn on_payment_status(&mut self, status: PaymentStatus) -> Result<Vec<Action>, SwapError> {
+        let SellerState::Paid { funding, amount_msat, invoice, claim_settled, .. } = &self.state
+        else {
+            return Ok(Vec::new());
+        };
+        if *claim_settled {
+            return Ok(Vec::new());
+        }
+        match status {
+            PaymentStatus::Succeeded { .. } => self.on_claim_settled(),
+            PaymentStatus::Pending => Ok(vec![Action::ClaimPayment {
+                payment_hash: self.payment_hash(),
+                preimage: self.keys()?.preimage().clone(),
+                amount_msat: *amount_msat,
+            }]),
+            PaymentStatus::Failed | PaymentStatus::Unknown => {
+                let to = SellerState::Funded {
+                    invoice: invoice.clone(),
+                    funding: funding.clone(),
+                    refund_attempts: 0,
+                    refund_retry_at_secs: 0,
+                };
+                self.go(to)?;
+                Ok(vec![
+                    Action::Persist,
+                    Action::Notify(Notification::Stalled {
+                        reason: "the payment's claim never settled: refundable again".into(),
+                    }),
+                ])
+            }
+        }
+    }
+
     fn on_htlc_spent(
         &mut self,
         tx: Transaction,
         confirmed_height: Option<u32>,
     ) -> Result<Vec<Action>, SwapError> {
         let Some(funding) = self.state.funding().cloned() else { return Ok(Vec::new()) };
-        if !tx.input.iter().any(|i| i.previous_output == funding.outpoint) {
+        let Some(path) = self.htlc()?.spend_path(&tx, funding.outpoint) else {
             return Ok(Vec::new());
-        }
+        };
         let Some(_) = confirmed_height else { return Ok(Vec::new()) };
         let txid = tx.compute_txid();
-        let ours = matches!(&self.state, SellerState::Refunding { refund_tx, .. } if refund_tx.compute_txid() == txid)
-            || tx.output.iter().any(|o| o.script_pubkey == self.refund_destination);
+        // The witness names the path: the refund leaf is ours, the claim leaf the buyer's. A
+        // key-path spend is one both signed: our refund (paying our refund destination; we are
+        // its aggregator) or the buyer's claim.
+        let ours = match path {
+            HtlcSpendPath::RefundLeaf => true,
+            HtlcSpendPath::KeyPath => {
+                matches!(&self.state, SellerState::Refunding { refund_tx, .. } if refund_tx.compute_txid() == txid)
+                    || tx.output.iter().any(|o| o.script_pubkey == self.refund_destination)
+            }
+            _ => false,
+        };
         let amount_msat = match &self.state {
             SellerState::Paid { amount_msat, .. } => *amount_msat,
             _ => 0,
@@ -679,11 +817,12 @@ impl SellerSwap {
             }
             Message::CoopClaimRequest(req) => self.on_coop_claim_request(req, rng),
             Message::CoopRefundResponse(resp) => {
-                let SellerState::RefundingCooperatively { invoice, funding, .. } = &self.state
+                let SellerState::RefundingCooperatively { invoice, funding, attempts, .. } =
+                    &self.state
                 else {
                     return Ok(Vec::new());
                 };
-                let (invoice, funding) = (invoice.clone(), funding.clone());
+                let (invoice, funding, attempts) = (invoice.clone(), funding.clone(), *attempts);
                 // An answer that does not verify may answer an earlier request (resent after a
                 // restart, with a nonce that is gone): ignore it and wait for ours until the
                 // deadline.
@@ -714,7 +853,14 @@ impl SellerSwap {
                         TxPurpose::CooperativeRefund,
                     ),
                     Err(reason) => {
-                        self.go(SellerState::Funded { invoice, funding })?;
+                        self.go(SellerState::Funded {
+                            invoice,
+                            funding,
+                            refund_attempts: attempts,
+                            refund_retry_at_secs: ctx
+                                .now_secs
+                                .saturating_add(COOP_REFUND_RETRY_SECS),
+                        })?;
                         Ok(vec![
                             Action::Persist,
                             Action::Notify(Notification::CooperationFailed { reason }),
@@ -722,7 +868,23 @@ impl SellerSwap {
                     }
                 }
             }
-            Message::Error(error) => Ok(vec![Action::Notify(Notification::PeerError { error })]),
+            Message::Error(error) => {
+                let note = Action::Notify(Notification::PeerError { error });
+                // The buyer refuses the cooperative refund (it cannot or will not sign): stop
+                // asking; the refund leaf opens at the timeout.
+                let gave_up = match &mut self.state {
+                    SellerState::Funded { refund_attempts, .. } if *refund_attempts > 0 => {
+                        *refund_attempts = MAX_COOP_REFUND_ATTEMPTS;
+                        true
+                    }
+                    SellerState::RefundingCooperatively { attempts, .. } => {
+                        *attempts = MAX_COOP_REFUND_ATTEMPTS;
+                        true
+                    }
+                    _ => false,
+                };
+                Ok(if gave_up { vec![Action::Persist, note] } else { vec![note] })
+            }
             Message::SwapRequest(_) => Ok(Vec::new()),
             other => {
                 let send = self.outbox.send(
@@ -742,7 +904,9 @@ impl SellerSwap {
         req: CoopClaimRequest,
         rng: &mut R,
     ) -> Result<Vec<Action>, SwapError> {
-        let SellerState::Paid { funding, amount_msat, coop_signatures } = &self.state else {
+        let SellerState::Paid { funding, amount_msat, coop_signatures, invoice, claim_settled } =
+            &self.state
+        else {
             let send = self.outbox.send(
                 self.swap_id,
                 Message::Error(err(ErrorCode::InvalidState, "not paid: no cooperative claim")),
@@ -752,7 +916,19 @@ impl SellerSwap {
         if !self.policy.cooperative_claims || *coop_signatures >= MAX_COOP_SIGNATURES {
             return Ok(Vec::new());
         }
-        let (funding, amount_msat, count) = (funding.clone(), *amount_msat, *coop_signatures);
+        // Co-sign only once the Lightning claim settled, or for a buyer that shows the preimage
+        // (it has it only because our claim went out): a claim that never settles must leave
+        // the HTLC refundable.
+        let shown = req.preimage.as_ref().is_some_and(|p| p.payment_hash() == self.payment_hash());
+        if !*claim_settled && !shown {
+            let send = self.outbox.send(
+                self.swap_id,
+                Message::Error(err(ErrorCode::InvalidState, "payment claim not settled yet")),
+            );
+            return Ok(vec![send]);
+        }
+        let (funding, amount_msat, count, invoice, settled) =
+            (funding.clone(), *amount_msat, *coop_signatures, invoice.clone(), *claim_settled);
         let answer = (|| -> Result<(PubNonceBytes, PartialSigBytes), String> {
             let tx = req.tx().map_err(|e| e.to_string())?;
             if tx.input.len() != 1 {
@@ -781,6 +957,8 @@ impl SellerSwap {
                     funding,
                     amount_msat,
                     coop_signatures: count.saturating_add(1),
+                    invoice,
+                    claim_settled: settled,
                 };
                 let send = self.outbox.send(
                     self.swap_id,
@@ -802,10 +980,11 @@ impl SellerSwap {
         ctx: &Context,
         rng: &mut R,
     ) -> Result<Vec<Action>, SwapError> {
-        let SellerState::Funded { invoice, funding } = &self.state else {
+        let SellerState::Funded { invoice, funding, refund_attempts, .. } = &self.state else {
             return Ok(Vec::new());
         };
-        let (invoice, funding) = (invoice.clone(), funding.clone());
+        let (invoice, funding, attempts) =
+            (invoice.clone(), funding.clone(), refund_attempts.saturating_add(1));
         let htlc = self.htlc()?.clone();
         let input = HtlcInput {
             htlc: htlc.clone(),
@@ -828,6 +1007,7 @@ impl SellerSwap {
             invoice,
             funding,
             deadline_secs: ctx.now_secs.saturating_add(COOP_TIMEOUT_SECS),
+            attempts,
         })?;
         let send = self.outbox.send(self.swap_id, Message::CoopRefundRequest(request));
         Ok(vec![Action::Persist, send])
@@ -842,15 +1022,25 @@ impl SellerSwap {
     ) -> Result<Vec<Action>, SwapError> {
         let notify = Action::Notify(Notification::broadcast(&refund_tx, purpose, fee_sat));
         self.go(SellerState::Refunding { funding, refund_tx: refund_tx.clone(), purpose })?;
+        self.broadcast_height = 0;
         Ok(vec![Action::Persist, Action::Broadcast { tx: refund_tx, purpose }, notify])
     }
 
-    fn handle_tick(&mut self, ctx: &Context) -> Result<Vec<Action>, SwapError> {
+    fn handle_tick<R: RngCore + CryptoRng>(
+        &mut self,
+        ctx: &Context,
+        rng: &mut R,
+    ) -> Result<Vec<Action>, SwapError> {
         match &self.state {
-            SellerState::RefundingCooperatively { invoice, funding, deadline_secs }
+            SellerState::RefundingCooperatively { invoice, funding, deadline_secs, attempts }
                 if ctx.now_secs >= *deadline_secs =>
             {
-                let to = SellerState::Funded { invoice: invoice.clone(), funding: funding.clone() };
+                let to = SellerState::Funded {
+                    invoice: invoice.clone(),
+                    funding: funding.clone(),
+                    refund_attempts: *attempts,
+                    refund_retry_at_secs: ctx.now_secs.saturating_add(COOP_REFUND_RETRY_SECS),
+                };
                 self.refund_session = Ephemeral(None);
                 self.go(to)?;
                 let mut actions = vec![
@@ -859,7 +1049,7 @@ impl SellerSwap {
                         reason: "no cooperative refund from the buyer in time".into(),
                     }),
                 ];
-                actions.extend(self.handle_tick(ctx)?);
+                actions.extend(self.handle_tick(ctx, rng)?);
                 Ok(actions)
             }
             SellerState::Funded { funding, .. }
@@ -888,6 +1078,33 @@ impl SellerSwap {
                     >= self.htlc_params.timeout_height =>
             {
                 self.abort(AbortReason::TimeoutTooClose, Some("funding never happened".into()))
+            }
+            SellerState::Funded { refund_attempts, refund_retry_at_secs, .. }
+                if *refund_attempts > 0
+                    && *refund_attempts < MAX_COOP_REFUND_ATTEMPTS
+                    && ctx.now_secs >= *refund_retry_at_secs =>
+            {
+                // The buyer aborted but did not answer in time: ask again, after the last request
+                // (if it was lost, it holds up the buyer's in-order inbox; the buyer drops a
+                // message it has seen).
+                let mut actions: Vec<Action> =
+                    self.outbox.sent.last().cloned().map(Action::Send).into_iter().collect();
+                actions.extend(self.start_coop_refund(ctx, rng)?);
+                Ok(actions)
+            }
+            SellerState::Funded { funding, .. } if funding.confirmed_height.is_none() => {
+                let tx = funding.tx.clone();
+                Ok(rebroadcast(&mut self.broadcast_height, ctx.tip_height, tx, TxPurpose::Funding))
+            }
+            SellerState::Refunding { refund_tx, purpose, .. } => {
+                let (tx, purpose) = (refund_tx.clone(), *purpose);
+                Ok(rebroadcast(&mut self.broadcast_height, ctx.tip_height, tx, purpose))
+            }
+            SellerState::Paid { claim_settled: false, .. }
+                if ctx.now_secs >= self.claim_check_at_secs =>
+            {
+                self.claim_check_at_secs = ctx.now_secs.saturating_add(CLAIM_CHECK_SECS);
+                Ok(vec![Action::CheckPayment { payment_hash: self.payment_hash() }])
             }
             _ => Ok(Vec::new()),
         }

@@ -113,19 +113,80 @@ pub enum Event {
         /// The preimage it revealed.
         preimage: Preimage,
     },
-    /// Buyer: the payment failed for good (it was sent; nothing of it is in flight any more).
+    /// Buyer: payment attempt `attempt` failed for good (it was sent; nothing of it is in flight
+    /// any more). A failure of another attempt than the current one is ignored.
     PaymentFailed {
+        /// The attempt ([`Action::PayInvoice::attempt`]) that failed.
+        attempt: u32,
         /// Why.
         reason: String,
     },
-    /// Buyer: the Lightning node could not start the payment (no usable channel yet, no route
-    /// right now): nothing was sent.
+    /// Buyer: the Lightning node could not start payment attempt `attempt` (no usable channel
+    /// yet, no route right now): nothing was sent.
     PaymentNotSent {
+        /// The attempt ([`Action::PayInvoice::attempt`]) that was not sent.
+        attempt: u32,
         /// Why.
         reason: String,
+    },
+    /// What the Lightning node knows now of our payment for the swap's hash (outbound for the
+    /// buyer, inbound for the seller): the answer to [`Action::CheckPayment`], and how the node
+    /// reports a payment failure it cannot tie to one attempt.
+    PaymentStatus {
+        /// The hash.
+        payment_hash: PaymentHash,
+        /// What the node knows.
+        status: PaymentStatus,
+    },
+    /// The answer to [`Action::CheckHtlc`]: the HTLC output as the chain source sees it now.
+    HtlcChecked {
+        /// The outpoint asked about.
+        outpoint: OutPoint,
+        /// What the chain says.
+        status: HtlcStatus,
+    },
+    /// An HTLC output reported before is in neither the chain nor the mempool any more (its
+    /// block was reorganised out and the transaction dropped, or its input double-spent).
+    HtlcGone {
+        /// The outpoint.
+        outpoint: OutPoint,
     },
     /// The user asks to abort.
     UserAbort,
+}
+
+/// What a Lightning node knows of a payment (by its hash).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PaymentStatus {
+    /// Nothing: never sent (buyer), never received (seller).
+    Unknown,
+    /// In flight: an attempt may still succeed (buyer), held or being claimed (seller).
+    Pending,
+    /// Failed: nothing in flight any more.
+    Failed,
+    /// Succeeded (buyer: with the preimage it revealed; seller: claimed).
+    Succeeded {
+        /// The preimage (buyer).
+        preimage: Option<Preimage>,
+    },
+}
+
+/// The HTLC output as the chain source sees it now ([`Event::HtlcChecked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum HtlcStatus {
+    /// Not in the chain or the mempool.
+    Missing,
+    /// There and unspent.
+    Unspent {
+        /// Its value.
+        value_sat: u64,
+        /// Height of the block that holds it, if confirmed.
+        confirmed_height: Option<u32>,
+    },
+    /// There, and spent (confirmed or not).
+    Spent,
 }
 
 /// What a transaction is for.
@@ -184,7 +245,9 @@ pub enum Action {
         /// The HTLC's script.
         script_pubkey: ScriptBuf,
     },
-    /// Buyer: pay a BOLT11 invoice with a cap on the route's total CLTV.
+    /// Buyer: pay a BOLT11 invoice with a cap on the route's total CLTV. Answered with
+    /// [`Event::PaymentFailed`] or [`Event::PaymentNotSent`] for this `attempt` when the node
+    /// knows at once, later with [`Event::PaymentSucceeded`] or [`Event::PaymentStatus`].
     PayInvoice {
         /// BOLT11.
         invoice: String,
@@ -192,6 +255,22 @@ pub enum Action {
         amount_msat: u64,
         /// `max_total_cltv_expiry_delta` for the route.
         max_total_cltv_expiry_delta: u32,
+        /// Which attempt this is (1, 2, ...: never reused within a swap).
+        attempt: u32,
+    },
+    /// Ask the Lightning node what it knows of our payment for `payment_hash` (answer with
+    /// [`Event::PaymentStatus`]).
+    CheckPayment {
+        /// The hash.
+        payment_hash: PaymentHash,
+    },
+    /// Buyer: look the HTLC output up on chain now, not from a cache (answer with
+    /// [`Event::HtlcChecked`]); asked right before paying.
+    CheckHtlc {
+        /// The HTLC outpoint.
+        outpoint: OutPoint,
+        /// Its script.
+        script_pubkey: ScriptBuf,
     },
     /// Seller: claim the held payment.
     ClaimPayment {
@@ -245,6 +324,12 @@ pub enum Notification {
         /// Whether the buyer tries again.
         retrying: bool,
     },
+    /// The HTLC's funding transaction left the chain (reorganised out, its input double-spent):
+    /// the buyer waits for it again before paying.
+    FundingGone {
+        /// The funding transaction.
+        txid: Txid,
+    },
     /// A claim or refund transaction was broadcast.
     Broadcast {
         /// Its id.
@@ -274,6 +359,12 @@ pub enum Notification {
         reason: AbortReason,
         /// Details.
         message: Option<String>,
+    },
+    /// Something keeps the swap from moving on (a claim that cannot be built, a record that
+    /// does not resume); it is tried again.
+    Stalled {
+        /// Why (never contains secrets).
+        reason: String,
     },
     /// The peer reported an error.
     PeerError {
@@ -438,6 +529,25 @@ pub fn mermaid(title: &str, table: &[Transition], initial: &str, finals: &[&str]
     }
     out.push_str("```\n");
     out
+}
+
+/// A [`Action::Broadcast`] of `tx` when the tip moved past `last_height` (once per block), and
+/// the new `last_height`. `last_height == 0` means "just broadcast": it only records the tip.
+pub fn rebroadcast(
+    last_height: &mut u32,
+    tip_height: u32,
+    tx: Transaction,
+    purpose: TxPurpose,
+) -> Vec<Action> {
+    if *last_height == 0 {
+        *last_height = tip_height;
+        return Vec::new();
+    }
+    if tip_height <= *last_height {
+        return Vec::new();
+    }
+    *last_height = tip_height;
+    vec![Action::Broadcast { tx, purpose }]
 }
 
 /// Number of confirmations of a transaction confirmed at `height` with the tip at `tip`.

@@ -187,6 +187,7 @@ fn examples() -> Vec<(&'static str, Envelope)> {
                 Message::CoopClaimRequest(CoopClaimRequest {
                     tx_hex: hex_tx(&spend_tx(99_778, 2, 0)),
                     buyer_nonce: nonce(11, 12),
+                    preimage: Some(Preimage([0x5a; 32])),
                 }),
             ),
         ),
@@ -851,8 +852,11 @@ fn swap_funded_tx_checks() {
     assert_eq!(wrong_vout.tx(), Err(MessageError::VoutOutOfRange { vout: 2, outputs: 2 }));
     let garbage = SwapFunded { tx_hex: "00".into(), ..f };
     assert!(matches!(garbage.tx(), Err(MessageError::BadTransaction { .. })));
-    let claim =
-        CoopClaimRequest { tx_hex: hex_tx(&spend_tx(1_000, 2, 0)), buyer_nonce: nonce(1, 2) };
+    let claim = CoopClaimRequest {
+        tx_hex: hex_tx(&spend_tx(1_000, 2, 0)),
+        buyer_nonce: nonce(1, 2),
+        preimage: None,
+    };
     assert_eq!(claim.tx().unwrap(), spend_tx(1_000, 2, 0));
 }
 
@@ -1092,7 +1096,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
         accept,
         funded,
         (arb_tx_hex(), arb_nonce()).prop_map(|(tx_hex, buyer_nonce)| Message::CoopClaimRequest(
-            CoopClaimRequest { tx_hex, buyer_nonce }
+            CoopClaimRequest { tx_hex, buyer_nonce, preimage: None }
         )),
         (arb_nonce(), arb_partial_sig()).prop_map(|(seller_nonce, partial_sig)| {
             Message::CoopClaimResponse(CoopClaimResponse { seller_nonce, partial_sig })

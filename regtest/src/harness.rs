@@ -193,6 +193,9 @@ pub struct NodeSpec {
     pub seller_cooperative: bool,
     /// Its offer, if it sells.
     pub offer: OfferParams,
+    /// As a buyer, its floor for an offer's claim margin (`buyer.min_claim_margin_blocks`;
+    /// `None`: the node's default, 20). Tests with short timeouts lower it with the offer's.
+    pub buyer_min_claim_margin_blocks: Option<u32>,
 }
 
 impl NodeSpec {
@@ -203,6 +206,7 @@ impl NodeSpec {
             role: Role::Seller,
             seller_cooperative: true,
             offer: OfferParams::default(),
+            buyer_min_claim_margin_blocks: None,
         }
     }
     /// A buyer.
@@ -953,6 +957,9 @@ fn node_toml(spec: &NodeSpec) -> String {
         s.push_str("cooperative_claims = false\n");
     }
     s.push_str("\n[buyer]\nmax_total_fee_sat = 100000\nmax_route_cltv_blocks = 200\n");
+    if let Some(margin) = spec.buyer_min_claim_margin_blocks {
+        s.push_str(&format!("min_claim_margin_blocks = {margin}\n"));
+    }
     s.push_str(
         "\n[sync]\nwallet_secs = 2\nlightning_secs = 2\nchain_poll_secs = 1\nfee_rate_secs = 60\n",
     );

@@ -26,7 +26,9 @@ use looper_protocol::buyer::{BuyerPolicy, BuyerStart, BuyerState, BuyerSwap};
 use looper_protocol::keys::SwapKeys;
 use looper_protocol::messages::{Envelope, ErrorCode, ErrorMessage, Message, Offer};
 use looper_protocol::seller::{SellerPolicy, SellerSwap};
-use looper_protocol::swap::{Action, Context, Event, StateKind, TxPurpose};
+use looper_protocol::swap::{
+    Action, Context, Event, HtlcStatus, PaymentStatus, StateKind, TxPurpose,
+};
 use looper_protocol::{PaymentHash, SwapDirection, SwapId};
 use tokio::sync::mpsc;
 
@@ -445,6 +447,7 @@ impl Engine {
                 max_total_fee_sat: 50_000,
                 max_route_cltv: behaviour.max_route_cltv.unwrap_or(500),
                 min_confirmations: 1,
+                ..BuyerPolicy::default()
             },
             claim_destination: p2tr(20)?,
             keys,
@@ -590,12 +593,52 @@ impl Engine {
                             .push_back(Event::PaymentSucceeded { preimage });
                     }
                 }
-                Action::FailPayment { .. } => {
+                Action::FailPayment { payment_hash } => {
                     let mut w = lock(&self.world)?;
                     w.failed_back += 1;
-                    w.pending[Party::Buyer.index()].push_back(Event::PaymentFailed {
-                        reason: "failed back by the seller".into(),
+                    // Failed back: the node reports it without naming the attempt.
+                    w.pending[Party::Buyer.index()].push_back(Event::PaymentStatus {
+                        payment_hash,
+                        status: PaymentStatus::Failed,
                     });
+                }
+                Action::CheckPayment { payment_hash } => {
+                    let mut w = lock(&self.world)?;
+                    let status = match self.party {
+                        Party::Buyer if w.buyer_paid_msat > 0 => PaymentStatus::Pending,
+                        Party::Buyer if w.in_flight.iter().any(|(_, h, _)| *h == payment_hash) => {
+                            PaymentStatus::Pending
+                        }
+                        Party::Buyer if w.failed_back > 0 => PaymentStatus::Failed,
+                        Party::Seller if w.seller_received_msat > 0 => {
+                            PaymentStatus::Succeeded { preimage: None }
+                        }
+                        _ => PaymentStatus::Unknown,
+                    };
+                    w.pending[self.party.index()]
+                        .push_back(Event::PaymentStatus { payment_hash, status });
+                }
+                Action::CheckHtlc { outpoint, .. } => {
+                    let mut w = lock(&self.world)?;
+                    let found = w
+                        .all()
+                        .find(|(t, _)| t.compute_txid() == outpoint.txid)
+                        .map(|(t, h)| (t.output.get(outpoint.vout as usize).map(|o| o.value), h));
+                    let status = match found {
+                        None | Some((None, _)) => HtlcStatus::Missing,
+                        Some((Some(value), height)) => {
+                            if w.spender_of(outpoint).is_some() {
+                                HtlcStatus::Spent
+                            } else {
+                                HtlcStatus::Unspent {
+                                    value_sat: value.to_sat(),
+                                    confirmed_height: height,
+                                }
+                            }
+                        }
+                    };
+                    w.pending[self.party.index()]
+                        .push_back(Event::HtlcChecked { outpoint, status });
                 }
                 Action::Notify(n) => {
                     lock(&self.world)?.log.push(format!("{:?}: {n:?}", self.party))

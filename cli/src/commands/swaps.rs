@@ -389,6 +389,11 @@ pub fn describe(e: &Value) -> String {
                 format!("aborted: {}: {msg}", text(e, "reason"))
             }
         }
+        "stalled" => format!("stalled (trying again): {}", text(e, "reason")),
+        "funding_gone" => format!(
+            "funding {} left the chain (reorg or double spend): waiting for it again",
+            text(e, "txid")
+        ),
         "peer_error" => {
             let err = e.get("error").cloned().unwrap_or(Value::Null);
             format!("peer error: {} {}", text(&err, "code"), text(&err, "message"))
@@ -409,5 +414,7 @@ mod tests {
         assert_eq!(describe(&e), "finished: claimed");
         let e = json!({"event": "broadcast", "txid": "cd", "purpose": "cooperative_claim", "fee_sat": 222, "vsize": 111});
         assert_eq!(describe(&e), "claiming: cooperative claim cd (fee 222 sat, 111 vB)");
+        let e = json!({"event": "stalled", "reason": "claim: fee too high"});
+        assert_eq!(describe(&e), "stalled (trying again): claim: fee too high");
     }
 }

@@ -19,7 +19,9 @@ use looper_protocol::keys::SwapKeys;
 use looper_protocol::messages::{decode_envelope, encode, Envelope, Message, Offer};
 use looper_protocol::record::SwapRecord;
 use looper_protocol::seller::{SellerPolicy, SellerState, SellerSwap};
-use looper_protocol::swap::{Action, Context, Event, StateKind, TxPurpose};
+use looper_protocol::swap::{
+    Action, Context, Event, HtlcStatus, PaymentStatus, StateKind, TxPurpose,
+};
 use looper_protocol::{PaymentHash, SwapDirection, SwapId};
 
 use crate::common::{kernel_verify, master};
@@ -61,6 +63,27 @@ pub struct Opts {
     pub buyer_max_route_cltv: Option<u32>,
     /// Crash a party right after it persists this state, restoring it from its record.
     pub crash_at: Option<(Party, &'static str)>,
+    /// The seller's Lightning claim never settles (the node takes the claim but never reports
+    /// it claimed, and the payment is failed back later).
+    pub seller_claim_never_settles: bool,
+    /// The seller's offer sets this `claim_margin` (a malicious seller's small margin).
+    pub offer_claim_margin: Option<u32>,
+    /// Blocks that pass while a crashed party is down (`crash_at`), before it restarts.
+    pub crash_downtime_blocks: u32,
+    /// The first claim broadcast is dropped by the network (never reaches the mempool).
+    pub drop_first_claim: bool,
+    /// The first `coop_refund_request` is lost on the wire.
+    pub drop_first_refund_request: bool,
+}
+
+/// What a simulated Lightning node knows of a payment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LnStatus {
+    #[default]
+    Unknown,
+    Pending,
+    Failed,
+    Succeeded,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,6 +142,20 @@ pub struct Sim {
     pub seller_failed_payments: u32,
     pub broadcasts: Vec<(Party, TxPurpose, Txid)>,
     pub crashed: bool,
+    /// Transactions double-spent away (`remove_tx`): never accepted again.
+    pub conflicted: Vec<Txid>,
+    /// The buyer's node's view of its payment.
+    pub buyer_ln: LnStatus,
+    /// The seller's node's view of the payment to its invoice.
+    pub seller_ln: LnStatus,
+    /// Every `PayInvoice` attempt number seen, in order.
+    pub attempts: Vec<u32>,
+    /// `(tip, max_total_cltv_expiry_delta)` of every `PayInvoice`.
+    pub pay_budgets: Vec<(u32, u32)>,
+    /// Times a payment was started while another attempt was in flight (must stay 0).
+    pub double_payments: u32,
+    /// Refund signatures the buyer gave while a payment was in flight or done (must stay 0).
+    pub refund_sigs_while_paying: u32,
     pub log: Vec<String>,
     pub buyer_gone: bool,
     ln_secret: SecretKey,
@@ -160,11 +197,15 @@ impl Sim {
             tip_height: START_HEIGHT,
             fee_rate: FeeRate::from_sat_per_vb(2).unwrap(),
         };
-        let offer = offer();
+        let mut offer = offer();
+        if let Some(margin) = opts.offer_claim_margin {
+            offer.claim_margin = margin;
+        }
         let policy = BuyerPolicy {
             max_total_fee_sat: 50_000,
             max_route_cltv: opts.buyer_max_route_cltv.unwrap_or(500),
             min_confirmations: 1,
+            ..BuyerPolicy::default()
         };
         let start = BuyerStart {
             swap_id: SwapId([0xab; 32]),
@@ -175,7 +216,7 @@ impl Sim {
             claim_destination: p2tr(20),
             keys: SwapKeys::derive(&master(2), 0).unwrap(),
         };
-        let (buyer, actions) = BuyerSwap::start(start, &ctx).unwrap();
+        let (buyer, actions) = BuyerSwap::start(start, &ctx).expect("buyer starts");
         let mut sim = Sim {
             opts,
             ctx,
@@ -196,6 +237,13 @@ impl Sim {
             seller_failed_payments: 0,
             broadcasts: Vec::new(),
             crashed: false,
+            conflicted: Vec::new(),
+            buyer_ln: LnStatus::Unknown,
+            seller_ln: LnStatus::Unknown,
+            attempts: Vec::new(),
+            pay_budgets: Vec::new(),
+            double_payments: 0,
+            refund_sigs_while_paying: 0,
             log: Vec::new(),
             buyer_gone: false,
             ln_secret: SecretKey::from_slice(&[7; 32]).unwrap(),
@@ -207,6 +255,12 @@ impl Sim {
     fn wire(&mut self, to: Party, env: Envelope) {
         // Real encoding on the way.
         let env = decode_envelope(&encode(&env)).expect("our own messages decode");
+        if self.opts.drop_first_refund_request && matches!(env.body, Message::CoopRefundRequest(_))
+        {
+            self.opts.drop_first_refund_request = false;
+            self.log.push("wire: coop_refund_request lost".into());
+            return;
+        }
         let queue = if to == Party::Seller { &mut self.to_seller } else { &mut self.to_buyer };
         queue.push_back(env.clone());
         if self.opts.duplicate_messages {
@@ -294,12 +348,21 @@ impl Sim {
                         if p == party && state == self.state_name(party) && !self.crashed {
                             self.crashed = true;
                             self.log.push(format!("crash {party:?} in {state}"));
+                            // The world moves on while the party is down.
+                            self.ctx.tip_height += self.opts.crash_downtime_blocks;
+                            self.ctx.now_secs += 600 * u64::from(self.opts.crash_downtime_blocks);
                             self.restart(party);
                             return; // The rest of the actions died with the process.
                         }
                     }
                 }
                 Action::Send(env) => {
+                    if party == Party::Buyer
+                        && matches!(env.body, Message::CoopRefundResponse(_))
+                        && matches!(self.buyer_ln, LnStatus::Pending | LnStatus::Succeeded)
+                    {
+                        self.refund_sigs_while_paying += 1;
+                    }
                     if party == Party::Seller && self.opts.tamper == Some(Tamper::HtlcScript) {
                         if let Message::SwapAccept(mut a) = env.body.clone() {
                             a.htlc_script_pubkey = p2tr(33);
@@ -349,51 +412,138 @@ impl Sim {
                     }
                     self.notify_chain();
                 }
-                Action::PayInvoice { invoice, amount_msat, max_total_cltv_expiry_delta } => {
+                Action::PayInvoice {
+                    invoice,
+                    amount_msat,
+                    max_total_cltv_expiry_delta,
+                    attempt,
+                } => {
                     let inv: lightning_invoice::Bolt11Invoice = invoice.parse().unwrap();
                     assert_eq!(inv.amount_milli_satoshis(), Some(amount_msat));
+                    assert!(
+                        self.attempts.last().is_none_or(|a| *a < attempt),
+                        "attempt numbers grow: {:?} then {attempt}",
+                        self.attempts
+                    );
+                    self.attempts.push(attempt);
+                    self.pay_budgets.push((self.ctx.tip_height, max_total_cltv_expiry_delta));
                     let hash = PaymentHash(inv.payment_hash().to_byte_array());
-                    if self.in_flight.iter().any(|(_, h, _)| *h == hash) || self.buyer_paid_msat > 0
-                    {
-                        continue; // idempotent
+                    if matches!(self.buyer_ln, LnStatus::Pending | LnStatus::Succeeded) {
+                        // ldk-node refuses a second payment of the same hash; count it.
+                        self.double_payments += 1;
+                        continue;
                     }
                     if self.opts.unsent_first_payments > 0 {
                         self.opts.unsent_first_payments -= 1;
                         self.feed(
                             Party::Buyer,
-                            Event::PaymentNotSent { reason: "no route: peer offline".into() },
+                            Event::PaymentNotSent {
+                                attempt,
+                                reason: "no route: peer offline".into(),
+                            },
                         );
                     } else if self.opts.fail_first_payments > 0 {
                         self.opts.fail_first_payments -= 1;
+                        self.buyer_ln = LnStatus::Failed;
                         self.feed(
                             Party::Buyer,
-                            Event::PaymentFailed { reason: "temporary channel failure".into() },
+                            Event::PaymentFailed {
+                                attempt,
+                                reason: "temporary channel failure".into(),
+                            },
                         );
                     } else if max_total_cltv_expiry_delta < self.opts.route_cltv.max(42) {
+                        self.buyer_ln = LnStatus::Failed;
                         self.feed(
                             Party::Buyer,
-                            Event::PaymentFailed { reason: "no route within the cltv cap".into() },
+                            Event::PaymentFailed {
+                                attempt,
+                                reason: "no route within the cltv cap".into(),
+                            },
                         );
                     } else {
+                        self.buyer_ln = LnStatus::Pending;
                         let at = self.ctx.tip_height + self.opts.payment_delay_blocks;
                         self.in_flight.push((at, hash, amount_msat));
                         self.deliver_payments();
                     }
                 }
+                Action::CheckPayment { payment_hash } => {
+                    let status = match party {
+                        Party::Buyer => match self.buyer_ln {
+                            LnStatus::Unknown => PaymentStatus::Unknown,
+                            LnStatus::Pending => PaymentStatus::Pending,
+                            LnStatus::Failed => PaymentStatus::Failed,
+                            LnStatus::Succeeded => PaymentStatus::Succeeded {
+                                preimage: Some(
+                                    SwapKeys::derive(&master(1), 0).unwrap().preimage().clone(),
+                                ),
+                            },
+                        },
+                        Party::Seller => match self.seller_ln {
+                            LnStatus::Unknown => PaymentStatus::Unknown,
+                            LnStatus::Pending => PaymentStatus::Pending,
+                            LnStatus::Failed => PaymentStatus::Failed,
+                            LnStatus::Succeeded => PaymentStatus::Succeeded { preimage: None },
+                        },
+                    };
+                    self.feed(party, Event::PaymentStatus { payment_hash, status });
+                }
+                Action::CheckHtlc { outpoint, .. } => {
+                    let status =
+                        match self.chain.all().find(|(t, _)| t.compute_txid() == outpoint.txid) {
+                            None => HtlcStatus::Missing,
+                            Some((tx, height)) => {
+                                let value_sat = tx.output[outpoint.vout as usize].value.to_sat();
+                                if self.chain.spender_of(outpoint).is_some() {
+                                    HtlcStatus::Spent
+                                } else {
+                                    HtlcStatus::Unspent { value_sat, confirmed_height: height }
+                                }
+                            }
+                        };
+                    self.feed(party, Event::HtlcChecked { outpoint, status });
+                }
                 Action::ClaimPayment { payment_hash, preimage, amount_msat } => {
                     assert_eq!(preimage.payment_hash(), payment_hash);
+                    if self.opts.seller_claim_never_settles {
+                        // The claim is lost (the held HTLC timed out first): the payment fails
+                        // back, nothing was revealed.
+                        if self.seller_ln == LnStatus::Pending {
+                            self.seller_ln = LnStatus::Failed;
+                            self.buyer_ln = LnStatus::Failed;
+                            self.feed(
+                                Party::Buyer,
+                                Event::PaymentStatus {
+                                    payment_hash,
+                                    status: PaymentStatus::Failed,
+                                },
+                            );
+                        }
+                        continue;
+                    }
                     if self.seller_received_msat == 0 {
                         self.seller_received_msat = amount_msat;
                         self.buyer_paid_msat = amount_msat;
+                        self.seller_ln = LnStatus::Succeeded;
+                        self.buyer_ln = LnStatus::Succeeded;
                         self.feed(Party::Buyer, Event::PaymentSucceeded { preimage });
+                        self.feed(Party::Seller, Event::PaymentClaimed { payment_hash });
                     }
                 }
-                Action::FailPayment { .. } => {
+                Action::FailPayment { payment_hash } => {
                     self.seller_failed_payments += 1;
-                    self.feed(
-                        Party::Buyer,
-                        Event::PaymentFailed { reason: "failed back by the seller".into() },
-                    );
+                    if self.seller_ln == LnStatus::Pending {
+                        self.seller_ln = LnStatus::Failed;
+                    }
+                    if self.buyer_ln == LnStatus::Pending {
+                        self.buyer_ln = LnStatus::Failed;
+                        // Failed back: the node reports it without telling which attempt.
+                        self.feed(
+                            Party::Buyer,
+                            Event::PaymentStatus { payment_hash, status: PaymentStatus::Failed },
+                        );
+                    }
                 }
                 Action::Notify(n) => self.log.push(format!("{party:?}: {n:?}")),
             }
@@ -432,6 +582,10 @@ impl Sim {
         if self.chain.all().any(|(t, _)| t.compute_txid() == txid) {
             return;
         }
+        if self.conflicted.contains(&txid) {
+            self.log.push(format!("{party:?} {purpose:?} rejected: inputs double-spent"));
+            return;
+        }
         // First seen wins.
         for input in &tx.input {
             if self.chain.spender_of(input.previous_output).is_some() {
@@ -460,6 +614,13 @@ impl Sim {
             }
         }
         self.broadcasts.push((party, purpose, txid));
+        if self.opts.drop_first_claim
+            && matches!(purpose, TxPurpose::CooperativeClaim | TxPurpose::ScriptClaim)
+        {
+            self.opts.drop_first_claim = false;
+            self.log.push(format!("{party:?} {purpose:?} dropped by the network"));
+            return;
+        }
         self.chain.mempool.push(tx);
         self.notify_chain();
     }
@@ -513,7 +674,35 @@ impl Sim {
             self.in_flight.drain(..).partition(|(at, _, _)| *at <= tip);
         self.in_flight = later;
         for (_, payment_hash, amount_msat) in due {
+            if self.seller_ln != LnStatus::Succeeded {
+                self.seller_ln = LnStatus::Pending;
+            }
             self.feed(Party::Seller, Event::PaymentClaimable { payment_hash, amount_msat });
+        }
+    }
+
+    /// Removes a transaction from the chain and the mempool (reorganised out and dropped, or
+    /// double-spent). With `notify`, the parties' chain watchers report the output gone.
+    pub fn remove_tx(&mut self, txid: Txid, notify: bool) {
+        self.conflicted.push(txid);
+        self.chain.confirmed.remove(&txid);
+        self.chain.mempool.retain(|t| t.compute_txid() != txid);
+        self.log.push(format!("chain: {txid} removed"));
+        if !notify {
+            return;
+        }
+        let gone: Vec<((u8, String), Party, OutPoint)> = self
+            .seen
+            .keys()
+            .filter_map(|(p, k)| {
+                let op: OutPoint = k.strip_prefix("out ")?.parse().ok()?;
+                let party = if *p == 1 { Party::Buyer } else { Party::Seller };
+                (op.txid == txid).then(|| ((*p, k.clone()), party, op))
+            })
+            .collect();
+        for (key, party, outpoint) in gone {
+            self.seen.remove(&key);
+            self.feed(party, Event::HtlcGone { outpoint });
         }
     }
 
@@ -682,6 +871,19 @@ impl Sim {
 
     /// The safety invariant: an honest party never loses both sides.
     pub fn check_invariants(&self) {
+        if !self.conflicted.is_empty() {
+            return; // a double-spent funding: the seller's loss, checked by the scenario
+        }
+        assert_eq!(
+            self.double_payments, 0,
+            "a payment started while one was in flight: {:#?}",
+            self.log
+        );
+        assert_eq!(
+            self.refund_sigs_while_paying, 0,
+            "the buyer co-signed a refund with a payment in flight: {:#?}",
+            self.log
+        );
         let htlc_locked = self.broadcasts.iter().any(|(_, p, _)| *p == TxPurpose::Funding);
         if self.buyer_paid_msat > 0 && !self.buyer_gone {
             assert!(

@@ -1,0 +1,276 @@
+//! Fund safety (issue 12): each scenario is an attack or a fault that cost a user money before
+//! the rule it checks existed (spec `02-swap-flow.md`, "Buyer checks", "Payment attempts",
+//! "Cooperative spends"; `03-transactions.md`, "Telling a claim from a refund").
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+mod sim;
+
+use bitcoin::{Amount, FeeRate, OutPoint, Txid};
+use looper_protocol::buyer::{BuyerCheckError, BuyerPolicy, BuyerStart, BuyerState, BuyerSwap};
+use looper_protocol::htlc::HtlcSpendPath;
+use looper_protocol::keys::SwapKeys;
+use looper_protocol::seller::SellerState;
+use looper_protocol::spend::{claim_script_path, refund_script_path};
+use looper_protocol::swap::{Context, Event, TxPurpose};
+use looper_protocol::SwapId;
+use sim::{Opts, Party, Sim, START_HEIGHT, START_TIME};
+
+use crate::common::{master, pair};
+
+fn sim(opts: Opts) -> Sim {
+    Sim::new(Opts { route_cltv: 60, ..opts })
+}
+
+fn run(opts: Opts) -> Sim {
+    let mut sim = sim(opts);
+    sim.run_to_end(400);
+    sim.check_invariants();
+    sim
+}
+
+fn start(offer_margin: u32, amount_sat: u64, policy: BuyerPolicy) -> Result<(), BuyerCheckError> {
+    let mut offer = sim::offer();
+    offer.claim_margin = offer_margin;
+    let ctx = Context {
+        now_secs: START_TIME,
+        tip_height: START_HEIGHT,
+        fee_rate: FeeRate::from_sat_per_vb(2).unwrap(),
+    };
+    let start = BuyerStart {
+        swap_id: SwapId([1; 32]),
+        peer: "seller".into(),
+        offer,
+        amount_sat,
+        policy,
+        claim_destination: sim::p2tr(20),
+        keys: SwapKeys::derive(&master(2), 0).unwrap(),
+    };
+    BuyerSwap::start(start, &ctx).map(|_| ())
+}
+
+/// Item 1: the seller's offer no longer sets the buyer's safety margin.
+#[test]
+fn an_offer_below_the_buyers_claim_margin_floor_is_refused() {
+    let policy = BuyerPolicy::default();
+    assert_eq!(policy.min_claim_margin, 20);
+    assert_eq!(
+        start(1, 200_000, policy),
+        Err(BuyerCheckError::ClaimMarginTooLow { offered: 1, min: 20 })
+    );
+    assert_eq!(start(20, 200_000, policy), Ok(()));
+    // A buyer may demand more than the default.
+    let strict = BuyerPolicy { min_claim_margin: 40, ..policy };
+    assert!(matches!(start(20, 200_000, strict), Err(BuyerCheckError::ClaimMarginTooLow { .. })));
+}
+
+/// Item 1: every payment's budget keeps the buyer's margin, from the tip of that attempt.
+#[test]
+fn every_payment_keeps_the_claim_margin_before_the_timeout() {
+    let sim = run(Opts { fail_first_payments: 2, ..Opts::default() });
+    assert!(matches!(sim.buyer.state, BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    let timeout = sim.buyer.terms().unwrap().htlc_params.timeout_height;
+    assert_eq!(sim.pay_budgets.len(), 3);
+    for (tip, budget) in &sim.pay_budgets {
+        assert!(tip + budget + 20 <= timeout, "tip {tip} + budget {budget} + 20 > {timeout}");
+    }
+}
+
+/// Item 2: a failure of an earlier attempt, replayed (after a restart, before the Lightning
+/// event loop caught up), neither ends the attempt in flight nor leads to a refund signature.
+#[test]
+fn a_replayed_failure_of_an_earlier_attempt_is_ignored() {
+    let mut sim = sim(Opts { fail_first_payments: 1, payment_delay_blocks: 3, ..Opts::default() });
+    sim.pump();
+    for _ in 0..20 {
+        if sim.attempts.len() == 2 {
+            break;
+        }
+        sim.advance_secs(11);
+        sim.mine(1);
+    }
+    assert_eq!(sim.attempts, vec![1, 2], "{:#?}", sim.log);
+    assert!(matches!(sim.buyer.state, BuyerState::Paying { attempt: 2, .. }));
+    for _ in 0..5 {
+        let stale = Event::PaymentFailed { attempt: 1, reason: "replayed".into() };
+        let actions = sim.buyer.handle(stale, &sim.ctx.clone(), &mut sim.rng).unwrap();
+        assert!(actions.is_empty(), "{actions:?}");
+    }
+    assert!(matches!(sim.buyer.state, BuyerState::Paying { attempt: 2, .. }));
+    // The seller asks for a refund now: refused, a payment is in flight.
+    sim.user_abort(Party::Seller);
+    sim.pump();
+    sim.run_to_end(400);
+    sim.check_invariants();
+    assert!(matches!(sim.buyer.state, BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.seller_state(), SellerState::Claimed { .. }), "{:#?}", sim.log);
+}
+
+/// Item 2: a payment found succeeded leads to the claim in any state, also after an abort.
+#[test]
+fn a_payment_that_succeeds_after_an_abort_is_claimed() {
+    let mut sim = sim(Opts { payment_delay_blocks: 2, ..Opts::default() });
+    sim.pump();
+    for _ in 0..10 {
+        if sim.attempts.len() == 1 {
+            break;
+        }
+        sim.mine(1);
+    }
+    // The old bug: a stale failure moved the swap to Aborted while the payment was in flight.
+    // Whatever got it there, the success must still lead to the claim.
+    let terms = sim.buyer.terms().cloned();
+    let htlc = match &sim.buyer.state {
+        BuyerState::Paying { htlc, .. } => Some(htlc.clone()),
+        other => panic!("not paying: {}", other.name()),
+    };
+    sim.buyer.state = BuyerState::Aborted {
+        reason: looper_protocol::messages::AbortReason::PaymentFailed,
+        check: None,
+        message: None,
+        terms,
+        htlc,
+    };
+    sim.run_to_end(400);
+    assert!(matches!(sim.buyer.state, BuyerState::Claimed { .. }), "{:#?}", sim.log);
+}
+
+/// Item 3: a buyer that crashed in `Paying` asks its node first and never pays twice; an attempt
+/// that never went out is made again with a budget from the current tip.
+#[test]
+fn resuming_in_paying_never_pays_twice_or_with_a_stale_budget() {
+    // The crash hits after `Paying` is persisted and before the payment went out; 3 blocks pass
+    // while the node is down.
+    let sim = run(Opts {
+        crash_at: Some((Party::Buyer, "Paying")),
+        crash_downtime_blocks: 3,
+        ..Opts::default()
+    });
+    assert!(sim.crashed);
+    assert_eq!(
+        sim.pay_budgets.len(),
+        1,
+        "the attempt that never went out is made once: {:#?}",
+        sim.log
+    );
+    assert!(sim.pay_budgets[0].0 >= START_HEIGHT + 4, "from the tip after the restart");
+    assert!(matches!(sim.buyer.state, BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    let timeout = sim.buyer.terms().unwrap().htlc_params.timeout_height;
+    for (tip, budget) in &sim.pay_budgets {
+        assert!(tip + budget + 20 <= timeout, "stale budget: tip {tip} budget {budget}");
+    }
+    // Down for 30 blocks (5 hours): the invoice expired meanwhile; the buyer pays nothing.
+    let sim = run(Opts {
+        crash_at: Some((Party::Buyer, "Paying")),
+        crash_downtime_blocks: 30,
+        ..Opts::default()
+    });
+    assert_eq!(sim.buyer_paid_msat, 0);
+    assert!(sim.pay_budgets.is_empty(), "{:?}", sim.pay_budgets);
+    assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }));
+    // A crash while the payment is in flight: the resumed buyer waits for it.
+    let sim = run(Opts {
+        crash_at: Some((Party::Buyer, "Paying")),
+        payment_delay_blocks: 3,
+        ..Opts::default()
+    });
+    assert!(matches!(sim.buyer.state, BuyerState::Claimed { .. }), "{:#?}", sim.log);
+}
+
+/// Item 5: a seller whose Lightning claim never settles does not co-sign the claim; the HTLC
+/// becomes refundable again and is refunded, and the buyer (who never got the preimage) paid
+/// nothing.
+#[test]
+fn a_claim_that_never_settles_leaves_the_htlc_refundable() {
+    let sim = run(Opts { seller_claim_never_settles: true, ..Opts::default() });
+    assert_eq!(sim.buyer_paid_msat, 0);
+    assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }), "{:#?}", sim.log);
+    assert!(!sim.purposes().contains(&TxPurpose::CooperativeClaim));
+    assert!(sim.log.iter().any(|l| l.contains("never settled")), "{:#?}", sim.log);
+}
+
+/// Item 6: the funding transaction disappears before the payment (reorganised out and
+/// dropped, or double-spent): the buyer does not pay for an HTLC that is not there.
+#[test]
+fn a_funding_that_disappears_is_not_paid_for() {
+    for notify in [true, false] {
+        let mut sim = sim(Opts::default());
+        sim.pump();
+        // Funded and in the mempool, not confirmed yet.
+        let funding: Txid = match &sim.buyer.state {
+            BuyerState::Funded { htlc, .. } => htlc.outpoint.txid,
+            other => panic!("not funded: {} {:#?}", other.name(), sim.log),
+        };
+        // Double-spent: gone for good. Without `notify` the chain watcher has not seen it yet and
+        // the check right before paying finds it gone.
+        sim.remove_tx(funding, notify);
+        sim.run_to_end(300);
+        assert_eq!(sim.buyer_paid_msat, 0, "notify={notify}: {:#?}", sim.log);
+        assert!(sim.attempts.is_empty(), "notify={notify}: {:#?}", sim.log);
+        assert!(matches!(sim.buyer.state, BuyerState::Aborted { .. }), "{:#?}", sim.log);
+    }
+}
+
+/// Item 6 / issue 14: a claim the network dropped goes out again at the next block.
+#[test]
+fn a_dropped_claim_is_rebroadcast() {
+    let sim = run(Opts { drop_first_claim: true, ..Opts::default() });
+    assert!(matches!(sim.buyer.state, BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(sim.log.iter().any(|l| l.contains("dropped by the network")));
+}
+
+/// Item 7: a swap whose claim the buyer could not afford at its highest fee rate is refused
+/// before anything is paid.
+#[test]
+fn a_claim_the_buyer_cannot_afford_is_refused_before_paying() {
+    let policy = BuyerPolicy::default();
+    assert_eq!(policy.max_claim_fee_rate_sat_vb, 200);
+    // 152 vB at 200 sat/vB = 30,400 sat: a 30,000 sat HTLC would be all fee.
+    assert!(matches!(
+        start(20, 30_000, policy),
+        Err(BuyerCheckError::ClaimUnaffordable { claim_fee_sat: 30_400, .. })
+    ));
+    assert_eq!(start(20, 31_000, policy), Ok(()));
+}
+
+/// Item 8: the seller asks for the cooperative refund again when the first request is lost.
+#[test]
+fn the_seller_asks_for_the_cooperative_refund_again() {
+    let sim = run(Opts {
+        buyer_aborts_when_funded: true,
+        drop_first_refund_request: true,
+        ..Opts::default()
+    });
+    assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }), "{:#?}", sim.log);
+    assert_eq!(sim.purposes(), vec![TxPurpose::Funding, TxPurpose::CooperativeRefund]);
+}
+
+/// Item 8: a claim and a refund are told apart by the spending path in the witness, not by
+/// where the outputs pay (a refund may pay anywhere, even to the buyer's claim address).
+#[test]
+fn claim_or_refund_is_read_from_the_witness() {
+    let p = pair(0, START_HEIGHT + 144);
+    let outpoint =
+        OutPoint { txid: Txid::from_raw_hash(bitcoin::hashes::Hash::all_zeros()), vout: 0 };
+    let amount = Amount::from_sat(100_000);
+    let rate = FeeRate::from_sat_per_vb(2).unwrap();
+    // The seller's refund paying to the buyer's claim destination is still a refund.
+    let refund =
+        refund_script_path(&p.htlc, outpoint, amount, p.seller.refund(), sim::p2tr(20), rate)
+            .unwrap();
+    assert_eq!(p.htlc.spend_path(&refund, outpoint), Some(HtlcSpendPath::RefundLeaf));
+    let claim = claim_script_path(
+        &p.htlc,
+        outpoint,
+        amount,
+        p.seller.preimage(),
+        p.buyer.claim(),
+        sim::p2tr(10),
+        rate,
+    )
+    .unwrap();
+    assert_eq!(p.htlc.spend_path(&claim, outpoint), Some(HtlcSpendPath::ClaimLeaf));
+    let other = OutPoint { vout: 1, ..outpoint };
+    assert_eq!(p.htlc.spend_path(&claim, other), None);
+}
