@@ -3,7 +3,8 @@
 //! the cooperative and the script-path claim, the refunds (cooperative after the buyer's abort;
 //! the refund leaf after the timeout when the buyer is gone), SIGKILL and restart of either side
 //! at each swap state (balances before and after differ only by the accounted fees), a reorg of
-//! the funding block, and no secret in any node log.
+//! the funding block, a funding that vanishes before the payment (reorganised out and dropped;
+//! double-spent), and no secret in any node log.
 //!
 //! The late payment failed back is in `e2e_late_payment.rs`: an honest buyer cannot pay that late
 //! (its route budget, `timeout - tip - claim_margin` >= 42 blocks, bounds the HTLC's expiry, and it
@@ -667,6 +668,109 @@ async fn e2e_reorg_of_the_funding_block() -> Result<()> {
     miner.stop();
     eprintln!("{r}");
     check_balances(&h, before, &r).await?;
+    h.stop().await;
+    Ok(())
+}
+
+/// Takes a swap from a seller whose offer asks 2 confirmations, lets the funding confirm once,
+/// then replaces that block (1-block reorg) and drops the funding from the mempool (`forever`:
+/// as if its input had been double-spent). Returns the swap id and the funding txid once the
+/// buyer reported the HTLC gone and went back to `Accepted`.
+async fn fund_then_vanish(h: &Harness, forever: bool) -> Result<(String, bitcoin::Txid)> {
+    let swap_id = take(h).await?;
+    let buyer = h.node("buyer")?.api();
+    let funding = wait_until("funding seen by the buyer", SWAP_TIMEOUT, || async {
+        let events = buyer.swap_events(&swap_id).await.ok()?;
+        events
+            .iter()
+            .find(|e| e["event"] == "funding_seen")
+            .and_then(|e| e["txid"].as_str().and_then(|t| t.parse::<bitcoin::Txid>().ok()))
+    })
+    .await?;
+    h.mine(1).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let state = buyer.swap(&swap_id).await?.state;
+    ensure!(
+        matches!(state.as_str(), "Accepted" | "Funded"),
+        "buyer moved on: {state}: {:?}",
+        buyer.swap_events(&swap_id).await?
+    );
+    let chain = h.chain().clone();
+    tokio::task::spawn_blocking(move || -> Result<()> {
+        chain.reorg(1)?;
+        ensure!(chain.drop_transaction(&funding, forever)?, "funding not in the mempool");
+        Ok(())
+    })
+    .await??;
+    h.sync_all().await;
+    wait_until("buyer sees the htlc gone", SWAP_TIMEOUT, || async {
+        let events = buyer.swap_events(&swap_id).await.ok()?;
+        let gone = events.iter().any(|e| e["event"] == "funding_gone");
+        (gone && buyer.swap(&swap_id).await.ok()?.state == "Accepted").then_some(())
+    })
+    .await?;
+    Ok((swap_id, funding))
+}
+
+/// Nothing was paid for the swap: no payment attempt in the buyer's log, its channel balance
+/// as before.
+async fn ensure_unpaid(h: &Harness, swap_id: &str, before: Balances) -> Result<()> {
+    let events = h.node("buyer")?.api().swap_events(swap_id).await?;
+    ensure!(!events.iter().any(|e| e["event"] == "paying"), "the buyer paid: {events:?}");
+    let now = balances(h).await?;
+    ensure!(
+        now.buyer_ln_out_msat >= before.buyer_ln_out_msat,
+        "buyer's channel balance went down: {before:?} -> {now:?}"
+    );
+    Ok(())
+}
+
+/// Issue 12 item 6: the funding block is reorganised out and the funding dropped from the
+/// mempool before the buyer pays. The buyer sees the HTLC gone and does not pay for it; the
+/// seller broadcasts its funding again at the next block, and once it is back and confirmed the
+/// swap completes with the usual balances.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_funding_reorged_out_and_dropped_is_paid_only_once_back() -> Result<()> {
+    let s = scratch()?;
+    let mut seller = NodeSpec::seller("seller");
+    seller.offer.min_confirmations = 2;
+    let h = Harness::start(config(&s.dir, seller)).await?;
+    let before = balances(&h).await?;
+    let (swap_id, funding) = fund_then_vanish(&h, false).await?;
+    ensure_unpaid(&h, &swap_id, before).await?;
+    let miner = h.start_miner(Duration::from_secs(1));
+    let r = finish(&h, &swap_id).await?;
+    miner.stop();
+    ensure!(r.funding_txid == funding.to_string(), "another funding: {}", r.funding_txid);
+    check_balances(&h, before, &r).await?;
+    h.stop().await;
+    Ok(())
+}
+
+/// Issue 12 item 6: the funding's input is double-spent (the funding is reorganised out and can
+/// never come back). The buyer never pays and gives up when the timeout comes too close; its
+/// channel balance is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_funding_double_spent_is_never_paid_for() -> Result<()> {
+    let s = scratch()?;
+    let mut seller = NodeSpec::seller("seller");
+    seller.offer.min_confirmations = 2;
+    // Short: the buyer gives up once `tip > timeout - margin 20 - the invoice's final CLTV
+    // delta`, some 20-30 blocks after the swap starts.
+    seller.offer.timeout_delta_blocks = 90;
+    let h = Harness::start(config(&s.dir, seller)).await?;
+    let before = balances(&h).await?;
+    let (swap_id, _) = fund_then_vanish(&h, true).await?;
+    let miner = h.start_miner(Duration::from_millis(500));
+    let buyer = h.node("buyer")?.api();
+    let state = wait_until("buyer gives up", SWAP_TIMEOUT, || async {
+        let v = buyer.swap(&swap_id).await.ok()?;
+        v.is_final().then_some(v.state)
+    })
+    .await?;
+    miner.stop();
+    ensure!(state == "Aborted", "buyer ended in {state}");
+    ensure_unpaid(&h, &swap_id, before).await?;
     h.stop().await;
     Ok(())
 }

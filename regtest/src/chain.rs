@@ -77,6 +77,9 @@ pub(crate) struct ChainState {
     indexed: HashSet<Txid>,
     /// Transactions dropped because the kernel rejected a block containing them.
     pub dropped: HashMap<Txid, String>,
+    /// Transactions the harness declared double-spent ([`ChainState::drop_tx`] with `forever`):
+    /// refused from then on, as if a conflicting transaction had confirmed.
+    pub banned: std::collections::HashSet<Txid>,
     mempool_seq: u64,
     extra_nonce: u64,
     pub miner_key: SecretKey,
@@ -182,6 +185,7 @@ impl ChainState {
             script_txs: HashMap::new(),
             indexed: HashSet::new(),
             dropped: HashMap::new(),
+            banned: std::collections::HashSet::new(),
             mempool_seq: 0,
             extra_nonce: 0,
             miner_key,
@@ -452,9 +456,25 @@ impl ChainState {
         }
     }
 
+    /// Drops `txid` (and its descendants) from the mempool, as a node's mempool may (eviction,
+    /// expiry, a restart). With `forever` the transaction is refused from then on, as if its
+    /// input had been double-spent. Returns whether it was in the mempool; a confirmed
+    /// transaction is left alone (reorganise it out first).
+    pub fn drop_tx(&mut self, txid: Txid, forever: bool) -> bool {
+        if forever {
+            self.banned.insert(txid);
+        }
+        let was = self.mempool.contains_key(&txid);
+        self.remove_from_mempool(&txid, true);
+        was
+    }
+
     /// Mempool acceptance (see the crate docs for the rules). Returns the txid.
     pub fn accept(&mut self, tx: Transaction) -> Result<Txid> {
         let txid = tx.compute_txid();
+        if self.banned.contains(&txid) {
+            return Err(reject(txid, "bad-txns-inputs-missingorspent (double-spent)"));
+        }
         let raw = bitcoin::consensus::serialize(&tx);
         let ktx = bk::Transaction::new(&raw)
             .map_err(|e| reject(txid, format!("TX decode failed ({e})")))?;

@@ -151,6 +151,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/regtest/mine", post(ctl_mine))
         .route("/regtest/fund", post(ctl_fund))
         .route("/regtest/reorg", post(ctl_reorg))
+        .route("/regtest/drop", post(ctl_drop))
         .with_state(shared)
 }
 
@@ -847,6 +848,20 @@ async fn ctl_fund(State(sh): St, Json(req): Json<FundReq>) -> ApiResult<Json<Val
     let spk = parse_address(&req.address)?;
     let txid = blocking(sh, move |s| Ok(s.fund(&spk, Amount::from_sat(req.amount_sat))?)).await?;
     Ok(Json(json!({ "txid": txid.to_string() })))
+}
+
+#[derive(Deserialize)]
+struct DropReq {
+    txid: String,
+    #[serde(default)]
+    forever: bool,
+}
+
+async fn ctl_drop(State(sh): St, Json(req): Json<DropReq>) -> ApiResult<Json<Value>> {
+    let txid = parse_txid(&req.txid)?;
+    let forever = req.forever;
+    let dropped = blocking(sh, move |s| Ok(s.drop_tx(txid, forever))).await?;
+    Ok(Json(json!({ "dropped": dropped })))
 }
 
 async fn ctl_reorg(State(sh): St, Json(req): Json<ReorgReq>) -> ApiResult<Json<Value>> {

@@ -242,6 +242,14 @@ impl RegtestChain {
         })
     }
 
+    /// Drops `txid` and its descendants from the mempool (a node may evict or forget it); with
+    /// `forever` it is refused from then on (a double spend, seen from the other transaction's
+    /// side). Returns whether it was in the mempool.
+    pub fn drop_transaction(&self, txid: &Txid, forever: bool) -> Result<bool> {
+        let txid = *txid;
+        self.with(|s| Ok(s.drop_tx(txid, forever)))
+    }
+
     /// Reason a transaction was dropped from the mempool because the kernel rejected a block
     /// containing it.
     pub fn dropped_reason(&self, txid: &Txid) -> Result<Option<String>> {

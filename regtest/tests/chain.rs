@@ -261,3 +261,27 @@ fn restart_rebuilds_the_indexes_from_the_kernel() {
     chain.fund_address(&addr, Amount::from_sat(100_000)).unwrap();
     assert!(chain.check_undo(height + 1).unwrap());
 }
+
+#[tokio::test]
+async fn a_dropped_transaction_leaves_the_history_and_a_banned_one_never_comes_back() {
+    let dir = TempDir::new("drop");
+    let chain = RegtestChain::start(dir.path()).unwrap();
+    let c = client(&chain);
+    let (_key, addr) = test_key("drop").unwrap();
+    let txid = chain.fund_address(&addr, Amount::from_sat(500_000)).unwrap();
+    // Confirmed by `fund_address`: reorganised out, it is back in the mempool.
+    chain.reorg(1).unwrap();
+    assert!(chain.in_mempool(&txid).unwrap());
+    let tx = c.get_tx(&txid).await.unwrap().unwrap();
+    // Dropped (evicted): gone from the mempool and the address history, but it may come back.
+    assert!(chain.drop_transaction(&txid, false).unwrap());
+    assert!(!chain.in_mempool(&txid).unwrap());
+    assert!(c.get_address_txs(&addr, None).await.unwrap().is_empty());
+    assert_eq!(chain.submit_transaction(&tx).unwrap(), txid);
+    // Banned (double-spent): refused from now on.
+    assert!(chain.drop_transaction(&txid, true).unwrap());
+    assert!(chain.submit_transaction(&tx).is_err());
+    chain.mine(1).unwrap();
+    assert!(c.get_tx_status(&txid).await.unwrap().block_height.is_none());
+    chain.shutdown();
+}
