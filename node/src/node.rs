@@ -1,6 +1,6 @@
-//! Wiring a node from its [`Config`]: seed, store, wallet, chain source, ldk-node, Nostr transport,
-//! engine and control API ([`LooperNode::start`]), and running it until shutdown
-//! ([`LooperNode::run`]).
+//! Wiring a node from its [`Config`]: seed, store, wallet, backups (and the restore from them),
+//! chain source, ldk-node, Nostr transport, engine and control API ([`LooperNode::start`]), and
+//! running it until shutdown ([`LooperNode::run`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use looper_protocol::messages::{Offer, OfferError, PROTOCOL_VERSION};
 use looper_protocol::seller::SellerPolicy;
 use looper_protocol::SwapDirection;
 
+use crate::backup::{BackupKeys, BackupOptions, Backups, SHUTDOWN_FLUSH_TIMEOUT};
 use crate::chain::EsploraChainSource;
 use crate::config::Config;
 use crate::engine::{Engine, EngineConfig, EngineParts};
@@ -109,6 +110,8 @@ pub struct LooperNode {
     pub seed: (std::path::PathBuf, SeedOrigin),
     /// The API token.
     pub token: ApiToken,
+    /// The swap-store backups on the relays (and what the restore at start did).
+    pub backups: Backups,
     /// The control API's listener, bound before anything else starts (a port in use fails the
     /// start at once, before the Lightning node runs).
     listener: tokio::net::TcpListener,
@@ -151,6 +154,18 @@ impl LooperNode {
             )
             .map_err(step("load the wallet"))?,
         );
+        // Backups: restore an emptied store before anything uses it, then wrap it. A restore
+        // that cannot reach any relay fails the start (it could reuse a swap key otherwise).
+        let backup_keys =
+            BackupKeys::from_node_keys(&keys).map_err(step("derive the backup key"))?;
+        let backups = Backups::start(
+            BackupOptions::new(config.relays.clone(), origin == SeedOrigin::Created),
+            backup_keys,
+            Arc::new(store.clone()),
+            Some(Arc::clone(&wallet)),
+        )
+        .await
+        .map_err(step("restore the swaps from the backups"))?;
         let fallback = FeeRate::from_sat_per_vb_u32(
             u32::try_from(config.fees.fallback_fee_rate_sat_vb).unwrap_or(2),
         );
@@ -172,7 +187,7 @@ impl LooperNode {
             .await
             .map_err(step("start the lightning node"))?,
         );
-        let store: Arc<dyn SwapStore> = Arc::new(store);
+        let store: Arc<dyn SwapStore> = backups.store();
         let nostr_key = keys.nostr_secret_key().map_err(step("derive the nostr key"))?;
         // The engine marks each message processed once it has acted on it (persist before act).
         let transport_config = TransportConfig {
@@ -215,7 +230,15 @@ impl LooperNode {
         .await
         .map_err(step("start the swap engine"))?;
         let seed_path = config.datadir.join(crate::seed::SEED_FILE_NAME);
-        Ok(LooperNode { config, engine, lightning, seed: (seed_path, origin), token, listener })
+        Ok(LooperNode {
+            config,
+            engine,
+            lightning,
+            seed: (seed_path, origin),
+            token,
+            backups,
+            listener,
+        })
     }
 
     /// Serves the control API and runs the engine until `shutdown` resolves, then stops the
@@ -271,6 +294,7 @@ impl LooperNode {
         if tokio::time::timeout(Duration::from_secs(3), server_task).await.is_err() {
             abort.abort();
         }
+        self.backups.shutdown(SHUTDOWN_FLUSH_TIMEOUT).await;
         self.engine.transport().shutdown().await;
         if let Err(e) = self.lightning.stop().await {
             tracing::warn!(error = %e, "lightning node did not stop cleanly");

@@ -10,6 +10,7 @@
 //! | on-chain wallet (BIP-0086 taproot) | `m/86'/coin'/0'/{0,1}/*` | [`NodeKeys::wallet_descriptors`] |
 //! | swap keys and preimages (`looper_protocol::keys`) | `m/10147'/coin'/0'` | [`NodeKeys::swap_master`] |
 //! | ldk-node entropy | `m/10147'/coin'/2'` | [`NodeKeys::ldk_seed_bytes`] |
+//! | swap-record backups (their own Nostr key, see `crate::backup`) | `m/10147'/coin'/3'` | [`NodeKeys::backup_secret_key`] |
 //! | Nostr identity (NIP-06) | `m/44'/1237'/0'/0/0` | [`NodeKeys::nostr_secret_key`] |
 //!
 //! `10147` is Looper's purpose number (an unassigned BIP-43 purpose). Restoring from the mnemonic
@@ -439,6 +440,26 @@ impl NodeKeys {
         Ok(out)
     }
 
+    /// The key of the node's encrypted swap-record backups (`crate::backup`): the secret key of
+    /// `m/10147'/coin'/3'`. It signs the backup events and encrypts them to itself (NIP-44); it is
+    /// not the node's public Nostr identity, so the backups are not linked to the node's offers
+    /// and messages. Per network, like the swap keys the backups describe.
+    ///
+    /// # Errors
+    /// [`SeedError::Derivation`] (practically impossible).
+    pub fn backup_secret_key(&self) -> Result<SecretKey, SeedError> {
+        let secp = Secp256k1::signing_only();
+        let xpriv = self.derive(
+            &secp,
+            &[
+                Self::hardened(LOOPER_PURPOSE)?,
+                Self::hardened(self.coin_type())?,
+                Self::hardened(3)?,
+            ],
+        )?;
+        Ok(xpriv.private_key)
+    }
+
     /// The Nostr identity secret key, by NIP-06 (`m/44'/1237'/0'/0/0`, the same on every
     /// network). Convert with `nostr_sdk::SecretKey::from_slice(&key.secret_bytes())`.
     ///
@@ -624,6 +645,11 @@ mod tests {
         assert_ne!(main.swap_master().unwrap().private_key, swap_reg.private_key);
         // Branches are independent of each other.
         assert_ne!(&ldk_reg[..32], &swap_reg.private_key.secret_bytes()[..]);
+        let backup_reg = reg.backup_secret_key().unwrap();
+        assert_ne!(backup_reg, swap_reg.private_key);
+        assert_ne!(backup_reg, reg.nostr_secret_key().unwrap());
+        assert_ne!(&ldk_reg[..32], &backup_reg.secret_bytes()[..]);
+        assert_ne!(backup_reg, main.backup_secret_key().unwrap());
         // Same mnemonic, same keys.
         let again =
             NodeKeys::from_mnemonic(&Mnemonic::parse(ABANDON, "x").unwrap(), Network::Regtest)

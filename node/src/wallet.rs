@@ -446,6 +446,48 @@ impl LooperWallet {
         Ok(info.address)
     }
 
+    /// Reveals (and persists) the wallet's addresses up to the highest one among `scripts`,
+    /// searching the first `search_limit` addresses of each keychain; returns how many of
+    /// `scripts` were found. A wallet restored from the seed alone calls it with the claim and
+    /// refund destinations of its restored swaps: a full scan stops after [`STOP_GAP`] unused
+    /// addresses, and a seller leaves one unused refund address per claimed swap, so a refund
+    /// paying past that gap would otherwise stay unseen. Revealed addresses are watched by every
+    /// sync and never handed out again by [`LooperWallet::new_address`].
+    ///
+    /// # Errors
+    /// Persistence errors.
+    pub fn reveal_scripts(
+        &self,
+        scripts: &[ScriptBuf],
+        search_limit: u32,
+    ) -> Result<usize, WalletError> {
+        if scripts.is_empty() {
+            return Ok(0);
+        }
+        let wanted: std::collections::HashSet<&ScriptBuf> = scripts.iter().collect();
+        let mut inner = self.lock()?;
+        let mut found = 0usize;
+        for keychain in [KeychainKind::External, KeychainKind::Internal] {
+            let mut highest: Option<u32> = None;
+            for (index, spk) in
+                inner.wallet.unbounded_spk_iter(keychain).take(search_limit as usize)
+            {
+                if wanted.contains(&spk) {
+                    found += 1;
+                    highest = Some(index);
+                }
+            }
+            if let Some(index) = highest {
+                let revealed = inner.wallet.derivation_index(keychain);
+                if revealed.is_none_or(|r| r < index) {
+                    let _ = inner.wallet.reveal_addresses_to(keychain, index).count();
+                }
+            }
+        }
+        inner.persist()?;
+        Ok(found)
+    }
+
     /// Whether `script` belongs to the wallet.
     ///
     /// # Errors
@@ -642,6 +684,44 @@ mod tests {
         // The swap store in the same file is untouched and usable.
         use crate::store::SwapStore;
         assert_eq!(store.next_swap_index().unwrap(), 0);
+    }
+
+    #[test]
+    fn reveal_scripts_moves_past_a_gap() {
+        let cap = FeeRate::from_sat_per_vb_u32(50);
+        let old_dir = tempfile::tempdir().unwrap();
+        let old_store = RedbStore::open(&old_dir.path().join("looper.redb")).unwrap();
+        let old = LooperWallet::load_or_create(
+            old_store.database(),
+            &keys(Network::Regtest),
+            Network::Regtest,
+            cap,
+        )
+        .unwrap();
+        // A seller's unused refund addresses: the 40th is far past the full scan's stop gap.
+        let addresses: Vec<Address> = (0..40).map(|_| old.new_address().unwrap()).collect();
+        let refund = addresses[39].script_pubkey();
+
+        let new_dir = tempfile::tempdir().unwrap();
+        let new_store = RedbStore::open(&new_dir.path().join("looper.redb")).unwrap();
+        let restored = LooperWallet::load_or_create(
+            new_store.database(),
+            &keys(Network::Regtest),
+            Network::Regtest,
+            cap,
+        )
+        .unwrap();
+        let foreign = ScriptBuf::new_op_return([1u8; 4]);
+        assert_eq!(restored.reveal_scripts(&[refund.clone(), foreign.clone()], 1_000).unwrap(), 1);
+        assert!(restored.is_mine(&refund).unwrap());
+        // Never handed out again.
+        let next = restored.new_address().unwrap();
+        assert!(!addresses.contains(&next));
+        // Idempotent; a script beyond the search limit is not found.
+        assert_eq!(restored.reveal_scripts(&[refund], 1_000).unwrap(), 1);
+        assert_eq!(restored.reveal_scripts(&[addresses[39].script_pubkey()], 10).unwrap(), 0);
+        assert_eq!(restored.reveal_scripts(&[], 10).unwrap(), 0);
+        assert!(!restored.is_mine(&foreign).unwrap());
     }
 
     #[test]

@@ -798,6 +798,23 @@ impl Harness {
         Ok(())
     }
 
+    /// A node restored from its mnemonic alone: stops it (SIGTERM; nothing to do after
+    /// [`Harness::kill`]), deletes everything in its data directory but the seed (`seed`), its
+    /// `looper.toml` (the harness's configuration of it) and its log, starts it again and waits
+    /// for its API. Its Lightning channels are gone with `ldk/` (the peers force-close them).
+    ///
+    /// # Errors
+    /// [`HarnessError::Io`] when the data directory cannot be emptied; start errors.
+    pub async fn restore_from_seed(&mut self, name: &str) -> Result<(), HarnessError> {
+        let binary = self.config.node_binary.clone();
+        let filter = self.config.node_log_filter.clone();
+        let node = self.node_mut(name)?;
+        node.terminate(Duration::from_secs(20));
+        wipe_datadir_except(&node.datadir, &["seed", "looper.toml", "node.log"])?;
+        node.spawn(&binary, &filter)?;
+        node.wait_ready().await
+    }
+
     /// Mines `n` blocks, then asks every running node to sync; the new tip height.
     ///
     /// # Errors
@@ -924,6 +941,25 @@ fn node_args(
         "--api-listen".into(),
         api_addr.to_string(),
     ]
+}
+
+/// Deletes every file and directory in `dir` except the names in `keep`.
+fn wipe_datadir_except(dir: &Path, keep: &[&str]) -> Result<(), HarnessError> {
+    let entries = std::fs::read_dir(dir).map_err(io(format!("list {}", dir.display())))?;
+    for entry in entries {
+        let entry = entry.map_err(io(format!("list {}", dir.display())))?;
+        if keep.iter().any(|k| entry.file_name() == **k) {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(io(format!("remove {}", path.display())))?;
+    }
+    Ok(())
 }
 
 /// Whether a node's log shows it could not bind a port (the control API's, or ldk-node's

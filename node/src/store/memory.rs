@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    sort_and_limit, PaymentHash, StoreError, SwapEvent, SwapFilter, SwapId, SwapRecord, SwapStore,
-    MAX_SWAP_INDEX,
+    sort_and_limit, PaymentHash, RestoreState, StoreError, SwapEvent, SwapFilter, SwapId,
+    SwapRecord, SwapStore, MAX_SWAP_INDEX,
 };
 
 #[derive(Default)]
@@ -15,6 +15,7 @@ struct Inner {
     by_hash: BTreeMap<PaymentHash, SwapId>,
     offers: BTreeMap<String, serde_json::Value>,
     next_swap_index: u64,
+    restore_state: u64,
     processed: BTreeMap<[u8; 32], u64>,
     events: BTreeMap<SwapId, Vec<serde_json::Value>>,
 }
@@ -104,6 +105,24 @@ impl SwapStore for MemoryStore {
 
     fn peek_swap_index(&self) -> Result<u32, StoreError> {
         u32::try_from(self.lock()?.next_swap_index).map_err(|_| StoreError::IndexExhausted)
+    }
+
+    fn raise_swap_index(&self, at_least: u32) -> Result<u32, StoreError> {
+        if at_least > MAX_SWAP_INDEX.saturating_add(1) {
+            return Err(StoreError::IndexExhausted);
+        }
+        let mut inner = self.lock()?;
+        inner.next_swap_index = inner.next_swap_index.max(u64::from(at_least));
+        u32::try_from(inner.next_swap_index).map_err(|_| StoreError::IndexExhausted)
+    }
+
+    fn restore_state(&self) -> Result<RestoreState, StoreError> {
+        Ok(RestoreState::from_u64(self.lock()?.restore_state))
+    }
+
+    fn set_restore_state(&self, state: RestoreState) -> Result<(), StoreError> {
+        self.lock()?.restore_state = state.to_u64();
+        Ok(())
     }
 
     fn mark_event_processed(&self, id: [u8; 32], seen_at: u64) -> Result<bool, StoreError> {

@@ -1,5 +1,6 @@
 //! The node's persistent state behind one trait, [`SwapStore`]: swap records, our published
-//! offers, the swap key-derivation index, processed Nostr event ids and a per-swap event log.
+//! offers, the swap key-derivation index, the [`RestoreState`], processed Nostr event ids and a
+//! per-swap event log.
 //!
 //! Two implementations: [`RedbStore`] (one redb file, `DATADIR/looper.redb`, shared with the BDK
 //! wallet persister through [`RedbStore::database`]) and [`MemoryStore`] (tests, simulations).
@@ -155,6 +156,13 @@ pub enum StoreError {
     /// All 2^31 swap indices are used (BIP-32 hardened index space).
     #[error("swap key index space exhausted")]
     IndexExhausted,
+    /// A new block of swap indices could not be reserved in the node's backups (no relay
+    /// accepted the reservation; see `crate::backup`): no index is handed out until one does.
+    #[error("cannot reserve swap key indices: {reason}")]
+    IndexNotReserved {
+        /// Why (no secret material).
+        reason: String,
+    },
     /// A lock was poisoned by a panicking thread (memory store).
     #[error("store lock poisoned")]
     Poisoned,
@@ -236,6 +244,27 @@ pub trait SwapStore: Send + Sync {
     /// [`StoreError`] on a database error.
     fn peek_swap_index(&self) -> Result<u32, StoreError>;
 
+    /// Raises the next swap index to at least `at_least` (it is never lowered) and returns the
+    /// next index after the call. A node restored from its backups starts past every index it
+    /// used before (`crate::backup`).
+    ///
+    /// # Errors
+    /// [`StoreError::IndexExhausted`] for `at_least` above [`MAX_SWAP_INDEX`] + 1, or a database
+    /// error.
+    fn raise_swap_index(&self, at_least: u32) -> Result<u32, StoreError>;
+
+    /// Whether the store is known to hold the node's whole history ([`RestoreState`]).
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database error.
+    fn restore_state(&self) -> Result<RestoreState, StoreError>;
+
+    /// Records the [`RestoreState`].
+    ///
+    /// # Errors
+    /// [`StoreError`] if the write cannot be committed.
+    fn set_restore_state(&self, state: RestoreState) -> Result<(), StoreError>;
+
     /// Records a Nostr event id as processed at `seen_at` (UNIX seconds); `false` if it already
     /// was (the caller then skips the event).
     ///
@@ -271,6 +300,42 @@ pub trait SwapStore: Send + Sync {
 
 /// Largest swap index: indices are hardened BIP-32 child numbers (below 2^31).
 pub const MAX_SWAP_INDEX: u32 = (1 << 31) - 1;
+
+/// What a store knows about its own completeness, for the restore from backups
+/// (`crate::backup`): a node whose data dir was lost and that starts again from its seed finds an
+/// empty store in [`RestoreState::Unknown`] and must fetch its backups before it hands out a swap
+/// index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RestoreState {
+    /// Nothing recorded: a new store (a restore may be due), or one written before backups
+    /// existed.
+    Unknown,
+    /// A restore from backups started and did not finish: it runs again at the next start.
+    InProgress,
+    /// The store holds the node's history: created together with a new seed, restored from
+    /// backups, or adopted as it was.
+    Complete,
+}
+
+impl RestoreState {
+    /// The value kept in the store (`0` unknown, `1` in progress, `2` complete).
+    pub fn to_u64(self) -> u64 {
+        match self {
+            RestoreState::Unknown => 0,
+            RestoreState::InProgress => 1,
+            RestoreState::Complete => 2,
+        }
+    }
+
+    /// The state of a stored value (values above 2, from a newer build, count as complete).
+    pub fn from_u64(value: u64) -> RestoreState {
+        match value {
+            0 => RestoreState::Unknown,
+            1 => RestoreState::InProgress,
+            _ => RestoreState::Complete,
+        }
+    }
+}
 
 /// The metadata stored beside a swap's data (everything of [`SwapRecord`] except `id` and
 /// `data`). Shared by both stores so they encode identically.

@@ -4,7 +4,7 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `meta` | `&str` | `u64` (`schema_version`, `next_swap_index`) |
+//! | `meta` | `&str` | `u64` (`schema_version`, `next_swap_index`, `restore_state`) |
 //! | `swap_meta` | `[u8; 32]` swap id | `&str` JSON of role, state, status, payment hash, times |
 //! | `swap_data` | `[u8; 32]` swap id | `&[u8]` the protocol's versioned swap JSON |
 //! | `swap_by_payment_hash` | `[u8; 32]` payment hash | `[u8; 32]` swap id |
@@ -21,8 +21,8 @@ use std::sync::Arc;
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{
-    sort_and_limit, PaymentHash, StoreError, SwapEvent, SwapFilter, SwapId, SwapMeta, SwapRecord,
-    SwapStore, MAX_SWAP_INDEX,
+    sort_and_limit, PaymentHash, RestoreState, StoreError, SwapEvent, SwapFilter, SwapId, SwapMeta,
+    SwapRecord, SwapStore, MAX_SWAP_INDEX,
 };
 
 /// Schema version written by this build. Bump it with a migration step (private `migrate`) and a test
@@ -40,6 +40,7 @@ const SWAP_EVENTS: TableDefinition<([u8; 32], u64), &str> = TableDefinition::new
 
 const KEY_SCHEMA_VERSION: &str = "schema_version";
 const KEY_NEXT_SWAP_INDEX: &str = "next_swap_index";
+const KEY_RESTORE_STATE: &str = "restore_state";
 
 fn db_err<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> StoreError {
     move |e| StoreError::Database { op, source: Box::new(e.into()) }
@@ -331,6 +332,49 @@ impl SwapStore for RedbStore {
             .map(|v| v.value())
             .unwrap_or(0);
         u32::try_from(current).map_err(|_| StoreError::IndexExhausted)
+    }
+
+    fn raise_swap_index(&self, at_least: u32) -> Result<u32, StoreError> {
+        if at_least > MAX_SWAP_INDEX.saturating_add(1) {
+            return Err(StoreError::IndexExhausted);
+        }
+        let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
+        let next = {
+            let mut meta = tx.open_table(META).map_err(db_err("open the meta table"))?;
+            let current = meta
+                .get(KEY_NEXT_SWAP_INDEX)
+                .map_err(db_err("read the swap index"))?
+                .map(|v| v.value())
+                .unwrap_or(0);
+            let next = current.max(u64::from(at_least));
+            if next != current {
+                meta.insert(KEY_NEXT_SWAP_INDEX, next).map_err(db_err("write the swap index"))?;
+            }
+            next
+        };
+        tx.commit().map_err(db_err("commit the swap index"))?;
+        u32::try_from(next).map_err(|_| StoreError::IndexExhausted)
+    }
+
+    fn restore_state(&self) -> Result<RestoreState, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("begin a read"))?;
+        let meta = tx.open_table(META).map_err(db_err("open the meta table"))?;
+        let value = meta
+            .get(KEY_RESTORE_STATE)
+            .map_err(db_err("read the restore state"))?
+            .map(|v| v.value())
+            .unwrap_or(0);
+        Ok(RestoreState::from_u64(value))
+    }
+
+    fn set_restore_state(&self, state: RestoreState) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
+        {
+            let mut meta = tx.open_table(META).map_err(db_err("open the meta table"))?;
+            meta.insert(KEY_RESTORE_STATE, state.to_u64())
+                .map_err(db_err("write the restore state"))?;
+        }
+        tx.commit().map_err(db_err("commit the restore state"))
     }
 
     fn mark_event_processed(&self, id: [u8; 32], seen_at: u64) -> Result<bool, StoreError> {

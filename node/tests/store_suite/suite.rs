@@ -6,7 +6,8 @@
 //! directory in a struct that keeps it alive and implements `Deref`.
 
 use looper_node::store::{
-    PaymentHash, SwapFilter, SwapId, SwapRecord, SwapRole, SwapStatus, SwapStore,
+    PaymentHash, RestoreState, StoreError, SwapFilter, SwapId, SwapRecord, SwapRole, SwapStatus,
+    SwapStore, MAX_SWAP_INDEX,
 };
 
 /// Generates one `#[test]` per suite function in a module `$name`, each on a fresh store made by
@@ -24,6 +25,8 @@ macro_rules! swap_store_test_suite {
                 offers_crud,
                 swap_index_monotonic,
                 swap_index_concurrent,
+                swap_index_raise,
+                restore_state_roundtrip,
                 processed_events,
                 swap_event_log
             );
@@ -189,6 +192,30 @@ pub fn swap_index_concurrent(store: &dyn SwapStore) {
     });
     all.sort_unstable();
     assert_eq!(all, (0..100).collect::<Vec<u32>>());
+}
+
+/// `raise_swap_index` moves the next index up, never down, and refuses the impossible.
+pub fn swap_index_raise(store: &dyn SwapStore) {
+    assert_eq!(store.raise_swap_index(0).unwrap(), 0);
+    assert_eq!(store.next_swap_index().unwrap(), 0);
+    assert_eq!(store.raise_swap_index(250).unwrap(), 250);
+    assert_eq!(store.peek_swap_index().unwrap(), 250);
+    assert_eq!(store.raise_swap_index(100).unwrap(), 250, "never lowered");
+    assert_eq!(store.next_swap_index().unwrap(), 250);
+    assert_eq!(store.next_swap_index().unwrap(), 251);
+    assert!(matches!(store.raise_swap_index(MAX_SWAP_INDEX + 2), Err(StoreError::IndexExhausted)));
+    assert_eq!(store.raise_swap_index(MAX_SWAP_INDEX).unwrap(), MAX_SWAP_INDEX);
+    assert_eq!(store.next_swap_index().unwrap(), MAX_SWAP_INDEX);
+    assert!(matches!(store.next_swap_index(), Err(StoreError::IndexExhausted)));
+}
+
+/// The restore state starts unknown and keeps what is set.
+pub fn restore_state_roundtrip(store: &dyn SwapStore) {
+    assert_eq!(store.restore_state().unwrap(), RestoreState::Unknown);
+    store.set_restore_state(RestoreState::InProgress).unwrap();
+    assert_eq!(store.restore_state().unwrap(), RestoreState::InProgress);
+    store.set_restore_state(RestoreState::Complete).unwrap();
+    assert_eq!(store.restore_state().unwrap(), RestoreState::Complete);
 }
 
 /// Processed Nostr ids: first mark is `true`, the second `false`; pruning by time.
