@@ -340,7 +340,18 @@ fn hint_for(code: &str) -> &'static str {
         "not_found" => "check the id: `looper swaps` and `looper offer list` list them",
         "bad_request" | "invalid_request" => "check the values given",
         "unknown_offer" => "list the live offers with `looper offers --amount SAT`",
-        "offer_refused" => "pick another offer: `looper offers --amount SAT`",
+        "fee_too_high" => {
+            "raise --max-total-fee, or pick a cheaper offer: `looper offers --amount SAT`"
+        }
+        "claim_margin_too_low" => {
+            "the seller's offer keeps too few blocks for your claim: pick another offer"
+        }
+        "claim_unaffordable" => {
+            "the claim would cost most of the amount at the node's fee cap: swap a larger amount"
+        }
+        "quote_mismatch" | "prepay_unsupported" | "timeout_out_of_range" => {
+            "pick another offer: `looper offers --amount SAT`"
+        }
         "conflict" | "refused" => "see the swap's state with `looper swap ID`",
         "insufficient_funds" => {
             "fund the wallet: `looper wallet address`, then `looper wallet balance`"

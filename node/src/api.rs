@@ -94,9 +94,10 @@ pub struct NodeFacts {
 }
 
 /// A JSON error with a stable code: `unauthorized` (401), `bad_request` (400, the message names
-/// the field), `not_found` (404), `unknown_offer` (404), `insufficient_funds` (400),
-/// `offer_refused` (422), `conflict` (409), `lightning_error` (502), `chain_error` (502),
-/// `internal` (500).
+/// the field), `not_found` (404), `unknown_offer` (404), `insufficient_funds` (400), the code of
+/// the buyer check that refuses an offer (422: `fee_too_high`, `claim_margin_too_low`, ...,
+/// [`BuyerCheckError::CODES`](looper_protocol::buyer::BuyerCheckError::CODES)), `conflict` (409),
+/// `lightning_error` (502), `chain_error` (502), `internal` (500).
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -160,8 +161,9 @@ impl ApiError {
         match e {
             EngineError::Chain(c) => Self::chain(c),
             EngineError::Wallet(w) => Self::wallet(w),
-            EngineError::Refused(m) => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "offer_refused", m)
+            // The check's own code (`fee_too_high`, `claim_margin_too_low`, ...).
+            EngineError::Refused(check) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, check.code(), check)
             }
             EngineError::UnknownSwap(id) => Self::not_found(format!("no active swap {id}")),
             other => Self::internal(other),

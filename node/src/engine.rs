@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use bitcoin::bip32::Xpriv;
 use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction};
-use looper_protocol::buyer::{BuyerPolicy, BuyerStart, BuyerSwap};
+use looper_protocol::buyer::{BuyerCheckError, BuyerPolicy, BuyerStart, BuyerSwap};
 use looper_protocol::keys::SwapKeys;
 use looper_protocol::messages::{Envelope, ErrorCode, ErrorMessage, Message, Offer};
 use looper_protocol::record::SwapRecord as ProtoRecord;
@@ -55,9 +55,9 @@ pub enum EngineError {
     /// Key derivation failed.
     #[error("cannot derive swap keys: {0}")]
     Keys(String),
-    /// The buyer's checks refused the offer.
+    /// The buyer's checks refused the offer (the check's code reaches the API).
     #[error("offer refused: {0}")]
-    Refused(String),
+    Refused(BuyerCheckError),
     /// The state machine refused the event.
     #[error("swap refused the request: {0}")]
     Swap(String),
@@ -586,8 +586,7 @@ impl Engine {
             claim_destination,
             keys,
         };
-        let (swap, actions) =
-            BuyerSwap::start(start, &ctx).map_err(|e| EngineError::Refused(e.to_string()))?;
+        let (swap, actions) = BuyerSwap::start(start, &ctx).map_err(EngineError::Refused)?;
         tracing::info!(swap = %swap_id, amount_sat, "taking offer");
         st.swaps.insert(swap_id, Active::new(Machine::Buyer(swap)));
         self.carry_out(&mut st, swap_id, actions).await;

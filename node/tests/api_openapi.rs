@@ -170,6 +170,19 @@ fn routes_match_openapi() {
     }
 }
 
+/// Every buyer check's code (an API error code when a check refuses an offer) is in the error
+/// schema's enum.
+#[test]
+fn buyer_check_codes_are_documented() {
+    let doc = doc();
+    let codes = &doc["components"]["schemas"]["Error"]["properties"]["code"]["enum"];
+    let codes: Vec<&str> =
+        codes.as_array().expect("error code enum").iter().filter_map(Value::as_str).collect();
+    for code in looper_protocol::buyer::BuyerCheckError::CODES {
+        assert!(codes.contains(code), "{code} missing from the Error schema's code enum");
+    }
+}
+
 fn sample_offer() -> Offer {
     Offer {
         version: 1,

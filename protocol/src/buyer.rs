@@ -145,6 +145,51 @@ pub enum BuyerCheckError {
     },
 }
 
+impl BuyerCheckError {
+    /// Every check's stable code, as in the spec's table and the node's API errors.
+    pub const CODES: &'static [&'static str] = &[
+        "quote_mismatch",
+        "fee_too_high",
+        "invoice_invalid",
+        "invoice_payee",
+        "invoice_network",
+        "invoice_hash_mismatch",
+        "invoice_amount_mismatch",
+        "invoice_expired",
+        "prepay_unsupported",
+        "htlc_script_mismatch",
+        "htlc_amount_mismatch",
+        "timeout_out_of_range",
+        "cltv_budget_too_short",
+        "htlc_spent",
+        "claim_margin_too_low",
+        "claim_unaffordable",
+    ];
+
+    /// The check's stable snake_case code (spec `02-swap-flow.md`, "Buyer checks"; the `check`
+    /// tag of the serialized error).
+    pub fn code(&self) -> &'static str {
+        match self {
+            BuyerCheckError::QuoteMismatch(_) => "quote_mismatch",
+            BuyerCheckError::FeeTooHigh { .. } => "fee_too_high",
+            BuyerCheckError::InvoiceInvalid(_) => "invoice_invalid",
+            BuyerCheckError::InvoicePayee => "invoice_payee",
+            BuyerCheckError::InvoiceNetwork => "invoice_network",
+            BuyerCheckError::InvoiceHashMismatch => "invoice_hash_mismatch",
+            BuyerCheckError::InvoiceAmountMismatch { .. } => "invoice_amount_mismatch",
+            BuyerCheckError::InvoiceExpired => "invoice_expired",
+            BuyerCheckError::PrepayUnsupported => "prepay_unsupported",
+            BuyerCheckError::HtlcScriptMismatch(_) => "htlc_script_mismatch",
+            BuyerCheckError::HtlcAmountMismatch { .. } => "htlc_amount_mismatch",
+            BuyerCheckError::TimeoutOutOfRange { .. } => "timeout_out_of_range",
+            BuyerCheckError::CltvBudgetTooShort { .. } => "cltv_budget_too_short",
+            BuyerCheckError::HtlcSpent => "htlc_spent",
+            BuyerCheckError::ClaimMarginTooLow { .. } => "claim_margin_too_low",
+            BuyerCheckError::ClaimUnaffordable { .. } => "claim_unaffordable",
+        }
+    }
+}
+
 /// What the buyer agreed to in `swap_accept`, checked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Terms {

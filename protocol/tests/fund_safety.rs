@@ -274,3 +274,17 @@ fn claim_or_refund_is_read_from_the_witness() {
     let other = OutPoint { vout: 1, ..outpoint };
     assert_eq!(p.htlc.spend_path(&claim, other), None);
 }
+
+/// Every check has its own stable code, listed once in `BuyerCheckError::CODES` (the node's API
+/// answers with it; `node/tests/api_openapi.rs` checks that `node/openapi.yaml` lists each).
+#[test]
+fn every_buyer_check_has_a_stable_code() {
+    let err = start(1, 200_000, BuyerPolicy::default()).unwrap_err();
+    assert_eq!(err.code(), "claim_margin_too_low");
+    let json = serde_json::to_value(&err).unwrap();
+    assert_eq!(json["check"], "claim_margin_too_low", "the code is the serialized tag");
+    let mut sorted = BuyerCheckError::CODES.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    assert_eq!(sorted.len(), BuyerCheckError::CODES.len(), "codes are unique");
+}
