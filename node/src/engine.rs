@@ -727,6 +727,17 @@ impl Engine {
         let known_peer = st.swaps.get(&id).map(|a| a.machine.peer().to_string());
         match known_peer {
             Some(peer) if peer == sender => {
+                let repeated_request = matches!(env.body, Message::SwapRequest(_));
+                if repeated_request {
+                    // The buyer did not get our answer (or asks again after a restart): the same
+                    // swap_accept (and what followed) again, never a second swap.
+                    let resend = match st.swaps.get(&id).map(|a| &a.machine) {
+                        Some(Machine::Seller(s)) => s.outbox.resend_all(),
+                        _ => Vec::new(),
+                    };
+                    tracing::debug!(swap = %id, "repeated swap_request: answers sent again");
+                    return self.carry_out(&mut st, id, resend).await;
+                }
                 match self.feed(&mut st, id, Event::Message(env)).await {
                     Ok(done) => done,
                     Err(e) => {
@@ -737,7 +748,14 @@ impl Engine {
             }
             Some(_) => {
                 tracing::warn!(swap = %id, sender = %sender, "message from a stranger for a known swap");
-                self.reply_error(&inc.sender, &env, ErrorCode::UnknownSwap, "unknown swap").await;
+                if matches!(env.body, Message::SwapRequest(_)) {
+                    // A live swap id from another key: never a second swap under that id.
+                    self.reply_error(&inc.sender, &env, ErrorCode::InvalidState, "swap id in use")
+                        .await;
+                } else {
+                    self.reply_error(&inc.sender, &env, ErrorCode::UnknownSwap, "unknown swap")
+                        .await;
+                }
                 true
             }
             None => match &env.body {

@@ -514,7 +514,38 @@ async fn unpaid_swap(abort: bool) -> Result<()> {
         }
         other => panic!("expected an error reply, got {other:?}"),
     }
+
+    // The buyer's swap_request again, from the stranger: the live swap id is not taken over.
+    let Some(looper_protocol::record::SwapRecord::Buyer(record)) =
+        buyer.engine.swap_record(swap_id).await
+    else {
+        panic!("no buyer record");
+    };
+    let request = record.outbox.sent.first().cloned().expect("the swap_request");
+    stranger.send(&seller_pk, &[], &request).await?;
+    let reply =
+        tokio::time::timeout(Duration::from_secs(60), stranger_rx.recv()).await?.expect("reply");
+    match reply.message {
+        Ok(looper_protocol::messages::Envelope {
+            swap_id: id,
+            body: looper_protocol::messages::Message::Error(e),
+            ..
+        }) => {
+            assert_eq!(id, swap_id);
+            assert_eq!(e.code, looper_protocol::messages::ErrorCode::InvalidState, "{e:?}");
+        }
+        other => panic!("expected an error reply, got {other:?}"),
+    }
     stranger.shutdown().await;
+    // From the buyer itself, the same request is answered with the original messages again
+    // (the buyer's engine drops them as seen), and no second swap starts.
+    let delivered = buyer.engine.transport().stats().await.delivered;
+    buyer.engine.transport().send(&seller_pk, &[], &request).await?;
+    wait_for("the seller's answers again", || async {
+        (buyer.engine.transport().stats().await.delivered > delivered).then_some(())
+    })
+    .await?;
+    assert_eq!(seller.engine.swap_ids().await.len(), 1, "a second swap started");
 
     if abort {
         buyer.engine.abort(swap_id).await?;
