@@ -406,6 +406,7 @@ pub const BUYER_TRANSITIONS: &[Transition] = &[
     ("Claiming", "ClaimBroadcast", "coop_claim_response, or 30 s / script path"),
     ("Claiming", "Lost", "htlc refunded by the seller"),
     ("Claiming", "Claimed", "our claim confirmed (broadcast before a restart)"),
+    ("Paying", "Lost", "htlc refunded while the payment's fate is unknown (restored)"),
     ("ClaimBroadcast", "Claimed", "claim confirmed"),
     ("ClaimBroadcast", "Lost", "htlc refunded by the seller"),
 ];
@@ -502,6 +503,11 @@ pub struct BuyerSwap {
     pub outbox: Outbox,
     /// The state.
     pub state: BuyerState,
+    /// The record was restored from a backup onto a Lightning node that lost its payments
+    /// ([`BuyerSwap::mark_lightning_state_lost`]): "no payment known for the hash" then proves
+    /// nothing, so it counts as "maybe in flight": no refund signature, no new attempt.
+    #[serde(default, skip_serializing_if = "core::ops::Not::not")]
+    pub lightning_state_lost: bool,
     #[serde(skip)]
     keys: Option<SwapKeys>,
     #[serde(skip)]
@@ -588,6 +594,7 @@ impl BuyerSwap {
             inbox: Inbox::default(),
             outbox: Outbox::default(),
             state: BuyerState::Requested,
+            lightning_state_lost: false,
             keys: Some(start.keys),
             claim_session: Ephemeral(None),
             pending_refund: Ephemeral(None),
@@ -597,6 +604,15 @@ impl BuyerSwap {
         };
         let send = swap.outbox.send(swap.swap_id, Message::SwapRequest(request));
         Ok((swap, vec![Action::Persist, send]))
+    }
+
+    /// Marks a record restored from a backup onto a Lightning node that no longer knows the
+    /// payments made before (its data was lost): from then on the node's "unknown" answer for
+    /// the hash counts as a payment that may be in flight, so the buyer never co-signs a refund
+    /// nor starts another attempt; it claims if the payment turns out to have succeeded and
+    /// otherwise waits for the seller's refund after the timeout.
+    pub fn mark_lightning_state_lost(&mut self) {
+        self.lightning_state_lost = true;
     }
 
     /// Re-attaches the keys after loading the record.
@@ -677,6 +693,10 @@ impl BuyerSwap {
             }
         }
         match &self.state {
+            BuyerState::Funded { terms, .. } if self.lightning_state_lost => {
+                // A stale backup may show `Funded` for a swap that was paid: ask first.
+                actions.push(Action::CheckPayment { payment_hash: terms.htlc_params.payment_hash });
+            }
             BuyerState::Paying { terms, .. } => {
                 // Never pay again blindly: the attempt may be in flight, and its CLTV budget was
                 // computed from an old tip. Ask the node; a new attempt (if any) reruns every
@@ -1191,6 +1211,7 @@ impl BuyerSwap {
         if confirmations(htlc.confirmed_height, ctx.tip_height) < self.required_confirmations()
             || ctx.now_secs < retry_at
             || self.pending_refund.0.is_some()
+            || self.lightning_state_lost
         {
             return Ok(Vec::new());
         }
@@ -1303,6 +1324,10 @@ impl BuyerSwap {
         ctx: &Context,
         rng: &mut R,
     ) -> Result<Vec<Action>, SwapError> {
+        let status = match status {
+            PaymentStatus::Unknown if self.lightning_state_lost => PaymentStatus::Pending,
+            other => other,
+        };
         match status {
             PaymentStatus::Succeeded { preimage: Some(preimage) } => {
                 self.on_payment_succeeded(preimage, ctx, rng)
@@ -1650,6 +1675,12 @@ impl BuyerSwap {
             }
             BuyerState::Funded { .. } => {
                 self.abort(AbortReason::ChecksFailed, Some(BuyerCheckError::HtlcSpent), None)
+            }
+            BuyerState::Paying { terms, .. } if !ours && confirmed_height.is_some() => {
+                // Refunded while we wait for a payment whose fate is unknown.
+                let terms = terms.clone();
+                self.go(BuyerState::Lost { terms, spend_txid: txid })?;
+                Ok(vec![Action::Persist, self.finished()])
             }
             _ => Ok(vec![]),
         }

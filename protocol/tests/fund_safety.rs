@@ -288,3 +288,24 @@ fn every_buyer_check_has_a_stable_code() {
     sorted.dedup();
     assert_eq!(sorted.len(), BuyerCheckError::CODES.len(), "codes are unique");
 }
+
+/// A buyer restored from a backup onto a Lightning node that lost its payments (the backup may
+/// be older than the payment): "no payment known" proves nothing, so it neither pays again nor
+/// co-signs a refund; the seller's refund after the timeout ends the swap.
+#[test]
+fn a_restored_buyer_with_its_payments_lost_never_pays_again_nor_cosigns_a_refund() {
+    let mut sim = sim(Opts::default());
+    sim.pump();
+    assert!(matches!(sim.buyer.state, BuyerState::Funded { .. }), "{:#?}", sim.log);
+    // The backup shows `Funded`; the node that restores it knows no payment.
+    sim.buyer.mark_lightning_state_lost();
+    sim.buyer_record =
+        looper_protocol::record::SwapRecord::Buyer(sim.buyer.clone()).to_bytes().unwrap();
+    sim.restart(Party::Buyer);
+    sim.user_abort(Party::Seller);
+    sim.run_to_end(400);
+    assert!(sim.attempts.is_empty(), "paid again: {:?}", sim.attempts);
+    assert!(!sim.purposes().contains(&TxPurpose::CooperativeRefund), "{:#?}", sim.log);
+    assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }), "{:#?}", sim.log);
+    assert_eq!(sim.buyer.state.name(), "Lost", "fate unknown: {:#?}", sim.log);
+}

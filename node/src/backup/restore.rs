@@ -120,9 +120,18 @@ impl RestorePlan {
 
 /// Checks a backed-up record against its protocol data: the data must decode, name the same
 /// swap and role; the key index and wallet script come from it.
-fn restored_swap(record: SwapRecord) -> Result<RestoredSwap, (crate::store::SwapId, String)> {
+fn restored_swap(mut record: SwapRecord) -> Result<RestoredSwap, (crate::store::SwapId, String)> {
     let id = record.id;
-    let proto = ProtoRecord::from_bytes(&record.data).map_err(|e| (id, e.to_string()))?;
+    let mut proto = ProtoRecord::from_bytes(&record.data).map_err(|e| (id, e.to_string()))?;
+    if let ProtoRecord::Buyer(b) = &mut proto {
+        // The Lightning node restored with this store lost its payments, and the backup may be
+        // older than the last payment attempt: the buyer must not read "no payment known" as
+        // "nothing in flight" (no second payment, no refund signature).
+        if b.kind() == looper_protocol::swap::StateKind::Pending && !b.lightning_state_lost {
+            b.mark_lightning_state_lost();
+            record.data = proto.to_bytes().map_err(|e| (id, e.to_string()))?;
+        }
+    }
     if proto.swap_id() != id {
         return Err((id, "the record's data is for another swap".to_string()));
     }
