@@ -111,6 +111,27 @@ async fn party_with(
     Ok(Party { engine, ln, wallet, listen, stop: Some(stop), task })
 }
 
+/// The next message on `rx` is an `error` for `swap_id` with `code`.
+async fn expect_error_reply(
+    rx: &mut tokio::sync::mpsc::Receiver<looper_node::nostr::Incoming>,
+    swap_id: SwapId,
+    code: looper_protocol::messages::ErrorCode,
+) -> Result<()> {
+    let reply = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await?.expect("reply");
+    match reply.message {
+        Ok(looper_protocol::messages::Envelope {
+            swap_id: id,
+            body: looper_protocol::messages::Message::Error(e),
+            ..
+        }) => {
+            assert_eq!(id, swap_id);
+            assert_eq!(e.code, code, "{e:?}");
+        }
+        other => panic!("expected an error reply, got {other:?}"),
+    }
+    Ok(())
+}
+
 async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> Result<T>
 where
     F: FnMut() -> Fut,
@@ -501,19 +522,8 @@ async fn unpaid_swap(abort: bool) -> Result<()> {
     )?;
     bad["reason"] = serde_json::json!(42);
     stranger.send_raw(&seller_pk, &[], bad.to_string(), Default::default()).await?;
-    let reply =
-        tokio::time::timeout(Duration::from_secs(60), stranger_rx.recv()).await?.expect("reply");
-    match reply.message {
-        Ok(looper_protocol::messages::Envelope {
-            swap_id: id,
-            body: looper_protocol::messages::Message::Error(e),
-            ..
-        }) => {
-            assert_eq!(id, swap_id);
-            assert_eq!(e.code, looper_protocol::messages::ErrorCode::Malformed, "{e:?}");
-        }
-        other => panic!("expected an error reply, got {other:?}"),
-    }
+    expect_error_reply(&mut stranger_rx, swap_id, looper_protocol::messages::ErrorCode::Malformed)
+        .await?;
 
     // The buyer's swap_request again, from the stranger: the live swap id is not taken over.
     let Some(looper_protocol::record::SwapRecord::Buyer(record)) =
@@ -523,19 +533,12 @@ async fn unpaid_swap(abort: bool) -> Result<()> {
     };
     let request = record.outbox.sent.first().cloned().expect("the swap_request");
     stranger.send(&seller_pk, &[], &request).await?;
-    let reply =
-        tokio::time::timeout(Duration::from_secs(60), stranger_rx.recv()).await?.expect("reply");
-    match reply.message {
-        Ok(looper_protocol::messages::Envelope {
-            swap_id: id,
-            body: looper_protocol::messages::Message::Error(e),
-            ..
-        }) => {
-            assert_eq!(id, swap_id);
-            assert_eq!(e.code, looper_protocol::messages::ErrorCode::InvalidState, "{e:?}");
-        }
-        other => panic!("expected an error reply, got {other:?}"),
-    }
+    expect_error_reply(
+        &mut stranger_rx,
+        swap_id,
+        looper_protocol::messages::ErrorCode::InvalidState,
+    )
+    .await?;
     stranger.shutdown().await;
     // From the buyer itself, the same request is answered with the original messages again
     // (the buyer's engine drops them as seen), and no second swap starts.
