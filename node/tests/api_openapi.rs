@@ -705,6 +705,41 @@ async fn live_api_matches_openapi() -> Result<()> {
         "seller",
     )
     .await?;
+    // An inline offer is checked as strictly as one from a relay: expired, or invalid.
+    let mut stale = offer.clone();
+    stale.expires_at = 1;
+    live.error(
+        "POST",
+        "/v1/swaps/out",
+        json!({"offer": stale, "seller": nostr, "amount_sat": 50_000}),
+        400,
+        "bad_request",
+        "offer expired",
+    )
+    .await?;
+    let mut invalid = offer.clone();
+    invalid.min_amount_sat = invalid.max_amount_sat + 1;
+    live.error(
+        "POST",
+        "/v1/swaps/out",
+        json!({"offer": invalid, "seller": nostr, "amount_sat": 50_000}),
+        400,
+        "bad_request",
+        "offer",
+    )
+    .await?;
+    // A buyer check's refusal carries the check's own code.
+    let mut thin = offer.clone();
+    thin.claim_margin = 1;
+    live.error(
+        "POST",
+        "/v1/swaps/out",
+        json!({"offer": thin, "seller": nostr, "amount_sat": 50_000}),
+        422,
+        "claim_margin_too_low",
+        "claim margin",
+    )
+    .await?;
     live.error("DELETE", "/v1/offers/zzz", json!(null), 404, "not_found", "zzz").await?;
     live.expect("DELETE", "/v1/offers/o1", None, 200).await?;
     eprintln!(
