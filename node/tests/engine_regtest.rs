@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use bitcoin::{Amount, FeeRate, Network};
-use looper_node::chain::EsploraChainSource;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use looper_node::chain::{
+    ChainError, ChainSource, EsploraChainSource, HistoryTx, OutputSpend, TxStatus,
+};
 use looper_node::engine::{Engine, EngineConfig, EngineParts};
 use looper_node::lightning::{LdkConfig, LdkLightning, Lightning};
 use looper_node::nostr::{MemoryProcessedEvents, NostrTransport, TransportConfig};
@@ -29,11 +33,70 @@ const TIMEOUT: Duration = Duration::from_secs(240);
 
 struct Party {
     engine: Engine,
+    /// The engine's chain source, with a switch to make it fail.
+    faults: Arc<MockFaultyChain>,
     ln: Arc<LdkLightning>,
     wallet: Arc<LooperWallet>,
     listen: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+/// A mock for fault injection: the real Esplora chain source, failing every call while `failing`
+/// is set (the chain source down).
+struct MockFaultyChain {
+    inner: Arc<dyn ChainSource>,
+    failing: AtomicBool,
+}
+
+impl MockFaultyChain {
+    fn check(&self, op: &str) -> Result<(), ChainError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(ChainError::Request {
+                op: op.to_string(),
+                source: Box::new(std::io::Error::other("fault injected: chain source down")),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl ChainSource for MockFaultyChain {
+    async fn tip_height(&self) -> Result<u32, ChainError> {
+        self.check("get the tip height")?;
+        self.inner.tip_height().await
+    }
+    async fn tx_status(&self, txid: &bitcoin::Txid) -> Result<Option<TxStatus>, ChainError> {
+        self.check("get a transaction status")?;
+        self.inner.tx_status(txid).await
+    }
+    async fn get_tx(
+        &self,
+        txid: &bitcoin::Txid,
+    ) -> Result<Option<bitcoin::Transaction>, ChainError> {
+        self.check("get a transaction")?;
+        self.inner.get_tx(txid).await
+    }
+    async fn output_spend(
+        &self,
+        outpoint: &bitcoin::OutPoint,
+    ) -> Result<Option<OutputSpend>, ChainError> {
+        self.check("get an output spend")?;
+        self.inner.output_spend(outpoint).await
+    }
+    async fn script_history(&self, script: &bitcoin::Script) -> Result<Vec<HistoryTx>, ChainError> {
+        self.check("get a script history")?;
+        self.inner.script_history(script).await
+    }
+    async fn broadcast(&self, tx: &bitcoin::Transaction) -> Result<bitcoin::Txid, ChainError> {
+        self.check("broadcast")?;
+        self.inner.broadcast(tx).await
+    }
+    async fn fee_rate(&self, target_blocks: u16) -> Result<FeeRate, ChainError> {
+        self.check("get a fee rate")?;
+        self.inner.fee_rate(target_blocks).await
+    }
 }
 
 fn free_port() -> u16 {
@@ -93,11 +156,13 @@ async fn party_with(
     tc.retry_interval = Duration::from_secs(1);
     tc.fetch_timeout = Duration::from_secs(5);
     let transport = NostrTransport::connect(tc, Arc::new(MemoryProcessedEvents::new())).await?;
+    let faults =
+        Arc::new(MockFaultyChain { inner: esplora.into_dyn(), failing: AtomicBool::new(false) });
     let engine = Engine::start(EngineParts {
         store: Arc::new(store),
         wallet: Arc::clone(&wallet),
         wallet_sync: Some(sync_client),
-        chain: esplora.into_dyn(),
+        chain: faults.clone() as Arc<dyn ChainSource>,
         lightning: ln.clone() as Arc<dyn Lightning>,
         transport,
         swap_master: keys.swap_master()?,
@@ -108,7 +173,7 @@ async fn party_with(
     let task = tokio::spawn(engine.clone().run(async move {
         let _ = rx.await;
     }));
-    Ok(Party { engine, ln, wallet, listen, stop: Some(stop), task })
+    Ok(Party { engine, faults, ln, wallet, listen, stop: Some(stop), task })
 }
 
 /// The next message on `rx` is an `error` for `swap_id` with `code`.
@@ -270,6 +335,30 @@ async fn loop_out(cooperative: bool) -> Result<()> {
         ..BuyerPolicy::default()
     };
     let swap_id: SwapId = buyer.engine.take_offer(offer, seller_pk, amount, policy).await?;
+
+    if !cooperative {
+        // The buyer's chain source goes down as it starts claiming: its clock keeps moving, so
+        // the seller's silence still ends in the script-path claim after 30 s (issue 12, item 8:
+        // a failed chain poll used to freeze every swap's clock).
+        wait_for("buyer claiming", || async {
+            let (state, _) = buyer.engine.swap_state(swap_id).await?;
+            (state == "Claiming").then_some(())
+        })
+        .await?;
+        buyer.faults.failing.store(true, Ordering::SeqCst);
+        let down = Instant::now();
+        wait_for("script-path claim with the chain source down", || async {
+            let (state, _) = buyer.engine.swap_state(swap_id).await?;
+            (state == "ClaimBroadcast").then_some(())
+        })
+        .await?;
+        assert!(buyer.faults.failing.load(Ordering::SeqCst));
+        eprintln!(
+            "claimed through the script path {:.0} s into the outage",
+            down.elapsed().as_secs_f64()
+        );
+        buyer.faults.failing.store(false, Ordering::SeqCst);
+    }
 
     let kind = wait_for("buyer swap finished", || async {
         match buyer.engine.swap_state(swap_id).await {
