@@ -857,7 +857,13 @@ impl Engine {
             Ok((swap, actions)) => {
                 tracing::info!(swap = %id, amount_sat = swap.request.amount_sat, "new swap request accepted");
                 st.swaps.insert(id, Active::new(Machine::Seller(swap)));
-                self.carry_out(st, id, actions).await
+                let persisted = self.carry_out(st, id, actions).await;
+                if !persisted {
+                    // Never recorded: forget it, so that the request delivered again (it stays
+                    // unacknowledged) starts the swap afresh.
+                    st.swaps.remove(&id);
+                }
+                persisted
             }
             Err(err) => {
                 tracing::info!(swap = %id, error = %err.message, "swap request refused");

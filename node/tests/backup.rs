@@ -80,6 +80,19 @@ fn buyer_record(n: u8, index: u32, updated_at: u64) -> SwapRecord {
     }
 }
 
+/// What the restore makes of a record: a pending buyer is marked `lightning_state_lost` (its
+/// new Lightning node no longer knows the payments it made).
+fn as_restored(mut r: SwapRecord) -> SwapRecord {
+    let mut proto = looper_protocol::record::SwapRecord::from_bytes(&r.data).unwrap();
+    if let looper_protocol::record::SwapRecord::Buyer(b) = &mut proto {
+        if b.kind() == looper_protocol::swap::StateKind::Pending {
+            b.mark_lightning_state_lost();
+        }
+    }
+    r.data = proto.to_bytes().unwrap();
+    r
+}
+
 fn quick() -> PublisherOptions {
     PublisherOptions {
         publish_timeout: Duration::from_secs(5),
@@ -281,9 +294,9 @@ fn restore_plan_takes_the_newest_versions_and_the_highest_index() {
     let plan = RestorePlan::from_events(&keys, &events);
     assert_eq!(plan.skipped, 2);
     assert_eq!(plan.swaps.len(), 2);
-    assert_eq!(plan.swaps[0].record, new, "the newest version wins");
+    assert_eq!(plan.swaps[0].record, as_restored(new), "the newest version wins");
     assert_eq!(plan.swaps[0].key_index, 4);
-    assert_eq!(plan.swaps[1].record, other);
+    assert_eq!(plan.swaps[1].record, as_restored(other));
     assert_eq!(plan.swaps[1].wallet_script, ScriptBuf::new_op_return([2u8; 8]));
     assert_eq!(plan.offers, vec![("a".to_string(), serde_json::json!(1))]);
     assert_eq!(plan.index_mark, 8);
@@ -357,7 +370,13 @@ async fn a_restored_store_never_reuses_an_index() {
     assert_eq!(second.restore_state().unwrap(), RestoreState::Complete);
     for i in 0..3u8 {
         let back = second.get_swap(&SwapId([i + 1; 32])).unwrap().unwrap();
-        assert_eq!(back, buyer_record(i + 1, u32::from(i), 100 + u64::from(i)));
+        assert_eq!(back, as_restored(buyer_record(i + 1, u32::from(i), 100 + u64::from(i))));
+        let looper_protocol::record::SwapRecord::Buyer(b) =
+            looper_protocol::record::SwapRecord::from_bytes(&back.data).unwrap()
+        else {
+            panic!("not a buyer")
+        };
+        assert!(b.lightning_state_lost, "a restored buyer must not trust 'no payment known'");
     }
     assert_eq!(
         second.list_offers().unwrap(),

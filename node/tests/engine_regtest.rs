@@ -18,7 +18,10 @@ use looper_node::engine::{Engine, EngineConfig, EngineParts};
 use looper_node::lightning::{LdkConfig, LdkLightning, Lightning};
 use looper_node::nostr::{MemoryProcessedEvents, NostrTransport, TransportConfig};
 use looper_node::seed::{Mnemonic, NodeKeys};
-use looper_node::store::RedbStore;
+use looper_node::store::{
+    RedbStore, RestoreState, StoreError, SwapEvent, SwapFilter, SwapRecord as StoreRecord,
+    SwapStore,
+};
 use looper_node::wallet::LooperWallet;
 use looper_protocol::buyer::BuyerPolicy;
 use looper_protocol::messages::Offer;
@@ -35,6 +38,10 @@ struct Party {
     engine: Engine,
     /// The engine's chain source, with a switch to make it fail.
     faults: Arc<MockFaultyChain>,
+    /// The engine's store, with a switch to make writing a swap fail.
+    store_faults: Arc<MockFailingStore>,
+    /// The transport's processed-events set (messages the engine acknowledged).
+    processed: Arc<MemoryProcessedEvents>,
     ln: Arc<LdkLightning>,
     wallet: Arc<LooperWallet>,
     listen: String,
@@ -99,6 +106,79 @@ impl ChainSource for MockFaultyChain {
     }
 }
 
+/// A mock for fault injection: the real redb store, whose swap writes fail while `failing` is
+/// set (a full disk, an I/O error).
+struct MockFailingStore {
+    inner: RedbStore,
+    failing: AtomicBool,
+}
+
+impl SwapStore for MockFailingStore {
+    fn put_swap(&self, record: &StoreRecord) -> Result<(), StoreError> {
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(StoreError::Database {
+                op: "commit",
+                source: Box::new(redb::Error::Io(std::io::Error::other("fault injected"))),
+            });
+        }
+        self.inner.put_swap(record)
+    }
+    fn get_swap(&self, id: &SwapId) -> Result<Option<StoreRecord>, StoreError> {
+        self.inner.get_swap(id)
+    }
+    fn get_swap_by_payment_hash(
+        &self,
+        hash: &looper_protocol::PaymentHash,
+    ) -> Result<Option<StoreRecord>, StoreError> {
+        self.inner.get_swap_by_payment_hash(hash)
+    }
+    fn list_swaps(&self, filter: &SwapFilter) -> Result<Vec<StoreRecord>, StoreError> {
+        self.inner.list_swaps(filter)
+    }
+    fn put_offer(&self, id: &str, offer: &serde_json::Value) -> Result<(), StoreError> {
+        self.inner.put_offer(id, offer)
+    }
+    fn get_offer(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        self.inner.get_offer(id)
+    }
+    fn list_offers(&self) -> Result<Vec<(String, serde_json::Value)>, StoreError> {
+        self.inner.list_offers()
+    }
+    fn delete_offer(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.delete_offer(id)
+    }
+    fn next_swap_index(&self) -> Result<u32, StoreError> {
+        self.inner.next_swap_index()
+    }
+    fn peek_swap_index(&self) -> Result<u32, StoreError> {
+        self.inner.peek_swap_index()
+    }
+    fn raise_swap_index(&self, at_least: u32) -> Result<u32, StoreError> {
+        self.inner.raise_swap_index(at_least)
+    }
+    fn restore_state(&self) -> Result<RestoreState, StoreError> {
+        self.inner.restore_state()
+    }
+    fn set_restore_state(&self, state: RestoreState) -> Result<(), StoreError> {
+        self.inner.set_restore_state(state)
+    }
+    fn mark_event_processed(&self, id: [u8; 32], seen_at: u64) -> Result<bool, StoreError> {
+        self.inner.mark_event_processed(id, seen_at)
+    }
+    fn is_event_processed(&self, id: &[u8; 32]) -> Result<bool, StoreError> {
+        self.inner.is_event_processed(id)
+    }
+    fn prune_processed_events(&self, before: u64) -> Result<usize, StoreError> {
+        self.inner.prune_processed_events(before)
+    }
+    fn append_swap_event(&self, id: &SwapId, event: &serde_json::Value) -> Result<u64, StoreError> {
+        self.inner.append_swap_event(id, event)
+    }
+    fn swap_events(&self, id: &SwapId, from: u64) -> Result<Vec<SwapEvent>, StoreError> {
+        self.inner.swap_events(id, from)
+    }
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -155,11 +235,15 @@ async fn party_with(
     let mut tc = TransportConfig::new(keys.nostr_secret_key()?.secret_bytes(), vec![relay.into()]);
     tc.retry_interval = Duration::from_secs(1);
     tc.fetch_timeout = Duration::from_secs(5);
-    let transport = NostrTransport::connect(tc, Arc::new(MemoryProcessedEvents::new())).await?;
+    // As looper-node runs it: the engine acknowledges a message once its effects are persisted.
+    tc.manual_ack = true;
+    let processed = Arc::new(MemoryProcessedEvents::new());
+    let transport = NostrTransport::connect(tc, processed.clone()).await?;
+    let store_faults = Arc::new(MockFailingStore { inner: store, failing: AtomicBool::new(false) });
     let faults =
         Arc::new(MockFaultyChain { inner: esplora.into_dyn(), failing: AtomicBool::new(false) });
     let engine = Engine::start(EngineParts {
-        store: Arc::new(store),
+        store: store_faults.clone() as Arc<dyn SwapStore>,
         wallet: Arc::clone(&wallet),
         wallet_sync: Some(sync_client),
         chain: faults.clone() as Arc<dyn ChainSource>,
@@ -173,7 +257,17 @@ async fn party_with(
     let task = tokio::spawn(engine.clone().run(async move {
         let _ = rx.await;
     }));
-    Ok(Party { engine, faults, ln, wallet, listen, stop: Some(stop), task })
+    Ok(Party {
+        engine,
+        faults,
+        store_faults,
+        processed,
+        ln,
+        wallet,
+        listen,
+        stop: Some(stop),
+        task,
+    })
 }
 
 /// The next message on `rx` is an `error` for `swap_id` with `code`.
@@ -724,4 +818,65 @@ async fn buyer_never_pays_seller_refunds_after_timeout() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn buyer_aborts_cooperative_refund() -> Result<()> {
     unpaid_swap(true).await
+}
+
+/// Issue 12, item 8: a swap message is marked processed only once the engine persisted what
+/// follows from it. With the seller's store failing, the buyer's `swap_request` arrives but is
+/// not acknowledged (it is delivered again after a restart) and leaves no half-made swap; with
+/// the store back, the next request is persisted and acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_whose_effects_were_not_persisted_is_not_acknowledged() -> Result<()> {
+    init_tracing();
+    let tmp = tempfile::tempdir()?;
+    let dir = tmp.path().to_path_buf();
+    let chain = Arc::new(RegtestChain::start(dir.join("chain"))?);
+    let relay = LocalRelay::new(RelayBuilder::default());
+    relay.run().await?;
+    let relay_url = relay.url().await.to_string();
+    let mut seller =
+        party(&chain, &relay_url, &dir.join("seller"), SellerPolicy::default()).await?;
+    let mut buyer = party(&chain, &relay_url, &dir.join("buyer"), SellerPolicy::default()).await?;
+    chain.fund_address(&seller.wallet.new_address()?, Amount::from_sat(1_000_000))?;
+    seller.engine.sync_wallet().await?;
+    let offer = offer(seller.ln.node_id(), &relay_url, "ack-offer");
+    seller.engine.publish_offer(&offer).await?;
+    let seller_pk = seller.engine.transport().public_key();
+    let policy = BuyerPolicy {
+        max_total_fee_sat: 10_000,
+        max_route_cltv: 200,
+        min_confirmations: 1_000,
+        ..BuyerPolicy::default()
+    };
+
+    seller.store_faults.failing.store(true, Ordering::SeqCst);
+    let first = buyer.engine.take_offer(offer.clone(), seller_pk, 50_000, policy).await?;
+    wait_for("the swap_request delivered to the seller's engine", || async {
+        (seller.engine.transport().stats().await.delivered >= 1).then_some(())
+    })
+    .await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(seller.processed.len(), 0, "acknowledged without being persisted");
+    assert!(seller.engine.swap_state(first).await.is_none(), "a half-made swap stayed");
+    assert!(seller.engine.store().get_swap(&first)?.is_none());
+
+    seller.store_faults.failing.store(false, Ordering::SeqCst);
+    let second = buyer.engine.take_offer(offer, seller_pk, 50_000, policy).await?;
+    wait_for("the second swap persisted and acknowledged", || async {
+        let stored = seller.engine.store().get_swap(&second).ok()??;
+        (seller.processed.len() == 1).then_some(stored)
+    })
+    .await?;
+
+    for p in [&mut seller, &mut buyer] {
+        if let Some(stop) = p.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+    for p in [seller, buyer] {
+        let _ = p.task.await;
+        p.engine.transport().shutdown().await;
+        p.ln.stop().await?;
+    }
+    relay.shutdown();
+    Ok(())
 }
