@@ -357,11 +357,6 @@ impl Pair {
                 action,
                 Action::Send(_) | Action::Broadcast { .. } | Action::PayInvoice { .. }
             );
-            // Known gap, not checked until fixed: the buyer answers a refund request it cannot
-            // sign with an `error` without persisting its outbox first (BuyerSwap::answer_refund
-            // and on_payment_status), so a crash could reuse that `seq`.
-            let unpersisted_error = party == Party::Buyer
-                && matches!(action, Action::Send(env) if matches!(env.body, Message::Error(_)));
             // Re-broadcasting a transaction broadcast before (every block while unconfirmed)
             // changes nothing.
             let rebroadcast = matches!(action, Action::Broadcast { tx, .. }
@@ -369,7 +364,7 @@ impl Pair {
             if let Action::Broadcast { tx, .. } = action {
                 self.track.broadcast.push(tx.compute_txid());
             }
-            if origin == Origin::Handle && external && !unpersisted_error && !rebroadcast {
+            if origin == Origin::Handle && external && !rebroadcast {
                 self.check(persisted, "an action before the transition was persisted");
             }
             if matches!(action, Action::Persist) {

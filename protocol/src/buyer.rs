@@ -756,7 +756,8 @@ impl BuyerSwap {
                 if Some(payment_hash) != self.payment_hash() {
                     return Ok(Vec::new());
                 }
-                self.on_payment_status(status, ctx, rng)
+                // Its answers may send (a refund's signature or refusal): persisted first.
+                self.on_payment_status(status, ctx, rng).map(persist_first)
             }
             Event::HtlcChecked { outpoint, status } => self.on_htlc_checked(outpoint, status, ctx),
             Event::HtlcGone { outpoint } => self.on_htlc_gone(outpoint),
