@@ -3,14 +3,14 @@
 //! backup event of our key with a per-relay end-of-stored-events check.
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nostr_sdk::prelude::{
     Client, Event, EventId, Filter, Kind, PublicKey, Relay, RelayLimits, RelayMessage,
     RelayNotification, RelayOptions, RelayStatus, RelayUrl, ReqExitPolicy,
     SubscribeAutoCloseOptions, SubscribeOptions, SubscriptionId, Timestamp,
 };
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 
 use super::codec::{BACKUP_KIND, MAX_BACKUP_EVENT_BYTES};
 use super::BackupError;
@@ -113,45 +113,9 @@ impl BackupRelays {
     /// # Errors
     /// [`BackupError::NotDelivered`] when no relay accepted it in time.
     pub async fn publish(&self, event: &Event, timeout: Duration) -> Result<RelayUrl, BackupError> {
-        let deadline = Instant::now() + timeout;
-        let mut backoff = Duration::from_millis(200);
-        let mut last_error = String::from("no relay");
-        loop {
-            let (tx, mut rx) = mpsc::channel(self.relays.len().max(1));
-            for url in &self.relays {
-                let Some(relay) = self.relay(url).await else {
-                    last_error = format!("{url}: not in the pool");
-                    continue;
-                };
-                let tx = tx.clone();
-                let event = event.clone();
-                let url = url.clone();
-                tokio::spawn(async move {
-                    let res = relay.send_event(&event).await.map_err(|e| e.to_string());
-                    let _ = tx.send((url, res)).await;
-                });
-            }
-            drop(tx);
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let first_ok = tokio::time::timeout(remaining, async {
-                while let Some((url, res)) = rx.recv().await {
-                    match res {
-                        Ok(_) => return Some(url),
-                        Err(e) => last_error = format!("{url}: {e}"),
-                    }
-                }
-                None
-            })
-            .await;
-            if let Ok(Some(url)) = first_ok {
-                return Ok(url);
-            }
-            if Instant::now() + backoff >= deadline {
-                return Err(BackupError::NotDelivered { timeout, last_error });
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
-        }
+        crate::nostr::send_until_accepted(&self.client, &self.relays, event, timeout)
+            .await
+            .map_err(|last_error| BackupError::NotDelivered { timeout, last_error })
     }
 
     /// Fetches every backup event authored by `author` from every relay, page by page (newest

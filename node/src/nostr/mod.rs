@@ -14,6 +14,7 @@ mod offers;
 mod processed;
 mod ratelimit;
 mod transport;
+pub(crate) use transport::send_until_accepted;
 pub mod wire;
 mod wrap;
 

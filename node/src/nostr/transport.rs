@@ -523,63 +523,14 @@ impl NostrTransport {
             }
         }
         let timeout = self.inner.config.send_timeout;
-        let deadline = Instant::now() + timeout;
         let event_bytes = wrap::event_size(event);
-        let mut backoff = Duration::from_millis(200);
-        let mut last_error = String::from("no relay");
-        loop {
-            let (tx, mut rx) = mpsc::channel(targets.len().max(1));
-            let mut pending = 0usize;
-            for url in &targets {
-                let relay = match client.relay(url.clone()).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        last_error = format!("{url}: {e}");
-                        continue;
-                    }
-                };
-                let tx = tx.clone();
-                let event = event.clone();
-                let url = url.clone();
-                pending += 1;
-                tokio::spawn(async move {
-                    let res = relay.send_event(&event).await.map_err(|e| e.to_string());
-                    let _ = tx.send((url, res)).await;
-                });
+        match send_until_accepted(client, &targets, event, timeout).await {
+            Ok(url) => {
+                Ok(SendReport { event_id: event.id, event_bytes, accepted_by: url, targets })
             }
-            drop(tx);
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let first_ok = tokio::time::timeout(remaining, async {
-                while let Some((url, res)) = rx.recv().await {
-                    match res {
-                        Ok(_) => return Some(url),
-                        Err(e) => {
-                            tracing::debug!(relay = %url, error = %e, event_id = %event.id, "relay refused event");
-                            last_error = format!("{url}: {e}");
-                        }
-                    }
-                }
-                None
-            })
-            .await;
-            if let Ok(Some(url)) = first_ok {
-                return Ok(SendReport {
-                    event_id: event.id,
-                    event_bytes,
-                    accepted_by: url,
-                    targets,
-                });
+            Err(last_error) => {
+                Err(TransportError::NotDelivered { event_id: event.id, timeout, last_error })
             }
-            let _ = pending;
-            if Instant::now() + backoff >= deadline {
-                return Err(TransportError::NotDelivered {
-                    event_id: event.id,
-                    timeout,
-                    last_error,
-                });
-            }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(2));
         }
     }
 
@@ -901,5 +852,65 @@ impl Receiver {
         if let Err(e) = self.inner.processed.mark_processed(id) {
             tracing::warn!(error = %e, "cannot persist processed event id");
         }
+    }
+}
+
+/// Sends `event` to every relay of `targets` (already in `client`'s pool) and returns the first
+/// that accepted it (`OK true`); the others keep trying in the background. Sends again with a
+/// backoff (200 ms doubling to 2 s) until `timeout`. The swap messages and the backups publish
+/// through it.
+///
+/// # Errors
+/// The last relay's refusal (or "no relay") when none accepted it in time.
+pub(crate) async fn send_until_accepted(
+    client: &Client,
+    targets: &[RelayUrl],
+    event: &Event,
+    timeout: Duration,
+) -> Result<RelayUrl, String> {
+    let deadline = Instant::now() + timeout;
+    let mut backoff = Duration::from_millis(200);
+    let mut last_error = String::from("no relay");
+    loop {
+        let (tx, mut rx) = mpsc::channel(targets.len().max(1));
+        for url in targets {
+            let relay = match client.relay(url.clone()).await {
+                Ok(r) => r,
+                Err(e) => {
+                    last_error = format!("{url}: {e}");
+                    continue;
+                }
+            };
+            let tx = tx.clone();
+            let event = event.clone();
+            let url = url.clone();
+            tokio::spawn(async move {
+                let res = relay.send_event(&event).await.map_err(|e| e.to_string());
+                let _ = tx.send((url, res)).await;
+            });
+        }
+        drop(tx);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let first_ok = tokio::time::timeout(remaining, async {
+            while let Some((url, res)) = rx.recv().await {
+                match res {
+                    Ok(_) => return Some(url),
+                    Err(e) => {
+                        tracing::debug!(relay = %url, error = %e, event_id = %event.id, "relay refused event");
+                        last_error = format!("{url}: {e}");
+                    }
+                }
+            }
+            None
+        })
+        .await;
+        if let Ok(Some(url)) = first_ok {
+            return Ok(url);
+        }
+        if Instant::now() + backoff >= deadline {
+            return Err(last_error);
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
