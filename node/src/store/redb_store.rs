@@ -46,6 +46,15 @@ fn db_err<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> StoreErro
     move |e| StoreError::Database { op, source: Box::new(e.into()) }
 }
 
+/// A value of the meta table (0 when absent), in a read or a write transaction.
+fn meta_value(
+    meta: &impl ReadableTable<&'static str, u64>,
+    key: &str,
+    op: &'static str,
+) -> Result<u64, StoreError> {
+    Ok(meta.get(key).map_err(db_err(op))?.map(|v| v.value()).unwrap_or(0))
+}
+
 /// The [`SwapStore`] on a redb file. Cheap to clone (the database is shared).
 #[derive(Clone)]
 pub struct RedbStore {
@@ -306,11 +315,7 @@ impl SwapStore for RedbStore {
         let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
         let index = {
             let mut meta = tx.open_table(META).map_err(db_err("open the meta table"))?;
-            let current = meta
-                .get(KEY_NEXT_SWAP_INDEX)
-                .map_err(db_err("read the swap index"))?
-                .map(|v| v.value())
-                .unwrap_or(0);
+            let current = meta_value(&meta, KEY_NEXT_SWAP_INDEX, "read the swap index")?;
             let index = u32::try_from(current)
                 .ok()
                 .filter(|i| *i <= MAX_SWAP_INDEX)
@@ -326,11 +331,7 @@ impl SwapStore for RedbStore {
     fn peek_swap_index(&self) -> Result<u32, StoreError> {
         let tx = self.db.begin_read().map_err(db_err("begin a read"))?;
         let meta = tx.open_table(META).map_err(db_err("open the meta table"))?;
-        let current = meta
-            .get(KEY_NEXT_SWAP_INDEX)
-            .map_err(db_err("read the swap index"))?
-            .map(|v| v.value())
-            .unwrap_or(0);
+        let current = meta_value(&meta, KEY_NEXT_SWAP_INDEX, "read the swap index")?;
         u32::try_from(current).map_err(|_| StoreError::IndexExhausted)
     }
 
@@ -341,11 +342,7 @@ impl SwapStore for RedbStore {
         let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
         let next = {
             let mut meta = tx.open_table(META).map_err(db_err("open the meta table"))?;
-            let current = meta
-                .get(KEY_NEXT_SWAP_INDEX)
-                .map_err(db_err("read the swap index"))?
-                .map(|v| v.value())
-                .unwrap_or(0);
+            let current = meta_value(&meta, KEY_NEXT_SWAP_INDEX, "read the swap index")?;
             let next = current.max(u64::from(at_least));
             if next != current {
                 meta.insert(KEY_NEXT_SWAP_INDEX, next).map_err(db_err("write the swap index"))?;
@@ -359,11 +356,7 @@ impl SwapStore for RedbStore {
     fn restore_state(&self) -> Result<RestoreState, StoreError> {
         let tx = self.db.begin_read().map_err(db_err("begin a read"))?;
         let meta = tx.open_table(META).map_err(db_err("open the meta table"))?;
-        let value = meta
-            .get(KEY_RESTORE_STATE)
-            .map_err(db_err("read the restore state"))?
-            .map(|v| v.value())
-            .unwrap_or(0);
+        let value = meta_value(&meta, KEY_RESTORE_STATE, "read the restore state")?;
         Ok(RestoreState::from_u64(value))
     }
 
