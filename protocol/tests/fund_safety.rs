@@ -283,6 +283,30 @@ fn every_buyer_check_has_a_stable_code() {
     assert_eq!(err.code(), "claim_margin_too_low");
     let json = serde_json::to_value(&err).unwrap();
     assert_eq!(json["check"], "claim_margin_too_low", "the code is the serialized tag");
+    // `code()` and `CODES` name the same checks, as the serialized tag does.
+    let all = [
+        BuyerCheckError::QuoteMismatch(String::new()),
+        BuyerCheckError::FeeTooHigh { fee_sat: 0, max_sat: 0 },
+        BuyerCheckError::InvoiceInvalid(String::new()),
+        BuyerCheckError::InvoicePayee,
+        BuyerCheckError::InvoiceNetwork,
+        BuyerCheckError::InvoiceHashMismatch,
+        BuyerCheckError::InvoiceAmountMismatch { invoice_msat: 0, quote_msat: 0 },
+        BuyerCheckError::InvoiceExpired,
+        BuyerCheckError::PrepayUnsupported,
+        BuyerCheckError::HtlcScriptMismatch(String::new()),
+        BuyerCheckError::HtlcAmountMismatch { expected_sat: 0, got_sat: 0 },
+        BuyerCheckError::TimeoutOutOfRange { timeout_height: 0, min: 0, max: 0 },
+        BuyerCheckError::CltvBudgetTooShort { budget: 0, needed: 0 },
+        BuyerCheckError::HtlcSpent,
+        BuyerCheckError::ClaimMarginTooLow { offered: 0, min: 0 },
+        BuyerCheckError::ClaimUnaffordable { htlc_sat: 0, claim_fee_sat: 0, fee_rate_sat_vb: 0 },
+    ];
+    let codes: Vec<&str> = all.iter().map(BuyerCheckError::code).collect();
+    assert_eq!(codes, BuyerCheckError::CODES);
+    for check in &all {
+        assert_eq!(serde_json::to_value(check).unwrap()["check"], check.code());
+    }
     let mut sorted = BuyerCheckError::CODES.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
