@@ -333,3 +333,33 @@ fn a_restored_buyer_with_its_payments_lost_never_pays_again_nor_cosigns_a_refund
     assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }), "{:#?}", sim.log);
     assert_eq!(sim.buyer.state.name(), "Lost", "fate unknown: {:#?}", sim.log);
 }
+
+/// Item 7: a claim that cannot be built (a fee rate that would eat the whole HTLC) leaves the swap
+/// in `Claiming`, reported once as stalled and tried again at every tick; once the rate comes
+/// down the claim goes out and confirms.
+#[test]
+fn a_claim_that_cannot_be_built_yet_is_retried_and_reported_once() {
+    let mut sim = sim(Opts { payment_delay_blocks: 1, ..Opts::default() });
+    sim.pump();
+    for _ in 0..10 {
+        if !sim.attempts.is_empty() {
+            break;
+        }
+        sim.mine(1);
+    }
+    assert!(matches!(sim.buyer.state, BuyerState::Paying { .. }), "{:#?}", sim.log);
+    // 152 vB at 2,000 sat/vB is more than the 200,000 sat HTLC.
+    sim.ctx.fee_rate = FeeRate::from_sat_per_vb(2_000).unwrap();
+    sim.mine(1);
+    assert_eq!(sim.buyer.state.name(), "Claiming", "{:#?}", sim.log);
+    for _ in 0..5 {
+        sim.advance_secs(31);
+    }
+    assert_eq!(sim.buyer.state.name(), "Claiming");
+    let stalled = sim.log.iter().filter(|l| l.contains("Stalled")).count();
+    assert_eq!(stalled, 1, "reported once: {:#?}", sim.log);
+    sim.ctx.fee_rate = FeeRate::from_sat_per_vb(2).unwrap();
+    sim.run_to_end(100);
+    sim.check_invariants();
+    assert!(matches!(sim.buyer.state, BuyerState::Claimed { .. }), "{:#?}", sim.log);
+}
