@@ -7,9 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use clap::Parser;
 use common::{free_port, looper, snapshot, Run};
-use looper_node::config::{Args, Config};
+use looper_node::config::{Config, Overrides};
 use looper_node::node::LooperNode;
 use looper_regtest::RegtestChain;
 use nostr_relay_builder::prelude::*;
@@ -36,22 +35,16 @@ async fn cli_against_a_regtest_node() -> anyhow::Result<()> {
     let relay_url = relay.url().await.to_string();
     let datadir = tmp.path().join("node");
     let ln_listen = format!("127.0.0.1:{}", free_port());
-    let args = Args::try_parse_from([
-        "looper-node",
-        "--datadir",
-        datadir.to_str().unwrap(),
-        "--network",
-        "regtest",
-        "--esplora-url",
-        &chain.esplora_url(),
-        "--relay",
-        &relay_url,
-        "--api-listen",
-        "127.0.0.1:0",
-        "--ln-listen",
-        &ln_listen,
-    ])?;
-    let node = LooperNode::start(Config::load(&args)?).await?;
+    let overrides = Overrides {
+        datadir: Some(datadir.clone()),
+        network: Some("regtest".into()),
+        esplora_url: Some(chain.esplora_url()),
+        relays: vec![relay_url.clone()],
+        api_listen: Some("127.0.0.1:0".into()),
+        ln_listen: vec![ln_listen.clone()],
+        ..Overrides::default()
+    };
+    let node = LooperNode::start(Config::load(&overrides)?).await?;
     let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(node.run(

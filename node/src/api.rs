@@ -1,9 +1,12 @@
 //! The control API (axum, 127.0.0.1, bearer token from `DATADIR/api.token`).
 //!
-//! Every route is listed in [`ROUTES`] (method, path), which builds the router and is checked
-//! against the committed OpenAPI document (`node/openapi.yaml`) by `node/tests/api_openapi.rs`.
-//! Requests and answers are JSON; errors are `{"code": "...", "message": "..."}` with a stable
-//! snake_case code (see [`ApiError`]) and a one-line message that never carries a secret.
+//! The request, answer and error types are [`looper_api`]'s, shared with the `looper` CLI and the
+//! regtest harness; every handler answers one of them. Every route is listed in [`ROUTES`]
+//! (method, path), which builds the router and is checked against the committed OpenAPI document
+//! (`node/openapi.yaml`) by `node/tests/api_openapi.rs`. Errors are an [`ErrorBody`]
+//! `{"code": "...", "message": "..."}` with a stable snake_case [`ErrorCode`] (a buyer check that
+//! refuses an offer answers its own code, e.g. `fee_too_high`) and a one-line message that never
+//! carries a secret.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -19,60 +22,41 @@ use bitcoin::address::NetworkUnchecked;
 use bitcoin::hashes::Hash;
 use bitcoin::{Address, Amount, FeeRate, Network};
 use ldk_node::lightning_invoice::Bolt11Invoice;
+use looper_api::{
+    AbortResponse, AddressResponse, Channel, ChannelList, DiscoverQuery, DiscoveredOffer,
+    ErrorBody, ErrorCode, EventsQuery, InfoResponse, InvoiceRequest, InvoiceResponse, LnBalance,
+    LnInfo, OfferIdResponse, OfferList, OpenRequest, OpenResponse, PayRequest, PayResponse,
+    PaymentDirection, PaymentInfo, PaymentStatus, SendRequest, SendResponse, SwapDetail,
+    SwapEvents, SwapList, SwapOutRequest, SwapOutResponse, SwapSummary, SyncResponse,
+    WalletBalance, WithdrawResponse,
+};
 use looper_protocol::buyer::BuyerPolicy;
 use looper_protocol::messages::Offer;
 use looper_protocol::record::SwapRecord as ProtoRecord;
 use looper_protocol::{PaymentHash, SwapId};
-use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use crate::engine::{Engine, EngineError};
-use crate::lightning::{LightningError, PayOutcome, PaymentInfo};
-use crate::nostr::{OfferFilter, PublicKey as NostrPublicKey};
+use crate::lightning::{LightningError, PayOutcome};
+use crate::nostr::{NostrTransport, OfferFilter, PublicKey as NostrPublicKey};
 use crate::seed::ApiToken;
 use crate::store::{SwapFilter, SwapRecord};
-use crate::wallet::WalletError;
+use crate::wallet::{LooperWallet, WalletError};
 
-/// Version of the control API's request and answer shapes (`GET /v1/info` → `api_version`).
-pub const API_VERSION: u32 = 1;
-
-/// Every route of the API as `(method, path)`, paths in axum/OpenAPI template syntax.
-pub const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/v1/info"),
-    ("GET", "/v1/offers"),
-    ("POST", "/v1/offers"),
-    ("DELETE", "/v1/offers/{id}"),
-    ("GET", "/v1/offers/discover"),
-    ("POST", "/v1/swaps/out"),
-    ("GET", "/v1/swaps"),
-    ("GET", "/v1/swaps/{id}"),
-    ("POST", "/v1/swaps/{id}/abort"),
-    ("GET", "/v1/swaps/{id}/events"),
-    ("GET", "/v1/wallet/balance"),
-    ("POST", "/v1/wallet/address"),
-    ("POST", "/v1/wallet/send"),
-    ("GET", "/v1/ln/info"),
-    ("GET", "/v1/ln/balance"),
-    ("GET", "/v1/ln/channels"),
-    ("POST", "/v1/ln/address"),
-    ("POST", "/v1/ln/open"),
-    ("POST", "/v1/ln/invoice"),
-    ("POST", "/v1/ln/pay"),
-    ("GET", "/v1/ln/payments/{hash}"),
-    ("POST", "/v1/sync"),
-];
-
-/// Default cap on a payment route's total CLTV expiry delta (LDK's default).
-pub const DEFAULT_MAX_TOTAL_CLTV_EXPIRY_DELTA: u32 = 1008;
+pub use looper_api::{API_VERSION, DEFAULT_MAX_TOTAL_CLTV_EXPIRY_DELTA, ROUTES};
 
 /// Confirmation target (blocks) of the fee rate used by `POST /v1/wallet/send` by default.
 pub const SEND_FEE_TARGET_BLOCKS: u16 = 6;
 
-/// What the handlers share.
+/// What the handlers share. The node ([`crate::node::LooperNode`]) hands the API its own handles
+/// on the wallet and the Nostr transport, shared with the engine.
 #[derive(Clone)]
 pub struct ApiState {
-    /// The engine.
+    /// The engine: swaps, offers, the store, the chain source and the Lightning node.
     pub engine: Engine,
+    /// The swap wallet (`/v1/wallet/...`).
+    pub wallet: Arc<LooperWallet>,
+    /// The node's Nostr transport: its public key (`GET /v1/info`) and offer discovery.
+    pub nostr: NostrTransport,
     /// The bearer token.
     pub token: Arc<ApiToken>,
     /// The node's network.
@@ -93,59 +77,48 @@ pub struct NodeFacts {
     pub buyer_max_fee_ppm: Option<u32>,
 }
 
-/// A JSON error with a stable code: `unauthorized` (401), `bad_request` (400, the message names
-/// the field), `not_found` (404), `unknown_offer` (404), `insufficient_funds` (400), the code of
-/// the buyer check that refuses an offer (422: `fee_too_high`, `claim_margin_too_low`, ...,
+/// An error answer: an HTTP status and an [`ErrorBody`] whose [`ErrorCode`] is one of
+/// `unauthorized` (401), `bad_request` (400, the message names the field), `not_found` (404),
+/// `unknown_offer` (404), `insufficient_funds` (400), the code of the buyer check that refuses an
+/// offer (422: `fee_too_high`, `claim_margin_too_low`, ...,
 /// [`BuyerCheckError::CODES`](looper_protocol::buyer::BuyerCheckError::CODES)), `conflict` (409),
 /// `lightning_error` (502), `chain_error` (502), `internal` (500).
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    code: &'static str,
-    message: String,
-}
-
-/// The body of every error answer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// Stable snake_case code.
-    pub code: String,
-    /// One-line human-readable message.
-    pub message: String,
+    body: ErrorBody,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &'static str, message: impl std::fmt::Display) -> Self {
-        // One line, whatever the source error printed.
-        let message = message.to_string().lines().collect::<Vec<_>>().join(" ");
-        Self { status, code, message }
+    fn new(code: ErrorCode, message: impl std::fmt::Display) -> Self {
+        let status =
+            StatusCode::from_u16(code.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Self { status, body: ErrorBody::new(code, message) }
     }
     fn internal(e: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e)
+        Self::new(ErrorCode::Internal, e)
     }
     fn bad(field: &str, e: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad_request", format!("{field}: {e}"))
+        Self::new(ErrorCode::BadRequest, format!("{field}: {e}"))
     }
     fn not_found(what: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", what)
+        Self::new(ErrorCode::NotFound, what)
     }
     fn chain(e: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::BAD_GATEWAY, "chain_error", e)
+        Self::new(ErrorCode::ChainError, e)
     }
     fn lightning(e: LightningError) -> Self {
         match e {
             LightningError::Invalid { what, reason } => Self::bad(what, reason),
-            other => Self::new(StatusCode::BAD_GATEWAY, "lightning_error", other),
+            other => Self::new(ErrorCode::LightningError, other),
         }
     }
     fn wallet(e: WalletError) -> Self {
         match e {
             WalletError::CreateTx(inner) => match *inner {
-                bdk_wallet::error::CreateTxError::CoinSelection(ref f) => Self::new(
-                    StatusCode::BAD_REQUEST,
-                    "insufficient_funds",
-                    format!("insufficient funds: {f}"),
-                ),
+                bdk_wallet::error::CreateTxError::CoinSelection(ref f) => {
+                    Self::new(ErrorCode::InsufficientFunds, format!("insufficient funds: {f}"))
+                }
                 bdk_wallet::error::CreateTxError::OutputBelowDustLimit(_) => {
                     Self::bad("amount_sat", "below the dust limit")
                 }
@@ -162,9 +135,7 @@ impl ApiError {
             EngineError::Chain(c) => Self::chain(c),
             EngineError::Wallet(w) => Self::wallet(w),
             // The check's own code (`fee_too_high`, `claim_margin_too_low`, ...).
-            EngineError::Refused(check) => {
-                Self::new(StatusCode::UNPROCESSABLE_ENTITY, check.code(), check)
-            }
+            EngineError::Refused(check) => Self::new(ErrorCode::from(&check), check),
             EngineError::UnknownSwap(id) => Self::not_found(format!("no active swap {id}")),
             other => Self::internal(other),
         }
@@ -173,12 +144,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(ErrorBody { code: self.code.to_string(), message: self.message }))
-            .into_response()
+        (self.status, Json(self.body)).into_response()
     }
 }
 
-type ApiResult = Result<Json<Value>, ApiError>;
 type Typed<T> = Result<Json<T>, ApiError>;
 
 fn body<T>(r: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
@@ -236,7 +205,10 @@ pub fn router_with(state: ApiState, facts: NodeFacts) -> Router {
     }
     r.fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "bad_request", "method not allowed")
+            ApiError {
+                status: StatusCode::METHOD_NOT_ALLOWED,
+                body: ErrorBody::new(ErrorCode::BadRequest, "method not allowed"),
+            }
         })
         .layer(Extension(Arc::new(facts)))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
@@ -251,35 +223,9 @@ async fn auth(State(state): State<ApiState>, req: Request, next: Next) -> Respon
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if !state.token.matches(presented) {
-        return ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "missing or wrong token")
-            .into_response();
+        return ApiError::new(ErrorCode::Unauthorized, "missing or wrong token").into_response();
     }
     next.run(req).await
-}
-
-/// `GET /v1/info`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InfoResponse {
-    /// "regtest", "signet", "testnet", "bitcoin".
-    pub network: String,
-    /// [`API_VERSION`].
-    pub api_version: u32,
-    /// The daemon's version.
-    pub version: String,
-    /// Height of the chain source's best block.
-    pub tip_height: u32,
-    /// The node's Nostr public key (hex).
-    pub nostr_pubkey: String,
-    /// The Lightning node id.
-    pub ln_node_id: String,
-    /// The Lightning node's listening addresses.
-    pub ln_listen: Vec<String>,
-    /// Swaps not finished yet (stored as pending).
-    pub open_swaps: u64,
-    /// The Nostr relays the node uses.
-    pub relays: Vec<String>,
-    /// The fee rate claims and refunds would use now (sat/vB, rounded up).
-    pub fee_rate_sat_vb: u64,
 }
 
 async fn info(
@@ -295,11 +241,11 @@ async fn info(
         .await
         .map_err(ApiError::chain)?;
     Ok(Json(InfoResponse {
-        network: s.network.to_string(),
+        network: s.network,
         api_version: API_VERSION,
         version: env!("CARGO_PKG_VERSION").to_string(),
         tip_height: tip,
-        nostr_pubkey: s.engine.transport().public_key().to_hex(),
+        nostr_pubkey: s.nostr.public_key().to_hex(),
         ln_node_id: s.engine.lightning().node_id().to_string(),
         ln_listen: facts.ln_listen.clone(),
         open_swaps: open.len() as u64,
@@ -308,67 +254,57 @@ async fn info(
     }))
 }
 
-async fn list_offers(State(s): State<ApiState>) -> ApiResult {
+async fn list_offers(State(s): State<ApiState>) -> Typed<OfferList> {
     let offers = s.engine.store().list_offers().map_err(ApiError::internal)?;
-    Ok(Json(json!({"offers": offers.into_iter().map(|(_, v)| v).collect::<Vec<_>>()})))
+    let offers = offers
+        .into_iter()
+        .map(|(id, v)| {
+            serde_json::from_value::<Offer>(v)
+                .map_err(|e| ApiError::internal(format!("stored offer {id} does not read: {e}")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Json(OfferList { offers }))
 }
 
 async fn publish_offer(
     State(s): State<ApiState>,
     offer: Result<Json<Offer>, JsonRejection>,
-) -> ApiResult {
+) -> Typed<OfferIdResponse> {
     let offer = body(offer)?;
     offer.validate().map_err(|e| ApiError::bad("offer", e))?;
     if offer.network != s.network {
         return Err(ApiError::bad("network", "offer network differs from the node's"));
     }
     s.engine.publish_offer(&offer).await.map_err(ApiError::engine)?;
-    Ok(Json(json!({"offer_id": offer.offer_id})))
+    Ok(Json(OfferIdResponse { offer_id: offer.offer_id }))
 }
 
-async fn withdraw_offer(State(s): State<ApiState>, Path(id): Path<String>) -> ApiResult {
+async fn withdraw_offer(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Typed<WithdrawResponse> {
     if !s.engine.withdraw_offer(&id).await.map_err(ApiError::engine)? {
         return Err(ApiError::not_found(format!("no offer {id}")));
     }
-    Ok(Json(json!({"withdrawn": id})))
-}
-
-/// Query of `GET /v1/offers/discover`.
-#[derive(Debug, Deserialize)]
-struct DiscoverQuery {
-    amount_sat: u64,
-}
-
-/// One entry of `GET /v1/offers/discover` (cheapest first).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DiscoveredOfferResponse {
-    /// The seller's Nostr public key (hex): the `seller` of `POST /v1/swaps/out`.
-    pub seller: String,
-    /// The offer as published.
-    pub offer: Offer,
-    /// What the seller charges for the asked amount (swap fee + funding fee).
-    pub cost_sat: u64,
-    /// When the offer event expires (UNIX seconds).
-    pub expires_at: u64,
+    Ok(Json(WithdrawResponse { withdrawn: id }))
 }
 
 async fn discover_offers(
     State(s): State<ApiState>,
     q: Result<Query<DiscoverQuery>, QueryRejection>,
-) -> Typed<Vec<DiscoveredOfferResponse>> {
+) -> Typed<Vec<DiscoveredOffer>> {
     let Query(q) = q.map_err(|e| ApiError::bad("amount_sat", e.body_text()))?;
     let amount_sat = positive("amount_sat", q.amount_sat)?;
     let filter = OfferFilter { network: s.network, amount_sat, sellers: Vec::new() };
     let found = s
-        .engine
-        .transport()
+        .nostr
         .discover_offers(&filter)
         .await
         .map_err(|e| ApiError::internal(format!("offer discovery failed: {e}")))?;
     Ok(Json(
         found
             .into_iter()
-            .map(|d| DiscoveredOfferResponse {
+            .map(|d| DiscoveredOffer {
                 seller: d.seller.to_hex(),
                 offer: d.offer,
                 cost_sat: d.cost_sat,
@@ -376,28 +312,6 @@ async fn discover_offers(
             })
             .collect(),
     ))
-}
-
-/// Body of `POST /v1/swaps/out`: take `offer_id` of `seller` (looked up on the relays), or the
-/// given `offer`.
-#[derive(Debug, Deserialize)]
-struct SwapOutRequest {
-    offer_id: Option<String>,
-    offer: Option<Offer>,
-    #[serde(alias = "seller_pubkey")]
-    seller: String,
-    amount_sat: u64,
-    max_total_fee_sat: Option<u64>,
-    max_route_cltv: Option<u32>,
-    min_confirmations: Option<u32>,
-    address: Option<String>,
-}
-
-/// Answer of `POST /v1/swaps/out`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SwapOutResponse {
-    /// The new swap's id (hex).
-    pub swap_id: String,
 }
 
 async fn swap_out(
@@ -438,16 +352,14 @@ async fn swap_out(
         (None, Some(id)) => {
             let filter = OfferFilter { network: s.network, amount_sat, sellers: vec![seller] };
             let found = s
-                .engine
-                .transport()
+                .nostr
                 .discover_offers(&filter)
                 .await
                 .map_err(|e| ApiError::internal(format!("offer discovery failed: {e}")))?;
             found.into_iter().find(|d| d.offer.offer_id == id).map(|d| d.offer).ok_or_else(
                 || {
                     ApiError::new(
-                        StatusCode::NOT_FOUND,
-                        "unknown_offer",
+                        ErrorCode::UnknownOffer,
                         format!("no valid offer {id} of this seller for {amount_sat} sat"),
                     )
                 },
@@ -478,21 +390,29 @@ async fn swap_out(
     Ok(Json(SwapOutResponse { swap_id: id.to_string() }))
 }
 
-fn summary(r: &SwapRecord) -> Value {
-    json!({
-        "swap_id": r.id.to_string(),
-        "role": r.role,
-        "state": r.state,
-        "status": r.status,
-        "payment_hash": r.payment_hash.map(|h| h.to_string()),
-        "created_at": r.created_at,
-        "updated_at": r.updated_at,
-    })
+fn summary(r: &SwapRecord) -> SwapSummary {
+    use crate::store::{SwapRole, SwapStatus};
+    SwapSummary {
+        swap_id: r.id.to_string(),
+        role: match r.role {
+            SwapRole::Buyer => looper_api::SwapRole::Buyer,
+            SwapRole::Seller => looper_api::SwapRole::Seller,
+        },
+        state: r.state.clone(),
+        status: match r.status {
+            SwapStatus::Pending => looper_api::SwapStatus::Pending,
+            SwapStatus::Succeeded => looper_api::SwapStatus::Succeeded,
+            SwapStatus::Failed => looper_api::SwapStatus::Failed,
+        },
+        payment_hash: r.payment_hash.map(|h| h.to_string()),
+        created_at: r.created_at,
+        updated_at: r.updated_at,
+    }
 }
 
-async fn list_swaps(State(s): State<ApiState>) -> ApiResult {
+async fn list_swaps(State(s): State<ApiState>) -> Typed<SwapList> {
     let swaps = s.engine.store().list_swaps(&SwapFilter::default()).map_err(ApiError::internal)?;
-    Ok(Json(json!({"swaps": swaps.iter().map(summary).collect::<Vec<_>>()})))
+    Ok(Json(SwapList { swaps: swaps.iter().map(summary).collect() }))
 }
 
 fn find_swap(s: &ApiState, key: &str) -> Result<SwapRecord, ApiError> {
@@ -510,29 +430,24 @@ fn find_swap(s: &ApiState, key: &str) -> Result<SwapRecord, ApiError> {
     Err(ApiError::not_found(format!("no swap {key}")))
 }
 
-async fn get_swap(State(s): State<ApiState>, Path(key): Path<String>) -> ApiResult {
+async fn get_swap(State(s): State<ApiState>, Path(key): Path<String>) -> Typed<SwapDetail> {
     let r = find_swap(&s, &key)?;
-    let mut v = summary(&r);
     // The protocol record (no keys, no unrevealed preimage: those are never stored).
-    if let Ok(rec) = ProtoRecord::from_bytes(&r.data) {
-        v["record"] = serde_json::to_value(rec).unwrap_or(Value::Null);
-    }
-    Ok(Json(v))
+    let record =
+        ProtoRecord::from_bytes(&r.data).ok().and_then(|rec| serde_json::to_value(rec).ok());
+    Ok(Json(SwapDetail { summary: summary(&r), record }))
 }
 
-async fn abort_swap(State(s): State<ApiState>, Path(key): Path<String>) -> ApiResult {
+async fn abort_swap(State(s): State<ApiState>, Path(key): Path<String>) -> Typed<AbortResponse> {
     let r = find_swap(&s, &key)?;
     s.engine.abort(r.id).await.map_err(|e| match e {
-        EngineError::Swap(m) => ApiError::new(StatusCode::CONFLICT, "conflict", m),
+        EngineError::Swap(m) => ApiError::new(ErrorCode::Conflict, m),
         other => ApiError::engine(other),
     })?;
-    Ok(Json(json!({"swap_id": r.id.to_string(), "abort": "requested"})))
-}
-
-#[derive(Deserialize)]
-struct EventsQuery {
-    from: Option<u64>,
-    wait_secs: Option<u64>,
+    Ok(Json(AbortResponse {
+        swap_id: r.id.to_string(),
+        abort: AbortResponse::REQUESTED.to_string(),
+    }))
 }
 
 /// The swap's events from `from`. With `Accept: text/event-stream`, a Server-Sent Events stream:
@@ -559,7 +474,9 @@ async fn swap_events(
     let mut sub = s.engine.subscribe();
     let mut events = s.engine.store().swap_events(&r.id, from).map_err(ApiError::internal)?;
     if events.is_empty() {
-        let wait = std::time::Duration::from_secs(q.wait_secs.unwrap_or(0).min(60));
+        let wait = std::time::Duration::from_secs(
+            q.wait_secs.unwrap_or(0).min(looper_api::MAX_EVENTS_WAIT_SECS),
+        );
         let deadline = tokio::time::Instant::now() + wait;
         while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, sub.recv()).await {
             if n.swap_id == r.id {
@@ -568,7 +485,16 @@ async fn swap_events(
             }
         }
     }
-    Ok(Json(json!({"swap_id": r.id.to_string(), "events": events})).into_response())
+    Ok(Json(SwapEvents {
+        swap_id: r.id.to_string(),
+        events: events.into_iter().map(event).collect(),
+    })
+    .into_response())
+}
+
+/// A stored event as the API shows it.
+fn event(e: crate::store::SwapEvent) -> looper_api::SwapEvent {
+    looper_api::SwapEvent { seq: e.seq, event: e.event }
 }
 
 /// How often an idle event stream looks at the store anyway (a missed wake-up costs this much).
@@ -596,7 +522,8 @@ fn event_stream(
         loop {
             if let Some(e) = st.queue.pop_front() {
                 st.next = e.seq.saturating_add(1);
-                st.done = e.event.get("event").and_then(Value::as_str) == Some("finished");
+                let e = event(e);
+                st.done = e.kind() == Some("finished");
                 let data = serde_json::to_string(&e).unwrap_or_default();
                 let ev = SseEvent::default().id(e.seq.to_string()).event("swap_event").data(data);
                 return Some((Ok(ev), st));
@@ -630,42 +557,20 @@ fn event_stream(
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
-async fn wallet_balance(State(s): State<ApiState>) -> ApiResult {
-    let b = s.engine.wallet().balance().map_err(ApiError::wallet)?;
-    Ok(Json(json!({
-        "confirmed_sat": b.confirmed.to_sat(),
-        "trusted_pending_sat": b.trusted_pending.to_sat(),
-        "untrusted_pending_sat": b.untrusted_pending.to_sat(),
-        "immature_sat": b.immature.to_sat(),
-        "total_sat": b.total().to_sat(),
-    })))
-}
-
-/// An on-chain address (`POST /v1/wallet/address`, `POST /v1/ln/address`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AddressResponse {
-    /// The address.
-    pub address: String,
+async fn wallet_balance(State(s): State<ApiState>) -> Typed<WalletBalance> {
+    let b = s.wallet.balance().map_err(ApiError::wallet)?;
+    Ok(Json(WalletBalance {
+        confirmed_sat: b.confirmed.to_sat(),
+        trusted_pending_sat: b.trusted_pending.to_sat(),
+        untrusted_pending_sat: b.untrusted_pending.to_sat(),
+        immature_sat: b.immature.to_sat(),
+        total_sat: b.total().to_sat(),
+    }))
 }
 
 async fn wallet_address(State(s): State<ApiState>) -> Typed<AddressResponse> {
-    let a = s.engine.wallet().new_address().map_err(ApiError::wallet)?;
+    let a = s.wallet.new_address().map_err(ApiError::wallet)?;
     Ok(Json(AddressResponse { address: a.to_string() }))
-}
-
-/// Body of `POST /v1/wallet/send`.
-#[derive(Debug, Deserialize)]
-struct SendRequest {
-    address: String,
-    amount_sat: u64,
-    fee_rate_sat_vb: Option<u64>,
-}
-
-/// Answer of `POST /v1/wallet/send`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SendResponse {
-    /// The broadcast transaction.
-    pub txid: String,
 }
 
 async fn wallet_send(
@@ -685,69 +590,54 @@ async fn wallet_send(
         None => s.engine.chain().fee_rate(SEND_FEE_TARGET_BLOCKS).await.map_err(ApiError::chain)?,
     };
     let txid = s
-        .engine
-        .wallet()
+        .wallet
         .send(s.engine.chain().as_ref(), address, amount, fee_rate)
         .await
         .map_err(ApiError::wallet)?;
     Ok(Json(SendResponse { txid: txid.to_string() }))
 }
 
-async fn ln_info(State(s): State<ApiState>) -> ApiResult {
+async fn ln_info(State(s): State<ApiState>) -> Typed<LnInfo> {
     let ln = s.engine.lightning();
-    Ok(Json(json!({
-        "node_id": ln.node_id().to_string(),
-        "channels": ln.channels().len(),
-        "onchain_spendable_sat": ln.onchain_spendable_sat(),
-    })))
+    Ok(Json(LnInfo {
+        node_id: ln.node_id().to_string(),
+        channels: ln.channels().len() as u64,
+        onchain_spendable_sat: ln.onchain_spendable_sat(),
+    }))
 }
 
-/// `GET /v1/ln/balance`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LnBalanceResponse {
-    /// Spendable balance of the Lightning node's own on-chain wallet.
-    pub onchain_spendable_sat: u64,
-    /// What the node can send over its channels.
-    pub lightning_outbound_msat: u64,
-    /// What the node can receive over its channels.
-    pub lightning_inbound_msat: u64,
-}
-
-async fn ln_balance(State(s): State<ApiState>) -> Typed<LnBalanceResponse> {
+async fn ln_balance(State(s): State<ApiState>) -> Typed<LnBalance> {
     let ln = s.engine.lightning();
     let channels = ln.channels();
-    Ok(Json(LnBalanceResponse {
+    Ok(Json(LnBalance {
         onchain_spendable_sat: ln.onchain_spendable_sat(),
         lightning_outbound_msat: channels.iter().map(|c| c.outbound_msat).sum(),
         lightning_inbound_msat: channels.iter().map(|c| c.inbound_msat).sum(),
     }))
 }
 
-async fn ln_channels(State(s): State<ApiState>) -> ApiResult {
-    Ok(Json(json!({"channels": s.engine.lightning().channels()})))
+async fn ln_channels(State(s): State<ApiState>) -> Typed<ChannelList> {
+    let channels = s
+        .engine
+        .lightning()
+        .channels()
+        .into_iter()
+        .map(|c| Channel {
+            channel_id: c.channel_id,
+            counterparty: c.counterparty,
+            capacity_sat: c.capacity_sat,
+            outbound_msat: c.outbound_msat,
+            inbound_msat: c.inbound_msat,
+            ready: c.ready,
+            usable: c.usable,
+        })
+        .collect();
+    Ok(Json(ChannelList { channels }))
 }
 
 async fn ln_address(State(s): State<ApiState>) -> Typed<AddressResponse> {
     let a = s.engine.lightning().onchain_address().await.map_err(ApiError::lightning)?;
     Ok(Json(AddressResponse { address: a.to_string() }))
-}
-
-/// Body of `POST /v1/ln/open`.
-#[derive(Debug, Deserialize)]
-struct OpenRequest {
-    node_id: String,
-    address: String,
-    amount_sat: u64,
-    #[serde(default)]
-    push_msat: u64,
-}
-
-/// Answer of `POST /v1/ln/open`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OpenResponse {
-    /// Id of the new channel as `GET /v1/ln/channels` lists it (empty when it is not listed
-    /// yet). Until the funding transaction is known this is the temporary channel id.
-    pub user_channel_id: String,
 }
 
 async fn ln_open(
@@ -774,17 +664,10 @@ async fn ln_open(
     Ok(Json(OpenResponse { user_channel_id: id.to_string() }))
 }
 
-#[derive(Deserialize)]
-struct InvoiceRequest {
-    amount_msat: u64,
-    description: Option<String>,
-    expiry_secs: Option<u32>,
-}
-
 async fn ln_invoice(
     State(s): State<ApiState>,
     req: Result<Json<InvoiceRequest>, JsonRejection>,
-) -> ApiResult {
+) -> Typed<InvoiceResponse> {
     let req = body(req)?;
     let amount_msat = positive("amount_msat", req.amount_msat)?;
     let invoice = s
@@ -793,30 +676,11 @@ async fn ln_invoice(
         .invoice(
             amount_msat,
             req.description.as_deref().unwrap_or(""),
-            req.expiry_secs.unwrap_or(3600),
+            req.expiry_secs.unwrap_or(looper_api::DEFAULT_INVOICE_EXPIRY_SECS),
         )
         .await
         .map_err(ApiError::lightning)?;
-    Ok(Json(json!({"invoice": invoice})))
-}
-
-/// Body of `POST /v1/ln/pay`.
-#[derive(Debug, Deserialize)]
-struct PayRequest {
-    invoice: String,
-    max_total_cltv_expiry_delta: Option<u32>,
-}
-
-/// Answer of `POST /v1/ln/pay`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PayResponse {
-    /// The invoice's payment hash (hex).
-    pub payment_hash: String,
-    /// "pending" (under way), "succeeded" or "failed".
-    pub status: String,
-    /// The preimage, once the payment succeeded.
-    #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub preimage: Option<String>,
+    Ok(Json(InvoiceResponse { invoice }))
 }
 
 async fn ln_pay(
@@ -843,10 +707,10 @@ async fn ln_pay(
     let outcome =
         s.engine.lightning().pay(&invoice.to_string(), cltv).await.map_err(ApiError::lightning)?;
     let (status, preimage) = match outcome {
-        PayOutcome::Started | PayOutcome::AlreadyPending => ("pending", None),
-        PayOutcome::AlreadySucceeded(p) => ("succeeded", Some(p.to_hex())),
+        PayOutcome::Started | PayOutcome::AlreadyPending => (PaymentStatus::Pending, None),
+        PayOutcome::AlreadySucceeded(p) => (PaymentStatus::Succeeded, Some(p.to_hex())),
     };
-    Ok(Json(PayResponse { payment_hash, status: status.to_string(), preimage }))
+    Ok(Json(PayResponse { payment_hash, status, preimage }))
 }
 
 /// `GET /v1/ln/payments/{hash}`: what the Lightning node knows of a payment, sent or received
@@ -855,18 +719,31 @@ async fn ln_payment(State(s): State<ApiState>, Path(hash): Path<String>) -> Type
     let hash = hash
         .parse::<PaymentHash>()
         .map_err(|_| ApiError::bad("payment_hash", "expected 64 hex characters"))?;
-    s.engine
+    let p = s
+        .engine
         .lightning()
         .payment(hash)
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found(format!("no payment {hash}")))
-}
-
-/// Answer of `POST /v1/sync`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SyncResponse {
-    /// Height of the chain source's best block after the sync.
-    pub tip_height: u32,
+        .ok_or_else(|| ApiError::not_found(format!("no payment {hash}")))?;
+    let direction = match p.direction.as_str() {
+        "inbound" => PaymentDirection::Inbound,
+        "outbound" => PaymentDirection::Outbound,
+        other => return Err(ApiError::internal(format!("unknown payment direction {other:?}"))),
+    };
+    let status = match p.status.as_str() {
+        "pending" => PaymentStatus::Pending,
+        "succeeded" => PaymentStatus::Succeeded,
+        "failed" => PaymentStatus::Failed,
+        other => return Err(ApiError::internal(format!("unknown payment status {other:?}"))),
+    };
+    Ok(Json(PaymentInfo {
+        payment_hash: p.payment_hash,
+        direction,
+        status,
+        amount_msat: p.amount_msat,
+        fee_paid_msat: p.fee_paid_msat,
+        preimage: p.preimage,
+        updated_at: p.updated_at,
+    }))
 }
 
 async fn sync(State(s): State<ApiState>) -> Typed<SyncResponse> {
@@ -891,7 +768,8 @@ mod tests {
     #[test]
     fn error_messages_are_one_line() {
         let e = ApiError::bad("x", "a\nb");
-        assert_eq!(e.message, "x: a b");
-        assert_eq!(e.code, "bad_request");
+        assert_eq!(e.body.message, "x: a b");
+        assert_eq!(e.body.code, ErrorCode::BadRequest);
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
     }
 }

@@ -1,19 +1,22 @@
-//! The node's configuration: `looper.toml` in the data dir (or `--config FILE`), overridden by
-//! command-line flags, which clap in turn lets `LOOPER_*` environment variables stand in for.
+//! The node's configuration: `looper.toml` in the data dir (or another file), under the values
+//! the command line or the environment set ([`Overrides`]; parsing them is the `looper-node`
+//! binary's business), over the built-in defaults. This module is plain data, loading and
+//! validation.
 //!
 //! Precedence, highest first: flag, environment variable, configuration file, built-in default.
 //!
 //! ```
-//! # use looper_node::config::{Args, Config};
-//! # use clap::Parser;
+//! # use looper_node::config::{Config, Overrides};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
-//! let datadir = dir.path().to_str().ok_or("path")?;
-//! let args = Args::try_parse_from([
-//!     "looper-node", "--datadir", datadir, "--network", "regtest",
-//!     "--esplora-url", "http://127.0.0.1:3002", "--relay", "ws://127.0.0.1:7777",
-//! ])?;
-//! let config = Config::load(&args)?;
+//! let overrides = Overrides {
+//!     datadir: Some(dir.path().to_path_buf()),
+//!     network: Some("regtest".into()),
+//!     esplora_url: Some("http://127.0.0.1:3002".into()),
+//!     relays: vec!["ws://127.0.0.1:7777".into()],
+//!     ..Overrides::default()
+//! };
+//! let config = Config::load(&overrides)?;
 //! assert_eq!(config.network, bitcoin::Network::Regtest);
 //! assert_eq!(config.api.listen.port(), 28839);
 //! # Ok(()) }
@@ -22,86 +25,60 @@
 //! A bad value is refused with one [`ConfigError`] naming the key and the reason, for example
 //! `invalid configuration: seller.fee_ppm: must be <= 100000`.
 //!
-//! The defaults of the swap parameters are the "Numbers to start from" of the protocol design
-//! (timeout delta 288 blocks, claim margin 20 blocks, 1 confirmation, invoice expiry one hour).
+//! The `[seller]` section holds the offer's terms ([`OfferTerms`], named as the offer's wire
+//! fields: `timeout_delta`, `claim_margin`, ...; the older `timeout_delta_blocks` and
+//! `claim_margin_blocks` are still read) and the seller's own settings. The defaults of the swap
+//! parameters are the "Numbers to start from" of the protocol design (timeout delta 288 blocks,
+//! claim margin 20 blocks, 1 confirmation, invoice expiry one hour).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use bitcoin::Network;
+use looper_api::OfferTerms;
 use serde::{Deserialize, Serialize};
 
-/// Name of the configuration file looked up in the data dir when `--config` is not given.
+/// Name of the configuration file looked up in the data dir when no other file is named.
 pub const CONFIG_FILE_NAME: &str = "looper.toml";
 
 /// Largest accepted `fee_ppm` (10 %).
 pub const MAX_FEE_PPM: u32 = 100_000;
 
-/// Smallest `seller.timeout_delta_blocks` accepted outside regtest (the protocol's floor for offers).
+/// Smallest `seller.timeout_delta` accepted outside regtest (the protocol's floor for offers).
 pub const MIN_TIMEOUT_DELTA_BLOCKS: u32 = 144;
 
-/// Largest `seller.timeout_delta_blocks` accepted: the protocol's largest offer timeout (two
-/// weeks of blocks).
+/// Largest `seller.timeout_delta` accepted: the protocol's largest offer timeout (two weeks of
+/// blocks).
 pub const MAX_TIMEOUT_DELTA_BLOCKS: u32 = looper_protocol::messages::MAX_TIMEOUT_DELTA;
 
 /// Largest `fees.max_fee_rate_sat_vb` accepted: a guard against typos that would burn money.
 pub const MAX_FEE_RATE_CAP_SAT_VB: u64 = 10_000;
 
-/// Command-line arguments of `looper-node`. Every flag can also be given as the environment
-/// variable named in its help (`LOOPER_*`); a flag on the command line wins over the variable.
-#[derive(Debug, Clone, Default, clap::Parser)]
-#[command(
-    name = "looper-node",
-    version,
-    about = "Looper daemon: peer-to-peer Lightning <-> on-chain swaps over Nostr"
-)]
-pub struct Args {
+/// What the command line and the environment set over the configuration file (the `looper-node`
+/// binary fills it from its flags and `LOOPER_*` variables). Every field left empty keeps the
+/// file's value, else the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
     /// Data directory (seed, wallet and swap database, Lightning storage, API token).
     /// Default: `$HOME/.looper`.
-    #[arg(long, env = "LOOPER_DATADIR", value_name = "DIR")]
     pub datadir: Option<PathBuf>,
-
-    /// Configuration file. Default: `DATADIR/looper.toml` (optional there); a file named here must
-    /// exist.
-    #[arg(long, env = "LOOPER_CONFIG", value_name = "FILE")]
+    /// Configuration file. Default: `DATADIR/looper.toml` (optional there); a file named here
+    /// must exist.
     pub config: Option<PathBuf>,
-
-    /// Bitcoin network: mainnet (or bitcoin), testnet, testnet4, signet, regtest.
-    #[arg(long, env = "LOOPER_NETWORK", value_name = "NETWORK")]
+    /// Bitcoin network name: mainnet (or bitcoin), testnet, testnet4, signet, regtest.
     pub network: Option<String>,
-
-    /// Esplora HTTP API base URL, e.g. `https://blockstream.info/api`.
-    #[arg(long, env = "LOOPER_ESPLORA_URL", value_name = "URL")]
+    /// Esplora HTTP API base URL.
     pub esplora_url: Option<String>,
-
-    /// Nostr relay URL (repeat the flag for several; the variable takes a comma-separated list).
-    /// Replaces the relays of the configuration file.
-    #[arg(long = "relay", env = "LOOPER_RELAYS", value_name = "URL", value_delimiter = ',')]
+    /// Nostr relay URLs; replace the file's when not empty.
     pub relays: Vec<String>,
-
-    /// Lightning peer-to-peer listen address (repeatable; the variable takes a comma-separated
-    /// list). Replaces the addresses of the configuration file.
-    #[arg(
-        long = "ln-listen",
-        env = "LOOPER_LN_LISTEN",
-        value_name = "ADDR",
-        value_delimiter = ','
-    )]
+    /// Lightning listen addresses; replace the file's when not empty.
     pub ln_listen: Vec<String>,
-
-    /// Control API listen address (loopback only, e.g. `127.0.0.1:8839`; port 0 picks a free
-    /// port).
-    #[arg(long, env = "LOOPER_API_LISTEN", value_name = "ADDR")]
+    /// Control API listen address.
     pub api_listen: Option<String>,
-
-    /// Log as JSON lines instead of human-readable text.
-    #[arg(long, env = "LOOPER_LOG_JSON")]
+    /// Log as JSON lines (or the file's `log_json`).
     pub log_json: bool,
-
-    /// Restore the node from a BIP-39 mnemonic read from FILE (`-` reads standard input) instead of
-    /// creating a new seed. Refused when the data dir already holds a seed.
-    #[arg(long, env = "LOOPER_RESTORE", value_name = "FILE")]
-    pub restore: Option<PathBuf>,
+    /// Restore the node from a mnemonic instead of creating a new seed.
+    pub restore: Option<RestoreSource>,
 }
 
 /// Where a `--restore` mnemonic comes from. Reading it is left to the caller
@@ -165,39 +142,45 @@ pub struct ApiConfig {
     pub listen: SocketAddr,
 }
 
-/// Seller (maker) settings (`[seller]`): the terms of the offer this node publishes. Amounts are
-/// in satoshis, deltas in blocks.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// Seller (maker) settings (`[seller]`): the terms of the offer this node publishes (the
+/// section's [`OfferTerms`] keys) and how it serves buyers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SellerConfig {
     /// Publish offers and serve buyers.
     pub enabled: bool,
-    /// Smallest swap amount offered.
-    pub min_amount_sat: u64,
-    /// Largest swap amount offered.
-    pub max_amount_sat: u64,
-    /// Fixed part of the swap fee.
-    pub fee_base_sat: u64,
-    /// Proportional part of the swap fee, in parts per million of the amount (at most 100000).
-    pub fee_ppm: u32,
-    /// On-chain funding fee charged to the buyer in the quote (the seller pays the real fee).
-    pub funding_fee_sat: u64,
-    /// Confirmations of the HTLC funding output the buyer waits for before paying.
-    pub min_confirmations: u32,
-    /// Blocks from the tip at `swap_accept` to the HTLC timeout.
-    pub timeout_delta_blocks: u32,
-    /// The seller claims an incoming payment only while `tip + claim_margin_blocks <= timeout`.
-    pub claim_margin_blocks: u32,
-    /// Prepayment asked before locking funds (anti-griefing); 0 for none.
-    pub prepay_sat: u64,
+    /// The offer's terms; in `looper.toml` their keys sit directly in `[seller]`.
+    #[serde(flatten)]
+    pub terms: OfferTerms,
     /// Swaps served at the same time; further requests are refused.
     pub max_concurrent_swaps: u32,
-    /// Upper bound of the invoice expiry, in seconds (the invoice expires at the earlier of this
-    /// and half the time left to the timeout).
-    pub invoice_expiry_secs: u32,
     /// Co-sign the buyer's cooperative (key-path) claim. Default on; switched off only to exercise
     /// the buyer's script-path claim (tests, test harnesses).
     pub cooperative_claims: bool,
+}
+
+/// The `[seller]` keys that are not offer terms.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct SellerOptions {
+    enabled: bool,
+    max_concurrent_swaps: u32,
+    cooperative_claims: bool,
+}
+
+impl SellerOptions {
+    const KEYS: &'static [&'static str] =
+        &["enabled", "max_concurrent_swaps", "cooperative_claims"];
+}
+
+impl Default for SellerOptions {
+    fn default() -> Self {
+        let d = SellerConfig::default();
+        SellerOptions {
+            enabled: d.enabled,
+            max_concurrent_swaps: d.max_concurrent_swaps,
+            cooperative_claims: d.cooperative_claims,
+        }
+    }
 }
 
 /// Buyer (taker) settings (`[buyer]`): limits applied when taking an offer.
@@ -209,13 +192,17 @@ pub struct BuyerConfig {
     /// Largest total cost accepted, in parts per million of the amount (whichever limit is lower
     /// applies).
     pub max_total_fee_ppm: u32,
-    /// Largest `max_total_cltv_expiry_delta` given to a Lightning payment.
-    pub max_route_cltv_blocks: u32,
+    /// Most blocks a swap payment's Lightning route may lock it for (its total CLTV expiry
+    /// delta), as the protocol's buyer policy names it (`max_route_cltv_blocks` is read too).
+    #[serde(alias = "max_route_cltv_blocks")]
+    pub max_route_cltv: u32,
     /// Confirmations of the HTLC funding output demanded before paying, whatever the offer says.
     pub min_confirmations: u32,
     /// The buyer's own floor for an offer's `claim_margin` (blocks kept for the claim after a
-    /// payment resolves): offers below it are refused, whatever the seller says.
-    pub min_claim_margin_blocks: u32,
+    /// payment resolves): offers below it are refused, whatever the seller says
+    /// (`min_claim_margin_blocks` is read too).
+    #[serde(alias = "min_claim_margin_blocks")]
+    pub min_claim_margin: u32,
 }
 
 /// On-chain fee settings (`[fees]`).
@@ -246,17 +233,8 @@ impl Default for SellerConfig {
     fn default() -> Self {
         SellerConfig {
             enabled: false,
-            min_amount_sat: 100_000,
-            max_amount_sat: 10_000_000,
-            fee_base_sat: 1_000,
-            fee_ppm: 5_000,
-            funding_fee_sat: 1_000,
-            min_confirmations: 1,
-            timeout_delta_blocks: 288,
-            claim_margin_blocks: 20,
-            prepay_sat: 0,
+            terms: OfferTerms::default(),
             max_concurrent_swaps: 20,
-            invoice_expiry_secs: 3_600,
             cooperative_claims: true,
         }
     }
@@ -267,9 +245,9 @@ impl Default for BuyerConfig {
         BuyerConfig {
             max_total_fee_sat: 100_000,
             max_total_fee_ppm: 20_000,
-            max_route_cltv_blocks: 288,
+            max_route_cltv: 288,
             min_confirmations: 1,
-            min_claim_margin_blocks: looper_protocol::buyer::DEFAULT_MIN_CLAIM_MARGIN,
+            min_claim_margin: looper_protocol::buyer::DEFAULT_MIN_CLAIM_MARGIN,
         }
     }
 }
@@ -401,8 +379,8 @@ struct FileConfig {
     log_json: Option<bool>,
     lightning: Option<FileLightning>,
     api: Option<FileApi>,
-    #[serde(default)]
-    seller: SellerConfig,
+    /// Read as a table: its keys go to [`OfferTerms`] or [`SellerOptions`] ([`seller_section`]).
+    seller: Option<toml::Table>,
     #[serde(default)]
     buyer: BuyerConfig,
     #[serde(default)]
@@ -425,14 +403,14 @@ struct FileApi {
 }
 
 impl Config {
-    /// Builds the configuration from the arguments (which already carry the environment
-    /// variables), the configuration file and the defaults, then validates it.
+    /// Builds the configuration from the overrides (the command line and the environment), the
+    /// configuration file and the defaults, then validates it.
     ///
     /// The file is `args.config` if given (it must exist), else `DATADIR/looper.toml` if it exists.
     ///
     /// # Errors
     /// [`ConfigError`] naming the file or the key and the reason.
-    pub fn load(args: &Args) -> Result<Config, ConfigError> {
+    pub fn load(args: &Overrides) -> Result<Config, ConfigError> {
         let datadir = match &args.datadir {
             Some(dir) => dir.clone(),
             None => default_datadir().ok_or(ConfigError::NoDatadir)?,
@@ -451,19 +429,23 @@ impl Config {
         Self::merge(args, datadir, config_file, file)
     }
 
-    /// Builds the configuration from arguments and the text of a configuration file (for tests
+    /// Builds the configuration from overrides and the text of a configuration file (for tests
     /// and for callers that keep the file elsewhere).
     ///
     /// # Errors
     /// As [`Config::load`].
-    pub fn from_toml(args: &Args, datadir: &Path, toml_text: &str) -> Result<Config, ConfigError> {
+    pub fn from_toml(
+        args: &Overrides,
+        datadir: &Path,
+        toml_text: &str,
+    ) -> Result<Config, ConfigError> {
         let path = datadir.join(CONFIG_FILE_NAME);
         let file = parse_file(&path, toml_text)?;
         Self::merge(args, datadir.to_path_buf(), Some(path), file)
     }
 
     fn merge(
-        args: &Args,
+        args: &Overrides,
         datadir: PathBuf,
         config_file: Option<PathBuf>,
         file: FileConfig,
@@ -529,13 +511,11 @@ impl Config {
             None => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), default_api_port(network)),
         };
 
-        let restore = args.restore.as_ref().map(|p| {
-            if p.as_os_str() == "-" {
-                RestoreSource::Stdin
-            } else {
-                RestoreSource::File(p.clone())
-            }
-        });
+        let restore = args.restore.clone();
+        let seller = match file.seller {
+            Some(table) => seller_section(config_file.as_deref().unwrap_or(Path::new("")), table)?,
+            None => SellerConfig::default(),
+        };
 
         let config = Config {
             datadir,
@@ -545,7 +525,7 @@ impl Config {
             relays,
             lightning,
             api: ApiConfig { listen: api_listen },
-            seller: file.seller,
+            seller,
             buyer: file.buyer,
             fees: file.fees,
             sync: file.sync,
@@ -590,7 +570,8 @@ impl Config {
 
     fn validate_seller(&self) -> Result<(), ConfigError> {
         let s = &self.seller;
-        if s.min_amount_sat < looper_protocol::terms::DUST_LIMIT_SAT {
+        let t = &s.terms;
+        if t.min_amount_sat < looper_protocol::terms::DUST_LIMIT_SAT {
             return Err(invalid(
                 "seller.min_amount_sat",
                 format!(
@@ -599,63 +580,63 @@ impl Config {
                 ),
             ));
         }
-        if s.max_amount_sat > looper_protocol::terms::MAX_MONEY_SAT {
+        if t.max_amount_sat > looper_protocol::terms::MAX_MONEY_SAT {
             return Err(invalid(
                 "seller.max_amount_sat",
                 "must be <= 2100000000000000 (21 million BTC)",
             ));
         }
-        if s.max_amount_sat < s.min_amount_sat {
+        if t.max_amount_sat < t.min_amount_sat {
             return Err(invalid(
                 "seller.max_amount_sat",
-                format!("must be >= seller.min_amount_sat ({})", s.min_amount_sat),
+                format!("must be >= seller.min_amount_sat ({})", t.min_amount_sat),
             ));
         }
-        if s.fee_ppm > MAX_FEE_PPM {
+        if t.fee_ppm > MAX_FEE_PPM {
             return Err(invalid("seller.fee_ppm", format!("must be <= {MAX_FEE_PPM}")));
         }
-        if s.fee_base_sat > s.min_amount_sat {
+        if t.fee_base_sat > t.min_amount_sat {
             return Err(invalid("seller.fee_base_sat", "must be <= seller.min_amount_sat"));
         }
-        if s.min_confirmations == 0 || s.min_confirmations > 100 {
+        if t.min_confirmations == 0 || t.min_confirmations > 100 {
             return Err(invalid("seller.min_confirmations", "must be between 1 and 100"));
         }
-        if s.timeout_delta_blocks > MAX_TIMEOUT_DELTA_BLOCKS {
+        if t.timeout_delta > MAX_TIMEOUT_DELTA_BLOCKS {
             return Err(invalid(
-                "seller.timeout_delta_blocks",
+                "seller.timeout_delta",
                 format!("must be <= {MAX_TIMEOUT_DELTA_BLOCKS}"),
             ));
         }
-        if self.network != Network::Regtest && s.timeout_delta_blocks < MIN_TIMEOUT_DELTA_BLOCKS {
+        if self.network != Network::Regtest && t.timeout_delta < MIN_TIMEOUT_DELTA_BLOCKS {
             return Err(invalid(
-                "seller.timeout_delta_blocks",
+                "seller.timeout_delta",
                 format!("must be >= {MIN_TIMEOUT_DELTA_BLOCKS} outside regtest"),
             ));
         }
-        if s.claim_margin_blocks == 0 {
-            return Err(invalid("seller.claim_margin_blocks", "must be >= 1"));
+        if t.claim_margin == 0 {
+            return Err(invalid("seller.claim_margin", "must be >= 1"));
         }
         // The protocol's rule for offers (`Offer::validate`): room for the claim margin, the
         // confirmations and a Lightning route's minimum CLTV budget.
-        let needed = s
-            .claim_margin_blocks
-            .saturating_add(s.min_confirmations)
+        let needed = t
+            .claim_margin
+            .saturating_add(t.min_confirmations)
             .saturating_add(looper_protocol::messages::MIN_CLTV_BUDGET_BLOCKS);
-        if s.timeout_delta_blocks < needed {
+        if t.timeout_delta < needed {
             return Err(invalid(
-                "seller.timeout_delta_blocks",
+                "seller.timeout_delta",
                 format!(
-                    "must be >= seller.claim_margin_blocks + seller.min_confirmations + 42 (>= {needed})"
+                    "must be >= seller.claim_margin + seller.min_confirmations + 42 (>= {needed})"
                 ),
             ));
         }
-        if s.prepay_sat > s.min_amount_sat {
+        if t.prepay_sat > t.min_amount_sat {
             return Err(invalid("seller.prepay_sat", "must be <= seller.min_amount_sat"));
         }
         if s.max_concurrent_swaps == 0 {
             return Err(invalid("seller.max_concurrent_swaps", "must be >= 1"));
         }
-        if !(60..=86_400).contains(&s.invoice_expiry_secs) {
+        if !(60..=86_400).contains(&t.invoice_expiry_secs) {
             return Err(invalid("seller.invoice_expiry_secs", "must be between 60 and 86400"));
         }
         Ok(())
@@ -666,14 +647,14 @@ impl Config {
         if b.max_total_fee_ppm > MAX_FEE_PPM {
             return Err(invalid("buyer.max_total_fee_ppm", format!("must be <= {MAX_FEE_PPM}")));
         }
-        if b.max_route_cltv_blocks < 18 || b.max_route_cltv_blocks > 2016 {
-            return Err(invalid("buyer.max_route_cltv_blocks", "must be between 18 and 2016"));
+        if b.max_route_cltv < 18 || b.max_route_cltv > 2016 {
+            return Err(invalid("buyer.max_route_cltv", "must be between 18 and 2016"));
         }
         if b.min_confirmations > 100 {
             return Err(invalid("buyer.min_confirmations", "must be <= 100"));
         }
-        if b.min_claim_margin_blocks == 0 || b.min_claim_margin_blocks > 1000 {
-            return Err(invalid("buyer.min_claim_margin_blocks", "must be between 1 and 1000"));
+        if b.min_claim_margin == 0 || b.min_claim_margin > 1000 {
+            return Err(invalid("buyer.min_claim_margin", "must be between 1 and 1000"));
         }
         Ok(())
     }
@@ -757,6 +738,34 @@ fn default_datadir() -> Option<PathBuf> {
     std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".looper"))
 }
 
+/// The `[seller]` section: its [`OfferTerms`] keys (current names or older aliases) and the
+/// seller's own options; an unknown key or a value of the wrong type is refused naming the key.
+fn seller_section(path: &Path, table: toml::Table) -> Result<SellerConfig, ConfigError> {
+    let parse = |message: String| ConfigError::Parse { path: path.to_path_buf(), message };
+    if let Some(key) =
+        table.keys().find(|k| !OfferTerms::is_key(k) && !SellerOptions::KEYS.contains(&k.as_str()))
+    {
+        let mut known: Vec<&str> = OfferTerms::KEYS.to_vec();
+        known.extend_from_slice(SellerOptions::KEYS);
+        return Err(parse(format!(
+            "unknown key `{key}` in [seller], expected one of: {}",
+            known.join(", ")
+        )));
+    }
+    let (terms, options): (toml::Table, toml::Table) =
+        table.into_iter().partition(|(k, _)| OfferTerms::is_key(k));
+    let terms = OfferTerms::deserialize(terms)
+        .map_err(|e| parse(format!("[seller]: {}", e.to_string().trim_end())))?;
+    let options = SellerOptions::deserialize(options)
+        .map_err(|e| parse(format!("[seller]: {}", e.to_string().trim_end())))?;
+    Ok(SellerConfig {
+        enabled: options.enabled,
+        terms,
+        max_concurrent_swaps: options.max_concurrent_swaps,
+        cooperative_claims: options.cooperative_claims,
+    })
+}
+
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
@@ -775,15 +784,44 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use clap::Parser;
 
-    fn args(extra: &[&str]) -> Args {
-        let mut v = vec!["looper-node", "--datadir", "/nonexistent/looper-test"];
-        v.extend_from_slice(extra);
-        Args::try_parse_from(v).unwrap()
+    /// The overrides the `looper-node` flags in `flags` would set (the binary's own parsing is
+    /// tested in `main.rs`).
+    fn overrides(flags: &[&str]) -> Overrides {
+        let mut o = Overrides::default();
+        let mut it = flags.iter();
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().map(|v| v.to_string()).unwrap();
+            match *flag {
+                "--datadir" => o.datadir = Some(value().into()),
+                "--config" => o.config = Some(value().into()),
+                "--network" => o.network = Some(value()),
+                "--esplora-url" => o.esplora_url = Some(value()),
+                "--relay" => o.relays.push(value()),
+                "--ln-listen" => o.ln_listen.push(value()),
+                "--api-listen" => o.api_listen = Some(value()),
+                "--log-json" => o.log_json = true,
+                "--restore" => {
+                    let v = value();
+                    o.restore = Some(if v == "-" {
+                        RestoreSource::Stdin
+                    } else {
+                        RestoreSource::File(v.into())
+                    });
+                }
+                other => panic!("unknown flag {other}"),
+            }
+        }
+        o
     }
 
-    fn regtest(extra: &[&str]) -> Args {
+    fn args(extra: &[&str]) -> Overrides {
+        let mut v = vec!["--datadir", "/nonexistent/looper-test"];
+        v.extend_from_slice(extra);
+        overrides(&v)
+    }
+
+    fn regtest(extra: &[&str]) -> Overrides {
         let mut v = vec![
             "--network",
             "regtest",
@@ -796,11 +834,11 @@ mod tests {
         args(&v)
     }
 
-    fn load_toml(a: &Args, text: &str) -> Result<Config, ConfigError> {
+    fn load_toml(a: &Overrides, text: &str) -> Result<Config, ConfigError> {
         Config::from_toml(a, Path::new("/nonexistent/looper-test"), text)
     }
 
-    fn err_text(a: &Args, text: &str) -> String {
+    fn err_text(a: &Overrides, text: &str) -> String {
         load_toml(a, text).unwrap_err().to_string()
     }
 
@@ -811,10 +849,10 @@ mod tests {
         assert_eq!(c.api.listen, "127.0.0.1:28839".parse().unwrap());
         assert_eq!(c.lightning.listen, vec!["0.0.0.0:29735".parse().unwrap()]);
         assert_eq!(c.seller, SellerConfig::default());
-        assert_eq!(c.seller.timeout_delta_blocks, 288);
-        assert_eq!(c.seller.claim_margin_blocks, 20);
-        assert_eq!(c.seller.min_confirmations, 1);
-        assert_eq!(c.seller.invoice_expiry_secs, 3600);
+        assert_eq!(c.seller.terms.timeout_delta, 288);
+        assert_eq!(c.seller.terms.claim_margin, 20);
+        assert_eq!(c.seller.terms.min_confirmations, 1);
+        assert_eq!(c.seller.terms.invoice_expiry_secs, 3600);
         assert!(c.config_file.is_none());
         assert!(!c.log_json);
         assert_eq!(c.restore, None);
@@ -854,8 +892,8 @@ fee_base_sat = 10
 fee_ppm = 1000
 funding_fee_sat = 500
 min_confirmations = 2
-timeout_delta_blocks = 60
-claim_margin_blocks = 6
+timeout_delta = 60
+claim_margin = 6
 prepay_sat = 100
 max_concurrent_swaps = 3
 invoice_expiry_secs = 600
@@ -863,7 +901,7 @@ invoice_expiry_secs = 600
 [buyer]
 max_total_fee_sat = 5000
 max_total_fee_ppm = 3000
-max_route_cltv_blocks = 40
+max_route_cltv = 40
 min_confirmations = 3
 
 [fees]
@@ -884,19 +922,30 @@ fee_rate_secs = 4
         assert_eq!(c.lightning.alias.as_deref(), Some("looper"));
         assert_eq!(c.api.listen.port(), 0);
         assert!(c.seller.enabled);
-        assert_eq!(c.seller.timeout_delta_blocks, 60);
-        assert_eq!(c.seller.prepay_sat, 100);
-        assert_eq!(c.buyer.max_route_cltv_blocks, 40);
+        assert_eq!(c.seller.terms.timeout_delta, 60);
+        assert_eq!(c.seller.terms.prepay_sat, 100);
+        assert_eq!(c.buyer.max_route_cltv, 40);
         assert_eq!(c.buyer.min_confirmations, 3);
         assert_eq!(c.fees.max_fee_rate_sat_vb, 50);
         assert_eq!(c.sync.fee_rate_secs, 4);
     }
 
     #[test]
+    fn older_key_names_still_load() {
+        let text = "[seller]\ntimeout_delta_blocks = 60\nclaim_margin_blocks = 6\n\
+                    [buyer]\nmax_route_cltv_blocks = 40\nmin_claim_margin_blocks = 7\n";
+        let c = load_toml(&regtest(&[]), text).unwrap();
+        assert_eq!(c.seller.terms.timeout_delta, 60);
+        assert_eq!(c.seller.terms.claim_margin, 6);
+        assert_eq!(c.buyer.max_route_cltv, 40);
+        assert_eq!(c.buyer.min_claim_margin, 7);
+    }
+
+    #[test]
     fn partial_section_keeps_other_defaults() {
         let c = load_toml(&regtest(&[]), "[seller]\nfee_ppm = 42\n").unwrap();
-        assert_eq!(c.seller.fee_ppm, 42);
-        assert_eq!(c.seller.timeout_delta_blocks, 288);
+        assert_eq!(c.seller.terms.fee_ppm, 42);
+        assert_eq!(c.seller.terms.timeout_delta, 288);
     }
 
     #[test]
@@ -953,7 +1002,7 @@ listen = "127.0.0.1:2222"
         )
         .unwrap();
         let d = dir.path().to_str().unwrap();
-        let c = Config::load(&Args::try_parse_from(["x", "--datadir", d]).unwrap()).unwrap();
+        let c = Config::load(&overrides(&["--datadir", d])).unwrap();
         assert_eq!(c.esplora_url, "http://a.example");
         assert_eq!(c.config_file, Some(dir.path().join(CONFIG_FILE_NAME)));
 
@@ -963,19 +1012,13 @@ listen = "127.0.0.1:2222"
             "network = \"regtest\"\nesplora_url = \"http://b.example\"\nrelays = [\"ws://b.example\"]\n",
         )
         .unwrap();
-        let c = Config::load(
-            &Args::try_parse_from(["x", "--datadir", d, "--config", other.to_str().unwrap()])
-                .unwrap(),
-        )
-        .unwrap();
+        let c = Config::load(&overrides(&["--datadir", d, "--config", other.to_str().unwrap()]))
+            .unwrap();
         assert_eq!(c.esplora_url, "http://b.example");
 
         let missing = dir.path().join("missing.toml");
-        let e = Config::load(
-            &Args::try_parse_from(["x", "--datadir", d, "--config", missing.to_str().unwrap()])
-                .unwrap(),
-        )
-        .unwrap_err();
+        let e = Config::load(&overrides(&["--datadir", d, "--config", missing.to_str().unwrap()]))
+            .unwrap_err();
         assert!(matches!(e, ConfigError::Read { .. }), "{e}");
         assert!(e.to_string().contains("missing.toml"), "{e}");
     }
@@ -1084,11 +1127,11 @@ listen = "127.0.0.1:2222"
                 "seller.fee_base_sat: must be <= seller.min_amount_sat",
             ),
             ("min_confirmations = 0", "seller.min_confirmations: must be between 1 and 100"),
-            ("timeout_delta_blocks = 5000", "seller.timeout_delta_blocks: must be <= 2016"),
-            ("claim_margin_blocks = 0", "seller.claim_margin_blocks: must be >= 1"),
+            ("timeout_delta = 5000", "seller.timeout_delta: must be <= 2016"),
+            ("claim_margin = 0", "seller.claim_margin: must be >= 1"),
             (
-                "timeout_delta_blocks = 21",
-                "seller.timeout_delta_blocks: must be >= seller.claim_margin_blocks + seller.min_confirmations + 42 (>= 63)",
+                "timeout_delta = 21",
+                "seller.timeout_delta: must be >= seller.claim_margin + seller.min_confirmations + 42 (>= 63)",
             ),
             ("prepay_sat = 100001", "seller.prepay_sat: must be <= seller.min_amount_sat"),
             ("max_concurrent_swaps = 0", "seller.max_concurrent_swaps: must be >= 1"),
@@ -1099,19 +1142,16 @@ listen = "127.0.0.1:2222"
             assert_eq!(e, format!("invalid configuration: {expected}"), "for {body}");
         }
         // Below 144 blocks is fine on regtest, refused elsewhere.
-        load_toml(&regtest(&[]), "[seller]\ntimeout_delta_blocks = 70\n").unwrap();
-        let e = err_text(&args(&["--network", "signet"]), "[seller]\ntimeout_delta_blocks = 70\n");
-        assert!(e.contains("seller.timeout_delta_blocks: must be >= 144 outside regtest"), "{e}");
+        load_toml(&regtest(&[]), "[seller]\ntimeout_delta = 70\n").unwrap();
+        let e = err_text(&args(&["--network", "signet"]), "[seller]\ntimeout_delta = 70\n");
+        assert!(e.contains("seller.timeout_delta: must be >= 144 outside regtest"), "{e}");
     }
 
     #[test]
     fn error_buyer_fees_sync_values() {
         let cases: &[(&str, &str)] = &[
             ("[buyer]\nmax_total_fee_ppm = 200000", "buyer.max_total_fee_ppm: must be <= 100000"),
-            (
-                "[buyer]\nmax_route_cltv_blocks = 5",
-                "buyer.max_route_cltv_blocks: must be between 18 and 2016",
-            ),
+            ("[buyer]\nmax_route_cltv = 5", "buyer.max_route_cltv: must be between 18 and 2016"),
             ("[buyer]\nmin_confirmations = 101", "buyer.min_confirmations: must be <= 100"),
             (
                 "[fees]\nmax_fee_rate_sat_vb = 0",

@@ -1,20 +1,115 @@
 //! `looper-node`: the Looper daemon. `looper-node --datadir DIR [--config FILE] ...`; see
 //! `looper-node --help`.
+//!
+//! The command line (and the `LOOPER_*` variables clap reads for it) is parsed here into the
+//! library's plain [`Overrides`]; loading and validating the configuration is the library's
+//! ([`Config::load`]).
+
+use std::path::PathBuf;
 
 use clap::Parser;
-use looper_node::config::{Args, Config};
+use looper_node::config::{Config, Overrides, RestoreSource};
 use looper_node::node::LooperNode;
 use looper_node::seed::SeedOrigin;
 
+/// Command-line arguments of `looper-node`. Every flag can also be given as the environment
+/// variable named in its help (`LOOPER_*`); a flag on the command line wins over the variable.
+#[derive(Debug, Clone, Default, clap::Parser)]
+#[command(
+    name = "looper-node",
+    version,
+    about = "Looper daemon: peer-to-peer Lightning <-> on-chain swaps over Nostr"
+)]
+struct Args {
+    /// Data directory (seed, wallet and swap database, Lightning storage, API token).
+    /// Default: `$HOME/.looper`.
+    #[arg(long, env = "LOOPER_DATADIR", value_name = "DIR")]
+    datadir: Option<PathBuf>,
+
+    /// Configuration file. Default: `DATADIR/looper.toml` (optional there); a file named here must
+    /// exist.
+    #[arg(long, env = "LOOPER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    /// Bitcoin network: mainnet (or bitcoin), testnet, testnet4, signet, regtest.
+    #[arg(long, env = "LOOPER_NETWORK", value_name = "NETWORK")]
+    network: Option<String>,
+
+    /// Esplora HTTP API base URL, e.g. `https://blockstream.info/api`.
+    #[arg(long, env = "LOOPER_ESPLORA_URL", value_name = "URL")]
+    esplora_url: Option<String>,
+
+    /// Nostr relay URL (repeat the flag for several; the variable takes a comma-separated list).
+    /// Replaces the relays of the configuration file.
+    #[arg(long = "relay", env = "LOOPER_RELAYS", value_name = "URL", value_delimiter = ',')]
+    relays: Vec<String>,
+
+    /// Lightning peer-to-peer listen address (repeatable; the variable takes a comma-separated
+    /// list). Replaces the addresses of the configuration file.
+    #[arg(
+        long = "ln-listen",
+        env = "LOOPER_LN_LISTEN",
+        value_name = "ADDR",
+        value_delimiter = ','
+    )]
+    ln_listen: Vec<String>,
+
+    /// Control API listen address (loopback only, e.g. `127.0.0.1:8839`; port 0 picks a free
+    /// port).
+    #[arg(long, env = "LOOPER_API_LISTEN", value_name = "ADDR")]
+    api_listen: Option<String>,
+
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "LOOPER_LOG_JSON")]
+    log_json: bool,
+
+    /// Restore the node from a BIP-39 mnemonic read from FILE (`-` reads standard input) instead of
+    /// creating a new seed. Refused when the data dir already holds a seed.
+    #[arg(long, env = "LOOPER_RESTORE", value_name = "FILE")]
+    restore: Option<PathBuf>,
+
+    /// Print the effective configuration (defaults, file, environment and flags merged and
+    /// validated) as JSON and exit, without starting anything.
+    #[arg(long)]
+    print_config: bool,
+}
+
+impl Args {
+    /// The library's overrides: the flags and variables, as given.
+    fn overrides(&self) -> Overrides {
+        Overrides {
+            datadir: self.datadir.clone(),
+            config: self.config.clone(),
+            network: self.network.clone(),
+            esplora_url: self.esplora_url.clone(),
+            relays: self.relays.clone(),
+            ln_listen: self.ln_listen.clone(),
+            api_listen: self.api_listen.clone(),
+            log_json: self.log_json,
+            restore: self.restore.as_ref().map(|p| {
+                if p.as_os_str() == "-" {
+                    RestoreSource::Stdin
+                } else {
+                    RestoreSource::File(p.clone())
+                }
+            }),
+        }
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = match Config::load(&args) {
+    let config = match Config::load(&args.overrides()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("looper-node: {e}");
             std::process::exit(2);
         }
     };
+    if args.print_config {
+        println!("{}", serde_json::to_string_pretty(&config)?);
+        return Ok(());
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,ldk_node=warn,nostr_relay_pool=warn".into());
     if config.log_json {
@@ -46,4 +141,62 @@ fn main() -> anyhow::Result<()> {
         .await?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn parse(flags: &[&str]) -> Overrides {
+        let mut v = vec!["looper-node"];
+        v.extend_from_slice(flags);
+        Args::try_parse_from(v).unwrap().overrides()
+    }
+
+    #[test]
+    fn flags_become_overrides() {
+        let o = parse(&[
+            "--datadir",
+            "/d",
+            "--config",
+            "/c.toml",
+            "--network",
+            "regtest",
+            "--esplora-url",
+            "http://e",
+            "--relay",
+            "ws://a",
+            "--relay",
+            "ws://b",
+            "--ln-listen",
+            "127.0.0.1:1",
+            "--api-listen",
+            "127.0.0.1:2",
+            "--log-json",
+            "--restore",
+            "-",
+        ]);
+        assert_eq!(
+            o,
+            Overrides {
+                datadir: Some("/d".into()),
+                config: Some("/c.toml".into()),
+                network: Some("regtest".into()),
+                esplora_url: Some("http://e".into()),
+                relays: vec!["ws://a".into(), "ws://b".into()],
+                ln_listen: vec!["127.0.0.1:1".into()],
+                api_listen: Some("127.0.0.1:2".into()),
+                log_json: true,
+                restore: Some(RestoreSource::Stdin),
+            }
+        );
+        let o = parse(&["--restore", "/words.txt"]);
+        assert_eq!(o.restore, Some(RestoreSource::File("/words.txt".into())));
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        <Args as clap::CommandFactory>::command().debug_assert();
+    }
 }

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::FeeRate;
-use looper_protocol::messages::{Offer, OfferError, PROTOCOL_VERSION};
+use looper_api::OfferContext;
+use looper_protocol::messages::{Offer, OfferError};
 use looper_protocol::seller::SellerPolicy;
-use looper_protocol::SwapDirection;
 
 use crate::backup::{BackupKeys, BackupOptions, Backups, SHUTDOWN_FLUSH_TIMEOUT};
 use crate::chain::EsploraChainSource;
@@ -73,27 +73,14 @@ pub fn seller_offer(config: &Config, ln_node_id: PublicKey) -> Result<Option<Off
     }
     let ln_address =
         config.lightning.listen.iter().find(|a| !a.ip().is_unspecified()).map(|a| a.to_string());
-    let offer = Offer {
-        version: PROTOCOL_VERSION,
+    let offer = s.terms.offer(OfferContext {
         offer_id: CONFIG_OFFER_ID.to_string(),
         network: config.network,
-        direction: SwapDirection::LoopOut,
-        min_amount_sat: s.min_amount_sat,
-        max_amount_sat: s.max_amount_sat,
-        fee_base_sat: s.fee_base_sat,
-        fee_ppm: s.fee_ppm,
-        funding_fee_sat: s.funding_fee_sat,
-        prepay_sat: (s.prepay_sat > 0).then_some(s.prepay_sat),
-        min_confirmations: s.min_confirmations,
-        timeout_delta: s.timeout_delta_blocks,
-        claim_margin: s.claim_margin_blocks,
-        invoice_expiry_secs: s.invoice_expiry_secs,
         ln_node_id,
         ln_address,
         relays: config.relays.clone(),
-        pow_difficulty: None,
         expires_at: u64::MAX,
-    };
+    });
     offer.validate()?;
     Ok(Some(offer))
 }
@@ -104,6 +91,10 @@ pub struct LooperNode {
     pub config: Config,
     /// The engine.
     pub engine: Engine,
+    /// The swap wallet (shared with the engine).
+    pub wallet: Arc<LooperWallet>,
+    /// The Nostr transport (shared with the engine; the API discovers offers through it).
+    pub transport: NostrTransport,
     /// The Lightning node.
     pub lightning: Arc<LdkLightning>,
     /// Where the seed file is and whether it was just created.
@@ -206,11 +197,11 @@ impl LooperNode {
         .unwrap_or(1);
         let engine = Engine::start(EngineParts {
             store,
-            wallet,
+            wallet: Arc::clone(&wallet),
             wallet_sync: Some(sync_client),
             chain: esplora.into_dyn(),
             lightning: Arc::clone(&lightning) as Arc<dyn Lightning>,
-            transport,
+            transport: transport.clone(),
             swap_master: keys.swap_master().map_err(step("derive the swap master key"))?,
             config: EngineConfig {
                 seller_policy: SellerPolicy {
@@ -233,6 +224,8 @@ impl LooperNode {
         Ok(LooperNode {
             config,
             engine,
+            wallet,
+            transport,
             lightning,
             seed: (seed_path, origin),
             token,
@@ -264,9 +257,9 @@ impl LooperNode {
             relays: self.config.relays.clone(),
             buyer_defaults: looper_protocol::buyer::BuyerPolicy {
                 max_total_fee_sat: self.config.buyer.max_total_fee_sat,
-                max_route_cltv: self.config.buyer.max_route_cltv_blocks,
+                max_route_cltv: self.config.buyer.max_route_cltv,
                 min_confirmations: self.config.buyer.min_confirmations,
-                min_claim_margin: self.config.buyer.min_claim_margin_blocks,
+                min_claim_margin: self.config.buyer.min_claim_margin,
                 // Claims are never priced above the node's fee-rate cap.
                 max_claim_fee_rate_sat_vb: self.config.fees.max_fee_rate_sat_vb,
             },
@@ -275,6 +268,8 @@ impl LooperNode {
         let app = crate::api::router_with(
             crate::api::ApiState {
                 engine: self.engine.clone(),
+                wallet: Arc::clone(&self.wallet),
+                nostr: self.transport.clone(),
                 token: Arc::new(self.token),
                 network: self.config.network,
             },
@@ -295,7 +290,7 @@ impl LooperNode {
             abort.abort();
         }
         self.backups.shutdown(SHUTDOWN_FLUSH_TIMEOUT).await;
-        self.engine.transport().shutdown().await;
+        self.transport.shutdown().await;
         if let Err(e) = self.lightning.stop().await {
             tracing::warn!(error = %e, "lightning node did not stop cleanly");
         }

@@ -1,8 +1,10 @@
 //! The committed OpenAPI document (`node/openapi.yaml`) against the control API:
 //!
 //! - `routes_match_openapi`: the document's (method, path) set is exactly [`api::ROUTES`];
-//! - `typed_answers_match_schemas`: sample values of every typed answer serialize to JSON that
-//!   validates against its schema (required properties present, no undocumented property, types);
+//! - `api_types_match_schemas`: every request and answer type of `looper_api` against its schema,
+//!   both ways: samples validate (required properties present, no undocumented property, types)
+//!   and use every documented property; every route's answer and body schema is one of these
+//!   types; the error code enum is exactly `looper_api::ErrorCode::all()`;
 //! - `live_api_matches_openapi` (regtest chain, one node): every route refuses a request without
 //!   the token with `401 unauthorized`; the live answers of the GET and body-less POST routes, of
 //!   `wallet/send`, `offers`, `offers/discover`, and the errors of invalid inputs validate against
@@ -18,7 +20,7 @@ use bitcoin::{Amount, FeeRate, Network};
 use looper_node::api::{self, ApiState, NodeFacts};
 use looper_node::chain::EsploraChainSource;
 use looper_node::engine::{Engine, EngineConfig, EngineParts};
-use looper_node::lightning::{ChannelInfo, LdkConfig, LdkLightning, Lightning};
+use looper_node::lightning::{LdkConfig, LdkLightning, Lightning};
 use looper_node::nostr::{MemoryProcessedEvents, NostrTransport, TransportConfig};
 use looper_node::seed::{ApiToken, Mnemonic, NodeKeys};
 use looper_node::store::RedbStore;
@@ -127,11 +129,6 @@ fn check_schema(doc: &Value, schema: &Value, value: &Value, what: &str) {
     assert!(errs.is_empty(), "{what}: {value} does not match its schema: {errs:#?}");
 }
 
-fn check_named(doc: &Value, name: &str, value: &impl serde::Serialize) {
-    let v = serde_json::to_value(value).unwrap();
-    check_schema(doc, &json!({"$ref": format!("#/components/schemas/{name}")}), &v, name);
-}
-
 /// The schema of the answer `status` of `method path`.
 fn response_schema(doc: &Value, method: &str, path: &str, status: u16) -> Result<Value> {
     let op = doc
@@ -209,15 +206,87 @@ fn sample_offer() -> Offer {
     }
 }
 
+/// The properties a schema documents (the union over `allOf` parts).
+fn documented_properties(doc: &Value, schema: &Value) -> BTreeSet<String> {
+    let schema = resolve(doc, schema);
+    let mut props = BTreeSet::new();
+    if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
+        for part in all {
+            props.extend(documented_properties(doc, part));
+        }
+    }
+    if let Some(p) = schema.get("properties").and_then(Value::as_object) {
+        props.extend(p.keys().cloned());
+    }
+    props
+}
+
+/// Checks the samples of one type against schema `name`: each validates (types, required
+/// properties, nothing undocumented), and together they use every documented property (the
+/// "full" sample sets every optional field), so the type and the schema have the same fields.
+fn check_type<T: serde::Serialize>(doc: &Value, name: &str, samples: &[T], seen: &mut Vec<String>) {
+    let schema = json!({"$ref": format!("#/components/schemas/{name}")});
+    let mut used = BTreeSet::new();
+    for sample in samples {
+        let v = serde_json::to_value(sample).unwrap();
+        check_schema(doc, &schema, &v, name);
+        used.extend(
+            v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()).unwrap_or_default(),
+        );
+    }
+    let documented = documented_properties(doc, &schema);
+    assert_eq!(used, documented, "{name}: the type's fields differ from the schema's properties");
+    seen.push(name.to_string());
+}
+
+/// The schema names a route's 200 answer (or request body) refers to, directly or as array items.
+fn referenced(schema: &Value, out: &mut BTreeSet<String>) {
+    if let Some(r) = schema.get("$ref").and_then(Value::as_str) {
+        out.insert(r.rsplit('/').next().unwrap().to_string());
+    }
+    if let Some(items) = schema.get("items") {
+        referenced(items, out);
+    }
+}
+
+fn sample_summary() -> looper_api::SwapSummary {
+    looper_api::SwapSummary {
+        swap_id: "00".repeat(32),
+        role: looper_api::SwapRole::Buyer,
+        state: "Claimed".into(),
+        status: looper_api::SwapStatus::Succeeded,
+        payment_hash: Some("11".repeat(32)),
+        created_at: 1_800_000_000,
+        updated_at: 1_800_000_100,
+    }
+}
+
+fn sample_channel() -> looper_api::Channel {
+    looper_api::Channel {
+        channel_id: "c".into(),
+        counterparty: "02".repeat(33),
+        capacity_sat: 1,
+        outbound_msat: 2,
+        inbound_msat: 3,
+        ready: true,
+        usable: false,
+    }
+}
+
+/// Every answer and request type of `looper_api` against its schema in both directions, and
+/// every route's answer and request schema covered by one of them.
 #[test]
-fn typed_answers_match_schemas() {
+fn api_types_match_schemas() {
+    use looper_api as a;
     let doc = doc();
-    check_named(
+    let mut seen = Vec::new();
+    let seen = &mut seen;
+    check_type(
         &doc,
         "Info",
-        &api::InfoResponse {
-            network: "regtest".into(),
-            api_version: api::API_VERSION,
+        &[a::InfoResponse {
+            network: Network::Regtest,
+            api_version: a::API_VERSION,
             version: "0.1.0".into(),
             tip_height: 101,
             nostr_pubkey: "ab".repeat(32),
@@ -226,76 +295,206 @@ fn typed_answers_match_schemas() {
             open_swaps: 0,
             relays: vec!["ws://127.0.0.1:7777".into()],
             fee_rate_sat_vb: 2,
-        },
+        }],
+        seen,
     );
-    check_named(&doc, "Offer", &sample_offer());
     let mut minimal = sample_offer();
     minimal.prepay_sat = None;
     minimal.ln_address = None;
     minimal.pow_difficulty = None;
-    check_named(&doc, "Offer", &minimal);
-    check_named(
+    check_type(&doc, "Offer", &[sample_offer(), minimal], seen);
+    check_type(&doc, "OfferList", &[a::OfferList { offers: vec![sample_offer()] }], seen);
+    check_type(&doc, "OfferIdResponse", &[a::OfferIdResponse { offer_id: "o1".into() }], seen);
+    check_type(&doc, "WithdrawResponse", &[a::WithdrawResponse { withdrawn: "o1".into() }], seen);
+    check_type(
         &doc,
         "DiscoveredOffer",
-        &api::DiscoveredOfferResponse {
+        &[a::DiscoveredOffer {
             seller: "ab".repeat(32),
             offer: sample_offer(),
             cost_sat: 1_550,
             expires_at: 1_900_000_000,
-        },
+        }],
+        seen,
     );
-    check_named(&doc, "SwapOutResponse", &api::SwapOutResponse { swap_id: "00".repeat(32) });
-    check_named(&doc, "AddressResponse", &api::AddressResponse { address: "bcrt1q".into() });
-    check_named(&doc, "SendResponse", &api::SendResponse { txid: "00".repeat(32) });
-    check_named(
+    check_type(
+        &doc,
+        "SwapOutRequest",
+        &[a::SwapOutRequest {
+            offer_id: Some("o1".into()),
+            offer: Some(sample_offer()),
+            seller: "ab".repeat(32),
+            amount_sat: 50_000,
+            max_total_fee_sat: Some(3_000),
+            max_route_cltv: Some(200),
+            min_confirmations: Some(2),
+            address: Some("bcrt1q".into()),
+        }],
+        seen,
+    );
+    check_type(&doc, "SwapOutResponse", &[a::SwapOutResponse { swap_id: "00".repeat(32) }], seen);
+    let mut unpaid = sample_summary();
+    unpaid.payment_hash = None;
+    check_type(&doc, "SwapSummary", &[sample_summary(), unpaid.clone()], seen);
+    check_type(&doc, "SwapList", &[a::SwapList { swaps: vec![sample_summary(), unpaid] }], seen);
+    check_type(
+        &doc,
+        "SwapDetail",
+        &[
+            a::SwapDetail { summary: sample_summary(), record: Some(json!({"v": 1})) },
+            a::SwapDetail { summary: sample_summary(), record: None },
+        ],
+        seen,
+    );
+    check_type(
+        &doc,
+        "AbortResponse",
+        &[a::AbortResponse { swap_id: "00".repeat(32), abort: a::AbortResponse::REQUESTED.into() }],
+        seen,
+    );
+    let event = a::SwapEvent { seq: 3, event: json!({"event": "paid"}) };
+    check_type(&doc, "SwapEvent", std::slice::from_ref(&event), seen);
+    check_type(
+        &doc,
+        "SwapEvents",
+        &[a::SwapEvents { swap_id: "00".repeat(32), events: vec![event] }],
+        seen,
+    );
+    check_type(
+        &doc,
+        "WalletBalance",
+        &[a::WalletBalance {
+            confirmed_sat: 1,
+            trusted_pending_sat: 2,
+            untrusted_pending_sat: 3,
+            immature_sat: 4,
+            total_sat: 10,
+        }],
+        seen,
+    );
+    check_type(&doc, "AddressResponse", &[a::AddressResponse { address: "bcrt1q".into() }], seen);
+    check_type(
+        &doc,
+        "SendRequest",
+        &[a::SendRequest { address: "bcrt1q".into(), amount_sat: 1, fee_rate_sat_vb: Some(2) }],
+        seen,
+    );
+    check_type(&doc, "SendResponse", &[a::SendResponse { txid: "00".repeat(32) }], seen);
+    check_type(
+        &doc,
+        "LnInfo",
+        &[a::LnInfo { node_id: "02".repeat(33), channels: 1, onchain_spendable_sat: 5 }],
+        seen,
+    );
+    check_type(
         &doc,
         "LnBalance",
-        &api::LnBalanceResponse {
+        &[a::LnBalance {
             onchain_spendable_sat: 1,
             lightning_outbound_msat: 2,
             lightning_inbound_msat: 3,
-        },
+        }],
+        seen,
     );
-    check_named(&doc, "OpenResponse", &api::OpenResponse { user_channel_id: "cid".into() });
-    for (status, preimage) in [("pending", None), ("succeeded", Some("11".repeat(32)))] {
-        check_named(
-            &doc,
-            "PayResponse",
-            &api::PayResponse { payment_hash: "22".repeat(32), status: status.into(), preimage },
-        );
-    }
-    check_named(&doc, "SyncResponse", &api::SyncResponse { tip_height: 7 });
-    check_named(
+    check_type(&doc, "Channel", &[sample_channel()], seen);
+    check_type(&doc, "ChannelList", &[a::ChannelList { channels: vec![sample_channel()] }], seen);
+    check_type(
+        &doc,
+        "OpenRequest",
+        &[a::OpenRequest {
+            node_id: "02".repeat(33),
+            address: "127.0.0.1:9735".into(),
+            amount_sat: 1,
+            push_msat: 0,
+        }],
+        seen,
+    );
+    check_type(&doc, "OpenResponse", &[a::OpenResponse { user_channel_id: "cid".into() }], seen);
+    check_type(
+        &doc,
+        "InvoiceRequest",
+        &[a::InvoiceRequest {
+            amount_msat: 1_000,
+            description: Some("d".into()),
+            expiry_secs: Some(60),
+        }],
+        seen,
+    );
+    check_type(&doc, "InvoiceResponse", &[a::InvoiceResponse { invoice: "lnbcrt1".into() }], seen);
+    check_type(
+        &doc,
+        "PayRequest",
+        &[a::PayRequest { invoice: "lnbcrt1".into(), max_total_cltv_expiry_delta: Some(500) }],
+        seen,
+    );
+    check_type(
+        &doc,
+        "PayResponse",
+        &[
+            a::PayResponse {
+                payment_hash: "22".repeat(32),
+                status: a::PaymentStatus::Succeeded,
+                preimage: Some("11".repeat(32)),
+            },
+            a::PayResponse {
+                payment_hash: "22".repeat(32),
+                status: a::PaymentStatus::Pending,
+                preimage: None,
+            },
+        ],
+        seen,
+    );
+    check_type(
         &doc,
         "PaymentInfo",
-        &looper_node::lightning::PaymentInfo {
+        &[a::PaymentInfo {
             payment_hash: "ab".repeat(32),
-            direction: "outbound".into(),
-            status: "succeeded".into(),
+            direction: a::PaymentDirection::Outbound,
+            status: a::PaymentStatus::Succeeded,
             amount_msat: Some(1_000),
             fee_paid_msat: Some(0),
             preimage: Some("cd".repeat(32)),
             updated_at: 1_800_000_000,
-        },
+        }],
+        seen,
     );
-    check_named(
+    check_type(&doc, "SyncResponse", &[a::SyncResponse { tip_height: 7 }], seen);
+    check_type(
         &doc,
         "Error",
-        &api::ErrorBody { code: "bad_request".into(), message: "amount_sat: must be > 0".into() },
+        &a::ErrorCode::all().map(|c| a::ErrorBody::new(c, "m")).collect::<Vec<_>>(),
+        seen,
     );
-    check_named(
-        &doc,
-        "Channel",
-        &ChannelInfo {
-            channel_id: "c".into(),
-            counterparty: "02".repeat(33),
-            capacity_sat: 1,
-            outbound_msat: 2,
-            inbound_msat: 3,
-            ready: true,
-            usable: false,
-        },
-    );
+
+    // Every answer (and request body) of every route is one of the types checked above.
+    let mut wanted = BTreeSet::new();
+    for (m, p) in a::ROUTES {
+        referenced(&response_schema(&doc, m, p, 200).unwrap(), &mut wanted);
+        let op = doc.pointer(&format!("/paths/{}/{}", p.replace('/', "~1"), m.to_lowercase()));
+        if let Some(body) =
+            op.and_then(|op| op.pointer("/requestBody/content/application~1json/schema"))
+        {
+            referenced(body, &mut wanted);
+        }
+    }
+    for name in &wanted {
+        assert!(
+            seen.contains(name),
+            "schema {name} is used by a route but checked against no type"
+        );
+    }
+
+    // The error codes: exactly the ones the node answers.
+    let codes: BTreeSet<String> = doc["components"]["schemas"]["Error"]["properties"]["code"]
+        ["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    let ours: BTreeSet<String> = a::ErrorCode::all().map(|c| c.to_string()).collect();
+    assert_eq!(codes, ours, "the Error schema's code enum differs from looper_api::ErrorCode");
+
     // The validator itself rejects what it should.
     let mut errs = Vec::new();
     let bad = json!({"tip_height": "x", "extra": 1});
@@ -466,7 +665,7 @@ async fn live_api_matches_openapi() -> Result<()> {
         wallet_sync: Some(sync_client),
         chain: esplora.into_dyn(),
         lightning: ln.clone() as Arc<dyn Lightning>,
-        transport,
+        transport: transport.clone(),
         swap_master: keys.swap_master()?,
         config: EngineConfig {
             seller_policy: SellerPolicy::default(),
@@ -485,6 +684,8 @@ async fn live_api_matches_openapi() -> Result<()> {
     let app = api::router_with(
         ApiState {
             engine: engine.clone(),
+            wallet: Arc::clone(&wallet),
+            nostr: transport.clone(),
             token: Arc::new(token.clone()),
             network: Network::Regtest,
         },
@@ -683,7 +884,7 @@ async fn live_api_matches_openapi() -> Result<()> {
         (!v.as_array()?.is_empty()).then_some(v)
     })
     .await?;
-    let nostr = engine.transport().public_key().to_hex();
+    let nostr = transport.public_key().to_hex();
     assert_eq!(found[0]["seller"], nostr);
     assert_eq!(found[0]["offer"]["offer_id"], "o1");
     assert_eq!(found[0]["cost_sat"], 1_000 + 50_000 * 2_500 / 1_000_000 + 300);
@@ -751,7 +952,7 @@ async fn live_api_matches_openapi() -> Result<()> {
     server.abort();
     let _ = stop.send(());
     let _ = task.await;
-    engine.transport().shutdown().await;
+    transport.shutdown().await;
     ln.stop().await?;
     relay.shutdown();
     drop(chain);

@@ -1,54 +1,70 @@
 //! Precedence of `LOOPER_*` environment variables: over the configuration file, under the flags.
-//!
-//! The only test in this binary, because it sets process-wide environment variables.
+//! Runs the `looper-node` binary (which parses flags and variables) with `--print-config`.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use clap::Parser;
-use looper_node::config::{Args, Config};
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::Value;
+
+/// `looper-node --print-config` with `flags` and the variables `env` (and no other `LOOPER_*`
+/// variable): the printed configuration, or the error line and exit code.
+fn print_config(env: &[(&str, &str)], flags: &[&str]) -> Result<Value, (i32, String)> {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_looper-node"));
+    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("LOOPER_")) {
+        cmd.env_remove(k);
+    }
+    cmd.envs(env.iter().copied()).arg("--print-config").args(flags);
+    let out = cmd.output().unwrap();
+    if out.status.success() {
+        Ok(serde_json::from_slice(&out.stdout).unwrap())
+    } else {
+        Err((out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned()))
+    }
+}
 
 #[test]
 fn env_overrides_file_and_flags_override_env() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("looper.toml"),
-        "network = \"signet\"\nesplora_url = \"http://file.example\"\nrelays = [\"ws://file.example\"]\n[api]\nlisten = \"127.0.0.1:1111\"\n",
+        "network = \"signet\"\nesplora_url = \"http://file.example\"\nrelays = [\"ws://file.example\"]\n[api]\nlisten = \"127.0.0.1:1111\"\n[seller]\ntimeout_delta_blocks = 200\n",
     )
     .unwrap();
-    std::env::set_var("LOOPER_DATADIR", dir.path());
-    std::env::set_var("LOOPER_NETWORK", "regtest");
-    std::env::set_var("LOOPER_RELAYS", "ws://env1.example,ws://env2.example");
-    std::env::set_var("LOOPER_API_LISTEN", "127.0.0.1:2222");
-    std::env::set_var("LOOPER_LOG_JSON", "true");
+    let datadir = dir.path().to_str().unwrap();
+    let env = [
+        ("LOOPER_DATADIR", datadir),
+        ("LOOPER_NETWORK", "regtest"),
+        ("LOOPER_RELAYS", "ws://env1.example,ws://env2.example"),
+        ("LOOPER_API_LISTEN", "127.0.0.1:2222"),
+        ("LOOPER_LOG_JSON", "true"),
+    ];
 
     // Environment over file (and the data dir from the environment finds the file).
-    let c = Config::load(&Args::try_parse_from(["looper-node"]).unwrap()).unwrap();
-    assert_eq!(c.datadir, dir.path());
-    assert_eq!(c.network, bitcoin::Network::Regtest);
-    assert_eq!(c.esplora_url, "http://file.example");
-    assert_eq!(c.relays, vec!["ws://env1.example", "ws://env2.example"]);
-    assert_eq!(c.api.listen.port(), 2222);
-    assert!(c.log_json);
+    let c = print_config(&env, &[]).unwrap();
+    assert_eq!(Path::new(c["datadir"].as_str().unwrap()), dir.path());
+    assert_eq!(c["network"], "regtest");
+    assert_eq!(c["esplora_url"], "http://file.example");
+    assert_eq!(c["relays"], serde_json::json!(["ws://env1.example", "ws://env2.example"]));
+    assert_eq!(c["api"]["listen"], "127.0.0.1:2222");
+    assert_eq!(c["log_json"], true);
+    // The older key name is read, and printed under the offer's wire name.
+    assert_eq!(c["seller"]["timeout_delta"], 200);
 
     // Flags over environment.
-    let c = Config::load(
-        &Args::try_parse_from([
-            "looper-node",
-            "--network",
-            "signet",
-            "--relay",
-            "wss://flag.example",
-            "--api-listen",
-            "127.0.0.1:3333",
-        ])
-        .unwrap(),
+    let c = print_config(
+        &env,
+        &["--network", "signet", "--relay", "wss://flag.example", "--api-listen", "127.0.0.1:3333"],
     )
     .unwrap();
-    assert_eq!(c.network, bitcoin::Network::Signet);
-    assert_eq!(c.relays, vec!["wss://flag.example"]);
-    assert_eq!(c.api.listen.port(), 3333);
+    assert_eq!(c["network"], "signet");
+    assert_eq!(c["relays"], serde_json::json!(["wss://flag.example"]));
+    assert_eq!(c["api"]["listen"], "127.0.0.1:3333");
 
-    // A bad value from the environment is reported like any other.
-    std::env::set_var("LOOPER_NETWORK", "moonnet");
-    let e = Config::load(&Args::try_parse_from(["looper-node"]).unwrap()).unwrap_err();
-    assert!(e.to_string().contains("network: unknown network \"moonnet\""), "{e}");
+    // A bad value from the environment is reported like any other (exit code 2).
+    let mut bad = env;
+    bad[1] = ("LOOPER_NETWORK", "moonnet");
+    let (code, err) = print_config(&bad, &[]).unwrap_err();
+    assert_eq!(code, 2);
+    assert!(err.contains("network: unknown network \"moonnet\""), "{err}");
 }

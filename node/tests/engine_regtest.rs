@@ -510,6 +510,8 @@ async fn loop_out(cooperative: bool) -> Result<()> {
     let token = looper_node::seed::ApiToken::load_or_create(&dir.join("buyer"))?;
     let app = looper_node::api::router(looper_node::api::ApiState {
         engine: buyer.engine.clone(),
+        wallet: Arc::clone(&buyer.wallet),
+        nostr: buyer.engine.transport().clone(),
         token: Arc::new(token.clone()),
         network: Network::Regtest,
     });

@@ -1,0 +1,606 @@
+//! # looper-api
+//!
+//! The control API of `looper-node`, as types: every request body, query and answer of the
+//! `/v1` routes ([`ROUTES`]), the error body with its stable [`ErrorCode`], and the terms of an
+//! offer ([`OfferTerms`]), shared by the node (which serves them), the `looper` CLI and the
+//! regtest harness's client (which read them). It depends on serde, bitcoin and
+//! `looper-protocol` only (no async runtime, no HTTP), so clients stay light.
+//!
+//! The OpenAPI document `node/openapi.yaml` is written by hand and checked against these types by
+//! `node/tests/api_openapi.rs`: every answer type's serialized fields (with every optional field
+//! set, and with none) must be exactly the properties of its schema, with the schema's types, and
+//! every route of [`ROUTES`] must be documented.
+//!
+//! ```
+//! use looper_api::{ErrorBody, ErrorCode, SyncResponse};
+//! let ok: SyncResponse = serde_json::from_str(r#"{"tip_height": 812}"#)?;
+//! assert_eq!(ok.tip_height, 812);
+//! let err: ErrorBody =
+//!     serde_json::from_str(r#"{"code": "fee_too_high", "message": "fee 5000 sat above 3000 sat"}"#)?;
+//! assert!(matches!(err.code, ErrorCode::Refused(ref check) if check.as_str() == "fee_too_high"));
+//! assert_eq!(err.code.status(), 422);
+//! # Ok::<(), serde_json::Error>(())
+//! ```
+#![deny(missing_docs)]
+
+mod error;
+mod terms;
+
+use bitcoin::Network;
+use looper_protocol::messages::Offer;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use error::{BuyerCheckCode, ErrorBody, ErrorCode};
+pub use terms::{OfferContext, OfferTerms};
+
+/// Version of the control API's request and answer shapes (`GET /v1/info` → `api_version`).
+pub const API_VERSION: u32 = 1;
+
+/// Every route of the API as `(method, path)`, paths in axum/OpenAPI template syntax.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/info"),
+    ("GET", "/v1/offers"),
+    ("POST", "/v1/offers"),
+    ("DELETE", "/v1/offers/{id}"),
+    ("GET", "/v1/offers/discover"),
+    ("POST", "/v1/swaps/out"),
+    ("GET", "/v1/swaps"),
+    ("GET", "/v1/swaps/{id}"),
+    ("POST", "/v1/swaps/{id}/abort"),
+    ("GET", "/v1/swaps/{id}/events"),
+    ("GET", "/v1/wallet/balance"),
+    ("POST", "/v1/wallet/address"),
+    ("POST", "/v1/wallet/send"),
+    ("GET", "/v1/ln/info"),
+    ("GET", "/v1/ln/balance"),
+    ("GET", "/v1/ln/channels"),
+    ("POST", "/v1/ln/address"),
+    ("POST", "/v1/ln/open"),
+    ("POST", "/v1/ln/invoice"),
+    ("POST", "/v1/ln/pay"),
+    ("GET", "/v1/ln/payments/{hash}"),
+    ("POST", "/v1/sync"),
+];
+
+/// Default cap on a payment route's total CLTV expiry delta (`POST /v1/ln/pay`; LDK's default).
+pub const DEFAULT_MAX_TOTAL_CLTV_EXPIRY_DELTA: u32 = 1008;
+
+/// Default expiry of `POST /v1/ln/invoice`, seconds.
+pub const DEFAULT_INVOICE_EXPIRY_SECS: u32 = 3600;
+
+/// Longest `wait_secs` of `GET /v1/swaps/{id}/events`.
+pub const MAX_EVENTS_WAIT_SECS: u64 = 60;
+
+// ---------------------------------------------------------------------------------------------
+// Node
+
+/// `GET /v1/info`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InfoResponse {
+    /// The node's network ("bitcoin", "testnet", "testnet4", "signet", "regtest").
+    pub network: Network,
+    /// [`API_VERSION`].
+    pub api_version: u32,
+    /// The daemon's version.
+    pub version: String,
+    /// Height of the chain source's best block.
+    pub tip_height: u32,
+    /// The node's Nostr public key (x-only, hex): the `seller` others name in `POST /v1/swaps/out`.
+    pub nostr_pubkey: String,
+    /// The Lightning node id (hex).
+    pub ln_node_id: String,
+    /// The Lightning node's listening addresses.
+    pub ln_listen: Vec<String>,
+    /// Swaps not finished yet (stored as pending).
+    pub open_swaps: u64,
+    /// The Nostr relays the node uses.
+    pub relays: Vec<String>,
+    /// The fee rate claims and refunds would use now (sat/vB, rounded up).
+    pub fee_rate_sat_vb: u64,
+}
+
+/// Answer of `POST /v1/sync`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncResponse {
+    /// Height of the chain source's best block after the sync.
+    pub tip_height: u32,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Offers
+
+/// `GET /v1/offers`: the offers this node (as seller) publishes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OfferList {
+    /// The offers, as published.
+    pub offers: Vec<Offer>,
+}
+
+/// Answer of `POST /v1/offers` (whose body is the protocol's [`Offer`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OfferIdResponse {
+    /// The published offer's id.
+    pub offer_id: String,
+}
+
+/// Answer of `DELETE /v1/offers/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WithdrawResponse {
+    /// The withdrawn offer's id.
+    pub withdrawn: String,
+}
+
+/// Query of `GET /v1/offers/discover`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiscoverQuery {
+    /// The swap amount the offers must cover (at least 1).
+    pub amount_sat: u64,
+}
+
+/// One entry of `GET /v1/offers/discover` (a JSON array of these, cheapest first).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiscoveredOffer {
+    /// The seller's Nostr public key (hex): the `seller` of `POST /v1/swaps/out`.
+    pub seller: String,
+    /// The offer as published.
+    pub offer: Offer,
+    /// What the seller charges for the asked amount (swap fee + funding fee).
+    pub cost_sat: u64,
+    /// When the offer event expires (UNIX seconds).
+    pub expires_at: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Swaps
+
+/// Body of `POST /v1/swaps/out`: take `offer_id` of `seller` (looked up on the relays), or the
+/// given `offer`. The limits left out default to the node's `[buyer]` configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwapOutRequest {
+    /// The offer's id (looked up on the relays when `offer` is absent; must equal
+    /// `offer.offer_id` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer_id: Option<String>,
+    /// The offer itself (as `GET /v1/offers/discover` listed it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer: Option<Offer>,
+    /// The seller's Nostr public key (hex); `seller_pubkey` is accepted too.
+    #[serde(alias = "seller_pubkey")]
+    pub seller: String,
+    /// The swap amount (what the HTLC pays, before the claim fee).
+    pub amount_sat: u64,
+    /// Most the buyer pays in swap and funding fees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_total_fee_sat: Option<u64>,
+    /// Most blocks the Lightning route may lock the payment for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_route_cltv: Option<u32>,
+    /// Confirmations demanded before paying (the offer's count applies if higher).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_confirmations: Option<u32>,
+    /// Where the claim pays to (default: a new address of the node's swap wallet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+/// Answer of `POST /v1/swaps/out`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwapOutResponse {
+    /// The new swap's id (hex).
+    pub swap_id: String,
+}
+
+/// Our side of a swap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SwapRole {
+    /// The taker: pays Lightning, receives on-chain (loop out).
+    Buyer,
+    /// The maker: locks on-chain, receives Lightning.
+    Seller,
+}
+
+/// Where a swap stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SwapStatus {
+    /// Still running.
+    Pending,
+    /// Finished as intended (claimed).
+    Succeeded,
+    /// Finished without the exchange (refunded, aborted, failed).
+    Failed,
+}
+
+impl SwapStatus {
+    /// Whether the swap is over (succeeded or failed).
+    pub fn is_final(self) -> bool {
+        self != SwapStatus::Pending
+    }
+}
+
+impl std::fmt::Display for SwapStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SwapStatus::Pending => "pending",
+            SwapStatus::Succeeded => "succeeded",
+            SwapStatus::Failed => "failed",
+        })
+    }
+}
+
+impl std::fmt::Display for SwapRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SwapRole::Buyer => "buyer",
+            SwapRole::Seller => "seller",
+        })
+    }
+}
+
+/// One swap of `GET /v1/swaps`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwapSummary {
+    /// The swap id (hex).
+    pub swap_id: String,
+    /// Our side.
+    pub role: SwapRole,
+    /// The state machine's state name (`"Requested"`, ..., `"Claimed"`).
+    pub state: String,
+    /// Pending, succeeded or failed.
+    pub status: SwapStatus,
+    /// The payment hash (hex), once known.
+    pub payment_hash: Option<String>,
+    /// Creation time, UNIX seconds.
+    pub created_at: u64,
+    /// Time of the last transition, UNIX seconds.
+    pub updated_at: u64,
+}
+
+/// `GET /v1/swaps`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwapList {
+    /// Every swap.
+    pub swaps: Vec<SwapSummary>,
+}
+
+/// `GET /v1/swaps/{id}`: the summary and the protocol's swap record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwapDetail {
+    /// The summary fields.
+    #[serde(flatten)]
+    pub summary: SwapSummary,
+    /// The protocol's swap record (its versioned JSON; no keys, no unrevealed preimage), when it
+    /// could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record: Option<Value>,
+}
+
+/// Answer of `POST /v1/swaps/{id}/abort`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbortResponse {
+    /// The swap id (hex).
+    pub swap_id: String,
+    /// Always [`AbortResponse::REQUESTED`].
+    pub abort: String,
+}
+
+impl AbortResponse {
+    /// The value of `abort`.
+    pub const REQUESTED: &'static str = "requested";
+}
+
+/// Query of `GET /v1/swaps/{id}/events`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventsQuery {
+    /// First `seq` wanted (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<u64>,
+    /// How long to wait for a new event when there is none (default 0, at most
+    /// [`MAX_EVENTS_WAIT_SECS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_secs: Option<u64>,
+}
+
+/// One event of a swap's log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwapEvent {
+    /// Position in the swap's log, from 0, without gaps.
+    pub seq: u64,
+    /// The engine's notification, tagged by `event` (`accepted`, `funding_seen`, ...,
+    /// `finished`); its shape is the engine's.
+    pub event: Value,
+}
+
+impl SwapEvent {
+    /// The event's tag (`"finished"`, ...), if it has one.
+    pub fn kind(&self) -> Option<&str> {
+        self.event.get("event").and_then(Value::as_str)
+    }
+}
+
+/// `GET /v1/swaps/{id}/events` (long poll).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwapEvents {
+    /// The swap id (hex).
+    pub swap_id: String,
+    /// The events from `from`, oldest first.
+    pub events: Vec<SwapEvent>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wallet
+
+/// `GET /v1/wallet/balance`: the swap wallet, as of its last sync.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalletBalance {
+    /// Confirmed.
+    pub confirmed_sat: u64,
+    /// Unconfirmed, our own change.
+    pub trusted_pending_sat: u64,
+    /// Unconfirmed, from others.
+    pub untrusted_pending_sat: u64,
+    /// Coinbase outputs not mature yet.
+    pub immature_sat: u64,
+    /// Everything.
+    pub total_sat: u64,
+}
+
+/// An on-chain address (`POST /v1/wallet/address`, `POST /v1/ln/address`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddressResponse {
+    /// The address.
+    pub address: String,
+}
+
+/// Body of `POST /v1/wallet/send`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendRequest {
+    /// An address of the node's network.
+    pub address: String,
+    /// The amount (at least 1).
+    pub amount_sat: u64,
+    /// The fee rate, sat/vB (default: the chain source's 6-block estimate, capped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fee_rate_sat_vb: Option<u64>,
+}
+
+/// Answer of `POST /v1/wallet/send`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendResponse {
+    /// The broadcast transaction's id.
+    pub txid: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lightning
+
+/// `GET /v1/ln/info`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LnInfo {
+    /// The Lightning node id (hex).
+    pub node_id: String,
+    /// How many channels it has.
+    pub channels: u64,
+    /// Spendable balance of the Lightning node's own on-chain wallet.
+    pub onchain_spendable_sat: u64,
+}
+
+/// `GET /v1/ln/balance`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LnBalance {
+    /// Spendable balance of the Lightning node's own on-chain wallet.
+    pub onchain_spendable_sat: u64,
+    /// What the node can send over its channels.
+    pub lightning_outbound_msat: u64,
+    /// What the node can receive over its channels.
+    pub lightning_inbound_msat: u64,
+}
+
+/// One channel of `GET /v1/ln/channels`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Channel {
+    /// Channel id (hex).
+    pub channel_id: String,
+    /// The peer's node id.
+    pub counterparty: String,
+    /// Channel size.
+    pub capacity_sat: u64,
+    /// What we can send.
+    pub outbound_msat: u64,
+    /// What we can receive.
+    pub inbound_msat: u64,
+    /// Whether the channel is ready (funding confirmed).
+    pub ready: bool,
+    /// Whether it is usable now (ready and the peer connected).
+    pub usable: bool,
+}
+
+/// `GET /v1/ln/channels`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelList {
+    /// The channels.
+    pub channels: Vec<Channel>,
+}
+
+/// Body of `POST /v1/ln/open`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenRequest {
+    /// The peer's node id (hex).
+    pub node_id: String,
+    /// The peer's address, `host:port`.
+    pub address: String,
+    /// Channel size (at least 1).
+    pub amount_sat: u64,
+    /// Pushed to the peer at opening.
+    #[serde(default)]
+    pub push_msat: u64,
+}
+
+/// Answer of `POST /v1/ln/open`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenResponse {
+    /// Id of the new channel as `GET /v1/ln/channels` lists it (empty when it is not listed
+    /// yet). Until the funding transaction is known this is the temporary channel id.
+    pub user_channel_id: String,
+}
+
+/// Body of `POST /v1/ln/invoice`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceRequest {
+    /// The amount (at least 1).
+    pub amount_msat: u64,
+    /// Its description (default: empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Its expiry (default: [`DEFAULT_INVOICE_EXPIRY_SECS`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expiry_secs: Option<u32>,
+}
+
+/// Answer of `POST /v1/ln/invoice`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InvoiceResponse {
+    /// The BOLT11 invoice.
+    pub invoice: String,
+}
+
+/// Body of `POST /v1/ln/pay`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayRequest {
+    /// The BOLT11 invoice (with an amount, of the node's network).
+    pub invoice: String,
+    /// Cap on the route's total CLTV expiry delta (default:
+    /// [`DEFAULT_MAX_TOTAL_CLTV_EXPIRY_DELTA`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_total_cltv_expiry_delta: Option<u32>,
+}
+
+/// Where a Lightning payment stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentStatus {
+    /// Under way.
+    Pending,
+    /// Settled.
+    Succeeded,
+    /// Failed for good.
+    Failed,
+}
+
+impl std::fmt::Display for PaymentStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PaymentStatus::Pending => "pending",
+            PaymentStatus::Succeeded => "succeeded",
+            PaymentStatus::Failed => "failed",
+        })
+    }
+}
+
+/// Which way a Lightning payment goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PaymentDirection {
+    /// Received.
+    Inbound,
+    /// Sent.
+    Outbound,
+}
+
+impl std::fmt::Display for PaymentDirection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            PaymentDirection::Inbound => "inbound",
+            PaymentDirection::Outbound => "outbound",
+        })
+    }
+}
+
+/// Answer of `POST /v1/ln/pay`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayResponse {
+    /// The invoice's payment hash (hex).
+    pub payment_hash: String,
+    /// Pending (under way), succeeded or failed.
+    pub status: PaymentStatus,
+    /// The preimage, once the payment succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preimage: Option<String>,
+}
+
+/// `GET /v1/ln/payments/{hash}`: what the Lightning node knows of a payment, sent or received.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PaymentInfo {
+    /// Its payment hash (hex).
+    pub payment_hash: String,
+    /// Inbound or outbound.
+    pub direction: PaymentDirection,
+    /// Pending, succeeded or failed.
+    pub status: PaymentStatus,
+    /// What it pays (when known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_msat: Option<u64>,
+    /// Routing fee paid (outbound, once known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fee_paid_msat: Option<u64>,
+    /// The preimage: only for an outbound payment that succeeded (the payer's proof of payment;
+    /// an inbound preimage is the node's and is never shown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preimage: Option<String>,
+    /// Last change (UNIX seconds).
+    pub updated_at: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn network_serializes_as_the_node_names_it() {
+        for n in [
+            Network::Bitcoin,
+            Network::Testnet,
+            Network::Testnet4,
+            Network::Signet,
+            Network::Regtest,
+        ] {
+            assert_eq!(serde_json::to_value(n).unwrap(), Value::String(n.to_string()));
+        }
+    }
+
+    #[test]
+    fn swap_detail_is_flat() {
+        let d = SwapDetail {
+            summary: SwapSummary {
+                swap_id: "ab".into(),
+                role: SwapRole::Buyer,
+                state: "Claimed".into(),
+                status: SwapStatus::Succeeded,
+                payment_hash: None,
+                created_at: 1,
+                updated_at: 2,
+            },
+            record: Some(serde_json::json!({"v": 1})),
+        };
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(v["swap_id"], "ab");
+        assert_eq!(v["role"], "buyer");
+        assert_eq!(v["payment_hash"], Value::Null);
+        assert_eq!(v["record"]["v"], 1);
+        assert_eq!(serde_json::from_value::<SwapDetail>(v).unwrap(), d);
+    }
+
+    #[test]
+    fn swap_out_request_accepts_seller_pubkey() {
+        let r: SwapOutRequest =
+            serde_json::from_str(r#"{"seller_pubkey": "ab", "amount_sat": 5, "offer_id": "o"}"#)
+                .unwrap();
+        assert_eq!(r.seller, "ab");
+        assert_eq!(r.offer_id.as_deref(), Some("o"));
+        let v = serde_json::to_value(&r).unwrap();
+        assert_eq!(v, serde_json::json!({"seller": "ab", "amount_sat": 5, "offer_id": "o"}));
+    }
+}

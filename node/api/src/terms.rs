@@ -1,0 +1,265 @@
+//! The terms of an offer, defined once: the `[seller]` section of `looper.toml`, the flags of
+//! `looper offer create` and the regtest harness's seller nodes all use [`OfferTerms`], whose
+//! names are the wire names of the protocol's [`Offer`] (`spec/01-messages.md`).
+
+use bitcoin::secp256k1::PublicKey;
+use bitcoin::Network;
+use looper_protocol::messages::{Offer, PROTOCOL_VERSION};
+use looper_protocol::SwapDirection;
+use serde::{Deserialize, Serialize};
+
+/// What a seller offers: amount range, fees, confirmations, timeout, claim margin, invoice
+/// expiry. The names are the offer's wire names; `looper.toml` also accepts the older
+/// `timeout_delta_blocks` and `claim_margin_blocks`. Amounts are in satoshis, deltas in blocks.
+///
+/// The defaults are the "numbers to start from" of the protocol design: 100 000 to 10 000 000
+/// sat, fee 1 000 sat + 5 000 ppm, funding fee 1 000 sat, no prepay, 1 confirmation, timeout
+/// delta 288 blocks, claim margin 20 blocks, invoices of one hour.
+///
+/// ```
+/// use looper_api::{OfferContext, OfferTerms};
+/// let terms = OfferTerms { fee_ppm: 2_500, ..OfferTerms::default() };
+/// let offer = terms.offer(OfferContext {
+///     offer_id: "my-offer".into(),
+///     network: bitcoin::Network::Regtest,
+///     ln_node_id: "02eec7245d6b7d2ccb30380bfbe2a3648cd7a942653f5aa340edcea1f283686619".parse()?,
+///     ln_address: None,
+///     relays: vec!["wss://relay.example".into()],
+///     expires_at: 1_900_000_000,
+/// });
+/// assert_eq!(offer.fee_ppm, 2_500);
+/// assert_eq!(offer.timeout_delta, 288);
+/// assert_eq!(OfferTerms::from(&offer), terms);
+/// # Ok::<(), bitcoin::secp256k1::Error>(())
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+pub struct OfferTerms {
+    /// Smallest swap amount, sat.
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, visible_alias = "min", value_name = "SAT",
+            default_value_t = OfferTerms::DEFAULT.min_amount_sat)
+    )]
+    pub min_amount_sat: u64,
+    /// Largest swap amount, sat.
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, visible_alias = "max", value_name = "SAT",
+            default_value_t = OfferTerms::DEFAULT.max_amount_sat)
+    )]
+    pub max_amount_sat: u64,
+    /// Fixed part of the swap fee, sat.
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, visible_alias = "fee-base", value_name = "SAT",
+            default_value_t = OfferTerms::DEFAULT.fee_base_sat)
+    )]
+    pub fee_base_sat: u64,
+    /// Proportional part of the swap fee, in parts per million of the amount (rounded up).
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, value_name = "PPM", default_value_t = OfferTerms::DEFAULT.fee_ppm)
+    )]
+    pub fee_ppm: u32,
+    /// On-chain funding fee charged to the buyer in the quote, sat (the seller pays the real fee).
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, visible_alias = "funding-fee", value_name = "SAT",
+            default_value_t = OfferTerms::DEFAULT.funding_fee_sat)
+    )]
+    pub funding_fee_sat: u64,
+    /// Prepayment asked before locking funds (anti-griefing), sat; 0 for none.
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, visible_alias = "prepay", value_name = "SAT",
+            default_value_t = OfferTerms::DEFAULT.prepay_sat)
+    )]
+    pub prepay_sat: u64,
+    /// Confirmations of the HTLC funding the buyer waits for before paying.
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, value_name = "N", default_value_t = OfferTerms::DEFAULT.min_confirmations)
+    )]
+    pub min_confirmations: u32,
+    /// Blocks from the tip at `swap_accept` to the HTLC timeout.
+    #[serde(alias = "timeout_delta_blocks")]
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, alias = "timeout-delta-blocks", value_name = "BLOCKS",
+            default_value_t = OfferTerms::DEFAULT.timeout_delta)
+    )]
+    pub timeout_delta: u32,
+    /// Blocks before the timeout under which the preimage is no longer revealed: the seller
+    /// claims an incoming payment only while `tip + claim_margin <= timeout`.
+    #[serde(alias = "claim_margin_blocks")]
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, alias = "claim-margin-blocks", value_name = "BLOCKS",
+            default_value_t = OfferTerms::DEFAULT.claim_margin)
+    )]
+    pub claim_margin: u32,
+    /// Upper bound of the invoice expiry, seconds (an invoice expires at the earlier of this and
+    /// half the time left to the timeout).
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, visible_alias = "invoice-expiry", value_name = "SECS",
+            default_value_t = OfferTerms::DEFAULT.invoice_expiry_secs)
+    )]
+    pub invoice_expiry_secs: u32,
+}
+
+/// What an offer carries besides its terms: who and where the seller is, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferContext {
+    /// The offer's id: 1 to 64 characters of `[A-Za-z0-9_-]`.
+    pub offer_id: String,
+    /// The network of the HTLC and the invoices.
+    pub network: Network,
+    /// The seller's Lightning node id.
+    pub ln_node_id: PublicKey,
+    /// The seller's Lightning address (`host:port`), if it has a routable one.
+    pub ln_address: Option<String>,
+    /// Relays where the seller reads swap messages.
+    pub relays: Vec<String>,
+    /// UNIX time after which the offer is void.
+    pub expires_at: u64,
+}
+
+impl OfferTerms {
+    /// The defaults (see the type's documentation).
+    pub const DEFAULT: OfferTerms = OfferTerms {
+        min_amount_sat: 100_000,
+        max_amount_sat: 10_000_000,
+        fee_base_sat: 1_000,
+        fee_ppm: 5_000,
+        funding_fee_sat: 1_000,
+        prepay_sat: 0,
+        min_confirmations: 1,
+        timeout_delta: 288,
+        claim_margin: 20,
+        invoice_expiry_secs: 3_600,
+    };
+
+    /// Every key of the serialized terms, in order.
+    pub const KEYS: &'static [&'static str] = &[
+        "min_amount_sat",
+        "max_amount_sat",
+        "fee_base_sat",
+        "fee_ppm",
+        "funding_fee_sat",
+        "prepay_sat",
+        "min_confirmations",
+        "timeout_delta",
+        "claim_margin",
+        "invoice_expiry_secs",
+    ];
+
+    /// Older names still read (`looper.toml` files written before the names matched the wire),
+    /// as `(old, current)`.
+    pub const ALIASES: &'static [(&'static str, &'static str)] =
+        &[("timeout_delta_blocks", "timeout_delta"), ("claim_margin_blocks", "claim_margin")];
+
+    /// Whether `key` names a field (by its name or an older alias).
+    pub fn is_key(key: &str) -> bool {
+        Self::KEYS.contains(&key) || Self::ALIASES.iter().any(|(old, _)| *old == key)
+    }
+
+    /// The loop-out offer with these terms (version [`PROTOCOL_VERSION`], no proof of work). It
+    /// is not validated: [`Offer::validate`] says whether the terms make a valid offer.
+    pub fn offer(&self, ctx: OfferContext) -> Offer {
+        Offer {
+            version: PROTOCOL_VERSION,
+            offer_id: ctx.offer_id,
+            network: ctx.network,
+            direction: SwapDirection::LoopOut,
+            min_amount_sat: self.min_amount_sat,
+            max_amount_sat: self.max_amount_sat,
+            fee_base_sat: self.fee_base_sat,
+            fee_ppm: self.fee_ppm,
+            funding_fee_sat: self.funding_fee_sat,
+            prepay_sat: (self.prepay_sat > 0).then_some(self.prepay_sat),
+            min_confirmations: self.min_confirmations,
+            timeout_delta: self.timeout_delta,
+            claim_margin: self.claim_margin,
+            invoice_expiry_secs: self.invoice_expiry_secs,
+            ln_node_id: ctx.ln_node_id,
+            ln_address: ctx.ln_address,
+            relays: ctx.relays,
+            pow_difficulty: None,
+            expires_at: ctx.expires_at,
+        }
+    }
+}
+
+impl Default for OfferTerms {
+    fn default() -> Self {
+        Self::DEFAULT
+    }
+}
+
+impl From<&Offer> for OfferTerms {
+    fn from(o: &Offer) -> Self {
+        OfferTerms {
+            min_amount_sat: o.min_amount_sat,
+            max_amount_sat: o.max_amount_sat,
+            fee_base_sat: o.fee_base_sat,
+            fee_ppm: o.fee_ppm,
+            funding_fee_sat: o.funding_fee_sat,
+            prepay_sat: o.prepay_sat.unwrap_or(0),
+            min_confirmations: o.min_confirmations,
+            timeout_delta: o.timeout_delta,
+            claim_margin: o.claim_margin,
+            invoice_expiry_secs: o.invoice_expiry_secs,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn keys_are_the_serialized_fields() {
+        let v = serde_json::to_value(OfferTerms::default()).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut expected = OfferTerms::KEYS.to_vec();
+        expected.sort_unstable();
+        assert_eq!(keys, expected);
+        for (old, new) in OfferTerms::ALIASES {
+            assert!(OfferTerms::KEYS.contains(new));
+            let t: OfferTerms = serde_json::from_value(serde_json::json!({ *old: 77 })).unwrap();
+            assert_eq!(serde_json::to_value(t).unwrap()[new], 77);
+        }
+    }
+
+    #[test]
+    fn terms_are_the_offer_fields() {
+        // Every key is a field of the offer's wire form, with the same value.
+        let ctx = OfferContext {
+            offer_id: "o".into(),
+            network: Network::Regtest,
+            ln_node_id: "02eec7245d6b7d2ccb30380bfbe2a3648cd7a942653f5aa340edcea1f283686619"
+                .parse()
+                .unwrap(),
+            ln_address: None,
+            relays: vec!["ws://r".into()],
+            expires_at: 1,
+        };
+        let terms = OfferTerms { prepay_sat: 5, ..OfferTerms::default() };
+        let offer = serde_json::to_value(terms.offer(ctx.clone())).unwrap();
+        let terms_json = serde_json::to_value(terms).unwrap();
+        for key in OfferTerms::KEYS {
+            assert_eq!(offer[key], terms_json[key], "{key}");
+        }
+        // No prepay: the wire field is absent.
+        let offer = terms_json_without_prepay(&ctx);
+        assert!(offer.get("prepay_sat").is_none());
+    }
+
+    fn terms_json_without_prepay(ctx: &OfferContext) -> serde_json::Value {
+        serde_json::to_value(OfferTerms::default().offer(ctx.clone())).unwrap()
+    }
+}
