@@ -5,8 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use looper_api::{ErrorBody, ErrorCode, SwapEvents};
 use reqwest::Method;
-use serde_json::Value;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use crate::error::{CliError, CliResult};
 
@@ -207,15 +209,20 @@ impl Client {
     ///
     /// # Errors
     /// See [`Client::send`].
-    pub async fn get(&self, path: &str, what: &str) -> CliResult<Value> {
-        self.send(Method::GET, path, None, what, REQUEST_TIMEOUT).await
+    pub async fn get<T: DeserializeOwned>(&self, path: &str, what: &str) -> CliResult<T> {
+        self.send(Method::GET, path, None::<&()>, what, REQUEST_TIMEOUT).await
     }
 
     /// `POST path` with a JSON body.
     ///
     /// # Errors
     /// See [`Client::send`].
-    pub async fn post(&self, path: &str, body: &Value, what: &str) -> CliResult<Value> {
+    pub async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        what: &str,
+    ) -> CliResult<T> {
         self.send(Method::POST, path, Some(body), what, REQUEST_TIMEOUT).await
     }
 
@@ -223,34 +230,42 @@ impl Client {
     ///
     /// # Errors
     /// See [`Client::send`].
-    pub async fn delete(&self, path: &str, what: &str) -> CliResult<Value> {
-        self.send(Method::DELETE, path, None, what, REQUEST_TIMEOUT).await
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str, what: &str) -> CliResult<T> {
+        self.send(Method::DELETE, path, None::<&()>, what, REQUEST_TIMEOUT).await
     }
 
     /// `GET /v1/swaps/{key}/events?from=N&wait_secs=W` (long poll).
     ///
     /// # Errors
     /// See [`Client::send`].
-    pub async fn swap_events(&self, key: &str, from: u64, wait_secs: u64) -> CliResult<Value> {
+    pub async fn swap_events(&self, key: &str, from: u64, wait_secs: u64) -> CliResult<SwapEvents> {
+        // The query of `EventsQuery`.
         let path = format!("/v1/swaps/{}/events?from={from}&wait_secs={wait_secs}", encode(key));
-        self.send(Method::GET, &path, None, "follow the swap", Duration::from_secs(wait_secs + 30))
-            .await
+        self.send(
+            Method::GET,
+            &path,
+            None::<&()>,
+            "follow the swap",
+            Duration::from_secs(wait_secs + 30),
+        )
+        .await
     }
 
     /// Sends one request and maps every failure to a [`CliError`]:
-    /// unreachable node, timeout, refused token (401), unknown endpoint, or the node's JSON error
-    /// `{code, message}`.
+    /// unreachable node, timeout, refused token (401), unknown endpoint, the node's JSON error
+    /// (read as an [`ErrorBody`]: its stable code and message), or an answer that is not the
+    /// expected type.
     ///
     /// # Errors
     /// One [`CliError`] (exit code 1) per failure.
-    pub async fn send(
+    pub async fn send<B: Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         path: &str,
-        body: Option<&Value>,
+        body: Option<&B>,
         what: &str,
         timeout: Duration,
-    ) -> CliResult<Value> {
+    ) -> CliResult<T> {
         let url = format!("{}{}", self.base, path);
         let mut req =
             self.http.request(method.clone(), &url).bearer_auth(&self.token).timeout(timeout);
@@ -261,52 +276,42 @@ impl Client {
         let status = resp.status();
         let text = resp.text().await.map_err(|e| self.transport_error(&e, what))?;
         if status.is_success() {
-            if text.trim().is_empty() {
-                return Ok(Value::Null);
-            }
             return serde_json::from_str(&text).map_err(|e| {
                 CliError::failure(
                     format!("cannot {what}"),
-                    format!("the node's answer is not JSON: {e}"),
-                    "is --rpc-url the looper-node control API?",
+                    format!("the node's answer is not what this looper expects: {e}"),
+                    "is --rpc-url the looper-node control API, of the version of this looper?",
                 )
             });
         }
-        let parsed: Option<Value> = serde_json::from_str(&text).ok();
-        let code =
-            parsed.as_ref().and_then(|v| v.get("code")).and_then(|v| v.as_str()).map(String::from);
-        let message = parsed
-            .as_ref()
-            .and_then(|v| v.get("message"))
-            .and_then(|v| v.as_str())
-            .map(String::from);
-        let mut err = match (status.as_u16(), &code, &message) {
-            (401, _, _) => CliError::failure(
+        let api: Option<ErrorBody> = serde_json::from_str(&text).ok();
+        let mut err = match (status.as_u16(), &api) {
+            (401, _) => CliError::failure(
                 "the node refused the API token (401)",
-                message.clone().unwrap_or_else(|| "missing or wrong token".into()),
+                api.as_ref()
+                    .map_or_else(|| "missing or wrong token".into(), |e| e.message.clone()),
                 "use the api.token of the node you reach: --datadir DIR of that node, or --token-file FILE",
             ),
-            (404 | 405, None, _) | (404, _, Some(_))
-                if code.is_none() || message.as_deref() == Some("no such route") =>
-            {
-                CliError::failure(
+            (404 | 405, None) => CliError::failure(
                 format!("cannot {what}"),
                 format!("the node at {} has no endpoint {method} {}", self.base, strip_query(path)),
-                    "upgrade looper-node to the version of this looper",
-                )
-            }
-            (_, Some(code), Some(message)) => CliError::failure(
-                format!("cannot {what}"),
-                message.clone(),
-                hint_for(code),
+                "upgrade looper-node to the version of this looper",
             ),
-            (s, _, _) => CliError::failure(
+            (404, Some(e)) if e.message == "no such route" => CliError::failure(
+                format!("cannot {what}"),
+                format!("the node at {} has no endpoint {method} {}", self.base, strip_query(path)),
+                "upgrade looper-node to the version of this looper",
+            ),
+            (_, Some(e)) => {
+                CliError::failure(format!("cannot {what}"), e.message.clone(), hint_for(&e.code))
+            }
+            (s, None) => CliError::failure(
                 format!("cannot {what}"),
                 format!("the node answered HTTP {s}{}", snippet(&text)),
                 "see the node's log",
             ),
         };
-        err.api_code = code;
+        err.api = api.map(Box::new);
         err.status = Some(status.as_u16());
         Err(err)
     }
@@ -335,32 +340,35 @@ impl Client {
 }
 
 /// The advice for a node error code.
-fn hint_for(code: &str) -> &'static str {
+fn hint_for(code: &ErrorCode) -> &'static str {
     match code {
-        "not_found" => "check the id: `looper swaps` and `looper offer list` list them",
-        "bad_request" | "invalid_request" => "check the values given",
-        "unknown_offer" => "list the live offers with `looper offers --amount SAT`",
-        "fee_too_high" => {
-            "raise --max-total-fee, or pick a cheaper offer: `looper offers --amount SAT`"
-        }
-        "claim_margin_too_low" => {
-            "the seller's offer keeps too few blocks for your claim: pick another offer"
-        }
-        "claim_unaffordable" => {
-            "the claim would cost most of the amount at the node's fee cap: swap a larger amount"
-        }
-        "quote_mismatch" | "prepay_unsupported" | "timeout_out_of_range" => {
-            "pick another offer: `looper offers --amount SAT`"
-        }
-        "conflict" | "refused" => "see the swap's state with `looper swap ID`",
-        "insufficient_funds" => {
+        ErrorCode::NotFound => "check the id: `looper swaps` and `looper offer list` list them",
+        ErrorCode::BadRequest => "check the values given",
+        ErrorCode::UnknownOffer => "list the live offers with `looper offers --amount SAT`",
+        ErrorCode::Conflict => "see the swap's state with `looper swap ID`",
+        ErrorCode::InsufficientFunds => {
             "fund the wallet: `looper wallet address`, then `looper wallet balance`"
         }
-        "chain_error" => {
+        ErrorCode::ChainError => {
             "the node cannot reach its chain source (Esplora): check its log and retry"
         }
-        "lightning_error" => "check the Lightning node: `looper ln info`, `looper ln channels`",
-        "unauthorized" => "pass the right --token-file",
+        ErrorCode::LightningError => {
+            "check the Lightning node: `looper ln info`, `looper ln channels`"
+        }
+        ErrorCode::Unauthorized => "pass the right --token-file",
+        // A buyer check refused the offer: advice by check.
+        ErrorCode::Refused(check) => match check.as_str() {
+            "fee_too_high" => {
+                "raise --max-total-fee, or pick a cheaper offer: `looper offers --amount SAT`"
+            }
+            "claim_margin_too_low" => {
+                "the seller's offer keeps too few blocks for your claim: pick another offer"
+            }
+            "claim_unaffordable" => {
+                "the claim would cost most of the amount at the node's fee cap: swap a larger amount"
+            }
+            _ => "pick another offer: `looper offers --amount SAT`",
+        },
         _ => "see the node's log",
     }
 }

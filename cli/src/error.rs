@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use looper_api::{ErrorBody, ErrorCode};
+
 /// Exit code of a successful command.
 pub const EXIT_OK: i32 = 0;
 /// Exit code of a command that failed (node unreachable, refused, swap failed, ...).
@@ -20,8 +22,8 @@ pub struct CliError {
     pub why: String,
     /// What the user can do about it (may be empty).
     pub todo: String,
-    /// The node's error code when the node answered with an error (`not_found`, ...).
-    pub api_code: Option<String>,
+    /// The node's error (its stable code and message) when the node answered with one.
+    pub api: Option<Box<ErrorBody>>,
     /// The HTTP status when the node answered with an error.
     pub status: Option<u16>,
 }
@@ -38,7 +40,7 @@ impl CliError {
             what: what.into(),
             why: why.into(),
             todo: todo.into(),
-            api_code: None,
+            api: None,
             status: None,
         }
     }
@@ -54,9 +56,21 @@ impl CliError {
         self
     }
 
+    /// The node's error code, when the node answered with an error.
+    pub fn code(&self) -> Option<&ErrorCode> {
+        self.api.as_ref().map(|e| &e.code)
+    }
+
     /// Whether the node answered `404 not_found`.
     pub fn is_not_found(&self) -> bool {
-        self.api_code.as_deref() == Some("not_found")
+        self.code() == Some(&ErrorCode::NotFound)
+    }
+
+    /// The JSON form printed on stdout with `--json` when the node answered with an error:
+    /// `{"error": {"code", "message"}, "status"}`; `None` for the CLI's own errors.
+    pub fn to_json(&self) -> Option<serde_json::Value> {
+        let api = self.api.as_ref()?;
+        Some(serde_json::json!({"error": api, "status": self.status}))
     }
 }
 

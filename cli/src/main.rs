@@ -2,7 +2,8 @@
 //! `looper-node` (see `looper --help` and cli/README.md for the commands and the JSON schema).
 //!
 //! Exit codes: 0 ok, 1 failure, 2 usage. Errors are one line on stderr:
-//! `error: <what failed>: <why> (<what to do>)`.
+//! `error: <what failed>: <why> (<what to do>)`; with `--json`, an error the node answered is
+//! also printed on stdout as `{"error": {"code", "message"}, "status"}`.
 
 mod client;
 mod commands;
@@ -24,9 +25,14 @@ fn main() {
             std::process::exit(error::EXIT_FAILURE);
         }
     };
+    let json = cli.json;
     let code = match runtime.block_on(commands::run(cli)) {
         Ok(()) => error::EXIT_OK,
         Err(e) => {
+            // With --json, the node's typed error (code, message) goes to stdout too.
+            if let Some(v) = e.to_json().filter(|_| json) {
+                output::print_json_line(&v);
+            }
             eprintln!("error: {e}");
             e.exit
         }

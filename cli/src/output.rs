@@ -1,5 +1,6 @@
 //! Human output (aligned tables, key/value lists, amounts) and JSON output.
 
+use serde::Serialize;
 use serde_json::Value;
 
 /// How a command prints.
@@ -12,12 +13,12 @@ pub enum Format {
 }
 
 /// Prints `v` as pretty JSON on stdout.
-pub fn print_json(v: &Value) {
+pub fn print_json<T: Serialize + ?Sized>(v: &T) {
     println!("{}", serde_json::to_string_pretty(v).unwrap_or_else(|_| "null".into()));
 }
 
 /// Prints `v` as one compact JSON line on stdout (streams: `out`, `swap monitor`).
-pub fn print_json_line(v: &Value) {
+pub fn print_json_line<T: Serialize + ?Sized>(v: &T) {
     println!("{}", serde_json::to_string(v).unwrap_or_else(|_| "null".into()));
 }
 
@@ -110,10 +111,10 @@ pub fn num(v: &Value, key: &str) -> u64 {
     v.get(key).and_then(Value::as_u64).unwrap_or(0)
 }
 
-/// A JSON field holding unix seconds as a UTC date (`2026-11-24 16:50:01 UTC`; "-" when absent).
-pub fn time(v: &Value, key: &str) -> String {
-    v.get(key)
-        .and_then(Value::as_i64)
+/// Unix seconds as a UTC date (`2026-11-24 16:50:01 UTC`; "-" when out of range).
+pub fn date(secs: u64) -> String {
+    i64::try_from(secs)
+        .ok()
         .and_then(|secs| chrono::DateTime::from_timestamp(secs, 0))
         .map_or_else(|| "-".into(), |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string())
 }

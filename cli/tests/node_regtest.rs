@@ -119,7 +119,18 @@ async fn cli_against_a_regtest_node() -> anyhow::Result<()> {
             r.stderr,
             "error: the node refused the API token (401): missing or wrong token (use the api.token of the node you reach: --datadir DIR of that node, or --token-file FILE)\n"
         );
-        assert!(r.stdout.is_empty());
+        if args[0] == "--json" {
+            // The node's typed error, on stdout as JSON.
+            assert_eq!(
+                r.json(),
+                serde_json::json!({
+                    "error": {"code": "unauthorized", "message": "missing or wrong token"},
+                    "status": 401
+                })
+            );
+        } else {
+            assert!(r.stdout.is_empty());
+        }
     }
 
     // An unknown offer.
@@ -144,12 +155,14 @@ async fn cli_against_a_regtest_node() -> anyhow::Result<()> {
             "create",
             "--id",
             "cli-test-1",
-            "--min",
+            "--min-amount-sat",
             "50000",
             "--max",
             "500000",
             "--timeout-delta",
             "144",
+            "--claim-margin-blocks",
+            "30",
             "--relay",
             &relay_url,
         ],
@@ -162,12 +175,19 @@ async fn cli_against_a_regtest_node() -> anyhow::Result<()> {
     let offers = r.json()["offers"].clone();
     assert_eq!(offers.as_array().map(Vec::len), Some(1), "{offers}");
     assert_eq!(offers[0]["offer_id"], "cli-test-1");
+    assert_eq!(offers[0]["min_amount_sat"], 50_000);
+    assert_eq!(offers[0]["max_amount_sat"], 500_000);
+    assert_eq!(offers[0]["claim_margin"], 30);
     let r = cli(&url, &token, &["offer", "withdraw", "cli-test-1"]).await;
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.stdout, "withdrawn offer cli-test-1\n");
     let r = cli(&url, &token, &["offer", "withdraw", "cli-test-1"]).await;
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.starts_with("error: cannot withdraw offer cli-test-1: "), "{r:?}");
+    let r = cli(&url, &token, &["--json", "offer", "withdraw", "cli-test-1"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.json()["error"]["code"], "not_found", "{r:?}");
+    assert_eq!(r.json()["status"], 404, "{r:?}");
 
     let _ = stop_tx.send(());
     tokio::time::timeout(Duration::from_secs(60), task).await???;

@@ -1,11 +1,15 @@
 //! `looper ln info|channels|open|invoice|pay|payment|address|balance`.
 
 use clap::Subcommand;
-use serde_json::{json, Value};
+use looper_api::{
+    AddressResponse, ChannelList, InvoiceRequest, InvoiceResponse, LnBalance, LnInfo, OpenRequest,
+    OpenResponse, PayRequest, PayResponse, PaymentInfo, PaymentStatus,
+};
+use serde_json::Value;
 
 use super::{confirm, parse_sat, Ctx};
 use crate::error::{CliError, CliResult};
-use crate::output::{key_values, num, print_json, sat, short, table, text, Align};
+use crate::output::{key_values, print_json, sat, short, table, Align};
 
 /// Lightning commands.
 #[derive(Debug, Subcommand)]
@@ -83,78 +87,78 @@ pub async fn ln(ctx: &Ctx, cmd: LnCommand) -> CliResult<()> {
     let client = ctx.client()?;
     let (v, human) = match cmd {
         LnCommand::Info => {
-            let v = client.get("/v1/ln/info", "get the lightning node's info").await?;
+            let v: LnInfo = client.get("/v1/ln/info", "get the lightning node's info").await?;
             let h = key_values(&[
-                ("node id", text(&v, "node_id")),
-                ("channels", text(&v, "channels")),
-                ("on-chain spendable", sat(num(&v, "onchain_spendable_sat"))),
+                ("node id", v.node_id.clone()),
+                ("channels", v.channels.to_string()),
+                ("on-chain spendable", sat(v.onchain_spendable_sat)),
             ]);
-            (v, h)
+            (json(&v), h)
         }
         LnCommand::Channels => {
-            let v = client.get("/v1/ln/channels", "list the channels").await?;
+            let v: ChannelList = client.get("/v1/ln/channels", "list the channels").await?;
             let h = render_channels(&v);
-            (v, h)
+            (json(&v), h)
         }
         LnCommand::Balance => {
-            let v = client.get("/v1/ln/balance", "get the lightning balance").await?;
+            let v: LnBalance = client.get("/v1/ln/balance", "get the lightning balance").await?;
             let h = key_values(&[
-                ("on-chain spendable", sat(num(&v, "onchain_spendable_sat"))),
-                ("outbound", sat(num(&v, "lightning_outbound_msat") / 1000)),
-                ("inbound", sat(num(&v, "lightning_inbound_msat") / 1000)),
+                ("on-chain spendable", sat(v.onchain_spendable_sat)),
+                ("outbound", sat(v.lightning_outbound_msat / 1000)),
+                ("inbound", sat(v.lightning_inbound_msat / 1000)),
             ]);
-            (v, h)
+            (json(&v), h)
         }
         LnCommand::Address => {
-            let v =
-                client.post("/v1/ln/address", &json!({}), "get a lightning wallet address").await?;
-            let h = format!("{}\n", text(&v, "address"));
-            (v, h)
+            let v: AddressResponse = client
+                .post("/v1/ln/address", &serde_json::json!({}), "get a lightning wallet address")
+                .await?;
+            let h = format!("{}\n", v.address);
+            (json(&v), h)
         }
         LnCommand::Open { node_id, address, amount, push_msat, yes } => {
             confirm(&format!("Open a {} channel to {node_id}@{address}?", sat(amount)), yes)?;
-            let body = json!({
-                "node_id": node_id, "address": address, "amount_sat": amount, "push_msat": push_msat,
-            });
-            let v = client.post("/v1/ln/open", &body, "open the channel").await?;
+            let body =
+                OpenRequest { node_id: node_id.clone(), address, amount_sat: amount, push_msat };
+            let v: OpenResponse = client.post("/v1/ln/open", &body, "open the channel").await?;
             let h = format!(
                 "opening a {} channel to {node_id}: user channel id {}\n",
                 sat(amount),
-                text(&v, "user_channel_id")
+                v.user_channel_id
             );
-            (v, h)
+            (json(&v), h)
         }
         LnCommand::Invoice { amount, description, expiry } => {
             let amount_msat = amount.checked_mul(1000).ok_or_else(|| {
                 CliError::usage("invalid --amount", "too large", "use a smaller amount")
             })?;
-            let body = json!({
-                "amount_msat": amount_msat, "description": description, "expiry_secs": expiry,
-            });
-            let v = client.post("/v1/ln/invoice", &body, "create the invoice").await?;
-            let h = format!("{}\n", text(&v, "invoice"));
-            (v, h)
+            let body = InvoiceRequest {
+                amount_msat,
+                description: Some(description),
+                expiry_secs: Some(expiry),
+            };
+            let v: InvoiceResponse =
+                client.post("/v1/ln/invoice", &body, "create the invoice").await?;
+            let h = format!("{}\n", v.invoice);
+            (json(&v), h)
         }
         LnCommand::Pay { invoice, max_cltv, yes } => {
             confirm(&format!("Pay {}?", short(&invoice)), yes)?;
-            let mut body = json!({"invoice": invoice});
-            if let Some(c) = max_cltv {
-                body["max_total_cltv_expiry_delta"] = json!(c);
-            }
-            let v = client.post("/v1/ln/pay", &body, "pay the invoice").await?;
-            let status = text(&v, "status");
-            if status == "failed" {
+            let body = PayRequest { invoice, max_total_cltv_expiry_delta: max_cltv };
+            let v: PayResponse = client.post("/v1/ln/pay", &body, "pay the invoice").await?;
+            if v.status == PaymentStatus::Failed {
                 return Err(CliError::failure(
                     "payment failed",
-                    format!("payment hash {}", text(&v, "payment_hash")),
+                    format!("payment hash {}", v.payment_hash),
                     "check the route and the channel balances: `looper ln channels`",
                 ));
             }
             let h = format!(
-                "payment {status}: payment hash {hash}\n(follow it with `looper ln payment {hash}`)\n",
-                hash = text(&v, "payment_hash")
+                "payment {}: payment hash {hash}\n(follow it with `looper ln payment {hash}`)\n",
+                v.status,
+                hash = v.payment_hash
             );
-            (v, h)
+            (json(&v), h)
         }
         LnCommand::Payment { hash } => {
             let hash = hash.trim().to_ascii_lowercase();
@@ -165,23 +169,24 @@ pub async fn ln(ctx: &Ctx, cmd: LnCommand) -> CliResult<()> {
                     "copy it from `looper swap ID` or `looper ln pay`",
                 ));
             }
-            let v = client.get(&format!("/v1/ln/payments/{hash}"), "get the payment").await?;
+            let v: PaymentInfo =
+                client.get(&format!("/v1/ln/payments/{hash}"), "get the payment").await?;
             let mut rows = vec![
-                ("payment hash", text(&v, "payment_hash")),
-                ("direction", text(&v, "direction")),
-                ("status", text(&v, "status")),
+                ("payment hash", v.payment_hash.clone()),
+                ("direction", v.direction.to_string()),
+                ("status", v.status.to_string()),
             ];
-            if v.get("amount_msat").is_some() {
-                rows.push(("amount", sat(num(&v, "amount_msat") / 1000)));
+            if let Some(a) = v.amount_msat {
+                rows.push(("amount", sat(a / 1000)));
             }
-            if v.get("fee_paid_msat").is_some() {
-                rows.push(("fee paid", format!("{} msat", num(&v, "fee_paid_msat"))));
+            if let Some(f) = v.fee_paid_msat {
+                rows.push(("fee paid", format!("{f} msat")));
             }
-            if v.get("preimage").is_some() {
-                rows.push(("preimage", text(&v, "preimage")));
+            if let Some(p) = &v.preimage {
+                rows.push(("preimage", p.clone()));
             }
             let h = key_values(&rows);
-            (v, h)
+            (json(&v), h)
         }
     };
     if ctx.json() {
@@ -192,23 +197,28 @@ pub async fn ln(ctx: &Ctx, cmd: LnCommand) -> CliResult<()> {
     Ok(())
 }
 
-fn render_channels(v: &Value) -> String {
-    let channels = v.get("channels").and_then(Value::as_array).cloned().unwrap_or_default();
-    if channels.is_empty() {
+/// `v` as JSON (the node's answer, as typed).
+fn json<T: serde::Serialize>(v: &T) -> Value {
+    serde_json::to_value(v).unwrap_or(Value::Null)
+}
+
+fn render_channels(v: &ChannelList) -> String {
+    if v.channels.is_empty() {
         return "no channels\n".into();
     }
-    let rows: Vec<Vec<String>> = channels
+    let rows: Vec<Vec<String>> = v
+        .channels
         .iter()
         .map(|c| {
             vec![
-                short(&text(c, "channel_id")),
-                short(&text(c, "counterparty")),
-                crate::output::group(num(c, "capacity_sat")),
-                crate::output::group(num(c, "outbound_msat") / 1000),
-                crate::output::group(num(c, "inbound_msat") / 1000),
-                if c.get("usable").and_then(Value::as_bool).unwrap_or(false) {
+                short(&c.channel_id),
+                short(&c.counterparty),
+                crate::output::group(c.capacity_sat),
+                crate::output::group(c.outbound_msat / 1000),
+                crate::output::group(c.inbound_msat / 1000),
+                if c.usable {
                     "usable".into()
-                } else if c.get("ready").and_then(Value::as_bool).unwrap_or(false) {
+                } else if c.ready {
                     "ready".into()
                 } else {
                     "pending".into()

@@ -2,12 +2,17 @@
 //! plus the quote arithmetic `looper out` shares.
 
 use clap::{Args, Subcommand};
+use looper_api::{
+    DiscoverQuery, DiscoveredOffer, InfoResponse, OfferContext, OfferIdResponse, OfferList,
+    OfferTerms, WithdrawResponse,
+};
+use looper_protocol::messages::Offer;
 use serde_json::{json, Value};
 
 use super::{parse_sat, Ctx};
 use crate::client::{encode, Client};
 use crate::error::{CliError, CliResult};
-use crate::output::{group, num, print_json, sat, short, table, text, Align};
+use crate::output::{group, print_json, sat, short, table, Align};
 
 /// Virtual size of the buyer's cooperative claim transaction (key path, one P2TR output).
 pub const CLAIM_VSIZE_VB: u64 = 111;
@@ -46,42 +51,16 @@ pub enum OfferCommand {
     },
 }
 
-/// `looper offer create`.
+/// `looper offer create`: the offer's terms (the flags are [`OfferTerms`]'s, named as the
+/// offer's wire fields, with the older short names as aliases) and where it is served.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
     /// Offer id (letters, digits, `-`, `_`). Default: a fresh random-looking id.
     #[arg(long, value_name = "ID")]
     pub id: Option<String>,
-    /// Smallest swap amount, sat.
-    #[arg(long, value_name = "SAT", value_parser = parse_sat, default_value = "100000")]
-    pub min: u64,
-    /// Largest swap amount, sat.
-    #[arg(long, value_name = "SAT", value_parser = parse_sat, default_value = "10000000")]
-    pub max: u64,
-    /// Fixed part of the swap fee, sat.
-    #[arg(long, value_name = "SAT", default_value_t = 1000)]
-    pub fee_base: u64,
-    /// Proportional part of the swap fee, parts per million.
-    #[arg(long, value_name = "PPM", default_value_t = 5000)]
-    pub fee_ppm: u32,
-    /// On-chain funding fee charged to the buyer, sat.
-    #[arg(long, value_name = "SAT", default_value_t = 1000)]
-    pub funding_fee: u64,
-    /// Prepayment asked before locking funds, sat (0: none).
-    #[arg(long, value_name = "SAT", default_value_t = 0)]
-    pub prepay: u64,
-    /// Confirmations the buyer waits for before paying.
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    pub min_confirmations: u32,
-    /// Blocks from acceptance to the HTLC timeout.
-    #[arg(long, value_name = "BLOCKS", default_value_t = 288)]
-    pub timeout_delta: u32,
-    /// Claim margin in blocks.
-    #[arg(long, value_name = "BLOCKS", default_value_t = 20)]
-    pub claim_margin: u32,
-    /// Upper bound of the invoice expiry, seconds.
-    #[arg(long, value_name = "SECS", default_value_t = 3600)]
-    pub invoice_expiry: u32,
+    /// The terms.
+    #[command(flatten)]
+    pub terms: OfferTerms,
     /// The offer expires this many seconds from now.
     #[arg(long, value_name = "SECS", default_value_t = 86_400)]
     pub expires_in: u64,
@@ -96,7 +75,7 @@ pub struct Candidate {
     /// The seller's Nostr public key (hex).
     pub seller: String,
     /// The offer as the node returned it.
-    pub offer: Value,
+    pub offer: Offer,
     /// The quote for the amount, when an amount was given and the offer covers it.
     pub quote: Option<Quote>,
 }
@@ -151,21 +130,17 @@ impl Quote {
     }
 }
 
-/// The quote of `offer` for `amount`, `None` when the offer does not cover the amount.
-pub fn quote(offer: &Value, amount: u64, fee_rate: u64) -> Option<Quote> {
-    if amount < num(offer, "min_amount_sat") || amount > num(offer, "max_amount_sat") {
-        return None;
-    }
-    let ppm = u128::from(num(offer, "fee_ppm"));
-    let prop = (u128::from(amount) * ppm).div_ceil(1_000_000);
-    let swap_fee = num(offer, "fee_base_sat").saturating_add(u64::try_from(prop).ok()?);
+/// The quote of `offer` for `amount` (the protocol's arithmetic, `spec/01-messages.md`, "The
+/// quote", plus the estimated claim fee), `None` when the offer does not cover the amount.
+pub fn quote(offer: &Offer, amount: u64, fee_rate: u64) -> Option<Quote> {
+    let q = looper_protocol::terms::Quote::compute(offer, amount).ok()?;
     Some(Quote {
         amount_sat: amount,
-        swap_fee_sat: swap_fee,
-        funding_fee_sat: num(offer, "funding_fee_sat"),
+        swap_fee_sat: q.swap_fee_sat,
+        funding_fee_sat: q.funding_fee_sat,
         claim_fee_sat: CLAIM_VSIZE_VB.saturating_mul(fee_rate),
         fee_rate_sat_vb: fee_rate,
-        prepay_sat: num(offer, "prepay_sat"),
+        prepay_sat: q.prepay_sat,
     })
 }
 
@@ -175,38 +150,22 @@ pub async fn claim_fee_rate(client: &Client, flag: Option<u64>) -> CliResult<u64
     if let Some(r) = flag {
         return Ok(r);
     }
-    let info = client.get("/v1/info", "get the node's info").await?;
-    Ok(info
-        .get("fee_rate_sat_vb")
-        .and_then(Value::as_u64)
-        .filter(|r| *r > 0)
-        .unwrap_or(FALLBACK_FEE_RATE_SAT_VB))
+    let info: InfoResponse = client.get("/v1/info", "get the node's info").await?;
+    Ok(Some(info.fee_rate_sat_vb).filter(|r| *r > 0).unwrap_or(FALLBACK_FEE_RATE_SAT_VB))
 }
 
-/// `GET /v1/offers/discover[?amount_sat=N]`, with quotes, best (cheapest) first.
-pub async fn fetch(
-    client: &Client,
-    amount: Option<u64>,
-    fee_rate: u64,
-) -> CliResult<Vec<Candidate>> {
-    let path = match amount {
-        Some(a) => format!("/v1/offers/discover?amount_sat={a}"),
-        None => "/v1/offers/discover".to_string(),
-    };
-    let v = client.get(&path, "discover offers").await?;
-    let list = match &v {
-        Value::Array(a) => a.clone(),
-        other => other.get("offers").and_then(Value::as_array).cloned().unwrap_or_default(),
-    };
+/// `GET /v1/offers/discover?amount_sat=N`, with quotes, best (cheapest) first.
+pub async fn fetch(client: &Client, amount: u64, fee_rate: u64) -> CliResult<Vec<Candidate>> {
+    let q = DiscoverQuery { amount_sat: amount };
+    let list: Vec<DiscoveredOffer> = client
+        .get(&format!("/v1/offers/discover?amount_sat={}", q.amount_sat), "discover offers")
+        .await?;
     let mut out: Vec<Candidate> = list
         .into_iter()
-        .filter_map(|item| {
-            let offer = item.get("offer")?.clone();
-            let seller = item.get("seller").and_then(Value::as_str).unwrap_or("").to_string();
-            let quote = amount.and_then(|a| quote(&offer, a, fee_rate));
-            Some(Candidate { seller, offer, quote })
+        .filter_map(|d| {
+            let quote = quote(&d.offer, amount, fee_rate)?;
+            Some(Candidate { seller: d.seller, offer: d.offer, quote: Some(quote) })
         })
-        .filter(|c| amount.is_none() || c.quote.is_some())
         .collect();
     // Stable sort: the node's order breaks ties.
     out.sort_by_key(|c| c.quote.map(|q| q.total_cost_sat()).unwrap_or(0));
@@ -217,7 +176,7 @@ pub async fn fetch(
 pub fn candidate_json(c: &Candidate) -> Value {
     json!({
         "seller": c.seller,
-        "offer_id": c.offer.get("offer_id").cloned().unwrap_or(Value::Null),
+        "offer_id": c.offer.offer_id,
         "quote": c.quote.map(Quote::to_json),
         "offer": c.offer,
     })
@@ -225,16 +184,16 @@ pub fn candidate_json(c: &Candidate) -> Value {
 
 /// `looper offers`.
 pub async fn discover(ctx: &Ctx, args: &OffersArgs) -> CliResult<()> {
-    if args.amount.is_none() {
+    let Some(amount) = args.amount else {
         return Err(CliError::usage(
             "looper offers",
             "no amount given: the node discovers the offers that cover an amount",
             "pass --amount SAT, e.g. `looper offers --amount 250000`",
         ));
-    }
+    };
     let client = ctx.client()?;
     let rate = claim_fee_rate(&client, args.fee_rate).await?;
-    let list = fetch(&client, args.amount, rate).await?;
+    let list = fetch(&client, amount, rate).await?;
     if ctx.json() {
         print_json(&json!({
             "amount_sat": args.amount,
@@ -259,13 +218,13 @@ pub fn render_offers(list: &[Candidate], amount: Option<u64>) -> String {
         .map(|c| {
             let o = &c.offer;
             vec![
-                text(o, "offer_id"),
+                o.offer_id.clone(),
                 short(&c.seller),
-                format!("{}-{}", group(num(o, "min_amount_sat")), group(num(o, "max_amount_sat"))),
-                format!("{} + {} ppm", group(num(o, "fee_base_sat")), num(o, "fee_ppm")),
+                format!("{}-{}", group(o.min_amount_sat), group(o.max_amount_sat)),
+                format!("{} + {} ppm", group(o.fee_base_sat), o.fee_ppm),
                 c.quote.map(|q| group(q.total_cost_sat())).unwrap_or_else(|| "-".into()),
-                text(o, "min_confirmations"),
-                text(o, "timeout_delta"),
+                o.min_confirmations.to_string(),
+                o.timeout_delta.to_string(),
             ]
         })
         .collect();
@@ -295,7 +254,7 @@ pub async fn offer(ctx: &Ctx, cmd: OfferCommand) -> CliResult<()> {
     let client = ctx.client()?;
     match cmd {
         OfferCommand::List => {
-            let v = client.get("/v1/offers", "list this node's offers").await?;
+            let v: OfferList = client.get("/v1/offers", "list this node's offers").await?;
             if ctx.json() {
                 print_json(&v);
             } else {
@@ -303,7 +262,7 @@ pub async fn offer(ctx: &Ctx, cmd: OfferCommand) -> CliResult<()> {
             }
         }
         OfferCommand::Withdraw { id } => {
-            let v = client
+            let v: WithdrawResponse = client
                 .delete(&format!("/v1/offers/{}", encode(&id)), &format!("withdraw offer {id}"))
                 .await
                 .map_err(|e| {
@@ -320,20 +279,22 @@ pub async fn offer(ctx: &Ctx, cmd: OfferCommand) -> CliResult<()> {
             }
         }
         OfferCommand::Create(args) => {
-            let info = client.get("/v1/info", "get the node's info").await?;
+            let info: InfoResponse = client.get("/v1/info", "get the node's info").await?;
             let offer = build_offer(&args, &info)?;
-            let id = text(&offer, "offer_id");
-            let v = client.post("/v1/offers", &offer, &format!("publish offer {id}")).await?;
+            let id = offer.offer_id.clone();
+            let v: OfferIdResponse =
+                client.post("/v1/offers", &offer, &format!("publish offer {id}")).await?;
             if ctx.json() {
                 print_json(&v);
             } else {
+                let t = &args.terms;
                 println!(
                     "published offer {id}: {}-{} sat, fee {} sat + {} ppm, funding fee {} sat",
-                    group(args.min),
-                    group(args.max),
-                    group(args.fee_base),
-                    args.fee_ppm,
-                    group(args.funding_fee)
+                    group(t.min_amount_sat),
+                    group(t.max_amount_sat),
+                    group(t.fee_base_sat),
+                    t.fee_ppm,
+                    group(t.funding_fee_sat)
                 );
             }
         }
@@ -341,15 +302,8 @@ pub async fn offer(ctx: &Ctx, cmd: OfferCommand) -> CliResult<()> {
     Ok(())
 }
 
-fn build_offer(args: &CreateArgs, info: &Value) -> CliResult<Value> {
-    let relays: Vec<String> = if args.relays.is_empty() {
-        info.get("relays")
-            .and_then(Value::as_array)
-            .map(|a| a.iter().filter_map(Value::as_str).map(String::from).collect())
-            .unwrap_or_default()
-    } else {
-        args.relays.clone()
-    };
+fn build_offer(args: &CreateArgs, info: &InfoResponse) -> CliResult<Offer> {
+    let relays = if args.relays.is_empty() { info.relays.clone() } else { args.relays.clone() };
     if relays.is_empty() {
         return Err(CliError::usage(
             "cannot create the offer",
@@ -357,6 +311,13 @@ fn build_offer(args: &CreateArgs, info: &Value) -> CliResult<Value> {
             "pass --relay URL",
         ));
     }
+    let ln_node_id = info.ln_node_id.parse().map_err(|e| {
+        CliError::failure(
+            "cannot create the offer",
+            format!("the node's Lightning node id does not read: {e}"),
+            "see the node's log",
+        )
+    })?;
     let now = now_secs();
     let id = args.id.clone().unwrap_or_else(|| {
         let nanos = std::time::SystemTime::now()
@@ -365,51 +326,36 @@ fn build_offer(args: &CreateArgs, info: &Value) -> CliResult<Value> {
             .unwrap_or(0);
         format!("o{:x}{:x}", nanos & 0xffff_ffff_ffff, std::process::id())
     });
-    let mut offer = json!({
-        "v": 1,
-        "offer_id": id,
-        "network": info.get("network").cloned().unwrap_or(Value::Null),
-        "direction": "loop_out",
-        "min_amount_sat": args.min,
-        "max_amount_sat": args.max,
-        "fee_base_sat": args.fee_base,
-        "fee_ppm": args.fee_ppm,
-        "funding_fee_sat": args.funding_fee,
-        "min_confirmations": args.min_confirmations,
-        "timeout_delta": args.timeout_delta,
-        "claim_margin": args.claim_margin,
-        "invoice_expiry_secs": args.invoice_expiry,
-        "ln_node_id": info.get("ln_node_id").cloned().unwrap_or(Value::Null),
-        "relays": relays,
-        "expires_at": now.saturating_add(args.expires_in),
-    });
-    if args.prepay > 0 {
-        offer["prepay_sat"] = json!(args.prepay);
-    }
-    Ok(offer)
+    Ok(args.terms.offer(OfferContext {
+        offer_id: id,
+        network: info.network,
+        ln_node_id,
+        ln_address: None,
+        relays,
+        expires_at: now.saturating_add(args.expires_in),
+    }))
 }
 
-fn render_own_offers(v: &Value) -> String {
-    let offers = v.get("offers").and_then(Value::as_array).cloned().unwrap_or_default();
-    if offers.is_empty() {
+fn render_own_offers(v: &OfferList) -> String {
+    if v.offers.is_empty() {
         return "no offers published (create one with `looper offer create`)\n".into();
     }
     let now = now_secs();
-    let rows: Vec<Vec<String>> = offers
+    let rows: Vec<Vec<String>> = v
+        .offers
         .iter()
         .map(|o| {
-            let expires = num(o, "expires_at");
             vec![
-                text(o, "offer_id"),
-                format!("{}-{}", group(num(o, "min_amount_sat")), group(num(o, "max_amount_sat"))),
-                format!("{} + {} ppm", group(num(o, "fee_base_sat")), num(o, "fee_ppm")),
-                group(num(o, "funding_fee_sat")),
-                text(o, "min_confirmations"),
-                text(o, "timeout_delta"),
-                if expires <= now {
+                o.offer_id.clone(),
+                format!("{}-{}", group(o.min_amount_sat), group(o.max_amount_sat)),
+                format!("{} + {} ppm", group(o.fee_base_sat), o.fee_ppm),
+                group(o.funding_fee_sat),
+                o.min_confirmations.to_string(),
+                o.timeout_delta.to_string(),
+                if o.expires_at <= now {
                     "expired".into()
                 } else {
-                    format!("in {}", crate::output::duration(expires - now))
+                    format!("in {}", crate::output::duration(o.expires_at - now))
                 },
             ]
         })
@@ -443,9 +389,23 @@ mod tests {
     #[test]
     fn quote_matches_the_protocol() {
         // protocol/src/terms.rs: Quote::from_parts(100_000, 1_000, 2_500, 300, ...) -> 1_250 fee.
-        let offer = json!({
-            "min_amount_sat": 10_000, "max_amount_sat": 1_000_000,
-            "fee_base_sat": 1_000, "fee_ppm": 2_500, "funding_fee_sat": 300,
+        let offer = OfferTerms {
+            min_amount_sat: 10_000,
+            max_amount_sat: 1_000_000,
+            fee_base_sat: 1_000,
+            fee_ppm: 2_500,
+            funding_fee_sat: 300,
+            ..OfferTerms::default()
+        }
+        .offer(OfferContext {
+            offer_id: "o".into(),
+            network: bitcoin::Network::Regtest,
+            ln_node_id: "02eec7245d6b7d2ccb30380bfbe2a3648cd7a942653f5aa340edcea1f283686619"
+                .parse()
+                .unwrap_or_else(|_| panic!("key")),
+            ln_address: None,
+            relays: vec!["ws://r".into()],
+            expires_at: 1,
         });
         let q = quote(&offer, 100_000, 2).unwrap_or_else(|| panic!("in range"));
         assert_eq!(q.swap_fee_sat, 1_250);

@@ -3,13 +3,14 @@
 use std::time::Instant;
 
 use clap::Args;
-use serde_json::{json, Value};
+use looper_api::{SwapOutRequest, SwapOutResponse};
+use serde_json::json;
 
 use super::offers::{claim_fee_rate, fetch, Candidate, Quote, CLAIM_VSIZE_VB};
 use super::swaps::Follower;
 use super::{confirm, parse_sat, Ctx};
 use crate::error::{CliError, CliResult};
-use crate::output::{duration, key_values, num, print_json_line, sat, short, text};
+use crate::output::{duration, key_values, num, print_json_line, sat, short};
 
 /// `looper out`.
 #[derive(Debug, Args)]
@@ -44,7 +45,7 @@ pub fn render_quote(c: &Candidate, q: &Quote) -> String {
     let mut out = format!(
         "Loop out {} from offer {} (seller {})\n",
         sat(q.amount_sat),
-        text(&c.offer, "offer_id"),
+        c.offer.offer_id,
         short(&c.seller)
     );
     let mut pairs = vec![
@@ -65,8 +66,8 @@ pub fn render_quote(c: &Candidate, q: &Quote) -> String {
     if q.prepay_sat > 0 {
         pairs.push(("  of which prepaid", sat(q.prepay_sat)));
     }
-    pairs.push(("confirmations", text(&c.offer, "min_confirmations")));
-    pairs.push(("timeout", format!("{} blocks", text(&c.offer, "timeout_delta"))));
+    pairs.push(("confirmations", c.offer.min_confirmations.to_string()));
+    pairs.push(("timeout", format!("{} blocks", c.offer.timeout_delta)));
     out.push_str(&key_values(&pairs));
     out
 }
@@ -75,10 +76,10 @@ pub fn render_quote(c: &Candidate, q: &Quote) -> String {
 pub async fn out(ctx: &Ctx, args: &OutArgs) -> CliResult<()> {
     let client = ctx.client()?;
     let rate = claim_fee_rate(&client, args.fee_rate).await?;
-    let list = fetch(&client, Some(args.amount), rate).await?;
+    let list = fetch(&client, args.amount, rate).await?;
     let amount = args.amount;
     let chosen = match &args.offer {
-        Some(id) => list.iter().find(|c| text(&c.offer, "offer_id") == *id).ok_or_else(|| {
+        Some(id) => list.iter().find(|c| c.offer.offer_id == *id).ok_or_else(|| {
             CliError::failure(
                 format!("cannot take offer {id}"),
                 format!("no live offer {id} covers {} ({} offers do)", sat(amount), list.len()),
@@ -96,7 +97,7 @@ pub async fn out(ctx: &Ctx, args: &OutArgs) -> CliResult<()> {
     let quote = chosen.quote.ok_or_else(|| {
         CliError::failure("cannot quote the offer", "it does not cover the amount", "")
     })?;
-    let offer_id = text(&chosen.offer, "offer_id");
+    let offer_id = chosen.offer.offer_id.clone();
     if let Some(max) = args.max_total_fee {
         if quote.total_cost_sat() > max {
             return Err(CliError::failure(
@@ -120,20 +121,19 @@ pub async fn out(ctx: &Ctx, args: &OutArgs) -> CliResult<()> {
     confirm("Take this offer?", args.yes)?;
 
     let start = Instant::now();
-    let mut body = json!({
-        "offer": chosen.offer,
-        "offer_id": offer_id,
-        "seller": chosen.seller,
-        "amount_sat": amount,
-    });
-    if let Some(max) = args.max_total_fee {
-        body["max_total_fee_sat"] = json!(max);
-    }
-    if let Some(a) = &args.address {
-        body["address"] = json!(a);
-    }
-    let v = client.post("/v1/swaps/out", &body, &format!("take offer {offer_id}")).await?;
-    let swap_id = text(&v, "swap_id");
+    let body = SwapOutRequest {
+        offer_id: Some(offer_id.clone()),
+        offer: Some(chosen.offer.clone()),
+        seller: chosen.seller.clone(),
+        amount_sat: amount,
+        max_total_fee_sat: args.max_total_fee,
+        max_route_cltv: None,
+        min_confirmations: None,
+        address: args.address.clone(),
+    };
+    let v: SwapOutResponse =
+        client.post("/v1/swaps/out", &body, &format!("take offer {offer_id}")).await?;
+    let swap_id = v.swap_id;
     if ctx.json() {
         print_json_line(&json!({"type": "started", "swap_id": swap_id}));
     } else {
@@ -147,7 +147,7 @@ pub async fn out(ctx: &Ctx, args: &OutArgs) -> CliResult<()> {
     }
     let o = &follower.outcome;
     let elapsed = start.elapsed().as_secs();
-    let agreed = o.quote.clone().unwrap_or(Value::Null);
+    let agreed = o.quote.clone().unwrap_or(serde_json::Value::Null);
     let (swap_fee, funding_fee) = if agreed.is_null() {
         (quote.swap_fee_sat, quote.funding_fee_sat)
     } else {

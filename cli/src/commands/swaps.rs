@@ -4,13 +4,14 @@
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
+use looper_api::{AbortResponse, SwapDetail, SwapList, SwapStatus};
 use serde_json::{json, Value};
 
 use super::Ctx;
 use crate::client::{encode, Client};
 use crate::error::{CliError, CliResult};
 use crate::output::{
-    duration, key_values, num, print_json, print_json_line, sat, short, table, text, time, Align,
+    date, duration, key_values, num, print_json, print_json_line, sat, short, table, text, Align,
 };
 
 /// `looper swap`.
@@ -54,7 +55,7 @@ fn not_found_hint(e: CliError) -> CliError {
 /// `looper swaps`.
 pub async fn list(ctx: &Ctx) -> CliResult<()> {
     let client = ctx.client()?;
-    let v = client.get("/v1/swaps", "list the swaps").await?;
+    let v: SwapList = client.get("/v1/swaps", "list the swaps").await?;
     if ctx.json() {
         print_json(&v);
     } else {
@@ -64,22 +65,22 @@ pub async fn list(ctx: &Ctx) -> CliResult<()> {
 }
 
 /// The human table of `/v1/swaps`, newest first.
-pub fn render_swaps(v: &Value) -> String {
-    let mut swaps = v.get("swaps").and_then(Value::as_array).cloned().unwrap_or_default();
+pub fn render_swaps(v: &SwapList) -> String {
+    let mut swaps: Vec<_> = v.swaps.iter().collect();
     if swaps.is_empty() {
         return "no swaps yet (start one with `looper out --amount SAT`)\n".into();
     }
-    swaps.sort_by_key(|s| std::cmp::Reverse(num(s, "created_at")));
+    swaps.sort_by_key(|s| std::cmp::Reverse(s.created_at));
     let rows: Vec<Vec<String>> = swaps
         .iter()
         .map(|s| {
             vec![
-                text(s, "swap_id"),
-                text(s, "role"),
-                text(s, "status"),
-                text(s, "state"),
-                short(&text(s, "payment_hash")),
-                time(s, "created_at"),
+                s.swap_id.clone(),
+                s.role.to_string(),
+                s.status.to_string(),
+                s.state.clone(),
+                short(s.payment_hash.as_deref().unwrap_or("-")),
+                date(s.created_at),
             ]
         })
         .collect();
@@ -102,7 +103,7 @@ pub async fn swap(ctx: &Ctx, args: SwapArgs) -> CliResult<()> {
         (Some(SwapCommand::Monitor { key }), _) => monitor(ctx, key).await,
         (Some(SwapCommand::Abort { key }), _) => {
             let client = ctx.client()?;
-            let v = client
+            let v: AbortResponse = client
                 .post(
                     &format!("/v1/swaps/{}/abort", encode(&key)),
                     &json!({}),
@@ -113,7 +114,7 @@ pub async fn swap(ctx: &Ctx, args: SwapArgs) -> CliResult<()> {
             if ctx.json() {
                 print_json(&v);
             } else {
-                println!("abort requested for swap {}", text(&v, "swap_id"));
+                println!("abort requested for swap {}", v.swap_id);
             }
             Ok(())
         }
@@ -128,7 +129,7 @@ pub async fn swap(ctx: &Ctx, args: SwapArgs) -> CliResult<()> {
 
 async fn show(ctx: &Ctx, key: &str) -> CliResult<()> {
     let client = ctx.client()?;
-    let v = client
+    let v: SwapDetail = client
         .get(&format!("/v1/swaps/{}", encode(key)), &format!("get swap {key}"))
         .await
         .map_err(not_found_hint)?;
@@ -136,29 +137,24 @@ async fn show(ctx: &Ctx, key: &str) -> CliResult<()> {
         print_json(&v);
         return Ok(());
     }
+    let s = &v.summary;
     print!(
         "{}",
         key_values(&[
-            ("swap", text(&v, "swap_id")),
-            ("role", text(&v, "role")),
-            ("status", text(&v, "status")),
-            ("state", text(&v, "state")),
-            ("payment hash", text(&v, "payment_hash")),
-            ("created", time(&v, "created_at")),
-            ("updated", time(&v, "updated_at")),
+            ("swap", s.swap_id.clone()),
+            ("role", s.role.to_string()),
+            ("status", s.status.to_string()),
+            ("state", s.state.clone()),
+            ("payment hash", s.payment_hash.clone().unwrap_or_else(|| "-".into())),
+            ("created", date(s.created_at)),
+            ("updated", date(s.updated_at)),
         ])
     );
-    let id = text(&v, "swap_id");
-    let events = client.swap_events(&id, 0, 0).await?;
-    let list = events.get("events").and_then(Value::as_array).cloned().unwrap_or_default();
-    if !list.is_empty() {
+    let events = client.swap_events(&s.swap_id, 0, 0).await?;
+    if !events.events.is_empty() {
         println!("events:");
-        for e in &list {
-            println!(
-                "  {:>3}  {}",
-                num(e, "seq"),
-                describe(e.get("event").unwrap_or(&Value::Null))
-            );
+        for e in &events.events {
+            println!("  {:>3}  {}", e.seq, describe(&e.event));
         }
     }
     Ok(())
@@ -170,23 +166,19 @@ async fn monitor(ctx: &Ctx, key: Option<String>) -> CliResult<()> {
     let keys: Vec<String> = match key {
         Some(k) => {
             // Resolve a payment hash to the id, and fail early on an unknown swap.
-            let v = client
+            let v: SwapDetail = client
                 .get(&format!("/v1/swaps/{}", encode(&k)), &format!("get swap {k}"))
                 .await
                 .map_err(not_found_hint)?;
-            vec![text(&v, "swap_id")]
+            vec![v.summary.swap_id]
         }
         None => {
-            let v = client.get("/v1/swaps", "list the swaps").await?;
-            v.get("swaps")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter(|s| text(s, "status") == "pending")
-                        .map(|s| text(s, "swap_id"))
-                        .collect()
-                })
-                .unwrap_or_default()
+            let v: SwapList = client.get("/v1/swaps", "list the swaps").await?;
+            v.swaps
+                .into_iter()
+                .filter(|s| s.status == SwapStatus::Pending)
+                .map(|s| s.swap_id)
+                .collect()
         }
     };
     if keys.is_empty() {
@@ -267,15 +259,14 @@ impl Follower {
     /// # Errors
     /// The client's error.
     pub async fn step(&mut self, client: &Client, wait_secs: u64) -> CliResult<()> {
-        let v = client.swap_events(&self.key, self.next, wait_secs).await?;
-        let events = v.get("events").and_then(Value::as_array).cloned().unwrap_or_default();
+        let events = client.swap_events(&self.key, self.next, wait_secs).await?.events;
         for e in &events {
-            let seq = num(e, "seq");
+            let seq = e.seq;
             if seq < self.next {
                 continue;
             }
             self.next = seq + 1;
-            let event = e.get("event").cloned().unwrap_or(Value::Null);
+            let event = e.event.clone();
             self.learn(&event);
             let elapsed = self.start.elapsed().as_secs();
             if self.json {
@@ -291,14 +282,12 @@ impl Follower {
         }
         if events.is_empty() && !self.outcome.finished {
             // No event for a while: the swap may have ended before its log says so.
-            let s = client.get(&format!("/v1/swaps/{}", encode(&self.key)), "get the swap").await?;
-            match text(&s, "status").as_str() {
-                "pending" | "-" => {}
-                status => {
-                    self.outcome.finished = true;
-                    self.outcome.succeeded = status == "succeeded";
-                    self.outcome.state = text(&s, "state");
-                }
+            let s: SwapDetail =
+                client.get(&format!("/v1/swaps/{}", encode(&self.key)), "get the swap").await?;
+            if s.summary.status.is_final() {
+                self.outcome.finished = true;
+                self.outcome.succeeded = s.summary.status == SwapStatus::Succeeded;
+                self.outcome.state = s.summary.state;
             }
         }
         Ok(())

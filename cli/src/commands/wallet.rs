@@ -1,11 +1,12 @@
 //! `looper wallet balance|address|send`.
 
 use clap::Subcommand;
+use looper_api::{AddressResponse, SendRequest, SendResponse, WalletBalance};
 use serde_json::json;
 
 use super::{confirm, parse_sat, Ctx};
 use crate::error::CliResult;
-use crate::output::{key_values, num, print_json, sat, text};
+use crate::output::{key_values, print_json, sat};
 
 /// Wallet commands.
 #[derive(Debug, Subcommand)]
@@ -41,42 +42,46 @@ pub async fn wallet(ctx: &Ctx, cmd: WalletCommand) -> CliResult<()> {
     let client = ctx.client()?;
     match cmd {
         WalletCommand::Balance => {
-            let v = client.get("/v1/wallet/balance", "get the wallet balance").await?;
+            let v: WalletBalance =
+                client.get("/v1/wallet/balance", "get the wallet balance").await?;
             if ctx.json() {
                 print_json(&v);
             } else {
                 print!(
                     "{}",
                     key_values(&[
-                        ("confirmed", sat(num(&v, "confirmed_sat"))),
-                        ("pending (own)", sat(num(&v, "trusted_pending_sat"))),
-                        ("pending (incoming)", sat(num(&v, "untrusted_pending_sat"))),
-                        ("immature", sat(num(&v, "immature_sat"))),
-                        ("total", sat(num(&v, "total_sat"))),
+                        ("confirmed", sat(v.confirmed_sat)),
+                        ("pending (own)", sat(v.trusted_pending_sat)),
+                        ("pending (incoming)", sat(v.untrusted_pending_sat)),
+                        ("immature", sat(v.immature_sat)),
+                        ("total", sat(v.total_sat)),
                     ])
                 );
             }
         }
         WalletCommand::Address => {
-            let v = client.post("/v1/wallet/address", &json!({}), "get a new address").await?;
+            let v: AddressResponse =
+                client.post("/v1/wallet/address", &json!({}), "get a new address").await?;
             if ctx.json() {
                 print_json(&v);
             } else {
-                println!("{}", text(&v, "address"));
+                println!("{}", v.address);
             }
         }
         WalletCommand::Send { address, amount, fee_rate, yes } => {
             let rate = fee_rate.map(|r| format!(" at {r} sat/vB")).unwrap_or_default();
             confirm(&format!("Send {} to {address}{rate}?", sat(amount)), yes)?;
-            let mut body = json!({"address": address, "amount_sat": amount});
-            if let Some(r) = fee_rate {
-                body["fee_rate_sat_vb"] = json!(r);
-            }
-            let v = client.post("/v1/wallet/send", &body, "send from the wallet").await?;
+            let body = SendRequest {
+                address: address.clone(),
+                amount_sat: amount,
+                fee_rate_sat_vb: fee_rate,
+            };
+            let v: SendResponse =
+                client.post("/v1/wallet/send", &body, "send from the wallet").await?;
             if ctx.json() {
                 print_json(&v);
             } else {
-                println!("sent {} to {address}: txid {}", sat(amount), text(&v, "txid"));
+                println!("sent {} to {address}: txid {}", sat(amount), v.txid);
             }
         }
     }
