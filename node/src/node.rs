@@ -15,6 +15,7 @@ use looper_protocol::seller::SellerPolicy;
 use crate::backup::{BackupKeys, BackupOptions, Backups, SHUTDOWN_FLUSH_TIMEOUT};
 use crate::chain::EsploraChainSource;
 use crate::config::Config;
+use crate::engine::io::{BdkSwapWallet, OsEntropy, SystemClock};
 use crate::engine::{Engine, EngineConfig, EngineParts};
 use crate::lightning::{storage_dir, LdkConfig, LdkLightning, Lightning};
 use crate::nostr::{NostrTransport, ProcessedEvents, ProcessedStoreError, TransportConfig};
@@ -197,11 +198,12 @@ impl LooperNode {
         .unwrap_or(1);
         let engine = Engine::start(EngineParts {
             store,
-            wallet: Arc::clone(&wallet),
-            wallet_sync: Some(sync_client),
+            wallet: Arc::new(BdkSwapWallet::new(Arc::clone(&wallet), Some(sync_client))),
             chain: esplora.into_dyn(),
             lightning: Arc::clone(&lightning) as Arc<dyn Lightning>,
-            transport: transport.clone(),
+            transport: Arc::new(transport.clone()),
+            clock: Arc::new(SystemClock),
+            entropy: Arc::new(OsEntropy),
             swap_master: keys.swap_master().map_err(step("derive the swap master key"))?,
             config: EngineConfig {
                 seller_policy: SellerPolicy {

@@ -220,6 +220,12 @@ pub enum WalletError {
     /// The wallet lock was poisoned by a panicking thread.
     #[error("wallet lock poisoned")]
     Poisoned,
+    /// A wallet other than the BDK one (a test bed's) could not do what was asked.
+    #[error("wallet unavailable: {reason}")]
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
 }
 
 macro_rules! boxed_from {
@@ -579,28 +585,28 @@ impl LooperWallet {
         amount: Amount,
         fee_rate: FeeRate,
     ) -> Result<Txid, WalletError> {
-        let _spending = self.spend_guard().await;
         let text = address.clone().assume_checked().to_string();
         let address = address
             .require_network(self.network)
             .map_err(|_| WalletError::WrongNetwork { address: text, network: self.network })?;
         let fee_rate = self.capped(fee_rate);
+        // Built and recorded under the guard (so no concurrent spend picks the same coins);
+        // broadcast after it is released, and forgotten again if the broadcast fails.
         let tx = {
+            let _spending = self.spend_guard().await;
             let mut inner = self.lock()?;
             let mut builder = inner.wallet.build_tx();
             builder.add_recipient(address.script_pubkey(), amount).fee_rate(fee_rate);
             let psbt = builder.finish()?;
             let (tx, _) = Self::sign_and_extract(&inner.wallet, psbt)?;
+            inner.wallet.apply_unconfirmed_txs([(tx.clone(), now_secs())]);
             inner.persist()?;
             tx
         };
         match chain.broadcast(&tx).await {
-            Ok(txid) => {
-                self.apply_unconfirmed(&tx)?;
-                Ok(txid)
-            }
+            Ok(txid) => Ok(txid),
             Err(e) => {
-                self.cancel_tx(&tx)?;
+                self.forget_tx(&tx)?;
                 Err(e.into())
             }
         }
@@ -623,6 +629,19 @@ impl LooperWallet {
     /// Persistence errors.
     pub fn cancel_tx(&self, tx: &Transaction) -> Result<(), WalletError> {
         let mut inner = self.lock()?;
+        inner.wallet.cancel_tx(tx);
+        inner.persist()
+    }
+
+    /// Forgets a transaction recorded with [`LooperWallet::apply_unconfirmed`] that was never
+    /// broadcast (or was refused): it is marked evicted, so its inputs are spendable again, and
+    /// its change address released.
+    ///
+    /// # Errors
+    /// Persistence errors.
+    pub fn forget_tx(&self, tx: &Transaction) -> Result<(), WalletError> {
+        let mut inner = self.lock()?;
+        inner.wallet.apply_evicted_txs([(tx.compute_txid(), now_secs())]);
         inner.wallet.cancel_tx(tx);
         inner.persist()
     }

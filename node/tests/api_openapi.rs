@@ -19,6 +19,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use bitcoin::{Amount, FeeRate, Network};
 use looper_node::api::{self, ApiState, NodeFacts};
 use looper_node::chain::EsploraChainSource;
+use looper_node::engine::io::{BdkSwapWallet, OsEntropy, SystemClock};
 use looper_node::engine::{Engine, EngineConfig, EngineParts};
 use looper_node::lightning::{LdkConfig, LdkLightning, Lightning};
 use looper_node::nostr::{MemoryProcessedEvents, NostrTransport, TransportConfig};
@@ -661,11 +662,12 @@ async fn live_api_matches_openapi() -> Result<()> {
     let transport = NostrTransport::connect(tc, Arc::new(MemoryProcessedEvents::new())).await?;
     let engine = Engine::start(EngineParts {
         store: Arc::new(store),
-        wallet: Arc::clone(&wallet),
-        wallet_sync: Some(sync_client),
+        wallet: Arc::new(BdkSwapWallet::new(Arc::clone(&wallet), Some(sync_client))),
         chain: esplora.into_dyn(),
         lightning: ln.clone() as Arc<dyn Lightning>,
-        transport: transport.clone(),
+        transport: Arc::new(transport.clone()),
+        clock: Arc::new(SystemClock),
+        entropy: Arc::new(OsEntropy),
         swap_master: keys.swap_master()?,
         config: EngineConfig {
             seller_policy: SellerPolicy::default(),

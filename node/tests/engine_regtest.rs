@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use looper_node::chain::{
     ChainError, ChainSource, EsploraChainSource, HistoryTx, OutputSpend, TxStatus,
 };
+use looper_node::engine::io::{BdkSwapWallet, OsEntropy, SystemClock};
 use looper_node::engine::{Engine, EngineConfig, EngineParts};
 use looper_node::lightning::{LdkConfig, LdkLightning, Lightning};
 use looper_node::nostr::{MemoryProcessedEvents, NostrTransport, TransportConfig};
@@ -44,6 +45,7 @@ struct Party {
     processed: Arc<MemoryProcessedEvents>,
     ln: Arc<LdkLightning>,
     wallet: Arc<LooperWallet>,
+    transport: NostrTransport,
     listen: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
@@ -244,11 +246,12 @@ async fn party_with(
         Arc::new(MockFaultyChain { inner: esplora.into_dyn(), failing: AtomicBool::new(false) });
     let engine = Engine::start(EngineParts {
         store: store_faults.clone() as Arc<dyn SwapStore>,
-        wallet: Arc::clone(&wallet),
-        wallet_sync: Some(sync_client),
+        wallet: Arc::new(BdkSwapWallet::new(Arc::clone(&wallet), Some(sync_client))),
         chain: faults.clone() as Arc<dyn ChainSource>,
         lightning: ln.clone() as Arc<dyn Lightning>,
-        transport,
+        transport: Arc::new(transport.clone()),
+        clock: Arc::new(SystemClock),
+        entropy: Arc::new(OsEntropy),
         swap_master: keys.swap_master()?,
         config: config(ln.node_id()),
     })
@@ -264,6 +267,7 @@ async fn party_with(
         processed,
         ln,
         wallet,
+        transport,
         listen,
         stop: Some(stop),
         task,
@@ -421,7 +425,7 @@ async fn loop_out(cooperative: bool) -> Result<()> {
     let buyer_before = balance(&buyer.wallet);
     // ldk-node accepts inbound HTLCs in flight up to 10% of the channel by default.
     let amount = 100_000;
-    let seller_pk = seller.engine.transport().public_key();
+    let seller_pk = seller.transport.public_key();
     let policy = BuyerPolicy {
         max_total_fee_sat: 10_000,
         max_route_cltv: 200,
@@ -511,7 +515,7 @@ async fn loop_out(cooperative: bool) -> Result<()> {
     let app = looper_node::api::router(looper_node::api::ApiState {
         engine: buyer.engine.clone(),
         wallet: Arc::clone(&buyer.wallet),
-        nostr: buyer.engine.transport().clone(),
+        nostr: buyer.transport.clone(),
         token: Arc::new(token.clone()),
         network: Network::Regtest,
     });
@@ -538,7 +542,7 @@ async fn loop_out(cooperative: bool) -> Result<()> {
     }
     for p in [seller, buyer] {
         let _ = p.task.await;
-        p.engine.transport().shutdown().await;
+        p.transport.shutdown().await;
         p.ln.stop().await?;
     }
     relay.shutdown();
@@ -642,14 +646,14 @@ async fn unpaid_swap(abort: bool) -> Result<()> {
     .await?;
 
     // The buyer finds the offer the seller's engine published from its configuration.
-    let seller_pk = seller.engine.transport().public_key();
+    let seller_pk = seller.transport.public_key();
     let found = wait_for("the configured offer on the relay", || async {
         let filter = looper_node::nostr::OfferFilter {
             network: Network::Regtest,
             amount_sat: 50_000,
             sellers: vec![seller_pk],
         };
-        let offers = buyer.engine.transport().discover_offers(&filter).await.ok()?;
+        let offers = buyer.transport.discover_offers(&filter).await.ok()?;
         offers.into_iter().find(|d| d.offer.offer_id == "config-offer")
     })
     .await?;
@@ -727,10 +731,10 @@ async fn unpaid_swap(abort: bool) -> Result<()> {
     stranger.shutdown().await;
     // From the buyer itself, the same request is answered with the original messages again
     // (the buyer's engine drops them as seen), and no second swap starts.
-    let delivered = buyer.engine.transport().stats().await.delivered;
-    buyer.engine.transport().send(&seller_pk, &[], &request).await?;
+    let delivered = buyer.transport.stats().await.delivered;
+    buyer.transport.send(&seller_pk, &[], &request).await?;
     wait_for("the seller's answers again", || async {
-        (buyer.engine.transport().stats().await.delivered > delivered).then_some(())
+        (buyer.transport.stats().await.delivered > delivered).then_some(())
     })
     .await?;
     assert_eq!(seller.engine.swap_ids().await.len(), 1, "a second swap started");
@@ -804,7 +808,7 @@ async fn unpaid_swap(abort: bool) -> Result<()> {
     }
     for p in [seller, buyer] {
         let _ = p.task.await;
-        p.engine.transport().shutdown().await;
+        p.transport.shutdown().await;
         p.ln.stop().await?;
     }
     relay.shutdown();
@@ -842,7 +846,7 @@ async fn a_message_whose_effects_were_not_persisted_is_not_acknowledged() -> Res
     seller.engine.sync_wallet().await?;
     let offer = offer(seller.ln.node_id(), &relay_url, "ack-offer");
     seller.engine.publish_offer(&offer).await?;
-    let seller_pk = seller.engine.transport().public_key();
+    let seller_pk = seller.transport.public_key();
     let policy = BuyerPolicy {
         max_total_fee_sat: 10_000,
         max_route_cltv: 200,
@@ -853,7 +857,7 @@ async fn a_message_whose_effects_were_not_persisted_is_not_acknowledged() -> Res
     seller.store_faults.failing.store(true, Ordering::SeqCst);
     let first = buyer.engine.take_offer(offer.clone(), seller_pk, 50_000, policy).await?;
     wait_for("the swap_request delivered to the seller's engine", || async {
-        (seller.engine.transport().stats().await.delivered >= 1).then_some(())
+        (seller.transport.stats().await.delivered >= 1).then_some(())
     })
     .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -876,7 +880,7 @@ async fn a_message_whose_effects_were_not_persisted_is_not_acknowledged() -> Res
     }
     for p in [seller, buyer] {
         let _ = p.task.await;
-        p.engine.transport().shutdown().await;
+        p.transport.shutdown().await;
         p.ln.stop().await?;
     }
     relay.shutdown();

@@ -1,0 +1,130 @@
+//! The seller's funding batcher: the `FundHtlc`s queued meanwhile are paid by one transaction,
+//! and each swap is fed its `FundingBuilt` (with its own output index). The wallet records the
+//! transaction when it is built (no lock is held while it is broadcast); a transaction no swap
+//! took is forgotten again.
+
+use bitcoin::{Amount, ScriptBuf, Transaction};
+use looper_protocol::swap::{Event, TxPurpose};
+use looper_protocol::SwapId;
+
+use super::Engine;
+
+/// A queued `FundHtlc`: the swap, the HTLC's script and amount.
+pub(super) type FundingRequest = (SwapId, ScriptBuf, u64);
+
+impl Engine {
+    pub(super) fn queue_funding(&self, id: SwapId, script: ScriptBuf, amount_sat: u64) {
+        self.lock_misc().funding_queue.push((id, script, amount_sat));
+    }
+
+    /// Funds every queued `FundHtlc` in one transaction and feeds each swap its
+    /// `FundingBuilt`. When the batch cannot be built, each swap is tried alone.
+    pub async fn flush_funding(&self) {
+        let queued = std::mem::take(&mut self.lock_misc().funding_queue);
+        // Only swaps still waiting for their funding (an abort meanwhile drops its output).
+        let mut waiting = Vec::with_capacity(queued.len());
+        for item in queued {
+            let Some(slot) = self.inner.swaps.get(&item.0) else { continue };
+            if slot.machine.lock().await.awaits_funding() {
+                waiting.push(item);
+            }
+        }
+        if waiting.is_empty() {
+            return;
+        }
+        if let Err(e) = self.inner.wallet.sync().await {
+            tracing::debug!(error = %e, "wallet sync before funding failed");
+        }
+        let rate = self.context().fee_rate;
+        match self.build(&waiting, rate).await {
+            Ok((tx, vouts)) => {
+                if waiting.len() > 1 {
+                    tracing::info!(swaps = waiting.len(), txid = %tx.compute_txid(), "funding several swaps in one transaction");
+                }
+                let mut taken = false;
+                for ((id, _, _), vout) in waiting.iter().zip(vouts) {
+                    taken |= self.fund_one(*id, Event::FundingBuilt { tx: tx.clone(), vout }).await;
+                }
+                self.forget_unless(taken, &tx);
+            }
+            Err(e) if waiting.len() > 1 => {
+                tracing::warn!(swaps = waiting.len(), error = %e, "batch funding failed; funding each swap alone");
+                for item in &waiting {
+                    match self.build(std::slice::from_ref(item), rate).await {
+                        Ok((tx, vouts)) => {
+                            let taken = match vouts.first() {
+                                Some(vout) => {
+                                    let event = Event::FundingBuilt { tx: tx.clone(), vout: *vout };
+                                    self.fund_one(item.0, event).await
+                                }
+                                None => false,
+                            };
+                            self.forget_unless(taken, &tx);
+                        }
+                        Err(e) => {
+                            self.fund_one(item.0, Event::FundingFailed { reason: e }).await;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                for (id, _, _) in &waiting {
+                    self.fund_one(*id, Event::FundingFailed { reason: e.clone() }).await;
+                }
+            }
+        }
+    }
+
+    async fn build(
+        &self,
+        batch: &[FundingRequest],
+        rate: bitcoin::FeeRate,
+    ) -> Result<(Transaction, Vec<u32>), String> {
+        let outputs: Vec<(ScriptBuf, Amount)> =
+            batch.iter().map(|(_, spk, amount)| (spk.clone(), Amount::from_sat(*amount))).collect();
+        let f = self.inner.wallet.fund(&outputs, rate).await.map_err(|e| e.to_string())?;
+        if f.vouts.len() != batch.len() {
+            self.forget_unless(false, &f.tx);
+            return Err("the funding transaction lacks an output".into());
+        }
+        Ok((f.tx, f.vouts))
+    }
+
+    /// Feeds a funding result; `true` when the swap took (persisted) it.
+    async fn fund_one(&self, id: SwapId, event: Event) -> bool {
+        match self.feed(id, event).await {
+            Ok(persisted) => persisted,
+            Err(e) => {
+                tracing::warn!(swap = %id, error = %e, "funding refused");
+                false
+            }
+        }
+    }
+
+    fn forget_unless(&self, taken: bool, tx: &Transaction) {
+        if taken {
+            return;
+        }
+        tracing::info!(txid = %tx.compute_txid(), "no swap took the funding transaction: forgotten");
+        if let Err(e) = self.inner.wallet.forget(tx) {
+            tracing::warn!(error = %e, "cannot forget the funding transaction");
+        }
+    }
+
+    /// Broadcasts a swap's transaction and records it in the wallet (a claim or refund pays it).
+    pub(super) async fn broadcast(&self, id: SwapId, tx: &Transaction, purpose: TxPurpose) {
+        match self.inner.chain.broadcast(tx).await {
+            Ok(txid) => {
+                tracing::info!(swap = %id, %txid, purpose = ?purpose, "broadcast");
+                if purpose != TxPurpose::Funding {
+                    if let Err(e) = self.inner.wallet.apply_unconfirmed(tx) {
+                        tracing::warn!(swap = %id, error = %e, "wallet did not record the transaction");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(swap = %id, purpose = ?purpose, error = %e, "broadcast failed");
+            }
+        }
+    }
+}

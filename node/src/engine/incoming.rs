@@ -1,0 +1,225 @@
+//! Messages from peers: a known swap's messages are fed to it; a `swap_request` starts a seller
+//! swap; everything else is answered with an `error` (never an `error` to an `error`).
+
+use std::sync::Arc;
+
+use looper_protocol::keys::SwapKeys;
+use looper_protocol::messages::{Envelope, ErrorCode, ErrorMessage, Message, Offer};
+use looper_protocol::seller::SellerSwap;
+use looper_protocol::swap::{Event, StateKind};
+
+use super::swaps::{Machine, Slot};
+use super::{blocking_store, Engine};
+use crate::nostr::{Incoming, PublicKey as NostrPublicKey};
+
+impl Engine {
+    /// Handles one message delivered by the transport, then acknowledges it (marks it
+    /// processed): a crash before that point has it delivered again after the restart. A
+    /// message whose effects could not be persisted is not acknowledged (it comes again).
+    pub async fn handle_message(&self, inc: Incoming) {
+        let event_id = inc.event_id;
+        if !self.handle_incoming(inc).await {
+            tracing::warn!(
+                "a nostr message was not processed (persisting failed); kept for redelivery"
+            );
+            return;
+        }
+        if let Err(e) = self.inner.transport.ack(&event_id) {
+            tracing::warn!(error = %e, "cannot mark a nostr event processed");
+        }
+    }
+
+    /// `false` when the engine could not persist what follows from the message.
+    async fn handle_incoming(&self, inc: Incoming) -> bool {
+        let env = match inc.message {
+            Ok(env) => env,
+            Err(e) => {
+                tracing::debug!(sender = %inc.sender, error = %e, "undecodable swap message");
+                // Answer when the message names a swap, within the sender's reply budget.
+                let Some(reply) = e.reply(0) else { return true };
+                if !self.decode_reply_allowed(&inc.sender) {
+                    tracing::debug!(sender = %inc.sender, "decode-error reply rate limited");
+                    return true;
+                }
+                if let Err(e) = self.inner.transport.send(&inc.sender, &[], &reply).await {
+                    tracing::debug!(error = %e, "cannot send decode-error reply");
+                }
+                return true;
+            }
+        };
+        let sender = inc.sender.to_hex();
+        let id = env.swap_id;
+        match self.inner.swaps.get(&id) {
+            Some(slot) if slot.peer == sender => self.on_peer_message(&slot, env).await,
+            Some(_) => {
+                tracing::warn!(swap = %id, sender = %sender, "message from a stranger for a known swap");
+                if matches!(env.body, Message::SwapRequest(_)) {
+                    // A live swap id from another key: never a second swap under that id.
+                    self.reply_error(&inc.sender, &env, ErrorCode::InvalidState, "swap id in use")
+                        .await;
+                } else {
+                    self.reply_error(&inc.sender, &env, ErrorCode::UnknownSwap, "unknown swap")
+                        .await;
+                }
+                true
+            }
+            None => match &env.body {
+                Message::SwapRequest(_) => self.on_request(inc.sender, env).await,
+                Message::Error(_) => true,
+                _ => {
+                    // A finished swap (not in memory) or a stranger.
+                    let stored = blocking_store(|| self.inner.store.get_swap(&id)).ok().flatten();
+                    if stored.is_none() {
+                        self.reply_error(&inc.sender, &env, ErrorCode::UnknownSwap, "unknown swap")
+                            .await;
+                    }
+                    true
+                }
+            },
+        }
+    }
+
+    /// A message from the swap's own peer.
+    async fn on_peer_message(&self, slot: &Slot, env: Envelope) -> bool {
+        let id = env.swap_id;
+        if matches!(env.body, Message::SwapRequest(_)) {
+            // The buyer did not get our answer (or asks again after a restart): the same
+            // swap_accept (and what followed) again, never a second swap.
+            let mut machine = slot.machine.lock().await;
+            let resend = match &*machine {
+                Machine::Seller(s) => s.outbox.resend_all(),
+                Machine::Buyer(_) => Vec::new(),
+            };
+            tracing::debug!(swap = %id, "repeated swap_request: answers sent again");
+            return self.carry_out(id, slot, &mut machine, resend).await;
+        }
+        match self.feed_slot(id, slot, Event::Message(env)).await {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::debug!(swap = %id, error = %e, "message refused");
+                true
+            }
+        }
+    }
+
+    pub(super) async fn reply_error(
+        &self,
+        to: &NostrPublicKey,
+        env: &Envelope,
+        code: ErrorCode,
+        message: &str,
+    ) {
+        if matches!(env.body, Message::Error(_)) {
+            return;
+        }
+        let reply = Envelope::error_reply(env.swap_id, 0, ErrorMessage::new(code, message));
+        if let Err(e) = self.inner.transport.send(to, &[], &reply).await {
+            tracing::debug!(error = %e, "cannot send error reply");
+        }
+    }
+
+    /// A `swap_request` for a swap id the engine does not hold: a new seller swap.
+    async fn on_request(&self, sender: NostrPublicKey, env: Envelope) -> bool {
+        let Message::SwapRequest(req) = env.body.clone() else { return true };
+        let id = env.swap_id;
+        if blocking_store(|| self.inner.store.get_swap(&id)).ok().flatten().is_some() {
+            return true; // a finished swap's request again
+        }
+        let offer = blocking_store(|| self.inner.store.get_offer(&req.offer_id))
+            .ok()
+            .flatten()
+            .and_then(|v| serde_json::from_value::<Offer>(v).ok());
+        let Some(offer) = offer else {
+            self.reply_error(&sender, &env, ErrorCode::UnknownOffer, "no such offer").await;
+            return true;
+        };
+        if self.at_capacity() {
+            tracing::info!(swap = %id, "swap request refused: too many swaps");
+            self.reply_error(&sender, &env, ErrorCode::RateLimited, "too many swaps in progress")
+                .await;
+            return true;
+        }
+        let keys = match blocking_store(|| self.inner.store.next_swap_index())
+            .map_err(|e| e.to_string())
+            .and_then(|i| SwapKeys::derive(&self.inner.swap_master, i).map_err(|e| e.to_string()))
+        {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot derive swap keys");
+                self.reply_error(&sender, &env, ErrorCode::Internal, "internal error").await;
+                return true;
+            }
+        };
+        let refund = match self.inner.wallet.new_script() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "no refund address");
+                self.reply_error(&sender, &env, ErrorCode::Internal, "internal error").await;
+                return true;
+            }
+        };
+        let ctx = self.context();
+        let policy = self.inner.config.seller_policy;
+        match SellerSwap::from_request(id, sender.to_hex(), offer, req, keys, refund, policy, &ctx)
+        {
+            Ok((swap, actions)) => {
+                let amount_sat = swap.request.amount_sat;
+                let slot = Arc::new(Slot::new(Machine::Seller(swap)));
+                // Locked before anyone else can see it: its first actions run before any other
+                // event of this swap.
+                let mut machine = slot.machine.lock().await;
+                let max = self.inner.config.max_concurrent_swaps;
+                let admitted = self.inner.swaps.insert_if(id, Arc::clone(&slot), |all| {
+                    max.is_none_or(|max| serving(all) < usize::try_from(max).unwrap_or(usize::MAX))
+                });
+                match admitted {
+                    Ok(()) => {}
+                    Err(Some(_)) => return true, // the same request, handled concurrently
+                    Err(None) => {
+                        tracing::info!(swap = %id, "swap request refused: too many swaps");
+                        self.reply_error(
+                            &sender,
+                            &env,
+                            ErrorCode::RateLimited,
+                            "too many swaps in progress",
+                        )
+                        .await;
+                        return true;
+                    }
+                }
+                tracing::info!(swap = %id, amount_sat, "new swap request accepted");
+                let persisted = self.carry_out(id, &slot, &mut machine, actions).await;
+                if !persisted {
+                    // Never recorded: forget it, so that the request delivered again (it stays
+                    // unacknowledged) starts the swap afresh.
+                    self.inner.swaps.remove(&id);
+                }
+                persisted
+            }
+            Err(err) => {
+                tracing::info!(swap = %id, error = %err.message, "swap request refused");
+                let reply = Envelope::error_reply(id, 0, err);
+                if let Err(e) = self.inner.transport.send(&sender, &[], &reply).await {
+                    tracing::debug!(error = %e, "cannot send error reply");
+                }
+                true
+            }
+        }
+    }
+
+    /// Seller: serving as many swaps as allowed.
+    fn at_capacity(&self) -> bool {
+        let Some(max) = self.inner.config.max_concurrent_swaps else { return false };
+        let all = self.inner.swaps.select(|_| true);
+        serving(&mut all.iter().map(|(_, s)| s)) >= usize::try_from(max).unwrap_or(usize::MAX)
+    }
+}
+
+/// Seller swaps still in progress.
+fn serving(all: &mut dyn Iterator<Item = &Arc<Slot>>) -> usize {
+    all.filter(|s| {
+        let v = s.view();
+        v.seller && v.kind == StateKind::Pending
+    })
+    .count()
+}

@@ -1,0 +1,235 @@
+//! The engine's I/O, as traits: everything the engine touches outside its own memory goes
+//! through one of these, so that the deterministic test bed (`tests/`) can run the real engine
+//! over simulated parts (LDK's `ChannelManager` over traits; quinn-proto's time passed in).
+//!
+//! | trait | production | what for |
+//! |---|---|---|
+//! | [`ChainSource`](crate::chain::ChainSource) | Esplora | tip, HTLC histories, broadcast, fees |
+//! | [`Lightning`](crate::lightning::Lightning) | ldk-node | invoices, payments, their events |
+//! | [`SwapWallet`] | BDK ([`BdkSwapWallet`]) | addresses, funding transactions |
+//! | [`SwapTransport`] | Nostr ([`NostrTransport`]) | swap messages, offers |
+//! | [`SwapStore`](crate::store::SwapStore) | redb | swap records, offers, event logs |
+//! | [`Clock`] | [`SystemClock`] | the swaps' `now` |
+//! | [`Entropy`] | [`OsEntropy`] | swap ids, MuSig2 nonces |
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bitcoin::{Amount, FeeRate, ScriptBuf, Transaction};
+use looper_protocol::messages::{Envelope, Offer};
+use rand::{CryptoRng, RngCore};
+
+use crate::nostr::{EventId, Incoming, NostrTransport, PublicKey, TransportError};
+use crate::wallet::{FundingTx, LooperWallet, WalletError};
+
+/// The node's on-chain wallet as the engine uses it: it pays HTLCs (seller) and receives claims
+/// and refunds.
+#[async_trait]
+pub trait SwapWallet: Send + Sync {
+    /// A new script of the wallet to receive a claim or a refund (revealed and persisted, so it
+    /// is watched from now on).
+    fn new_script(&self) -> Result<ScriptBuf, WalletError>;
+    /// What the wallet can spend now (confirmed and trusted pending), in sat.
+    fn spendable_sat(&self) -> Result<u64, WalletError>;
+    /// Brings the wallet up to date with the chain.
+    async fn sync(&self) -> Result<(), WalletError>;
+    /// Builds and signs one transaction paying every `(script, amount)` of `outputs` at
+    /// `fee_rate`, and records it as unconfirmed at once, so that no other spend picks its coins
+    /// (no lock is held while it is broadcast). A transaction that is then never broadcast must
+    /// be given to [`SwapWallet::forget`].
+    async fn fund(
+        &self,
+        outputs: &[(ScriptBuf, Amount)],
+        fee_rate: FeeRate,
+    ) -> Result<FundingTx, WalletError>;
+    /// Forgets a transaction from [`SwapWallet::fund`] that will not be broadcast: its coins are
+    /// spendable again.
+    fn forget(&self, tx: &Transaction) -> Result<(), WalletError>;
+    /// Records a broadcast transaction that pays the wallet (a claim, a refund) as unconfirmed.
+    fn apply_unconfirmed(&self, tx: &Transaction) -> Result<(), WalletError>;
+    /// `rate` limited to the wallet's fee-rate cap.
+    fn capped(&self, rate: FeeRate) -> FeeRate;
+}
+
+/// The BDK wallet with the Esplora client that syncs it (`None`: the engine does not sync it).
+pub struct BdkSwapWallet {
+    wallet: Arc<LooperWallet>,
+    sync: Option<esplora_client::AsyncClient>,
+}
+
+impl BdkSwapWallet {
+    /// The engine's view of `wallet`, synced through `sync` when given.
+    pub fn new(wallet: Arc<LooperWallet>, sync: Option<esplora_client::AsyncClient>) -> Self {
+        BdkSwapWallet { wallet, sync }
+    }
+}
+
+impl std::fmt::Debug for BdkSwapWallet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BdkSwapWallet").field("syncs", &self.sync.is_some()).finish()
+    }
+}
+
+#[async_trait]
+impl SwapWallet for BdkSwapWallet {
+    fn new_script(&self) -> Result<ScriptBuf, WalletError> {
+        Ok(self.wallet.new_address()?.script_pubkey())
+    }
+
+    fn spendable_sat(&self) -> Result<u64, WalletError> {
+        let b = self.wallet.balance()?;
+        Ok((b.confirmed + b.trusted_pending).to_sat())
+    }
+
+    async fn sync(&self) -> Result<(), WalletError> {
+        match &self.sync {
+            Some(client) => self.wallet.sync(client).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn fund(
+        &self,
+        outputs: &[(ScriptBuf, Amount)],
+        fee_rate: FeeRate,
+    ) -> Result<FundingTx, WalletError> {
+        // Held while building and recording only: no network wait under it.
+        let _spending = self.wallet.spend_guard().await;
+        let funding = self.wallet.build_funding_tx(outputs, fee_rate)?;
+        self.wallet.apply_unconfirmed(&funding.tx)?;
+        Ok(funding)
+    }
+
+    fn forget(&self, tx: &Transaction) -> Result<(), WalletError> {
+        self.wallet.forget_tx(tx)
+    }
+
+    fn apply_unconfirmed(&self, tx: &Transaction) -> Result<(), WalletError> {
+        self.wallet.apply_unconfirmed(tx)
+    }
+
+    fn capped(&self, rate: FeeRate) -> FeeRate {
+        self.wallet.capped(rate)
+    }
+}
+
+/// How swap messages and offers travel (Nostr gift wraps in production).
+#[async_trait]
+pub trait SwapTransport: Send + Sync {
+    /// This node's key as its peers see it.
+    fn public_key(&self) -> PublicKey;
+    /// The stream of messages addressed to this node (once; `None` after the first call).
+    fn incoming(&self) -> Option<tokio::sync::mpsc::Receiver<Incoming>>;
+    /// Marks a delivered message processed: it is not delivered again, not even after a
+    /// restart. Called only once what follows from it is persisted.
+    fn ack(&self, event_id: &EventId) -> Result<bool, TransportError>;
+    /// Sends `envelope` to `peer` (through `relays` besides the node's own, when given).
+    async fn send(
+        &self,
+        peer: &PublicKey,
+        relays: &[String],
+        envelope: &Envelope,
+    ) -> Result<(), TransportError>;
+    /// Publishes (or replaces) an offer.
+    async fn publish_offer(&self, offer: &Offer) -> Result<(), TransportError>;
+    /// Takes an offer off the relays.
+    async fn withdraw_offer(&self, offer_id: &str) -> Result<(), TransportError>;
+}
+
+#[async_trait]
+impl SwapTransport for NostrTransport {
+    fn public_key(&self) -> PublicKey {
+        NostrTransport::public_key(self)
+    }
+
+    fn incoming(&self) -> Option<tokio::sync::mpsc::Receiver<Incoming>> {
+        NostrTransport::incoming(self)
+    }
+
+    fn ack(&self, event_id: &EventId) -> Result<bool, TransportError> {
+        NostrTransport::ack(self, event_id)
+    }
+
+    async fn send(
+        &self,
+        peer: &PublicKey,
+        relays: &[String],
+        envelope: &Envelope,
+    ) -> Result<(), TransportError> {
+        NostrTransport::send(self, peer, relays, envelope).await.map(|_| ())
+    }
+
+    async fn publish_offer(&self, offer: &Offer) -> Result<(), TransportError> {
+        NostrTransport::publish_offer(self, offer).await.map(|_| ())
+    }
+
+    async fn withdraw_offer(&self, offer_id: &str) -> Result<(), TransportError> {
+        NostrTransport::withdraw_offer(self, offer_id).await
+    }
+}
+
+/// The swaps' wall clock (seconds since the Unix epoch).
+pub trait Clock: Send + Sync {
+    /// Now.
+    fn now_secs(&self) -> u64;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_secs(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+}
+
+/// Randomness for swap ids and MuSig2 secret nonces. The node always uses [`OsEntropy`]; a
+/// seeded source is for the deterministic test bed only (nonces from it are predictable).
+pub trait Entropy: Send + Sync {
+    /// Fills `dest` with random bytes.
+    fn fill(&self, dest: &mut [u8]);
+}
+
+/// The operating system's RNG.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OsEntropy;
+
+impl Entropy for OsEntropy {
+    fn fill(&self, dest: &mut [u8]) {
+        rand::rngs::OsRng.fill_bytes(dest);
+    }
+}
+
+/// An [`Entropy`] as an RNG for the state machines.
+pub(crate) struct EntropyRng<'a>(pub(crate) &'a dyn Entropy);
+
+impl RngCore for EntropyRng<'_> {
+    fn next_u32(&mut self) -> u32 {
+        let mut b = [0u8; 4];
+        self.0.fill(&mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let mut b = [0u8; 8];
+        self.0.fill(&mut b);
+        u64::from_le_bytes(b)
+    }
+
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        self.0.fill(dest);
+    }
+
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
+        self.0.fill(dest);
+        Ok(())
+    }
+}
+
+// Every `Entropy` is a cryptographic source in production (`OsEntropy`); the test bed's seeded
+// one is declared so for the tests only.
+impl CryptoRng for EntropyRng<'_> {}

@@ -1,0 +1,573 @@
+//! The swap engine: drives the protocol's [`BuyerSwap`] and
+//! [`SellerSwap`](looper_protocol::seller::SellerSwap) state machines with
+//! real I/O (the node's counterpart of `protocol/tests/sim`).
+//!
+//! Every event (a peer's message, a Lightning event, a chain change, a tick, an API call) is fed
+//! to its swap; the returned [`Action`](looper_protocol::swap::Action)s are carried out in order,
+//! and [`Action::Persist`](looper_protocol::swap::Action::Persist)
+//! commits the swap's record to the [`SwapStore`] before anything after it happens. Results of
+//! actions (a built funding transaction, a created invoice, an already-succeeded payment) are fed
+//! back to the same swap before its next event is taken.
+//!
+//! The engine runs over traits for all its I/O ([`io`]: chain, Lightning, wallet, transport,
+//! store, clock, entropy), so the deterministic test bed in `tests/` drives this very engine over
+//! simulated parts. Its steps are public: [`Engine::handle_message`],
+//! [`Engine::handle_lightning`], [`Engine::poll`], [`Engine::flush_funding`]; [`Engine::run`]
+//! is the production loop that calls them as messages, events and timer ticks arrive.
+//!
+//! At start ([`Engine::start`]) every open swap is loaded, its keys derived again from the seed
+//! (`key_index`), and `resume` carried out.
+//!
+//! Locking: no engine-wide lock is held across an await. Each swap has its own lock, held while
+//! one of its events is handled (its events are handled one at a time, in arrival order); see
+//! [`swaps`](self) for the rules.
+//!
+//! Layout: `swaps` (one swap's driver), `incoming` (peer messages, new seller swaps), `watcher`
+//! (chain poll), `funding` (funding batcher), `offers` (the served offer), [`io`] (the traits).
+
+mod funding;
+mod incoming;
+pub mod io;
+mod offers;
+mod swaps;
+mod watcher;
+
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
+use std::time::Duration;
+
+use bitcoin::bip32::Xpriv;
+use bitcoin::ScriptBuf;
+use looper_protocol::buyer::{BuyerCheckError, BuyerPolicy, BuyerStart, BuyerSwap};
+use looper_protocol::keys::SwapKeys;
+use looper_protocol::messages::Offer;
+use looper_protocol::record::SwapRecord as ProtoRecord;
+use looper_protocol::seller::SellerPolicy;
+use looper_protocol::swap::{Context, Event, Notification, StateKind};
+use looper_protocol::SwapId;
+use serde::Serialize;
+use tokio::sync::{broadcast, watch, Semaphore};
+use tokio::task::JoinSet;
+
+use self::funding::FundingRequest;
+use self::io::{Clock, Entropy, SwapTransport, SwapWallet};
+use self::swaps::{Machine, Slot, SwapTable};
+use crate::chain::{ChainError, ChainSource};
+use crate::lightning::{Lightning, LightningDelivery, LightningEvent};
+use crate::nostr::{PublicKey as NostrPublicKey, RateLimit, RateLimiter};
+use crate::store::{StoreError, SwapStore};
+use crate::wallet::WalletError;
+
+/// Errors of the engine's API.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The chain source failed.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+    /// The wallet failed.
+    #[error(transparent)]
+    Wallet(#[from] WalletError),
+    /// Key derivation failed.
+    #[error("cannot derive swap keys: {0}")]
+    Keys(String),
+    /// The buyer's checks refused the offer (the check's code reaches the API).
+    #[error("offer refused: {0}")]
+    Refused(BuyerCheckError),
+    /// The state machine refused the event.
+    #[error("swap refused the request: {0}")]
+    Swap(String),
+    /// No such swap.
+    #[error("no swap {0}")]
+    UnknownSwap(String),
+    /// A record does not decode.
+    #[error("swap record {id} does not decode: {reason}")]
+    Record {
+        /// The swap.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The Nostr transport failed.
+    #[error("nostr: {0}")]
+    Transport(String),
+}
+
+/// Engine settings.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Seller policy for new swaps.
+    pub seller_policy: SellerPolicy,
+    /// How often the chain is polled (and `Tick` fed).
+    pub chain_poll: Duration,
+    /// Every how many polls the on-chain wallet is synced.
+    pub wallet_sync_every: u32,
+    /// Seller: the offer served from the configuration (`seller.enabled`). Published when
+    /// [`Engine::run`] starts and republished every [`EngineConfig::offer_refresh`] with a new
+    /// `expires_at` (now + [`EngineConfig::offer_ttl`]), until withdrawn.
+    pub seller_offer: Option<Offer>,
+    /// Seller: most swaps served at the same time (`seller.max_concurrent_swaps`); further
+    /// requests are refused with `rate_limited`. `None`: no limit.
+    pub max_concurrent_swaps: Option<u32>,
+    /// How often the served offer is republished.
+    pub offer_refresh: Duration,
+    /// Lifetime given to each published version of the served offer (`expires_at`).
+    pub offer_ttl: Duration,
+    /// Per-sender limit on the `error` replies to messages that do not decode.
+    pub decode_reply_limit: RateLimit,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            seller_policy: SellerPolicy::default(),
+            chain_poll: Duration::from_secs(3),
+            wallet_sync_every: 5,
+            seller_offer: None,
+            max_concurrent_swaps: None,
+            offer_refresh: Duration::from_secs(20 * 60),
+            offer_ttl: Duration::from_secs(3600),
+            decode_reply_limit: RateLimit::new(5, 10),
+        }
+    }
+}
+
+/// A notification of one swap, as subscribers receive it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SwapNotification {
+    /// The swap.
+    pub swap_id: SwapId,
+    /// Sequence number in the swap's event log.
+    pub seq: u64,
+    /// What happened.
+    pub notification: Notification,
+}
+
+/// Everything the engine is built from.
+pub struct EngineParts {
+    /// The store.
+    pub store: Arc<dyn SwapStore>,
+    /// The on-chain wallet.
+    pub wallet: Arc<dyn SwapWallet>,
+    /// The chain source.
+    pub chain: Arc<dyn ChainSource>,
+    /// The Lightning node.
+    pub lightning: Arc<dyn Lightning>,
+    /// The message transport.
+    pub transport: Arc<dyn SwapTransport>,
+    /// The clock.
+    pub clock: Arc<dyn Clock>,
+    /// Randomness for swap ids and MuSig2 nonces ([`io::OsEntropy`] in the node).
+    pub entropy: Arc<dyn Entropy>,
+    /// The swap master key (`NodeKeys::swap_master`).
+    pub swap_master: Xpriv,
+    /// Settings.
+    pub config: EngineConfig,
+}
+
+/// Engine-wide odds and ends, each touched under a short lock (never across an await).
+struct Misc {
+    polls: u32,
+    /// The configuration's offer while it is served (cleared when withdrawn).
+    served_offer: Option<Offer>,
+    /// The served offer is off the relays because the wallet could not fund it; the chain poll
+    /// publishes it again once it can.
+    offer_unfunded: bool,
+    /// Replies to undecodable messages, per sender.
+    decode_replies: RateLimiter<NostrPublicKey>,
+    /// `FundHtlc`s not funded yet, funded together by [`Engine::flush_funding`].
+    funding_queue: Vec<FundingRequest>,
+}
+
+struct Inner {
+    store: Arc<dyn SwapStore>,
+    wallet: Arc<dyn SwapWallet>,
+    chain: Arc<dyn ChainSource>,
+    lightning: Arc<dyn Lightning>,
+    transport: Arc<dyn SwapTransport>,
+    clock: Arc<dyn Clock>,
+    entropy: Arc<dyn Entropy>,
+    swap_master: Xpriv,
+    config: EngineConfig,
+    swaps: SwapTable,
+    /// Tip and fee rate as last seen (`now_secs` is read from the clock at each use).
+    ctx: StdMutex<Context>,
+    misc: StdMutex<Misc>,
+    notifications: broadcast::Sender<SwapNotification>,
+}
+
+/// The swap engine (cheap to clone; shared state).
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+/// Runs a store call: on a multi-threaded runtime the worker is handed over meanwhile (redb
+/// commits fsync), elsewhere it is called as is.
+fn blocking_store<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+/// Most swap messages handled at the same time by [`Engine::run`].
+const MAX_CONCURRENT_MESSAGES: usize = 64;
+
+impl Engine {
+    /// Builds the engine: loads every open swap, re-attaches its keys and carries out `resume`.
+    ///
+    /// # Errors
+    /// Store or chain errors. A record that does not decode is logged and skipped.
+    pub async fn start(parts: EngineParts) -> Result<Engine, EngineError> {
+        let (notifications, _) = broadcast::channel(1024);
+        let tip = parts.chain.tip_height().await?;
+        let fee_rate = watcher::fee_rate(&*parts.chain, &*parts.wallet).await;
+        let ctx = Context { now_secs: parts.clock.now_secs(), tip_height: tip, fee_rate };
+        let misc = Misc {
+            polls: 0,
+            served_offer: parts.config.seller_offer.clone(),
+            offer_unfunded: false,
+            decode_replies: RateLimiter::new(parts.config.decode_reply_limit),
+            funding_queue: Vec::new(),
+        };
+        let inner = Arc::new(Inner {
+            store: parts.store,
+            wallet: parts.wallet,
+            chain: parts.chain,
+            lightning: parts.lightning,
+            transport: parts.transport,
+            clock: parts.clock,
+            entropy: parts.entropy,
+            swap_master: parts.swap_master,
+            config: parts.config,
+            swaps: SwapTable::default(),
+            ctx: StdMutex::new(ctx),
+            misc: StdMutex::new(misc),
+            notifications,
+        });
+        let engine = Engine { inner };
+        if let Err(e) = engine.sync_wallet().await {
+            tracing::warn!(error = %e, "wallet sync at start failed");
+        }
+        engine.resume_all().await?;
+        Ok(engine)
+    }
+
+    fn lock_misc(&self) -> MutexGuard<'_, Misc> {
+        self.inner.misc.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn lock_ctx(&self) -> MutexGuard<'_, Context> {
+        self.inner.ctx.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn decode_reply_allowed(&self, sender: &NostrPublicKey) -> bool {
+        self.lock_misc().decode_replies.check(sender)
+    }
+
+    async fn resume_all(&self) -> Result<(), EngineError> {
+        let records =
+            blocking_store(|| self.inner.store.list_swaps(&crate::store::SwapFilter::pending()))?;
+        for rec in records {
+            let id = rec.id;
+            let machine = match ProtoRecord::from_bytes(&rec.data) {
+                Ok(ProtoRecord::Buyer(b)) => Machine::Buyer(b),
+                Ok(ProtoRecord::Seller(s)) => Machine::Seller(s),
+                Err(e) => {
+                    tracing::error!(swap = %id, error = %e, "cannot load swap record");
+                    continue;
+                }
+            };
+            tracing::info!(swap = %id, state = machine.state_name(), "resuming swap");
+            let slot = Arc::new(Slot::new(machine));
+            if self.inner.swaps.insert_if(id, Arc::clone(&slot), |_| true).is_ok() {
+                self.resume_one(id, &slot).await;
+            }
+        }
+        self.flush_funding().await;
+        Ok(())
+    }
+
+    /// Subscribes to every swap's notifications.
+    pub fn subscribe(&self) -> broadcast::Receiver<SwapNotification> {
+        self.inner.notifications.subscribe()
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn SwapStore> {
+        &self.inner.store
+    }
+
+    /// The wallet.
+    pub fn wallet(&self) -> &Arc<dyn SwapWallet> {
+        &self.inner.wallet
+    }
+
+    /// The chain source.
+    pub fn chain(&self) -> &Arc<dyn ChainSource> {
+        &self.inner.chain
+    }
+
+    /// The Lightning node.
+    pub fn lightning(&self) -> &Arc<dyn Lightning> {
+        &self.inner.lightning
+    }
+
+    /// The message transport.
+    pub fn transport(&self) -> &Arc<dyn SwapTransport> {
+        &self.inner.transport
+    }
+
+    /// Syncs the on-chain wallet.
+    ///
+    /// # Errors
+    /// Wallet sync errors.
+    pub async fn sync_wallet(&self) -> Result<(), EngineError> {
+        Ok(self.inner.wallet.sync().await?)
+    }
+
+    /// Buyer: takes `offer` from `seller` for `amount_sat`. Returns the new swap's id.
+    ///
+    /// # Errors
+    /// [`EngineError::Refused`] when the offer does not fit the policy; store or key errors.
+    pub async fn take_offer(
+        &self,
+        offer: Offer,
+        seller: NostrPublicKey,
+        amount_sat: u64,
+        policy: BuyerPolicy,
+    ) -> Result<SwapId, EngineError> {
+        self.take_offer_to(offer, seller, amount_sat, policy, None).await
+    }
+
+    /// Like [`Engine::take_offer`], claiming to `destination` instead of a new address of the
+    /// node's wallet.
+    ///
+    /// # Errors
+    /// As [`Engine::take_offer`].
+    pub async fn take_offer_to(
+        &self,
+        offer: Offer,
+        seller: NostrPublicKey,
+        amount_sat: u64,
+        policy: BuyerPolicy,
+        destination: Option<ScriptBuf>,
+    ) -> Result<SwapId, EngineError> {
+        let ctx = self.context();
+        let index = blocking_store(|| self.inner.store.next_swap_index())?;
+        let keys = SwapKeys::derive(&self.inner.swap_master, index)
+            .map_err(|e| EngineError::Keys(e.to_string()))?;
+        let claim_destination = match destination {
+            Some(spk) => spk,
+            None => self.inner.wallet.new_script()?,
+        };
+        let mut id = [0u8; 32];
+        self.inner.entropy.fill(&mut id);
+        let swap_id = SwapId(id);
+        let start = BuyerStart {
+            swap_id,
+            peer: seller.to_hex(),
+            offer,
+            amount_sat,
+            policy,
+            claim_destination,
+            keys,
+        };
+        let (swap, actions) = BuyerSwap::start(start, &ctx).map_err(EngineError::Refused)?;
+        tracing::info!(swap = %swap_id, amount_sat, "taking offer");
+        let slot = Arc::new(Slot::new(Machine::Buyer(swap)));
+        let mut machine = slot.machine.lock().await;
+        if self.inner.swaps.insert_if(swap_id, Arc::clone(&slot), |_| true).is_err() {
+            return Err(EngineError::Swap("swap id collision".into()));
+        }
+        self.carry_out(swap_id, &slot, &mut machine, actions).await;
+        drop(machine);
+        self.flush_funding().await;
+        Ok(swap_id)
+    }
+
+    /// Asks a swap to abort (the state machine decides what that means in its state).
+    ///
+    /// # Errors
+    /// [`EngineError::UnknownSwap`], [`EngineError::Swap`].
+    pub async fn abort(&self, swap_id: SwapId) -> Result<(), EngineError> {
+        self.feed(swap_id, Event::UserAbort).await?;
+        self.flush_funding().await;
+        Ok(())
+    }
+
+    /// The state name and kind of an active (in-memory) swap (never waits for the swap).
+    pub async fn swap_state(&self, swap_id: SwapId) -> Option<(String, StateKind)> {
+        self.inner.swaps.get(&swap_id).map(|s| {
+            let v = s.view();
+            (v.state.to_string(), v.kind)
+        })
+    }
+
+    /// The swap's current record as the protocol stores it, if the engine has it.
+    pub async fn swap_record(&self, swap_id: SwapId) -> Option<ProtoRecord> {
+        let slot = self.inner.swaps.get(&swap_id)?;
+        let machine = slot.machine.lock().await;
+        Some(machine.proto_record())
+    }
+
+    /// Ids of the swaps the engine holds.
+    pub async fn swap_ids(&self) -> Vec<SwapId> {
+        self.inner.swaps.ids()
+    }
+
+    /// Processes a Lightning event and acknowledges it once what follows is persisted (so a
+    /// crash before that gets the event again from the Lightning node after the restart).
+    pub async fn handle_lightning(&self, delivery: LightningDelivery) {
+        if self.on_lightning_event(delivery.event.clone()).await {
+            delivery.ack();
+        }
+    }
+
+    /// `false` when persisting failed (the event must come again).
+    async fn on_lightning_event(&self, ev: LightningEvent) -> bool {
+        let (hash, event) = match ev {
+            LightningEvent::PaymentClaimable { payment_hash, amount_msat } => {
+                (payment_hash, Event::PaymentClaimable { payment_hash, amount_msat })
+            }
+            LightningEvent::PaymentClaimed { payment_hash, .. } => {
+                (payment_hash, Event::PaymentClaimed { payment_hash })
+            }
+            LightningEvent::PaymentSucceeded { payment_hash, preimage, .. } => {
+                (payment_hash, Event::PaymentSucceeded { preimage })
+            }
+            LightningEvent::PaymentFailed { payment_hash: Some(h), reason } => {
+                // The event names no attempt, and may be a replay of an earlier attempt's
+                // failure: what counts is what the node knows now (pending: another attempt is
+                // in flight, the failure is stale).
+                tracing::debug!(reason = %reason, "lightning payment failed");
+                (h, Event::PaymentStatus { payment_hash: h, status: self.payment_status(h) })
+            }
+            LightningEvent::PaymentFailed { payment_hash: None, .. } => return true,
+        };
+        let found = self.inner.swaps.select(|s| s.view().payment_hash == Some(hash));
+        let Some((id, slot)) = found.into_iter().next() else {
+            tracing::debug!("lightning event for no swap");
+            return true;
+        };
+        let done = match self.feed_slot(id, &slot, event).await {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::debug!(swap = %id, error = %e, "lightning event refused");
+                true
+            }
+        };
+        self.flush_funding().await;
+        done
+    }
+
+    /// Runs the engine until `shutdown` resolves: swap messages are handled as they arrive (up
+    /// to [`MAX_CONCURRENT_MESSAGES`] at once, each followed by the queued fundings), Lightning
+    /// events one at a time in order, a chain poll every [`EngineConfig::chain_poll`] and the
+    /// served offer republished every [`EngineConfig::offer_refresh`].
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) {
+        let (stop, stopped) = watch::channel(false);
+        let mut loops = JoinSet::new();
+        loops.spawn(self.clone().lightning_loop(stopped.clone()));
+        loops.spawn(self.clone().poll_loop(stopped.clone()));
+        loops.spawn(self.clone().offer_loop(stopped));
+        let mut incoming = self.inner.transport.incoming();
+        let permits = Arc::new(Semaphore::new(MAX_CONCURRENT_MESSAGES));
+        let mut handlers = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                msg = recv_opt(&mut incoming) => match msg {
+                    Some(m) => {
+                        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else { break };
+                        let engine = self.clone();
+                        handlers.spawn(async move {
+                            engine.handle_message(m).await;
+                            engine.flush_funding().await;
+                            drop(permit);
+                        });
+                    }
+                    None => incoming = None,
+                },
+                Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
+            }
+        }
+        let _ = stop.send(true);
+        // What is running finishes (bounded); what is left is cut as a crash would cut it (every
+        // swap resumes from its last persisted state).
+        let drain = async {
+            while handlers.join_next().await.is_some() {}
+            while loops.join_next().await.is_some() {}
+        };
+        if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+            tracing::warn!("engine work still running at shutdown: stopped");
+        }
+        handlers.abort_all();
+        loops.abort_all();
+        // A stopped seller serves nobody: take the offer off the relays (bounded wait).
+        let served = self.lock_misc().served_offer.as_ref().map(|o| o.offer_id.clone());
+        if let Some(id) = served {
+            let withdraw = self.inner.transport.withdraw_offer(&id);
+            match tokio::time::timeout(Duration::from_secs(5), withdraw).await {
+                Ok(Ok(_)) => tracing::info!(offer = %id, "offer withdrawn at shutdown"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot withdraw the offer at shutdown"),
+                Err(_) => tracing::warn!("withdrawing the offer at shutdown timed out"),
+            }
+        }
+        tracing::info!("engine stopped");
+    }
+
+    async fn lightning_loop(self, mut stopped: watch::Receiver<bool>) {
+        let mut events = self.inner.lightning.take_events();
+        loop {
+            tokio::select! {
+                _ = stopped.changed() => break,
+                ev = recv_opt(&mut events) => match ev {
+                    Some(d) => self.handle_lightning(d).await,
+                    None => events = None,
+                },
+            }
+        }
+    }
+
+    async fn poll_loop(self, mut stopped: watch::Receiver<bool>) {
+        let mut ticker = tokio::time::interval(self.inner.config.chain_poll);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stopped.changed() => break,
+                _ = ticker.tick() => self.poll().await,
+            }
+        }
+    }
+
+    async fn offer_loop(self, mut stopped: watch::Receiver<bool>) {
+        let every = self.inner.config.offer_refresh.max(Duration::from_secs(1));
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stopped.changed() => break,
+                // The first tick is at once: the offer goes out when the engine starts.
+                _ = ticker.tick() => self.refresh_served_offer().await,
+            }
+        }
+    }
+}
+
+async fn recv_opt<T>(rx: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}

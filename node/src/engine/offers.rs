@@ -1,0 +1,139 @@
+//! The seller's offers: the one served from the configuration is republished with a fresh
+//! expiry, follows what the wallet can fund, and is taken off the relays while it cannot.
+
+use looper_protocol::messages::Offer;
+
+use super::{blocking_store, Engine, EngineError};
+
+/// Sats kept back from an offer's maximum for the funding transaction's fee.
+const FUNDING_FEE_RESERVE_SAT: u64 = 2_000;
+
+impl Engine {
+    /// Seller: remembers `offer` (served from now on) and publishes it.
+    ///
+    /// # Errors
+    /// Store or transport errors.
+    pub async fn publish_offer(&self, offer: &Offer) -> Result<(), EngineError> {
+        let value = serde_json::to_value(offer).map_err(|e| EngineError::Record {
+            id: offer.offer_id.clone(),
+            reason: e.to_string(),
+        })?;
+        blocking_store(|| self.inner.store.put_offer(&offer.offer_id, &value))?;
+        self.inner
+            .transport
+            .publish_offer(offer)
+            .await
+            .map_err(|e| EngineError::Transport(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Seller: withdraws an offer (no new swaps from it). Returns whether it existed.
+    ///
+    /// # Errors
+    /// Store or transport errors.
+    pub async fn withdraw_offer(&self, offer_id: &str) -> Result<bool, EngineError> {
+        {
+            let mut misc = self.lock_misc();
+            if misc.served_offer.as_ref().is_some_and(|o| o.offer_id == offer_id) {
+                misc.served_offer = None;
+            }
+        }
+        let existed = blocking_store(|| self.inner.store.delete_offer(offer_id))?;
+        self.inner
+            .transport
+            .withdraw_offer(offer_id)
+            .await
+            .map_err(|e| EngineError::Transport(e.to_string()))?;
+        Ok(existed)
+    }
+
+    /// Seller: publishes the configuration's offer again (if still served) with a new
+    /// `expires_at`. Called when [`Engine::run`] starts and every
+    /// [`EngineConfig::offer_refresh`](super::EngineConfig::offer_refresh).
+    ///
+    /// The offer follows what the wallet can fund: its `max_amount_sat` is lowered to the
+    /// spendable balance (less a fee reserve), and it is withdrawn from the relays while the
+    /// wallet cannot fund even `min_amount_sat` (and published again once it can).
+    pub async fn refresh_served_offer(&self) {
+        let Some(mut offer) = self.lock_misc().served_offer.clone() else { return };
+        offer.expires_at =
+            self.inner.clock.now_secs().saturating_add(self.inner.config.offer_ttl.as_secs());
+        let spendable = match self.inner.wallet.spendable_sat() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the wallet balance for the offer");
+                return;
+            }
+        };
+        match fundable_offer(offer, spendable) {
+            Some(fundable) => {
+                offer = fundable;
+                self.lock_misc().offer_unfunded = false;
+            }
+            None => {
+                let id = {
+                    let mut misc = self.lock_misc();
+                    if misc.offer_unfunded {
+                        return;
+                    }
+                    misc.offer_unfunded = true;
+                    misc.served_offer.as_ref().map(|o| o.offer_id.clone())
+                };
+                tracing::info!(
+                    spendable_sat = spendable,
+                    "wallet cannot fund the offer: withdrawn"
+                );
+                if let Some(id) = id {
+                    if let Err(e) = self.inner.transport.withdraw_offer(&id).await {
+                        tracing::warn!(error = %e, "cannot withdraw the offer");
+                    }
+                }
+                return;
+            }
+        }
+        match self.publish_offer(&offer).await {
+            Ok(()) => tracing::info!(offer = %offer.offer_id, "offer published"),
+            Err(e) => {
+                tracing::warn!(offer = %offer.offer_id, error = %e, "cannot publish the offer")
+            }
+        }
+    }
+}
+
+/// The offer as far as `spendable_sat` can fund it: `max_amount_sat` lowered to what the wallet
+/// holds (less [`FUNDING_FEE_RESERVE_SAT`]); `None` when it cannot fund `min_amount_sat`.
+fn fundable_offer(mut offer: Offer, spendable_sat: u64) -> Option<Offer> {
+    let fundable = spendable_sat.saturating_sub(FUNDING_FEE_RESERVE_SAT);
+    if fundable < offer.min_amount_sat {
+        return None;
+    }
+    offer.max_amount_sat = offer.max_amount_sat.min(fundable);
+    Some(offer)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn offer(min: u64, max: u64) -> Offer {
+        let json = serde_json::json!({
+            "v": 1, "offer_id": "t", "network": "regtest", "direction": "loop_out",
+            "min_amount_sat": min, "max_amount_sat": max, "fee_base_sat": 0, "fee_ppm": 0,
+            "funding_fee_sat": 0, "min_confirmations": 1, "timeout_delta": 144,
+            "claim_margin": 20, "invoice_expiry_secs": 3600,
+            "ln_node_id": "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798", "relays": [], "expires_at": 1
+        });
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn offer_follows_the_wallet() {
+        assert!(fundable_offer(offer(10_000, 100_000), 11_000).is_none());
+        assert_eq!(fundable_offer(offer(10_000, 100_000), 52_000).unwrap().max_amount_sat, 50_000);
+        assert_eq!(
+            fundable_offer(offer(10_000, 100_000), 10_000_000).unwrap().max_amount_sat,
+            100_000
+        );
+    }
+}

@@ -1,0 +1,506 @@
+//! One swap's driver: its state machine behind its own lock, the actions it asks for carried out
+//! in order (persist first), and what the engine may read of it without waiting for that lock.
+//!
+//! Locking: the table of swaps ([`SwapTable`]) is a plain mutex held only to look a swap up or
+//! insert one, never across an await. Each swap has its own async lock, held while one event is
+//! handled and its actions carried out (so one swap's events are handled one at a time, in
+//! arrival order, as an actor's mailbox would); other swaps, the API and the chain watcher never
+//! wait for it. Readers use the swap's [`View`], updated after every transition.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
+
+use bitcoin::{OutPoint, ScriptBuf};
+use looper_protocol::buyer::BuyerSwap;
+use looper_protocol::keys::SwapKeys;
+use looper_protocol::record::SwapRecord as ProtoRecord;
+use looper_protocol::seller::{SellerState, SellerSwap};
+use looper_protocol::swap::{Action, Context, Event, Notification, PaymentStatus, StateKind};
+use looper_protocol::{PaymentHash, SwapId};
+use tokio::sync::Mutex;
+
+use super::io::EntropyRng;
+use super::{blocking_store, Engine, EngineError, SwapNotification};
+use crate::lightning::{LightningError, PayOutcome};
+use crate::nostr::PublicKey as NostrPublicKey;
+use crate::store::{SwapRecord, SwapRole, SwapStatus};
+
+/// A swap's state machine.
+#[allow(clippy::large_enum_variant)]
+pub(super) enum Machine {
+    Buyer(BuyerSwap),
+    Seller(SellerSwap),
+}
+
+impl Machine {
+    pub(super) fn kind(&self) -> StateKind {
+        match self {
+            Machine::Buyer(b) => b.kind(),
+            Machine::Seller(s) => s.kind(),
+        }
+    }
+
+    pub(super) fn state_name(&self) -> &'static str {
+        match self {
+            Machine::Buyer(b) => b.state.name(),
+            Machine::Seller(s) => s.state.name(),
+        }
+    }
+
+    pub(super) fn peer(&self) -> &str {
+        match self {
+            Machine::Buyer(b) => &b.peer,
+            Machine::Seller(s) => &s.peer,
+        }
+    }
+
+    pub(super) fn payment_hash(&self) -> Option<PaymentHash> {
+        match self {
+            Machine::Buyer(b) => b.payment_hash(),
+            Machine::Seller(s) => Some(s.payment_hash()),
+        }
+    }
+
+    fn relays(&self) -> Vec<String> {
+        match self {
+            Machine::Buyer(b) => b.offer.relays.clone(),
+            Machine::Seller(_) => Vec::new(),
+        }
+    }
+
+    /// Seller waiting for its HTLC to be funded.
+    pub(super) fn awaits_funding(&self) -> bool {
+        matches!(self, Machine::Seller(s) if matches!(s.state, SellerState::Accepted { .. }))
+    }
+
+    pub(super) fn proto_record(&self) -> ProtoRecord {
+        match self {
+            Machine::Buyer(b) => ProtoRecord::Buyer(b.clone()),
+            Machine::Seller(s) => ProtoRecord::Seller(s.clone()),
+        }
+    }
+
+    fn record(&self, now: u64) -> Result<SwapRecord, EngineError> {
+        let (proto, role, created_at) = match self {
+            Machine::Buyer(b) => (ProtoRecord::Buyer(b.clone()), SwapRole::Buyer, b.created_at),
+            Machine::Seller(s) => (ProtoRecord::Seller(s.clone()), SwapRole::Seller, s.created_at),
+        };
+        let data = proto.to_bytes().map_err(|e| EngineError::Record {
+            id: proto.swap_id().to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(SwapRecord {
+            id: proto.swap_id(),
+            role,
+            state: self.state_name().to_string(),
+            status: status_of(self.kind()),
+            payment_hash: self.payment_hash(),
+            created_at,
+            updated_at: now,
+            data,
+        })
+    }
+
+    fn handle(
+        &mut self,
+        event: Event,
+        ctx: &Context,
+        rng: &mut EntropyRng<'_>,
+    ) -> Result<Vec<Action>, String> {
+        match self {
+            Machine::Buyer(b) => b.handle(event, ctx, rng),
+            Machine::Seller(s) => s.handle(event, ctx, rng),
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    /// Attaches the swap's keys (derived again from the seed) and asks what to do now.
+    fn resume(
+        &mut self,
+        keys: SwapKeys,
+        ctx: &Context,
+        rng: &mut EntropyRng<'_>,
+    ) -> Result<Vec<Action>, String> {
+        match self {
+            Machine::Buyer(b) => b.attach_keys(keys).and_then(|_| b.resume(ctx, rng)),
+            Machine::Seller(s) => s.attach_keys(keys).and_then(|_| s.resume(ctx, rng)),
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    fn key_index(&self) -> u32 {
+        match self {
+            Machine::Buyer(b) => b.key_index,
+            Machine::Seller(s) => s.key_index,
+        }
+    }
+}
+
+fn status_of(kind: StateKind) -> SwapStatus {
+    match kind {
+        StateKind::Pending => SwapStatus::Pending,
+        StateKind::Succeeded => SwapStatus::Succeeded,
+        StateKind::Failed => SwapStatus::Failed,
+    }
+}
+
+/// What the engine reads of a swap without taking its lock (updated after every transition).
+#[derive(Debug, Clone)]
+pub(super) struct View {
+    pub(super) state: &'static str,
+    pub(super) kind: StateKind,
+    pub(super) payment_hash: Option<PaymentHash>,
+    pub(super) seller: bool,
+}
+
+impl View {
+    fn of(machine: &Machine) -> View {
+        View {
+            state: machine.state_name(),
+            kind: machine.kind(),
+            payment_hash: machine.payment_hash(),
+            seller: matches!(machine, Machine::Seller(_)),
+        }
+    }
+}
+
+/// What the chain watcher reported about an outpoint, so that only changes are fed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Seen {
+    /// The HTLC output itself.
+    Output(OutPoint),
+    /// Its spend.
+    Spend(OutPoint),
+}
+
+/// What was reported for a [`Seen`] key: the transaction and its confirmation height.
+pub(super) type SeenValue = (bitcoin::Txid, Option<u32>);
+
+/// The chain watcher's part of a swap.
+#[derive(Debug, Default)]
+pub(super) struct Watch {
+    /// Scripts watched for the HTLC output and its spend.
+    pub(super) scripts: Vec<ScriptBuf>,
+    /// What was last reported per outpoint, to feed changes only.
+    pub(super) seen: HashMap<Seen, SeenValue>,
+}
+
+/// One swap in the engine.
+pub(super) struct Slot {
+    /// The counterparty's Nostr key (hex); fixed for the swap's life.
+    pub(super) peer: String,
+    pub(super) machine: Mutex<Machine>,
+    view: StdMutex<View>,
+    pub(super) watch: StdMutex<Watch>,
+    /// The record loaded but `resume` failed: tried again at every chain poll.
+    needs_resume: StdMutex<bool>,
+}
+
+fn locked<T>(m: &StdMutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these short locks leaves plain data behind: keep going.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Slot {
+    pub(super) fn new(machine: Machine) -> Slot {
+        Slot {
+            peer: machine.peer().to_string(),
+            view: StdMutex::new(View::of(&machine)),
+            machine: Mutex::new(machine),
+            watch: StdMutex::new(Watch::default()),
+            needs_resume: StdMutex::new(false),
+        }
+    }
+
+    pub(super) fn view(&self) -> View {
+        locked(&self.view).clone()
+    }
+
+    fn refresh_view(&self, machine: &Machine) {
+        *locked(&self.view) = View::of(machine);
+    }
+
+    pub(super) fn watch(&self) -> MutexGuard<'_, Watch> {
+        locked(&self.watch)
+    }
+
+    pub(super) fn needs_resume(&self) -> bool {
+        *locked(&self.needs_resume)
+    }
+}
+
+/// The engine's swaps (see the module documentation for the locking rules).
+#[derive(Default)]
+pub(super) struct SwapTable {
+    swaps: StdMutex<HashMap<SwapId, Arc<Slot>>>,
+}
+
+impl SwapTable {
+    pub(super) fn get(&self, id: &SwapId) -> Option<Arc<Slot>> {
+        locked(&self.swaps).get(id).cloned()
+    }
+
+    /// Inserts `slot` unless the id is taken (returns the one there) or `admit` refuses, given
+    /// the table as it is (checked and inserted atomically).
+    pub(super) fn insert_if(
+        &self,
+        id: SwapId,
+        slot: Arc<Slot>,
+        admit: impl FnOnce(&mut dyn Iterator<Item = &Arc<Slot>>) -> bool,
+    ) -> Result<(), Option<Arc<Slot>>> {
+        let mut swaps = locked(&self.swaps);
+        if let Some(existing) = swaps.get(&id) {
+            return Err(Some(Arc::clone(existing)));
+        }
+        if !admit(&mut swaps.values()) {
+            return Err(None);
+        }
+        swaps.insert(id, slot);
+        Ok(())
+    }
+
+    pub(super) fn remove(&self, id: &SwapId) {
+        locked(&self.swaps).remove(id);
+    }
+
+    /// Ids and slots of every swap matching `keep`.
+    pub(super) fn select(&self, keep: impl Fn(&Slot) -> bool) -> Vec<(SwapId, Arc<Slot>)> {
+        locked(&self.swaps)
+            .iter()
+            .filter(|(_, s)| keep(s))
+            .map(|(id, s)| (*id, Arc::clone(s)))
+            .collect()
+    }
+
+    pub(super) fn ids(&self) -> Vec<SwapId> {
+        locked(&self.swaps).keys().copied().collect()
+    }
+}
+
+/// Persisting failed: the rest of the actions must not run.
+pub(super) struct Stop;
+
+impl Engine {
+    /// The context the state machines see now.
+    pub(super) fn context(&self) -> Context {
+        let mut ctx = *locked(&self.inner.ctx);
+        ctx.now_secs = self.inner.clock.now_secs();
+        ctx
+    }
+
+    /// Attaches the keys and carries out `resume`. A failure never drops the swap: it stays in
+    /// memory (watched, shown in the API and its event log) and is tried again at every poll.
+    pub(super) async fn resume_one(&self, id: SwapId, slot: &Slot) {
+        let mut machine = slot.machine.lock().await;
+        let ctx = self.context();
+        let mut rng = EntropyRng(&*self.inner.entropy);
+        let result = SwapKeys::derive(&self.inner.swap_master, machine.key_index())
+            .map_err(|e| format!("cannot derive swap keys: {e}"))
+            .and_then(|keys| machine.resume(keys, &ctx, &mut rng));
+        slot.refresh_view(&machine);
+        let retried = slot.needs_resume();
+        match result {
+            Ok(actions) => {
+                *locked(&slot.needs_resume) = false;
+                if retried {
+                    tracing::info!(swap = %id, "swap resumed after an earlier failure");
+                }
+                self.carry_out(id, slot, &mut machine, actions).await;
+            }
+            Err(reason) => {
+                *locked(&slot.needs_resume) = true;
+                if !retried {
+                    tracing::error!(swap = %id, error = %reason, "cannot resume swap; trying again at every poll");
+                    let note = Notification::Stalled { reason: format!("cannot resume: {reason}") };
+                    self.carry_out(id, slot, &mut machine, vec![Action::Notify(note)]).await;
+                }
+            }
+        }
+    }
+
+    /// Feeds one event to swap `id` and carries out what follows. `Ok(false)`: persisting
+    /// failed, the rest was not carried out.
+    pub(super) async fn feed(&self, id: SwapId, event: Event) -> Result<bool, EngineError> {
+        let slot = self.inner.swaps.get(&id).ok_or(EngineError::UnknownSwap(id.to_string()))?;
+        self.feed_slot(id, &slot, event).await
+    }
+
+    pub(super) async fn feed_slot(
+        &self,
+        id: SwapId,
+        slot: &Slot,
+        event: Event,
+    ) -> Result<bool, EngineError> {
+        let mut machine = slot.machine.lock().await;
+        let ctx = self.context();
+        let actions = machine
+            .handle(event, &ctx, &mut EntropyRng(&*self.inner.entropy))
+            .map_err(EngineError::Swap);
+        slot.refresh_view(&machine);
+        Ok(self.carry_out(id, slot, &mut machine, actions?).await)
+    }
+
+    /// Carries out `actions` in order, then the events they produced, until quiet. `false` when
+    /// persisting failed (nothing after it was done).
+    pub(super) async fn carry_out(
+        &self,
+        id: SwapId,
+        slot: &Slot,
+        machine: &mut Machine,
+        actions: Vec<Action>,
+    ) -> bool {
+        let mut queue: VecDeque<Vec<Action>> = VecDeque::from([actions]);
+        while let Some(actions) = queue.pop_front() {
+            let mut followups = Vec::new();
+            for action in actions {
+                match self.act(id, slot, machine, action).await {
+                    Ok(Some(event)) => followups.push(event),
+                    Ok(None) => {}
+                    // Persisting failed: nothing after it may happen.
+                    Err(Stop) => return false,
+                }
+            }
+            for event in followups {
+                let ctx = self.context();
+                let result = machine.handle(event, &ctx, &mut EntropyRng(&*self.inner.entropy));
+                slot.refresh_view(machine);
+                match result {
+                    Ok(next) => queue.push_back(next),
+                    Err(e) => tracing::debug!(swap = %id, error = %e, "follow-up event refused"),
+                }
+            }
+        }
+        true
+    }
+
+    async fn act(
+        &self,
+        id: SwapId,
+        slot: &Slot,
+        machine: &mut Machine,
+        action: Action,
+    ) -> Result<Option<Event>, Stop> {
+        match action {
+            Action::Persist => {
+                let rec = match machine.record(self.inner.clock.now_secs()) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(swap = %id, error = %e, "cannot encode swap record");
+                        return Err(Stop);
+                    }
+                };
+                if let Err(e) = blocking_store(|| self.inner.store.put_swap(&rec)) {
+                    tracing::error!(swap = %id, error = %e, "cannot persist swap");
+                    return Err(Stop);
+                }
+                tracing::debug!(swap = %id, state = %rec.state, "persisted");
+                Ok(None)
+            }
+            Action::Send(env) => {
+                let relays = machine.relays();
+                let Ok(pk) = NostrPublicKey::from_hex(machine.peer()) else {
+                    tracing::error!(swap = %id, "peer key does not parse");
+                    return Ok(None);
+                };
+                if let Err(e) = self.inner.transport.send(&pk, &relays, &env).await {
+                    tracing::warn!(swap = %id, error = %e, "cannot send swap message");
+                }
+                Ok(None)
+            }
+            Action::CreateInvoice { payment_hash, amount_msat, expiry_secs, description } => {
+                match self
+                    .inner
+                    .lightning
+                    .receive_for_hash(payment_hash, amount_msat, expiry_secs, &description)
+                    .await
+                {
+                    Ok(invoice) => Ok(Some(Event::InvoiceCreated { invoice })),
+                    Err(e) => {
+                        tracing::error!(swap = %id, error = %e, "cannot create the swap invoice");
+                        Ok(None)
+                    }
+                }
+            }
+            Action::FundHtlc { script_pubkey, amount_sat } => {
+                // Funded with the other swaps queued meanwhile (`flush_funding`).
+                self.queue_funding(id, script_pubkey, amount_sat);
+                Ok(None)
+            }
+            Action::Broadcast { tx, purpose } => {
+                self.broadcast(id, &tx, purpose).await;
+                Ok(None)
+            }
+            Action::WatchHtlc { script_pubkey } => {
+                let mut watch = slot.watch();
+                if !watch.scripts.contains(&script_pubkey) {
+                    watch.scripts.push(script_pubkey);
+                }
+                Ok(None)
+            }
+            Action::PayInvoice { invoice, max_total_cltv_expiry_delta, attempt, .. } => {
+                let hash = machine.payment_hash();
+                match self.inner.lightning.pay(&invoice, max_total_cltv_expiry_delta).await {
+                    Ok(PayOutcome::Started) | Ok(PayOutcome::AlreadyPending) => Ok(None),
+                    Ok(PayOutcome::AlreadySucceeded(preimage)) => {
+                        Ok(Some(Event::PaymentSucceeded { preimage }))
+                    }
+                    Err(e @ LightningError::Invalid { .. }) => {
+                        Ok(Some(Event::PaymentFailed { attempt, reason: e.to_string() }))
+                    }
+                    // The send failed: unless the node says a payment for the hash is in flight
+                    // or done (an HTLC went out after all), nothing was sent and the buyer
+                    // retries without counting it as a failed payment (a peer reconnecting).
+                    Err(e) => Ok(Some(match hash.map(|h| self.payment_status(h)) {
+                        Some(PaymentStatus::Pending) => {
+                            tracing::warn!(swap = %id, error = %e, "send reported an error but the payment is in flight");
+                            return Ok(None);
+                        }
+                        Some(PaymentStatus::Succeeded { preimage: Some(preimage) }) => {
+                            Event::PaymentSucceeded { preimage }
+                        }
+                        _ => Event::PaymentNotSent { attempt, reason: e.to_string() },
+                    })),
+                }
+            }
+            Action::CheckPayment { payment_hash } => Ok(Some(Event::PaymentStatus {
+                payment_hash,
+                status: self.payment_status(payment_hash),
+            })),
+            Action::CheckHtlc { outpoint, script_pubkey } => Ok(self
+                .htlc_status(outpoint, &script_pubkey)
+                .await
+                .map(|status| Event::HtlcChecked { outpoint, status })),
+            Action::ClaimPayment { payment_hash, preimage, amount_msat } => {
+                if let Err(e) =
+                    self.inner.lightning.claim_for_hash(payment_hash, amount_msat, &preimage).await
+                {
+                    tracing::error!(swap = %id, error = %e, "cannot claim the held payment");
+                }
+                Ok(None)
+            }
+            Action::FailPayment { payment_hash } => {
+                if let Err(e) = self.inner.lightning.fail_for_hash(payment_hash).await {
+                    tracing::warn!(swap = %id, error = %e, "cannot fail the held payment");
+                }
+                Ok(None)
+            }
+            Action::Notify(notification) => {
+                self.notify(id, notification);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Logs a swap's notification in its event log and tells the subscribers.
+    pub(super) fn notify(&self, id: SwapId, notification: Notification) {
+        tracing::info!(swap = %id, notification = ?notification, "swap progress");
+        let value = serde_json::to_value(&notification).unwrap_or_default();
+        let seq = blocking_store(|| self.inner.store.append_swap_event(&id, &value))
+            .unwrap_or_else(|e| {
+                tracing::warn!(swap = %id, error = %e, "cannot log swap event");
+                0
+            });
+        // No subscriber is fine.
+        let _ = self.inner.notifications.send(SwapNotification { swap_id: id, seq, notification });
+    }
+}

@@ -1,0 +1,208 @@
+//! The chain side: one poll reads the tip and fee rate, then each pending swap's watched
+//! scripts, and feeds the changes (an HTLC output seen or confirmed, its spend, its
+//! disappearance), then a `Tick`. Chain queries are made without holding any swap's lock.
+
+use bitcoin::{FeeRate, OutPoint, ScriptBuf};
+use looper_protocol::swap::{Event, HtlcStatus, PaymentStatus, StateKind, CLAIM_FEE_TARGET_BLOCKS};
+use looper_protocol::{PaymentHash, Preimage, SwapId};
+
+use super::swaps::{Seen, SeenValue, Slot};
+use super::Engine;
+use crate::chain::ChainSource;
+use crate::engine::io::SwapWallet;
+
+impl Engine {
+    /// One chain poll: new tip and fee rate, each watched script's output and spend, swaps
+    /// whose resume failed tried again, then a tick for every pending swap and the queued
+    /// fundings. When the chain source fails, time still passes: the tick goes out with the tip
+    /// last seen.
+    pub async fn poll(&self) {
+        let tip = match self.inner.chain.tip_height().await {
+            Ok(t) => Some(t),
+            Err(e) => {
+                tracing::warn!(error = %e, "chain poll failed; the swaps' clock keeps moving");
+                None
+            }
+        };
+        let fee_rate = fee_rate(&*self.inner.chain, &*self.inner.wallet).await;
+        let sync_now = {
+            let mut polls = self.lock_misc();
+            polls.polls = polls.polls.wrapping_add(1);
+            polls.polls % self.inner.config.wallet_sync_every.max(1) == 0
+        };
+        if sync_now {
+            if let Err(e) = self.inner.wallet.sync().await {
+                tracing::debug!(error = %e, "wallet sync failed");
+            }
+            if self.lock_misc().offer_unfunded {
+                // Funds may have arrived: the refresh publishes the offer again if they did.
+                self.refresh_served_offer().await;
+            }
+        }
+        if let Some(tip) = tip {
+            {
+                let mut ctx = self.lock_ctx();
+                ctx.tip_height = tip;
+                ctx.fee_rate = fee_rate;
+            }
+            for (id, slot) in self.inner.swaps.select(Slot::needs_resume) {
+                self.resume_one(id, &slot).await;
+            }
+            let watched = self
+                .inner
+                .swaps
+                .select(|s| s.view().kind == StateKind::Pending && !s.watch().scripts.is_empty());
+            for (id, slot) in watched {
+                self.check_chain(id, &slot).await;
+            }
+        }
+        self.tick_pending().await;
+        self.flush_funding().await;
+    }
+
+    /// Feeds a tick to every pending swap.
+    async fn tick_pending(&self) {
+        for (id, slot) in self.inner.swaps.select(|s| s.view().kind == StateKind::Pending) {
+            if let Err(e) = self.feed_slot(id, &slot, Event::Tick).await {
+                tracing::debug!(swap = %id, error = %e, "tick refused");
+            }
+        }
+    }
+
+    async fn check_chain(&self, id: SwapId, slot: &Slot) {
+        let scripts = slot.watch().scripts.clone();
+        for spk in scripts {
+            let history = match self.inner.chain.script_history(&spk).await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::debug!(swap = %id, error = %e, "script history failed");
+                    continue;
+                }
+            };
+            let mut events: Vec<(Seen, Option<SeenValue>, Event)> = Vec::new();
+            let mut outputs: Vec<OutPoint> = Vec::new();
+            for h in &history {
+                let txid = h.tx.compute_txid();
+                for (vout, o) in h.tx.output.iter().enumerate() {
+                    if o.script_pubkey != spk {
+                        continue;
+                    }
+                    let Ok(vout) = u32::try_from(vout) else { continue };
+                    let outpoint = OutPoint { txid, vout };
+                    outputs.push(outpoint);
+                    events.push((
+                        Seen::Output(outpoint),
+                        Some((txid, h.status.height())),
+                        Event::HtlcOutput {
+                            outpoint,
+                            value_sat: o.value.to_sat(),
+                            script_pubkey: spk.clone(),
+                            confirmed_height: h.status.height(),
+                        },
+                    ));
+                }
+            }
+            let mut gone: Vec<OutPoint> = Vec::new();
+            {
+                let mut watch = slot.watch();
+                for op in &outputs {
+                    let spender = history
+                        .iter()
+                        .find(|h| h.tx.input.iter().any(|i| i.previous_output == *op));
+                    match spender {
+                        Some(h) => events.push((
+                            Seen::Spend(*op),
+                            Some((h.tx.compute_txid(), h.status.height())),
+                            Event::HtlcSpent {
+                                tx: h.tx.clone(),
+                                confirmed_height: h.status.height(),
+                            },
+                        )),
+                        // A spend seen before is gone (reorganised out): forget it, so that the
+                        // next spend is reported.
+                        None => {
+                            watch.seen.remove(&Seen::Spend(*op));
+                        }
+                    }
+                }
+                // Outputs of this script seen before that are in neither the chain nor the
+                // mempool any more (reorganised out and dropped, or double-spent).
+                for key in watch.seen.keys() {
+                    if let Seen::Output(op) = key {
+                        if !outputs.contains(op) {
+                            gone.push(*op);
+                        }
+                    }
+                }
+                for op in &gone {
+                    watch.seen.remove(&Seen::Output(*op));
+                    watch.seen.remove(&Seen::Spend(*op));
+                }
+                // Only changes are fed.
+                events.retain(|(key, val, _)| {
+                    let changed = watch.seen.get(key) != val.as_ref();
+                    if let (true, Some(val)) = (changed, val) {
+                        watch.seen.insert(*key, *val);
+                    }
+                    changed
+                });
+            }
+            for outpoint in gone {
+                tracing::warn!(swap = %id, %outpoint, "htlc output left the chain");
+                if let Err(e) = self.feed_slot(id, slot, Event::HtlcGone { outpoint }).await {
+                    tracing::debug!(swap = %id, error = %e, "chain event refused");
+                }
+            }
+            for (_, _, event) in events {
+                if let Err(e) = self.feed_slot(id, slot, event).await {
+                    tracing::debug!(swap = %id, error = %e, "chain event refused");
+                }
+            }
+        }
+    }
+
+    /// What the Lightning node knows now of the payment for `hash`.
+    pub(super) fn payment_status(&self, hash: PaymentHash) -> PaymentStatus {
+        match self.inner.lightning.payment(hash) {
+            None => PaymentStatus::Unknown,
+            Some(p) => match p.status.as_str() {
+                "pending" => PaymentStatus::Pending,
+                "succeeded" => PaymentStatus::Succeeded {
+                    preimage: p.preimage.as_deref().and_then(|h| h.parse::<Preimage>().ok()),
+                },
+                _ => PaymentStatus::Failed,
+            },
+        }
+    }
+
+    /// The HTLC output as the chain source sees it now (`None`: the source failed).
+    pub(super) async fn htlc_status(
+        &self,
+        outpoint: OutPoint,
+        spk: &ScriptBuf,
+    ) -> Option<HtlcStatus> {
+        let history = match self.inner.chain.script_history(spk).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(%outpoint, error = %e, "cannot check the htlc before paying");
+                return None;
+            }
+        };
+        let Some(h) = history.iter().find(|h| h.tx.compute_txid() == outpoint.txid) else {
+            return Some(HtlcStatus::Missing);
+        };
+        let value_sat = h.tx.output.get(outpoint.vout as usize)?.value.to_sat();
+        if history.iter().any(|h| h.tx.input.iter().any(|i| i.previous_output == outpoint)) {
+            return Some(HtlcStatus::Spent);
+        }
+        Some(HtlcStatus::Unspent { value_sat, confirmed_height: h.status.height() })
+    }
+}
+
+/// The fee rate for claims and fundings: the chain's estimate for
+/// [`CLAIM_FEE_TARGET_BLOCKS`], capped by the wallet (2 sat/vB when the estimate fails).
+pub(super) async fn fee_rate(chain: &dyn ChainSource, wallet: &dyn SwapWallet) -> FeeRate {
+    let rate =
+        chain.fee_rate(CLAIM_FEE_TARGET_BLOCKS).await.unwrap_or(FeeRate::from_sat_per_vb_u32(2));
+    wallet.capped(rate)
+}
