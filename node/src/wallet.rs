@@ -510,6 +510,29 @@ impl LooperWallet {
         Ok(self.lock()?.wallet.list_unspent().collect())
     }
 
+    /// A transaction of the wallet (canonical: in the chain, or recorded unconfirmed and not
+    /// evicted) with an output paying `amount` to `script`, and that output's index: a funding
+    /// built before a crash, that a swap must take instead of funding its HTLC twice.
+    ///
+    /// # Errors
+    /// [`WalletError::Poisoned`].
+    pub fn find_payment(
+        &self,
+        script: &ScriptBuf,
+        amount: Amount,
+    ) -> Result<Option<(Transaction, u32)>, WalletError> {
+        let inner = self.lock()?;
+        for ctx in inner.wallet.transactions() {
+            let tx = &ctx.tx_node.tx;
+            let found =
+                tx.output.iter().position(|o| &o.script_pubkey == script && o.value == amount);
+            if let Some(vout) = found.and_then(|v| u32::try_from(v).ok()) {
+                return Ok(Some((Transaction::clone(tx), vout)));
+            }
+        }
+        Ok(None)
+    }
+
     /// Builds and signs one transaction paying every `(script, amount)` of `outputs` (several
     /// HTLCs in one transaction = batching), with change back to the wallet, at `fee_rate`
     /// (capped). Returns the transaction and each output's index. Nothing is broadcast; call

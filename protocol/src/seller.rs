@@ -1096,9 +1096,19 @@ impl SellerSwap {
                 let tx = funding.tx.clone();
                 Ok(rebroadcast(&mut self.broadcast_height, ctx.tip_height, tx, TxPurpose::Funding))
             }
-            SellerState::Refunding { refund_tx, purpose, .. } => {
+            SellerState::Refunding { funding, refund_tx, purpose } => {
                 let (tx, purpose) = (refund_tx.clone(), *purpose);
-                Ok(rebroadcast(&mut self.broadcast_height, ctx.tip_height, tx, purpose))
+                // A funding that never reached the chain (its broadcasts failed) goes out again
+                // before the refund that spends it: without it the refund is refused forever.
+                let parent = (funding.confirmed_height.is_none()).then(|| Action::Broadcast {
+                    tx: funding.tx.clone(),
+                    purpose: TxPurpose::Funding,
+                });
+                let refund = rebroadcast(&mut self.broadcast_height, ctx.tip_height, tx, purpose);
+                if refund.is_empty() {
+                    return Ok(refund);
+                }
+                Ok(parent.into_iter().chain(refund).collect())
             }
             SellerState::Paid { claim_settled: false, .. }
                 if ctx.now_secs >= self.claim_check_at_secs =>

@@ -29,6 +29,24 @@ impl Engine {
                 waiting.push(item);
             }
         }
+        // A funding built before a crash (recorded by the wallet, maybe broadcast for another
+        // swap of its batch) is taken as it is: funding the same HTLC twice would strand one
+        // output that no swap watches.
+        let mut fresh = Vec::with_capacity(waiting.len());
+        for item in waiting {
+            let (id, script, amount) = &item;
+            match self.inner.wallet.find_funding(script, Amount::from_sat(*amount)) {
+                Ok(Some((tx, vout))) => {
+                    tracing::info!(swap = %id, txid = %tx.compute_txid(), "taking the funding built before a restart");
+                    self.fund_one(*id, Event::FundingBuilt { tx, vout }).await;
+                }
+                Ok(None) => fresh.push(item),
+                Err(e) => {
+                    tracing::warn!(swap = %id, error = %e, "cannot look for an earlier funding; not funding now");
+                }
+            }
+        }
+        let waiting = fresh;
         if waiting.is_empty() {
             return;
         }

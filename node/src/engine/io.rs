@@ -42,6 +42,14 @@ pub trait SwapWallet: Send + Sync {
         outputs: &[(ScriptBuf, Amount)],
         fee_rate: FeeRate,
     ) -> Result<FundingTx, WalletError>;
+    /// A transaction the wallet built and recorded (in the chain or not) with an output paying
+    /// `amount` to `script`, and its index: a funding built before a crash, which a swap must
+    /// take instead of funding its HTLC a second time.
+    fn find_funding(
+        &self,
+        script: &ScriptBuf,
+        amount: Amount,
+    ) -> Result<Option<(Transaction, u32)>, WalletError>;
     /// Forgets a transaction from [`SwapWallet::fund`] that will not be broadcast: its coins are
     /// spendable again.
     fn forget(&self, tx: &Transaction) -> Result<(), WalletError>;
@@ -98,6 +106,14 @@ impl SwapWallet for BdkSwapWallet {
         let funding = self.wallet.build_funding_tx(outputs, fee_rate)?;
         self.wallet.apply_unconfirmed(&funding.tx)?;
         Ok(funding)
+    }
+
+    fn find_funding(
+        &self,
+        script: &ScriptBuf,
+        amount: Amount,
+    ) -> Result<Option<(Transaction, u32)>, WalletError> {
+        self.wallet.find_payment(script, amount)
     }
 
     fn forget(&self, tx: &Transaction) -> Result<(), WalletError> {

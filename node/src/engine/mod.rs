@@ -362,6 +362,15 @@ impl Engine {
         policy: BuyerPolicy,
         destination: Option<ScriptBuf>,
     ) -> Result<SwapId, EngineError> {
+        // The offer's checks run against the chain as it is now (the seller answers from its
+        // own tip at once: a stale one here would refuse a fair timeout).
+        let tip = self.inner.chain.tip_height().await?;
+        let fee_rate = watcher::fee_rate(&*self.inner.chain, &*self.inner.wallet).await;
+        {
+            let mut ctx = self.lock_ctx();
+            ctx.tip_height = ctx.tip_height.max(tip);
+            ctx.fee_rate = fee_rate;
+        }
         let ctx = self.context();
         let index = blocking_store(|| self.inner.store.next_swap_index())?;
         let keys = SwapKeys::derive(&self.inner.swap_master, index)
