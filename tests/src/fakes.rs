@@ -319,8 +319,14 @@ impl Lightning for SimLightning {
         preimage: &Preimage,
     ) -> Result<(), LightningError> {
         self.alive()?;
-        lock(&self.world)
-            .settle_payment(payment_hash, preimage.clone())
+        let mut w = lock(&self.world);
+        let delay = w.settle_delay.get(self.node).copied().unwrap_or(0);
+        if delay > 0 {
+            let at = w.tip + delay;
+            w.deferred.push((payment_hash, preimage.clone(), at));
+            return Ok(());
+        }
+        w.settle_payment(payment_hash, preimage.clone())
             .map_err(|e| LightningError::Node { op: "claim", reason: e })
     }
 

@@ -224,6 +224,11 @@ impl Bed {
         if let Ok(mut t) = node.lightning.tamper.lock() {
             *t = tamper;
         }
+        if m == Malice::LateSettlement {
+            if let Some(d) = lock(&self.world).settle_delay.get_mut(who) {
+                *d = 30;
+            }
+        }
         if m == Malice::ShortFunding {
             node.wallet.shortchange_sat.store(1_000, std::sync::atomic::Ordering::Relaxed);
         }
@@ -484,9 +489,7 @@ impl Bed {
             return;
         }
         let pick = self.rng.gen_range(0..4usize);
-        let late = self.sc.malice == Some((SELLER, Malice::LateSettlement));
         let engine = self.nodes[idx].engine.clone();
-        let _ = late;
         deliver_ln_event(&self.world, idx, pick, replay, |d| async move {
             engine.handle_lightning(d).await;
         })
@@ -551,7 +554,8 @@ impl Bed {
                 self.nodes[idx].engine.poll().await;
             }
             self.check_now()?;
-            if self.all_ended() && lock_wire(&self.wire).in_flight.is_empty() {
+            let quiet = lock_wire(&self.wire).in_flight.is_empty();
+            if quiet && self.all_ended(round < 300) {
                 self.log(format!("settled after {round} rounds"));
                 return Ok(());
             }
@@ -571,9 +575,10 @@ impl Bed {
         ))
     }
 
-    /// Every honest node's swaps have ended (a malicious node may strand its own).
-    fn all_ended(&self) -> bool {
-        let honest = |idx: &usize| self.sc.malice.is_none_or(|(who, _)| who != *idx);
+    /// Every node's swaps have ended (with `!strict`, every honest node's: a malicious node may
+    /// strand its own).
+    fn all_ended(&self, strict: bool) -> bool {
+        let honest = |idx: &usize| strict || self.sc.malice.is_none_or(|(who, _)| who != *idx);
         [BUYER, SELLER].iter().filter(|i| honest(i)).all(|&idx| {
             self.nodes[idx]
                 .store
@@ -637,7 +642,7 @@ impl Bed {
                     format!("swap {}: the buyer got the coins without paying", id),
                 ));
             }
-            if htlc_unspent {
+            if htlc_unspent && honest_seller {
                 drop(w);
                 return Err(fail(
                     self,

@@ -95,6 +95,11 @@ pub struct World {
     pub ln_acked: Vec<Vec<LightningEvent>>,
     /// Payments that arrive only from this height on (a slow route), per hash.
     pub slow_until: BTreeMap<PaymentHash, u32>,
+    /// Blocks each node waits before settling a payment it was asked to (a malicious seller's
+    /// late settlement; 0: at once).
+    pub settle_delay: Vec<u32>,
+    /// Settlements held back: (hash, preimage, height from which it settles).
+    pub deferred: Vec<(PaymentHash, Preimage, u32)>,
     next_seq: u64,
     /// Free-form log of what happened (printed when a run fails).
     pub log: Vec<String>,
@@ -142,6 +147,8 @@ impl World {
             ln_events: vec![VecDeque::new(); nodes],
             ln_acked: vec![Vec::new(); nodes],
             slow_until: BTreeMap::new(),
+            settle_delay: vec![0; nodes],
+            deferred: Vec::new(),
             next_seq: 0,
             log: Vec::new(),
         }))
@@ -222,6 +229,16 @@ impl World {
             })
             .map(|(h, _)| *h)
             .collect();
+        let tip = self.tip;
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.deferred).into_iter().partition(|(_, _, at)| *at <= tip);
+        self.deferred = later;
+        for (hash, preimage, _) in due {
+            self.log.push(format!("late settlement of {hash}"));
+            if let Err(e) = self.settle_payment(hash, preimage) {
+                self.log.push(format!("late settlement of {hash} failed: {e}"));
+            }
+        }
         for h in expired {
             self.log.push(format!("payment {h} timed out on its route"));
             self.fail_payment(h, "htlc expired");

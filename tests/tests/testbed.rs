@@ -48,12 +48,12 @@ async fn one_seed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn honest_runs_with_message_and_chain_faults() {
-    many("honest", seeds(40), honest).await;
+    many("honest", seeds(150), honest).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn crashes_after_any_commit() {
-    many("crashes", seeds(40), |seed| Scenario { crashes: true, ..honest(seed + 10_000) }).await;
+    many("crashes", seeds(150), |seed| Scenario { crashes: true, ..honest(seed + 10_000) }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
@@ -71,7 +71,7 @@ async fn a_malicious_seller_never_costs_the_buyer() {
     ];
     for (k, m) in kinds.into_iter().enumerate() {
         let base = 20_000 + 1_000 * k as u64;
-        many(&format!("seller {m:?}"), seeds(8), |seed| Scenario {
+        many(&format!("seller {m:?}"), seeds(20), |seed| Scenario {
             malice: Some((SELLER, m)),
             crashes: true,
             ..honest(base + seed)
@@ -86,7 +86,7 @@ async fn a_malicious_buyer_never_costs_the_seller() {
         [Malice::WrongKeys, Malice::WithholdSignatures, Malice::Replays].into_iter().enumerate()
     {
         let base = 40_000 + 1_000 * k as u64;
-        many(&format!("buyer {m:?}"), seeds(8), |seed| Scenario {
+        many(&format!("buyer {m:?}"), seeds(20), |seed| Scenario {
             malice: Some((BUYER, m)),
             crashes: true,
             ..honest(base + seed)
