@@ -14,9 +14,11 @@ pub mod messages;
 pub mod musig;
 pub mod record;
 pub mod seller;
+mod shared;
 pub mod spend;
 pub mod swap;
 pub mod terms;
+mod transitions;
 pub mod types;
 
 pub use types::{PaymentHash, Preimage, SwapDirection, SwapId};
