@@ -296,6 +296,7 @@ hex_bytes!(
 /// Why a party abandons a swap (`swap_abort.reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum AbortReason {
     /// The user asked to cancel.
     UserRequested,
@@ -331,6 +332,7 @@ impl AbortReason {
 /// The code of an `error` message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum ErrorCode {
     /// The message's `v` is not spoken; `supported_versions` lists the versions that are.
     UnsupportedVersion,
@@ -427,6 +429,7 @@ wire_struct! {
 
 /// Why an offer is invalid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum OfferError {
     /// The offer's version is not spoken.
     #[error("unsupported offer version {version}")]
@@ -822,6 +825,7 @@ impl ErrorMessage {
 
 /// Why a transaction carried in a message is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum MessageError {
     /// `tx_hex` is not a consensus-encoded transaction.
     #[error("tx_hex is not a valid transaction: {reason}")]
@@ -906,6 +910,7 @@ impl CoopRefundRequest {
 /// A swap message body; the `type` tag on the wire is the variant's snake_case name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Message {
     /// `swap_request`, buyer -> seller.
     SwapRequest(SwapRequest),
@@ -1144,6 +1149,7 @@ fn check_version(map: &Map<String, Value>, swap_id: Option<SwapId>) -> Result<u3
 
 /// Why bytes did not decode to a message or an offer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum DecodeError {
     /// Larger than the limit; not parsed at all.
     #[error("message of {size} bytes exceeds the limit of {max} bytes")]

@@ -35,6 +35,7 @@ pub enum Signer {
 
 /// What went wrong in a MuSig2 signing session.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum MusigError {
     /// Our secret key does not belong to the HTLC's MuSig2 key for our role.
     #[error("signing key is not the htlc's {0:?} musig key")]

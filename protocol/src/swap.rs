@@ -192,6 +192,7 @@ pub enum HtlcStatus {
 /// What a transaction is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum TxPurpose {
     /// Locks the seller's BTC in the HTLC.
     Funding,
@@ -293,6 +294,7 @@ pub enum Action {
 /// Progress the user sees (`looper swap monitor`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Notification {
     /// The seller accepted; the quote.
     Accepted {
