@@ -43,10 +43,10 @@
 //! ([`record::SwapRecord`], [`record::Swap`], [`musig::Signer`]), the direction
 //! ([`SwapDirection`]) and a state's [`swap::StateKind`] (pending, succeeded, failed).
 //!
-//! # Features
+//! # Randomness
 //!
-//! - `test-utils` (off by default): test hooks, such as secret nonces from a given seed for
-//!   reproducible vectors. Never for production; the crate's own tests turn it on.
+//! Every MuSig2 secret nonce comes fresh from the RNG passed in, is used once and is never
+//! persisted; there is no way to give one from outside. Reproducible tests pass a seeded RNG.
 #![deny(missing_docs)]
 
 pub mod buyer;

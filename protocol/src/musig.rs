@@ -80,30 +80,9 @@ impl SecretNonce {
     ) -> Self {
         let mut seed = [0u8; 32];
         rng.fill_bytes(&mut seed);
-        Self::with_seed(seed, seckey, key_agg, sighash)
-    }
-
-    fn with_seed(
-        seed: [u8; 32],
-        seckey: &SecretKey,
-        key_agg: &KeyAggContext,
-        sighash: &TapSighash,
-    ) -> Self {
         let agg: PublicKey = key_agg.aggregated_pubkey();
         let msg: &[u8; 32] = sighash.as_ref();
         Self(SecNonce::generate(seed, *seckey, agg, msg, b""))
-    }
-
-    /// Like [`SecretNonce::generate`] with the 32 random bytes given. Only for reproducible test
-    /// vectors (feature `test-utils`): the seed must otherwise be fresh randomness.
-    #[cfg(feature = "test-utils")]
-    pub fn from_seed(
-        seed: [u8; 32],
-        seckey: &SecretKey,
-        key_agg: &KeyAggContext,
-        sighash: &TapSighash,
-    ) -> Self {
-        Self::with_seed(seed, seckey, key_agg, sighash)
     }
 
     /// The public nonce to send to the peer.
@@ -175,32 +154,6 @@ impl InitiatorSession {
         rng: &mut R,
     ) -> Result<Self, MusigError> {
         let secnonce = SecretNonce::generate(rng, &seckey, htlc.key_agg_context(), &sighash);
-        Self::start(htlc, who, seckey, sighash, secnonce)
-    }
-
-    /// Starts a session with a given secret nonce (see `SecretNonce::from_seed`; feature
-    /// `test-utils`).
-    ///
-    /// # Errors
-    /// [`MusigError::WrongKey`] when `seckey` is not our MuSig2 key in `htlc`.
-    #[cfg(feature = "test-utils")]
-    pub fn with_nonce(
-        htlc: &Htlc,
-        who: Signer,
-        seckey: SecretKey,
-        sighash: TapSighash,
-        secnonce: SecretNonce,
-    ) -> Result<Self, MusigError> {
-        Self::start(htlc, who, seckey, sighash, secnonce)
-    }
-
-    fn start(
-        htlc: &Htlc,
-        who: Signer,
-        seckey: SecretKey,
-        sighash: TapSighash,
-        secnonce: SecretNonce,
-    ) -> Result<Self, MusigError> {
         let our_pubkey = our_key_check(htlc, who, &seckey)?;
         Ok(Self {
             who,
@@ -294,33 +247,6 @@ pub fn respond<R: RngCore + CryptoRng>(
     rng: &mut R,
 ) -> Result<(PubNonce, PartialSignature), MusigError> {
     let secnonce = SecretNonce::generate(rng, seckey, htlc.key_agg_context(), sighash);
-    respond_once(htlc, who, seckey, sighash, their_nonce, secnonce)
-}
-
-/// [`respond`] with a given secret nonce (see `SecretNonce::from_seed`; feature `test-utils`).
-///
-/// # Errors
-/// [`MusigError::WrongKey`] or [`MusigError::Signing`].
-#[cfg(feature = "test-utils")]
-pub fn respond_with_nonce(
-    htlc: &Htlc,
-    who: Signer,
-    seckey: &SecretKey,
-    sighash: &TapSighash,
-    their_nonce: &PubNonce,
-    secnonce: SecretNonce,
-) -> Result<(PubNonce, PartialSignature), MusigError> {
-    respond_once(htlc, who, seckey, sighash, their_nonce, secnonce)
-}
-
-fn respond_once(
-    htlc: &Htlc,
-    who: Signer,
-    seckey: &SecretKey,
-    sighash: &TapSighash,
-    their_nonce: &PubNonce,
-    secnonce: SecretNonce,
-) -> Result<(PubNonce, PartialSignature), MusigError> {
     our_key_check(htlc, who, seckey)?;
     let our_nonce = secnonce.public_nonce();
     let agg_nonce = aggregate_nonces(who, &our_nonce, their_nonce);
