@@ -59,7 +59,7 @@ fn fixture() -> &'static Fixture {
             })
             .unwrap();
         let (mut seller, _) = SellerSwap::from_request(
-            buyer.swap_id,
+            buyer.swap_id(),
             "buyer".into(),
             offer(),
             request,
@@ -80,7 +80,7 @@ fn fixture() -> &'static Fixture {
                 _ => None,
             })
             .unwrap();
-        Fixture { ctx, swap_id: buyer.swap_id, buyer, accept }
+        Fixture { ctx, swap_id: buyer.swap_id(), buyer, accept }
     })
 }
 
@@ -179,13 +179,13 @@ fuzz_target!(|data: &[u8]| {
     assert!(!actions.iter().any(|a| matches!(a, Action::PayInvoice { .. })));
 
     if std::env::var_os("LOOPER_FUZZ_LOG").is_some() {
-        match &buyer.state {
+        match buyer.state() {
             BuyerState::Aborted { check, .. } => eprintln!("{invoice}: Aborted {check:?}"),
             other => eprintln!("{invoice}: {}", other.name()),
         }
     }
     let parsed = Bolt11Invoice::from_str(&invoice);
-    let terms = match &buyer.state {
+    let terms = match buyer.state() {
         BuyerState::Accepted { terms, .. } => terms.clone(),
         BuyerState::Aborted { check: Some(check), .. } => {
             assert!(is_invoice_check(check), "only invoice checks can fail here: {check:?}");

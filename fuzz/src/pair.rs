@@ -200,9 +200,9 @@ fn in_table(table: &[Transition], from: &str, to: &str) -> bool {
 
 fn record_of(party: Party, buyer: &BuyerSwap, seller: Option<&SellerSwap>) -> Vec<u8> {
     let record = match party {
-        Party::Buyer => SwapRecord::Buyer(buyer.clone()),
+        Party::Buyer => SwapRecord::from(buyer),
         Party::Seller => match seller {
-            Some(s) => SwapRecord::Seller(s.clone()),
+            Some(s) => SwapRecord::from(s),
             None => return Vec::new(),
         },
     };
@@ -265,8 +265,8 @@ impl Pair {
     fn fail(&self, what: &str) -> ! {
         panic!(
             "invariant violated: {what}\nbuyer: {:?}\nseller: {:?}\nsteps:\n{}",
-            self.buyer.state.name(),
-            self.seller.as_ref().map(|s| s.state.name()),
+            self.buyer.state().name(),
+            self.seller.as_ref().map(|s| s.state().name()),
             self.log.join("\n")
         )
     }
@@ -279,15 +279,15 @@ impl Pair {
 
     fn outbox_len(&self, party: Party) -> usize {
         match party {
-            Party::Buyer => self.buyer.outbox.sent.len(),
-            Party::Seller => self.seller.as_ref().map_or(0, |s| s.outbox.sent.len()),
+            Party::Buyer => self.buyer.outbox().sent.len(),
+            Party::Seller => self.seller.as_ref().map_or(0, |s| s.outbox().sent.len()),
         }
     }
 
     fn state_name(&self, party: Party) -> &'static str {
         match party {
-            Party::Buyer => self.buyer.state.name(),
-            Party::Seller => self.seller.as_ref().map_or("-", |s| s.state.name()),
+            Party::Buyer => self.buyer.state().name(),
+            Party::Seller => self.seller.as_ref().map_or("-", |s| s.state().name()),
         }
     }
 
@@ -300,8 +300,8 @@ impl Pair {
         let before_name = self.state_name(party);
         let resends = self.outbox_len(party);
         let before_swap = match party {
-            Party::Buyer => Some(SwapRecord::Buyer(self.buyer.clone())),
-            Party::Seller => self.seller.clone().map(SwapRecord::Seller),
+            Party::Buyer => Some(SwapRecord::from(&self.buyer)),
+            Party::Seller => self.seller.as_ref().map(SwapRecord::from),
         };
         let result = match party {
             Party::Buyer => self.buyer.handle(event.clone(), &ctx, &mut self.rng),
@@ -386,7 +386,7 @@ impl Pair {
                 attempt,
                 ..
             } => {
-                let BuyerState::Paying { terms, htlc, max_cltv, .. } = &self.buyer.state else {
+                let BuyerState::Paying { terms, htlc, max_cltv, .. } = &self.buyer.state() else {
                     self.fail("PayInvoice outside Paying");
                 };
                 // Never a second payment while one may still succeed (or did): a new attempt
@@ -429,7 +429,7 @@ impl Pair {
                         *max_total_cltv_expiry_delta
                             >= MIN_CLTV_BUDGET_BLOCKS.max(terms.min_final_cltv)
                             && *max_total_cltv_expiry_delta <= available
-                            && *max_total_cltv_expiry_delta <= self.buyer.policy.max_route_cltv,
+                            && *max_total_cltv_expiry_delta <= self.buyer.policy().max_route_cltv,
                         "PayInvoice with a cltv budget outside [max(42, f), min(R, T - tip - m)]",
                     );
                     self.check(
@@ -455,7 +455,7 @@ impl Pair {
                     let required = self
                         .offer
                         .min_confirmations
-                        .max(self.buyer.policy.min_confirmations)
+                        .max(self.buyer.policy().min_confirmations)
                         .max(1);
                     let confs = looper_protocol::swap::confirmations(height, self.ctx.tip_height);
                     self.check(
@@ -477,7 +477,7 @@ impl Pair {
                         "a cooperative refund signed while a payment is in flight or done (after the point of no return)",
                     );
                     self.check(
-                        matches!(self.buyer.state, BuyerState::Aborted { .. }),
+                        matches!(self.buyer.state(), BuyerState::Aborted { .. }),
                         "a cooperative refund signed before Aborted was persisted",
                     );
                     self.track.buyer_signed_refund = true;
@@ -527,11 +527,11 @@ impl Pair {
         action: &Action,
     ) {
         let Some(seller) = self.seller.as_ref() else { return };
-        let quote = seller.quote;
-        let t = seller.htlc_params.timeout_height;
+        let quote = *seller.quote();
+        let t = seller.htlc_params().timeout_height;
         let hash = seller.payment_hash();
-        let script = seller.htlc().map(|h| h.script_pubkey().to_owned()).ok();
-        let after = seller.state.name();
+        let script = Some(seller.htlc().script_pubkey().to_owned());
+        let after = seller.state().name();
         match action {
             Action::ClaimPayment { payment_hash, amount_msat, preimage } => {
                 self.check(
@@ -556,7 +556,7 @@ impl Pair {
                         !self.track.seller_refunded,
                         "ClaimPayment after a refund was broadcast",
                     );
-                    if let Some(op) = seller_funding(&seller.state) {
+                    if let Some(op) = seller_funding(seller.state()) {
                         self.check(
                             self.chain.spender_of(op).is_none(),
                             "ClaimPayment with the HTLC already spent",
@@ -651,11 +651,11 @@ impl Pair {
     /// Invariants of the pair after every step.
     fn check_global(&self) {
         self.check(
-            !matches!(self.buyer.state, BuyerState::Lost { .. }),
+            !matches!(self.buyer.state(), BuyerState::Lost { .. }),
             "the buyer lost the HTLC after paying (no honest seller refunds a paid swap)",
         );
         if let Some(s) = &self.seller {
-            if let SellerState::Claimed { amount_msat, .. } = &s.state {
+            if let SellerState::Claimed { amount_msat, .. } = s.state() {
                 self.check(
                     self.track.seller_claimed && *amount_msat > 0,
                     "the HTLC was claimed from the seller without the seller being paid",
@@ -664,7 +664,7 @@ impl Pair {
             if self.track.seller_claimed {
                 self.check(
                     !matches!(
-                        s.state,
+                        s.state(),
                         SellerState::Refunded { .. } | SellerState::Refunding { .. }
                     ),
                     "the seller refunds after it was paid",
@@ -963,14 +963,13 @@ impl Pair {
                 if self.buyer_record.is_empty() {
                     return;
                 }
-                let Ok(SwapRecord::Buyer(mut b)) = SwapRecord::from_bytes(&self.buyer_record)
-                else {
+                let Ok(SwapRecord::Buyer(b)) = SwapRecord::from_bytes(&self.buyer_record) else {
                     self.fail("the buyer's record does not restore");
                 };
-                b.attach_keys(buyer_keys(b.key_index)).expect("the buyer's keys attach");
-                self.buyer = b;
-                let before = self.buyer.state.name();
-                let resends = self.buyer.outbox.sent.len();
+                let keys = buyer_keys(b.key_index());
+                self.buyer = BuyerSwap::load(b, keys).expect("the buyer's keys fit");
+                let before = self.buyer.state().name();
+                let resends = self.buyer.outbox().sent.len();
                 let actions = self.buyer.resume(&ctx, &mut self.rng).expect("the buyer resumes");
                 self.check_actions(
                     Party::Buyer,
@@ -986,13 +985,14 @@ impl Pair {
                 if self.seller_record.is_empty() {
                     return;
                 }
-                let Ok(SwapRecord::Seller(mut s)) = SwapRecord::from_bytes(&self.seller_record)
+                let Ok(SwapRecord::Seller(s)) = SwapRecord::from_bytes(&self.seller_record)
                 else {
                     self.fail("the seller's record does not restore");
                 };
-                s.attach_keys(seller_keys(s.key_index)).expect("the seller's keys attach");
-                let before = s.state.name();
-                let resends = s.outbox.sent.len();
+                let keys = seller_keys(s.key_index());
+                let s = SellerSwap::load(s, keys).expect("the seller's keys fit");
+                let before = s.state().name();
+                let resends = s.outbox().sent.len();
                 self.seller = Some(s);
                 let actions = match self.seller.as_mut() {
                     Some(s) => s.resume(&ctx, &mut self.rng).expect("the seller resumes"),
@@ -1074,8 +1074,8 @@ impl Pair {
 
     fn next_seq(&self, to: Party) -> u32 {
         match to {
-            Party::Buyer => self.buyer.inbox.next_seq,
-            Party::Seller => self.seller.as_ref().map_or(0, |s| s.inbox.next_seq),
+            Party::Buyer => self.buyer.inbox().next_seq,
+            Party::Seller => self.seller.as_ref().map_or(0, |s| s.inbox().next_seq),
         }
     }
 
@@ -1227,7 +1227,7 @@ impl Pair {
         } else {
             Message::Error(ErrorMessage::new(ErrorCode::InvalidState, "forged"))
         };
-        let swap_id = self.buyer.swap_id;
+        let swap_id = self.buyer.swap_id();
         let env = Envelope::new(swap_id, self.next_seq(to), body);
         self.log.push(format!("{to:?}: forged {}", env.body.kind_name()));
         self.deliver(to, env);
@@ -1329,7 +1329,7 @@ impl Pair {
         if std::env::var_os("LOOPER_FUZZ_LOG").is_some() {
             eprintln!(
                 "buyer: {}, seller: {}\n{}",
-                pair.buyer.state.name(),
+                pair.buyer.state().name(),
                 pair.state_name(Party::Seller),
                 pair.log.join("\n")
             );
@@ -1346,7 +1346,7 @@ impl Pair {
         self.restart(Party::Seller);
         for _ in 0..400 {
             self.pump();
-            let end = self.seller.as_ref().map_or(0, |s| s.htlc_params.timeout_height) + 30;
+            let end = self.seller.as_ref().map_or(0, |s| s.htlc_params().timeout_height) + 30;
             let done = self.buyer.kind() != StateKind::Pending
                 && self.seller.as_ref().is_none_or(|s| s.kind() != StateKind::Pending);
             if done || self.ctx.tip_height > end {
@@ -1360,14 +1360,14 @@ impl Pair {
         self.pump();
         if self.track.payment_succeeded || self.track.seller_claimed {
             self.check(
-                matches!(self.buyer.state, BuyerState::Claimed { .. }),
+                matches!(self.buyer.state(), BuyerState::Claimed { .. }),
                 "outcome: the seller was paid but the buyer did not claim the HTLC",
             );
         }
         if let Some(s) = &self.seller {
             if self.track.seller_funded {
                 let done =
-                    matches!(s.state, SellerState::Claimed { .. } | SellerState::Refunded { .. });
+                    matches!(s.state(), SellerState::Claimed { .. } | SellerState::Refunded { .. });
                 self.check(done, "outcome: the seller's HTLC is neither claimed nor refunded");
             }
             self.check(s.kind() != StateKind::Pending, "outcome: the seller never finished");

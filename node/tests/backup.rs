@@ -67,7 +67,7 @@ fn buyer_record(n: u8, index: u32, updated_at: u64) -> SwapRecord {
         keys,
     };
     let (swap, _) = BuyerSwap::start(start, &ctx).unwrap();
-    let proto = ProtoRecord::Buyer(swap);
+    let proto = ProtoRecord::from(&swap);
     SwapRecord {
         id: SwapId([n; 32]),
         role: SwapRole::Buyer,
@@ -376,7 +376,7 @@ async fn a_restored_store_never_reuses_an_index() {
         else {
             panic!("not a buyer")
         };
-        assert!(b.lightning_state_lost, "a restored buyer must not trust 'no payment known'");
+        assert!(b.lightning_state_lost(), "a restored buyer must not trust 'no payment known'");
     }
     assert_eq!(
         second.list_offers().unwrap(),

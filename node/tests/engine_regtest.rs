@@ -490,7 +490,8 @@ async fn loop_out(cooperative: bool) -> Result<()> {
     let Some(SwapRecord::Buyer(b)) = buyer.engine.swap_record(swap_id).await else {
         bail!("no buyer record")
     };
-    let looper_protocol::buyer::BuyerState::Claimed { claim_txid, received_sat, .. } = b.state
+    let looper_protocol::buyer::BuyerState::Claimed { claim_txid, received_sat, .. } =
+        b.state().clone()
     else {
         bail!("not claimed")
     };
@@ -720,7 +721,7 @@ async fn unpaid_swap(abort: bool) -> Result<()> {
     else {
         panic!("no buyer record");
     };
-    let request = record.outbox.sent.first().cloned().expect("the swap_request");
+    let request = record.outbox().sent.first().cloned().expect("the swap_request");
     stranger.send(&seller_pk, &[], &request).await?;
     expect_error_reply(
         &mut stranger_rx,
@@ -766,7 +767,9 @@ async fn unpaid_swap(abort: bool) -> Result<()> {
     };
     let events = seller.engine.store().swap_events(&swap_id, 0)?;
     assert_eq!(state, "Refunded", "{events:#?}");
-    let looper_protocol::seller::SellerState::Refunded { funding, refund_txid } = rec.state else {
+    let looper_protocol::seller::SellerState::Refunded { funding, refund_txid } =
+        rec.state().clone()
+    else {
         bail!("not refunded")
     };
     let purposes: Vec<TxPurpose> = events

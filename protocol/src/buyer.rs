@@ -9,7 +9,6 @@ use core::str::FromStr;
 use core::time::Duration;
 
 use bitcoin::hashes::Hash;
-use bitcoin::secp256k1::rand::{CryptoRng, RngCore};
 use bitcoin::secp256k1::{PublicKey, XOnlyPublicKey};
 use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, Txid};
 use lightning_invoice::Bolt11Invoice;
@@ -18,18 +17,18 @@ use serde::{Deserialize, Serialize};
 use crate::htlc::{Htlc, HtlcParams, HtlcSpendPath};
 use crate::keys::SwapKeys;
 use crate::messages::{
-    AbortReason, CoopClaimRequest, CoopRefundRequest, CoopRefundResponse, ErrorCode, ErrorMessage,
-    Message, Offer, PartialSigBytes, PubNonceBytes, SwapAbort, SwapAccept, SwapFunded, SwapRequest,
-    MIN_CLTV_BUDGET_BLOCKS,
+    AbortReason, CoopClaimRequest, CoopRefundRequest, CoopRefundResponse, ErrorCode, Message,
+    Offer, SwapAccept, SwapFunded, SwapRequest, MIN_CLTV_BUDGET_BLOCKS,
 };
-use crate::musig::{self, InitiatorSession, Signer};
+use crate::musig::Signer;
+use crate::shared::{
+    core_accessors, internal, persist_first, spend_is_ours, swap_api, variant_field, Actions,
+    CoreRecord, Ephemeral, Live, Rng,
+};
 use crate::spend::{HtlcInput, SpendPath, SpendTx, CLAIM_SCRIPT_PATH_VBYTES};
-use musig2::BinaryEncoding;
-
 use crate::swap::{
-    check_transition, confirmations, persist_first, rebroadcast, Action, Context, Ephemeral, Event,
-    HtlcStatus, Inbox, Notification, Outbox, PaymentStatus, StateKind, SwapError, Transition,
-    TxPurpose, COOP_TIMEOUT_SECS, DEFAULT_CLAIM_MARGIN, TIMEOUT_SLACK_BLOCKS,
+    confirmations, Action, Context, Event, HtlcStatus, Inbox, Notification, Outbox, PaymentStatus,
+    StateKind, SwapError, TxPurpose, COOP_TIMEOUT_SECS, DEFAULT_CLAIM_MARGIN, TIMEOUT_SLACK_BLOCKS,
 };
 use crate::terms::{Quote, DUST_LIMIT_SAT};
 use crate::types::{PaymentHash, Preimage, SwapDirection, SwapId};
@@ -55,6 +54,7 @@ pub const MAX_UNSENT_PAYMENT_ATTEMPTS: u32 = 30;
 /// `02-swap-flow.md`, "Buyer checks").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[serde(tag = "check", content = "detail", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum BuyerCheckError {
     /// The seller's quote differs from ours.
     #[error("quote mismatch: {0}")]
@@ -219,6 +219,7 @@ pub struct HtlcOutput {
 /// The buyer's states.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum BuyerState {
     /// `swap_request` sent.
     Requested,
@@ -326,30 +327,6 @@ pub enum BuyerState {
 }
 
 impl BuyerState {
-    /// The state's name, as in the transition table and the spec.
-    pub fn name(&self) -> &'static str {
-        match self {
-            BuyerState::Requested => "Requested",
-            BuyerState::Accepted { .. } => "Accepted",
-            BuyerState::Funded { .. } => "Funded",
-            BuyerState::Paying { .. } => "Paying",
-            BuyerState::Claiming { .. } => "Claiming",
-            BuyerState::ClaimBroadcast { .. } => "ClaimBroadcast",
-            BuyerState::Claimed { .. } => "Claimed",
-            BuyerState::Aborted { .. } => "Aborted",
-            BuyerState::Lost { .. } => "Lost",
-        }
-    }
-
-    /// Pending, succeeded or failed.
-    pub fn kind(&self) -> StateKind {
-        match self {
-            BuyerState::Claimed { .. } => StateKind::Succeeded,
-            BuyerState::Aborted { .. } | BuyerState::Lost { .. } => StateKind::Failed,
-            _ => StateKind::Pending,
-        }
-    }
-
     /// Whether the buyer has started paying (past the point of no return).
     pub fn has_paid(&self) -> bool {
         matches!(
@@ -364,52 +341,27 @@ impl BuyerState {
 
     fn terms(&self) -> Option<&Terms> {
         match self {
-            BuyerState::Accepted { terms, .. }
-            | BuyerState::Funded { terms, .. }
-            | BuyerState::Paying { terms, .. }
-            | BuyerState::Claiming { terms, .. }
-            | BuyerState::ClaimBroadcast { terms, .. }
-            | BuyerState::Claimed { terms, .. }
-            | BuyerState::Lost { terms, .. } => Some(terms),
             BuyerState::Aborted { terms, .. } => terms.as_ref(),
-            BuyerState::Requested => None,
+            other => variant_field!(
+                other,
+                BuyerState,
+                terms,
+                [Accepted, Funded, Paying, Claiming, ClaimBroadcast, Claimed, Lost]
+            ),
         }
     }
 
     fn htlc_output(&self) -> Option<&HtlcOutput> {
         match self {
-            BuyerState::Funded { htlc, .. }
-            | BuyerState::Paying { htlc, .. }
-            | BuyerState::Claiming { htlc, .. }
-            | BuyerState::ClaimBroadcast { htlc, .. } => Some(htlc),
             BuyerState::Aborted { htlc, .. } => htlc.as_ref(),
-            _ => None,
+            other => {
+                variant_field!(other, BuyerState, htlc, [Funded, Paying, Claiming, ClaimBroadcast])
+            }
         }
     }
 }
 
-/// The buyer's transition table (the diagrams in `spec/diagrams/` are generated from it).
-pub const BUYER_TRANSITIONS: &[Transition] = &[
-    ("Requested", "Accepted", "swap_accept passes every check"),
-    ("Requested", "Aborted", "error, swap_abort, a failed check or user abort"),
-    ("Accepted", "Funded", "htlc on chain with agreed script and value"),
-    ("Accepted", "Aborted", "a failed check, swap_abort, user abort, invoice expiry"),
-    ("Funded", "Paying", "min_confirmations reached and checks pass / pay"),
-    ("Funded", "Aborted", "a failed check, swap_abort, user abort, timeout too close"),
-    ("Funded", "Accepted", "htlc gone from the chain (reorg, double spend)"),
-    ("Funded", "Paying", "a payment for the hash found in flight"),
-    ("Funded", "Claiming", "a payment for the hash found succeeded"),
-    ("Paying", "Claiming", "payment succeeded / send coop_claim_request"),
-    ("Paying", "Funded", "payment failed or not sent, attempts left / retry in 10 s"),
-    ("Paying", "Aborted", "payment failed or not sent, no attempts left / send swap_abort"),
-    ("Aborted", "Claiming", "a payment for the hash found succeeded (claim anyway)"),
-    ("Claiming", "ClaimBroadcast", "coop_claim_response, or 30 s / script path"),
-    ("Claiming", "Lost", "htlc refunded by the seller"),
-    ("Claiming", "Claimed", "our claim confirmed (broadcast before a restart)"),
-    ("Paying", "Lost", "htlc refunded while the payment's fate is unknown (restored)"),
-    ("ClaimBroadcast", "Claimed", "claim confirmed"),
-    ("ClaimBroadcast", "Lost", "htlc refunded by the seller"),
-];
+pub use crate::transitions::BUYER_TRANSITIONS;
 
 /// The buyer's limits for one swap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -474,58 +426,106 @@ pub fn check_claim_affordable(htlc_sat: u64, fee_rate_sat_vb: u64) -> Result<(),
     Ok(())
 }
 
-/// One loop out, buyer side. Serializes to its record; keys are derived again from `key_index`.
+/// A buyer's swap as stored (the `swap` of a [`crate::record::SwapRecord`]): everything but the
+/// keys, which derive again from [`BuyerRecord::key_index`], and what lives in memory only (the
+/// MuSig2 session of a cooperative claim). [`BuyerSwap::load`] makes it a running swap again.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct BuyerSwap {
-    /// The swap id (ours).
-    pub swap_id: SwapId,
-    /// The swap-key index.
-    pub key_index: u32,
-    /// The seller (Nostr public key, hex).
-    pub peer: String,
-    /// The offer taken.
-    pub offer: Offer,
+pub struct BuyerRecord {
+    #[serde(flatten)]
+    core: CoreRecord,
     /// The amount asked for.
-    pub amount_sat: u64,
+    amount_sat: u64,
     /// Our limits.
-    pub policy: BuyerPolicy,
+    policy: BuyerPolicy,
     /// Where the claim pays to.
-    pub claim_destination: ScriptBuf,
-    /// Our MuSig2 key (to check the keys on restore).
-    pub musig_pubkey: PublicKey,
+    claim_destination: ScriptBuf,
+    /// Our MuSig2 key (to check the keys on load).
+    musig_pubkey: PublicKey,
     /// Our claim key.
-    pub claim_pubkey: XOnlyPublicKey,
-    /// When the swap started (unix seconds).
-    pub created_at: u64,
-    /// The seller's messages, in order.
-    pub inbox: Inbox,
-    /// Our messages.
-    pub outbox: Outbox,
+    claim_pubkey: XOnlyPublicKey,
     /// The state.
-    pub state: BuyerState,
-    /// The record was restored from a backup onto a Lightning node that lost its payments
-    /// ([`BuyerSwap::mark_lightning_state_lost`]): "no payment known for the hash" then proves
-    /// nothing, so it counts as "maybe in flight": no refund signature, no new attempt.
+    state: BuyerState,
+    /// See [`BuyerRecord::lightning_state_lost`].
     #[serde(default, skip_serializing_if = "core::ops::Not::not")]
-    pub lightning_state_lost: bool,
-    #[serde(skip)]
-    keys: Option<SwapKeys>,
-    #[serde(skip)]
-    claim_session: Ephemeral<(InitiatorSession, SpendTx)>,
+    lightning_state_lost: bool,
+}
+
+impl BuyerRecord {
+    core_accessors!();
+
+    /// The state.
+    pub fn state(&self) -> &BuyerState {
+        &self.state
+    }
+
+    /// The amount asked for.
+    pub fn amount_sat(&self) -> u64 {
+        self.amount_sat
+    }
+
+    /// Our limits.
+    pub fn policy(&self) -> &BuyerPolicy {
+        &self.policy
+    }
+
+    /// Where the claim pays to.
+    pub fn claim_destination(&self) -> &ScriptBuf {
+        &self.claim_destination
+    }
+
+    /// Our MuSig2 public key.
+    pub fn musig_pubkey(&self) -> PublicKey {
+        self.musig_pubkey
+    }
+
+    /// Our claim public key.
+    pub fn claim_pubkey(&self) -> XOnlyPublicKey {
+        self.claim_pubkey
+    }
+
+    /// The record was restored from a backup onto a Lightning node that lost its payments
+    /// ([`BuyerRecord::mark_lightning_state_lost`]): "no payment known for the hash" then proves
+    /// nothing, so it counts as "maybe in flight": no refund signature, no new attempt.
+    pub fn lightning_state_lost(&self) -> bool {
+        self.lightning_state_lost
+    }
+
+    /// Marks a record restored from a backup onto a Lightning node that no longer knows the
+    /// payments made before (its data was lost): from then on the node's "unknown" answer for
+    /// the hash counts as a payment that may be in flight, so the buyer never co-signs a refund
+    /// nor starts another attempt; it claims if the payment turns out to have succeeded and
+    /// otherwise waits for the seller's refund after the timeout.
+    pub fn mark_lightning_state_lost(&mut self) {
+        self.lightning_state_lost = true;
+    }
+
+    /// The payment hash, once accepted.
+    pub fn payment_hash(&self) -> Option<PaymentHash> {
+        self.state.terms().map(|t| t.htlc_params.payment_hash)
+    }
+
+    /// The agreed terms, once accepted.
+    pub fn terms(&self) -> Option<&Terms> {
+        self.state.terms()
+    }
+}
+
+/// One loop out, buyer side: its [`BuyerRecord`] (read through `Deref`; only the state machine
+/// changes it), its keys and what lives in memory only.
+#[derive(Debug, Clone)]
+pub struct BuyerSwap {
+    rec: BuyerRecord,
+    live: Live,
     /// A `coop_refund_request` waiting for the Lightning node's word that no payment for the
     /// hash can still succeed ([`Action::CheckPayment`]).
-    #[serde(skip)]
     pending_refund: Ephemeral<CoopRefundRequest>,
     /// A [`Action::CheckHtlc`] right before paying is outstanding.
-    #[serde(skip)]
     verifying_htlc: bool,
-    /// Tip height of the last claim broadcast (rebroadcast once per block until confirmed).
-    #[serde(skip)]
-    broadcast_height: u32,
     /// A [`Notification::Stalled`] was sent for the current trouble (sent once, not every tick).
-    #[serde(skip)]
     stall_reported: bool,
 }
+
+swap_api!(BuyerSwap, BuyerRecord, BuyerState);
 
 /// Everything a buyer needs to start a swap.
 #[derive(Debug, Clone)]
@@ -580,120 +580,80 @@ impl BuyerSwap {
             max_total_fee_sat: start.policy.max_total_fee_sat.min(quote.fee_sat()),
             prepay_accepted: false,
         };
-        let mut swap = BuyerSwap {
+        let core = CoreRecord {
             swap_id: start.swap_id,
             key_index: start.keys.index(),
             peer: start.peer,
             offer: start.offer,
+            created_at: ctx.now_secs,
+            inbox: Inbox::default(),
+            outbox: Outbox::default(),
+        };
+        let rec = BuyerRecord {
+            core,
             amount_sat: start.amount_sat,
             policy: start.policy,
             claim_destination: start.claim_destination,
             musig_pubkey: start.keys.musig_pubkey(),
             claim_pubkey: start.keys.claim_pubkey(),
-            created_at: ctx.now_secs,
-            inbox: Inbox::default(),
-            outbox: Outbox::default(),
             state: BuyerState::Requested,
             lightning_state_lost: false,
-            keys: Some(start.keys),
-            claim_session: Ephemeral(None),
-            pending_refund: Ephemeral(None),
-            verifying_htlc: false,
-            broadcast_height: 0,
-            stall_reported: false,
         };
-        let send = swap.outbox.send(swap.swap_id, Message::SwapRequest(request));
+        let mut swap = BuyerSwap::with_keys(rec, start.keys);
+        let send = swap.rec.core.send(Message::SwapRequest(request));
         Ok((swap, vec![Action::Persist, send]))
     }
 
-    /// Marks a record restored from a backup onto a Lightning node that no longer knows the
-    /// payments made before (its data was lost): from then on the node's "unknown" answer for
-    /// the hash counts as a payment that may be in flight, so the buyer never co-signs a refund
-    /// nor starts another attempt; it claims if the payment turns out to have succeeded and
-    /// otherwise waits for the seller's refund after the timeout.
-    pub fn mark_lightning_state_lost(&mut self) {
-        self.lightning_state_lost = true;
+    fn with_keys(rec: BuyerRecord, keys: SwapKeys) -> Self {
+        BuyerSwap {
+            rec,
+            live: Live::new(keys),
+            pending_refund: Ephemeral(None),
+            verifying_htlc: false,
+            stall_reported: false,
+        }
     }
 
-    /// Re-attaches the keys after loading the record.
+    /// Loads a stored swap with its keys (derived again from [`BuyerRecord::key_index`]); then
+    /// [`BuyerSwap::resume`] gives the actions to take at start-up.
     ///
     /// # Errors
-    /// When the keys are not the ones the swap was made with.
-    pub fn attach_keys(&mut self, keys: SwapKeys) -> Result<(), SwapError> {
-        if keys.index() != self.key_index
-            || keys.musig_pubkey() != self.musig_pubkey
-            || keys.claim_pubkey() != self.claim_pubkey
+    /// [`SwapError::WrongKeys`] when the keys are not the ones the swap was made with.
+    pub fn load(record: BuyerRecord, keys: SwapKeys) -> Result<Self, SwapError> {
+        if keys.index() != record.core.key_index
+            || keys.musig_pubkey() != record.musig_pubkey
+            || keys.claim_pubkey() != record.claim_pubkey
         {
-            return Err(SwapError::Internal("keys do not belong to this swap".into()));
+            return Err(SwapError::WrongKeys { key_index: record.core.key_index });
         }
-        self.keys = Some(keys);
-        Ok(())
-    }
-
-    fn keys(&self) -> Result<&SwapKeys, SwapError> {
-        self.keys.as_ref().ok_or_else(|| SwapError::Internal("keys not attached".into()))
-    }
-
-    /// Pending, succeeded or failed.
-    pub fn kind(&self) -> StateKind {
-        self.state.kind()
-    }
-
-    /// The payment hash, once accepted.
-    pub fn payment_hash(&self) -> Option<PaymentHash> {
-        self.state.terms().map(|t| t.htlc_params.payment_hash)
-    }
-
-    /// The agreed terms, once accepted.
-    pub fn terms(&self) -> Option<&Terms> {
-        self.state.terms()
-    }
-
-    fn go(&mut self, to: BuyerState) -> Result<(), SwapError> {
-        check_transition(BUYER_TRANSITIONS, self.state.name(), to.name())?;
-        self.state = to;
-        Ok(())
-    }
-
-    fn finished(&self) -> Action {
-        Action::Notify(Notification::Finished {
-            state: self.state.name().to_string(),
-            kind: self.state.kind(),
-        })
+        Ok(BuyerSwap::with_keys(record, keys))
     }
 
     /// The blocks kept for the claim after a payment resolves: the offer's margin, never below
     /// the buyer's own floor.
     fn claim_margin(&self) -> u32 {
-        self.offer.claim_margin.max(self.policy.min_claim_margin)
+        self.rec.core.offer.claim_margin.max(self.rec.policy.min_claim_margin)
     }
 
     fn htlc(&self) -> Result<Htlc, SwapError> {
-        let terms = self.state.terms().ok_or_else(|| SwapError::Internal("no terms yet".into()))?;
-        Htlc::new(terms.htlc_params.clone()).map_err(|e| SwapError::Internal(e.to_string()))
+        let terms =
+            self.rec.state.terms().ok_or_else(|| SwapError::Internal("no terms yet".into()))?;
+        Htlc::new(terms.htlc_params.clone()).map_err(internal)
     }
 
-    /// Actions after loading the record at start-up.
-    ///
-    /// # Errors
-    /// When the keys are not attached.
-    pub fn resume<R: RngCore + CryptoRng>(
-        &mut self,
-        ctx: &Context,
-        rng: &mut R,
-    ) -> Result<Vec<Action>, SwapError> {
-        self.keys()?;
-        let mut actions = self.outbox.resend_all();
-        if let Some(terms) = self.state.terms() {
-            if self.kind() == StateKind::Pending || matches!(self.state, BuyerState::Aborted { .. })
+    /// The buyer's part of [`BuyerSwap::resume`], after the re-sent messages `sent`.
+    fn resume_role(&mut self, sent: Vec<Action>, ctx: &Context, rng: &mut impl Rng) -> Actions {
+        let mut actions = sent;
+        if let Some(terms) = self.rec.state.terms() {
+            if self.kind() == StateKind::Pending
+                || matches!(self.rec.state, BuyerState::Aborted { .. })
             {
-                let htlc = Htlc::new(terms.htlc_params.clone())
-                    .map_err(|e| SwapError::Internal(e.to_string()))?;
+                let htlc = Htlc::new(terms.htlc_params.clone()).map_err(internal)?;
                 actions.push(Action::WatchHtlc { script_pubkey: htlc.script_pubkey().to_owned() });
             }
         }
-        match &self.state {
-            BuyerState::Funded { terms, .. } if self.lightning_state_lost => {
+        match &self.rec.state {
+            BuyerState::Funded { terms, .. } if self.rec.lightning_state_lost => {
                 // A stale backup may show `Funded` for a swap that was paid: ask first.
                 actions.push(Action::CheckPayment { payment_hash: terms.htlc_params.payment_hash });
             }
@@ -712,29 +672,13 @@ impl BuyerSwap {
             }
             _ => {}
         }
-        actions.extend(self.handle_tick(ctx, rng)?);
         Ok(actions)
     }
 
-    /// Feeds one event.
-    ///
-    /// # Errors
-    /// [`SwapError`] when the event does not fit; the state is then unchanged.
-    pub fn handle<R: RngCore + CryptoRng>(
-        &mut self,
-        event: Event,
-        ctx: &Context,
-        rng: &mut R,
-    ) -> Result<Vec<Action>, SwapError> {
+    /// Every event but messages and ticks ([`BuyerSwap::handle`]).
+    fn handle_event(&mut self, event: Event, ctx: &Context, rng: &mut impl Rng) -> Actions {
         match event {
-            Event::Message(env) => {
-                let mut actions = Vec::new();
-                for env in self.inbox.accept_for(self.swap_id, env)? {
-                    actions.extend(self.handle_message(env.body, ctx)?);
-                }
-                Ok(persist_first(actions))
-            }
-            Event::Tick => self.handle_tick(ctx, rng),
+            Event::Message(_) | Event::Tick => Ok(Vec::new()), // dispatched by `handle`
             Event::HtlcOutput { outpoint, value_sat, script_pubkey, confirmed_height } => {
                 self.on_htlc_output(outpoint, value_sat, script_pubkey, confirmed_height, ctx)
             }
@@ -761,18 +705,20 @@ impl BuyerSwap {
             }
             Event::HtlcChecked { outpoint, status } => self.on_htlc_checked(outpoint, status, ctx),
             Event::HtlcGone { outpoint } => self.on_htlc_gone(outpoint),
-            Event::UserAbort => match self.state {
+            Event::UserAbort => match self.rec.state {
                 BuyerState::Requested | BuyerState::Accepted { .. } | BuyerState::Funded { .. } => {
                     self.abort(AbortReason::UserRequested, None, None)
                 }
-                _ => Err(SwapError::Unexpected { event: "user_abort", state: self.state.name() }),
+                _ => {
+                    Err(SwapError::Unexpected { event: "user_abort", state: self.rec.state.name() })
+                }
             },
             Event::FundingBuilt { .. }
             | Event::FundingFailed { .. }
             | Event::InvoiceCreated { .. }
             | Event::PaymentClaimable { .. }
             | Event::PaymentClaimed { .. } => {
-                Err(SwapError::Unexpected { event: "seller_event", state: self.state.name() })
+                Err(SwapError::Unexpected { event: "seller_event", state: self.rec.state.name() })
             }
         }
     }
@@ -780,14 +726,9 @@ impl BuyerSwap {
     /// In `Paying`, the payment failed for good (`unsent`: it was never sent). With attempts
     /// left: back to `Funded`, the next attempt after [`PAYMENT_RETRY_SECS`] and the checks
     /// again (an unsent attempt does not count as a failed one); else abort.
-    fn on_payment_failed(
-        &mut self,
-        ctx: &Context,
-        reason: String,
-        unsent: bool,
-    ) -> Result<Vec<Action>, SwapError> {
+    fn on_payment_failed(&mut self, ctx: &Context, reason: String, unsent: bool) -> Actions {
         let BuyerState::Paying { terms, htlc, payment_attempts, unsent_attempts, attempt, .. } =
-            &self.state
+            &self.rec.state
         else {
             return Ok(Vec::new());
         };
@@ -826,9 +767,9 @@ impl BuyerSwap {
         reason: AbortReason,
         check: Option<BuyerCheckError>,
         message: Option<String>,
-    ) -> Result<Vec<Action>, SwapError> {
-        let terms = self.state.terms().cloned();
-        let htlc = self.state.htlc_output().cloned().or(match &self.state {
+    ) -> Actions {
+        let terms = self.rec.state.terms().cloned();
+        let htlc = self.rec.state.htlc_output().cloned().or(match &self.rec.state {
             // Keep the announced outpoint: the seller's cooperative refund needs it.
             BuyerState::Accepted { announced: Some(o), .. } => {
                 Some(HtlcOutput { outpoint: *o, confirmed_height: None })
@@ -839,27 +780,20 @@ impl BuyerSwap {
         let text =
             text.map(|t| t.chars().take(crate::messages::MAX_TEXT_CHARS).collect::<String>());
         self.go(BuyerState::Aborted { reason, check, message: text.clone(), terms, htlc })?;
-        self.claim_session = Ephemeral(None);
-        let send = self
-            .outbox
-            .send(self.swap_id, Message::SwapAbort(SwapAbort { reason, message: text.clone() }));
-        Ok(vec![
-            Action::Persist,
-            send,
-            Action::Notify(Notification::Aborted { reason, message: text }),
-            self.finished(),
-        ])
+        self.live.coop = Ephemeral(None);
+        let finished = self.finished();
+        Ok(self.rec.core.abort_actions(reason, text, finished))
     }
 
     fn check_accept(&self, accept: &SwapAccept, ctx: &Context) -> Result<Terms, BuyerCheckError> {
         let quote = &accept.quote;
         quote
-            .check_against(&self.offer, self.amount_sat)
+            .check_against(&self.rec.core.offer, self.rec.amount_sat)
             .map_err(|e| BuyerCheckError::QuoteMismatch(e.to_string()))?;
-        if quote.fee_sat() > self.policy.max_total_fee_sat {
+        if quote.fee_sat() > self.rec.policy.max_total_fee_sat {
             return Err(BuyerCheckError::FeeTooHigh {
                 fee_sat: quote.fee_sat(),
-                max_sat: self.policy.max_total_fee_sat,
+                max_sat: self.rec.policy.max_total_fee_sat,
             });
         }
         if accept.prepay_invoice.is_some() || quote.prepay_sat > 0 {
@@ -867,10 +801,10 @@ impl BuyerSwap {
         }
         let invoice = Bolt11Invoice::from_str(&accept.invoice)
             .map_err(|e| BuyerCheckError::InvoiceInvalid(e.to_string()))?;
-        if invoice.network() != self.offer.network {
+        if invoice.network() != self.rec.core.offer.network {
             return Err(BuyerCheckError::InvoiceNetwork);
         }
-        if invoice.recover_payee_pub_key() != self.offer.ln_node_id {
+        if invoice.recover_payee_pub_key() != self.rec.core.offer.ln_node_id {
             return Err(BuyerCheckError::InvoicePayee);
         }
         if invoice.payment_hash().to_byte_array() != accept.payment_hash.0 {
@@ -884,20 +818,20 @@ impl BuyerSwap {
         if invoice.would_expire(Duration::from_secs(ctx.now_secs)) {
             return Err(BuyerCheckError::InvoiceExpired);
         }
-        if self.offer.claim_margin < self.policy.min_claim_margin {
+        if self.rec.core.offer.claim_margin < self.rec.policy.min_claim_margin {
             return Err(BuyerCheckError::ClaimMarginTooLow {
-                offered: self.offer.claim_margin,
-                min: self.policy.min_claim_margin,
+                offered: self.rec.core.offer.claim_margin,
+                min: self.rec.policy.min_claim_margin,
             });
         }
-        check_claim_affordable(quote.htlc_amount_sat, self.policy.max_claim_fee_rate_sat_vb)?;
+        check_claim_affordable(quote.htlc_amount_sat, self.rec.policy.max_claim_fee_rate_sat_vb)?;
         let min = ctx
             .tip_height
             .saturating_add(self.claim_margin())
             .saturating_add(MIN_CLTV_BUDGET_BLOCKS);
         let max = ctx
             .tip_height
-            .saturating_add(self.offer.timeout_delta)
+            .saturating_add(self.rec.core.offer.timeout_delta)
             .saturating_add(TIMEOUT_SLACK_BLOCKS);
         if accept.timeout_height < min || accept.timeout_height > max {
             return Err(BuyerCheckError::TimeoutOutOfRange {
@@ -907,21 +841,21 @@ impl BuyerSwap {
             });
         }
         if accept.htlc_amount_sat != quote.htlc_amount_sat
-            || quote.htlc_amount_sat != self.amount_sat
+            || quote.htlc_amount_sat != self.rec.amount_sat
         {
             return Err(BuyerCheckError::HtlcAmountMismatch {
-                expected_sat: self.amount_sat,
+                expected_sat: self.rec.amount_sat,
                 got_sat: accept.htlc_amount_sat,
             });
         }
         let htlc_params = HtlcParams {
             payment_hash: accept.payment_hash,
-            buyer_claim_key: self.claim_pubkey,
+            buyer_claim_key: self.rec.claim_pubkey,
             seller_refund_key: accept.seller_refund_pubkey,
             seller_musig_key: accept.seller_musig_pubkey,
-            buyer_musig_key: self.musig_pubkey,
+            buyer_musig_key: self.rec.musig_pubkey,
             timeout_height: accept.timeout_height,
-            network: self.offer.network,
+            network: self.rec.core.offer.network,
         };
         let htlc = Htlc::new(htlc_params.clone())
             .map_err(|e| BuyerCheckError::HtlcScriptMismatch(e.to_string()))?;
@@ -939,16 +873,15 @@ impl BuyerSwap {
         })
     }
 
-    fn handle_message(&mut self, body: Message, ctx: &Context) -> Result<Vec<Action>, SwapError> {
+    fn handle_message(&mut self, body: Message, ctx: &Context, _rng: &mut impl Rng) -> Actions {
         match body {
             Message::SwapAccept(accept) => {
-                if self.state != BuyerState::Requested {
+                if self.rec.state != BuyerState::Requested {
                     return Ok(Vec::new());
                 }
                 match self.check_accept(&accept, ctx) {
                     Ok(terms) => {
-                        let htlc = Htlc::new(terms.htlc_params.clone())
-                            .map_err(|e| SwapError::Internal(e.to_string()))?;
+                        let htlc = Htlc::new(terms.htlc_params.clone()).map_err(internal)?;
                         let note = Action::Notify(Notification::Accepted {
                             quote: terms.quote,
                             timeout_height: terms.htlc_params.timeout_height,
@@ -965,29 +898,13 @@ impl BuyerSwap {
             }
             Message::SwapFunded(funded) => self.on_swap_funded(funded),
             Message::CoopClaimResponse(resp) => {
-                let BuyerState::Claiming { .. } = &self.state else { return Ok(Vec::new()) };
-                // An answer that does not verify may answer an earlier request (resent after a
-                // restart, with a nonce that is gone): ignore it and wait for ours until the
-                // deadline.
-                let answer = musig::decode_pub_nonce(&resp.seller_nonce.0)
-                    .and_then(|n| Ok((n, musig::decode_partial_signature(&resp.partial_sig.0)?)));
-                if let (Ok((n, p)), Some((session, _))) = (&answer, self.claim_session.0.as_ref()) {
-                    if session.verify_peer(n, *p).is_err() {
-                        return Ok(Vec::new());
-                    }
-                }
-                let Some((session, mut spend)) = self.claim_session.0.take() else {
+                let BuyerState::Claiming { .. } = &self.rec.state else { return Ok(Vec::new()) };
+                let Some(signed) = self.live.finish_coop(&resp.seller_nonce, &resp.partial_sig)
+                else {
                     return Ok(Vec::new());
                 };
-                let signed = musig::decode_pub_nonce(&resp.seller_nonce.0)
-                    .and_then(|n| Ok((n, musig::decode_partial_signature(&resp.partial_sig.0)?)))
-                    .and_then(|(n, p)| session.finish(&n, p))
-                    .map_err(|e| e.to_string())
-                    .and_then(|sig| {
-                        spend.set_key_path_signature(0, &sig).map_err(|e| e.to_string())
-                    });
                 match signed {
-                    Ok(()) => self.broadcast_claim(spend, TxPurpose::CooperativeClaim),
+                    Ok(spend) => self.broadcast_claim(spend, TxPurpose::CooperativeClaim),
                     Err(reason) => {
                         let mut actions =
                             vec![Action::Notify(Notification::CooperationFailed { reason })];
@@ -1002,11 +919,12 @@ impl BuyerSwap {
                     reason: abort.reason,
                     message: abort.message.clone(),
                 });
-                if self.state.has_paid() || matches!(self.state, BuyerState::Aborted { .. }) {
+                if self.rec.state.has_paid() || matches!(self.rec.state, BuyerState::Aborted { .. })
+                {
                     return Ok(vec![note]);
                 }
-                let terms = self.state.terms().cloned();
-                let htlc = self.state.htlc_output().cloned();
+                let terms = self.rec.state.terms().cloned();
+                let htlc = self.rec.state.htlc_output().cloned();
                 self.go(BuyerState::Aborted {
                     reason: abort.reason,
                     check: None,
@@ -1018,7 +936,7 @@ impl BuyerSwap {
             }
             Message::Error(error) => {
                 let note = Action::Notify(Notification::PeerError { error: error.clone() });
-                if self.state == BuyerState::Requested {
+                if self.rec.state == BuyerState::Requested {
                     self.go(BuyerState::Aborted {
                         reason: AbortReason::Internal,
                         check: None,
@@ -1030,21 +948,12 @@ impl BuyerSwap {
                 }
                 Ok(vec![note])
             }
-            other => {
-                let send = self.outbox.send(
-                    self.swap_id,
-                    Message::Error(ErrorMessage::new(
-                        ErrorCode::InvalidState,
-                        format!("{} is not expected from the seller", other.kind_name()),
-                    )),
-                );
-                Ok(vec![send])
-            }
+            other => Ok(vec![self.rec.core.refuse_unexpected(&other, "seller")]),
         }
     }
 
-    fn on_swap_funded(&mut self, funded: SwapFunded) -> Result<Vec<Action>, SwapError> {
-        let BuyerState::Accepted { terms, announced: None } = &self.state else {
+    fn on_swap_funded(&mut self, funded: SwapFunded) -> Actions {
+        let BuyerState::Accepted { terms, announced: None } = &self.rec.state else {
             return Ok(Vec::new());
         };
         let terms = terms.clone();
@@ -1065,7 +974,7 @@ impl BuyerSwap {
         });
         match check {
             Ok(()) => {
-                self.state = BuyerState::Accepted {
+                self.rec.state = BuyerState::Accepted {
                     terms,
                     announced: Some(OutPoint { txid: funded.txid, vout: funded.vout }),
                 };
@@ -1086,8 +995,8 @@ impl BuyerSwap {
         script_pubkey: ScriptBuf,
         confirmed_height: Option<u32>,
         ctx: &Context,
-    ) -> Result<Vec<Action>, SwapError> {
-        let (terms, current) = match &self.state {
+    ) -> Actions {
+        let (terms, current) = match &self.rec.state {
             BuyerState::Accepted { terms, .. } => (terms.clone(), None),
             BuyerState::Funded { terms, htlc, .. } => (terms.clone(), Some(htlc.clone())),
             BuyerState::Paying { .. }
@@ -1114,7 +1023,7 @@ impl BuyerSwap {
                 None,
             );
         }
-        let (payment_attempts, unsent_attempts, retry_at_secs, attempt) = match &self.state {
+        let (payment_attempts, unsent_attempts, retry_at_secs, attempt) = match &self.rec.state {
             BuyerState::Funded {
                 payment_attempts,
                 unsent_attempts,
@@ -1150,13 +1059,13 @@ impl BuyerSwap {
     }
 
     fn required_confirmations(&self) -> u32 {
-        self.offer.min_confirmations.max(self.policy.min_confirmations).max(1)
+        self.rec.core.offer.min_confirmations.max(self.rec.policy.min_confirmations).max(1)
     }
 
     /// In `Funded`: once confirmed enough and every pre-payment check holds, looks the HTLC up
     /// on chain once more ([`Action::CheckHtlc`]); the payment starts when the answer
     /// ([`Event::HtlcChecked`]) confirms it ([`BuyerSwap::pay_if_ready`] with `verified`).
-    fn maybe_pay(&mut self, ctx: &Context) -> Result<Vec<Action>, SwapError> {
+    fn maybe_pay(&mut self, ctx: &Context) -> Actions {
         self.pay_if_ready(ctx, false)
     }
 
@@ -1165,7 +1074,7 @@ impl BuyerSwap {
     /// use, the claim affordable, the confirmations. Aborts when a check can no longer pass;
     /// waits when it may pass later. With every check passing: asks for the chain check first
     /// (`verified == false`), or pays (`verified == true`).
-    fn pay_if_ready(&mut self, ctx: &Context, verified: bool) -> Result<Vec<Action>, SwapError> {
+    fn pay_if_ready(&mut self, ctx: &Context, verified: bool) -> Actions {
         let BuyerState::Funded {
             terms,
             htlc,
@@ -1173,7 +1082,7 @@ impl BuyerSwap {
             unsent_attempts,
             retry_at_secs,
             attempt,
-        } = &self.state
+        } = &self.rec.state
         else {
             return Ok(Vec::new());
         };
@@ -1195,7 +1104,7 @@ impl BuyerSwap {
         let timeout = terms.htlc_params.timeout_height;
         let available = timeout.saturating_sub(ctx.tip_height).saturating_sub(self.claim_margin());
         let needed = MIN_CLTV_BUDGET_BLOCKS.max(terms.min_final_cltv);
-        let budget = available.min(self.policy.max_route_cltv);
+        let budget = available.min(self.rec.policy.max_route_cltv);
         if budget < needed {
             return self.abort(
                 AbortReason::TimeoutTooClose,
@@ -1205,14 +1114,14 @@ impl BuyerSwap {
         }
         if let Err(check) = check_claim_affordable(
             terms.quote.htlc_amount_sat,
-            self.policy.max_claim_fee_rate_sat_vb,
+            self.rec.policy.max_claim_fee_rate_sat_vb,
         ) {
             return self.abort(AbortReason::ChecksFailed, Some(check), None);
         }
         if confirmations(htlc.confirmed_height, ctx.tip_height) < self.required_confirmations()
             || ctx.now_secs < retry_at
             || self.pending_refund.0.is_some()
-            || self.lightning_state_lost
+            || self.rec.lightning_state_lost
         {
             return Ok(Vec::new());
         }
@@ -1245,7 +1154,7 @@ impl BuyerSwap {
 
     /// The attempt in flight, in `Paying`.
     fn current_attempt(&self) -> Option<u32> {
-        match &self.state {
+        match &self.rec.state {
             BuyerState::Paying { attempt, .. } => Some(*attempt),
             _ => None,
         }
@@ -1257,8 +1166,8 @@ impl BuyerSwap {
         outpoint: OutPoint,
         status: HtlcStatus,
         ctx: &Context,
-    ) -> Result<Vec<Action>, SwapError> {
-        let BuyerState::Funded { htlc, .. } = &self.state else {
+    ) -> Actions {
+        let BuyerState::Funded { htlc, .. } = &self.rec.state else {
             self.verifying_htlc = false;
             return Ok(Vec::new());
         };
@@ -1272,7 +1181,8 @@ impl BuyerSwap {
                 self.abort(AbortReason::ChecksFailed, Some(BuyerCheckError::HtlcSpent), None)
             }
             HtlcStatus::Unspent { value_sat, confirmed_height } => {
-                let expected_sat = self.state.terms().map(|t| t.quote.htlc_amount_sat).unwrap_or(0);
+                let expected_sat =
+                    self.rec.state.terms().map(|t| t.quote.htlc_amount_sat).unwrap_or(0);
                 if value_sat != expected_sat {
                     return self.abort(
                         AbortReason::ChecksFailed,
@@ -1284,7 +1194,7 @@ impl BuyerSwap {
                     );
                 }
                 let mut actions = Vec::new();
-                if let BuyerState::Funded { htlc, .. } = &mut self.state {
+                if let BuyerState::Funded { htlc, .. } = &mut self.rec.state {
                     if htlc.confirmed_height != confirmed_height {
                         htlc.confirmed_height = confirmed_height;
                         actions.push(Action::Persist);
@@ -1299,13 +1209,13 @@ impl BuyerSwap {
     /// The HTLC output left the chain (reorg, double spend). Before paying: wait for it again
     /// (`Accepted`; the usual deadlines abort the swap if it never comes back). After paying:
     /// keep watching, the claim is rebroadcast every block and confirms once the HTLC is back.
-    fn on_htlc_gone(&mut self, outpoint: OutPoint) -> Result<Vec<Action>, SwapError> {
-        let Some(output) = self.state.htlc_output() else { return Ok(Vec::new()) };
+    fn on_htlc_gone(&mut self, outpoint: OutPoint) -> Actions {
+        let Some(output) = self.rec.state.htlc_output() else { return Ok(Vec::new()) };
         if output.outpoint != outpoint {
             return Ok(Vec::new());
         }
         let note = Action::Notify(Notification::FundingGone { txid: outpoint.txid });
-        match &self.state {
+        match &self.rec.state {
             BuyerState::Funded { terms, .. } => {
                 let terms = terms.clone();
                 self.verifying_htlc = false;
@@ -1319,14 +1229,14 @@ impl BuyerSwap {
     /// What the Lightning node knows of our payment for the hash: after a restart in `Paying`,
     /// before answering a cooperative refund, and for payment failures the node cannot tie to an
     /// attempt.
-    fn on_payment_status<R: RngCore + CryptoRng>(
+    fn on_payment_status(
         &mut self,
         status: PaymentStatus,
         ctx: &Context,
-        rng: &mut R,
-    ) -> Result<Vec<Action>, SwapError> {
+        rng: &mut impl Rng,
+    ) -> Actions {
         let status = match status {
-            PaymentStatus::Unknown if self.lightning_state_lost => PaymentStatus::Pending,
+            PaymentStatus::Unknown if self.rec.lightning_state_lost => PaymentStatus::Pending,
             other => other,
         };
         match status {
@@ -1343,7 +1253,7 @@ impl BuyerSwap {
                     unsent_attempts,
                     attempt,
                     ..
-                } = &self.state
+                } = &self.rec.state
                 {
                     let to = BuyerState::Paying {
                         terms: terms.clone(),
@@ -1377,20 +1287,18 @@ impl BuyerSwap {
         if self.pending_refund.0.take().is_none() {
             return Vec::new();
         }
-        vec![self
-            .outbox
-            .send(self.swap_id, Message::Error(ErrorMessage::new(ErrorCode::InvalidState, why)))]
+        vec![self.rec.core.send_error(ErrorCode::InvalidState, why)]
     }
 
-    fn on_payment_succeeded<R: RngCore + CryptoRng>(
+    fn on_payment_succeeded(
         &mut self,
         preimage: Preimage,
         ctx: &Context,
-        rng: &mut R,
-    ) -> Result<Vec<Action>, SwapError> {
+        rng: &mut impl Rng,
+    ) -> Actions {
         // Whatever the state says, a payment that succeeded leads to the claim: the HTLC is ours
         // (also after a stale failure moved the swap back to `Funded` or `Aborted`).
-        let (terms, htlc) = match &self.state {
+        let (terms, htlc) = match &self.rec.state {
             BuyerState::Paying { terms, htlc, .. } | BuyerState::Funded { terms, htlc, .. } => {
                 (terms.clone(), htlc.clone())
             }
@@ -1419,7 +1327,7 @@ impl BuyerSwap {
 
     /// The actions of `result`, or for an error one [`Notification::Stalled`] (once per
     /// trouble); the swap stays where it is and is tried again at the next tick.
-    fn stall_on_error(&mut self, result: Result<Vec<Action>, SwapError>) -> Vec<Action> {
+    fn stall_on_error(&mut self, result: Actions) -> Vec<Action> {
         match result {
             Ok(actions) => {
                 self.stall_reported = false;
@@ -1437,25 +1345,18 @@ impl BuyerSwap {
 
     /// [`BuyerSwap::start_claim`], where a failure (a claim that cannot be built at this fee
     /// rate) leaves the swap in `Claiming` to be tried again at the next tick, reported once.
-    fn try_start_claim<R: RngCore + CryptoRng>(
-        &mut self,
-        ctx: &Context,
-        rng: &mut R,
-    ) -> Vec<Action> {
+    fn try_start_claim(&mut self, ctx: &Context, rng: &mut impl Rng) -> Vec<Action> {
         let result = self.start_claim(ctx, rng);
         if result.is_err() {
-            self.claim_session = Ephemeral(None);
+            self.live.coop = Ephemeral(None);
         }
         self.stall_on_error(result)
     }
 
     /// Starts a cooperative claim (or the script path when attempts are used up).
-    fn start_claim<R: RngCore + CryptoRng>(
-        &mut self,
-        ctx: &Context,
-        rng: &mut R,
-    ) -> Result<Vec<Action>, SwapError> {
-        let BuyerState::Claiming { terms, htlc, preimage, coop_attempts, .. } = &self.state else {
+    fn start_claim(&mut self, ctx: &Context, rng: &mut impl Rng) -> Actions {
+        let BuyerState::Claiming { terms, htlc, preimage, coop_attempts, .. } = &self.rec.state
+        else {
             return Ok(Vec::new());
         };
         if *coop_attempts >= MAX_COOP_ATTEMPTS {
@@ -1463,43 +1364,34 @@ impl BuyerSwap {
         }
         let (terms, output, preimage, attempts) =
             (terms.clone(), htlc.clone(), preimage.clone(), *coop_attempts);
-        let htlc = self.htlc()?;
-        let input = HtlcInput {
-            htlc: htlc.clone(),
-            outpoint: output.outpoint,
-            amount: Amount::from_sat(terms.quote.htlc_amount_sat),
-            path: SpendPath::KeyPath,
-        };
-        let spend = SpendTx::build(vec![input], self.claim_destination.clone(), ctx.fee_rate)
-            .map_err(|e| SwapError::Internal(e.to_string()))?;
-        let sighash = spend.sighash(0).map_err(|e| SwapError::Internal(e.to_string()))?;
-        let seckey = self.keys()?.musig().secret_key();
-        let session = InitiatorSession::new(&htlc, Signer::Buyer, seckey, sighash, rng)
-            .map_err(|e| SwapError::Internal(e.to_string()))?;
-        let request = CoopClaimRequest {
-            tx_hex: bitcoin::consensus::encode::serialize_hex(spend.tx()),
-            buyer_nonce: PubNonceBytes(session.public_nonce().to_bytes()),
-            preimage: Some(preimage.clone()),
-        };
-        self.claim_session = Ephemeral(Some((session, spend)));
-        self.state = BuyerState::Claiming {
+        let (tx_hex, buyer_nonce) = self.live.start_coop(
+            &self.htlc()?,
+            Signer::Buyer,
+            output.outpoint,
+            terms.quote.htlc_amount_sat,
+            self.rec.claim_destination.clone(),
+            ctx.fee_rate,
+            rng,
+        )?;
+        let request = CoopClaimRequest { tx_hex, buyer_nonce, preimage: Some(preimage.clone()) };
+        self.rec.state = BuyerState::Claiming {
             terms,
             htlc: output,
             preimage,
             coop_deadline_secs: ctx.now_secs.saturating_add(COOP_TIMEOUT_SECS),
             coop_attempts: attempts.saturating_add(1),
         };
-        let send = self.outbox.send(self.swap_id, Message::CoopClaimRequest(request));
+        let send = self.rec.core.send(Message::CoopClaimRequest(request));
         Ok(vec![Action::Persist, send])
     }
 
-    fn script_claim(&mut self, ctx: &Context) -> Result<Vec<Action>, SwapError> {
-        let BuyerState::Claiming { terms, htlc: output, preimage, .. } = &self.state else {
+    fn script_claim(&mut self, ctx: &Context) -> Actions {
+        let BuyerState::Claiming { terms, htlc: output, preimage, .. } = &self.rec.state else {
             return Ok(Vec::new());
         };
         let (amount, outpoint, preimage) =
             (terms.quote.htlc_amount_sat, output.outpoint, preimage.clone());
-        self.claim_session = Ephemeral(None);
+        self.live.coop = Ephemeral(None);
         let htlc = self.htlc()?;
         let input = HtlcInput {
             htlc,
@@ -1507,27 +1399,21 @@ impl BuyerSwap {
             amount: Amount::from_sat(amount),
             path: SpendPath::ClaimScript,
         };
-        let mut spend = SpendTx::build(vec![input], self.claim_destination.clone(), ctx.fee_rate)
-            .map_err(|e| SwapError::Internal(e.to_string()))?;
-        let claim_key = *self.keys()?.claim();
-        spend
-            .sign_claim_script(0, &claim_key, &preimage)
-            .map_err(|e| SwapError::Internal(e.to_string()))?;
+        let mut spend =
+            SpendTx::build(vec![input], self.rec.claim_destination.clone(), ctx.fee_rate)
+                .map_err(internal)?;
+        let claim_key = *self.keys().claim();
+        spend.sign_claim_script(0, &claim_key, &preimage).map_err(internal)?;
         self.broadcast_claim(spend, TxPurpose::ScriptClaim)
     }
 
-    fn broadcast_claim(
-        &mut self,
-        spend: SpendTx,
-        purpose: TxPurpose,
-    ) -> Result<Vec<Action>, SwapError> {
-        let BuyerState::Claiming { terms, htlc, preimage, .. } = &self.state else {
+    fn broadcast_claim(&mut self, spend: SpendTx, purpose: TxPurpose) -> Actions {
+        let BuyerState::Claiming { terms, htlc, preimage, .. } = &self.rec.state else {
             return Ok(Vec::new());
         };
         let (terms, htlc, preimage) = (terms.clone(), htlc.clone(), preimage.clone());
         let fee_sat = spend.fee().to_sat();
-        let tx = spend.finalize().map_err(|e| SwapError::Internal(e.to_string()))?;
-        let note = Action::Notify(Notification::broadcast(&tx, purpose, fee_sat));
+        let tx = spend.finalize().map_err(internal)?;
         self.go(BuyerState::ClaimBroadcast {
             terms,
             htlc,
@@ -1535,22 +1421,16 @@ impl BuyerSwap {
             claim_tx: tx.clone(),
             purpose,
         })?;
-        self.broadcast_height = 0;
-        Ok(vec![Action::Persist, Action::Broadcast { tx, purpose }, note])
+        Ok(self.live.broadcast(tx, purpose, fee_sat))
     }
 
     /// A `coop_refund_request`: never after paying; before, only once the Lightning node says no
     /// payment for the hash can still succeed (the answer to [`Action::CheckPayment`] signs, in
     /// [`BuyerSwap::answer_refund`]).
-    fn on_coop_refund_request(&mut self, req: CoopRefundRequest) -> Result<Vec<Action>, SwapError> {
-        if self.state.has_paid() {
-            let send = self.outbox.send(
-                self.swap_id,
-                Message::Error(ErrorMessage::new(
-                    ErrorCode::InvalidState,
-                    "payment in flight or done",
-                )),
-            );
+    fn on_coop_refund_request(&mut self, req: CoopRefundRequest) -> Actions {
+        if self.rec.state.has_paid() {
+            let send =
+                self.rec.core.send_error(ErrorCode::InvalidState, "payment in flight or done");
             return Ok(vec![send]);
         }
         let Some(payment_hash) = self.payment_hash() else {
@@ -1564,108 +1444,78 @@ impl BuyerSwap {
     /// The `error` answering a `coop_refund_request` for which the buyer knows no HTLC (it
     /// aborted before accepting or before the funding was announced): the seller stops asking.
     fn no_refund_to_sign(&mut self) -> Action {
-        self.outbox.send(
-            self.swap_id,
-            Message::Error(ErrorMessage::new(
-                ErrorCode::InvalidState,
-                "no agreed htlc to co-sign a refund for",
-            )),
-        )
+        self.rec.core.send_error(ErrorCode::InvalidState, "no agreed htlc to co-sign a refund for")
     }
 
     /// Signs the seller's cooperative refund: the node said no payment for the hash is in flight
     /// or done. Aborts first (persisted before the answer): signing a refund means never paying.
-    fn answer_refund<R: RngCore + CryptoRng>(
-        &mut self,
-        req: CoopRefundRequest,
-        rng: &mut R,
-    ) -> Result<Vec<Action>, SwapError> {
-        if self.state.has_paid() {
+    fn answer_refund(&mut self, req: CoopRefundRequest, rng: &mut impl Rng) -> Actions {
+        if self.rec.state.has_paid() {
             return Ok(Vec::new());
         }
-        let announced = match &self.state {
+        let announced = match &self.rec.state {
             BuyerState::Accepted { announced: Some(o), .. } => {
                 Some(HtlcOutput { outpoint: *o, confirmed_height: None })
             }
             _ => None,
         };
         let (Some(output), Some(terms)) =
-            (self.state.htlc_output().cloned().or(announced), self.state.terms().cloned())
+            (self.rec.state.htlc_output().cloned().or(announced), self.rec.state.terms().cloned())
         else {
             return Ok(vec![self.no_refund_to_sign()]);
         };
         let htlc = self.htlc()?;
-        let answer = (|| -> Result<CoopRefundResponse, String> {
-            let tx = req.tx().map_err(|e| e.to_string())?;
-            if tx.input.len() != 1 {
-                return Err("a cooperative refund spends exactly the htlc".into());
-            }
-            let input = HtlcInput {
-                htlc: htlc.clone(),
-                outpoint: output.outpoint,
-                amount: Amount::from_sat(terms.quote.htlc_amount_sat),
-                path: SpendPath::KeyPath,
-            };
-            let spend = SpendTx::from_unsigned(tx, vec![input]).map_err(|e| e.to_string())?;
-            let sighash = spend.sighash(0).map_err(|e| e.to_string())?;
-            let nonce = musig::decode_pub_nonce(&req.seller_nonce.0).map_err(|e| e.to_string())?;
-            let seckey = self.keys().map_err(|e| e.to_string())?.musig().secret_key();
-            let (ours, partial) =
-                musig::respond(&htlc, Signer::Buyer, &seckey, &sighash, &nonce, rng)
-                    .map_err(|e| e.to_string())?;
-            Ok(CoopRefundResponse {
-                buyer_nonce: PubNonceBytes(ours.to_bytes()),
-                partial_sig: PartialSigBytes(partial.serialize()),
-            })
-        })();
+        let answer = req.tx().map_err(|e| e.to_string()).and_then(|tx| {
+            let (amount_sat, outpoint) = (terms.quote.htlc_amount_sat, output.outpoint);
+            let who = Signer::Buyer;
+            self.live.cosign(&htlc, who, tx, outpoint, amount_sat, &req.seller_nonce, "refund", rng)
+        });
         let mut actions = Vec::new();
-        if !matches!(self.state, BuyerState::Aborted { .. }) {
+        if !matches!(self.rec.state, BuyerState::Aborted { .. }) {
             actions.extend(self.abort(
                 AbortReason::UserRequested,
                 None,
                 Some("seller refunds".into()),
             )?);
         }
-        let body = match answer {
-            Ok(resp) => Message::CoopRefundResponse(resp),
-            Err(reason) => Message::Error(ErrorMessage::new(ErrorCode::InvalidParams, reason)),
+        let send = match answer {
+            Ok((buyer_nonce, partial_sig)) => {
+                let response = CoopRefundResponse { buyer_nonce, partial_sig };
+                self.rec.core.send(Message::CoopRefundResponse(response))
+            }
+            Err(reason) => self.rec.core.send_error(ErrorCode::InvalidParams, reason),
         };
         actions.push(Action::Persist);
-        actions.push(self.outbox.send(self.swap_id, body));
+        actions.push(send);
         Ok(actions)
     }
 
-    fn on_htlc_spent(
-        &mut self,
-        tx: Transaction,
-        confirmed_height: Option<u32>,
-    ) -> Result<Vec<Action>, SwapError> {
-        let Some(output) = self.state.htlc_output().cloned() else { return Ok(Vec::new()) };
-        let htlc = self.htlc()?;
+    fn on_htlc_spent(&mut self, tx: Transaction, confirmed_height: Option<u32>) -> Actions {
+        let Some(output) = self.rec.state.htlc_output().cloned() else { return Ok(Vec::new()) };
         // The witness names the path: a claim leaf spend is the buyer's claim, a refund leaf
         // spend the seller's refund. A key-path spend is one the buyer signed: its claim (paying
         // the claim destination) or a cooperative refund it co-signed.
-        let Some(path) = htlc.spend_path(&tx, output.outpoint) else { return Ok(Vec::new()) };
-        let ours = match path {
-            HtlcSpendPath::ClaimLeaf => true,
-            HtlcSpendPath::KeyPath => {
-                tx.output.iter().any(|o| o.script_pubkey == self.claim_destination)
-            }
-            _ => false,
+        let destination = &self.rec.claim_destination;
+        let Some(ours) =
+            spend_is_ours(&self.htlc()?, &tx, output.outpoint, HtlcSpendPath::ClaimLeaf, |tx| {
+                tx.output.iter().any(|o| o.script_pubkey == *destination)
+            })
+        else {
+            return Ok(Vec::new());
         };
         let txid = tx.compute_txid();
-        match &self.state {
+        match &self.rec.state {
             BuyerState::Claiming { terms, .. } | BuyerState::ClaimBroadcast { terms, .. } => {
                 if confirmed_height.is_none() {
                     return Ok(Vec::new());
                 }
                 let terms = terms.clone();
-                self.claim_session = Ephemeral(None);
+                self.live.coop = Ephemeral(None);
                 if ours {
                     let received_sat = tx
                         .output
                         .iter()
-                        .filter(|o| o.script_pubkey == self.claim_destination)
+                        .filter(|o| o.script_pubkey == self.rec.claim_destination)
                         .map(|o| o.value.to_sat())
                         .sum();
                     self.go(BuyerState::Claimed { terms, claim_txid: txid, received_sat })?;
@@ -1687,12 +1537,8 @@ impl BuyerSwap {
         }
     }
 
-    fn handle_tick<R: RngCore + CryptoRng>(
-        &mut self,
-        ctx: &Context,
-        rng: &mut R,
-    ) -> Result<Vec<Action>, SwapError> {
-        match &self.state {
+    fn handle_tick(&mut self, ctx: &Context, rng: &mut impl Rng) -> Actions {
+        match &self.rec.state {
             BuyerState::Accepted { terms, .. } => {
                 if ctx.now_secs >= terms.invoice_expires_at {
                     return self.abort(
@@ -1714,7 +1560,7 @@ impl BuyerSwap {
             BuyerState::Funded { .. } => self.maybe_pay(ctx),
             BuyerState::Claiming { coop_deadline_secs, .. } => {
                 let deadline = *coop_deadline_secs;
-                if self.claim_session.0.is_none() {
+                if self.live.coop.0.is_none() {
                     return Ok(self.try_start_claim(ctx, rng));
                 }
                 if ctx.now_secs >= deadline {
@@ -1730,8 +1576,7 @@ impl BuyerSwap {
             BuyerState::ClaimBroadcast { claim_tx, purpose, .. } => {
                 // Once per block until it confirms: a dropped claim, or one whose HTLC was
                 // reorganised out and came back, goes out again.
-                let (tx, purpose) = (claim_tx.clone(), *purpose);
-                Ok(rebroadcast(&mut self.broadcast_height, ctx.tip_height, tx, purpose))
+                Ok(self.live.rebroadcast(ctx.tip_height, claim_tx, *purpose))
             }
             _ => Ok(Vec::new()),
         }

@@ -64,6 +64,7 @@ pub struct HtlcParams {
 
 /// Why an [`Htlc`] could not be built from its parameters.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HtlcError {
     /// The timeout is a unix timestamp, not a block height.
     #[error("timeout {0} is a unix timestamp (>= 500000000), not a block height")]
@@ -92,6 +93,7 @@ pub enum HtlcError {
 
 /// A part of the HTLC that did not match what the peer sent.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum HtlcMismatch {
     /// The output script differs.
     #[error("htlc script_pubkey mismatch: expected {expected}, got {got}")]

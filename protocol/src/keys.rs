@@ -24,6 +24,7 @@ pub const LOOPER_PURPOSE: u32 = 10147;
 
 /// Why keys could not be derived.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum KeyError {
     /// The swap index is 2^31 or more (no room for a hardened child).
     #[error("swap index {0} is out of range (must be below 2^31)")]

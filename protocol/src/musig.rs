@@ -35,6 +35,7 @@ pub enum Signer {
 
 /// What went wrong in a MuSig2 signing session.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum MusigError {
     /// Our secret key does not belong to the HTLC's MuSig2 key for our role.
     #[error("signing key is not the htlc's {0:?} musig key")]
@@ -79,17 +80,6 @@ impl SecretNonce {
     ) -> Self {
         let mut seed = [0u8; 32];
         rng.fill_bytes(&mut seed);
-        Self::from_seed(seed, seckey, key_agg, sighash)
-    }
-
-    /// Like [`SecretNonce::generate`] with the 32 random bytes given. Only for reproducible test
-    /// vectors: the seed must otherwise be fresh randomness.
-    pub fn from_seed(
-        seed: [u8; 32],
-        seckey: &SecretKey,
-        key_agg: &KeyAggContext,
-        sighash: &TapSighash,
-    ) -> Self {
         let agg: PublicKey = key_agg.aggregated_pubkey();
         let msg: &[u8; 32] = sighash.as_ref();
         Self(SecNonce::generate(seed, *seckey, agg, msg, b""))
@@ -164,20 +154,6 @@ impl InitiatorSession {
         rng: &mut R,
     ) -> Result<Self, MusigError> {
         let secnonce = SecretNonce::generate(rng, &seckey, htlc.key_agg_context(), &sighash);
-        Self::with_nonce(htlc, who, seckey, sighash, secnonce)
-    }
-
-    /// Starts a session with a given secret nonce (see [`SecretNonce::from_seed`]).
-    ///
-    /// # Errors
-    /// [`MusigError::WrongKey`] when `seckey` is not our MuSig2 key in `htlc`.
-    pub fn with_nonce(
-        htlc: &Htlc,
-        who: Signer,
-        seckey: SecretKey,
-        sighash: TapSighash,
-        secnonce: SecretNonce,
-    ) -> Result<Self, MusigError> {
         let our_pubkey = our_key_check(htlc, who, &seckey)?;
         Ok(Self {
             who,
@@ -271,21 +247,6 @@ pub fn respond<R: RngCore + CryptoRng>(
     rng: &mut R,
 ) -> Result<(PubNonce, PartialSignature), MusigError> {
     let secnonce = SecretNonce::generate(rng, seckey, htlc.key_agg_context(), sighash);
-    respond_with_nonce(htlc, who, seckey, sighash, their_nonce, secnonce)
-}
-
-/// [`respond`] with a given secret nonce (see [`SecretNonce::from_seed`]).
-///
-/// # Errors
-/// [`MusigError::WrongKey`] or [`MusigError::Signing`].
-pub fn respond_with_nonce(
-    htlc: &Htlc,
-    who: Signer,
-    seckey: &SecretKey,
-    sighash: &TapSighash,
-    their_nonce: &PubNonce,
-    secnonce: SecretNonce,
-) -> Result<(PubNonce, PartialSignature), MusigError> {
     our_key_check(htlc, who, seckey)?;
     let our_nonce = secnonce.public_nonce();
     let agg_nonce = aggregate_nonces(who, &our_nonce, their_nonce);

@@ -4,22 +4,39 @@
 //! are never in it: keys derive again from the seed with `key_index`; a nonce lost in a restart is
 //! replaced by a fresh one. Version 1 is the first; a later version adds a migration here and a
 //! test that opens a version-1 record.
+//!
+//! A record is data: [`SwapRecord::from_bytes`] reads it without keys (its id, state and key
+//! index are there to list it and to derive its keys); [`SwapRecord::load`] (or
+//! [`BuyerSwap::load`], [`SellerSwap::load`]) makes it a running swap with its keys. A running
+//! swap gives its record back with `SwapRecord::from(&swap)`.
 
 use serde::{Deserialize, Serialize};
 
-use crate::buyer::BuyerSwap;
-use crate::seller::SellerSwap;
-use crate::swap::StateKind;
+use crate::buyer::{BuyerRecord, BuyerSwap};
+use crate::keys::SwapKeys;
+use crate::seller::{SellerRecord, SellerSwap};
+use crate::swap::{StateKind, SwapError};
 use crate::types::SwapId;
 
 /// The record format version this code writes.
 pub const RECORD_VERSION: u32 = 1;
 
-/// One stored swap.
+/// One stored swap. A swap has exactly the two roles of the protocol, so this enum is
+/// exhaustive.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "role", content = "swap", rename_all = "snake_case")]
 #[allow(clippy::large_enum_variant)] // both variants are large; records are few and short-lived
 pub enum SwapRecord {
+    /// We are the buyer.
+    Buyer(BuyerRecord),
+    /// We are the seller.
+    Seller(SellerRecord),
+}
+
+/// A loaded swap of either role ([`SwapRecord::load`]).
+#[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // both variants are large; swaps are few
+pub enum Swap {
     /// We are the buyer.
     Buyer(BuyerSwap),
     /// We are the seller.
@@ -35,6 +52,7 @@ struct Versioned {
 
 /// Why a record could not be read.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RecordError {
     /// A version this code does not know.
     #[error(
@@ -71,19 +89,31 @@ impl SwapRecord {
         }
     }
 
+    /// Makes the record a running swap with its keys (derived from [`SwapRecord::key_index`]);
+    /// then the swap's `resume` gives the actions to take at start-up.
+    ///
+    /// # Errors
+    /// [`SwapError::WrongKeys`] when the keys are not the swap's.
+    pub fn load(self, keys: SwapKeys) -> Result<Swap, SwapError> {
+        Ok(match self {
+            SwapRecord::Buyer(r) => Swap::Buyer(BuyerSwap::load(r, keys)?),
+            SwapRecord::Seller(r) => Swap::Seller(SellerSwap::load(r, keys)?),
+        })
+    }
+
     /// The swap id.
     pub fn swap_id(&self) -> SwapId {
         match self {
-            SwapRecord::Buyer(s) => s.swap_id,
-            SwapRecord::Seller(s) => s.swap_id,
+            SwapRecord::Buyer(s) => s.swap_id(),
+            SwapRecord::Seller(s) => s.swap_id(),
         }
     }
 
     /// The state's name.
     pub fn state_name(&self) -> &'static str {
         match self {
-            SwapRecord::Buyer(s) => s.state.name(),
-            SwapRecord::Seller(s) => s.state.name(),
+            SwapRecord::Buyer(s) => s.state().name(),
+            SwapRecord::Seller(s) => s.state().name(),
         }
     }
 
@@ -98,8 +128,29 @@ impl SwapRecord {
     /// The key index.
     pub fn key_index(&self) -> u32 {
         match self {
-            SwapRecord::Buyer(s) => s.key_index,
-            SwapRecord::Seller(s) => s.key_index,
+            SwapRecord::Buyer(s) => s.key_index(),
+            SwapRecord::Seller(s) => s.key_index(),
+        }
+    }
+}
+
+impl From<BuyerRecord> for SwapRecord {
+    fn from(record: BuyerRecord) -> Self {
+        SwapRecord::Buyer(record)
+    }
+}
+
+impl From<SellerRecord> for SwapRecord {
+    fn from(record: SellerRecord) -> Self {
+        SwapRecord::Seller(record)
+    }
+}
+
+impl From<&Swap> for SwapRecord {
+    fn from(swap: &Swap) -> Self {
+        match swap {
+            Swap::Buyer(b) => SwapRecord::from(b),
+            Swap::Seller(s) => SwapRecord::from(s),
         }
     }
 }

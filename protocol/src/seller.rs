@@ -7,7 +7,6 @@
 //!                        '-> Aborted
 //! ```
 
-use bitcoin::secp256k1::rand::{CryptoRng, RngCore};
 use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, Txid};
 use serde::{Deserialize, Serialize};
 
@@ -15,15 +14,15 @@ use crate::htlc::{Htlc, HtlcParams, HtlcSpendPath};
 use crate::keys::SwapKeys;
 use crate::messages::{
     AbortReason, CoopClaimRequest, CoopClaimResponse, CoopRefundRequest, ErrorCode, ErrorMessage,
-    Message, Offer, PartialSigBytes, PubNonceBytes, SwapAbort, SwapAccept, SwapFunded, SwapRequest,
+    Message, Offer, SwapAccept, SwapFunded, SwapRequest,
 };
-use crate::musig::{self, InitiatorSession, Signer};
-use crate::spend::{HtlcInput, SpendPath, SpendTx};
-use musig2::BinaryEncoding;
-
+use crate::musig::Signer;
+use crate::shared::{
+    core_accessors, internal, spend_is_ours, swap_api, variant_field, Actions, CoreRecord,
+    Ephemeral, Live, Rng,
+};
 use crate::swap::{
-    check_transition, persist_first, rebroadcast, Action, Context, Ephemeral, Event, Inbox,
-    Notification, Outbox, PaymentStatus, StateKind, SwapError, Transition, TxPurpose,
+    Action, Context, Event, Inbox, Notification, Outbox, PaymentStatus, SwapError, TxPurpose,
     COOP_TIMEOUT_SECS, SECS_PER_BLOCK,
 };
 use crate::terms::Quote;
@@ -55,6 +54,7 @@ pub struct Funding {
 /// The seller's states. Each carries what it needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum SellerState {
     /// Request accepted; the invoice is being created.
     AwaitingInvoice,
@@ -141,72 +141,26 @@ pub enum SellerState {
 }
 
 impl SellerState {
-    /// The state's name, as in the transition table and the spec.
-    pub fn name(&self) -> &'static str {
-        match self {
-            SellerState::AwaitingInvoice => "AwaitingInvoice",
-            SellerState::Accepted { .. } => "Accepted",
-            SellerState::Funded { .. } => "Funded",
-            SellerState::Paid { .. } => "Paid",
-            SellerState::Claimed { .. } => "Claimed",
-            SellerState::RefundingCooperatively { .. } => "RefundingCooperatively",
-            SellerState::Refunding { .. } => "Refunding",
-            SellerState::Refunded { .. } => "Refunded",
-            SellerState::Aborted { .. } => "Aborted",
-        }
-    }
-
-    /// Pending, succeeded or failed.
-    pub fn kind(&self) -> StateKind {
-        match self {
-            SellerState::Claimed { .. } => StateKind::Succeeded,
-            SellerState::Refunded { .. } | SellerState::Aborted { .. } => StateKind::Failed,
-            _ => StateKind::Pending,
-        }
-    }
-
     fn funding(&self) -> Option<&Funding> {
-        match self {
-            SellerState::Funded { funding, .. }
-            | SellerState::Paid { funding, .. }
-            | SellerState::Claimed { funding, .. }
-            | SellerState::RefundingCooperatively { funding, .. }
-            | SellerState::Refunding { funding, .. }
-            | SellerState::Refunded { funding, .. } => Some(funding),
-            _ => None,
-        }
+        variant_field!(
+            self,
+            SellerState,
+            funding,
+            [Funded, Paid, Claimed, RefundingCooperatively, Refunding, Refunded]
+        )
     }
 
     fn funding_mut(&mut self) -> Option<&mut Funding> {
-        match self {
-            SellerState::Funded { funding, .. }
-            | SellerState::Paid { funding, .. }
-            | SellerState::Claimed { funding, .. }
-            | SellerState::RefundingCooperatively { funding, .. }
-            | SellerState::Refunding { funding, .. }
-            | SellerState::Refunded { funding, .. } => Some(funding),
-            _ => None,
-        }
+        variant_field!(
+            self,
+            SellerState,
+            funding,
+            [Funded, Paid, Claimed, RefundingCooperatively, Refunding, Refunded]
+        )
     }
 }
 
-/// The seller's transition table (the diagrams in `spec/diagrams/` are generated from it).
-pub const SELLER_TRANSITIONS: &[Transition] = &[
-    ("AwaitingInvoice", "Accepted", "invoice created / send swap_accept, fund"),
-    ("AwaitingInvoice", "Aborted", "swap_abort"),
-    ("Accepted", "Funded", "funding built / persist, broadcast, send swap_funded"),
-    ("Accepted", "Aborted", "swap_abort or funding failed"),
-    ("Funded", "Paid", "payment claimable in time / claim it"),
-    ("Funded", "RefundingCooperatively", "swap_abort / send coop_refund_request"),
-    ("Funded", "Refunding", "tip >= timeout / refund leaf"),
-    ("Funded", "Claimed", "htlc claimed (preimage leaked)"),
-    ("RefundingCooperatively", "Refunding", "coop_refund_response / broadcast"),
-    ("RefundingCooperatively", "Funded", "no answer in 30 s or bad signature"),
-    ("Paid", "Claimed", "claim confirmed"),
-    ("Paid", "Funded", "the claim never settled (payment failed back) / refundable again"),
-    ("Refunding", "Refunded", "refund confirmed"),
-    ("Refunding", "Claimed", "buyer's claim confirmed first"),
-];
+pub use crate::transitions::SELLER_TRANSITIONS;
 
 /// The seller's policy for a swap.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,50 +175,78 @@ impl Default for SellerPolicy {
     }
 }
 
-/// One loop out, seller side. Serializes to its record; the keys are derived again from
-/// `key_index` on restore and never stored.
+/// A seller's swap as stored (the `swap` of a [`crate::record::SwapRecord`]): everything but the
+/// keys, which derive again from [`SellerRecord::key_index`], and the memory-only MuSig2
+/// session. [`SellerSwap::load`] makes it a running swap again.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SellerSwap {
-    /// The swap id (chosen by the buyer).
-    pub swap_id: SwapId,
-    /// The swap-key index (the keys derive from the seed with it).
-    pub key_index: u32,
-    /// The buyer (Nostr public key, hex).
-    pub peer: String,
-    /// The offer taken.
-    pub offer: Offer,
+pub struct SellerRecord {
+    #[serde(flatten)]
+    core: CoreRecord,
     /// The buyer's request.
-    pub request: SwapRequest,
+    request: SwapRequest,
     /// The quote.
-    pub quote: Quote,
+    quote: Quote,
     /// The HTLC parameters.
-    pub htlc_params: HtlcParams,
+    htlc_params: HtlcParams,
     /// Where refunds go.
-    pub refund_destination: ScriptBuf,
+    refund_destination: ScriptBuf,
     /// Policy.
-    pub policy: SellerPolicy,
-    /// When the request came (unix seconds).
-    pub created_at: u64,
-    /// The buyer's messages, in order.
-    pub inbox: Inbox,
-    /// Our messages.
-    pub outbox: Outbox,
+    policy: SellerPolicy,
     /// The state.
-    pub state: SellerState,
-    #[serde(skip)]
-    keys: Option<SwapKeys>,
-    #[serde(skip)]
-    htlc: Option<Htlc>,
-    #[serde(skip)]
-    refund_session: Ephemeral<(InitiatorSession, SpendTx)>,
-    /// Tip height of the last broadcast of the funding or refund (rebroadcast once per block
-    /// until confirmed).
-    #[serde(skip)]
-    broadcast_height: u32,
+    state: SellerState,
+}
+
+impl SellerRecord {
+    core_accessors!();
+
+    /// The state.
+    pub fn state(&self) -> &SellerState {
+        &self.state
+    }
+
+    /// The buyer's request.
+    pub fn request(&self) -> &SwapRequest {
+        &self.request
+    }
+
+    /// The quote.
+    pub fn quote(&self) -> &Quote {
+        &self.quote
+    }
+
+    /// The HTLC parameters.
+    pub fn htlc_params(&self) -> &HtlcParams {
+        &self.htlc_params
+    }
+
+    /// Where refunds go.
+    pub fn refund_destination(&self) -> &ScriptBuf {
+        &self.refund_destination
+    }
+
+    /// The policy.
+    pub fn policy(&self) -> &SellerPolicy {
+        &self.policy
+    }
+
+    /// The payment hash.
+    pub fn payment_hash(&self) -> PaymentHash {
+        self.htlc_params.payment_hash
+    }
+}
+
+/// One loop out, seller side: its [`SellerRecord`] (read through `Deref`; only the state machine
+/// changes it), its keys and the memory-only MuSig2 session of a cooperative refund.
+#[derive(Debug, Clone)]
+pub struct SellerSwap {
+    rec: SellerRecord,
+    live: Live,
+    htlc: Htlc,
     /// When an unsettled claim is looked at next (`Paid`; unix seconds).
-    #[serde(skip)]
     claim_check_at_secs: u64,
 }
+
+swap_api!(SellerSwap, SellerRecord, SellerState);
 
 /// Invoice expiry: the offer's, but at most half the time to the timeout.
 fn invoice_expiry_secs(offer: &Offer) -> u32 {
@@ -338,117 +320,77 @@ impl SellerSwap {
             .map_err(|e| err(ErrorCode::InvalidParams, e))?;
         let expiry_secs = invoice_expiry_secs(&offer);
         let amount_msat = quote.invoice_amount_sat.saturating_mul(1000);
-        let swap = SellerSwap {
+        let core = CoreRecord {
             swap_id,
             key_index: keys.index(),
             peer,
             offer,
+            created_at: ctx.now_secs,
+            inbox: Inbox { next_seq: 1, early: Vec::new() },
+            outbox: Outbox::default(),
+        };
+        let rec = SellerRecord {
+            core,
             request,
             quote,
             htlc_params,
             refund_destination,
             policy,
-            created_at: ctx.now_secs,
-            inbox: Inbox { next_seq: 1, early: Vec::new() },
-            outbox: Outbox::default(),
             state: SellerState::AwaitingInvoice,
-            keys: Some(keys),
-            htlc: Some(htlc),
-            refund_session: Ephemeral(None),
-            broadcast_height: 0,
-            claim_check_at_secs: 0,
         };
+        let swap = SellerSwap { rec, live: Live::new(keys), htlc, claim_check_at_secs: 0 };
         let actions = vec![
             Action::Persist,
             Action::CreateInvoice {
-                payment_hash: swap.htlc_params.payment_hash,
+                payment_hash: swap.payment_hash(),
                 amount_msat,
                 expiry_secs,
-                description: format!("looper swap {}", swap.swap_id),
+                description: format!("looper swap {}", swap.swap_id()),
             },
         ];
         Ok((swap, actions))
     }
 
-    /// Re-attaches the keys after loading the record, checking they are this swap's.
-    ///
-    /// # Errors
-    /// [`SwapError::Internal`] when the keys are not the ones the swap was made with.
-    pub fn attach_keys(&mut self, keys: SwapKeys) -> Result<(), SwapError> {
-        if keys.index() != self.key_index
-            || keys.musig_pubkey() != self.htlc_params.seller_musig_key
-            || keys.payment_hash() != self.htlc_params.payment_hash
-        {
-            return Err(SwapError::Internal("keys do not belong to this swap".into()));
-        }
-        self.htlc = Some(
-            Htlc::new(self.htlc_params.clone()).map_err(|e| SwapError::Internal(e.to_string()))?,
-        );
-        self.keys = Some(keys);
-        Ok(())
-    }
-
     /// The HTLC.
+    pub fn htlc(&self) -> &Htlc {
+        &self.htlc
+    }
+
+    /// Loads a stored swap with its keys (derived again from [`SellerRecord::key_index`]); then
+    /// [`SellerSwap::resume`] gives the actions to take at start-up.
     ///
     /// # Errors
-    /// When the keys were not attached after a restore.
-    pub fn htlc(&self) -> Result<&Htlc, SwapError> {
-        self.htlc.as_ref().ok_or_else(|| SwapError::Internal("keys not attached".into()))
+    /// [`SwapError::WrongKeys`] when the keys are not the ones the swap was made with;
+    /// [`SwapError::Internal`] when the record's HTLC does not build.
+    pub fn load(record: SellerRecord, keys: SwapKeys) -> Result<Self, SwapError> {
+        if keys.index() != record.core.key_index
+            || keys.musig_pubkey() != record.htlc_params.seller_musig_key
+            || keys.payment_hash() != record.htlc_params.payment_hash
+        {
+            return Err(SwapError::WrongKeys { key_index: record.core.key_index });
+        }
+        let htlc = Htlc::new(record.htlc_params.clone()).map_err(internal)?;
+        Ok(SellerSwap { rec: record, live: Live::new(keys), htlc, claim_check_at_secs: 0 })
     }
 
-    fn keys(&self) -> Result<&SwapKeys, SwapError> {
-        self.keys.as_ref().ok_or_else(|| SwapError::Internal("keys not attached".into()))
-    }
-
-    /// The payment hash.
-    pub fn payment_hash(&self) -> PaymentHash {
-        self.htlc_params.payment_hash
-    }
-
-    /// Pending, succeeded or failed.
-    pub fn kind(&self) -> StateKind {
-        self.state.kind()
-    }
-
-    fn go(&mut self, to: SellerState) -> Result<(), SwapError> {
-        check_transition(SELLER_TRANSITIONS, self.state.name(), to.name())?;
-        self.state = to;
-        Ok(())
-    }
-
-    fn finished(&self) -> Action {
-        Action::Notify(Notification::Finished {
-            state: self.state.name().to_string(),
-            kind: self.state.kind(),
-        })
-    }
-
-    /// Actions to take after loading the record at start-up: re-send our messages, re-broadcast
-    /// our transactions, re-ask for what was in flight.
-    ///
-    /// # Errors
-    /// When the keys are not attached.
-    pub fn resume<R: RngCore + CryptoRng>(
-        &mut self,
-        ctx: &Context,
-        rng: &mut R,
-    ) -> Result<Vec<Action>, SwapError> {
-        let htlc = self.htlc()?.clone();
-        let mut actions = self.outbox.resend_all();
-        match &self.state {
+    /// The seller's part of [`SellerSwap::resume`], after the re-sent messages `sent`.
+    fn resume_role(&mut self, sent: Vec<Action>, ctx: &Context, rng: &mut impl Rng) -> Actions {
+        let mut actions = sent;
+        let htlc = self.htlc.clone();
+        match &self.rec.state {
             SellerState::AwaitingInvoice => {
                 actions.push(Action::CreateInvoice {
                     payment_hash: self.payment_hash(),
-                    amount_msat: self.quote.invoice_amount_sat.saturating_mul(1000),
-                    expiry_secs: invoice_expiry_secs(&self.offer),
-                    description: format!("looper swap {}", self.swap_id),
+                    amount_msat: self.rec.quote.invoice_amount_sat.saturating_mul(1000),
+                    expiry_secs: invoice_expiry_secs(&self.rec.core.offer),
+                    description: format!("looper swap {}", self.rec.core.swap_id),
                 });
             }
             SellerState::Accepted { .. } => {
                 actions.push(Action::WatchHtlc { script_pubkey: htlc.script_pubkey().to_owned() });
                 actions.push(Action::FundHtlc {
                     script_pubkey: htlc.script_pubkey().to_owned(),
-                    amount_sat: self.quote.htlc_amount_sat,
+                    amount_sat: self.rec.quote.htlc_amount_sat,
                 });
             }
             SellerState::Funded { funding, .. }
@@ -461,7 +403,7 @@ impl SellerSwap {
                     });
                 }
                 if let SellerState::RefundingCooperatively { invoice, funding, attempts, .. } =
-                    &self.state
+                    &self.rec.state
                 {
                     // The session's nonce died with the process: ask again with a fresh one (the
                     // buyer, aborted, answers every request; each signing has its own nonces).
@@ -482,7 +424,7 @@ impl SellerSwap {
                 if !claim_settled {
                     actions.push(Action::ClaimPayment {
                         payment_hash: self.payment_hash(),
-                        preimage: self.keys()?.preimage().clone(),
+                        preimage: self.keys().preimage().clone(),
                         amount_msat: *amount_msat,
                     });
                     actions.push(Action::CheckPayment { payment_hash: self.payment_hash() });
@@ -496,34 +438,18 @@ impl SellerSwap {
             | SellerState::Refunded { .. }
             | SellerState::Aborted { .. } => {}
         }
-        actions.extend(self.handle_tick(ctx, rng)?);
         Ok(actions)
     }
 
-    /// Feeds one event.
-    ///
-    /// # Errors
-    /// [`SwapError`] when the event does not fit; the state is then unchanged.
-    pub fn handle<R: RngCore + CryptoRng>(
-        &mut self,
-        event: Event,
-        ctx: &Context,
-        rng: &mut R,
-    ) -> Result<Vec<Action>, SwapError> {
+    /// Every event but messages and ticks ([`SellerSwap::handle`]).
+    fn handle_event(&mut self, event: Event, ctx: &Context, rng: &mut impl Rng) -> Actions {
         match event {
-            Event::Message(env) => {
-                let mut actions = Vec::new();
-                for env in self.inbox.accept_for(self.swap_id, env)? {
-                    actions.extend(self.handle_message(env.body, ctx, rng)?);
-                }
-                Ok(persist_first(actions))
-            }
-            Event::Tick => self.handle_tick(ctx, rng),
+            Event::Message(_) | Event::Tick => Ok(Vec::new()), // dispatched by `handle`
             Event::InvoiceCreated { invoice } => self.on_invoice(invoice),
             Event::FundingBuilt { tx, vout } => self.on_funding_built(tx, vout),
             Event::FundingFailed { reason } => self.abort(AbortReason::Internal, Some(reason)),
             Event::HtlcOutput { outpoint, confirmed_height, .. } => {
-                match self.state.funding_mut() {
+                match self.rec.state.funding_mut() {
                     Some(f) if f.outpoint == outpoint && f.confirmed_height != confirmed_height => {
                         f.confirmed_height = confirmed_height;
                         Ok(vec![Action::Persist])
@@ -547,91 +473,84 @@ impl SellerSwap {
                 }
                 self.on_payment_status(status)
             }
-            Event::HtlcGone { outpoint } => match self.state.funding_mut() {
+            Event::HtlcGone { outpoint } => match self.rec.state.funding_mut() {
                 // Reorganised out: rebroadcast every block until it confirms again.
                 Some(f) if f.outpoint == outpoint && f.confirmed_height.is_some() => {
                     f.confirmed_height = None;
-                    self.broadcast_height = 0;
+                    self.live.broadcast_height = 0;
                     Ok(vec![Action::Persist])
                 }
                 _ => Ok(Vec::new()),
             },
             Event::HtlcChecked { .. } => Ok(Vec::new()),
-            Event::UserAbort => match self.state {
+            Event::UserAbort => match self.rec.state {
                 SellerState::AwaitingInvoice | SellerState::Accepted { .. } => {
                     self.abort(AbortReason::UserRequested, None)
                 }
                 SellerState::Funded { .. } => self.start_coop_refund(ctx, rng),
-                _ => Err(SwapError::Unexpected { event: "user_abort", state: self.state.name() }),
+                _ => {
+                    Err(SwapError::Unexpected { event: "user_abort", state: self.rec.state.name() })
+                }
             },
             Event::PaymentSucceeded { .. }
             | Event::PaymentFailed { .. }
             | Event::PaymentNotSent { .. } => {
-                Err(SwapError::Unexpected { event: "payment_result", state: self.state.name() })
+                Err(SwapError::Unexpected { event: "payment_result", state: self.rec.state.name() })
             }
         }
     }
 
-    fn abort(
-        &mut self,
-        reason: AbortReason,
-        message: Option<String>,
-    ) -> Result<Vec<Action>, SwapError> {
-        match self.state {
+    fn abort(&mut self, reason: AbortReason, message: Option<String>) -> Actions {
+        match self.rec.state {
             SellerState::AwaitingInvoice | SellerState::Accepted { .. } => {}
-            _ => return Err(SwapError::Unexpected { event: "abort", state: self.state.name() }),
+            _ => {
+                return Err(SwapError::Unexpected { event: "abort", state: self.rec.state.name() })
+            }
         }
         self.go(SellerState::Aborted { reason, message: message.clone() })?;
-        let send = self
-            .outbox
-            .send(self.swap_id, Message::SwapAbort(SwapAbort { reason, message: message.clone() }));
-        Ok(vec![
-            Action::Persist,
-            send,
-            Action::Notify(Notification::Aborted { reason, message }),
-            self.finished(),
-        ])
+        let finished = self.finished();
+        Ok(self.rec.core.abort_actions(reason, message, finished))
     }
 
-    fn on_invoice(&mut self, invoice: String) -> Result<Vec<Action>, SwapError> {
-        if self.state != SellerState::AwaitingInvoice {
+    fn on_invoice(&mut self, invoice: String) -> Actions {
+        if self.rec.state != SellerState::AwaitingInvoice {
             return Ok(Vec::new());
         }
-        let htlc = self.htlc()?.clone();
-        let keys = self.keys()?;
+        let htlc = self.htlc.clone();
+        let keys = self.keys();
         let accept = SwapAccept {
             invoice: invoice.clone(),
             payment_hash: self.payment_hash(),
             seller_musig_pubkey: keys.musig_pubkey(),
             seller_refund_pubkey: keys.refund_pubkey(),
-            timeout_height: self.htlc_params.timeout_height,
+            timeout_height: self.rec.htlc_params.timeout_height,
             htlc_script_pubkey: htlc.script_pubkey().to_owned(),
-            htlc_amount_sat: self.quote.htlc_amount_sat,
-            quote: self.quote,
+            htlc_amount_sat: self.rec.quote.htlc_amount_sat,
+            quote: self.rec.quote,
             prepay_invoice: None,
         };
         self.go(SellerState::Accepted { invoice })?;
-        let send = self.outbox.send(self.swap_id, Message::SwapAccept(accept));
+        let send = self.rec.core.send(Message::SwapAccept(accept));
         Ok(vec![
             Action::Persist,
             send,
             Action::WatchHtlc { script_pubkey: htlc.script_pubkey().to_owned() },
             Action::FundHtlc {
                 script_pubkey: htlc.script_pubkey().to_owned(),
-                amount_sat: self.quote.htlc_amount_sat,
+                amount_sat: self.rec.quote.htlc_amount_sat,
             },
         ])
     }
 
-    fn on_funding_built(&mut self, tx: Transaction, vout: u32) -> Result<Vec<Action>, SwapError> {
-        let SellerState::Accepted { invoice } = &self.state else {
+    fn on_funding_built(&mut self, tx: Transaction, vout: u32) -> Actions {
+        let SellerState::Accepted { invoice } = &self.rec.state else {
             // Aborted meanwhile, or a duplicate: the transaction is never broadcast.
             return Ok(Vec::new());
         };
-        let htlc = self.htlc()?;
+        let htlc = self.htlc();
         let ok = tx.output.get(vout as usize).is_some_and(|o| {
             o.script_pubkey == *htlc.script_pubkey()
-                && o.value == Amount::from_sat(self.quote.htlc_amount_sat)
+                && o.value == Amount::from_sat(self.rec.quote.htlc_amount_sat)
         });
         if !ok {
             return Err(SwapError::Internal("funding transaction does not pay the htlc".into()));
@@ -650,8 +569,8 @@ impl SellerSwap {
             refund_attempts: 0,
             refund_retry_at_secs: 0,
         })?;
-        self.broadcast_height = 0;
-        let send = self.outbox.send(self.swap_id, Message::SwapFunded(msg));
+        self.live.broadcast_height = 0;
+        let send = self.rec.core.send(Message::SwapFunded(msg));
         Ok(vec![
             Action::Persist,
             Action::Broadcast { tx, purpose: TxPurpose::Funding },
@@ -659,7 +578,7 @@ impl SellerSwap {
             Action::Notify(Notification::FundingSeen {
                 txid,
                 confirmations: 0,
-                required: self.offer.min_confirmations,
+                required: self.rec.core.offer.min_confirmations,
             }),
         ])
     }
@@ -669,16 +588,16 @@ impl SellerSwap {
         payment_hash: PaymentHash,
         amount_msat: u64,
         ctx: &Context,
-    ) -> Result<Vec<Action>, SwapError> {
+    ) -> Actions {
         if payment_hash != self.payment_hash() {
             return Ok(Vec::new());
         }
-        let preimage = self.keys()?.preimage().clone();
-        let enough = amount_msat >= self.quote.invoice_amount_sat.saturating_mul(1000);
+        let preimage = self.keys().preimage().clone();
+        let enough = amount_msat >= self.rec.quote.invoice_amount_sat.saturating_mul(1000);
         // The safety rule: claim only while the buyer can still claim on chain.
-        let in_time = ctx.tip_height.saturating_add(self.offer.claim_margin)
-            <= self.htlc_params.timeout_height;
-        match &self.state {
+        let in_time = ctx.tip_height.saturating_add(self.rec.core.offer.claim_margin)
+            <= self.rec.htlc_params.timeout_height;
+        match &self.rec.state {
             SellerState::Funded { funding, invoice, .. } if enough && in_time => {
                 let (funding, invoice) = (funding.clone(), invoice.clone());
                 self.go(SellerState::Paid {
@@ -705,8 +624,8 @@ impl SellerSwap {
 
     /// The Lightning node reports the claim settled: co-signing the buyer's key-path claim is
     /// safe from now on.
-    fn on_claim_settled(&mut self) -> Result<Vec<Action>, SwapError> {
-        match &mut self.state {
+    fn on_claim_settled(&mut self) -> Actions {
+        match &mut self.rec.state {
             SellerState::Paid { claim_settled, .. } if !*claim_settled => {
                 *claim_settled = true;
                 Ok(vec![Action::Persist])
@@ -718,8 +637,9 @@ impl SellerSwap {
     /// What the Lightning node knows of the payment to our invoice, asked while a claim has
     /// not settled: settled, still being claimed (claim again: idempotent), or gone (failed back,
     /// never claimed): then the preimage never went out and the swap is refundable again.
-    fn on_payment_status(&mut self, status: PaymentStatus) -> Result<Vec<Action>, SwapError> {
-        let SellerState::Paid { funding, amount_msat, invoice, claim_settled, .. } = &self.state
+    fn on_payment_status(&mut self, status: PaymentStatus) -> Actions {
+        let SellerState::Paid { funding, amount_msat, invoice, claim_settled, .. } =
+            &self.rec.state
         else {
             return Ok(Vec::new());
         };
@@ -730,7 +650,7 @@ impl SellerSwap {
             PaymentStatus::Succeeded { .. } => self.on_claim_settled(),
             PaymentStatus::Pending => Ok(vec![Action::ClaimPayment {
                 payment_hash: self.payment_hash(),
-                preimage: self.keys()?.preimage().clone(),
+                preimage: self.keys().preimage().clone(),
                 amount_msat: *amount_msat,
             }]),
             PaymentStatus::Failed | PaymentStatus::Unknown => {
@@ -751,29 +671,26 @@ impl SellerSwap {
         }
     }
 
-    fn on_htlc_spent(
-        &mut self,
-        tx: Transaction,
-        confirmed_height: Option<u32>,
-    ) -> Result<Vec<Action>, SwapError> {
-        let Some(funding) = self.state.funding().cloned() else { return Ok(Vec::new()) };
-        let Some(path) = self.htlc()?.spend_path(&tx, funding.outpoint) else {
-            return Ok(Vec::new());
-        };
-        let Some(_) = confirmed_height else { return Ok(Vec::new()) };
+    fn on_htlc_spent(&mut self, tx: Transaction, confirmed_height: Option<u32>) -> Actions {
+        let Some(funding) = self.rec.state.funding().cloned() else { return Ok(Vec::new()) };
         let txid = tx.compute_txid();
         // The witness names the path: the refund leaf is ours, the claim leaf the buyer's. A
         // key-path spend is one both signed: our refund (paying our refund destination; we are
         // its aggregator) or the buyer's claim.
-        let ours = match path {
-            HtlcSpendPath::RefundLeaf => true,
-            HtlcSpendPath::KeyPath => {
-                matches!(&self.state, SellerState::Refunding { refund_tx, .. } if refund_tx.compute_txid() == txid)
-                    || tx.output.iter().any(|o| o.script_pubkey == self.refund_destination)
-            }
-            _ => false,
+        let refunding = match &self.rec.state {
+            SellerState::Refunding { refund_tx, .. } => Some(refund_tx.compute_txid()),
+            _ => None,
         };
-        let amount_msat = match &self.state {
+        let destination = &self.rec.refund_destination;
+        let Some(ours) =
+            spend_is_ours(&self.htlc, &tx, funding.outpoint, HtlcSpendPath::RefundLeaf, |tx| {
+                refunding == Some(txid) || tx.output.iter().any(|o| o.script_pubkey == *destination)
+            })
+        else {
+            return Ok(Vec::new());
+        };
+        let Some(_) = confirmed_height else { return Ok(Vec::new()) };
+        let amount_msat = match &self.rec.state {
             SellerState::Paid { amount_msat, .. } => *amount_msat,
             _ => 0,
         };
@@ -782,26 +699,21 @@ impl SellerSwap {
         } else {
             SellerState::Claimed { funding, claim_txid: txid, amount_msat }
         };
-        if next.name() == self.state.name() {
+        if next.name() == self.rec.state.name() {
             return Ok(Vec::new());
         }
         self.go(next)?;
         Ok(vec![Action::Persist, self.finished()])
     }
 
-    fn handle_message<R: RngCore + CryptoRng>(
-        &mut self,
-        body: Message,
-        ctx: &Context,
-        rng: &mut R,
-    ) -> Result<Vec<Action>, SwapError> {
+    fn handle_message(&mut self, body: Message, ctx: &Context, rng: &mut impl Rng) -> Actions {
         match body {
             Message::SwapAbort(abort) => {
                 let note = Action::Notify(Notification::Aborted {
                     reason: abort.reason,
                     message: abort.message.clone(),
                 });
-                let mut actions = match self.state {
+                let mut actions = match self.rec.state {
                     SellerState::AwaitingInvoice | SellerState::Accepted { .. } => {
                         self.go(SellerState::Aborted {
                             reason: abort.reason,
@@ -818,40 +730,23 @@ impl SellerSwap {
             Message::CoopClaimRequest(req) => self.on_coop_claim_request(req, rng),
             Message::CoopRefundResponse(resp) => {
                 let SellerState::RefundingCooperatively { invoice, funding, attempts, .. } =
-                    &self.state
+                    &self.rec.state
                 else {
                     return Ok(Vec::new());
                 };
                 let (invoice, funding, attempts) = (invoice.clone(), funding.clone(), *attempts);
-                // An answer that does not verify may answer an earlier request (resent after a
-                // restart, with a nonce that is gone): ignore it and wait for ours until the
-                // deadline.
-                let answer = musig::decode_pub_nonce(&resp.buyer_nonce.0)
-                    .and_then(|n| Ok((n, musig::decode_partial_signature(&resp.partial_sig.0)?)));
-                if let (Ok((n, p)), Some((session, _))) = (&answer, self.refund_session.0.as_ref())
-                {
-                    if session.verify_peer(n, *p).is_err() {
-                        return Ok(Vec::new());
-                    }
-                }
-                let Some((session, mut spend)) = self.refund_session.0.take() else {
+                let Some(signed) = self.live.finish_coop(&resp.buyer_nonce, &resp.partial_sig)
+                else {
                     return Ok(Vec::new());
                 };
-                let signed = musig::decode_pub_nonce(&resp.buyer_nonce.0)
-                    .and_then(|n| Ok((n, musig::decode_partial_signature(&resp.partial_sig.0)?)))
-                    .and_then(|(n, p)| session.finish(&n, p))
-                    .map_err(|e| e.to_string())
-                    .and_then(|sig| {
-                        spend.set_key_path_signature(0, &sig).map_err(|e| e.to_string())
-                    })
-                    .and_then(|()| spend.clone().finalize().map_err(|e| e.to_string()));
+                let signed = signed.and_then(|spend| {
+                    let fee_sat = spend.fee().to_sat();
+                    spend.finalize().map(|tx| (tx, fee_sat)).map_err(|e| e.to_string())
+                });
                 match signed {
-                    Ok(tx) => self.broadcast_refund(
-                        funding,
-                        tx,
-                        spend.fee().to_sat(),
-                        TxPurpose::CooperativeRefund,
-                    ),
+                    Ok((tx, fee_sat)) => {
+                        self.broadcast_refund(funding, tx, fee_sat, TxPurpose::CooperativeRefund)
+                    }
                     Err(reason) => {
                         self.go(SellerState::Funded {
                             invoice,
@@ -872,7 +767,7 @@ impl SellerSwap {
                 let note = Action::Notify(Notification::PeerError { error });
                 // The buyer refuses the cooperative refund (it cannot or will not sign): stop
                 // asking; the refund leaf opens at the timeout.
-                let gave_up = match &mut self.state {
+                let gave_up = match &mut self.rec.state {
                     SellerState::Funded { refund_attempts, .. } if *refund_attempts > 0 => {
                         *refund_attempts = MAX_COOP_REFUND_ATTEMPTS;
                         true
@@ -886,34 +781,19 @@ impl SellerSwap {
                 Ok(if gave_up { vec![Action::Persist, note] } else { vec![note] })
             }
             Message::SwapRequest(_) => Ok(Vec::new()),
-            other => {
-                let send = self.outbox.send(
-                    self.swap_id,
-                    Message::Error(err(
-                        ErrorCode::InvalidState,
-                        format!("{} is not expected from the buyer", other.kind_name()),
-                    )),
-                );
-                Ok(vec![send])
-            }
+            other => Ok(vec![self.rec.core.refuse_unexpected(&other, "buyer")]),
         }
     }
 
-    fn on_coop_claim_request<R: RngCore + CryptoRng>(
-        &mut self,
-        req: CoopClaimRequest,
-        rng: &mut R,
-    ) -> Result<Vec<Action>, SwapError> {
+    fn on_coop_claim_request(&mut self, req: CoopClaimRequest, rng: &mut impl Rng) -> Actions {
         let SellerState::Paid { funding, amount_msat, coop_signatures, invoice, claim_settled } =
-            &self.state
+            &self.rec.state
         else {
-            let send = self.outbox.send(
-                self.swap_id,
-                Message::Error(err(ErrorCode::InvalidState, "not paid: no cooperative claim")),
-            );
+            let send =
+                self.rec.core.send_error(ErrorCode::InvalidState, "not paid: no cooperative claim");
             return Ok(vec![send]);
         };
-        if !self.policy.cooperative_claims || *coop_signatures >= MAX_COOP_SIGNATURES {
+        if !self.rec.policy.cooperative_claims || *coop_signatures >= MAX_COOP_SIGNATURES {
             return Ok(Vec::new());
         }
         // Co-sign only once the Lightning claim settled, or for a buyer that shows the preimage
@@ -921,95 +801,63 @@ impl SellerSwap {
         // the HTLC refundable.
         let shown = req.preimage.as_ref().is_some_and(|p| p.payment_hash() == self.payment_hash());
         if !*claim_settled && !shown {
-            let send = self.outbox.send(
-                self.swap_id,
-                Message::Error(err(ErrorCode::InvalidState, "payment claim not settled yet")),
-            );
+            let send =
+                self.rec.core.send_error(ErrorCode::InvalidState, "payment claim not settled yet");
             return Ok(vec![send]);
         }
         let (funding, amount_msat, count, invoice, settled) =
             (funding.clone(), *amount_msat, *coop_signatures, invoice.clone(), *claim_settled);
-        let answer = (|| -> Result<(PubNonceBytes, PartialSigBytes), String> {
-            let tx = req.tx().map_err(|e| e.to_string())?;
-            if tx.input.len() != 1 {
-                return Err("a cooperative claim spends exactly the htlc".into());
-            }
-            let htlc = self.htlc().map_err(|e| e.to_string())?.clone();
-            let input = HtlcInput {
-                htlc: htlc.clone(),
-                outpoint: funding.outpoint,
-                amount: Amount::from_sat(self.quote.htlc_amount_sat),
-                path: SpendPath::KeyPath,
-            };
-            let spend = SpendTx::from_unsigned(tx, vec![input]).map_err(|e| e.to_string())?;
-            let sighash = spend.sighash(0).map_err(|e| e.to_string())?;
-            let their_nonce =
-                musig::decode_pub_nonce(&req.buyer_nonce.0).map_err(|e| e.to_string())?;
-            let seckey = self.keys().map_err(|e| e.to_string())?.musig().secret_key();
-            let (nonce, partial) =
-                musig::respond(&htlc, Signer::Seller, &seckey, &sighash, &their_nonce, rng)
-                    .map_err(|e| e.to_string())?;
-            Ok((PubNonceBytes(nonce.to_bytes()), PartialSigBytes(partial.serialize())))
-        })();
+        let answer = req.tx().map_err(|e| e.to_string()).and_then(|tx| {
+            let amount_sat = self.rec.quote.htlc_amount_sat;
+            let (htlc, outpoint) = (&self.htlc, funding.outpoint);
+            let who = Signer::Seller;
+            self.live.cosign(htlc, who, tx, outpoint, amount_sat, &req.buyer_nonce, "claim", rng)
+        });
         match answer {
             Ok((seller_nonce, partial_sig)) => {
-                self.state = SellerState::Paid {
+                self.rec.state = SellerState::Paid {
                     funding,
                     amount_msat,
                     coop_signatures: count.saturating_add(1),
                     invoice,
                     claim_settled: settled,
                 };
-                let send = self.outbox.send(
-                    self.swap_id,
-                    Message::CoopClaimResponse(CoopClaimResponse { seller_nonce, partial_sig }),
-                );
+                let response = CoopClaimResponse { seller_nonce, partial_sig };
+                let send = self.rec.core.send(Message::CoopClaimResponse(response));
                 Ok(vec![Action::Persist, send])
             }
             Err(reason) => {
-                let send = self
-                    .outbox
-                    .send(self.swap_id, Message::Error(err(ErrorCode::InvalidParams, reason)));
+                let send = self.rec.core.send_error(ErrorCode::InvalidParams, reason);
                 Ok(vec![Action::Persist, send])
             }
         }
     }
 
-    fn start_coop_refund<R: RngCore + CryptoRng>(
-        &mut self,
-        ctx: &Context,
-        rng: &mut R,
-    ) -> Result<Vec<Action>, SwapError> {
-        let SellerState::Funded { invoice, funding, refund_attempts, .. } = &self.state else {
+    fn start_coop_refund(&mut self, ctx: &Context, rng: &mut impl Rng) -> Actions {
+        let SellerState::Funded { invoice, funding, refund_attempts, .. } = &self.rec.state else {
             return Ok(Vec::new());
         };
         let (invoice, funding, attempts) =
             (invoice.clone(), funding.clone(), refund_attempts.saturating_add(1));
-        let htlc = self.htlc()?.clone();
-        let input = HtlcInput {
-            htlc: htlc.clone(),
-            outpoint: funding.outpoint,
-            amount: Amount::from_sat(self.quote.htlc_amount_sat),
-            path: SpendPath::KeyPath,
-        };
-        let spend = SpendTx::build(vec![input], self.refund_destination.clone(), ctx.fee_rate)
-            .map_err(|e| SwapError::Internal(e.to_string()))?;
-        let sighash = spend.sighash(0).map_err(|e| SwapError::Internal(e.to_string()))?;
-        let seckey = self.keys()?.musig().secret_key();
-        let session = InitiatorSession::new(&htlc, Signer::Seller, seckey, sighash, rng)
-            .map_err(|e| SwapError::Internal(e.to_string()))?;
-        let request = CoopRefundRequest {
-            tx_hex: bitcoin::consensus::encode::serialize_hex(spend.tx()),
-            seller_nonce: PubNonceBytes(session.public_nonce().to_bytes()),
-        };
-        self.refund_session = Ephemeral(Some((session, spend)));
+        let (amount_sat, destination) =
+            (self.rec.quote.htlc_amount_sat, self.rec.refund_destination.clone());
+        let (tx_hex, seller_nonce) = self.live.start_coop(
+            &self.htlc,
+            Signer::Seller,
+            funding.outpoint,
+            amount_sat,
+            destination,
+            ctx.fee_rate,
+            rng,
+        )?;
+        let request = CoopRefundRequest { tx_hex, seller_nonce };
         self.go(SellerState::RefundingCooperatively {
             invoice,
             funding,
             deadline_secs: ctx.now_secs.saturating_add(COOP_TIMEOUT_SECS),
             attempts,
         })?;
-        let send = self.outbox.send(self.swap_id, Message::CoopRefundRequest(request));
+        let send = self.rec.core.send(Message::CoopRefundRequest(request));
         Ok(vec![Action::Persist, send])
     }
 
@@ -1019,19 +867,13 @@ impl SellerSwap {
         refund_tx: Transaction,
         fee_sat: u64,
         purpose: TxPurpose,
-    ) -> Result<Vec<Action>, SwapError> {
-        let notify = Action::Notify(Notification::broadcast(&refund_tx, purpose, fee_sat));
+    ) -> Actions {
         self.go(SellerState::Refunding { funding, refund_tx: refund_tx.clone(), purpose })?;
-        self.broadcast_height = 0;
-        Ok(vec![Action::Persist, Action::Broadcast { tx: refund_tx, purpose }, notify])
+        Ok(self.live.broadcast(refund_tx, purpose, fee_sat))
     }
 
-    fn handle_tick<R: RngCore + CryptoRng>(
-        &mut self,
-        ctx: &Context,
-        rng: &mut R,
-    ) -> Result<Vec<Action>, SwapError> {
-        match &self.state {
+    fn handle_tick(&mut self, ctx: &Context, rng: &mut impl Rng) -> Actions {
+        match &self.rec.state {
             SellerState::RefundingCooperatively { invoice, funding, deadline_secs, attempts }
                 if ctx.now_secs >= *deadline_secs =>
             {
@@ -1041,7 +883,7 @@ impl SellerSwap {
                     refund_attempts: *attempts,
                     refund_retry_at_secs: ctx.now_secs.saturating_add(COOP_REFUND_RETRY_SECS),
                 };
-                self.refund_session = Ephemeral(None);
+                self.live.coop = Ephemeral(None);
                 self.go(to)?;
                 let mut actions = vec![
                     Action::Persist,
@@ -1053,29 +895,30 @@ impl SellerSwap {
                 Ok(actions)
             }
             SellerState::Funded { funding, .. }
-                if ctx.tip_height >= self.htlc_params.timeout_height =>
+                if ctx.tip_height >= self.rec.htlc_params.timeout_height =>
             {
                 let funding = funding.clone();
-                let htlc = self.htlc()?.clone();
-                let keys = self.keys()?;
+                let htlc = self.htlc.clone();
+                let keys = self.keys();
                 let tx = crate::spend::refund_script_path(
                     &htlc,
                     funding.outpoint,
-                    Amount::from_sat(self.quote.htlc_amount_sat),
+                    Amount::from_sat(self.rec.quote.htlc_amount_sat),
                     keys.refund(),
-                    self.refund_destination.clone(),
+                    self.rec.refund_destination.clone(),
                     ctx.fee_rate,
                 )
-                .map_err(|e| SwapError::Internal(e.to_string()))?;
+                .map_err(internal)?;
                 let fee_sat = self
+                    .rec
                     .quote
                     .htlc_amount_sat
                     .saturating_sub(tx.output.iter().map(|o| o.value.to_sat()).sum());
                 self.broadcast_refund(funding, tx, fee_sat, TxPurpose::ScriptRefund)
             }
             SellerState::AwaitingInvoice | SellerState::Accepted { .. }
-                if ctx.tip_height.saturating_add(self.offer.claim_margin)
-                    >= self.htlc_params.timeout_height =>
+                if ctx.tip_height.saturating_add(self.rec.core.offer.claim_margin)
+                    >= self.rec.htlc_params.timeout_height =>
             {
                 self.abort(AbortReason::TimeoutTooClose, Some("funding never happened".into()))
             }
@@ -1087,24 +930,30 @@ impl SellerSwap {
                 // The buyer aborted but did not answer in time: ask again, after the last request
                 // (if it was lost, it holds up the buyer's in-order inbox; the buyer drops a
                 // message it has seen).
-                let mut actions: Vec<Action> =
-                    self.outbox.sent.last().cloned().map(Action::Send).into_iter().collect();
+                let mut actions: Vec<Action> = self
+                    .rec
+                    .core
+                    .outbox
+                    .sent
+                    .last()
+                    .cloned()
+                    .map(Action::Send)
+                    .into_iter()
+                    .collect();
                 actions.extend(self.start_coop_refund(ctx, rng)?);
                 Ok(actions)
             }
             SellerState::Funded { funding, .. } if funding.confirmed_height.is_none() => {
-                let tx = funding.tx.clone();
-                Ok(rebroadcast(&mut self.broadcast_height, ctx.tip_height, tx, TxPurpose::Funding))
+                Ok(self.live.rebroadcast(ctx.tip_height, &funding.tx, TxPurpose::Funding))
             }
             SellerState::Refunding { funding, refund_tx, purpose } => {
-                let (tx, purpose) = (refund_tx.clone(), *purpose);
                 // A funding that never reached the chain (its broadcasts failed) goes out again
                 // before the refund that spends it: without it the refund is refused forever.
                 let parent = (funding.confirmed_height.is_none()).then(|| Action::Broadcast {
                     tx: funding.tx.clone(),
                     purpose: TxPurpose::Funding,
                 });
-                let refund = rebroadcast(&mut self.broadcast_height, ctx.tip_height, tx, purpose);
+                let refund = self.live.rebroadcast(ctx.tip_height, refund_tx, *purpose);
                 if refund.is_empty() {
                     return Ok(refund);
                 }

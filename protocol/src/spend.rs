@@ -38,6 +38,7 @@ pub const REFUND_SCRIPT_PATH_VBYTES: u64 = 138;
 /// How an HTLC input is spent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum SpendPath {
     /// Cooperative MuSig2 key path.
     KeyPath,
@@ -62,6 +63,7 @@ pub struct HtlcInput {
 
 /// What went wrong building or signing a spend.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SpendError {
     /// No inputs were given.
     #[error("a spend needs at least one htlc input")]

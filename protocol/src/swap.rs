@@ -192,6 +192,7 @@ pub enum HtlcStatus {
 /// What a transaction is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum TxPurpose {
     /// Locks the seller's BTC in the HTLC.
     Funding,
@@ -293,6 +294,7 @@ pub enum Action {
 /// Progress the user sees (`looper swap monitor`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Notification {
     /// The seller accepted; the quote.
     Accepted {
@@ -375,6 +377,7 @@ pub enum Notification {
 
 /// Errors a state machine returns without changing state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SwapError {
     /// The event does not fit the state.
     #[error("{event} is not expected in state {state}")]
@@ -400,6 +403,12 @@ pub enum SwapError {
         /// To.
         to: &'static str,
     },
+    /// The keys given to load a record are not the ones the swap was made with.
+    #[error("keys of index {key_index} do not belong to this swap")]
+    WrongKeys {
+        /// The record's key index.
+        key_index: u32,
+    },
     /// A cryptographic or transaction-building step failed.
     #[error("{0}")]
     Internal(String),
@@ -418,7 +427,7 @@ pub struct Inbox {
 
 impl Inbox {
     /// Takes a message and returns those now ready, in order.
-    pub fn accept(&mut self, env: Envelope) -> Vec<Envelope> {
+    pub(crate) fn accept(&mut self, env: Envelope) -> Vec<Envelope> {
         if env.seq < self.next_seq || self.early.iter().any(|e| e.seq == env.seq) {
             return Vec::new();
         }
@@ -443,7 +452,7 @@ impl Inbox {
     ///
     /// # Errors
     /// [`SwapError::WrongSwap`] for another swap's message.
-    pub fn accept_for(
+    pub(crate) fn accept_for(
         &mut self,
         swap_id: SwapId,
         env: Envelope,
@@ -453,15 +462,6 @@ impl Inbox {
         }
         Ok(self.accept(env))
     }
-}
-
-/// Puts [`Action::Persist`] first when there are actions (handling a message always changes the
-/// record: at least the inbox).
-pub fn persist_first(mut actions: Vec<Action>) -> Vec<Action> {
-    if !actions.is_empty() && actions.first() != Some(&Action::Persist) {
-        actions.insert(0, Action::Persist);
-    }
-    actions
 }
 
 impl Notification {
@@ -485,7 +485,7 @@ pub struct Outbox {
 
 impl Outbox {
     /// Numbers and records a new message, returning the action that sends it.
-    pub fn send(&mut self, swap_id: SwapId, body: Message) -> Action {
+    pub(crate) fn send(&mut self, swap_id: SwapId, body: Message) -> Action {
         let seq = u32::try_from(self.sent.len()).unwrap_or(u32::MAX);
         let env = Envelope { version: PROTOCOL_VERSION, swap_id, seq, body };
         self.sent.push(env.clone());
@@ -501,22 +501,6 @@ impl Outbox {
 /// One row of a transition table: from, to, and what causes it.
 pub type Transition = (&'static str, &'static str, &'static str);
 
-/// Checks a transition against a table.
-///
-/// # Errors
-/// [`SwapError::InvalidTransition`] when the table lacks it.
-pub fn check_transition(
-    table: &[Transition],
-    from: &'static str,
-    to: &'static str,
-) -> Result<(), SwapError> {
-    if from == to || table.iter().any(|(f, t, _)| *f == from && *t == to) {
-        Ok(())
-    } else {
-        Err(SwapError::InvalidTransition { from, to })
-    }
-}
-
 /// Renders a transition table as a Mermaid state diagram.
 pub fn mermaid(title: &str, table: &[Transition], initial: &str, finals: &[&str]) -> String {
     let mut out = format!("```mermaid\n---\ntitle: {title}\n---\nstateDiagram-v2\n");
@@ -531,51 +515,10 @@ pub fn mermaid(title: &str, table: &[Transition], initial: &str, finals: &[&str]
     out
 }
 
-/// A [`Action::Broadcast`] of `tx` when the tip moved past `last_height` (once per block), and
-/// the new `last_height`. `last_height == 0` means "just broadcast": it only records the tip.
-pub fn rebroadcast(
-    last_height: &mut u32,
-    tip_height: u32,
-    tx: Transaction,
-    purpose: TxPurpose,
-) -> Vec<Action> {
-    if *last_height == 0 {
-        *last_height = tip_height;
-        return Vec::new();
-    }
-    if tip_height <= *last_height {
-        return Vec::new();
-    }
-    *last_height = tip_height;
-    vec![Action::Broadcast { tx, purpose }]
-}
-
 /// Number of confirmations of a transaction confirmed at `height` with the tip at `tip`.
 pub fn confirmations(height: Option<u32>, tip: u32) -> u32 {
     match height {
         Some(h) if tip >= h => tip - h + 1,
         _ => 0,
-    }
-}
-
-/// Memory-only data of a swap (a MuSig2 session with its secret nonce): never serialized, and a
-/// clone of the swap starts without it.
-pub struct Ephemeral<T>(pub Option<T>);
-
-impl<T> Default for Ephemeral<T> {
-    fn default() -> Self {
-        Self(None)
-    }
-}
-
-impl<T> Clone for Ephemeral<T> {
-    fn clone(&self) -> Self {
-        Self(None)
-    }
-}
-
-impl<T> core::fmt::Debug for Ephemeral<T> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(if self.0.is_some() { "Ephemeral(Some(..))" } else { "Ephemeral(None)" })
     }
 }

@@ -64,6 +64,7 @@ pub struct Quote {
 
 /// Why a quote cannot be computed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum QuoteError {
     /// The amount is outside the offer's limits.
     #[error("amount {amount} sat is outside the offer's range [{min}, {max}] sat")]
@@ -98,6 +99,7 @@ pub enum QuoteError {
 
 /// The seller's quote differs from the buyer's own computation. The buyer refuses the swap.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum QuoteCheckError {
     /// The buyer could not compute a quote from the offer for this amount at all.
     #[error("cannot compute the expected quote")]

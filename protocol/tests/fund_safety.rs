@@ -11,6 +11,7 @@ use bitcoin::{Amount, FeeRate, OutPoint, Txid};
 use looper_protocol::buyer::{BuyerCheckError, BuyerPolicy, BuyerStart, BuyerState, BuyerSwap};
 use looper_protocol::htlc::HtlcSpendPath;
 use looper_protocol::keys::SwapKeys;
+use looper_protocol::record::SwapRecord;
 use looper_protocol::seller::SellerState;
 use looper_protocol::spend::{claim_script_path, refund_script_path};
 use looper_protocol::swap::{Context, Event, TxPurpose};
@@ -69,7 +70,7 @@ fn an_offer_below_the_buyers_claim_margin_floor_is_refused() {
 #[test]
 fn every_payment_keeps_the_claim_margin_before_the_timeout() {
     let sim = run(Opts { fail_first_payments: 2, ..Opts::default() });
-    assert!(matches!(sim.buyer.state, BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
     let timeout = sim.buyer.terms().unwrap().htlc_params.timeout_height;
     assert_eq!(sim.pay_budgets.len(), 3);
     for (tip, budget) in &sim.pay_budgets {
@@ -91,19 +92,19 @@ fn a_replayed_failure_of_an_earlier_attempt_is_ignored() {
         sim.mine(1);
     }
     assert_eq!(sim.attempts, vec![1, 2], "{:#?}", sim.log);
-    assert!(matches!(sim.buyer.state, BuyerState::Paying { attempt: 2, .. }));
+    assert!(matches!(sim.buyer.state(), BuyerState::Paying { attempt: 2, .. }));
     for _ in 0..5 {
         let stale = Event::PaymentFailed { attempt: 1, reason: "replayed".into() };
         let actions = sim.buyer.handle(stale, &sim.ctx.clone(), &mut sim.rng).unwrap();
         assert!(actions.is_empty(), "{actions:?}");
     }
-    assert!(matches!(sim.buyer.state, BuyerState::Paying { attempt: 2, .. }));
+    assert!(matches!(sim.buyer.state(), BuyerState::Paying { attempt: 2, .. }));
     // The seller asks for a refund now: refused, a payment is in flight.
     sim.user_abort(Party::Seller);
     sim.pump();
     sim.run_to_end(400);
     sim.check_invariants();
-    assert!(matches!(sim.buyer.state, BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
     assert!(matches!(sim.seller_state(), SellerState::Claimed { .. }), "{:#?}", sim.log);
 }
 
@@ -121,19 +122,27 @@ fn a_payment_that_succeeds_after_an_abort_is_claimed() {
     // The old bug: a stale failure moved the swap to Aborted while the payment was in flight.
     // Whatever got it there, the success must still lead to the claim.
     let terms = sim.buyer.terms().cloned();
-    let htlc = match &sim.buyer.state {
+    let htlc = match &sim.buyer.state() {
         BuyerState::Paying { htlc, .. } => Some(htlc.clone()),
         other => panic!("not paying: {}", other.name()),
     };
-    sim.buyer.state = BuyerState::Aborted {
+    let aborted = BuyerState::Aborted {
         reason: looper_protocol::messages::AbortReason::PaymentFailed,
         check: None,
         message: None,
         terms,
         htlc,
     };
+    // The state is not writable from outside: edit the stored record and load it again.
+    let mut record = serde_json::to_value(SwapRecord::from(&sim.buyer)).unwrap();
+    record["swap"]["state"] = serde_json::to_value(aborted).unwrap();
+    let SwapRecord::Buyer(record) = serde_json::from_value(record).unwrap() else {
+        panic!("not a buyer record")
+    };
+    let keys = SwapKeys::derive(&master(2), record.key_index()).unwrap();
+    sim.buyer = BuyerSwap::load(record, keys).unwrap();
     sim.run_to_end(400);
-    assert!(matches!(sim.buyer.state, BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
 }
 
 /// Item 3: a buyer that crashed in `Paying` asks its node first and never pays twice; an attempt
@@ -155,7 +164,7 @@ fn resuming_in_paying_never_pays_twice_or_with_a_stale_budget() {
         sim.log
     );
     assert!(sim.pay_budgets[0].0 >= START_HEIGHT + 4, "from the tip after the restart");
-    assert!(matches!(sim.buyer.state, BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
     let timeout = sim.buyer.terms().unwrap().htlc_params.timeout_height;
     for (tip, budget) in &sim.pay_budgets {
         assert!(tip + budget + 20 <= timeout, "stale budget: tip {tip} budget {budget}");
@@ -175,7 +184,7 @@ fn resuming_in_paying_never_pays_twice_or_with_a_stale_budget() {
         payment_delay_blocks: 3,
         ..Opts::default()
     });
-    assert!(matches!(sim.buyer.state, BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
 }
 
 /// Item 5: a seller whose Lightning claim never settles does not co-sign the claim; the HTLC
@@ -198,7 +207,7 @@ fn a_funding_that_disappears_is_not_paid_for() {
         let mut sim = sim(Opts::default());
         sim.pump();
         // Funded and in the mempool, not confirmed yet.
-        let funding: Txid = match &sim.buyer.state {
+        let funding: Txid = match &sim.buyer.state() {
             BuyerState::Funded { htlc, .. } => htlc.outpoint.txid,
             other => panic!("not funded: {} {:#?}", other.name(), sim.log),
         };
@@ -208,7 +217,7 @@ fn a_funding_that_disappears_is_not_paid_for() {
         sim.run_to_end(300);
         assert_eq!(sim.buyer_paid_msat, 0, "notify={notify}: {:#?}", sim.log);
         assert!(sim.attempts.is_empty(), "notify={notify}: {:#?}", sim.log);
-        assert!(matches!(sim.buyer.state, BuyerState::Aborted { .. }), "{:#?}", sim.log);
+        assert!(matches!(sim.buyer.state(), BuyerState::Aborted { .. }), "{:#?}", sim.log);
     }
 }
 
@@ -216,7 +225,7 @@ fn a_funding_that_disappears_is_not_paid_for() {
 #[test]
 fn a_dropped_claim_is_rebroadcast() {
     let sim = run(Opts { drop_first_claim: true, ..Opts::default() });
-    assert!(matches!(sim.buyer.state, BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
     assert!(sim.log.iter().any(|l| l.contains("dropped by the network")));
 }
 
@@ -320,18 +329,18 @@ fn every_buyer_check_has_a_stable_code() {
 fn a_restored_buyer_with_its_payments_lost_never_pays_again_nor_cosigns_a_refund() {
     let mut sim = sim(Opts::default());
     sim.pump();
-    assert!(matches!(sim.buyer.state, BuyerState::Funded { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer.state(), BuyerState::Funded { .. }), "{:#?}", sim.log);
     // The backup shows `Funded`; the node that restores it knows no payment.
-    sim.buyer.mark_lightning_state_lost();
-    sim.buyer_record =
-        looper_protocol::record::SwapRecord::Buyer(sim.buyer.clone()).to_bytes().unwrap();
+    let mut record = sim.buyer.record().clone();
+    record.mark_lightning_state_lost();
+    sim.buyer_record = SwapRecord::from(record).to_bytes().unwrap();
     sim.restart(Party::Buyer);
     sim.user_abort(Party::Seller);
     sim.run_to_end(400);
     assert!(sim.attempts.is_empty(), "paid again: {:?}", sim.attempts);
     assert!(!sim.purposes().contains(&TxPurpose::CooperativeRefund), "{:#?}", sim.log);
     assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }), "{:#?}", sim.log);
-    assert_eq!(sim.buyer.state.name(), "Lost", "fate unknown: {:#?}", sim.log);
+    assert_eq!(sim.buyer.state().name(), "Lost", "fate unknown: {:#?}", sim.log);
 }
 
 /// Item 7: a claim that cannot be built (a fee rate that would eat the whole HTLC) leaves the swap
@@ -347,19 +356,19 @@ fn a_claim_that_cannot_be_built_yet_is_retried_and_reported_once() {
         }
         sim.mine(1);
     }
-    assert!(matches!(sim.buyer.state, BuyerState::Paying { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer.state(), BuyerState::Paying { .. }), "{:#?}", sim.log);
     // 152 vB at 2,000 sat/vB is more than the 200,000 sat HTLC.
     sim.ctx.fee_rate = FeeRate::from_sat_per_vb(2_000).unwrap();
     sim.mine(1);
-    assert_eq!(sim.buyer.state.name(), "Claiming", "{:#?}", sim.log);
+    assert_eq!(sim.buyer.state().name(), "Claiming", "{:#?}", sim.log);
     for _ in 0..5 {
         sim.advance_secs(31);
     }
-    assert_eq!(sim.buyer.state.name(), "Claiming");
+    assert_eq!(sim.buyer.state().name(), "Claiming");
     let stalled = sim.log.iter().filter(|l| l.contains("Stalled")).count();
     assert_eq!(stalled, 1, "reported once: {:#?}", sim.log);
     sim.ctx.fee_rate = FeeRate::from_sat_per_vb(2).unwrap();
     sim.run_to_end(100);
     sim.check_invariants();
-    assert!(matches!(sim.buyer.state, BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
 }

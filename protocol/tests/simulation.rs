@@ -19,8 +19,8 @@ fn run(opts: Opts) -> Sim {
 }
 
 fn assert_refused(sim: &Sim, expected: fn(&BuyerCheckError) -> bool) {
-    let BuyerState::Aborted { check: Some(check), .. } = &sim.buyer.state else {
-        panic!("buyer not aborted on a check: {:?}\n{:#?}", sim.buyer.state.name(), sim.log);
+    let BuyerState::Aborted { check: Some(check), .. } = &sim.buyer.state() else {
+        panic!("buyer not aborted on a check: {:?}\n{:#?}", sim.buyer.state().name(), sim.log);
     };
     assert!(expected(check), "wrong check: {check:?}");
     assert_eq!(sim.buyer_paid_msat, 0, "paid nothing");
@@ -29,7 +29,7 @@ fn assert_refused(sim: &Sim, expected: fn(&BuyerCheckError) -> bool) {
 #[test]
 fn cooperative_claim() {
     let sim = run(Opts::default());
-    assert!(matches!(sim.buyer.state, BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
     assert!(matches!(sim.seller_state(), SellerState::Claimed { .. }));
     assert_eq!(sim.purposes(), vec![TxPurpose::Funding, TxPurpose::CooperativeClaim]);
 }
@@ -37,7 +37,7 @@ fn cooperative_claim() {
 #[test]
 fn seller_silent_at_claim_falls_back_to_script_path() {
     let sim = run(Opts { seller_uncooperative: true, ..Opts::default() });
-    assert!(matches!(sim.buyer.state, BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
     assert_eq!(sim.purposes(), vec![TxPurpose::Funding, TxPurpose::ScriptClaim]);
 }
 
@@ -53,7 +53,7 @@ fn buyer_never_pays_seller_refunds_after_timeout() {
 fn buyer_aborts_cooperative_refund() {
     let sim = run(Opts { buyer_aborts_when_funded: true, ..Opts::default() });
     assert!(matches!(
-        sim.buyer.state,
+        sim.buyer.state(),
         BuyerState::Aborted { reason: AbortReason::UserRequested, .. }
     ));
     assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }), "{:#?}", sim.log);
@@ -63,11 +63,11 @@ fn buyer_aborts_cooperative_refund() {
 #[test]
 fn a_failed_payment_is_tried_again() {
     let sim = run(Opts { fail_first_payments: 2, ..Opts::default() });
-    assert!(matches!(sim.buyer.state, BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
     assert_eq!(sim.purposes(), vec![TxPurpose::Funding, TxPurpose::CooperativeClaim]);
     let sim = run(Opts { fail_first_payments: 5, ..Opts::default() });
     assert!(matches!(
-        sim.buyer.state,
+        sim.buyer.state(),
         BuyerState::Aborted { reason: AbortReason::PaymentFailed, .. }
     ));
     assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }), "{:#?}", sim.log);
@@ -77,11 +77,11 @@ fn a_failed_payment_is_tried_again() {
 fn a_payment_not_sent_does_not_count_as_a_failed_one() {
     // More unsent attempts than MAX_PAYMENT_ATTEMPTS, plus failed ones: still paid.
     let sim = run(Opts { unsent_first_payments: 5, fail_first_payments: 2, ..Opts::default() });
-    assert!(matches!(sim.buyer.state, BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
     assert_eq!(sim.purposes(), vec![TxPurpose::Funding, TxPurpose::CooperativeClaim]);
     // A payment that never goes out ends the swap too, having paid nothing.
     let sim = run(Opts { unsent_first_payments: 1000, ..Opts::default() });
-    assert!(matches!(sim.buyer.state, BuyerState::Aborted { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer.state(), BuyerState::Aborted { .. }), "{:#?}", sim.log);
     assert_eq!(sim.buyer_paid_msat, 0);
     assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }), "{:#?}", sim.log);
 }
@@ -94,7 +94,7 @@ fn late_payment_is_failed_back_and_refunded() {
     assert!(sim.seller_failed_payments >= 1);
     // The buyer may try again, but the invoice expires or the timeout comes too close: it gives
     // up having paid nothing.
-    assert!(matches!(sim.buyer.state, BuyerState::Aborted { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer.state(), BuyerState::Aborted { .. }), "{:#?}", sim.log);
     assert_eq!(sim.buyer_paid_msat, 0);
     assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }), "{:#?}", sim.log);
 }
@@ -154,7 +154,11 @@ fn duplicated_and_reordered_messages_change_nothing() {
         Opts { duplicate_messages: true, reorder_messages: true, ..Opts::default() },
     ] {
         let sim = run(opts.clone());
-        assert!(matches!(sim.buyer.state, BuyerState::Claimed { .. }), "{opts:?}: {:#?}", sim.log);
+        assert!(
+            matches!(sim.buyer.state(), BuyerState::Claimed { .. }),
+            "{opts:?}: {:#?}",
+            sim.log
+        );
         assert_eq!(
             sim.purposes(),
             vec![TxPurpose::Funding, TxPurpose::CooperativeClaim],
@@ -175,7 +179,7 @@ fn restored_from_its_record_at_every_state_a_swap_finishes() {
         let sim = run(Opts { crash_at: Some((party, state)), ..Opts::default() });
         assert!(sim.crashed, "never reached {party:?} {state}");
         assert!(
-            matches!(sim.buyer.state, BuyerState::Claimed { .. }),
+            matches!(sim.buyer.state(), BuyerState::Claimed { .. }),
             "{party:?} {state}: {:#?}",
             sim.log
         );

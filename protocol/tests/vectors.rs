@@ -10,11 +10,12 @@ mod common;
 use std::path::PathBuf;
 
 use bitcoin::consensus::encode::serialize_hex;
+use bitcoin::secp256k1::rand::{self, CryptoRng, RngCore};
 use bitcoin::{Amount, FeeRate, Network, OutPoint, Txid};
 use common::*;
 use looper_protocol::htlc::Htlc;
 use looper_protocol::keys::SwapKeys;
-use looper_protocol::musig::{self, InitiatorSession, SecretNonce, Signer};
+use looper_protocol::musig::{self, InitiatorSession, Signer};
 use looper_protocol::spend::{HtlcInput, SpendPath, SpendTx};
 use serde_json::{json, Value};
 
@@ -109,7 +110,29 @@ fn htlc_vectors() {
     );
 }
 
-/// Fixed nonce seeds make the MuSig2 signatures, and so the whole transactions, reproducible.
+/// An RNG that hands out one fixed 32-byte seed: a secret nonce is made from 32 bytes of the RNG,
+/// so fixed seeds make the MuSig2 signatures, and so the whole transactions, reproducible.
+struct SeedRng([u8; 32]);
+
+impl RngCore for SeedRng {
+    fn next_u32(&mut self) -> u32 {
+        unimplemented!("only fill_bytes is used")
+    }
+    fn next_u64(&mut self) -> u64 {
+        unimplemented!("only fill_bytes is used")
+    }
+    fn fill_bytes(&mut self, dest: &mut [u8]) {
+        assert_eq!(dest.len(), 32, "a nonce seed is 32 bytes");
+        dest.copy_from_slice(&self.0);
+    }
+    fn try_fill_bytes(&mut self, dest: &mut [u8]) -> Result<(), rand::Error> {
+        self.fill_bytes(dest);
+        Ok(())
+    }
+}
+
+impl CryptoRng for SeedRng {}
+
 fn coop(
     htlc: &Htlc,
     ours: &SwapKeys,
@@ -120,28 +143,16 @@ fn coop(
 ) {
     let sighash = spend.sighash(index).unwrap();
     let their_role = if who == Signer::Buyer { Signer::Seller } else { Signer::Buyer };
-    let our_nonce = SecretNonce::from_seed(
-        [0x11; 32],
-        &ours.musig().secret_key(),
-        htlc.key_agg_context(),
-        &sighash,
-    );
+    let seckey = ours.musig().secret_key();
     let session =
-        InitiatorSession::with_nonce(htlc, who, ours.musig().secret_key(), sighash, our_nonce)
-            .unwrap();
-    let their_nonce = SecretNonce::from_seed(
-        [0x22; 32],
-        &theirs.musig().secret_key(),
-        htlc.key_agg_context(),
-        &sighash,
-    );
-    let (n, partial) = musig::respond_with_nonce(
+        InitiatorSession::new(htlc, who, seckey, sighash, &mut SeedRng([0x11; 32])).unwrap();
+    let (n, partial) = musig::respond(
         htlc,
         their_role,
         &theirs.musig().secret_key(),
         &sighash,
         &session.public_nonce(),
-        their_nonce,
+        &mut SeedRng([0x22; 32]),
     )
     .unwrap();
     let sig = session.finish(&n, partial).unwrap();

@@ -466,16 +466,16 @@ impl Engine {
     /// The swap's id, when there is a swap.
     pub fn swap_id(&self) -> Option<SwapId> {
         match &self.swap {
-            Swap::Buyer(b) => Some(b.swap_id),
-            Swap::Seller(s) => s.as_ref().map(|s| s.swap_id),
+            Swap::Buyer(b) => Some(b.swap_id()),
+            Swap::Seller(s) => s.as_ref().map(|s| s.swap_id()),
         }
     }
 
     /// Name of the current state (`-` when the seller has no swap yet).
     pub fn state_name(&self) -> &'static str {
         match &self.swap {
-            Swap::Buyer(b) => b.state.name(),
-            Swap::Seller(s) => s.as_ref().map(|s| s.state.name()).unwrap_or("-"),
+            Swap::Buyer(b) => b.state().name(),
+            Swap::Seller(s) => s.as_ref().map(|s| s.state().name()).unwrap_or("-"),
         }
     }
 
@@ -792,13 +792,13 @@ impl Engine {
 
     fn apply_behaviour(&mut self) -> Result<(), EngineError> {
         let Swap::Buyer(b) = &self.swap else { return Ok(()) };
-        let accepted = matches!(b.state, BuyerState::Accepted { .. } | BuyerState::Funded { .. });
+        let accepted = matches!(b.state(), BuyerState::Accepted { .. } | BuyerState::Funded { .. });
         if self.behaviour.vanish_after_accept && accepted {
             lock(&self.world)?.gone[self.party.index()] = true;
             self.outbox.clear();
             return Ok(());
         }
-        if self.behaviour.abort_when_funded && matches!(b.state, BuyerState::Funded { .. }) {
+        if self.behaviour.abort_when_funded && matches!(b.state(), BuyerState::Funded { .. }) {
             self.behaviour.abort_when_funded = false;
             self.local.push_back(Event::UserAbort);
         }

@@ -80,14 +80,14 @@ async fn teardown(s: Setup) {
 
 fn buyer_state(e: &Engine) -> &BuyerState {
     match &e.swap {
-        looper_conformance::Swap::Buyer(b) => &b.state,
+        looper_conformance::Swap::Buyer(b) => b.state(),
         _ => panic!("not a buyer"),
     }
 }
 
 fn seller_state(e: &Engine) -> &SellerState {
     match &e.swap {
-        looper_conformance::Swap::Seller(Some(s)) => &s.state,
+        looper_conformance::Swap::Seller(Some(s)) => s.state(),
         _ => panic!("no seller swap"),
     }
 }
@@ -525,7 +525,7 @@ fn check_scenario(sc: &Scenario, s: &Setup, driven: Result<u32>) -> Result<Strin
     }
     let purposes = purposes(&s.world);
     let seller = match &s.seller.swap {
-        looper_conformance::Swap::Seller(Some(sw)) => Some(&sw.state),
+        looper_conformance::Swap::Seller(Some(sw)) => Some(sw.state()),
         _ => None,
     };
     let buyer = buyer_state(&s.buyer);

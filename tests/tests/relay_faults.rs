@@ -57,14 +57,14 @@ async fn transport(urls: &[String]) -> Result<NostrTransport> {
 
 fn buyer_state(e: &Engine) -> &BuyerState {
     match &e.swap {
-        Swap::Buyer(b) => &b.state,
+        Swap::Buyer(b) => b.state(),
         _ => panic!("not a buyer"),
     }
 }
 
 fn seller_state(e: &Engine) -> &SellerState {
     match &e.swap {
-        Swap::Seller(Some(s)) => &s.state,
+        Swap::Seller(Some(s)) => s.state(),
         _ => panic!("no seller swap"),
     }
 }

@@ -127,7 +127,7 @@ fn restored_swap(mut record: SwapRecord) -> Result<RestoredSwap, (crate::store::
         // The Lightning node restored with this store lost its payments, and the backup may be
         // older than the last payment attempt: the buyer must not read "no payment known" as
         // "nothing in flight" (no second payment, no refund signature).
-        if b.kind() == looper_protocol::swap::StateKind::Pending && !b.lightning_state_lost {
+        if b.kind() == looper_protocol::swap::StateKind::Pending && !b.lightning_state_lost() {
             b.mark_lightning_state_lost();
             record.data = proto.to_bytes().map_err(|e| (id, e.to_string()))?;
         }
@@ -136,8 +136,8 @@ fn restored_swap(mut record: SwapRecord) -> Result<RestoredSwap, (crate::store::
         return Err((id, "the record's data is for another swap".to_string()));
     }
     let wallet_script = match (&proto, record.role) {
-        (ProtoRecord::Seller(s), SwapRole::Seller) => s.refund_destination.clone(),
-        (ProtoRecord::Buyer(b), SwapRole::Buyer) => b.claim_destination.clone(),
+        (ProtoRecord::Seller(s), SwapRole::Seller) => s.refund_destination().clone(),
+        (ProtoRecord::Buyer(b), SwapRole::Buyer) => b.claim_destination().clone(),
         _ => return Err((id, "the record's role differs from its data".to_string())),
     };
     Ok(RestoredSwap { key_index: proto.key_index(), wallet_script, record })

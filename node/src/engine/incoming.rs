@@ -87,8 +87,8 @@ impl Engine {
             // swap_accept (and what followed) again, never a second swap.
             let mut machine = slot.machine.lock().await;
             let resend = match &*machine {
-                Machine::Seller(s) => s.outbox.resend_all(),
-                Machine::Buyer(_) => Vec::new(),
+                Machine::Seller(s) => s.outbox().resend_all(),
+                _ => Vec::new(),
             };
             tracing::debug!(swap = %id, "repeated swap_request: answers sent again");
             return self.carry_out(id, slot, &mut machine, resend).await;
@@ -163,7 +163,7 @@ impl Engine {
         match SellerSwap::from_request(id, sender.to_hex(), offer, req, keys, refund, policy, &ctx)
         {
             Ok((swap, actions)) => {
-                let amount_sat = swap.request.amount_sat;
+                let amount_sat = swap.request().amount_sat;
                 let slot = Arc::new(Slot::new(Machine::Seller(swap)));
                 // Locked before anyone else can see it: its first actions run before any other
                 // event of this swap.

@@ -280,8 +280,7 @@ impl Engine {
         for rec in records {
             let id = rec.id;
             let machine = match ProtoRecord::from_bytes(&rec.data) {
-                Ok(ProtoRecord::Buyer(b)) => Machine::Buyer(b),
-                Ok(ProtoRecord::Seller(s)) => Machine::Seller(s),
+                Ok(record) => Machine::from_record(record),
                 Err(e) => {
                     tracing::error!(swap = %id, error = %e, "cannot load swap record");
                     continue;

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
 use bitcoin::{OutPoint, ScriptBuf};
 use looper_protocol::buyer::BuyerSwap;
 use looper_protocol::keys::SwapKeys;
-use looper_protocol::record::SwapRecord as ProtoRecord;
+use looper_protocol::record::{Swap as LoadedSwap, SwapRecord as ProtoRecord};
 use looper_protocol::seller::{SellerState, SellerSwap};
 use looper_protocol::swap::{Action, Context, Event, Notification, PaymentStatus, StateKind};
 use looper_protocol::{PaymentHash, SwapId};
@@ -25,32 +25,43 @@ use crate::lightning::{LightningError, PayOutcome};
 use crate::nostr::PublicKey as NostrPublicKey;
 use crate::store::{SwapRecord, SwapRole, SwapStatus};
 
-/// A swap's state machine.
+/// A swap's state machine, or its record while its keys are not attached yet.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Machine {
     Buyer(BuyerSwap),
     Seller(SellerSwap),
+    /// Loaded from the store; its keys could not be derived or attached yet (retried at every
+    /// poll: the swap stays watched and shown meanwhile).
+    Unloaded(ProtoRecord),
 }
 
 impl Machine {
+    pub(super) fn from_record(record: ProtoRecord) -> Machine {
+        Machine::Unloaded(record)
+    }
+
     pub(super) fn kind(&self) -> StateKind {
         match self {
             Machine::Buyer(b) => b.kind(),
             Machine::Seller(s) => s.kind(),
+            Machine::Unloaded(r) => r.kind(),
         }
     }
 
     pub(super) fn state_name(&self) -> &'static str {
         match self {
-            Machine::Buyer(b) => b.state.name(),
-            Machine::Seller(s) => s.state.name(),
+            Machine::Buyer(b) => b.state().name(),
+            Machine::Seller(s) => s.state().name(),
+            Machine::Unloaded(r) => r.state_name(),
         }
     }
 
     pub(super) fn peer(&self) -> &str {
         match self {
-            Machine::Buyer(b) => &b.peer,
-            Machine::Seller(s) => &s.peer,
+            Machine::Buyer(b) => b.peer(),
+            Machine::Seller(s) => s.peer(),
+            Machine::Unloaded(ProtoRecord::Buyer(r)) => r.peer(),
+            Machine::Unloaded(ProtoRecord::Seller(r)) => r.peer(),
         }
     }
 
@@ -58,32 +69,36 @@ impl Machine {
         match self {
             Machine::Buyer(b) => b.payment_hash(),
             Machine::Seller(s) => Some(s.payment_hash()),
+            Machine::Unloaded(ProtoRecord::Buyer(r)) => r.payment_hash(),
+            Machine::Unloaded(ProtoRecord::Seller(r)) => Some(r.payment_hash()),
         }
     }
 
     fn relays(&self) -> Vec<String> {
         match self {
-            Machine::Buyer(b) => b.offer.relays.clone(),
-            Machine::Seller(_) => Vec::new(),
+            Machine::Buyer(b) => b.offer().relays.clone(),
+            _ => Vec::new(),
         }
     }
 
     /// Seller waiting for its HTLC to be funded.
     pub(super) fn awaits_funding(&self) -> bool {
-        matches!(self, Machine::Seller(s) if matches!(s.state, SellerState::Accepted { .. }))
+        matches!(self, Machine::Seller(s) if matches!(s.state(), SellerState::Accepted { .. }))
     }
 
     pub(super) fn proto_record(&self) -> ProtoRecord {
         match self {
-            Machine::Buyer(b) => ProtoRecord::Buyer(b.clone()),
-            Machine::Seller(s) => ProtoRecord::Seller(s.clone()),
+            Machine::Buyer(b) => ProtoRecord::from(b),
+            Machine::Seller(s) => ProtoRecord::from(s),
+            Machine::Unloaded(r) => r.clone(),
         }
     }
 
     fn record(&self, now: u64) -> Result<SwapRecord, EngineError> {
-        let (proto, role, created_at) = match self {
-            Machine::Buyer(b) => (ProtoRecord::Buyer(b.clone()), SwapRole::Buyer, b.created_at),
-            Machine::Seller(s) => (ProtoRecord::Seller(s.clone()), SwapRole::Seller, s.created_at),
+        let proto = self.proto_record();
+        let (role, created_at) = match &proto {
+            ProtoRecord::Buyer(b) => (SwapRole::Buyer, b.created_at()),
+            ProtoRecord::Seller(s) => (SwapRole::Seller, s.created_at()),
         };
         let data = proto.to_bytes().map_err(|e| EngineError::Record {
             id: proto.swap_id().to_string(),
@@ -108,30 +123,32 @@ impl Machine {
         rng: &mut EntropyRng<'_>,
     ) -> Result<Vec<Action>, String> {
         match self {
-            Machine::Buyer(b) => b.handle(event, ctx, rng),
-            Machine::Seller(s) => s.handle(event, ctx, rng),
+            Machine::Buyer(b) => b.handle(event, ctx, rng).map_err(|e| e.to_string()),
+            Machine::Seller(s) => s.handle(event, ctx, rng).map_err(|e| e.to_string()),
+            Machine::Unloaded(_) => Err("the swap is not loaded yet (its keys are missing)".into()),
         }
-        .map_err(|e| e.to_string())
     }
 
-    /// Attaches the swap's keys (derived again from the seed) and asks what to do now.
+    /// Loads the record with its keys (derived again from the seed) if not done yet, and asks
+    /// what to do now.
     fn resume(
         &mut self,
-        keys: SwapKeys,
+        master: &bitcoin::bip32::Xpriv,
         ctx: &Context,
         rng: &mut EntropyRng<'_>,
     ) -> Result<Vec<Action>, String> {
-        match self {
-            Machine::Buyer(b) => b.attach_keys(keys).and_then(|_| b.resume(ctx, rng)),
-            Machine::Seller(s) => s.attach_keys(keys).and_then(|_| s.resume(ctx, rng)),
+        if let Machine::Unloaded(record) = self {
+            let keys = SwapKeys::derive(master, record.key_index())
+                .map_err(|e| format!("cannot derive swap keys: {e}"))?;
+            *self = match record.clone().load(keys).map_err(|e| e.to_string())? {
+                LoadedSwap::Buyer(b) => Machine::Buyer(b),
+                LoadedSwap::Seller(s) => Machine::Seller(s),
+            };
         }
-        .map_err(|e| e.to_string())
-    }
-
-    fn key_index(&self) -> u32 {
         match self {
-            Machine::Buyer(b) => b.key_index,
-            Machine::Seller(s) => s.key_index,
+            Machine::Buyer(b) => b.resume(ctx, rng).map_err(|e| e.to_string()),
+            Machine::Seller(s) => s.resume(ctx, rng).map_err(|e| e.to_string()),
+            Machine::Unloaded(_) => Err("the swap is not loaded".into()),
         }
     }
 }
@@ -294,9 +311,7 @@ impl Engine {
         let mut machine = slot.machine.lock().await;
         let ctx = self.context();
         let mut rng = EntropyRng(&*self.inner.entropy);
-        let result = SwapKeys::derive(&self.inner.swap_master, machine.key_index())
-            .map_err(|e| format!("cannot derive swap keys: {e}"))
-            .and_then(|keys| machine.resume(keys, &ctx, &mut rng));
+        let result = machine.resume(&self.inner.swap_master, &ctx, &mut rng);
         slot.refresh_view(&machine);
         let retried = slot.needs_resume();
         match result {

@@ -323,8 +323,8 @@ impl Sim {
 
     fn state_name(&self, party: Party) -> &'static str {
         match party {
-            Party::Buyer => self.buyer.state.name(),
-            Party::Seller => self.seller.as_ref().map(|s| s.state.name()).unwrap_or("-"),
+            Party::Buyer => self.buyer.state().name(),
+            Party::Seller => self.seller.as_ref().map(|s| s.state().name()).unwrap_or("-"),
         }
     }
 
@@ -334,9 +334,9 @@ impl Sim {
             match action {
                 Action::Persist => {
                     let bytes = match party {
-                        Party::Buyer => SwapRecord::Buyer(self.buyer.clone()).to_bytes().unwrap(),
+                        Party::Buyer => SwapRecord::from(&self.buyer).to_bytes().unwrap(),
                         Party::Seller => {
-                            SwapRecord::Seller(self.seller.clone().unwrap()).to_bytes().unwrap()
+                            SwapRecord::from(self.seller.as_ref().unwrap()).to_bytes().unwrap()
                         }
                     };
                     if party == Party::Buyer {
@@ -554,23 +554,22 @@ impl Sim {
         let ctx = self.ctx;
         match party {
             Party::Buyer => {
-                let SwapRecord::Buyer(mut b) = SwapRecord::from_bytes(&self.buyer_record).unwrap()
+                let SwapRecord::Buyer(b) = SwapRecord::from_bytes(&self.buyer_record).unwrap()
                 else {
                     panic!("not a buyer record")
                 };
-                b.attach_keys(SwapKeys::derive(&master(2), b.key_index).unwrap()).unwrap();
-                self.buyer = b;
+                let keys = SwapKeys::derive(&master(2), b.key_index()).unwrap();
+                self.buyer = BuyerSwap::load(b, keys).unwrap();
                 let actions = self.buyer.resume(&ctx, &mut self.rng).unwrap();
                 self.run(Party::Buyer, actions);
             }
             Party::Seller => {
-                let SwapRecord::Seller(mut s) =
-                    SwapRecord::from_bytes(&self.seller_record).unwrap()
+                let SwapRecord::Seller(s) = SwapRecord::from_bytes(&self.seller_record).unwrap()
                 else {
                     panic!("not a seller record")
                 };
-                s.attach_keys(SwapKeys::derive(&master(1), s.key_index).unwrap()).unwrap();
-                self.seller = Some(s);
+                let keys = SwapKeys::derive(&master(1), s.key_index()).unwrap();
+                self.seller = Some(SellerSwap::load(s, keys).unwrap());
                 let actions = self.seller.as_mut().unwrap().resume(&ctx, &mut self.rng).unwrap();
                 self.run(Party::Seller, actions);
             }
@@ -800,12 +799,12 @@ impl Sim {
 
     fn after_step(&mut self) {
         if self.opts.buyer_vanishes_after_accept
-            && matches!(self.buyer.state, BuyerState::Accepted { .. } | BuyerState::Funded { .. })
+            && matches!(self.buyer.state(), BuyerState::Accepted { .. } | BuyerState::Funded { .. })
         {
             self.buyer_gone = true;
         }
         if self.opts.buyer_aborts_when_funded
-            && matches!(self.buyer.state, BuyerState::Funded { .. })
+            && matches!(self.buyer.state(), BuyerState::Funded { .. })
         {
             self.feed(Party::Buyer, Event::UserAbort);
         }
@@ -862,7 +861,7 @@ impl Sim {
     }
 
     pub fn seller_state(&self) -> &SellerState {
-        &self.seller.as_ref().expect("seller exists").state
+        self.seller.as_ref().expect("seller exists").state()
     }
 
     pub fn purposes(&self) -> Vec<TxPurpose> {
@@ -887,9 +886,9 @@ impl Sim {
         let htlc_locked = self.broadcasts.iter().any(|(_, p, _)| *p == TxPurpose::Funding);
         if self.buyer_paid_msat > 0 && !self.buyer_gone {
             assert!(
-                matches!(self.buyer.state, BuyerState::Claimed { .. }),
+                matches!(self.buyer.state(), BuyerState::Claimed { .. }),
                 "buyer paid but did not claim: {:?}\n{:#?}",
-                self.buyer.state.name(),
+                self.buyer.state().name(),
                 self.log
             );
         }

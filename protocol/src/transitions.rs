@@ -1,0 +1,64 @@
+//! Both roles' state tables in one place: each state's kind and the transitions between states
+//! (the diagrams in `spec/diagrams/` are generated from them, [`crate::diagrams`]). The tables are
+//! data of the same shape; the state machines' code is in [`crate::buyer`] and
+//! [`crate::seller`], their shared core in `shared`.
+
+use crate::buyer::BuyerState;
+use crate::seller::SellerState;
+use crate::shared::swap_states;
+use crate::swap::Transition;
+
+/// The buyer's transition table (the diagrams in `spec/diagrams/` are generated from it).
+pub const BUYER_TRANSITIONS: &[Transition] = &[
+    ("Requested", "Accepted", "swap_accept passes every check"),
+    ("Requested", "Aborted", "error, swap_abort, a failed check or user abort"),
+    ("Accepted", "Funded", "htlc on chain with agreed script and value"),
+    ("Accepted", "Aborted", "a failed check, swap_abort, user abort, invoice expiry"),
+    ("Funded", "Paying", "min_confirmations reached and checks pass / pay"),
+    ("Funded", "Aborted", "a failed check, swap_abort, user abort, timeout too close"),
+    ("Funded", "Accepted", "htlc gone from the chain (reorg, double spend)"),
+    ("Funded", "Paying", "a payment for the hash found in flight"),
+    ("Funded", "Claiming", "a payment for the hash found succeeded"),
+    ("Paying", "Claiming", "payment succeeded / send coop_claim_request"),
+    ("Paying", "Funded", "payment failed or not sent, attempts left / retry in 10 s"),
+    ("Paying", "Aborted", "payment failed or not sent, no attempts left / send swap_abort"),
+    ("Aborted", "Claiming", "a payment for the hash found succeeded (claim anyway)"),
+    ("Claiming", "ClaimBroadcast", "coop_claim_response, or 30 s / script path"),
+    ("Claiming", "Lost", "htlc refunded by the seller"),
+    ("Claiming", "Claimed", "our claim confirmed (broadcast before a restart)"),
+    ("Paying", "Lost", "htlc refunded while the payment's fate is unknown (restored)"),
+    ("ClaimBroadcast", "Claimed", "claim confirmed"),
+    ("ClaimBroadcast", "Lost", "htlc refunded by the seller"),
+];
+
+swap_states! {
+    BuyerState, BUYER_TRANSITIONS;
+    pending: [Requested, Accepted, Funded, Paying, Claiming, ClaimBroadcast],
+    succeeded: [Claimed],
+    failed: [Aborted, Lost],
+}
+
+/// The seller's transition table (the diagrams in `spec/diagrams/` are generated from it).
+pub const SELLER_TRANSITIONS: &[Transition] = &[
+    ("AwaitingInvoice", "Accepted", "invoice created / send swap_accept, fund"),
+    ("AwaitingInvoice", "Aborted", "swap_abort"),
+    ("Accepted", "Funded", "funding built / persist, broadcast, send swap_funded"),
+    ("Accepted", "Aborted", "swap_abort or funding failed"),
+    ("Funded", "Paid", "payment claimable in time / claim it"),
+    ("Funded", "RefundingCooperatively", "swap_abort / send coop_refund_request"),
+    ("Funded", "Refunding", "tip >= timeout / refund leaf"),
+    ("Funded", "Claimed", "htlc claimed (preimage leaked)"),
+    ("RefundingCooperatively", "Refunding", "coop_refund_response / broadcast"),
+    ("RefundingCooperatively", "Funded", "no answer in 30 s or bad signature"),
+    ("Paid", "Claimed", "claim confirmed"),
+    ("Paid", "Funded", "the claim never settled (payment failed back) / refundable again"),
+    ("Refunding", "Refunded", "refund confirmed"),
+    ("Refunding", "Claimed", "buyer's claim confirmed first"),
+];
+
+swap_states! {
+    SellerState, SELLER_TRANSITIONS;
+    pending: [AwaitingInvoice, Accepted, Funded, Paid, RefundingCooperatively, Refunding],
+    succeeded: [Claimed],
+    failed: [Refunded, Aborted],
+}
