@@ -208,7 +208,7 @@ async fn loop_out_with_the_cli() -> Result<()> {
     config.nodes = vec![NodeSpec::seller("seller"), NodeSpec::buyer("buyer")];
     let h = Harness::start(config).await?;
     let buyer = cli_for(&h, "buyer")?;
-    let seller_nostr = h.node("seller")?.info().nostr_pubkey.clone();
+    let seller_nostr = h.node("seller")?.info().expect("seller info").nostr_pubkey.clone();
 
     // offers: the seller's offer, best first, with its total cost for the amount.
     let offers = wait_until("the seller's offer via looper offers", TIMEOUT, || {
@@ -313,7 +313,10 @@ async fn loop_out_with_the_cli() -> Result<()> {
     let channels = buyer.json(&["ln", "channels"]).await;
     let chans = channels["channels"].as_array().unwrap();
     assert_eq!(chans.len(), 1, "{channels:#}");
-    assert_eq!(chans[0]["counterparty"], h.node("seller")?.info().ln_node_id.as_str());
+    assert_eq!(
+        chans[0]["counterparty"],
+        h.node("seller")?.info().expect("seller info").ln_node_id.as_str()
+    );
     assert_eq!(chans[0]["usable"], true);
 
     // ln payment: the swap's invoice, paid by the buyer, with its proof of payment.

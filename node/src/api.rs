@@ -433,9 +433,11 @@ fn find_swap(s: &ApiState, key: &str) -> Result<SwapRecord, ApiError> {
 async fn get_swap(State(s): State<ApiState>, Path(key): Path<String>) -> Typed<SwapDetail> {
     let r = find_swap(&s, &key)?;
     // The protocol record (no keys, no unrevealed preimage: those are never stored).
-    let record =
-        ProtoRecord::from_bytes(&r.data).ok().and_then(|rec| serde_json::to_value(rec).ok());
-    Ok(Json(SwapDetail { summary: summary(&r), record }))
+    let record = ProtoRecord::from_bytes(&r.data)
+        .ok()
+        .and_then(|rec| serde_json::to_value(rec).ok())
+        .unwrap_or_default();
+    Ok(Json(SwapDetail::new(summary(&r), record)))
 }
 
 async fn abort_swap(State(s): State<ApiState>, Path(key): Path<String>) -> Typed<AbortResponse> {

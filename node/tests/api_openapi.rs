@@ -342,8 +342,8 @@ fn api_types_match_schemas() {
         &doc,
         "SwapDetail",
         &[
-            a::SwapDetail { summary: sample_summary(), record: Some(json!({"v": 1})) },
-            a::SwapDetail { summary: sample_summary(), record: None },
+            a::SwapDetail::new(sample_summary(), json!({"v": 1})),
+            a::SwapDetail::new(sample_summary(), Value::Null),
         ],
         seen,
     );

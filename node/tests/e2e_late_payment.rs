@@ -73,13 +73,13 @@ async fn e2e_late_payment_failed_back_by_the_seller() -> Result<()> {
     let s = scratch()?;
     let t0 = Instant::now();
     let mut seller = NodeSpec::seller("seller");
-    seller.offer.claim_margin_blocks = 2;
-    seller.offer.timeout_delta_blocks = 60;
+    seller.offer.claim_margin = 2;
+    seller.offer.timeout_delta = 60;
     let mut c = HarnessConfig::new(&s.dir, env!("CARGO_BIN_EXE_looper-node"));
     c.nodes = vec![seller, NodeSpec::buyer("buyer"), NodeSpec::buyer("payer")];
     // A 2-block margin keeps the test short: the buyer's floor (default 20) follows it.
     for n in &mut c.nodes {
-        n.buyer_min_claim_margin_blocks = Some(2);
+        n.buyer_min_claim_margin = Some(2);
     }
     c.channel_sat = 10 * AMOUNT + 100_000;
     let mut h = Harness::start(c).await?;

@@ -88,7 +88,7 @@ async fn e2e_restore_from_seed_refunds_and_never_reuses_a_hash() -> Result<()> {
     let mut seller = NodeSpec::seller("seller");
     // A short timeout (claim margin + 1 confirmation + the 42-block payment budget + 17), so the
     // refund comes after a few dozen blocks.
-    seller.offer.timeout_delta_blocks = 80;
+    seller.offer.timeout_delta = 80;
     let mut config = HarnessConfig::new(&s.dir, env!("CARGO_BIN_EXE_looper-node"));
     config.nodes = vec![seller, NodeSpec::buyer("buyer")];
     config.channel_sat = 10 * AMOUNT + 100_000;

@@ -20,9 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use bitcoin::Network;
 use looper_node::seed::{Mnemonic, NodeKeys};
-use looper_regtest::harness::{
-    wait_until, Harness, HarnessConfig, LoopOutReport, NodeSpec, SwapView,
-};
+use looper_regtest::harness::{wait_until, Harness, HarnessConfig, LoopOutReport, NodeSpec};
 use serde_json::{json, Value};
 
 use e2e_common::{scratch, state_of, take_unpaid, AMOUNT, MAX_FEE};
@@ -320,7 +318,11 @@ async fn kill_case(h: &mut Harness, case: KillCase) -> Result<KillOutcome> {
     let mut last_change = Instant::now();
     let mut last_state = String::new();
     let killed_at = loop {
-        let v: SwapView = h.node(case.victim)?.api().swap(&swap_id).await.unwrap_or_default();
+        let Ok(v) = h.node(case.victim)?.api().swap(&swap_id).await else {
+            ensure!(Instant::now() < deadline, "{} never reached {}", case.victim, case.state);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
         let at = order.iter().position(|s| *s == v.state);
         if v.state == case.state {
             if case.hold == Hold::SellerFrozenOnReach && !frozen {
@@ -340,19 +342,19 @@ async fn kill_case(h: &mut Harness, case: KillCase) -> Result<KillOutcome> {
             last_state = v.state.clone();
             last_change = Instant::now();
         }
-        let b = if case.victim == "buyer" {
-            v.clone()
+        let buyer_state = if case.victim == "buyer" {
+            v.state.clone()
         } else {
-            h.node("buyer")?.api().swap(&swap_id).await.unwrap_or_default()
+            h.node("buyer")?.api().swap(&swap_id).await.map(|b| b.state).unwrap_or_default()
         };
-        if case.hold == Hold::SellerFrozenBeforePay && !frozen && b.state == "Funded" {
+        if case.hold == Hold::SellerFrozenBeforePay && !frozen && buyer_state == "Funded" {
             h.pause("seller")?;
             frozen = true;
             h.mine(1).await?;
             last_change = Instant::now();
         }
         let stall = if case.hold == Hold::SellerFrozenBeforePay && !frozen { 10 } else { 2 };
-        if matches!(b.state.as_str(), "Accepted" | "Funded")
+        if matches!(buyer_state.as_str(), "Accepted" | "Funded")
             && !(case.hold == Hold::SellerFrozenBeforePay && frozen)
             && h.chain().mempool_size()? > 0
             && last_change.elapsed() > Duration::from_secs(stall)
@@ -537,12 +539,12 @@ async fn e2e_refunds() -> Result<()> {
     let s = scratch()?;
     let t0 = Instant::now();
     let mut seller = NodeSpec::seller("seller");
-    seller.offer.claim_margin_blocks = 2;
-    seller.offer.timeout_delta_blocks = 60;
+    seller.offer.claim_margin = 2;
+    seller.offer.timeout_delta = 60;
     let mut c = config(&s.dir, seller);
     // A 2-block margin keeps the test short: the buyer's floor (default 20) follows it.
     for n in &mut c.nodes {
-        n.buyer_min_claim_margin_blocks = Some(2);
+        n.buyer_min_claim_margin = Some(2);
     }
     let mut h = Harness::start(c).await?;
     eprintln!("harness up in {:.1} s", t0.elapsed().as_secs_f64());
@@ -757,7 +759,7 @@ async fn e2e_funding_double_spent_is_never_paid_for() -> Result<()> {
     seller.offer.min_confirmations = 2;
     // Short: the buyer gives up once `tip > timeout - margin 20 - the invoice's final CLTV
     // delta`, some 20-30 blocks after the swap starts.
-    seller.offer.timeout_delta_blocks = 90;
+    seller.offer.timeout_delta = 90;
     let h = Harness::start(config(&s.dir, seller)).await?;
     let before = balances(&h).await?;
     let (swap_id, _) = fund_then_vanish(&h, true).await?;

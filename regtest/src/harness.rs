@@ -31,11 +31,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bitcoin::Amount;
+use looper_api::{OfferContext, OfferTerms};
+use looper_protocol::messages::Offer;
 use nostr_relay_builder::prelude::{LocalRelay, RelayBuilder};
-use serde_json::{json, Value};
 
 pub use client::{
-    ApiClient, Channel, DiscoveredOffer, LnBalance, NodeInfo, SwapView, WalletBalance,
+    ApiClient, Channel, DiscoveredOffer, ErrorBody, LnBalance, NodeInfo, SwapView, WalletBalance,
 };
 pub use report::{LoopOutReport, Phase};
 
@@ -77,16 +78,14 @@ pub enum HarnessError {
         reason: String,
     },
     /// A node answered with an API error.
-    #[error("{what}: HTTP {status} {code}: {message}")]
+    #[error("{what}: HTTP {status} {}: {}", error.code, error.message)]
     Api {
         /// The request.
         what: String,
         /// HTTP status.
         status: u16,
-        /// The API's error code.
-        code: String,
-        /// The API's message.
-        message: String,
+        /// The node's error: its stable code and message.
+        error: ErrorBody,
     },
     /// A node process exited.
     #[error("node {name} exited ({status}); last lines of its log:\n{log_tail}")]
@@ -143,42 +142,19 @@ impl Role {
     }
 }
 
-/// The terms a seller node offers (written to `[seller]` of its `looper.toml` and published).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OfferParams {
-    /// Smallest swap.
-    pub min_amount_sat: u64,
-    /// Largest swap.
-    pub max_amount_sat: u64,
-    /// Fixed fee.
-    pub fee_base_sat: u64,
-    /// Proportional fee (ppm).
-    pub fee_ppm: u32,
-    /// Funding fee charged to the buyer.
-    pub funding_fee_sat: u64,
-    /// Confirmations before the buyer pays.
-    pub min_confirmations: u32,
-    /// Blocks from `swap_accept` to the HTLC timeout.
-    pub timeout_delta_blocks: u32,
-    /// The claim margin.
-    pub claim_margin_blocks: u32,
-    /// Swaps served at once.
-    pub max_concurrent_swaps: u32,
-}
-
-impl Default for OfferParams {
-    fn default() -> Self {
-        OfferParams {
-            min_amount_sat: 10_000,
-            max_amount_sat: 1_000_000,
-            fee_base_sat: 1_000,
-            fee_ppm: 2_500,
-            funding_fee_sat: 300,
-            min_confirmations: 1,
-            timeout_delta_blocks: 144,
-            claim_margin_blocks: 20,
-            max_concurrent_swaps: 50,
-        }
+/// The terms the harness's sellers offer by default: 10 000 to 1 000 000 sat, fee 1 000 sat +
+/// 2 500 ppm, funding fee 300 sat, 1 confirmation, timeout delta 144 blocks, claim margin 20.
+pub fn default_offer_terms() -> OfferTerms {
+    OfferTerms {
+        min_amount_sat: 10_000,
+        max_amount_sat: 1_000_000,
+        fee_base_sat: 1_000,
+        fee_ppm: 2_500,
+        funding_fee_sat: 300,
+        min_confirmations: 1,
+        timeout_delta: 144,
+        claim_margin: 20,
+        ..OfferTerms::default()
     }
 }
 
@@ -191,11 +167,13 @@ pub struct NodeSpec {
     pub role: Role,
     /// Whether, as a seller, it co-signs cooperative claims (off only to test the script path).
     pub seller_cooperative: bool,
-    /// Its offer, if it sells.
-    pub offer: OfferParams,
-    /// As a buyer, its floor for an offer's claim margin (`buyer.min_claim_margin_blocks`;
-    /// `None`: the node's default, 20). Tests with short timeouts lower it with the offer's.
-    pub buyer_min_claim_margin_blocks: Option<u32>,
+    /// Its offer's terms, if it sells (written to `[seller]` of its `looper.toml` and published).
+    pub offer: OfferTerms,
+    /// As a seller, the swaps it serves at once (`seller.max_concurrent_swaps`).
+    pub max_concurrent_swaps: u32,
+    /// As a buyer, its floor for an offer's claim margin (`buyer.min_claim_margin`; `None`: the
+    /// node's default, 20). Tests with short timeouts lower it with the offer's.
+    pub buyer_min_claim_margin: Option<u32>,
 }
 
 impl NodeSpec {
@@ -205,8 +183,9 @@ impl NodeSpec {
             name: name.into(),
             role: Role::Seller,
             seller_cooperative: true,
-            offer: OfferParams::default(),
-            buyer_min_claim_margin_blocks: None,
+            offer: default_offer_terms(),
+            max_concurrent_swaps: 50,
+            buyer_min_claim_margin: None,
         }
     }
     /// A buyer.
@@ -264,7 +243,7 @@ pub struct NodeHandle {
     child: Option<Child>,
     paused: bool,
     client: ApiClient,
-    info: NodeInfo,
+    info: Option<NodeInfo>,
 }
 
 impl NodeHandle {
@@ -307,9 +286,20 @@ impl NodeHandle {
     pub fn api(&self) -> &ApiClient {
         &self.client
     }
-    /// What `GET /v1/info` said at start.
-    pub fn info(&self) -> &NodeInfo {
-        &self.info
+    /// What `GET /v1/info` said at start (`None` before the node first answered).
+    pub fn info(&self) -> Option<&NodeInfo> {
+        self.info.as_ref()
+    }
+
+    /// The node's Lightning node id, from `GET /v1/info`.
+    ///
+    /// # Errors
+    /// [`HarnessError::Http`] when the node never answered `GET /v1/info`.
+    fn ln_node_id(&self) -> Result<&str, HarnessError> {
+        self.info.as_ref().map(|i| i.ln_node_id.as_str()).ok_or_else(|| HarnessError::Http {
+            what: format!("GET /v1/info of {}", self.name()),
+            reason: "no answer yet".into(),
+        })
     }
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
@@ -350,7 +340,7 @@ impl NodeHandle {
                 let client = ApiClient::new(self.api_url(), token)?;
                 if let Ok(info) = client.info().await {
                     self.client = client;
-                    self.info = info;
+                    self.info = Some(info);
                     return Ok(());
                 }
             }
@@ -573,7 +563,7 @@ impl Harness {
                 child: None,
                 paused: false,
                 client: ApiClient::new(format!("http://{api_addr}"), String::new())?,
-                info: NodeInfo::default(),
+                info: None,
             };
             node.spawn(&self.config.node_binary, &self.config.node_log_filter)?;
             self.nodes.push(node);
@@ -647,7 +637,7 @@ impl Harness {
                 buyer
                     .client
                     .ln_open(
-                        &seller.info.ln_node_id,
+                        seller.ln_node_id()?,
                         &seller.ln_addr.to_string(),
                         self.config.channel_sat,
                     )
@@ -691,7 +681,7 @@ impl Harness {
 
     async fn publish_offers(&mut self) -> Result<(), HarnessError> {
         for node in self.nodes.iter().filter(|n| n.spec.role.sells()) {
-            let offer = offer_json(node, &self.relay_url);
+            let offer = seller_offer(node, &self.relay_url)?;
             node.client.publish_offer(&offer).await?;
         }
         Ok(())
@@ -975,26 +965,23 @@ fn parse_addr(s: &str) -> Result<bitcoin::Address, HarnessError> {
 
 /// The `looper.toml` of a node: seller terms (when it sells) and short sync intervals.
 fn node_toml(spec: &NodeSpec) -> String {
-    let o = &spec.offer;
     let mut s = String::new();
     s.push_str("[seller]\n");
     s.push_str(&format!("enabled = {}\n", spec.role.sells()));
-    s.push_str(&format!("min_amount_sat = {}\n", o.min_amount_sat));
-    s.push_str(&format!("max_amount_sat = {}\n", o.max_amount_sat));
-    s.push_str(&format!("fee_base_sat = {}\n", o.fee_base_sat));
-    s.push_str(&format!("fee_ppm = {}\n", o.fee_ppm));
-    s.push_str(&format!("funding_fee_sat = {}\n", o.funding_fee_sat));
-    s.push_str(&format!("min_confirmations = {}\n", o.min_confirmations));
-    s.push_str(&format!("timeout_delta_blocks = {}\n", o.timeout_delta_blocks));
-    s.push_str(&format!("claim_margin_blocks = {}\n", o.claim_margin_blocks));
-    s.push_str(&format!("max_concurrent_swaps = {}\n", o.max_concurrent_swaps));
+    // The terms under their own names (`OfferTerms`'s serialized keys are the `[seller]` keys).
+    if let Ok(serde_json::Value::Object(terms)) = serde_json::to_value(spec.offer) {
+        for (key, value) in terms {
+            s.push_str(&format!("{key} = {value}\n"));
+        }
+    }
+    s.push_str(&format!("max_concurrent_swaps = {}\n", spec.max_concurrent_swaps));
     if !spec.seller_cooperative {
         // Needs the node's `seller.cooperative_claims` key (script-path tests only).
         s.push_str("cooperative_claims = false\n");
     }
-    s.push_str("\n[buyer]\nmax_total_fee_sat = 100000\nmax_route_cltv_blocks = 200\n");
-    if let Some(margin) = spec.buyer_min_claim_margin_blocks {
-        s.push_str(&format!("min_claim_margin_blocks = {margin}\n"));
+    s.push_str("\n[buyer]\nmax_total_fee_sat = 100000\nmax_route_cltv = 200\n");
+    if let Some(margin) = spec.buyer_min_claim_margin {
+        s.push_str(&format!("min_claim_margin = {margin}\n"));
     }
     s.push_str(
         "\n[sync]\nwallet_secs = 2\nlightning_secs = 2\nchain_poll_secs = 1\nfee_rate_secs = 60\n",
@@ -1002,28 +989,21 @@ fn node_toml(spec: &NodeSpec) -> String {
     s
 }
 
-/// The protocol's offer JSON for a seller node.
-fn offer_json(node: &NodeHandle, relay_url: &str) -> Value {
-    let o = &node.spec.offer;
-    json!({
-        "v": 1,
-        "offer_id": format!("{}-offer", node.name()),
-        "network": "regtest",
-        "direction": "loop_out",
-        "min_amount_sat": o.min_amount_sat,
-        "max_amount_sat": o.max_amount_sat,
-        "fee_base_sat": o.fee_base_sat,
-        "fee_ppm": o.fee_ppm,
-        "funding_fee_sat": o.funding_fee_sat,
-        "min_confirmations": o.min_confirmations,
-        "timeout_delta": o.timeout_delta_blocks,
-        "claim_margin": o.claim_margin_blocks,
-        "invoice_expiry_secs": 3600,
-        "ln_node_id": node.info.ln_node_id,
-        "ln_address": node.ln_addr.to_string(),
-        "relays": [relay_url],
-        "expires_at": unix_now() + 86_400,
-    })
+/// The offer a seller node publishes: its spec's terms, its Lightning node and address, the
+/// harness's relay, valid for a day.
+fn seller_offer(node: &NodeHandle, relay_url: &str) -> Result<Offer, HarnessError> {
+    let ln_node_id = node.ln_node_id()?.parse().map_err(|e| HarnessError::Http {
+        what: format!("GET /v1/info of {}", node.name()),
+        reason: format!("ln_node_id does not read: {e}"),
+    })?;
+    Ok(node.spec.offer.offer(OfferContext {
+        offer_id: format!("{}-offer", node.name()),
+        network: bitcoin::Network::Regtest,
+        ln_node_id,
+        ln_address: Some(node.ln_addr.to_string()),
+        relays: vec![relay_url.to_string()],
+        expires_at: unix_now() + 86_400,
+    }))
 }
 
 /// Finds `looper-node`: next to the current executable (the same cargo target dir), then on

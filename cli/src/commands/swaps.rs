@@ -137,7 +137,7 @@ async fn show(ctx: &Ctx, key: &str) -> CliResult<()> {
         print_json(&v);
         return Ok(());
     }
-    let s = &v.summary;
+    let s = &v;
     print!(
         "{}",
         key_values(&[
@@ -170,7 +170,7 @@ async fn monitor(ctx: &Ctx, key: Option<String>) -> CliResult<()> {
                 .get(&format!("/v1/swaps/{}", encode(&k)), &format!("get swap {k}"))
                 .await
                 .map_err(not_found_hint)?;
-            vec![v.summary.swap_id]
+            vec![v.swap_id]
         }
         None => {
             let v: SwapList = client.get("/v1/swaps", "list the swaps").await?;
@@ -284,10 +284,10 @@ impl Follower {
             // No event for a while: the swap may have ended before its log says so.
             let s: SwapDetail =
                 client.get(&format!("/v1/swaps/{}", encode(&self.key)), "get the swap").await?;
-            if s.summary.status.is_final() {
+            if s.is_final() {
                 self.outcome.finished = true;
-                self.outcome.succeeded = s.summary.status == SwapStatus::Succeeded;
-                self.outcome.state = s.summary.state;
+                self.outcome.succeeded = s.status == SwapStatus::Succeeded;
+                self.outcome.state = s.state;
             }
         }
         Ok(())

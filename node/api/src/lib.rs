@@ -265,16 +265,54 @@ pub struct SwapList {
     pub swaps: Vec<SwapSummary>,
 }
 
-/// `GET /v1/swaps/{id}`: the summary and the protocol's swap record.
+/// `GET /v1/swaps/{id}`: the [`SwapSummary`] fields and the protocol's swap record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SwapDetail {
-    /// The summary fields.
-    #[serde(flatten)]
-    pub summary: SwapSummary,
-    /// The protocol's swap record (its versioned JSON; no keys, no unrevealed preimage), when it
-    /// could be read.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub record: Option<Value>,
+    /// The swap id (hex).
+    pub swap_id: String,
+    /// Our side.
+    pub role: SwapRole,
+    /// The state machine's state name (`"Requested"`, ..., `"Claimed"`).
+    pub state: String,
+    /// Pending, succeeded or failed.
+    pub status: SwapStatus,
+    /// The payment hash (hex), once known.
+    pub payment_hash: Option<String>,
+    /// Creation time, UNIX seconds.
+    pub created_at: u64,
+    /// Time of the last transition, UNIX seconds.
+    pub updated_at: u64,
+    /// The protocol's swap record (its versioned JSON; no keys, no unrevealed preimage); `null`
+    /// (absent) when it could not be read.
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    pub record: Value,
+}
+
+impl SwapDetail {
+    /// The summary's fields with `record`.
+    pub fn new(summary: SwapSummary, record: Value) -> Self {
+        let SwapSummary { swap_id, role, state, status, payment_hash, created_at, updated_at } =
+            summary;
+        SwapDetail { swap_id, role, state, status, payment_hash, created_at, updated_at, record }
+    }
+
+    /// The summary's fields.
+    pub fn summary(&self) -> SwapSummary {
+        SwapSummary {
+            swap_id: self.swap_id.clone(),
+            role: self.role,
+            state: self.state.clone(),
+            status: self.status,
+            payment_hash: self.payment_hash.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+
+    /// Whether the swap is over (succeeded or failed).
+    pub fn is_final(&self) -> bool {
+        self.status.is_final()
+    }
 }
 
 /// Answer of `POST /v1/swaps/{id}/abort`.
@@ -573,18 +611,17 @@ mod tests {
 
     #[test]
     fn swap_detail_is_flat() {
-        let d = SwapDetail {
-            summary: SwapSummary {
-                swap_id: "ab".into(),
-                role: SwapRole::Buyer,
-                state: "Claimed".into(),
-                status: SwapStatus::Succeeded,
-                payment_hash: None,
-                created_at: 1,
-                updated_at: 2,
-            },
-            record: Some(serde_json::json!({"v": 1})),
+        let summary = SwapSummary {
+            swap_id: "ab".into(),
+            role: SwapRole::Buyer,
+            state: "Claimed".into(),
+            status: SwapStatus::Succeeded,
+            payment_hash: None,
+            created_at: 1,
+            updated_at: 2,
         };
+        let d = SwapDetail::new(summary.clone(), serde_json::json!({"v": 1}));
+        assert_eq!(d.summary(), summary);
         let v = serde_json::to_value(&d).unwrap();
         assert_eq!(v["swap_id"], "ab");
         assert_eq!(v["role"], "buyer");

@@ -137,7 +137,7 @@ async fn concurrent(cli: &Cli, binary: &std::path::Path, dir: &std::path::Path) 
     config.channel_sat = cli.amount * 10 + 100_000;
     config.wallet_fund_sat = (cli.amount + 10_000) * n as u64 + 1_000_000;
     let mut seller = NodeSpec::seller("seller");
-    seller.offer.max_concurrent_swaps = (n as u32).max(1);
+    seller.max_concurrent_swaps = (n as u32).max(1);
     config.nodes = vec![seller];
     for i in 0..n {
         config.nodes.push(NodeSpec::buyer(format!("buyer{i}")));
