@@ -1,6 +1,6 @@
-//! The engine's I/O over the simulated [`World`]: chain source, Lightning node, wallet, clock,
-//! entropy, an in-memory message wire, and a store that can crash (a fault-injection mock: it
-//! stops the node right after a chosen commit).
+//! The engine's I/O over the simulated [`World`](crate::world::World): chain source, Lightning
+//! node, wallet, clock, entropy, an in-memory message wire, and a store that can crash (a
+//! fault-injection mock: it stops the node right after a chosen commit).
 
 use std::collections::VecDeque;
 use std::str::FromStr;
@@ -369,6 +369,10 @@ impl Lightning for SimLightning {
             return Err(LightningError::Node { op: "pay", reason: "no route".into() });
         };
         let tip = w.tip;
+        let delay = w.payment_delay.get(self.node).copied().unwrap_or(0);
+        if delay > 0 {
+            w.slow_until.insert(hash, tip + delay);
+        }
         let attempts = w.payments.get(&hash).map_or(0, |p| p.attempts);
         w.log.push(format!("node {} pays {hash} ({amount_msat} msat)", self.node));
         w.payments.insert(

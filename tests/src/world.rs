@@ -98,6 +98,10 @@ pub struct World {
     /// Blocks each node waits before settling a payment it was asked to (a malicious seller's
     /// late settlement; 0: at once).
     pub settle_delay: Vec<u32>,
+    /// Seconds the clock moves per block (600 on a real chain; less makes long waits short).
+    pub block_secs: u64,
+    /// Blocks each node's payments spend in flight before they reach the payee (a slow route).
+    pub payment_delay: Vec<u32>,
     /// Settlements held back: (hash, preimage, height from which it settles).
     pub deferred: Vec<(PaymentHash, Preimage, u32)>,
     next_seq: u64,
@@ -148,6 +152,8 @@ impl World {
             ln_acked: vec![Vec::new(); nodes],
             slow_until: BTreeMap::new(),
             settle_delay: vec![0; nodes],
+            block_secs: 600,
+            payment_delay: vec![0; nodes],
             deferred: Vec::new(),
             next_seq: 0,
             log: Vec::new(),
@@ -216,7 +222,7 @@ impl World {
     /// expiry fail back; slow payments due arrive.
     pub fn mine(&mut self) {
         self.tip += 1;
-        self.now += 600;
+        self.now += self.block_secs;
         let txs = std::mem::take(&mut self.mempool);
         self.blocks.push(txs);
         self.log.push(format!("mined {}", self.tip));

@@ -479,7 +479,7 @@ impl Engine {
     }
 
     /// Runs the engine until `shutdown` resolves: swap messages are handled as they arrive (up
-    /// to [`MAX_CONCURRENT_MESSAGES`] at once, each followed by the queued fundings), Lightning
+    /// to 64 at once, each followed by the queued fundings), Lightning
     /// events one at a time in order, a chain poll every [`EngineConfig::chain_poll`] and the
     /// served offer republished every [`EngineConfig::offer_refresh`].
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) {

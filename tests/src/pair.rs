@@ -1,0 +1,463 @@
+//! A buyer and a seller node, each the node's real [`Engine`](looper_node::engine::Engine) in run mode over its real
+//! [`NostrTransport`] (real relays on 127.0.0.1), with the chain and Lightning simulated by the
+//! [`World`]: a driver task delivers Lightning events and payments and mines
+//! a block every [`PairOptions::block_interval`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bitcoin::secp256k1::rand::{thread_rng, Rng};
+use bitcoin::Network;
+use looper_node::engine::io::SwapTransport;
+use looper_node::engine::EngineConfig;
+use looper_node::nostr::{
+    EventId, Incoming, MemoryProcessedEvents, NostrTransport, OfferFilter, PublicKey,
+    TransportConfig, TransportError,
+};
+use looper_node::store::SwapStore;
+use looper_protocol::buyer::BuyerPolicy;
+use looper_protocol::messages::{Envelope, Message, Offer};
+use looper_protocol::seller::SellerPolicy;
+use looper_protocol::swap::TxPurpose;
+use looper_protocol::{SwapDirection, SwapId};
+use nostr_sdk::Keys;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::fakes::{wallet_script, InvoiceTamper};
+use crate::node::{sim_config, SimNode};
+use crate::world::{lock, SharedWorld, World};
+
+/// The buyer's node index.
+pub const BUYER: usize = 0;
+/// The seller's node index.
+pub const SELLER: usize = 1;
+
+/// Errors of the pair.
+#[derive(Debug, thiserror::Error)]
+pub enum PairError {
+    /// A transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] TransportError),
+    /// An engine failed.
+    #[error("engine: {0}")]
+    Engine(#[from] looper_node::engine::EngineError),
+    /// A bounded wait ran out.
+    #[error("timed out waiting for {0}")]
+    Timeout(String),
+    /// Something else.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// How the run is set up (the `mock_*` fields are fault-injection mocks).
+#[derive(Debug, Clone)]
+pub struct PairOptions {
+    /// The relays both nodes use.
+    pub relays: Vec<String>,
+    /// The buyer finds the offer on the relays (else it gets it out of band).
+    pub discover: bool,
+    /// Amount of the swap.
+    pub amount_sat: u64,
+    /// The buyer's limits.
+    pub buyer_policy: BuyerPolicy,
+    /// The seller's policy.
+    pub seller_policy: SellerPolicy,
+    /// Time between blocks.
+    pub block_interval: Duration,
+    /// Clock seconds per block.
+    pub block_secs: u64,
+    /// Seller mock: what its Lightning node does to its invoices.
+    pub mock_invoice: Option<InvoiceTamper>,
+    /// Seller mock: sats its wallet keeps back from each HTLC.
+    pub mock_short_funding_sat: u64,
+    /// Seller mock: its `swap_accept` names another HTLC script.
+    pub mock_wrong_htlc_script: bool,
+    /// Wire mock: every message of both parties is sent twice.
+    pub mock_duplicate: bool,
+    /// Wire mock: every message of both parties is held a random 0-300 ms (they overtake).
+    pub mock_reorder: bool,
+    /// Buyer mock: its payment spends this many blocks in flight.
+    pub mock_payment_delay_blocks: u32,
+}
+
+impl PairOptions {
+    /// Honest defaults over `relays`.
+    pub fn new(relays: Vec<String>) -> PairOptions {
+        PairOptions {
+            relays,
+            discover: true,
+            amount_sat: 200_000,
+            buyer_policy: BuyerPolicy::default(),
+            seller_policy: SellerPolicy::default(),
+            block_interval: Duration::from_millis(150),
+            block_secs: 10,
+            mock_invoice: None,
+            mock_short_funding_sat: 0,
+            mock_wrong_htlc_script: false,
+            mock_duplicate: false,
+            mock_reorder: false,
+            mock_payment_delay_blocks: 0,
+        }
+    }
+}
+
+/// A node's transport with the wire mocks of [`PairOptions`] (fault injection): sends twice,
+/// holds messages a random moment, or rewrites the HTLC script of a `swap_accept`.
+pub struct MockWireTransport {
+    inner: NostrTransport,
+    duplicate: bool,
+    reorder: bool,
+    wrong_htlc_script: bool,
+}
+
+#[async_trait]
+impl SwapTransport for MockWireTransport {
+    fn public_key(&self) -> PublicKey {
+        self.inner.public_key()
+    }
+    fn incoming(&self) -> Option<mpsc::Receiver<Incoming>> {
+        self.inner.incoming()
+    }
+    fn ack(&self, event_id: &EventId) -> Result<bool, TransportError> {
+        self.inner.ack(event_id)
+    }
+    async fn send(
+        &self,
+        peer: &PublicKey,
+        relays: &[String],
+        envelope: &Envelope,
+    ) -> Result<(), TransportError> {
+        let mut env = envelope.clone();
+        if let (true, Message::SwapAccept(a)) = (self.wrong_htlc_script, &mut env.body) {
+            a.htlc_script_pubkey = wallet_script(9, 9);
+        }
+        let copies = if self.duplicate { 2 } else { 1 };
+        for _ in 0..copies {
+            if self.reorder {
+                let (t, peer, relays, env) =
+                    (self.inner.clone(), *peer, relays.to_vec(), env.clone());
+                let delay = Duration::from_millis(thread_rng().gen_range(0..300));
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let _ = t.send(&peer, &relays, &env).await;
+                });
+            } else {
+                self.inner.send(peer, relays, &env).await?;
+            }
+        }
+        Ok(())
+    }
+    async fn publish_offer(&self, offer: &Offer) -> Result<(), TransportError> {
+        self.inner.publish_offer(offer).await.map(|_| ())
+    }
+    async fn withdraw_offer(&self, offer_id: &str) -> Result<(), TransportError> {
+        self.inner.withdraw_offer(offer_id).await
+    }
+}
+
+/// The two running nodes.
+pub struct Pair {
+    /// The shared world.
+    pub world: SharedWorld,
+    /// The buyer.
+    pub buyer: SimNode,
+    /// The seller.
+    pub seller: SimNode,
+    /// The buyer's transport.
+    pub buyer_t: NostrTransport,
+    /// The seller's transport.
+    pub seller_t: NostrTransport,
+    /// The offer taken.
+    pub offer: Offer,
+    /// The buyer's swap.
+    pub swap_id: SwapId,
+    stops: Vec<(watch::Sender<bool>, JoinHandle<()>)>,
+    buyer_stop: Option<oneshot::Sender<()>>,
+    seller_stop: Option<oneshot::Sender<()>>,
+    runs: Vec<JoinHandle<()>>,
+}
+
+/// A Nostr transport for a test node, acknowledging by hand as looper-node does.
+///
+/// # Errors
+/// The transport does not connect.
+pub async fn transport(relays: &[String]) -> Result<NostrTransport, PairError> {
+    let keys = Keys::generate();
+    let mut c = TransportConfig::new(keys.secret_key().to_secret_bytes(), relays.to_vec());
+    c.retry_interval = Duration::from_secs(1);
+    c.fetch_timeout = Duration::from_secs(3);
+    c.send_timeout = Duration::from_secs(10);
+    c.manual_ack = true;
+    Ok(NostrTransport::connect(c, Arc::new(MemoryProcessedEvents::new())).await?)
+}
+
+/// The seller's offer of the conformance runs.
+pub fn offer(world: &SharedWorld, relays: Vec<String>) -> Offer {
+    let wall = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let w = lock(world);
+    Offer {
+        version: 1,
+        offer_id: "conformance".into(),
+        network: Network::Regtest,
+        direction: SwapDirection::LoopOut,
+        min_amount_sat: 10_000,
+        max_amount_sat: 5_000_000,
+        fee_base_sat: 1_000,
+        fee_ppm: 2_500,
+        funding_fee_sat: 300,
+        prepay_sat: None,
+        min_confirmations: 1,
+        timeout_delta: 144,
+        claim_margin: 20,
+        invoice_expiry_secs: 3_600,
+        ln_node_id: w.ln_node_id(SELLER),
+        ln_address: None,
+        relays,
+        pow_difficulty: None,
+        // Valid for the relay (wall clock) and the state machines (world clock).
+        expires_at: wall.max(w.now) + 86_400 * 365,
+    }
+}
+
+fn config(policy: SellerPolicy) -> EngineConfig {
+    EngineConfig { seller_policy: policy, ..sim_config() }
+}
+
+impl Pair {
+    /// Starts both nodes, publishes the seller's offer, lets the buyer find it (or take it out
+    /// of band) and take it.
+    ///
+    /// # Errors
+    /// A transport or engine that does not start; no offer found.
+    pub async fn start(o: PairOptions) -> Result<Pair, PairError> {
+        let world =
+            World::shared(2, &[wallet_script(BUYER, 0), wallet_script(SELLER, 0)], 50_000_000);
+        {
+            let mut w = lock(&world);
+            w.block_secs = o.block_secs;
+            w.payment_delay[BUYER] = o.mock_payment_delay_blocks;
+            w.mine();
+        }
+        let seller_t = transport(&o.relays).await?;
+        let buyer_t = transport(&o.relays).await?;
+        let wire = |t: &NostrTransport| -> Arc<dyn SwapTransport> {
+            Arc::new(MockWireTransport {
+                inner: t.clone(),
+                duplicate: o.mock_duplicate,
+                reorder: o.mock_reorder,
+                wrong_htlc_script: false,
+            })
+        };
+        let seller_wire: Arc<dyn SwapTransport> = Arc::new(MockWireTransport {
+            inner: seller_t.clone(),
+            duplicate: o.mock_duplicate,
+            reorder: o.mock_reorder,
+            wrong_htlc_script: o.mock_wrong_htlc_script,
+        });
+        let seller =
+            SimNode::start(&world, SELLER, seller_wire, config(o.seller_policy), 1).await?;
+        let buyer =
+            SimNode::start(&world, BUYER, wire(&buyer_t), config(SellerPolicy::default()), 2)
+                .await?;
+        if let Ok(mut t) = seller.lightning.tamper.lock() {
+            *t = o.mock_invoice;
+        }
+        seller
+            .wallet
+            .shortchange_sat
+            .store(o.mock_short_funding_sat, std::sync::atomic::Ordering::Relaxed);
+        let published = offer(&world, o.relays.clone());
+        seller.engine.publish_offer(&published).await?;
+        let taken = if o.discover {
+            let want = OfferFilter {
+                network: Network::Regtest,
+                amount_sat: o.amount_sat,
+                sellers: vec![],
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let found = buyer_t.discover_offers(&want).await?;
+                if let Some(f) = found.first() {
+                    if f.seller != seller_t.public_key() {
+                        return Err(PairError::Other("discovered another seller".into()));
+                    }
+                    break f.offer.clone();
+                }
+                if Instant::now() > deadline {
+                    return Err(PairError::Timeout("the offer on the relays".into()));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        } else {
+            published
+        };
+        let mut pair = Pair {
+            world,
+            buyer,
+            seller,
+            buyer_t,
+            seller_t,
+            offer: taken.clone(),
+            swap_id: SwapId([0; 32]),
+            stops: Vec::new(),
+            buyer_stop: None,
+            seller_stop: None,
+            runs: Vec::new(),
+        };
+        pair.run_engines();
+        pair.spawn_driver(o.block_interval);
+        let seller_pk = pair.seller_t.public_key();
+        pair.swap_id =
+            pair.buyer.engine.take_offer(taken, seller_pk, o.amount_sat, o.buyer_policy).await?;
+        Ok(pair)
+    }
+
+    fn run_engines(&mut self) {
+        for idx in [BUYER, SELLER] {
+            let (tx, rx) = oneshot::channel::<()>();
+            let node = if idx == BUYER { &self.buyer } else { &self.seller };
+            let run = tokio::spawn(node.engine.clone().run(async move {
+                let _ = rx.await;
+            }));
+            self.runs.push(run);
+            if idx == BUYER {
+                self.buyer_stop = Some(tx);
+            } else {
+                self.seller_stop = Some(tx);
+            }
+        }
+    }
+
+    fn spawn_driver(&mut self, block_interval: Duration) {
+        let (stop, mut stopped) = watch::channel(false);
+        let world = Arc::clone(&self.world);
+        let lns = [Arc::clone(&self.buyer.lightning), Arc::clone(&self.seller.lightning)];
+        let task = tokio::spawn(async move {
+            let mut acks: [Vec<(u64, oneshot::Receiver<()>)>; 2] = [Vec::new(), Vec::new()];
+            let mut last_block = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = stopped.changed() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                }
+                lock(&world).deliver_payments();
+                for (i, ln) in lns.iter().enumerate() {
+                    ln.pump(&mut acks[i]).await;
+                }
+                if last_block.elapsed() >= block_interval {
+                    last_block = Instant::now();
+                    lock(&world).mine();
+                }
+            }
+        });
+        self.stops.push((stop, task));
+    }
+
+    /// The buyer's node goes away (its engine stops, everything it would do is dropped).
+    pub fn stop_buyer(&mut self) {
+        if let Some(s) = self.buyer_stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(d) = lock(&self.world).dead.get_mut(BUYER) {
+            *d = true;
+        }
+    }
+
+    /// The state name of the swap on `node` (`None` before the seller has it).
+    pub async fn state(&self, node: usize) -> Option<String> {
+        let n = if node == BUYER { &self.buyer } else { &self.seller };
+        n.engine.swap_state(self.swap_id).await.map(|(s, _)| s)
+    }
+
+    /// Waits (bounded) until both sides of the swap are in one of `end` states.
+    ///
+    /// # Errors
+    /// [`PairError::Timeout`] with the states reached.
+    pub async fn wait_for(
+        &self,
+        buyer_end: &[&str],
+        seller_end: &[&str],
+        bound: Duration,
+    ) -> Result<(), PairError> {
+        let deadline = Instant::now() + bound;
+        loop {
+            let (b, s) = (self.state(BUYER).await, self.state(SELLER).await);
+            let b_ok = buyer_end.is_empty() || b.as_deref().is_some_and(|b| buyer_end.contains(&b));
+            let s_ok =
+                seller_end.is_empty() || s.as_deref().is_some_and(|s| seller_end.contains(&s));
+            if b_ok && s_ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(PairError::Timeout(format!(
+                    "buyer {b:?} in {buyer_end:?} and seller {s:?} in {seller_end:?}; log: {:?}",
+                    self.log_tail(30)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The purposes of the transactions the swap broadcast: the funding, then the claims and
+    /// refunds of both sides' event logs (seller first).
+    pub fn purposes(&self) -> Vec<TxPurpose> {
+        let mut out = Vec::new();
+        // The funding is the seller's first broadcast (the engine logs claims and refunds).
+        if lock(&self.world).broadcasts.iter().any(|(n, _)| *n == SELLER) {
+            out.push(TxPurpose::Funding);
+        }
+        for node in [&self.seller, &self.buyer] {
+            let events = node.store.inner.swap_events(&self.swap_id, 0).unwrap_or_default();
+            for e in events {
+                if e.event["event"] == "broadcast" {
+                    if let Ok(p) = serde_json::from_value::<TxPurpose>(e.event["purpose"].clone()) {
+                        if !out.contains(&p) {
+                            out.push(p);
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// The last lines of the world's log.
+    pub fn log_tail(&self, n: usize) -> Vec<String> {
+        let w = lock(&self.world);
+        let mut tail: Vec<String> =
+            w.log.iter().rev().filter(|l| !l.starts_with("mined")).take(n).cloned().collect();
+        tail.reverse();
+        tail
+    }
+
+    /// What the buyer paid and the seller was paid, in msat (settled payments).
+    pub fn settled_msat(&self) -> u64 {
+        let w = lock(&self.world);
+        w.payments
+            .values()
+            .filter(|p| p.state == crate::world::PayState::Succeeded)
+            .map(|p| p.amount_msat)
+            .sum()
+    }
+
+    /// Stops everything.
+    pub async fn shutdown(mut self) {
+        for s in [self.buyer_stop.take(), self.seller_stop.take()].into_iter().flatten() {
+            let _ = s.send(());
+        }
+        for (stop, task) in self.stops.drain(..) {
+            let _ = stop.send(true);
+            let _ = task.await;
+        }
+        for r in self.runs.drain(..) {
+            let _ = tokio::time::timeout(Duration::from_secs(10), r).await;
+        }
+        self.buyer_t.shutdown().await;
+        self.seller_t.shutdown().await;
+    }
+}
