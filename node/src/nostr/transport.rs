@@ -454,12 +454,23 @@ impl NostrTransport {
         envelope: &Envelope,
         opts: SendOptions,
     ) -> Result<SendReport, TransportError> {
-        self.send_raw(peer, relays_hint, wire::envelope_content(envelope), opts).await
+        self.send_content(peer, relays_hint, wire::envelope_content(envelope), opts).await
     }
 
-    /// Sends an already encoded message (`content` is the rumor's content, normally an encoded
-    /// envelope; tests use it to send malformed ones).
+    /// Sends `content` as the rumor's content, unchecked: a test hook to play a hostile peer
+    /// (malformed or oversized messages). Only with the `test-utils` feature.
+    #[cfg(feature = "test-utils")]
     pub async fn send_raw(
+        &self,
+        peer: &PublicKey,
+        relays_hint: &[String],
+        content: String,
+        opts: SendOptions,
+    ) -> Result<SendReport, TransportError> {
+        self.send_content(peer, relays_hint, content, opts).await
+    }
+
+    async fn send_content(
         &self,
         peer: &PublicKey,
         relays_hint: &[String],
