@@ -67,6 +67,52 @@ pub struct Scenario {
     pub crashes: bool,
 }
 
+impl Scenario {
+    /// The scenario as one word (`seed:steps:swaps:crashes:who-malice`), for
+    /// [`Scenario::parse`] and the `LOOPER_SCENARIO` variable of `tests/tests/testbed.rs`.
+    pub fn repro(&self) -> String {
+        let malice = match self.malice {
+            Some((who, m)) => format!("{}-{m:?}", if who == BUYER { "buyer" } else { "seller" }),
+            None => "honest".into(),
+        };
+        format!("{}:{}:{}:{}:{malice}", self.seed, self.steps, self.swaps, self.crashes)
+    }
+
+    /// Reads [`Scenario::repro`]'s form back.
+    pub fn parse(s: &str) -> Option<Scenario> {
+        let mut it = s.split(':');
+        let seed = it.next()?.parse().ok()?;
+        let steps = it.next()?.parse().ok()?;
+        let swaps = it.next()?.parse().ok()?;
+        let crashes = it.next()?.parse().ok()?;
+        let malice = match it.next()? {
+            "honest" => None,
+            m => {
+                let (who, kind) = m.split_once('-')?;
+                let who = if who == "buyer" { BUYER } else { SELLER };
+                let kind = Malice::ALL.iter().copied().find(|k| format!("{k:?}") == kind)?;
+                Some((who, kind))
+            }
+        };
+        Some(Scenario { seed, steps, swaps, malice, crashes })
+    }
+}
+
+impl Malice {
+    /// Every kind.
+    pub const ALL: [Malice; 9] = [
+        Malice::WrongKeys,
+        Malice::WithholdSignatures,
+        Malice::Replays,
+        Malice::LateSettlement,
+        Malice::ShortFunding,
+        Malice::InvoiceHash,
+        Malice::InvoiceAmount,
+        Malice::InvoicePayee,
+        Malice::DoubleSpendFunding,
+    ];
+}
+
 /// A finished run.
 #[derive(Debug)]
 pub struct Outcome {
@@ -78,11 +124,15 @@ pub struct Outcome {
     pub crashes: u32,
     /// Steps taken.
     pub steps: u32,
+    /// The world's log of the run (equal for equal scenarios: runs replay exactly).
+    pub log: Vec<String>,
 }
 
 /// Why a run failed (with the trace to reproduce it).
 #[derive(Debug)]
 pub struct Failure {
+    /// The scenario (its [`Scenario::repro`] reruns it).
+    pub scenario: Scenario,
     /// The seed.
     pub seed: u64,
     /// What broke.
@@ -94,6 +144,11 @@ pub struct Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "seed {}: {}", self.seed, self.what)?;
+        writeln!(
+            f,
+            "  rerun: LOOPER_SCENARIO={} cargo test -p looper-conformance --test testbed one_scenario -- --nocapture",
+            self.scenario.repro()
+        )?;
         for l in &self.trace {
             writeln!(f, "  {l}")?;
         }
@@ -121,7 +176,7 @@ fn fail(bed: &Bed, what: impl Into<String>) -> Failure {
     trace.extend(bed.trace.iter().cloned());
     trace.dedup();
     let keep = trace.len().saturating_sub(120);
-    Failure { seed: bed.sc.seed, what: what.into(), trace: trace.split_off(keep) }
+    Failure { scenario: bed.sc, seed: bed.sc.seed, what: what.into(), trace: trace.split_off(keep) }
 }
 
 /// Runs one scenario to its end.
@@ -129,8 +184,12 @@ fn fail(bed: &Bed, what: impl Into<String>) -> Failure {
 /// # Errors
 /// The first invariant broken, with the trace.
 pub async fn run(sc: Scenario) -> Result<Outcome, Failure> {
-    let mut bed =
-        Bed::new(sc).await.map_err(|e| Failure { seed: sc.seed, what: e, trace: vec![] })?;
+    let mut bed = Bed::new(sc).await.map_err(|e| Failure {
+        scenario: sc,
+        seed: sc.seed,
+        what: e,
+        trace: vec![],
+    })?;
     bed.start_swaps().await;
     let mut steps = 0;
     while steps < sc.steps {
@@ -144,6 +203,7 @@ pub async fn run(sc: Scenario) -> Result<Outcome, Failure> {
         refunded,
         crashes: bed.crashes,
         steps,
+        log: lock(&bed.world).log.clone(),
     })
 }
 

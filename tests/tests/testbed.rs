@@ -1,6 +1,7 @@
 //! The deterministic test bed over many seeds: honest runs, crashes after any commit, and a
-//! malicious peer of each kind. A failure prints the seed and the run's trace; rerun one seed
-//! with `LOOPER_SEED=<seed> cargo test -p looper-conformance --test testbed one_seed`.
+//! malicious peer of each kind. A failure prints the scenario, the run's trace and the command
+//! that reruns it (`LOOPER_SCENARIO=... cargo test -p looper-conformance --test testbed
+//! one_scenario`). `LOOPER_BED_SEEDS=N` runs N seeds per group.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use looper_conformance::testbed::{run, Malice, Scenario, BUYER, SELLER};
@@ -35,14 +36,27 @@ fn honest(seed: u64) -> Scenario {
     Scenario { seed, steps: 300, swaps: 2, malice: None, crashes: false }
 }
 
+/// Reruns the scenario a failure printed (`LOOPER_SCENARIO=...`); nothing without it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-async fn one_seed() {
-    let Some(seed) = std::env::var("LOOPER_SEED").ok().and_then(|s| s.parse().ok()) else { return };
-    let crashes = std::env::var("LOOPER_CRASHES").is_ok();
-    let sc = Scenario { seed, steps: 300, swaps: 2, malice: None, crashes };
+async fn one_scenario() {
+    let Ok(text) = std::env::var("LOOPER_SCENARIO") else { return };
+    let sc = Scenario::parse(&text).expect("LOOPER_SCENARIO as a failure prints it");
     match run(sc).await {
-        Ok(o) => eprintln!("{o:?}"),
+        Ok(o) => eprintln!("{} claimed, {} refunded, {} crashes", o.claimed, o.refunded, o.crashes),
         Err(f) => panic!("{f}"),
+    }
+}
+
+/// A run replays exactly: the same scenario twice gives the same log, step by step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_run_replays_exactly() {
+    for sc in [
+        Scenario { crashes: true, ..honest(7) },
+        Scenario { malice: Some((SELLER, Malice::Replays)), crashes: true, ..honest(8) },
+    ] {
+        let (a, b) = (run(sc).await.unwrap(), run(sc).await.unwrap());
+        assert!(a.log.len() > 20, "a run does something");
+        assert_eq!(a.log, b.log, "{} does not replay", sc.repro());
     }
 }
 
@@ -58,18 +72,7 @@ async fn crashes_after_any_commit() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn a_malicious_seller_never_costs_the_buyer() {
-    let kinds = [
-        Malice::WrongKeys,
-        Malice::WithholdSignatures,
-        Malice::Replays,
-        Malice::LateSettlement,
-        Malice::ShortFunding,
-        Malice::InvoiceHash,
-        Malice::InvoiceAmount,
-        Malice::InvoicePayee,
-        Malice::DoubleSpendFunding,
-    ];
-    for (k, m) in kinds.into_iter().enumerate() {
+    for (k, m) in Malice::ALL.into_iter().enumerate() {
         let base = 20_000 + 1_000 * k as u64;
         many(&format!("seller {m:?}"), seeds(20), |seed| Scenario {
             malice: Some((SELLER, m)),

@@ -7,7 +7,7 @@
 //! arrival order, as an actor's mailbox would); other swaps, the API and the chain watcher never
 //! wait for it. Readers use the swap's [`View`], updated after every transition.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
 
 use bitcoin::{OutPoint, ScriptBuf};
@@ -182,7 +182,7 @@ impl View {
 }
 
 /// What the chain watcher reported about an outpoint, so that only changes are fed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(super) enum Seen {
     /// The HTLC output itself.
     Output(OutPoint),
@@ -199,7 +199,7 @@ pub(super) struct Watch {
     /// Scripts watched for the HTLC output and its spend.
     pub(super) scripts: Vec<ScriptBuf>,
     /// What was last reported per outpoint, to feed changes only.
-    pub(super) seen: HashMap<Seen, SeenValue>,
+    pub(super) seen: BTreeMap<Seen, SeenValue>,
 }
 
 /// One swap in the engine.
@@ -246,10 +246,11 @@ impl Slot {
     }
 }
 
-/// The engine's swaps (see the module documentation for the locking rules).
+/// The engine's swaps (see the module documentation for the locking rules), in id order: the
+/// order polls and ticks visit them is the same in every run (the test bed replays runs).
 #[derive(Default)]
 pub(super) struct SwapTable {
-    swaps: StdMutex<HashMap<SwapId, Arc<Slot>>>,
+    swaps: StdMutex<BTreeMap<SwapId, Arc<Slot>>>,
 }
 
 impl SwapTable {
