@@ -30,6 +30,12 @@
 //! `claim_margin_blocks` are still read) and the seller's own settings. The defaults of the swap
 //! parameters are the "Numbers to start from" of the protocol design (timeout delta 288 blocks,
 //! claim margin 20 blocks, 1 confirmation, invoice expiry one hour).
+//!
+//! The `[peer_limits]` section bounds what one Nostr key may send this node: new swap requests
+//! (`swap_request_burst` at once, refilled at `swap_requests_per_minute`; default 5 and 10) and
+//! swap messages of any kind (`message_burst`, `messages_per_minute`; default 60 and 120).
+//! Messages over the limit are dropped unanswered. Keep the defaults on a public node; a test bed
+//! whose few buyers run many swaps each under one key raises them.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -37,6 +43,8 @@ use std::path::{Path, PathBuf};
 use bitcoin::Network;
 use looper_api::OfferTerms;
 use serde::{Deserialize, Serialize};
+
+use crate::nostr::{RateLimit, TransportConfig};
 
 /// Name of the configuration file looked up in the data dir when no other file is named.
 pub const CONFIG_FILE_NAME: &str = "looper.toml";
@@ -117,6 +125,8 @@ pub struct Config {
     pub fees: FeeConfig,
     /// Background sync intervals.
     pub sync: SyncConfig,
+    /// Per-sender limits on incoming Nostr swap traffic.
+    pub peer_limits: PeerLimits,
     /// Log as JSON lines.
     pub log_json: bool,
     /// Restore from a mnemonic instead of creating a seed (`--restore`).
@@ -228,6 +238,49 @@ pub struct SyncConfig {
     /// Fee-rate estimate refresh interval.
     pub fee_rate_secs: u64,
 }
+
+/// Per-sender limits on incoming Nostr swap traffic (`[peer_limits]`): token buckets keyed by
+/// the sender's Nostr key; what exceeds them is dropped unanswered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerLimits {
+    /// New swap requests one sender may send back to back.
+    pub swap_request_burst: u32,
+    /// New swap requests per minute one sender gets back after its burst.
+    pub swap_requests_per_minute: u32,
+    /// Swap messages (of any kind, undecodable ones included) one sender may send back to back.
+    pub message_burst: u32,
+    /// Swap messages per minute one sender gets back after its burst.
+    pub messages_per_minute: u32,
+}
+
+impl PeerLimits {
+    /// The limit on new swap requests.
+    pub fn swap_requests(&self) -> RateLimit {
+        RateLimit::new(self.swap_request_burst, self.swap_requests_per_minute)
+    }
+
+    /// The limit on all swap messages.
+    pub fn messages(&self) -> RateLimit {
+        RateLimit::new(self.message_burst, self.messages_per_minute)
+    }
+}
+
+impl Default for PeerLimits {
+    /// The Nostr transport's own defaults (`TransportConfig::new`).
+    fn default() -> Self {
+        let t = TransportConfig::new([0; 32], Vec::new());
+        PeerLimits {
+            swap_request_burst: t.request_rate_limit.burst,
+            swap_requests_per_minute: t.request_rate_limit.per_minute,
+            message_burst: t.message_rate_limit.burst,
+            messages_per_minute: t.message_rate_limit.per_minute,
+        }
+    }
+}
+
+/// Largest value of a `[peer_limits]` key.
+pub const MAX_PEER_LIMIT: u32 = 1_000_000;
 
 impl Default for SellerConfig {
     fn default() -> Self {
@@ -387,6 +440,8 @@ struct FileConfig {
     fees: FeeConfig,
     #[serde(default)]
     sync: SyncConfig,
+    #[serde(default)]
+    peer_limits: PeerLimits,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -529,6 +584,7 @@ impl Config {
             buyer: file.buyer,
             fees: file.fees,
             sync: file.sync,
+            peer_limits: file.peer_limits,
             log_json: args.log_json || file.log_json.unwrap_or(false),
             restore,
         };
@@ -565,7 +621,8 @@ impl Config {
         self.validate_seller()?;
         self.validate_buyer()?;
         self.validate_fees()?;
-        self.validate_sync()
+        self.validate_sync()?;
+        self.validate_peer_limits()
     }
 
     fn validate_seller(&self) -> Result<(), ConfigError> {
@@ -686,6 +743,21 @@ impl Config {
         ] {
             if value == 0 || value > 86_400 {
                 return Err(invalid(key, "must be between 1 and 86400 seconds"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_peer_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.peer_limits;
+        for (key, value) in [
+            ("peer_limits.swap_request_burst", l.swap_request_burst),
+            ("peer_limits.swap_requests_per_minute", l.swap_requests_per_minute),
+            ("peer_limits.message_burst", l.message_burst),
+            ("peer_limits.messages_per_minute", l.messages_per_minute),
+        ] {
+            if value == 0 || value > MAX_PEER_LIMIT {
+                return Err(invalid(key, format!("must be between 1 and {MAX_PEER_LIMIT}")));
             }
         }
         Ok(())
@@ -913,6 +985,12 @@ wallet_secs = 1
 lightning_secs = 2
 chain_poll_secs = 3
 fee_rate_secs = 4
+
+[peer_limits]
+swap_request_burst = 100
+swap_requests_per_minute = 600
+message_burst = 300
+messages_per_minute = 1200
 "#;
         let c = load_toml(&args(&[]), text).unwrap();
         assert_eq!(c.esplora_url, "http://127.0.0.1:3002");
@@ -928,6 +1006,20 @@ fee_rate_secs = 4
         assert_eq!(c.buyer.min_confirmations, 3);
         assert_eq!(c.fees.max_fee_rate_sat_vb, 50);
         assert_eq!(c.sync.fee_rate_secs, 4);
+        assert_eq!(c.peer_limits.swap_requests(), RateLimit::new(100, 600));
+        assert_eq!(c.peer_limits.messages(), RateLimit::new(300, 1200));
+    }
+
+    #[test]
+    fn peer_limits_default_to_the_transports() {
+        let c = load_toml(&regtest(&[]), "").unwrap();
+        let t = TransportConfig::new([0; 32], Vec::new());
+        assert_eq!(c.peer_limits.swap_requests(), t.request_rate_limit);
+        assert_eq!(c.peer_limits.messages(), t.message_rate_limit);
+        assert_eq!(c.peer_limits.swap_requests(), RateLimit::new(5, 10));
+        let c = load_toml(&regtest(&[]), "[peer_limits]\nswap_request_burst = 50\n").unwrap();
+        assert_eq!(c.peer_limits.swap_requests(), RateLimit::new(50, 10));
+        assert_eq!(c.peer_limits.messages(), t.message_rate_limit);
     }
 
     #[test]
@@ -1162,6 +1254,14 @@ listen = "127.0.0.1:2222"
                 "fees.fallback_fee_rate_sat_vb: must be between 1 and fees.max_fee_rate_sat_vb",
             ),
             ("[sync]\nwallet_secs = 0", "sync.wallet_secs: must be between 1 and 86400 seconds"),
+            (
+                "[peer_limits]\nswap_request_burst = 0",
+                "peer_limits.swap_request_burst: must be between 1 and 1000000",
+            ),
+            (
+                "[peer_limits]\nmessages_per_minute = 1000001",
+                "peer_limits.messages_per_minute: must be between 1 and 1000000",
+            ),
             (
                 "[sync]\nchain_poll_secs = 100000",
                 "sync.chain_poll_secs: must be between 1 and 86400 seconds",

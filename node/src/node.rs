@@ -184,6 +184,8 @@ impl LooperNode {
         // The engine marks each message processed once it has acted on it (persist before act).
         let transport_config = TransportConfig {
             manual_ack: true,
+            request_rate_limit: config.peer_limits.swap_requests(),
+            message_rate_limit: config.peer_limits.messages(),
             ..TransportConfig::new(nostr_key.secret_bytes(), config.relays.clone())
         };
         let transport = NostrTransport::connect(

@@ -38,7 +38,7 @@ use nostr_relay_builder::prelude::{LocalRelay, RelayBuilder};
 pub use client::{
     ApiClient, Channel, DiscoveredOffer, ErrorBody, LnBalance, NodeInfo, SwapView, WalletBalance,
 };
-pub use report::{LoopOutReport, Phase};
+pub use report::{LoopOutReport, Phase, BUYER_STATES};
 
 use crate::RegtestChain;
 
@@ -158,6 +158,35 @@ pub fn default_offer_terms() -> OfferTerms {
     }
 }
 
+/// Per-sender limits a node puts on incoming Nostr swap traffic (the `[peer_limits]` section of
+/// its `looper.toml`): token buckets per sender key, what exceeds them is dropped unanswered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerLimits {
+    /// New swap requests one sender may send back to back.
+    pub swap_request_burst: u32,
+    /// New swap requests a minute after the burst.
+    pub swap_requests_per_minute: u32,
+    /// Swap messages of any kind one sender may send back to back.
+    pub message_burst: u32,
+    /// Swap messages a minute after the burst.
+    pub messages_per_minute: u32,
+}
+
+impl PeerLimits {
+    /// Limits for a peer running `swaps` swaps at once under one Nostr key (the bench's buyers,
+    /// as long as there are no per-swap keys): room for each swap's request and its few messages
+    /// at once, and as much again every second.
+    pub fn for_swaps_at_once(swaps: u32) -> Self {
+        let swaps = swaps.max(1);
+        PeerLimits {
+            swap_request_burst: swaps.saturating_mul(2),
+            swap_requests_per_minute: swaps.saturating_mul(120),
+            message_burst: swaps.saturating_mul(10),
+            messages_per_minute: swaps.saturating_mul(600),
+        }
+    }
+}
+
 /// One node of the harness.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSpec {
@@ -174,6 +203,12 @@ pub struct NodeSpec {
     /// As a buyer, its floor for an offer's claim margin (`buyer.min_claim_margin`; `None`: the
     /// node's default, 20). Tests with short timeouts lower it with the offer's.
     pub buyer_min_claim_margin: Option<u32>,
+    /// Its per-sender limits on incoming swap traffic (`None`: the node's defaults).
+    pub peer_limits: Option<PeerLimits>,
+    /// Its cap on every fee rate it pays, in sat/vB (`fees.max_fee_rate_sat_vb`; `None`: the
+    /// node's default, 200). A buyer refuses swaps it could not claim at its cap: small swaps
+    /// (below about 61 000 sat at 200 sat/vB) need a lower one.
+    pub max_fee_rate_sat_vb: Option<u64>,
 }
 
 impl NodeSpec {
@@ -186,6 +221,8 @@ impl NodeSpec {
             offer: default_offer_terms(),
             max_concurrent_swaps: 50,
             buyer_min_claim_margin: None,
+            peer_limits: None,
+            max_fee_rate_sat_vb: None,
         }
     }
     /// A buyer.
@@ -986,6 +1023,19 @@ fn node_toml(spec: &NodeSpec) -> String {
     s.push_str(
         "\n[sync]\nwallet_secs = 2\nlightning_secs = 2\nchain_poll_secs = 1\nfee_rate_secs = 60\n",
     );
+    if let Some(cap) = spec.max_fee_rate_sat_vb {
+        s.push_str(&format!("\n[fees]\nmax_fee_rate_sat_vb = {cap}\n"));
+    }
+    if let Some(l) = spec.peer_limits {
+        s.push_str(&format!(
+            "\n[peer_limits]\nswap_request_burst = {}\nswap_requests_per_minute = {}\n\
+             message_burst = {}\nmessages_per_minute = {}\n",
+            l.swap_request_burst,
+            l.swap_requests_per_minute,
+            l.message_burst,
+            l.messages_per_minute
+        ));
+    }
     s
 }
 

@@ -1,7 +1,7 @@
 //! The seller's funding batcher: the `FundHtlc`s queued meanwhile are paid by one transaction,
 //! and each swap is fed its `FundingBuilt` (with its own output index). The wallet records the
-//! transaction when it is built (no lock is held while it is broadcast); a transaction no swap
-//! took is forgotten again.
+//! transaction when it is built; one flush runs at a time, so a funding is broadcast before the
+//! next one is built (on its change). A transaction no swap took is forgotten again.
 
 use bitcoin::{Amount, ScriptBuf, Transaction};
 use looper_protocol::swap::{Event, TxPurpose};
@@ -19,7 +19,28 @@ impl Engine {
 
     /// Funds every queued `FundHtlc` in one transaction and feeds each swap its
     /// `FundingBuilt`. When the batch cannot be built, each swap is tried alone.
+    ///
+    /// One flush runs at a time (the wallet's rule: build, broadcast and record one funding after
+    /// the other). Concurrent flushes built fundings on the change of fundings not broadcast
+    /// yet, which the chain refuses as orphans, and a wallet sync meanwhile dropped such an
+    /// unbroadcast funding and let a later one spend its coins again: fundings that never
+    /// confirm. A caller that finds a flush running returns at once and leaves what it queued to
+    /// that flush, which goes on while the queue is not empty and looks again after letting go.
     pub async fn flush_funding(&self) {
+        loop {
+            let Ok(flushing) = self.inner.funding_flush.try_lock() else { return };
+            while !self.lock_misc().funding_queue.is_empty() {
+                self.flush_queued().await;
+            }
+            drop(flushing);
+            if self.lock_misc().funding_queue.is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// One batch of [`Engine::flush_funding`]: what is queued now.
+    async fn flush_queued(&self) {
         let queued = std::mem::take(&mut self.lock_misc().funding_queue);
         // Only swaps still waiting for their funding (an abort meanwhile drops its output).
         let mut waiting = Vec::with_capacity(queued.len());

@@ -194,6 +194,8 @@ struct Inner {
     /// Tip and fee rate as last seen (`now_secs` is read from the clock at each use).
     ctx: StdMutex<Context>,
     misc: StdMutex<Misc>,
+    /// Held by the one running [`Engine::flush_funding`] (across its wallet and chain calls).
+    funding_flush: tokio::sync::Mutex<()>,
     notifications: broadcast::Sender<SwapNotification>,
 }
 
@@ -252,6 +254,7 @@ impl Engine {
             swaps: SwapTable::default(),
             ctx: StdMutex::new(ctx),
             misc: StdMutex::new(misc),
+            funding_flush: tokio::sync::Mutex::new(()),
             notifications,
         });
         let engine = Engine { inner };
