@@ -2,20 +2,24 @@
 //!
 //! (a) loop-out latency split by phase, blocks mined as soon as a transaction waits;
 //! (c) on-chain vbytes per swap (funding share + claim), single and with concurrent swaps;
-//! (b) one seller serving N concurrent buyers: swaps per minute, p50/p99 time to `swap_accept`,
-//!     the seller's memory.
+//! (b) one seller serving N concurrent buyers, each running K swaps at once over its channel
+//!     (`--swaps-per-buyer K`): swaps per minute, p50/p99 time to `swap_accept`, the seller's
+//!     memory.
 //!
 //! `cargo build -p looper-node -p looper-regtest && target/debug/looper-bench --buyers 5`
+//! `target/debug/looper-bench --swaps 0 --buyers 5 --swaps-per-buyer 100 --amount 20000`
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use looper_regtest::harness::{
-    find_node_binary, report_follow, Harness, HarnessConfig, LoopOutReport, NodeSpec,
+    find_node_binary, Harness, HarnessConfig, LoopOutReport, NodeHandle, NodeSpec, PeerLimits,
+    BUYER_STATES,
 };
 use looper_regtest::RegtestChain;
 
@@ -28,6 +32,22 @@ struct Cli {
     /// Concurrent buyers served by one seller (b); 0 skips it.
     #[arg(long, default_value_t = 5)]
     buyers: usize,
+    /// Swaps each buyer of (b) starts at once through its API (all over its one channel).
+    #[arg(long, default_value_t = 1)]
+    swaps_per_buyer: usize,
+    /// The fee-rate cap of (b)'s buyers, in sat/vB (`fees.max_fee_rate_sat_vb`): a buyer
+    /// refuses a swap it could not claim at its cap, and at the node's default (200) that is
+    /// every swap below about 61 000 sat.
+    #[arg(long, default_value_t = 50)]
+    buyer_max_fee_rate: u64,
+    /// The seller's offer timeout in (b), in blocks (`seller.timeout_delta`). With a block every
+    /// second, a swap must be paid within about `timeout_delta - 62` seconds (claim margin 20,
+    /// route budget 42) or the buyer aborts it (`timeout_too_close`).
+    #[arg(long, default_value_t = 144)]
+    timeout_delta: u32,
+    /// How long (b) waits for its swaps to finish, in seconds.
+    #[arg(long, default_value_t = 900)]
+    timeout_secs: u64,
     /// Swap amount in satoshis.
     #[arg(long, default_value_t = 100_000)]
     amount: u64,
@@ -68,9 +88,10 @@ fn sorted(mut v: Vec<f64>) -> Vec<f64> {
     v
 }
 
-fn rss_kib(pid: Option<u32>) -> Option<u64> {
+/// A `/proc/PID/status` field in KiB (`VmRSS:` now, `VmHWM:` the peak).
+fn proc_status_kib(pid: Option<u32>, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
-    text.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
+    text.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Funding vbytes per swap: each funding transaction's size shared by the swaps it funds.
@@ -131,89 +152,269 @@ async fn latency(cli: &Cli, binary: &std::path::Path, dir: &std::path::Path) -> 
     Ok(())
 }
 
+/// Largest channel ldk-node opens without large-channel support (2^24 - 1 sat).
+const MAX_CHANNEL_SAT: u64 = 16_777_215;
+
+/// What one buyer's poller saw of one swap: when it was first seen in each of
+/// [`BUYER_STATES`] (or a later one), and its final state.
+#[derive(Debug, Default, Clone)]
+struct Seen {
+    at: [Option<Instant>; BUYER_STATES.len()],
+    final_state: Option<String>,
+    final_at: Option<Instant>,
+}
+
+/// Polls `GET /v1/swaps` of a buyer every 100 ms, recording when each swap is first seen in each
+/// state, until `done` is set and every swap in `expected` is final (or `deadline`).
+async fn poll_buyer(
+    node: &NodeHandle,
+    expected: &Mutex<Vec<String>>,
+    done: &AtomicBool,
+    deadline: Instant,
+) -> HashMap<String, Seen> {
+    let mut seen: HashMap<String, Seen> = HashMap::new();
+    loop {
+        if let Ok(list) = node.api().swaps().await {
+            let now = Instant::now();
+            for s in list {
+                let entry = seen.entry(s.swap_id.clone()).or_default();
+                if let Some(i) = BUYER_STATES.iter().position(|b| *b == s.state) {
+                    for slot in entry.at.iter_mut().take(i + 1) {
+                        slot.get_or_insert(now);
+                    }
+                }
+                if s.status.is_final() && entry.final_state.is_none() {
+                    entry.final_state = Some(s.state.clone());
+                    entry.final_at = Some(now);
+                }
+            }
+        }
+        let finished = done.load(Ordering::SeqCst)
+            && expected
+                .lock()
+                .map(|ids| {
+                    ids.iter().all(|id| seen.get(id).is_some_and(|s| s.final_state.is_some()))
+                })
+                .unwrap_or(false);
+        if finished || Instant::now() > deadline {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One swap of the concurrent run: when its `POST /v1/swaps/out` was made and answered.
+struct Started {
+    buyer: usize,
+    id: String,
+    called: Instant,
+    answered: Instant,
+}
+
+/// Funding txid and claim (vsize, purpose) of a finished swap, from its event log.
+async fn swap_chain_data(node: &NodeHandle, id: &str) -> (String, u64) {
+    let events = node.api().swap_events(id).await.unwrap_or_default();
+    let mut funding = String::new();
+    let mut claim_vsize = 0;
+    for e in &events {
+        match e["event"].as_str() {
+            Some("funding_seen") => funding = e["txid"].as_str().unwrap_or("").into(),
+            Some("broadcast") => claim_vsize = e["vsize"].as_u64().unwrap_or(0),
+            _ => {}
+        }
+    }
+    (funding, claim_vsize)
+}
+
+fn secs_between(a: Instant, b: Option<Instant>) -> Option<f64> {
+    b.map(|b| b.saturating_duration_since(a).as_secs_f64())
+}
+
 async fn concurrent(cli: &Cli, binary: &std::path::Path, dir: &std::path::Path) -> Result<()> {
     let n = cli.buyers;
+    let k = cli.swaps_per_buyer.max(1);
+    let total = n * k;
     let mut config = HarnessConfig::new(dir.join("concurrent"), binary);
-    config.channel_sat = cli.amount * 10 + 100_000;
-    config.wallet_fund_sat = (cli.amount + 10_000) * n as u64 + 1_000_000;
+    // ldk-node lets at most 10 % of a channel be in flight: room for all K payments at once,
+    // within the largest channel it opens.
+    config.channel_sat = (cli.amount * k as u64 * 10 + 100_000).min(MAX_CHANNEL_SAT);
+    config.wallet_fund_sat = (cli.amount + 10_000) * total as u64 + 1_000_000;
     let mut seller = NodeSpec::seller("seller");
-    seller.max_concurrent_swaps = (n as u32).max(1);
+    seller.max_concurrent_swaps = u32::try_from(total).unwrap_or(u32::MAX).max(1);
+    seller.offer.timeout_delta = cli.timeout_delta;
+    // Without per-swap Nostr keys (issue 17 item 7), a buyer's K requests and messages all come
+    // from one key, and the seller's answers to one buyer all from one key: raise the per-sender
+    // limits of every node beyond K swaps at once (the node's defaults stay as they are).
+    let limits =
+        (k > 1).then(|| PeerLimits::for_swaps_at_once(u32::try_from(k).unwrap_or(u32::MAX)));
+    seller.peer_limits = limits;
     config.nodes = vec![seller];
     for i in 0..n {
-        config.nodes.push(NodeSpec::buyer(format!("buyer{i}")));
+        let mut buyer = NodeSpec::buyer(format!("buyer{i}"));
+        buyer.peer_limits = limits;
+        buyer.max_fee_rate_sat_vb = Some(cli.buyer_max_fee_rate);
+        config.nodes.push(buyer);
     }
     let setup = Instant::now();
     let h = Harness::start(config).await?;
-    println!("harness with 1 seller + {n} buyers ready in {:.1} s", setup.elapsed().as_secs_f64());
-    let rss_before = rss_kib(h.node("seller")?.pid());
+    println!(
+        "harness with 1 seller + {n} buyers ready in {:.1} s (channels {} sat)",
+        setup.elapsed().as_secs_f64(),
+        (cli.amount * k as u64 * 10 + 100_000).min(MAX_CHANNEL_SAT)
+    );
+    let seller_pid = h.node("seller")?.pid();
+    let rss_before = proc_status_kib(seller_pid, "VmRSS:");
     // Every buyer finds the offer first, so that the timed part is the swaps.
     let mut offers = Vec::new();
     for i in 0..n {
         offers.push(h.best_offer(&format!("buyer{i}"), cli.amount).await?);
     }
     let miner = h.start_miner(Duration::from_secs(1));
-    let start = Instant::now();
     let harness = h;
     let h = &harness;
-    let tasks = offers.into_iter().enumerate().map(|(i, offer)| async move {
-        let node = h.node(&format!("buyer{i}"))?;
-        let t = Instant::now();
-        let id = node.api().swap_out(&offer, cli.amount, cli.amount / 10).await?;
-        let mut r = report_follow(node, &id, Duration::from_secs(600)).await?;
-        // Phases are timed from the request; add the time the request call took.
-        r.total += t.elapsed().saturating_sub(r.total);
-        r.fill_chain_data(&h.chain().esplora_url()).await;
-        anyhow::Ok(r)
-    });
-    let results = futures_join_all(tasks.collect()).await;
-    let wall = start.elapsed();
-    let rss_after = rss_kib(h.node("seller")?.pid());
+    let deadline = Instant::now() + Duration::from_secs(cli.timeout_secs);
+    let expected: Vec<Mutex<Vec<String>>> = (0..n).map(|_| Mutex::new(Vec::new())).collect();
+    let done = AtomicBool::new(false);
+    let start = Instant::now();
+    let pollers = futures_join_all(
+        (0..n)
+            .map(|i| {
+                let (expected, done) = (&expected[i], &done);
+                async move {
+                    let node = h.node(&format!("buyer{i}"))?;
+                    anyhow::Ok(poll_buyer(node, expected, done, deadline).await)
+                }
+            })
+            .collect(),
+    );
+    let calls = async {
+        let calls = offers.iter().enumerate().flat_map(|(i, offer)| {
+            let expected = &expected[i];
+            (0..k).map(move |_| async move {
+                let node = h.node(&format!("buyer{i}"))?;
+                let called = Instant::now();
+                let id = node.api().swap_out(offer, cli.amount, cli.amount / 10).await?;
+                let answered = Instant::now();
+                if let Ok(mut ids) = expected.lock() {
+                    ids.push(id.clone());
+                }
+                anyhow::Ok(Started { buyer: i, id, called, answered })
+            })
+        });
+        let started = futures_join_all(calls.collect()).await;
+        done.store(true, Ordering::SeqCst);
+        started
+    };
+    let (seen, started) = tokio::join!(pollers, calls);
+    let seen: Vec<HashMap<String, Seen>> = seen.into_iter().collect::<Result<_>>()?;
+    let rss_after = proc_status_kib(seller_pid, "VmRSS:");
+    let rss_peak = proc_status_kib(seller_pid, "VmHWM:");
     drop(miner);
-    let mut reports = Vec::new();
-    let mut failed = 0;
-    for r in results {
-        match r {
-            Ok(r) => reports.push(r),
+
+    let mut refused = 0;
+    let mut swaps = Vec::new();
+    for s in started {
+        match s {
+            Ok(s) => swaps.push(s),
             Err(e) => {
-                failed += 1;
-                eprintln!("swap failed: {e:#}");
+                refused += 1;
+                if refused <= 5 {
+                    eprintln!("swap_out failed: {e:#}");
+                }
             }
         }
     }
-    let accept = sorted(
-        reports
-            .iter()
-            .filter_map(|r| r.phase("request -> accepted (nostr round trip)"))
-            .map(|d| d.as_secs_f64())
-            .collect(),
-    );
-    println!("## (b) one seller, {n} concurrent buyers (blocks every 1 s)");
-    println!("| swaps claimed | {} of {n} ({failed} failed) |", reports.len());
-    println!("| wall time, all claimed | {:.1} s |", wall.as_secs_f64());
+    let mut claimed = Vec::new();
+    let mut failed: HashMap<String, usize> = HashMap::new();
+    for s in &swaps {
+        let v = seen[s.buyer].get(&s.id).cloned().unwrap_or_default();
+        match v.final_state.as_deref() {
+            Some("Claimed") => claimed.push((s, v)),
+            Some(other) => *failed.entry(other.to_string()).or_default() += 1,
+            None => *failed.entry("unfinished".into()).or_default() += 1,
+        }
+    }
+    for s in swaps
+        .iter()
+        .filter(|s| {
+            seen[s.buyer].get(&s.id).and_then(|v| v.final_state.as_deref()) != Some("Claimed")
+        })
+        .take(3)
+    {
+        let node = h.node(&format!("buyer{}", s.buyer))?;
+        let events = node.api().swap_events(&s.id).await.unwrap_or_default();
+        eprintln!(
+            "swap {} of buyer{} not claimed; events: {}",
+            s.id,
+            s.buyer,
+            serde_json::Value::Array(events)
+        );
+    }
+    let last = claimed.iter().filter_map(|(_, v)| v.final_at).max().unwrap_or(start);
+    let wall = last.saturating_duration_since(start);
+    let col = |f: &dyn Fn(&Started, &Seen) -> Option<f64>| {
+        sorted(claimed.iter().filter_map(|(s, v)| f(s, v)).collect())
+    };
+    let api_call = col(&|s, _| Some(s.answered.saturating_duration_since(s.called).as_secs_f64()));
+    let accept_call = col(&|s, v| secs_between(s.called, v.at[1]));
+    let accept_sent = col(&|s, v| secs_between(s.answered, v.at[1]));
+    let funded = col(&|s, v| secs_between(s.called, v.at[2]));
+    let broadcast = col(&|s, v| secs_between(s.called, v.at[5]));
+    let done_at = col(&|s, v| secs_between(s.called, v.final_at));
+    let p =
+        |v: &[f64]| format!("{:.2} s / {:.2} s / {:.2} s", pct(v, 0.5), pct(v, 0.99), pct(v, 1.0));
+
     println!(
-        "| swaps per minute | {:.1} |",
-        reports.len() as f64 / wall.as_secs_f64().max(0.001) * 60.0
+        "## (b) one seller, {n} buyers x {k} concurrent swaps of {} sat (blocks every 1 s, \
+         timeout delta {} blocks)",
+        cli.amount, cli.timeout_delta
     );
     println!(
-        "| time to swap_accept p50 / p99 | {:.2} s / {:.2} s |",
-        pct(&accept, 0.5),
-        pct(&accept, 0.99)
+        "| swaps claimed | {} of {total} ({refused} refused by the API, not claimed: {failed:?}) |",
+        claimed.len()
     );
+    println!("| wall time, first request -> last claimed | {:.1} s |", wall.as_secs_f64());
     println!(
-        "| seller RSS before / after | {} / {} MiB |",
-        rss_before.map(|k| k / 1024).unwrap_or(0),
-        rss_after.map(|k| k / 1024).unwrap_or(0)
+        "| swaps per minute | {:.0} |",
+        claimed.len() as f64 / wall.as_secs_f64().max(0.001) * 60.0
     );
-    let shares = funding_shares(&reports);
-    let txs: std::collections::HashSet<&str> =
-        reports.iter().map(|r| r.funding_txid.as_str()).collect();
-    let mean_share = shares.iter().sum::<u64>() as f64 / shares.len().max(1) as f64;
-    let mean_claim =
-        reports.iter().map(|r| r.claim_vsize).sum::<u64>() as f64 / reports.len().max(1) as f64;
+    println!("| (p50 / p99 / max) | |");
+    println!("| `POST /v1/swaps/out` answered (request sent) | {} |", p(&api_call));
+    println!("| time to swap_accept, from the API call | {} |", p(&accept_call));
+    println!("| time to swap_accept, from the request sent | {} |", p(&accept_sent));
+    println!("| request -> funded and confirmed | {} |", p(&funded));
+    println!("| request -> claim broadcast | {} |", p(&broadcast));
+    println!("| request -> claimed (confirmed) | {} |", p(&done_at));
+    let mib = |k: Option<u64>| k.map(|k| k / 1024).unwrap_or(0);
+    println!(
+        "| seller RSS before / after / peak | {} / {} / {} MiB |",
+        mib(rss_before),
+        mib(rss_after),
+        mib(rss_peak)
+    );
+
+    // On-chain figures, read after the timed part.
+    let mut per_tx: HashMap<String, u64> = HashMap::new();
+    let mut claim_vsizes = Vec::new();
+    for (s, _) in &claimed {
+        let node = h.node(&format!("buyer{}", s.buyer))?;
+        let (funding, claim_vsize) = swap_chain_data(node, &s.id).await;
+        *per_tx.entry(funding).or_default() += 1;
+        claim_vsizes.push(claim_vsize);
+    }
+    let mut funding_vbytes = 0u64;
+    for txid in per_tx.keys().filter(|t| !t.is_empty()) {
+        let mut r = LoopOutReport { funding_txid: txid.clone(), ..LoopOutReport::default() };
+        r.fill_chain_data(&h.chain().esplora_url()).await;
+        funding_vbytes += r.funding_vsize;
+    }
+    let swaps_n = claimed.len().max(1) as f64;
+    let mean_share = funding_vbytes as f64 / swaps_n;
+    let mean_claim = claim_vsizes.iter().sum::<u64>() as f64 / swaps_n;
     println!(
         "## (c) on-chain per swap, {} swaps in {} funding transactions",
-        reports.len(),
-        txs.len()
+        claimed.len(),
+        per_tx.len()
     );
     println!(
         "| mean funding share + claim | {mean_share:.0} + {mean_claim:.0} = {:.0} vB |",
