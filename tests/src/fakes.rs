@@ -484,6 +484,11 @@ impl SimWallet {
         self.scripts.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// Whether `script` is one of the wallet's.
+    pub fn owns(&self, script: &ScriptBuf) -> bool {
+        self.scripts().contains(script)
+    }
+
     /// What the wallet holds (confirmed and unconfirmed), in sat.
     pub fn balance_sat(&self) -> u64 {
         let scripts = self.scripts();

@@ -92,7 +92,7 @@ impl PairOptions {
             buyer_policy: BuyerPolicy::default(),
             seller_policy: SellerPolicy::default(),
             block_interval: Duration::from_millis(150),
-            block_secs: 10,
+            block_secs: 2,
             mock_invoice: None,
             mock_short_funding_sat: 0,
             mock_wrong_htlc_script: false,

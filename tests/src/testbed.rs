@@ -126,6 +126,8 @@ pub struct Outcome {
     pub steps: u32,
     /// The world's log of the run (equal for equal scenarios: runs replay exactly).
     pub log: Vec<String>,
+    /// Most outputs of one transaction the seller broadcast (its largest funding batch + change).
+    pub max_seller_tx_outputs: usize,
 }
 
 /// Why a run failed (with the trace to reproduce it).
@@ -198,12 +200,23 @@ pub async fn run(sc: Scenario) -> Result<Outcome, Failure> {
         bed.check_now()?;
     }
     bed.settle().await?;
-    bed.check_end().map(|(claimed, refunded)| Outcome {
+    let (claimed, refunded) = bed.check_end()?;
+    let w = lock(&bed.world);
+    let seller_txids: Vec<_> =
+        w.broadcasts.iter().filter(|(n, _)| *n == SELLER).map(|(_, t)| *t).collect();
+    let max_seller_tx_outputs = w
+        .all()
+        .filter(|(t, _)| seller_txids.contains(&t.compute_txid()))
+        .map(|(t, _)| t.output.len())
+        .max()
+        .unwrap_or(0);
+    Ok(Outcome {
         claimed,
         refunded,
         crashes: bed.crashes,
         steps,
-        log: lock(&bed.world).log.clone(),
+        log: w.log.clone(),
+        max_seller_tx_outputs,
     })
 }
 
@@ -674,9 +687,10 @@ impl Bed {
                     let op = OutPoint { txid, vout: u32::try_from(vout).unwrap_or(u32::MAX) };
                     match w.spender_of(op) {
                         Some((spend, sh)) => {
-                            let buyer_got = spend.output.iter().any(|so| {
-                                (0..64).any(|n| so.script_pubkey == wallet_script(BUYER, n))
-                            });
+                            let buyer_got = spend
+                                .output
+                                .iter()
+                                .any(|so| self.nodes[BUYER].wallet.owns(&so.script_pubkey));
                             if buyer_got && sh.is_some() {
                                 to_buyer = true;
                             }

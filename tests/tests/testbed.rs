@@ -97,3 +97,14 @@ async fn a_malicious_buyer_never_costs_the_seller() {
         .await;
     }
 }
+
+/// 60 swaps requested at once are funded in batches of at most 50 HTLCs (a seller record keeps
+/// its funding transaction and must fit one encrypted backup event), and all of them end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn fundings_are_batched_by_at_most_50_htlcs() {
+    let sc = Scenario { seed: 3, steps: 40, swaps: 60, malice: None, crashes: false };
+    let o = run(sc).await.unwrap_or_else(|f| panic!("{f}"));
+    assert_eq!(o.claimed + o.refunded, 60);
+    assert!(o.max_seller_tx_outputs > 2, "fundings were batched");
+    assert!(o.max_seller_tx_outputs <= 51, "{} outputs", o.max_seller_tx_outputs);
+}

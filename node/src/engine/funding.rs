@@ -9,6 +9,11 @@ use looper_protocol::SwapId;
 
 use super::Engine;
 
+/// Most HTLCs one funding transaction pays. Every seller record keeps its funding transaction,
+/// and a record must stay well under what one encrypted backup event carries (NIP-44: 64 KiB):
+/// 50 outputs keep a funding near 3 kB.
+pub const MAX_FUNDING_OUTPUTS: usize = 50;
+
 /// A queued `FundHtlc`: the swap, the HTLC's script and amount.
 pub(super) type FundingRequest = (SwapId, ScriptBuf, u64);
 
@@ -39,9 +44,15 @@ impl Engine {
         }
     }
 
-    /// One batch of [`Engine::flush_funding`]: what is queued now.
+    /// One batch of [`Engine::flush_funding`]: what is queued now, up to
+    /// [`MAX_FUNDING_OUTPUTS`] (the rest stays queued for the next batch).
     async fn flush_queued(&self) {
-        let queued = std::mem::take(&mut self.lock_misc().funding_queue);
+        let queued = {
+            let mut misc = self.lock_misc();
+            let take = misc.funding_queue.len().min(MAX_FUNDING_OUTPUTS);
+            let rest = misc.funding_queue.split_off(take);
+            std::mem::replace(&mut misc.funding_queue, rest)
+        };
         // Only swaps still waiting for their funding (an abort meanwhile drops its output).
         let mut waiting = Vec::with_capacity(queued.len());
         for item in queued {

@@ -31,9 +31,13 @@ impl Engine {
             polls.polls % self.inner.config.wallet_sync_every.max(1) == 0
         };
         if sync_now {
+            // Not while a funding is between being recorded and broadcast: a sync then does not
+            // find it in the mempool and marks it evicted, and its coins could be spent twice.
+            let flushing = self.inner.funding_flush.lock().await;
             if let Err(e) = self.inner.wallet.sync().await {
                 tracing::debug!(error = %e, "wallet sync failed");
             }
+            drop(flushing);
             if self.lock_misc().offer_unfunded {
                 // Funds may have arrived: the refresh publishes the offer again if they did.
                 self.refresh_served_offer().await;
