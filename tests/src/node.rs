@@ -45,6 +45,37 @@ pub fn master(idx: NodeIdx) -> Result<Xpriv, EngineError> {
     Xpriv::new_master(Network::Regtest, &[tag; 32]).map_err(|e| EngineError::Keys(e.to_string()))
 }
 
+/// The seller's offer of the simulated runs: 10,000-5,000,000 sat, 1,000 sat + 2,500 ppm, 300 sat
+/// funding fee, 1 confirmation, 144 blocks to the timeout, 20 blocks of claim margin.
+pub fn sim_offer(
+    offer_id: &str,
+    ln_node_id: bitcoin::secp256k1::PublicKey,
+    relays: Vec<String>,
+    expires_at: u64,
+) -> looper_protocol::messages::Offer {
+    looper_protocol::messages::Offer {
+        version: 1,
+        offer_id: offer_id.into(),
+        network: Network::Regtest,
+        direction: looper_protocol::SwapDirection::LoopOut,
+        min_amount_sat: 10_000,
+        max_amount_sat: 5_000_000,
+        fee_base_sat: 1_000,
+        fee_ppm: 2_500,
+        funding_fee_sat: 300,
+        prepay_sat: None,
+        min_confirmations: 1,
+        timeout_delta: 144,
+        claim_margin: 20,
+        invoice_expiry_secs: 3_600,
+        ln_node_id,
+        ln_address: None,
+        relays,
+        pow_difficulty: None,
+        expires_at,
+    }
+}
+
 /// Engine settings for the simulation: no served offer unless given, fast polls.
 pub fn sim_config() -> EngineConfig {
     EngineConfig {

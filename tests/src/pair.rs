@@ -20,13 +20,13 @@ use looper_protocol::buyer::BuyerPolicy;
 use looper_protocol::messages::{Envelope, Message, Offer};
 use looper_protocol::seller::SellerPolicy;
 use looper_protocol::swap::TxPurpose;
-use looper_protocol::{SwapDirection, SwapId};
+use looper_protocol::SwapId;
 use nostr_sdk::Keys;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::fakes::{wallet_script, InvoiceTamper};
-use crate::node::{sim_config, SimNode};
+use crate::node::{sim_config, sim_offer, SimNode};
 use crate::world::{lock, SharedWorld, World};
 
 /// The buyer's node index.
@@ -200,28 +200,8 @@ pub fn offer(world: &SharedWorld, relays: Vec<String>) -> Offer {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let w = lock(world);
-    Offer {
-        version: 1,
-        offer_id: "conformance".into(),
-        network: Network::Regtest,
-        direction: SwapDirection::LoopOut,
-        min_amount_sat: 10_000,
-        max_amount_sat: 5_000_000,
-        fee_base_sat: 1_000,
-        fee_ppm: 2_500,
-        funding_fee_sat: 300,
-        prepay_sat: None,
-        min_confirmations: 1,
-        timeout_delta: 144,
-        claim_margin: 20,
-        invoice_expiry_secs: 3_600,
-        ln_node_id: w.ln_node_id(SELLER),
-        ln_address: None,
-        relays,
-        pow_difficulty: None,
-        // Valid for the relay (wall clock) and the state machines (world clock).
-        expires_at: wall.max(w.now) + 86_400 * 365,
-    }
+    // Valid for the relay (wall clock) and the state machines (world clock).
+    sim_offer("conformance", w.ln_node_id(SELLER), relays, wall.max(w.now) + 86_400 * 365)
 }
 
 fn config(policy: SellerPolicy) -> EngineConfig {

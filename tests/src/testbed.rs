@@ -10,18 +10,18 @@ use std::sync::{Arc, Mutex};
 
 use bitcoin::secp256k1::rand::rngs::StdRng;
 use bitcoin::secp256k1::rand::{Rng, SeedableRng};
-use bitcoin::{Network, OutPoint};
+use bitcoin::OutPoint;
 use looper_node::engine::io::SwapTransport;
 use looper_node::store::{SwapFilter, SwapStore};
 use looper_protocol::buyer::BuyerPolicy;
 use looper_protocol::messages::{Message, Offer};
-use looper_protocol::{SwapDirection, SwapId};
+use looper_protocol::SwapId;
 use nostr_sdk::Keys;
 
 use crate::fakes::{
     deliver_ln_event, wallet_script, InvoiceTamper, Packet, SharedWire, SimTransport, Wire,
 };
-use crate::node::{sim_config, SimNode};
+use crate::node::{sim_config, sim_offer, SimNode};
 use crate::world::{lock, PayState, SharedWorld, World};
 
 /// The buyer's node index.
@@ -247,27 +247,8 @@ impl Bed {
                 .map_err(|e| e.to_string())?;
             nodes.push(node);
         }
-        let offer = Offer {
-            version: 1,
-            offer_id: "bed".into(),
-            network: Network::Regtest,
-            direction: SwapDirection::LoopOut,
-            min_amount_sat: 10_000,
-            max_amount_sat: 5_000_000,
-            fee_base_sat: 1_000,
-            fee_ppm: 2_500,
-            funding_fee_sat: 300,
-            prepay_sat: None,
-            min_confirmations: 1,
-            timeout_delta: 144,
-            claim_margin: 20,
-            invoice_expiry_secs: 3_600,
-            ln_node_id: lock(&world).ln_node_id(SELLER),
-            ln_address: None,
-            relays: vec![],
-            pow_difficulty: None,
-            expires_at: u64::MAX / 2,
-        };
+        let ln_node_id = lock(&world).ln_node_id(SELLER);
+        let offer = sim_offer("bed", ln_node_id, vec![], u64::MAX / 2);
         let mut bed = Bed {
             sc,
             rng: StdRng::seed_from_u64(sc.seed),
