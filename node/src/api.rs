@@ -701,9 +701,9 @@ async fn ln_pay(
     if invoice.is_expired() {
         return Err(ApiError::bad("invoice", "expired"));
     }
-    let cltv = req.max_total_cltv_expiry_delta.unwrap_or(DEFAULT_MAX_TOTAL_CLTV_EXPIRY_DELTA);
+    let cltv = req.max_route_cltv.unwrap_or(DEFAULT_MAX_TOTAL_CLTV_EXPIRY_DELTA);
     if cltv == 0 {
-        return Err(ApiError::bad("max_total_cltv_expiry_delta", "must be greater than 0"));
+        return Err(ApiError::bad("max_route_cltv", "must be greater than 0"));
     }
     let payment_hash = PaymentHash(invoice.payment_hash().to_byte_array()).to_string();
     let outcome =

@@ -425,7 +425,7 @@ fn api_types_match_schemas() {
     check_type(
         &doc,
         "PayRequest",
-        &[a::PayRequest { invoice: "lnbcrt1".into(), max_total_cltv_expiry_delta: Some(500) }],
+        &[a::PayRequest { invoice: "lnbcrt1".into(), max_route_cltv: Some(500) }],
         seen,
     );
     check_type(

@@ -65,8 +65,8 @@ pub enum LnCommand {
     Pay {
         /// The BOLT 11 invoice.
         invoice: String,
-        /// Largest total CLTV expiry delta of the route, in blocks.
-        #[arg(long, value_name = "BLOCKS")]
+        /// Largest total CLTV expiry delta of the route, in blocks (as `buyer.max_route_cltv`).
+        #[arg(long = "max-route-cltv", alias = "max-cltv", value_name = "BLOCKS")]
         max_cltv: Option<u32>,
         /// Do not ask for confirmation.
         #[arg(long, short = 'y')]
@@ -144,7 +144,7 @@ pub async fn ln(ctx: &Ctx, cmd: LnCommand) -> CliResult<()> {
         }
         LnCommand::Pay { invoice, max_cltv, yes } => {
             confirm(&format!("Pay {}?", short(&invoice)), yes)?;
-            let body = PayRequest { invoice, max_total_cltv_expiry_delta: max_cltv };
+            let body = PayRequest { invoice, max_route_cltv: max_cltv };
             let v: PayResponse = client.post("/v1/ln/pay", &body, "pay the invoice").await?;
             if v.status == PaymentStatus::Failed {
                 return Err(CliError::failure(

@@ -509,10 +509,15 @@ pub struct InvoiceResponse {
 pub struct PayRequest {
     /// The BOLT11 invoice (with an amount, of the node's network).
     pub invoice: String,
-    /// Cap on the route's total CLTV expiry delta (default:
-    /// [`DEFAULT_MAX_TOTAL_CLTV_EXPIRY_DELTA`]).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_total_cltv_expiry_delta: Option<u32>,
+    /// Cap on the route's total CLTV expiry delta, in blocks (default:
+    /// [`DEFAULT_MAX_TOTAL_CLTV_EXPIRY_DELTA`]); the same name as the buyer's
+    /// `buyer.max_route_cltv` (`max_total_cltv_expiry_delta`, LDK's name, is still read).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        alias = "max_total_cltv_expiry_delta"
+    )]
+    pub max_route_cltv: Option<u32>,
 }
 
 /// Where a Lightning payment stands.
@@ -595,6 +600,18 @@ pub struct PaymentInfo {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn the_route_cltv_cap_has_one_name_and_reads_the_old_one() {
+        let new: PayRequest =
+            serde_json::from_str(r#"{"invoice":"lnbcrt1","max_route_cltv":500}"#).unwrap();
+        let old: PayRequest =
+            serde_json::from_str(r#"{"invoice":"lnbcrt1","max_total_cltv_expiry_delta":500}"#)
+                .unwrap();
+        assert_eq!(new, old);
+        assert_eq!(new.max_route_cltv, Some(500));
+        assert!(serde_json::to_string(&new).unwrap().contains("\"max_route_cltv\":500"));
+    }
 
     #[test]
     fn network_serializes_as_the_node_names_it() {
