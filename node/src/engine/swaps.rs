@@ -233,8 +233,16 @@ impl Slot {
         locked(&self.view).clone()
     }
 
+    /// The whole view: called once what a transition asked for is carried out (a reader that
+    /// sees the new state also finds its record and event log written).
     fn refresh_view(&self, machine: &Machine) {
         *locked(&self.view) = View::of(machine);
+    }
+
+    /// Only what routes events to the swap (its payment hash), at once after a transition: a
+    /// Lightning event arriving while the transition's actions run still finds its swap.
+    fn refresh_routing(&self, machine: &Machine) {
+        locked(&self.view).payment_hash = machine.payment_hash();
     }
 
     pub(super) fn watch(&self) -> MutexGuard<'_, Watch> {
@@ -313,7 +321,7 @@ impl Engine {
         let ctx = self.context();
         let mut rng = EntropyRng(&*self.inner.entropy);
         let result = machine.resume(&self.inner.swap_master, &ctx, &mut rng);
-        slot.refresh_view(&machine);
+        slot.refresh_routing(&machine);
         let retried = slot.needs_resume();
         match result {
             Ok(actions) => {
@@ -330,6 +338,7 @@ impl Engine {
                     let note = Notification::Stalled { reason: format!("cannot resume: {reason}") };
                     self.carry_out(id, slot, &mut machine, vec![Action::Notify(note)]).await;
                 }
+                slot.refresh_view(&machine);
             }
         }
     }
@@ -352,7 +361,7 @@ impl Engine {
         let actions = machine
             .handle(event, &ctx, &mut EntropyRng(&*self.inner.entropy))
             .map_err(EngineError::Swap);
-        slot.refresh_view(&machine);
+        slot.refresh_routing(&machine);
         Ok(self.carry_out(id, slot, &mut machine, actions?).await)
     }
 
@@ -373,19 +382,23 @@ impl Engine {
                     Ok(Some(event)) => followups.push(event),
                     Ok(None) => {}
                     // Persisting failed: nothing after it may happen.
-                    Err(Stop) => return false,
+                    Err(Stop) => {
+                        slot.refresh_view(machine);
+                        return false;
+                    }
                 }
             }
             for event in followups {
                 let ctx = self.context();
                 let result = machine.handle(event, &ctx, &mut EntropyRng(&*self.inner.entropy));
-                slot.refresh_view(machine);
+                slot.refresh_routing(machine);
                 match result {
                     Ok(next) => queue.push_back(next),
                     Err(e) => tracing::debug!(swap = %id, error = %e, "follow-up event refused"),
                 }
             }
         }
+        slot.refresh_view(machine);
         true
     }
 
