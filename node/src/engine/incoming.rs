@@ -133,10 +133,8 @@ impl Engine {
             self.reply_error(&sender, &env, ErrorCode::UnknownOffer, "no such offer").await;
             return true;
         };
-        if self.at_capacity() {
-            tracing::info!(swap = %id, "swap request refused: too many swaps");
-            self.reply_error(&sender, &env, ErrorCode::RateLimited, "too many swaps in progress")
-                .await;
+        if !self.has_room(&mut self.inner.swaps.select(|_| true).iter().map(|(_, s)| s)) {
+            self.refuse_busy(&sender, &env).await;
             return true;
         }
         let keys = match blocking_store(|| self.inner.store.next_swap_index())
@@ -168,22 +166,13 @@ impl Engine {
                 // Locked before anyone else can see it: its first actions run before any other
                 // event of this swap.
                 let mut machine = slot.machine.lock().await;
-                let max = self.inner.config.max_concurrent_swaps;
-                let admitted = self.inner.swaps.insert_if(id, Arc::clone(&slot), |all| {
-                    max.is_none_or(|max| serving(all) < usize::try_from(max).unwrap_or(usize::MAX))
-                });
-                match admitted {
+                // Checked again as the swap goes in: requests handled at the same time never
+                // take more room than there is.
+                match self.inner.swaps.insert_if(id, Arc::clone(&slot), |all| self.has_room(all)) {
                     Ok(()) => {}
                     Err(Some(_)) => return true, // the same request, handled concurrently
                     Err(None) => {
-                        tracing::info!(swap = %id, "swap request refused: too many swaps");
-                        self.reply_error(
-                            &sender,
-                            &env,
-                            ErrorCode::RateLimited,
-                            "too many swaps in progress",
-                        )
-                        .await;
+                        self.refuse_busy(&sender, &env).await;
                         return true;
                     }
                 }
@@ -207,11 +196,15 @@ impl Engine {
         }
     }
 
-    /// Seller: serving as many swaps as allowed.
-    fn at_capacity(&self) -> bool {
-        let Some(max) = self.inner.config.max_concurrent_swaps else { return false };
-        let all = self.inner.swaps.select(|_| true);
-        serving(&mut all.iter().map(|(_, s)| s)) >= usize::try_from(max).unwrap_or(usize::MAX)
+    /// Seller: fewer swaps in progress among `all` than `max_concurrent_swaps`.
+    fn has_room(&self, all: &mut dyn Iterator<Item = &Arc<Slot>>) -> bool {
+        let Some(max) = self.inner.config.max_concurrent_swaps else { return true };
+        serving(all) < usize::try_from(max).unwrap_or(usize::MAX)
+    }
+
+    async fn refuse_busy(&self, sender: &NostrPublicKey, env: &Envelope) {
+        tracing::info!(swap = %env.swap_id, "swap request refused: too many swaps");
+        self.reply_error(sender, env, ErrorCode::RateLimited, "too many swaps in progress").await;
     }
 }
 
