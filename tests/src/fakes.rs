@@ -2,7 +2,6 @@
 //! node, wallet, clock, entropy, an in-memory message wire, and a store that can crash (a
 //! fault-injection mock: it stops the node right after a chosen commit).
 
-use std::collections::VecDeque;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -881,9 +880,4 @@ impl SwapStore for CrashingStore {
     ) -> Result<Vec<SwapEvent>, StoreError> {
         self.inner.swap_events(id, from)
     }
-}
-
-/// Pending Lightning events of a node, oldest first (for the driver's choices).
-pub fn ln_queue_len(world: &SharedWorld, node: NodeIdx) -> usize {
-    lock(world).ln_events.get(node).map_or(0, VecDeque::len)
 }
