@@ -1,6 +1,7 @@
 //! Chain state: block building, the mempool, the UTXO set and the indexes behind the Esplora API.
 
-use std::collections::{HashMap, HashSet};
+use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bitcoin::absolute::LockTime;
@@ -27,7 +28,15 @@ pub const REGTEST_BITS: u32 = 0x207f_ffff;
 /// Regtest halving interval.
 const HALVING_INTERVAL: u32 = 150;
 const MAX_BLOCK_WEIGHT: u64 = 4_000_000;
+/// Weight kept free for the coinbase when filling a block.
+const COINBASE_WEIGHT_RESERVE: u64 = 4000;
 const LOCKTIME_THRESHOLD: u32 = 500_000_000;
+/// BIP-125 rule 5: the most mempool transactions one replacement may evict (Bitcoin Core's
+/// `MAX_REPLACEMENT_CANDIDATES`).
+pub const MAX_REPLACEMENT_CANDIDATES: u64 = 100;
+/// Incremental relay fee rate (sat/kvB) a replacement pays for its own size (Bitcoin Core's
+/// `DEFAULT_INCREMENTAL_RELAY_FEE`, BIP-125 rule 4).
+pub const INCREMENTAL_RELAY_FEE_SAT_KVB: u64 = 1000;
 
 /// A confirmed, unspent output.
 #[derive(Debug, Clone)]
@@ -84,6 +93,68 @@ pub(crate) struct ChainState {
     extra_nonce: u64,
     pub miner_key: SecretKey,
     pub miner_spk: ScriptBuf,
+    /// Mempool minimum fee rate in sat/kvB (0: off); see [`ChainState::set_min_fee_rate`].
+    pub min_fee_rate_sat_kvb: u64,
+    /// Most vsize of mempool transactions one block takes (`None`: the consensus weight limit
+    /// only).
+    pub max_block_vsize: Option<u64>,
+    /// Per-target override of `/fee-estimates` (sat/vB), floored at the minimum fee rate.
+    pub fee_estimates: Option<BTreeMap<u16, f64>>,
+}
+
+/// Bitcoin Core's `CFeeRate(fee, size)`: sat/kvB, truncated.
+pub(crate) fn fee_rate_sat_kvb(fee: u64, vsize: u64) -> u64 {
+    fee.saturating_mul(1000).checked_div(vsize).unwrap_or(0)
+}
+
+/// Bitcoin Core's `CFeeRate::GetFee`: the fee for `vsize` at `rate_sat_kvb`, rounded up.
+pub(crate) fn fee_at(rate_sat_kvb: u64, vsize: u64) -> u64 {
+    rate_sat_kvb.saturating_mul(vsize).div_ceil(1000)
+}
+
+/// Bitcoin Core's `CFeeRate::ToString`: `0.00002000 BTC/kvB`.
+fn format_fee_rate(rate_sat_kvb: u64) -> String {
+    format!("{}.{:08} BTC/kvB", rate_sat_kvb / 100_000_000, rate_sat_kvb % 100_000_000)
+}
+
+/// Whether `a_fee / a_vsize` is below `b_fee / b_vsize` (exact, no rounding).
+fn rate_lt(a_fee: u64, a_vsize: u64, b_fee: u64, b_vsize: u64) -> bool {
+    u128::from(a_fee) * u128::from(b_vsize) < u128::from(b_fee) * u128::from(a_vsize)
+}
+
+/// A candidate package in block selection: a transaction with its not yet selected mempool
+/// ancestors, ordered by fee rate, then by arrival.
+struct Candidate {
+    fee: u64,
+    vsize: u64,
+    seq: u64,
+    idx: usize,
+    version: u64,
+}
+
+impl PartialEq for Candidate {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Candidate {}
+
+impl PartialOrd for Candidate {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Candidate {
+    fn cmp(&self, other: &Self) -> Ordering {
+        let a = u128::from(self.fee) * u128::from(other.vsize.max(1));
+        let b = u128::from(other.fee) * u128::from(self.vsize.max(1));
+        a.cmp(&b)
+            .then_with(|| other.seq.cmp(&self.seq))
+            .then_with(|| other.idx.cmp(&self.idx))
+            .then_with(|| self.version.cmp(&other.version))
+    }
 }
 
 /// Hash used by Esplora's `/scripthash/` endpoints: SHA256 of the script, in natural order.
@@ -190,6 +261,9 @@ impl ChainState {
             extra_nonce: 0,
             miner_key,
             miner_spk,
+            min_fee_rate_sat_kvb: 0,
+            max_block_vsize: None,
+            fee_estimates: None,
         };
         let (tip, _) = state.kernel.tip();
         for h in 0..=tip {
@@ -469,6 +543,117 @@ impl ChainState {
         was
     }
 
+    /// In-mempool transactions spending outputs of `txid`.
+    fn mempool_children(&self, txid: &Txid) -> Vec<Txid> {
+        let outputs = self.txs.get(txid).map(|r| r.tx.output.len()).unwrap_or(0);
+        let mut children = Vec::new();
+        for vout in 0..outputs {
+            let op = OutPoint::new(*txid, u32::try_from(vout).unwrap_or(u32::MAX));
+            if let Some((child, _)) = self.mempool_spends.get(&op) {
+                if !children.contains(child) {
+                    children.push(*child);
+                }
+            }
+        }
+        children
+    }
+
+    /// `txid` and its mempool descendants, in arrival order (parents before children).
+    fn mempool_descendants(&self, txid: &Txid) -> Vec<Txid> {
+        let mut seen = HashSet::new();
+        let mut stack = vec![*txid];
+        while let Some(t) = stack.pop() {
+            if !self.mempool.contains_key(&t) || !seen.insert(t) {
+                continue;
+            }
+            stack.extend(self.mempool_children(&t));
+        }
+        let mut all: Vec<Txid> = seen.into_iter().collect();
+        all.sort_by_key(|t| self.mempool.get(t).map(|e| e.seq).unwrap_or(0));
+        all
+    }
+
+    /// The mempool ancestors of `tx` (itself excluded).
+    fn mempool_ancestors(&self, tx: &Transaction) -> HashSet<Txid> {
+        let mut seen = HashSet::new();
+        let mut stack: Vec<Txid> = tx.input.iter().map(|i| i.previous_output.txid).collect();
+        while let Some(t) = stack.pop() {
+            if !self.mempool.contains_key(&t) || !seen.insert(t) {
+                continue;
+            }
+            if let Some(rec) = self.txs.get(&t) {
+                stack.extend(rec.tx.input.iter().map(|i| i.previous_output.txid));
+            }
+        }
+        seen
+    }
+
+    /// Removes `txid` and its mempool descendants; returns their txids (arrival order).
+    fn evict(&mut self, txid: &Txid) -> Vec<Txid> {
+        let all = self.mempool_descendants(txid);
+        for t in &all {
+            self.remove_from_mempool(t, false);
+        }
+        all
+    }
+
+    /// Fee and vsize of a mempool transaction.
+    pub fn mempool_entry(&self, txid: &Txid) -> Option<(u64, u64)> {
+        self.mempool.get(txid).map(|e| (e.fee, e.vsize))
+    }
+
+    /// Sets the mempool minimum fee rate (sat/kvB; 0 turns it off) and evicts what falls below
+    /// it, as Bitcoin Core's `TrimToSize` does when its mempool fills up: repeatedly the
+    /// transaction with the lowest descendant score (the higher of its own fee rate and the fee
+    /// rate of it with its mempool descendants, so a parent whose child pays for it stays), with
+    /// its descendants, while that score is below the minimum. Returns the evicted txids.
+    pub fn set_min_fee_rate(&mut self, rate_sat_kvb: u64) -> Vec<Txid> {
+        self.min_fee_rate_sat_kvb = rate_sat_kvb;
+        let mut evicted = Vec::new();
+        if rate_sat_kvb == 0 {
+            return evicted;
+        }
+        loop {
+            // (fee, vsize, seq, txid) of the lowest score below the minimum.
+            let mut worst: Option<(u64, u64, u64, Txid)> = None;
+            for (txid, e) in &self.mempool {
+                let (desc_fee, desc_vsize) = self
+                    .mempool_descendants(txid)
+                    .iter()
+                    .filter_map(|t| self.mempool.get(t))
+                    .fold((0u64, 0u64), |(f, v), d| (f + d.fee, v + d.vsize));
+                let (fee, vsize) = if rate_lt(e.fee, e.vsize, desc_fee, desc_vsize) {
+                    (desc_fee, desc_vsize)
+                } else {
+                    (e.fee, e.vsize)
+                };
+                if fee >= fee_at(rate_sat_kvb, vsize) {
+                    continue;
+                }
+                let lower = match worst {
+                    None => true,
+                    Some((wf, wv, wseq, _)) => {
+                        rate_lt(fee, vsize, wf, wv)
+                            || (!rate_lt(wf, wv, fee, vsize) && e.seq < wseq)
+                    }
+                };
+                if lower {
+                    worst = Some((fee, vsize, e.seq, *txid));
+                }
+            }
+            let Some((_, _, _, txid)) = worst else {
+                break;
+            };
+            let gone = self.evict(&txid);
+            tracing::debug!(
+                "mempool minimum fee rate {}: evicted {gone:?}",
+                format_fee_rate(rate_sat_kvb)
+            );
+            evicted.extend(gone);
+        }
+        evicted
+    }
+
     /// Mempool acceptance (see the crate docs for the rules). Returns the txid.
     pub fn accept(&mut self, tx: Transaction) -> Result<Txid> {
         let txid = tx.compute_txid();
@@ -492,11 +677,13 @@ impl ChainState {
         if self.mempool.contains_key(&txid) {
             return Err(reject(txid, "txn-already-in-mempool"));
         }
-        for input in &tx.input {
-            if self.mempool_spends.contains_key(&input.previous_output) {
-                return Err(reject(txid, "txn-mempool-conflict"));
-            }
-        }
+        // Mempool transactions spending the same outputs: candidates for replacement (full-RBF,
+        // no BIP-125 signalling needed, as Bitcoin Core 28+ by default).
+        let conflicts: BTreeSet<Txid> = tx
+            .input
+            .iter()
+            .filter_map(|i| self.mempool_spends.get(&i.previous_output).map(|s| s.0))
+            .collect();
         // Inputs: confirmed UTXOs or outputs of mempool transactions.
         let mut spent: Vec<(TxOut, Option<u32>, bool)> = Vec::with_capacity(tx.input.len());
         for input in &tx.input {
@@ -548,6 +735,18 @@ impl ChainState {
                 ),
             ));
         }
+        let fee = value_in - value_out;
+        let vsize = tx.vsize() as u64;
+        // The mempool's minimum fee rate (Core's `CheckFeeRate`).
+        let min_fee = fee_at(self.min_fee_rate_sat_kvb, vsize);
+        if min_fee > 0 && fee < min_fee {
+            return Err(reject(txid, format!("mempool min fee not met, {fee} < {min_fee}")));
+        }
+        let replaced = if conflicts.is_empty() {
+            Vec::new()
+        } else {
+            self.replacement_checks(&tx, txid, &conflicts, fee, vsize)?
+        };
         // Scripts: Bitcoin Core's interpreter through the kernel, given all spent outputs.
         let mut kouts = Vec::with_capacity(spent.len());
         for (out, _, _) in &spent {
@@ -581,9 +780,13 @@ impl ChainState {
                 ));
             }
         }
-        // Accept.
-        let fee = value_in - value_out;
-        let vsize = tx.vsize() as u64;
+        // Accept: the replaced transactions (and their descendants) leave first.
+        for old in &replaced {
+            self.remove_from_mempool(old, false);
+        }
+        if !replaced.is_empty() {
+            tracing::debug!("{txid} replaced {replaced:?}");
+        }
         for (vin, input) in tx.input.iter().enumerate() {
             self.mempool_spends
                 .insert(input.previous_output, (txid, u32::try_from(vin).unwrap_or(u32::MAX)));
@@ -598,6 +801,110 @@ impl ChainState {
         self.index_tx(&tx);
         self.dropped.remove(&txid);
         Ok(txid)
+    }
+
+    /// BIP-125 replacement checks in Bitcoin Core's order and wording (`PreChecks`'
+    /// `EntriesAndTxidsDisjoint`, then `ReplacementChecks`: rules 6, 5, 2, then 3 and 4).
+    /// Returns every transaction the replacement evicts (the direct conflicts and their
+    /// descendants), in arrival order.
+    fn replacement_checks(
+        &self,
+        tx: &Transaction,
+        txid: Txid,
+        conflicts: &BTreeSet<Txid>,
+        fee: u64,
+        vsize: u64,
+    ) -> Result<Vec<Txid>> {
+        // A transaction may not spend an output of a transaction it replaces.
+        let ancestors = self.mempool_ancestors(tx);
+        if let Some(c) = conflicts.iter().find(|c| ancestors.contains(*c)) {
+            return Err(reject(
+                txid,
+                format!(
+                    "bad-txns-spends-conflicting-tx, {txid} spends conflicting transaction {c}"
+                ),
+            ));
+        }
+        // Rule 6: a higher fee rate than every direct conflict.
+        let new_rate = fee_rate_sat_kvb(fee, vsize);
+        for c in conflicts {
+            let Some(e) = self.mempool.get(c) else { continue };
+            let old_rate = fee_rate_sat_kvb(e.fee, e.vsize);
+            if new_rate <= old_rate {
+                return Err(reject(
+                    txid,
+                    format!(
+                        "insufficient fee, rejecting replacement {txid}; new feerate {} <= old feerate {}",
+                        format_fee_rate(new_rate),
+                        format_fee_rate(old_rate)
+                    ),
+                ));
+            }
+        }
+        // Rule 5: at most 100 evictions (counted as Core does: each direct conflict with its
+        // descendants).
+        let mut count: u64 = 0;
+        let mut all: Vec<Txid> = Vec::new();
+        for c in conflicts {
+            let desc = self.mempool_descendants(c);
+            count += desc.len() as u64;
+            if count > MAX_REPLACEMENT_CANDIDATES {
+                return Err(reject(
+                    txid,
+                    format!(
+                        "too many potential replacements, rejecting replacement {txid}; too many potential replacements ({count} > {MAX_REPLACEMENT_CANDIDATES})"
+                    ),
+                ));
+            }
+            for d in desc {
+                if !all.contains(&d) {
+                    all.push(d);
+                }
+            }
+        }
+        all.sort_by_key(|t| self.mempool.get(t).map(|e| e.seq).unwrap_or(0));
+        // Rule 2: no unconfirmed input the direct conflicts did not spend from.
+        let parents_of_conflicts: HashSet<Txid> = conflicts
+            .iter()
+            .filter_map(|c| self.txs.get(c))
+            .flat_map(|r| r.tx.input.iter().map(|i| i.previous_output.txid))
+            .collect();
+        for (j, input) in tx.input.iter().enumerate() {
+            let parent = input.previous_output.txid;
+            if !parents_of_conflicts.contains(&parent) && self.mempool.contains_key(&parent) {
+                return Err(reject(
+                    txid,
+                    format!(
+                        "replacement-adds-unconfirmed, replacement {txid} adds unconfirmed input, idx {j}"
+                    ),
+                ));
+            }
+        }
+        // Rules 3 and 4: pay for everything evicted, plus the incremental relay fee for itself.
+        let original: u64 = all.iter().filter_map(|t| self.mempool.get(t)).map(|e| e.fee).sum();
+        if fee < original {
+            return Err(reject(
+                txid,
+                format!(
+                    "insufficient fee, rejecting replacement {txid}, less fees than conflicting txs; {} < {}",
+                    format_money(fee),
+                    format_money(original)
+                ),
+            ));
+        }
+        let additional = fee - original;
+        let relay = fee_at(INCREMENTAL_RELAY_FEE_SAT_KVB, vsize);
+        if additional < relay {
+            return Err(reject(
+                txid,
+                format!(
+                    "insufficient fee, rejecting replacement {txid}, not enough additional fees to relay; {} < {}",
+                    format_money(additional),
+                    format_money(relay)
+                ),
+            ));
+        }
+        Ok(all)
     }
 
     /// BIP-68 relative lock-times for a transaction in the next block.
@@ -700,34 +1007,156 @@ impl ChainState {
         Ok(block)
     }
 
-    /// Mempool transactions for the next block, parents first, within the weight limit.
-    fn select_txs(&self) -> (Vec<Transaction>, u64) {
-        let mut entries: Vec<(u64, Txid)> = self.mempool.iter().map(|(t, e)| (e.seq, *t)).collect();
-        entries.sort_unstable();
-        let mut weight: u64 = 4000;
-        let mut fees = 0;
-        let mut out = Vec::new();
-        let mut included = HashSet::new();
-        for (_, txid) in entries {
-            let Some(rec) = self.txs.get(&txid) else {
-                continue;
+    /// Mempool transactions for the next block and their fees: ancestor-aware greedy by fee
+    /// rate (the package of a transaction and its unselected mempool ancestors with the highest
+    /// fee rate first, ties by arrival; parents always before children), within the consensus
+    /// weight limit and [`ChainState::max_block_vsize`]. A package that does not fit is
+    /// skipped and smaller ones may still fill the space. `priority` transactions (with their
+    /// ancestors) go first, whatever their fee rate and the vsize limit.
+    fn select_txs(&self, priority: &[Txid]) -> (Vec<Transaction>, u64) {
+        // The mempool as a graph, by index.
+        let ids: Vec<Txid> = self.mempool.keys().copied().collect();
+        let index: HashMap<Txid, usize> = ids.iter().enumerate().map(|(i, t)| (*t, i)).collect();
+        let n = ids.len();
+        let mut fee = vec![0u64; n];
+        let mut vsize = vec![0u64; n];
+        let mut weight = vec![0u64; n];
+        let mut seq = vec![0u64; n];
+        let mut parents: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (i, txid) in ids.iter().enumerate() {
+            if let Some(e) = self.mempool.get(txid) {
+                fee[i] = e.fee;
+                vsize[i] = e.vsize;
+                seq[i] = e.seq;
+            }
+            if let Some(rec) = self.txs.get(txid) {
+                weight[i] = rec.tx.weight().to_wu();
+                for input in &rec.tx.input {
+                    if let Some(&p) = index.get(&input.previous_output.txid) {
+                        if !parents[i].contains(&p) {
+                            parents[i].push(p);
+                        }
+                    }
+                }
+            }
+        }
+        // Ancestor sets (memoised depth-first) and their inverse.
+        let mut ancestors: Vec<Option<BTreeSet<usize>>> = vec![None; n];
+        for start in 0..n {
+            let mut stack = vec![(start, false)];
+            while let Some((i, expanded)) = stack.pop() {
+                if ancestors[i].is_some() {
+                    continue;
+                }
+                if expanded {
+                    let mut set = BTreeSet::new();
+                    for &p in &parents[i] {
+                        set.insert(p);
+                        if let Some(a) = &ancestors[p] {
+                            set.extend(a.iter().copied());
+                        }
+                    }
+                    ancestors[i] = Some(set);
+                } else {
+                    stack.push((i, true));
+                    for &p in &parents[i] {
+                        if ancestors[p].is_none() {
+                            stack.push((p, false));
+                        }
+                    }
+                }
+            }
+        }
+        let ancestors: Vec<BTreeSet<usize>> =
+            ancestors.into_iter().map(Option::unwrap_or_default).collect();
+        let mut descendants: Vec<Vec<usize>> = vec![Vec::new(); n];
+        for (i, anc) in ancestors.iter().enumerate() {
+            for &a in anc {
+                descendants[a].push(i);
+            }
+        }
+        // Package (ancestors not yet selected + itself) fee, vsize and weight.
+        let mut pkg_fee = fee.clone();
+        let mut pkg_vsize = vsize.clone();
+        let mut pkg_weight = weight.clone();
+        for i in 0..n {
+            for &a in &ancestors[i] {
+                pkg_fee[i] += fee[a];
+                pkg_vsize[i] += vsize[a];
+                pkg_weight[i] += weight[a];
+            }
+        }
+        let mut selected = vec![false; n];
+        let mut order: Vec<usize> = Vec::new();
+        let mut used_weight = COINBASE_WEIGHT_RESERVE;
+        let mut used_vsize = 0u64;
+        let max_vsize = self.max_block_vsize.unwrap_or(u64::MAX);
+        let mut version = vec![0u64; n];
+        let mut heap: BinaryHeap<Candidate> = (0..n)
+            .map(|i| Candidate {
+                fee: pkg_fee[i],
+                vsize: pkg_vsize[i],
+                seq: seq[i],
+                idx: i,
+                version: 0,
+            })
+            .collect();
+        let forced: Vec<usize> = priority.iter().filter_map(|t| index.get(t).copied()).collect();
+        let mut forced = forced.into_iter();
+        loop {
+            let (i, is_forced) = if let Some(i) = forced.next() {
+                (i, true)
+            } else {
+                match heap.pop() {
+                    Some(c) if c.version == version[c.idx] => (c.idx, false),
+                    Some(_) => continue,
+                    None => break,
+                }
             };
-            let w = rec.tx.weight().to_wu();
-            if weight + w > MAX_BLOCK_WEIGHT {
-                break;
-            }
-            // A parent left out means the child stays out too.
-            let parents_ok = rec.tx.input.iter().all(|i| {
-                !self.mempool.contains_key(&i.previous_output.txid)
-                    || included.contains(&i.previous_output.txid)
-            });
-            if !parents_ok {
+            if selected[i] {
                 continue;
             }
-            weight += w;
-            fees += self.mempool.get(&txid).map(|e| e.fee).unwrap_or(0);
-            included.insert(txid);
-            out.push(rec.tx.clone());
+            if used_weight + pkg_weight[i] > MAX_BLOCK_WEIGHT
+                || (!is_forced && used_vsize.saturating_add(pkg_vsize[i]) > max_vsize)
+            {
+                // Does not fit; its descendants' packages contain it and will be tried alone.
+                continue;
+            }
+            used_weight += pkg_weight[i];
+            used_vsize += pkg_vsize[i];
+            // Ancestors first: an ancestor has fewer ancestors than its descendants.
+            let mut package: Vec<usize> =
+                ancestors[i].iter().copied().filter(|a| !selected[*a]).collect();
+            package.push(i);
+            package.sort_by_key(|p| (ancestors[*p].len(), seq[*p]));
+            for p in package {
+                selected[p] = true;
+                order.push(p);
+                for &d in &descendants[p] {
+                    if selected[d] {
+                        continue;
+                    }
+                    pkg_fee[d] -= fee[p];
+                    pkg_vsize[d] -= vsize[p];
+                    pkg_weight[d] -= weight[p];
+                    version[d] += 1;
+                    heap.push(Candidate {
+                        fee: pkg_fee[d],
+                        vsize: pkg_vsize[d],
+                        seq: seq[d],
+                        idx: d,
+                        version: version[d],
+                    });
+                }
+            }
+        }
+        let mut fees = 0;
+        let mut out = Vec::with_capacity(order.len());
+        for i in order {
+            if let Some(rec) = self.txs.get(&ids[i]) {
+                fees += fee[i];
+                out.push(rec.tx.clone());
+            }
         }
         (out, fees)
     }
@@ -735,8 +1164,13 @@ impl ChainState {
     /// Mines one block on the tip with the mempool; drops transactions that make the kernel
     /// reject the block and rebuilds it without them.
     fn mine_one(&mut self, spk: &ScriptBuf) -> Result<BlockHash> {
+        self.mine_one_with(spk, &[])
+    }
+
+    /// [`ChainState::mine_one`], with `priority` transactions selected first.
+    fn mine_one_with(&mut self, spk: &ScriptBuf, priority: &[Txid]) -> Result<BlockHash> {
         loop {
-            let (txs, fees) = self.select_txs();
+            let (txs, fees) = self.select_txs(priority);
             let txids: Vec<Txid> = txs.iter().map(|t| t.compute_txid()).collect();
             let prev = self.tip_hash();
             let height = self.tip_height() + 1;
@@ -846,7 +1280,10 @@ impl ChainState {
             for (op, c) in coins.iter() {
                 picked.push((*op, c.txout.clone()));
                 total += c.txout.value.to_sat();
-                fee = 2 * (11 + 68 * picked.len() as u64 + 31 * 2 + 10);
+                // 2 sat/vB over an estimate above the real vsize, and at least the
+                // mempool's minimum fee rate.
+                let estimate = 11 + 68 * picked.len() as u64 + 31 * 2 + 10;
+                fee = (2 * estimate).max(fee_at(self.min_fee_rate_sat_kvb, estimate));
                 if total >= amount.to_sat() + fee {
                     break;
                 }
@@ -885,7 +1322,8 @@ impl ChainState {
         };
         sign_p2wpkh(&mut tx, &self.miner_key, &inputs)?;
         let txid = self.accept(tx)?;
-        self.mine_one(&miner)?;
+        // Confirmed in the next block whatever the mempool holds (a congested chain included).
+        self.mine_one_with(&miner, &[txid])?;
         Ok(txid)
     }
 

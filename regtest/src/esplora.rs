@@ -1,6 +1,7 @@
 //! Esplora-compatible REST API (shapes follow Blockstream esplora's `API.md` and electrs), plus
 //! the chain's control endpoints under `/regtest/`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -152,6 +153,10 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/regtest/fund", post(ctl_fund))
         .route("/regtest/reorg", post(ctl_reorg))
         .route("/regtest/drop", post(ctl_drop))
+        .route("/regtest/mempool/{txid}", get(ctl_mempool_entry))
+        .route("/regtest/min-fee-rate", get(ctl_min_fee_rate).post(ctl_set_min_fee_rate))
+        .route("/regtest/fee-estimates", get(ctl_fee_estimates).post(ctl_set_fee_estimates))
+        .route("/regtest/max-block-vsize", get(ctl_max_block_vsize).post(ctl_set_max_block_vsize))
         .with_state(shared)
 }
 
@@ -780,13 +785,40 @@ async fn mempool_recent(State(sh): St) -> ApiResult<Json<Value>> {
     })
 }
 
-async fn fee_estimates(State(sh): St) -> ApiResult<Json<Value>> {
-    let rate = sh.fee_rate_sat_vb;
-    let mut map = serde_json::Map::new();
-    for t in FEE_TARGETS {
-        map.insert(t.to_string(), json!(rate));
+/// What `/fee-estimates` serves: for every target of [`FEE_TARGETS`] (and of the override),
+/// the override's rate (a target it does not name takes the rate of the largest named target
+/// below it, or of the smallest named one) or else `base_sat_vb`, floored at the mempool
+/// minimum fee rate.
+pub(crate) fn served_fee_estimates(base_sat_vb: f64, s: &ChainState) -> BTreeMap<u16, f64> {
+    let floor = s.min_fee_rate_sat_kvb as f64 / 1000.0;
+    let mut targets: BTreeSet<u16> = FEE_TARGETS.into_iter().collect();
+    if let Some(curve) = &s.fee_estimates {
+        targets.extend(curve.keys().copied());
     }
-    Ok(Json(Value::Object(map)))
+    targets
+        .into_iter()
+        .map(|t| {
+            let rate = match &s.fee_estimates {
+                Some(curve) => curve
+                    .range(..=t)
+                    .next_back()
+                    .or_else(|| curve.iter().next())
+                    .map(|(_, r)| *r)
+                    .unwrap_or(base_sat_vb),
+                None => base_sat_vb,
+            };
+            (t, rate.max(floor))
+        })
+        .collect()
+}
+
+fn estimates_json(map: &BTreeMap<u16, f64>) -> Value {
+    Value::Object(map.iter().map(|(t, r)| (t.to_string(), json!(r))).collect())
+}
+
+async fn fee_estimates(State(sh): St) -> ApiResult<Json<Value>> {
+    let base = sh.fee_rate_sat_vb;
+    with(&sh, |s| Ok(Json(estimates_json(&served_fee_estimates(base, s)))))
 }
 
 // ---------------------------------------------------------------- control
@@ -797,6 +829,8 @@ async fn ctl_info(State(sh): St) -> ApiResult<Json<Value>> {
             "height": s.tip_height(),
             "tip": s.tip_hash().to_string(),
             "mempool": s.mempool.len(),
+            "min_fee_rate_sat_vb": s.min_fee_rate_sat_kvb as f64 / 1000.0,
+            "max_block_vsize": s.max_block_vsize,
             "miner_address": Address::from_script(&s.miner_spk, Network::Regtest)
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
@@ -868,4 +902,81 @@ async fn ctl_reorg(State(sh): St, Json(req): Json<ReorgReq>) -> ApiResult<Json<V
     let hashes = blocking(sh, move |s| Ok(s.reorg(req.depth)?)).await?;
     let list: Vec<String> = hashes.iter().map(|h| h.to_string()).collect();
     Ok(Json(json!({ "hashes": list })))
+}
+
+async fn ctl_mempool_entry(State(sh): St, Path(txid): Path<String>) -> ApiResult<Json<Value>> {
+    let txid = parse_txid(&txid)?;
+    with(&sh, |s| {
+        let (fee, vsize) = s.mempool_entry(&txid).ok_or_else(|| not_found("Transaction"))?;
+        Ok(Json(json!({
+            "txid": txid.to_string(),
+            "fee": fee,
+            "vsize": vsize,
+            "fee_rate_sat_vb": if vsize == 0 { 0.0 } else { fee as f64 / vsize as f64 },
+        })))
+    })
+}
+
+#[derive(Deserialize)]
+struct MinFeeRateReq {
+    sat_vb: f64,
+}
+
+async fn ctl_min_fee_rate(State(sh): St) -> ApiResult<Json<Value>> {
+    with(&sh, |s| Ok(Json(json!({ "sat_vb": s.min_fee_rate_sat_kvb as f64 / 1000.0 }))))
+}
+
+async fn ctl_set_min_fee_rate(
+    State(sh): St,
+    Json(req): Json<MinFeeRateReq>,
+) -> ApiResult<Json<Value>> {
+    let rate = crate::sat_kvb("sat_vb", req.sat_vb)?;
+    let evicted = blocking(sh, move |s| Ok(s.set_min_fee_rate(rate))).await?;
+    let list: Vec<String> = evicted.iter().map(|t| t.to_string()).collect();
+    Ok(Json(json!({ "sat_vb": rate as f64 / 1000.0, "evicted": list })))
+}
+
+fn fee_estimates_json(base: f64, s: &ChainState) -> Value {
+    json!({
+        "override": s.fee_estimates.as_ref().map(estimates_json),
+        "estimates": estimates_json(&served_fee_estimates(base, s)),
+    })
+}
+
+async fn ctl_fee_estimates(State(sh): St) -> ApiResult<Json<Value>> {
+    let base = sh.fee_rate_sat_vb;
+    with(&sh, |s| Ok(Json(fee_estimates_json(base, s))))
+}
+
+async fn ctl_set_fee_estimates(
+    State(sh): St,
+    Json(req): Json<Option<BTreeMap<u16, f64>>>,
+) -> ApiResult<Json<Value>> {
+    if let Some(map) = &req {
+        crate::check_fee_estimates(map)?;
+    }
+    let base = sh.fee_rate_sat_vb;
+    with(&sh, |s| {
+        s.fee_estimates = req;
+        Ok(Json(fee_estimates_json(base, s)))
+    })
+}
+
+#[derive(Deserialize)]
+struct MaxBlockVsizeReq {
+    vsize: Option<u64>,
+}
+
+async fn ctl_max_block_vsize(State(sh): St) -> ApiResult<Json<Value>> {
+    with(&sh, |s| Ok(Json(json!({ "vsize": s.max_block_vsize }))))
+}
+
+async fn ctl_set_max_block_vsize(
+    State(sh): St,
+    Json(req): Json<MaxBlockVsizeReq>,
+) -> ApiResult<Json<Value>> {
+    with(&sh, |s| {
+        s.max_block_vsize = req.vsize;
+        Ok(Json(json!({ "vsize": s.max_block_vsize })))
+    })
 }

@@ -10,10 +10,20 @@
 //!   spend index and script index, updated from the blocks the kernel connects (reorgs
 //!   included). A transaction enters the mempool when it passes the kernel's
 //!   `Transaction::check()`, all inputs exist and are unspent (confirmed or in the mempool;
-//!   first seen wins), every input verifies with `bitcoinkernel::verify` given all spent
-//!   outputs, it is final for the next block (lock-time and BIP-68), coinbase inputs are mature
-//!   and outputs do not exceed inputs. Reject reasons follow Bitcoin Core
-//!   (`non-final`, `txn-mempool-conflict`, `bad-txns-premature-spend-of-coinbase`, ...).
+//!   an input a mempool transaction spends makes it a replacement, below), every input
+//!   verifies with `bitcoinkernel::verify` given all spent outputs, it is final for the next
+//!   block (lock-time and BIP-68), coinbase inputs are mature and outputs do not exceed
+//!   inputs. Reject reasons follow Bitcoin Core
+//!   (`non-final`, `bad-txns-premature-spend-of-coinbase`, ...).
+//! * Policy, as Bitcoin Core 28+ applies it by default: a transaction spending an output a
+//!   mempool transaction already spends replaces it under BIP-0125's rules with full-RBF (no
+//!   signalling needed; rules 2 to 6: no new unconfirmed inputs, pays the fees of everything it
+//!   evicts plus 1 sat/vB of its own vsize, a higher fee rate than each direct conflict, at most
+//!   100 evictions); a settable mempool minimum fee rate ([`RegtestChain::set_min_fee_rate`], a
+//!   fee spike) refuses and evicts cheap transactions; blocks take the highest fee rate
+//!   packages first, optionally within a small [`RegtestChain::set_max_block_vsize`] (a
+//!   congested chain); `/fee-estimates` follows the minimum fee rate or a settable curve
+//!   ([`RegtestChain::set_fee_estimates`]).
 //!
 //! ```no_run
 //! # fn main() -> Result<(), looper_regtest::Error> {
@@ -30,6 +40,7 @@ mod external;
 pub mod harness;
 mod kernel;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -40,7 +51,10 @@ use bitcoin::secp256k1::{Secp256k1, SecretKey};
 use bitcoin::{Address, Amount, BlockHash, Network, ScriptBuf, Transaction, Txid};
 use tokio::sync::oneshot;
 
-pub use chain::{is_final, script_hash, sign_p2wpkh, subsidy, COINBASE_MATURITY, REGTEST_BITS};
+pub use chain::{
+    is_final, script_hash, sign_p2wpkh, subsidy, COINBASE_MATURITY, INCREMENTAL_RELAY_FEE_SAT_KVB,
+    MAX_REPLACEMENT_CANDIDATES, REGTEST_BITS,
+};
 pub use error::{Error, Result};
 pub use esplora::FEE_TARGETS;
 pub use external::ExternalChain;
@@ -61,8 +75,15 @@ pub struct ChainConfig {
     /// Blocks mined to the chain's own key when the chain is fresh, so that
     /// [`RegtestChain::fund_address`] has a matured coinbase (default 101).
     pub premine: u32,
-    /// Fee rate (sat/vB) returned by `/fee-estimates` for every target (default 1.0).
+    /// Fee rate (sat/vB) returned by `/fee-estimates` for every target (default 1.0), unless
+    /// the minimum fee rate is higher or [`RegtestChain::set_fee_estimates`] overrides it.
     pub fee_rate_sat_vb: f64,
+    /// Mempool minimum fee rate in sat/vB (default 0: off); see
+    /// [`RegtestChain::set_min_fee_rate`].
+    pub min_fee_rate_sat_vb: f64,
+    /// Most vsize of mempool transactions one block takes (default `None`: the consensus
+    /// weight limit only); see [`RegtestChain::set_max_block_vsize`].
+    pub max_block_vsize: Option<u64>,
 }
 
 impl ChainConfig {
@@ -73,6 +94,8 @@ impl ChainConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             premine: 101,
             fee_rate_sat_vb: 1.0,
+            min_fee_rate_sat_vb: 0.0,
+            max_block_vsize: None,
         }
     }
 }
@@ -98,10 +121,20 @@ impl RegtestChain {
     }
 
     /// Starts a chain with explicit options.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRequest`] for a negative or non-finite fee rate, [`Error::Io`] when the
+    /// data directory or the listening socket cannot be set up, [`Error::Kernel`] when the
+    /// kernel cannot open the chain.
     pub fn start_with(config: ChainConfig) -> Result<Self> {
+        sat_kvb("fee_rate_sat_vb", config.fee_rate_sat_vb)?;
+        let min_fee_rate = sat_kvb("min_fee_rate_sat_vb", config.min_fee_rate_sat_vb)?;
         std::fs::create_dir_all(&config.datadir)
             .map_err(|e| Error::io(format!("creating {}", config.datadir.display()), e))?;
-        let state = chain::ChainState::open(&config.datadir, config.premine)?;
+        let mut state = chain::ChainState::open(&config.datadir, config.premine)?;
+        state.set_min_fee_rate(min_fee_rate);
+        state.max_block_vsize = config.max_block_vsize;
         let shared = Arc::new(Shared {
             state: Mutex::new(Some(state)),
             fee_rate_sat_vb: config.fee_rate_sat_vb,
@@ -244,10 +277,87 @@ impl RegtestChain {
 
     /// Drops `txid` and its descendants from the mempool (a node may evict or forget it); with
     /// `forever` it is refused from then on (a double spend, seen from the other transaction's
-    /// side). Returns whether it was in the mempool.
+    /// side). Returns whether it was in the mempool. A confirmed transaction is left alone
+    /// (reorganise it out first). Same as `POST /regtest/drop`.
     pub fn drop_transaction(&self, txid: &Txid, forever: bool) -> Result<bool> {
         let txid = *txid;
         self.with(|s| Ok(s.drop_tx(txid, forever)))
+    }
+
+    /// Same as [`RegtestChain::drop_transaction`]: drops `txid` and its descendants from the
+    /// mempool; without `forever` it can be submitted again (a rebroadcast brings it back), with
+    /// `forever` it is refused from then on. Returns whether it was in the mempool.
+    pub fn drop_tx(&self, txid: &Txid, forever: bool) -> Result<bool> {
+        self.drop_transaction(txid, forever)
+    }
+
+    /// Fee (sat) and vsize (vB) of `txid` while it is in the mempool, e.g. to check the fee
+    /// rate of a fee bump. Same as `GET /regtest/mempool/{txid}`.
+    pub fn mempool_entry(&self, txid: &Txid) -> Result<Option<(u64, u64)>> {
+        self.with(|s| Ok(s.mempool_entry(txid)))
+    }
+
+    /// Sets the mempool minimum fee rate in sat/vB (0 turns it off), as when a fee spike fills
+    /// Bitcoin Core's mempool: transactions below it are refused on entry (`mempool min fee not
+    /// met, <fee> < <min fee>`) and those already in the mempool whose descendant score (the
+    /// higher of their own fee rate and that of them with their descendants) is below it are
+    /// evicted with their descendants, which leave the Esplora API as any evicted transaction.
+    /// `/fee-estimates` is floored at it. Returns the evicted txids. Same as
+    /// `POST /regtest/min-fee-rate`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRequest`] for a negative or non-finite rate.
+    pub fn set_min_fee_rate(&self, sat_vb: f64) -> Result<Vec<Txid>> {
+        let rate = sat_kvb("min fee rate", sat_vb)?;
+        self.with(|s| Ok(s.set_min_fee_rate(rate)))
+    }
+
+    /// The mempool minimum fee rate in sat/vB (0: off).
+    pub fn min_fee_rate(&self) -> Result<f64> {
+        self.with(|s| Ok(s.min_fee_rate_sat_kvb as f64 / 1000.0))
+    }
+
+    /// Overrides `/fee-estimates` with a per-target curve in sat/vB (e.g. `{1: 50.0, 6: 20.0}`);
+    /// `None` goes back to the configured rate. Precedence: the override (a target it does not
+    /// name gets the rate of the largest named target below it, or of the smallest named one),
+    /// otherwise [`ChainConfig::fee_rate_sat_vb`]; then every rate is floored at the minimum fee
+    /// rate. Same as `POST /regtest/fee-estimates`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidRequest`] for an empty map, a target 0 or a negative or non-finite rate.
+    pub fn set_fee_estimates(&self, estimates: Option<BTreeMap<u16, f64>>) -> Result<()> {
+        if let Some(map) = &estimates {
+            check_fee_estimates(map)?;
+        }
+        self.with(|s| {
+            s.fee_estimates = estimates;
+            Ok(())
+        })
+    }
+
+    /// The estimates `/fee-estimates` serves now (target in blocks -> sat/vB).
+    pub fn fee_estimates(&self) -> Result<BTreeMap<u16, f64>> {
+        let base = self.shared.fee_rate_sat_vb;
+        self.with(|s| Ok(esplora::served_fee_estimates(base, s)))
+    }
+
+    /// Limits the vsize of the mempool transactions one block takes (the coinbase not counted),
+    /// so that a small block leaves the low fee rate transactions in the mempool (a congested
+    /// chain); `None` (the default) leaves only the consensus weight limit. Blocks take the
+    /// highest fee rate packages first. [`RegtestChain::fund_address`] still confirms its own
+    /// transaction in the next block. Same as `POST /regtest/max-block-vsize`.
+    pub fn set_max_block_vsize(&self, vsize: Option<u64>) -> Result<()> {
+        self.with(|s| {
+            s.max_block_vsize = vsize;
+            Ok(())
+        })
+    }
+
+    /// The block vsize limit set by [`RegtestChain::set_max_block_vsize`].
+    pub fn max_block_vsize(&self) -> Result<Option<u64>> {
+        self.with(|s| Ok(s.max_block_vsize))
     }
 
     /// Reason a transaction was dropped from the mempool because the kernel rejected a block
@@ -301,6 +411,32 @@ impl Drop for RegtestChain {
     fn drop(&mut self) {
         self.stop_inner();
     }
+}
+
+/// A fee rate in sat/vB as Bitcoin Core keeps it: whole sat/kvB.
+pub(crate) fn sat_kvb(what: &str, sat_vb: f64) -> Result<u64> {
+    if !sat_vb.is_finite() || !(0.0..=1e9).contains(&sat_vb) {
+        return Err(Error::InvalidRequest(format!(
+            "{what} must be between 0 and 1e9 sat/vB, got {sat_vb}"
+        )));
+    }
+    Ok((sat_vb * 1000.0).round() as u64)
+}
+
+/// Checks a `/fee-estimates` override.
+pub(crate) fn check_fee_estimates(map: &BTreeMap<u16, f64>) -> Result<()> {
+    if map.is_empty() {
+        return Err(Error::InvalidRequest(
+            "fee estimates override is empty (clear it with null/None)".into(),
+        ));
+    }
+    for (target, rate) in map {
+        if *target == 0 {
+            return Err(Error::InvalidRequest("fee estimate target 0: targets start at 1".into()));
+        }
+        sat_kvb(&format!("fee estimate for target {target}"), *rate)?;
+    }
+    Ok(())
 }
 
 /// A deterministic test key: P2WPKH address for `SecretKey` derived from `seed`.

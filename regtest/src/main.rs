@@ -75,9 +75,18 @@ struct ChainArgs {
     /// Blocks mined to the chain's own key on a fresh chain.
     #[arg(long, default_value_t = 101)]
     premine: u32,
-    /// Fee rate (sat/vB) served by /fee-estimates.
+    /// Fee rate (sat/vB) served by /fee-estimates (floored at --min-fee-rate; overridable with
+    /// POST /regtest/fee-estimates).
     #[arg(long, default_value_t = 1.0)]
     fee_rate: f64,
+    /// Mempool minimum fee rate (sat/vB; 0: off): cheaper transactions are refused (change it
+    /// with POST /regtest/min-fee-rate).
+    #[arg(long, default_value_t = 0.0)]
+    min_fee_rate: f64,
+    /// Most vsize of mempool transactions per block (default: the consensus limit only; change
+    /// it with POST /regtest/max-block-vsize).
+    #[arg(long, value_name = "VBYTES")]
+    max_block_vsize: Option<u64>,
 }
 
 fn run_chain(args: ChainArgs) -> anyhow::Result<()> {
@@ -85,6 +94,8 @@ fn run_chain(args: ChainArgs) -> anyhow::Result<()> {
     config.listen = args.listen;
     config.premine = args.premine;
     config.fee_rate_sat_vb = args.fee_rate;
+    config.min_fee_rate_sat_vb = args.min_fee_rate;
+    config.max_block_vsize = args.max_block_vsize;
     let chain = RegtestChain::start_with(config).context("starting the regtest chain")?;
     println!("esplora: {}", chain.esplora_url());
     println!("tip height: {}, miner address: {}", chain.tip_height()?, chain.miner_address()?);

@@ -209,6 +209,7 @@ impl ApiClient {
             max_total_fee_sat: Some(max_total_fee_sat),
             max_route_cltv: None,
             min_confirmations: None,
+            conf_target: None,
             address: None,
         };
         let v: SwapOutResponse = self.post("/v1/swaps/out", &body).await?;
