@@ -79,11 +79,7 @@ pub fn offer() -> Offer {
 
 /// The context at the start: [`START_TIME`], [`START_HEIGHT`], 2 sat/vB.
 pub fn start_context() -> Context {
-    Context {
-        now_secs: START_TIME,
-        tip_height: START_HEIGHT,
-        fee_rate: FeeRate::from_sat_per_vb(2).unwrap(),
-    }
+    Context::new(START_TIME, START_HEIGHT, FeeRate::from_sat_per_vb(2).unwrap())
 }
 
 /// The buyer's limits in every target.

@@ -234,12 +234,13 @@ async fn info(
 ) -> Typed<InfoResponse> {
     let tip = s.engine.chain().tip_height().await.map_err(ApiError::chain)?;
     let open = s.engine.store().list_swaps(&SwapFilter::pending()).map_err(ApiError::internal)?;
-    let fee_rate = s
-        .engine
-        .chain()
-        .fee_rate(looper_protocol::swap::CLAIM_FEE_TARGET_BLOCKS)
-        .await
-        .map_err(ApiError::chain)?;
+    let estimates = s.engine.chain().fee_estimates().await.map_err(ApiError::chain)?;
+    let claim_target = s.engine.fee_settings().claim_target;
+    let fee_rate = estimates.rate_for(claim_target);
+    let fee_estimates_sat_vb = looper_protocol::fees::ESTIMATE_TARGETS
+        .iter()
+        .map(|t| (t.to_string(), estimates.rate_for(*t).to_sat_per_vb_ceil()))
+        .collect();
     Ok(Json(InfoResponse {
         network: s.network,
         api_version: API_VERSION,
@@ -251,6 +252,8 @@ async fn info(
         open_swaps: open.len() as u64,
         relays: facts.relays.clone(),
         fee_rate_sat_vb: fee_rate.to_sat_per_vb_ceil(),
+        fee_estimates_sat_vb,
+        claim_conf_target: claim_target,
     }))
 }
 
@@ -333,6 +336,10 @@ async fn swap_out(
         }
         None => None,
     };
+    if req.conf_target.is_some_and(|t| !(1..=crate::config::MAX_CONF_TARGET).contains(&t)) {
+        let max = crate::config::MAX_CONF_TARGET;
+        return Err(ApiError::bad("conf_target", format!("must be between 1 and {max} blocks")));
+    }
     let offer = match (req.offer, req.offer_id) {
         (Some(offer), id) => {
             if id.as_ref().is_some_and(|id| *id != offer.offer_id) {
@@ -380,6 +387,7 @@ async fn swap_out(
             .unwrap_or(defaults.max_total_fee_sat.min(ppm_limit)),
         max_route_cltv: req.max_route_cltv.unwrap_or(defaults.max_route_cltv),
         min_confirmations: req.min_confirmations.unwrap_or(defaults.min_confirmations),
+        claim_conf_target: req.conf_target.or(defaults.claim_conf_target),
         ..defaults
     };
     let id = s

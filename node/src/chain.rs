@@ -7,11 +7,13 @@
 //! RPC or Electrum source can implement the same trait later; the conformance tests implement it
 //! over a simulated chain.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bitcoin::{Amount, FeeRate, OutPoint, Script, Transaction, Txid};
+use looper_protocol::fees::{FeeEstimates, ESTIMATE_TARGETS};
 
 /// Where a transaction stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -182,6 +184,20 @@ pub trait ChainSource: Send + Sync {
     /// # Errors
     /// [`ChainError::Request`].
     async fn fee_rate(&self, target_blocks: u16) -> Result<FeeRate, ChainError>;
+
+    /// Fee rate estimates for every target of [`ESTIMATE_TARGETS`] (one request where the source
+    /// allows it; by default one [`ChainSource::fee_rate`] call per target).
+    ///
+    /// # Errors
+    /// [`ChainError::Request`].
+    async fn fee_estimates(&self) -> Result<FeeEstimates, ChainError> {
+        let mut rates = Vec::with_capacity(ESTIMATE_TARGETS.len());
+        for target in ESTIMATE_TARGETS {
+            rates.push(self.fee_rate(target).await?);
+        }
+        let mut rates = rates.into_iter();
+        Ok(FeeEstimates::from_fn(|_| rates.next().unwrap_or(FeeRate::BROADCAST_MIN)))
+    }
 }
 
 fn request_err(op: impl Into<String>) -> impl FnOnce(esplora_client::Error) -> ChainError {
@@ -371,18 +387,31 @@ impl ChainSource for EsploraChainSource {
     async fn fee_rate(&self, target_blocks: u16) -> Result<FeeRate, ChainError> {
         let estimates =
             self.client.get_fee_estimates().await.map_err(request_err("get fee estimates"))?;
-        let sat_vb = esplora_client::convert_fee_rate(usize::from(target_blocks.max(1)), estimates)
-            // No estimate at or below the target: take the nearest above it.
-            .filter(|r| r.is_finite() && *r > 0.0);
-        let rate = match sat_vb {
+        Ok(self.rate_for(target_blocks, &estimates))
+    }
+
+    async fn fee_estimates(&self) -> Result<FeeEstimates, ChainError> {
+        let estimates =
+            self.client.get_fee_estimates().await.map_err(request_err("get fee estimates"))?;
+        Ok(FeeEstimates::from_fn(|target| self.rate_for(target, &estimates)))
+    }
+}
+
+impl EsploraChainSource {
+    /// The rate of Esplora's `estimates` (sat/vB by target) for `target_blocks`, or the fallback.
+    fn rate_for(&self, target_blocks: u16, estimates: &HashMap<u16, f64>) -> FeeRate {
+        let sat_vb =
+            esplora_client::convert_fee_rate(usize::from(target_blocks.max(1)), estimates.clone())
+                // No estimate at or below the target: take the nearest above it.
+                .filter(|r| r.is_finite() && *r > 0.0);
+        match sat_vb {
             Some(r) => {
                 // sat/vB -> sat/kwu (1 vB = 4 wu), rounded up, at least 1 sat/vB.
                 let kwu = (f64::from(r) * 250.0).ceil().max(250.0);
                 FeeRate::from_sat_per_kwu(kwu as u64)
             }
             None => self.fallback_fee_rate,
-        };
-        Ok(rate)
+        }
     }
 }
 

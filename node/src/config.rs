@@ -59,6 +59,9 @@ pub const MIN_TIMEOUT_DELTA_BLOCKS: u32 = 144;
 /// blocks).
 pub const MAX_TIMEOUT_DELTA_BLOCKS: u32 = looper_protocol::messages::MAX_TIMEOUT_DELTA;
 
+/// Largest confirmation target accepted (a week of blocks).
+pub const MAX_CONF_TARGET: u16 = 1008;
+
 /// Largest `fees.max_fee_rate_sat_vb` accepted: a guard against typos that would burn money.
 pub const MAX_FEE_RATE_CAP_SAT_VB: u64 = 10_000;
 
@@ -219,10 +222,19 @@ pub struct BuyerConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FeeConfig {
-    /// Cap on every fee rate this node pays, in sat/vB (funding, claim, refund, wallet sends).
+    /// Cap on every fee rate this node pays, in sat/vB (funding, claim, refund, wallet sends),
+    /// except a claim close to its deadline, which may pay up to most of the HTLC rather than
+    /// lose it (spec `03-cooperative-spend.md`, "Fees and replacement").
     pub max_fee_rate_sat_vb: u64,
     /// Fee rate used when the chain source has no estimate (regtest), in sat/vB.
     pub fallback_fee_rate_sat_vb: u64,
+    /// Confirmation target of claims, in blocks (`looper out --conf-target` overrides it per
+    /// swap); it shortens as the claim's deadline nears.
+    pub claim_conf_target: u16,
+    /// Confirmation target of refunds, in blocks.
+    pub refund_conf_target: u16,
+    /// Confirmation target of HTLC fundings, in blocks.
+    pub funding_conf_target: u16,
 }
 
 /// Background sync intervals (`[sync]`), in seconds.
@@ -307,7 +319,13 @@ impl Default for BuyerConfig {
 
 impl Default for FeeConfig {
     fn default() -> Self {
-        FeeConfig { max_fee_rate_sat_vb: 200, fallback_fee_rate_sat_vb: 2 }
+        FeeConfig {
+            max_fee_rate_sat_vb: 200,
+            fallback_fee_rate_sat_vb: 2,
+            claim_conf_target: 9,
+            refund_conf_target: 9,
+            funding_conf_target: 6,
+        }
     }
 }
 
@@ -729,6 +747,18 @@ impl Config {
                 "fees.fallback_fee_rate_sat_vb",
                 "must be between 1 and fees.max_fee_rate_sat_vb",
             ));
+        }
+        for (key, target) in [
+            ("fees.claim_conf_target", f.claim_conf_target),
+            ("fees.refund_conf_target", f.refund_conf_target),
+            ("fees.funding_conf_target", f.funding_conf_target),
+        ] {
+            if !(1..=MAX_CONF_TARGET).contains(&target) {
+                return Err(invalid(
+                    key,
+                    format!("must be between 1 and {MAX_CONF_TARGET} blocks"),
+                ));
+            }
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ use crate::backup::{BackupKeys, BackupOptions, Backups, SHUTDOWN_FLUSH_TIMEOUT};
 use crate::chain::EsploraChainSource;
 use crate::config::Config;
 use crate::engine::io::{BdkSwapWallet, OsEntropy, SystemClock};
-use crate::engine::{Engine, EngineConfig, EngineParts};
+use crate::engine::{Engine, EngineConfig, EngineParts, FeeSettings};
 use crate::lightning::{storage_dir, LdkConfig, LdkLightning, Lightning};
 use crate::nostr::{NostrTransport, ProcessedEvents, ProcessedStoreError, TransportConfig};
 use crate::seed::{load_or_create_seed, read_mnemonic, ApiToken, NodeKeys, SeedOrigin};
@@ -219,6 +219,11 @@ impl LooperNode {
                     .seller
                     .enabled
                     .then_some(config.seller.max_concurrent_swaps),
+                fees: FeeSettings {
+                    claim_target: config.fees.claim_conf_target,
+                    refund_target: config.fees.refund_conf_target,
+                    funding_target: config.fees.funding_conf_target,
+                },
                 ..EngineConfig::default()
             },
         })
@@ -266,6 +271,7 @@ impl LooperNode {
                 min_claim_margin: self.config.buyer.min_claim_margin,
                 // Claims are never priced above the node's fee-rate cap.
                 max_claim_fee_rate_sat_vb: self.config.fees.max_fee_rate_sat_vb,
+                claim_conf_target: None,
             },
             buyer_max_fee_ppm: Some(self.config.buyer.max_total_fee_ppm),
         };

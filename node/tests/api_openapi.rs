@@ -296,6 +296,8 @@ fn api_types_match_schemas() {
             open_swaps: 0,
             relays: vec!["ws://127.0.0.1:7777".into()],
             fee_rate_sat_vb: 2,
+            fee_estimates_sat_vb: [("1".to_string(), 5), ("9".to_string(), 2)].into(),
+            claim_conf_target: 9,
         }],
         seen,
     );
@@ -329,6 +331,7 @@ fn api_types_match_schemas() {
             max_total_fee_sat: Some(3_000),
             max_route_cltv: Some(200),
             min_confirmations: Some(2),
+            conf_target: Some(6),
             address: Some("bcrt1q".into()),
         }],
         seen,

@@ -52,11 +52,7 @@ fn offer() -> Offer {
 /// A real buyer record (the protocol's bytes) with swap id `[n; 32]` and key index `index`.
 fn buyer_record(n: u8, index: u32, updated_at: u64) -> SwapRecord {
     let keys = SwapKeys::derive(&node_keys().swap_master().unwrap(), index).unwrap();
-    let ctx = Context {
-        now_secs: 1_700_000_000,
-        tip_height: 200,
-        fee_rate: bitcoin::FeeRate::from_sat_per_vb_u32(2),
-    };
+    let ctx = Context::new(1_700_000_000, 200, bitcoin::FeeRate::from_sat_per_vb_u32(2));
     let start = BuyerStart {
         swap_id: SwapId([n; 32]),
         peer: "11".repeat(32),

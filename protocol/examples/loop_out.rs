@@ -53,11 +53,7 @@ fn main() -> Res<()> {
     let master = |tag: u8| Xpriv::new_master(Network::Regtest, &[tag; 32]);
     let wallet = |keys: &SwapKeys| ScriptBuf::new_p2tr(&secp, keys.claim_pubkey(), None);
     let ln_key = SecretKey::from_slice(&[7; 32])?;
-    let ctx = Context {
-        now_secs: 1_700_000_000,
-        tip_height: 1_000,
-        fee_rate: FeeRate::from_sat_per_vb(2).ok_or("fee rate")?,
-    };
+    let ctx = Context::new(1_700_000_000, 1_000, FeeRate::from_sat_per_vb(2).ok_or("fee rate")?);
     // The seller's offer (found on Nostr in real life).
     let offer = Offer {
         version: 1,

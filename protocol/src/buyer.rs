@@ -10,10 +10,11 @@ use core::time::Duration;
 
 use bitcoin::hashes::Hash;
 use bitcoin::secp256k1::{PublicKey, XOnlyPublicKey};
-use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, Txid};
+use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, Txid};
 use lightning_invoice::Bolt11Invoice;
 use serde::{Deserialize, Serialize};
 
+use crate::fees::{spend_fee_rate, Outstanding, SpendFee, DEADLINE_SAFETY_BLOCKS};
 use crate::htlc::{Htlc, HtlcParams, HtlcSpendPath};
 use crate::keys::SwapKeys;
 use crate::messages::{
@@ -22,10 +23,12 @@ use crate::messages::{
 };
 use crate::musig::Signer;
 use crate::shared::{
-    core_accessors, internal, persist_first, spend_is_ours, swap_api, variant_field, Actions,
-    CoreRecord, Ephemeral, Live, Rng,
+    core_accessors, internal, outstanding, persist_first, spend_is_ours, swap_api, variant_field,
+    Actions, CoreRecord, Ephemeral, Live, Rng,
 };
-use crate::spend::{HtlcInput, SpendPath, SpendTx, CLAIM_SCRIPT_PATH_VBYTES};
+use crate::spend::{
+    HtlcInput, SpendPath, SpendTx, CLAIM_SCRIPT_PATH_VBYTES, KEY_PATH_SPEND_VBYTES,
+};
 use crate::swap::{
     confirmations, Action, Context, Event, HtlcStatus, Inbox, Notification, Outbox, PaymentStatus,
     StateKind, SwapError, TxPurpose, COOP_TIMEOUT_SECS, DEFAULT_CLAIM_MARGIN, TIMEOUT_SLACK_BLOCKS,
@@ -289,10 +292,14 @@ pub enum BuyerState {
         htlc: HtlcOutput,
         /// The preimage.
         preimage: Preimage,
-        /// The claim.
+        /// The claim (the latest replacement).
         claim_tx: Transaction,
         /// Its path.
         purpose: TxPurpose,
+        /// The tip height when this version went out (a replacement is considered once a block
+        /// came without it).
+        #[serde(default)]
+        sent_height: u32,
     },
     /// The claim confirmed.
     Claimed {
@@ -381,6 +388,10 @@ pub struct BuyerPolicy {
     /// script-path claim at this rate would leave at or below dust is refused.
     #[serde(default = "default_max_claim_fee_rate")]
     pub max_claim_fee_rate_sat_vb: u64,
+    /// The claim's confirmation target in blocks (`None`: the node's, [`crate::fees::Fees::claim_target`]).
+    /// It shortens as the deadline nears ([`crate::fees`]).
+    #[serde(default)]
+    pub claim_conf_target: Option<u16>,
 }
 
 /// Default of [`BuyerPolicy::min_claim_margin`]: [`DEFAULT_CLAIM_MARGIN`] blocks.
@@ -405,6 +416,7 @@ impl Default for BuyerPolicy {
             min_confirmations: 1,
             min_claim_margin: DEFAULT_MIN_CLAIM_MARGIN,
             max_claim_fee_rate_sat_vb: DEFAULT_MAX_CLAIM_FEE_RATE_SAT_VB,
+            claim_conf_target: None,
         }
     }
 }
@@ -633,6 +645,28 @@ impl BuyerSwap {
     /// the buyer's own floor.
     fn claim_margin(&self) -> u32 {
         self.rec.core.offer.claim_margin.max(self.rec.policy.min_claim_margin)
+    }
+
+    /// The fee rate of a claim of `vsize` built now (`outstanding: None`) or replacing the one
+    /// that is out; `None`: keep it. The deadline is the timeout minus
+    /// [`DEADLINE_SAFETY_BLOCKS`] ([`crate::fees`]).
+    fn claim_fee_rate(
+        &self,
+        ctx: &Context,
+        vsize: u64,
+        outstanding: Option<Outstanding>,
+    ) -> Option<FeeRate> {
+        let terms = self.rec.state.terms()?;
+        let deadline = terms.htlc_params.timeout_height.saturating_sub(DEADLINE_SAFETY_BLOCKS);
+        let spend = SpendFee {
+            value_sat: terms.quote.htlc_amount_sat,
+            vsize,
+            target: self.rec.policy.claim_conf_target.unwrap_or(ctx.fees.claim_target),
+            blocks_left: Some(deadline.saturating_sub(ctx.tip_height)),
+            cap: FeeRate::from_sat_per_vb(self.rec.policy.max_claim_fee_rate_sat_vb)
+                .unwrap_or(FeeRate::MAX),
+        };
+        spend_fee_rate(&ctx.fees.estimates, &spend, outstanding)
     }
 
     fn htlc(&self) -> Result<Htlc, SwapError> {
@@ -904,7 +938,7 @@ impl BuyerSwap {
                     return Ok(Vec::new());
                 };
                 match signed {
-                    Ok(spend) => self.broadcast_claim(spend, TxPurpose::CooperativeClaim),
+                    Ok(spend) => self.broadcast_claim(spend, TxPurpose::CooperativeClaim, ctx),
                     Err(reason) => {
                         let mut actions =
                             vec![Action::Notify(Notification::CooperationFailed { reason })];
@@ -1364,13 +1398,14 @@ impl BuyerSwap {
         }
         let (terms, output, preimage, attempts) =
             (terms.clone(), htlc.clone(), preimage.clone(), *coop_attempts);
+        let rate = self.claim_fee_rate(ctx, KEY_PATH_SPEND_VBYTES, None).unwrap_or(ctx.fee_rate);
         let (tx_hex, buyer_nonce) = self.live.start_coop(
             &self.htlc()?,
             Signer::Buyer,
             output.outpoint,
             terms.quote.htlc_amount_sat,
             self.rec.claim_destination.clone(),
-            ctx.fee_rate,
+            rate,
             rng,
         )?;
         let request = CoopClaimRequest { tx_hex, buyer_nonce, preimage: Some(preimage.clone()) };
@@ -1386,28 +1421,41 @@ impl BuyerSwap {
     }
 
     fn script_claim(&mut self, ctx: &Context) -> Actions {
-        let BuyerState::Claiming { terms, htlc: output, preimage, .. } = &self.rec.state else {
+        let BuyerState::Claiming { .. } = &self.rec.state else {
             return Ok(Vec::new());
         };
-        let (amount, outpoint, preimage) =
-            (terms.quote.htlc_amount_sat, output.outpoint, preimage.clone());
         self.live.coop = Ephemeral(None);
-        let htlc = self.htlc()?;
-        let input = HtlcInput {
-            htlc,
-            outpoint,
-            amount: Amount::from_sat(amount),
-            path: SpendPath::ClaimScript,
-        };
-        let mut spend =
-            SpendTx::build(vec![input], self.rec.claim_destination.clone(), ctx.fee_rate)
-                .map_err(internal)?;
-        let claim_key = *self.keys().claim();
-        spend.sign_claim_script(0, &claim_key, &preimage).map_err(internal)?;
-        self.broadcast_claim(spend, TxPurpose::ScriptClaim)
+        let rate = self.claim_fee_rate(ctx, CLAIM_SCRIPT_PATH_VBYTES, None).unwrap_or(ctx.fee_rate);
+        let spend = self.signed_script_claim(rate)?;
+        self.broadcast_claim(spend, TxPurpose::ScriptClaim, ctx)
     }
 
-    fn broadcast_claim(&mut self, spend: SpendTx, purpose: TxPurpose) -> Actions {
+    /// The script-path claim at `rate`, signed.
+    fn signed_script_claim(&self, rate: FeeRate) -> Result<SpendTx, SwapError> {
+        let (Some(terms), Some(output)) = (self.rec.state.terms(), self.rec.state.htlc_output())
+        else {
+            return Err(SwapError::Internal("no htlc to claim".into()));
+        };
+        let preimage = match &self.rec.state {
+            BuyerState::Claiming { preimage, .. } | BuyerState::ClaimBroadcast { preimage, .. } => {
+                preimage.clone()
+            }
+            _ => return Err(SwapError::Internal("no preimage to claim with".into())),
+        };
+        let input = HtlcInput {
+            htlc: self.htlc()?,
+            outpoint: output.outpoint,
+            amount: Amount::from_sat(terms.quote.htlc_amount_sat),
+            path: SpendPath::ClaimScript,
+        };
+        let mut spend = SpendTx::build(vec![input], self.rec.claim_destination.clone(), rate)
+            .map_err(internal)?;
+        let claim_key = *self.keys().claim();
+        spend.sign_claim_script(0, &claim_key, &preimage).map_err(internal)?;
+        Ok(spend)
+    }
+
+    fn broadcast_claim(&mut self, spend: SpendTx, purpose: TxPurpose, ctx: &Context) -> Actions {
         let BuyerState::Claiming { terms, htlc, preimage, .. } = &self.rec.state else {
             return Ok(Vec::new());
         };
@@ -1420,8 +1468,37 @@ impl BuyerSwap {
             preimage,
             claim_tx: tx.clone(),
             purpose,
+            sent_height: ctx.tip_height,
         })?;
         Ok(self.live.broadcast(tx, purpose, fee_sat))
+    }
+
+    /// In `ClaimBroadcast`, at a tick: when a block came without our claim and the fee rule
+    /// asks for more ([`crate::fees`]), a script-path claim paying more replaces it (the
+    /// cooperative one too: a new MuSig2 round would wait on the seller when time is short).
+    /// Persisted before it is broadcast. `None`: keep the claim that is out.
+    fn bump_claim(&mut self, ctx: &Context) -> Option<Actions> {
+        let BuyerState::ClaimBroadcast { terms, claim_tx, sent_height, .. } = &self.rec.state
+        else {
+            return None;
+        };
+        let value_sat = terms.quote.htlc_amount_sat;
+        let out = outstanding(claim_tx, value_sat, *sent_height, ctx.tip_height);
+        let rate = self.claim_fee_rate(ctx, CLAIM_SCRIPT_PATH_VBYTES, Some(out))?;
+        let replaces = claim_tx.compute_txid();
+        let result = self.signed_script_claim(rate).and_then(|spend| {
+            let fee_sat = spend.fee().to_sat();
+            let tx = spend.finalize().map_err(internal)?;
+            if let BuyerState::ClaimBroadcast { claim_tx, purpose, sent_height, .. } =
+                &mut self.rec.state
+            {
+                *claim_tx = tx.clone();
+                *purpose = TxPurpose::ScriptClaim;
+                *sent_height = ctx.tip_height;
+            }
+            Ok(self.live.replace(tx, replaces, TxPurpose::ScriptClaim, fee_sat))
+        });
+        Some(result)
     }
 
     /// A `coop_refund_request`: never after paying; before, only once the Lightning node says no
@@ -1574,9 +1651,20 @@ impl BuyerSwap {
                 Ok(Vec::new())
             }
             BuyerState::ClaimBroadcast { claim_tx, purpose, .. } => {
+                let (claim_tx, purpose) = (claim_tx.clone(), *purpose);
+                match self.bump_claim(ctx) {
+                    Some(Ok(bumped)) => return Ok(bumped),
+                    Some(Err(e)) => {
+                        // The claim that is out stays out (rebroadcast below).
+                        let mut actions = self.stall_on_error(Err(e));
+                        actions.extend(self.live.rebroadcast(ctx.tip_height, &claim_tx, purpose));
+                        return Ok(actions);
+                    }
+                    None => {}
+                }
                 // Once per block until it confirms: a dropped claim, or one whose HTLC was
                 // reorganised out and came back, goes out again.
-                Ok(self.live.rebroadcast(ctx.tip_height, claim_tx, *purpose))
+                Ok(self.live.rebroadcast(ctx.tip_height, &claim_tx, purpose))
             }
             _ => Ok(Vec::new()),
         }

@@ -51,6 +51,7 @@
 
 pub mod buyer;
 pub mod diagrams;
+pub mod fees;
 pub mod htlc;
 pub mod keys;
 pub mod messages;

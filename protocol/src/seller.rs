@@ -7,9 +7,10 @@
 //!                        '-> Aborted
 //! ```
 
-use bitcoin::{Amount, OutPoint, ScriptBuf, Transaction, Txid};
+use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, Txid};
 use serde::{Deserialize, Serialize};
 
+use crate::fees::{spend_fee_rate, Outstanding, SpendFee};
 use crate::htlc::{Htlc, HtlcParams, HtlcSpendPath};
 use crate::keys::SwapKeys;
 use crate::messages::{
@@ -18,9 +19,10 @@ use crate::messages::{
 };
 use crate::musig::Signer;
 use crate::shared::{
-    core_accessors, internal, spend_is_ours, swap_api, variant_field, Actions, CoreRecord,
-    Ephemeral, Live, Rng,
+    core_accessors, internal, outstanding, spend_is_ours, swap_api, variant_field, Actions,
+    CoreRecord, Ephemeral, Live, Rng,
 };
+use crate::spend::{KEY_PATH_SPEND_VBYTES, REFUND_SCRIPT_PATH_VBYTES};
 use crate::swap::{
     Action, Context, Event, Inbox, Notification, Outbox, PaymentStatus, SwapError, TxPurpose,
     COOP_TIMEOUT_SECS, SECS_PER_BLOCK,
@@ -119,10 +121,14 @@ pub enum SellerState {
     Refunding {
         /// The HTLC.
         funding: Funding,
-        /// The refund.
+        /// The refund (the latest replacement).
         refund_tx: Transaction,
         /// Which path.
         purpose: TxPurpose,
+        /// The tip height when this version went out (a replacement is considered once a block
+        /// came without it).
+        #[serde(default)]
+        sent_height: u32,
     },
     /// The refund confirmed.
     Refunded {
@@ -744,9 +750,13 @@ impl SellerSwap {
                     spend.finalize().map(|tx| (tx, fee_sat)).map_err(|e| e.to_string())
                 });
                 match signed {
-                    Ok((tx, fee_sat)) => {
-                        self.broadcast_refund(funding, tx, fee_sat, TxPurpose::CooperativeRefund)
-                    }
+                    Ok((tx, fee_sat)) => self.broadcast_refund(
+                        funding,
+                        tx,
+                        fee_sat,
+                        TxPurpose::CooperativeRefund,
+                        ctx,
+                    ),
                     Err(reason) => {
                         self.go(SellerState::Funded {
                             invoice,
@@ -841,13 +851,14 @@ impl SellerSwap {
             (invoice.clone(), funding.clone(), refund_attempts.saturating_add(1));
         let (amount_sat, destination) =
             (self.rec.quote.htlc_amount_sat, self.rec.refund_destination.clone());
+        let rate = self.refund_fee_rate(ctx, KEY_PATH_SPEND_VBYTES, None).unwrap_or(ctx.fee_rate);
         let (tx_hex, seller_nonce) = self.live.start_coop(
             &self.htlc,
             Signer::Seller,
             funding.outpoint,
             amount_sat,
             destination,
-            ctx.fee_rate,
+            rate,
             rng,
         )?;
         let request = CoopRefundRequest { tx_hex, seller_nonce };
@@ -867,9 +878,84 @@ impl SellerSwap {
         refund_tx: Transaction,
         fee_sat: u64,
         purpose: TxPurpose,
+        ctx: &Context,
     ) -> Actions {
-        self.go(SellerState::Refunding { funding, refund_tx: refund_tx.clone(), purpose })?;
+        let sent_height = ctx.tip_height;
+        self.go(SellerState::Refunding {
+            funding,
+            refund_tx: refund_tx.clone(),
+            purpose,
+            sent_height,
+        })?;
         Ok(self.live.broadcast(refund_tx, purpose, fee_sat))
+    }
+
+    /// The fee rate of a refund of `vsize` built now (`outstanding: None`) or replacing the one
+    /// that is out; `None`: keep it. A refund has no deadline (only the seller can take the
+    /// HTLC back): its rate follows the estimate for the refund target under the node's cap.
+    fn refund_fee_rate(
+        &self,
+        ctx: &Context,
+        vsize: u64,
+        outstanding: Option<Outstanding>,
+    ) -> Option<FeeRate> {
+        let spend = SpendFee {
+            value_sat: self.rec.quote.htlc_amount_sat,
+            vsize,
+            target: ctx.fees.refund_target,
+            blocks_left: None,
+            cap: ctx.fees.max_rate,
+        };
+        spend_fee_rate(&ctx.fees.estimates, &spend, outstanding)
+    }
+
+    /// The script-path refund at `rate` (valid from the timeout on).
+    fn script_refund(
+        &self,
+        funding: &Funding,
+        rate: FeeRate,
+    ) -> Result<(Transaction, u64), SwapError> {
+        let keys = self.keys();
+        let tx = crate::spend::refund_script_path(
+            &self.htlc,
+            funding.outpoint,
+            Amount::from_sat(self.rec.quote.htlc_amount_sat),
+            keys.refund(),
+            self.rec.refund_destination.clone(),
+            rate,
+        )
+        .map_err(internal)?;
+        let fee_sat = crate::shared::spend_fee(&tx, self.rec.quote.htlc_amount_sat);
+        Ok((tx, fee_sat))
+    }
+
+    /// In `Refunding`, at a tick from the timeout on: when a block came without our refund and
+    /// the fee rule asks for more, a script-path refund paying more replaces it (a cooperative
+    /// one too). Before the timeout a cooperative refund is only rebroadcast. Persisted before
+    /// it is broadcast. `None`: keep the refund that is out.
+    fn bump_refund(&mut self, ctx: &Context) -> Option<Actions> {
+        let SellerState::Refunding { funding, refund_tx, sent_height, .. } = &self.rec.state else {
+            return None;
+        };
+        if ctx.tip_height < self.rec.htlc_params.timeout_height {
+            return None;
+        }
+        let value_sat = self.rec.quote.htlc_amount_sat;
+        let out = outstanding(refund_tx, value_sat, *sent_height, ctx.tip_height);
+        let rate = self.refund_fee_rate(ctx, REFUND_SCRIPT_PATH_VBYTES, Some(out))?;
+        let replaces = refund_tx.compute_txid();
+        let funding = funding.clone();
+        let result = self.script_refund(&funding, rate).map(|(tx, fee_sat)| {
+            if let SellerState::Refunding { refund_tx, purpose, sent_height, .. } =
+                &mut self.rec.state
+            {
+                *refund_tx = tx.clone();
+                *purpose = TxPurpose::ScriptRefund;
+                *sent_height = ctx.tip_height;
+            }
+            self.live.replace(tx, replaces, TxPurpose::ScriptRefund, fee_sat)
+        });
+        Some(result)
     }
 
     fn handle_tick(&mut self, ctx: &Context, rng: &mut impl Rng) -> Actions {
@@ -898,23 +984,11 @@ impl SellerSwap {
                 if ctx.tip_height >= self.rec.htlc_params.timeout_height =>
             {
                 let funding = funding.clone();
-                let htlc = self.htlc.clone();
-                let keys = self.keys();
-                let tx = crate::spend::refund_script_path(
-                    &htlc,
-                    funding.outpoint,
-                    Amount::from_sat(self.rec.quote.htlc_amount_sat),
-                    keys.refund(),
-                    self.rec.refund_destination.clone(),
-                    ctx.fee_rate,
-                )
-                .map_err(internal)?;
-                let fee_sat = self
-                    .rec
-                    .quote
-                    .htlc_amount_sat
-                    .saturating_sub(tx.output.iter().map(|o| o.value.to_sat()).sum());
-                self.broadcast_refund(funding, tx, fee_sat, TxPurpose::ScriptRefund)
+                let rate = self
+                    .refund_fee_rate(ctx, REFUND_SCRIPT_PATH_VBYTES, None)
+                    .unwrap_or(ctx.fee_rate);
+                let (tx, fee_sat) = self.script_refund(&funding, rate)?;
+                self.broadcast_refund(funding, tx, fee_sat, TxPurpose::ScriptRefund, ctx)
             }
             SellerState::AwaitingInvoice | SellerState::Accepted { .. }
                 if ctx.tip_height.saturating_add(self.rec.core.offer.claim_margin)
@@ -946,14 +1020,20 @@ impl SellerSwap {
             SellerState::Funded { funding, .. } if funding.confirmed_height.is_none() => {
                 Ok(self.live.rebroadcast(ctx.tip_height, &funding.tx, TxPurpose::Funding))
             }
-            SellerState::Refunding { funding, refund_tx, purpose } => {
+            SellerState::Refunding { funding, refund_tx, purpose, .. } => {
                 // A funding that never reached the chain (its broadcasts failed) goes out again
                 // before the refund that spends it: without it the refund is refused forever.
                 let parent = (funding.confirmed_height.is_none()).then(|| Action::Broadcast {
                     tx: funding.tx.clone(),
                     purpose: TxPurpose::Funding,
                 });
-                let refund = self.live.rebroadcast(ctx.tip_height, refund_tx, *purpose);
+                let (refund_tx, purpose) = (refund_tx.clone(), *purpose);
+                // A replacement that cannot be built (dust at that rate) leaves the refund
+                // that is out.
+                let refund = match self.bump_refund(ctx) {
+                    Some(Ok(bumped)) => bumped,
+                    _ => self.live.rebroadcast(ctx.tip_height, &refund_tx, purpose),
+                };
                 if refund.is_empty() {
                     return Ok(refund);
                 }

@@ -9,6 +9,7 @@ use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction};
 use musig2::BinaryEncoding;
 use serde::{Deserialize, Serialize};
 
+use crate::fees::Outstanding;
 use crate::htlc::{Htlc, HtlcSpendPath};
 use crate::keys::SwapKeys;
 use crate::messages::{
@@ -477,6 +478,26 @@ impl Live {
         vec![Action::Persist, Action::Broadcast { tx, purpose }, note]
     }
 
+    /// The actions broadcasting `tx`, which replaces `replaces` (the state already moved and
+    /// holds `tx`): persist, broadcast, tell the user.
+    pub(crate) fn replace(
+        &mut self,
+        tx: Transaction,
+        replaces: bitcoin::Txid,
+        purpose: TxPurpose,
+        fee_sat: u64,
+    ) -> Vec<Action> {
+        self.broadcast_height = 0;
+        let note = Action::Notify(Notification::Replaced {
+            txid: tx.compute_txid(),
+            replaces,
+            purpose,
+            fee_sat,
+            vsize: tx.vsize() as u64,
+        });
+        vec![Action::Persist, Action::Broadcast { tx, purpose }, note]
+    }
+
     /// A [`Action::Broadcast`] of `tx` when the tip moved past the last broadcast (once per
     /// block). Right after a broadcast it only records the tip.
     pub(crate) fn rebroadcast(
@@ -494,6 +515,25 @@ impl Live {
         }
         self.broadcast_height = tip_height;
         vec![Action::Broadcast { tx: tx.clone(), purpose }]
+    }
+}
+
+/// The fee `tx` pays spending `value_sat` (the HTLC).
+pub(crate) fn spend_fee(tx: &Transaction, value_sat: u64) -> u64 {
+    value_sat.saturating_sub(tx.output.iter().map(|o| o.value.to_sat()).sum())
+}
+
+/// How the version of our spend that is out stands, for [`crate::fees::spend_fee_rate`]: the
+/// rate `tx` pays and the blocks found since it went out at `sent_height`.
+pub(crate) fn outstanding(
+    tx: &Transaction,
+    value_sat: u64,
+    sent_height: u32,
+    tip: u32,
+) -> Outstanding {
+    Outstanding {
+        rate: crate::fees::rate_of(spend_fee(tx, value_sat), tx.vsize() as u64),
+        stuck_blocks: tip.saturating_sub(sent_height),
     }
 }
 

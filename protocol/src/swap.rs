@@ -9,6 +9,7 @@
 use bitcoin::{OutPoint, ScriptBuf, Transaction, Txid};
 use serde::{Deserialize, Serialize};
 
+use crate::fees::Fees;
 use crate::messages::{AbortReason, Envelope, ErrorMessage, Message, PROTOCOL_VERSION};
 use crate::terms::Quote;
 use crate::types::{PaymentHash, Preimage, SwapId};
@@ -24,8 +25,8 @@ pub const MAX_EARLY_MESSAGES: usize = 16;
 pub const TIMEOUT_SLACK_BLOCKS: u32 = 6;
 /// Seconds per block used to bound invoice expiry by the time left to the timeout.
 pub const SECS_PER_BLOCK: u64 = 600;
-/// Target in blocks for claim and refund fees.
-pub const CLAIM_FEE_TARGET_BLOCKS: u16 = 9;
+/// Target in blocks for claim and refund fees (the default of [`Fees`]'s targets).
+pub const CLAIM_FEE_TARGET_BLOCKS: u16 = crate::fees::DEFAULT_SPEND_TARGET;
 
 /// Time and chain tip, passed to every call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,9 +35,19 @@ pub struct Context {
     pub now_secs: u64,
     /// Height of the best block.
     pub tip_height: u32,
-    /// Fee rate for claims and refunds built now (the node's estimate for
-    /// [`CLAIM_FEE_TARGET_BLOCKS`], capped by its configuration).
+    /// Fee rate for fundings built now (the node's estimate for its funding target, capped by
+    /// its configuration).
     pub fee_rate: bitcoin::FeeRate,
+    /// The estimates, cap and targets claims and refunds are priced with
+    /// ([`crate::fees::spend_fee_rate`]).
+    pub fees: Fees,
+}
+
+impl Context {
+    /// A context where every estimate and the cap are `fee_rate`, with the default targets.
+    pub fn new(now_secs: u64, tip_height: u32, fee_rate: bitcoin::FeeRate) -> Self {
+        Self { now_secs, tip_height, fee_rate, fees: Fees::flat(fee_rate) }
+    }
 }
 
 /// Coarse outcome of a state, as Loop and PeerSwap show it.
@@ -190,7 +201,7 @@ pub enum HtlcStatus {
 }
 
 /// What a transaction is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum TxPurpose {
@@ -336,6 +347,20 @@ pub enum Notification {
     Broadcast {
         /// Its id.
         txid: Txid,
+        /// What it is.
+        purpose: TxPurpose,
+        /// Its fee.
+        fee_sat: u64,
+        /// Its size.
+        vsize: u64,
+    },
+    /// A claim or refund that did not confirm was replaced by one paying a higher fee rate
+    /// (BIP-125; the replacement is persisted before it is broadcast).
+    Replaced {
+        /// The replacement's id.
+        txid: Txid,
+        /// The transaction it replaces.
+        replaces: Txid,
         /// What it is.
         purpose: TxPurpose,
         /// Its fee.

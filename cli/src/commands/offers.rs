@@ -144,14 +144,30 @@ pub fn quote(offer: &Offer, amount: u64, fee_rate: u64) -> Option<Quote> {
     })
 }
 
-/// The fee rate for the claim estimate: the flag, else the node's `fee_rate_sat_vb` in
-/// `/v1/info`, else [`FALLBACK_FEE_RATE_SAT_VB`].
-pub async fn claim_fee_rate(client: &Client, flag: Option<u64>) -> CliResult<u64> {
+/// The fee rate for the claim estimate: the flag, else the node's estimate for `conf_target`
+/// (default: the node's claim target) in `/v1/info`, else [`FALLBACK_FEE_RATE_SAT_VB`]. Returns
+/// the rate and the target it is for (`None` when the flag set the rate).
+pub async fn claim_fee_rate(
+    client: &Client,
+    flag: Option<u64>,
+    conf_target: Option<u16>,
+) -> CliResult<(u64, Option<u16>)> {
     if let Some(r) = flag {
-        return Ok(r);
+        return Ok((r, None));
     }
     let info: InfoResponse = client.get("/v1/info", "get the node's info").await?;
-    Ok(Some(info.fee_rate_sat_vb).filter(|r| *r > 0).unwrap_or(FALLBACK_FEE_RATE_SAT_VB))
+    let target = conf_target.or(Some(info.claim_conf_target).filter(|t| *t > 0));
+    // The estimate of the longest listed target not above ours (the protocol's rule).
+    let estimate = target.and_then(|t| {
+        info.fee_estimates_sat_vb
+            .iter()
+            .filter_map(|(k, v)| Some((k.parse::<u16>().ok()?, *v)))
+            .filter(|(k, _)| *k <= t)
+            .max_by_key(|(k, _)| *k)
+            .map(|(_, v)| v)
+    });
+    let rate = estimate.or(Some(info.fee_rate_sat_vb)).filter(|r| *r > 0);
+    Ok((rate.unwrap_or(FALLBACK_FEE_RATE_SAT_VB), target))
 }
 
 /// `GET /v1/offers/discover?amount_sat=N`, with quotes, best (cheapest) first.
@@ -192,7 +208,7 @@ pub async fn discover(ctx: &Ctx, args: &OffersArgs) -> CliResult<()> {
         ));
     };
     let client = ctx.client()?;
-    let rate = claim_fee_rate(&client, args.fee_rate).await?;
+    let (rate, _) = claim_fee_rate(&client, args.fee_rate, None).await?;
     let list = fetch(&client, amount, rate).await?;
     if ctx.json() {
         print_json(&json!({

@@ -31,17 +31,25 @@ pub struct OutArgs {
     /// checks that it is for its network.
     #[arg(long, value_name = "ADDR", value_parser = parse_address)]
     pub address: Option<String>,
-    /// Fee rate for the claim fee estimate, in sat/vB (default: the node's estimate if
-    /// it gives one, else 2).
+    /// Fee rate for the claim fee estimate, in sat/vB (default: the node's estimate for the
+    /// claim's confirmation target if it gives one, else 2).
     #[arg(long, value_name = "SAT_PER_VB", value_parser = parse_sat)]
     pub fee_rate: Option<u64>,
+    /// Confirmation target of the claim, in blocks (default: the node's
+    /// `fees.claim_conf_target`, 9). It shortens as the claim's deadline nears, and the claim is
+    /// replaced with a higher fee when it does not confirm.
+    #[arg(long, value_name = "BLOCKS", value_parser = clap::value_parser!(u16).range(1..=1008), conflicts_with = "fast")]
+    pub conf_target: Option<u16>,
+    /// Claim as fast as possible: `--conf-target 2` (costs more).
+    #[arg(long)]
+    pub fast: bool,
     /// Do not ask for confirmation.
     #[arg(long, short = 'y')]
     pub yes: bool,
 }
 
 /// The quote shown before asking.
-pub fn render_quote(c: &Candidate, q: &Quote) -> String {
+pub fn render_quote(c: &Candidate, q: &Quote, conf_target: Option<u16>) -> String {
     let mut out = format!(
         "Loop out {} from offer {} (seller {})\n",
         sat(q.amount_sat),
@@ -54,11 +62,18 @@ pub fn render_quote(c: &Candidate, q: &Quote) -> String {
         ("  funding fee", sat(q.funding_fee_sat)),
         (
             "  claim fee (est.)",
-            format!(
-                "{} ({CLAIM_VSIZE_VB} vB x {} sat/vB)",
-                sat(q.claim_fee_sat),
-                q.fee_rate_sat_vb
-            ),
+            match conf_target {
+                Some(t) => format!(
+                    "{} ({CLAIM_VSIZE_VB} vB x {} sat/vB, target {t} blocks)",
+                    sat(q.claim_fee_sat),
+                    q.fee_rate_sat_vb
+                ),
+                None => format!(
+                    "{} ({CLAIM_VSIZE_VB} vB x {} sat/vB)",
+                    sat(q.claim_fee_sat),
+                    q.fee_rate_sat_vb
+                ),
+            },
         ),
         ("you pay (Lightning)", sat(q.pay_sat())),
         ("you receive (on-chain)", sat(q.receive_sat())),
@@ -72,10 +87,14 @@ pub fn render_quote(c: &Candidate, q: &Quote) -> String {
     out
 }
 
+/// The claim's confirmation target with `--fast`.
+pub const FAST_CONF_TARGET: u16 = 2;
+
 /// Runs `looper out`.
 pub async fn out(ctx: &Ctx, args: &OutArgs) -> CliResult<()> {
     let client = ctx.client()?;
-    let rate = claim_fee_rate(&client, args.fee_rate).await?;
+    let conf_target = if args.fast { Some(FAST_CONF_TARGET) } else { args.conf_target };
+    let (rate, shown_target) = claim_fee_rate(&client, args.fee_rate, conf_target).await?;
     let list = fetch(&client, args.amount, rate).await?;
     let amount = args.amount;
     let chosen = match &args.offer {
@@ -112,11 +131,13 @@ pub async fn out(ctx: &Ctx, args: &OutArgs) -> CliResult<()> {
         }
     }
     if ctx.json() {
+        let mut q = quote.to_json();
+        q["conf_target"] = json!(shown_target);
         print_json_line(&json!({
-            "type": "quote", "seller": chosen.seller, "offer_id": offer_id, "quote": quote.to_json(),
+            "type": "quote", "seller": chosen.seller, "offer_id": offer_id, "quote": q,
         }));
     } else {
-        print!("{}", render_quote(chosen, &quote));
+        print!("{}", render_quote(chosen, &quote, shown_target));
     }
     confirm("Take this offer?", args.yes)?;
 
@@ -129,6 +150,7 @@ pub async fn out(ctx: &Ctx, args: &OutArgs) -> CliResult<()> {
         max_total_fee_sat: args.max_total_fee,
         max_route_cltv: None,
         min_confirmations: None,
+        conf_target,
         address: args.address.clone(),
     };
     let v: SwapOutResponse =

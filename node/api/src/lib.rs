@@ -96,8 +96,15 @@ pub struct InfoResponse {
     pub open_swaps: u64,
     /// The Nostr relays the node uses.
     pub relays: Vec<String>,
-    /// The fee rate claims and refunds would use now (sat/vB, rounded up).
+    /// The fee rate a claim would use now at the node's claim target (sat/vB, rounded up).
     pub fee_rate_sat_vb: u64,
+    /// The chain's fee-rate estimates now, by confirmation target in blocks (sat/vB, rounded
+    /// up; keys are the targets as strings).
+    #[serde(default)]
+    pub fee_estimates_sat_vb: std::collections::BTreeMap<String, u64>,
+    /// The node's claim confirmation target in blocks (`fees.claim_conf_target`).
+    #[serde(default)]
+    pub claim_conf_target: u16,
 }
 
 /// Answer of `POST /v1/sync`.
@@ -179,6 +186,10 @@ pub struct SwapOutRequest {
     /// Confirmations demanded before paying (the offer's count applies if higher).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_confirmations: Option<u32>,
+    /// The claim's confirmation target in blocks (default: the node's
+    /// `fees.claim_conf_target`; 1 to 1008).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conf_target: Option<u16>,
     /// Where the claim pays to (default: a new address of the node's swap wallet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,

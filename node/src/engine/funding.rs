@@ -4,7 +4,7 @@
 //! next one is built (on its change). A transaction no swap took is forgotten again.
 
 use bitcoin::{Amount, ScriptBuf, Transaction};
-use looper_protocol::swap::{Event, TxPurpose};
+use looper_protocol::swap::{Event, StateKind, TxPurpose};
 use looper_protocol::SwapId;
 
 use super::Engine;
@@ -162,18 +162,65 @@ impl Engine {
     }
 
     /// Broadcasts a swap's transaction and records it in the wallet (a claim or refund pays it).
+    /// A failed broadcast is kept and tried again at every chain poll
+    /// ([`Engine::retry_broadcasts`]) until it succeeds, the swap ends, or the swap broadcasts
+    /// another transaction for the same purpose (a replacement).
     pub(super) async fn broadcast(&self, id: SwapId, tx: &Transaction, purpose: TxPurpose) {
+        let failed = self.try_broadcast(id, tx, purpose, false).await;
+        let mut misc = self.lock_misc();
+        if failed {
+            misc.retry_broadcasts.insert((id, purpose), tx.clone());
+        } else {
+            misc.retry_broadcasts.remove(&(id, purpose));
+        }
+    }
+
+    /// Tries the failed broadcasts again (at each chain poll).
+    pub(super) async fn retry_broadcasts(&self) {
+        let due: Vec<((SwapId, TxPurpose), Transaction)> =
+            self.lock_misc().retry_broadcasts.iter().map(|(k, t)| (*k, t.clone())).collect();
+        for ((id, purpose), tx) in due {
+            let pending =
+                self.inner.swaps.get(&id).is_some_and(|s| s.view().kind == StateKind::Pending);
+            let failed = pending && self.try_broadcast(id, &tx, purpose, true).await;
+            let mut misc = self.lock_misc();
+            // Unless a newer transaction took its place meanwhile.
+            if !failed && misc.retry_broadcasts.get(&(id, purpose)) == Some(&tx) {
+                misc.retry_broadcasts.remove(&(id, purpose));
+            }
+        }
+    }
+
+    /// One broadcast; whether it failed (a source that already has it is success).
+    async fn try_broadcast(
+        &self,
+        id: SwapId,
+        tx: &Transaction,
+        purpose: TxPurpose,
+        retry: bool,
+    ) -> bool {
         match self.inner.chain.broadcast(tx).await {
             Ok(txid) => {
-                tracing::info!(swap = %id, %txid, purpose = ?purpose, "broadcast");
+                tracing::info!(swap = %id, %txid, purpose = ?purpose, retry, "broadcast");
                 if purpose != TxPurpose::Funding {
                     if let Err(e) = self.inner.wallet.apply_unconfirmed(tx) {
                         tracing::warn!(swap = %id, error = %e, "wallet did not record the transaction");
                     }
                 }
+                false
+            }
+            Err(e) if retry => {
+                tracing::debug!(swap = %id, purpose = ?purpose, error = %e, "broadcast failed again");
+                true
             }
             Err(e) => {
-                tracing::warn!(swap = %id, purpose = ?purpose, error = %e, "broadcast failed");
+                tracing::warn!(
+                    swap = %id,
+                    purpose = ?purpose,
+                    error = %e,
+                    "broadcast failed; tried again at every chain poll"
+                );
+                true
             }
         }
     }

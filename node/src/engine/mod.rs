@@ -32,17 +32,19 @@ mod offers;
 mod swaps;
 mod watcher;
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
 use std::time::Duration;
 
 use bitcoin::bip32::Xpriv;
-use bitcoin::ScriptBuf;
+use bitcoin::{FeeRate, ScriptBuf};
 use looper_protocol::buyer::{BuyerCheckError, BuyerPolicy, BuyerStart, BuyerSwap};
+use looper_protocol::fees::DEFAULT_SPEND_TARGET;
 use looper_protocol::keys::SwapKeys;
 use looper_protocol::messages::Offer;
 use looper_protocol::record::SwapRecord as ProtoRecord;
 use looper_protocol::seller::SellerPolicy;
-use looper_protocol::swap::{Context, Event, Notification, StateKind};
+use looper_protocol::swap::{Context, Event, Notification, StateKind, TxPurpose};
 use looper_protocol::SwapId;
 use serde::Serialize;
 use tokio::sync::{broadcast, watch, Semaphore};
@@ -116,7 +118,34 @@ pub struct EngineConfig {
     pub offer_ttl: Duration,
     /// Per-sender limit on the `error` replies to messages that do not decode.
     pub decode_reply_limit: RateLimit,
+    /// Confirmation targets of the swaps' own transactions.
+    pub fees: FeeSettings,
 }
+
+/// Confirmation targets of the swaps' own transactions (`[fees]` in the configuration); the cap
+/// is the wallet's ([`SwapWallet::capped`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeeSettings {
+    /// Claims (a buyer's `--conf-target` overrides it for its swap).
+    pub claim_target: u16,
+    /// Refunds.
+    pub refund_target: u16,
+    /// Fundings.
+    pub funding_target: u16,
+}
+
+impl Default for FeeSettings {
+    fn default() -> Self {
+        Self {
+            claim_target: DEFAULT_SPEND_TARGET,
+            refund_target: DEFAULT_SPEND_TARGET,
+            funding_target: DEFAULT_FUNDING_TARGET,
+        }
+    }
+}
+
+/// Default confirmation target of fundings, in blocks (Loop's HTLC target).
+pub const DEFAULT_FUNDING_TARGET: u16 = 6;
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -129,6 +158,7 @@ impl Default for EngineConfig {
             offer_refresh: Duration::from_secs(20 * 60),
             offer_ttl: Duration::from_secs(3600),
             decode_reply_limit: RateLimit::new(5, 10),
+            fees: FeeSettings::default(),
         }
     }
 }
@@ -178,6 +208,8 @@ struct Misc {
     decode_replies: RateLimiter<NostrPublicKey>,
     /// `FundHtlc`s not funded yet, funded together by [`Engine::flush_funding`].
     funding_queue: Vec<FundingRequest>,
+    /// Broadcasts that failed, by swap and purpose, tried again at every chain poll.
+    retry_broadcasts: BTreeMap<(SwapId, TxPurpose), bitcoin::Transaction>,
 }
 
 struct Inner {
@@ -232,14 +264,16 @@ impl Engine {
     pub async fn start(parts: EngineParts) -> Result<Engine, EngineError> {
         let (notifications, _) = broadcast::channel(1024);
         let tip = parts.chain.tip_height().await?;
-        let fee_rate = watcher::fee_rate(&*parts.chain, &*parts.wallet).await;
-        let ctx = Context { now_secs: parts.clock.now_secs(), tip_height: tip, fee_rate };
+        let mut ctx = Context::new(parts.clock.now_secs(), tip, FeeRate::ZERO);
+        let estimates = watcher::read_estimates(&*parts.chain).await;
+        watcher::apply_fees(&mut ctx, estimates, &parts.config.fees, &*parts.wallet);
         let misc = Misc {
             polls: 0,
             served_offer: parts.config.seller_offer.clone(),
             offer_unfunded: false,
             decode_replies: RateLimiter::new(parts.config.decode_reply_limit),
             funding_queue: Vec::new(),
+            retry_broadcasts: BTreeMap::new(),
         };
         let inner = Arc::new(Inner {
             store: parts.store,
@@ -297,6 +331,11 @@ impl Engine {
         }
         self.flush_funding().await;
         Ok(())
+    }
+
+    /// The confirmation targets of the swaps' own transactions.
+    pub fn fee_settings(&self) -> FeeSettings {
+        self.inner.config.fees
     }
 
     /// Subscribes to every swap's notifications.
@@ -367,11 +406,11 @@ impl Engine {
         // The offer's checks run against the chain as it is now (the seller answers from its
         // own tip at once: a stale one here would refuse a fair timeout).
         let tip = self.inner.chain.tip_height().await?;
-        let fee_rate = watcher::fee_rate(&*self.inner.chain, &*self.inner.wallet).await;
+        let estimates = watcher::read_estimates(&*self.inner.chain).await;
         {
             let mut ctx = self.lock_ctx();
             ctx.tip_height = ctx.tip_height.max(tip);
-            ctx.fee_rate = fee_rate;
+            watcher::apply_fees(&mut ctx, estimates, &self.inner.config.fees, &*self.inner.wallet);
         }
         let ctx = self.context();
         let index = blocking_store(|| self.inner.store.next_swap_index())?;

@@ -3,11 +3,12 @@
 //! disappearance), then a `Tick`. Chain queries are made without holding any swap's lock.
 
 use bitcoin::{FeeRate, OutPoint, ScriptBuf};
-use looper_protocol::swap::{Event, HtlcStatus, PaymentStatus, StateKind, CLAIM_FEE_TARGET_BLOCKS};
+use looper_protocol::fees::{FeeEstimates, Fees};
+use looper_protocol::swap::{Context, Event, HtlcStatus, PaymentStatus, StateKind};
 use looper_protocol::{PaymentHash, Preimage, SwapId};
 
 use super::swaps::{Seen, SeenValue, Slot};
-use super::Engine;
+use super::{Engine, FeeSettings};
 use crate::chain::ChainSource;
 use crate::engine::io::SwapWallet;
 
@@ -24,7 +25,7 @@ impl Engine {
                 None
             }
         };
-        let fee_rate = fee_rate(&*self.inner.chain, &*self.inner.wallet).await;
+        let estimates = read_estimates(&*self.inner.chain).await;
         let sync_now = {
             let mut polls = self.lock_misc();
             polls.polls = polls.polls.wrapping_add(1);
@@ -47,7 +48,7 @@ impl Engine {
             {
                 let mut ctx = self.lock_ctx();
                 ctx.tip_height = tip;
-                ctx.fee_rate = fee_rate;
+                apply_fees(&mut ctx, estimates, &self.inner.config.fees, &*self.inner.wallet);
             }
             for (id, slot) in self.inner.swaps.select(Slot::needs_resume) {
                 self.resume_one(id, &slot).await;
@@ -60,6 +61,7 @@ impl Engine {
                 self.check_chain(id, &slot).await;
             }
         }
+        self.retry_broadcasts().await;
         self.tick_pending().await;
         self.flush_funding().await;
     }
@@ -203,10 +205,37 @@ impl Engine {
     }
 }
 
-/// The fee rate for claims and fundings: the chain's estimate for
-/// [`CLAIM_FEE_TARGET_BLOCKS`], capped by the wallet (2 sat/vB when the estimate fails).
-pub(super) async fn fee_rate(chain: &dyn ChainSource, wallet: &dyn SwapWallet) -> FeeRate {
-    let rate =
-        chain.fee_rate(CLAIM_FEE_TARGET_BLOCKS).await.unwrap_or(FeeRate::from_sat_per_vb_u32(2));
-    wallet.capped(rate)
+/// The fee rates of the swaps' transactions from the chain's estimates (`None`: the source
+/// failed; the last ones stay, or a flat 2 sat/vB before any): the funding rate (its target's
+/// estimate under the wallet's cap) into `ctx.fee_rate`, the uncapped estimates with the cap and
+/// the claim and refund targets into `ctx.fees`.
+pub(super) fn apply_fees(
+    ctx: &mut Context,
+    estimates: Option<FeeEstimates>,
+    settings: &FeeSettings,
+    wallet: &dyn SwapWallet,
+) {
+    let estimates = match estimates {
+        Some(e) => e,
+        None if ctx.fees.estimates != FeeEstimates::flat(FeeRate::ZERO) => ctx.fees.estimates,
+        None => FeeEstimates::flat(FeeRate::from_sat_per_vb_u32(2)),
+    };
+    ctx.fee_rate = wallet.capped(estimates.rate_for(settings.funding_target));
+    ctx.fees = Fees {
+        estimates,
+        max_rate: wallet.capped(FeeRate::MAX),
+        claim_target: settings.claim_target,
+        refund_target: settings.refund_target,
+    };
+}
+
+/// The chain's fee estimates, `None` (logged) when the source fails.
+pub(super) async fn read_estimates(chain: &dyn ChainSource) -> Option<FeeEstimates> {
+    match chain.fee_estimates().await {
+        Ok(e) => Some(e),
+        Err(e) => {
+            tracing::debug!(error = %e, "fee estimates unavailable");
+            None
+        }
+    }
 }

@@ -158,6 +158,11 @@ pub struct Sim {
     pub refund_sigs_while_paying: u32,
     pub log: Vec<String>,
     pub buyer_gone: bool,
+    /// The mempool's minimum fee rate (a fee spike): claims and refunds below it are refused
+    /// and not mined.
+    pub min_fee_rate: FeeRate,
+    /// Replacements accepted (BIP-125), as (replaced, replacement).
+    pub replacements: Vec<(Txid, Txid)>,
     ln_secret: SecretKey,
 }
 
@@ -192,11 +197,7 @@ pub fn p2tr(tag: u8) -> ScriptBuf {
 
 impl Sim {
     pub fn new(opts: Opts) -> Self {
-        let ctx = Context {
-            now_secs: START_TIME,
-            tip_height: START_HEIGHT,
-            fee_rate: FeeRate::from_sat_per_vb(2).unwrap(),
-        };
+        let ctx = Context::new(START_TIME, START_HEIGHT, FeeRate::from_sat_per_vb(2).unwrap());
         let mut offer = offer();
         if let Some(margin) = opts.offer_claim_margin {
             offer.claim_margin = margin;
@@ -242,6 +243,8 @@ impl Sim {
             seller_ln: LnStatus::Unknown,
             attempts: Vec::new(),
             pay_budgets: Vec::new(),
+            min_fee_rate: FeeRate::ZERO,
+            replacements: Vec::new(),
             double_payments: 0,
             refund_sigs_while_paying: 0,
             log: Vec::new(),
@@ -576,6 +579,32 @@ impl Sim {
         }
     }
 
+    /// The fee `tx` pays (0 for the funding, whose inputs the sim does not know).
+    pub fn fee_of(&self, tx: &Transaction) -> u64 {
+        let inputs: Option<u64> = tx
+            .input
+            .iter()
+            .map(|i| self.chain.output(i.previous_output).map(|o| o.value.to_sat()))
+            .sum();
+        let out: u64 = tx.output.iter().map(|o| o.value.to_sat()).sum();
+        inputs.map_or(0, |i| i.saturating_sub(out))
+    }
+
+    /// The claim or refund `party`'s stored record holds.
+    pub fn persisted_spend(&self, party: Party) -> Option<Transaction> {
+        let bytes = if party == Party::Buyer { &self.buyer_record } else { &self.seller_record };
+        match SwapRecord::from_bytes(bytes).ok()? {
+            SwapRecord::Buyer(r) => match r.state() {
+                BuyerState::ClaimBroadcast { claim_tx, .. } => Some(claim_tx.clone()),
+                _ => None,
+            },
+            SwapRecord::Seller(r) => match r.state() {
+                SellerState::Refunding { refund_tx, .. } => Some(refund_tx.clone()),
+                _ => None,
+            },
+        }
+    }
+
     fn broadcast(&mut self, party: Party, tx: Transaction, purpose: TxPurpose) {
         let txid = tx.compute_txid();
         if self.chain.all().any(|(t, _)| t.compute_txid() == txid) {
@@ -585,12 +614,43 @@ impl Sim {
             self.log.push(format!("{party:?} {purpose:?} rejected: inputs double-spent"));
             return;
         }
-        // First seen wins.
+        // A claim or refund is persisted before it goes out.
+        if purpose != TxPurpose::Funding {
+            assert_eq!(
+                self.persisted_spend(party).map(|t| t.compute_txid()),
+                Some(txid),
+                "{party:?} broadcast a {purpose:?} its record does not hold"
+            );
+        }
+        // First seen wins, unless a replacement pays more (BIP-125 rules 3, 4 and 6).
+        let mut replaced = None;
         for input in &tx.input {
-            if self.chain.spender_of(input.previous_output).is_some() {
-                self.log.push(format!("{party:?} {purpose:?} rejected: double spend"));
+            if let Some((other, height)) = self.chain.spender_of(input.previous_output) {
+                let other = other.clone();
+                let (old_fee, new_fee) = (self.fee_of(&other), self.fee_of(&tx));
+                let pays_more = height.is_none()
+                    && purpose != TxPurpose::Funding
+                    && new_fee.saturating_mul(other.vsize() as u64)
+                        > old_fee.saturating_mul(tx.vsize() as u64)
+                    && new_fee >= old_fee + tx.vsize() as u64;
+                if !pays_more {
+                    self.log.push(format!("{party:?} {purpose:?} rejected: double spend"));
+                    return;
+                }
+                replaced = Some(other.compute_txid());
+            }
+        }
+        if purpose != TxPurpose::Funding {
+            let rate = self.fee_of(&tx) * 1000 / (tx.vsize() as u64 * 4).max(1);
+            if rate < self.min_fee_rate.to_sat_per_kwu() {
+                self.log.push(format!("{party:?} {purpose:?} rejected: mempool min fee not met"));
                 return;
             }
+        }
+        if let Some(old) = replaced {
+            self.chain.mempool.retain(|t| t.compute_txid() != old);
+            self.replacements.push((old, txid));
+            self.log.push(format!("{party:?} {purpose:?} {txid} replaces {old}"));
         }
         if purpose != TxPurpose::Funding {
             let Some(prevouts) = tx
@@ -828,6 +888,12 @@ impl Sim {
             self.ctx.now_secs += 600;
             let h = self.ctx.tip_height;
             for tx in std::mem::take(&mut self.chain.mempool) {
+                // Blocks are full of transactions paying the spike's rate.
+                let rate = self.fee_of(&tx) * 1000 / (tx.vsize() as u64 * 4).max(1);
+                if self.fee_of(&tx) > 0 && rate < self.min_fee_rate.to_sat_per_kwu() {
+                    self.chain.mempool.push(tx);
+                    continue;
+                }
                 self.chain.confirmed.insert(tx.compute_txid(), (h, tx));
             }
             self.notify_chain();
