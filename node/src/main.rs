@@ -112,10 +112,17 @@ fn main() -> anyhow::Result<()> {
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,ldk_node=warn,nostr_relay_pool=warn".into());
-    if config.log_json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+    {
+        use tracing_subscriber::prelude::*;
+        // nostr-relay-pool's dumps of whole relay messages (a peer's oversize events) stay out.
+        let no_dumps =
+            tracing_subscriber::filter::filter_fn(|m| !looper_node::nostr::is_relay_dump(m));
+        let layer = if config.log_json {
+            tracing_subscriber::fmt::layer().json().boxed()
+        } else {
+            tracing_subscriber::fmt::layer().boxed()
+        };
+        tracing_subscriber::registry().with(filter).with(layer.with_filter(no_dumps)).init();
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {

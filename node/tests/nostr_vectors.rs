@@ -15,7 +15,9 @@ use looper_node::nostr::{
 };
 use looper_protocol::messages::SwapRequest;
 use looper_protocol::{SwapDirection, SwapId};
-use nostr_sdk::prelude::{Event, JsonUtil, Keys, Kind, SecretKey, Timestamp};
+use nostr_sdk::prelude::{
+    nip44, Event, EventBuilder, JsonUtil, Keys, Kind, SecretKey, Tag, Timestamp, UnsignedEvent,
+};
 use serde_json::{json, Value};
 
 const SELLER_SK: &str = "5c0c523f52a5b6fad39ed2403092df8cebc36318b39383bca6c00808626fab3a";
@@ -194,6 +196,36 @@ async fn vectors_validate() -> Result<()> {
     // Nobody else can open it.
     ensure!(open_gift_wrap(&sender, &wrap).await.is_err());
     ensure!(open_gift_wrap(&Keys::generate(), &wrap).await.is_err());
+    Ok(())
+}
+
+/// A gift wrap whose sealed event is not a seal (kind 13) is refused, even when everything else
+/// about it (encryption, signature, rumor) is right.
+#[tokio::test]
+async fn a_wrap_around_something_other_than_a_seal_is_refused() -> Result<()> {
+    let sender = Keys::generate();
+    let recipient = Keys::generate();
+    let rumor: UnsignedEvent = EventBuilder::new(Kind::Custom(SWAP_MESSAGE_KIND), "{}".to_string())
+        .tag(Tag::public_key(recipient.public_key()))
+        .build(sender.public_key());
+    let encrypted = nip44::encrypt(
+        sender.secret_key(),
+        &recipient.public_key(),
+        rumor.as_json(),
+        nip44::Version::default(),
+    )?;
+    let far = Timestamp::from_secs(FAR_FUTURE);
+    for kind in [Kind::TextNote, Kind::Custom(14), Kind::Seal] {
+        let sealed = EventBuilder::new(kind, encrypted.clone()).sign_with_keys(&sender)?;
+        let wrap = looper_node::nostr::wrap_seal(&recipient.public_key(), &sealed, far, None)?;
+        let opened = open_gift_wrap(&recipient, &wrap).await;
+        if kind == Kind::Seal {
+            ensure!(opened?.sender == sender.public_key());
+        } else {
+            let err = opened.err().map(|e| e.to_string()).unwrap_or_default();
+            ensure!(err.contains("not a seal"), "{kind}: {err}");
+        }
+    }
     Ok(())
 }
 

@@ -33,3 +33,14 @@ pub use wrap::{
     build_gift_wrap, build_seal, committed_pow, event_size, max_gift_wrap_bytes, open_gift_wrap,
     wrap_seal, OpenedMessage, WrapError,
 };
+
+/// The tracing target under which nostr-relay-pool logs whole relay messages it cannot handle
+/// (an event over its size limits, at ERROR, with the message's full text in a `msg` field).
+pub const RELAY_DUMP_TARGET: &str = "nostr_relay_pool";
+
+/// Whether a log callsite is one of nostr-relay-pool's dumps of a whole relay message (a `msg`
+/// field): `looper-node` leaves them out of its logs, where a peer could otherwise write
+/// megabytes at every refetch. The transport logs an oversize gift wrap as one short line.
+pub fn is_relay_dump(meta: &tracing::Metadata<'_>) -> bool {
+    meta.target().starts_with(RELAY_DUMP_TARGET) && meta.fields().field("msg").is_some()
+}

@@ -314,16 +314,20 @@ impl NostrTransport {
         let our_relays =
             config.relays.iter().map(|r| parse_relay(r)).collect::<Result<Vec<_>, _>>()?;
 
-        // Size limits applied by the websocket reader before an event is parsed or verified.
+        // Size limits applied by the websocket reader before an event is parsed or verified. The
+        // pool logs an event over its limits whole, at ERROR, at every refetch: gift wraps are
+        // let through up to 4 times the node's limit, so that the transport drops them with one
+        // short line ([`RELAY_DUMP_TARGET`] filters the pool's dumps of larger ones).
         let max_event = u32::try_from(config.max_event_bytes).unwrap_or(u32::MAX);
         let max_offer = u32::try_from(MAX_OFFER_BYTES.saturating_add(2048)).unwrap_or(u32::MAX);
+        let max_wrap = max_event.saturating_mul(4);
         let mut limits = RelayLimits::default();
-        limits.messages.max_size = Some(max_event.max(max_offer).saturating_add(1024));
+        limits.messages.max_size = Some(max_wrap.max(max_offer).saturating_add(1024));
         limits.events = limits
             .events
-            .set_max_size_per_kind(Kind::GiftWrap, Some(max_event))
+            .set_max_size_per_kind(Kind::GiftWrap, Some(max_wrap))
             .set_max_size_per_kind(Kind::Custom(OFFER_KIND), Some(max_offer));
-        limits.events.max_size = Some(max_event.max(max_offer));
+        limits.events.max_size = Some(max_wrap.max(max_offer));
         let relay_opts = RelayOptions::new()
             .retry_interval(config.retry_interval)
             .adjust_retry_interval(true)
@@ -775,9 +779,14 @@ impl Receiver {
         let inner = Arc::clone(&self.inner);
         let c = &inner.counters;
         bump(&c.received);
-        if wrap::event_size(&event) > self.inner.config.max_event_bytes {
+        let size = wrap::event_size(&event);
+        if size > self.inner.config.max_event_bytes {
             bump(&c.oversize);
-            self.remember(event.id);
+            // One short line per event (refetches of it are remembered), never its content.
+            if self.remember(event.id) {
+                let max = self.inner.config.max_event_bytes;
+                tracing::warn!(event_id = %event.id, size, max, %relay, "gift wrap too large: dropped unread");
+            }
             return true;
         }
         if !self.remember(event.id) {

@@ -25,6 +25,9 @@ pub enum WrapError {
     /// The event is not a gift wrap.
     #[error("event kind {0} is not a gift wrap")]
     NotGiftWrap(u16),
+    /// The gift wrap holds an event that is not a seal (kind 13).
+    #[error("sealed event kind {0} is not a seal")]
+    NotSeal(u16),
 }
 
 /// The content of an opened swap-message gift wrap.
@@ -114,29 +117,36 @@ pub fn max_gift_wrap_bytes(max_content: usize) -> usize {
     nip44_b64(seal) + EVENT_OVERHEAD
 }
 
-/// Opens a gift wrap addressed to `keys`: decrypts the seal, verifies its signature, decrypts the
-/// rumor, and checks the rumor kind, the seal/rumor author equality and the rumor's `p` tag.
+/// Opens a gift wrap addressed to `keys`: decrypts the seal, checks that it is a seal (kind 13:
+/// nostr-sdk's `UnwrappedGift` does not) and verifies its signature, decrypts the rumor, and
+/// checks the rumor kind, the seal/rumor author equality and the rumor's `p` tag.
 pub async fn open_gift_wrap(keys: &Keys, event: &Event) -> Result<OpenedMessage, WrapError> {
     if event.kind != Kind::GiftWrap {
         return Err(WrapError::NotGiftWrap(event.kind.as_u16()));
     }
-    let unwrapped = UnwrappedGift::from_gift_wrap(keys, event).await.map_err(|e| match e {
-        nip59::Error::SenderMismatch => WrapError::SenderMismatch,
-        other => WrapError::Open(other.to_string()),
-    })?;
-    let rumor = unwrapped.rumor;
+    let open = |e: &dyn std::fmt::Display| WrapError::Open(e.to_string());
+    let seal =
+        nip44::decrypt(keys.secret_key(), &event.pubkey, &event.content).map_err(|e| open(&e))?;
+    let seal = Event::from_json(seal).map_err(|e| open(&e))?;
+    if seal.kind != Kind::Seal {
+        return Err(WrapError::NotSeal(seal.kind.as_u16()));
+    }
+    seal.verify().map_err(|e| open(&e))?;
+    let rumor =
+        nip44::decrypt(keys.secret_key(), &seal.pubkey, &seal.content).map_err(|e| open(&e))?;
+    let rumor = UnsignedEvent::from_json(rumor).map_err(|e| open(&e))?;
+    if rumor.pubkey != seal.pubkey {
+        return Err(WrapError::SenderMismatch);
+    }
     if rumor.kind != Kind::Custom(SWAP_MESSAGE_KIND) {
         return Err(WrapError::WrongKind(rumor.kind.as_u16()));
-    }
-    if rumor.pubkey != unwrapped.sender {
-        return Err(WrapError::SenderMismatch);
     }
     let me = keys.public_key();
     if rumor.tags.public_keys().any(|p| *p != me) {
         return Err(WrapError::WrongRecipient);
     }
     Ok(OpenedMessage {
-        sender: unwrapped.sender,
+        sender: seal.pubkey,
         content: rumor.content,
         rumor_id: rumor.id,
         created_at: rumor.created_at,
