@@ -367,8 +367,8 @@ impl LooperWallet {
     pub fn capped(&self, rate: FeeRate) -> FeeRate {
         if rate > self.max_fee_rate {
             tracing::warn!(
-                requested_sat_per_vb = rate.to_sat_per_vb_ceil(),
-                cap_sat_per_vb = self.max_fee_rate.to_sat_per_vb_ceil(),
+                requested_sat_per_vb = rate.to_sat_per_vb_floor(),
+                cap_sat_per_vb = self.max_fee_rate.to_sat_per_vb_floor(),
                 "fee rate capped"
             );
             self.max_fee_rate

@@ -70,11 +70,6 @@ fn config(dir: &std::path::Path) -> HarnessConfig {
     let mut c = HarnessConfig::new(dir, env!("CARGO_BIN_EXE_looper-node"));
     c.nodes = vec![seller, buyer];
     c.channel_sat = 10 * AMOUNT + 100_000;
-    // TEMPORARY (product bug, 002d3d1): `apply_fees` asks `wallet.capped(FeeRate::MAX)`, whose
-    // "fee rate capped" warning evaluates `FeeRate::MAX.to_sat_per_vb_ceil()`, an overflow that
-    // panics a debug node at start. Without the wallet's warnings the field is never evaluated.
-    // Remove this line once `apply_fees` reads the cap without `capped`.
-    c.node_log_filter = format!("{},looper_node::wallet=error", c.node_log_filter);
     c
 }
 

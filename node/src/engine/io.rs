@@ -55,8 +55,9 @@ pub trait SwapWallet: Send + Sync {
     fn forget(&self, tx: &Transaction) -> Result<(), WalletError>;
     /// Records a broadcast transaction that pays the wallet (a claim, a refund) as unconfirmed.
     fn apply_unconfirmed(&self, tx: &Transaction) -> Result<(), WalletError>;
-    /// `rate` limited to the wallet's fee-rate cap.
-    fn capped(&self, rate: FeeRate) -> FeeRate;
+    /// The wallet's fee-rate cap: no transaction it funds, and no claim or refund the engine
+    /// builds before the deadline's urgent window, pays more.
+    fn max_fee_rate(&self) -> FeeRate;
 }
 
 /// The BDK wallet with the Esplora client that syncs it (`None`: the engine does not sync it).
@@ -124,8 +125,8 @@ impl SwapWallet for BdkSwapWallet {
         self.wallet.apply_unconfirmed(tx)
     }
 
-    fn capped(&self, rate: FeeRate) -> FeeRate {
-        self.wallet.capped(rate)
+    fn max_fee_rate(&self) -> FeeRate {
+        self.wallet.max_fee_rate()
     }
 }
 

@@ -220,10 +220,11 @@ pub(super) fn apply_fees(
         None if ctx.fees.estimates != FeeEstimates::flat(FeeRate::ZERO) => ctx.fees.estimates,
         None => FeeEstimates::flat(FeeRate::from_sat_per_vb_u32(2)),
     };
-    ctx.fee_rate = wallet.capped(estimates.rate_for(settings.funding_target));
+    let max_rate = wallet.max_fee_rate();
+    ctx.fee_rate = estimates.rate_for(settings.funding_target).min(max_rate);
     ctx.fees = Fees {
         estimates,
-        max_rate: wallet.capped(FeeRate::MAX),
+        max_rate,
         claim_target: settings.claim_target,
         refund_target: settings.refund_target,
     };
