@@ -388,6 +388,7 @@ async fn swap_out(
         max_route_cltv: req.max_route_cltv.unwrap_or(defaults.max_route_cltv),
         min_confirmations: req.min_confirmations.unwrap_or(defaults.min_confirmations),
         claim_conf_target: req.conf_target.or(defaults.claim_conf_target),
+        max_prepay_sat: req.max_prepay_sat.unwrap_or(defaults.max_prepay_sat),
         ..defaults
     };
     let id = s

@@ -216,6 +216,10 @@ pub struct BuyerConfig {
     /// (`min_claim_margin_blocks` is read too).
     #[serde(alias = "min_claim_margin_blocks")]
     pub min_claim_margin: u32,
+    /// Most the node prepays a seller before it locks (`looper out --max-prepay` overrides it):
+    /// an offer asking more is refused. A prepay is part of the quoted total, but lost if the
+    /// seller never funds.
+    pub max_prepay_sat: u64,
 }
 
 /// On-chain fee settings (`[fees]`).
@@ -313,6 +317,7 @@ impl Default for BuyerConfig {
             max_route_cltv: 288,
             min_confirmations: 1,
             min_claim_margin: looper_protocol::buyer::DEFAULT_MIN_CLAIM_MARGIN,
+            max_prepay_sat: looper_protocol::buyer::DEFAULT_MAX_PREPAY_SAT,
         }
     }
 }

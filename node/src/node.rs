@@ -272,6 +272,7 @@ impl LooperNode {
                 // Claims are never priced above the node's fee-rate cap.
                 max_claim_fee_rate_sat_vb: self.config.fees.max_fee_rate_sat_vb,
                 claim_conf_target: None,
+                max_prepay_sat: self.config.buyer.max_prepay_sat,
             },
             buyer_max_fee_ppm: Some(self.config.buyer.max_total_fee_ppm),
         };

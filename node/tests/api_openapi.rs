@@ -332,6 +332,7 @@ fn api_types_match_schemas() {
             max_route_cltv: Some(200),
             min_confirmations: Some(2),
             conf_target: Some(6),
+            max_prepay_sat: Some(2_000),
             address: Some("bcrt1q".into()),
         }],
         seen,

@@ -175,7 +175,7 @@ impl World {
                     }
                     _ => self.events.push_back((peer, Event::Message(env))),
                 },
-                Action::CreateInvoice { payment_hash, amount_msat, expiry_secs, description } => {
+                Action::CreateInvoice { payment_hash, amount_msat, expiry_secs, description, .. } => {
                     let secp = Secp256k1::new();
                     let invoice = InvoiceBuilder::new(Currency::Regtest)
                         .description(description)
@@ -186,7 +186,8 @@ impl World {
                         .amount_milli_satoshis(amount_msat)
                         .expiry_time(Duration::from_secs(u64::from(expiry_secs)))
                         .build_signed(|h| secp.sign_ecdsa_recoverable(h, &self.ln_key))?;
-                    let event = Event::InvoiceCreated { invoice: invoice.to_string() };
+                    let event =
+                        Event::InvoiceCreated { invoice: invoice.to_string(), prepay_invoice: None };
                     self.events.push_back((party, event));
                 }
                 Action::FundHtlc { script_pubkey, amount_sat } => {
@@ -234,6 +235,7 @@ impl World {
                 Action::WatchHtlc { .. }
                 | Action::CheckPayment { .. }
                 | Action::FailPayment { .. }
+                | Action::PayPrepay { .. } // the example's offer has no prepay
                 | Action::Notify(_) => {}
             }
         }

@@ -93,9 +93,17 @@ pub enum BuyerCheckError {
     /// The invoice has expired.
     #[error("invoice expired")]
     InvoiceExpired,
-    /// A prepay was asked for (not served in this version).
-    #[error("prepay invoices are not supported")]
-    PrepayUnsupported,
+    /// The offer's prepay is above the buyer's limit.
+    #[error("prepay of {prepay_sat} sat exceeds the limit of {max_sat} sat")]
+    PrepayTooHigh {
+        /// The offer's prepay.
+        prepay_sat: u64,
+        /// The limit ([`BuyerPolicy::max_prepay_sat`]).
+        max_sat: u64,
+    },
+    /// The prepay invoice is missing, unexpected, or not what the quote says.
+    #[error("prepay invoice: {0}")]
+    PrepayInvoiceInvalid(String),
     /// The HTLC script differs from the one rebuilt from the agreed terms.
     #[error("htlc script mismatch: {0}")]
     HtlcScriptMismatch(String),
@@ -159,7 +167,8 @@ impl BuyerCheckError {
         "invoice_hash_mismatch",
         "invoice_amount_mismatch",
         "invoice_expired",
-        "prepay_unsupported",
+        "prepay_too_high",
+        "prepay_invoice_invalid",
         "htlc_script_mismatch",
         "htlc_amount_mismatch",
         "timeout_out_of_range",
@@ -181,7 +190,8 @@ impl BuyerCheckError {
             BuyerCheckError::InvoiceHashMismatch => "invoice_hash_mismatch",
             BuyerCheckError::InvoiceAmountMismatch { .. } => "invoice_amount_mismatch",
             BuyerCheckError::InvoiceExpired => "invoice_expired",
-            BuyerCheckError::PrepayUnsupported => "prepay_unsupported",
+            BuyerCheckError::PrepayTooHigh { .. } => "prepay_too_high",
+            BuyerCheckError::PrepayInvoiceInvalid(_) => "prepay_invoice_invalid",
             BuyerCheckError::HtlcScriptMismatch(_) => "htlc_script_mismatch",
             BuyerCheckError::HtlcAmountMismatch { .. } => "htlc_amount_mismatch",
             BuyerCheckError::TimeoutOutOfRange { .. } => "timeout_out_of_range",
@@ -208,6 +218,20 @@ pub struct Terms {
     pub quote: Quote,
     /// The HTLC parameters.
     pub htlc_params: HtlcParams,
+    /// The prepay, when the offer asks for one.
+    #[serde(default)]
+    pub prepay: Option<PrepayTerms>,
+}
+
+/// The seller's prepay invoice, checked: paid right after `swap_accept`, before the seller funds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrepayTerms {
+    /// BOLT11.
+    pub invoice: String,
+    /// Its payment hash.
+    pub payment_hash: PaymentHash,
+    /// Its amount (the quote's `prepay_sat`).
+    pub amount_msat: u64,
 }
 
 /// Where the HTLC is on chain, as our chain source sees it.
@@ -392,6 +416,17 @@ pub struct BuyerPolicy {
     /// It shortens as the deadline nears ([`crate::fees`]).
     #[serde(default)]
     pub claim_conf_target: Option<u16>,
+    /// Most the buyer prepays (paid before the seller locks; lost if the seller never funds):
+    /// an offer asking more is refused.
+    #[serde(default = "default_max_prepay")]
+    pub max_prepay_sat: u64,
+}
+
+/// Default of [`BuyerPolicy::max_prepay_sat`].
+pub const DEFAULT_MAX_PREPAY_SAT: u64 = 10_000;
+
+fn default_max_prepay() -> u64 {
+    DEFAULT_MAX_PREPAY_SAT
 }
 
 /// Default of [`BuyerPolicy::min_claim_margin`]: [`DEFAULT_CLAIM_MARGIN`] blocks.
@@ -417,6 +452,7 @@ impl Default for BuyerPolicy {
             min_claim_margin: DEFAULT_MIN_CLAIM_MARGIN,
             max_claim_fee_rate_sat_vb: DEFAULT_MAX_CLAIM_FEE_RATE_SAT_VB,
             claim_conf_target: None,
+            max_prepay_sat: DEFAULT_MAX_PREPAY_SAT,
         }
     }
 }
@@ -516,6 +552,11 @@ impl BuyerRecord {
         self.state.terms().map(|t| t.htlc_params.payment_hash)
     }
 
+    /// The prepay invoice's payment hash, once accepted with a prepay.
+    pub fn prepay_hash(&self) -> Option<PaymentHash> {
+        self.state.terms().and_then(|t| t.prepay.as_ref()).map(|p| p.payment_hash)
+    }
+
     /// The agreed terms, once accepted.
     pub fn terms(&self) -> Option<&Terms> {
         self.state.terms()
@@ -572,8 +613,11 @@ impl BuyerSwap {
                 max_sat: start.policy.max_total_fee_sat,
             });
         }
-        if quote.prepay_sat > 0 {
-            return Err(BuyerCheckError::PrepayUnsupported);
+        if quote.prepay_sat > start.policy.max_prepay_sat {
+            return Err(BuyerCheckError::PrepayTooHigh {
+                prepay_sat: quote.prepay_sat,
+                max_sat: start.policy.max_prepay_sat,
+            });
         }
         if start.offer.claim_margin < start.policy.min_claim_margin {
             return Err(BuyerCheckError::ClaimMarginTooLow {
@@ -590,7 +634,7 @@ impl BuyerSwap {
             buyer_musig_pubkey: start.keys.musig_pubkey(),
             buyer_claim_pubkey: start.keys.claim_pubkey(),
             max_total_fee_sat: start.policy.max_total_fee_sat.min(quote.fee_sat()),
-            prepay_accepted: false,
+            prepay_accepted: quote.prepay_sat > 0,
         };
         let core = CoreRecord {
             swap_id: start.swap_id,
@@ -704,6 +748,13 @@ impl BuyerSwap {
             BuyerState::ClaimBroadcast { claim_tx, purpose, .. } => {
                 actions.push(Action::Broadcast { tx: claim_tx.clone(), purpose: *purpose });
             }
+            BuyerState::Accepted { terms: Terms { prepay: Some(p), .. }, announced: None } => {
+                // Paid, in flight or not yet sent before the restart: paying is idempotent.
+                actions.push(Action::PayPrepay {
+                    invoice: p.invoice.clone(),
+                    amount_msat: p.amount_msat,
+                });
+            }
             _ => {}
         }
         Ok(actions)
@@ -717,7 +768,15 @@ impl BuyerSwap {
                 self.on_htlc_output(outpoint, value_sat, script_pubkey, confirmed_height, ctx)
             }
             Event::HtlcSpent { tx, confirmed_height } => self.on_htlc_spent(tx, confirmed_height),
-            Event::PaymentSucceeded { preimage } => self.on_payment_succeeded(preimage, ctx, rng),
+            Event::PaymentSucceeded { preimage } => {
+                if let Some(p) =
+                    self.prepay_terms().filter(|p| p.payment_hash == preimage.payment_hash())
+                {
+                    let amount_sat = p.amount_msat / 1000;
+                    return Ok(vec![Action::Notify(Notification::Prepaid { amount_sat })]);
+                }
+                self.on_payment_succeeded(preimage, ctx, rng)
+            }
             Event::PaymentFailed { attempt, reason } => {
                 if self.current_attempt() != Some(attempt) {
                     return Ok(Vec::new()); // another attempt's failure (stale, replayed)
@@ -731,6 +790,9 @@ impl BuyerSwap {
                 self.on_payment_failed(ctx, reason, true)
             }
             Event::PaymentStatus { payment_hash, status } => {
+                if self.prepay_terms().is_some_and(|p| p.payment_hash == payment_hash) {
+                    return self.on_prepay_status(status);
+                }
                 if Some(payment_hash) != self.payment_hash() {
                     return Ok(Vec::new());
                 }
@@ -830,9 +892,7 @@ impl BuyerSwap {
                 max_sat: self.rec.policy.max_total_fee_sat,
             });
         }
-        if accept.prepay_invoice.is_some() || quote.prepay_sat > 0 {
-            return Err(BuyerCheckError::PrepayUnsupported);
-        }
+        let prepay = self.check_prepay(accept, ctx)?;
         let invoice = Bolt11Invoice::from_str(&accept.invoice)
             .map_err(|e| BuyerCheckError::InvoiceInvalid(e.to_string()))?;
         if invoice.network() != self.rec.core.offer.network {
@@ -904,7 +964,51 @@ impl BuyerSwap {
                 .unwrap_or(u32::MAX),
             quote: *quote,
             htlc_params,
+            prepay,
         })
+    }
+
+    /// The prepay invoice against the quote: present exactly when the quote has a prepay, within
+    /// the buyer's limit, for the quote's amount, from the offer's node, on its network, unexpired,
+    /// and for another hash than the swap's (paying it must not reveal the swap's preimage).
+    fn check_prepay(
+        &self,
+        accept: &SwapAccept,
+        ctx: &Context,
+    ) -> Result<Option<PrepayTerms>, BuyerCheckError> {
+        let bad = |why: &str| BuyerCheckError::PrepayInvoiceInvalid(why.to_string());
+        let prepay_sat = accept.quote.prepay_sat;
+        let Some(text) = &accept.prepay_invoice else {
+            return if prepay_sat == 0 { Ok(None) } else { Err(bad("missing")) };
+        };
+        if prepay_sat == 0 {
+            return Err(bad("the quote has no prepay"));
+        }
+        if prepay_sat > self.rec.policy.max_prepay_sat {
+            return Err(BuyerCheckError::PrepayTooHigh {
+                prepay_sat,
+                max_sat: self.rec.policy.max_prepay_sat,
+            });
+        }
+        let invoice = Bolt11Invoice::from_str(text).map_err(|_| bad("does not decode"))?;
+        if invoice.network() != self.rec.core.offer.network {
+            return Err(bad("another network"));
+        }
+        if invoice.recover_payee_pub_key() != self.rec.core.offer.ln_node_id {
+            return Err(bad("not from the offer's lightning node"));
+        }
+        let amount_msat = prepay_sat.saturating_mul(1000);
+        if invoice.amount_milli_satoshis() != Some(amount_msat) {
+            return Err(bad("amount differs from the quote's prepay"));
+        }
+        if invoice.would_expire(Duration::from_secs(ctx.now_secs)) {
+            return Err(bad("expired"));
+        }
+        let payment_hash = PaymentHash(invoice.payment_hash().to_byte_array());
+        if payment_hash == accept.payment_hash {
+            return Err(bad("same payment hash as the swap's invoice"));
+        }
+        Ok(Some(PrepayTerms { invoice: text.clone(), payment_hash, amount_msat }))
     }
 
     fn handle_message(&mut self, body: Message, ctx: &Context, _rng: &mut impl Rng) -> Actions {
@@ -920,12 +1024,18 @@ impl BuyerSwap {
                             quote: terms.quote,
                             timeout_height: terms.htlc_params.timeout_height,
                         });
+                        let prepay = terms.prepay.as_ref().map(|p| Action::PayPrepay {
+                            invoice: p.invoice.clone(),
+                            amount_msat: p.amount_msat,
+                        });
                         self.go(BuyerState::Accepted { terms, announced: None })?;
-                        Ok(vec![
+                        let mut actions = vec![
                             Action::Persist,
                             Action::WatchHtlc { script_pubkey: htlc.script_pubkey().to_owned() },
                             note,
-                        ])
+                        ];
+                        actions.extend(prepay);
+                        Ok(actions)
                     }
                     Err(check) => self.abort(AbortReason::ChecksFailed, Some(check), None),
                 }
@@ -1184,6 +1294,30 @@ impl BuyerSwap {
             attempt,
         })?;
         Ok(vec![Action::Persist, action, Action::Notify(Notification::Paying { max_cltv: budget })])
+    }
+
+    /// The prepay, when the agreed terms have one.
+    fn prepay_terms(&self) -> Option<&PrepayTerms> {
+        self.rec.state.terms().and_then(|t| t.prepay.as_ref())
+    }
+
+    /// What the Lightning node says of the prepay after a send error or a failure event: one
+    /// that failed (or never went out) ends a swap that is still waiting for its HTLC (the seller,
+    /// unpaid, does not fund; if it did, it gets its cooperative refund).
+    fn on_prepay_status(&mut self, status: PaymentStatus) -> Actions {
+        match (status, &self.rec.state) {
+            (PaymentStatus::Failed | PaymentStatus::Unknown, BuyerState::Accepted { .. }) => self
+                .abort(
+                    AbortReason::PaymentFailed,
+                    None,
+                    Some("the prepay could not be paid".into()),
+                ),
+            (PaymentStatus::Succeeded { .. }, _) => {
+                let amount_sat = self.prepay_terms().map_or(0, |p| p.amount_msat / 1000);
+                Ok(vec![Action::Notify(Notification::Prepaid { amount_sat })])
+            }
+            _ => Ok(Vec::new()),
+        }
     }
 
     /// The attempt in flight, in `Paying`.

@@ -1,12 +1,15 @@
 //! The seller's side of a loop out (spec `02-swap-flow.md`, "Seller").
 //!
 //! ```text
-//! AwaitingInvoice -> Accepted -> Funded -> Paid (point of no return) -> Claimed
+//! AwaitingInvoice -> Accepted (-> prepay received) -> Funded -> Paid (point of no return) -> Claimed
 //!                        |          |-> RefundingCooperatively -> Refunding -> Refunded
 //!                        |          '-> Refunding (timeout) ----------------^
 //!                        '-> Aborted
 //! ```
 
+use core::str::FromStr;
+
+use bitcoin::hashes::Hash;
 use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, Txid};
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +45,25 @@ pub const COOP_REFUND_RETRY_SECS: u64 = 60;
 /// Seconds between two looks at a claim that has not settled yet (`Paid`).
 pub const CLAIM_CHECK_SECS: u64 = 30;
 
+/// Seconds a prepay invoice stays payable (at most the main invoice's expiry): the buyer pays it
+/// right after `swap_accept`, so a few minutes cover a route found on the second try.
+pub const PREPAY_EXPIRY_SECS: u32 = 600;
+
+/// The prepay of a swap whose offer asks for one (spec `02-swap-flow.md`, "Prepay"): a plain
+/// invoice the seller's Lightning node settles at once; the seller funds only once it is paid
+/// and keeps it whatever happens next.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Prepay {
+    /// The BOLT11 prepay invoice.
+    pub invoice: String,
+    /// Its payment hash (the Lightning node's, not the swap's).
+    pub payment_hash: PaymentHash,
+    /// When it expires (unix seconds): unpaid by then, the swap ends with nothing locked.
+    pub expires_at_secs: u64,
+    /// Received.
+    pub paid: bool,
+}
+
 /// Where the HTLC is on chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Funding {
@@ -60,10 +82,14 @@ pub struct Funding {
 pub enum SellerState {
     /// Request accepted; the invoice is being created.
     AwaitingInvoice,
-    /// `swap_accept` sent; the funding transaction is being built.
+    /// `swap_accept` sent; the funding transaction is being built (with a prepay: once it is
+    /// received).
     Accepted {
         /// The BOLT11 invoice.
         invoice: String,
+        /// The prepay, when the offer asks for one.
+        #[serde(default)]
+        prepay: Option<Prepay>,
     },
     /// The HTLC is funded; waiting for the payment.
     Funded {
@@ -239,6 +265,14 @@ impl SellerRecord {
     pub fn payment_hash(&self) -> PaymentHash {
         self.htlc_params.payment_hash
     }
+
+    /// The prepay invoice's payment hash, while the swap waits for it.
+    pub fn prepay_hash(&self) -> Option<PaymentHash> {
+        match &self.state {
+            SellerState::Accepted { prepay: Some(p), .. } => Some(p.payment_hash),
+            _ => None,
+        }
+    }
 }
 
 /// One loop out, seller side: its [`SellerRecord`] (read through `Deref`; only the state machine
@@ -296,8 +330,11 @@ impl SellerSwap {
         }
         let quote = Quote::compute(&offer, request.amount_sat)
             .map_err(|e| err(ErrorCode::AmountOutOfRange, e))?;
-        if quote.prepay_sat > 0 {
-            return Err(err(ErrorCode::InvalidParams, "prepay offers are not served yet"));
+        if quote.prepay_sat > 0 && !request.prepay_accepted {
+            return Err(err(
+                ErrorCode::InvalidParams,
+                format!("the offer asks for a prepay of {} sat", quote.prepay_sat),
+            ));
         }
         if quote.fee_sat() > request.max_total_fee_sat {
             return Err(err(
@@ -345,16 +382,30 @@ impl SellerSwap {
             state: SellerState::AwaitingInvoice,
         };
         let swap = SellerSwap { rec, live: Live::new(keys), htlc, claim_check_at_secs: 0 };
-        let actions = vec![
-            Action::Persist,
-            Action::CreateInvoice {
-                payment_hash: swap.payment_hash(),
-                amount_msat,
-                expiry_secs,
-                description: format!("looper swap {}", swap.swap_id()),
-            },
-        ];
+        let actions = vec![Action::Persist, swap.create_invoice(amount_msat, expiry_secs)];
         Ok((swap, actions))
+    }
+
+    /// The invoices to ask the Lightning node for: the hold invoice and, when the quote has one,
+    /// the prepay's.
+    fn create_invoice(&self, amount_msat: u64, expiry_secs: u32) -> Action {
+        let prepay_sat = self.rec.quote.prepay_sat;
+        Action::CreateInvoice {
+            payment_hash: self.payment_hash(),
+            amount_msat,
+            expiry_secs,
+            description: format!("looper swap {}", self.rec.core.swap_id),
+            prepay_msat: (prepay_sat > 0).then(|| prepay_sat.saturating_mul(1000)),
+            prepay_expiry_secs: PREPAY_EXPIRY_SECS.min(expiry_secs),
+        }
+    }
+
+    /// The funding order, once nothing (no unpaid prepay) holds it back.
+    fn fund_htlc(&self) -> Action {
+        Action::FundHtlc {
+            script_pubkey: self.htlc.script_pubkey().to_owned(),
+            amount_sat: self.rec.quote.htlc_amount_sat,
+        }
     }
 
     /// The HTLC.
@@ -385,19 +436,20 @@ impl SellerSwap {
         let htlc = self.htlc.clone();
         match &self.rec.state {
             SellerState::AwaitingInvoice => {
-                actions.push(Action::CreateInvoice {
-                    payment_hash: self.payment_hash(),
-                    amount_msat: self.rec.quote.invoice_amount_sat.saturating_mul(1000),
-                    expiry_secs: invoice_expiry_secs(&self.rec.core.offer),
-                    description: format!("looper swap {}", self.rec.core.swap_id),
-                });
+                actions.push(self.create_invoice(
+                    self.rec.quote.invoice_amount_sat.saturating_mul(1000),
+                    invoice_expiry_secs(&self.rec.core.offer),
+                ));
             }
-            SellerState::Accepted { .. } => {
+            SellerState::Accepted { prepay, .. } => {
                 actions.push(Action::WatchHtlc { script_pubkey: htlc.script_pubkey().to_owned() });
-                actions.push(Action::FundHtlc {
-                    script_pubkey: htlc.script_pubkey().to_owned(),
-                    amount_sat: self.rec.quote.htlc_amount_sat,
-                });
+                match prepay {
+                    // Received while we were down (or before the record said so): ask.
+                    Some(p) if !p.paid => {
+                        actions.push(Action::CheckPayment { payment_hash: p.payment_hash });
+                    }
+                    _ => actions.push(self.fund_htlc()),
+                }
             }
             SellerState::Funded { funding, .. }
             | SellerState::RefundingCooperatively { funding, .. } => {
@@ -451,7 +503,9 @@ impl SellerSwap {
     fn handle_event(&mut self, event: Event, ctx: &Context, rng: &mut impl Rng) -> Actions {
         match event {
             Event::Message(_) | Event::Tick => Ok(Vec::new()), // dispatched by `handle`
-            Event::InvoiceCreated { invoice } => self.on_invoice(invoice),
+            Event::InvoiceCreated { invoice, prepay_invoice } => {
+                self.on_invoice(invoice, prepay_invoice, ctx)
+            }
             Event::FundingBuilt { tx, vout } => self.on_funding_built(tx, vout),
             Event::FundingFailed { reason } => self.abort(AbortReason::Internal, Some(reason)),
             Event::HtlcOutput { outpoint, confirmed_height, .. } => {
@@ -468,12 +522,21 @@ impl SellerSwap {
                 self.on_payment_claimable(payment_hash, amount_msat, ctx)
             }
             Event::PaymentClaimed { payment_hash } => {
+                if Some(payment_hash) == self.rec.prepay_hash() {
+                    return self.on_prepay_received();
+                }
                 if payment_hash != self.payment_hash() {
                     return Ok(Vec::new());
                 }
                 self.on_claim_settled()
             }
             Event::PaymentStatus { payment_hash, status } => {
+                if Some(payment_hash) == self.rec.prepay_hash() {
+                    return match status {
+                        PaymentStatus::Succeeded { .. } => self.on_prepay_received(),
+                        _ => Ok(Vec::new()), // not yet: the tick ends it at its expiry
+                    };
+                }
                 if payment_hash != self.payment_hash() {
                     return Ok(Vec::new());
                 }
@@ -518,10 +581,32 @@ impl SellerSwap {
         Ok(self.rec.core.abort_actions(reason, message, finished))
     }
 
-    fn on_invoice(&mut self, invoice: String) -> Actions {
+    fn on_invoice(
+        &mut self,
+        invoice: String,
+        prepay_invoice: Option<String>,
+        ctx: &Context,
+    ) -> Actions {
         if self.rec.state != SellerState::AwaitingInvoice {
             return Ok(Vec::new());
         }
+        let prepay = match (self.rec.quote.prepay_sat, prepay_invoice) {
+            (0, _) => None,
+            (_, None) => return Err(SwapError::Internal("no prepay invoice".into())),
+            (_, Some(p)) => {
+                let decoded = lightning_invoice::Bolt11Invoice::from_str(&p).map_err(internal)?;
+                let expires_at_secs = decoded
+                    .expires_at()
+                    .map(|d| d.as_secs())
+                    .unwrap_or_else(|| ctx.now_secs.saturating_add(PREPAY_EXPIRY_SECS.into()));
+                Some(Prepay {
+                    payment_hash: PaymentHash(decoded.payment_hash().to_byte_array()),
+                    invoice: p,
+                    expires_at_secs,
+                    paid: false,
+                })
+            }
+        };
         let htlc = self.htlc.clone();
         let keys = self.keys();
         let accept = SwapAccept {
@@ -533,23 +618,44 @@ impl SellerSwap {
             htlc_script_pubkey: htlc.script_pubkey().to_owned(),
             htlc_amount_sat: self.rec.quote.htlc_amount_sat,
             quote: self.rec.quote,
-            prepay_invoice: None,
+            prepay_invoice: prepay.as_ref().map(|p| p.invoice.clone()),
         };
-        self.go(SellerState::Accepted { invoice })?;
+        let wait_for_prepay = prepay.is_some();
+        self.go(SellerState::Accepted { invoice, prepay })?;
         let send = self.rec.core.send(Message::SwapAccept(accept));
-        Ok(vec![
+        let mut actions = vec![
             Action::Persist,
             send,
             Action::WatchHtlc { script_pubkey: htlc.script_pubkey().to_owned() },
-            Action::FundHtlc {
-                script_pubkey: htlc.script_pubkey().to_owned(),
-                amount_sat: self.rec.quote.htlc_amount_sat,
-            },
+        ];
+        if !wait_for_prepay {
+            actions.push(self.fund_htlc());
+        }
+        Ok(actions)
+    }
+
+    /// The prepay arrived (the Lightning node settled it): the seller keeps it and funds now.
+    fn on_prepay_received(&mut self) -> Actions {
+        let SellerState::Accepted { invoice, prepay: Some(p) } = &self.rec.state else {
+            return Ok(Vec::new());
+        };
+        if p.paid {
+            return Ok(Vec::new());
+        }
+        let to = SellerState::Accepted {
+            invoice: invoice.clone(),
+            prepay: Some(Prepay { paid: true, ..p.clone() }),
+        };
+        self.go(to)?;
+        Ok(vec![
+            Action::Persist,
+            Action::Notify(Notification::Prepaid { amount_sat: self.rec.quote.prepay_sat }),
+            self.fund_htlc(),
         ])
     }
 
     fn on_funding_built(&mut self, tx: Transaction, vout: u32) -> Actions {
-        let SellerState::Accepted { invoice } = &self.rec.state else {
+        let SellerState::Accepted { invoice, .. } = &self.rec.state else {
             // Aborted meanwhile, or a duplicate: the transaction is never broadcast.
             return Ok(Vec::new());
         };
@@ -995,6 +1101,15 @@ impl SellerSwap {
                     >= self.rec.htlc_params.timeout_height =>
             {
                 self.abort(AbortReason::TimeoutTooClose, Some("funding never happened".into()))
+            }
+            SellerState::Accepted { prepay: Some(p), .. }
+                if !p.paid && ctx.now_secs >= p.expires_at_secs =>
+            {
+                // Nothing was locked: the swap just ends.
+                self.abort(
+                    AbortReason::PaymentFailed,
+                    Some("the prepay was not paid before its invoice expired".into()),
+                )
             }
             SellerState::Funded { refund_attempts, refund_retry_at_secs, .. }
                 if *refund_attempts > 0

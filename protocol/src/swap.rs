@@ -101,10 +101,12 @@ pub enum Event {
         /// Why (shown to the user; never contains secrets).
         reason: String,
     },
-    /// Seller: the invoice asked for by [`Action::CreateInvoice`].
+    /// Seller: the invoices asked for by [`Action::CreateInvoice`].
     InvoiceCreated {
-        /// BOLT11.
+        /// BOLT11: the hold invoice for the swap's hash.
         invoice: String,
+        /// BOLT11: the plain (auto-settled) prepay invoice, when one was asked for.
+        prepay_invoice: Option<String>,
     },
     /// Seller: a payment for the swap's hash is held, waiting for [`Action::ClaimPayment`] or
     /// [`Action::FailPayment`].
@@ -114,7 +116,7 @@ pub enum Event {
         /// What it pays.
         amount_msat: u64,
     },
-    /// Seller: the payment was claimed.
+    /// Seller: the payment was claimed (for the prepay's hash: the prepay was received).
     PaymentClaimed {
         /// Its hash.
         payment_hash: PaymentHash,
@@ -225,7 +227,9 @@ pub enum Action {
     Persist,
     /// Send a message to the peer.
     Send(Envelope),
-    /// Seller: create a hold invoice for `payment_hash` (answer with [`Event::InvoiceCreated`]).
+    /// Seller: create a hold invoice for `payment_hash` and, with `prepay_msat`, a plain invoice
+    /// for the prepay that the Lightning node settles at once (answer with
+    /// [`Event::InvoiceCreated`] once both exist).
     CreateInvoice {
         /// The hash.
         payment_hash: PaymentHash,
@@ -235,6 +239,10 @@ pub enum Action {
         expiry_secs: u32,
         /// Description.
         description: String,
+        /// The prepay's amount, when the swap has one.
+        prepay_msat: Option<u64>,
+        /// The prepay invoice's expiry in seconds.
+        prepay_expiry_secs: u32,
     },
     /// Seller: build a transaction paying `amount_sat` to `script_pubkey` (answer with
     /// [`Event::FundingBuilt`]); the node may batch several swaps' outputs in one transaction.
@@ -269,6 +277,15 @@ pub enum Action {
         max_total_cltv_expiry_delta: u32,
         /// Which attempt this is (1, 2, ...: never reused within a swap).
         attempt: u32,
+    },
+    /// Buyer: pay the seller's prepay invoice (idempotent: a prepay paid or in flight is not
+    /// paid again). Success comes as [`Event::PaymentSucceeded`] with the prepay's preimage, a
+    /// failure as [`Event::PaymentStatus`] for the prepay's hash.
+    PayPrepay {
+        /// BOLT11 (already checked against the quote).
+        invoice: String,
+        /// The amount.
+        amount_msat: u64,
     },
     /// Ask the Lightning node what it knows of our payment for `payment_hash` (answer with
     /// [`Event::PaymentStatus`]).
@@ -322,6 +339,11 @@ pub enum Notification {
         confirmations: u32,
         /// Confirmations required.
         required: u32,
+    },
+    /// The prepay went through (buyer: paid; seller: received): the seller funds now.
+    Prepaid {
+        /// Its amount.
+        amount_sat: u64,
     },
     /// The buyer is paying the invoice.
     Paying {

@@ -10,10 +10,14 @@ use crate::swap::Transition;
 
 /// The buyer's transition table (the diagrams in `spec/diagrams/` are generated from it).
 pub const BUYER_TRANSITIONS: &[Transition] = &[
-    ("Requested", "Accepted", "swap_accept passes every check"),
+    ("Requested", "Accepted", "swap_accept passes every check / pay the prepay, if any"),
     ("Requested", "Aborted", "error, swap_abort, a failed check or user abort"),
     ("Accepted", "Funded", "htlc on chain with agreed script and value"),
-    ("Accepted", "Aborted", "a failed check, swap_abort, user abort, invoice expiry"),
+    (
+        "Accepted",
+        "Aborted",
+        "a failed check, swap_abort, user abort, invoice expiry, prepay failed",
+    ),
     ("Funded", "Paying", "min_confirmations reached and checks pass / pay"),
     ("Funded", "Aborted", "a failed check, swap_abort, user abort, timeout too close"),
     ("Funded", "Accepted", "htlc gone from the chain (reorg, double spend)"),
@@ -40,10 +44,14 @@ swap_states! {
 
 /// The seller's transition table (the diagrams in `spec/diagrams/` are generated from it).
 pub const SELLER_TRANSITIONS: &[Transition] = &[
-    ("AwaitingInvoice", "Accepted", "invoice created / send swap_accept, fund"),
+    (
+        "AwaitingInvoice",
+        "Accepted",
+        "invoices created / send swap_accept, fund (with a prepay: once it is received)",
+    ),
     ("AwaitingInvoice", "Aborted", "swap_abort"),
     ("Accepted", "Funded", "funding built / persist, broadcast, send swap_funded"),
-    ("Accepted", "Aborted", "swap_abort or funding failed"),
+    ("Accepted", "Aborted", "swap_abort, funding failed, or the prepay unpaid at its expiry"),
     ("Funded", "Paid", "payment claimable in time / claim it"),
     ("Funded", "RefundingCooperatively", "swap_abort / send coop_refund_request"),
     ("Funded", "Refunding", "tip >= timeout / refund leaf"),

@@ -283,7 +283,7 @@ impl Lightning for SimLightning {
         self.alive()?;
         let tamper = self.tamper.lock().ok().and_then(|t| *t);
         let mut w = lock(&self.world);
-        w.invoices.insert(payment_hash, Invoice { payee: self.node, amount_msat });
+        w.invoices.insert(payment_hash, Invoice { payee: self.node, amount_msat, preimage: None });
         let (mut hash, mut amount, mut expiry, mut created) =
             (payment_hash, amount_msat, u64::from(expiry_secs), w.now);
         let mut key = w.ln_keys.get(self.node).copied().unwrap_or_else(|| crate::world::key(1));
@@ -391,7 +391,9 @@ impl Lightning for SimLightning {
 
     fn payment(&self, payment_hash: PaymentHash) -> Option<PaymentInfo> {
         let w = lock(&self.world);
-        let p = w.payments.get(&payment_hash).filter(|p| p.from == self.node)?;
+        let p =
+            w.payments.get(&payment_hash).filter(|p| p.from == self.node || p.to == self.node)?;
+        let outbound = p.from == self.node;
         let status = match p.state {
             PayState::InFlight | PayState::Held => "pending",
             PayState::Succeeded => "succeeded",
@@ -399,17 +401,44 @@ impl Lightning for SimLightning {
         };
         Some(PaymentInfo {
             payment_hash: payment_hash.to_string(),
-            direction: "outbound".into(),
+            direction: if outbound { "outbound" } else { "inbound" }.into(),
             status: status.into(),
             amount_msat: Some(p.amount_msat),
             fee_paid_msat: None,
-            preimage: p.preimage.as_ref().map(|x| x.0.to_lower_hex_string()),
+            // As ldk-node: the preimage of outbound payments only.
+            preimage: p.preimage.as_ref().filter(|_| outbound).map(|x| x.0.to_lower_hex_string()),
             updated_at: w.now,
         })
     }
 
-    async fn invoice(&self, _: u64, _: &str, _: u32) -> Result<String, LightningError> {
-        Err(invalid("request", "not simulated"))
+    async fn invoice(
+        &self,
+        amount_msat: u64,
+        _description: &str,
+        expiry_secs: u32,
+    ) -> Result<String, LightningError> {
+        self.alive()?;
+        let mut w = lock(&self.world);
+        // The node makes the preimage; distinct per invoice.
+        let n = w.invoices.len() as u64;
+        let seed = [self.node.to_le_bytes().as_slice(), &n.to_le_bytes(), b"plain"].concat();
+        let preimage = Preimage(sha256::Hash::hash(&seed).to_byte_array());
+        let hash = PaymentHash(sha256::Hash::hash(&preimage.0).to_byte_array());
+        w.invoices
+            .insert(hash, Invoice { payee: self.node, amount_msat, preimage: Some(preimage) });
+        let key = w.ln_keys.get(self.node).copied().unwrap_or_else(|| crate::world::key(1));
+        let secp = Secp256k1::new();
+        InvoiceBuilder::new(Currency::Regtest)
+            .description("looper test bed prepay".into())
+            .payment_hash(sha256::Hash::from_byte_array(hash.0))
+            .payment_secret(PaymentSecret([43; 32]))
+            .duration_since_epoch(Duration::from_secs(w.now))
+            .min_final_cltv_expiry_delta(18)
+            .amount_milli_satoshis(amount_msat)
+            .expiry_time(Duration::from_secs(u64::from(expiry_secs)))
+            .build_signed(|h| secp.sign_ecdsa_recoverable(h, &key))
+            .map(|i| i.to_string())
+            .map_err(|e| invalid("invoice", e.to_string()))
     }
 
     async fn open_channel(

@@ -80,6 +80,8 @@ pub struct PairOptions {
     pub mock_reorder: bool,
     /// Buyer mock: its payment spends this many blocks in flight.
     pub mock_payment_delay_blocks: u32,
+    /// The seller's offer asks for this prepay.
+    pub prepay_sat: Option<u64>,
 }
 
 impl PairOptions {
@@ -99,6 +101,7 @@ impl PairOptions {
             mock_duplicate: false,
             mock_reorder: false,
             mock_payment_delay_blocks: 0,
+            prepay_sat: None,
         }
     }
 }
@@ -251,7 +254,8 @@ impl Pair {
             .wallet
             .shortchange_sat
             .store(o.mock_short_funding_sat, std::sync::atomic::Ordering::Relaxed);
-        let published = offer(&world, o.relays.clone());
+        let mut published = offer(&world, o.relays.clone());
+        published.prepay_sat = o.prepay_sat;
         seller.engine.publish_offer(&published).await?;
         let taken = if o.discover {
             let want = OfferFilter {

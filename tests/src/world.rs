@@ -53,13 +53,16 @@ pub struct Payment {
     pub attempts: u32,
 }
 
-/// An invoice issued by a node for a payment hash (a hold invoice).
+/// An invoice issued by a node for a payment hash: a hold invoice, or a plain one that the
+/// payee's node settles as soon as the payment arrives.
 #[derive(Debug, Clone)]
 pub struct Invoice {
     /// Issuer.
     pub payee: NodeIdx,
     /// Amount, msat.
     pub amount_msat: u64,
+    /// A plain invoice's preimage (the node made it); `None` for a hold invoice.
+    pub preimage: Option<Preimage>,
 }
 
 /// The world.
@@ -296,6 +299,12 @@ impl World {
             let Some(p) = self.payments.get_mut(&h) else { continue };
             p.state = PayState::Held;
             let (to, amount_msat) = (p.to, p.amount_msat);
+            let plain = self.invoices.get(&h).and_then(|i| i.preimage.clone());
+            if let Some(preimage) = plain {
+                // A plain invoice: the payee's node claims it at once.
+                let _ = self.settle_payment(h, preimage);
+                continue;
+            }
             self.log.push(format!("payment {h} held by node {to}"));
             self.push_ln_event(
                 to,

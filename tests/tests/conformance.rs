@@ -102,6 +102,38 @@ async fn buyer_vanishes_refund_after_timeout() -> Result<()> {
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prepaid_swap_over_the_relay_through_the_real_engines() -> Result<()> {
+    // The seller funds only once the prepay is in; the buyer pays the rest through the hold
+    // invoice: the same total as without a prepay.
+    let (relay, _, p) = setup(|o| o.prepay_sat = Some(1_500)).await?;
+    p.wait_for(CLAIMED, CLAIMED, WAIT).await?;
+    assert_eq!(p.purposes(), vec![TxPurpose::Funding, TxPurpose::CooperativeClaim]);
+    let quote = looper_protocol::terms::Quote::compute(&p.offer, 200_000)?;
+    assert_eq!(quote.prepay_sat, 1_500);
+    assert_eq!(p.settled_msat(), (quote.invoice_amount_sat + quote.prepay_sat) * 1000);
+    p.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_buyer_that_prepays_and_vanishes_pays_the_seller_its_refund() -> Result<()> {
+    let (relay, _, mut p) = setup(|o| {
+        o.prepay_sat = Some(1_500);
+        o.block_interval = Duration::from_millis(60);
+    })
+    .await?;
+    p.wait_for(&[], &["Funded"], WAIT).await?;
+    p.stop_buyer();
+    p.wait_for(&[], &["Refunded"], Duration::from_secs(60)).await?;
+    assert_eq!(p.purposes(), vec![TxPurpose::Funding, TxPurpose::ScriptRefund]);
+    assert_eq!(p.settled_msat(), 1_500 * 1000, "the prepay alone, kept by the seller");
+    p.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}
+
 async fn await_reply(arx: &mut mpsc::Receiver<Incoming>, what: &str) -> Result<Incoming> {
     match tokio::time::timeout(WAIT, arx.recv()).await {
         Ok(Some(m)) => Ok(m),

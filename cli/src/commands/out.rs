@@ -40,6 +40,10 @@ pub struct OutArgs {
     /// replaced with a higher fee when it does not confirm.
     #[arg(long, value_name = "BLOCKS", value_parser = clap::value_parser!(u16).range(1..=1008), conflicts_with = "fast")]
     pub conf_target: Option<u16>,
+    /// Refuse offers whose prepay (paid before the seller locks, lost if it never does) is
+    /// above this, in satoshis (default: the node's `buyer.max_prepay_sat`, 10 000).
+    #[arg(long, value_name = "SAT", value_parser = parse_sat)]
+    pub max_prepay: Option<u64>,
     /// Claim as fast as possible: `--conf-target 2` (costs more).
     #[arg(long)]
     pub fast: bool,
@@ -151,6 +155,7 @@ pub async fn out(ctx: &Ctx, args: &OutArgs) -> CliResult<()> {
         max_route_cltv: None,
         min_confirmations: None,
         conf_target,
+        max_prepay_sat: args.max_prepay,
         address: args.address.clone(),
     };
     let v: SwapOutResponse =

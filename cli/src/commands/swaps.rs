@@ -334,6 +334,10 @@ pub fn describe(e: &Value) -> String {
         "paying" => {
             format!("paying the invoice (route CLTV budget {} blocks)", text(e, "max_cltv"))
         }
+        "prepaid" => format!(
+            "prepay of {} settled: the seller funds the HTLC now",
+            sat(num(e, "amount_sat"))
+        ),
         "paid" => "paid: the preimage is known".into(),
         "broadcast" => {
             let purpose = text(e, "purpose");

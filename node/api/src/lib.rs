@@ -190,6 +190,10 @@ pub struct SwapOutRequest {
     /// `fees.claim_conf_target`; 1 to 1008).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conf_target: Option<u16>,
+    /// Most the buyer prepays before the seller locks (default: the node's
+    /// `buyer.max_prepay_sat`); an offer asking more is refused (`prepay_too_high`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_prepay_sat: Option<u64>,
     /// Where the claim pays to (default: a new address of the node's swap wallet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,

@@ -123,7 +123,7 @@ pub struct EngineConfig {
 }
 
 /// Confirmation targets of the swaps' own transactions (`[fees]` in the configuration); the cap
-/// is the wallet's ([`SwapWallet::capped`]).
+/// is the wallet's ([`SwapWallet::max_fee_rate`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FeeSettings {
     /// Claims (a buyer's `--conf-target` overrides it for its swap).
@@ -504,7 +504,7 @@ impl Engine {
             }
             LightningEvent::PaymentFailed { payment_hash: None, .. } => return true,
         };
-        let found = self.inner.swaps.select(|s| s.view().payment_hash == Some(hash));
+        let found = self.inner.swaps.select(|s| s.routes(hash));
         let Some((id, slot)) = found.into_iter().next() else {
             tracing::debug!("lightning event for no swap");
             return true;

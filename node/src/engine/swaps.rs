@@ -25,6 +25,10 @@ use crate::lightning::{LightningError, PayOutcome};
 use crate::nostr::PublicKey as NostrPublicKey;
 use crate::store::{SwapRecord, SwapRole, SwapStatus};
 
+/// The route CLTV cap of a prepay payment (LDK's default): the prepay does not depend on the
+/// HTLC's timeout.
+const PREPAY_MAX_CLTV: u32 = 1008;
+
 /// A swap's state machine, or its record while its keys are not attached yet.
 #[allow(clippy::large_enum_variant)]
 pub(super) enum Machine {
@@ -71,6 +75,17 @@ impl Machine {
             Machine::Seller(s) => Some(s.payment_hash()),
             Machine::Unloaded(ProtoRecord::Buyer(r)) => r.payment_hash(),
             Machine::Unloaded(ProtoRecord::Seller(r)) => Some(r.payment_hash()),
+        }
+    }
+
+    /// The prepay invoice's hash while the swap has one in play (its Lightning events route
+    /// here too).
+    pub(super) fn prepay_hash(&self) -> Option<PaymentHash> {
+        match self {
+            Machine::Buyer(b) => b.prepay_hash(),
+            Machine::Seller(s) => s.prepay_hash(),
+            Machine::Unloaded(ProtoRecord::Buyer(r)) => r.prepay_hash(),
+            Machine::Unloaded(ProtoRecord::Seller(r)) => r.prepay_hash(),
         }
     }
 
@@ -167,6 +182,7 @@ pub(super) struct View {
     pub(super) state: &'static str,
     pub(super) kind: StateKind,
     pub(super) payment_hash: Option<PaymentHash>,
+    pub(super) prepay_hash: Option<PaymentHash>,
     pub(super) seller: bool,
 }
 
@@ -176,6 +192,7 @@ impl View {
             state: machine.state_name(),
             kind: machine.kind(),
             payment_hash: machine.payment_hash(),
+            prepay_hash: machine.prepay_hash(),
             seller: matches!(machine, Machine::Seller(_)),
         }
     }
@@ -242,7 +259,15 @@ impl Slot {
     /// Only what routes events to the swap (its payment hash), at once after a transition: a
     /// Lightning event arriving while the transition's actions run still finds its swap.
     fn refresh_routing(&self, machine: &Machine) {
-        locked(&self.view).payment_hash = machine.payment_hash();
+        let mut view = locked(&self.view);
+        view.payment_hash = machine.payment_hash();
+        view.prepay_hash = machine.prepay_hash();
+    }
+
+    /// Whether a Lightning event for `hash` is this swap's (its invoice's or its prepay's).
+    pub(super) fn routes(&self, hash: PaymentHash) -> bool {
+        let view = locked(&self.view);
+        view.payment_hash == Some(hash) || view.prepay_hash == Some(hash)
     }
 
     pub(super) fn watch(&self) -> MutexGuard<'_, Watch> {
@@ -436,19 +461,39 @@ impl Engine {
                 }
                 Ok(None)
             }
-            Action::CreateInvoice { payment_hash, amount_msat, expiry_secs, description } => {
-                match self
-                    .inner
-                    .lightning
+            Action::CreateInvoice {
+                payment_hash,
+                amount_msat,
+                expiry_secs,
+                description,
+                prepay_msat,
+                prepay_expiry_secs,
+            } => {
+                let lightning = &self.inner.lightning;
+                let invoice = match lightning
                     .receive_for_hash(payment_hash, amount_msat, expiry_secs, &description)
                     .await
                 {
-                    Ok(invoice) => Ok(Some(Event::InvoiceCreated { invoice })),
+                    Ok(invoice) => invoice,
                     Err(e) => {
                         tracing::error!(swap = %id, error = %e, "cannot create the swap invoice");
-                        Ok(None)
+                        return Ok(None);
                     }
-                }
+                };
+                let prepay_invoice = match prepay_msat {
+                    None => None,
+                    Some(msat) => {
+                        let desc = format!("{description} prepay");
+                        match lightning.invoice(msat, &desc, prepay_expiry_secs).await {
+                            Ok(p) => Some(p),
+                            Err(e) => {
+                                tracing::error!(swap = %id, error = %e, "cannot create the prepay invoice");
+                                return Ok(None);
+                            }
+                        }
+                    }
+                };
+                Ok(Some(Event::InvoiceCreated { invoice, prepay_invoice }))
             }
             Action::FundHtlc { script_pubkey, amount_sat } => {
                 // Funded with the other swaps queued meanwhile (`flush_funding`).
@@ -489,6 +534,22 @@ impl Engine {
                         }
                         _ => Event::PaymentNotSent { attempt, reason: e.to_string() },
                     })),
+                }
+            }
+            Action::PayPrepay { invoice, .. } => {
+                let Some(hash) = machine.prepay_hash() else { return Ok(None) };
+                match self.inner.lightning.pay(&invoice, PREPAY_MAX_CLTV).await {
+                    Ok(PayOutcome::Started) | Ok(PayOutcome::AlreadyPending) => Ok(None),
+                    Ok(PayOutcome::AlreadySucceeded(preimage)) => {
+                        Ok(Some(Event::PaymentSucceeded { preimage }))
+                    }
+                    Err(e) => {
+                        tracing::warn!(swap = %id, error = %e, "cannot pay the prepay");
+                        Ok(Some(Event::PaymentStatus {
+                            payment_hash: hash,
+                            status: self.payment_status(hash),
+                        }))
+                    }
                 }
             }
             Action::CheckPayment { payment_hash } => Ok(Some(Event::PaymentStatus {

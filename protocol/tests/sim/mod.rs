@@ -74,6 +74,19 @@ pub struct Opts {
     pub drop_first_claim: bool,
     /// The first `coop_refund_request` is lost on the wire.
     pub drop_first_refund_request: bool,
+    /// The offer asks for this prepay.
+    pub prepay_sat: Option<u64>,
+    /// The buyer never pays the prepay (a griefer that takes the offer for free).
+    pub buyer_skips_prepay: bool,
+    /// The buyer's `max_prepay_sat`.
+    pub buyer_max_prepay_sat: Option<u64>,
+}
+
+/// The preimage of the seller's prepay invoice (the sim's Lightning node makes it).
+pub const PREPAY_PREIMAGE: [u8; 32] = [0x77; 32];
+
+pub fn prepay_hash() -> PaymentHash {
+    PaymentHash(sha256::Hash::hash(&PREPAY_PREIMAGE).to_byte_array())
 }
 
 /// What a simulated Lightning node knows of a payment.
@@ -94,6 +107,8 @@ pub enum Tamper {
     InvoiceExpired,
     InvoiceAmount,
     InvoicePayee,
+    /// The prepay invoice asks 1 sat more than the quote's prepay.
+    PrepayAmount,
 }
 
 #[derive(Debug, Default)]
@@ -163,6 +178,10 @@ pub struct Sim {
     pub min_fee_rate: FeeRate,
     /// Replacements accepted (BIP-125), as (replaced, replacement).
     pub replacements: Vec<(Txid, Txid)>,
+    /// The prepay the buyer paid and the seller received (one payment: it settles at once).
+    pub prepaid_msat: u64,
+    /// `PayPrepay` actions seen (idempotent: paid once whatever the count).
+    pub prepay_orders: u32,
     ln_secret: SecretKey,
 }
 
@@ -202,12 +221,16 @@ impl Sim {
         if let Some(margin) = opts.offer_claim_margin {
             offer.claim_margin = margin;
         }
-        let policy = BuyerPolicy {
+        offer.prepay_sat = opts.prepay_sat;
+        let mut policy = BuyerPolicy {
             max_total_fee_sat: 50_000,
             max_route_cltv: opts.buyer_max_route_cltv.unwrap_or(500),
             min_confirmations: 1,
             ..BuyerPolicy::default()
         };
+        if let Some(max) = opts.buyer_max_prepay_sat {
+            policy.max_prepay_sat = max;
+        }
         let start = BuyerStart {
             swap_id: SwapId([0xab; 32]),
             peer: "seller".into(),
@@ -245,6 +268,8 @@ impl Sim {
             pay_budgets: Vec::new(),
             min_fee_rate: FeeRate::ZERO,
             replacements: Vec::new(),
+            prepaid_msat: 0,
+            prepay_orders: 0,
             double_payments: 0,
             refund_sigs_while_paying: 0,
             log: Vec::new(),
@@ -272,12 +297,22 @@ impl Sim {
     }
 
     fn make_invoice(&self, hash: PaymentHash, amount_msat: u64, expiry_secs: u32) -> String {
+        self.build_invoice(hash, amount_msat, expiry_secs, self.opts.tamper)
+    }
+
+    fn build_invoice(
+        &self,
+        hash: PaymentHash,
+        amount_msat: u64,
+        expiry_secs: u32,
+        tamper: Option<Tamper>,
+    ) -> String {
         let secp = Secp256k1::new();
         let mut hash = hash;
         let mut amount_msat = amount_msat;
         let mut expiry = u64::from(expiry_secs);
         let mut created = self.ctx.now_secs;
-        match self.opts.tamper {
+        match tamper {
             Some(Tamper::InvoiceHash) => hash = PaymentHash([0x99; 32]),
             Some(Tamper::InvoiceAmount) => amount_msat += 1_000,
             Some(Tamper::InvoiceExpired) => {
@@ -295,7 +330,7 @@ impl Sim {
             .amount_milli_satoshis(amount_msat)
             .expiry_time(Duration::from_secs(expiry))
             .build_signed(|h| {
-                let key = if self.opts.tamper == Some(Tamper::InvoicePayee) {
+                let key = if tamper == Some(Tamper::InvoicePayee) {
                     SecretKey::from_slice(&[8; 32]).unwrap()
                 } else {
                     self.ln_secret
@@ -377,9 +412,44 @@ impl Sim {
                     let to = if party == Party::Buyer { Party::Seller } else { Party::Buyer };
                     self.wire(to, env);
                 }
-                Action::CreateInvoice { payment_hash, amount_msat, expiry_secs, .. } => {
+                Action::CreateInvoice {
+                    payment_hash,
+                    amount_msat,
+                    expiry_secs,
+                    prepay_msat,
+                    prepay_expiry_secs,
+                    ..
+                } => {
                     let invoice = self.make_invoice(payment_hash, amount_msat, expiry_secs);
-                    self.feed(party, Event::InvoiceCreated { invoice });
+                    let prepay_invoice = prepay_msat.map(|m| {
+                        let m = if self.opts.tamper == Some(Tamper::PrepayAmount) {
+                            m + 1_000
+                        } else {
+                            m
+                        };
+                        self.build_invoice(prepay_hash(), m, prepay_expiry_secs, None)
+                    });
+                    self.feed(party, Event::InvoiceCreated { invoice, prepay_invoice });
+                }
+                Action::PayPrepay { invoice, amount_msat } => {
+                    assert_eq!(party, Party::Buyer);
+                    let inv: lightning_invoice::Bolt11Invoice = invoice.parse().unwrap();
+                    assert_eq!(inv.amount_milli_satoshis(), Some(amount_msat));
+                    assert_eq!(inv.payment_hash().to_byte_array(), prepay_hash().0);
+                    self.prepay_orders += 1;
+                    if self.opts.buyer_skips_prepay {
+                        continue;
+                    }
+                    if self.prepaid_msat == 0 {
+                        // A plain invoice: the seller's node settles it at once.
+                        self.prepaid_msat = amount_msat;
+                        self.feed(
+                            Party::Seller,
+                            Event::PaymentClaimed { payment_hash: prepay_hash() },
+                        );
+                    }
+                    let preimage = looper_protocol::Preimage(PREPAY_PREIMAGE);
+                    self.feed(Party::Buyer, Event::PaymentSucceeded { preimage });
                 }
                 Action::FundHtlc { script_pubkey, amount_sat } => {
                     let tx = Transaction {
@@ -470,6 +540,14 @@ impl Sim {
                         self.in_flight.push((at, hash, amount_msat));
                         self.deliver_payments();
                     }
+                }
+                Action::CheckPayment { payment_hash } if payment_hash == prepay_hash() => {
+                    let status = if self.prepaid_msat > 0 {
+                        PaymentStatus::Succeeded { preimage: None }
+                    } else {
+                        PaymentStatus::Unknown
+                    };
+                    self.feed(party, Event::PaymentStatus { payment_hash, status });
                 }
                 Action::CheckPayment { payment_hash } => {
                     let status = match party {
@@ -950,6 +1028,9 @@ impl Sim {
             self.log
         );
         let htlc_locked = self.broadcasts.iter().any(|(_, p, _)| *p == TxPurpose::Funding);
+        if self.opts.prepay_sat.is_some() && htlc_locked {
+            assert!(self.prepaid_msat > 0, "the seller funded before the prepay: {:#?}", self.log);
+        }
         if self.buyer_paid_msat > 0 && !self.buyer_gone {
             assert!(
                 matches!(self.buyer.state(), BuyerState::Claimed { .. }),

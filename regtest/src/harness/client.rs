@@ -210,6 +210,7 @@ impl ApiClient {
             max_route_cltv: None,
             min_confirmations: None,
             conf_target: None,
+            max_prepay_sat: None,
             address: None,
         };
         let v: SwapOutResponse = self.post("/v1/swaps/out", &body).await?;
