@@ -195,6 +195,37 @@ async fn hostile_client_beside_an_honest_swap() -> Result<()> {
     let e = error_of(&await_reply(&mut arx, "the stolen swap id").await?)?;
     assert_eq!(e.code, ErrorCode::InvalidState, "{e:?}");
 
+    // 5. An `error` is never answered with an `error` (no ping-pong between two nodes).
+    let error = Envelope::error_reply(
+        honest_id,
+        8,
+        looper_protocol::messages::ErrorMessage::new(ErrorCode::Internal, "hostile"),
+    );
+    attacker.send(&seller_pk, &[], &error).await?;
+    let unknown = looper_protocol::SwapId([0xee; 32]);
+    attacker.send(&seller_pk, &[], &Envelope::error_reply(unknown, 0, error_of_msg())).await?;
+    let quiet = tokio::time::timeout(Duration::from_secs(2), arx.recv()).await;
+    assert!(quiet.is_err(), "an error was answered: {quiet:?}");
+
+    // 6. A swap_request repeated by its own sender gets the same swap_accept, not a second swap.
+    let own = flood_request(0, looper_protocol::SwapId([0x5a; 32]));
+    attacker.send(&seller_pk, &[], &own).await?;
+    let first = await_reply(&mut arx, "the attacker's own request").await?;
+    let Ok(first) = first.message else { return Err(anyhow!("undecodable answer")) };
+    assert!(matches!(first.body, Message::SwapAccept(_)), "{first:?}");
+    attacker.send(&seller_pk, &[], &own).await?;
+    // What follows the accept (its swap_funded) comes too: look for the accept among them.
+    let mut accepts = 1;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(3), arx.recv()).await {
+        if let Ok(env) = &m.message {
+            if matches!(env.body, Message::SwapAccept(_)) {
+                assert_eq!(*env, first, "the original swap_accept again");
+                accepts += 1;
+            }
+        }
+    }
+    assert_eq!(accepts, 2, "the repeated request got the original swap_accept");
+
     // The honest swap completes.
     p.wait_for(CLAIMED, CLAIMED, Duration::from_secs(60)).await?;
     assert_eq!(p.purposes(), vec![TxPurpose::Funding, TxPurpose::CooperativeClaim]);
@@ -202,6 +233,10 @@ async fn hostile_client_beside_an_honest_swap() -> Result<()> {
     p.shutdown().await;
     relay.shutdown();
     Ok(())
+}
+
+fn error_of_msg() -> looper_protocol::messages::ErrorMessage {
+    looper_protocol::messages::ErrorMessage::new(ErrorCode::Internal, "hostile")
 }
 
 fn flood_request(i: u8, id: looper_protocol::SwapId) -> Envelope {
