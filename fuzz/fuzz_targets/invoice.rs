@@ -71,7 +71,11 @@ fn fixture() -> &'static Fixture {
         .unwrap();
         let mut rng = StdRng::seed_from_u64(1);
         let actions = seller
-            .handle(Event::InvoiceCreated { invoice: "placeholder".into() }, &ctx, &mut rng)
+            .handle(
+                Event::InvoiceCreated { invoice: "placeholder".into(), prepay_invoice: None },
+                &ctx,
+                &mut rng,
+            )
             .unwrap();
         let accept = actions
             .iter()

@@ -738,7 +738,8 @@ impl Pair {
                         explicit_payee: None,
                     })
                     .expect("the seller's invoice builds");
-                    self.feed(party, Event::InvoiceCreated { invoice });
+                    // The pair's offer asks for no prepay.
+                    self.feed(party, Event::InvoiceCreated { invoice, prepay_invoice: None });
                 }
                 Action::FundHtlc { script_pubkey, amount_sat } => {
                     if self.next_funding_fails {

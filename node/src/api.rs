@@ -26,8 +26,8 @@ use looper_api::{
     AbortResponse, AddressResponse, Channel, ChannelList, DiscoverQuery, DiscoveredOffer,
     ErrorBody, ErrorCode, EventsQuery, InfoResponse, InvoiceRequest, InvoiceResponse, LnBalance,
     LnInfo, OfferIdResponse, OfferList, OpenRequest, OpenResponse, PayRequest, PayResponse,
-    PaymentDirection, PaymentInfo, PaymentStatus, SendRequest, SendResponse, SwapDetail,
-    SwapEvents, SwapList, SwapOutRequest, SwapOutResponse, SwapSummary, SyncResponse,
+    PaymentDirection, PaymentInfo, PaymentStatus, SellerHistory, SendRequest, SendResponse,
+    SwapDetail, SwapEvents, SwapList, SwapOutRequest, SwapOutResponse, SwapSummary, SyncResponse,
     WalletBalance, WithdrawResponse,
 };
 use looper_protocol::buyer::BuyerPolicy;
@@ -304,14 +304,27 @@ async fn discover_offers(
         .discover_offers(&filter)
         .await
         .map_err(|e| ApiError::internal(format!("offer discovery failed: {e}")))?;
+    let tracks = s
+        .engine
+        .seller_tracks()
+        .map_err(|e| ApiError::internal(format!("cannot read the swap history: {e}")))?;
     Ok(Json(
         found
             .into_iter()
-            .map(|d| DiscoveredOffer {
-                seller: d.seller.to_hex(),
-                offer: d.offer,
-                cost_sat: d.cost_sat,
-                expires_at: d.expires_at.as_secs(),
+            .map(|d| {
+                let seller = d.seller.to_hex();
+                let t = tracks.get(&seller).copied().unwrap_or_default();
+                DiscoveredOffer {
+                    seller,
+                    offer: d.offer,
+                    cost_sat: d.cost_sat,
+                    expires_at: d.expires_at.as_secs(),
+                    history: SellerHistory {
+                        completed: t.completed,
+                        no_shows: t.no_shows,
+                        prepaid_lost_sat: t.prepaid_lost_sat,
+                    },
+                }
             })
             .collect(),
     ))

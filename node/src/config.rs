@@ -169,6 +169,16 @@ pub struct SellerConfig {
     /// Co-sign the buyer's cooperative (key-path) claim. Default on; switched off only to exercise
     /// the buyer's script-path claim (tests, test harnesses).
     pub cooperative_claims: bool,
+    /// Most satoshis locked at once in HTLCs the buyer has not paid for yet (accepted, funded,
+    /// being refunded); a request that would go over it is refused (`rate_limited`) and the offer
+    /// advertises at most what is left. 0: no cap but the wallet's balance.
+    pub max_unpaid_locked_sat: u64,
+    /// Nostr keys (hex or npub) whose swap requests are dropped unanswered.
+    pub blocked_keys: Vec<String>,
+    /// Refuse a request the node's Lightning channels cannot receive or its wallet cannot fund
+    /// (`amount_out_of_range`, nothing locked). Default on; off only for test beds whose seller
+    /// has no channel.
+    pub check_liquidity: bool,
 }
 
 /// The `[seller]` keys that are not offer terms.
@@ -178,11 +188,20 @@ struct SellerOptions {
     enabled: bool,
     max_concurrent_swaps: u32,
     cooperative_claims: bool,
+    max_unpaid_locked_sat: u64,
+    blocked_keys: Vec<String>,
+    check_liquidity: bool,
 }
 
 impl SellerOptions {
-    const KEYS: &'static [&'static str] =
-        &["enabled", "max_concurrent_swaps", "cooperative_claims"];
+    const KEYS: &'static [&'static str] = &[
+        "enabled",
+        "max_concurrent_swaps",
+        "cooperative_claims",
+        "max_unpaid_locked_sat",
+        "blocked_keys",
+        "check_liquidity",
+    ];
 }
 
 impl Default for SellerOptions {
@@ -192,6 +211,9 @@ impl Default for SellerOptions {
             enabled: d.enabled,
             max_concurrent_swaps: d.max_concurrent_swaps,
             cooperative_claims: d.cooperative_claims,
+            max_unpaid_locked_sat: d.max_unpaid_locked_sat,
+            blocked_keys: d.blocked_keys,
+            check_liquidity: d.check_liquidity,
         }
     }
 }
@@ -305,6 +327,9 @@ impl Default for SellerConfig {
             terms: OfferTerms::default(),
             max_concurrent_swaps: 20,
             cooperative_claims: true,
+            max_unpaid_locked_sat: 0,
+            blocked_keys: Vec::new(),
+            check_liquidity: true,
         }
     }
 }
@@ -716,8 +741,21 @@ impl Config {
         if s.max_concurrent_swaps == 0 {
             return Err(invalid("seller.max_concurrent_swaps", "must be >= 1"));
         }
+        if s.max_unpaid_locked_sat != 0 && s.max_unpaid_locked_sat < t.min_amount_sat {
+            return Err(invalid(
+                "seller.max_unpaid_locked_sat",
+                "must be 0 (no cap) or >= seller.min_amount_sat",
+            ));
+        }
+        self.seller_blocked_keys()?;
         if !(60..=86_400).contains(&t.invoice_expiry_secs) {
             return Err(invalid("seller.invoice_expiry_secs", "must be between 60 and 86400"));
+        }
+        if t.pow_difficulty > looper_protocol::messages::MAX_POW_DIFFICULTY {
+            return Err(invalid(
+                "seller.pow_difficulty",
+                format!("must be <= {}", looper_protocol::messages::MAX_POW_DIFFICULTY),
+            ));
         }
         Ok(())
     }
@@ -798,6 +836,22 @@ impl Config {
         Ok(())
     }
 
+    /// `seller.blocked_keys` as Nostr keys in hex (each given as hex or npub).
+    ///
+    /// # Errors
+    /// A key that does not parse.
+    pub fn seller_blocked_keys(&self) -> Result<Vec<String>, ConfigError> {
+        self.seller
+            .blocked_keys
+            .iter()
+            .map(|k| {
+                crate::nostr::PublicKey::parse(k.trim())
+                    .map(|pk| pk.to_hex())
+                    .map_err(|_| invalid("seller.blocked_keys", format!("not a Nostr key: {k}")))
+            })
+            .collect()
+    }
+
     /// The fee-rate cap as a [`bitcoin::FeeRate`].
     pub fn max_fee_rate(&self) -> bitcoin::FeeRate {
         bitcoin::FeeRate::from_sat_per_vb(self.fees.max_fee_rate_sat_vb)
@@ -870,6 +924,9 @@ fn seller_section(path: &Path, table: toml::Table) -> Result<SellerConfig, Confi
         terms,
         max_concurrent_swaps: options.max_concurrent_swaps,
         cooperative_claims: options.cooperative_claims,
+        max_unpaid_locked_sat: options.max_unpaid_locked_sat,
+        blocked_keys: options.blocked_keys,
+        check_liquidity: options.check_liquidity,
     })
 }
 
@@ -1263,6 +1320,12 @@ listen = "127.0.0.1:2222"
             ("prepay_sat = 100001", "seller.prepay_sat: must be <= seller.min_amount_sat"),
             ("max_concurrent_swaps = 0", "seller.max_concurrent_swaps: must be >= 1"),
             ("invoice_expiry_secs = 10", "seller.invoice_expiry_secs: must be between 60 and 86400"),
+            ("pow_difficulty = 33", "seller.pow_difficulty: must be <= 32"),
+            (
+                "max_unpaid_locked_sat = 5",
+                "seller.max_unpaid_locked_sat: must be 0 (no cap) or >= seller.min_amount_sat",
+            ),
+            ("blocked_keys = [\"nope\"]", "seller.blocked_keys: not a Nostr key: nope"),
         ];
         for (body, expected) in cases {
             let e = err_text(&regtest(&[]), &format!("[seller]\n{body}\n"));

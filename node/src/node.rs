@@ -219,6 +219,13 @@ impl LooperNode {
                     .seller
                     .enabled
                     .then_some(config.seller.max_concurrent_swaps),
+                max_unpaid_locked_sat: (config.seller.enabled
+                    && config.seller.max_unpaid_locked_sat > 0)
+                    .then_some(config.seller.max_unpaid_locked_sat),
+                check_liquidity: config.seller.check_liquidity,
+                blocked_peers: config
+                    .seller_blocked_keys()
+                    .map_err(step("read seller.blocked_keys"))?,
                 fees: FeeSettings {
                     claim_target: config.fees.claim_conf_target,
                     refund_target: config.fees.refund_conf_target,

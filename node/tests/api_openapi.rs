@@ -317,6 +317,7 @@ fn api_types_match_schemas() {
             offer: sample_offer(),
             cost_sat: 1_550,
             expires_at: 1_900_000_000,
+            history: a::SellerHistory { completed: 3, no_shows: 1, prepaid_lost_sat: 1_000 },
         }],
         seen,
     );

@@ -633,6 +633,8 @@ async fn unpaid_swap(abort: bool) -> Result<()> {
             wallet_sync_every: 2,
             seller_offer: Some(o),
             max_concurrent_swaps: Some(1),
+            // No channel: this buyer never pays.
+            check_liquidity: false,
             ..EngineConfig::default()
         }
     })
@@ -842,8 +844,14 @@ async fn a_message_whose_effects_were_not_persisted_is_not_acknowledged() -> Res
     let relay = LocalRelay::new(RelayBuilder::default());
     relay.run().await?;
     let relay_url = relay.url().await.to_string();
-    let mut seller =
-        party(&chain, &relay_url, &dir.join("seller"), SellerPolicy::default()).await?;
+    // No channel: the swaps here are never paid.
+    let mut seller = party_with(&chain, &relay_url, &dir.join("seller"), |_| EngineConfig {
+        chain_poll: Duration::from_secs(1),
+        wallet_sync_every: 2,
+        check_liquidity: false,
+        ..EngineConfig::default()
+    })
+    .await?;
     let mut buyer = party(&chain, &relay_url, &dir.join("buyer"), SellerPolicy::default()).await?;
     chain.fund_address(&seller.wallet.new_address()?, Amount::from_sat(1_000_000))?;
     seller.engine.sync_wallet().await?;

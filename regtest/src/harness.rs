@@ -200,6 +200,10 @@ pub struct NodeSpec {
     pub offer: OfferTerms,
     /// As a seller, the swaps it serves at once (`seller.max_concurrent_swaps`).
     pub max_concurrent_swaps: u32,
+    /// As a seller, refuse requests its channels cannot receive or its wallet cannot fund
+    /// (`seller.check_liquidity`; off only where a test's seller has no channel, e.g. restored
+    /// from its seed alone).
+    pub seller_checks_liquidity: bool,
     /// As a buyer, its floor for an offer's claim margin (`buyer.min_claim_margin`; `None`: the
     /// node's default, 20). Tests with short timeouts lower it with the offer's.
     pub buyer_min_claim_margin: Option<u32>,
@@ -220,6 +224,7 @@ impl NodeSpec {
             seller_cooperative: true,
             offer: default_offer_terms(),
             max_concurrent_swaps: 50,
+            seller_checks_liquidity: true,
             buyer_min_claim_margin: None,
             peer_limits: None,
             max_fee_rate_sat_vb: None,
@@ -1015,6 +1020,9 @@ fn node_toml(spec: &NodeSpec) -> String {
     if !spec.seller_cooperative {
         // Needs the node's `seller.cooperative_claims` key (script-path tests only).
         s.push_str("cooperative_claims = false\n");
+    }
+    if !spec.seller_checks_liquidity {
+        s.push_str("check_liquidity = false\n");
     }
     s.push_str("\n[buyer]\nmax_total_fee_sat = 100000\nmax_route_cltv = 200\n");
     if let Some(margin) = spec.buyer_min_claim_margin {

@@ -391,8 +391,7 @@ impl Lightning for SimLightning {
 
     fn payment(&self, payment_hash: PaymentHash) -> Option<PaymentInfo> {
         let w = lock(&self.world);
-        let p =
-            w.payments.get(&payment_hash).filter(|p| p.from == self.node || p.to == self.node)?;
+        let p = w.payments.get(&payment_hash).filter(|p| p.from == self.node)?;
         let outbound = p.from == self.node;
         let status = match p.state {
             PayState::InFlight | PayState::Held => "pending",
@@ -452,7 +451,19 @@ impl Lightning for SimLightning {
     }
 
     fn channels(&self) -> Vec<ChannelInfo> {
-        Vec::new()
+        // One channel standing for the node's Lightning liquidity (payments themselves are not
+        // limited by it in this world).
+        let w = lock(&self.world);
+        let inbound_msat = w.ln_inbound_msat.get(self.node).copied().unwrap_or(0);
+        vec![ChannelInfo {
+            channel_id: format!("sim-{}", self.node),
+            counterparty: String::new(),
+            capacity_sat: inbound_msat / 1000,
+            outbound_msat: 0,
+            inbound_msat,
+            ready: true,
+            usable: true,
+        }]
     }
 
     async fn onchain_address(&self) -> Result<bitcoin::Address, LightningError> {
@@ -482,6 +493,8 @@ pub struct SimWallet {
     pub scripts: Mutex<Vec<ScriptBuf>>,
     /// Fault-injection mock: a dishonest seller's wallet pays this much less into each HTLC.
     pub shortchange_sat: AtomicU64,
+    /// Fault-injection mock: the wallet refuses to fund anything (a seller that never funds).
+    pub refuse_funding: std::sync::atomic::AtomicBool,
     /// Transactions built and recorded but not (yet) seen by the chain: their inputs are spent.
     pending: Mutex<Vec<Transaction>>,
 }
@@ -504,6 +517,7 @@ impl SimWallet {
             node,
             scripts: Mutex::new(vec![wallet_script(node, 0)]),
             shortchange_sat: AtomicU64::new(0),
+            refuse_funding: std::sync::atomic::AtomicBool::new(false),
             pending: Mutex::new(Vec::new()),
         }
     }
@@ -551,6 +565,9 @@ impl SwapWallet for SimWallet {
         outputs: &[(ScriptBuf, Amount)],
         fee_rate: FeeRate,
     ) -> Result<FundingTx, WalletError> {
+        if self.refuse_funding.load(Ordering::Relaxed) {
+            return Err(unavailable("mock: this wallet never funds"));
+        }
         let scripts = self.scripts();
         let w = lock(&self.world);
         let mut pending = self.pending.lock().map_err(|_| unavailable("poisoned"))?;

@@ -12,7 +12,7 @@ use bitcoin::Network;
 use looper_node::engine::io::SwapTransport;
 use looper_node::engine::EngineConfig;
 use looper_node::nostr::{
-    EventId, Incoming, MemoryProcessedEvents, NostrTransport, OfferFilter, PublicKey,
+    EventId, Incoming, MemoryProcessedEvents, NostrTransport, OfferFilter, PublicKey, SendOptions,
     TransportConfig, TransportError,
 };
 use looper_node::store::SwapStore;
@@ -82,6 +82,16 @@ pub struct PairOptions {
     pub mock_payment_delay_blocks: u32,
     /// The seller's offer asks for this prepay.
     pub prepay_sat: Option<u64>,
+    /// The seller's budget for capital locked in unpaid HTLCs.
+    pub seller_max_unpaid_locked_sat: Option<u64>,
+    /// The seller drops the buyer's requests (its key is on the block list).
+    pub seller_blocks_buyer: bool,
+    /// What the seller's Lightning node can receive, msat (default: plenty).
+    pub seller_inbound_msat: Option<u64>,
+    /// The seller's offer asks for this NIP-13 proof of work.
+    pub pow_difficulty: Option<u8>,
+    /// Seller mock: once it sent `swap_accept` it never funds and says nothing more (a no-show).
+    pub mock_seller_vanishes_after_accept: bool,
 }
 
 impl PairOptions {
@@ -102,6 +112,11 @@ impl PairOptions {
             mock_reorder: false,
             mock_payment_delay_blocks: 0,
             prepay_sat: None,
+            seller_max_unpaid_locked_sat: None,
+            seller_blocks_buyer: false,
+            seller_inbound_msat: None,
+            pow_difficulty: None,
+            mock_seller_vanishes_after_accept: false,
         }
     }
 }
@@ -113,6 +128,8 @@ pub struct MockWireTransport {
     duplicate: bool,
     reorder: bool,
     wrong_htlc_script: bool,
+    /// Sends nothing after a `swap_accept` (set by it).
+    silent_after_accept: Option<std::sync::atomic::AtomicBool>,
 }
 
 #[async_trait]
@@ -132,6 +149,14 @@ impl SwapTransport for MockWireTransport {
         relays: &[String],
         envelope: &Envelope,
     ) -> Result<(), TransportError> {
+        if let Some(silent) = &self.silent_after_accept {
+            if silent.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(());
+            }
+            if matches!(envelope.body, Message::SwapAccept(_)) {
+                silent.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         let mut env = envelope.clone();
         if let (true, Message::SwapAccept(a)) = (self.wrong_htlc_script, &mut env.body) {
             a.htlc_script_pubkey = wallet_script(9, 9);
@@ -151,6 +176,17 @@ impl SwapTransport for MockWireTransport {
             }
         }
         Ok(())
+    }
+    async fn send_with_pow(
+        &self,
+        peer: &PublicKey,
+        relays: &[String],
+        envelope: &Envelope,
+        pow: u8,
+    ) -> Result<(), TransportError> {
+        // Only swap requests carry work; the wire mocks leave them alone.
+        let opts = SendOptions { pow: Some(pow), ..SendOptions::default() };
+        self.inner.send_with(peer, relays, envelope, opts).await.map(|_| ())
     }
     async fn publish_offer(&self, offer: &Offer) -> Result<(), TransportError> {
         self.inner.publish_offer(offer).await.map(|_| ())
@@ -224,6 +260,9 @@ impl Pair {
             let mut w = lock(&world);
             w.block_secs = o.block_secs;
             w.payment_delay[BUYER] = o.mock_payment_delay_blocks;
+            if let Some(inbound) = o.seller_inbound_msat {
+                w.ln_inbound_msat[SELLER] = inbound;
+            }
             w.mine();
         }
         let seller_t = transport(&o.relays).await?;
@@ -234,6 +273,7 @@ impl Pair {
                 duplicate: o.mock_duplicate,
                 reorder: o.mock_reorder,
                 wrong_htlc_script: false,
+                silent_after_accept: None,
             })
         };
         let seller_wire: Arc<dyn SwapTransport> = Arc::new(MockWireTransport {
@@ -241,9 +281,16 @@ impl Pair {
             duplicate: o.mock_duplicate,
             reorder: o.mock_reorder,
             wrong_htlc_script: o.mock_wrong_htlc_script,
+            silent_after_accept: o
+                .mock_seller_vanishes_after_accept
+                .then(|| std::sync::atomic::AtomicBool::new(false)),
         });
-        let seller =
-            SimNode::start(&world, SELLER, seller_wire, config(o.seller_policy), 1).await?;
+        let mut seller_config = config(o.seller_policy);
+        seller_config.max_unpaid_locked_sat = o.seller_max_unpaid_locked_sat;
+        if o.seller_blocks_buyer {
+            seller_config.blocked_peers = vec![buyer_t.public_key().to_hex()];
+        }
+        let seller = SimNode::start(&world, SELLER, seller_wire, seller_config, 1).await?;
         let buyer =
             SimNode::start(&world, BUYER, wire(&buyer_t), config(SellerPolicy::default()), 2)
                 .await?;
@@ -254,8 +301,13 @@ impl Pair {
             .wallet
             .shortchange_sat
             .store(o.mock_short_funding_sat, std::sync::atomic::Ordering::Relaxed);
+        seller
+            .wallet
+            .refuse_funding
+            .store(o.mock_seller_vanishes_after_accept, std::sync::atomic::Ordering::Relaxed);
         let mut published = offer(&world, o.relays.clone());
         published.prepay_sat = o.prepay_sat;
+        published.pow_difficulty = o.pow_difficulty;
         seller.engine.publish_offer(&published).await?;
         let taken = if o.discover {
             let want = OfferFilter {

@@ -105,6 +105,8 @@ pub struct World {
     pub block_secs: u64,
     /// Blocks each node's payments spend in flight before they reach the payee (a slow route).
     pub payment_delay: Vec<u32>,
+    /// Per node: what its (one, simulated) channel can receive, msat.
+    pub ln_inbound_msat: Vec<u64>,
     /// Settlements held back: (hash, preimage, height from which it settles).
     pub deferred: Vec<(PaymentHash, Preimage, u32)>,
     next_seq: u64,
@@ -157,6 +159,7 @@ impl World {
             settle_delay: vec![0; nodes],
             block_secs: 600,
             payment_delay: vec![0; nodes],
+            ln_inbound_msat: vec![1_000_000_000_000; nodes],
             deferred: Vec::new(),
             next_seq: 0,
             log: Vec::new(),

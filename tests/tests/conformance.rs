@@ -134,6 +134,91 @@ async fn a_buyer_that_prepays_and_vanishes_pays_the_seller_its_refund() -> Resul
     Ok(())
 }
 
+/// The buyer's swap as stored.
+fn buyer_state(p: &looper_conformance::pair::Pair) -> Option<looper_protocol::buyer::BuyerState> {
+    let rec = p.buyer.store.inner.get_swap(&p.swap_id).ok().flatten()?;
+    match looper_protocol::record::SwapRecord::from_bytes(&rec.data).ok()? {
+        looper_protocol::record::SwapRecord::Buyer(b) => Some(b.state().clone()),
+        _ => None,
+    }
+}
+
+/// The buyer's swap ended refused by the seller: its abort message.
+async fn refusal(p: &looper_conformance::pair::Pair) -> Result<String> {
+    p.wait_for(&["Aborted"], &[], WAIT).await?;
+    match buyer_state(p) {
+        Some(looper_protocol::buyer::BuyerState::Aborted { message, .. }) => {
+            Ok(message.unwrap_or_default())
+        }
+        other => Err(anyhow!("buyer not aborted: {other:?}")),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_seller_refuses_what_it_cannot_serve_before_locking_anything() -> Result<()> {
+    // Over the budget for unpaid HTLCs (200 000 sat asked, 150 000 allowed).
+    let (relay, _, p) = setup(|o| o.seller_max_unpaid_locked_sat = Some(150_000)).await?;
+    let why = refusal(&p).await?;
+    assert!(why.starts_with("rate_limited") && why.contains("budget"), "{why}");
+    assert!(p.purposes().is_empty());
+    p.shutdown().await;
+    relay.shutdown();
+    // Not enough inbound Lightning capacity for the invoice.
+    let (relay, _, p) = setup(|o| o.seller_inbound_msat = Some(100_000_000)).await?;
+    let why = refusal(&p).await?;
+    assert!(why.starts_with("amount_out_of_range") && why.contains("Lightning"), "{why}");
+    assert!(p.purposes().is_empty());
+    p.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_of_work_offer_is_taken_with_the_work_it_asks_for() -> Result<()> {
+    // The buyer's engine mines the offer's difficulty on its swap request; the seller's transport
+    // counts nothing short of it.
+    let (relay, _, p) = setup(|o| o.pow_difficulty = Some(12)).await?;
+    p.wait_for(CLAIMED, CLAIMED, WAIT).await?;
+    let st = p.seller_t.stats().await;
+    assert_eq!(st.insufficient_pow, 0, "{st:?}");
+    p.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seller_that_prepays_and_never_funds_is_remembered_as_a_no_show() -> Result<()> {
+    // The seller takes the prepay, never funds and goes quiet: the buyer gives up when the
+    // timeout comes too close, and its node remembers the seller (the CLI's `--best` skips it).
+    let (relay, _, p) = setup(|o| {
+        o.prepay_sat = Some(1_000);
+        o.mock_seller_vanishes_after_accept = true;
+        o.block_interval = Duration::from_millis(60);
+    })
+    .await?;
+    p.wait_for(&["Aborted"], &[], Duration::from_secs(60)).await?;
+    let tracks = p.buyer.engine.seller_tracks()?;
+    let seller = p.seller_t.public_key().to_hex();
+    let t = tracks.get(&seller).copied().unwrap_or_default();
+    assert_eq!((t.completed, t.no_shows, t.prepaid_lost_sat), (0, 1, 1_000), "{tracks:?}");
+    assert!(p.purposes().is_empty());
+    p.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blocked_key_gets_nothing() -> Result<()> {
+    let (relay, _, p) = setup(|o| o.seller_blocks_buyer = true).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let state = buyer_state(&p).map(|s| s.name());
+    assert_eq!(state, Some("Requested"), "no answer to a blocked key");
+    assert!(p.seller.engine.swap_ids().await.is_empty(), "no seller swap");
+    p.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}
+
 async fn await_reply(arx: &mut mpsc::Receiver<Incoming>, what: &str) -> Result<Incoming> {
     match tokio::time::timeout(WAIT, arx.recv()).await {
         Ok(Some(m)) => Ok(m),
@@ -321,7 +406,13 @@ async fn replay_oversize_and_flood_are_ignored() -> Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_restart_mid_swap() -> Result<()> {
-    let (relay, url, p) = setup(|o| o.mock_payment_delay_blocks = 10).await?;
+    // A slower world clock (1 s per block): the cooperative claim's 30 s window must outlast
+    // the relay's restart and the clients' reconnection on a loaded machine.
+    let (relay, url, p) = setup(|o| {
+        o.mock_payment_delay_blocks = 10;
+        o.block_secs = 1;
+    })
+    .await?;
     p.wait_for(&[], &["Accepted", "Funded"], WAIT).await?;
     let port: u16 = url.trim_end_matches('/').rsplit(':').next().unwrap().parse()?;
     relay.shutdown();

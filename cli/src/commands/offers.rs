@@ -4,7 +4,7 @@
 use clap::{Args, Subcommand};
 use looper_api::{
     DiscoverQuery, DiscoveredOffer, InfoResponse, OfferContext, OfferIdResponse, OfferList,
-    OfferTerms, WithdrawResponse,
+    OfferTerms, SellerHistory, WithdrawResponse,
 };
 use looper_protocol::messages::Offer;
 use serde_json::{json, Value};
@@ -78,6 +78,24 @@ pub struct Candidate {
     pub offer: Offer,
     /// The quote for the amount, when an amount was given and the offer covers it.
     pub quote: Option<Quote>,
+    /// What this node saw of the seller in its own swaps.
+    pub history: SellerHistory,
+}
+
+impl Candidate {
+    /// Whether the seller left one of this node's swaps unfunded without a word.
+    pub fn has_no_shows(&self) -> bool {
+        self.history.no_shows > 0
+    }
+}
+
+/// The seller's track record in a few words: "new", "3 done", "3 done, 1 no-show".
+pub fn track_text(h: &SellerHistory) -> String {
+    match (h.completed, h.no_shows) {
+        (0, 0) => "new".into(),
+        (c, 0) => format!("{c} done"),
+        (c, n) => format!("{c} done, {n} no-show{}", if n == 1 { "" } else { "s" }),
+    }
 }
 
 /// The buyer's cost of a swap, in parts.
@@ -180,7 +198,12 @@ pub async fn fetch(client: &Client, amount: u64, fee_rate: u64) -> CliResult<Vec
         .into_iter()
         .filter_map(|d| {
             let quote = quote(&d.offer, amount, fee_rate)?;
-            Some(Candidate { seller: d.seller, offer: d.offer, quote: Some(quote) })
+            Some(Candidate {
+                seller: d.seller,
+                offer: d.offer,
+                quote: Some(quote),
+                history: d.history,
+            })
         })
         .collect();
     // Stable sort: the node's order breaks ties.
@@ -194,6 +217,11 @@ pub fn candidate_json(c: &Candidate) -> Value {
         "seller": c.seller,
         "offer_id": c.offer.offer_id,
         "quote": c.quote.map(Quote::to_json),
+        "history": {
+            "completed": c.history.completed,
+            "no_shows": c.history.no_shows,
+            "prepaid_lost_sat": c.history.prepaid_lost_sat,
+        },
         "offer": c.offer,
     })
 }
@@ -239,8 +267,10 @@ pub fn render_offers(list: &[Candidate], amount: Option<u64>) -> String {
                 format!("{}-{}", group(o.min_amount_sat), group(o.max_amount_sat)),
                 format!("{} + {} ppm", group(o.fee_base_sat), o.fee_ppm),
                 c.quote.map(|q| group(q.total_cost_sat())).unwrap_or_else(|| "-".into()),
+                o.prepay_sat.map(group).unwrap_or_else(|| "-".into()),
                 o.min_confirmations.to_string(),
                 o.timeout_delta.to_string(),
+                track_text(&c.history),
             ]
         })
         .collect();
@@ -251,8 +281,10 @@ pub fn render_offers(list: &[Candidate], amount: Option<u64>) -> String {
             ("RANGE (sat)", Align::Right),
             ("FEE (sat + ppm)", Align::Right),
             ("TOTAL COST (sat)", Align::Right),
+            ("PREPAY (sat)", Align::Right),
             ("CONFS", Align::Right),
             ("TIMEOUT (blocks)", Align::Right),
+            ("SELLER TRACK", Align::Left),
         ],
         &rows,
     );

@@ -21,7 +21,8 @@ pub struct OutArgs {
     /// Take this offer (id from `looper offers`).
     #[arg(long, value_name = "ID", conflicts_with = "best")]
     pub offer: Option<String>,
-    /// Take the cheapest offer for the amount (the default).
+    /// Take the cheapest offer for the amount (the default), skipping sellers that left one of
+    /// this node's swaps unfunded without a word (see `looper offers`).
     #[arg(long)]
     pub best: bool,
     /// Refuse offers whose total cost is above this, in satoshis.
@@ -109,12 +110,21 @@ pub async fn out(ctx: &Ctx, args: &OutArgs) -> CliResult<()> {
                 format!("list them with `looper offers --amount {amount}`"),
             )
         })?,
-        None => list.first().ok_or_else(|| {
-            CliError::failure(
-                format!("cannot loop out {}", sat(amount)),
-                "no live offer covers this amount",
-                "see the ranges on offer with `looper offers`",
-            )
+        // The cheapest offer of a seller that never left one of our swaps unfunded.
+        None => list.iter().find(|c| !c.has_no_shows()).ok_or_else(|| {
+            if list.is_empty() {
+                CliError::failure(
+                    format!("cannot loop out {}", sat(amount)),
+                    "no live offer covers this amount",
+                    "see the ranges on offer with `looper offers`",
+                )
+            } else {
+                CliError::failure(
+                    format!("cannot loop out {}", sat(amount)),
+                    "every seller offering this amount left one of this node's swaps unfunded",
+                    "see their track in `looper offers`, and name one with `--offer ID` to take it anyway",
+                )
+            }
         })?,
     };
     let quote = chosen.quote.ok_or_else(|| {

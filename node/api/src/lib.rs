@@ -156,6 +156,21 @@ pub struct DiscoveredOffer {
     pub cost_sat: u64,
     /// When the offer event expires (UNIX seconds).
     pub expires_at: u64,
+    /// What this node saw of the seller as a buyer (nothing when it never swapped with it).
+    #[serde(default)]
+    pub history: SellerHistory,
+}
+
+/// What a buyer node saw of one seller in its own swaps.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SellerHistory {
+    /// Swaps claimed.
+    pub completed: u32,
+    /// Swaps the seller accepted and never funded, without a word (`looper out` skips such
+    /// sellers unless the offer is named).
+    pub no_shows: u32,
+    /// Prepays lost to those no-shows, sat.
+    pub prepaid_lost_sat: u64,
 }
 
 // ---------------------------------------------------------------------------------------------

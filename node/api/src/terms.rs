@@ -108,6 +108,14 @@ pub struct OfferTerms {
             default_value_t = OfferTerms::DEFAULT.invoice_expiry_secs)
     )]
     pub invoice_expiry_secs: u32,
+    /// NIP-13 proof of work (leading zero bits, at most 32) asked of every swap request's gift
+    /// wrap, to make floods of requests from fresh keys cost their sender; 0 for none.
+    #[cfg_attr(
+        feature = "clap",
+        arg(long, visible_alias = "pow", value_name = "BITS",
+            default_value_t = OfferTerms::DEFAULT.pow_difficulty)
+    )]
+    pub pow_difficulty: u8,
 }
 
 /// What an offer carries besides its terms: who and where the seller is, and for how long.
@@ -140,6 +148,7 @@ impl OfferTerms {
         timeout_delta: 288,
         claim_margin: 20,
         invoice_expiry_secs: 3_600,
+        pow_difficulty: 0,
     };
 
     /// Every key of the serialized terms, in order.
@@ -154,6 +163,7 @@ impl OfferTerms {
         "timeout_delta",
         "claim_margin",
         "invoice_expiry_secs",
+        "pow_difficulty",
     ];
 
     /// Older names still read (`looper.toml` files written before the names matched the wire),
@@ -166,7 +176,7 @@ impl OfferTerms {
         Self::KEYS.contains(&key) || Self::ALIASES.iter().any(|(old, _)| *old == key)
     }
 
-    /// The loop-out offer with these terms (version [`PROTOCOL_VERSION`], no proof of work). It
+    /// The loop-out offer with these terms (version [`PROTOCOL_VERSION`]). It
     /// is not validated: [`Offer::validate`] says whether the terms make a valid offer.
     pub fn offer(&self, ctx: OfferContext) -> Offer {
         Offer {
@@ -187,7 +197,7 @@ impl OfferTerms {
             ln_node_id: ctx.ln_node_id,
             ln_address: ctx.ln_address,
             relays: ctx.relays,
-            pow_difficulty: None,
+            pow_difficulty: (self.pow_difficulty > 0).then_some(self.pow_difficulty),
             expires_at: ctx.expires_at,
         }
     }
@@ -212,6 +222,7 @@ impl From<&Offer> for OfferTerms {
             timeout_delta: o.timeout_delta,
             claim_margin: o.claim_margin,
             invoice_expiry_secs: o.invoice_expiry_secs,
+            pow_difficulty: o.pow_difficulty.unwrap_or(0),
         }
     }
 }
@@ -248,15 +259,16 @@ mod tests {
             relays: vec!["ws://r".into()],
             expires_at: 1,
         };
-        let terms = OfferTerms { prepay_sat: 5, ..OfferTerms::default() };
+        let terms = OfferTerms { prepay_sat: 5, pow_difficulty: 8, ..OfferTerms::default() };
         let offer = serde_json::to_value(terms.offer(ctx.clone())).unwrap();
         let terms_json = serde_json::to_value(terms).unwrap();
         for key in OfferTerms::KEYS {
             assert_eq!(offer[key], terms_json[key], "{key}");
         }
-        // No prepay: the wire field is absent.
+        // No prepay and no proof of work: the wire fields are absent.
         let offer = terms_json_without_prepay(&ctx);
         assert!(offer.get("prepay_sat").is_none());
+        assert!(offer.get("pow_difficulty").is_none());
     }
 
     fn terms_json_without_prepay(ctx: &OfferContext) -> serde_json::Value {

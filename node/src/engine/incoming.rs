@@ -7,8 +7,10 @@ use looper_protocol::keys::SwapKeys;
 use looper_protocol::messages::{Envelope, ErrorCode, ErrorMessage, Message, Offer};
 use looper_protocol::seller::SellerSwap;
 use looper_protocol::swap::{Event, StateKind};
+use looper_protocol::terms::Quote;
 
-use super::swaps::{Machine, Slot};
+use super::offers::FUNDING_FEE_RESERVE_SAT;
+use super::swaps::{Machine, Slot, UnpaidLock};
 use super::{blocking_store, Engine};
 use crate::nostr::{Incoming, PublicKey as NostrPublicKey};
 
@@ -122,6 +124,10 @@ impl Engine {
     async fn on_request(&self, sender: NostrPublicKey, env: Envelope) -> bool {
         let Message::SwapRequest(req) = env.body.clone() else { return true };
         let id = env.swap_id;
+        if self.inner.config.blocked_peers.contains(&sender.to_hex()) {
+            tracing::debug!(swap = %id, sender = %sender, "swap request from a blocked key dropped");
+            return true;
+        }
         if blocking_store(|| self.inner.store.get_swap(&id)).ok().flatten().is_some() {
             return true; // a finished swap's request again
         }
@@ -135,6 +141,11 @@ impl Engine {
         };
         if !self.has_room(&mut self.inner.swaps.select(|_| true).iter().map(|(_, s)| s)) {
             self.refuse_busy(&sender, &env).await;
+            return true;
+        }
+        if let Err((code, why)) = self.can_serve(&offer, req.amount_sat) {
+            tracing::info!(swap = %id, amount_sat = req.amount_sat, reason = %why, "swap request refused");
+            self.reply_error(&sender, &env, code, &why).await;
             return true;
         }
         let keys = match blocking_store(|| self.inner.store.next_swap_index())
@@ -200,6 +211,67 @@ impl Engine {
     fn has_room(&self, all: &mut dyn Iterator<Item = &Arc<Slot>>) -> bool {
         let Some(max) = self.inner.config.max_concurrent_swaps else { return true };
         serving(all) < usize::try_from(max).unwrap_or(usize::MAX)
+    }
+
+    /// Seller, before anything is locked: the unpaid-capital budget has room for `amount_sat`,
+    /// the Lightning node can receive the invoice (inbound capacity of its ready channels), and
+    /// the wallet can fund the HTLC besides the swaps accepted and not funded yet. Otherwise the
+    /// error code and message to answer with.
+    fn can_serve(&self, offer: &Offer, amount_sat: u64) -> Result<(), (ErrorCode, String)> {
+        let (mut unfunded, mut funded) = (0u64, 0u64);
+        for (_, slot) in self.inner.swaps.select(|_| true) {
+            match slot.view().unpaid_lock() {
+                Some(UnpaidLock::Unfunded(a)) => unfunded = unfunded.saturating_add(a),
+                Some(UnpaidLock::Funded(a)) => funded = funded.saturating_add(a),
+                None => {}
+            }
+        }
+        let locked = unfunded.saturating_add(funded);
+        if let Some(budget) = self.inner.config.max_unpaid_locked_sat {
+            if locked.saturating_add(amount_sat) > budget {
+                return Err((
+                    ErrorCode::RateLimited,
+                    format!(
+                        "the seller's budget for unpaid swaps is in use ({} of {budget} sat): \
+                         try a smaller amount or later",
+                        locked
+                    ),
+                ));
+            }
+        }
+        if !self.inner.config.check_liquidity {
+            return Ok(());
+        }
+        // An amount the offer cannot serve is refused by the state machine with its own error.
+        let Ok(quote) = Quote::compute(offer, amount_sat) else { return Ok(()) };
+        let inbound_msat: u64 = self
+            .inner
+            .lightning
+            .channels()
+            .iter()
+            // Ready channels: one whose peer is reconnecting (a restart) is usable again soon.
+            .filter(|c| c.ready)
+            .map(|c| c.inbound_msat)
+            .fold(0, u64::saturating_add);
+        if inbound_msat < quote.invoice_amount_sat.saturating_mul(1000) {
+            return Err((
+                ErrorCode::AmountOutOfRange,
+                format!(
+                    "the seller cannot receive {} sat over Lightning now (inbound capacity {} sat)",
+                    quote.invoice_amount_sat,
+                    inbound_msat / 1000
+                ),
+            ));
+        }
+        let spendable = self.inner.wallet.spendable_sat().unwrap_or(0);
+        let needed = amount_sat.saturating_add(unfunded).saturating_add(FUNDING_FEE_RESERVE_SAT);
+        if spendable < needed {
+            return Err((
+                ErrorCode::AmountOutOfRange,
+                format!("the seller cannot fund {amount_sat} sat on chain now"),
+            ));
+        }
+        Ok(())
     }
 
     async fn refuse_busy(&self, sender: &NostrPublicKey, env: &Envelope) {

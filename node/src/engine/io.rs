@@ -19,7 +19,7 @@ use bitcoin::{Amount, FeeRate, ScriptBuf, Transaction};
 use looper_protocol::messages::{Envelope, Offer};
 use rand::{CryptoRng, RngCore};
 
-use crate::nostr::{EventId, Incoming, NostrTransport, PublicKey, TransportError};
+use crate::nostr::{EventId, Incoming, NostrTransport, PublicKey, SendOptions, TransportError};
 use crate::wallet::{FundingTx, LooperWallet, WalletError};
 
 /// The node's on-chain wallet as the engine uses it: it pays HTLCs (seller) and receives claims
@@ -147,6 +147,17 @@ pub trait SwapTransport: Send + Sync {
         relays: &[String],
         envelope: &Envelope,
     ) -> Result<(), TransportError>;
+    /// As [`SwapTransport::send`], with NIP-13 proof of work of `pow` bits on the gift wrap (a
+    /// `swap_request` for an offer that asks for it). Without an override the work is skipped.
+    async fn send_with_pow(
+        &self,
+        peer: &PublicKey,
+        relays: &[String],
+        envelope: &Envelope,
+        _pow: u8,
+    ) -> Result<(), TransportError> {
+        self.send(peer, relays, envelope).await
+    }
     /// Publishes (or replaces) an offer.
     async fn publish_offer(&self, offer: &Offer) -> Result<(), TransportError>;
     /// Takes an offer off the relays.
@@ -174,6 +185,17 @@ impl SwapTransport for NostrTransport {
         envelope: &Envelope,
     ) -> Result<(), TransportError> {
         NostrTransport::send(self, peer, relays, envelope).await.map(|_| ())
+    }
+
+    async fn send_with_pow(
+        &self,
+        peer: &PublicKey,
+        relays: &[String],
+        envelope: &Envelope,
+        pow: u8,
+    ) -> Result<(), TransportError> {
+        let opts = SendOptions { pow: Some(pow), ..SendOptions::default() };
+        NostrTransport::send_with(self, peer, relays, envelope, opts).await.map(|_| ())
     }
 
     async fn publish_offer(&self, offer: &Offer) -> Result<(), TransportError> {

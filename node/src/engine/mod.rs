@@ -30,6 +30,8 @@ mod incoming;
 pub mod io;
 mod offers;
 mod swaps;
+mod track;
+pub use track::SellerTrack;
 mod watcher;
 
 use std::collections::BTreeMap;
@@ -112,6 +114,16 @@ pub struct EngineConfig {
     /// Seller: most swaps served at the same time (`seller.max_concurrent_swaps`); further
     /// requests are refused with `rate_limited`. `None`: no limit.
     pub max_concurrent_swaps: Option<u32>,
+    /// Seller: most satoshis locked at once in HTLCs not paid for yet
+    /// (`seller.max_unpaid_locked_sat`); a request that would go over it is refused with
+    /// `rate_limited` and the served offer advertises at most what is left. `None`: no cap.
+    pub max_unpaid_locked_sat: Option<u64>,
+    /// Seller: Nostr keys (hex) whose swap requests are dropped unanswered
+    /// (`seller.blocked_keys`).
+    pub blocked_peers: Vec<String>,
+    /// Seller: refuse a request its Lightning channels cannot receive or its wallet cannot fund
+    /// (`amount_out_of_range`). Off only in tests whose swaps are never paid (no channel).
+    pub check_liquidity: bool,
     /// How often the served offer is republished.
     pub offer_refresh: Duration,
     /// Lifetime given to each published version of the served offer (`expires_at`).
@@ -155,6 +167,9 @@ impl Default for EngineConfig {
             wallet_sync_every: 5,
             seller_offer: None,
             max_concurrent_swaps: None,
+            max_unpaid_locked_sat: None,
+            blocked_peers: Vec::new(),
+            check_liquidity: true,
             offer_refresh: Duration::from_secs(20 * 60),
             offer_ttl: Duration::from_secs(3600),
             decode_reply_limit: RateLimit::new(5, 10),

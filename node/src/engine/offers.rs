@@ -6,7 +6,7 @@ use looper_protocol::messages::Offer;
 use super::{blocking_store, Engine, EngineError};
 
 /// Sats kept back from an offer's maximum for the funding transaction's fee.
-const FUNDING_FEE_RESERVE_SAT: u64 = 2_000;
+pub(super) const FUNDING_FEE_RESERVE_SAT: u64 = 2_000;
 
 impl Engine {
     /// Seller: remembers `offer` (served from now on) and publishes it.
@@ -64,6 +64,25 @@ impl Engine {
                 tracing::warn!(error = %e, "cannot read the wallet balance for the offer");
                 return;
             }
+        };
+        // What the unpaid-capital budget leaves counts as what the wallet can fund.
+        let spendable = match self.inner.config.max_unpaid_locked_sat {
+            Some(budget) => {
+                let locked: u64 = self
+                    .inner
+                    .swaps
+                    .select(|_| true)
+                    .iter()
+                    .filter_map(|(_, s)| s.view().unpaid_lock())
+                    .map(|l| match l {
+                        super::swaps::UnpaidLock::Unfunded(a)
+                        | super::swaps::UnpaidLock::Funded(a) => a,
+                    })
+                    .fold(0, u64::saturating_add);
+                let left = budget.saturating_sub(locked).saturating_add(FUNDING_FEE_RESERVE_SAT);
+                spendable.min(left)
+            }
+            None => spendable,
         };
         match fundable_offer(offer, spendable) {
             Some(fundable) => {

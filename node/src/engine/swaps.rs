@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
 use bitcoin::{OutPoint, ScriptBuf};
 use looper_protocol::buyer::BuyerSwap;
 use looper_protocol::keys::SwapKeys;
+use looper_protocol::messages::Message;
 use looper_protocol::record::{Swap as LoadedSwap, SwapRecord as ProtoRecord};
 use looper_protocol::seller::{SellerState, SellerSwap};
 use looper_protocol::swap::{Action, Context, Event, Notification, PaymentStatus, StateKind};
@@ -86,6 +87,16 @@ impl Machine {
             Machine::Seller(s) => s.prepay_hash(),
             Machine::Unloaded(ProtoRecord::Buyer(r)) => r.prepay_hash(),
             Machine::Unloaded(ProtoRecord::Seller(r)) => r.prepay_hash(),
+        }
+    }
+
+    /// The swap's amount (the HTLC value).
+    fn amount_sat(&self) -> u64 {
+        match self {
+            Machine::Buyer(b) => b.amount_sat(),
+            Machine::Seller(s) => s.quote().htlc_amount_sat,
+            Machine::Unloaded(ProtoRecord::Buyer(r)) => r.amount_sat(),
+            Machine::Unloaded(ProtoRecord::Seller(r)) => r.quote().htlc_amount_sat,
         }
     }
 
@@ -184,6 +195,34 @@ pub(super) struct View {
     pub(super) payment_hash: Option<PaymentHash>,
     pub(super) prepay_hash: Option<PaymentHash>,
     pub(super) seller: bool,
+    /// The swap's amount (the HTLC value).
+    pub(super) amount_sat: u64,
+}
+
+impl View {
+    /// Seller: the HTLC is (about to be) locked and not paid for: accepted (funding queued or
+    /// waiting for the prepay), funded, or being refunded. What the unpaid-capital budget counts.
+    pub(super) fn unpaid_lock(&self) -> Option<UnpaidLock> {
+        if !self.seller {
+            return None;
+        }
+        match self.state {
+            "AwaitingInvoice" | "Accepted" => Some(UnpaidLock::Unfunded(self.amount_sat)),
+            "Funded" | "RefundingCooperatively" | "Refunding" => {
+                Some(UnpaidLock::Funded(self.amount_sat))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A seller swap's capital not paid for yet ([`View::unpaid_lock`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum UnpaidLock {
+    /// Not funded yet: still in the wallet, promised.
+    Unfunded(u64),
+    /// In the HTLC.
+    Funded(u64),
 }
 
 impl View {
@@ -193,7 +232,11 @@ impl View {
             kind: machine.kind(),
             payment_hash: machine.payment_hash(),
             prepay_hash: machine.prepay_hash(),
-            seller: matches!(machine, Machine::Seller(_)),
+            seller: matches!(
+                machine,
+                Machine::Seller(_) | Machine::Unloaded(ProtoRecord::Seller(_))
+            ),
+            amount_sat: machine.amount_sat(),
         }
     }
 }
@@ -456,7 +499,22 @@ impl Engine {
                     tracing::error!(swap = %id, "peer key does not parse");
                     return Ok(None);
                 };
-                if let Err(e) = self.inner.transport.send(&pk, &relays, &env).await {
+                let pow = match (&env.body, &*machine) {
+                    (Message::SwapRequest(_), Machine::Buyer(b)) => b.offer().pow_difficulty,
+                    _ => None,
+                };
+                let sent = match pow.filter(|d| *d > 0) {
+                    Some(bits) => {
+                        tracing::info!(swap = %id, bits, "mining the proof of work the offer asks for");
+                        let started = std::time::Instant::now();
+                        let sent =
+                            self.inner.transport.send_with_pow(&pk, &relays, &env, bits).await;
+                        tracing::info!(swap = %id, bits, ms = started.elapsed().as_millis() as u64, "proof of work done");
+                        sent
+                    }
+                    None => self.inner.transport.send(&pk, &relays, &env).await,
+                };
+                if let Err(e) = sent {
                     tracing::warn!(swap = %id, error = %e, "cannot send swap message");
                 }
                 Ok(None)
