@@ -12,7 +12,7 @@ use bitcoin::Network;
 use looper_node::engine::io::SwapTransport;
 use looper_node::engine::EngineConfig;
 use looper_node::nostr::{
-    EventId, Incoming, MemoryProcessedEvents, NostrTransport, OfferFilter, PublicKey, SendOptions,
+    EventId, Incoming, MemoryProcessedEvents, NostrTransport, OfferFilter, PublicKey,
     TransportConfig, TransportError,
 };
 use looper_node::store::SwapStore;
@@ -185,8 +185,7 @@ impl SwapTransport for MockWireTransport {
         pow: u8,
     ) -> Result<(), TransportError> {
         // Only swap requests carry work; the wire mocks leave them alone.
-        let opts = SendOptions { pow: Some(pow), ..SendOptions::default() };
-        self.inner.send_with(peer, relays, envelope, opts).await.map(|_| ())
+        SwapTransport::send_with_pow(&self.inner, peer, relays, envelope, pow).await
     }
     async fn publish_offer(&self, offer: &Offer) -> Result<(), TransportError> {
         self.inner.publish_offer(offer).await.map(|_| ())

@@ -218,14 +218,7 @@ impl Engine {
     /// the wallet can fund the HTLC besides the swaps accepted and not funded yet. Otherwise the
     /// error code and message to answer with.
     fn can_serve(&self, offer: &Offer, amount_sat: u64) -> Result<(), (ErrorCode, String)> {
-        let (mut unfunded, mut funded) = (0u64, 0u64);
-        for (_, slot) in self.inner.swaps.select(|_| true) {
-            match slot.view().unpaid_lock() {
-                Some(UnpaidLock::Unfunded(a)) => unfunded = unfunded.saturating_add(a),
-                Some(UnpaidLock::Funded(a)) => funded = funded.saturating_add(a),
-                None => {}
-            }
-        }
+        let (unfunded, funded) = self.unpaid_locked();
         let locked = unfunded.saturating_add(funded);
         if let Some(budget) = self.inner.config.max_unpaid_locked_sat {
             if locked.saturating_add(amount_sat) > budget {
@@ -272,6 +265,20 @@ impl Engine {
             ));
         }
         Ok(())
+    }
+
+    /// Seller: the sats of its swaps not paid for yet, `(not funded yet, in HTLCs)`
+    /// ([`super::swaps::View::unpaid_lock`]).
+    pub(super) fn unpaid_locked(&self) -> (u64, u64) {
+        let (mut unfunded, mut funded) = (0u64, 0u64);
+        for (_, slot) in self.inner.swaps.select(|_| true) {
+            match slot.view().unpaid_lock() {
+                Some(UnpaidLock::Unfunded(a)) => unfunded = unfunded.saturating_add(a),
+                Some(UnpaidLock::Funded(a)) => funded = funded.saturating_add(a),
+                None => {}
+            }
+        }
+        (unfunded, funded)
     }
 
     async fn refuse_busy(&self, sender: &NostrPublicKey, env: &Envelope) {

@@ -68,17 +68,8 @@ impl Engine {
         // What the unpaid-capital budget leaves counts as what the wallet can fund.
         let spendable = match self.inner.config.max_unpaid_locked_sat {
             Some(budget) => {
-                let locked: u64 = self
-                    .inner
-                    .swaps
-                    .select(|_| true)
-                    .iter()
-                    .filter_map(|(_, s)| s.view().unpaid_lock())
-                    .map(|l| match l {
-                        super::swaps::UnpaidLock::Unfunded(a)
-                        | super::swaps::UnpaidLock::Funded(a) => a,
-                    })
-                    .fold(0, u64::saturating_add);
+                let (unfunded, funded) = self.unpaid_locked();
+                let locked = unfunded.saturating_add(funded);
                 let left = budget.saturating_sub(locked).saturating_add(FUNDING_FEE_RESERVE_SAT);
                 spendable.min(left)
             }
