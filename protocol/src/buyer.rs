@@ -294,6 +294,11 @@ pub enum BuyerState {
         /// another attempt is ignored.
         #[serde(default)]
         attempt: u32,
+        /// The seller's refund of the HTLC, confirmed while the payment's fate was still
+        /// unknown: the payment's outcome decides between `Aborted` (it failed: nothing lost)
+        /// and `Lost` (it succeeded).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        refunded_by: Option<Txid>,
     },
     /// Paid; claiming the HTLC.
     Claiming {
@@ -823,11 +828,26 @@ impl BuyerSwap {
     /// left: back to `Funded`, the next attempt after [`PAYMENT_RETRY_SECS`] and the checks
     /// again (an unsent attempt does not count as a failed one); else abort.
     fn on_payment_failed(&mut self, ctx: &Context, reason: String, unsent: bool) -> Actions {
-        let BuyerState::Paying { terms, htlc, payment_attempts, unsent_attempts, attempt, .. } =
-            &self.rec.state
+        let BuyerState::Paying {
+            terms,
+            htlc,
+            payment_attempts,
+            unsent_attempts,
+            attempt,
+            refunded_by,
+            ..
+        } = &self.rec.state
         else {
             return Ok(Vec::new());
         };
+        if refunded_by.is_some() {
+            // The seller refunded and the payment failed: nothing lost, nothing to retry.
+            return self.abort(
+                AbortReason::PaymentFailed,
+                Some(BuyerCheckError::HtlcSpent),
+                Some(reason),
+            );
+        }
         let attempt = *attempt;
         let (payment_attempts, unsent_attempts, attempts_left) = if unsent {
             let unsent = *unsent_attempts;
@@ -1292,6 +1312,7 @@ impl BuyerSwap {
             payment_attempts,
             unsent_attempts,
             attempt,
+            refunded_by: None,
         })?;
         Ok(vec![Action::Persist, action, Action::Notify(Notification::Paying { max_cltv: budget })])
     }
@@ -1430,6 +1451,7 @@ impl BuyerSwap {
                         payment_attempts: *payment_attempts,
                         unsent_attempts: *unsent_attempts,
                         attempt: *attempt,
+                        refunded_by: None,
                     };
                     self.go(to)?;
                     actions.insert(0, Action::Persist);
@@ -1467,6 +1489,22 @@ impl BuyerSwap {
         // Whatever the state says, a payment that succeeded leads to the claim: the HTLC is ours
         // (also after a stale failure moved the swap back to `Funded` or `Aborted`).
         let (terms, htlc) = match &self.rec.state {
+            BuyerState::Paying { terms, refunded_by: Some(spend_txid), .. } => {
+                // Paid after the seller took the HTLC back: only a dishonest seller (or a
+                // Lightning HTLC that outlived its CLTV budget) gets here.
+                if preimage.payment_hash() != terms.htlc_params.payment_hash {
+                    return Err(SwapError::Internal(
+                        "preimage does not match the payment hash".into(),
+                    ));
+                }
+                let (terms, spend_txid) = (terms.clone(), *spend_txid);
+                self.go(BuyerState::Lost { terms, spend_txid })?;
+                return Ok(vec![
+                    Action::Persist,
+                    Action::Notify(Notification::Paid),
+                    self.finished(),
+                ]);
+            }
             BuyerState::Paying { terms, htlc, .. } | BuyerState::Funded { terms, htlc, .. } => {
                 (terms.clone(), htlc.clone())
             }
@@ -1739,10 +1777,22 @@ impl BuyerSwap {
                 self.abort(AbortReason::ChecksFailed, Some(BuyerCheckError::HtlcSpent), None)
             }
             BuyerState::Paying { terms, .. } if !ours && confirmed_height.is_some() => {
-                // Refunded while we wait for a payment whose fate is unknown.
-                let terms = terms.clone();
-                self.go(BuyerState::Lost { terms, spend_txid: txid })?;
-                Ok(vec![Action::Persist, self.finished()])
+                // Refunded while we wait for a payment whose fate is unknown. Lost only if it
+                // succeeded: the payment's outcome decides ([`Self::on_payment_failed`],
+                // [`Self::on_payment_succeeded`]). A restored node whose Lightning state is gone
+                // will never learn it, and calls it lost.
+                if self.rec.lightning_state_lost {
+                    let terms = terms.clone();
+                    self.go(BuyerState::Lost { terms, spend_txid: txid })?;
+                    return Ok(vec![Action::Persist, self.finished()]);
+                }
+                if let BuyerState::Paying { refunded_by, .. } = &mut self.rec.state {
+                    if refunded_by.is_some() {
+                        return Ok(Vec::new());
+                    }
+                    *refunded_by = Some(txid);
+                }
+                Ok(vec![Action::Persist])
             }
             _ => Ok(vec![]),
         }

@@ -25,12 +25,16 @@ pub const BUYER_TRANSITIONS: &[Transition] = &[
     ("Funded", "Claiming", "a payment for the hash found succeeded"),
     ("Paying", "Claiming", "payment succeeded / send coop_claim_request"),
     ("Paying", "Funded", "payment failed or not sent, attempts left / retry in 10 s"),
-    ("Paying", "Aborted", "payment failed or not sent, no attempts left / send swap_abort"),
+    (
+        "Paying",
+        "Aborted",
+        "payment failed or not sent, no attempts left or htlc refunded / send swap_abort",
+    ),
     ("Aborted", "Claiming", "a payment for the hash found succeeded (claim anyway)"),
     ("Claiming", "ClaimBroadcast", "coop_claim_response, or 30 s / script path"),
     ("Claiming", "Lost", "htlc refunded by the seller"),
     ("Claiming", "Claimed", "our claim confirmed (broadcast before a restart)"),
-    ("Paying", "Lost", "htlc refunded while the payment's fate is unknown (restored)"),
+    ("Paying", "Lost", "htlc refunded, then the payment succeeded (or its fate is lost: restored)"),
     ("ClaimBroadcast", "Claimed", "claim confirmed"),
     ("ClaimBroadcast", "Lost", "htlc refunded by the seller"),
 ];

@@ -365,3 +365,65 @@ fn a_claim_is_priced_at_the_cap_when_estimates_are_above_it() {
     assert!(sim.fee_of(&tx) <= 200 * tx.vsize() as u64, "capped: {}", sim.fee_of(&tx));
     assert!(!sim.log.iter().any(|l| l.contains("Stalled")), "{:#?}", sim.log);
 }
+
+/// Found by the `state_machines` fuzz target: the seller fails a late payment back, the buyer's
+/// node is slow to say so, and the seller's refund confirms first. The buyer, whose payment's
+/// fate is still unknown, must not report the swap lost: it waits for the payment's outcome.
+/// Failed: the swap ends `Aborted` having paid nothing. Succeeded after the refund (a dishonest
+/// seller, or an HTLC that outlived its CLTV budget): `Lost`.
+#[test]
+fn a_refund_seen_before_the_payments_fate_waits_for_it() {
+    let opts = Opts {
+        payment_delay_blocks: 130,
+        hold_buyer_failure_reports: true,
+        ..Opts::default()
+    };
+    let refunded_while_paying = |sim: &Sim| {
+        assert!(
+            matches!(sim.buyer.state(), BuyerState::Paying { refunded_by: Some(_), .. }),
+            "{:#?}",
+            sim.log
+        );
+        assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }), "{:#?}", sim.log);
+    };
+
+    // The payment failed: nothing lost.
+    let mut sim = run_until_refunded(opts.clone());
+    refunded_while_paying(&sim);
+    sim.release_held_reports();
+    assert!(
+        matches!(
+            sim.buyer.state(),
+            BuyerState::Aborted { check: Some(BuyerCheckError::HtlcSpent), .. }
+        ),
+        "{:#?}",
+        sim.log
+    );
+    assert_eq!(sim.buyer_paid_msat, 0);
+
+    // The record written in between carries the refund: restarted, the buyer asks its node,
+    // learns the payment failed, and ends the same way.
+    let mut sim = run_until_refunded(opts.clone());
+    refunded_while_paying(&sim);
+    sim.restart(Party::Buyer);
+    assert!(
+        matches!(
+            sim.buyer.state(),
+            BuyerState::Aborted { check: Some(BuyerCheckError::HtlcSpent), .. }
+        ),
+        "{:#?}",
+        sim.log
+    );
+
+    // The payment succeeded after the refund: lost, and said so.
+    let mut sim = run_until_refunded(opts);
+    let preimage = SwapKeys::derive(&master(1), 0).unwrap().preimage().clone();
+    sim.inject(Party::Buyer, Event::PaymentSucceeded { preimage });
+    assert!(matches!(sim.buyer.state(), BuyerState::Lost { .. }), "{:#?}", sim.log);
+}
+
+fn run_until_refunded(opts: Opts) -> Sim {
+    let mut sim = sim(opts);
+    sim.run_to_end(300);
+    sim
+}

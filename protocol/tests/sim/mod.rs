@@ -80,6 +80,9 @@ pub struct Opts {
     pub buyer_skips_prepay: bool,
     /// The buyer's `max_prepay_sat`.
     pub buyer_max_prepay_sat: Option<u64>,
+    /// The buyer's node holds back the news that the seller failed its payment back (until
+    /// [`Sim::release_held_reports`]).
+    pub hold_buyer_failure_reports: bool,
 }
 
 /// The preimage of the seller's prepay invoice (the sim's Lightning node makes it).
@@ -182,6 +185,8 @@ pub struct Sim {
     pub prepaid_msat: u64,
     /// `PayPrepay` actions seen (idempotent: paid once whatever the count).
     pub prepay_orders: u32,
+    /// Payment reports to the buyer held back (`hold_buyer_failure_reports`).
+    pub held_reports: Vec<Event>,
     ln_secret: SecretKey,
 }
 
@@ -270,6 +275,7 @@ impl Sim {
             replacements: Vec::new(),
             prepaid_msat: 0,
             prepay_orders: 0,
+            held_reports: Vec::new(),
             double_payments: 0,
             refund_sigs_while_paying: 0,
             log: Vec::new(),
@@ -620,10 +626,13 @@ impl Sim {
                     if self.buyer_ln == LnStatus::Pending {
                         self.buyer_ln = LnStatus::Failed;
                         // Failed back: the node reports it without telling which attempt.
-                        self.feed(
-                            Party::Buyer,
-                            Event::PaymentStatus { payment_hash, status: PaymentStatus::Failed },
-                        );
+                        let report =
+                            Event::PaymentStatus { payment_hash, status: PaymentStatus::Failed };
+                        if self.opts.hold_buyer_failure_reports {
+                            self.held_reports.push(report);
+                        } else {
+                            self.feed(Party::Buyer, report);
+                        }
                     }
                 }
                 Action::Notify(n) => self.log.push(format!("{party:?}: {n:?}")),
@@ -997,6 +1006,20 @@ impl Sim {
             self.advance_secs(31);
             self.mine(1);
         }
+    }
+
+    /// Delivers the payment reports held back (`hold_buyer_failure_reports`) to the buyer.
+    pub fn release_held_reports(&mut self) {
+        for event in std::mem::take(&mut self.held_reports) {
+            self.feed(Party::Buyer, event);
+        }
+        self.pump();
+    }
+
+    /// Feeds one event to a party and carries out its actions.
+    pub fn inject(&mut self, party: Party, event: Event) {
+        self.feed(party, event);
+        self.pump();
     }
 
     pub fn finished(&self) -> bool {
