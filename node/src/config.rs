@@ -735,7 +735,7 @@ impl Config {
                 ),
             ));
         }
-        if t.prepay_sat > t.min_amount_sat {
+        if matches!(t.prepay_sat, looper_api::Prepay::Sat(sat) if sat > t.min_amount_sat) {
             return Err(invalid("seller.prepay_sat", "must be <= seller.min_amount_sat"));
         }
         if s.max_concurrent_swaps == 0 {
@@ -1093,7 +1093,13 @@ messages_per_minute = 1200
         assert_eq!(c.api.listen.port(), 0);
         assert!(c.seller.enabled);
         assert_eq!(c.seller.terms.timeout_delta, 60);
-        assert_eq!(c.seller.terms.prepay_sat, 100);
+        assert_eq!(c.seller.terms.prepay_sat, looper_api::Prepay::Sat(100));
+        // The default prepay is automatic; "auto" says so explicitly; anything else is refused.
+        assert_eq!(SellerConfig::default().terms.prepay_sat, looper_api::Prepay::Auto);
+        let auto = load_toml(&regtest(&[]), "[seller]\nprepay_sat = \"auto\"\n").unwrap();
+        assert_eq!(auto.seller.terms.prepay_sat, looper_api::Prepay::Auto);
+        let e = err_text(&regtest(&[]), "[seller]\nprepay_sat = \"lots\"\n");
+        assert!(e.contains("prepay_sat") || e.contains("auto"), "{e}");
         assert_eq!(c.buyer.max_route_cltv, 40);
         assert_eq!(c.buyer.min_confirmations, 3);
         assert_eq!(c.fees.max_fee_rate_sat_vb, 50);

@@ -81,6 +81,9 @@ pub fn seller_offer(config: &Config, ln_node_id: PublicKey) -> Result<Option<Off
         ln_address,
         relays: config.relays.clone(),
         expires_at: u64::MAX,
+        // An automatic prepay is priced at the floor until the engine's first fee estimate
+        // reprices it (`EngineConfig::auto_prepay`).
+        fee_rate_sat_vb: 1,
     });
     offer.validate()?;
     Ok(Some(offer))
@@ -223,6 +226,7 @@ impl LooperNode {
                     && config.seller.max_unpaid_locked_sat > 0)
                     .then_some(config.seller.max_unpaid_locked_sat),
                 check_liquidity: config.seller.check_liquidity,
+                auto_prepay: config.seller.terms.prepay_sat == looper_api::Prepay::Auto,
                 blocked_peers: config
                     .seller_blocked_keys()
                     .map_err(step("read seller.blocked_keys"))?,

@@ -90,7 +90,7 @@ async fn attack(h: &Harness, seller: &PublicKey, offer_id: &str) -> Result<SwapI
 async fn e2e_griefing_with_prepays_costs_the_seller_nothing_net() -> Result<()> {
     let s = scratch()?;
     let mut seller = NodeSpec::seller("seller");
-    seller.offer.prepay_sat = PREPAY_SAT;
+    seller.offer.prepay_sat = looper_api::Prepay::Sat(PREPAY_SAT);
     seller.offer.claim_margin = 2;
     seller.offer.timeout_delta = 60;
     let mut c = HarnessConfig::new(&s.dir, env!("CARGO_BIN_EXE_looper-node"));

@@ -41,7 +41,7 @@ async fn wait_paid(h: &Harness, before: u64, msat: u64, what: &str) -> Result<()
 async fn e2e_prepaid_loop_out_and_a_prepaid_swap_given_up() -> Result<()> {
     let s = scratch()?;
     let mut seller = NodeSpec::seller("seller");
-    seller.offer.prepay_sat = PREPAY_SAT;
+    seller.offer.prepay_sat = looper_api::Prepay::Sat(PREPAY_SAT);
     let mut c = HarnessConfig::new(&s.dir, env!("CARGO_BIN_EXE_looper-node"));
     c.nodes = vec![seller, NodeSpec::buyer("buyer")];
     c.channel_sat = 10 * AMOUNT + 100_000;

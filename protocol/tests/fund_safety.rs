@@ -373,11 +373,8 @@ fn a_claim_is_priced_at_the_cap_when_estimates_are_above_it() {
 /// seller, or an HTLC that outlived its CLTV budget): `Lost`.
 #[test]
 fn a_refund_seen_before_the_payments_fate_waits_for_it() {
-    let opts = Opts {
-        payment_delay_blocks: 130,
-        hold_buyer_failure_reports: true,
-        ..Opts::default()
-    };
+    let opts =
+        Opts { payment_delay_blocks: 130, hold_buyer_failure_reports: true, ..Opts::default() };
     let refunded_while_paying = |sim: &Sim| {
         assert!(
             matches!(sim.buyer.state(), BuyerState::Paying { refunded_by: Some(_), .. }),

@@ -143,9 +143,11 @@ impl Role {
 }
 
 /// The terms the harness's sellers offer by default: 10 000 to 1 000 000 sat, fee 1 000 sat +
-/// 2 500 ppm, funding fee 300 sat, 1 confirmation, timeout delta 144 blocks, claim margin 20.
+/// 2 500 ppm, funding fee 300 sat, no prepay (tests of the prepay set one), 1 confirmation,
+/// timeout delta 144 blocks, claim margin 20.
 pub fn default_offer_terms() -> OfferTerms {
     OfferTerms {
+        prepay_sat: looper_api::Prepay::Sat(0),
         min_amount_sat: 10_000,
         max_amount_sat: 1_000_000,
         fee_base_sat: 1_000,
@@ -1061,6 +1063,7 @@ fn seller_offer(node: &NodeHandle, relay_url: &str) -> Result<Offer, HarnessErro
         ln_address: Some(node.ln_addr.to_string()),
         relays: vec![relay_url.to_string()],
         expires_at: unix_now() + 86_400,
+        fee_rate_sat_vb: 1,
     }))
 }
 

@@ -82,6 +82,9 @@ pub struct PairOptions {
     pub mock_payment_delay_blocks: u32,
     /// The seller's offer asks for this prepay.
     pub prepay_sat: Option<u64>,
+    /// The seller serves its offer from its configuration with the automatic prepay
+    /// (`seller.prepay_sat = "auto"`): priced from the fee rate and republished when it moves.
+    pub auto_prepay: bool,
     /// The seller's budget for capital locked in unpaid HTLCs.
     pub seller_max_unpaid_locked_sat: Option<u64>,
     /// The seller drops the buyer's requests (its key is on the block list).
@@ -112,6 +115,7 @@ impl PairOptions {
             mock_reorder: false,
             mock_payment_delay_blocks: 0,
             prepay_sat: None,
+            auto_prepay: false,
             seller_max_unpaid_locked_sat: None,
             seller_blocks_buyer: false,
             seller_inbound_msat: None,
@@ -286,6 +290,14 @@ impl Pair {
         });
         let mut seller_config = config(o.seller_policy);
         seller_config.max_unpaid_locked_sat = o.seller_max_unpaid_locked_sat;
+        let mut published = offer(&world, o.relays.clone());
+        published.prepay_sat = o.prepay_sat;
+        published.pow_difficulty = o.pow_difficulty;
+        if o.auto_prepay {
+            // Served: the engine prices the prepay and publishes it when it starts.
+            seller_config.seller_offer = Some(published.clone());
+            seller_config.auto_prepay = true;
+        }
         if o.seller_blocks_buyer {
             seller_config.blocked_peers = vec![buyer_t.public_key().to_hex()];
         }
@@ -304,10 +316,14 @@ impl Pair {
             .wallet
             .refuse_funding
             .store(o.mock_seller_vanishes_after_accept, std::sync::atomic::Ordering::Relaxed);
-        let mut published = offer(&world, o.relays.clone());
-        published.prepay_sat = o.prepay_sat;
-        published.pow_difficulty = o.pow_difficulty;
-        seller.engine.publish_offer(&published).await?;
+        if o.auto_prepay {
+            // What `Engine::run` does first: a poll (the fee estimates), the offer priced and
+            // published.
+            seller.engine.poll().await;
+            seller.engine.refresh_served_offer().await;
+        } else {
+            seller.engine.publish_offer(&published).await?;
+        }
         let taken = if o.discover {
             let want = OfferFilter {
                 network: Network::Regtest,

@@ -118,6 +118,44 @@ async fn prepaid_swap_over_the_relay_through_the_real_engines() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_automatic_prepay_follows_the_fee_rate() -> Result<()> {
+    // The default offer (`seller.prepay_sat = "auto"`): the prepay is the seller's funding and
+    // refund at the chain's fee rate (2 sat/vB in the world), the swap pays it as part of the
+    // total; a fee spike reprices the served offer on the relays.
+    let per_vb =
+        looper_api::AUTO_PREPAY_FUNDING_VBYTES + looper_protocol::spend::REFUND_SCRIPT_PATH_VBYTES;
+    let (relay, _, p) = setup(|o| o.auto_prepay = true).await?;
+    assert_eq!(p.offer.prepay_sat, Some(2 * per_vb), "the first version, priced at 2 sat/vB");
+    p.wait_for(CLAIMED, CLAIMED, WAIT).await?;
+    let quote = looper_protocol::terms::Quote::compute(&p.offer, 200_000)?;
+    assert_eq!(p.settled_msat(), (quote.invoice_amount_sat + quote.prepay_sat) * 1000);
+
+    looper_conformance::world::lock(&p.world).fee_rate = bitcoin::FeeRate::from_sat_per_vb_u32(10);
+    let want = looper_node::nostr::OfferFilter {
+        network: Network::Regtest,
+        amount_sat: 200_000,
+        sellers: vec![],
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let found = p.buyer_t.discover_offers(&want).await?;
+        if found.iter().any(|f| f.offer.prepay_sat == Some(10 * per_vb)) {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!(
+                "offer not repriced: {:?}",
+                found.first().map(|f| f.offer.prepay_sat)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    p.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_buyer_that_prepays_and_vanishes_pays_the_seller_its_refund() -> Result<()> {
     let (relay, _, mut p) = setup(|o| {
         o.prepay_sat = Some(1_500);

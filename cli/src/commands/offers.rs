@@ -381,6 +381,8 @@ fn build_offer(args: &CreateArgs, info: &InfoResponse) -> CliResult<Offer> {
         ln_address: None,
         relays,
         expires_at: now.saturating_add(args.expires_in),
+        // `--prepay auto`: the funding and refund fees at the node's current fee rate.
+        fee_rate_sat_vb: info.fee_rate_sat_vb,
     }))
 }
 
@@ -454,6 +456,7 @@ mod tests {
             ln_address: None,
             relays: vec!["ws://r".into()],
             expires_at: 1,
+            fee_rate_sat_vb: 2,
         });
         let q = quote(&offer, 100_000, 2).unwrap_or_else(|| panic!("in range"));
         assert_eq!(q.swap_fee_sat, 1_250);

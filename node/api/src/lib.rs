@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use error::{BuyerCheckCode, ErrorBody, ErrorCode};
-pub use terms::{OfferContext, OfferTerms};
+pub use terms::{OfferContext, OfferTerms, Prepay, PrepayParseError, AUTO_PREPAY_FUNDING_VBYTES};
 
 /// Version of the control API's request and answer shapes (`GET /v1/info` → `api_version`).
 pub const API_VERSION: u32 = 1;

@@ -41,7 +41,7 @@ use std::time::Duration;
 use bitcoin::bip32::Xpriv;
 use bitcoin::{FeeRate, ScriptBuf};
 use looper_protocol::buyer::{BuyerCheckError, BuyerPolicy, BuyerStart, BuyerSwap};
-use looper_protocol::fees::DEFAULT_SPEND_TARGET;
+use looper_protocol::fees::{FeeEstimates, DEFAULT_SPEND_TARGET};
 use looper_protocol::keys::SwapKeys;
 use looper_protocol::messages::Offer;
 use looper_protocol::record::SwapRecord as ProtoRecord;
@@ -124,6 +124,9 @@ pub struct EngineConfig {
     /// Seller: refuse a request its Lightning channels cannot receive or its wallet cannot fund
     /// (`amount_out_of_range`). Off only in tests whose swaps are never paid (no channel).
     pub check_liquidity: bool,
+    /// Seller: the served offer's prepay is priced from the fee rate ([`looper_api::Prepay::Auto`],
+    /// `seller.prepay_sat = "auto"`) and repriced when the rate moves.
+    pub auto_prepay: bool,
     /// How often the served offer is republished.
     pub offer_refresh: Duration,
     /// Lifetime given to each published version of the served offer (`expires_at`).
@@ -170,6 +173,7 @@ impl Default for EngineConfig {
             max_unpaid_locked_sat: None,
             blocked_peers: Vec::new(),
             check_liquidity: true,
+            auto_prepay: false,
             offer_refresh: Duration::from_secs(20 * 60),
             offer_ttl: Duration::from_secs(3600),
             decode_reply_limit: RateLimit::new(5, 10),
@@ -617,6 +621,18 @@ impl Engine {
     }
 
     async fn offer_loop(self, mut stopped: watch::Receiver<bool>) {
+        if self.inner.config.auto_prepay {
+            // An automatic prepay is priced from the fee rate: the first publication waits for
+            // the first poll's estimates (bounded), so that it does not go out at the floor
+            // price and get repriced moments later.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            while self.lock_ctx().fees.estimates == FeeEstimates::flat(FeeRate::ZERO)
+                && tokio::time::Instant::now() < deadline
+                && !*stopped.borrow()
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         let every = self.inner.config.offer_refresh.max(Duration::from_secs(1));
         let mut ticker = tokio::time::interval(every);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

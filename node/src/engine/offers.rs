@@ -1,12 +1,18 @@
 //! The seller's offers: the one served from the configuration is republished with a fresh
 //! expiry, follows what the wallet can fund, and is taken off the relays while it cannot.
 
+use looper_api::Prepay;
 use looper_protocol::messages::Offer;
 
 use super::{blocking_store, Engine, EngineError};
 
 /// Sats kept back from an offer's maximum for the funding transaction's fee.
 pub(super) const FUNDING_FEE_RESERVE_SAT: u64 = 2_000;
+
+/// An automatic prepay is repriced when the fee rate moves it by at least this share (percent)
+/// of the published one: each new price is a new version of the offer, and a buyer who took the
+/// previous one is refused (`quote_mismatch`).
+pub(super) const AUTO_PREPAY_REPRICE_PERCENT: u64 = 25;
 
 impl Engine {
     /// Seller: remembers `offer` (served from now on) and publishes it.
@@ -55,6 +61,7 @@ impl Engine {
     /// spendable balance (less a fee reserve), and it is withdrawn from the relays while the
     /// wallet cannot fund even `min_amount_sat` (and published again once it can).
     pub async fn refresh_served_offer(&self) {
+        self.reprice_served_prepay();
         let Some(mut offer) = self.lock_misc().served_offer.clone() else { return };
         offer.expires_at =
             self.inner.clock.now_secs().saturating_add(self.inner.config.offer_ttl.as_secs());
@@ -107,6 +114,50 @@ impl Engine {
                 tracing::warn!(offer = %offer.offer_id, error = %e, "cannot publish the offer")
             }
         }
+    }
+}
+
+impl Engine {
+    /// Seller: the automatic prepay ([`EngineConfig::auto_prepay`](super::EngineConfig)) at the
+    /// current fee rates: the funding's and the refund's, whichever is higher.
+    fn auto_prepay_sat(&self, min_amount_sat: u64) -> Option<u64> {
+        let ctx = self.context();
+        let refund_rate =
+            ctx.fees.estimates.rate_for(ctx.fees.refund_target).min(ctx.fees.max_rate);
+        let rate = ctx.fee_rate.max(refund_rate).to_sat_per_vb_ceil();
+        Prepay::Auto.resolve(rate, min_amount_sat)
+    }
+
+    /// Seller: moves the served offer's automatic prepay to the current fee rates when they
+    /// moved it by [`AUTO_PREPAY_REPRICE_PERCENT`] or more. Returns whether it changed (the
+    /// offer is then to be published again).
+    pub(super) fn reprice_served_prepay(&self) -> bool {
+        if !self.inner.config.auto_prepay {
+            return false;
+        }
+        let Some(min_amount) = self.lock_misc().served_offer.as_ref().map(|o| o.min_amount_sat)
+        else {
+            return false;
+        };
+        let fresh = self.auto_prepay_sat(min_amount);
+        let mut misc = self.lock_misc();
+        let Some(offer) = misc.served_offer.as_mut() else { return false };
+        let moved = match (offer.prepay_sat, fresh) {
+            (Some(old), Some(new)) => {
+                old.abs_diff(new).saturating_mul(100)
+                    >= old.saturating_mul(AUTO_PREPAY_REPRICE_PERCENT)
+            }
+            (old, new) => old != new,
+        };
+        if moved {
+            tracing::info!(
+                from_sat = offer.prepay_sat.unwrap_or(0),
+                to_sat = fresh.unwrap_or(0),
+                "automatic prepay repriced at the current fee rate"
+            );
+            offer.prepay_sat = fresh;
+        }
+        moved
     }
 }
 

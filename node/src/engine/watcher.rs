@@ -50,6 +50,9 @@ impl Engine {
                 ctx.tip_height = tip;
                 apply_fees(&mut ctx, estimates, &self.inner.config.fees, &*self.inner.wallet);
             }
+            if self.reprice_served_prepay() {
+                self.refresh_served_offer().await;
+            }
             for (id, slot) in self.inner.swaps.select(Slot::needs_resume) {
                 self.resume_one(id, &slot).await;
             }
