@@ -1720,7 +1720,12 @@ impl BuyerSwap {
             self.live.cosign(&htlc, who, tx, outpoint, amount_sat, &req.seller_nonce, "refund", rng)
         });
         let mut actions = Vec::new();
-        if !matches!(self.rec.state, BuyerState::Aborted { .. }) {
+        if matches!(self.rec.state, BuyerState::Aborted { .. }) {
+            // Our last message again before the answer: were it lost (our `swap_abort`), the
+            // answer would wait behind it in the seller's in-order inbox forever. The seller
+            // drops a message it has seen.
+            actions.extend(self.rec.core.outbox.sent.last().cloned().map(Action::Send));
+        } else {
             actions.extend(self.abort(
                 AbortReason::UserRequested,
                 None,

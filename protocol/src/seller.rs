@@ -42,6 +42,10 @@ pub const MAX_COOP_REFUND_ATTEMPTS: u32 = 10;
 /// Seconds between two cooperative refund requests.
 pub const COOP_REFUND_RETRY_SECS: u64 = 60;
 
+/// Seconds after the invoice expired, unpaid, at which the seller asks the buyer for a
+/// cooperative refund on its own (a payment sent just before the expiry has had time to arrive).
+pub const EXPIRED_INVOICE_REFUND_SECS: u64 = 120;
+
 /// Seconds between two looks at a claim that has not settled yet (`Paid`).
 pub const CLAIM_CHECK_SECS: u64 = 30;
 
@@ -287,6 +291,12 @@ pub struct SellerSwap {
 }
 
 swap_api!(SellerSwap, SellerRecord, SellerState);
+
+/// When a BOLT11 invoice expires (unix seconds); `None` if it does not decode.
+fn invoice_expired_at(invoice: &str) -> Option<u64> {
+    let decoded = lightning_invoice::Bolt11Invoice::from_str(invoice).ok()?;
+    decoded.expires_at().map(|d| d.as_secs())
+}
 
 /// Invoice expiry: the offer's, but at most half the time to the timeout.
 fn invoice_expiry_secs(offer: &Offer) -> u32 {
@@ -1110,6 +1120,16 @@ impl SellerSwap {
                     AbortReason::PaymentFailed,
                     Some("the prepay was not paid before its invoice expired".into()),
                 )
+            }
+            SellerState::Funded { invoice, refund_attempts: 0, .. }
+                if invoice_expired_at(invoice).is_some_and(|at| {
+                    ctx.now_secs >= at.saturating_add(EXPIRED_INVOICE_REFUND_SECS)
+                }) =>
+            {
+                // The invoice expired unpaid: the coins need not wait for the timeout. A buyer
+                // that is there signs (it never does once it has paid); a silent one leaves the
+                // refund leaf at the timeout.
+                self.start_coop_refund(ctx, rng)
             }
             SellerState::Funded { refund_attempts, refund_retry_at_secs, .. }
                 if *refund_attempts > 0

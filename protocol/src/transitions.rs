@@ -62,6 +62,7 @@ pub const SELLER_TRANSITIONS: &[Transition] = &[
     ("Funded", "Claimed", "htlc claimed (preimage leaked)"),
     ("RefundingCooperatively", "Refunding", "coop_refund_response / broadcast"),
     ("RefundingCooperatively", "Funded", "no answer in 30 s or bad signature"),
+    ("RefundingCooperatively", "Claimed", "htlc claimed (preimage out: a late settlement)"),
     ("Paid", "Claimed", "claim confirmed"),
     ("Paid", "Funded", "the claim never settled (payment failed back) / refundable again"),
     ("Refunding", "Refunded", "refund confirmed"),

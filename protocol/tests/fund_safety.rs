@@ -424,3 +424,28 @@ fn run_until_refunded(opts: Opts) -> Sim {
     sim.run_to_end(300);
     sim
 }
+
+/// Issue 15.3: the invoice expired unpaid and the buyer's `swap_abort` was lost. The seller does
+/// not leave its coins in the HTLC until the timeout: at the invoice's expiry (plus
+/// `EXPIRED_INVOICE_REFUND_SECS`) it asks the buyer for a cooperative refund, and a buyer that is
+/// there (it gave up, having paid nothing) signs it.
+#[test]
+fn an_expired_unpaid_invoice_is_refunded_cooperatively_before_the_timeout() {
+    let sim = run(Opts { fail_first_payments: 1_000, drop_buyer_abort: true, ..Opts::default() });
+    assert!(sim.log.iter().any(|l| l == "wire: swap_abort lost"), "{:#?}", sim.log);
+    assert_eq!(sim.buyer_paid_msat, 0);
+    assert!(matches!(sim.buyer.state(), BuyerState::Aborted { .. }), "{:#?}", sim.log);
+    let SellerState::Refunded { .. } = sim.seller_state() else {
+        panic!("not refunded: {:#?}", sim.log)
+    };
+    assert_eq!(
+        sim.purposes(),
+        vec![TxPurpose::Funding, TxPurpose::CooperativeRefund],
+        "{:#?}",
+        sim.log
+    );
+    let (_, _, refund) = sim.broadcasts.last().copied().unwrap();
+    let (height, _) = sim.chain.confirmed[&refund];
+    let timeout = START_HEIGHT + sim.offer.timeout_delta;
+    assert!(height < timeout, "refunded at {height}, the timeout is {timeout}");
+}

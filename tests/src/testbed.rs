@@ -621,6 +621,10 @@ impl Bed {
                 self.nodes[idx].store.inner.list_swaps(&SwapFilter::pending()).unwrap_or_default()
             {
                 pending.push(format!("node {idx} swap {} in {}", r.id, r.state));
+                if std::env::var_os("LOOPER_TESTBED_DUMP_STUCK").is_some() {
+                    let v = String::from_utf8_lossy(&r.data);
+                    eprintln!("STUCK {}", v.chars().take(6000).collect::<String>());
+                }
             }
         }
         Err(fail(

@@ -74,6 +74,8 @@ pub struct Opts {
     pub drop_first_claim: bool,
     /// The first `coop_refund_request` is lost on the wire.
     pub drop_first_refund_request: bool,
+    /// The buyer's `swap_abort` is lost on the wire (the seller never hears that it gave up).
+    pub drop_buyer_abort: bool,
     /// The offer asks for this prepay.
     pub prepay_sat: Option<u64>,
     /// The buyer never pays the prepay (a griefer that takes the offer for free).
@@ -293,6 +295,11 @@ impl Sim {
         {
             self.opts.drop_first_refund_request = false;
             self.log.push("wire: coop_refund_request lost".into());
+            return;
+        }
+        if self.opts.drop_buyer_abort && matches!(env.body, Message::SwapAbort(_)) {
+            self.opts.drop_buyer_abort = false;
+            self.log.push("wire: swap_abort lost".into());
             return;
         }
         let queue = if to == Party::Seller { &mut self.to_seller } else { &mut self.to_buyer };
