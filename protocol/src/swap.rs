@@ -340,6 +340,15 @@ pub enum Notification {
         /// Confirmations required.
         required: u32,
     },
+    /// The buyer's node mines the NIP-13 proof of work the offer asks of the swap request
+    /// (emitted by the node, not the state machine: once when it starts, once when done).
+    ProofOfWork {
+        /// The difficulty, leading zero bits.
+        bits: u8,
+        /// How long it took, milliseconds (`None`: started, not done yet).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        millis: Option<u64>,
+    },
     /// The prepay went through (buyer: paid; seller: received): the seller funds now.
     Prepaid {
         /// Its amount.

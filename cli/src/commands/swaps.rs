@@ -334,6 +334,13 @@ pub fn describe(e: &Value) -> String {
         "paying" => {
             format!("paying the invoice (route CLTV budget {} blocks)", text(e, "max_cltv"))
         }
+        "proof_of_work" => match e.get("millis").and_then(Value::as_u64) {
+            None => format!(
+                "mining the proof of work the offer asks of the request ({} bits)...",
+                text(e, "bits")
+            ),
+            Some(ms) => format!("proof of work done ({} bits, {ms} ms)", text(e, "bits")),
+        },
         "prepaid" => format!(
             "prepay of {} settled: the seller funds the HTLC now",
             sat(num(e, "amount_sat"))
@@ -409,5 +416,12 @@ mod tests {
         assert_eq!(describe(&e), "claiming: cooperative claim cd (fee 222 sat, 111 vB)");
         let e = json!({"event": "stalled", "reason": "claim: fee too high"});
         assert_eq!(describe(&e), "stalled (trying again): claim: fee too high");
+        let e = json!({"event": "proof_of_work", "bits": 20});
+        assert_eq!(
+            describe(&e),
+            "mining the proof of work the offer asks of the request (20 bits)..."
+        );
+        let e = json!({"event": "proof_of_work", "bits": 20, "millis": 8100});
+        assert_eq!(describe(&e), "proof of work done (20 bits, 8100 ms)");
     }
 }

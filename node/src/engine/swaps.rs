@@ -505,11 +505,15 @@ impl Engine {
                 };
                 let sent = match pow.filter(|d| *d > 0) {
                     Some(bits) => {
-                        tracing::info!(swap = %id, bits, "mining the proof of work the offer asks for");
+                        // Shown in the swap's events (`looper out` prints them as they come):
+                        // at 20 bits and more this takes seconds.
+                        self.notify(id, Notification::ProofOfWork { bits, millis: None });
                         let started = std::time::Instant::now();
                         let sent =
                             self.inner.transport.send_with_pow(&pk, &relays, &env, bits).await;
-                        tracing::info!(swap = %id, bits, ms = started.elapsed().as_millis() as u64, "proof of work done");
+                        let millis =
+                            u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                        self.notify(id, Notification::ProofOfWork { bits, millis: Some(millis) });
                         sent
                     }
                     None => self.inner.transport.send(&pk, &relays, &env).await,
