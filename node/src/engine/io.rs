@@ -158,6 +158,9 @@ pub trait SwapTransport: Send + Sync {
     ) -> Result<(), TransportError> {
         self.send(peer, relays, envelope).await
     }
+    /// Whether messages without proof of work may come (the node has swaps as a buyer): see
+    /// [`NostrTransport::set_unmined_expected`]. Without an override, nothing.
+    fn set_unmined_expected(&self, _expected: bool) {}
     /// Publishes (or replaces) an offer.
     async fn publish_offer(&self, offer: &Offer) -> Result<(), TransportError>;
     /// Takes an offer off the relays.
@@ -196,6 +199,10 @@ impl SwapTransport for NostrTransport {
     ) -> Result<(), TransportError> {
         let opts = SendOptions { pow: Some(pow), ..SendOptions::default() };
         NostrTransport::send_with(self, peer, relays, envelope, opts).await.map(|_| ())
+    }
+
+    fn set_unmined_expected(&self, expected: bool) {
+        NostrTransport::set_unmined_expected(self, expected);
     }
 
     async fn publish_offer(&self, offer: &Offer) -> Result<(), TransportError> {

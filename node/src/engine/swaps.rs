@@ -499,11 +499,17 @@ impl Engine {
                     tracing::error!(swap = %id, "peer key does not parse");
                     return Ok(None);
                 };
-                let pow = match (&env.body, &*machine) {
-                    (Message::SwapRequest(_), Machine::Buyer(b)) => b.offer().pow_difficulty,
+                // A buyer mines every message to a seller whose offer asks for proof of work:
+                // such a seller may drop unmined gift wraps before decrypting them.
+                let pow = match &*machine {
+                    Machine::Buyer(b) => b.offer().pow_difficulty,
                     _ => None,
                 };
+                let request = matches!(env.body, Message::SwapRequest(_));
                 let sent = match pow.filter(|d| *d > 0) {
+                    Some(bits) if !request => {
+                        self.inner.transport.send_with_pow(&pk, &relays, &env, bits).await
+                    }
                     Some(bits) => {
                         // Shown in the swap's events (`looper out` prints them as they come):
                         // at 20 bits and more this takes seconds.

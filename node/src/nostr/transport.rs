@@ -253,6 +253,10 @@ struct Inner {
     counters: Counters,
     incoming: StdMutex<Option<mpsc::Receiver<Incoming>>>,
     tasks: StdMutex<Vec<JoinHandle<()>>>,
+    /// Messages without proof of work may come (this node has swaps as a buyer, whose sellers
+    /// do not mine): the proof of work is then checked after decrypting, on swap requests only
+    /// ([`NostrTransport::set_unmined_expected`]).
+    unmined_expected: std::sync::atomic::AtomicBool,
 }
 
 /// The Nostr side of a Looper node. Cheap to clone (shared state).
@@ -363,6 +367,7 @@ impl NostrTransport {
             counters: Counters::default(),
             incoming: StdMutex::new(Some(rx)),
             tasks: StdMutex::new(Vec::new()),
+            unmined_expected: std::sync::atomic::AtomicBool::new(true),
             config,
         });
         let receiver = Receiver::new(Arc::clone(&inner), tx);
@@ -403,6 +408,15 @@ impl NostrTransport {
     /// Returns `true` when it was not marked before.
     pub fn ack(&self, event_id: &EventId) -> Result<bool, TransportError> {
         Ok(self.inner.processed.mark_processed(event_id.to_bytes())?)
+    }
+
+    /// Says whether messages without proof of work may come to this node (it has swaps in
+    /// progress as a buyer: sellers do not mine their messages). While not, and while every
+    /// offer it serves asks for proof of work, a gift wrap with less than the least of it is
+    /// dropped before it is decrypted (buyers mine every message to such a seller; spec
+    /// `04-nostr.md`). Starts `true` (checks after decrypting) until the engine says otherwise.
+    pub fn set_unmined_expected(&self, expected: bool) {
+        self.inner.unmined_expected.store(expected, Ordering::Relaxed);
     }
 
     /// Current counters.
@@ -802,6 +816,16 @@ impl Receiver {
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "processed-events store unavailable"),
         }
+        if !self.inner.unmined_expected.load(Ordering::Relaxed) {
+            // Every message to this node must carry the work: check it before decrypting.
+            let (floor, bits) = (pow_floor(&inner).await, wrap::committed_pow(&event));
+            if bits < floor {
+                bump(&c.insufficient_pow);
+                tracing::debug!(event_id = %event.id, bits, floor, "gift wrap without enough proof of work: dropped unread");
+                self.mark(id_bytes);
+                return true;
+            }
+        }
         let opened = match wrap::open_gift_wrap(&self.inner.keys, &event).await {
             Ok(o) => o,
             Err(e) => {
@@ -873,6 +897,14 @@ impl Receiver {
             tracing::warn!(error = %e, "cannot persist processed event id");
         }
     }
+}
+
+/// The proof of work every gift wrap to this node must carry to be decrypted (while it expects
+/// no unmined message): the node-wide requirement and the least any of its offers asks (0: none).
+async fn pow_floor(inner: &Inner) -> u8 {
+    let global = inner.config.pow_difficulty.unwrap_or(0);
+    let least = inner.offers.lock().await.values().map(|o| o.pow_difficulty.unwrap_or(0)).min();
+    least.map_or(global, |l| l.max(global))
 }
 
 /// Sends `event` to every relay of `targets` (already in `client`'s pool) and returns the first
