@@ -189,6 +189,38 @@ async fn cli_against_a_regtest_node() -> anyhow::Result<()> {
     assert_eq!(r.json()["error"]["code"], "not_found", "{r:?}");
     assert_eq!(r.json()["status"], 404, "{r:?}");
 
+    // Seller: the block list (add by hex, list, add again, remove twice, a bad key).
+    let key = "79be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798";
+    let r = cli(&url, &token, &["block", "list"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout, "no blocked keys (block one with `looper block add KEY`)\n");
+    let r = cli(&url, &token, &["--json", "block", "add", key, "--note", "spam"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let entry = r.json();
+    assert_eq!(
+        (&entry["key"], &entry["source"], &entry["note"]),
+        (&key.into(), &"api".into(), &"spam".into())
+    );
+    let npub = entry["npub"].as_str().unwrap().to_string();
+    assert!(npub.starts_with("npub1"), "{entry}");
+    let r = cli(&url, &token, &["block", "add", &npub]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout, format!("blocked {npub}: spam\n"));
+    let r = cli(&url, &token, &["--json", "block", "list"]).await;
+    assert_eq!(r.json()["blocked"].as_array().map(Vec::len), Some(1), "{r:?}");
+    let r = cli(&url, &token, &["block", "list"]).await;
+    assert!(
+        r.stdout.starts_with("KEY ") && r.stdout.contains(&npub) && r.stdout.contains("spam"),
+        "{r:?}"
+    );
+    let r = cli(&url, &token, &["block", "remove", &npub]).await;
+    assert_eq!((r.code, r.stdout.as_str()), (0, format!("unblocked {npub}\n").as_str()), "{r:?}");
+    let r = cli(&url, &token, &["--json", "block", "remove", key]).await;
+    assert_eq!(r.json(), serde_json::json!({"key": key, "removed": false}));
+    let r = cli(&url, &token, &["block", "add", "nope"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.starts_with("error: cannot block nope: key: not a Nostr public key"), "{r:?}");
+
     let _ = stop_tx.send(());
     tokio::time::timeout(Duration::from_secs(60), task).await???;
     Ok(())

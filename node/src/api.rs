@@ -23,19 +23,19 @@ use bitcoin::hashes::Hash;
 use bitcoin::{Address, Amount, FeeRate, Network};
 use ldk_node::lightning_invoice::Bolt11Invoice;
 use looper_api::{
-    AbortResponse, AddressResponse, Channel, ChannelList, DiscoverQuery, DiscoveredOffer,
-    ErrorBody, ErrorCode, EventsQuery, InfoResponse, InvoiceRequest, InvoiceResponse, LnBalance,
-    LnInfo, OfferIdResponse, OfferList, OpenRequest, OpenResponse, PayRequest, PayResponse,
-    PaymentDirection, PaymentInfo, PaymentStatus, SellerHistory, SendRequest, SendResponse,
-    SwapDetail, SwapEvents, SwapList, SwapOutRequest, SwapOutResponse, SwapSummary, SyncResponse,
-    WalletBalance, WithdrawResponse,
+    AbortResponse, AddressResponse, BlockRequest, BlockedKey, BlockedList, Channel, ChannelList,
+    DiscoverQuery, DiscoveredOffer, ErrorBody, ErrorCode, EventsQuery, InfoResponse,
+    InvoiceRequest, InvoiceResponse, LnBalance, LnInfo, OfferIdResponse, OfferList, OpenRequest,
+    OpenResponse, PayRequest, PayResponse, PaymentDirection, PaymentInfo, PaymentStatus,
+    SellerHistory, SendRequest, SendResponse, SwapDetail, SwapEvents, SwapList, SwapOutRequest,
+    SwapOutResponse, SwapSummary, SyncResponse, UnblockResponse, WalletBalance, WithdrawResponse,
 };
 use looper_protocol::buyer::BuyerPolicy;
 use looper_protocol::messages::Offer;
 use looper_protocol::record::SwapRecord as ProtoRecord;
 use looper_protocol::{PaymentHash, SwapId};
 
-use crate::engine::{Engine, EngineError};
+use crate::engine::{BlockListError, BlockedPeer, Engine, EngineError};
 use crate::lightning::{LightningError, PayOutcome};
 use crate::nostr::{NostrTransport, OfferFilter, PublicKey as NostrPublicKey};
 use crate::seed::ApiToken;
@@ -140,6 +140,13 @@ impl ApiError {
             other => Self::internal(other),
         }
     }
+    fn block_list(e: BlockListError) -> Self {
+        match e {
+            BlockListError::FromConfig(_) => Self::new(ErrorCode::Conflict, e),
+            BlockListError::BadNote(reason) => Self::bad("note", reason),
+            BlockListError::Store(s) => Self::internal(s),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -168,6 +175,9 @@ fn method_router(method: &str, path: &str) -> Option<MethodRouter<ApiState>> {
         ("POST", "/v1/offers") => post(publish_offer),
         ("DELETE", "/v1/offers/{id}") => delete(withdraw_offer),
         ("GET", "/v1/offers/discover") => get(discover_offers),
+        ("GET", "/v1/seller/blocked") => get(list_blocked),
+        ("POST", "/v1/seller/blocked") => post(block_key),
+        ("DELETE", "/v1/seller/blocked/{key}") => delete(unblock_key),
         ("POST", "/v1/swaps/out") => post(swap_out),
         ("GET", "/v1/swaps") => get(list_swaps),
         ("GET", "/v1/swaps/{id}") => get(get_swap),
@@ -328,6 +338,47 @@ async fn discover_offers(
             })
             .collect(),
     ))
+}
+
+/// A Nostr key of the block list's routes: 64 hex characters or `npub1...`.
+fn nostr_key(text: &str) -> Result<NostrPublicKey, ApiError> {
+    crate::config::parse_nostr_key(text).ok_or_else(|| {
+        ApiError::bad("key", "not a Nostr public key (expected 64 hex characters or npub1...)")
+    })
+}
+
+fn blocked_key(p: BlockedPeer) -> Result<BlockedKey, ApiError> {
+    use nostr_sdk::ToBech32;
+    let npub = p.key.to_bech32().map_err(ApiError::internal)?;
+    Ok(BlockedKey {
+        key: p.key.to_hex(),
+        npub,
+        source: p.source,
+        note: p.note,
+        added_at: p.added_at,
+    })
+}
+
+async fn list_blocked(State(s): State<ApiState>) -> Typed<BlockedList> {
+    let peers = s.engine.blocked_peers().map_err(ApiError::block_list)?;
+    let blocked = peers.into_iter().map(blocked_key).collect::<Result<_, _>>()?;
+    Ok(Json(BlockedList { blocked }))
+}
+
+async fn block_key(
+    State(s): State<ApiState>,
+    req: Result<Json<BlockRequest>, JsonRejection>,
+) -> Typed<BlockedKey> {
+    let req = body(req)?;
+    let key = nostr_key(&req.key)?;
+    let peer = s.engine.block_peer(key, req.note.as_deref()).map_err(ApiError::block_list)?;
+    Ok(Json(blocked_key(peer)?))
+}
+
+async fn unblock_key(State(s): State<ApiState>, Path(key): Path<String>) -> Typed<UnblockResponse> {
+    let key = nostr_key(&key)?;
+    let removed = s.engine.unblock_peer(&key).map_err(ApiError::block_list)?;
+    Ok(Json(UnblockResponse { key: key.to_hex(), removed }))
 }
 
 async fn swap_out(

@@ -433,6 +433,12 @@ pub fn parse_network(s: &str) -> Option<Network> {
     }
 }
 
+/// Parses a Nostr public key given as 64 hex characters (x-only) or as an `npub1...`: the keys of
+/// `seller.blocked_keys` and of the block list's API (`/v1/seller/blocked`).
+pub fn parse_nostr_key(s: &str) -> Option<crate::nostr::PublicKey> {
+    crate::nostr::PublicKey::parse(s.trim()).ok()
+}
+
 /// Errors of [`Config::load`]. Each names the file or the key it is about.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -845,9 +851,9 @@ impl Config {
             .blocked_keys
             .iter()
             .map(|k| {
-                crate::nostr::PublicKey::parse(k.trim())
+                parse_nostr_key(k)
                     .map(|pk| pk.to_hex())
-                    .map_err(|_| invalid("seller.blocked_keys", format!("not a Nostr key: {k}")))
+                    .ok_or_else(|| invalid("seller.blocked_keys", format!("not a Nostr key: {k}")))
             })
             .collect()
     }

@@ -7,8 +7,9 @@
 //!   types; the error code enum is exactly `looper_api::ErrorCode::all()`;
 //! - `live_api_matches_openapi` (regtest chain, one node): every route refuses a request without
 //!   the token with `401 unauthorized`; the live answers of the GET and body-less POST routes, of
-//!   `wallet/send`, `offers`, `offers/discover`, and the errors of invalid inputs validate against
-//!   the document, with the documented status and stable code.
+//!   `wallet/send`, `offers`, `offers/discover`, the seller's block list (`seller/blocked`), and the
+//!   errors of invalid inputs validate against the document, with the documented status and
+//!   stable code.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::BTreeSet;
@@ -465,6 +466,41 @@ fn api_types_match_schemas() {
         seen,
     );
     check_type(&doc, "SyncResponse", &[a::SyncResponse { tip_height: 7 }], seen);
+    let blocked = a::BlockedKey {
+        key: "ab".repeat(32),
+        npub: "npub1".into(),
+        source: a::BlockSource::Api,
+        note: Some("spam".into()),
+        added_at: Some(1_800_000_000),
+    };
+    let from_config = a::BlockedKey {
+        source: a::BlockSource::Config,
+        note: None,
+        added_at: None,
+        ..blocked.clone()
+    };
+    check_type(&doc, "BlockedKey", &[blocked.clone(), from_config.clone()], seen);
+    check_type(
+        &doc,
+        "BlockedList",
+        &[a::BlockedList { blocked: vec![from_config, blocked] }],
+        seen,
+    );
+    check_type(
+        &doc,
+        "BlockRequest",
+        &[
+            a::BlockRequest { key: "npub1".into(), note: Some("spam".into()) },
+            a::BlockRequest { key: "ab".repeat(32), note: None },
+        ],
+        seen,
+    );
+    check_type(
+        &doc,
+        "UnblockResponse",
+        &[a::UnblockResponse { key: "ab".repeat(32), removed: true }],
+        seen,
+    );
     check_type(
         &doc,
         "Error",
@@ -665,6 +701,8 @@ async fn live_api_matches_openapi() -> Result<()> {
     tc.retry_interval = Duration::from_secs(1);
     tc.fetch_timeout = Duration::from_secs(5);
     let transport = NostrTransport::connect(tc, Arc::new(MemoryProcessedEvents::new())).await?;
+    // A key of the configuration's block list (`seller.blocked_keys`).
+    let config_blocked = Keys::generate().public_key();
     let engine = Engine::start(EngineParts {
         store: Arc::new(store),
         wallet: Arc::new(BdkSwapWallet::new(Arc::clone(&wallet), Some(sync_client))),
@@ -678,6 +716,7 @@ async fn live_api_matches_openapi() -> Result<()> {
             seller_policy: SellerPolicy::default(),
             chain_poll: Duration::from_secs(1),
             wallet_sync_every: 2,
+            blocked_peers: vec![config_blocked.to_hex()],
             ..EngineConfig::default()
         },
     })
@@ -705,7 +744,7 @@ async fn live_api_matches_openapi() -> Result<()> {
 
     // 1. Every route refuses a request without (or with a wrong) token.
     for (m, p) in api::ROUTES {
-        let path = p.replace("{id}", &"00".repeat(32));
+        let path = p.replace("{id}", &"00".repeat(32)).replace("{key}", &"00".repeat(32));
         for t in [None, Some("wrong")] {
             let (status, v) = call(addr, m, &path, t, Some(&json!({}))).await?;
             assert_eq!(status, 401, "{m} {path}: {v}");
@@ -950,6 +989,36 @@ async fn live_api_matches_openapi() -> Result<()> {
     .await?;
     live.error("DELETE", "/v1/offers/zzz", json!(null), 404, "not_found", "zzz").await?;
     live.expect("DELETE", "/v1/offers/o1", None, 200).await?;
+
+    // 6. The seller's block list: the configuration's key, one blocked through the API (as npub,
+    // then again as hex: unchanged), bad keys and notes, unblocking.
+    let list = live.expect("GET", "/v1/seller/blocked", None, 200).await?;
+    assert_eq!(list["blocked"].as_array().map(Vec::len), Some(1), "{list}");
+    assert_eq!(list["blocked"][0]["key"], config_blocked.to_hex());
+    assert_eq!(list["blocked"][0]["source"], "config");
+    let spammer = Keys::generate().public_key();
+    let (hex, npub) = (spammer.to_hex(), spammer.to_bech32()?);
+    let body = json!({"key": npub, "note": "spam"});
+    let entry = live.expect("POST", "/v1/seller/blocked", Some(body), 200).await?;
+    assert_eq!((&entry["key"], &entry["npub"]), (&json!(hex), &json!(npub)), "{entry}");
+    assert_eq!((&entry["source"], &entry["note"]), (&json!("api"), &json!("spam")), "{entry}");
+    let again = live.expect("POST", "/v1/seller/blocked", Some(json!({"key": hex})), 200).await?;
+    assert_eq!(again, entry, "blocking again changes nothing");
+    let list = live.expect("GET", "/v1/seller/blocked", None, 200).await?;
+    assert_eq!(list["blocked"].as_array().map(Vec::len), Some(2), "{list}");
+    let blocked = "/v1/seller/blocked";
+    live.error("POST", blocked, json!({"key": "nope"}), 400, "bad_request", "key").await?;
+    let long = "x".repeat(looper_api::MAX_BLOCK_NOTE_CHARS + 1);
+    live.error("POST", blocked, json!({"key": hex, "note": long}), 400, "bad_request", "note")
+        .await?;
+    live.error("DELETE", "/v1/seller/blocked/zz", json!(null), 400, "bad_request", "key").await?;
+    let config_path = format!("/v1/seller/blocked/{}", config_blocked.to_hex());
+    live.error("DELETE", &config_path, json!(null), 409, "conflict", "seller.blocked_keys").await?;
+    let gone = live.expect("DELETE", &format!("/v1/seller/blocked/{npub}"), None, 200).await?;
+    assert_eq!(gone, json!({"key": hex, "removed": true}));
+    let gone = live.expect("DELETE", &format!("/v1/seller/blocked/{hex}"), None, 200).await?;
+    assert_eq!(gone["removed"], false);
+    assert!(!engine.is_blocked(&spammer) && engine.is_blocked(&config_blocked));
     eprintln!(
         "live API checked: {} routes refuse without token; sent {txid}; discovered {} offer(s)",
         api::ROUTES.len(),

@@ -179,6 +179,15 @@ impl SwapStore for MockFailingStore {
     fn swap_events(&self, id: &SwapId, from: u64) -> Result<Vec<SwapEvent>, StoreError> {
         self.inner.swap_events(id, from)
     }
+    fn block_key(&self, key: &str, note: Option<&str>, at: u64) -> Result<bool, StoreError> {
+        self.inner.block_key(key, note, at)
+    }
+    fn unblock_key(&self, key: &str) -> Result<bool, StoreError> {
+        self.inner.unblock_key(key)
+    }
+    fn blocked_keys(&self) -> Result<Vec<looper_node::store::BlockEntry>, StoreError> {
+        self.inner.blocked_keys()
+    }
 }
 
 fn free_port() -> u16 {

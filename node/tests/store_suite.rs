@@ -60,6 +60,7 @@ fn redb_reopen_sees_everything() {
         assert_eq!(store.next_swap_index().unwrap(), 1);
         assert!(store.mark_event_processed([9; 32], 7).unwrap());
         store.append_swap_event(&id(1), &serde_json::json!({"e": 1})).unwrap();
+        assert!(store.block_key(&"cc".repeat(32), Some("n"), 9).unwrap());
     }
     let store = RedbStore::open(&path).unwrap();
     assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
@@ -75,6 +76,12 @@ fn redb_reopen_sees_everything() {
     assert!(!store.mark_event_processed([9; 32], 8).unwrap());
     assert_eq!(store.swap_events(&id(1), 0).unwrap().len(), 1);
     assert_eq!(store.append_swap_event(&id(1), &serde_json::json!({"e": 2})).unwrap(), 1);
+    let blocked = store.blocked_keys().unwrap();
+    assert_eq!(blocked.len(), 1);
+    assert_eq!(
+        (blocked[0].key.as_str(), blocked[0].note.as_deref()),
+        ("cc".repeat(32).as_str(), Some("n"))
+    );
 }
 
 #[test]
@@ -174,6 +181,9 @@ fn redb_opens_a_schema_v1_file() {
         store.append_swap_event(&swap.id, &serde_json::json!({"state": "claimed"})).unwrap(),
         2
     );
+    // A table added since (without a version bump) is created at open.
+    assert!(store.blocked_keys().unwrap().is_empty());
+    assert!(store.block_key(&"dd".repeat(32), None, 1).unwrap());
 }
 
 fn write_schema_version(path: &Path, version: u64) {

@@ -926,4 +926,19 @@ impl SwapStore for CrashingStore {
     ) -> Result<Vec<SwapEvent>, StoreError> {
         self.inner.swap_events(id, from)
     }
+    fn block_key(&self, key: &str, note: Option<&str>, at: u64) -> Result<bool, StoreError> {
+        if self.dead() {
+            return Ok(false);
+        }
+        self.inner.block_key(key, note, at)
+    }
+    fn unblock_key(&self, key: &str) -> Result<bool, StoreError> {
+        if self.dead() {
+            return Ok(false);
+        }
+        self.inner.unblock_key(key)
+    }
+    fn blocked_keys(&self) -> Result<Vec<looper_node::store::BlockEntry>, StoreError> {
+        self.inner.blocked_keys()
+    }
 }

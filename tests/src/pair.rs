@@ -43,6 +43,9 @@ pub enum PairError {
     /// An engine failed.
     #[error("engine: {0}")]
     Engine(#[from] looper_node::engine::EngineError),
+    /// The seller's block list refused a change.
+    #[error("block list: {0}")]
+    BlockList(#[from] looper_node::engine::BlockListError),
     /// A bounded wait ran out.
     #[error("timed out waiting for {0}")]
     Timeout(String),
@@ -89,6 +92,11 @@ pub struct PairOptions {
     pub seller_max_unpaid_locked_sat: Option<u64>,
     /// The seller drops the buyer's requests (its key is on the block list).
     pub seller_blocks_buyer: bool,
+    /// The seller blocks the buyer's key at runtime (through [`Engine::block_peer`], as the API
+    /// does) before the buyer takes the offer.
+    ///
+    /// [`Engine::block_peer`]: looper_node::engine::Engine::block_peer
+    pub seller_blocks_buyer_at_runtime: bool,
     /// What the seller's Lightning node can receive, msat (default: plenty).
     pub seller_inbound_msat: Option<u64>,
     /// The seller's offer asks for this NIP-13 proof of work.
@@ -118,6 +126,7 @@ impl PairOptions {
             auto_prepay: false,
             seller_max_unpaid_locked_sat: None,
             seller_blocks_buyer: false,
+            seller_blocks_buyer_at_runtime: false,
             seller_inbound_msat: None,
             pow_difficulty: None,
             mock_seller_vanishes_after_accept: false,
@@ -188,8 +197,11 @@ impl SwapTransport for MockWireTransport {
         envelope: &Envelope,
         pow: u8,
     ) -> Result<(), TransportError> {
-        // Only swap requests carry work; the wire mocks leave them alone.
+        // A buyer's messages to a proof-of-work seller: the wire mocks leave them alone.
         SwapTransport::send_with_pow(&self.inner, peer, relays, envelope, pow).await
+    }
+    fn set_unmined_expected(&self, expected: bool) {
+        self.inner.set_unmined_expected(expected);
     }
     async fn publish_offer(&self, offer: &Offer) -> Result<(), TransportError> {
         self.inner.publish_offer(offer).await.map(|_| ())
@@ -302,6 +314,9 @@ impl Pair {
             seller_config.blocked_peers = vec![buyer_t.public_key().to_hex()];
         }
         let seller = SimNode::start(&world, SELLER, seller_wire, seller_config, 1).await?;
+        if o.seller_blocks_buyer_at_runtime {
+            seller.engine.block_peer(buyer_t.public_key(), Some("blocked at runtime"))?;
+        }
         let buyer =
             SimNode::start(&world, BUYER, wire(&buyer_t), config(SellerPolicy::default()), 2)
                 .await?;

@@ -10,6 +10,7 @@ use anyhow::{anyhow, Result};
 use bitcoin::Network;
 use looper_conformance::fakes::InvoiceTamper;
 use looper_conformance::pair::{transport, Pair, PairOptions, SELLER};
+use looper_node::engine::BlockSource;
 use looper_node::nostr::wire::{self, Envelope};
 use looper_node::nostr::{Incoming, SendOptions};
 use looper_node::store::SwapStore;
@@ -219,6 +220,57 @@ async fn a_proof_of_work_offer_is_taken_with_the_work_it_asks_for() -> Result<()
     p.wait_for(CLAIMED, CLAIMED, WAIT).await?;
     let st = p.seller_t.stats().await;
     assert_eq!(st.insufficient_pow, 0, "{st:?}");
+    // The buyer's swap events say so (`looper out` prints them): started, then done.
+    let events = p.buyer.store.inner.swap_events(&p.swap_id, 0)?;
+    let pow: Vec<_> =
+        events.iter().filter(|e| e.event["event"] == "proof_of_work").map(|e| &e.event).collect();
+    assert_eq!(pow.len(), 2, "{events:?}");
+    assert_eq!(pow[0]["bits"], 12);
+    assert!(pow[0].get("millis").is_none() && pow[1]["millis"].is_u64(), "{pow:?}");
+    p.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_of_work_seller_drops_unmined_wraps_before_decrypting() -> Result<()> {
+    // The seller serves only a 12-bit offer and buys nothing: every gift wrap to it must carry
+    // the work. The honest buyer mines all its messages (request, cooperative claim) and swaps;
+    // an attacker's unmined messages are dropped unread, and mined ones are read and answered.
+    let (relay, url, p) = setup(|o| o.pow_difficulty = Some(12)).await?;
+    p.wait_for(CLAIMED, CLAIMED, WAIT).await?;
+    let seller_pk = p.seller_t.public_key();
+    let before = p.seller_t.stats().await;
+    assert_eq!(before.insufficient_pow, 0, "the honest buyer mined every message: {before:?}");
+
+    let attacker = transport(&[url]).await?;
+    let mut arx = attacker.incoming().ok_or_else(|| anyhow!("incoming taken"))?;
+    let junk = Envelope::new(
+        p.swap_id,
+        9,
+        Message::SwapAbort(SwapAbort { reason: AbortReason::UserRequested, message: None }),
+    );
+    for _ in 0..5 {
+        attacker.send(&seller_pk, &[], &junk).await?;
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let st = p.seller_t.stats().await;
+        if st.insufficient_pow >= 5 {
+            assert_eq!(st.invalid, before.invalid, "nothing was opened: {st:?}");
+            assert_eq!(st.delivered, before.delivered, "nothing reached the engine: {st:?}");
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!("unmined wraps not dropped: {st:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // With the work, the same message is read (and answered: not the attacker's swap).
+    let mined = SendOptions { pow: Some(12), ..SendOptions::default() };
+    attacker.send_with(&seller_pk, &[], &junk, mined).await?;
+    let reply = await_reply(&mut arx, "the mined message").await?;
+    assert_eq!(error_of(&reply)?.code, ErrorCode::UnknownSwap);
     p.shutdown().await;
     relay.shutdown();
     Ok(())
@@ -252,6 +304,51 @@ async fn a_blocked_key_gets_nothing() -> Result<()> {
     let state = buyer_state(&p).map(|s| s.name());
     assert_eq!(state, Some("Requested"), "no answer to a blocked key");
     assert!(p.seller.engine.swap_ids().await.is_empty(), "no seller swap");
+    p.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_blocked_at_runtime_gets_nothing_until_unblocked() -> Result<()> {
+    let (relay, _, mut p) = setup(|o| o.seller_blocks_buyer_at_runtime = true).await?;
+    let buyer = p.buyer_t.public_key();
+    // Blocked through the engine, as `POST /v1/seller/blocked` does: in memory and in the store.
+    assert!(p.seller.engine.is_blocked(&buyer));
+    let listed = p.seller.engine.blocked_peers()?;
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!((listed[0].key, listed[0].source), (buyer, BlockSource::Api));
+    assert_eq!(listed[0].note.as_deref(), Some("blocked at runtime"));
+    assert_eq!(p.seller.store.inner.blocked_keys()?.len(), 1);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(buyer_state(&p).map(|s| s.name()), Some("Requested"), "no answer to a blocked key");
+    assert!(p.seller.engine.swap_ids().await.is_empty(), "no seller swap");
+
+    // Unblocked: the buyer's next request is served to the end.
+    assert!(p.seller.engine.unblock_peer(&buyer)?);
+    assert!(!p.seller.engine.unblock_peer(&buyer)?, "unblocking twice changes nothing");
+    assert!(!p.seller.engine.is_blocked(&buyer));
+    assert!(p.seller.store.inner.blocked_keys()?.is_empty());
+    let seller = p.seller_t.public_key();
+    let next =
+        p.buyer.engine.take_offer(p.offer.clone(), seller, 200_000, BuyerPolicy::default()).await?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let b = p.buyer.engine.swap_state(next).await.map(|s| s.0);
+        let s = p.seller.engine.swap_state(next).await.map(|s| s.0);
+        if b.as_deref() == Some("Claimed") && s.as_deref() == Some("Claimed") {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!("next swap: buyer {b:?}, seller {s:?}; log {:?}", p.log_tail(30)));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Blocked again, the key stays blocked across a restart (loaded from the store).
+    p.seller.engine.block_peer(buyer, None)?;
+    p.seller.restart().await?;
+    assert!(p.seller.engine.is_blocked(&buyer), "the block list is loaded at start");
     p.shutdown().await;
     relay.shutdown();
     Ok(())

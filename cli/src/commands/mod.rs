@@ -1,5 +1,6 @@
 //! The command line (clap) and the dispatch to one module per command group.
 
+pub mod block;
 pub mod info;
 pub mod ln;
 pub mod offers;
@@ -91,6 +92,9 @@ pub enum Command {
     /// This node's own offers (seller): create, list, withdraw.
     #[command(subcommand)]
     Offer(offers::OfferCommand),
+    /// The seller's block list of Nostr keys (requests dropped): add, remove, list.
+    #[command(subcommand)]
+    Block(block::BlockCommand),
     /// Loop out: pay Lightning, receive on-chain. Shows the quote, asks, then follows the swap.
     #[command(
         after_help = "Examples:\n  looper out --amount 250000 --best\n  looper out --amount 250000 --offer 5f2c... --max-total-fee 3000 --yes"
@@ -215,6 +219,7 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::Info => info::info(&ctx).await,
         Command::Offers(args) => offers::discover(&ctx, &args).await,
         Command::Offer(cmd) => offers::offer(&ctx, cmd).await,
+        Command::Block(cmd) => block::block(&ctx, cmd).await,
         Command::Out(args) => out::out(&ctx, &args).await,
         Command::Swaps => swaps::list(&ctx).await,
         Command::Swap(args) => swaps::swap(&ctx, args).await,

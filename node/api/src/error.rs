@@ -49,7 +49,8 @@ pub enum ErrorCode {
     UnknownOffer,
     /// `insufficient_funds` (400): the wallet cannot pay for it.
     InsufficientFunds,
-    /// `conflict` (409): the swap refuses the request in its state.
+    /// `conflict` (409): the swap refuses the request in its state, or the request conflicts with
+    /// the configuration (unblocking a key of `seller.blocked_keys`).
     Conflict,
     /// `lightning_error` (502): the Lightning node failed.
     LightningError,

@@ -44,6 +44,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/offers"),
     ("DELETE", "/v1/offers/{id}"),
     ("GET", "/v1/offers/discover"),
+    ("GET", "/v1/seller/blocked"),
+    ("POST", "/v1/seller/blocked"),
+    ("DELETE", "/v1/seller/blocked/{key}"),
     ("POST", "/v1/swaps/out"),
     ("GET", "/v1/swaps"),
     ("GET", "/v1/swaps/{id}"),
@@ -171,6 +174,77 @@ pub struct SellerHistory {
     pub no_shows: u32,
     /// Prepays lost to those no-shows, sat.
     pub prepaid_lost_sat: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Seller block list
+
+/// Longest note of a blocked key (`POST /v1/seller/blocked`), in characters.
+pub const MAX_BLOCK_NOTE_CHARS: usize = 200;
+
+/// Where a key of the seller's block list comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockSource {
+    /// `seller.blocked_keys` of the configuration (removed only there).
+    Config,
+    /// Blocked through the API (`POST /v1/seller/blocked`), kept in the node's store.
+    Api,
+}
+
+impl std::fmt::Display for BlockSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BlockSource::Config => "config",
+            BlockSource::Api => "api",
+        })
+    }
+}
+
+/// One key of the seller's block list: its swap requests are dropped unanswered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockedKey {
+    /// The Nostr public key (x-only, hex).
+    pub key: String,
+    /// The same key as an `npub1...`.
+    pub npub: String,
+    /// Configuration or API.
+    pub source: BlockSource,
+    /// The note given when it was blocked through the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// When it was blocked through the API (UNIX seconds); absent for a key of the configuration
+    /// only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub added_at: Option<u64>,
+}
+
+/// `GET /v1/seller/blocked`: the effective block list (configuration and API), ordered by key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockedList {
+    /// The blocked keys.
+    pub blocked: Vec<BlockedKey>,
+}
+
+/// Body of `POST /v1/seller/blocked` (answered with the [`BlockedKey`]; blocking a key already
+/// blocked changes nothing and answers its entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRequest {
+    /// The Nostr public key: 64 hex characters (x-only) or `npub1...`.
+    pub key: String,
+    /// Why (one line, at most [`MAX_BLOCK_NOTE_CHARS`] characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// Answer of `DELETE /v1/seller/blocked/{key}` (a key of the configuration is refused with
+/// `409 conflict`: it is removed from `seller.blocked_keys` only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnblockResponse {
+    /// The key (x-only, hex).
+    pub key: String,
+    /// Whether it was on the block list (`false`: nothing to do).
+    pub removed: bool,
 }
 
 // ---------------------------------------------------------------------------------------------

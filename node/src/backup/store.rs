@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use super::codec::Payload;
 use super::worker::BackupHandle;
 use crate::store::{
-    PaymentHash, RestoreState, StoreError, SwapEvent, SwapFilter, SwapId, SwapRecord, SwapStore,
-    MAX_SWAP_INDEX,
+    BlockEntry, PaymentHash, RestoreState, StoreError, SwapEvent, SwapFilter, SwapId, SwapRecord,
+    SwapStore, MAX_SWAP_INDEX,
 };
 
 /// How many swap indices one reservation covers.
@@ -239,5 +239,23 @@ impl SwapStore for BackedUpStore {
 
     fn swap_events(&self, id: &SwapId, from: u64) -> Result<Vec<SwapEvent>, StoreError> {
         self.inner.swap_events(id, from)
+    }
+
+    // The block list is the operator's setting, not swap state: it is not backed up.
+    fn block_key(
+        &self,
+        key_hex: &str,
+        note: Option<&str>,
+        at_secs: u64,
+    ) -> Result<bool, StoreError> {
+        self.inner.block_key(key_hex, note, at_secs)
+    }
+
+    fn unblock_key(&self, key_hex: &str) -> Result<bool, StoreError> {
+        self.inner.unblock_key(key_hex)
+    }
+
+    fn blocked_keys(&self) -> Result<Vec<BlockEntry>, StoreError> {
+        self.inner.blocked_keys()
     }
 }

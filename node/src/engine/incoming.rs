@@ -124,7 +124,7 @@ impl Engine {
     async fn on_request(&self, sender: NostrPublicKey, env: Envelope) -> bool {
         let Message::SwapRequest(req) = env.body.clone() else { return true };
         let id = env.swap_id;
-        if self.inner.config.blocked_peers.contains(&sender.to_hex()) {
+        if self.is_blocked(&sender) {
             tracing::debug!(swap = %id, sender = %sender, "swap request from a blocked key dropped");
             return true;
         }

@@ -23,8 +23,11 @@
 //! [`swaps`](self) for the rules.
 //!
 //! Layout: `swaps` (one swap's driver), `incoming` (peer messages, new seller swaps), `watcher`
-//! (chain poll), `funding` (funding batcher), `offers` (the served offer), [`io`] (the traits).
+//! (chain poll), `funding` (funding batcher), `offers` (the served offer), `blocklist` (the
+//! seller's blocked keys), [`io`] (the traits).
 
+mod blocklist;
+pub use blocklist::{BlockListError, BlockSource, BlockedPeer, MAX_BLOCK_NOTE_CHARS};
 mod funding;
 mod incoming;
 pub mod io;
@@ -119,7 +122,8 @@ pub struct EngineConfig {
     /// `rate_limited` and the served offer advertises at most what is left. `None`: no cap.
     pub max_unpaid_locked_sat: Option<u64>,
     /// Seller: Nostr keys (hex) whose swap requests are dropped unanswered
-    /// (`seller.blocked_keys`).
+    /// (`seller.blocked_keys`). Keys blocked at runtime ([`Engine::block_peer`]) are added to
+    /// them; these cannot be unblocked but here.
     pub blocked_peers: Vec<String>,
     /// Seller: refuse a request its Lightning channels cannot receive or its wallet cannot fund
     /// (`amount_out_of_range`). Off only in tests whose swaps are never paid (no channel).
@@ -241,6 +245,8 @@ struct Inner {
     entropy: Arc<dyn Entropy>,
     swap_master: Xpriv,
     config: EngineConfig,
+    /// The seller's block list (configuration and runtime keys).
+    blocked: blocklist::BlockList,
     swaps: SwapTable,
     /// Tip and fee rate as last seen (`now_secs` is read from the clock at each use).
     ctx: StdMutex<Context>,
@@ -294,7 +300,9 @@ impl Engine {
             funding_queue: Vec::new(),
             retry_broadcasts: BTreeMap::new(),
         };
+        let blocked = blocklist::BlockList::load(&parts.config.blocked_peers, &*parts.store)?;
         let inner = Arc::new(Inner {
+            blocked,
             store: parts.store,
             wallet: parts.wallet,
             chain: parts.chain,

@@ -170,9 +170,15 @@ impl Engine {
                     tracing::debug!(swap = %id, error = %e, "chain event refused");
                 }
             }
-            for (_, _, event) in events {
-                if let Err(e) = self.feed_slot(id, slot, event).await {
-                    tracing::debug!(swap = %id, error = %e, "chain event refused");
+            for (key, _, event) in events {
+                let fed = self.feed_slot(id, slot, event).await;
+                if !matches!(fed, Ok(true)) {
+                    if let Err(e) = fed {
+                        tracing::debug!(swap = %id, error = %e, "chain event refused");
+                    }
+                    // Not taken (refused, or its state not persisted): forgotten, so that the
+                    // next poll feeds it again instead of the swap never hearing of it.
+                    slot.watch().seen.remove(&key);
                 }
             }
         }

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 
 use super::{
-    sort_and_limit, PaymentHash, RestoreState, StoreError, SwapEvent, SwapFilter, SwapId,
-    SwapRecord, SwapStore, MAX_SWAP_INDEX,
+    sort_and_limit, BlockEntry, BlockMeta, PaymentHash, RestoreState, StoreError, SwapEvent,
+    SwapFilter, SwapId, SwapRecord, SwapStore, MAX_SWAP_INDEX,
 };
 
 #[derive(Default)]
@@ -18,6 +18,7 @@ struct Inner {
     restore_state: u64,
     processed: BTreeMap<[u8; 32], u64>,
     events: BTreeMap<SwapId, Vec<serde_json::Value>>,
+    blocked: BTreeMap<String, BlockMeta>,
 }
 
 /// The [`SwapStore`] in memory.
@@ -165,5 +166,29 @@ impl SwapStore for MemoryStore {
                     .collect()
             })
             .unwrap_or_default())
+    }
+
+    fn block_key(
+        &self,
+        key_hex: &str,
+        note: Option<&str>,
+        at_secs: u64,
+    ) -> Result<bool, StoreError> {
+        let mut inner = self.lock()?;
+        if inner.blocked.contains_key(key_hex) {
+            return Ok(false);
+        }
+        let meta = BlockMeta { note: note.map(str::to_string), added_at: at_secs };
+        inner.blocked.insert(key_hex.to_string(), meta);
+        Ok(true)
+    }
+
+    fn unblock_key(&self, key_hex: &str) -> Result<bool, StoreError> {
+        Ok(self.lock()?.blocked.remove(key_hex).is_some())
+    }
+
+    fn blocked_keys(&self) -> Result<Vec<BlockEntry>, StoreError> {
+        let inner = self.lock()?;
+        Ok(inner.blocked.iter().map(|(k, m)| m.clone().into_entry(k.clone())).collect())
     }
 }

@@ -1,6 +1,7 @@
 //! The node's persistent state behind one trait, [`SwapStore`]: swap records, our published
-//! offers, the swap key-derivation index, the [`RestoreState`], processed Nostr event ids and a
-//! per-swap event log.
+//! offers, the swap key-derivation index, the [`RestoreState`], processed Nostr event ids, a
+//! per-swap event log and the seller's block list of Nostr keys (the keys blocked through the
+//! API; those of the configuration are not stored).
 //!
 //! Two implementations: [`RedbStore`] (one redb file, `DATADIR/looper.redb`, shared with the BDK
 //! wallet persister through [`RedbStore::database`]) and [`MemoryStore`] (tests, simulations).
@@ -105,6 +106,32 @@ pub struct SwapEvent {
     pub seq: u64,
     /// The event, as JSON (shape chosen by the engine).
     pub event: serde_json::Value,
+}
+
+/// One key of the seller's block list as the store keeps it ([`SwapStore::block_key`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockEntry {
+    /// The Nostr public key, x-only, lower-case hex (the primary key).
+    pub key: String,
+    /// Free text given when the key was blocked.
+    pub note: Option<String>,
+    /// When the key was blocked, UNIX seconds.
+    pub added_at: u64,
+}
+
+/// What is stored beside a blocked key (everything of [`BlockEntry`] but the key). Shared by both
+/// stores so they encode identically.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BlockMeta {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+    added_at: u64,
+}
+
+impl BlockMeta {
+    fn into_entry(self, key: String) -> BlockEntry {
+        BlockEntry { key, note: self.note, added_at: self.added_at }
+    }
 }
 
 /// Errors of the stores. They name what was being done; none carries secret material.
@@ -296,6 +323,30 @@ pub trait SwapStore: Send + Sync {
     /// # Errors
     /// [`StoreError`] on a database or decoding error.
     fn swap_events(&self, id: &SwapId, from: u64) -> Result<Vec<SwapEvent>, StoreError>;
+
+    /// Adds a Nostr key (x-only, lower-case hex) to the block list with an optional note, blocked
+    /// at `at_secs` (UNIX seconds); `false`, and nothing changed, if it was there already.
+    ///
+    /// # Errors
+    /// [`StoreError`] if the write cannot be committed.
+    fn block_key(
+        &self,
+        key_hex: &str,
+        note: Option<&str>,
+        at_secs: u64,
+    ) -> Result<bool, StoreError>;
+
+    /// Removes a key from the block list; `false` if it was not there.
+    ///
+    /// # Errors
+    /// [`StoreError`] if the write cannot be committed.
+    fn unblock_key(&self, key_hex: &str) -> Result<bool, StoreError>;
+
+    /// The block list, ordered by key.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database or decoding error.
+    fn blocked_keys(&self) -> Result<Vec<BlockEntry>, StoreError>;
 }
 
 /// Largest swap index: indices are hardened BIP-32 child numbers (below 2^31).

@@ -11,6 +11,10 @@
 //! | `offers` | `&str` offer id | `&str` offer JSON |
 //! | `nostr_processed` | `[u8; 32]` event id | `u64` seen at (UNIX seconds) |
 //! | `swap_events` | `([u8; 32], u64)` swap id, seq | `&str` event JSON |
+//! | `blocked_keys` | `&str` Nostr key (x-only hex) | `&str` JSON of note, blocked at |
+//!
+//! `blocked_keys` came after version 1 without a version bump: a new table changes no existing
+//! one, and opening a file creates the tables it lacks.
 //!
 //! The BDK wallet keeps its changesets in its own table of the same file
 //! ([`crate::wallet::WALLET_TABLE_NAME`]).
@@ -21,8 +25,8 @@ use std::sync::Arc;
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::{
-    sort_and_limit, PaymentHash, RestoreState, StoreError, SwapEvent, SwapFilter, SwapId, SwapMeta,
-    SwapRecord, SwapStore, MAX_SWAP_INDEX,
+    sort_and_limit, BlockEntry, BlockMeta, PaymentHash, RestoreState, StoreError, SwapEvent,
+    SwapFilter, SwapId, SwapMeta, SwapRecord, SwapStore, MAX_SWAP_INDEX,
 };
 
 /// Schema version written by this build. Bump it with a migration step (private `migrate`) and a test
@@ -37,6 +41,7 @@ const SWAP_BY_HASH: TableDefinition<[u8; 32], [u8; 32]> =
 const OFFERS: TableDefinition<&str, &str> = TableDefinition::new("offers");
 const NOSTR_PROCESSED: TableDefinition<[u8; 32], u64> = TableDefinition::new("nostr_processed");
 const SWAP_EVENTS: TableDefinition<([u8; 32], u64), &str> = TableDefinition::new("swap_events");
+const BLOCKED_KEYS: TableDefinition<&str, &str> = TableDefinition::new("blocked_keys");
 
 const KEY_SCHEMA_VERSION: &str = "schema_version";
 const KEY_NEXT_SWAP_INDEX: &str = "next_swap_index";
@@ -147,6 +152,7 @@ impl RedbStore {
         tx.open_table(OFFERS).map_err(db_err("create tables"))?;
         tx.open_table(NOSTR_PROCESSED).map_err(db_err("create tables"))?;
         tx.open_table(SWAP_EVENTS).map_err(db_err("create tables"))?;
+        tx.open_table(BLOCKED_KEYS).map_err(db_err("create tables"))?;
         tx.commit().map_err(db_err("commit the schema"))
     }
 
@@ -450,6 +456,60 @@ impl SwapStore for RedbStore {
                 StoreError::Corrupt { what: format!("event {seq} of swap {id}"), source }
             })?;
             out.push(SwapEvent { seq, event });
+        }
+        Ok(out)
+    }
+
+    fn block_key(
+        &self,
+        key_hex: &str,
+        note: Option<&str>,
+        at_secs: u64,
+    ) -> Result<bool, StoreError> {
+        let meta = BlockMeta { note: note.map(str::to_string), added_at: at_secs };
+        let json = serde_json::to_string(&meta).map_err(|source| StoreError::Encode {
+            what: format!("blocked key {key_hex}"),
+            source,
+        })?;
+        let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
+        let fresh = {
+            let mut table = tx.open_table(BLOCKED_KEYS).map_err(db_err("open blocked keys"))?;
+            let exists = table.get(key_hex).map_err(db_err("read blocked keys"))?.is_some();
+            if !exists {
+                table.insert(key_hex, json.as_str()).map_err(db_err("write a blocked key"))?;
+            }
+            !exists
+        };
+        if fresh {
+            tx.commit().map_err(db_err("commit a blocked key"))?;
+        } else {
+            tx.abort().map_err(db_err("abort a read-only write"))?;
+        }
+        Ok(fresh)
+    }
+
+    fn unblock_key(&self, key_hex: &str) -> Result<bool, StoreError> {
+        let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
+        let existed = {
+            let mut table = tx.open_table(BLOCKED_KEYS).map_err(db_err("open blocked keys"))?;
+            let removed = table.remove(key_hex).map_err(db_err("delete a blocked key"))?;
+            removed.is_some()
+        };
+        tx.commit().map_err(db_err("commit an unblocked key"))?;
+        Ok(existed)
+    }
+
+    fn blocked_keys(&self) -> Result<Vec<BlockEntry>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("begin a read"))?;
+        let table = tx.open_table(BLOCKED_KEYS).map_err(db_err("open blocked keys"))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_err("list blocked keys"))? {
+            let (key, json) = entry.map_err(db_err("list blocked keys"))?;
+            let key = key.value().to_string();
+            let meta: BlockMeta = serde_json::from_str(json.value()).map_err(|source| {
+                StoreError::Corrupt { what: format!("blocked key {key}"), source }
+            })?;
+            out.push(meta.into_entry(key));
         }
         Ok(out)
     }

@@ -6,8 +6,8 @@
 //! directory in a struct that keeps it alive and implements `Deref`.
 
 use looper_node::store::{
-    PaymentHash, RestoreState, StoreError, SwapFilter, SwapId, SwapRecord, SwapRole, SwapStatus,
-    SwapStore, MAX_SWAP_INDEX,
+    BlockEntry, PaymentHash, RestoreState, StoreError, SwapFilter, SwapId, SwapRecord, SwapRole,
+    SwapStatus, SwapStore, MAX_SWAP_INDEX,
 };
 
 /// Generates one `#[test]` per suite function in a module `$name`, each on a fresh store made by
@@ -28,7 +28,8 @@ macro_rules! swap_store_test_suite {
                 swap_index_raise,
                 restore_state_roundtrip,
                 processed_events,
-                swap_event_log
+                swap_event_log,
+                blocked_keys_roundtrip
             );
         }
     };
@@ -257,4 +258,24 @@ pub fn swap_event_log(store: &dyn SwapStore) {
     assert_eq!(tail.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![3, 4]);
     assert!(store.swap_events(&id(1), 5).unwrap().is_empty());
     assert_eq!(store.swap_events(&id(2), 0).unwrap().len(), 1);
+}
+
+/// Block, list (by key), block again (unchanged), unblock, unblock again.
+pub fn blocked_keys_roundtrip(store: &dyn SwapStore) {
+    let (a, b) = ("aa".repeat(32), "bb".repeat(32));
+    assert!(store.blocked_keys().unwrap().is_empty());
+    assert!(!store.unblock_key(&a).unwrap());
+    assert!(store.block_key(&b, None, 20).unwrap());
+    assert!(store.block_key(&a, Some("spam"), 10).unwrap());
+    let first = vec![
+        BlockEntry { key: a.clone(), note: Some("spam".into()), added_at: 10 },
+        BlockEntry { key: b.clone(), note: None, added_at: 20 },
+    ];
+    assert_eq!(store.blocked_keys().unwrap(), first);
+    // Blocking again changes nothing (the first note and time stay).
+    assert!(!store.block_key(&a, Some("other"), 30).unwrap());
+    assert_eq!(store.blocked_keys().unwrap(), first);
+    assert!(store.unblock_key(&a).unwrap());
+    assert!(!store.unblock_key(&a).unwrap());
+    assert_eq!(store.blocked_keys().unwrap(), vec![first[1].clone()]);
 }
