@@ -1642,7 +1642,7 @@ impl BuyerSwap {
             purpose,
             sent_height: ctx.tip_height,
         })?;
-        Ok(self.live.broadcast(tx, purpose, fee_sat))
+        Ok(self.live.broadcast(tx, purpose, fee_sat, ctx.tip_height))
     }
 
     /// In `ClaimBroadcast`, at a tick: when a block came without our claim and the fee rule
@@ -1668,7 +1668,7 @@ impl BuyerSwap {
                 *purpose = TxPurpose::ScriptClaim;
                 *sent_height = ctx.tip_height;
             }
-            Ok(self.live.replace(tx, replaces, TxPurpose::ScriptClaim, fee_sat))
+            Ok(self.live.replace(tx, replaces, TxPurpose::ScriptClaim, fee_sat, ctx.tip_height))
         });
         Some(result)
     }

@@ -1003,7 +1003,7 @@ impl SellerSwap {
             purpose,
             sent_height,
         })?;
-        Ok(self.live.broadcast(refund_tx, purpose, fee_sat))
+        Ok(self.live.broadcast(refund_tx, purpose, fee_sat, ctx.tip_height))
     }
 
     /// The fee rate of a refund of `vsize` built now (`outstanding: None`) or replacing the one
@@ -1069,7 +1069,7 @@ impl SellerSwap {
                 *purpose = TxPurpose::ScriptRefund;
                 *sent_height = ctx.tip_height;
             }
-            self.live.replace(tx, replaces, TxPurpose::ScriptRefund, fee_sat)
+            self.live.replace(tx, replaces, TxPurpose::ScriptRefund, fee_sat, ctx.tip_height)
         });
         Some(result)
     }

@@ -465,29 +465,31 @@ impl Live {
         Ok((PubNonceBytes(nonce.to_bytes()), PartialSigBytes(partial.serialize())))
     }
 
-    /// The actions broadcasting our claim or refund (the state already moved): persist,
-    /// broadcast, tell the user; rebroadcast from the next block on.
+    /// The actions broadcasting our claim or refund at tip `tip_height` (the state already
+    /// moved): persist, broadcast, tell the user; rebroadcast from the next block on.
     pub(crate) fn broadcast(
         &mut self,
         tx: Transaction,
         purpose: TxPurpose,
         fee_sat: u64,
+        tip_height: u32,
     ) -> Vec<Action> {
-        self.broadcast_height = 0;
+        self.broadcast_height = tip_height;
         let note = Action::Notify(Notification::broadcast(&tx, purpose, fee_sat));
         vec![Action::Persist, Action::Broadcast { tx, purpose }, note]
     }
 
-    /// The actions broadcasting `tx`, which replaces `replaces` (the state already moved and
-    /// holds `tx`): persist, broadcast, tell the user.
+    /// The actions broadcasting `tx` at tip `tip_height`, which replaces `replaces` (the state
+    /// already moved and holds `tx`): persist, broadcast, tell the user.
     pub(crate) fn replace(
         &mut self,
         tx: Transaction,
         replaces: bitcoin::Txid,
         purpose: TxPurpose,
         fee_sat: u64,
+        tip_height: u32,
     ) -> Vec<Action> {
-        self.broadcast_height = 0;
+        self.broadcast_height = tip_height;
         let note = Action::Notify(Notification::Replaced {
             txid: tx.compute_txid(),
             replaces,
@@ -499,7 +501,7 @@ impl Live {
     }
 
     /// A [`Action::Broadcast`] of `tx` when the tip moved past the last broadcast (once per
-    /// block). Right after a broadcast it only records the tip.
+    /// block). With no broadcast since a restart it only records the tip (resuming broadcasts).
     pub(crate) fn rebroadcast(
         &mut self,
         tip_height: u32,

@@ -222,7 +222,12 @@ fn a_funding_that_disappears_is_not_paid_for() {
 fn a_dropped_claim_is_rebroadcast() {
     let sim = run(Opts { drop_first_claim: true, ..Opts::default() });
     assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
-    assert!(sim.log.iter().any(|l| l.contains("dropped by the network")));
+    let line = sim.log.iter().find(|l| l.contains("dropped by the network")).unwrap();
+    let dropped_at: u32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    let BuyerState::Claimed { claim_txid, .. } = sim.buyer.state() else { unreachable!() };
+    let (confirmed_at, _) = sim.chain.confirmed[claim_txid];
+    // Out again at the next block, mined in the one after: not a block later.
+    assert!(confirmed_at <= dropped_at + 2, "dropped at {dropped_at}, confirmed at {confirmed_at}");
 }
 
 /// Item 7: a swap whose claim the buyer could not afford at its highest fee rate is refused

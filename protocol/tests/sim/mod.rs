@@ -771,7 +771,8 @@ impl Sim {
             && matches!(purpose, TxPurpose::CooperativeClaim | TxPurpose::ScriptClaim)
         {
             self.opts.drop_first_claim = false;
-            self.log.push(format!("{party:?} {purpose:?} dropped by the network"));
+            let tip = self.ctx.tip_height;
+            self.log.push(format!("{party:?} {purpose:?} dropped by the network at {tip}"));
             return;
         }
         self.chain.mempool.push(tx);
