@@ -245,6 +245,21 @@ boxed_from!(
     bitcoin::psbt::ExtractTxError => Extract,
 );
 
+/// A child paying for an unconfirmed transaction of ours (CPFP): it spends the parent's output
+/// to the wallet (its change) back to the wallet, with the fee that lifts the pair to a fee rate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpfpTx {
+    /// The signed child, recorded by the wallet as unconfirmed (persisted), not broadcast.
+    pub tx: Transaction,
+    /// The child's fee.
+    pub fee: Amount,
+    /// The fee rate of parent and child together.
+    pub package_rate: FeeRate,
+}
+
+/// The vsize of a child spending one P2TR output of the wallet to one P2TR output (key path).
+const CPFP_CHILD_VBYTES: u64 = 111;
+
 /// A signed transaction funding one or more outputs (HTLCs), not yet broadcast.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FundingTx {
@@ -262,9 +277,19 @@ struct Inner {
     wallet: PersistedWallet<RedbWalletPersister>,
     persister: RedbWalletPersister,
     synced_once: bool,
+    /// The last seen/evicted time given to a transaction by [`Inner::stamp`].
+    last_stamp: u64,
 }
 
 impl Inner {
+    /// A time for a seen/evicted mark later than every one given before: BDK drops a
+    /// transaction evicted at or after it was last seen, so marks within one second must
+    /// still be ordered.
+    fn stamp(&mut self) -> u64 {
+        self.last_stamp = self.last_stamp.saturating_add(1).max(now_secs());
+        self.last_stamp
+    }
+
     fn persist(&mut self) -> Result<(), WalletError> {
         self.wallet.persist(&mut self.persister)?;
         Ok(())
@@ -342,7 +367,7 @@ impl LooperWallet {
             }
         };
         Ok(LooperWallet {
-            inner: Mutex::new(Inner { wallet, persister, synced_once: false }),
+            inner: Mutex::new(Inner { wallet, persister, synced_once: false, last_stamp: 0 }),
             spend: tokio::sync::Mutex::new(()),
             network,
             max_fee_rate,
@@ -622,7 +647,8 @@ impl LooperWallet {
             builder.add_recipient(address.script_pubkey(), amount).fee_rate(fee_rate);
             let psbt = builder.finish()?;
             let (tx, _) = Self::sign_and_extract(&inner.wallet, psbt)?;
-            inner.wallet.apply_unconfirmed_txs([(tx.clone(), now_secs())]);
+            let at = inner.stamp();
+            inner.wallet.apply_unconfirmed_txs([(tx.clone(), at)]);
             inner.persist()?;
             tx
         };
@@ -642,8 +668,121 @@ impl LooperWallet {
     /// Persistence errors.
     pub fn apply_unconfirmed(&self, tx: &Transaction) -> Result<(), WalletError> {
         let mut inner = self.lock()?;
-        inner.wallet.apply_unconfirmed_txs([(tx.clone(), now_secs())]);
+        let at = inner.stamp();
+        inner.wallet.apply_unconfirmed_txs([(tx.clone(), at)]);
         inner.persist()
+    }
+
+    /// Builds a child of `parent` (an unconfirmed transaction of this wallet, e.g. a funding)
+    /// that spends its output to the wallet (its change) back to the wallet, paying what lifts
+    /// parent and child together to `package_rate` (capped). A child of that output the wallet
+    /// recorded before (`replaces`, or one found in the wallet: built before a restart) is
+    /// replaced: the new one pays more (BIP-125). The child is recorded as unconfirmed and
+    /// persisted before it is returned, so that it survives a restart; give it to
+    /// [`LooperWallet::forget_tx`] if it is not broadcast. `Ok(None)`: nothing to do (the
+    /// parent pays that rate on its own) or not possible (no output to the wallet, or too small
+    /// to pay the fee); an earlier child is then kept.
+    ///
+    /// # Errors
+    /// [`WalletError::CreateTx`], signing and persistence errors (an earlier child is kept).
+    pub fn build_cpfp(
+        &self,
+        parent: &Transaction,
+        replaces: Option<&Transaction>,
+        package_rate: FeeRate,
+    ) -> Result<Option<CpfpTx>, WalletError> {
+        let package_rate = self.capped(package_rate);
+        let mut inner = self.lock()?;
+        let txid = parent.compute_txid();
+        let Some(vout) =
+            parent.output.iter().position(|o| inner.wallet.is_mine(o.script_pubkey.clone()))
+        else {
+            return Ok(None);
+        };
+        let Ok(vout) = u32::try_from(vout) else { return Ok(None) };
+        let Ok(parent_fee) = inner.wallet.calculate_fee(parent) else { return Ok(None) };
+        let parent_vsize = parent.vsize() as u64;
+        if package_rate.fee_vb(parent_vsize).is_some_and(|f| parent_fee >= f) {
+            return Ok(None); // it pays that rate on its own
+        }
+        let outpoint = bitcoin::OutPoint { txid, vout };
+        let earlier = replaces.cloned().or_else(|| {
+            inner
+                .wallet
+                .transactions()
+                .filter(|t| !t.chain_position.is_confirmed())
+                .map(|t| Transaction::clone(&t.tx_node.tx))
+                .find(|tx| tx.input.iter().any(|i| i.previous_output == outpoint))
+        });
+        // The earlier child steps aside while the new one is built, and comes back if none is.
+        if let Some(old) = &earlier {
+            let at = inner.stamp();
+            inner.wallet.apply_evicted_txs([(old.compute_txid(), at)]);
+        }
+        let built = Self::cpfp_child(&mut inner, outpoint, parent_fee, parent_vsize, package_rate);
+        match built {
+            Ok(Some(child)) => {
+                if let Some(old) = &earlier {
+                    inner.wallet.cancel_tx(old);
+                }
+                let at = inner.stamp();
+                inner.wallet.apply_unconfirmed_txs([(child.tx.clone(), at)]);
+                inner.persist()?;
+                Ok(Some(child))
+            }
+            other => {
+                if let Some(old) = earlier {
+                    let at = inner.stamp();
+                    inner.wallet.apply_unconfirmed_txs([(old, at)]);
+                }
+                inner.persist()?;
+                other
+            }
+        }
+    }
+
+    /// The child of [`LooperWallet::build_cpfp`], signed, not recorded.
+    fn cpfp_child(
+        inner: &mut Inner,
+        outpoint: bitcoin::OutPoint,
+        parent_fee: Amount,
+        parent_vsize: u64,
+        package_rate: FeeRate,
+    ) -> Result<Option<CpfpTx>, WalletError> {
+        let Some(value) = inner.wallet.get_utxo(outpoint).map(|u| u.txout.value) else {
+            return Ok(None);
+        };
+        let mut child_vsize = CPFP_CHILD_VBYTES;
+        // Twice at most: the child's real size may differ from the estimate.
+        for _ in 0..2 {
+            let total = package_rate
+                .fee_vb(parent_vsize.saturating_add(child_vsize))
+                .unwrap_or(Amount::MAX_MONEY);
+            let fee = total.checked_sub(parent_fee).unwrap_or(Amount::ZERO);
+            // What is left must stay above the dust limit of a P2TR output.
+            if fee == Amount::ZERO || value < fee + Amount::from_sat(330) {
+                return Ok(None);
+            }
+            let change = inner.wallet.next_unused_address(bdk_wallet::KeychainKind::Internal);
+            let mut builder = inner.wallet.build_tx();
+            builder
+                .add_utxo(outpoint)
+                .map_err(|e| WalletError::Unavailable { reason: format!("cpfp input: {e}") })?;
+            builder.manually_selected_only().drain_to(change.script_pubkey()).fee_absolute(fee);
+            let psbt = builder.finish()?;
+            let (tx, fee) = Self::sign_and_extract(&inner.wallet, psbt)?;
+            let vsize = tx.vsize() as u64;
+            if vsize > child_vsize {
+                inner.wallet.cancel_tx(&tx);
+                child_vsize = vsize;
+                continue;
+            }
+            let total_fee = fee.to_sat().saturating_add(parent_fee.to_sat());
+            let total_vsize = parent_vsize.saturating_add(vsize).max(1);
+            let rate = FeeRate::from_sat_per_kwu(total_fee.saturating_mul(250) / total_vsize);
+            return Ok(Some(CpfpTx { tx, fee, package_rate: rate }));
+        }
+        Ok(None)
     }
 
     /// Releases the change address of a built transaction that will not be broadcast.
@@ -664,7 +803,8 @@ impl LooperWallet {
     /// Persistence errors.
     pub fn forget_tx(&self, tx: &Transaction) -> Result<(), WalletError> {
         let mut inner = self.lock()?;
-        inner.wallet.apply_evicted_txs([(tx.compute_txid(), now_secs())]);
+        let at = inner.stamp();
+        inner.wallet.apply_evicted_txs([(tx.compute_txid(), at)]);
         inner.wallet.cancel_tx(tx);
         inner.persist()
     }

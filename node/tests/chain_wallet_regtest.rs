@@ -193,3 +193,60 @@ async fn wallet_fund_batch_send_reload_restore() -> Result<()> {
     assert_eq!(restored.balance()?.confirmed, balance.confirmed);
     Ok(())
 }
+
+/// Issue 14: a funding stuck at a low fee rate is lifted by a child spending its change (CPFP):
+/// the pair reaches the target rate, survives a mempool minimum fee above the parent's own rate,
+/// a higher child replaces the first (BIP-125), and both confirm with the wallet's balance right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_child_pays_for_a_stuck_funding() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let chain = start_chain(dir.path());
+    let src = EsploraChainSource::new(&chain.esplora_url(), FeeRate::from_sat_per_vb_u32(2))?;
+    let store = RedbStore::open(&dir.path().join("node").join("looper.redb"))?;
+    let cap = FeeRate::from_sat_per_vb_u32(100);
+    let wallet = LooperWallet::load_or_create(store.database(), &keys(), Network::Regtest, cap)?;
+    chain.fund_address(&wallet.new_address()?, Amount::from_sat(1_000_000))?;
+    wallet.sync(src.client()).await?;
+
+    let outputs = vec![(random_p2tr(), Amount::from_sat(200_000))];
+    let funding = wallet.build_funding_tx(&outputs, FeeRate::from_sat_per_vb_u32(1))?;
+    let parent = funding.tx.compute_txid();
+    src.broadcast(&funding.tx).await?;
+    wallet.apply_unconfirmed(&funding.tx)?;
+    // Already at 1 sat/vB: nothing to do.
+    assert!(wallet.build_cpfp(&funding.tx, None, FeeRate::from_sat_per_vb_u32(1))?.is_none());
+
+    let package = |a: Txid, b: Txid| -> Result<f64> {
+        let (fa, va) = chain.mempool_entry(&a)?.expect("parent in the mempool");
+        let (fb, vb) = chain.mempool_entry(&b)?.expect("child in the mempool");
+        Ok((fa + fb) as f64 / (va + vb) as f64)
+    };
+    let first = wallet
+        .build_cpfp(&funding.tx, None, FeeRate::from_sat_per_vb_u32(10))?
+        .expect("a child for 10 sat/vB");
+    src.broadcast(&first.tx).await?;
+    let rate = package(parent, first.tx.compute_txid())?;
+    assert!((10.0..10.5).contains(&rate), "package rate {rate}");
+
+    // A spike above the parent's own rate: the child keeps it in the mempool.
+    chain.set_min_fee_rate(5.0)?;
+    assert!(chain.in_mempool(&parent)?);
+
+    // Higher again: the new child replaces the first.
+    let second = wallet
+        .build_cpfp(&funding.tx, Some(&first.tx), FeeRate::from_sat_per_vb_u32(20))?
+        .expect("a child for 20 sat/vB");
+    src.broadcast(&second.tx).await?;
+    assert!(!chain.in_mempool(&first.tx.compute_txid())?, "the first child was replaced");
+    let rate = package(parent, second.tx.compute_txid())?;
+    assert!((20.0..20.5).contains(&rate), "package rate {rate}");
+
+    chain.mine(1)?;
+    assert!(chain.confirmation_height(&parent)?.is_some());
+    assert!(chain.confirmation_height(&second.tx.compute_txid())?.is_some());
+    wallet.sync(src.client()).await?;
+    let expected = Amount::from_sat(1_000_000 - 200_000) - funding.fee - second.fee;
+    assert_eq!(wallet.balance()?.confirmed, expected);
+    chain.set_min_fee_rate(0.0)?;
+    Ok(())
+}

@@ -25,12 +25,12 @@ use looper_node::nostr::{EventId, Incoming, PublicKey as NostrKey, TransportErro
 use looper_node::store::{
     MemoryStore, RestoreState, StoreError, SwapEvent, SwapFilter, SwapRecord, SwapStore,
 };
-use looper_node::wallet::{FundingTx, WalletError};
+use looper_node::wallet::{CpfpTx, FundingTx, WalletError};
 use looper_protocol::messages::{Envelope, Offer};
 use looper_protocol::{PaymentHash, Preimage};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::world::{lock, Invoice, NodeIdx, PayState, Payment, SharedWorld};
+use crate::world::{lock, sim_vsize, Invoice, NodeIdx, PayState, Payment, SharedWorld};
 
 fn down(op: &str) -> ChainError {
     ChainError::InvalidResponse { op: op.into(), reason: "simulated chain source down".into() }
@@ -645,6 +645,57 @@ impl SwapWallet for SimWallet {
 
     fn max_fee_rate(&self) -> FeeRate {
         FeeRate::from_sat_per_vb_u32(200)
+    }
+
+    async fn cpfp(
+        &self,
+        parent: &Transaction,
+        replaces: Option<&Transaction>,
+        package_rate: FeeRate,
+    ) -> Result<Option<CpfpTx>, WalletError> {
+        let scripts = self.scripts();
+        let w = lock(&self.world);
+        let Some(vout) = parent.output.iter().position(|o| scripts.contains(&o.script_pubkey))
+        else {
+            return Ok(None);
+        };
+        let Some(parent_fee) = w.fee_of(parent) else { return Ok(None) };
+        let rate = package_rate.to_sat_per_vb_ceil();
+        let parent_vsize = sim_vsize(parent);
+        if parent_fee >= rate * parent_vsize {
+            return Ok(None);
+        }
+        let value = parent.output[vout].value.to_sat();
+        let mut child = Transaction {
+            version: Version::TWO,
+            lock_time: LockTime::ZERO,
+            input: vec![TxIn {
+                previous_output: OutPoint {
+                    txid: parent.compute_txid(),
+                    vout: u32::try_from(vout).unwrap_or(0),
+                },
+                script_sig: ScriptBuf::new(),
+                sequence: Sequence::ENABLE_RBF_NO_LOCKTIME,
+                witness: Witness::new(),
+            }],
+            output: vec![TxOut {
+                value: Amount::ZERO,
+                script_pubkey: scripts.first().cloned().unwrap_or_default(),
+            }],
+        };
+        let total_vsize = parent_vsize + sim_vsize(&child);
+        let fee = (rate * total_vsize).saturating_sub(parent_fee);
+        if value < fee + 330 {
+            return Ok(None);
+        }
+        child.output[0].value = Amount::from_sat(value - fee);
+        let mut pending = self.pending.lock().map_err(|_| unavailable("poisoned"))?;
+        if let Some(old) = replaces {
+            pending.retain(|t| t.compute_txid() != old.compute_txid());
+        }
+        pending.push(child.clone());
+        let package = FeeRate::from_sat_per_kwu((parent_fee + fee) * 250 / total_vsize);
+        Ok(Some(CpfpTx { tx: child, fee: Amount::from_sat(fee), package_rate: package }))
     }
 }
 

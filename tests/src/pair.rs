@@ -103,6 +103,8 @@ pub struct PairOptions {
     pub pow_difficulty: Option<u8>,
     /// Seller mock: once it sent `swap_accept` it never funds and says nothing more (a no-show).
     pub mock_seller_vanishes_after_accept: bool,
+    /// Blocks are full of transactions paying this rate (sat/vB): cheaper ones wait.
+    pub mine_min_fee_rate_sat_vb: u64,
 }
 
 impl PairOptions {
@@ -130,6 +132,7 @@ impl PairOptions {
             seller_inbound_msat: None,
             pow_difficulty: None,
             mock_seller_vanishes_after_accept: false,
+            mine_min_fee_rate_sat_vb: 0,
         }
     }
 }
@@ -275,10 +278,12 @@ impl Pair {
             let mut w = lock(&world);
             w.block_secs = o.block_secs;
             w.payment_delay[BUYER] = o.mock_payment_delay_blocks;
+
             if let Some(inbound) = o.seller_inbound_msat {
                 w.ln_inbound_msat[SELLER] = inbound;
             }
             w.mine();
+            w.mine_min_fee_rate_sat_vb = o.mine_min_fee_rate_sat_vb;
         }
         let seller_t = transport(&o.relays).await?;
         let buyer_t = transport(&o.relays).await?;

@@ -74,6 +74,9 @@ pub struct World {
     pub now: u64,
     /// Fee-rate estimate.
     pub fee_rate: FeeRate,
+    /// Blocks are full of transactions paying this rate (sat/vB of [`sim_vsize`]): one paying
+    /// less, alone and with its children in the mempool (CPFP), waits. 0: everything is mined.
+    pub mine_min_fee_rate_sat_vb: u64,
     /// Blocks above [`START_HEIGHT`], each its transactions.
     pub blocks: Vec<Vec<Transaction>>,
     /// Unconfirmed transactions.
@@ -144,6 +147,7 @@ impl World {
             tip: START_HEIGHT,
             now: START_TIME,
             fee_rate: FeeRate::from_sat_per_vb_u32(2),
+            mine_min_fee_rate_sat_vb: 0,
             blocks: Vec::new(),
             mempool: vec![coinbase],
             broadcasts: Vec::new(),
@@ -182,6 +186,53 @@ impl World {
                 b.iter().map(move |t| (t, Some(h)))
             })
             .chain(self.mempool.iter().map(|t| (t, None)))
+    }
+
+    /// The fee of `tx` (its inputs from the chain or the mempool), if every input is known.
+    pub fn fee_of(&self, tx: &Transaction) -> Option<u64> {
+        let mut inputs = 0u64;
+        for i in &tx.input {
+            inputs = inputs.checked_add(self.output(i.previous_output)?.value.to_sat())?;
+        }
+        inputs.checked_sub(tx.output.iter().map(|o| o.value.to_sat()).sum())
+    }
+
+    /// The next block's transactions and those left waiting: all of the mempool, unless
+    /// [`World::mine_min_fee_rate_sat_vb`] is set: then a transaction goes in when it, or it
+    /// with its mempool children, pays that rate (the children go in with it), in mempool order.
+    fn block_template(&mut self) -> (Vec<Transaction>, Vec<Transaction>) {
+        let min = self.mine_min_fee_rate_sat_vb;
+        let pool = std::mem::take(&mut self.mempool);
+        if min == 0 {
+            return (pool, Vec::new());
+        }
+        self.mempool = pool.clone();
+        let mut chosen: Vec<Txid> = Vec::new();
+        for tx in &pool {
+            let txid = tx.compute_txid();
+            let children: Vec<&Transaction> = pool
+                .iter()
+                .filter(|c| c.input.iter().any(|i| i.previous_output.txid == txid))
+                .collect();
+            let (mut fee, mut vsize) = (self.fee_of(tx).unwrap_or(0), sim_vsize(tx));
+            let own_ok = fee >= min.saturating_mul(vsize);
+            for c in &children {
+                fee += self.fee_of(c).unwrap_or(0);
+                vsize += sim_vsize(c);
+            }
+            let parents_in = tx.input.iter().all(|i| {
+                !pool.iter().any(|p| p.compute_txid() == i.previous_output.txid)
+                    || chosen.contains(&i.previous_output.txid)
+            });
+            // The world's own coins (no known inputs) are always mined.
+            let own_coins = self.fee_of(tx).is_none();
+            if own_coins || (parents_in && (own_ok || fee >= min.saturating_mul(vsize))) {
+                chosen.push(txid);
+                chosen.extend(children.iter().map(|c| c.compute_txid()));
+            }
+        }
+        self.mempool.clear();
+        pool.into_iter().partition(|t| chosen.contains(&t.compute_txid()))
     }
 
     /// The transaction spending `op`, if any.
@@ -229,7 +280,8 @@ impl World {
     pub fn mine(&mut self) {
         self.tip += 1;
         self.now += self.block_secs;
-        let txs = std::mem::take(&mut self.mempool);
+        let (txs, waiting) = self.block_template();
+        self.mempool = waiting;
         self.blocks.push(txs);
         self.log.push(format!("mined {}", self.tip));
         let expired: Vec<PaymentHash> = self
@@ -378,4 +430,10 @@ impl World {
 pub fn key(tag: u8) -> SecretKey {
     SecretKey::from_slice(&[tag; 32])
         .unwrap_or_else(|_| SecretKey::new(&mut bitcoin::secp256k1::rand::thread_rng()))
+}
+
+/// The size the world prices a transaction at: its vsize with a key-path witness on each input
+/// (the simulated transactions carry none).
+pub fn sim_vsize(tx: &Transaction) -> u64 {
+    (tx.vsize() as u64).saturating_add(17u64.saturating_mul(tx.input.len() as u64))
 }

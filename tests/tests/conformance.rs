@@ -157,6 +157,48 @@ async fn the_automatic_prepay_follows_the_fee_rate() -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_funding_stuck_in_a_spike_is_lifted_by_a_child() -> Result<()> {
+    // Blocks are full of transactions paying 20 sat/vB; the seller funds at the 2 sat/vB of the
+    // estimate, then the estimate rises to 25: a block later its engine spends the funding's
+    // change in a child that lifts the pair over 20, both are mined, and the swap completes.
+    let (relay, _, p) = setup(|o| o.mine_min_fee_rate_sat_vb = 20).await?;
+    p.wait_for(&[], &["Funded"], WAIT).await?;
+    looper_conformance::world::lock(&p.world).fee_rate = bitcoin::FeeRate::from_sat_per_vb_u32(25);
+    p.wait_for(CLAIMED, CLAIMED, WAIT).await?;
+    let (rate, funding_alone_ok, together) = {
+        let w = looper_conformance::world::lock(&p.world);
+        let funding = w
+            .blocks
+            .iter()
+            .flatten()
+            .find(|t| t.output.iter().any(|o| o.value.to_sat() == 200_000))
+            .cloned()
+            .ok_or_else(|| anyhow!("no funding mined"))?;
+        let txid = funding.compute_txid();
+        let block = |id: bitcoin::Txid| {
+            w.blocks.iter().position(|b| b.iter().any(|t| t.compute_txid() == id))
+        };
+        let child = w
+            .blocks
+            .iter()
+            .flatten()
+            .find(|t| t.input.iter().any(|i| i.previous_output.txid == txid) && t.output.len() == 1)
+            .cloned()
+            .ok_or_else(|| anyhow!("no child of the funding mined"))?;
+        let fee = |t: &bitcoin::Transaction| w.fee_of(t).unwrap_or(0);
+        let vsize = looper_conformance::world::sim_vsize;
+        let rate = (fee(&funding) + fee(&child)) / (vsize(&funding) + vsize(&child));
+        (rate, fee(&funding) < 20 * vsize(&funding), block(txid) == block(child.compute_txid()))
+    };
+    assert!(together, "parent and child mined together");
+    assert!(rate >= 20, "package rate {rate}");
+    assert!(funding_alone_ok, "the funding alone paid too little to be mined");
+    p.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_buyer_that_prepays_and_vanishes_pays_the_seller_its_refund() -> Result<()> {
     let (relay, _, mut p) = setup(|o| {
         o.prepay_sat = Some(1_500);

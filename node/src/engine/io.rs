@@ -20,7 +20,7 @@ use looper_protocol::messages::{Envelope, Offer};
 use rand::{CryptoRng, RngCore};
 
 use crate::nostr::{EventId, Incoming, NostrTransport, PublicKey, SendOptions, TransportError};
-use crate::wallet::{FundingTx, LooperWallet, WalletError};
+use crate::wallet::{CpfpTx, FundingTx, LooperWallet, WalletError};
 
 /// The node's on-chain wallet as the engine uses it: it pays HTLCs (seller) and receives claims
 /// and refunds.
@@ -58,6 +58,19 @@ pub trait SwapWallet: Send + Sync {
     /// The wallet's fee-rate cap: no transaction it funds, and no claim or refund the engine
     /// builds before the deadline's urgent window, pays more.
     fn max_fee_rate(&self) -> FeeRate;
+    /// A child of `parent` (an unconfirmed funding of this wallet) spending its change back to
+    /// the wallet, paying what lifts the pair to `package_rate`; it replaces `replaces` (or an
+    /// earlier child the wallet knows). Recorded as unconfirmed before it is returned; give it
+    /// to [`SwapWallet::forget`] if it is not broadcast. `Ok(None)`: nothing to do or not
+    /// possible. Without an override (a wallet that cannot): `Ok(None)`.
+    async fn cpfp(
+        &self,
+        _parent: &Transaction,
+        _replaces: Option<&Transaction>,
+        _package_rate: FeeRate,
+    ) -> Result<Option<CpfpTx>, WalletError> {
+        Ok(None)
+    }
 }
 
 /// The BDK wallet with the Esplora client that syncs it (`None`: the engine does not sync it).
@@ -127,6 +140,16 @@ impl SwapWallet for BdkSwapWallet {
 
     fn max_fee_rate(&self) -> FeeRate {
         self.wallet.max_fee_rate()
+    }
+
+    async fn cpfp(
+        &self,
+        parent: &Transaction,
+        replaces: Option<&Transaction>,
+        package_rate: FeeRate,
+    ) -> Result<Option<CpfpTx>, WalletError> {
+        let _spending = self.wallet.spend_guard().await;
+        self.wallet.build_cpfp(parent, replaces, package_rate)
     }
 }
 

@@ -27,6 +27,7 @@
 //! seller's blocked keys), [`io`] (the traits).
 
 mod blocklist;
+mod cpfp;
 pub use blocklist::{BlockListError, BlockSource, BlockedPeer, MAX_BLOCK_NOTE_CHARS};
 mod funding;
 mod incoming;
@@ -233,6 +234,8 @@ struct Misc {
     funding_queue: Vec<FundingRequest>,
     /// Broadcasts that failed, by swap and purpose, tried again at every chain poll.
     retry_broadcasts: BTreeMap<(SwapId, TxPurpose), bitcoin::Transaction>,
+    /// Fundings waiting in the mempool and their children ([`Engine::bump_fundings`]).
+    funding_bumps: BTreeMap<bitcoin::Txid, cpfp::FundingBump>,
 }
 
 struct Inner {
@@ -299,6 +302,7 @@ impl Engine {
             decode_replies: RateLimiter::new(parts.config.decode_reply_limit),
             funding_queue: Vec::new(),
             retry_broadcasts: BTreeMap::new(),
+            funding_bumps: BTreeMap::new(),
         };
         let blocked = blocklist::BlockList::load(&parts.config.blocked_peers, &*parts.store)?;
         let inner = Arc::new(Inner {

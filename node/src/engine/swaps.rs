@@ -107,6 +107,21 @@ impl Machine {
         }
     }
 
+    /// Seller: its funding transaction while it waits unconfirmed (funded, or being refunded
+    /// cooperatively before it confirmed).
+    pub(super) fn unconfirmed_funding(&self) -> Option<&bitcoin::Transaction> {
+        let Machine::Seller(s) = self else { return None };
+        match s.state() {
+            SellerState::Funded { funding, .. }
+            | SellerState::RefundingCooperatively { funding, .. }
+                if funding.confirmed_height.is_none() =>
+            {
+                Some(&funding.tx)
+            }
+            _ => None,
+        }
+    }
+
     /// Seller waiting for its HTLC to be funded.
     pub(super) fn awaits_funding(&self) -> bool {
         matches!(self, Machine::Seller(s) if matches!(s.state(), SellerState::Accepted { .. }))

@@ -73,6 +73,7 @@ impl Engine {
             }
         }
         self.retry_broadcasts().await;
+        self.bump_fundings().await;
         self.tick_pending().await;
         self.flush_funding().await;
     }
