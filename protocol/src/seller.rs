@@ -240,6 +240,17 @@ impl SellerRecord {
         &self.state
     }
 
+    /// When the swap's invoice expires (unix seconds), once it was created: the buyer stops
+    /// waiting for the funding then.
+    pub fn invoice_expires_at(&self) -> Option<u64> {
+        match &self.state {
+            SellerState::Accepted { invoice, .. }
+            | SellerState::Funded { invoice, .. }
+            | SellerState::RefundingCooperatively { invoice, .. } => invoice_expired_at(invoice),
+            _ => None,
+        }
+    }
+
     /// The buyer's request.
     pub fn request(&self) -> &SwapRequest {
         &self.request

@@ -13,6 +13,9 @@ use super::Engine;
 /// pays: each replacement costs a new transaction's fee.
 const CPFP_RAISE_PERCENT: u64 = 25;
 
+/// Seconds per block the funding's deadline is counted in.
+const BLOCK_SECS: u64 = 600;
+
 /// What the engine knows of one waiting funding.
 #[derive(Debug, Clone)]
 pub(super) struct FundingBump {
@@ -28,17 +31,22 @@ impl Engine {
     /// child that lifts it (a higher one when the rate rose by [`CPFP_RAISE_PERCENT`]); the child
     /// is rebroadcast, after its parent, at every poll while the parent waits.
     pub(super) async fn bump_fundings(&self) {
-        let mut parents: BTreeMap<Txid, Transaction> = BTreeMap::new();
+        // Each waiting funding, with the earliest time a buyer of its batch stops waiting.
+        let mut parents: BTreeMap<Txid, (Transaction, Option<u64>)> = BTreeMap::new();
         for (_, slot) in self.inner.swaps.select(|s| s.view().seller) {
-            if let Some(tx) = slot.machine.lock().await.unconfirmed_funding() {
-                parents.insert(tx.compute_txid(), tx.clone());
+            if let Some((tx, deadline)) = slot.machine.lock().await.unconfirmed_funding() {
+                let entry = parents.entry(tx.compute_txid()).or_insert((tx.clone(), deadline));
+                entry.1 = match (entry.1, deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
             }
         }
         let ctx = self.context();
-        let target = ctx.fee_rate;
         let mut bumps = std::mem::take(&mut self.lock_misc().funding_bumps);
         bumps.retain(|txid, _| parents.contains_key(txid));
-        for (txid, parent) in parents {
+        for (txid, (parent, deadline)) in parents {
+            let target = funding_rate(&ctx, deadline);
             let bump =
                 bumps.entry(txid).or_insert(FundingBump { first_tip: ctx.tip_height, child: None });
             if ctx.tip_height <= bump.first_tip {
@@ -81,5 +89,45 @@ impl Engine {
             }
         }
         self.lock_misc().funding_bumps = bumps;
+    }
+}
+
+/// The rate a waiting funding is lifted to: the funding target's estimate, or a nearer target's
+/// when the buyers' wait (`deadline`, unix seconds) ends sooner: half the blocks left, so that it
+/// confirms with time to spare (at least the next block's); under the wallet's cap.
+fn funding_rate(ctx: &looper_protocol::swap::Context, deadline: Option<u64>) -> FeeRate {
+    let Some(deadline) = deadline else { return ctx.fee_rate };
+    let blocks_left = deadline.saturating_sub(ctx.now_secs) / BLOCK_SECS;
+    let target = u16::try_from(blocks_left / 2).unwrap_or(u16::MAX).max(1);
+    let nearer = ctx.fees.estimates.rate_for(target).min(ctx.fees.max_rate);
+    nearer.max(ctx.fee_rate)
+}
+
+#[cfg(test)]
+mod tests {
+    use looper_protocol::fees::{FeeEstimates, Fees};
+    use looper_protocol::swap::Context;
+
+    use super::*;
+
+    #[test]
+    fn the_funding_rate_tightens_as_the_buyers_wait_ends() {
+        let mut ctx = Context::new(1_000_000, 100, FeeRate::from_sat_per_vb_u32(3));
+        let estimates = FeeEstimates::from_fn(|target| match target {
+            1 => FeeRate::from_sat_per_vb_u32(40),
+            2..=5 => FeeRate::from_sat_per_vb_u32(10),
+            _ => FeeRate::from_sat_per_vb_u32(3),
+        });
+        ctx.fees = Fees { estimates, max_rate: FeeRate::from_sat_per_vb_u32(100), ..ctx.fees };
+        let at = |ctx: &Context, secs_left: u64| {
+            funding_rate(ctx, Some(1_000_000 + secs_left)).to_sat_per_vb_ceil()
+        };
+        assert_eq!(funding_rate(&ctx, None).to_sat_per_vb_ceil(), 3, "no deadline: the target's");
+        assert_eq!(at(&ctx, 3_600 * 4), 3, "hours left: the funding target's");
+        assert_eq!(at(&ctx, 3_600), 10, "an hour left: three blocks");
+        assert_eq!(at(&ctx, 600), 40, "minutes left: the next block");
+        // Never above the cap.
+        ctx.fees.max_rate = FeeRate::from_sat_per_vb_u32(20);
+        assert_eq!(at(&ctx, 0), 20);
     }
 }

@@ -109,14 +109,15 @@ impl Machine {
 
     /// Seller: its funding transaction while it waits unconfirmed (funded, or being refunded
     /// cooperatively before it confirmed).
-    pub(super) fn unconfirmed_funding(&self) -> Option<&bitcoin::Transaction> {
+    /// With the time the buyer stops waiting for it (its invoice's expiry), if known.
+    pub(super) fn unconfirmed_funding(&self) -> Option<(&bitcoin::Transaction, Option<u64>)> {
         let Machine::Seller(s) = self else { return None };
         match s.state() {
             SellerState::Funded { funding, .. }
             | SellerState::RefundingCooperatively { funding, .. }
                 if funding.confirmed_height.is_none() =>
             {
-                Some(&funding.tx)
+                Some((&funding.tx, s.invoice_expires_at()))
             }
             _ => None,
         }
