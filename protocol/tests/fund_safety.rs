@@ -389,33 +389,30 @@ fn a_refund_seen_before_the_payments_fate_waits_for_it() {
         assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }), "{:#?}", sim.log);
     };
 
+    let aborted_unpaid = |sim: &Sim| {
+        assert!(
+            matches!(
+                sim.buyer.state(),
+                BuyerState::Aborted { check: Some(BuyerCheckError::HtlcSpent), .. }
+            ),
+            "{:#?}",
+            sim.log
+        );
+        assert_eq!(sim.buyer_paid_msat, 0);
+    };
+
     // The payment failed: nothing lost.
     let mut sim = run_until_refunded(opts.clone());
     refunded_while_paying(&sim);
     sim.release_held_reports();
-    assert!(
-        matches!(
-            sim.buyer.state(),
-            BuyerState::Aborted { check: Some(BuyerCheckError::HtlcSpent), .. }
-        ),
-        "{:#?}",
-        sim.log
-    );
-    assert_eq!(sim.buyer_paid_msat, 0);
+    aborted_unpaid(&sim);
 
     // The record written in between carries the refund: restarted, the buyer asks its node,
     // learns the payment failed, and ends the same way.
     let mut sim = run_until_refunded(opts.clone());
     refunded_while_paying(&sim);
     sim.restart(Party::Buyer);
-    assert!(
-        matches!(
-            sim.buyer.state(),
-            BuyerState::Aborted { check: Some(BuyerCheckError::HtlcSpent), .. }
-        ),
-        "{:#?}",
-        sim.log
-    );
+    aborted_unpaid(&sim);
 
     // The payment succeeded after the refund: lost, and said so.
     let mut sim = run_until_refunded(opts);
