@@ -16,6 +16,11 @@ use crate::error::{CliError, CliResult};
 pub const API_TOKEN_FILE_NAME: &str = "api.token";
 /// Name of the node's configuration file in the data dir.
 pub const CONFIG_FILE_NAME: &str = "looper.toml";
+/// Name of the node's seed file in the data dir (it tells an older node's shared data dir).
+const SEED_FILE_NAME: &str = "seed";
+/// The directory under `$HOME` that holds the per-network data dirs (`looper-node`'s
+/// `DATADIR_PARENT_NAME`).
+const DATADIR_PARENT_NAME: &str = ".looper";
 /// Timeout of an ordinary request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -28,7 +33,7 @@ pub struct ConnectOptions {
     pub rpc_url: Option<String>,
     /// `--token-file` / `LOOPER_TOKEN_FILE`.
     pub token_file: Option<PathBuf>,
-    /// `--network` / `LOOPER_NETWORK`: picks the default API port.
+    /// `--network` / `LOOPER_NETWORK`: picks the default data dir and API port.
     pub network: Option<String>,
 }
 
@@ -44,8 +49,49 @@ pub fn default_api_port(network: &str) -> Option<u16> {
     }
 }
 
-fn default_datadir() -> Option<PathBuf> {
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".looper"))
+/// The name of a network's data dir under `$HOME/.looper`, as `looper-node` names it
+/// (`network_dir_name` in `node/src/config.rs`).
+pub fn network_dir_name(network: &str) -> Option<&'static str> {
+    match network.trim().to_ascii_lowercase().as_str() {
+        "mainnet" | "bitcoin" | "main" => Some("bitcoin"),
+        "testnet" | "testnet3" | "test" => Some("testnet"),
+        "testnet4" => Some("testnet4"),
+        "signet" => Some("signet"),
+        "regtest" => Some("regtest"),
+        _ => None,
+    }
+}
+
+/// The node's default data dir under `home`, as `looper-node` picks it: `home/.looper/NETWORK`,
+/// or an older node's `home/.looper` while it holds a seed, `home/.looper/NETWORK` none, and its
+/// `looper.toml` names no other network. The network: `network`, else the one the older data
+/// dir's `looper.toml` names, else mainnet.
+///
+/// # Errors
+/// A usage error for an unknown network; a failure when the older `looper.toml` is unreadable.
+pub fn default_datadir(home: &Path, network: Option<&str>) -> CliResult<PathBuf> {
+    let legacy = home.join(DATADIR_PARENT_NAME);
+    let legacy_in_use = legacy.join(SEED_FILE_NAME).is_file();
+    let legacy_network = if legacy_in_use { read_node_config(&legacy)?.0 } else { None };
+    let network = network.map(str::to_string).or(legacy_network.clone());
+    let network = network.as_deref().unwrap_or("mainnet");
+    let name = network_dir_name(network).ok_or_else(|| {
+        CliError::usage(
+            "cannot find the node's data directory",
+            format!("unknown network {network:?}"),
+            "use mainnet, testnet, testnet4, signet or regtest",
+        )
+    })?;
+    let path = legacy.join(name);
+    let same_network = legacy_network.as_deref().is_none_or(|n| network_dir_name(n) == Some(name));
+    if legacy_in_use && same_network && !path.join(SEED_FILE_NAME).exists() {
+        return Ok(legacy);
+    }
+    Ok(path)
+}
+
+fn home() -> Option<PathBuf> {
+    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from)
 }
 
 /// `network` and `api.listen` of `DATADIR/looper.toml`, when the file exists.
@@ -79,20 +125,25 @@ fn read_node_config(datadir: &Path) -> CliResult<(Option<String>, Option<String>
 ///
 /// Order: `--rpc-url`, else `api.listen` of `DATADIR/looper.toml`, else `127.0.0.1` and the
 /// default port of the network (`--network`, else `network` of `looper.toml`, else mainnet).
-/// The token: `--token-file`, else `DATADIR/api.token`. `DATADIR` defaults to `$HOME/.looper`.
+/// The token: `--token-file`, else `DATADIR/api.token`. `DATADIR` defaults to
+/// [`default_datadir`] under `$HOME`.
 ///
 /// # Errors
 /// A usage error for a malformed URL or network, a failure when `looper.toml` is unreadable.
 pub fn resolve(opts: &ConnectOptions) -> CliResult<(String, PathBuf)> {
-    let datadir = opts.datadir.clone().or_else(default_datadir);
-    let need_datadir = || {
-        datadir.clone().ok_or_else(|| {
-            CliError::usage(
-                "cannot find the node",
-                "no --datadir, no LOOPER_DATADIR and no $HOME",
-                "pass --datadir DIR or --rpc-url URL --token-file FILE",
-            )
-        })
+    resolve_in(opts, home().as_deref())
+}
+
+/// [`resolve`] with `home` standing for `$HOME`.
+fn resolve_in(opts: &ConnectOptions, home: Option<&Path>) -> CliResult<(String, PathBuf)> {
+    let need_datadir = || match (&opts.datadir, home) {
+        (Some(dir), _) => Ok(dir.clone()),
+        (None, Some(home)) => default_datadir(home, opts.network.as_deref()),
+        (None, None) => Err(CliError::usage(
+            "cannot find the node",
+            "no --datadir, no LOOPER_DATADIR and no $HOME",
+            "pass --datadir DIR or --rpc-url URL --token-file FILE",
+        )),
     };
     let url = match &opts.rpc_url {
         Some(url) => url.trim().trim_end_matches('/').to_string(),
@@ -169,6 +220,31 @@ pub fn read_token(path: &Path) -> CliResult<String> {
     Ok(token)
 }
 
+/// When the token is missing from a default per-network data dir: the advice naming the networks
+/// whose data dirs under `$HOME/.looper` hold a token.
+fn other_networks(opts: &ConnectOptions, token_file: &Path) -> Option<String> {
+    if opts.datadir.is_some() || opts.token_file.is_some() || token_file.exists() {
+        return None;
+    }
+    let parent = home()?.join(DATADIR_PARENT_NAME);
+    let found: Vec<&str> = ["bitcoin", "testnet", "testnet4", "signet", "regtest"]
+        .into_iter()
+        .filter(|n| parent.join(n).join(API_TOKEN_FILE_NAME).is_file())
+        .collect();
+    match found.as_slice() {
+        [] => None,
+        [one] => Some(format!(
+            "the data dirs are per network: a node's token is in {}; pass --network {one} (or set LOOPER_NETWORK)",
+            parent.join(one).display()
+        )),
+        many => Some(format!(
+            "the data dirs are per network: nodes' tokens are in {} ({}); pass --network NETWORK (or set LOOPER_NETWORK)",
+            parent.display(),
+            many.join(", ")
+        )),
+    }
+}
+
 /// A client of one node's control API.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -196,7 +272,11 @@ impl Client {
     /// As [`resolve`] and [`read_token`].
     pub fn connect(opts: &ConnectOptions) -> CliResult<Self> {
         let (url, token_file) = resolve(opts)?;
-        let token = read_token(&token_file)?;
+        let token =
+            read_token(&token_file).map_err(|e| match other_networks(opts, &token_file) {
+                Some(hint) => e.with_todo(hint),
+                None => e,
+            })?;
         Self::new(url, token)
     }
 
@@ -356,6 +436,9 @@ fn hint_for(code: &ErrorCode) -> &'static str {
             "check the Lightning node: `looper ln info`, `looper ln channels`"
         }
         ErrorCode::Unauthorized => "pass the right --token-file",
+        ErrorCode::AmountAboveLimit => {
+            "swap less, or raise safety.max_swap_amount_sat in the [safety] section of the node's looper.toml and restart it"
+        }
         // A buyer check refused the offer: advice by check.
         ErrorCode::Refused(check) => match check.as_str() {
             "fee_too_high" => {
@@ -455,6 +538,35 @@ mod tests {
         let opts = ConnectOptions { rpc_url: Some("ftp://x".into()), ..opts };
         assert_eq!(resolve(&opts).unwrap_err().exit, 2);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn default_datadir_per_network() {
+        let home = std::env::temp_dir().join(format!("looper-cli-home-{}", std::process::id()));
+        let old = home.join(".looper");
+        std::fs::create_dir_all(&old).unwrap();
+        let dir = |n: Option<&str>| default_datadir(&home, n).unwrap();
+        assert_eq!(dir(None), old.join("bitcoin"));
+        assert_eq!(dir(Some("mainnet")), old.join("bitcoin"));
+        assert_eq!(dir(Some("signet")), old.join("signet"));
+        assert_eq!(dir(Some("testnet4")), old.join("testnet4"));
+        assert_eq!(default_datadir(&home, Some("moon")).unwrap_err().exit, 2);
+        // An older node's data dir with a seed stays in use, as the node does; its looper.toml
+        // gives the network.
+        std::fs::write(old.join("seed"), "words").unwrap();
+        assert_eq!(dir(Some("signet")), old);
+        std::fs::write(old.join(CONFIG_FILE_NAME), "network = \"signet\"\n").unwrap();
+        assert_eq!(dir(None), old);
+        assert_eq!(dir(Some("regtest")), old.join("regtest"));
+        std::fs::create_dir_all(old.join("signet")).unwrap();
+        std::fs::write(old.join("signet").join("seed"), "words").unwrap();
+        assert_eq!(dir(Some("signet")), old.join("signet"));
+        // resolve: the token and the port of that dir.
+        let opts = ConnectOptions { network: Some("regtest".into()), ..Default::default() };
+        let (url, token) = resolve_in(&opts, Some(&home)).unwrap();
+        assert_eq!(url, "http://127.0.0.1:28839");
+        assert_eq!(token, old.join("regtest").join(API_TOKEN_FILE_NAME));
+        std::fs::remove_dir_all(&home).unwrap();
     }
 
     #[test]

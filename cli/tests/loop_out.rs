@@ -330,6 +330,37 @@ async fn loop_out_with_the_cli() -> Result<()> {
     assert_eq!(r.code, 2, "{r:?}");
     assert!(r.stderr.contains("invalid payment hash"), "{}", r.stderr);
 
+    // swap export: to stdout, to a new file of mode 0600 (never overwritten); the seller's export
+    // of the same swap has the same HTLC and preimage, and the funding outpoint.
+    let export = buyer.json(&["swap", "export", &swap_id]).await;
+    assert_eq!(export["role"], "buyer", "{export:#}");
+    assert_eq!(export["payment_hash"], hash.as_str());
+    assert_eq!(export["preimage"], payment["preimage"], "{export:#}");
+    assert_eq!(export["key"]["leaf"], "claim");
+    assert_eq!(export["htlc"]["claim_leaf"]["control_block"].as_str().map(str::len), Some(130));
+    let file = dir.join("export.json");
+    let file_arg = file.to_str().unwrap();
+    let r = buyer.ok(&["swap", "export", &swap_id, "--out", file_arg]).await;
+    assert!(r.stdout.contains("exported to") && r.stdout.contains("preimage"), "{r:?}");
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(&file)?)?;
+    assert_eq!(written, export);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file)?.permissions().mode() & 0o777, 0o600);
+    }
+    let r = buyer.run(&["swap", "export", &swap_id, "--out", file_arg]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("the file exists"), "{r:?}");
+    let seller = cli_for(&h, "seller")?;
+    let sold = seller.json(&["swap", "export", &hash]).await;
+    assert_eq!(sold["role"], "seller", "{sold:#}");
+    assert_eq!(sold["key"]["leaf"], "refund");
+    assert_eq!(sold["preimage"], export["preimage"]);
+    assert_eq!(sold["htlc"]["output_key"], export["htlc"]["output_key"]);
+    assert_eq!(sold["htlc"]["refund_leaf"], export["htlc"]["refund_leaf"]);
+    assert!(sold["htlc"]["outpoint"].as_str().is_some_and(|o| o.len() > 65), "{sold:#}");
+
     // swap monitor on a finished swap: its history, exit 0.
     let r = buyer.ok(&["swap", "monitor", &swap_id]).await;
     assert_eq!(r.stdout.lines().count(), events.len(), "{}", r.stdout);

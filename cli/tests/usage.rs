@@ -28,7 +28,7 @@ fn unknown_subcommand_is_a_usage_error() {
     assert_eq!(r.code, 2, "{r:?}");
     assert_eq!(
         r.stderr,
-        "error: looper swap: no swap id given (use `looper swap ID`, `looper swap monitor [ID]` or `looper swap abort ID`)\n"
+        "error: looper swap: no swap id given (use `looper swap ID`, `looper swap monitor [ID]`, `looper swap abort ID` or `looper swap export ID`)\n"
     );
     let r = looper(&["offers"]);
     assert_eq!(r.code, 2, "{r:?}");
@@ -134,6 +134,7 @@ fn help_has_examples() {
         vec!["swap"],
         vec!["swap", "monitor"],
         vec!["swap", "abort"],
+        vec!["swap", "export"],
         vec!["wallet", "balance"],
         vec!["wallet", "address"],
         vec!["wallet", "send"],

@@ -27,13 +27,14 @@ use looper_api::{
     DiscoverQuery, DiscoveredOffer, ErrorBody, ErrorCode, EventsQuery, InfoResponse,
     InvoiceRequest, InvoiceResponse, LnBalance, LnInfo, OfferIdResponse, OfferList, OpenRequest,
     OpenResponse, PayRequest, PayResponse, PaymentDirection, PaymentInfo, PaymentStatus,
-    SellerHistory, SendRequest, SendResponse, SwapDetail, SwapEvents, SwapList, SwapOutRequest,
-    SwapOutResponse, SwapSummary, SyncResponse, UnblockResponse, WalletBalance, WithdrawResponse,
+    SellerHistory, SendRequest, SendResponse, SwapDetail, SwapEvents, SwapExport, SwapList,
+    SwapOutRequest, SwapOutResponse, SwapSummary, SyncResponse, UnblockResponse, WalletBalance,
+    WithdrawResponse,
 };
 use looper_protocol::buyer::BuyerPolicy;
 use looper_protocol::messages::Offer;
 use looper_protocol::record::SwapRecord as ProtoRecord;
-use looper_protocol::{PaymentHash, SwapId};
+use looper_protocol::{PaymentHash, Preimage, SwapId};
 
 use crate::engine::{BlockListError, BlockedPeer, Engine, EngineError};
 use crate::lightning::{LightningError, PayOutcome};
@@ -75,13 +76,33 @@ pub struct NodeFacts {
     /// `[buyer] max_total_fee_ppm`: the fee limit in parts per million of the amount (the lower of
     /// this and `buyer_defaults.max_total_fee_sat` applies).
     pub buyer_max_fee_ppm: Option<u32>,
+    /// `[safety] max_swap_amount_sat`: a swap (`POST /v1/swaps/out`) or an offer's maximum
+    /// (`POST /v1/offers`) above it is refused with `amount_above_limit`; `None`: no ceiling.
+    pub max_swap_amount_sat: Option<u64>,
+}
+
+impl NodeFacts {
+    /// Refuses `amount_sat` (of the request's `field`) above the swap ceiling.
+    fn check_ceiling(&self, field: &str, amount_sat: u64) -> Result<(), ApiError> {
+        match self.max_swap_amount_sat {
+            Some(max) if amount_sat > max => Err(ApiError::new(
+                ErrorCode::AmountAboveLimit,
+                format!(
+                    "{field}: {amount_sat} sat is above this node's safety.max_swap_amount_sat \
+                     ({max} sat); raise it in the [safety] section of looper.toml to swap more"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// An error answer: an HTTP status and an [`ErrorBody`] whose [`ErrorCode`] is one of
 /// `unauthorized` (401), `bad_request` (400, the message names the field), `not_found` (404),
 /// `unknown_offer` (404), `insufficient_funds` (400), the code of the buyer check that refuses an
 /// offer (422: `fee_too_high`, `claim_margin_too_low`, ...,
-/// [`BuyerCheckError::CODES`](looper_protocol::buyer::BuyerCheckError::CODES)), `conflict` (409),
+/// [`BuyerCheckError::CODES`](looper_protocol::buyer::BuyerCheckError::CODES)),
+/// `amount_above_limit` (422, above `safety.max_swap_amount_sat`), `conflict` (409),
 /// `lightning_error` (502), `chain_error` (502), `internal` (500).
 #[derive(Debug)]
 pub struct ApiError {
@@ -183,6 +204,7 @@ fn method_router(method: &str, path: &str) -> Option<MethodRouter<ApiState>> {
         ("GET", "/v1/swaps/{id}") => get(get_swap),
         ("POST", "/v1/swaps/{id}/abort") => post(abort_swap),
         ("GET", "/v1/swaps/{id}/events") => get(swap_events),
+        ("GET", "/v1/swaps/{id}/export") => get(export_swap),
         ("GET", "/v1/wallet/balance") => get(wallet_balance),
         ("POST", "/v1/wallet/address") => post(wallet_address),
         ("POST", "/v1/wallet/send") => post(wallet_send),
@@ -264,6 +286,7 @@ async fn info(
         fee_rate_sat_vb: fee_rate.to_sat_per_vb_ceil(),
         fee_estimates_sat_vb,
         claim_conf_target: claim_target,
+        max_swap_amount_sat: facts.max_swap_amount_sat,
     }))
 }
 
@@ -281,10 +304,12 @@ async fn list_offers(State(s): State<ApiState>) -> Typed<OfferList> {
 
 async fn publish_offer(
     State(s): State<ApiState>,
+    Extension(facts): Extension<Arc<NodeFacts>>,
     offer: Result<Json<Offer>, JsonRejection>,
 ) -> Typed<OfferIdResponse> {
     let offer = body(offer)?;
     offer.validate().map_err(|e| ApiError::bad("offer", e))?;
+    facts.check_ceiling("max_amount_sat", offer.max_amount_sat)?;
     if offer.network != s.network {
         return Err(ApiError::bad("network", "offer network differs from the node's"));
     }
@@ -389,6 +414,8 @@ async fn swap_out(
     let req = body(req)?;
     let seller = NostrPublicKey::from_hex(&req.seller).map_err(|e| ApiError::bad("seller", e))?;
     let amount_sat = positive("amount_sat", req.amount_sat)?;
+    // Before anything is looked up or sent.
+    facts.check_ceiling("amount_sat", amount_sat)?;
     let destination = match req.address.as_deref().map(str::trim) {
         Some(text) => {
             let address = Address::<NetworkUnchecked>::from_str(text)
@@ -523,6 +550,33 @@ async fn abort_swap(State(s): State<ApiState>, Path(key): Path<String>) -> Typed
         swap_id: r.id.to_string(),
         abort: AbortResponse::REQUESTED.to_string(),
     }))
+}
+
+/// `GET /v1/swaps/{id}/export`: what a claim (buyer) or refund (seller) by hand needs
+/// ([`crate::export`]). It holds the preimage when the node knows it: the seller's derives from the
+/// swap's keys, the buyer's is the one its succeeded payment returned (or its record holds).
+async fn export_swap(State(s): State<ApiState>, Path(key): Path<String>) -> Typed<SwapExport> {
+    let r = find_swap(&s, &key)?;
+    let record = ProtoRecord::from_bytes(&r.data).map_err(|e| {
+        ApiError::internal(format!("the record of swap {} does not read: {e}", r.id))
+    })?;
+    let (keys, paid) = match &record {
+        ProtoRecord::Seller(_) => {
+            (Some(s.engine.swap_keys(record.key_index()).map_err(ApiError::engine)?), None)
+        }
+        ProtoRecord::Buyer(b) => {
+            let paid = b
+                .payment_hash()
+                .and_then(|h| s.engine.lightning().payment(h))
+                .filter(|p| p.direction == "outbound" && p.status == "succeeded")
+                .and_then(|p| p.preimage)
+                .and_then(|hex| hex.parse::<Preimage>().ok());
+            (None, paid)
+        }
+    };
+    let export = crate::export::export_swap(&record, s.network, keys.as_ref(), paid)
+        .map_err(|e| ApiError::internal(format!("cannot export swap {}: {e}", r.id)))?;
+    Ok(Json(export))
 }
 
 /// The swap's events from `from`. With `Accept: text/event-stream`, a Server-Sent Events stream:

@@ -36,6 +36,17 @@
 //! swap messages of any kind (`message_burst`, `messages_per_minute`; default 60 and 120).
 //! Messages over the limit are dropped unanswered. Keep the defaults on a public node; a test bed
 //! whose few buyers run many swaps each under one key raises them.
+//!
+//! The data dir defaults to one per network: `$HOME/.looper/NETWORK`, NETWORK being the network's
+//! name as the node prints it (`bitcoin`, `testnet`, `testnet4`, `signet`, `regtest`;
+//! [`network_dir_name`]). An older node's `$HOME/.looper` that holds a seed (and no other
+//! network in its `looper.toml`) is still used while `$HOME/.looper/NETWORK` holds none; the node
+//! then logs how to move it ([`Config::notices`]). `--datadir`, `LOOPER_DATADIR` are used as given.
+//!
+//! The `[safety]` section's `max_swap_amount_sat` is the largest swap the node takes
+//! (`POST /v1/swaps/out`) or offers (`seller.max_amount_sat`, offers published through the API):
+//! 1 000 000 sat by default on mainnet ([`DEFAULT_MAINNET_MAX_SWAP_AMOUNT_SAT`]), none elsewhere;
+//! set it higher to swap more, `0` for no ceiling.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -65,13 +76,20 @@ pub const MAX_CONF_TARGET: u16 = 1008;
 /// Largest `fees.max_fee_rate_sat_vb` accepted: a guard against typos that would burn money.
 pub const MAX_FEE_RATE_CAP_SAT_VB: u64 = 10_000;
 
+/// Default `safety.max_swap_amount_sat` on mainnet (0.01 BTC); other networks have no ceiling.
+pub const DEFAULT_MAINNET_MAX_SWAP_AMOUNT_SAT: u64 = 1_000_000;
+
+/// Name of the directory under `$HOME` that holds the per-network data dirs (and, from older
+/// versions, a data dir of its own).
+pub const DATADIR_PARENT_NAME: &str = ".looper";
+
 /// What the command line and the environment set over the configuration file (the `looper-node`
 /// binary fills it from its flags and `LOOPER_*` variables). Every field left empty keeps the
 /// file's value, else the default.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Overrides {
     /// Data directory (seed, wallet and swap database, Lightning storage, API token).
-    /// Default: `$HOME/.looper`.
+    /// Default: `$HOME/.looper/NETWORK` ([`default_datadir`]).
     pub datadir: Option<PathBuf>,
     /// Configuration file. Default: `DATADIR/looper.toml` (optional there); a file named here
     /// must exist.
@@ -130,11 +148,37 @@ pub struct Config {
     pub sync: SyncConfig,
     /// Per-sender limits on incoming Nostr swap traffic.
     pub peer_limits: PeerLimits,
+    /// Safety limits.
+    pub safety: SafetyConfig,
     /// Log as JSON lines.
     pub log_json: bool,
     /// Restore from a mnemonic instead of creating a seed (`--restore`).
     #[serde(skip)]
     pub restore: Option<RestoreSource>,
+    /// One-line notices for the log about how the configuration was found (an older data dir in
+    /// use, a configuration file no longer read).
+    #[serde(skip)]
+    pub notices: Vec<String>,
+}
+
+/// Safety limits (`[safety]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SafetyConfig {
+    /// The largest swap amount this node takes (`POST /v1/swaps/out`, `looper out`) or offers
+    /// (`seller.max_amount_sat`, `POST /v1/offers`), in satoshis; `None`: no ceiling. The file's
+    /// `max_swap_amount_sat` (0 there: no ceiling); default
+    /// [`DEFAULT_MAINNET_MAX_SWAP_AMOUNT_SAT`] on mainnet, none on the test networks.
+    pub max_swap_amount_sat: Option<u64>,
+}
+
+impl SafetyConfig {
+    /// The defaults of `network`.
+    pub fn default_for(network: Network) -> Self {
+        SafetyConfig {
+            max_swap_amount_sat: (network == Network::Bitcoin)
+                .then_some(DEFAULT_MAINNET_MAX_SWAP_AMOUNT_SAT),
+        }
+    }
 }
 
 /// Lightning settings (`[lightning]`).
@@ -496,6 +540,14 @@ struct FileConfig {
     sync: SyncConfig,
     #[serde(default)]
     peer_limits: PeerLimits,
+    #[serde(default)]
+    safety: FileSafety,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSafety {
+    max_swap_amount_sat: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -516,16 +568,39 @@ impl Config {
     /// configuration file and the defaults, then validates it.
     ///
     /// The file is `args.config` if given (it must exist), else `DATADIR/looper.toml` if it exists.
+    /// Without `args.datadir`, the data dir is [`default_datadir`] under `$HOME`.
     ///
     /// # Errors
     /// [`ConfigError`] naming the file or the key and the reason.
     pub fn load(args: &Overrides) -> Result<Config, ConfigError> {
-        let datadir = match &args.datadir {
-            Some(dir) => dir.clone(),
-            None => default_datadir().ok_or(ConfigError::NoDatadir)?,
+        let home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from);
+        Self::load_with_home(args, home.as_deref())
+    }
+
+    /// [`Config::load`] with `home` standing for `$HOME` (`None`: no home directory).
+    ///
+    /// # Errors
+    /// As [`Config::load`]; [`ConfigError::NoDatadir`] without `args.datadir` and `home`.
+    pub fn load_with_home(args: &Overrides, home: Option<&Path>) -> Result<Config, ConfigError> {
+        let explicit = match &args.config {
+            Some(path) => Some((read_file(path)?, path.clone())),
+            None => None,
         };
-        let (file, config_file) = match &args.config {
-            Some(path) => (read_file(path)?, Some(path.clone())),
+        let (datadir, notices) = match &args.datadir {
+            Some(dir) => (dir.clone(), Vec::new()),
+            None => {
+                let home = home.ok_or(ConfigError::NoDatadir)?;
+                let explicit_network = explicit.as_ref().and_then(|(f, _)| f.network.clone());
+                let chosen = default_datadir(
+                    home,
+                    args.network.clone().or(explicit_network),
+                    args.config.is_none(),
+                )?;
+                (chosen.path, chosen.notice.into_iter().collect())
+            }
+        };
+        let (file, config_file) = match explicit {
+            Some((file, path)) => (file, Some(path)),
             None => {
                 let path = datadir.join(CONFIG_FILE_NAME);
                 if path.exists() {
@@ -535,7 +610,9 @@ impl Config {
                 }
             }
         };
-        Self::merge(args, datadir, config_file, file)
+        let mut config = Self::merge(args, datadir, config_file, file)?;
+        config.notices = notices;
+        Ok(config)
     }
 
     /// Builds the configuration from overrides and the text of a configuration file (for tests
@@ -559,20 +636,7 @@ impl Config {
         config_file: Option<PathBuf>,
         file: FileConfig,
     ) -> Result<Config, ConfigError> {
-        let network_text = args.network.clone().or(file.network).ok_or_else(|| {
-            invalid(
-                "network",
-                "not set (use --network, LOOPER_NETWORK or `network = \"...\"` in looper.toml)",
-            )
-        })?;
-        let network = parse_network(&network_text).ok_or_else(|| {
-            invalid(
-                "network",
-                format!(
-                    "unknown network {network_text:?} (expected mainnet, testnet, testnet4, signet or regtest)"
-                ),
-            )
-        })?;
+        let network = network_setting(args.network.clone().or(file.network))?;
 
         let esplora_url = match args.esplora_url.clone().or(file.esplora_url) {
             Some(url) => url,
@@ -625,6 +689,11 @@ impl Config {
             Some(table) => seller_section(config_file.as_deref().unwrap_or(Path::new("")), table)?,
             None => SellerConfig::default(),
         };
+        let safety = match file.safety.max_swap_amount_sat {
+            Some(0) => SafetyConfig { max_swap_amount_sat: None },
+            Some(max) => SafetyConfig { max_swap_amount_sat: Some(max) },
+            None => SafetyConfig::default_for(network),
+        };
 
         let config = Config {
             datadir,
@@ -639,8 +708,10 @@ impl Config {
             fees: file.fees,
             sync: file.sync,
             peer_limits: file.peer_limits,
+            safety,
             log_json: args.log_json || file.log_json.unwrap_or(false),
             restore,
+            notices: Vec::new(),
         };
         config.validate()?;
         Ok(config)
@@ -672,6 +743,7 @@ impl Config {
                 ),
             ));
         }
+        self.validate_safety()?;
         self.validate_seller()?;
         self.validate_buyer()?;
         self.validate_fees()?;
@@ -764,6 +836,35 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    fn validate_safety(&self) -> Result<(), ConfigError> {
+        let dust = looper_protocol::terms::DUST_LIMIT_SAT;
+        match self.safety.max_swap_amount_sat {
+            Some(max) if max < dust => Err(invalid(
+                "safety.max_swap_amount_sat",
+                format!("must be 0 (no ceiling) or >= {dust} (the dust limit of the HTLC output)"),
+            )),
+            Some(max) if self.seller.enabled && self.seller.terms.max_amount_sat > max => {
+                Err(invalid(
+                    "seller.max_amount_sat",
+                    format!(
+                        "{} is above safety.max_swap_amount_sat ({max}{}): lower \
+                         seller.max_amount_sat, or raise safety.max_swap_amount_sat in [safety] \
+                         (0: no ceiling)",
+                        self.seller.terms.max_amount_sat,
+                        if self.network == Network::Bitcoin
+                            && max == DEFAULT_MAINNET_MAX_SWAP_AMOUNT_SAT
+                        {
+                            ", the mainnet default"
+                        } else {
+                            ""
+                        }
+                    ),
+                ))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn validate_buyer(&self) -> Result<(), ConfigError> {
@@ -901,8 +1002,96 @@ fn validate_url(key: &'static str, url: &str, schemes: &[&str]) -> Result<(), Co
     Ok(())
 }
 
-fn default_datadir() -> Option<PathBuf> {
-    std::env::var_os("HOME").filter(|h| !h.is_empty()).map(|h| PathBuf::from(h).join(".looper"))
+/// Reads a network setting (`None`: not set anywhere).
+fn network_setting(text: Option<String>) -> Result<Network, ConfigError> {
+    let text = text.ok_or_else(|| {
+        invalid(
+            "network",
+            "not set (use --network, LOOPER_NETWORK or `network = \"...\"` in looper.toml)",
+        )
+    })?;
+    parse_network(&text).ok_or_else(|| {
+        invalid(
+            "network",
+            format!(
+                "unknown network {text:?} (expected mainnet, testnet, testnet4, signet or regtest)"
+            ),
+        )
+    })
+}
+
+/// The name of a network's default data dir under `$HOME/.looper`: the network's name as the node
+/// prints it (`bitcoin` for mainnet, `testnet`, `testnet4`, `signet`, `regtest`).
+pub fn network_dir_name(network: Network) -> &'static str {
+    match network {
+        Network::Bitcoin => "bitcoin",
+        Network::Testnet => "testnet",
+        Network::Testnet4 => "testnet4",
+        Network::Signet => "signet",
+        Network::Regtest => "regtest",
+    }
+}
+
+/// The data dir [`default_datadir`] chose, and what to tell the user about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefaultDatadir {
+    /// The data dir.
+    pub path: PathBuf,
+    /// A one-line notice for the log: an older data dir in use and how to move it, or a
+    /// configuration file that is no longer read.
+    pub notice: Option<String>,
+}
+
+/// The default data dir under `home`: `home/.looper/NETWORK` ([`network_dir_name`]).
+///
+/// Backward compatibility: older versions used `home/.looper` for every network. While that
+/// directory holds a seed and `home/.looper/NETWORK` holds none, it stays in use (unless its
+/// `looper.toml` names another network) and the notice says how to move it; files are never
+/// moved. The network is `network` (the flag, the environment or `--config`'s file), else the one
+/// the older data dir's `looper.toml` names. `old_config_is_default`: no `--config` was given, so
+/// an older `home/.looper/looper.toml` left behind deserves a notice.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] when no network is set anywhere or it is unknown; the older data dir's
+/// `looper.toml` cannot be read.
+pub fn default_datadir(
+    home: &Path,
+    network: Option<String>,
+    old_config_is_default: bool,
+) -> Result<DefaultDatadir, ConfigError> {
+    let legacy = home.join(DATADIR_PARENT_NAME);
+    let legacy_config = legacy.join(CONFIG_FILE_NAME);
+    let legacy_in_use = legacy.join(crate::seed::SEED_FILE_NAME).is_file();
+    let legacy_network = if legacy_in_use && legacy_config.is_file() {
+        read_file(&legacy_config)?.network
+    } else {
+        None
+    };
+    let network = network_setting(network.or_else(|| legacy_network.clone()))?;
+    let path = legacy.join(network_dir_name(network));
+    let same_network = legacy_network.as_deref().is_none_or(|n| parse_network(n) == Some(network));
+    if legacy_in_use && same_network && !path.join(crate::seed::SEED_FILE_NAME).exists() {
+        let (old, new) = (legacy.display(), path.display());
+        let notice = format!(
+            "using {old}, the data dir of an older version: the default is now {new} (one per \
+             network); to move it, stop the node, then `mv {old} {old}.old && mkdir {old} && \
+             mv {old}.old {new}` (or pass --datadir {old} to keep it where it is)"
+        );
+        return Ok(DefaultDatadir { path: legacy, notice: Some(notice) });
+    }
+    let notice = (old_config_is_default
+        && !legacy_in_use
+        && legacy_config.is_file()
+        && !path.join(CONFIG_FILE_NAME).exists())
+    .then(|| {
+        format!(
+            "{} is not read: the default data dir is now {} (one per network); move the file \
+             there, or pass --config FILE",
+            legacy_config.display(),
+            path.display()
+        )
+    });
+    Ok(DefaultDatadir { path, notice })
 }
 
 /// The `[seller]` section: its [`OfferTerms`] keys (current names or older aliases) and the
@@ -1381,5 +1570,153 @@ listen = "127.0.0.1:2222"
             let e = err_text(&regtest(&[]), body);
             assert_eq!(e, format!("invalid configuration: {expected}"), "for {body}");
         }
+    }
+
+    /// [`Config::load_with_home`] without `--datadir`, under `home`.
+    fn load_home(home: &Path, flags: &[&str]) -> Result<Config, ConfigError> {
+        Config::load_with_home(&overrides(flags), Some(home))
+    }
+
+    #[test]
+    fn default_datadir_is_per_network() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        for (net, dir) in [
+            ("mainnet", "bitcoin"),
+            ("bitcoin", "bitcoin"),
+            ("testnet", "testnet"),
+            ("testnet4", "testnet4"),
+            ("signet", "signet"),
+        ] {
+            let c = load_home(h, &["--network", net]).unwrap();
+            assert_eq!(c.datadir, h.join(".looper").join(dir), "{net}");
+            assert!(c.notices.is_empty(), "{net}: {:?}", c.notices);
+        }
+        let reg = ["--esplora-url", "http://127.0.0.1:3002", "--relay", "ws://127.0.0.1:7777"];
+        let c = load_home(h, &[&["--network", "regtest"][..], &reg].concat()).unwrap();
+        assert_eq!(c.datadir, h.join(".looper/regtest"));
+        assert_eq!(c.datadir, h.join(".looper").join(network_dir_name(c.network)));
+        // The per-network dir's looper.toml is the configuration file.
+        std::fs::create_dir_all(h.join(".looper/signet")).unwrap();
+        std::fs::write(h.join(".looper/signet/looper.toml"), "esplora_url = \"http://e.example\"")
+            .unwrap();
+        let c = load_home(h, &["--network", "signet"]).unwrap();
+        assert_eq!(c.esplora_url, "http://e.example");
+        assert_eq!(c.config_file, Some(h.join(".looper/signet/looper.toml")));
+        // --datadir (or LOOPER_DATADIR) is used as given.
+        let c = Config::load_with_home(&args(&["--network", "signet"]), Some(h)).unwrap();
+        assert_eq!(c.datadir, Path::new("/nonexistent/looper-test"));
+        // No home, no network.
+        let e = Config::load_with_home(&overrides(&["--network", "signet"]), None).unwrap_err();
+        assert!(matches!(e, ConfigError::NoDatadir), "{e}");
+        let e = load_home(h, &[]).unwrap_err().to_string();
+        assert!(e.starts_with("invalid configuration: network: not set"), "{e}");
+        let e = load_home(h, &["--network", "moonnet"]).unwrap_err().to_string();
+        assert!(e.contains("network: unknown network \"moonnet\""), "{e}");
+    }
+
+    #[test]
+    fn older_datadir_with_a_seed_stays_in_use() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        let old = h.join(".looper");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("seed"), "words").unwrap();
+        let c = load_home(h, &["--network", "signet"]).unwrap();
+        assert_eq!(c.datadir, old);
+        assert_eq!(c.notices.len(), 1, "{:?}", c.notices);
+        let o = old.display();
+        let expected = format!(
+            "using {o}, the data dir of an older version: the default is now {o}/signet (one per \
+             network); to move it, stop the node, then `mv {o} {o}.old && mkdir {o} && mv {o}.old \
+             {o}/signet` (or pass --datadir {o} to keep it where it is)"
+        );
+        assert_eq!(c.notices[0], expected);
+        // Its looper.toml gives the network when nothing else does, and is the configuration file.
+        std::fs::write(old.join("looper.toml"), "network = \"signet\"\n").unwrap();
+        let c = load_home(h, &[]).unwrap();
+        assert_eq!((c.network, &c.datadir), (Network::Signet, &old));
+        assert_eq!(c.config_file, Some(old.join("looper.toml")));
+        // Another network than its looper.toml's gets its own dir.
+        let c = load_home(h, &["--network", "testnet"]).unwrap();
+        assert_eq!(c.datadir, old.join("testnet"));
+        assert!(c.notices.is_empty(), "{:?}", c.notices);
+        // Once the per-network dir holds a seed, it is used.
+        std::fs::create_dir_all(old.join("signet")).unwrap();
+        std::fs::write(old.join("signet/seed"), "words").unwrap();
+        let c = load_home(h, &["--network", "signet"]).unwrap();
+        assert_eq!(c.datadir, old.join("signet"));
+        assert!(c.notices.is_empty(), "{:?}", c.notices);
+    }
+
+    #[test]
+    fn older_config_file_alone_is_not_read_and_says_so() {
+        let home = tempfile::tempdir().unwrap();
+        let h = home.path();
+        std::fs::create_dir_all(h.join(".looper")).unwrap();
+        std::fs::write(h.join(".looper/looper.toml"), "esplora_url = \"http://old.example\"\n")
+            .unwrap();
+        let c = load_home(h, &["--network", "signet"]).unwrap();
+        assert_eq!(c.datadir, h.join(".looper/signet"));
+        assert_ne!(c.esplora_url, "http://old.example");
+        assert_eq!(c.notices.len(), 1, "{:?}", c.notices);
+        assert!(c.notices[0].contains("looper.toml is not read"), "{:?}", c.notices);
+        // Not when the configuration file is named.
+        let other = h.join("other.toml");
+        std::fs::write(&other, "").unwrap();
+        let c =
+            load_home(h, &["--network", "signet", "--config", other.to_str().unwrap()]).unwrap();
+        assert!(c.notices.is_empty(), "{:?}", c.notices);
+    }
+
+    #[test]
+    fn mainnet_swap_ceiling() {
+        let main = args(&["--network", "mainnet"]);
+        let c = Config::load(&main).unwrap();
+        assert_eq!(c.safety.max_swap_amount_sat, Some(DEFAULT_MAINNET_MAX_SWAP_AMOUNT_SAT));
+        assert_eq!(DEFAULT_MAINNET_MAX_SWAP_AMOUNT_SAT, 1_000_000);
+        for net in ["testnet", "testnet4", "signet"] {
+            let c = Config::load(&args(&["--network", net])).unwrap();
+            assert_eq!(c.safety.max_swap_amount_sat, None, "{net}");
+        }
+        assert_eq!(Config::load(&regtest(&[])).unwrap().safety.max_swap_amount_sat, None);
+        // Raised, removed, or set on another network.
+        let c = load_toml(&main, "[safety]\nmax_swap_amount_sat = 5000000\n").unwrap();
+        assert_eq!(c.safety.max_swap_amount_sat, Some(5_000_000));
+        let c = load_toml(&main, "[safety]\nmax_swap_amount_sat = 0\n").unwrap();
+        assert_eq!(c.safety.max_swap_amount_sat, None);
+        let c = load_toml(&regtest(&[]), "[safety]\nmax_swap_amount_sat = 200000\n").unwrap();
+        assert_eq!(c.safety.max_swap_amount_sat, Some(200_000));
+        assert_eq!(
+            err_text(&main, "[safety]\nmax_swap_amount_sat = 100\n"),
+            "invalid configuration: safety.max_swap_amount_sat: must be 0 (no ceiling) or >= 330 \
+             (the dust limit of the HTLC output)"
+        );
+        let e = err_text(&main, "[safety]\nmax_amount_sat = 1\n");
+        assert!(e.starts_with("invalid configuration file") && e.contains("max_amount_sat"), "{e}");
+    }
+
+    #[test]
+    fn mainnet_seller_offer_within_the_ceiling() {
+        let main = args(&["--network", "mainnet"]);
+        // The default terms (up to 10 000 000 sat) are refused on mainnet once selling is on.
+        assert_eq!(
+            err_text(&main, "[seller]\nenabled = true\n"),
+            "invalid configuration: seller.max_amount_sat: 10000000 is above \
+             safety.max_swap_amount_sat (1000000, the mainnet default): lower \
+             seller.max_amount_sat, or raise safety.max_swap_amount_sat in [safety] (0: no ceiling)"
+        );
+        let e = err_text(
+            &main,
+            "[seller]\nenabled = true\nmax_amount_sat = 900000\n[safety]\nmax_swap_amount_sat = 800000\n",
+        );
+        assert!(e.contains("900000 is above safety.max_swap_amount_sat (800000):"), "{e}");
+        // Not selling, within the ceiling, the ceiling raised or removed, another network.
+        load_toml(&main, "[seller]\nmax_amount_sat = 5000000\n").unwrap();
+        load_toml(&main, "[seller]\nenabled = true\nmax_amount_sat = 1000000\n").unwrap();
+        load_toml(&main, "[seller]\nenabled = true\n[safety]\nmax_swap_amount_sat = 10000000\n")
+            .unwrap();
+        load_toml(&main, "[seller]\nenabled = true\n[safety]\nmax_swap_amount_sat = 0\n").unwrap();
+        load_toml(&args(&["--network", "signet"]), "[seller]\nenabled = true\n").unwrap();
     }
 }

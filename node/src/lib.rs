@@ -11,6 +11,7 @@ pub mod backup;
 pub mod chain;
 pub mod config;
 pub mod engine;
+pub mod export;
 pub mod lightning;
 pub mod node;
 pub mod nostr;

@@ -22,7 +22,9 @@ use looper_node::seed::SeedOrigin;
 )]
 struct Args {
     /// Data directory (seed, wallet and swap database, Lightning storage, API token).
-    /// Default: `$HOME/.looper`.
+    /// Default: `$HOME/.looper/NETWORK`, one per network (bitcoin, testnet, testnet4, signet,
+    /// regtest); an older `$HOME/.looper` holding a seed is still used until it is moved (the
+    /// node logs how).
     #[arg(long, env = "LOOPER_DATADIR", value_name = "DIR")]
     datadir: Option<PathBuf>,
 
@@ -107,6 +109,9 @@ fn main() -> anyhow::Result<()> {
         }
     };
     if args.print_config {
+        for notice in &config.notices {
+            eprintln!("looper-node: {notice}");
+        }
         println!("{}", serde_json::to_string_pretty(&config)?);
         return Ok(());
     }
@@ -123,6 +128,9 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::fmt::layer().boxed()
         };
         tracing_subscriber::registry().with(filter).with(layer.with_filter(no_dumps)).init();
+    }
+    for notice in &config.notices {
+        tracing::warn!("{notice}");
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {

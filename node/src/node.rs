@@ -286,6 +286,7 @@ impl LooperNode {
                 max_prepay_sat: self.config.buyer.max_prepay_sat,
             },
             buyer_max_fee_ppm: Some(self.config.buyer.max_total_fee_ppm),
+            max_swap_amount_sat: self.config.safety.max_swap_amount_sat,
         };
         let app = crate::api::router_with(
             crate::api::ApiState {

@@ -36,6 +36,9 @@ use serde_json::{json, Value};
 
 const OPENAPI: &str = include_str!("../openapi.yaml");
 
+/// The live node's `safety.max_swap_amount_sat`.
+const MAX_SWAP_AMOUNT_SAT: u64 = 1_000_000;
+
 fn doc() -> Value {
     serde_norway::from_str(OPENAPI).expect("openapi.yaml parses")
 }
@@ -283,25 +286,27 @@ fn api_types_match_schemas() {
     let doc = doc();
     let mut seen = Vec::new();
     let seen = &mut seen;
-    check_type(
-        &doc,
-        "Info",
-        &[a::InfoResponse {
-            network: Network::Regtest,
-            api_version: a::API_VERSION,
-            version: "0.1.0".into(),
-            tip_height: 101,
-            nostr_pubkey: "ab".repeat(32),
-            ln_node_id: "02".repeat(33),
-            ln_listen: vec!["127.0.0.1:9735".into()],
-            open_swaps: 0,
-            relays: vec!["ws://127.0.0.1:7777".into()],
-            fee_rate_sat_vb: 2,
-            fee_estimates_sat_vb: [("1".to_string(), 5), ("9".to_string(), 2)].into(),
-            claim_conf_target: 9,
-        }],
-        seen,
-    );
+    let info = a::InfoResponse {
+        network: Network::Regtest,
+        api_version: a::API_VERSION,
+        version: "0.1.0".into(),
+        tip_height: 101,
+        nostr_pubkey: "ab".repeat(32),
+        ln_node_id: "02".repeat(33),
+        ln_listen: vec!["127.0.0.1:9735".into()],
+        open_swaps: 0,
+        relays: vec!["ws://127.0.0.1:7777".into()],
+        fee_rate_sat_vb: 2,
+        fee_estimates_sat_vb: [("1".to_string(), 5), ("9".to_string(), 2)].into(),
+        claim_conf_target: 9,
+        max_swap_amount_sat: None,
+    };
+    let mainnet = a::InfoResponse {
+        network: Network::Bitcoin,
+        max_swap_amount_sat: Some(1_000_000),
+        ..info.clone()
+    };
+    check_type(&doc, "Info", &[info, mainnet], seen);
     let mut minimal = sample_offer();
     minimal.prepay_sat = None;
     minimal.ln_address = None;
@@ -501,6 +506,63 @@ fn api_types_match_schemas() {
         &[a::UnblockResponse { key: "ab".repeat(32), removed: true }],
         seen,
     );
+    let leaf = a::ExportedLeaf {
+        script: "20ab".into(),
+        control_block: "c0".into(),
+        leaf_hash: "11".repeat(32),
+        pubkey: "ab".repeat(32),
+    };
+    check_type(&doc, "ExportedLeaf", std::slice::from_ref(&leaf), seen);
+    let htlc = a::ExportedHtlc {
+        address: "bcrt1p".into(),
+        script_pubkey: "5120".into(),
+        amount_sat: 100_000,
+        outpoint: Some(format!("{}:0", "00".repeat(32))),
+        confirmed_height: Some(101),
+        output_key: "ab".repeat(32),
+        internal_key: "cd".repeat(32),
+        seller_musig_pubkey: "02".repeat(33),
+        buyer_musig_pubkey: "03".repeat(33),
+        merkle_root: "ef".repeat(32),
+        timeout_height: 389,
+        claim_leaf: leaf.clone(),
+        refund_leaf: leaf,
+    };
+    let unfunded = a::ExportedHtlc { outpoint: None, confirmed_height: None, ..htlc.clone() };
+    check_type(&doc, "ExportedHtlc", &[htlc.clone(), unfunded], seen);
+    let key = a::ExportedKey {
+        leaf: a::SpendLeaf::Claim,
+        key_index: 3,
+        derivation_path: "m/10147'/1'/0'/3'/1'".into(),
+        pubkey: "ab".repeat(32),
+        musig_derivation_path: "m/10147'/1'/0'/3'/0'".into(),
+        musig_pubkey: "02".repeat(33),
+    };
+    check_type(&doc, "ExportedKey", std::slice::from_ref(&key), seen);
+    let destination =
+        a::ExportedDestination { script_pubkey: "5120".into(), address: Some("bcrt1p".into()) };
+    let bare = a::ExportedDestination { address: None, ..destination.clone() };
+    check_type(&doc, "ExportedDestination", &[destination.clone(), bare], seen);
+    let export = a::SwapExport {
+        swap_id: "00".repeat(32),
+        network: Network::Regtest,
+        role: a::SwapRole::Buyer,
+        state: "Claiming".into(),
+        status: a::SwapStatus::Pending,
+        payment_hash: Some("11".repeat(32)),
+        preimage: Some("22".repeat(32)),
+        htlc: Some(htlc),
+        key: a::ExportedKey { leaf: a::SpendLeaf::Refund, ..key },
+        destination,
+    };
+    let requested = a::SwapExport {
+        state: "Requested".into(),
+        payment_hash: None,
+        preimage: None,
+        htlc: None,
+        ..export.clone()
+    };
+    check_type(&doc, "SwapExport", &[export, requested], seen);
     check_type(
         &doc,
         "Error",
@@ -735,7 +797,12 @@ async fn live_api_matches_openapi() -> Result<()> {
             token: Arc::new(token.clone()),
             network: Network::Regtest,
         },
-        NodeFacts { ln_listen: vec![listen.clone()], ..NodeFacts::default() },
+        NodeFacts {
+            ln_listen: vec![listen.clone()],
+            // A ceiling above the swaps below (`safety.max_swap_amount_sat`).
+            max_swap_amount_sat: Some(MAX_SWAP_AMOUNT_SAT),
+            ..NodeFacts::default()
+        },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -764,6 +831,7 @@ async fn live_api_matches_openapi() -> Result<()> {
     assert_eq!(info["ln_node_id"], ln.node_id().to_string());
     assert_eq!(info["tip_height"], chain.tip_height()?);
     assert_eq!(info["open_swaps"], 0);
+    assert_eq!(info["max_swap_amount_sat"], MAX_SWAP_AMOUNT_SAT);
     for path in ["/v1/offers", "/v1/swaps", "/v1/wallet/balance", "/v1/ln/info", "/v1/ln/balance"] {
         live.expect("GET", path, None, 200).await?;
     }
@@ -911,6 +979,16 @@ async fn live_api_matches_openapi() -> Result<()> {
     )
     .await?;
 
+    live.error(
+        "GET",
+        &format!("/v1/swaps/{}/export", "00".repeat(32)),
+        json!(null),
+        404,
+        "not_found",
+        "no swap",
+    )
+    .await?;
+
     // 5. Offers: publish one, discover it (cheapest first), take an unknown id.
     let mut offer = sample_offer();
     offer.ln_node_id = ln.node_id();
@@ -973,6 +1051,28 @@ async fn live_api_matches_openapi() -> Result<()> {
         400,
         "bad_request",
         "offer",
+    )
+    .await?;
+    // Above the node's swap ceiling: refused before the offer is looked at (even an unknown one).
+    live.error(
+        "POST",
+        "/v1/swaps/out",
+        json!({"offer_id": "nope", "seller": nostr, "amount_sat": MAX_SWAP_AMOUNT_SAT + 1}),
+        422,
+        "amount_above_limit",
+        "safety.max_swap_amount_sat",
+    )
+    .await?;
+    let mut big = offer.clone();
+    big.offer_id = "big".into();
+    big.max_amount_sat = MAX_SWAP_AMOUNT_SAT + 1;
+    live.error(
+        "POST",
+        "/v1/offers",
+        serde_json::to_value(&big)?,
+        422,
+        "amount_above_limit",
+        "max_amount_sat",
     )
     .await?;
     // A buyer check's refusal carries the check's own code.

@@ -68,3 +68,30 @@ fn env_overrides_file_and_flags_override_env() {
     assert_eq!(code, 2);
     assert!(err.contains("network: unknown network \"moonnet\""), "{err}");
 }
+
+#[test]
+fn default_datadir_is_per_network_under_home() {
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path().to_str().unwrap();
+    let c = print_config(&[("HOME", h), ("LOOPER_NETWORK", "signet")], &[]).unwrap();
+    assert_eq!(Path::new(c["datadir"].as_str().unwrap()), home.path().join(".looper/signet"));
+    let c = print_config(&[("HOME", h)], &["--network", "mainnet"]).unwrap();
+    assert_eq!(Path::new(c["datadir"].as_str().unwrap()), home.path().join(".looper/bitcoin"));
+    assert_eq!(c["safety"]["max_swap_amount_sat"], 1_000_000);
+
+    // An older node's data dir with a seed stays in use, with a notice on stderr.
+    std::fs::create_dir_all(home.path().join(".looper")).unwrap();
+    std::fs::write(home.path().join(".looper/seed"), "words").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_looper-node"))
+        .env_remove("LOOPER_DATADIR")
+        .env_remove("LOOPER_CONFIG")
+        .env("HOME", h)
+        .args(["--network", "signet", "--print-config"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let c: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(Path::new(c["datadir"].as_str().unwrap()), home.path().join(".looper"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("looper-node: using ") && err.contains("the default is now"), "{err}");
+}

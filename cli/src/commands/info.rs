@@ -4,7 +4,7 @@ use looper_api::{InfoResponse, SyncResponse};
 
 use super::Ctx;
 use crate::error::CliResult;
-use crate::output::{key_values, print_json};
+use crate::output::{key_values, print_json, sat};
 
 /// `GET /v1/info`.
 pub async fn info(ctx: &Ctx) -> CliResult<()> {
@@ -21,16 +21,20 @@ pub async fn info(ctx: &Ctx) -> CliResult<()> {
 /// The human view of `/v1/info`.
 pub fn render_info(v: &InfoResponse, base: &str) -> String {
     let listen = if v.ln_listen.is_empty() { "-".into() } else { v.ln_listen.join(", ") };
-    key_values(&[
+    let mut pairs = vec![
+        ("network", v.network.to_string()),
         ("node", base.to_string()),
         ("version", format!("{} (api {})", v.version, v.api_version)),
-        ("network", v.network.to_string()),
         ("tip height", v.tip_height.to_string()),
         ("open swaps", v.open_swaps.to_string()),
         ("nostr pubkey", v.nostr_pubkey.clone()),
         ("ln node id", v.ln_node_id.clone()),
         ("ln listen", listen),
-    ])
+    ];
+    if let Some(max) = v.max_swap_amount_sat {
+        pairs.push(("max swap amount", format!("{} (safety.max_swap_amount_sat)", sat(max))));
+    }
+    key_values(&pairs)
 }
 
 /// `POST /v1/sync`.
@@ -44,4 +48,43 @@ pub async fn sync(ctx: &Ctx) -> CliResult<()> {
         println!("synced: tip height {}", v.tip_height);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> InfoResponse {
+        InfoResponse {
+            network: bitcoin::Network::Signet,
+            api_version: 1,
+            version: "0.1.0".into(),
+            tip_height: 7,
+            nostr_pubkey: "ab".into(),
+            ln_node_id: "02".into(),
+            ln_listen: Vec::new(),
+            open_swaps: 0,
+            relays: Vec::new(),
+            fee_rate_sat_vb: 1,
+            fee_estimates_sat_vb: Default::default(),
+            claim_conf_target: 9,
+            max_swap_amount_sat: None,
+        }
+    }
+
+    #[test]
+    fn network_comes_first() {
+        let text = render_info(&sample(), "http://127.0.0.1:38839");
+        assert!(text.starts_with("network"), "{text}");
+        assert!(text.lines().next().is_some_and(|l| l.ends_with("signet")), "{text}");
+        assert!(!text.contains("max swap amount"), "{text}");
+        let main = InfoResponse {
+            network: bitcoin::Network::Bitcoin,
+            max_swap_amount_sat: Some(1_000_000),
+            ..sample()
+        };
+        let text = render_info(&main, "http://127.0.0.1:8839");
+        assert!(text.lines().next().is_some_and(|l| l.ends_with("bitcoin")), "{text}");
+        assert!(text.contains("max swap amount"), "{text}");
+    }
 }

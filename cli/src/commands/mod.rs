@@ -19,11 +19,13 @@ use crate::output::Format;
 
 const MAIN_AFTER_HELP: &str = "\
 Examples:
-  looper --datadir ~/.looper info
+  looper --network signet info
   looper offers --amount 250000
   looper out --amount 250000 --best
   looper swap monitor
 
+The node's data dir: --datadir, else $HOME/.looper/NETWORK (bitcoin, testnet, testnet4, signet,
+regtest; NETWORK from --network, default mainnet: bitcoin), or an older node's $HOME/.looper.
 The node's address: --rpc-url, else `api.listen` of DATADIR/looper.toml, else 127.0.0.1 and the
 network's default port (8839 mainnet, 18839 testnet, 48839 testnet4, 38839 signet, 28839 regtest).
 The token: --token-file, else DATADIR/api.token. Exit codes: 0 ok, 1 failure, 2 usage.";
@@ -32,7 +34,8 @@ The token: --token-file, else DATADIR/api.token. Exit codes: 0 ok, 1 failure, 2 
 #[derive(Debug, Parser)]
 #[command(name = "looper", version, about, after_help = MAIN_AFTER_HELP)]
 pub struct Cli {
-    /// The node's data directory (reads api.token and looper.toml). Default: $HOME/.looper.
+    /// The node's data directory (reads api.token and looper.toml). Default:
+    /// $HOME/.looper/NETWORK.
     #[arg(
         long,
         global = true,
@@ -62,7 +65,8 @@ pub struct Cli {
         value_name = "FILE"
     )]
     pub token_file: Option<PathBuf>,
-    /// Network of the node, for the default API port when looper.toml does not say.
+    /// Network of the node: picks its default data dir, and its default API port when
+    /// looper.toml does not say. Default: mainnet.
     #[arg(
         long,
         global = true,
@@ -103,10 +107,10 @@ pub enum Command {
     /// Every swap of this node, newest first.
     #[command(after_help = "Example:\n  looper swaps")]
     Swaps,
-    /// One swap by id or payment hash; `swap monitor [ID]`, `swap abort ID`.
+    /// One swap by id or payment hash; `swap monitor [ID]`, `swap abort ID`, `swap export ID`.
     #[command(
         args_conflicts_with_subcommands = true,
-        after_help = "Examples:\n  looper swap 9d1e...\n  looper swap monitor\n  looper swap abort 9d1e..."
+        after_help = "Examples:\n  looper swap 9d1e...\n  looper swap monitor\n  looper swap abort 9d1e...\n  looper swap export 9d1e... --out swap.json"
     )]
     Swap(swaps::SwapArgs),
     /// The on-chain swap wallet: balance, address, send.

@@ -174,6 +174,13 @@ pub async fn claim_fee_rate(
         return Ok((r, None));
     }
     let info: InfoResponse = client.get("/v1/info", "get the node's info").await?;
+    Ok(claim_fee_rate_of(&info, conf_target))
+}
+
+/// The claim fee rate (sat/vB) and confirmation target from the node's `/v1/info`: the estimate
+/// for `conf_target` (else the node's claim target), else the node's claim rate, else
+/// [`FALLBACK_FEE_RATE_SAT_VB`].
+pub fn claim_fee_rate_of(info: &InfoResponse, conf_target: Option<u16>) -> (u64, Option<u16>) {
     let target = conf_target.or(Some(info.claim_conf_target).filter(|t| *t > 0));
     // The estimate of the longest listed target not above ours (the protocol's rule).
     let estimate = target.and_then(|t| {
@@ -185,7 +192,7 @@ pub async fn claim_fee_rate(
             .map(|(_, v)| v)
     });
     let rate = estimate.or(Some(info.fee_rate_sat_vb)).filter(|r| *r > 0);
-    Ok((rate.unwrap_or(FALLBACK_FEE_RATE_SAT_VB), target))
+    (rate.unwrap_or(FALLBACK_FEE_RATE_SAT_VB), target)
 }
 
 /// `GET /v1/offers/discover?amount_sat=N`, with quotes, best (cheapest) first.

@@ -3,10 +3,10 @@
 use std::time::Instant;
 
 use clap::Args;
-use looper_api::{SwapOutRequest, SwapOutResponse};
+use looper_api::{ErrorBody, ErrorCode, InfoResponse, SwapOutRequest, SwapOutResponse};
 use serde_json::json;
 
-use super::offers::{claim_fee_rate, fetch, Candidate, Quote, CLAIM_VSIZE_VB};
+use super::offers::{claim_fee_rate_of, fetch, Candidate, Quote, CLAIM_VSIZE_VB};
 use super::swaps::Follower;
 use super::{confirm, parse_sat, Ctx};
 use crate::error::{CliError, CliResult};
@@ -99,9 +99,17 @@ pub const FAST_CONF_TARGET: u16 = 2;
 pub async fn out(ctx: &Ctx, args: &OutArgs) -> CliResult<()> {
     let client = ctx.client()?;
     let conf_target = if args.fast { Some(FAST_CONF_TARGET) } else { args.conf_target };
-    let (rate, shown_target) = claim_fee_rate(&client, args.fee_rate, conf_target).await?;
-    let list = fetch(&client, args.amount, rate).await?;
+    let info: InfoResponse = client.get("/v1/info", "get the node's info").await?;
     let amount = args.amount;
+    // The node's ceiling, before any offer is looked up or shown (the node checks it again).
+    if let Some(max) = info.max_swap_amount_sat.filter(|max| amount > *max) {
+        return Err(above_ceiling(amount, max));
+    }
+    let (rate, shown_target) = match args.fee_rate {
+        Some(rate) => (rate, None),
+        None => claim_fee_rate_of(&info, conf_target),
+    };
+    let list = fetch(&client, amount, rate).await?;
     let chosen = match &args.offer {
         Some(id) => list.iter().find(|c| c.offer.offer_id == *id).ok_or_else(|| {
             CliError::failure(
@@ -227,10 +235,45 @@ pub async fn out(ctx: &Ctx, args: &OutArgs) -> CliResult<()> {
     Ok(())
 }
 
+/// The refusal of an amount above the node's `safety.max_swap_amount_sat`, with the node's error
+/// code (`amount_above_limit`, printed on stdout with `--json` as the node's errors are).
+fn above_ceiling(amount: u64, max: u64) -> CliError {
+    let why =
+        format!("{} is above the node's safety.max_swap_amount_sat ({})", sat(amount), sat(max));
+    let mut e = CliError::failure(
+        format!("cannot loop out {}", sat(amount)),
+        why.clone(),
+        "swap less, or raise safety.max_swap_amount_sat in the [safety] section of the node's looper.toml and restart it",
+    );
+    e.api = Some(Box::new(ErrorBody::new(ErrorCode::AmountAboveLimit, why)));
+    e
+}
+
 /// `--address`: a Bitcoin address (any network here; the node checks its own).
 fn parse_address(s: &str) -> Result<String, String> {
     let s = s.trim();
     s.parse::<bitcoin::Address<bitcoin::address::NetworkUnchecked>>()
         .map(|_| s.to_string())
         .map_err(|e| format!("not a bitcoin address: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn ceiling_refusal_is_typed() {
+        let e = above_ceiling(2_000_000, 1_000_000);
+        assert_eq!(e.code(), Some(&ErrorCode::AmountAboveLimit));
+        assert_eq!(e.exit, crate::error::EXIT_FAILURE);
+        assert!(
+            e.to_string().starts_with(
+                "cannot loop out 2,000,000 sat: 2,000,000 sat is above the node's \
+                 safety.max_swap_amount_sat (1,000,000 sat) (swap less, or raise"
+            ),
+            "{e}"
+        );
+        assert_eq!(e.to_json().unwrap()["error"]["code"], "amount_above_limit");
+    }
 }

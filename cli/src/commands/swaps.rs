@@ -1,10 +1,12 @@
 //! `looper swaps`, `looper swap ID|PAYMENT_HASH`, `looper swap monitor [ID]`,
-//! `looper swap abort ID`, and following a swap's events (shared with `looper out`).
+//! `looper swap abort ID`, `looper swap export ID [--out FILE]`, and following a swap's events (shared with `looper out`).
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use looper_api::{AbortResponse, SwapDetail, SwapList, SwapStatus};
+use looper_api::{AbortResponse, SwapDetail, SwapExport, SwapList, SwapStatus};
 use serde_json::{json, Value};
 
 use super::Ctx;
@@ -41,6 +43,19 @@ pub enum SwapCommand {
         /// Swap id or payment hash.
         #[arg(value_name = "ID|PAYMENT_HASH")]
         key: String,
+    },
+    /// What another tool needs to claim (buyer) or refund (seller) the swap's HTLC by hand, as
+    /// JSON (see docs/recovery.md). SECRET: it holds the preimage when the node knows it.
+    #[command(
+        after_help = "Examples:\n  looper swap export 9d1e... --out swap-9d1e.json\n  looper swap export 9d1e... | jq .htlc\n\nWithout --out the JSON goes to stdout. --out creates FILE with mode 0600 and never\noverwrites one."
+    )]
+    Export {
+        /// Swap id or payment hash.
+        #[arg(value_name = "ID|PAYMENT_HASH")]
+        key: String,
+        /// Write the export to FILE (created, mode 0600; refused if it exists) instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
     },
 }
 
@@ -118,13 +133,63 @@ pub async fn swap(ctx: &Ctx, args: SwapArgs) -> CliResult<()> {
             }
             Ok(())
         }
+        (Some(SwapCommand::Export { key, out }), _) => export(ctx, &key, out.as_deref()).await,
         (None, Some(key)) => show(ctx, &key).await,
         (None, None) => Err(CliError::usage(
             "looper swap",
             "no swap id given",
-            "use `looper swap ID`, `looper swap monitor [ID]` or `looper swap abort ID`",
+            "use `looper swap ID`, `looper swap monitor [ID]`, `looper swap abort ID` or `looper swap export ID`",
         )),
     }
+}
+
+/// `looper swap export ID [--out FILE]`: `GET /v1/swaps/{id}/export`, to stdout or to a new file
+/// of mode 0600.
+async fn export(ctx: &Ctx, key: &str, out: Option<&Path>) -> CliResult<()> {
+    let client = ctx.client()?;
+    let v: SwapExport = client
+        .get(&format!("/v1/swaps/{}/export", encode(key)), &format!("export swap {key}"))
+        .await
+        .map_err(not_found_hint)?;
+    let Some(path) = out else {
+        print_json(&v);
+        return Ok(());
+    };
+    let text = serde_json::to_string_pretty(&v)
+        .map_err(|e| CliError::failure(format!("cannot export swap {key}"), e.to_string(), ""))?;
+    write_secret_file(path, &format!("{text}\n"))?;
+    if ctx.json() {
+        print_json(&json!({"swap_id": v.swap_id, "file": path.display().to_string()}));
+    } else {
+        println!(
+            "swap {} exported to {} (mode 0600; keep it secret while the swap is open{})",
+            v.swap_id,
+            path.display(),
+            if v.preimage.is_some() { ": it holds the preimage" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+/// Writes `text` to a new file `path` readable by its owner only (mode 0600 on Unix); an existing
+/// file is never overwritten.
+fn write_secret_file(path: &Path, text: &str) -> CliResult<()> {
+    let fail = |why: String, todo: &str| {
+        CliError::failure(format!("cannot write {}", path.display()), why, todo)
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => {
+            fail("the file exists".into(), "name a new file, or remove that one first")
+        }
+        _ => fail(e.to_string(), "check the directory and its permissions"),
+    })?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| fail(e.to_string(), "check the disk"))
 }
 
 async fn show(ctx: &Ctx, key: &str) -> CliResult<()> {
@@ -405,6 +470,26 @@ pub fn describe(e: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn secret_file_is_new_and_private() {
+        let dir = std::env::temp_dir().join(format!("looper-cli-export-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("export.json");
+        let _ = std::fs::remove_file(&path);
+        write_secret_file(&path, "{}\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let e = write_secret_file(&path, "other").unwrap_err();
+        assert!(e.to_string().contains("the file exists"), "{e}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn describes_events() {

@@ -58,6 +58,10 @@ pub enum ErrorCode {
     ChainError,
     /// `internal` (500).
     Internal,
+    /// `amount_above_limit` (422): the amount (of a swap, or an offer's maximum) is above the
+    /// node's `safety.max_swap_amount_sat` (1 000 000 sat by default on mainnet); nothing was
+    /// sent.
+    AmountAboveLimit,
     /// A buyer check refused the offer (422); the check's own code.
     Refused(BuyerCheckCode),
     /// A code this version does not know (a newer node).
@@ -76,6 +80,7 @@ impl ErrorCode {
         ErrorCode::LightningError,
         ErrorCode::ChainError,
         ErrorCode::Internal,
+        ErrorCode::AmountAboveLimit,
     ];
 
     /// Every code a node of this version answers: [`ErrorCode::FIXED`], then one
@@ -110,6 +115,7 @@ impl ErrorCode {
             ErrorCode::LightningError => "lightning_error",
             ErrorCode::ChainError => "chain_error",
             ErrorCode::Internal => "internal",
+            ErrorCode::AmountAboveLimit => "amount_above_limit",
             ErrorCode::Refused(check) => check.as_str(),
             ErrorCode::Unknown(code) => code,
         }
@@ -122,7 +128,7 @@ impl ErrorCode {
             ErrorCode::BadRequest | ErrorCode::InsufficientFunds => 400,
             ErrorCode::NotFound | ErrorCode::UnknownOffer => 404,
             ErrorCode::Conflict => 409,
-            ErrorCode::Refused(_) => 422,
+            ErrorCode::Refused(_) | ErrorCode::AmountAboveLimit => 422,
             ErrorCode::LightningError | ErrorCode::ChainError => 502,
             ErrorCode::Internal | ErrorCode::Unknown(_) => 500,
         }
@@ -192,7 +198,8 @@ mod tests {
             assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
             assert_eq!(ErrorCode::parse(code.as_str()), code);
         }
-        assert_eq!(ErrorCode::all().count(), 9 + BuyerCheckError::CODES.len());
+        assert_eq!(ErrorCode::all().count(), 10 + BuyerCheckError::CODES.len());
+        assert_eq!(ErrorCode::parse("amount_above_limit").status(), 422);
         assert_eq!(ErrorCode::parse("fee_too_high").status(), 422);
         assert_eq!(ErrorCode::parse("brand_new"), ErrorCode::Unknown("brand_new".into()));
     }

@@ -52,6 +52,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/swaps/{id}"),
     ("POST", "/v1/swaps/{id}/abort"),
     ("GET", "/v1/swaps/{id}/events"),
+    ("GET", "/v1/swaps/{id}/export"),
     ("GET", "/v1/wallet/balance"),
     ("POST", "/v1/wallet/address"),
     ("POST", "/v1/wallet/send"),
@@ -108,6 +109,10 @@ pub struct InfoResponse {
     /// The node's claim confirmation target in blocks (`fees.claim_conf_target`).
     #[serde(default)]
     pub claim_conf_target: u16,
+    /// The largest swap amount the node takes or offers (`safety.max_swap_amount_sat`; 1 000 000
+    /// sat by default on mainnet); absent: no ceiling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_swap_amount_sat: Option<u64>,
 }
 
 /// Answer of `POST /v1/sync`.
@@ -417,6 +422,126 @@ impl SwapDetail {
     pub fn is_final(&self) -> bool {
         self.status.is_final()
     }
+}
+
+/// `GET /v1/swaps/{id}/export`: what another tool needs to spend the swap's HTLC by hand through
+/// this node's leaf (the buyer's claim leaf, the seller's refund leaf after the timeout;
+/// `docs/recovery.md`). Hex throughout. **Secret** while the swap is open: it holds the preimage
+/// when this node knows it. Keys are named by their BIP-32 path below the node's seed, never
+/// given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwapExport {
+    /// The swap id.
+    pub swap_id: String,
+    /// The node's network.
+    pub network: Network,
+    /// Our side: the buyer claims, the seller refunds.
+    pub role: SwapRole,
+    /// The state machine's state name.
+    pub state: String,
+    /// Pending, succeeded or failed.
+    pub status: SwapStatus,
+    /// `sha256(preimage)`, once agreed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payment_hash: Option<String>,
+    /// The preimage, when this node knows it: the seller always (it made it), the buyer once its
+    /// payment succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preimage: Option<String>,
+    /// The HTLC, once its parameters are agreed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub htlc: Option<ExportedHtlc>,
+    /// This node's keys of the swap.
+    pub key: ExportedKey,
+    /// Where this node's claim (buyer) or refund (seller) pays.
+    pub destination: ExportedDestination,
+}
+
+/// The HTLC output of a [`SwapExport`] (spec `03-transactions.md`, "The HTLC output").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedHtlc {
+    /// The P2TR address.
+    pub address: String,
+    /// The output script (`5120` ‖ output key).
+    pub script_pubkey: String,
+    /// The agreed value of the output.
+    pub amount_sat: u64,
+    /// `txid:vout` of the output, once this node saw it funded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outpoint: Option<String>,
+    /// Height of the funding's block, once confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_height: Option<u32>,
+    /// The taproot output key (x-only).
+    pub output_key: String,
+    /// The internal key (x-only): the MuSig2 aggregate (BIP-0327 KeyAgg of the seller's, then
+    /// the buyer's MuSig2 key).
+    pub internal_key: String,
+    /// The seller's MuSig2 key (compressed), first in the aggregation.
+    pub seller_musig_pubkey: String,
+    /// The buyer's MuSig2 key (compressed), second in the aggregation.
+    pub buyer_musig_pubkey: String,
+    /// The taproot merkle root of the two leaves.
+    pub merkle_root: String,
+    /// The refund leaf's absolute block height: a refund's `nLockTime`.
+    pub timeout_height: u32,
+    /// The buyer's claim leaf.
+    pub claim_leaf: ExportedLeaf,
+    /// The seller's refund leaf.
+    pub refund_leaf: ExportedLeaf,
+}
+
+/// One leaf of an [`ExportedHtlc`] (leaf version `0xc0`, tapscript).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedLeaf {
+    /// The leaf script.
+    pub script: String,
+    /// The control block proving it (65 bytes: `c0|parity`, internal key, the other leaf's hash).
+    pub control_block: String,
+    /// Its BIP-0341 leaf hash (what a script-path signature commits to).
+    pub leaf_hash: String,
+    /// The key that signs for it (x-only).
+    pub pubkey: String,
+}
+
+/// The leaf a node spends alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpendLeaf {
+    /// The buyer's claim leaf (signature and preimage).
+    Claim,
+    /// The seller's refund leaf (signature, after the timeout).
+    Refund,
+}
+
+/// This node's keys of a swap, by BIP-32 path below the node's seed (`DATADIR/seed`, a BIP-39
+/// mnemonic with an empty passphrase; spec `03-transactions.md`, "Key derivation").
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedKey {
+    /// The leaf this node spends alone.
+    pub leaf: SpendLeaf,
+    /// The swap's key index.
+    pub key_index: u32,
+    /// The path of the key that signs for [`ExportedKey::leaf`] (`m/10147'/coin'/0'/i'/1'` for
+    /// the claim key, `.../2'` for the refund key).
+    pub derivation_path: String,
+    /// That key (x-only).
+    pub pubkey: String,
+    /// The path of this node's MuSig2 key (`m/10147'/coin'/0'/i'/0'`), for the cooperative key
+    /// path (which needs the peer).
+    pub musig_derivation_path: String,
+    /// This node's MuSig2 key (compressed).
+    pub musig_pubkey: String,
+}
+
+/// Where a [`SwapExport`]'s claim or refund pays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportedDestination {
+    /// The output script.
+    pub script_pubkey: String,
+    /// Its address on the node's network, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 /// Answer of `POST /v1/swaps/{id}/abort`.

@@ -399,6 +399,15 @@ impl Engine {
         &self.inner.transport
     }
 
+    /// The keys of swap index `index` (a read-only export of the swap, `crate::export`).
+    ///
+    /// # Errors
+    /// [`EngineError::Keys`] for an index of 2^31 or more.
+    pub fn swap_keys(&self, index: u32) -> Result<SwapKeys, EngineError> {
+        SwapKeys::derive(&self.inner.swap_master, index)
+            .map_err(|e| EngineError::Keys(e.to_string()))
+    }
+
     /// Syncs the on-chain wallet.
     ///
     /// # Errors
