@@ -479,6 +479,9 @@ impl Engine {
         if self.inner.swaps.insert_if(swap_id, Arc::clone(&slot), |_| true).is_err() {
             return Err(EngineError::Swap("swap id collision".into()));
         }
+        // The seller's answers are not mined: from now on (before the request goes out, not at
+        // the next poll) the transport opens gift wraps without proof of work.
+        self.inner.transport.set_unmined_expected(true);
         self.carry_out(swap_id, &slot, &mut machine, actions).await;
         drop(machine);
         self.flush_funding().await;
