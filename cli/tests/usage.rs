@@ -135,6 +135,7 @@ fn help_has_examples() {
         vec!["swap", "monitor"],
         vec!["swap", "abort"],
         vec!["swap", "export"],
+        vec!["stats"],
         vec!["wallet", "balance"],
         vec!["wallet", "address"],
         vec!["wallet", "send"],

@@ -27,9 +27,9 @@ use looper_api::{
     DiscoverQuery, DiscoveredOffer, ErrorBody, ErrorCode, EventsQuery, InfoResponse,
     InvoiceRequest, InvoiceResponse, LnBalance, LnInfo, OfferIdResponse, OfferList, OpenRequest,
     OpenResponse, PayRequest, PayResponse, PaymentDirection, PaymentInfo, PaymentStatus,
-    SellerHistory, SendRequest, SendResponse, SwapDetail, SwapEvents, SwapExport, SwapList,
-    SwapOutRequest, SwapOutResponse, SwapSummary, SyncResponse, UnblockResponse, WalletBalance,
-    WithdrawResponse,
+    SellerHistory, SendRequest, SendResponse, StatsResponse, SwapDetail, SwapEvents, SwapExport,
+    SwapList, SwapOutRequest, SwapOutResponse, SwapSummary, SyncResponse, UnblockResponse,
+    WalletBalance, WithdrawResponse,
 };
 use looper_protocol::buyer::BuyerPolicy;
 use looper_protocol::messages::Offer;
@@ -40,7 +40,8 @@ use crate::engine::{BlockListError, BlockedPeer, Engine, EngineError};
 use crate::lightning::{LightningError, PayOutcome};
 use crate::nostr::{NostrTransport, OfferFilter, PublicKey as NostrPublicKey};
 use crate::seed::ApiToken;
-use crate::store::{SwapFilter, SwapRecord};
+use crate::stats::{self, SwapFigures};
+use crate::store::{StoreError, SwapFilter, SwapRecord, SwapStore};
 use crate::wallet::{LooperWallet, WalletError};
 
 pub use looper_api::{API_VERSION, DEFAULT_MAX_TOTAL_CLTV_EXPIRY_DELTA, ROUTES};
@@ -205,6 +206,7 @@ fn method_router(method: &str, path: &str) -> Option<MethodRouter<ApiState>> {
         ("POST", "/v1/swaps/{id}/abort") => post(abort_swap),
         ("GET", "/v1/swaps/{id}/events") => get(swap_events),
         ("GET", "/v1/swaps/{id}/export") => get(export_swap),
+        ("GET", "/v1/stats") => get(swap_stats),
         ("GET", "/v1/wallet/balance") => get(wallet_balance),
         ("POST", "/v1/wallet/address") => post(wallet_address),
         ("POST", "/v1/wallet/send") => post(wallet_send),
@@ -490,7 +492,20 @@ async fn swap_out(
     Ok(Json(SwapOutResponse { swap_id: id.to_string() }))
 }
 
-fn summary(r: &SwapRecord) -> SwapSummary {
+/// Runs `f` on the store on a blocking thread (it reads every swap, or every swap's events).
+async fn read_store<T: Send + 'static>(
+    s: &ApiState,
+    f: impl FnOnce(&dyn SwapStore) -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let store = Arc::clone(s.engine.store());
+    tokio::task::spawn_blocking(move || f(store.as_ref()))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)
+}
+
+/// A stored swap as the API lists it, with its amounts when its record reads (`figures`).
+fn summary(r: &SwapRecord, figures: Option<&SwapFigures>) -> SwapSummary {
     use crate::store::{SwapRole, SwapStatus};
     SwapSummary {
         swap_id: r.id.to_string(),
@@ -507,12 +522,27 @@ fn summary(r: &SwapRecord) -> SwapSummary {
         payment_hash: r.payment_hash.map(|h| h.to_string()),
         created_at: r.created_at,
         updated_at: r.updated_at,
+        amount_sat: figures.map(|f| f.amount_sat),
+        cost_sat: figures.and_then(SwapFigures::cost_sat),
+        earned_sat: figures.and_then(SwapFigures::earned_sat),
     }
 }
 
 async fn list_swaps(State(s): State<ApiState>) -> Typed<SwapList> {
-    let swaps = s.engine.store().list_swaps(&SwapFilter::default()).map_err(ApiError::internal)?;
-    Ok(Json(SwapList { swaps: swaps.iter().map(summary).collect() }))
+    let swaps = read_store(&s, |store| {
+        let records = store.list_swaps(&SwapFilter::default())?;
+        records
+            .iter()
+            .map(|r| Ok(summary(r, stats::figures_in(store, r)?.as_ref())))
+            .collect::<Result<Vec<_>, StoreError>>()
+    })
+    .await?;
+    Ok(Json(SwapList { swaps }))
+}
+
+/// `GET /v1/stats`: the sums over every stored swap ([`crate::stats`]).
+async fn swap_stats(State(s): State<ApiState>) -> Typed<StatsResponse> {
+    Ok(Json(read_store(&s, stats::from_store).await?))
 }
 
 fn find_swap(s: &ApiState, key: &str) -> Result<SwapRecord, ApiError> {
@@ -537,7 +567,8 @@ async fn get_swap(State(s): State<ApiState>, Path(key): Path<String>) -> Typed<S
         .ok()
         .and_then(|rec| serde_json::to_value(rec).ok())
         .unwrap_or_default();
-    Ok(Json(SwapDetail::new(summary(&r), record)))
+    let figures = stats::figures_in(s.engine.store().as_ref(), &r).map_err(ApiError::internal)?;
+    Ok(Json(SwapDetail::new(summary(&r, figures.as_ref()), record)))
 }
 
 async fn abort_swap(State(s): State<ApiState>, Path(key): Path<String>) -> Typed<AbortResponse> {

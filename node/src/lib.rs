@@ -16,5 +16,6 @@ pub mod lightning;
 pub mod node;
 pub mod nostr;
 pub mod seed;
+pub mod stats;
 pub mod store;
 pub mod wallet;

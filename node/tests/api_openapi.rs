@@ -263,6 +263,19 @@ fn sample_summary() -> looper_api::SwapSummary {
         payment_hash: Some("11".repeat(32)),
         created_at: 1_800_000_000,
         updated_at: 1_800_000_100,
+        amount_sat: Some(100_000),
+        cost_sat: Some(1_661),
+        earned_sat: None,
+    }
+}
+
+/// A seller's swap: the fee it earned instead of a cost.
+fn sample_seller_summary() -> looper_api::SwapSummary {
+    looper_api::SwapSummary {
+        role: looper_api::SwapRole::Seller,
+        cost_sat: None,
+        earned_sat: Some(1_550),
+        ..sample_summary()
     }
 }
 
@@ -345,17 +358,57 @@ fn api_types_match_schemas() {
         seen,
     );
     check_type(&doc, "SwapOutResponse", &[a::SwapOutResponse { swap_id: "00".repeat(32) }], seen);
+    // An unpaid swap whose record does not read: no payment hash, no amounts.
     let mut unpaid = sample_summary();
     unpaid.payment_hash = None;
-    check_type(&doc, "SwapSummary", &[sample_summary(), unpaid.clone()], seen);
-    check_type(&doc, "SwapList", &[a::SwapList { swaps: vec![sample_summary(), unpaid] }], seen);
+    (unpaid.amount_sat, unpaid.cost_sat) = (None, None);
+    let samples = [sample_summary(), sample_seller_summary(), unpaid.clone()];
+    check_type(&doc, "SwapSummary", &samples, seen);
+    check_type(&doc, "SwapList", &[a::SwapList { swaps: samples.to_vec() }], seen);
     check_type(
         &doc,
         "SwapDetail",
         &[
             a::SwapDetail::new(sample_summary(), json!({"v": 1})),
-            a::SwapDetail::new(sample_summary(), Value::Null),
+            a::SwapDetail::new(sample_seller_summary(), json!({"v": 1})),
+            a::SwapDetail::new(unpaid, Value::Null),
         ],
+        seen,
+    );
+    let outcomes = a::OutcomeCounts {
+        pending: 1,
+        succeeded: 2,
+        failed: 3,
+        by_state: [("Claimed".to_string(), 2), ("Refunded".to_string(), 3)].into(),
+    };
+    check_type(&doc, "OutcomeCounts", std::slice::from_ref(&outcomes), seen);
+    let buyer = a::BuyerStats {
+        outcomes: outcomes.clone(),
+        volume_sat: 200_000,
+        fees_paid_sat: 3_100,
+        onchain_fees_paid_sat: 222,
+        prepays_lost_sat: 1_000,
+        lost_sat: 0,
+        total_cost_sat: 4_322,
+    };
+    check_type(&doc, "BuyerStats", std::slice::from_ref(&buyer), seen);
+    let seller = a::SellerStats {
+        outcomes,
+        volume_sat: 200_000,
+        fees_earned_sat: 3_100,
+        prepays_kept_sat: 1_000,
+        onchain_fees_paid_sat: 450,
+        refund_fees_unknown: 1,
+        refunded_funding_fees_sat: 900,
+        griefing_loss_sat: -550,
+    };
+    check_type(&doc, "SellerStats", std::slice::from_ref(&seller), seen);
+    let direction = a::DirectionStats { direction: SwapDirection::LoopOut, buyer, seller };
+    check_type(&doc, "DirectionStats", std::slice::from_ref(&direction), seen);
+    check_type(
+        &doc,
+        "Stats",
+        &[a::StatsResponse { swaps: 12, unreadable: 0, directions: vec![direction] }],
         seen,
     );
     check_type(
@@ -835,6 +888,8 @@ async fn live_api_matches_openapi() -> Result<()> {
     for path in ["/v1/offers", "/v1/swaps", "/v1/wallet/balance", "/v1/ln/info", "/v1/ln/balance"] {
         live.expect("GET", path, None, 200).await?;
     }
+    let stats = live.expect("GET", "/v1/stats", None, 200).await?;
+    assert_eq!(stats["swaps"], 0, "{stats}");
     live.expect("GET", "/v1/ln/channels", None, 200).await?;
     let ln_addr = live.expect("POST", "/v1/ln/address", None, 200).await?;
     assert!(ln_addr["address"].as_str().unwrap().starts_with("bcrt1"));

@@ -5,6 +5,7 @@ pub mod info;
 pub mod ln;
 pub mod offers;
 pub mod out;
+pub mod stats;
 pub mod swaps;
 pub mod wallet;
 
@@ -113,6 +114,10 @@ pub enum Command {
         after_help = "Examples:\n  looper swap 9d1e...\n  looper swap monitor\n  looper swap abort 9d1e...\n  looper swap export 9d1e... --out swap.json"
     )]
     Swap(swaps::SwapArgs),
+    /// Totals over every swap: outcomes, volume, fees earned and paid, on-chain fees, prepays,
+    /// losses to griefing.
+    #[command(after_help = "Example:\n  looper stats\n  looper --json stats")]
+    Stats,
     /// The on-chain swap wallet: balance, address, send.
     #[command(subcommand)]
     Wallet(wallet::WalletCommand),
@@ -227,6 +232,7 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::Out(args) => out::out(&ctx, &args).await,
         Command::Swaps => swaps::list(&ctx).await,
         Command::Swap(args) => swaps::swap(&ctx, args).await,
+        Command::Stats => stats::stats(&ctx).await,
         Command::Wallet(cmd) => wallet::wallet(&ctx, cmd).await,
         Command::Ln(cmd) => ln::ln(&ctx, cmd).await,
         Command::Sync => info::sync(&ctx).await,

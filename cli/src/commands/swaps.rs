@@ -6,14 +6,15 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use looper_api::{AbortResponse, SwapDetail, SwapExport, SwapList, SwapStatus};
+use looper_api::{AbortResponse, SwapDetail, SwapExport, SwapList, SwapStatus, SwapSummary};
 use serde_json::{json, Value};
 
 use super::Ctx;
 use crate::client::{encode, Client};
 use crate::error::{CliError, CliResult};
 use crate::output::{
-    date, duration, key_values, num, print_json, print_json_line, sat, short, table, text, Align,
+    date, duration, group, key_values, num, print_json, print_json_line, sat, short, table, text,
+    Align,
 };
 
 /// `looper swap`.
@@ -94,6 +95,8 @@ pub fn render_swaps(v: &SwapList) -> String {
                 s.role.to_string(),
                 s.status.to_string(),
                 s.state.clone(),
+                s.amount_sat.map_or_else(|| "-".into(), group),
+                cost_cell(s),
                 short(s.payment_hash.as_deref().unwrap_or("-")),
                 date(s.created_at),
             ]
@@ -105,11 +108,24 @@ pub fn render_swaps(v: &SwapList) -> String {
             ("ROLE", Align::Left),
             ("STATUS", Align::Left),
             ("STATE", Align::Left),
+            ("AMOUNT (sat)", Align::Right),
+            ("COST (sat)", Align::Right),
             ("PAYMENT HASH", Align::Left),
             ("CREATED (unix)", Align::Right),
         ],
         &rows,
     )
+}
+
+/// The COST cell: a buyer's cost (what it paid, or will pay per its quote while pending); a
+/// seller's fee earned, marked as such; "-" when the node did not say (an older node, a record
+/// that does not read).
+fn cost_cell(s: &SwapSummary) -> String {
+    match (s.cost_sat, s.earned_sat) {
+        (Some(cost), _) => group(cost),
+        (None, Some(earned)) => format!("earned {}", group(earned)),
+        (None, None) => "-".into(),
+    }
 }
 
 /// `looper swap ...`.
@@ -489,6 +505,48 @@ mod tests {
         assert!(e.to_string().contains("the file exists"), "{e}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "{}\n");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn summary(id: &str, role: looper_api::SwapRole, created_at: u64) -> SwapSummary {
+        SwapSummary {
+            swap_id: id.into(),
+            role,
+            state: "Claimed".into(),
+            status: SwapStatus::Succeeded,
+            payment_hash: None,
+            created_at,
+            updated_at: created_at,
+            amount_sat: Some(100_000),
+            cost_sat: None,
+            earned_sat: None,
+        }
+    }
+
+    #[test]
+    fn the_swap_table_shows_amounts_and_costs() {
+        use looper_api::SwapRole;
+        let bought = SwapSummary { cost_sat: Some(1_661), ..summary("b1", SwapRole::Buyer, 3) };
+        let sold = SwapSummary { earned_sat: Some(1_550), ..summary("s1", SwapRole::Seller, 2) };
+        // An older node's answer: no amounts.
+        let old = SwapSummary { amount_sat: None, ..summary("o1", SwapRole::Buyer, 1) };
+        let list = SwapList { swaps: vec![old, sold, bought] };
+        assert_eq!(
+            render_swaps(&list),
+            "\
+SWAP  ROLE    STATUS     STATE    AMOUNT (sat)    COST (sat)  PAYMENT HASH           CREATED (unix)
+b1    buyer   succeeded  Claimed       100,000         1,661  -             1970-01-01 00:00:03 UTC
+s1    seller  succeeded  Claimed       100,000  earned 1,550  -             1970-01-01 00:00:02 UTC
+o1    buyer   succeeded  Claimed             -             -  -             1970-01-01 00:00:01 UTC
+"
+        );
+        // JSON: the fields are added, the others unchanged; absent ones left out.
+        let v = serde_json::to_value(&list).unwrap();
+        assert_eq!(v["swaps"][2]["cost_sat"], 1_661);
+        assert_eq!(v["swaps"][1]["earned_sat"], 1_550);
+        assert_eq!(v["swaps"][1]["amount_sat"], 100_000);
+        assert!(v["swaps"][1].get("cost_sat").is_none(), "{v}");
+        assert!(v["swaps"][0].get("amount_sat").is_none(), "{v}");
+        assert_eq!(v["swaps"][0]["payment_hash"], Value::Null);
     }
 
     #[test]

@@ -53,6 +53,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/swaps/{id}/abort"),
     ("GET", "/v1/swaps/{id}/events"),
     ("GET", "/v1/swaps/{id}/export"),
+    ("GET", "/v1/stats"),
     ("GET", "/v1/wallet/balance"),
     ("POST", "/v1/wallet/address"),
     ("POST", "/v1/wallet/send"),
@@ -365,6 +366,23 @@ pub struct SwapSummary {
     pub created_at: u64,
     /// Time of the last transition, UNIX seconds.
     pub updated_at: u64,
+    /// The swap amount: the HTLC's value (the quote's `amount_sat`; a buyer's swap not accepted
+    /// yet: the amount it asked for). Absent when the swap's record does not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_sat: Option<u64>,
+    /// Buyer only: what the swap costs this node, in sat. Succeeded: swap fee + funding fee +
+    /// the claim's on-chain fee. Pending: swap fee + funding fee of its quote (what it will pay
+    /// at least; the claim fee is not known yet). Failed: what it lost: the prepay, if it was
+    /// paid, plus the invoice paid for a swap that ended `Lost`. Lightning routing fees are not
+    /// included. Absent for a seller, or when the record does not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_sat: Option<u64>,
+    /// Seller only: the fee this swap earns this node, in sat. Succeeded: swap fee + funding
+    /// fee charged. Pending: the same, per its quote (not earned yet). Failed: the prepay kept
+    /// (0 without one); the refund's on-chain fee is not subtracted (see `GET /v1/stats`).
+    /// Absent for a buyer, or when the record does not read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub earned_sat: Option<u64>,
 }
 
 /// `GET /v1/swaps`.
@@ -391,6 +409,15 @@ pub struct SwapDetail {
     pub created_at: u64,
     /// Time of the last transition, UNIX seconds.
     pub updated_at: u64,
+    /// As [`SwapSummary::amount_sat`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_sat: Option<u64>,
+    /// As [`SwapSummary::cost_sat`] (buyer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost_sat: Option<u64>,
+    /// As [`SwapSummary::earned_sat`] (seller).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub earned_sat: Option<u64>,
     /// The protocol's swap record (its versioned JSON; no keys, no unrevealed preimage); `null`
     /// (absent) when it could not be read.
     #[serde(default, skip_serializing_if = "Value::is_null")]
@@ -400,9 +427,31 @@ pub struct SwapDetail {
 impl SwapDetail {
     /// The summary's fields with `record`.
     pub fn new(summary: SwapSummary, record: Value) -> Self {
-        let SwapSummary { swap_id, role, state, status, payment_hash, created_at, updated_at } =
-            summary;
-        SwapDetail { swap_id, role, state, status, payment_hash, created_at, updated_at, record }
+        let SwapSummary {
+            swap_id,
+            role,
+            state,
+            status,
+            payment_hash,
+            created_at,
+            updated_at,
+            amount_sat,
+            cost_sat,
+            earned_sat,
+        } = summary;
+        SwapDetail {
+            swap_id,
+            role,
+            state,
+            status,
+            payment_hash,
+            created_at,
+            updated_at,
+            amount_sat,
+            cost_sat,
+            earned_sat,
+            record,
+        }
     }
 
     /// The summary's fields.
@@ -415,6 +464,9 @@ impl SwapDetail {
             payment_hash: self.payment_hash.clone(),
             created_at: self.created_at,
             updated_at: self.updated_at,
+            amount_sat: self.amount_sat,
+            cost_sat: self.cost_sat,
+            earned_sat: self.earned_sat,
         }
     }
 
@@ -594,6 +646,104 @@ pub struct SwapEvents {
     pub swap_id: String,
     /// The events from `from`, oldest first.
     pub events: Vec<SwapEvent>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stats
+
+/// `GET /v1/stats`: the operator's view of every swap this node stored, per direction and role.
+/// Amounts are sums over swaps, in sat, computed from the stored swap records and their event
+/// logs (nothing is asked of the chain or the Lightning node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatsResponse {
+    /// Swaps in the store, every direction, role and outcome.
+    pub swaps: u64,
+    /// Swaps whose record does not read: counted by outcome (under `loop_out`, the only direction
+    /// the node runs, and their role) but in no amount.
+    pub unreadable: u64,
+    /// Per direction (`loop_out` always, first; `loop_in` once the node runs it).
+    pub directions: Vec<DirectionStats>,
+}
+
+/// The swaps of one direction, by our role in them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectionStats {
+    /// Which way the money moves (`loop_out`: the buyer pays Lightning, receives on chain).
+    pub direction: looper_protocol::SwapDirection,
+    /// The swaps this node took (the taker, who pays Lightning in a loop out).
+    pub buyer: BuyerStats,
+    /// The swaps this node made (the maker, who locks on chain in a loop out).
+    pub seller: SellerStats,
+}
+
+/// How many swaps stand where.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeCounts {
+    /// Still running.
+    pub pending: u64,
+    /// Finished as intended (claimed).
+    pub succeeded: u64,
+    /// Finished without the exchange (refunded, aborted, lost).
+    pub failed: u64,
+    /// The finished swaps (succeeded or failed) by final state name (`Claimed`, `Refunded`,
+    /// `Aborted`, `Lost`).
+    pub by_state: std::collections::BTreeMap<String, u64>,
+}
+
+/// The swaps this node took as the buyer. Lightning routing fees are in none of these numbers
+/// (the swap records do not hold them).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuyerStats {
+    /// The swaps by outcome.
+    pub outcomes: OutcomeCounts,
+    /// Sum of the amounts (the HTLC's value, the quote's `amount_sat`) of the succeeded swaps.
+    pub volume_sat: u64,
+    /// Sum over the succeeded swaps of the seller's charges: swap fee + funding fee. A prepay is
+    /// part of that total (the main invoice is smaller by it), so it is not added again.
+    pub fees_paid_sat: u64,
+    /// Sum of the on-chain fees of the claims of the succeeded swaps (the HTLC's value minus what
+    /// landed in the wallet).
+    pub onchain_fees_paid_sat: u64,
+    /// Sum of the prepays paid for swaps that failed (the seller never funded, or the swap was
+    /// lost): gone without a swap.
+    pub prepays_lost_sat: u64,
+    /// Sum of the main invoices paid for swaps that ended `Lost` (paid, and the HTLC went back to
+    /// the seller); their prepays are in `prepays_lost_sat`.
+    pub lost_sat: u64,
+    /// `fees_paid_sat + onchain_fees_paid_sat + prepays_lost_sat + lost_sat`: everything the
+    /// swaps cost beyond the amounts received.
+    pub total_cost_sat: u64,
+}
+
+/// The swaps this node made as the seller. The funding transactions' fees are in none of these
+/// numbers: a record holds its funding transaction but not the values of its inputs.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SellerStats {
+    /// The swaps by outcome.
+    pub outcomes: OutcomeCounts,
+    /// Sum of the amounts (the HTLC's value, the quote's `amount_sat`) of the succeeded swaps.
+    pub volume_sat: u64,
+    /// Sum over the succeeded swaps of what the buyer was charged beyond the amount: swap fee +
+    /// funding fee (the funding fee recovers the seller's funding cost, whose actual value is
+    /// not in the records).
+    pub fees_earned_sat: u64,
+    /// Sum of the prepays received for swaps that failed (refunded or aborted after the prepay):
+    /// the seller keeps them, as compensation for griefing.
+    pub prepays_kept_sat: u64,
+    /// Sum of the on-chain fees of the refunds of the refunded swaps (the fee of the confirmed
+    /// refund, from the swap's event log). Funding fees are not included (see the type's doc).
+    pub onchain_fees_paid_sat: u64,
+    /// Refunded swaps whose refund fee is not in their event log (a store restored from backups
+    /// holds no event logs): they count 0 in `onchain_fees_paid_sat`.
+    pub refund_fees_unknown: u64,
+    /// Sum of the funding fees quoted (the offer's `funding_fee_sat`) of the refunded swaps:
+    /// what their funding would have been charged, an estimate of the funding cost they lost.
+    /// Not part of `griefing_loss_sat`.
+    pub refunded_funding_fees_sat: u64,
+    /// `onchain_fees_paid_sat - prepays_kept_sat`: the refunds' fees not covered by the prepays
+    /// kept. Positive: a net loss to griefing; negative: the prepays kept more than covered the
+    /// refunds (a signed number, the only one of the stats).
+    pub griefing_loss_sat: i64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -828,6 +978,8 @@ pub struct PaymentInfo {
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use serde_json::json;
+
     use super::*;
 
     #[test]
@@ -865,15 +1017,49 @@ mod tests {
             payment_hash: None,
             created_at: 1,
             updated_at: 2,
+            amount_sat: Some(100_000),
+            cost_sat: Some(1_661),
+            earned_sat: None,
         };
         let d = SwapDetail::new(summary.clone(), serde_json::json!({"v": 1}));
         assert_eq!(d.summary(), summary);
         let v = serde_json::to_value(&d).unwrap();
         assert_eq!(v["swap_id"], "ab");
+        assert_eq!((&v["amount_sat"], &v["cost_sat"]), (&json!(100_000), &json!(1_661)));
+        assert!(v.get("earned_sat").is_none(), "{v}");
         assert_eq!(v["role"], "buyer");
         assert_eq!(v["payment_hash"], Value::Null);
         assert_eq!(v["record"]["v"], 1);
         assert_eq!(serde_json::from_value::<SwapDetail>(v).unwrap(), d);
+    }
+
+    #[test]
+    fn a_summary_without_amounts_still_reads() {
+        // An older node's answer: no amount, cost or earned fee.
+        let v = json!({"swap_id": "ab", "role": "seller", "state": "Claimed",
+            "status": "succeeded", "payment_hash": null, "created_at": 1, "updated_at": 2});
+        let s: SwapSummary = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!((s.amount_sat, s.cost_sat, s.earned_sat), (None, None, None));
+        assert_eq!(serde_json::to_value(&s).unwrap(), v);
+    }
+
+    #[test]
+    fn stats_serialize_with_the_direction_and_a_signed_griefing_loss() {
+        let seller = SellerStats { griefing_loss_sat: -300, ..SellerStats::default() };
+        let stats = StatsResponse {
+            swaps: 0,
+            unreadable: 0,
+            directions: vec![DirectionStats {
+                direction: looper_protocol::SwapDirection::LoopOut,
+                buyer: BuyerStats::default(),
+                seller,
+            }],
+        };
+        let v = serde_json::to_value(&stats).unwrap();
+        assert_eq!(v["directions"][0]["direction"], "loop_out");
+        assert_eq!(v["directions"][0]["seller"]["griefing_loss_sat"], -300);
+        assert_eq!(v["directions"][0]["buyer"]["outcomes"]["by_state"], json!({}));
+        assert_eq!(serde_json::from_value::<StatsResponse>(v).unwrap(), stats);
     }
 
     #[test]
