@@ -634,6 +634,17 @@ mod tests {
         stats(swaps.iter().map(|(r, e)| (r, e.as_slice())))
     }
 
+    /// Per swap: what the table of `looper swaps` shows (amount, cost, earned).
+    fn per_swap(swaps: &[(SwapRecord, Vec<SwapEvent>)]) -> Vec<(u64, Option<u64>, Option<u64>)> {
+        swaps
+            .iter()
+            .map(|(r, e)| {
+                let f = figures(&ProtoRecord::from_bytes(&r.data).unwrap(), e);
+                (f.amount_sat, f.cost_sat(), f.earned_sat())
+            })
+            .collect()
+    }
+
     #[test]
     fn seller_fees_prepays_and_griefing() {
         let swaps = seller_swaps();
@@ -663,13 +674,7 @@ mod tests {
         assert_eq!(seller.griefing_loss_sat, 450 + 800 - 1_000);
 
         // Per swap: what the table of `looper swaps` shows.
-        let per: Vec<_> = swaps
-            .iter()
-            .map(|(r, e)| {
-                let f = figures(&ProtoRecord::from_bytes(&r.data).unwrap(), e);
-                (f.amount_sat, f.cost_sat(), f.earned_sat())
-            })
-            .collect();
+        let per = per_swap(&swaps);
         let fee = SWAP_FEE + FUNDING_FEE;
         assert_eq!(
             per,
@@ -716,13 +721,7 @@ mod tests {
         assert_eq!(b.lost_sat, invoice);
         assert_eq!(b.total_cost_sat, SWAP_FEE + FUNDING_FEE + 111 + 2 * PREPAY + invoice);
 
-        let per: Vec<_> = swaps
-            .iter()
-            .map(|(r, e)| {
-                let f = figures(&ProtoRecord::from_bytes(&r.data).unwrap(), e);
-                (f.amount_sat, f.cost_sat(), f.earned_sat())
-            })
-            .collect();
+        let per = per_swap(&swaps);
         let fee = SWAP_FEE + FUNDING_FEE;
         assert_eq!(
             per,

@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 
 use bitcoin::{FeeRate, Transaction, Txid};
 
+use looper_protocol::swap::StateKind;
+
 use super::Engine;
 
 /// A child is replaced only when the target rate rose by this share (percent) of the rate it
@@ -33,7 +35,9 @@ impl Engine {
     pub(super) async fn bump_fundings(&self) {
         // Each waiting funding, with the earliest time a buyer of its batch stops waiting.
         let mut parents: BTreeMap<Txid, (Transaction, Option<u64>)> = BTreeMap::new();
-        for (_, slot) in self.inner.swaps.select(|s| s.view().seller) {
+        for (_, slot) in
+            self.inner.swaps.select(|s| s.view().seller && s.view().kind == StateKind::Pending)
+        {
             if let Some((tx, deadline)) = slot.machine.lock().await.unconfirmed_funding() {
                 let entry = parents.entry(tx.compute_txid()).or_insert((tx.clone(), deadline));
                 entry.1 = match (entry.1, deadline) {
