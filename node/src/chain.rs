@@ -229,11 +229,25 @@ impl EsploraChainSource {
     /// # Errors
     /// [`ChainError::Request`] if the HTTP client cannot be built.
     pub fn new(url: &str, fallback_fee_rate: FeeRate) -> Result<EsploraChainSource, ChainError> {
-        let client = esplora_client::Builder::new(url)
-            .timeout(30)
-            .max_retries(3)
-            .build_async()
-            .map_err(request_err("build the HTTP client"))?;
+        Self::with_proxy(url, fallback_fee_rate, None)
+    }
+
+    /// [`EsploraChainSource::new`] through the SOCKS5 `proxy` when there is one (the node's
+    /// `proxy` setting): every request, the wallet's sync included, goes through it, host names
+    /// resolved by the proxy (`socks5h`).
+    ///
+    /// # Errors
+    /// [`ChainError::Request`] if the HTTP client cannot be built.
+    pub fn with_proxy(
+        url: &str,
+        fallback_fee_rate: FeeRate,
+        proxy: Option<std::net::SocketAddr>,
+    ) -> Result<EsploraChainSource, ChainError> {
+        let mut builder = esplora_client::Builder::new(url).timeout(30).max_retries(3);
+        if let Some(proxy) = proxy {
+            builder = builder.proxy(&crate::config::proxy_url(proxy));
+        }
+        let client = builder.build_async().map_err(request_err("build the HTTP client"))?;
         Ok(EsploraChainSource { client, fallback_fee_rate })
     }
 
@@ -444,5 +458,93 @@ mod tests {
         assert_eq!(e.to_string(), "chain source failed to get the tip height");
         let dynsrc: Arc<dyn ChainSource> = src.into_dyn();
         assert!(dynsrc.fee_rate(6).await.is_err());
+    }
+
+    /// A SOCKS5 proxy on 127.0.0.1 that answers the greeting, records the CONNECT request's
+    /// target (`host:port`, the host as the client sent it) and refuses it.
+    fn recording_proxy() -> (std::net::SocketAddr, std::sync::mpsc::Receiver<String>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { return };
+                let mut head = [0u8; 2];
+                if s.read_exact(&mut head).is_err() || head[0] != 5 {
+                    continue;
+                }
+                let mut methods = vec![0u8; usize::from(head[1])];
+                let _ = s.read_exact(&mut methods);
+                let _ = s.write_all(&[5, 0]);
+                let mut req = [0u8; 4];
+                if s.read_exact(&mut req).is_err() {
+                    continue;
+                }
+                let host = match req[3] {
+                    1 => {
+                        let mut ip = [0u8; 4];
+                        let _ = s.read_exact(&mut ip);
+                        std::net::Ipv4Addr::from(ip).to_string()
+                    }
+                    3 => {
+                        let mut len = [0u8; 1];
+                        let _ = s.read_exact(&mut len);
+                        let mut name = vec![0u8; usize::from(len[0])];
+                        let _ = s.read_exact(&mut name);
+                        String::from_utf8_lossy(&name).into_owned()
+                    }
+                    _ => continue,
+                };
+                let mut port = [0u8; 2];
+                let _ = s.read_exact(&mut port);
+                let _ = tx.send(format!("{host}:{}", u16::from_be_bytes(port)));
+                // "Host unreachable".
+                let _ = s.write_all(&[5, 4, 0, 1, 0, 0, 0, 0, 0, 0]);
+            }
+        });
+        (addr, rx)
+    }
+
+    #[tokio::test]
+    async fn requests_go_through_the_proxy_which_resolves_names() {
+        let (proxy, seen) = recording_proxy();
+        // A name that resolves nowhere: only the proxy may look it up.
+        let src = EsploraChainSource::with_proxy(
+            "http://esplora.invalid/api",
+            FeeRate::from_sat_per_vb_u32(2),
+            Some(proxy),
+        )
+        .unwrap();
+        assert!(src.tip_height().await.is_err());
+        let target = seen.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(target, "esplora.invalid:80");
+    }
+
+    /// Run by [`ldk_node_http_follows_the_proxy_environment`] in a child process whose
+    /// environment is [`crate::config::proxy_env`]: an Esplora client built as ldk-node 0.7
+    /// builds its own (no proxy of its own) asks the tip of an unresolvable host.
+    #[tokio::test]
+    #[ignore = "run in a child process by ldk_node_http_follows_the_proxy_environment"]
+    async fn child_ldk_style_client() {
+        let client =
+            esplora_client::Builder::new("http://esplora.invalid/api").build_async().unwrap();
+        assert!(client.get_height().await.is_err());
+    }
+
+    #[test]
+    fn ldk_node_http_follows_the_proxy_environment() {
+        let (proxy, seen) = recording_proxy();
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", "chain::tests::child_ldk_style_client", "--ignored", "--quiet"]);
+        for var in ["all_proxy", "https_proxy", "http_proxy", "NO_PROXY", "no_proxy"] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(crate::config::proxy_env(proxy));
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "child failed: {}", String::from_utf8_lossy(&out.stdout));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "child did not run");
+        let target = seen.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(target, "esplora.invalid:80");
     }
 }

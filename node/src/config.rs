@@ -43,6 +43,24 @@
 //! network in its `looper.toml`) is still used while `$HOME/.looper/NETWORK` holds none; the node
 //! then logs how to move it ([`Config::notices`]). `--datadir`, `LOOPER_DATADIR` are used as given.
 //!
+//! `proxy` (`--proxy`, `LOOPER_PROXY`) names a SOCKS5 proxy, for example Tor's
+//! `socks5h://127.0.0.1:9050`: the Nostr relays (swap messages, offers, backups) and the Esplora
+//! chain source (the node's own client and, through `ALL_PROXY` that `looper-node` sets for
+//! itself, ldk-node's) are reached through it, host names resolved by the proxy. Lightning peer
+//! connections are not: ldk-node 0.7 cannot use a proxy, so they go out directly (the node warns
+//! at start). `[seller] publish_lightning_address = false` leaves the Lightning node's address out
+//! of the offers this node publishes (the node id stays: it is the invoices' payee); a buyer then
+//! pays over a channel or route it already has (the invoices carry route hints to the seller's
+//! private channels), or gets the address some other way. A sample for Tor:
+//!
+//! ```toml
+//! network = "signet"
+//! proxy = "socks5h://127.0.0.1:9050"
+//!
+//! [seller]
+//! publish_lightning_address = false
+//! ```
+//!
 //! The `[safety]` section's `max_swap_amount_sat` is the largest swap the node takes
 //! (`POST /v1/swaps/out`) or offers (`seller.max_amount_sat`, offers published through the API):
 //! 1 000 000 sat by default on mainnet ([`DEFAULT_MAINNET_MAX_SWAP_AMOUNT_SAT`]), none elsewhere;
@@ -100,6 +118,8 @@ pub struct Overrides {
     pub esplora_url: Option<String>,
     /// Nostr relay URLs; replace the file's when not empty.
     pub relays: Vec<String>,
+    /// SOCKS5 proxy for the relays and the chain source (`socks5h://IP:PORT`, [`parse_proxy`]).
+    pub proxy: Option<String>,
     /// Lightning listen addresses; replace the file's when not empty.
     pub ln_listen: Vec<String>,
     /// Control API listen address.
@@ -134,6 +154,10 @@ pub struct Config {
     pub esplora_url: String,
     /// Nostr relays for offers and swap messages (at least one).
     pub relays: Vec<String>,
+    /// SOCKS5 proxy (`proxy` in `looper.toml`, `--proxy`, `LOOPER_PROXY`) through which the
+    /// relays and the Esplora chain source are reached; `None`: direct connections. Lightning
+    /// peer connections never use it (ldk-node 0.7 has no proxy support).
+    pub proxy: Option<SocketAddr>,
     /// Lightning settings.
     pub lightning: LightningConfig,
     /// Control API settings.
@@ -223,6 +247,12 @@ pub struct SellerConfig {
     /// (`amount_out_of_range`, nothing locked). Default on; off only for test beds whose seller
     /// has no channel.
     pub check_liquidity: bool,
+    /// Put the Lightning node's address (`ln_address`, its first routable listen address) in the
+    /// offers this node publishes. Default on; off keeps the node's IP address off the relays
+    /// (with a `proxy`, for example): the offer still names the node id, and a buyer pays over a
+    /// channel or route it already has (the invoice's route hints lead to the seller's private
+    /// channels) or opens a channel to an address it got some other way.
+    pub publish_lightning_address: bool,
 }
 
 /// The `[seller]` keys that are not offer terms.
@@ -235,6 +265,7 @@ struct SellerOptions {
     max_unpaid_locked_sat: u64,
     blocked_keys: Vec<String>,
     check_liquidity: bool,
+    publish_lightning_address: bool,
 }
 
 impl SellerOptions {
@@ -245,6 +276,7 @@ impl SellerOptions {
         "max_unpaid_locked_sat",
         "blocked_keys",
         "check_liquidity",
+        "publish_lightning_address",
     ];
 }
 
@@ -258,6 +290,7 @@ impl Default for SellerOptions {
             max_unpaid_locked_sat: d.max_unpaid_locked_sat,
             blocked_keys: d.blocked_keys,
             check_liquidity: d.check_liquidity,
+            publish_lightning_address: d.publish_lightning_address,
         }
     }
 }
@@ -374,6 +407,7 @@ impl Default for SellerConfig {
             max_unpaid_locked_sat: 0,
             blocked_keys: Vec::new(),
             check_liquidity: true,
+            publish_lightning_address: true,
         }
     }
 }
@@ -477,6 +511,70 @@ pub fn parse_network(s: &str) -> Option<Network> {
     }
 }
 
+/// Parses a SOCKS5 proxy setting: `socks5h://IP:PORT` (host names resolved by the proxy, as Tor
+/// needs), `socks5://IP:PORT` (read the same way: the node always lets the proxy resolve names) or
+/// a bare `IP:PORT`; `localhost` stands for 127.0.0.1. The proxy must be named by its IP address
+/// (the relay client connects to a socket address).
+///
+/// # Errors
+/// Why the text is not such a proxy, as a sentence for [`ConfigError::Invalid`].
+pub fn parse_proxy(text: &str) -> Result<SocketAddr, String> {
+    let t = text.trim();
+    let lower = t.to_ascii_lowercase();
+    let rest = if let Some(scheme_end) = lower.find("://") {
+        match &lower[..scheme_end] {
+            "socks5" | "socks5h" => &t[scheme_end + 3..],
+            other => {
+                return Err(format!(
+                    "{t:?}: the {other}:// scheme is not supported: give a SOCKS5 proxy, \
+                     socks5h://IP:PORT (Tor's is socks5h://127.0.0.1:9050)"
+                ))
+            }
+        }
+    } else {
+        t
+    };
+    let rest = rest.trim_end_matches('/');
+    let rest = match rest.strip_prefix("localhost:") {
+        Some(port) => format!("127.0.0.1:{port}"),
+        None => rest.to_string(),
+    };
+    let addr = rest.parse::<SocketAddr>().map_err(|_| {
+        format!(
+            "{t:?} is not a SOCKS5 proxy address of the form socks5h://IP:PORT (Tor's is \
+             socks5h://127.0.0.1:9050)"
+        )
+    })?;
+    if addr.port() == 0 {
+        return Err(format!("{t:?}: the proxy's port must not be 0"));
+    }
+    Ok(addr)
+}
+
+/// The proxy URL given to HTTP clients for `proxy` ([`Config::proxy`]): `socks5h://IP:PORT`, so
+/// that the proxy resolves host names (nothing is looked up around it, and Tor reaches `.onion`
+/// hosts).
+pub fn proxy_url(proxy: SocketAddr) -> String {
+    format!("socks5h://{proxy}")
+}
+
+/// The environment variables that route a process's HTTP clients through `proxy`: `ALL_PROXY`,
+/// `HTTPS_PROXY` and `HTTP_PROXY`, each [`proxy_url`]. ldk-node 0.7 has no proxy setting, but
+/// the HTTP clients it builds (its Esplora chain source, rapid gossip sync, scores) take their
+/// proxy from these variables, as every reqwest client without one of its own does:
+/// `looper-node` sets them for itself before anything starts (variables already set to another
+/// value are replaced; `NO_PROXY` is left as it is).
+pub fn proxy_env(proxy: SocketAddr) -> [(&'static str, String); 3] {
+    let url = proxy_url(proxy);
+    [("ALL_PROXY", url.clone()), ("HTTPS_PROXY", url.clone()), ("HTTP_PROXY", url)]
+}
+
+/// Whether this process's environment holds [`proxy_env`] for `proxy` (ldk-node's HTTP clients
+/// then go through the proxy).
+pub fn proxy_env_is_set(proxy: SocketAddr) -> bool {
+    proxy_env(proxy).iter().all(|(name, value)| std::env::var(name).is_ok_and(|v| v == *value))
+}
+
 /// Parses a Nostr public key given as 64 hex characters (x-only) or as an `npub1...`: the keys of
 /// `seller.blocked_keys` and of the block list's API (`/v1/seller/blocked`).
 pub fn parse_nostr_key(s: &str) -> Option<crate::nostr::PublicKey> {
@@ -527,6 +625,7 @@ struct FileConfig {
     network: Option<String>,
     esplora_url: Option<String>,
     relays: Option<Vec<String>>,
+    proxy: Option<String>,
     log_json: Option<bool>,
     lightning: Option<FileLightning>,
     api: Option<FileApi>,
@@ -657,6 +756,11 @@ impl Config {
             file.relays.unwrap_or_else(|| default_relays(network))
         };
 
+        let proxy = match args.proxy.clone().or(file.proxy) {
+            Some(text) => Some(parse_proxy(&text).map_err(|reason| invalid("proxy", reason))?),
+            None => None,
+        };
+
         let file_ln = file.lightning.unwrap_or_default();
         let mut lightning = LightningConfig::default_for(network);
         let listen_text =
@@ -701,6 +805,7 @@ impl Config {
             network,
             esplora_url,
             relays,
+            proxy,
             lightning,
             api: ApiConfig { listen: api_listen },
             seller,
@@ -1122,6 +1227,7 @@ fn seller_section(path: &Path, table: toml::Table) -> Result<SellerConfig, Confi
         max_unpaid_locked_sat: options.max_unpaid_locked_sat,
         blocked_keys: options.blocked_keys,
         check_liquidity: options.check_liquidity,
+        publish_lightning_address: options.publish_lightning_address,
     })
 }
 
@@ -1157,6 +1263,7 @@ mod tests {
                 "--network" => o.network = Some(value()),
                 "--esplora-url" => o.esplora_url = Some(value()),
                 "--relay" => o.relays.push(value()),
+                "--proxy" => o.proxy = Some(value()),
                 "--ln-listen" => o.ln_listen.push(value()),
                 "--api-listen" => o.api_listen = Some(value()),
                 "--log-json" => o.log_json = true,
@@ -1313,6 +1420,59 @@ messages_per_minute = 1200
         let c = load_toml(&regtest(&[]), "[peer_limits]\nswap_request_burst = 50\n").unwrap();
         assert_eq!(c.peer_limits.swap_requests(), RateLimit::new(50, 10));
         assert_eq!(c.peer_limits.messages(), t.message_rate_limit);
+    }
+
+    #[test]
+    fn proxy_setting() {
+        // None by default; the file's, then the flag's (or the environment's).
+        assert_eq!(load_toml(&regtest(&[]), "").unwrap().proxy, None);
+        let tor: SocketAddr = "127.0.0.1:9050".parse().unwrap();
+        let c = load_toml(&regtest(&[]), "proxy = \"socks5h://127.0.0.1:9050\"\n").unwrap();
+        assert_eq!(c.proxy, Some(tor));
+        let c = load_toml(
+            &regtest(&["--proxy", "socks5://10.0.0.2:1080"]),
+            "proxy = \"socks5h://127.0.0.1:9050\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.proxy, Some("10.0.0.2:1080".parse().unwrap()));
+        // The printed configuration names it.
+        let printed = serde_json::to_value(&c).unwrap();
+        assert_eq!(printed["proxy"], "10.0.0.2:1080");
+        // Accepted forms.
+        for (text, addr) in [
+            ("socks5h://127.0.0.1:9050", "127.0.0.1:9050"),
+            ("SOCKS5H://127.0.0.1:9050/", "127.0.0.1:9050"),
+            ("socks5://127.0.0.1:9150", "127.0.0.1:9150"),
+            ("127.0.0.1:9050", "127.0.0.1:9050"),
+            (" socks5h://localhost:9050 ", "127.0.0.1:9050"),
+            ("socks5h://[::1]:9050", "[::1]:9050"),
+        ] {
+            assert_eq!(parse_proxy(text), Ok(addr.parse().unwrap()), "{text}");
+        }
+        assert_eq!(proxy_url(tor), "socks5h://127.0.0.1:9050");
+        // Refused, naming the key.
+        for (text, why) in [
+            ("http://127.0.0.1:8080", "the http:// scheme is not supported"),
+            ("socks4://127.0.0.1:9050", "the socks4:// scheme is not supported"),
+            ("socks5h://tor.example:9050", "is not a SOCKS5 proxy address"),
+            ("socks5h://127.0.0.1", "is not a SOCKS5 proxy address"),
+            ("socks5h://user:pw@127.0.0.1:9050", "is not a SOCKS5 proxy address"),
+            ("", "is not a SOCKS5 proxy address"),
+            ("socks5h://127.0.0.1:0", "port must not be 0"),
+        ] {
+            let e = err_text(&regtest(&["--proxy", text]), "");
+            assert!(e.starts_with("invalid configuration: proxy: "), "{text}: {e}");
+            assert!(e.contains(why), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn publish_lightning_address_setting() {
+        assert!(load_toml(&regtest(&[]), "").unwrap().seller.publish_lightning_address);
+        let c = load_toml(&regtest(&[]), "[seller]\npublish_lightning_address = false\n").unwrap();
+        assert!(!c.seller.publish_lightning_address);
+        let e = err_text(&regtest(&[]), "[seller]\npublish_lightning_address = \"no\"\n");
+        assert!(e.contains("publish_lightning_address"), "{e}");
     }
 
     #[test]

@@ -46,6 +46,12 @@ struct Args {
     #[arg(long = "relay", env = "LOOPER_RELAYS", value_name = "URL", value_delimiter = ',')]
     relays: Vec<String>,
 
+    /// SOCKS5 proxy for the Nostr relays and the Esplora chain source, e.g. Tor's
+    /// `socks5h://127.0.0.1:9050` (the proxy resolves host names). Lightning peer connections do
+    /// not use it (ldk-node cannot).
+    #[arg(long, env = "LOOPER_PROXY", value_name = "URL")]
+    proxy: Option<String>,
+
     /// Lightning peer-to-peer listen address (repeatable; the variable takes a comma-separated
     /// list). Replaces the addresses of the configuration file.
     #[arg(
@@ -85,6 +91,7 @@ impl Args {
             network: self.network.clone(),
             esplora_url: self.esplora_url.clone(),
             relays: self.relays.clone(),
+            proxy: self.proxy.clone(),
             ln_listen: self.ln_listen.clone(),
             api_listen: self.api_listen.clone(),
             log_json: self.log_json,
@@ -114,6 +121,13 @@ fn main() -> anyhow::Result<()> {
         }
         println!("{}", serde_json::to_string_pretty(&config)?);
         return Ok(());
+    }
+    // ldk-node has no proxy setting; its HTTP clients (chain source, gossip) read these variables.
+    // Set while the process has a single thread, before the runtime and ldk-node start.
+    if let Some(proxy) = config.proxy {
+        for (name, value) in looper_node::config::proxy_env(proxy) {
+            std::env::set_var(name, value);
+        }
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| "info,ldk_node=warn,nostr_relay_pool=warn".into());
@@ -184,6 +198,8 @@ mod tests {
             "ws://a",
             "--relay",
             "ws://b",
+            "--proxy",
+            "socks5h://127.0.0.1:9050",
             "--ln-listen",
             "127.0.0.1:1",
             "--api-listen",
@@ -200,6 +216,7 @@ mod tests {
                 network: Some("regtest".into()),
                 esplora_url: Some("http://e".into()),
                 relays: vec!["ws://a".into(), "ws://b".into()],
+                proxy: Some("socks5h://127.0.0.1:9050".into()),
                 ln_listen: vec!["127.0.0.1:1".into()],
                 api_listen: Some("127.0.0.1:2".into()),
                 log_json: true,

@@ -62,8 +62,9 @@ pub const CONFIG_OFFER_ID: &str = "looper";
 
 /// The offer built from the configuration's `[seller]` section (`None` when `seller.enabled` is
 /// off): amount range, fees, funding fee, prepay, confirmations, timeout delta, claim margin,
-/// invoice expiry, our Lightning node id and first routable listen address, our relays. Its
-/// `expires_at` is set each time the engine publishes it.
+/// invoice expiry, our Lightning node id and first routable listen address (none when
+/// `seller.publish_lightning_address` is off), our relays. Its `expires_at` is set each time the
+/// engine publishes it.
 ///
 /// # Errors
 /// The offer's terms do not validate.
@@ -72,8 +73,12 @@ pub fn seller_offer(config: &Config, ln_node_id: PublicKey) -> Result<Option<Off
     if !s.enabled {
         return Ok(None);
     }
-    let ln_address =
-        config.lightning.listen.iter().find(|a| !a.ip().is_unspecified()).map(|a| a.to_string());
+    let ln_address = config
+        .lightning
+        .listen
+        .iter()
+        .find(|a| s.publish_lightning_address && !a.ip().is_unspecified())
+        .map(|a| a.to_string());
     let offer = s.terms.offer(OfferContext {
         offer_id: CONFIG_OFFER_ID.to_string(),
         network: config.network,
@@ -87,6 +92,37 @@ pub fn seller_offer(config: &Config, ln_node_id: PublicKey) -> Result<Option<Off
     });
     offer.validate()?;
     Ok(Some(offer))
+}
+
+/// What the start logs as warnings about the `proxy` setting: what goes around the proxy.
+/// `ldk_env`: the process environment routes ldk-node's HTTP clients through the proxy
+/// ([`crate::config::proxy_env_is_set`]). Empty without a proxy.
+pub fn proxy_warnings(config: &Config, ldk_env: bool) -> Vec<String> {
+    let Some(proxy) = config.proxy else { return Vec::new() };
+    let mut warnings = vec![format!(
+        "Lightning peer connections do not go through the proxy {proxy} (ldk-node 0.7 cannot use \
+         one): channel peers see this node's IP address, and .onion peers cannot be reached"
+    )];
+    if !ldk_env {
+        warnings.push(format!(
+            "ldk-node's own chain access (Esplora) does not go through the proxy {proxy} either: \
+             ALL_PROXY, HTTPS_PROXY and HTTP_PROXY are not set to {} (looper-node sets them \
+             itself; a program embedding the node must set them before it starts)",
+            crate::config::proxy_url(proxy)
+        ));
+    }
+    let published = config
+        .lightning
+        .listen
+        .iter()
+        .find(|a| config.seller.publish_lightning_address && !a.ip().is_unspecified());
+    if let (true, Some(addr)) = (config.seller.enabled, published) {
+        warnings.push(format!(
+            "the offer publishes this node's Lightning address {addr}: set \
+             seller.publish_lightning_address = false to keep it off the relays"
+        ));
+    }
+    warnings
 }
 
 /// A started node.
@@ -124,6 +160,13 @@ impl LooperNode {
     /// # Errors
     /// [`NodeError::Start`] naming the step that failed.
     pub async fn start(config: Config) -> Result<LooperNode, NodeError> {
+        if let Some(proxy) = config.proxy {
+            tracing::info!(%proxy, "Nostr relays and the Esplora chain source through the proxy");
+            let ldk_env = crate::config::proxy_env_is_set(proxy);
+            for warning in proxy_warnings(&config, ldk_env) {
+                tracing::warn!("{warning}");
+            }
+        }
         std::fs::create_dir_all(&config.datadir).map_err(step("create the data directory"))?;
         let listener = tokio::net::TcpListener::bind(config.api.listen)
             .await
@@ -154,7 +197,10 @@ impl LooperNode {
         let backup_keys =
             BackupKeys::from_node_keys(&keys).map_err(step("derive the backup key"))?;
         let backups = Backups::start(
-            BackupOptions::new(config.relays.clone(), origin == SeedOrigin::Created),
+            BackupOptions {
+                proxy: config.proxy,
+                ..BackupOptions::new(config.relays.clone(), origin == SeedOrigin::Created)
+            },
             backup_keys,
             Arc::new(store.clone()),
             Some(Arc::clone(&wallet)),
@@ -164,7 +210,7 @@ impl LooperNode {
         let fallback = FeeRate::from_sat_per_vb_u32(
             u32::try_from(config.fees.fallback_fee_rate_sat_vb).unwrap_or(2),
         );
-        let esplora = EsploraChainSource::new(&config.esplora_url, fallback)
+        let esplora = EsploraChainSource::with_proxy(&config.esplora_url, fallback, config.proxy)
             .map_err(step("reach Esplora"))?;
         let sync_client = esplora.client().clone();
         let lightning = Arc::new(
@@ -189,6 +235,7 @@ impl LooperNode {
             manual_ack: true,
             request_rate_limit: config.peer_limits.swap_requests(),
             message_rate_limit: config.peer_limits.messages(),
+            proxy: config.proxy,
             ..TransportConfig::new(nostr_key.secret_bytes(), config.relays.clone())
         };
         let transport = NostrTransport::connect(
@@ -235,6 +282,7 @@ impl LooperNode {
                     refund_target: config.fees.refund_conf_target,
                     funding_target: config.fees.funding_conf_target,
                 },
+                publish_ln_address: config.seller.publish_lightning_address,
                 ..EngineConfig::default()
             },
         })
@@ -318,5 +366,57 @@ impl LooperNode {
             tracing::warn!(error = %e, "lightning node did not stop cleanly");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::config::Overrides;
+
+    fn config(toml: &str) -> Config {
+        let overrides = Overrides {
+            network: Some("regtest".into()),
+            esplora_url: Some("http://127.0.0.1:3002".into()),
+            relays: vec!["ws://127.0.0.1:7777".into()],
+            ..Overrides::default()
+        };
+        Config::from_toml(&overrides, std::path::Path::new("/nonexistent/looper-test"), toml)
+            .unwrap()
+    }
+
+    fn node_id() -> PublicKey {
+        let secp = bitcoin::secp256k1::Secp256k1::new();
+        let sk = bitcoin::secp256k1::SecretKey::from_slice(&[7; 32]).unwrap();
+        PublicKey::from_secret_key(&secp, &sk)
+    }
+
+    const SELLER: &str = "[lightning]\nlisten = [\"192.0.2.1:9735\"]\n[seller]\nenabled = true\n";
+
+    #[test]
+    fn the_offer_leaves_the_lightning_address_out_when_told() {
+        let offer = seller_offer(&config(SELLER), node_id()).unwrap().unwrap();
+        assert_eq!(offer.ln_address.as_deref(), Some("192.0.2.1:9735"));
+        let hidden = format!("{SELLER}publish_lightning_address = false\n");
+        let offer = seller_offer(&config(&hidden), node_id()).unwrap().unwrap();
+        assert_eq!(offer.ln_address, None);
+        assert_eq!(offer.ln_node_id, node_id());
+        offer.validate().unwrap();
+    }
+
+    #[test]
+    fn proxy_warnings_say_what_goes_around_it() {
+        assert!(proxy_warnings(&config(SELLER), false).is_empty());
+        let proxied = format!("proxy = \"socks5h://127.0.0.1:9050\"\n{SELLER}");
+        let w = proxy_warnings(&config(&proxied), true);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].starts_with("Lightning peer connections do not go through the proxy"));
+        assert!(w[1].contains("Lightning address 192.0.2.1:9735"), "{w:?}");
+        let w = proxy_warnings(&config(&proxied), false);
+        assert!(w[1].starts_with("ldk-node's own chain access"), "{w:?}");
+        let hidden = format!("{proxied}publish_lightning_address = false\n");
+        assert_eq!(proxy_warnings(&config(&hidden), true).len(), 1);
     }
 }

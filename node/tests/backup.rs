@@ -105,6 +105,7 @@ fn options(relay: &str, seed_created: bool, block: u32) -> BackupOptions {
         restore_timeout: Duration::from_secs(5),
         publisher: quick(),
         index_block: block,
+        proxy: None,
     }
 }
 

@@ -70,6 +70,24 @@ fn env_overrides_file_and_flags_override_env() {
 }
 
 #[test]
+fn proxy_from_the_environment_and_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let datadir = dir.path().to_str().unwrap();
+    let env = [
+        ("LOOPER_DATADIR", datadir),
+        ("LOOPER_NETWORK", "signet"),
+        ("LOOPER_PROXY", "socks5h://127.0.0.1:9050"),
+    ];
+    assert_eq!(print_config(&env[..2], &[]).unwrap()["proxy"], serde_json::Value::Null);
+    assert_eq!(print_config(&env, &[]).unwrap()["proxy"], "127.0.0.1:9050");
+    let c = print_config(&env, &["--proxy", "socks5://127.0.0.1:9150"]).unwrap();
+    assert_eq!(c["proxy"], "127.0.0.1:9150");
+    let (code, err) = print_config(&env, &["--proxy", "http://127.0.0.1:8080"]).unwrap_err();
+    assert_eq!(code, 2);
+    assert!(err.contains("invalid configuration: proxy: "), "{err}");
+}
+
+#[test]
 fn default_datadir_is_per_network_under_home() {
     let home = tempfile::tempdir().unwrap();
     let h = home.path().to_str().unwrap();

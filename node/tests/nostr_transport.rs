@@ -630,3 +630,118 @@ async fn replies_reach_a_buyer_on_other_relays() -> Result<()> {
     relay_b.shutdown();
     Ok(())
 }
+
+/// A SOCKS5 proxy on 127.0.0.1 (no authentication, CONNECT only, as Tor's): pipes each
+/// connection to its target and records the targets, one per connection.
+struct Socks5Proxy {
+    addr: std::net::SocketAddr,
+    targets: Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Socks5Proxy {
+    async fn start() -> Result<Socks5Proxy> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let targets = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = Arc::clone(&targets);
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let seen = Arc::clone(&seen);
+                tokio::spawn(async move {
+                    let _ = Self::serve(client, seen).await;
+                });
+            }
+        });
+        Ok(Socks5Proxy { addr, targets, task })
+    }
+
+    async fn serve(
+        mut client: tokio::net::TcpStream,
+        seen: Arc<std::sync::Mutex<Vec<String>>>,
+    ) -> Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut head = [0u8; 2];
+        client.read_exact(&mut head).await?;
+        anyhow::ensure!(head[0] == 5, "not SOCKS5");
+        let mut methods = vec![0u8; usize::from(head[1])];
+        client.read_exact(&mut methods).await?;
+        anyhow::ensure!(methods.contains(&0), "no 'no authentication' method");
+        client.write_all(&[5, 0]).await?;
+        let mut req = [0u8; 4];
+        client.read_exact(&mut req).await?;
+        anyhow::ensure!(req[1] == 1, "not CONNECT");
+        let host = match req[3] {
+            1 => {
+                let mut ip = [0u8; 4];
+                client.read_exact(&mut ip).await?;
+                std::net::Ipv4Addr::from(ip).to_string()
+            }
+            3 => {
+                let len = client.read_u8().await?;
+                let mut name = vec![0u8; usize::from(len)];
+                client.read_exact(&mut name).await?;
+                String::from_utf8(name)?
+            }
+            other => anyhow::bail!("address type {other} not served"),
+        };
+        let port = client.read_u16().await?;
+        let target = format!("{host}:{port}");
+        seen.lock().map_err(|_| anyhow!("poisoned"))?.push(target.clone());
+        let mut upstream = tokio::net::TcpStream::connect(&target).await?;
+        client.write_all(&[5, 0, 0, 1, 0, 0, 0, 0, 0, 0]).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut upstream).await?;
+        Ok(())
+    }
+
+    fn targets(&self) -> Vec<String> {
+        self.targets.lock().map(|t| t.clone()).unwrap_or_default()
+    }
+}
+
+impl Drop for Socks5Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// With a `proxy`, the transport's relay connections (offers, swap messages) and the backups'
+/// go through it: the proxy sees each connection to the relay, and the traffic works through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_traffic_goes_through_the_proxy() -> Result<()> {
+    let (relay, url) = start_relay().await?;
+    let relay_addr = url.trim_start_matches("ws://").trim_end_matches('/').to_string();
+    let proxy = Socks5Proxy::start().await?;
+    let mut proxied = config(&[&url]);
+    proxied.proxy = Some(proxy.addr);
+    let (seller, mut seller_rx) = transport(proxied).await?;
+    assert_eq!(proxy.targets(), vec![relay_addr.clone()], "the transport's one connection");
+    let (buyer, mut buyer_rx) = transport(config(&[&url])).await?;
+    assert_eq!(proxy.targets().len(), 1, "a transport without a proxy connects directly");
+
+    // Offers and messages both ways, through the proxy.
+    seller.publish_offer(&offer("tor", Network::Regtest, 10_000, 1_000_000, 0, 0)).await?;
+    let want = OfferFilter { network: Network::Regtest, amount_sat: 100_000, sellers: vec![] };
+    let found = buyer.discover_offers(&want).await?;
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].seller, seller.public_key());
+    buyer.send(&seller.public_key(), &seller.relays(), &request_for("tor", 0)).await?;
+    assert!(is_request(&recv(&mut seller_rx).await?));
+    seller.send(&buyer.public_key(), &[], &other(1)).await?;
+    assert_eq!(seq_of(&recv(&mut buyer_rx).await?), Some(1));
+
+    // The backups' own relay client.
+    let backups = looper_node::backup::BackupRelays::connect_via(
+        std::slice::from_ref(&url),
+        Some(proxy.addr),
+    )
+    .await?;
+    backups.fetch(Keys::generate().public_key(), Duration::from_secs(5)).await?;
+    assert_eq!(proxy.targets(), vec![relay_addr.clone(), relay_addr], "and the backups'");
+
+    backups.shutdown().await;
+    seller.shutdown().await;
+    buyer.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}

@@ -170,6 +170,8 @@ pub struct BackupOptions {
     pub publisher: PublisherOptions,
     /// Indices per reservation.
     pub index_block: u32,
+    /// SOCKS5 proxy the relay connections go through (the node's `proxy`); `None`: direct.
+    pub proxy: Option<std::net::SocketAddr>,
 }
 
 impl BackupOptions {
@@ -181,6 +183,7 @@ impl BackupOptions {
             restore_timeout: RESTORE_TIMEOUT,
             publisher: PublisherOptions::default(),
             index_block: INDEX_BLOCK,
+            proxy: None,
         }
     }
 }
@@ -217,7 +220,7 @@ impl Backups {
         store: Arc<dyn SwapStore>,
         wallet: Option<Arc<LooperWallet>>,
     ) -> Result<Backups, BackupError> {
-        let relays = Arc::new(BackupRelays::connect(&options.relays).await?);
+        let relays = Arc::new(BackupRelays::connect_via(&options.relays, options.proxy).await?);
         let started = Self::start_on(&relays, &options, &keys, store, wallet).await;
         let (action, restored, store) = match started {
             Ok(s) => s,

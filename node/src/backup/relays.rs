@@ -62,6 +62,18 @@ impl BackupRelays {
     /// # Errors
     /// [`BackupError::NoRelays`], [`BackupError::RelayUrl`], [`BackupError::Pool`].
     pub async fn connect(relays: &[String]) -> Result<BackupRelays, BackupError> {
+        Self::connect_via(relays, None).await
+    }
+
+    /// [`BackupRelays::connect`] through the SOCKS5 `proxy` when there is one (the node's
+    /// `proxy` setting).
+    ///
+    /// # Errors
+    /// As [`BackupRelays::connect`].
+    pub async fn connect_via(
+        relays: &[String],
+        proxy: Option<std::net::SocketAddr>,
+    ) -> Result<BackupRelays, BackupError> {
         if relays.is_empty() {
             return Err(BackupError::NoRelays);
         }
@@ -80,7 +92,8 @@ impl BackupRelays {
             .retry_interval(Duration::from_secs(5))
             .adjust_retry_interval(true)
             .reconnect(true)
-            .limits(limits);
+            .limits(limits)
+            .connection_mode(crate::nostr::connection_mode(proxy));
         let client = Client::default();
         for url in &urls {
             client

@@ -140,6 +140,10 @@ pub struct EngineConfig {
     pub decode_reply_limit: RateLimit,
     /// Confirmation targets of the swaps' own transactions.
     pub fees: FeeSettings,
+    /// Seller: publish offers with their `ln_address` (`seller.publish_lightning_address`). When
+    /// `false`, [`Engine::publish_offer`] takes the address out of every offer it publishes or
+    /// stores, whoever built it (the configuration or `POST /v1/offers`).
+    pub publish_ln_address: bool,
 }
 
 /// Confirmation targets of the swaps' own transactions (`[fees]` in the configuration); the cap
@@ -183,6 +187,7 @@ impl Default for EngineConfig {
             offer_ttl: Duration::from_secs(3600),
             decode_reply_limit: RateLimit::new(5, 10),
             fees: FeeSettings::default(),
+            publish_ln_address: true,
         }
     }
 }

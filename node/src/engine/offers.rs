@@ -15,11 +15,14 @@ pub(super) const FUNDING_FEE_RESERVE_SAT: u64 = 2_000;
 pub(super) const AUTO_PREPAY_REPRICE_PERCENT: u64 = 25;
 
 impl Engine {
-    /// Seller: remembers `offer` (served from now on) and publishes it.
+    /// Seller: remembers `offer` (served from now on) and publishes it; without its
+    /// `ln_address` when [`EngineConfig::publish_ln_address`](super::EngineConfig) is off.
     ///
     /// # Errors
     /// Store or transport errors.
     pub async fn publish_offer(&self, offer: &Offer) -> Result<(), EngineError> {
+        let offer = published_form(offer, self.inner.config.publish_ln_address);
+        let offer = offer.as_ref();
         let value = serde_json::to_value(offer).map_err(|e| EngineError::Record {
             id: offer.offer_id.clone(),
             reason: e.to_string(),
@@ -161,6 +164,21 @@ impl Engine {
     }
 }
 
+/// `offer` as this node publishes it: without its `ln_address` unless `publish_ln_address`
+/// (`seller.publish_lightning_address`).
+fn published_form(offer: &Offer, publish_ln_address: bool) -> std::borrow::Cow<'_, Offer> {
+    match &offer.ln_address {
+        Some(_) if !publish_ln_address => {
+            tracing::debug!(
+                offer = %offer.offer_id,
+                "Lightning address left out of the offer (seller.publish_lightning_address)"
+            );
+            std::borrow::Cow::Owned(Offer { ln_address: None, ..offer.clone() })
+        }
+        _ => std::borrow::Cow::Borrowed(offer),
+    }
+}
+
 /// The offer as far as `spendable_sat` can fund it: `max_amount_sat` lowered to what the wallet
 /// holds (less [`FUNDING_FEE_RESERVE_SAT`]); `None` when it cannot fund `min_amount_sat`.
 fn fundable_offer(mut offer: Offer, spendable_sat: u64) -> Option<Offer> {
@@ -186,6 +204,18 @@ mod tests {
             "ln_node_id": "0279be667ef9dcbbac55a06295ce870b07029bfcdb2dce28d959f2815b16f81798", "relays": [], "expires_at": 1
         });
         serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn the_lightning_address_is_published_only_when_allowed() {
+        let mut o = offer(10_000, 100_000);
+        o.ln_address = Some("192.0.2.1:9735".into());
+        assert_eq!(published_form(&o, true).ln_address.as_deref(), Some("192.0.2.1:9735"));
+        let hidden = published_form(&o, false).into_owned();
+        assert_eq!(hidden.ln_address, None);
+        assert_eq!(hidden, Offer { ln_address: None, ..o.clone() }, "nothing else changes");
+        let none = offer(10_000, 100_000);
+        assert!(matches!(published_form(&none, false), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod offers;
 mod processed;
 mod ratelimit;
 mod transport;
-pub(crate) use transport::send_until_accepted;
+pub(crate) use transport::{connection_mode, send_until_accepted};
 pub mod wire;
 mod wrap;
 

@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
@@ -64,6 +65,9 @@ pub struct TransportConfig {
     pub channel_capacity: usize,
     /// At most this many of a peer's advertised relays are used per message.
     pub max_hint_relays: usize,
+    /// SOCKS5 proxy every relay connection goes through (our relays and a peer's), host names
+    /// resolved by the proxy (Tor: `127.0.0.1:9050`). `None`: direct connections.
+    pub proxy: Option<SocketAddr>,
 }
 
 impl TransportConfig {
@@ -84,6 +88,7 @@ impl TransportConfig {
             manual_ack: false,
             channel_capacity: 1024,
             max_hint_relays: 8,
+            proxy: None,
         }
     }
 }
@@ -105,6 +110,7 @@ impl fmt::Debug for TransportConfig {
             .field("manual_ack", &self.manual_ack)
             .field("channel_capacity", &self.channel_capacity)
             .field("max_hint_relays", &self.max_hint_relays)
+            .field("proxy", &self.proxy)
             .finish()
     }
 }
@@ -291,6 +297,14 @@ impl Drop for RefreshHandle {
     }
 }
 
+/// How a relay connection is made: through the SOCKS5 `proxy` when there is one.
+pub(crate) fn connection_mode(proxy: Option<SocketAddr>) -> ConnectionMode {
+    match proxy {
+        Some(addr) => ConnectionMode::proxy(addr),
+        None => ConnectionMode::direct(),
+    }
+}
+
 fn parse_relay(url: &str) -> Result<RelayUrl, TransportError> {
     RelayUrl::parse(url)
         .map_err(|e| TransportError::RelayUrl { url: url.to_string(), reason: e.to_string() })
@@ -336,9 +350,19 @@ impl NostrTransport {
             .retry_interval(config.retry_interval)
             .adjust_retry_interval(true)
             .reconnect(true)
-            .limits(limits);
+            .limits(limits)
+            .connection_mode(connection_mode(config.proxy));
 
-        let client = Client::builder().signer(keys.clone()).build();
+        // The relays are added with `relay_opts` (proxy included); the client's own connection
+        // setting covers any relay it would add by itself.
+        let mut connection = Connection::new();
+        if let Some(proxy) = config.proxy {
+            connection = connection.proxy(proxy);
+        }
+        let client = Client::builder()
+            .signer(keys.clone())
+            .opts(ClientOptions::new().connection(connection))
+            .build();
         for url in &our_relays {
             client
                 .pool()
