@@ -231,7 +231,8 @@ impl Default for Pair {
 impl Pair {
     /// A buyer that has just sent its `swap_request`, and no seller yet.
     pub fn new() -> Self {
-        let ctx = start_context();
+        // Claims through the node's batcher, as `looper-node` runs them.
+        let ctx = Context { batch_claims: true, ..start_context() };
         let (buyer, actions) = start_buyer(&ctx);
         let mut pair = Pair {
             ctx,
@@ -768,6 +769,18 @@ impl Pair {
                     self.feed(party, Event::FundingBuilt { tx, vout: 1 });
                 }
                 Action::Broadcast { tx, .. } => self.broadcast(tx),
+                Action::QueueClaim => {
+                    // The node's claim batcher, with this one swap: built, taken, broadcast.
+                    let ctx = self.ctx;
+                    if let Ok((event, tx)) = looper_protocol::claims::claim_alone(&self.buyer, &ctx)
+                    {
+                        let txid = tx.compute_txid();
+                        self.feed(party, event);
+                        if self.buyer.claim_txid() == Some(txid) {
+                            self.broadcast(tx);
+                        }
+                    }
+                }
                 Action::WatchHtlc { script_pubkey } => {
                     match party {
                         Party::Buyer => self.buyer_watch = Some(script_pubkey),

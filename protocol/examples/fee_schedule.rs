@@ -7,6 +7,7 @@
 use bitcoin::bip32::Xpriv;
 use bitcoin::secp256k1::Secp256k1;
 use bitcoin::{Amount, FeeRate, Network, OutPoint, ScriptBuf, Txid};
+use looper_protocol::claims::batch_claim_vbytes;
 use looper_protocol::fees::{
     spend_fee_rate, FeeEstimates, Outstanding, SpendFee, DEADLINE_SAFETY_BLOCKS,
 };
@@ -20,22 +21,31 @@ const HTLC_SAT: u64 = 200_000;
 
 /// A claim that went out `start_left` blocks before its deadline while the mempool refuses
 /// anything under `spike` sat/vB and the estimates say `spike`; the buyer's cap is `cap`.
-fn spike_table(spike: u64, cap: u64, start_left: u32) -> Res<()> {
+/// With `claims` > 1, the claims of that many such HTLCs in one batch (`plan_claims`' rule:
+/// the value and size of the whole batch).
+fn spike_table(spike: u64, cap: u64, start_left: u32, claims: u64) -> Res<()> {
     let vb = |n: u64| FeeRate::from_sat_per_vb(n).ok_or("fee rate");
     let estimates = FeeEstimates::flat(vb(spike)?);
+    let vsize = batch_claim_vbytes(claims);
+    let value = HTLC_SAT * claims;
     let spend = |left: u32| SpendFee {
-        value_sat: HTLC_SAT,
-        vsize: CLAIM_SCRIPT_PATH_VBYTES,
+        value_sat: value,
+        vsize,
         target: 9,
         blocks_left: Some(left),
         cap: FeeRate::from_sat_per_vb(cap).unwrap_or(FeeRate::MAX),
     };
+    let what = if claims == 1 {
+        format!("claim-leaf claim {vsize} vB")
+    } else {
+        format!("{claims} such claims in one batch of {vsize} vB")
+    };
     println!(
-        "\nspike {spike} sat/vB, cap {cap} sat/vB, HTLC {HTLC_SAT} sat, claim-leaf claim {CLAIM_SCRIPT_PATH_VBYTES} vB \
+        "\nspike {spike} sat/vB, cap {cap} sat/vB, HTLC {HTLC_SAT} sat, {what} \
          (deadline = timeout - {DEADLINE_SAFETY_BLOCKS})"
     );
-    println!("| blocks left to the deadline | claim rate (sat/vB) | claim fee (sat) | % of HTLC | mined |");
-    println!("|---|---|---|---|---|");
+    println!("| blocks left to the deadline | claim rate (sat/vB) | claim fee (sat) | fee per HTLC (sat) | % of HTLC | mined |");
+    println!("|---|---|---|---|---|---|");
     let mut rate = spend_fee_rate(&estimates, &spend(start_left), None).ok_or("no rate")?;
     for left in (0..=start_left).rev() {
         if left < start_left {
@@ -44,12 +54,13 @@ fn spike_table(spike: u64, cap: u64, start_left: u32) -> Res<()> {
                 rate = next;
             }
         }
-        let fee = rate.fee_vb(CLAIM_SCRIPT_PATH_VBYTES).ok_or("fee")?.to_sat();
+        let fee = rate.fee_vb(vsize).ok_or("fee")?.to_sat();
         let mined = rate.to_sat_per_kwu() >= spike * 250;
         println!(
-            "| {left} | {} | {fee} | {:.1} | {} |",
+            "| {left} | {} | {fee} | {} | {:.1} | {} |",
             rate.to_sat_per_kwu() / 250,
-            fee as f64 * 100.0 / HTLC_SAT as f64,
+            fee.div_ceil(claims),
+            fee as f64 * 100.0 / value as f64,
             if mined { "yes" } else { "no" }
         );
         if mined {
@@ -71,7 +82,7 @@ fn batch_table() -> Res<()> {
         "\n| claims in one transaction | vsize (vB) | vB per claim | saved vs separate claims |"
     );
     println!("|---|---|---|---|");
-    for n in [1u32, 2, 5, 10, 25] {
+    for n in [1u32, 2, 5, 10, 20] {
         let mut inputs = Vec::new();
         for i in 0..n {
             let seller = SwapKeys::derive(&master(1)?, i)?;
@@ -96,6 +107,7 @@ fn batch_table() -> Res<()> {
         let rate = FeeRate::from_sat_per_vb(1).ok_or("fee rate")?;
         let spend = SpendTx::build(inputs, destination.clone(), rate)?;
         let vsize = spend.fee().to_sat(); // 1 sat/vB: the fee is the vsize
+        assert_eq!(vsize, batch_claim_vbytes(u64::from(n)));
         let separate = u64::from(n) * CLAIM_SCRIPT_PATH_VBYTES;
         println!(
             "| {n} | {vsize} | {:.1} | {:.0}% |",
@@ -107,8 +119,9 @@ fn batch_table() -> Res<()> {
 }
 
 fn main() -> Res<()> {
-    spike_table(600, 200, 20)?;
-    spike_table(150, 200, 20)?;
-    spike_table(2_000, 50, 12)?;
+    spike_table(600, 200, 20, 1)?;
+    spike_table(600, 200, 20, 5)?;
+    spike_table(150, 200, 20, 1)?;
+    spike_table(2_000, 50, 12, 1)?;
     batch_table()
 }

@@ -203,6 +203,13 @@ impl World {
                     };
                     self.events.push_back((party, Event::FundingBuilt { tx, vout: 0 }));
                 }
+                Action::QueueClaim => {
+                    // A node batches claims (`looper_protocol::claims`); alone, at once.
+                    let (event, tx) = looper_protocol::claims::claim_alone(&self.buyer, &self.ctx)?;
+                    self.feed(Party::Buyer, event)?;
+                    let purpose = looper_protocol::swap::TxPurpose::ScriptClaim;
+                    self.carry_out(Party::Buyer, vec![Action::Broadcast { tx, purpose }])?;
+                }
                 Action::Broadcast { tx, .. } => {
                     if !self.chain.iter().any(|(t, _)| t.compute_txid() == tx.compute_txid()) {
                         if let Some(out) = tx.output.first() {

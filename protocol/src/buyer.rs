@@ -14,6 +14,7 @@ use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, Txid};
 use lightning_invoice::Bolt11Invoice;
 use serde::{Deserialize, Serialize};
 
+use crate::claims::{ClaimMember, ClaimOut};
 use crate::fees::{spend_fee_rate, Outstanding, SpendFee, DEADLINE_SAFETY_BLOCKS};
 use crate::htlc::{Htlc, HtlcParams, HtlcSpendPath};
 use crate::keys::SwapKeys;
@@ -329,6 +330,10 @@ pub enum BuyerState {
         /// came without it).
         #[serde(default)]
         sent_height: u32,
+        /// For a claim of several swaps ([`crate::claims`]): the value of all its inputs, in
+        /// sat (its fee is that less its output). `None`: it spends this swap's HTLC alone.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        batch_inputs_sat: Option<u64>,
     },
     /// The claim confirmed.
     Claimed {
@@ -805,6 +810,7 @@ impl BuyerSwap {
                 self.on_payment_status(status, ctx, rng).map(persist_first)
             }
             Event::HtlcChecked { outpoint, status } => self.on_htlc_checked(outpoint, status, ctx),
+            Event::ClaimBuilt { tx, inputs_sat } => self.on_claim_built(tx, inputs_sat, ctx),
             Event::HtlcGone { outpoint } => self.on_htlc_gone(outpoint),
             Event::UserAbort => match self.rec.state {
                 BuyerState::Requested | BuyerState::Accepted { .. } | BuyerState::Funded { .. } => {
@@ -1597,6 +1603,10 @@ impl BuyerSwap {
             return Ok(Vec::new());
         };
         self.live.coop = Ephemeral(None);
+        if ctx.batch_claims {
+            // Built by the node with the other claims due now ([`crate::claims`]).
+            return Ok(vec![Action::QueueClaim]);
+        }
         let rate = self.claim_fee_rate(ctx, CLAIM_SCRIPT_PATH_VBYTES, None).unwrap_or(ctx.fee_rate);
         let spend = self.signed_script_claim(rate)?;
         self.broadcast_claim(spend, TxPurpose::ScriptClaim, ctx)
@@ -1641,6 +1651,7 @@ impl BuyerSwap {
             claim_tx: tx.clone(),
             purpose,
             sent_height: ctx.tip_height,
+            batch_inputs_sat: None,
         })?;
         Ok(self.live.broadcast(tx, purpose, fee_sat, ctx.tip_height))
     }
@@ -1650,13 +1661,14 @@ impl BuyerSwap {
     /// cooperative one too: a new MuSig2 round would wait on the seller when time is short).
     /// Persisted before it is broadcast. `None`: keep the claim that is out.
     fn bump_claim(&mut self, ctx: &Context) -> Option<Actions> {
-        let BuyerState::ClaimBroadcast { terms, claim_tx, sent_height, .. } = &self.rec.state
-        else {
+        let rate = self.wanted_bump(ctx)?;
+        if ctx.batch_claims {
+            // Replaced by the node's next claim batch, with the claims that are out with ours.
+            return Some(Ok(vec![Action::QueueClaim]));
+        }
+        let BuyerState::ClaimBroadcast { claim_tx, .. } = &self.rec.state else {
             return None;
         };
-        let value_sat = terms.quote.htlc_amount_sat;
-        let out = outstanding(claim_tx, value_sat, *sent_height, ctx.tip_height);
-        let rate = self.claim_fee_rate(ctx, CLAIM_SCRIPT_PATH_VBYTES, Some(out))?;
         let replaces = claim_tx.compute_txid();
         let result = self.signed_script_claim(rate).and_then(|spend| {
             let fee_sat = spend.fee().to_sat();
@@ -1671,6 +1683,155 @@ impl BuyerSwap {
             Ok(self.live.replace(tx, replaces, TxPurpose::ScriptClaim, fee_sat, ctx.tip_height))
         });
         Some(result)
+    }
+
+    /// In `ClaimBroadcast`: the rate a replacement of the claim that is out must pay now, by the
+    /// fee rule ([`crate::fees`]); `None`: keep it. For a claim of several swaps, the rate and
+    /// size are the whole claim's, the value this swap's HTLC and its share of the size.
+    fn wanted_bump(&self, ctx: &Context) -> Option<FeeRate> {
+        let BuyerState::ClaimBroadcast { terms, claim_tx, sent_height, batch_inputs_sat, .. } =
+            &self.rec.state
+        else {
+            return None;
+        };
+        let value_sat = terms.quote.htlc_amount_sat;
+        let (spent_sat, inputs) = match batch_inputs_sat {
+            Some(total) => (*total, claim_tx.input.len().max(1) as u64),
+            None => (value_sat, 1),
+        };
+        let out = outstanding(claim_tx, spent_sat, *sent_height, ctx.tip_height);
+        let vsize = (claim_tx.vsize() as u64).div_ceil(inputs).max(CLAIM_SCRIPT_PATH_VBYTES / 2);
+        self.claim_fee_rate(
+            ctx,
+            if inputs == 1 { CLAIM_SCRIPT_PATH_VBYTES } else { vsize },
+            Some(out),
+        )
+    }
+
+    /// What the node needs to claim this swap's HTLC through the claim leaf in a batch
+    /// ([`crate::claims`]): in `Claiming` and `ClaimBroadcast`, `None` otherwise.
+    pub fn claim_member(&self, ctx: &Context) -> Option<ClaimMember> {
+        let (terms, htlc, out) = match &self.rec.state {
+            BuyerState::Claiming { terms, htlc, .. } => (terms, htlc, None),
+            BuyerState::ClaimBroadcast { terms, htlc, claim_tx, batch_inputs_sat, .. } => {
+                let inputs_sat = batch_inputs_sat.unwrap_or(terms.quote.htlc_amount_sat);
+                (terms, htlc, Some(ClaimOut { tx: claim_tx.clone(), inputs_sat }))
+            }
+            _ => return None,
+        };
+        let input = HtlcInput {
+            htlc: self.htlc().ok()?,
+            outpoint: htlc.outpoint,
+            amount: Amount::from_sat(terms.quote.htlc_amount_sat),
+            path: SpendPath::ClaimScript,
+        };
+        Some(ClaimMember {
+            swap_id: self.rec.core.swap_id,
+            input,
+            destination: self.rec.claim_destination.clone(),
+            deadline_height: terms
+                .htlc_params
+                .timeout_height
+                .saturating_sub(DEADLINE_SAFETY_BLOCKS),
+            target: self.rec.policy.claim_conf_target.unwrap_or(ctx.fees.claim_target),
+            cap: FeeRate::from_sat_per_vb(self.rec.policy.max_claim_fee_rate_sat_vb)
+                .unwrap_or(FeeRate::MAX),
+            wanted: self.wanted_bump(ctx),
+            out,
+        })
+    }
+
+    /// Signs input `index` of a claim the node laid out ([`crate::claims::plan_claims`]), which
+    /// must spend this swap's HTLC through the claim leaf.
+    ///
+    /// # Errors
+    /// Not in `Claiming` or `ClaimBroadcast`, or input `index` is not this swap's HTLC.
+    pub fn sign_batch_claim(&self, spend: &mut SpendTx, index: usize) -> Result<(), SwapError> {
+        let (Some(output), Some(preimage)) = (self.rec.state.htlc_output(), self.preimage()) else {
+            return Err(SwapError::Internal("no htlc to claim".into()));
+        };
+        let txin = spend.tx().input.get(index).ok_or_else(|| internal("no such input"))?;
+        if txin.previous_output != output.outpoint {
+            return Err(internal("the input is not this swap's htlc"));
+        }
+        spend.sign_claim_script(index, self.keys().claim(), preimage).map_err(internal)
+    }
+
+    /// The txid of the claim that is out (`ClaimBroadcast`).
+    pub fn claim_txid(&self) -> Option<Txid> {
+        match &self.rec.state {
+            BuyerState::ClaimBroadcast { claim_tx, .. } => Some(claim_tx.compute_txid()),
+            _ => None,
+        }
+    }
+
+    fn preimage(&self) -> Option<&Preimage> {
+        match &self.rec.state {
+            BuyerState::Claiming { preimage, .. } | BuyerState::ClaimBroadcast { preimage, .. } => {
+                Some(preimage)
+            }
+            _ => None,
+        }
+    }
+
+    /// [`Event::ClaimBuilt`]: a claim through the claim leaf that spends this swap's HTLC
+    /// (alone or with others) becomes the claim that is out. Persisted; the node broadcasts it
+    /// once every swap of the batch has taken it.
+    fn on_claim_built(&mut self, tx: Transaction, inputs_sat: u64, ctx: &Context) -> Actions {
+        let Some(output) = self.rec.state.htlc_output().cloned() else { return Ok(Vec::new()) };
+        let Some(preimage) = self.preimage().cloned() else { return Ok(Vec::new()) };
+        if self.htlc()?.spend_path(&tx, output.outpoint) != Some(HtlcSpendPath::ClaimLeaf) {
+            return Err(SwapError::Internal(
+                "the claim does not spend our htlc's claim leaf".into(),
+            ));
+        }
+        let inputs = tx.input.len() as u64;
+        let out_sat: u64 = tx.output.iter().map(|o| o.value.to_sat()).sum();
+        let fee_share = inputs_sat.saturating_sub(out_sat).div_ceil(inputs.max(1));
+        let batch_inputs_sat = (inputs > 1).then_some(inputs_sat);
+        let purpose = TxPurpose::ScriptClaim;
+        self.live.coop = Ephemeral(None);
+        let note = match &mut self.rec.state {
+            BuyerState::ClaimBroadcast {
+                claim_tx,
+                purpose: p,
+                sent_height,
+                batch_inputs_sat: b,
+                ..
+            } => {
+                let replaces = claim_tx.compute_txid();
+                if replaces == tx.compute_txid() {
+                    return Ok(Vec::new());
+                }
+                *claim_tx = tx.clone();
+                *p = purpose;
+                *sent_height = ctx.tip_height;
+                *b = batch_inputs_sat;
+                Notification::Replaced {
+                    txid: tx.compute_txid(),
+                    replaces,
+                    purpose,
+                    fee_sat: fee_share,
+                    vsize: tx.vsize() as u64,
+                }
+            }
+            BuyerState::Claiming { terms, htlc, .. } => {
+                let (terms, htlc) = (terms.clone(), htlc.clone());
+                self.go(BuyerState::ClaimBroadcast {
+                    terms,
+                    htlc,
+                    preimage,
+                    claim_tx: tx.clone(),
+                    purpose,
+                    sent_height: ctx.tip_height,
+                    batch_inputs_sat,
+                })?;
+                Notification::broadcast(&tx, purpose, fee_share)
+            }
+            _ => return Ok(Vec::new()),
+        };
+        self.live.broadcast_height = ctx.tip_height;
+        Ok(vec![Action::Persist, Action::Notify(note)])
     }
 
     /// A `coop_refund_request`: never after paying; before, only once the Lightning node says no
@@ -1766,12 +1927,7 @@ impl BuyerSwap {
                 let terms = terms.clone();
                 self.live.coop = Ephemeral(None);
                 if ours {
-                    let received_sat = tx
-                        .output
-                        .iter()
-                        .filter(|o| o.script_pubkey == self.rec.claim_destination)
-                        .map(|o| o.value.to_sat())
-                        .sum();
+                    let received_sat = self.received_by(&tx);
                     self.go(BuyerState::Claimed { terms, claim_txid: txid, received_sat })?;
                 } else {
                     self.go(BuyerState::Lost { terms, spend_txid: txid })?;
@@ -1801,6 +1957,26 @@ impl BuyerSwap {
             }
             _ => Ok(vec![]),
         }
+    }
+
+    /// What our claim `tx` brought this swap: what it pays our destination, or for a claim of
+    /// several swaps, our HTLC less an equal share of its fee.
+    fn received_by(&self, tx: &Transaction) -> u64 {
+        if let BuyerState::ClaimBroadcast {
+            terms, claim_tx, batch_inputs_sat: Some(total), ..
+        } = &self.rec.state
+        {
+            if claim_tx.compute_txid() == tx.compute_txid() {
+                let out_sat: u64 = tx.output.iter().map(|o| o.value.to_sat()).sum();
+                let share = total.saturating_sub(out_sat).div_ceil(tx.input.len().max(1) as u64);
+                return terms.quote.htlc_amount_sat.saturating_sub(share);
+            }
+        }
+        tx.output
+            .iter()
+            .filter(|o| o.script_pubkey == self.rec.claim_destination)
+            .map(|o| o.value.to_sat())
+            .sum()
     }
 
     fn handle_tick(&mut self, ctx: &Context, rng: &mut impl Rng) -> Actions {
@@ -1833,6 +2009,10 @@ impl BuyerSwap {
                     let mut actions = vec![Action::Notify(Notification::CooperationFailed {
                         reason: "no partial signature from the seller in time".into(),
                     })];
+                    if let BuyerState::Claiming { coop_attempts, .. } = &mut self.rec.state {
+                        // The script path from now on (asked again at each tick until built).
+                        *coop_attempts = (*coop_attempts).max(MAX_COOP_ATTEMPTS);
+                    }
                     let claim = self.script_claim(ctx);
                     actions.extend(self.stall_on_error(claim));
                     return Ok(actions);

@@ -50,6 +50,7 @@
 #![deny(missing_docs)]
 
 pub mod buyer;
+pub mod claims;
 pub mod diagrams;
 pub mod fees;
 pub mod htlc;

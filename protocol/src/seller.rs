@@ -587,6 +587,9 @@ impl SellerSwap {
             | Event::PaymentNotSent { .. } => {
                 Err(SwapError::Unexpected { event: "payment_result", state: self.rec.state.name() })
             }
+            Event::ClaimBuilt { .. } => {
+                Err(SwapError::Unexpected { event: "claim_built", state: self.rec.state.name() })
+            }
         }
     }
 

@@ -41,12 +41,15 @@ pub struct Context {
     /// The estimates, cap and targets claims and refunds are priced with
     /// ([`crate::fees::spend_fee_rate`]).
     pub fees: Fees,
+    /// Buyer: the node batches script-path claims ([`crate::claims`]): a swap asks with
+    /// [`Action::QueueClaim`] instead of building its claim alone. Off in [`Context::new`].
+    pub batch_claims: bool,
 }
 
 impl Context {
     /// A context where every estimate and the cap are `fee_rate`, with the default targets.
     pub fn new(now_secs: u64, tip_height: u32, fee_rate: bitcoin::FeeRate) -> Self {
-        Self { now_secs, tip_height, fee_rate, fees: Fees::flat(fee_rate) }
+        Self { now_secs, tip_height, fee_rate, fees: Fees::flat(fee_rate), batch_claims: false }
     }
 }
 
@@ -95,6 +98,15 @@ pub enum Event {
         tx: Transaction,
         /// The HTLC output's index in it.
         vout: u32,
+    },
+    /// Buyer: the claim the node built for [`Action::QueueClaim`], signed by every swap whose
+    /// HTLC it spends (through the claim leaf). The node broadcasts it once every swap of the
+    /// batch has taken (persisted) it.
+    ClaimBuilt {
+        /// The signed claim.
+        tx: Transaction,
+        /// The value of all its inputs, in sat (its fee is that less its outputs).
+        inputs_sat: u64,
     },
     /// Seller: the wallet could not fund the HTLC.
     FundingFailed {
@@ -252,6 +264,11 @@ pub enum Action {
         /// Its value.
         amount_sat: u64,
     },
+    /// Buyer (with [`Context::batch_claims`]): claim the HTLC through the claim leaf in the
+    /// node's next claim batch, replacing the claim that is out, if any ([`crate::claims`]:
+    /// the node asks the swap for its [`crate::claims::ClaimMember`], has it sign its input and
+    /// answers with [`Event::ClaimBuilt`]).
+    QueueClaim,
     /// Broadcast a transaction (idempotent: it may already be known).
     Broadcast {
         /// The transaction.

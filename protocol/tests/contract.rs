@@ -358,3 +358,155 @@ fn same_seed_and_index_give_the_same_keys() {
         looper_protocol::keys::SwapKeys::derive(&master(1), 7).unwrap().musig_pubkey().to_string()
     );
 }
+
+mod batched_claims {
+    use super::*;
+    use looper_protocol::claims::{
+        batch_claim_vbytes, plan_claims, ClaimMember, ClaimOut, MAX_CLAIM_BATCH,
+    };
+    use looper_protocol::fees::FeeEstimates;
+    use looper_protocol::SwapId;
+
+    fn member(p: &Pair, n: u8, amount: Amount, deadline: u32) -> ClaimMember {
+        ClaimMember {
+            swap_id: SwapId([n; 32]),
+            input: HtlcInput {
+                htlc: p.htlc.clone(),
+                outpoint: outpoint(n),
+                amount,
+                path: SpendPath::ClaimScript,
+            },
+            destination: destination(),
+            deadline_height: deadline,
+            target: 9,
+            cap: fee_rate(200),
+            wanted: None,
+            out: None,
+        }
+    }
+
+    fn flat(sat_vb: u64) -> FeeEstimates {
+        FeeEstimates::flat(fee_rate(sat_vb))
+    }
+
+    #[test]
+    fn the_size_formula_matches_built_claims() {
+        let swaps: Vec<Pair> = (20..26).map(|i| pair(i, TIMEOUT)).collect();
+        for n in 1..=swaps.len() {
+            let members =
+                swaps[..n].iter().enumerate().map(|(i, p)| member(p, i as u8 + 1, AMOUNT, TIMEOUT));
+            let plan =
+                plan_claims(members.collect(), &flat(1), TIMEOUT - 100).pop().unwrap().unwrap();
+            let mut spend = plan.spend;
+            for (i, p) in swaps[..n].iter().enumerate() {
+                spend.sign_claim_script(i, p.buyer.claim(), p.seller.preimage()).unwrap();
+            }
+            let tx = spend.finalize().unwrap();
+            eprintln!("n={n} weight={} vsize={}", tx.weight().to_wu(), tx.vsize());
+            assert_eq!(tx.vsize() as u64, batch_claim_vbytes(n as u64), "{n} claims");
+        }
+        assert_eq!(batch_claim_vbytes(1), CLAIM_SCRIPT_PATH_VBYTES);
+    }
+
+    #[test]
+    fn claims_due_together_go_out_in_one_transaction_valid_in_core() {
+        let swaps: Vec<Pair> = (30..33).map(|i| pair(i, TIMEOUT)).collect();
+        let members: Vec<ClaimMember> = swaps
+            .iter()
+            .enumerate()
+            .map(|(i, p)| member(p, i as u8 + 1, AMOUNT, TIMEOUT - 2))
+            .collect();
+        let mut plans = plan_claims(members, &flat(5), TIMEOUT - 100);
+        assert_eq!(plans.len(), 1);
+        let plan = plans.pop().unwrap().unwrap();
+        assert_eq!(plan.members.len(), 3);
+        assert_eq!(plan.inputs_sat, 3 * AMOUNT.to_sat());
+        let mut spend = plan.spend;
+        for (i, p) in swaps.iter().enumerate() {
+            spend.sign_claim_script(i, p.buyer.claim(), p.seller.preimage()).unwrap();
+        }
+        let prevouts = spend.prevouts().to_vec();
+        let tx = spend.finalize().unwrap();
+        kernel_verify(&tx, &prevouts).unwrap();
+        // 5 sat/vB for the batch's size, cheaper than three claims alone.
+        let fee = plan.inputs_sat - tx.output[0].value.to_sat();
+        assert_eq!(fee, 5 * batch_claim_vbytes(3));
+        assert!(fee < 3 * 5 * CLAIM_SCRIPT_PATH_VBYTES);
+    }
+
+    #[test]
+    fn the_earliest_deadline_prices_the_batch() {
+        let swaps: Vec<Pair> = (40..42).map(|i| pair(i, TIMEOUT)).collect();
+        // A rising curve: 50 sat/vB for the next block, 5 for 9 blocks.
+        let estimates = FeeEstimates::from_fn(|t| if t <= 2 { fee_rate(50) } else { fee_rate(5) });
+        let tip = TIMEOUT - 100;
+        let far = member(&swaps[0], 1, AMOUNT, TIMEOUT);
+        let alone = plan_claims(vec![far.clone()], &estimates, tip).pop().unwrap().unwrap();
+        let near = member(&swaps[1], 2, AMOUNT, tip + 3);
+        let both = plan_claims(vec![far, near], &estimates, tip).pop().unwrap().unwrap();
+        let rate = |p: &looper_protocol::claims::ClaimPlan| {
+            p.spend.fee().to_sat() / p.spend.tx().input.len() as u64
+        };
+        assert!(rate(&both) > 2 * rate(&alone), "the near deadline sets the rate");
+        // The earliest deadline comes first, and the rate a member's bump asked is kept.
+        assert_eq!(both.members[0], SwapId([2; 32]));
+    }
+
+    #[test]
+    fn a_replacement_pays_more_than_the_claims_it_replaces_and_keeps_them_together() {
+        let swaps: Vec<Pair> = (50..53).map(|i| pair(i, TIMEOUT)).collect();
+        let tip = TIMEOUT - 100;
+        // Two swaps claimed together at 5 sat/vB.
+        let first: Vec<ClaimMember> =
+            (0..2).map(|i| member(&swaps[i], i as u8 + 1, AMOUNT, TIMEOUT)).collect();
+        let plan = plan_claims(first.clone(), &flat(5), tip).pop().unwrap().unwrap();
+        let mut spend = plan.spend;
+        for (i, p) in swaps[..2].iter().enumerate() {
+            spend.sign_claim_script(i, p.buyer.claim(), p.seller.preimage()).unwrap();
+        }
+        let out = ClaimOut { tx: spend.finalize().unwrap(), inputs_sat: plan.inputs_sat };
+        let old_fee = out.fee_sat();
+        // The first asks for a bump at 8 sat/vB; a third swap joins; the second comes along.
+        let mut bumped = first;
+        for m in &mut bumped {
+            m.out = Some(out.clone());
+        }
+        bumped[0].wanted = Some(fee_rate(8));
+        bumped.push(member(&swaps[2], 3, AMOUNT, TIMEOUT));
+        let mut plans = plan_claims(bumped, &flat(2), tip);
+        assert_eq!(plans.len(), 1);
+        let plan = plans.pop().unwrap().unwrap();
+        assert_eq!(plan.members.len(), 3);
+        assert_eq!(plan.replaces, vec![out.tx.compute_txid()]);
+        let fee = plan.spend.fee().to_sat();
+        let vsize = batch_claim_vbytes(3);
+        assert!(fee >= 8 * vsize, "the bump's rate");
+        assert!(fee >= old_fee + vsize, "BIP-125: more than the replaced fee plus relay");
+    }
+
+    #[test]
+    fn a_small_htlc_is_not_made_to_pay_for_a_large_ones_deadline() {
+        let swaps: Vec<Pair> = (60..62).map(|i| pair(i, TIMEOUT)).collect();
+        let tip = TIMEOUT - 5;
+        // Urgent: the large claim may pay up to most of its value.
+        let mut large = member(&swaps[0], 1, Amount::from_sat(5_000_000), TIMEOUT - 2);
+        large.wanted = Some(fee_rate(3_000));
+        let small = member(&swaps[1], 2, Amount::from_sat(20_000), TIMEOUT);
+        let plans = plan_claims(vec![large, small], &flat(10), tip);
+        assert_eq!(plans.len(), 2, "split: the small one's share would exceed its limit");
+        for plan in plans {
+            let plan = plan.unwrap();
+            assert_eq!(plan.members.len(), 1);
+        }
+    }
+
+    #[test]
+    fn batches_hold_at_most_the_maximum() {
+        let p = pair(70, TIMEOUT);
+        let members =
+            (0..(MAX_CLAIM_BATCH + 3) as u8).map(|i| member(&p, i + 1, AMOUNT, TIMEOUT)).collect();
+        let plans = plan_claims(members, &flat(2), TIMEOUT - 100);
+        let sizes: Vec<usize> = plans.into_iter().map(|p| p.unwrap().members.len()).collect();
+        assert_eq!(sizes, vec![MAX_CLAIM_BATCH, 3]);
+    }
+}

@@ -128,6 +128,8 @@ pub struct Outcome {
     pub log: Vec<String>,
     /// Most outputs of one transaction the seller broadcast (its largest funding batch + change).
     pub max_seller_tx_outputs: usize,
+    /// Most HTLCs one transaction of the buyer's claimed (its largest claim batch).
+    pub max_buyer_claim_inputs: usize,
 }
 
 /// Why a run failed (with the trace to reproduce it).
@@ -210,6 +212,14 @@ pub async fn run(sc: Scenario) -> Result<Outcome, Failure> {
         .map(|(t, _)| t.output.len())
         .max()
         .unwrap_or(0);
+    let buyer_txids: Vec<_> =
+        w.broadcasts.iter().filter(|(n, _)| *n == BUYER).map(|(_, t)| *t).collect();
+    let max_buyer_claim_inputs = w
+        .all()
+        .filter(|(t, _)| buyer_txids.contains(&t.compute_txid()))
+        .map(|(t, _)| t.input.len())
+        .max()
+        .unwrap_or(0);
     Ok(Outcome {
         claimed,
         refunded,
@@ -217,6 +227,7 @@ pub async fn run(sc: Scenario) -> Result<Outcome, Failure> {
         steps,
         log: w.log.clone(),
         max_seller_tx_outputs,
+        max_buyer_claim_inputs,
     })
 }
 

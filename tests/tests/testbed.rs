@@ -108,3 +108,21 @@ async fn fundings_are_batched_by_at_most_50_htlcs() {
     assert!(o.max_seller_tx_outputs > 2, "fundings were batched");
     assert!(o.max_seller_tx_outputs <= 51, "{} outputs", o.max_seller_tx_outputs);
 }
+
+/// A seller that withholds its signatures leaves every swap to the script path: claims due at
+/// the same time go out in one transaction, and every run still ends with balances that add up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn claims_due_together_are_batched() {
+    let mut most = 0;
+    for seed in 0..seeds(6) {
+        let sc = Scenario {
+            swaps: 4,
+            malice: Some((SELLER, Malice::WithholdSignatures)),
+            ..honest(90_000 + seed)
+        };
+        let o = run(sc).await.unwrap_or_else(|f| panic!("{f}"));
+        assert!(o.max_buyer_claim_inputs <= 20, "{} inputs", o.max_buyer_claim_inputs);
+        most = most.max(o.max_buyer_claim_inputs);
+    }
+    assert!(most >= 2, "no claim of several swaps in any run");
+}

@@ -18,6 +18,13 @@ pub const MAX_FUNDING_OUTPUTS: usize = 50;
 pub(super) type FundingRequest = (SwapId, ScriptBuf, u64);
 
 impl Engine {
+    /// The queued fundings ([`Engine::flush_funding`]), then the queued claims
+    /// ([`Engine::flush_claims`]).
+    pub async fn flush_queues(&self) {
+        self.flush_funding().await;
+        self.flush_claims().await;
+    }
+
     pub(super) fn queue_funding(&self, id: SwapId, script: ScriptBuf, amount_sat: u64) {
         self.lock_misc().funding_queue.push((id, script, amount_sat));
     }
@@ -167,6 +174,12 @@ impl Engine {
     /// another transaction for the same purpose (a replacement).
     pub(super) async fn broadcast(&self, id: SwapId, tx: &Transaction, purpose: TxPurpose) {
         let failed = self.try_broadcast(id, tx, purpose, false).await;
+        if failed && purpose == TxPurpose::ScriptClaim && tx.input.len() > 1 {
+            // A claim of several swaps the chain refuses may spend an HTLC that is gone (a
+            // swap of the batch lost it): the next flush builds it again without that one
+            // (and leaves it as it is when every swap of the batch still holds it).
+            self.queue_claim(id);
+        }
         let mut misc = self.lock_misc();
         if failed {
             misc.retry_broadcasts.insert((id, purpose), tx.clone());

@@ -27,6 +27,7 @@
 //! seller's blocked keys), [`io`] (the traits).
 
 mod blocklist;
+mod claims;
 mod cpfp;
 pub use blocklist::{BlockListError, BlockSource, BlockedPeer, MAX_BLOCK_NOTE_CHARS};
 mod funding;
@@ -241,6 +242,9 @@ struct Misc {
     retry_broadcasts: BTreeMap<(SwapId, TxPurpose), bitcoin::Transaction>,
     /// Fundings waiting in the mempool and their children ([`Engine::bump_fundings`]).
     funding_bumps: BTreeMap<bitcoin::Txid, cpfp::FundingBump>,
+    /// Buyer swaps that asked for a script-path claim, claimed together by
+    /// [`Engine::flush_claims`].
+    claim_queue: std::collections::BTreeSet<SwapId>,
 }
 
 struct Inner {
@@ -261,6 +265,8 @@ struct Inner {
     misc: StdMutex<Misc>,
     /// Held by the one running [`Engine::flush_funding`] (across its wallet and chain calls).
     funding_flush: tokio::sync::Mutex<()>,
+    /// Held by the one running [`Engine::flush_claims`].
+    claim_flush: tokio::sync::Mutex<()>,
     notifications: broadcast::Sender<SwapNotification>,
 }
 
@@ -298,6 +304,7 @@ impl Engine {
         let (notifications, _) = broadcast::channel(1024);
         let tip = parts.chain.tip_height().await?;
         let mut ctx = Context::new(parts.clock.now_secs(), tip, FeeRate::ZERO);
+        ctx.batch_claims = true;
         let estimates = watcher::read_estimates(&*parts.chain).await;
         watcher::apply_fees(&mut ctx, estimates, &parts.config.fees, &*parts.wallet);
         let misc = Misc {
@@ -308,6 +315,7 @@ impl Engine {
             funding_queue: Vec::new(),
             retry_broadcasts: BTreeMap::new(),
             funding_bumps: BTreeMap::new(),
+            claim_queue: std::collections::BTreeSet::new(),
         };
         let blocked = blocklist::BlockList::load(&parts.config.blocked_peers, &*parts.store)?;
         let inner = Arc::new(Inner {
@@ -325,6 +333,7 @@ impl Engine {
             ctx: StdMutex::new(ctx),
             misc: StdMutex::new(misc),
             funding_flush: tokio::sync::Mutex::new(()),
+            claim_flush: tokio::sync::Mutex::new(()),
             notifications,
         });
         let engine = Engine { inner };
@@ -365,7 +374,7 @@ impl Engine {
                 self.resume_one(id, &slot).await;
             }
         }
-        self.flush_funding().await;
+        self.flush_queues().await;
         Ok(())
     }
 
@@ -489,7 +498,7 @@ impl Engine {
         self.inner.transport.set_unmined_expected(true);
         self.carry_out(swap_id, &slot, &mut machine, actions).await;
         drop(machine);
-        self.flush_funding().await;
+        self.flush_queues().await;
         Ok(swap_id)
     }
 
@@ -499,7 +508,7 @@ impl Engine {
     /// [`EngineError::UnknownSwap`], [`EngineError::Swap`].
     pub async fn abort(&self, swap_id: SwapId) -> Result<(), EngineError> {
         self.feed(swap_id, Event::UserAbort).await?;
-        self.flush_funding().await;
+        self.flush_queues().await;
         Ok(())
     }
 
@@ -564,7 +573,7 @@ impl Engine {
                 true
             }
         };
-        self.flush_funding().await;
+        self.flush_queues().await;
         done
     }
 
@@ -591,7 +600,7 @@ impl Engine {
                         let engine = self.clone();
                         handlers.spawn(async move {
                             engine.handle_message(m).await;
-                            engine.flush_funding().await;
+                            engine.flush_queues().await;
                             drop(permit);
                         });
                     }

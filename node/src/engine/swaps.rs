@@ -584,6 +584,11 @@ impl Engine {
                 self.queue_funding(id, script_pubkey, amount_sat);
                 Ok(None)
             }
+            Action::QueueClaim => {
+                // Claimed with the other swaps queued meanwhile (`flush_claims`).
+                self.queue_claim(id);
+                Ok(None)
+            }
             Action::Broadcast { tx, purpose } => {
                 self.broadcast(id, &tx, purpose).await;
                 Ok(None)

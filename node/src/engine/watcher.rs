@@ -75,7 +75,7 @@ impl Engine {
         self.retry_broadcasts().await;
         self.bump_fundings().await;
         self.tick_pending().await;
-        self.flush_funding().await;
+        self.flush_queues().await;
     }
 
     /// Feeds a tick to every pending swap.

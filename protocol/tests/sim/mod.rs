@@ -484,6 +484,17 @@ impl Sim {
                     };
                     self.feed(party, Event::FundingBuilt { tx, vout: 1 });
                 }
+                Action::QueueClaim => {
+                    // A node batches claims; alone, the claim is built at once.
+                    let ctx = self.ctx;
+                    match looper_protocol::claims::claim_alone(&self.buyer, &ctx) {
+                        Ok((event, tx)) => {
+                            self.feed(party, event);
+                            self.broadcast(party, tx, TxPurpose::ScriptClaim);
+                        }
+                        Err(e) => self.log.push(format!("claim not built: {e}")),
+                    }
+                }
                 Action::Broadcast { mut tx, purpose } => {
                     if purpose == TxPurpose::Funding
                         && self.opts.tamper == Some(Tamper::FundingValue)
