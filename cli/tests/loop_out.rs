@@ -3,7 +3,8 @@
 //! miner. Asserts on `--json` (offers, out, swaps, swap by id and by payment hash, wallet
 //! balance, channels, swap monitor) and on snapshots of the human output of `looper out` and
 //! `looper swap ID` with the varying parts (txids, ids, heights, times, fees) replaced by
-//! placeholders.
+//! placeholders. Then the Lightning operations on the real channels: peers, a second channel, a
+//! cooperative and a force close, disconnecting and connecting a peer.
 //!
 //! Runs the `looper-node` binary of the same target dir (`cargo test` of the whole workspace
 //! builds it; `cargo test -p looper-cli` alone does not, so run `cargo build -p looper-node`
@@ -199,6 +200,121 @@ fn cli_for(h: &Harness, name: &str) -> Result<Cli> {
     Ok(Cli { url: n.api_url(), token: n.token_file() })
 }
 
+/// The buyer's channels (`looper --json ln channels`).
+async fn channels(cli: &Cli) -> Vec<Value> {
+    cli.json(&["ln", "channels"]).await["channels"].as_array().cloned().unwrap_or_default()
+}
+
+/// What the buyer's Lightning node can spend on chain, after a sync.
+async fn ln_spendable(cli: &Cli) -> Option<u64> {
+    cli.run(&["sync"]).await;
+    cli.json(&["ln", "balance"]).await["onchain_spendable_sat"].as_u64()
+}
+
+/// After the swaps, with blocks coming: the buyer's peers (the seller, with its channel; not
+/// disconnected while it has one), a second channel, a cooperative close of the first (its funds
+/// come back to the Lightning node's on-chain wallet), a force close of the second, then the
+/// seller disconnected and connected again.
+async fn lightning_operations(h: &Harness, buyer: &Cli) -> Result<()> {
+    let seller_node = h.node("seller")?;
+    let seller_id = seller_node.info().expect("seller info").ln_node_id.clone();
+    let seller_addr = seller_node.ln_addr().to_string();
+    let seller = cli_for(h, "seller")?;
+
+    let peers = buyer.json(&["ln", "peers"]).await;
+    let peer = peers["peers"]
+        .as_array()
+        .and_then(|l| l.iter().find(|p| p["node_id"] == seller_id.as_str()))
+        .cloned()
+        .with_context(|| format!("the seller is not a peer: {peers:#}"))?;
+    assert_eq!(
+        (&peer["connected"], &peer["persisted"], &peer["channels"]),
+        (&Value::Bool(true), &Value::Bool(true), &Value::from(1)),
+        "{peer:#}"
+    );
+    let r = buyer.ok(&["ln", "peers"]).await;
+    assert!(r.stdout.starts_with("NODE ID") && r.stdout.contains(&seller_id), "{r:?}");
+    let r = buyer.run(&["ln", "disconnect", &seller_id]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("close its channels first"), "{r:?}");
+
+    // A second channel, to force-close.
+    let opened = buyer
+        .json(&[
+            "ln",
+            "open",
+            "--node-id",
+            &seller_id,
+            "--address",
+            &seller_addr,
+            "--amount",
+            "300000",
+            "--yes",
+        ])
+        .await;
+    let user_channel_id = opened["user_channel_id"].as_str().unwrap().to_string();
+    let chans = wait_until("the second channel usable", TIMEOUT, || async {
+        let c = channels(buyer).await;
+        (c.len() == 2 && c.iter().all(|c| c["usable"] == true)).then_some(c)
+    })
+    .await?;
+    let first = chans.iter().find(|c| c["capacity_sat"] != 300_000).unwrap();
+    let first_id = first["channel_id"].as_str().unwrap().to_string();
+    let first_out_sat = first["outbound_msat"].as_u64().unwrap() / 1000;
+
+    // Cooperative close of the first, named as `ln channels` shows it.
+    let before = ln_spendable(buyer).await.context("ln balance")?;
+    let short_form = format!("{}..{}", &first_id[..8], &first_id[60..]);
+    let r = buyer.ok(&["ln", "close", &short_form]).await;
+    assert!(
+        r.stdout.starts_with(&format!(
+            "closing channel {first_id} with {seller_id} cooperatively: the funds come back"
+        )),
+        "{r:?}"
+    );
+    let after = wait_until("the first channel's funds back on chain", TIMEOUT, || async {
+        let b = ln_spendable(buyer).await?;
+        let open = channels(buyer).await.iter().any(|c| c["channel_id"] == first_id.as_str());
+        (!open && b >= before + first_out_sat - 5_000).then_some(b)
+    })
+    .await
+    .with_context(|| format!("spendable before {before}, outbound {first_out_sat}"))?;
+    ensure!(after > before);
+
+    // Force close of the second, by its user channel id.
+    let closed = buyer.json(&["ln", "close", &user_channel_id, "--force", "--yes"]).await;
+    assert_eq!(closed["force"], true, "{closed:#}");
+    assert_eq!(closed["user_channel_id"], user_channel_id.as_str(), "{closed:#}");
+    assert_eq!(closed["counterparty"], seller_id.as_str(), "{closed:#}");
+    assert!(closed["to_self_delay_blocks"].as_u64().is_some_and(|d| d > 0), "{closed:#}");
+    wait_until("no channel left on either side", TIMEOUT, || async {
+        (channels(buyer).await.is_empty() && channels(&seller).await.is_empty()).then_some(())
+    })
+    .await?;
+
+    // No channel left: the seller is forgotten (its last channel closed), can be connected,
+    // disconnected, and connected again, remembered this time.
+    let target = format!("{seller_id}@{seller_addr}");
+    let r = buyer.ok(&["ln", "connect", &target]).await;
+    assert_eq!(r.stdout, format!("connected to {target}\n"));
+    let r = buyer.ok(&["ln", "disconnect", &seller_id]).await;
+    assert_eq!(r.stdout, format!("disconnected {seller_id}\n"));
+    wait_until("the seller gone from the peers", TIMEOUT, || async {
+        let v = buyer.json(&["ln", "peers"]).await;
+        (!v["peers"].as_array()?.iter().any(|p| p["node_id"] == seller_id.as_str())).then_some(())
+    })
+    .await?;
+    let peer = buyer.json(&["ln", "connect", &target, "--persist"]).await;
+    assert_eq!(
+        (&peer["node_id"], &peer["connected"], &peer["persisted"], &peer["channels"]),
+        (&Value::from(seller_id.as_str()), &Value::Bool(true), &Value::Bool(true), &Value::from(0)),
+        "{peer:#}"
+    );
+    let r = buyer.ok(&["ln", "peers"]).await;
+    assert!(r.stdout.contains(&seller_id) && r.stdout.contains("yes"), "{r:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn loop_out_with_the_cli() -> Result<()> {
     let t0 = Instant::now();
@@ -391,6 +507,8 @@ async fn loop_out_with_the_cli() -> Result<()> {
     snapshot("swap_claimed.txt", &normalize(&r.stdout));
     let swaps = buyer.json(&["swaps"]).await;
     assert_eq!(swaps["swaps"].as_array().map(Vec::len), Some(2), "{swaps:#}");
+
+    lightning_operations(&h, &buyer).await?;
     miner.stop();
 
     h.stop().await;

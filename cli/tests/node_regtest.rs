@@ -222,6 +222,126 @@ async fn cli_against_a_regtest_node() -> anyhow::Result<()> {
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.starts_with("error: cannot block nope: key: not a Nostr public key"), "{r:?}");
 
+    // Lightning: peers (none), connecting, disconnecting, closing and withdrawing, with the
+    // errors of bad input.
+    let r = cli(&url, &token, &["ln", "peers"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout, "no peers (connect to one with `looper ln connect NODE_ID@HOST:PORT`)\n");
+    let r = cli(&url, &token, &["ln", "peers", "--json"]).await;
+    assert_eq!(r.json(), serde_json::json!({"peers": []}), "{r:?}");
+    let stranger = "02eec7245d6b7d2ccb30380bfbe2a3648cd7a942653f5aa340edcea1f283686619";
+    let r = cli(&url, &token, &["ln", "connect", stranger]).await;
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("expected NODE_ID@HOST:PORT"), "{r:?}");
+    let nobody = format!("{stranger}@127.0.0.1:{}", free_port());
+    let r = cli(&url, &token, &["ln", "connect", &nobody]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.starts_with("error: cannot connect to 02eec724..6619: "), "{r:?}");
+    assert!(r.stderr.ends_with("(check the address and that the peer is online)\n"), "{r:?}");
+    let r = cli(&url, &token, &["ln", "disconnect", stranger]).await;
+    assert_eq!(
+        (r.code, r.stdout.clone()),
+        (0, format!("{stranger} is not a peer (nothing to do)\n"))
+    );
+    let unknown = "ab".repeat(32);
+    let r = cli(&url, &token, &["ln", "close", &unknown]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(
+        r.stderr,
+        format!(
+            "error: cannot close channel abababab..abab: no channel {unknown} (`looper ln channels` lists the channels)\n"
+        )
+    );
+    let r = cli(&url, &token, &["--json", "ln", "close", "7"]).await;
+    assert_eq!(r.json()["error"]["code"], "not_found", "{r:?}");
+    let r = cli(&url, &token, &["ln", "close", "5a1b"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("no channel of the node has that id"), "{r:?}");
+    // A force close asks first: without a terminal, --yes is needed.
+    let r = cli(&url, &token, &["ln", "close", &unknown, "--force"]).await;
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("pass --yes"), "{r:?}");
+    let mainnet = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq";
+    let r =
+        cli(&url, &token, &["--json", "ln", "withdraw", mainnet, "--amount", "10000", "-y"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert_eq!(r.json()["error"]["code"], "bad_request", "{r:?}");
+    assert!(r.stderr.contains("address: not a regtest address"), "{r:?}");
+    let dest = cli(&url, &token, &["--json", "wallet", "address"]).await.json()["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = cli(&url, &token, &["ln", "withdraw", &dest, "--amount", "10000", "-y"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stderr.contains("insufficient funds")
+            && r.stderr.ends_with("(see what is spendable: `looper ln balance`)\n"),
+        "{r:?}"
+    );
+    // Fund the Lightning node's wallet, then withdraw part of it, then the rest.
+    let ln_addr = cli(&url, &token, &["--json", "ln", "address"]).await.json()["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    chain.fund_address(
+        &looper_regtest::parse_address(&ln_addr)?,
+        bitcoin::Amount::from_sat(200_000),
+    )?;
+    chain.mine(1)?;
+    let ln_balance = || async {
+        cli(&url, &token, &["sync"]).await;
+        cli(&url, &token, &["--json", "ln", "balance"]).await.json()["onchain_spendable_sat"]
+            .as_u64()
+    };
+    looper_regtest::harness::wait_until(
+        "the lightning wallet funded",
+        Duration::from_secs(60),
+        || async { (ln_balance().await? == 200_000).then_some(()) },
+    )
+    .await?;
+    let r =
+        cli(&url, &token, &["ln", "withdraw", &dest, "--amount", "50000", "--fee-rate", "2", "-y"])
+            .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let prefix = format!("sent 50,000 sat to {dest}: txid ");
+    assert!(r.stdout.starts_with(&prefix), "{r:?}");
+    let first: bitcoin::Txid = r.stdout[prefix.len()..].trim().parse()?;
+    looper_regtest::harness::wait_until(
+        "the first withdrawal broadcast",
+        Duration::from_secs(60),
+        || async { chain.in_mempool(&first).ok()?.then_some(()) },
+    )
+    .await?;
+    let r = cli(&url, &token, &["--json", "ln", "withdraw", &dest, "--all", "--yes"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let txid: bitcoin::Txid = r.json()["txid"].as_str().unwrap().parse()?;
+    looper_regtest::harness::wait_until(
+        "the withdrawal broadcast",
+        Duration::from_secs(60),
+        || async { chain.in_mempool(&txid).ok()?.then_some(()) },
+    )
+    .await?;
+    chain.mine(1)?;
+    looper_regtest::harness::wait_until(
+        "the lightning wallet emptied",
+        Duration::from_secs(60),
+        || async { (ln_balance().await? == 0).then_some(()) },
+    )
+    .await?;
+    looper_regtest::harness::wait_until(
+        "the withdrawals in the swap wallet",
+        Duration::from_secs(60),
+        || async {
+            cli(&url, &token, &["sync"]).await;
+            let b = cli(&url, &token, &["--json", "wallet", "balance"]).await.json()
+                ["confirmed_sat"]
+                .as_u64()?;
+            // 200 000 sat less the two fees.
+            (b > 199_000 && b < 200_000).then_some(())
+        },
+    )
+    .await?;
+
     let _ = stop_tx.send(());
     tokio::time::timeout(Duration::from_secs(60), task).await???;
     Ok(())

@@ -112,6 +112,28 @@ fn no_terminal_and_no_yes_is_a_usage_error() {
 }
 
 #[test]
+fn ln_withdraw_takes_an_amount_or_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("api.token");
+    std::fs::write(&token, "0123456789abcdef\n").unwrap();
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let base = ["--rpc-url", &url, "--token-file", token.to_str().unwrap(), "ln", "withdraw"];
+    for extra in [&["bcrt1qxyz", "--yes"][..], &["bcrt1qxyz", "--amount", "1000", "--all", "--yes"]]
+    {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let r = looper(&args);
+        assert_eq!(r.code, 2, "{extra:?}: {r:?}");
+        assert!(r.stderr.starts_with("error: "), "{r:?}");
+        assert!(r.stderr.contains("--amount <SAT>") && r.stderr.contains("--all"), "{r:?}");
+    }
+    // Without a terminal, a withdrawal needs --yes (the node is not asked).
+    let args: Vec<&str> = base.iter().chain(&["bcrt1qxyz", "--all"]).copied().collect();
+    let r = looper(&args);
+    assert_eq!(r.code, 2, "{r:?}");
+    assert!(r.stderr.contains("pass --yes"), "{r:?}");
+}
+
+#[test]
 fn help_has_examples() {
     let r = looper(&["--help"]);
     assert_eq!(r.code, 0);
@@ -119,6 +141,12 @@ fn help_has_examples() {
     let r = looper(&["out", "--help"]);
     assert_eq!(r.code, 0);
     snapshot("out_help.txt", &r.stdout);
+    let r = looper(&["ln", "--help"]);
+    assert_eq!(r.code, 0);
+    snapshot("ln_help.txt", &r.stdout);
+    let r = looper(&["ln", "close", "--help"]);
+    assert_eq!(r.code, 0);
+    snapshot("ln_close_help.txt", &r.stdout);
     // Every command's help has an example.
     for cmd in [
         vec!["info"],
@@ -147,6 +175,11 @@ fn help_has_examples() {
         vec!["ln", "invoice"],
         vec!["ln", "pay"],
         vec!["ln", "payment"],
+        vec!["ln", "peers"],
+        vec!["ln", "connect"],
+        vec!["ln", "disconnect"],
+        vec!["ln", "close"],
+        vec!["ln", "withdraw"],
         vec!["sync"],
         vec!["completions"],
     ] {

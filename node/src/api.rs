@@ -24,12 +24,13 @@ use bitcoin::{Address, Amount, FeeRate, Network};
 use ldk_node::lightning_invoice::Bolt11Invoice;
 use looper_api::{
     AbortResponse, AddressResponse, BlockRequest, BlockedKey, BlockedList, Channel, ChannelList,
-    DiscoverQuery, DiscoveredOffer, ErrorBody, ErrorCode, EventsQuery, InfoResponse,
-    InvoiceRequest, InvoiceResponse, LnBalance, LnInfo, OfferIdResponse, OfferList, OpenRequest,
-    OpenResponse, PayRequest, PayResponse, PaymentDirection, PaymentInfo, PaymentStatus,
-    SellerHistory, SendRequest, SendResponse, StatsResponse, SwapDetail, SwapEvents, SwapExport,
-    SwapList, SwapOutRequest, SwapOutResponse, SwapSummary, SyncResponse, UnblockResponse,
-    WalletBalance, WithdrawResponse,
+    CloseRequest, CloseResponse, ConnectRequest, DisconnectResponse, DiscoverQuery,
+    DiscoveredOffer, ErrorBody, ErrorCode, EventsQuery, InfoResponse, InvoiceRequest,
+    InvoiceResponse, LnBalance, LnInfo, LnWithdrawRequest, OfferIdResponse, OfferList, OpenRequest,
+    OpenResponse, PayRequest, PayResponse, PaymentDirection, PaymentInfo, PaymentStatus, Peer,
+    PeerList, SellerHistory, SendRequest, SendResponse, StatsResponse, SwapDetail, SwapEvents,
+    SwapExport, SwapList, SwapOutRequest, SwapOutResponse, SwapSummary, SyncResponse,
+    UnblockResponse, WalletBalance, WithdrawResponse,
 };
 use looper_protocol::buyer::BuyerPolicy;
 use looper_protocol::messages::Offer;
@@ -37,7 +38,7 @@ use looper_protocol::record::SwapRecord as ProtoRecord;
 use looper_protocol::{PaymentHash, Preimage, SwapId};
 
 use crate::engine::{BlockListError, BlockedPeer, Engine, EngineError};
-use crate::lightning::{LightningError, PayOutcome};
+use crate::lightning::{ChannelRef, LightningError, PayOutcome, WithdrawAmount};
 use crate::nostr::{NostrTransport, OfferFilter, PublicKey as NostrPublicKey};
 use crate::seed::ApiToken;
 use crate::stats::{self, SwapFigures};
@@ -103,7 +104,8 @@ impl NodeFacts {
 /// `unknown_offer` (404), `insufficient_funds` (400), the code of the buyer check that refuses an
 /// offer (422: `fee_too_high`, `claim_margin_too_low`, ...,
 /// [`BuyerCheckError::CODES`](looper_protocol::buyer::BuyerCheckError::CODES)),
-/// `amount_above_limit` (422, above `safety.max_swap_amount_sat`), `conflict` (409),
+/// `amount_above_limit` (422, above `safety.max_swap_amount_sat`), `conflict` (409; also a
+/// cooperative close whose peer is away, a disconnect of a peer with channels),
 /// `lightning_error` (502), `chain_error` (502), `internal` (500).
 #[derive(Debug)]
 pub struct ApiError {
@@ -132,6 +134,9 @@ impl ApiError {
     fn lightning(e: LightningError) -> Self {
         match e {
             LightningError::Invalid { what, reason } => Self::bad(what, reason),
+            LightningError::UnknownChannel(_) => Self::not_found(e),
+            LightningError::PeerNotConnected(_) => Self::new(ErrorCode::Conflict, e),
+            LightningError::InsufficientFunds(_) => Self::new(ErrorCode::InsufficientFunds, e),
             other => Self::new(ErrorCode::LightningError, other),
         }
     }
@@ -218,6 +223,11 @@ fn method_router(method: &str, path: &str) -> Option<MethodRouter<ApiState>> {
         ("POST", "/v1/ln/invoice") => post(ln_invoice),
         ("POST", "/v1/ln/pay") => post(ln_pay),
         ("GET", "/v1/ln/payments/{hash}") => get(ln_payment),
+        ("GET", "/v1/ln/peers") => get(ln_peers),
+        ("POST", "/v1/ln/peers") => post(ln_connect),
+        ("DELETE", "/v1/ln/peers/{node_id}") => delete(ln_disconnect),
+        ("POST", "/v1/ln/channels/{id}/close") => post(ln_close),
+        ("POST", "/v1/ln/withdraw") => post(ln_withdraw),
         ("POST", "/v1/sync") => post(sync),
         _ => return None,
     })
@@ -906,6 +916,207 @@ async fn ln_payment(State(s): State<ApiState>, Path(hash): Path<String>) -> Type
     }))
 }
 
+/// A Lightning node id (hex) of the request's `field`.
+fn node_id(field: &str, text: &str) -> Result<bitcoin::secp256k1::PublicKey, ApiError> {
+    bitcoin::secp256k1::PublicKey::from_str(text.trim()).map_err(|_| {
+        ApiError::bad(field, format!("{:?} is not a node id (66 hex characters)", text.trim()))
+    })
+}
+
+/// The peer of `POST /v1/ln/peers`: its node id and its address (`host:port`), from `node_id`
+/// and `address` or from `node_id` written `NODE_ID@HOST:PORT`.
+fn connect_target(
+    req: &ConnectRequest,
+) -> Result<(bitcoin::secp256k1::PublicKey, String), ApiError> {
+    let address = req.address.as_deref().map(str::trim).filter(|a| !a.is_empty());
+    let (id, address) = match (req.node_id.trim().split_once('@'), address) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad(
+                "address",
+                "given twice (in node_id as NODE_ID@HOST:PORT and in address)",
+            ))
+        }
+        (Some((id, at)), None) => (id, at.trim()),
+        (None, Some(a)) => (req.node_id.trim(), a),
+        (None, None) => {
+            return Err(ApiError::bad(
+                "address",
+                "missing (give node_id as NODE_ID@HOST:PORT, or address)",
+            ))
+        }
+    };
+    let id = node_id("node_id", id)?;
+    if address.is_empty() {
+        return Err(ApiError::bad("address", "missing after the @ of node_id"));
+    }
+    Ok((id, address.to_string()))
+}
+
+/// A checked `POST /v1/ln/withdraw`: where to, how much, at what fee rate.
+#[derive(Debug)]
+struct Withdrawal {
+    address: Address,
+    amount: WithdrawAmount,
+    fee_rate: Option<FeeRate>,
+}
+
+/// Checks a `POST /v1/ln/withdraw` for a node on `network`.
+fn withdrawal(req: &LnWithdrawRequest, network: Network) -> Result<Withdrawal, ApiError> {
+    let address = Address::<NetworkUnchecked>::from_str(req.address.trim())
+        .map_err(|e| ApiError::bad("address", e))?;
+    if !address.is_valid_for_network(network) {
+        return Err(ApiError::bad("address", format!("not a {network} address")));
+    }
+    let address = address.assume_checked();
+    let amount = match (req.amount_sat, req.all) {
+        (Some(_), true) => {
+            return Err(ApiError::bad("amount_sat", "give amount_sat or all: true, not both"))
+        }
+        (None, false) => {
+            return Err(ApiError::bad("amount_sat", "missing (or all: true to send everything)"))
+        }
+        (None, true) => WithdrawAmount::All,
+        (Some(sat), false) => {
+            let dust = address.script_pubkey().minimal_non_dust().to_sat();
+            if sat < dust {
+                return Err(ApiError::bad(
+                    "amount_sat",
+                    format!("{sat} sat is below the address's dust limit ({dust} sat)"),
+                ));
+            }
+            WithdrawAmount::Sat(sat)
+        }
+    };
+    let fee_rate = match req.fee_rate_sat_vb {
+        Some(r) => Some(
+            FeeRate::from_sat_per_vb(positive("fee_rate_sat_vb", r)?)
+                .ok_or_else(|| ApiError::bad("fee_rate_sat_vb", "too large"))?,
+        ),
+        None => None,
+    };
+    Ok(Withdrawal { address, amount, fee_rate })
+}
+
+/// A peer as the API shows it, with its channel count.
+fn peer_entry(p: crate::lightning::PeerInfo, channels: &[crate::lightning::ChannelInfo]) -> Peer {
+    let id = p.node_id.to_string();
+    let count = channels.iter().filter(|c| c.counterparty == id).count() as u64;
+    Peer {
+        node_id: id,
+        address: p.address,
+        connected: p.connected,
+        persisted: p.persisted,
+        channels: count,
+    }
+}
+
+/// `GET /v1/ln/peers`: the peers connected or remembered, ordered by node id.
+async fn ln_peers(State(s): State<ApiState>) -> Typed<PeerList> {
+    let ln = s.engine.lightning();
+    let channels = ln.channels();
+    let mut peers: Vec<Peer> = ln.peers().into_iter().map(|p| peer_entry(p, &channels)).collect();
+    peers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+    Ok(Json(PeerList { peers }))
+}
+
+/// `POST /v1/ln/peers`: connects (waiting for the handshake) and answers the peer's entry.
+async fn ln_connect(
+    State(s): State<ApiState>,
+    req: Result<Json<ConnectRequest>, JsonRejection>,
+) -> Typed<Peer> {
+    let req = body(req)?;
+    let (id, address) = connect_target(&req)?;
+    let ln = s.engine.lightning();
+    if id == ln.node_id() {
+        return Err(ApiError::bad("node_id", "this is the node's own id"));
+    }
+    ln.connect_peer(id, &address, req.persist).await.map_err(ApiError::lightning)?;
+    let channels = ln.channels();
+    let peer = ln
+        .peers()
+        .into_iter()
+        .find(|p| p.node_id == id)
+        .map(|p| peer_entry(p, &channels))
+        // Connected and gone again at once: say what is known.
+        .unwrap_or(Peer {
+            node_id: id.to_string(),
+            address,
+            connected: false,
+            persisted: req.persist,
+            channels: 0,
+        });
+    Ok(Json(peer))
+}
+
+/// `DELETE /v1/ln/peers/{node_id}`: disconnects and forgets a peer the node has no channel with.
+async fn ln_disconnect(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> Typed<DisconnectResponse> {
+    let id = node_id("node_id", &id)?;
+    let ln = s.engine.lightning();
+    let open = ln.channels().iter().filter(|c| c.counterparty == id.to_string()).count();
+    if open > 0 {
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "the node has {open} channel(s) with {id}: disconnected, they would stay unusable; \
+                 close them first (POST /v1/ln/channels/{{id}}/close)"
+            ),
+        ));
+    }
+    let known = ln.peers().iter().any(|p| p.node_id == id);
+    if known {
+        ln.disconnect_peer(id).await.map_err(ApiError::lightning)?;
+    }
+    Ok(Json(DisconnectResponse { node_id: id.to_string(), disconnected: known }))
+}
+
+/// `POST /v1/ln/channels/{id}/close`: starts a cooperative close, or a force close.
+async fn ln_close(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    req: Result<Json<CloseRequest>, JsonRejection>,
+) -> Typed<CloseResponse> {
+    let req = body(req)?;
+    let channel = id.parse::<ChannelRef>().map_err(ApiError::lightning)?;
+    let closing = s
+        .engine
+        .lightning()
+        .close_channel(channel, req.force)
+        .await
+        .map_err(ApiError::lightning)?;
+    tracing::info!(
+        channel = %closing.channel_id,
+        peer = %closing.counterparty,
+        force = req.force,
+        "lightning channel close requested through the API"
+    );
+    Ok(Json(CloseResponse {
+        channel_id: closing.channel_id,
+        user_channel_id: closing.user_channel_id.to_string(),
+        counterparty: closing.counterparty.to_string(),
+        force: req.force,
+        to_self_delay_blocks: closing.to_self_delay_blocks,
+    }))
+}
+
+/// `POST /v1/ln/withdraw`: sends from the Lightning node's own on-chain wallet.
+async fn ln_withdraw(
+    State(s): State<ApiState>,
+    req: Result<Json<LnWithdrawRequest>, JsonRejection>,
+) -> Typed<SendResponse> {
+    let req = body(req)?;
+    let w = withdrawal(&req, s.network)?;
+    let txid = s
+        .engine
+        .lightning()
+        .withdraw(w.address, w.amount, w.fee_rate)
+        .await
+        .map_err(ApiError::lightning)?;
+    Ok(Json(SendResponse { txid: txid.to_string() }))
+}
+
 async fn sync(State(s): State<ApiState>) -> Typed<SyncResponse> {
     s.engine.sync_wallet().await.map_err(ApiError::engine)?;
     s.engine.lightning().sync().await.map_err(ApiError::lightning)?;
@@ -923,6 +1134,95 @@ mod tests {
             assert!(method_router(m, p).is_some(), "{m} {p} has no handler");
             assert!(!ROUTES[..i].contains(&(*m, *p)), "{m} {p} twice");
         }
+    }
+
+    const NODE: &str = "02eec7245d6b7d2ccb30380bfbe2a3648cd7a942653f5aa340edcea1f283686619";
+
+    /// The error's code and message.
+    fn err<T: std::fmt::Debug>(r: Result<T, ApiError>) -> (ErrorCode, String) {
+        let e = r.unwrap_err();
+        (e.body.code, e.body.message)
+    }
+
+    #[test]
+    fn a_peer_to_connect_is_node_id_at_address_or_both_fields() {
+        let req = |node_id: &str, address: Option<&str>| ConnectRequest {
+            node_id: node_id.into(),
+            address: address.map(Into::into),
+            persist: false,
+        };
+        let (id, at) = connect_target(&req(&format!(" {NODE}@127.0.0.1:9735 "), None)).unwrap();
+        assert_eq!((id.to_string().as_str(), at.as_str()), (NODE, "127.0.0.1:9735"));
+        let (id, at) = connect_target(&req(NODE, Some(" [::1]:9735 "))).unwrap();
+        assert_eq!((id.to_string().as_str(), at.as_str()), (NODE, "[::1]:9735"));
+        for (r, field, why) in [
+            (req(NODE, None), "address", "missing"),
+            (req(NODE, Some(" ")), "address", "missing"),
+            (req(&format!("{NODE}@a:1"), Some("a:1")), "address", "given twice"),
+            (req(&format!("{NODE}@"), None), "address", "missing after the @"),
+            (req("02zz@127.0.0.1:9735", None), "node_id", "not a node id"),
+            (req(&NODE[2..], Some("a:1")), "node_id", "not a node id"),
+        ] {
+            let (code, msg) = err(connect_target(&r));
+            assert_eq!(code, ErrorCode::BadRequest, "{r:?}");
+            assert!(msg.starts_with(&format!("{field}: ")) && msg.contains(why), "{r:?}: {msg}");
+        }
+    }
+
+    #[test]
+    fn a_withdrawal_names_one_amount_and_an_address_of_the_network() {
+        let regtest = "bcrt1qw508d6qejxtdg4y5r3zarvary0c5xw7kygt080";
+        let req = |address: &str, amount_sat: Option<u64>, all: bool, fee: Option<u64>| {
+            LnWithdrawRequest { address: address.into(), amount_sat, all, fee_rate_sat_vb: fee }
+        };
+        let w = withdrawal(&req(regtest, Some(50_000), false, Some(3)), Network::Regtest).unwrap();
+        assert_eq!(w.amount, WithdrawAmount::Sat(50_000));
+        assert_eq!(w.address.to_string(), regtest);
+        assert_eq!(w.fee_rate, FeeRate::from_sat_per_vb(3));
+        let w = withdrawal(&req(&format!(" {regtest} "), None, true, None), Network::Regtest);
+        let w = w.unwrap();
+        assert_eq!((w.amount, w.fee_rate), (WithdrawAmount::All, None));
+        let mainnet = "bc1qar0srrr7xfkvy5l643lydnw9re59gtzzwf5mdq";
+        for (r, field, why) in [
+            (req(mainnet, Some(50_000), false, None), "address", "not a regtest address"),
+            (req("nope", Some(50_000), false, None), "address", ""),
+            (req(regtest, Some(50_000), true, None), "amount_sat", "not both"),
+            (req(regtest, None, false, None), "amount_sat", "missing"),
+            (req(regtest, Some(0), false, None), "amount_sat", "dust limit (294 sat)"),
+            (req(regtest, Some(293), false, None), "amount_sat", "below"),
+            (req(regtest, None, true, Some(0)), "fee_rate_sat_vb", "greater than 0"),
+            (req(regtest, None, true, Some(u64::MAX)), "fee_rate_sat_vb", "too large"),
+        ] {
+            let (code, msg) = err(withdrawal(&r, Network::Regtest));
+            assert_eq!(code, ErrorCode::BadRequest, "{r:?}");
+            assert!(msg.starts_with(&format!("{field}: ")) && msg.contains(why), "{r:?}: {msg}");
+        }
+        assert!(withdrawal(&req(regtest, Some(294), false, None), Network::Regtest).is_ok());
+        // A mainnet node takes the mainnet address and refuses the regtest one.
+        assert!(withdrawal(&req(mainnet, Some(1_000), false, None), Network::Bitcoin).is_ok());
+        let (_, msg) = err(withdrawal(&req(regtest, Some(1_000), false, None), Network::Bitcoin));
+        assert_eq!(msg, "address: not a bitcoin address");
+    }
+
+    #[test]
+    fn lightning_errors_keep_their_code() {
+        let pk = NODE.parse().unwrap();
+        for (e, code) in [
+            (LightningError::UnknownChannel("7".into()), ErrorCode::NotFound),
+            (LightningError::PeerNotConnected(pk), ErrorCode::Conflict),
+            (LightningError::InsufficientFunds("x".into()), ErrorCode::InsufficientFunds),
+            (
+                LightningError::Invalid { what: "address", reason: "x".into() },
+                ErrorCode::BadRequest,
+            ),
+            (LightningError::Node { op: "close", reason: "x".into() }, ErrorCode::LightningError),
+            (LightningError::Unsupported("close channels"), ErrorCode::LightningError),
+        ] {
+            assert_eq!(ApiError::lightning(e).body.code, code);
+        }
+        let (code, msg) = err("zz".parse::<ChannelRef>().map_err(ApiError::lightning));
+        assert_eq!(code, ErrorCode::BadRequest);
+        assert!(msg.starts_with("channel id: "), "{msg}");
     }
 
     #[test]

@@ -141,6 +141,85 @@ pub struct ChannelInfo {
     pub usable: bool,
 }
 
+/// A peer of the Lightning node, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Its node id.
+    pub node_id: PublicKey,
+    /// Its address (`host:port`): the connected one, else the one remembered.
+    pub address: String,
+    /// Whether it is connected now.
+    pub connected: bool,
+    /// Whether the node remembers it and reconnects to it.
+    pub persisted: bool,
+}
+
+/// A channel named by the operator: its channel id, or the user channel id the node gave it at
+/// opening.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelRef {
+    /// The channel id (as [`ChannelInfo::channel_id`] shows it, in hex).
+    ChannelId([u8; 32]),
+    /// The user channel id ([`Lightning::open_channel`]'s answer).
+    UserChannelId(u128),
+}
+
+impl FromStr for ChannelRef {
+    type Err = LightningError;
+
+    /// 64 hex characters: a channel id; decimal digits: a user channel id.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        let invalid = || LightningError::Invalid {
+            what: "channel id",
+            reason: format!(
+                "{s:?} is neither a channel id (64 hex characters) nor a user channel id (decimal)"
+            ),
+        };
+        if s.len() == 64 {
+            let mut id = [0u8; 32];
+            hex::decode_to_slice(s, &mut id).map_err(|_| invalid())?;
+            return Ok(ChannelRef::ChannelId(id));
+        }
+        if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+            return s.parse().map(ChannelRef::UserChannelId).map_err(|_| invalid());
+        }
+        Err(invalid())
+    }
+}
+
+impl std::fmt::Display for ChannelRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChannelRef::ChannelId(id) => f.write_str(&hex::encode(id)),
+            ChannelRef::UserChannelId(id) => write!(f, "{id}"),
+        }
+    }
+}
+
+/// A channel whose closing [`Lightning::close_channel`] started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClosingChannel {
+    /// Its channel id (hex).
+    pub channel_id: String,
+    /// Its user channel id.
+    pub user_channel_id: u128,
+    /// The peer.
+    pub counterparty: PublicKey,
+    /// Force close only: the blocks the node's own funds stay locked after the commitment
+    /// transaction confirms (the channel's `to_self_delay`).
+    pub to_self_delay_blocks: Option<u16>,
+}
+
+/// What [`Lightning::withdraw`] sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WithdrawAmount {
+    /// This many satoshis.
+    Sat(u64),
+    /// Everything spendable, less the fee and the anchor-channel reserve.
+    All,
+}
+
 /// Errors of the Lightning node; they never contain secrets.
 #[derive(Debug, thiserror::Error)]
 pub enum LightningError {
@@ -166,6 +245,21 @@ pub enum LightningError {
     /// A blocking task died.
     #[error("lightning task failed: {0}")]
     Task(String),
+    /// No channel of the node has this id.
+    #[error("no channel {0}")]
+    UnknownChannel(String),
+    /// A cooperative close needs the peer connected.
+    #[error(
+        "the channel's peer {0} is not connected: a cooperative close needs it (wait for it to \
+         reconnect, or force-close)"
+    )]
+    PeerNotConnected(PublicKey),
+    /// The on-chain wallet cannot pay for it.
+    #[error("insufficient funds in the lightning node's on-chain wallet: {0}")]
+    InsufficientFunds(String),
+    /// This Lightning node does not do that.
+    #[error("the lightning node cannot {0}")]
+    Unsupported(&'static str),
 }
 
 fn node_err(op: &'static str) -> impl FnOnce(ldk_node::NodeError) -> LightningError {
@@ -242,6 +336,66 @@ pub trait Lightning: Send + Sync {
     /// Syncs the Lightning and on-chain wallets now.
     async fn sync(&self) -> Result<(), LightningError>;
 
+    /// The peers connected or remembered (default: none).
+    fn peers(&self) -> Vec<PeerInfo> {
+        Vec::new()
+    }
+
+    /// Connects to `node_id` at `address` ("host:port"); `persist`: remember it and reconnect to
+    /// it, after restarts too.
+    ///
+    /// # Errors
+    /// [`LightningError::Invalid`] for an address that does not parse, [`LightningError::Node`]
+    /// when the connection fails; [`LightningError::Unsupported`] by default.
+    async fn connect_peer(
+        &self,
+        _node_id: PublicKey,
+        _address: &str,
+        _persist: bool,
+    ) -> Result<(), LightningError> {
+        Err(LightningError::Unsupported("connect to peers"))
+    }
+
+    /// Disconnects `node_id` and forgets it (no reconnection).
+    ///
+    /// # Errors
+    /// [`LightningError::Node`]; [`LightningError::Unsupported`] by default.
+    async fn disconnect_peer(&self, _node_id: PublicKey) -> Result<(), LightningError> {
+        Err(LightningError::Unsupported("disconnect peers"))
+    }
+
+    /// Starts closing a channel: cooperatively (the peer must be connected), or by force
+    /// (broadcasting the latest commitment transaction; the node's funds then wait for the
+    /// channel's `to_self_delay` after it confirms).
+    ///
+    /// # Errors
+    /// [`LightningError::UnknownChannel`], [`LightningError::PeerNotConnected`] (cooperative
+    /// only), [`LightningError::Node`]; [`LightningError::Unsupported`] by default.
+    async fn close_channel(
+        &self,
+        _channel: ChannelRef,
+        _force: bool,
+    ) -> Result<ClosingChannel, LightningError> {
+        Err(LightningError::Unsupported("close channels"))
+    }
+
+    /// Sends from the Lightning node's own on-chain wallet to `address` (of the node's network);
+    /// `fee_rate` defaults to the node's estimate. The transaction's id (the transaction is
+    /// broadcast in the background). The wallet is synced first, so that a withdrawal right after
+    /// another one (already broadcast) does not spend the same coins.
+    ///
+    /// # Errors
+    /// [`LightningError::InsufficientFunds`], [`LightningError::Invalid`] (the address),
+    /// [`LightningError::Node`]; [`LightningError::Unsupported`] by default.
+    async fn withdraw(
+        &self,
+        _address: bitcoin::Address,
+        _amount: WithdrawAmount,
+        _fee_rate: Option<bitcoin::FeeRate>,
+    ) -> Result<bitcoin::Txid, LightningError> {
+        Err(LightningError::Unsupported("withdraw on chain"))
+    }
+
     /// Stops the node.
     async fn stop(&self) -> Result<(), LightningError>;
 }
@@ -261,6 +415,11 @@ pub struct LdkConfig {
     pub alias: Option<String>,
     /// Background sync interval (seconds) for the on-chain and Lightning wallets and fees.
     pub sync_interval_secs: u64,
+    /// Rapid gossip sync server URL (`None`: gossip from the peer-to-peer network).
+    pub rgs_url: Option<String>,
+    /// Addresses announced to the network ("host:port", onion or DNS names too); empty: the
+    /// listening addresses. Need an alias and listening addresses.
+    pub announcement_addresses: Vec<String>,
 }
 
 /// [`Lightning`] over an embedded ldk-node.
@@ -406,6 +565,25 @@ fn build_node(config: &LdkConfig, entropy: [u8; 64]) -> Result<Node, LightningEr
     if let Some(alias) = &config.alias {
         builder.set_node_alias(alias.clone()).map_err(|e| LightningError::Build(e.to_string()))?;
     }
+    if !config.announcement_addresses.is_empty() {
+        let addrs = config
+            .announcement_addresses
+            .iter()
+            .map(|a| {
+                SocketAddress::from_str(a).map_err(|_| LightningError::Invalid {
+                    what: "announcement address",
+                    reason: a.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        builder
+            .set_announcement_addresses(addrs)
+            .map_err(|e| LightningError::Build(e.to_string()))?;
+    }
+    match &config.rgs_url {
+        Some(url) => builder.set_gossip_source_rgs(url.trim_end_matches('/').to_string()),
+        None => builder.set_gossip_source_p2p(),
+    };
     builder.set_chain_source_esplora(config.esplora_url.clone(), Some(sync));
     let node = builder.build().map_err(|e| LightningError::Build(e.to_string()))?;
     node.start().map_err(|e| LightningError::Build(e.to_string()))?;
@@ -658,6 +836,119 @@ impl Lightning for LdkLightning {
         self.blocking(|node| node.sync_wallets().map_err(node_err("sync wallets"))).await
     }
 
+    fn peers(&self) -> Vec<PeerInfo> {
+        self.node
+            .list_peers()
+            .into_iter()
+            .map(|p| PeerInfo {
+                node_id: p.node_id,
+                address: p.address.to_string(),
+                connected: p.is_connected,
+                persisted: p.is_persisted,
+            })
+            .collect()
+    }
+
+    async fn connect_peer(
+        &self,
+        node_id: PublicKey,
+        address: &str,
+        persist: bool,
+    ) -> Result<(), LightningError> {
+        let addr =
+            SocketAddress::from_str(address.trim()).map_err(|_| LightningError::Invalid {
+                what: "address",
+                reason: format!("{address:?} is not a peer address (host:port)"),
+            })?;
+        // `Node::connect` blocks until the handshake is done (or failed).
+        self.blocking(move |node| {
+            node.connect(node_id, addr, persist).map_err(node_err("connect to the peer"))
+        })
+        .await
+    }
+
+    async fn disconnect_peer(&self, node_id: PublicKey) -> Result<(), LightningError> {
+        self.blocking(move |node| node.disconnect(node_id).map_err(node_err("disconnect the peer")))
+            .await
+    }
+
+    async fn close_channel(
+        &self,
+        channel: ChannelRef,
+        force: bool,
+    ) -> Result<ClosingChannel, LightningError> {
+        self.blocking(move |node| {
+            let found = node.list_channels().into_iter().find(|c| match channel {
+                ChannelRef::ChannelId(id) => c.channel_id.0 == id,
+                ChannelRef::UserChannelId(id) => c.user_channel_id.0 == id,
+            });
+            let Some(c) = found else {
+                return Err(LightningError::UnknownChannel(channel.to_string()));
+            };
+            let peer = c.counterparty_node_id;
+            if force {
+                node.force_close_channel(
+                    &c.user_channel_id,
+                    peer,
+                    Some("force-closed by the node's operator".to_string()),
+                )
+                .map_err(node_err("force-close the channel"))?;
+            } else {
+                // ldk-node answers only "channel closing failed" when the peer is away.
+                if !node.list_peers().iter().any(|p| p.node_id == peer && p.is_connected) {
+                    return Err(LightningError::PeerNotConnected(peer));
+                }
+                node.close_channel(&c.user_channel_id, peer)
+                    .map_err(node_err("close the channel"))?;
+            }
+            Ok(ClosingChannel {
+                channel_id: c.channel_id.to_string(),
+                user_channel_id: c.user_channel_id.0,
+                counterparty: peer,
+                to_self_delay_blocks: if force { c.force_close_spend_delay } else { None },
+            })
+        })
+        .await
+    }
+
+    async fn withdraw(
+        &self,
+        address: bitcoin::Address,
+        amount: WithdrawAmount,
+        fee_rate: Option<bitcoin::FeeRate>,
+    ) -> Result<bitcoin::Txid, LightningError> {
+        self.blocking(move |node| {
+            // ldk-node's wallet learns of its own transactions only when it syncs: a withdrawal
+            // right after another would spend the same coins again.
+            node.sync_wallets().map_err(node_err("sync wallets"))?;
+            let payment = node.onchain_payment();
+            let sent = match amount {
+                WithdrawAmount::Sat(sat) => payment.send_to_address(&address, sat, fee_rate),
+                // Keep the reserve open anchor channels need to pay for their closing.
+                WithdrawAmount::All => payment.send_all_to_address(&address, true, fee_rate),
+            };
+            sent.map_err(|e| match e {
+                ldk_node::NodeError::InsufficientFunds => {
+                    LightningError::InsufficientFunds(match amount {
+                        WithdrawAmount::Sat(sat) => format!(
+                            "{sat} sat and the fee are more than the {} sat spendable",
+                            node.list_balances().spendable_onchain_balance_sats
+                        ),
+                        WithdrawAmount::All => "nothing spendable beyond the fee and the \
+                                                anchor-channel reserve"
+                            .to_string(),
+                    })
+                }
+                ldk_node::NodeError::InvalidAddress => LightningError::Invalid {
+                    what: "address",
+                    reason: format!("not a {} address", node.config().network),
+                },
+                other => LightningError::Node { op: "withdraw", reason: other.to_string() },
+            })
+        })
+        .await
+    }
+
     async fn stop(&self) -> Result<(), LightningError> {
         for task in [&self.pump, &self.reconnect] {
             if let Some(task) = task.lock().ok().and_then(|mut g| g.take()) {
@@ -671,4 +962,36 @@ impl Lightning for LdkLightning {
 /// The ldk-node storage directory inside a data directory.
 pub fn storage_dir(datadir: &Path) -> std::path::PathBuf {
     datadir.join("ldk")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_channel_is_named_by_its_id_or_its_user_channel_id() {
+        let hex = "ab".repeat(32);
+        assert_eq!(hex.parse::<ChannelRef>().unwrap(), ChannelRef::ChannelId([0xab; 32]));
+        assert_eq!(hex.to_uppercase().parse::<ChannelRef>().unwrap().to_string(), hex);
+        assert_eq!(
+            " 340282366920938463463374607431768211455 ".parse::<ChannelRef>().unwrap(),
+            ChannelRef::UserChannelId(u128::MAX)
+        );
+        assert_eq!("7".parse::<ChannelRef>().unwrap().to_string(), "7");
+        for bad in [
+            "",
+            "zz",
+            &"g".repeat(64),
+            &"a".repeat(63),
+            "340282366920938463463374607431768211456",
+            "-1",
+        ] {
+            let e = bad.parse::<ChannelRef>().unwrap_err();
+            assert!(
+                matches!(e, LightningError::Invalid { what: "channel id", .. }),
+                "{bad:?}: {e}"
+            );
+        }
+    }
 }

@@ -222,6 +222,8 @@ impl LooperNode {
                     listen: config.lightning.listen.iter().map(|a| a.to_string()).collect(),
                     alias: config.lightning.alias.clone(),
                     sync_interval_secs: config.sync.lightning_secs,
+                    rgs_url: config.lightning.rgs_url.clone(),
+                    announcement_addresses: config.lightning.announcement_addresses.clone(),
                 },
                 keys.ldk_seed_bytes().map_err(step("derive the lightning seed"))?,
             )

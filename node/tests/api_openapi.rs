@@ -7,9 +7,10 @@
 //!   types; the error code enum is exactly `looper_api::ErrorCode::all()`;
 //! - `live_api_matches_openapi` (regtest chain, one node): every route refuses a request without
 //!   the token with `401 unauthorized`; the live answers of the GET and body-less POST routes, of
-//!   `wallet/send`, `offers`, `offers/discover`, the seller's block list (`seller/blocked`), and the
-//!   errors of invalid inputs validate against the document, with the documented status and
-//!   stable code.
+//!   `wallet/send`, `offers`, `offers/discover`, the seller's block list (`seller/blocked`), the
+//!   Lightning peers, a withdrawal from the Lightning node's wallet (`ln/withdraw`), and the
+//!   errors of invalid inputs (peers, closing an unknown channel, withdrawals) validate against
+//!   the document, with the documented status and stable code.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::collections::BTreeSet;
@@ -523,6 +524,68 @@ fn api_types_match_schemas() {
         }],
         seen,
     );
+    let peer = a::Peer {
+        node_id: "02".repeat(33),
+        address: "127.0.0.1:9735".into(),
+        connected: true,
+        persisted: false,
+        channels: 1,
+    };
+    check_type(&doc, "Peer", std::slice::from_ref(&peer), seen);
+    check_type(&doc, "PeerList", &[a::PeerList { peers: vec![peer] }], seen);
+    check_type(
+        &doc,
+        "ConnectRequest",
+        &[
+            a::ConnectRequest {
+                node_id: "02".repeat(33),
+                address: Some("127.0.0.1:9735".into()),
+                persist: true,
+            },
+            a::ConnectRequest {
+                node_id: format!("{}@127.0.0.1:9735", "02".repeat(33)),
+                address: None,
+                persist: false,
+            },
+        ],
+        seen,
+    );
+    check_type(
+        &doc,
+        "DisconnectResponse",
+        &[a::DisconnectResponse { node_id: "02".repeat(33), disconnected: true }],
+        seen,
+    );
+    check_type(&doc, "CloseRequest", &[a::CloseRequest { force: true }], seen);
+    let closing = a::CloseResponse {
+        channel_id: "ab".repeat(32),
+        user_channel_id: "7".into(),
+        counterparty: "02".repeat(33),
+        force: true,
+        to_self_delay_blocks: Some(144),
+    };
+    let cooperative =
+        a::CloseResponse { force: false, to_self_delay_blocks: None, ..closing.clone() };
+    check_type(&doc, "CloseResponse", &[closing, cooperative], seen);
+    check_type(
+        &doc,
+        "LnWithdrawRequest",
+        &[
+            a::LnWithdrawRequest {
+                address: "bcrt1q".into(),
+                amount_sat: Some(50_000),
+                all: false,
+                fee_rate_sat_vb: Some(2),
+            },
+            a::LnWithdrawRequest {
+                address: "bcrt1q".into(),
+                amount_sat: None,
+                all: true,
+                fee_rate_sat_vb: None,
+            },
+        ],
+        seen,
+    );
     check_type(&doc, "SyncResponse", &[a::SyncResponse { tip_height: 7 }], seen);
     let blocked = a::BlockedKey {
         key: "ab".repeat(32),
@@ -806,6 +869,8 @@ async fn live_api_matches_openapi() -> Result<()> {
                 listen: vec![listen.clone()],
                 alias: None,
                 sync_interval_secs: 2,
+                rgs_url: None,
+                announcement_addresses: Vec::new(),
             },
             keys.ldk_seed_bytes()?,
         )
@@ -864,7 +929,10 @@ async fn live_api_matches_openapi() -> Result<()> {
 
     // 1. Every route refuses a request without (or with a wrong) token.
     for (m, p) in api::ROUTES {
-        let path = p.replace("{id}", &"00".repeat(32)).replace("{key}", &"00".repeat(32));
+        let path = p
+            .replace("{id}", &"00".repeat(32))
+            .replace("{key}", &"00".repeat(32))
+            .replace("{node_id}", &"02".repeat(33));
         for t in [None, Some("wrong")] {
             let (status, v) = call(addr, m, &path, t, Some(&json!({}))).await?;
             assert_eq!(status, 401, "{m} {path}: {v}");
@@ -906,16 +974,19 @@ async fn live_api_matches_openapi() -> Result<()> {
     assert_eq!(payment["amount_msat"], 5_000_000);
     assert!(payment.get("preimage").is_none(), "an inbound preimage is never shown");
 
-    // 3. Fund the swap wallet, sync through the API, send.
+    // 3. Fund the swap wallet and the Lightning node's, sync through the API, send.
     let a = live.expect("POST", "/v1/wallet/address", None, 200).await?;
     let a = looper_regtest::parse_address(a["address"].as_str().unwrap())?;
     chain.fund_address(&a, Amount::from_sat(500_000))?;
+    let ln_funding = looper_regtest::parse_address(ln_addr["address"].as_str().unwrap())?;
+    chain.fund_address(&ln_funding, Amount::from_sat(300_000))?;
     chain.mine(1)?;
     let tip = chain.tip_height()?;
-    let synced = wait_for("wallet funded through POST /v1/sync", || async {
+    let synced = wait_for("wallets funded through POST /v1/sync", || async {
         let s = live.expect("POST", "/v1/sync", None, 200).await.ok()?;
         let b = live.expect("GET", "/v1/wallet/balance", None, 200).await.ok()?;
-        (b["confirmed_sat"] == 500_000).then_some(s)
+        let l = live.expect("GET", "/v1/ln/balance", None, 200).await.ok()?;
+        (b["confirmed_sat"] == 500_000 && l["onchain_spendable_sat"] == 300_000).then_some(s)
     })
     .await?;
     assert!(synced["tip_height"].as_u64().unwrap() >= u64::from(tip));
@@ -1014,6 +1085,59 @@ async fn live_api_matches_openapi() -> Result<()> {
         "amount_sat",
     )
     .await?;
+    // Lightning peers, closing, withdrawing: the answers and the errors of invalid inputs.
+    let peers = live.expect("GET", "/v1/ln/peers", None, 200).await?;
+    assert_eq!(peers, json!({"peers": []}));
+    let stranger = "02eec7245d6b7d2ccb30380bfbe2a3648cd7a942653f5aa340edcea1f283686619";
+    let gone = live.expect("DELETE", &format!("/v1/ln/peers/{stranger}"), None, 200).await?;
+    assert_eq!(gone, json!({"node_id": stranger, "disconnected": false}));
+    live.error("DELETE", "/v1/ln/peers/02zz", json!(null), 400, "bad_request", "node_id").await?;
+    let lnpeers = "/v1/ln/peers";
+    live.error("POST", lnpeers, json!({"node_id": stranger}), 400, "bad_request", "address")
+        .await?;
+    live.error(
+        "POST",
+        lnpeers,
+        json!({"node_id": "02zz@127.0.0.1:1"}),
+        400,
+        "bad_request",
+        "node_id",
+    )
+    .await?;
+    let own = format!("{}@{listen}", ln.node_id());
+    live.error("POST", lnpeers, json!({"node_id": own}), 400, "bad_request", "own id").await?;
+    let at = format!("{stranger}@nope");
+    live.error("POST", lnpeers, json!({"node_id": at}), 400, "bad_request", "address").await?;
+    // Nothing listens there: the Lightning node's error.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let at = format!("{stranger}@127.0.0.1:{closed_port}");
+    live.error("POST", lnpeers, json!({"node_id": at}), 502, "lightning_error", "connect").await?;
+    let close = format!("/v1/ln/channels/{}/close", "ab".repeat(32));
+    live.error("POST", &close, json!({"force": true}), 404, "not_found", "no channel").await?;
+    live.error("POST", "/v1/ln/channels/7/close", json!({}), 404, "not_found", "no channel 7")
+        .await?;
+    live.error("POST", "/v1/ln/channels/zz/close", json!({}), 400, "bad_request", "channel id")
+        .await?;
+    let withdraw = "/v1/ln/withdraw";
+    let body = json!({"address": mainnet, "amount_sat": 10_000});
+    live.error("POST", withdraw, body, 400, "bad_request", "not a regtest address").await?;
+    let body = json!({"address": dest, "amount_sat": 10_000, "all": true});
+    live.error("POST", withdraw, body, 400, "bad_request", "not both").await?;
+    live.error("POST", withdraw, json!({"address": dest}), 400, "bad_request", "amount_sat")
+        .await?;
+    let body = json!({"address": dest, "amount_sat": 100});
+    live.error("POST", withdraw, body, 400, "bad_request", "dust").await?;
+    let body = json!({"address": dest, "amount_sat": 10_000_000});
+    live.error("POST", withdraw, body, 400, "insufficient_funds", "spendable").await?;
+    // A real withdrawal from the Lightning node's wallet.
+    let body = json!({"address": dest, "amount_sat": 100_000, "fee_rate_sat_vb": 2});
+    let sent = live.expect("POST", withdraw, Some(body), 200).await?;
+    let ln_txid: bitcoin::Txid = sent["txid"].as_str().unwrap().parse()?;
+    wait_for("the withdrawal in the mempool", || async {
+        chain.in_mempool(&ln_txid).ok()?.then_some(())
+    })
+    .await?;
+
     live.error(
         "GET",
         "/v1/offers/discover?amount_sat=0",

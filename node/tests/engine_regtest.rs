@@ -238,6 +238,8 @@ async fn party_with(
                 listen: vec![listen.clone()],
                 alias: None,
                 sync_interval_secs: 2,
+                rgs_url: None,
+                announcement_addresses: Vec::new(),
             },
             keys.ldk_seed_bytes()?,
         )

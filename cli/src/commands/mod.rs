@@ -121,7 +121,8 @@ pub enum Command {
     /// The on-chain swap wallet: balance, address, send.
     #[command(subcommand)]
     Wallet(wallet::WalletCommand),
-    /// The Lightning node: info, channels, open, invoice, pay, address, balance.
+    /// The Lightning node: info, channels, balance, peers, connect, disconnect, open, close,
+    /// invoice, pay, address, withdraw.
     #[command(subcommand)]
     Ln(ln::LnCommand),
     /// Sync the wallets with the chain now.

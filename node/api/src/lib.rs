@@ -65,6 +65,11 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/ln/invoice"),
     ("POST", "/v1/ln/pay"),
     ("GET", "/v1/ln/payments/{hash}"),
+    ("GET", "/v1/ln/peers"),
+    ("POST", "/v1/ln/peers"),
+    ("DELETE", "/v1/ln/peers/{node_id}"),
+    ("POST", "/v1/ln/channels/{id}/close"),
+    ("POST", "/v1/ln/withdraw"),
     ("POST", "/v1/sync"),
 ];
 
@@ -783,7 +788,7 @@ pub struct SendRequest {
     pub fee_rate_sat_vb: Option<u64>,
 }
 
-/// Answer of `POST /v1/wallet/send`.
+/// Answer of `POST /v1/wallet/send` and `POST /v1/ln/withdraw`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SendResponse {
     /// The broadcast transaction's id.
@@ -858,8 +863,9 @@ pub struct OpenRequest {
 /// Answer of `POST /v1/ln/open`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpenResponse {
-    /// Id of the new channel as `GET /v1/ln/channels` lists it (empty when it is not listed
-    /// yet). Until the funding transaction is known this is the temporary channel id.
+    /// The new channel's user channel id (a decimal number the node chose), which
+    /// `POST /v1/ln/channels/{id}/close` takes as well as the channel id `GET /v1/ln/channels`
+    /// lists.
     pub user_channel_id: String,
 }
 
@@ -975,6 +981,111 @@ pub struct PaymentInfo {
     pub updated_at: u64,
 }
 
+// ---------------------------------------------------------------------------------------------
+// Lightning peers, closing channels, withdrawing
+
+/// One peer of `GET /v1/ln/peers` (also the answer of `POST /v1/ln/peers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// The peer's node id (hex).
+    pub node_id: String,
+    /// Its address, `host:port` (the connected one, else the one remembered).
+    pub address: String,
+    /// Whether it is connected now.
+    pub connected: bool,
+    /// Whether the node remembers it and reconnects to it (after a restart too): a peer
+    /// connected with `persist`, or one the node has a channel with.
+    pub persisted: bool,
+    /// How many channels the node has with it (open or being opened).
+    pub channels: u64,
+}
+
+/// `GET /v1/ln/peers`: the peers connected or remembered, ordered by node id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerList {
+    /// The peers.
+    pub peers: Vec<Peer>,
+}
+
+/// Body of `POST /v1/ln/peers`: connect to a peer (answered with its [`Peer`] entry once the
+/// connection is up).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectRequest {
+    /// The peer's node id (hex), or `NODE_ID@HOST:PORT` (then `address` is left out).
+    pub node_id: String,
+    /// The peer's address, `host:port` (required unless `node_id` carries it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Remember the peer and reconnect to it, after restarts too (default: false; a peer the node
+    /// opens a channel to is remembered anyway).
+    #[serde(default)]
+    pub persist: bool,
+}
+
+/// Answer of `DELETE /v1/ln/peers/{node_id}` (a peer the node has channels with is refused with
+/// `409 conflict`: the channels would stay unusable; close them first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DisconnectResponse {
+    /// The peer's node id (hex).
+    pub node_id: String,
+    /// Whether the node knew the peer (connected or remembered); it is now disconnected and
+    /// forgotten. `false`: nothing to do.
+    pub disconnected: bool,
+}
+
+/// Body of `POST /v1/ln/channels/{id}/close`; `{id}` is the channel id (64 hex characters, as
+/// `GET /v1/ln/channels` lists it) or the user channel id (decimal, as `POST /v1/ln/open`
+/// answers it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseRequest {
+    /// Force-close: broadcast the node's latest commitment transaction without the peer (which
+    /// may be offline). The node's funds then come back to its on-chain wallet only
+    /// [`CloseResponse::to_self_delay_blocks`] blocks after that transaction confirms (the
+    /// `to_self_delay` the peer set, 144 blocks by default, up to 2016), and the closing costs
+    /// more fees. Default: false, a cooperative close, which needs the peer connected and pays
+    /// the funds out as soon as the closing transaction confirms.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Answer of `POST /v1/ln/channels/{id}/close`: the close was started (the channel leaves
+/// `GET /v1/ln/channels` once it is closed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseResponse {
+    /// The channel id (hex).
+    pub channel_id: String,
+    /// The user channel id (decimal).
+    pub user_channel_id: String,
+    /// The peer's node id (hex).
+    pub counterparty: String,
+    /// Whether it was force-closed.
+    pub force: bool,
+    /// Force close only: how many blocks after the commitment transaction confirms the node's
+    /// own funds stay locked (the channel's `to_self_delay`) before they are swept to the
+    /// on-chain wallet. Absent for a cooperative close, or when the channel never had it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_self_delay_blocks: Option<u16>,
+}
+
+/// Body of `POST /v1/ln/withdraw`: send from the Lightning node's own on-chain wallet (the one
+/// `POST /v1/ln/address` funds and closed channels pay back to). Exactly one of `amount_sat`
+/// and `all: true`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LnWithdrawRequest {
+    /// An address of the node's network.
+    pub address: String,
+    /// The amount (at least the address's dust limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amount_sat: Option<u64>,
+    /// Send everything spendable (less the fee), keeping the reserve that open anchor channels
+    /// need for their closing fees.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all: bool,
+    /// The fee rate, sat/vB (default: the Lightning node's own estimate).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fee_rate_sat_vb: Option<u64>,
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -1060,6 +1171,24 @@ mod tests {
         assert_eq!(v["directions"][0]["seller"]["griefing_loss_sat"], -300);
         assert_eq!(v["directions"][0]["buyer"]["outcomes"]["by_state"], json!({}));
         assert_eq!(serde_json::from_value::<StatsResponse>(v).unwrap(), stats);
+    }
+
+    #[test]
+    fn lightning_requests_read_with_their_defaults() {
+        let c: ConnectRequest = serde_json::from_str(r#"{"node_id": "02ab@h:1"}"#).unwrap();
+        assert_eq!((c.address, c.persist), (None, false));
+        let close: CloseRequest = serde_json::from_str("{}").unwrap();
+        assert!(!close.force);
+        let w: LnWithdrawRequest =
+            serde_json::from_str(r#"{"address": "bcrt1q", "amount_sat": 1000}"#).unwrap();
+        assert_eq!((w.amount_sat, w.all, w.fee_rate_sat_vb), (Some(1000), false, None));
+        // `all` is written only when set.
+        assert_eq!(
+            serde_json::to_value(&w).unwrap(),
+            json!({"address": "bcrt1q", "amount_sat": 1000})
+        );
+        let all = LnWithdrawRequest { amount_sat: None, all: true, ..w };
+        assert_eq!(serde_json::to_value(&all).unwrap(), json!({"address": "bcrt1q", "all": true}));
     }
 
     #[test]
