@@ -290,6 +290,13 @@ impl ChainState {
         self.active.last().copied().unwrap_or_else(BlockHash::all_zeros)
     }
 
+    /// A mark that differs whenever the active chain or the mempool changed since it was taken
+    /// (the tip, the mempool's arrival counter and its size): the Electrum server compares it to
+    /// know when to recompute its subscriptions' notifications.
+    pub fn change_mark(&self) -> (BlockHash, u64, usize) {
+        (self.tip_hash(), self.mempool_seq, self.mempool.len())
+    }
+
     /// Whether `hash` is in the active chain.
     pub fn in_active(&self, hash: &BlockHash) -> bool {
         self.blocks

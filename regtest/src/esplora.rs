@@ -483,37 +483,44 @@ fn confirmed_block<'a>(s: &'a ChainState, txid: &str) -> ApiResult<(Txid, &'a Bl
     Ok((txid, rec, pos))
 }
 
+/// The merkle branch of the transaction at `pos` in `block` (the siblings from the leaf up, as
+/// txid-style hex: byte-reversed), as Esplora's `/merkle-proof` and Electrum's
+/// `blockchain.transaction.get_merkle` serve it.
+pub(crate) fn merkle_branch(block: &bitcoin::Block, pos: usize) -> Vec<String> {
+    let mut level: Vec<[u8; 32]> =
+        block.txdata.iter().map(|t| t.compute_txid().to_byte_array()).collect();
+    let mut idx = pos;
+    let mut branch = Vec::new();
+    while level.len() > 1 {
+        if level.len() % 2 == 1 {
+            if let Some(last) = level.last().copied() {
+                level.push(last);
+            }
+        }
+        let sibling = idx ^ 1;
+        if let Some(h) = level.get(sibling) {
+            branch.push(Txid::from_byte_array(*h).to_string());
+        }
+        level = level
+            .chunks(2)
+            .map(|pair| {
+                let mut buf = [0u8; 64];
+                buf[..32].copy_from_slice(&pair[0]);
+                buf[32..].copy_from_slice(&pair[pair.len() - 1]);
+                bitcoin::hashes::sha256d::Hash::hash(&buf).to_byte_array()
+            })
+            .collect();
+        idx /= 2;
+    }
+    branch
+}
+
 async fn tx_merkle_proof(State(sh): St, Path(txid): Path<String>) -> ApiResult<Json<Value>> {
     with(&sh, |s| {
         let (_, rec, pos) = confirmed_block(s, &txid)?;
-        let mut level: Vec<[u8; 32]> =
-            rec.block.txdata.iter().map(|t| t.compute_txid().to_byte_array()).collect();
-        let mut idx = pos;
-        let mut branch = Vec::new();
-        while level.len() > 1 {
-            if level.len() % 2 == 1 {
-                if let Some(last) = level.last().copied() {
-                    level.push(last);
-                }
-            }
-            let sibling = idx ^ 1;
-            if let Some(h) = level.get(sibling) {
-                branch.push(Txid::from_byte_array(*h).to_string());
-            }
-            level = level
-                .chunks(2)
-                .map(|pair| {
-                    let mut buf = [0u8; 64];
-                    buf[..32].copy_from_slice(&pair[0]);
-                    buf[32..].copy_from_slice(&pair[pair.len() - 1]);
-                    bitcoin::hashes::sha256d::Hash::hash(&buf).to_byte_array()
-                })
-                .collect();
-            idx /= 2;
-        }
         Ok(Json(json!({
             "block_height": rec.height,
-            "merkle": branch,
+            "merkle": merkle_branch(&rec.block, pos),
             "pos": pos,
         })))
     })
@@ -564,7 +571,7 @@ async fn tx_outspends(State(sh): St, Path(txid): Path<String>) -> ApiResult<Json
 // ---------------------------------------------------------------- scripthash / address
 
 /// Live history of a script: (mempool newest first, confirmed newest first).
-fn history(s: &ChainState, h: &sha256::Hash) -> (Vec<Txid>, Vec<Txid>) {
+pub(crate) fn history(s: &ChainState, h: &sha256::Hash) -> (Vec<Txid>, Vec<Txid>) {
     let Some(all) = s.script_txs.get(h) else {
         return (Vec::new(), Vec::new());
     };
@@ -605,7 +612,9 @@ fn sh_mempool_impl(s: &ChainState, h: &sha256::Hash) -> Value {
     txs_json(s, mem.into_iter().take(50))
 }
 
-fn sh_utxo_impl(s: &ChainState, h: &sha256::Hash) -> Value {
+/// The unspent outputs paying to the script `h` (confirmed ones not spent in the mempool, and
+/// mempool ones): (txid, vout, value in sat), mempool first, then newest first.
+pub(crate) fn script_utxos(s: &ChainState, h: &sha256::Hash) -> Vec<(Txid, u32, u64)> {
     let (mem, conf) = history(s, h);
     let mut out = Vec::new();
     for txid in mem.iter().chain(conf.iter()) {
@@ -621,15 +630,25 @@ fn sh_utxo_impl(s: &ChainState, h: &sha256::Hash) -> Value {
                 s.utxos.contains_key(&op) && !s.mempool_spends.contains_key(&op)
             };
             if unspent {
-                out.push(json!({
-                    "txid": txid.to_string(),
-                    "vout": vout,
-                    "status": status_json(s, txid),
-                    "value": o.value.to_sat(),
-                }));
+                out.push((*txid, vout as u32, o.value.to_sat()));
             }
         }
     }
+    out
+}
+
+fn sh_utxo_impl(s: &ChainState, h: &sha256::Hash) -> Value {
+    let out: Vec<Value> = script_utxos(s, h)
+        .into_iter()
+        .map(|(txid, vout, value)| {
+            json!({
+                "txid": txid.to_string(),
+                "vout": vout,
+                "status": status_json(s, &txid),
+                "value": value,
+            })
+        })
+        .collect();
     Value::Array(out)
 }
 

@@ -1,6 +1,7 @@
 //! Looper regtest: an embedded Bitcoin regtest chain whose consensus validation is Bitcoin
 //! Core's own engine (`libbitcoinkernel` through the `bitcoinkernel` crate), served behind an
-//! Esplora-compatible REST API so ldk-node, BDK and Looper's own chain source can sync from it.
+//! Esplora-compatible REST API and an Electrum protocol server (one chain, one mempool), so
+//! ldk-node, BDK and Looper's own chain sources can sync from it over either.
 //!
 //! * Blocks are built here (coinbase to a chosen script, BIP-34 height, witness commitment,
 //!   regtest bits, ground nonce, time above median-time-past) and handed to
@@ -29,11 +30,13 @@
 //! # fn main() -> Result<(), looper_regtest::Error> {
 //! let chain = looper_regtest::RegtestChain::start("/tmp/chain")?;
 //! println!("esplora at {}", chain.esplora_url());
+//! println!("electrum at {}", chain.electrum_url());
 //! # Ok(()) }
 //! ```
 #![deny(missing_docs)]
 
 mod chain;
+mod electrum;
 mod error;
 mod esplora;
 mod external;
@@ -49,12 +52,13 @@ use std::thread::JoinHandle;
 
 use bitcoin::secp256k1::{Secp256k1, SecretKey};
 use bitcoin::{Address, Amount, BlockHash, Network, ScriptBuf, Transaction, Txid};
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 
 pub use chain::{
     is_final, script_hash, sign_p2wpkh, subsidy, COINBASE_MATURITY, INCREMENTAL_RELAY_FEE_SAT_KVB,
     MAX_REPLACEMENT_CANDIDATES, REGTEST_BITS,
 };
+pub use electrum::ELECTRUM_PROTOCOL_VERSION;
 pub use error::{Error, Result};
 pub use esplora::FEE_TARGETS;
 pub use external::ExternalChain;
@@ -72,6 +76,9 @@ pub struct ChainConfig {
     pub datadir: PathBuf,
     /// Address the Esplora API listens on (`127.0.0.1:0` picks a free port).
     pub listen: SocketAddr,
+    /// Address the Electrum protocol server listens on (`127.0.0.1:0`, the default, picks a
+    /// free port).
+    pub electrum_listen: SocketAddr,
     /// Blocks mined to the chain's own key when the chain is fresh, so that
     /// [`RegtestChain::fund_address`] has a matured coinbase (default 101).
     pub premine: u32,
@@ -92,6 +99,7 @@ impl ChainConfig {
         Self {
             datadir: datadir.as_ref().to_path_buf(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            electrum_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             premine: 101,
             fee_rate_sat_vb: 1.0,
             min_fee_rate_sat_vb: 0.0,
@@ -100,22 +108,27 @@ impl ChainConfig {
     }
 }
 
-/// A running regtest chain with its Esplora server. Dropping it shuts it down.
+/// A running regtest chain with its Esplora and Electrum servers. Dropping it shuts it down.
 pub struct RegtestChain {
     shared: Arc<Shared>,
     addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
+    electrum_addr: SocketAddr,
+    stop: Option<watch::Sender<bool>>,
     server: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for RegtestChain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegtestChain").field("addr", &self.addr).finish()
+        f.debug_struct("RegtestChain")
+            .field("addr", &self.addr)
+            .field("electrum_addr", &self.electrum_addr)
+            .finish()
     }
 }
 
 impl RegtestChain {
-    /// Starts a chain in `datadir` with an Esplora API on a free local port.
+    /// Starts a chain in `datadir` with an Esplora API and an Electrum server on free local
+    /// ports.
     pub fn start(datadir: impl AsRef<Path>) -> Result<Self> {
         Self::start_with(ChainConfig::new(datadir))
     }
@@ -143,37 +156,54 @@ impl RegtestChain {
             .map_err(|e| Error::io(format!("binding {}", config.listen), e))?;
         listener.set_nonblocking(true).map_err(|e| Error::io("configuring listener", e))?;
         let addr = listener.local_addr().map_err(|e| Error::io("reading listen address", e))?;
+        let electrum_listener = std::net::TcpListener::bind(config.electrum_listen)
+            .map_err(|e| Error::io(format!("binding {}", config.electrum_listen), e))?;
+        electrum_listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("configuring the electrum listener", e))?;
+        let electrum_addr = electrum_listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the electrum listen address", e))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("regtest-esplora")
             .enable_all()
             .build()
             .map_err(|e| Error::io("building the server runtime", e))?;
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let (stop_tx, stop_rx) = watch::channel(false);
         let router = esplora::router(Arc::clone(&shared));
+        let electrum_shared = Arc::clone(&shared);
         let server = std::thread::Builder::new()
             .name("regtest-esplora".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => l,
-                        Err(e) => {
-                            tracing::error!("esplora listener: {e}");
+                    let (listener, electrum_listener) = match (
+                        tokio::net::TcpListener::from_std(listener),
+                        tokio::net::TcpListener::from_std(electrum_listener),
+                    ) {
+                        (Ok(l), Ok(e)) => (l, e),
+                        (Err(e), _) | (_, Err(e)) => {
+                            tracing::error!("server listeners: {e}");
                             return;
                         }
                     };
-                    let served = axum::serve(listener, router).with_graceful_shutdown(async {
-                        let _ = stop_rx.await;
+                    let mut esplora_stop = stop_rx.clone();
+                    let served = axum::serve(listener, router).with_graceful_shutdown(async move {
+                        let _ = esplora_stop.changed().await;
                     });
-                    if let Err(e) = served.await {
+                    let electrum = electrum::serve(electrum_listener, electrum_shared, stop_rx);
+                    let (served, ()) = tokio::join!(served, electrum);
+                    if let Err(e) = served {
                         tracing::error!("esplora server: {e}");
                     }
                 });
                 runtime.shutdown_background();
             })
             .map_err(|e| Error::io("spawning the server thread", e))?;
-        tracing::info!("regtest chain listening on http://{addr}");
-        Ok(Self { shared, addr, stop: Some(stop_tx), server: Some(server) })
+        tracing::info!(
+            "regtest chain listening on http://{addr} (esplora), tcp://{electrum_addr} (electrum)"
+        );
+        Ok(Self { shared, addr, electrum_addr, stop: Some(stop_tx), server: Some(server) })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut chain::ChainState) -> Result<T>) -> Result<T> {
@@ -193,6 +223,17 @@ impl RegtestChain {
     /// Socket address the API listens on.
     pub fn listen_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// URL of the Electrum protocol server (plain TCP), e.g. `tcp://127.0.0.1:41235`, as
+    /// electrum-client, BDK and ldk-node take it.
+    pub fn electrum_url(&self) -> String {
+        format!("tcp://{}", self.electrum_addr)
+    }
+
+    /// Socket address the Electrum server listens on.
+    pub fn electrum_addr(&self) -> SocketAddr {
+        self.electrum_addr
     }
 
     /// Height of the active tip.
@@ -396,7 +437,7 @@ impl RegtestChain {
 
     fn stop_inner(&mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
         if let Some(server) = self.server.take() {
             let _ = server.join();

@@ -21,7 +21,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a regtest chain (Bitcoin Core's kernel) behind an Esplora API.
+    /// Run a regtest chain (Bitcoin Core's kernel) behind an Esplora API and an Electrum server.
     Chain(ChainArgs),
     /// Start the chain, a local Nostr relay and looper-nodes (a seller and buyers), funded and
     /// with buyer -> seller channels; print each node's API and a ready `looper` command line.
@@ -69,6 +69,9 @@ struct ChainArgs {
     /// Address for the Esplora API.
     #[arg(long, default_value = "127.0.0.1:3002")]
     listen: SocketAddr,
+    /// Address for the Electrum protocol server (plain TCP; electrs's regtest port by default).
+    #[arg(long, default_value = "127.0.0.1:60401")]
+    electrum_listen: SocketAddr,
     /// Data directory (kernel block files and chainstate).
     #[arg(long)]
     datadir: PathBuf,
@@ -92,12 +95,14 @@ struct ChainArgs {
 fn run_chain(args: ChainArgs) -> anyhow::Result<()> {
     let mut config = ChainConfig::new(&args.datadir);
     config.listen = args.listen;
+    config.electrum_listen = args.electrum_listen;
     config.premine = args.premine;
     config.fee_rate_sat_vb = args.fee_rate;
     config.min_fee_rate_sat_vb = args.min_fee_rate;
     config.max_block_vsize = args.max_block_vsize;
     let chain = RegtestChain::start_with(config).context("starting the regtest chain")?;
     println!("esplora: {}", chain.esplora_url());
+    println!("electrum: {}", chain.electrum_url());
     println!("tip height: {}, miner address: {}", chain.tip_height()?, chain.miner_address()?);
     let rt =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("runtime")?;
@@ -156,6 +161,7 @@ fn run_harness(args: HarnessArgs) -> anyhow::Result<()> {
         let harness = Harness::start(config).await?;
         println!("ready in {:.1} s", started.elapsed().as_secs_f64());
         println!("esplora: {}", harness.chain().esplora_url());
+        println!("electrum: {}", harness.chain().electrum_url());
         println!("relay:   {}", harness.relay_url());
         for node in harness.nodes() {
             println!(
