@@ -16,6 +16,7 @@
 //! store keeps beside it only what it needs to index and list (role, state name, status, payment
 //! hash, timestamps).
 
+mod group;
 mod memory;
 mod redb_store;
 

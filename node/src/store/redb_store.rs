@@ -22,8 +22,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 
+use super::group::GroupCommit;
 use super::{
     sort_and_limit, BlockEntry, BlockMeta, PaymentHash, RestoreState, StoreError, SwapEvent,
     SwapFilter, SwapId, SwapMeta, SwapRecord, SwapStore, MAX_SWAP_INDEX,
@@ -61,9 +62,12 @@ fn meta_value(
 }
 
 /// The [`SwapStore`] on a redb file. Cheap to clone (the database is shared).
+///
+/// Writes are group-committed ([`super::group`]): concurrent writers share one durable commit.
 #[derive(Clone)]
 pub struct RedbStore {
     db: Arc<Database>,
+    group: Arc<GroupCommit>,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -95,9 +99,17 @@ impl RedbStore {
     /// # Errors
     /// As [`RedbStore::open`].
     pub fn from_database(db: Arc<Database>) -> Result<RedbStore, StoreError> {
-        let store = RedbStore { db };
+        let store = RedbStore { db, group: Arc::new(GroupCommit::default()) };
         store.init()?;
         Ok(store)
+    }
+
+    /// Runs `op` in a write transaction, group-committed with the other writes queued now.
+    fn write<R: Send + 'static>(
+        &self,
+        op: impl FnMut(&WriteTransaction) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.group.write(&self.db, op)
     }
 
     /// The shared database, for the wallet persister.
@@ -199,8 +211,8 @@ impl SwapStore for RedbStore {
         let meta_json = serde_json::to_string(&SwapMeta::of(record)).map_err(|source| {
             StoreError::Encode { what: format!("swap record {}", record.id), source }
         })?;
-        let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
-        {
+        let record = record.clone();
+        self.write(move |tx| {
             let mut metas = tx.open_table(SWAP_META).map_err(db_err("open swaps"))?;
             let mut datas = tx.open_table(SWAP_DATA).map_err(db_err("open swaps"))?;
             let mut by_hash = tx.open_table(SWAP_BY_HASH).map_err(db_err("open swaps"))?;
@@ -220,8 +232,8 @@ impl SwapStore for RedbStore {
             }
             metas.insert(record.id.0, meta_json.as_str()).map_err(db_err("write a swap"))?;
             datas.insert(record.id.0, record.data.as_slice()).map_err(db_err("write a swap"))?;
-        }
-        tx.commit().map_err(db_err("commit a swap"))
+            Ok(())
+        })
     }
 
     fn get_swap(&self, id: &SwapId) -> Result<Option<SwapRecord>, StoreError> {
@@ -272,12 +284,12 @@ impl SwapStore for RedbStore {
     fn put_offer(&self, id: &str, offer: &serde_json::Value) -> Result<(), StoreError> {
         let json = serde_json::to_string(offer)
             .map_err(|source| StoreError::Encode { what: format!("offer {id}"), source })?;
-        let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
-        {
+        let id = id.to_string();
+        self.write(move |tx| {
             let mut offers = tx.open_table(OFFERS).map_err(db_err("open offers"))?;
-            offers.insert(id, json.as_str()).map_err(db_err("write an offer"))?;
-        }
-        tx.commit().map_err(db_err("commit an offer"))
+            offers.insert(id.as_str(), json.as_str()).map_err(db_err("write an offer"))?;
+            Ok(())
+        })
     }
 
     fn get_offer(&self, id: &str) -> Result<Option<serde_json::Value>, StoreError> {
@@ -307,19 +319,16 @@ impl SwapStore for RedbStore {
     }
 
     fn delete_offer(&self, id: &str) -> Result<bool, StoreError> {
-        let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
-        let existed = {
+        let id = id.to_string();
+        self.write(move |tx| {
             let mut offers = tx.open_table(OFFERS).map_err(db_err("open offers"))?;
-            let removed = offers.remove(id).map_err(db_err("delete an offer"))?;
-            removed.is_some()
-        };
-        tx.commit().map_err(db_err("commit an offer deletion"))?;
-        Ok(existed)
+            let removed = offers.remove(id.as_str()).map_err(db_err("delete an offer"))?;
+            Ok(removed.is_some())
+        })
     }
 
     fn next_swap_index(&self) -> Result<u32, StoreError> {
-        let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
-        let index = {
+        self.write(|tx| {
             let mut meta = tx.open_table(META).map_err(db_err("open the meta table"))?;
             let current = meta_value(&meta, KEY_NEXT_SWAP_INDEX, "read the swap index")?;
             let index = u32::try_from(current)
@@ -328,10 +337,8 @@ impl SwapStore for RedbStore {
                 .ok_or(StoreError::IndexExhausted)?;
             meta.insert(KEY_NEXT_SWAP_INDEX, current + 1)
                 .map_err(db_err("write the swap index"))?;
-            index
-        };
-        tx.commit().map_err(db_err("commit the swap index"))?;
-        Ok(index)
+            Ok(index)
+        })
     }
 
     fn peek_swap_index(&self) -> Result<u32, StoreError> {
@@ -345,17 +352,15 @@ impl SwapStore for RedbStore {
         if at_least > MAX_SWAP_INDEX.saturating_add(1) {
             return Err(StoreError::IndexExhausted);
         }
-        let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
-        let next = {
+        let next = self.write(move |tx| {
             let mut meta = tx.open_table(META).map_err(db_err("open the meta table"))?;
             let current = meta_value(&meta, KEY_NEXT_SWAP_INDEX, "read the swap index")?;
             let next = current.max(u64::from(at_least));
             if next != current {
                 meta.insert(KEY_NEXT_SWAP_INDEX, next).map_err(db_err("write the swap index"))?;
             }
-            next
-        };
-        tx.commit().map_err(db_err("commit the swap index"))?;
+            Ok(next)
+        })?;
         u32::try_from(next).map_err(|_| StoreError::IndexExhausted)
     }
 
@@ -367,32 +372,27 @@ impl SwapStore for RedbStore {
     }
 
     fn set_restore_state(&self, state: RestoreState) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
-        {
+        self.write(move |tx| {
             let mut meta = tx.open_table(META).map_err(db_err("open the meta table"))?;
             meta.insert(KEY_RESTORE_STATE, state.to_u64())
                 .map_err(db_err("write the restore state"))?;
-        }
-        tx.commit().map_err(db_err("commit the restore state"))
+            Ok(())
+        })
     }
 
     fn mark_event_processed(&self, id: [u8; 32], seen_at: u64) -> Result<bool, StoreError> {
-        let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
-        let fresh = {
+        if self.is_event_processed(&id)? {
+            return Ok(false);
+        }
+        self.write(move |tx| {
             let mut table =
                 tx.open_table(NOSTR_PROCESSED).map_err(db_err("open processed events"))?;
             let exists = table.get(id).map_err(db_err("read processed events"))?.is_some();
             if !exists {
                 table.insert(id, seen_at).map_err(db_err("write processed events"))?;
             }
-            !exists
-        };
-        if fresh {
-            tx.commit().map_err(db_err("commit a processed event"))?;
-        } else {
-            tx.abort().map_err(db_err("abort a read-only write"))?;
-        }
-        Ok(fresh)
+            Ok(!exists)
+        })
     }
 
     fn is_event_processed(&self, id: &[u8; 32]) -> Result<bool, StoreError> {
@@ -403,9 +403,8 @@ impl SwapStore for RedbStore {
     }
 
     fn prune_processed_events(&self, before: u64) -> Result<usize, StoreError> {
-        let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
-        let mut removed = 0usize;
-        {
+        self.write(move |tx| {
+            let mut removed = 0usize;
             let mut table =
                 tx.open_table(NOSTR_PROCESSED).map_err(db_err("open processed events"))?;
             table
@@ -417,16 +416,15 @@ impl SwapStore for RedbStore {
                     keep
                 })
                 .map_err(db_err("prune processed events"))?;
-        }
-        tx.commit().map_err(db_err("commit the pruning"))?;
-        Ok(removed)
+            Ok(removed)
+        })
     }
 
     fn append_swap_event(&self, id: &SwapId, event: &serde_json::Value) -> Result<u64, StoreError> {
         let json = serde_json::to_string(event)
             .map_err(|source| StoreError::Encode { what: format!("event of swap {id}"), source })?;
-        let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
-        let seq = {
+        let id = *id;
+        self.write(move |tx| {
             let mut table = tx.open_table(SWAP_EVENTS).map_err(db_err("open swap events"))?;
             let last = table
                 .range((id.0, 0)..=(id.0, u64::MAX))
@@ -437,10 +435,8 @@ impl SwapStore for RedbStore {
                 .map(|(k, _)| k.value().1);
             let seq = last.map_or(0, |s| s + 1);
             table.insert((id.0, seq), json.as_str()).map_err(db_err("write a swap event"))?;
-            seq
-        };
-        tx.commit().map_err(db_err("commit a swap event"))?;
-        Ok(seq)
+            Ok(seq)
+        })
     }
 
     fn swap_events(&self, id: &SwapId, from: u64) -> Result<Vec<SwapEvent>, StoreError> {
@@ -471,32 +467,25 @@ impl SwapStore for RedbStore {
             what: format!("blocked key {key_hex}"),
             source,
         })?;
-        let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
-        let fresh = {
+        let key_hex = key_hex.to_string();
+        self.write(move |tx| {
             let mut table = tx.open_table(BLOCKED_KEYS).map_err(db_err("open blocked keys"))?;
-            let exists = table.get(key_hex).map_err(db_err("read blocked keys"))?.is_some();
+            let key = key_hex.as_str();
+            let exists = table.get(key).map_err(db_err("read blocked keys"))?.is_some();
             if !exists {
-                table.insert(key_hex, json.as_str()).map_err(db_err("write a blocked key"))?;
+                table.insert(key, json.as_str()).map_err(db_err("write a blocked key"))?;
             }
-            !exists
-        };
-        if fresh {
-            tx.commit().map_err(db_err("commit a blocked key"))?;
-        } else {
-            tx.abort().map_err(db_err("abort a read-only write"))?;
-        }
-        Ok(fresh)
+            Ok(!exists)
+        })
     }
 
     fn unblock_key(&self, key_hex: &str) -> Result<bool, StoreError> {
-        let tx = self.db.begin_write().map_err(db_err("begin a write"))?;
-        let existed = {
+        let key_hex = key_hex.to_string();
+        self.write(move |tx| {
             let mut table = tx.open_table(BLOCKED_KEYS).map_err(db_err("open blocked keys"))?;
-            let removed = table.remove(key_hex).map_err(db_err("delete a blocked key"))?;
-            removed.is_some()
-        };
-        tx.commit().map_err(db_err("commit an unblocked key"))?;
-        Ok(existed)
+            let removed = table.remove(key_hex.as_str()).map_err(db_err("delete a blocked key"))?;
+            Ok(removed.is_some())
+        })
     }
 
     fn blocked_keys(&self) -> Result<Vec<BlockEntry>, StoreError> {
