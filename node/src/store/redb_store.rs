@@ -63,7 +63,7 @@ fn meta_value(
 
 /// The [`SwapStore`] on a redb file. Cheap to clone (the database is shared).
 ///
-/// Writes are group-committed ([`super::group`]): concurrent writers share one durable commit.
+/// Writes are group-committed (`store/group.rs`): concurrent writers share one durable commit.
 #[derive(Clone)]
 pub struct RedbStore {
     db: Arc<Database>,
