@@ -1,11 +1,13 @@
 //! Chain access for the engine: one [`ChainSource`] trait (object-safe, usable as
-//! `Arc<dyn ChainSource>`) and its Esplora implementation, [`EsploraChainSource`].
+//! `Arc<dyn ChainSource>`) and its implementations over Esplora ([`EsploraChainSource`]) and
+//! Electrum ([`ElectrumChainSource`]), chosen by `[chain] source` in the configuration
+//! ([`crate::config::ChainBackend`]).
 //!
 //! The engine asks only what a swap needs: the tip, a transaction's status, whether an HTLC output
 //! was spent and by what (claim or refund: the witness of the spending transaction carries the
 //! preimage), the history of an HTLC script, broadcasting (idempotent), and fee rates. A bitcoind
-//! RPC or Electrum source can implement the same trait later; the conformance tests implement it
-//! over a simulated chain.
+//! RPC source can implement the same trait later; the conformance tests implement it over a
+//! simulated chain.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,6 +16,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bitcoin::{Amount, FeeRate, OutPoint, Script, Transaction, Txid};
 use looper_protocol::fees::{FeeEstimates, ESTIMATE_TARGETS};
+
+mod electrum;
+
+pub use electrum::{ElectrumChainSource, ElectrumClient};
 
 /// Where a transaction stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

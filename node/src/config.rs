@@ -61,6 +61,21 @@
 //! publish_lightning_address = false
 //! ```
 //!
+//! The `[chain]` section chooses where the node reads the chain from: its swap engine, its
+//! on-chain wallet and ldk-node alike. `source = "esplora"` (the default) reads the Esplora HTTP
+//! API at `esplora_url` (a public one by default on every network but regtest);
+//! `source = "electrum"` reads the Electrum server at `electrum_url` (`tcp://HOST:PORT` or
+//! `ssl://HOST:PORT`, certificates checked; no default: name your own, e.g. your electrs or
+//! Fulcrum). Flags and environment: `--chain-source` (`LOOPER_CHAIN_SOURCE`), `--electrum-url`
+//! (`LOOPER_ELECTRUM_URL`), `--esplora-url` (`LOOPER_ESPLORA_URL`). ldk-node 0.7's Electrum
+//! client cannot use a proxy, so `source = "electrum"` is refused together with `proxy`.
+//!
+//! ```toml
+//! [chain]
+//! source = "electrum"
+//! electrum_url = "ssl://electrum.example.org:50002"
+//! ```
+//!
 //! The `[lightning]` section configures the embedded ldk-node: `listen` (its peer-to-peer
 //! addresses), `alias` (at most 32 bytes; needs `listen`), `announcement_addresses` (the
 //! addresses announced to the network when they differ from `listen`, e.g. a public IP, a DNS
@@ -137,6 +152,10 @@ pub struct Overrides {
     pub network: Option<String>,
     /// Esplora HTTP API base URL.
     pub esplora_url: Option<String>,
+    /// Chain source (`chain.source`): `esplora` or `electrum`.
+    pub chain_source: Option<String>,
+    /// Electrum server URL (`chain.electrum_url`).
+    pub electrum_url: Option<String>,
     /// Nostr relay URLs; replace the file's when not empty.
     pub relays: Vec<String>,
     /// SOCKS5 proxy for the relays and the chain source (`socks5h://IP:PORT`, [`parse_proxy`]).
@@ -171,8 +190,12 @@ pub struct Config {
     pub config_file: Option<PathBuf>,
     /// Bitcoin network.
     pub network: Network,
-    /// Esplora HTTP API base URL (no trailing slash).
-    pub esplora_url: String,
+    /// Esplora HTTP API base URL (no trailing slash): the chain source when `chain.source` is
+    /// `esplora` (the default; then always set). `None` with another source and no URL given.
+    pub esplora_url: Option<String>,
+    /// The `[chain]` section: which chain source the engine, the wallet and ldk-node use
+    /// ([`Config::chain_backend`]).
+    pub chain: ChainConfig,
     /// Nostr relays for offers and swap messages (at least one).
     pub relays: Vec<String>,
     /// SOCKS5 proxy (`proxy` in `looper.toml`, `--proxy`, `LOOPER_PROXY`) through which the
@@ -204,6 +227,49 @@ pub struct Config {
     /// use, a configuration file no longer read).
     #[serde(skip)]
     pub notices: Vec<String>,
+}
+
+/// Which chain source the node reads the chain from (`[chain] source`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChainSourceKind {
+    /// An Esplora HTTP API (`esplora_url`).
+    #[default]
+    Esplora,
+    /// An Electrum server (`chain.electrum_url`).
+    Electrum,
+}
+
+impl FromStr for ChainSourceKind {
+    type Err = String;
+
+    /// `esplora` or `electrum` (any case); the error is a sentence for [`ConfigError::Invalid`].
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "esplora" => Ok(ChainSourceKind::Esplora),
+            "electrum" => Ok(ChainSourceKind::Electrum),
+            _ => Err(format!("unknown chain source {s:?} (expected \"esplora\" or \"electrum\")")),
+        }
+    }
+}
+
+/// The `[chain]` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ChainConfig {
+    /// The chain source (default: Esplora).
+    pub source: ChainSourceKind,
+    /// The Electrum server (`tcp://HOST:PORT` or `ssl://HOST:PORT`); required with
+    /// `source = "electrum"`, refused otherwise.
+    pub electrum_url: Option<String>,
+}
+
+/// The chain source as the node uses it: the kind and its server ([`Config::chain_backend`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainBackend {
+    /// The Esplora HTTP API at this base URL.
+    Esplora(String),
+    /// The Electrum server at this URL.
+    Electrum(String),
 }
 
 /// Safety limits (`[safety]`).
@@ -657,6 +723,8 @@ fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
 struct FileConfig {
     network: Option<String>,
     esplora_url: Option<String>,
+    #[serde(default)]
+    chain: FileChain,
     relays: Option<Vec<String>>,
     proxy: Option<String>,
     log_json: Option<bool>,
@@ -674,6 +742,13 @@ struct FileConfig {
     peer_limits: PeerLimits,
     #[serde(default)]
     safety: FileSafety,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileChain {
+    source: Option<String>,
+    electrum_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -772,18 +847,35 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let network = network_setting(args.network.clone().or(file.network))?;
 
-        let esplora_url = match args.esplora_url.clone().or(file.esplora_url) {
-            Some(url) => url,
-            None => default_esplora_url(network)
-                .ok_or_else(|| invalid("esplora_url", "required on regtest (no public default)"))?
-                .to_string(),
+        let chain = ChainConfig {
+            source: match args.chain_source.clone().or(file.chain.source) {
+                Some(text) => text.parse().map_err(|reason| invalid("chain.source", reason))?,
+                None => ChainSourceKind::default(),
+            },
+            electrum_url: args
+                .electrum_url
+                .clone()
+                .or(file.chain.electrum_url)
+                .map(|u| u.trim().to_string()),
         };
-        let esplora_url = {
+        let esplora_url = match args.esplora_url.clone().or(file.esplora_url) {
+            Some(url) => Some(url),
+            // The public default only when Esplora is the source.
+            None if chain.source == ChainSourceKind::Esplora => Some(
+                default_esplora_url(network)
+                    .ok_or_else(|| {
+                        invalid("esplora_url", "required on regtest (no public default)")
+                    })?
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let esplora_url = esplora_url.map(|esplora_url| {
             let url = esplora_url.trim();
             let trimmed = url.trim_end_matches('/');
             // Keep "http://" intact so that validation names the real problem (no host).
             if trimmed.ends_with(':') { url } else { trimmed }.to_string()
-        };
+        });
 
         let relays = if !args.relays.is_empty() {
             args.relays.clone()
@@ -852,6 +944,7 @@ impl Config {
             config_file,
             network,
             esplora_url,
+            chain,
             relays,
             proxy,
             lightning,
@@ -875,7 +968,7 @@ impl Config {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the key and the reason.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        validate_url("esplora_url", &self.esplora_url, &["http://", "https://"])?;
+        self.validate_chain()?;
         if self.relays.is_empty() {
             return Err(invalid("relays", "at least one relay is required (--relay URL)"));
         }
@@ -898,6 +991,59 @@ impl Config {
         self.validate_fees()?;
         self.validate_sync()?;
         self.validate_peer_limits()
+    }
+
+    /// The chain source with its server's URL (validation made sure the chosen one is set).
+    pub fn chain_backend(&self) -> ChainBackend {
+        match self.chain.source {
+            ChainSourceKind::Esplora => {
+                ChainBackend::Esplora(self.esplora_url.clone().unwrap_or_default())
+            }
+            ChainSourceKind::Electrum => {
+                ChainBackend::Electrum(self.chain.electrum_url.clone().unwrap_or_default())
+            }
+        }
+    }
+
+    fn validate_chain(&self) -> Result<(), ConfigError> {
+        match &self.esplora_url {
+            Some(url) => validate_url("esplora_url", url, &["http://", "https://"])?,
+            None if self.chain.source == ChainSourceKind::Esplora => {
+                return Err(invalid("esplora_url", "required with chain.source = \"esplora\""))
+            }
+            None => {}
+        }
+        match (self.chain.source, &self.chain.electrum_url) {
+            (ChainSourceKind::Electrum, None) => {
+                return Err(invalid(
+                    "chain.electrum_url",
+                    "required with chain.source = \"electrum\" (e.g. tcp://127.0.0.1:50001 or \
+                     ssl://electrum.example.org:50002; --electrum-url, LOOPER_ELECTRUM_URL)",
+                ))
+            }
+            (ChainSourceKind::Electrum, Some(url)) => {
+                validate_electrum_url(url)?;
+                if let Some(proxy) = self.proxy {
+                    return Err(invalid(
+                        "chain.source",
+                        format!(
+                            "\"electrum\" cannot be used with proxy {proxy}: ldk-node 0.7's \
+                             Electrum client has no proxy setting and would connect directly \
+                             (use \"esplora\" through the proxy)"
+                        ),
+                    ));
+                }
+            }
+            (ChainSourceKind::Esplora, Some(_)) => {
+                return Err(invalid(
+                    "chain.electrum_url",
+                    "set while chain.source is \"esplora\": set chain.source = \"electrum\" \
+                     (--chain-source electrum) to use it",
+                ))
+            }
+            (ChainSourceKind::Esplora, None) => {}
+        }
+        Ok(())
     }
 
     fn validate_lightning(&self) -> Result<(), ConfigError> {
@@ -1202,6 +1348,30 @@ fn validate_url(key: &'static str, url: &str, schemes: &[&str]) -> Result<(), Co
     Ok(())
 }
 
+/// Checks an Electrum server URL: `tcp://HOST:PORT` or `ssl://HOST:PORT` (electrum-client's
+/// forms), nothing after the port.
+fn validate_electrum_url(url: &str) -> Result<(), ConfigError> {
+    let key = "chain.electrum_url";
+    let form = "an Electrum server URL of the form tcp://HOST:PORT or ssl://HOST:PORT";
+    let Some(rest) = ["tcp://", "ssl://"].iter().find_map(|s| url.strip_prefix(s)) else {
+        return Err(invalid(key, format!("{url:?} is not {form}")));
+    };
+    let Some((host, port)) = rest.rsplit_once(':') else {
+        return Err(invalid(key, format!("{url:?} has no port: it is not {form}")));
+    };
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host_ok = !host.is_empty()
+        && !host.contains(['/', '@', '?', '#'])
+        && !host.chars().any(char::is_whitespace);
+    if !host_ok {
+        return Err(invalid(key, format!("{url:?} has no valid host: it is not {form}")));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(invalid(key, format!("{url:?} has no valid port: it is not {form}"))),
+    }
+}
+
 /// Reads a network setting (`None`: not set anywhere).
 fn network_setting(text: Option<String>) -> Result<Network, ConfigError> {
     let text = text.ok_or_else(|| {
@@ -1357,6 +1527,8 @@ mod tests {
                 "--config" => o.config = Some(value().into()),
                 "--network" => o.network = Some(value()),
                 "--esplora-url" => o.esplora_url = Some(value()),
+                "--chain-source" => o.chain_source = Some(value()),
+                "--electrum-url" => o.electrum_url = Some(value()),
                 "--relay" => o.relays.push(value()),
                 "--proxy" => o.proxy = Some(value()),
                 "--ln-listen" => o.ln_listen.push(value()),
@@ -1424,7 +1596,7 @@ mod tests {
     fn defaults_mainnet() {
         let c = Config::load(&args(&["--network", "mainnet"])).unwrap();
         assert_eq!(c.network, Network::Bitcoin);
-        assert_eq!(c.esplora_url, "https://blockstream.info/api");
+        assert_eq!(c.esplora_url.as_deref(), Some("https://blockstream.info/api"));
         assert_eq!(c.api.listen.port(), 8839);
         assert_eq!(c.relays.len(), 3);
         assert_eq!(c.max_fee_rate().to_sat_per_vb_ceil(), 200);
@@ -1484,7 +1656,7 @@ message_burst = 300
 messages_per_minute = 1200
 "#;
         let c = load_toml(&args(&[]), text).unwrap();
-        assert_eq!(c.esplora_url, "http://127.0.0.1:3002");
+        assert_eq!(c.esplora_url.as_deref(), Some("http://127.0.0.1:3002"));
         assert_eq!(c.relays, vec!["ws://127.0.0.1:1", "wss://relay.example"]);
         assert!(c.log_json);
         assert_eq!(c.lightning.listen, vec!["127.0.0.1:9999".parse().unwrap()]);
@@ -1526,6 +1698,82 @@ messages_per_minute = 1200
         let c = load_toml(&regtest(&[]), "[peer_limits]\nswap_request_burst = 50\n").unwrap();
         assert_eq!(c.peer_limits.swap_requests(), RateLimit::new(50, 10));
         assert_eq!(c.peer_limits.messages(), t.message_rate_limit);
+    }
+
+    #[test]
+    fn chain_section() {
+        // Esplora by default, at the given URL.
+        let c = load_toml(&regtest(&[]), "").unwrap();
+        assert_eq!(c.chain, ChainConfig::default());
+        assert_eq!(c.chain_backend(), ChainBackend::Esplora("http://127.0.0.1:3002".into()));
+        // Electrum from the file, no Esplora URL needed (regtest has no public default).
+        let no_esplora = args(&["--network", "regtest", "--relay", "ws://127.0.0.1:7777"]);
+        let text = "[chain]\nsource = \"electrum\"\nelectrum_url = \"tcp://127.0.0.1:50001\"\n";
+        let c = load_toml(&no_esplora, text).unwrap();
+        assert_eq!(c.chain.source, ChainSourceKind::Electrum);
+        assert_eq!(c.esplora_url, None);
+        assert_eq!(c.chain_backend(), ChainBackend::Electrum("tcp://127.0.0.1:50001".into()));
+        let printed = serde_json::to_value(&c).unwrap();
+        assert_eq!(printed["chain"]["source"], "electrum");
+        assert_eq!(printed["chain"]["electrum_url"], "tcp://127.0.0.1:50001");
+        // On mainnet, electrum keeps no public Esplora default either.
+        let c = load_toml(&args(&["--network", "mainnet"]), text).unwrap();
+        assert_eq!(c.esplora_url, None);
+        // Flags (and the environment, through them) over the file.
+        let c = load_toml(
+            &regtest(&["--chain-source", "Electrum", "--electrum-url", "ssl://e.example:50002"]),
+            "[chain]\nsource = \"esplora\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.chain_backend(), ChainBackend::Electrum("ssl://e.example:50002".into()));
+        // An Esplora URL given with Electrum stays (unused).
+        assert_eq!(c.esplora_url.as_deref(), Some("http://127.0.0.1:3002"));
+        let c = load_toml(&regtest(&["--chain-source", "esplora"]), text).unwrap_err();
+        assert!(c.to_string().contains("chain.electrum_url: set while chain.source"), "{c}");
+        // Refused, naming the key.
+        for (over, text, why) in [
+            (
+                regtest(&[]),
+                "[chain]\nsource = \"bitcoind\"\n",
+                "chain.source: unknown chain source",
+            ),
+            (regtest(&[]), "[chain]\nsource = \"electrum\"\n", "chain.electrum_url: required"),
+            (
+                regtest(&[]),
+                "[chain]\nelectrum_url = \"tcp://h:1\"\n",
+                "chain.electrum_url: set while",
+            ),
+            (no_esplora.clone(), "", "esplora_url: required on regtest"),
+            (
+                regtest(&["--proxy", "socks5h://127.0.0.1:9050"]),
+                text,
+                "chain.source: \"electrum\" cannot be used with proxy 127.0.0.1:9050",
+            ),
+            (regtest(&[]), "[chain]\nsource = \"electrum\"\nurl = \"x\"\n", "unknown field `url`"),
+        ] {
+            let e = err_text(&over, text);
+            assert!(e.contains(why), "{text}: {e}");
+        }
+        for url in [
+            "http://127.0.0.1:50001",
+            "127.0.0.1:50001",
+            "tcp://127.0.0.1",
+            "tcp://:50001",
+            "tcp://127.0.0.1:0",
+            "tcp://127.0.0.1:port",
+            "ssl://user@host:50002",
+            "tcp://host/path:1",
+        ] {
+            let e = err_text(&regtest(&["--chain-source", "electrum", "--electrum-url", url]), "");
+            assert!(e.starts_with("invalid configuration: chain.electrum_url: "), "{url}: {e}");
+            assert!(e.contains("tcp://HOST:PORT or ssl://HOST:PORT"), "{url}: {e}");
+        }
+        for url in
+            ["tcp://127.0.0.1:50001", "ssl://electrum.example.org:50002", "tcp://[::1]:60401"]
+        {
+            let c = load_toml(&regtest(&["--chain-source", "electrum", "--electrum-url", url]), "");
+            assert!(c.is_ok(), "{url}: {c:?}");
+        }
     }
 
     #[test]
@@ -1629,7 +1877,7 @@ listen = "127.0.0.1:2222"
         ]);
         let c = load_toml(&a, text).unwrap();
         assert_eq!(c.network, Network::Regtest);
-        assert_eq!(c.esplora_url, "http://flag.example");
+        assert_eq!(c.esplora_url.as_deref(), Some("http://flag.example"));
         assert_eq!(c.relays, vec!["ws://flag1.example", "ws://flag2.example"]);
         assert_eq!(c.lightning.listen, vec!["127.0.0.1:3333".parse().unwrap()]);
         assert_eq!(c.api.listen.port(), 4444);
@@ -1639,7 +1887,7 @@ listen = "127.0.0.1:2222"
         // Without flags the file wins over the defaults.
         let c = load_toml(&args(&[]), text).unwrap();
         assert_eq!(c.network, Network::Signet);
-        assert_eq!(c.esplora_url, "http://file.example");
+        assert_eq!(c.esplora_url.as_deref(), Some("http://file.example"));
         assert_eq!(c.relays, vec!["ws://file.example"]);
         assert_eq!(c.api.listen.port(), 2222);
     }
@@ -1654,7 +1902,7 @@ listen = "127.0.0.1:2222"
         .unwrap();
         let d = dir.path().to_str().unwrap();
         let c = Config::load(&overrides(&["--datadir", d])).unwrap();
-        assert_eq!(c.esplora_url, "http://a.example");
+        assert_eq!(c.esplora_url.as_deref(), Some("http://a.example"));
         assert_eq!(c.config_file, Some(dir.path().join(CONFIG_FILE_NAME)));
 
         let other = dir.path().join("other.toml");
@@ -1665,7 +1913,7 @@ listen = "127.0.0.1:2222"
         .unwrap();
         let c = Config::load(&overrides(&["--datadir", d, "--config", other.to_str().unwrap()]))
             .unwrap();
-        assert_eq!(c.esplora_url, "http://b.example");
+        assert_eq!(c.esplora_url.as_deref(), Some("http://b.example"));
 
         let missing = dir.path().join("missing.toml");
         let e = Config::load(&overrides(&["--datadir", d, "--config", missing.to_str().unwrap()]))
@@ -1940,7 +2188,7 @@ listen = "127.0.0.1:2222"
         std::fs::write(h.join(".looper/signet/looper.toml"), "esplora_url = \"http://e.example\"")
             .unwrap();
         let c = load_home(h, &["--network", "signet"]).unwrap();
-        assert_eq!(c.esplora_url, "http://e.example");
+        assert_eq!(c.esplora_url.as_deref(), Some("http://e.example"));
         assert_eq!(c.config_file, Some(h.join(".looper/signet/looper.toml")));
         // --datadir (or LOOPER_DATADIR) is used as given.
         let c = Config::load_with_home(&args(&["--network", "signet"]), Some(h)).unwrap();
@@ -1997,7 +2245,7 @@ listen = "127.0.0.1:2222"
             .unwrap();
         let c = load_home(h, &["--network", "signet"]).unwrap();
         assert_eq!(c.datadir, h.join(".looper/signet"));
-        assert_ne!(c.esplora_url, "http://old.example");
+        assert_ne!(c.esplora_url.as_deref(), Some("http://old.example"));
         assert_eq!(c.notices.len(), 1, "{:?}", c.notices);
         assert!(c.notices[0].contains("looper.toml is not read"), "{:?}", c.notices);
         // Not when the configuration file is named.

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use bitcoin::hashes::Hash;
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::Network;
-use ldk_node::config::{BackgroundSyncConfig, EsploraSyncConfig};
+use ldk_node::config::{BackgroundSyncConfig, ElectrumSyncConfig, EsploraSyncConfig};
 use ldk_node::lightning::ln::channelmanager::PaymentId;
 use ldk_node::lightning::ln::msgs::SocketAddress;
 use ldk_node::lightning::routing::router::RouteParametersConfig;
@@ -405,7 +405,8 @@ pub trait Lightning: Send + Sync {
 pub struct LdkConfig {
     /// The network.
     pub network: Network,
-    /// Esplora URL.
+    /// Esplora URL: the chain source of [`LdkLightning::start`] (another with
+    /// [`LdkLightning::start_with_chain`]).
     pub esplora_url: String,
     /// Storage directory (`DATADIR/ldk`).
     pub storage_dir: std::path::PathBuf,
@@ -420,6 +421,15 @@ pub struct LdkConfig {
     /// Addresses announced to the network ("host:port", onion or DNS names too); empty: the
     /// listening addresses. Need an alias and listening addresses.
     pub announcement_addresses: Vec<String>,
+}
+
+/// Where ldk-node reads the chain from ([`LdkLightning::start_with_chain`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LdkChain {
+    /// An Esplora HTTP API (base URL).
+    Esplora(String),
+    /// An Electrum server (`tcp://HOST:PORT` or `ssl://HOST:PORT`).
+    Electrum(String),
 }
 
 /// [`Lightning`] over an embedded ldk-node.
@@ -453,7 +463,21 @@ impl LdkLightning {
     /// # Errors
     /// [`LightningError::Build`] (bad address, unreachable Esplora, storage).
     pub async fn start(config: LdkConfig, entropy: [u8; 64]) -> Result<Self, LightningError> {
-        let node = tokio::task::spawn_blocking(move || build_node(&config, entropy))
+        let chain = LdkChain::Esplora(config.esplora_url.clone());
+        Self::start_with_chain(config, chain, entropy).await
+    }
+
+    /// [`LdkLightning::start`] with ldk-node reading the chain from `chain` instead of
+    /// [`LdkConfig::esplora_url`].
+    ///
+    /// # Errors
+    /// As [`LdkLightning::start`] (an Electrum server that cannot be reached at start too).
+    pub async fn start_with_chain(
+        config: LdkConfig,
+        chain: LdkChain,
+        entropy: [u8; 64],
+    ) -> Result<Self, LightningError> {
+        let node = tokio::task::spawn_blocking(move || build_node(&config, &chain, entropy))
             .await
             .map_err(|e| LightningError::Task(e.to_string()))??;
         let node = Arc::new(node);
@@ -536,14 +560,16 @@ async fn reconnect_peers(node: Arc<Node>) {
     }
 }
 
-fn build_node(config: &LdkConfig, entropy: [u8; 64]) -> Result<Node, LightningError> {
+fn build_node(
+    config: &LdkConfig,
+    chain: &LdkChain,
+    entropy: [u8; 64],
+) -> Result<Node, LightningError> {
     let secs = config.sync_interval_secs.max(1);
-    let sync = EsploraSyncConfig {
-        background_sync_config: Some(BackgroundSyncConfig {
-            onchain_wallet_sync_interval_secs: secs,
-            lightning_wallet_sync_interval_secs: secs,
-            fee_rate_cache_update_interval_secs: secs,
-        }),
+    let background = BackgroundSyncConfig {
+        onchain_wallet_sync_interval_secs: secs,
+        lightning_wallet_sync_interval_secs: secs,
+        fee_rate_cache_update_interval_secs: secs,
     };
     let mut builder = Builder::new();
     builder.set_network(config.network);
@@ -584,7 +610,16 @@ fn build_node(config: &LdkConfig, entropy: [u8; 64]) -> Result<Node, LightningEr
         Some(url) => builder.set_gossip_source_rgs(url.trim_end_matches('/').to_string()),
         None => builder.set_gossip_source_p2p(),
     };
-    builder.set_chain_source_esplora(config.esplora_url.clone(), Some(sync));
+    match chain {
+        LdkChain::Esplora(url) => {
+            let sync = EsploraSyncConfig { background_sync_config: Some(background) };
+            builder.set_chain_source_esplora(url.clone(), Some(sync))
+        }
+        LdkChain::Electrum(url) => {
+            let sync = ElectrumSyncConfig { background_sync_config: Some(background) };
+            builder.set_chain_source_electrum(url.clone(), Some(sync))
+        }
+    };
     let node = builder.build().map_err(|e| LightningError::Build(e.to_string()))?;
     node.start().map_err(|e| LightningError::Build(e.to_string()))?;
     Ok(node)

@@ -41,6 +41,16 @@ struct Args {
     #[arg(long, env = "LOOPER_ESPLORA_URL", value_name = "URL")]
     esplora_url: Option<String>,
 
+    /// Chain source of the swap engine, the wallet and the Lightning node: `esplora` (default,
+    /// at --esplora-url) or `electrum` (at --electrum-url).
+    #[arg(long, env = "LOOPER_CHAIN_SOURCE", value_name = "SOURCE")]
+    chain_source: Option<String>,
+
+    /// Electrum server URL, `tcp://HOST:PORT` or `ssl://HOST:PORT` (with --chain-source
+    /// electrum).
+    #[arg(long, env = "LOOPER_ELECTRUM_URL", value_name = "URL")]
+    electrum_url: Option<String>,
+
     /// Nostr relay URL (repeat the flag for several; the variable takes a comma-separated list).
     /// Replaces the relays of the configuration file.
     #[arg(long = "relay", env = "LOOPER_RELAYS", value_name = "URL", value_delimiter = ',')]
@@ -90,6 +100,8 @@ impl Args {
             config: self.config.clone(),
             network: self.network.clone(),
             esplora_url: self.esplora_url.clone(),
+            chain_source: self.chain_source.clone(),
+            electrum_url: self.electrum_url.clone(),
             relays: self.relays.clone(),
             proxy: self.proxy.clone(),
             ln_listen: self.ln_listen.clone(),
@@ -194,6 +206,10 @@ mod tests {
             "regtest",
             "--esplora-url",
             "http://e",
+            "--chain-source",
+            "electrum",
+            "--electrum-url",
+            "tcp://127.0.0.1:50001",
             "--relay",
             "ws://a",
             "--relay",
@@ -215,6 +231,8 @@ mod tests {
                 config: Some("/c.toml".into()),
                 network: Some("regtest".into()),
                 esplora_url: Some("http://e".into()),
+                chain_source: Some("electrum".into()),
+                electrum_url: Some("tcp://127.0.0.1:50001".into()),
                 relays: vec!["ws://a".into(), "ws://b".into()],
                 proxy: Some("socks5h://127.0.0.1:9050".into()),
                 ln_listen: vec!["127.0.0.1:1".into()],

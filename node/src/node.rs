@@ -13,15 +13,15 @@ use looper_protocol::messages::{Offer, OfferError};
 use looper_protocol::seller::SellerPolicy;
 
 use crate::backup::{BackupKeys, BackupOptions, Backups, SHUTDOWN_FLUSH_TIMEOUT};
-use crate::chain::EsploraChainSource;
-use crate::config::Config;
+use crate::chain::{ChainSource, ElectrumChainSource, EsploraChainSource};
+use crate::config::{ChainBackend, Config};
 use crate::engine::io::{BdkSwapWallet, OsEntropy, SystemClock};
 use crate::engine::{Engine, EngineConfig, EngineParts, FeeSettings};
-use crate::lightning::{storage_dir, LdkConfig, LdkLightning, Lightning};
+use crate::lightning::{storage_dir, LdkChain, LdkConfig, LdkLightning, Lightning};
 use crate::nostr::{NostrTransport, ProcessedEvents, ProcessedStoreError, TransportConfig};
 use crate::seed::{load_or_create_seed, read_mnemonic, ApiToken, NodeKeys, SeedOrigin};
 use crate::store::{RedbStore, SwapStore, DB_FILE_NAME};
-use crate::wallet::LooperWallet;
+use crate::wallet::{LooperWallet, WalletSync};
 
 /// Why the node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +125,27 @@ pub fn proxy_warnings(config: &Config, ldk_env: bool) -> Vec<String> {
     warnings
 }
 
+/// The chain source of `config` (`[chain]`): the engine's [`ChainSource`], the client the
+/// wallet syncs through, and ldk-node's.
+async fn chain_source(
+    config: &Config,
+    fallback: FeeRate,
+) -> Result<(Arc<dyn ChainSource>, WalletSync, LdkChain), crate::chain::ChainError> {
+    match config.chain_backend() {
+        ChainBackend::Esplora(url) => {
+            let esplora = EsploraChainSource::with_proxy(&url, fallback, config.proxy)?;
+            let sync = WalletSync::Esplora(esplora.client().clone());
+            Ok((esplora.into_dyn(), sync, LdkChain::Esplora(url)))
+        }
+        ChainBackend::Electrum(url) => {
+            tracing::info!(%url, "chain source: Electrum");
+            let electrum = ElectrumChainSource::connect(&url, fallback).await?;
+            let sync = WalletSync::Electrum(Arc::clone(electrum.client()));
+            Ok((electrum.into_dyn(), sync, LdkChain::Electrum(url)))
+        }
+    }
+}
+
 /// A started node.
 pub struct LooperNode {
     /// The configuration it runs with.
@@ -210,14 +231,13 @@ impl LooperNode {
         let fallback = FeeRate::from_sat_per_vb_u32(
             u32::try_from(config.fees.fallback_fee_rate_sat_vb).unwrap_or(2),
         );
-        let esplora = EsploraChainSource::with_proxy(&config.esplora_url, fallback, config.proxy)
-            .map_err(step("reach Esplora"))?;
-        let sync_client = esplora.client().clone();
+        let (chain, sync_client, ldk_chain) =
+            chain_source(&config, fallback).await.map_err(step("reach the chain source"))?;
         let lightning = Arc::new(
-            LdkLightning::start(
+            LdkLightning::start_with_chain(
                 LdkConfig {
                     network: config.network,
-                    esplora_url: config.esplora_url.clone(),
+                    esplora_url: config.esplora_url.clone().unwrap_or_default(),
                     storage_dir: storage_dir(&config.datadir),
                     listen: config.lightning.listen.iter().map(|a| a.to_string()).collect(),
                     alias: config.lightning.alias.clone(),
@@ -225,6 +245,7 @@ impl LooperNode {
                     rgs_url: config.lightning.rgs_url.clone(),
                     announcement_addresses: config.lightning.announcement_addresses.clone(),
                 },
+                ldk_chain,
                 keys.ldk_seed_bytes().map_err(step("derive the lightning seed"))?,
             )
             .await
@@ -253,7 +274,7 @@ impl LooperNode {
         let engine = Engine::start(EngineParts {
             store,
             wallet: Arc::new(BdkSwapWallet::new(Arc::clone(&wallet), Some(sync_client))),
-            chain: esplora.into_dyn(),
+            chain,
             lightning: Arc::clone(&lightning) as Arc<dyn Lightning>,
             transport: Arc::new(transport.clone()),
             clock: Arc::new(SystemClock),

@@ -1,6 +1,7 @@
 //! The on-chain wallet: a BDK taproot (BIP-0086) wallet derived from the node seed, persisted in
-//! the node's redb file, synced through Esplora. It funds HTLCs (several in one transaction),
-//! receives claims and refunds, and sends.
+//! the node's redb file, synced through the node's chain source ([`WalletSync`]: bdk_esplora or
+//! bdk_electrum). It funds HTLCs (several in one transaction), receives claims and refunds, and
+//! sends.
 //!
 //! # Persistence: an own [`WalletPersister`] on the shared redb file, not `bdk_redb`
 //!
@@ -15,7 +16,8 @@
 //! # Concurrency
 //!
 //! The wallet sits behind a mutex that is never held across an `.await`: a sync builds its request
-//! under the lock, queries Esplora without it, and applies the result under it again. Funding
+//! under the lock, queries the chain source without it (Electrum's blocking client on tokio's
+//! blocking pool), and applies the result under it again. Funding
 //! transactions are built and signed under the lock but are only marked spent once
 //! [`LooperWallet::apply_unconfirmed`] is called after the broadcast; the engine must therefore
 //! build, broadcast and apply one funding transaction at a time (which batching does anyway), and
@@ -33,7 +35,7 @@ use bitcoin::address::NetworkUnchecked;
 use bitcoin::{Address, Amount, FeeRate, Network, ScriptBuf, Transaction, Txid};
 use redb::{Database, ReadableTable, TableDefinition};
 
-use crate::chain::{ChainError, ChainSource};
+use crate::chain::{ChainError, ChainSource, ElectrumClient};
 use crate::seed::NodeKeys;
 
 /// Name of the redb table holding the wallet's changesets.
@@ -46,6 +48,39 @@ pub const STOP_GAP: usize = 20;
 
 /// Parallel Esplora requests during a sync.
 pub const PARALLEL_REQUESTS: usize = 4;
+
+/// Scripts asked for in one Electrum batch during a sync.
+pub const ELECTRUM_BATCH_SIZE: usize = 10;
+
+/// The client a [`LooperWallet`] syncs through: the node's chain source's.
+#[derive(Clone)]
+pub enum WalletSync {
+    /// An Esplora server (bdk_esplora).
+    Esplora(esplora_client::AsyncClient),
+    /// An Electrum server (bdk_electrum; merkle proofs checked against the headers).
+    Electrum(Arc<ElectrumClient>),
+}
+
+impl std::fmt::Debug for WalletSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WalletSync::Esplora(c) => f.debug_tuple("Esplora").field(&c.url()).finish(),
+            WalletSync::Electrum(_) => f.write_str("Electrum"),
+        }
+    }
+}
+
+impl From<esplora_client::AsyncClient> for WalletSync {
+    fn from(client: esplora_client::AsyncClient) -> Self {
+        WalletSync::Esplora(client)
+    }
+}
+
+impl From<Arc<ElectrumClient>> for WalletSync {
+    fn from(client: Arc<ElectrumClient>) -> Self {
+        WalletSync::Electrum(client)
+    }
+}
 
 /// Errors of the wallet persister.
 #[derive(Debug, thiserror::Error)]
@@ -179,9 +214,9 @@ pub enum WalletError {
     /// The node's keys could not be derived.
     #[error("cannot derive the wallet keys")]
     Keys(#[from] crate::seed::SeedError),
-    /// Syncing with Esplora failed.
+    /// Syncing with the chain source failed (the Esplora or Electrum client's error).
     #[error("wallet sync failed")]
-    Sync(#[source] Box<esplora_client::Error>),
+    Sync(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// The sync result does not connect to the wallet's chain (reorg during sync); retry.
     #[error("wallet sync result does not connect to the local chain; retry")]
     CannotConnect(#[source] Box<bdk_wallet::chain::local_chain::CannotConnectError>),
@@ -271,6 +306,18 @@ pub struct FundingTx {
     pub fee: Amount,
     /// The fee rate used (after the cap).
     pub fee_rate: FeeRate,
+}
+
+/// A wallet sync's request ([`LooperWallet::sync_request`]).
+enum SyncRequest {
+    Full(bdk_wallet::chain::spk_client::FullScanRequest<KeychainKind>),
+    Incremental(bdk_wallet::chain::spk_client::SyncRequest<(KeychainKind, u32)>),
+}
+
+/// A wallet sync's result ([`LooperWallet::apply_sync`]).
+enum SyncUpdate {
+    Full(bdk_wallet::chain::spk_client::FullScanResponse<KeychainKind>),
+    Incremental(bdk_wallet::chain::spk_client::SyncResponse),
 }
 
 struct Inner {
@@ -409,37 +456,75 @@ impl LooperWallet {
     /// # Errors
     /// [`WalletError::Sync`], [`WalletError::CannotConnect`] (retry), persistence errors.
     pub async fn sync(&self, client: &esplora_client::AsyncClient) -> Result<(), WalletError> {
-        enum Request {
-            Full(bdk_wallet::chain::spk_client::FullScanRequest<KeychainKind>),
-            Incremental(bdk_wallet::chain::spk_client::SyncRequest<(KeychainKind, u32)>),
-        }
-        let request = {
-            let inner = self.lock()?;
-            if inner.synced_once {
-                Request::Incremental(inner.wallet.start_sync_with_revealed_spks().build())
-            } else {
-                Request::Full(inner.wallet.start_full_scan().build())
-            }
-        };
-        match request {
-            Request::Full(req) => {
-                let update = client
+        let update = match self.sync_request()? {
+            SyncRequest::Full(req) => SyncUpdate::Full(
+                client
                     .full_scan(req, STOP_GAP, PARALLEL_REQUESTS)
                     .await
-                    .map_err(WalletError::Sync)?;
-                let mut inner = self.lock()?;
+                    .map_err(|e| WalletError::Sync(e))?,
+            ),
+            SyncRequest::Incremental(req) => SyncUpdate::Incremental(
+                client.sync(req, PARALLEL_REQUESTS).await.map_err(|e| WalletError::Sync(e))?,
+            ),
+        };
+        self.apply_sync(update)
+    }
+
+    /// [`LooperWallet::sync`] through an Electrum server (bdk_electrum, on tokio's blocking
+    /// pool; every confirmation's merkle proof is checked against its block header, and the
+    /// spent outputs of the wallet's transactions are fetched for their fees).
+    ///
+    /// # Errors
+    /// As [`LooperWallet::sync`].
+    pub async fn sync_electrum(&self, client: &Arc<ElectrumClient>) -> Result<(), WalletError> {
+        let request = self.sync_request()?;
+        let client = Arc::clone(client);
+        let update = tokio::task::spawn_blocking(move || match request {
+            SyncRequest::Full(req) => {
+                client.full_scan(req, STOP_GAP, ELECTRUM_BATCH_SIZE, true).map(SyncUpdate::Full)
+            }
+            SyncRequest::Incremental(req) => {
+                client.sync(req, ELECTRUM_BATCH_SIZE, true).map(SyncUpdate::Incremental)
+            }
+        })
+        .await
+        .map_err(|e| WalletError::Sync(Box::new(e)))?
+        .map_err(|e| WalletError::Sync(Box::new(e)))?;
+        self.apply_sync(update)
+    }
+
+    /// [`LooperWallet::sync`] through whichever client `source` is.
+    ///
+    /// # Errors
+    /// As [`LooperWallet::sync`].
+    pub async fn sync_with(&self, source: &WalletSync) -> Result<(), WalletError> {
+        match source {
+            WalletSync::Esplora(client) => self.sync(client).await,
+            WalletSync::Electrum(client) => self.sync_electrum(client).await,
+        }
+    }
+
+    /// What the next sync asks: a full scan first in this process, then the revealed scripts.
+    fn sync_request(&self) -> Result<SyncRequest, WalletError> {
+        let inner = self.lock()?;
+        Ok(if inner.synced_once {
+            SyncRequest::Incremental(inner.wallet.start_sync_with_revealed_spks().build())
+        } else {
+            SyncRequest::Full(inner.wallet.start_full_scan().build())
+        })
+    }
+
+    /// Applies and persists a sync's result.
+    fn apply_sync(&self, update: SyncUpdate) -> Result<(), WalletError> {
+        let mut inner = self.lock()?;
+        match update {
+            SyncUpdate::Full(update) => {
                 inner.wallet.apply_update(update)?;
                 inner.synced_once = true;
-                inner.persist()
             }
-            Request::Incremental(req) => {
-                let update =
-                    client.sync(req, PARALLEL_REQUESTS).await.map_err(WalletError::Sync)?;
-                let mut inner = self.lock()?;
-                inner.wallet.apply_update(update)?;
-                inner.persist()
-            }
+            SyncUpdate::Incremental(update) => inner.wallet.apply_update(update)?,
         }
+        inner.persist()
     }
 
     /// The balance (confirmed, trusted and untrusted pending, immature).

@@ -1,6 +1,8 @@
-//! `EsploraChainSource` and `LooperWallet` against the embedded regtest chain (Bitcoin Core's
-//! kernel behind an Esplora API): tip, statuses, history, spends, idempotent broadcast, rejects,
-//! fee rates; wallet full scan, batched HTLC funding, send, reload from redb, restore from seed.
+//! `EsploraChainSource`, `ElectrumChainSource` and `LooperWallet` against the embedded regtest
+//! chain (Bitcoin Core's kernel behind an Esplora API and an Electrum server): tip, statuses,
+//! history, spends, idempotent broadcast, rejects, fee rates, the same answers from both sources;
+//! wallet full scan, batched HTLC funding, send, reload from redb, restore from seed, and its
+//! sync over Electrum.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::str::FromStr;
@@ -9,7 +11,9 @@ use std::time::Instant;
 use anyhow::Result;
 use bitcoin::secp256k1::{Keypair, Secp256k1};
 use bitcoin::{Address, Amount, FeeRate, Network, OutPoint, ScriptBuf, Txid};
-use looper_node::chain::{ChainError, ChainSource, EsploraChainSource, TxStatus};
+use looper_node::chain::{
+    ChainError, ChainSource, ElectrumChainSource, EsploraChainSource, TxStatus,
+};
 use looper_node::seed::{Mnemonic, NodeKeys};
 use looper_node::store::RedbStore;
 use looper_node::wallet::{LooperWallet, WalletError};
@@ -78,6 +82,175 @@ async fn esplora_chain_source() -> Result<()> {
     bad.output[0].value = Amount::from_sat(bad.output[0].value.to_sat() + 1);
     let e = src.broadcast(&bad).await.unwrap_err();
     assert!(matches!(e, ChainError::Rejected { .. }), "{e}");
+    Ok(())
+}
+
+/// What the engine asks, asked of `src` on `chain` (a fresh chain per source): the answers both
+/// sources must give.
+async fn chain_source_contract(chain: &RegtestChain, src: &dyn ChainSource) -> Result<()> {
+    assert_eq!(src.tip_height().await?, chain.tip_height()?);
+    let (key, addr) = looper_regtest::test_key("contract")?;
+    let spk = addr.script_pubkey();
+    let fund = chain.fund_address(&addr, Amount::from_sat(100_000))?;
+    let height = chain.tip_height()?;
+    assert_eq!(src.tip_height().await?, height);
+    assert_eq!(src.tx_status(&fund).await?, Some(TxStatus::Confirmed { height }));
+    let funding = src.find_output(&spk, Amount::from_sat(100_000)).await?.expect("the output");
+    assert_eq!((funding.outpoint.txid, funding.status), (fund, TxStatus::Confirmed { height }));
+    assert_eq!(src.output_spend(&funding.outpoint).await?, None);
+
+    // Spend it to an HTLC-like script: unconfirmed, then confirmed.
+    let htlc = random_p2tr();
+    let mut spend = bitcoin::Transaction {
+        version: bitcoin::transaction::Version::TWO,
+        lock_time: bitcoin::absolute::LockTime::ZERO,
+        input: vec![bitcoin::TxIn {
+            previous_output: funding.outpoint,
+            sequence: bitcoin::Sequence::ENABLE_RBF_NO_LOCKTIME,
+            ..Default::default()
+        }],
+        output: vec![bitcoin::TxOut {
+            value: Amount::from_sat(99_000),
+            script_pubkey: htlc.clone(),
+        }],
+    };
+    let prevout = funding.tx.output[funding.outpoint.vout as usize].clone();
+    looper_regtest::sign_p2wpkh(&mut spend, &key, &[(funding.outpoint, prevout)])?;
+    let spend_id = src.broadcast(&spend).await?;
+    assert_eq!(src.broadcast(&spend).await?, spend_id, "idempotent in the mempool");
+    assert_eq!(src.tx_status(&spend_id).await?, Some(TxStatus::Unconfirmed));
+    let spent = src.output_spend(&funding.outpoint).await?.expect("the spend");
+    assert_eq!((spent.txid, spent.vin, spent.status), (spend_id, 0, TxStatus::Unconfirmed));
+    let history = src.script_history(&spk).await?;
+    let ids: Vec<Txid> = history.iter().map(|h| h.tx.compute_txid()).collect();
+    assert_eq!(ids, vec![spend_id, fund], "newest first");
+    let found = src.find_output(&htlc, Amount::from_sat(99_000)).await?.expect("the htlc");
+    assert_eq!(found.status, TxStatus::Unconfirmed);
+    chain.mine(1)?;
+    let height = chain.tip_height()?;
+    assert_eq!(src.tx_status(&spend_id).await?, Some(TxStatus::Confirmed { height }));
+    let spent = src.output_spend(&funding.outpoint).await?.expect("the spend");
+    assert_eq!(spent.status, TxStatus::Confirmed { height });
+    assert_eq!(src.broadcast(&spend).await?, spend_id, "idempotent once confirmed");
+
+    // Unknown, refused, evicted.
+    let unknown = Txid::from_str(&"11".repeat(32))?;
+    assert_eq!(src.tx_status(&unknown).await?, None);
+    assert_eq!(src.get_tx(&unknown).await?, None);
+    assert!(src.script_history(&random_p2tr()).await?.is_empty());
+    let mut bad = spend.clone();
+    bad.output[0].value = Amount::from_sat(100_001);
+    match src.broadcast(&bad).await.unwrap_err() {
+        ChainError::Rejected { reason, .. } => assert!(!reason.is_empty()),
+        e => panic!("{e}"),
+    }
+    let (key2, addr2) = looper_regtest::test_key("contract-2")?;
+    let fund2 = chain.fund_address(&addr2, Amount::from_sat(50_000))?;
+    let out2 = src.find_output(&addr2.script_pubkey(), Amount::from_sat(50_000)).await?.unwrap();
+    let mut child = spend.clone();
+    child.input[0].previous_output = out2.outpoint;
+    child.output[0].value = Amount::from_sat(49_000);
+    let prevout = out2.tx.output[out2.outpoint.vout as usize].clone();
+    looper_regtest::sign_p2wpkh(&mut child, &key2, &[(out2.outpoint, prevout)])?;
+    let child_id = src.broadcast(&child).await?;
+    assert!(chain.drop_tx(&child_id, false)?);
+    assert_eq!(src.tx_status(&child_id).await?, None, "evicted");
+    assert_eq!(src.get_tx(&child_id).await?, None, "evicted");
+    assert_eq!(src.output_spend(&out2.outpoint).await?, None);
+    assert_eq!(src.tx_status(&fund2).await?.and_then(|s| s.height()), Some(chain.tip_height()?));
+
+    // Fee rates: 1 sat/vB for every target, then a curve.
+    assert_eq!(src.fee_rate(6).await?, FeeRate::from_sat_per_vb_u32(1));
+    assert_eq!(src.fee_rate(0).await?, FeeRate::from_sat_per_vb_u32(1));
+    chain.set_fee_estimates(Some([(1, 50.0), (6, 20.0), (144, 2.0)].into_iter().collect()))?;
+    assert_eq!(src.fee_rate(1).await?, FeeRate::from_sat_per_vb_u32(50));
+    assert_eq!(src.fee_rate(6).await?, FeeRate::from_sat_per_vb_u32(20));
+    let all = src.fee_estimates().await?;
+    assert_eq!(all.rate_for(3), FeeRate::from_sat_per_vb_u32(50));
+    assert_eq!(all.rate_for(12), FeeRate::from_sat_per_vb_u32(20));
+    assert_eq!(all.rate_for(144), FeeRate::from_sat_per_vb_u32(2));
+    chain.set_fee_estimates(None)?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_chain_sources_answer_alike() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let chain = RegtestChain::start(dir.path().join("esplora"))?;
+    let esplora = EsploraChainSource::new(&chain.esplora_url(), FeeRate::from_sat_per_vb_u32(3))?;
+    chain_source_contract(&chain, &esplora).await?;
+    drop(chain);
+    let chain = RegtestChain::start(dir.path().join("electrum"))?;
+    let electrum =
+        ElectrumChainSource::connect(&chain.electrum_url(), FeeRate::from_sat_per_vb_u32(3))
+            .await?;
+    chain_source_contract(&chain, &electrum).await?;
+    Ok(())
+}
+
+/// The wallet synced over Electrum (bdk_electrum): full scan, receive, a funding through the
+/// Electrum chain source, a send, a reorg, and a restore from the seed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wallet_syncs_over_electrum() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let chain = start_chain(dir.path());
+    let src = ElectrumChainSource::connect(&chain.electrum_url(), FeeRate::from_sat_per_vb_u32(2))
+        .await?;
+    let cap = FeeRate::from_sat_per_vb_u32(20);
+    let store = RedbStore::open(&dir.path().join("node").join("looper.redb"))?;
+    let wallet = LooperWallet::load_or_create(store.database(), &keys(), Network::Regtest, cap)?;
+    wallet.sync_electrum(src.client()).await?;
+    assert_eq!(wallet.balance()?.total(), Amount::ZERO);
+    assert_eq!(wallet.synced_height()?, chain.tip_height()?);
+
+    chain.fund_address(&wallet.new_address()?, Amount::from_sat(1_000_000))?;
+    wallet.sync_electrum(src.client()).await?;
+    assert_eq!(wallet.balance()?.confirmed, Amount::from_sat(1_000_000));
+
+    let outputs = vec![(random_p2tr(), Amount::from_sat(300_000))];
+    let funding = wallet.build_funding_tx(&outputs, FeeRate::from_sat_per_vb_u32(2))?;
+    let txid = src.broadcast(&funding.tx).await?;
+    wallet.apply_unconfirmed(&funding.tx)?;
+    let after = Amount::from_sat(700_000) - funding.fee;
+    wallet.sync_electrum(src.client()).await?;
+    assert_eq!(wallet.balance()?.total(), after);
+    chain.mine(1)?;
+    wallet.sync_electrum(src.client()).await?;
+    assert_eq!(wallet.balance()?.confirmed, after);
+
+    let (_, outside) = looper_regtest::test_key("outside-electrum")?;
+    let sent = wallet
+        .send(
+            &src,
+            outside.to_string().parse()?,
+            Amount::from_sat(100_000),
+            FeeRate::from_sat_per_vb_u32(2),
+        )
+        .await?;
+    assert_eq!(src.tx_status(&sent).await?, Some(TxStatus::Unconfirmed));
+    chain.mine(1)?;
+    wallet.sync_electrum(src.client()).await?;
+    let balance = wallet.balance()?;
+    assert_eq!(balance.total(), balance.confirmed);
+    assert!(balance.confirmed < after - Amount::from_sat(100_000));
+
+    // A reorg of both blocks: the wallet follows (its transactions are pending again), then
+    // they confirm anew.
+    chain.reorg(2)?;
+    wallet.sync_electrum(src.client()).await?;
+    assert_eq!(wallet.synced_height()?, chain.tip_height()?);
+    assert_eq!(wallet.balance()?.total(), balance.total());
+    assert_eq!(wallet.balance()?.confirmed, Amount::ZERO, "the funded coin is spent, pending");
+    assert_eq!(src.tx_status(&txid).await?, Some(TxStatus::Unconfirmed));
+    chain.mine(1)?;
+    wallet.sync_electrum(src.client()).await?;
+    assert_eq!(wallet.balance()?, balance);
+
+    // Restore from the seed alone: the full scan over Electrum finds the same funds.
+    let other = RedbStore::open(&dir.path().join("restored").join("looper.redb"))?;
+    let restored = LooperWallet::load_or_create(other.database(), &keys(), Network::Regtest, cap)?;
+    restored.sync_electrum(src.client()).await?;
+    assert_eq!(restored.balance()?.confirmed, balance.confirmed);
     Ok(())
 }
 

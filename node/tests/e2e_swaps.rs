@@ -1,6 +1,7 @@
 //! End to end on the regtest harness: real `looper-node` processes (this crate's binary), the
 //! embedded chain, a local Nostr relay, a real ldk-node channel buyer -> seller. Loop outs with
-//! the cooperative and the script-path claim, the refunds (cooperative after the buyer's abort;
+//! the cooperative claim (once per chain source: Esplora, and Electrum for the engine, the
+//! wallet and ldk-node) and the script-path claim, the refunds (cooperative after the buyer's abort;
 //! the refund leaf after the timeout when the buyer is gone), SIGKILL and restart of either side
 //! at each swap state (balances before and after differ only by the accounted fees), a reorg of
 //! the funding block, a funding that vanishes before the payment (reorganised out and dropped;
@@ -20,7 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use bitcoin::Network;
 use looper_node::seed::{Mnemonic, NodeKeys};
-use looper_regtest::harness::{wait_until, Harness, HarnessConfig, LoopOutReport, NodeSpec};
+use looper_regtest::harness::{
+    wait_until, Harness, HarnessConfig, LoopOutReport, NodeChainSource, NodeSpec,
+};
 use serde_json::{json, Value};
 
 use e2e_common::{scratch, state_of, take_unpaid, AMOUNT, MAX_FEE};
@@ -204,6 +207,31 @@ async fn e2e_cooperative_claim_and_no_secret_in_logs() -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// The cooperative loop out with both nodes on the chain's Electrum server: their engines'
+/// chain source, their wallets' sync (bdk_electrum) and ldk-node's chain source (the channel
+/// opened at setup, the payment) all read the chain over Electrum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_cooperative_claim_over_electrum() -> Result<()> {
+    let s = scratch()?;
+    let mut c = config(&s.dir, NodeSpec::seller("seller").on(NodeChainSource::Electrum));
+    c.nodes[1] = NodeSpec::buyer("buyer").on(NodeChainSource::Electrum);
+    let h = Harness::start(c).await?;
+    for node in h.nodes() {
+        let log = std::fs::read_to_string(node.log_file())?;
+        ensure!(log.contains("chain source: Electrum"), "{} is not on Electrum", node.name());
+    }
+    let before = balances(&h).await?;
+    let miner = h.start_miner(Duration::from_secs(1));
+    let swap_id = take(&h).await?;
+    let r = finish(&h, &swap_id).await?;
+    miner.stop();
+    eprintln!("{r}");
+    ensure!(r.claim_purpose == "cooperative_claim", "{r:?}");
+    check_balances(&h, before, &r).await?;
+    h.stop().await;
     Ok(())
 }
 

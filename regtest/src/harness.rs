@@ -16,9 +16,10 @@
 //! ```
 //!
 //! Each node runs as a child process with `--datadir DIR/<name> --network regtest
-//! --esplora-url .. --relay .. --ln-listen 127.0.0.1:P --api-listen 127.0.0.1:Q`; its seller
-//! settings and short sync intervals are in `DIR/<name>/looper.toml`; its standard output and
-//! error go to `DIR/<name>/node.log`.
+//! --esplora-url .. --relay .. --ln-listen 127.0.0.1:P --api-listen 127.0.0.1:Q` (with
+//! [`NodeChainSource::Electrum`], `--chain-source electrum --electrum-url ..` instead of
+//! `--esplora-url`: the chain's Electrum server); its seller settings and short sync intervals
+//! are in `DIR/<name>/looper.toml`; its standard output and error go to `DIR/<name>/node.log`.
 
 mod client;
 mod report;
@@ -189,6 +190,17 @@ impl PeerLimits {
     }
 }
 
+/// Which of the chain's APIs a node reads the chain from (its `[chain] source`): the engine,
+/// the wallet and ldk-node alike.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum NodeChainSource {
+    /// The Esplora API ([`RegtestChain::esplora_url`]).
+    #[default]
+    Esplora,
+    /// The Electrum server ([`RegtestChain::electrum_url`]).
+    Electrum,
+}
+
 /// One node of the harness.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeSpec {
@@ -215,6 +227,8 @@ pub struct NodeSpec {
     /// node's default, 200). A buyer refuses swaps it could not claim at its cap: small swaps
     /// (below about 61 000 sat at 200 sat/vB) need a lower one.
     pub max_fee_rate_sat_vb: Option<u64>,
+    /// Its chain source (default: Esplora).
+    pub chain_source: NodeChainSource,
 }
 
 impl NodeSpec {
@@ -230,11 +244,16 @@ impl NodeSpec {
             buyer_min_claim_margin: None,
             peer_limits: None,
             max_fee_rate_sat_vb: None,
+            chain_source: NodeChainSource::Esplora,
         }
     }
     /// A buyer.
     pub fn buyer(name: impl Into<String>) -> Self {
         NodeSpec { role: Role::Buyer, ..NodeSpec::seller(name) }
+    }
+    /// The same node on the chain source `source`.
+    pub fn on(self, source: NodeChainSource) -> Self {
+        NodeSpec { chain_source: source, ..self }
     }
 }
 
@@ -596,8 +615,8 @@ impl Harness {
                 .map_err(io("write looper.toml"))?;
             let api_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
             let ln_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-            let args =
-                node_args(&datadir, &self.chain.esplora_url(), &self.relay_url, ln_addr, api_addr);
+            let chain = chain_args(&self.chain, spec.chain_source);
+            let args = node_args(&datadir, &chain, &self.relay_url, ln_addr, api_addr);
             let mut node = NodeHandle {
                 spec,
                 datadir,
@@ -629,7 +648,7 @@ impl Harness {
                         node.ln_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
                         node.args = node_args(
                             &node.datadir,
-                            &self.chain.esplora_url(),
+                            &chain_args(&self.chain, node.spec.chain_source),
                             &self.relay_url,
                             node.ln_addr,
                             node.api_addr,
@@ -954,27 +973,42 @@ impl Drop for Harness {
     }
 }
 
+/// A node's chain source flags.
+fn chain_args(chain: &RegtestChain, source: NodeChainSource) -> Vec<String> {
+    match source {
+        NodeChainSource::Esplora => vec!["--esplora-url".into(), chain.esplora_url()],
+        NodeChainSource::Electrum => vec![
+            "--chain-source".into(),
+            "electrum".into(),
+            "--electrum-url".into(),
+            chain.electrum_url(),
+        ],
+    }
+}
+
 fn node_args(
     datadir: &Path,
-    esplora_url: &str,
+    chain_args: &[String],
     relay_url: &str,
     ln_addr: SocketAddr,
     api_addr: SocketAddr,
 ) -> Vec<String> {
-    vec![
+    let mut args = vec![
         "--datadir".to_string(),
         datadir.display().to_string(),
         "--network".into(),
         "regtest".into(),
-        "--esplora-url".into(),
-        esplora_url.into(),
+    ];
+    args.extend_from_slice(chain_args);
+    args.extend([
         "--relay".into(),
         relay_url.into(),
         "--ln-listen".into(),
         ln_addr.to_string(),
         "--api-listen".into(),
         api_addr.to_string(),
-    ]
+    ]);
+    args
 }
 
 /// Deletes every file and directory in `dir` except the names in `keep`.

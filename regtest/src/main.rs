@@ -38,6 +38,27 @@ struct NodeBinArgs {
     /// Scratch directory (default: a new directory under the system temp dir).
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
+    /// The chain API the nodes read the chain from (their `[chain] source`).
+    #[arg(long, value_enum, default_value_t = ChainSourceArg::Esplora)]
+    chain_source: ChainSourceArg,
+}
+
+/// `--chain-source`.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ChainSourceArg {
+    /// The chain's Esplora API.
+    Esplora,
+    /// The chain's Electrum server.
+    Electrum,
+}
+
+impl From<ChainSourceArg> for harness::NodeChainSource {
+    fn from(a: ChainSourceArg) -> Self {
+        match a {
+            ChainSourceArg::Esplora => harness::NodeChainSource::Esplora,
+            ChainSourceArg::Electrum => harness::NodeChainSource::Electrum,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -149,10 +170,11 @@ fn run_harness(args: HarnessArgs) -> anyhow::Result<()> {
     let binary = node_binary(args.common.node_bin)?;
     let (dir, created) = scratch_dir(args.common.dir)?;
     let mut config = HarnessConfig::new(&dir, binary);
-    config.nodes = vec![NodeSpec::seller("seller")];
+    let source = args.common.chain_source.into();
+    config.nodes = vec![NodeSpec::seller("seller").on(source)];
     for i in 1..args.nodes.max(2) {
         let name = if args.nodes <= 2 { "buyer".to_string() } else { format!("buyer{i}") };
-        config.nodes.push(NodeSpec::buyer(name));
+        config.nodes.push(NodeSpec::buyer(name).on(source));
     }
     println!("starting the harness in {} ...", dir.display());
     let rt = runtime()?;
@@ -190,6 +212,8 @@ fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let binary = node_binary(args.common.node_bin)?;
     let (dir, created) = scratch_dir(args.common.dir)?;
     let mut config = HarnessConfig::new(&dir, binary);
+    let source = args.common.chain_source.into();
+    config.nodes = config.nodes.into_iter().map(|n| n.on(source)).collect();
     config.channel_sat = (args.amount.saturating_mul(10) + 100_000).max(1_000_000);
     let amount = args.amount;
     let channel_sat = config.channel_sat;

@@ -4,7 +4,7 @@
 //!
 //! | trait | production | what for |
 //! |---|---|---|
-//! | [`ChainSource`](crate::chain::ChainSource) | Esplora | tip, HTLC histories, broadcast, fees |
+//! | [`ChainSource`](crate::chain::ChainSource) | Esplora or Electrum | tip, HTLC histories, broadcast, fees |
 //! | [`Lightning`](crate::lightning::Lightning) | ldk-node | invoices, payments, their events |
 //! | [`SwapWallet`] | BDK ([`BdkSwapWallet`]) | addresses, funding transactions |
 //! | [`SwapTransport`] | Nostr ([`NostrTransport`]) | swap messages, offers |
@@ -73,16 +73,21 @@ pub trait SwapWallet: Send + Sync {
     }
 }
 
-/// The BDK wallet with the Esplora client that syncs it (`None`: the engine does not sync it).
+/// The BDK wallet with the chain source's client that syncs it (`None`: the engine does not
+/// sync it).
 pub struct BdkSwapWallet {
     wallet: Arc<LooperWallet>,
-    sync: Option<esplora_client::AsyncClient>,
+    sync: Option<crate::wallet::WalletSync>,
 }
 
 impl BdkSwapWallet {
-    /// The engine's view of `wallet`, synced through `sync` when given.
-    pub fn new(wallet: Arc<LooperWallet>, sync: Option<esplora_client::AsyncClient>) -> Self {
-        BdkSwapWallet { wallet, sync }
+    /// The engine's view of `wallet`, synced through `sync` when given (an Esplora client or
+    /// the Electrum one, [`crate::wallet::WalletSync`]).
+    pub fn new(
+        wallet: Arc<LooperWallet>,
+        sync: Option<impl Into<crate::wallet::WalletSync>>,
+    ) -> Self {
+        BdkSwapWallet { wallet, sync: sync.map(Into::into) }
     }
 }
 
@@ -105,7 +110,7 @@ impl SwapWallet for BdkSwapWallet {
 
     async fn sync(&self) -> Result<(), WalletError> {
         match &self.sync {
-            Some(client) => self.wallet.sync(client).await,
+            Some(source) => self.wallet.sync_with(source).await,
             None => Ok(()),
         }
     }
