@@ -28,7 +28,7 @@ fn unknown_subcommand_is_a_usage_error() {
     assert_eq!(r.code, 2, "{r:?}");
     assert_eq!(
         r.stderr,
-        "error: looper swap: no swap id given (use `looper swap ID`, `looper swap monitor [ID]`, `looper swap abort ID` or `looper swap export ID`)\n"
+        "error: looper swap: no swap id given (use `looper swap ID`, `looper swap monitor [ID]`, `looper swap abort ID`, `looper swap claim ID`, `looper swap refund ID` or `looper swap export ID`)\n"
     );
     let r = looper(&["offers"]);
     assert_eq!(r.code, 2, "{r:?}");

@@ -28,9 +28,9 @@ use looper_api::{
     DiscoveredOffer, ErrorBody, ErrorCode, EventsQuery, InfoResponse, InvoiceRequest,
     InvoiceResponse, LnBalance, LnInfo, LnWithdrawRequest, OfferIdResponse, OfferList, OpenRequest,
     OpenResponse, PayRequest, PayResponse, PaymentDirection, PaymentInfo, PaymentStatus, Peer,
-    PeerList, SellerHistory, SendRequest, SendResponse, StatsResponse, SwapDetail, SwapEvents,
-    SwapExport, SwapList, SwapOutRequest, SwapOutResponse, SwapSummary, SyncResponse,
-    UnblockResponse, WalletBalance, WithdrawResponse,
+    PeerList, ScriptSpendResponse, SellerHistory, SendRequest, SendResponse, StatsResponse,
+    SwapDetail, SwapEvents, SwapExport, SwapList, SwapOutRequest, SwapOutResponse, SwapSummary,
+    SyncResponse, UnblockResponse, WalletBalance, WithdrawResponse,
 };
 use looper_protocol::buyer::BuyerPolicy;
 use looper_protocol::messages::Offer;
@@ -42,7 +42,7 @@ use crate::lightning::{ChannelRef, LightningError, PayOutcome, WithdrawAmount};
 use crate::nostr::{NostrTransport, OfferFilter, PublicKey as NostrPublicKey};
 use crate::seed::ApiToken;
 use crate::stats::{self, SwapFigures};
-use crate::store::{StoreError, SwapFilter, SwapRecord, SwapStore};
+use crate::store::{StoreError, SwapFilter, SwapRecord, SwapRole, SwapStore};
 use crate::wallet::{LooperWallet, WalletError};
 
 pub use looper_api::{API_VERSION, DEFAULT_MAX_TOTAL_CLTV_EXPIRY_DELTA, ROUTES};
@@ -209,6 +209,8 @@ fn method_router(method: &str, path: &str) -> Option<MethodRouter<ApiState>> {
         ("GET", "/v1/swaps") => get(list_swaps),
         ("GET", "/v1/swaps/{id}") => get(get_swap),
         ("POST", "/v1/swaps/{id}/abort") => post(abort_swap),
+        ("POST", "/v1/swaps/{id}/claim") => post(claim_swap),
+        ("POST", "/v1/swaps/{id}/refund") => post(refund_swap),
         ("GET", "/v1/swaps/{id}/events") => get(swap_events),
         ("GET", "/v1/swaps/{id}/export") => get(export_swap),
         ("GET", "/v1/stats") => get(swap_stats),
@@ -591,6 +593,44 @@ async fn abort_swap(State(s): State<ApiState>, Path(key): Path<String>) -> Typed
         swap_id: r.id.to_string(),
         abort: AbortResponse::REQUESTED.to_string(),
     }))
+}
+
+/// `POST /v1/swaps/{id}/claim`: the buyer's claim leaf now (recovery: `looper swap claim`).
+async fn claim_swap(
+    State(s): State<ApiState>,
+    Path(key): Path<String>,
+) -> Typed<ScriptSpendResponse> {
+    script_spend(&s, &key, SwapRole::Buyer).await
+}
+
+/// `POST /v1/swaps/{id}/refund`: the seller's refund leaf as soon as the timeout allows
+/// (recovery: `looper swap refund`).
+async fn refund_swap(
+    State(s): State<ApiState>,
+    Path(key): Path<String>,
+) -> Typed<ScriptSpendResponse> {
+    script_spend(&s, &key, SwapRole::Seller).await
+}
+
+async fn script_spend(s: &ApiState, key: &str, role: SwapRole) -> Typed<ScriptSpendResponse> {
+    let r = find_swap(s, key)?;
+    let spend = if role == SwapRole::Buyer { "claim" } else { "refund" };
+    if r.role != role {
+        let other = if role == SwapRole::Buyer { "refund" } else { "claim" };
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!("swap {} is not ours to {spend} (we {other} it)", r.id),
+        ));
+    }
+    s.engine.script_spend(r.id).await.map_err(|e| match e {
+        EngineError::Swap(m) => ApiError::new(ErrorCode::Conflict, m),
+        EngineError::UnknownSwap(_) => {
+            ApiError::new(ErrorCode::Conflict, format!("swap {} is over ({})", r.id, r.state))
+        }
+        other => ApiError::engine(other),
+    })?;
+    let state = find_swap(s, key)?.state;
+    Ok(Json(ScriptSpendResponse { swap_id: r.id.to_string(), spend: spend.into(), state }))
 }
 
 /// `GET /v1/swaps/{id}/export`: what a claim (buyer) or refund (seller) by hand needs

@@ -414,6 +414,16 @@ fn api_types_match_schemas() {
     );
     check_type(
         &doc,
+        "ScriptSpendResponse",
+        &[a::ScriptSpendResponse {
+            swap_id: "00".repeat(32),
+            spend: "claim".into(),
+            state: "claim_broadcast".into(),
+        }],
+        seen,
+    );
+    check_type(
+        &doc,
         "AbortResponse",
         &[a::AbortResponse { swap_id: "00".repeat(32), abort: a::AbortResponse::REQUESTED.into() }],
         seen,
@@ -1167,6 +1177,10 @@ async fn live_api_matches_openapi() -> Result<()> {
         "no swap",
     )
     .await?;
+    for spend in ["claim", "refund"] {
+        let path = format!("/v1/swaps/{}/{spend}", "00".repeat(32));
+        live.error("POST", &path, json!({}), 404, "not_found", "no swap").await?;
+    }
 
     // 5. Offers: publish one, discover it (cheapest first), take an unknown id.
     let mut offer = sample_offer();

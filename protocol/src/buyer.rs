@@ -811,6 +811,7 @@ impl BuyerSwap {
             }
             Event::HtlcChecked { outpoint, status } => self.on_htlc_checked(outpoint, status, ctx),
             Event::ClaimBuilt { tx, inputs_sat } => self.on_claim_built(tx, inputs_sat, ctx),
+            Event::UserScriptSpend => self.on_user_claim(ctx),
             Event::HtlcGone { outpoint } => self.on_htlc_gone(outpoint),
             Event::UserAbort => match self.rec.state {
                 BuyerState::Requested | BuyerState::Accepted { .. } | BuyerState::Funded { .. } => {
@@ -1755,6 +1756,33 @@ impl BuyerSwap {
             return Err(internal("the input is not this swap's htlc"));
         }
         spend.sign_claim_script(index, self.keys().claim(), preimage).map_err(internal)
+    }
+
+    /// [`Event::UserScriptSpend`]: the claim leaf now, without waiting on the seller's partial
+    /// signature; a claim that is out goes out again.
+    fn on_user_claim(&mut self, ctx: &Context) -> Actions {
+        match &mut self.rec.state {
+            BuyerState::Claiming { coop_attempts, .. } => {
+                *coop_attempts = (*coop_attempts).max(MAX_COOP_ATTEMPTS);
+                let mut actions = vec![
+                    Action::Persist,
+                    Action::Notify(Notification::CooperationFailed {
+                        reason: "the user asked for the claim leaf".into(),
+                    }),
+                ];
+                actions.extend(self.script_claim(ctx)?);
+                Ok(actions)
+            }
+            BuyerState::ClaimBroadcast { claim_tx, purpose, .. } => {
+                Ok(vec![Action::Broadcast { tx: claim_tx.clone(), purpose: *purpose }])
+            }
+            BuyerState::Claimed { .. } | BuyerState::Lost { .. } => {
+                Err(SwapError::NotNow { reason: "the swap is over".into() })
+            }
+            _ => Err(SwapError::NotNow {
+                reason: "nothing to claim: the invoice is not paid (abort the swap instead)".into(),
+            }),
+        }
     }
 
     /// The txid of the claim that is out (`ClaimBroadcast`).

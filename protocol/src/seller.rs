@@ -582,6 +582,7 @@ impl SellerSwap {
                     Err(SwapError::Unexpected { event: "user_abort", state: self.rec.state.name() })
                 }
             },
+            Event::UserScriptSpend => self.on_user_refund(ctx),
             Event::PaymentSucceeded { .. }
             | Event::PaymentFailed { .. }
             | Event::PaymentNotSent { .. } => {
@@ -1000,6 +1001,49 @@ impl SellerSwap {
         })?;
         let send = self.rec.core.send(Message::CoopRefundRequest(request));
         Ok(vec![Action::Persist, send])
+    }
+
+    /// [`Event::UserScriptSpend`]: the refund leaf now when the timeout has come (without
+    /// waiting on a cooperative refund asked of the buyer); a refund that is out goes out again.
+    fn on_user_refund(&mut self, ctx: &Context) -> Actions {
+        let timeout = self.rec.htlc_params.timeout_height;
+        match &self.rec.state {
+            SellerState::Funded { funding, .. }
+            | SellerState::RefundingCooperatively { funding, .. } => {
+                if ctx.tip_height < timeout {
+                    return Err(SwapError::NotNow {
+                        reason: format!(
+                            "the refund leaf is valid from block {timeout} ({} blocks from now); \
+                             the node refunds then, or before cooperatively if the buyer signs",
+                            timeout - ctx.tip_height
+                        ),
+                    });
+                }
+                let funding = funding.clone();
+                self.live.coop = Ephemeral(None);
+                let rate = self
+                    .refund_fee_rate(ctx, REFUND_SCRIPT_PATH_VBYTES, None)
+                    .unwrap_or(ctx.fee_rate);
+                let (tx, fee_sat) = self.script_refund(&funding, rate)?;
+                self.broadcast_refund(funding, tx, fee_sat, TxPurpose::ScriptRefund, ctx)
+            }
+            SellerState::Refunding { funding, refund_tx, purpose, .. } => {
+                let mut actions = Vec::new();
+                if funding.confirmed_height.is_none() {
+                    let tx = funding.tx.clone();
+                    actions.push(Action::Broadcast { tx, purpose: TxPurpose::Funding });
+                }
+                actions.push(Action::Broadcast { tx: refund_tx.clone(), purpose: *purpose });
+                Ok(actions)
+            }
+            SellerState::AwaitingInvoice | SellerState::Accepted { .. } => {
+                Err(SwapError::NotNow { reason: "nothing is locked yet: abort the swap".into() })
+            }
+            SellerState::Paid { .. } | SellerState::Claimed { .. } => Err(SwapError::NotNow {
+                reason: "the buyer paid: the HTLC is the buyer's to claim".into(),
+            }),
+            _ => Err(SwapError::NotNow { reason: "the swap is over".into() }),
+        }
     }
 
     fn broadcast_refund(

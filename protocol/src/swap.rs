@@ -178,6 +178,11 @@ pub enum Event {
     },
     /// The user asks to abort.
     UserAbort,
+    /// The user asks for our own script-path spend of the HTLC as soon as the chain allows
+    /// (`looper swap claim` for the buyer, `looper swap refund` for the seller): no more waiting
+    /// on the peer's cooperation, and a spend that is out goes out again now. Refused (with
+    /// [`SwapError::NotNow`]) when there is nothing of ours to spend yet.
+    UserScriptSpend,
 }
 
 /// What a Lightning node knows of a payment (by its hash).
@@ -485,6 +490,13 @@ pub enum SwapError {
     /// A cryptographic or transaction-building step failed.
     #[error("{0}")]
     Internal(String),
+    /// A user's request that cannot be carried out in this state (the reason says why, and
+    /// when it can).
+    #[error("{reason}")]
+    NotNow {
+        /// Why, for the user.
+        reason: String,
+    },
 }
 
 /// The peer's messages, delivered in sequence order: duplicates are dropped, early messages

@@ -214,3 +214,88 @@ fn restored_from_its_record_at_every_state_a_swap_finishes() {
         );
     }
 }
+
+/// `looper swap claim`: a paid buyer whose seller does not co-sign claims through the leaf at
+/// once, without waiting out the cooperative window; asked before paying, it is refused.
+#[test]
+fn the_user_forces_the_claim_leaf_without_waiting_for_the_seller() {
+    use looper_protocol::swap::{Event, SwapError};
+    let mut sim = Sim::new(Opts { route_cltv: 60, seller_uncooperative: true, ..Opts::default() });
+    let mut refused_before_paying = false;
+    for _ in 0..60 {
+        if matches!(sim.buyer.state(), BuyerState::Claiming { .. }) {
+            break;
+        }
+        if !refused_before_paying && matches!(sim.buyer.state(), BuyerState::Funded { .. }) {
+            let ctx = sim.ctx;
+            let r = sim.buyer.handle(
+                Event::UserScriptSpend,
+                &ctx,
+                &mut bitcoin::secp256k1::rand::thread_rng(),
+            );
+            assert!(matches!(r, Err(SwapError::NotNow { .. })), "{r:?}");
+            refused_before_paying = true;
+        }
+        sim.mine(1);
+    }
+    assert!(refused_before_paying);
+    assert!(matches!(sim.buyer.state(), BuyerState::Claiming { .. }), "{:#?}", sim.log);
+    // No time passes: the cooperative window is still open.
+    sim.inject(Party::Buyer, Event::UserScriptSpend);
+    assert!(
+        matches!(
+            sim.buyer.state(),
+            BuyerState::ClaimBroadcast { purpose: TxPurpose::ScriptClaim, .. }
+        ),
+        "{:#?}",
+        sim.log
+    );
+    sim.run_to_end(400);
+    sim.check_invariants();
+    assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert_eq!(sim.purposes(), vec![TxPurpose::Funding, TxPurpose::ScriptClaim]);
+}
+
+/// `looper swap refund`: before the timeout the seller is told from which block the refund leaf
+/// is valid (nothing changes); from the timeout on it refunds at once, also while it waits on a
+/// cooperative refund.
+#[test]
+fn the_user_forces_the_refund_leaf_from_the_timeout_on() {
+    use looper_protocol::swap::{Event, SwapError};
+    let mut sim =
+        Sim::new(Opts { route_cltv: 60, buyer_vanishes_after_accept: true, ..Opts::default() });
+    for _ in 0..10 {
+        if matches!(sim.seller.as_ref().map(|s| s.state()), Some(SellerState::Funded { .. })) {
+            break;
+        }
+        sim.mine(1);
+    }
+    let ctx = sim.ctx;
+    let seller = sim.seller.as_mut().unwrap();
+    let timeout = seller.htlc_params().timeout_height;
+    let r =
+        seller.handle(Event::UserScriptSpend, &ctx, &mut bitcoin::secp256k1::rand::thread_rng());
+    match r {
+        Err(SwapError::NotNow { reason }) => {
+            assert!(reason.contains(&format!("from block {timeout}")), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(sim.seller_state(), SellerState::Funded { .. }));
+    // At the timeout, whatever it is waiting on.
+    while sim.ctx.tip_height < timeout {
+        sim.ctx.tip_height += 1;
+    }
+    sim.inject(Party::Seller, Event::UserScriptSpend);
+    assert!(
+        matches!(
+            sim.seller_state(),
+            SellerState::Refunding { purpose: TxPurpose::ScriptRefund, .. }
+        ),
+        "{:?}",
+        sim.seller_state()
+    );
+    sim.run_to_end(400);
+    sim.check_invariants();
+    assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }));
+}

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::{Args, Subcommand};
-use looper_api::{AbortResponse, SwapDetail, SwapExport, SwapList, SwapStatus, SwapSummary};
+use looper_api::{
+    AbortResponse, ScriptSpendResponse, SwapDetail, SwapExport, SwapList, SwapStatus, SwapSummary,
+};
 use serde_json::{json, Value};
 
 use super::Ctx;
@@ -28,7 +30,7 @@ pub struct SwapArgs {
     pub command: Option<SwapCommand>,
 }
 
-/// `looper swap monitor|abort`.
+/// `looper swap monitor|abort|claim|refund|export`.
 #[derive(Debug, Subcommand)]
 pub enum SwapCommand {
     /// Follow a swap's progress live (every swap in progress when no id is given).
@@ -41,6 +43,26 @@ pub enum SwapCommand {
     /// Ask the node to abort a swap (refused once the swap cannot be aborted safely).
     #[command(after_help = "Example:\n  looper swap abort 9d1e...")]
     Abort {
+        /// Swap id or payment hash.
+        #[arg(value_name = "ID|PAYMENT_HASH")]
+        key: String,
+    },
+    /// Buyer: claim the HTLC through the claim leaf now, without waiting for the seller's
+    /// cooperative signature (recovery; a claim already out is broadcast again).
+    #[command(
+        after_help = "Example:\n  looper swap claim 9d1e...\n\nRefused while the invoice is not paid (abort the swap instead)."
+    )]
+    Claim {
+        /// Swap id or payment hash.
+        #[arg(value_name = "ID|PAYMENT_HASH")]
+        key: String,
+    },
+    /// Seller: refund the HTLC through the refund leaf as soon as the timeout allows, without
+    /// waiting on a cooperative refund (recovery; a refund already out is broadcast again).
+    #[command(
+        after_help = "Example:\n  looper swap refund 9d1e...\n\nBefore the timeout the node says from which block the refund leaf is valid."
+    )]
+    Refund {
         /// Swap id or payment hash.
         #[arg(value_name = "ID|PAYMENT_HASH")]
         key: String,
@@ -149,14 +171,38 @@ pub async fn swap(ctx: &Ctx, args: SwapArgs) -> CliResult<()> {
             }
             Ok(())
         }
+        (Some(SwapCommand::Claim { key }), _) => script_spend(ctx, &key, "claim").await,
+        (Some(SwapCommand::Refund { key }), _) => script_spend(ctx, &key, "refund").await,
         (Some(SwapCommand::Export { key, out }), _) => export(ctx, &key, out.as_deref()).await,
         (None, Some(key)) => show(ctx, &key).await,
         (None, None) => Err(CliError::usage(
             "looper swap",
             "no swap id given",
-            "use `looper swap ID`, `looper swap monitor [ID]`, `looper swap abort ID` or `looper swap export ID`",
+            "use `looper swap ID`, `looper swap monitor [ID]`, `looper swap abort ID`, `looper swap claim ID`, `looper swap refund ID` or `looper swap export ID`",
         )),
     }
+}
+
+/// `looper swap claim|refund ID`: `POST /v1/swaps/{id}/claim|refund`.
+async fn script_spend(ctx: &Ctx, key: &str, spend: &str) -> CliResult<()> {
+    let client = ctx.client()?;
+    let v: ScriptSpendResponse = client
+        .post(
+            &format!("/v1/swaps/{}/{spend}", encode(key)),
+            &json!({}),
+            &format!("{spend} swap {key}"),
+        )
+        .await
+        .map_err(not_found_hint)?;
+    if ctx.json() {
+        print_json(&v);
+    } else {
+        println!(
+            "{} through the script path requested for swap {} (now {}); follow it with `looper swap monitor {}`",
+            v.spend, v.swap_id, v.state, v.swap_id
+        );
+    }
+    Ok(())
 }
 
 /// `looper swap export ID [--out FILE]`: `GET /v1/swaps/{id}/export`, to stdout or to a new file

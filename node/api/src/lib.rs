@@ -51,6 +51,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/swaps"),
     ("GET", "/v1/swaps/{id}"),
     ("POST", "/v1/swaps/{id}/abort"),
+    ("POST", "/v1/swaps/{id}/claim"),
+    ("POST", "/v1/swaps/{id}/refund"),
     ("GET", "/v1/swaps/{id}/events"),
     ("GET", "/v1/swaps/{id}/export"),
     ("GET", "/v1/stats"),
@@ -613,6 +615,18 @@ pub struct AbortResponse {
 impl AbortResponse {
     /// The value of `abort`.
     pub const REQUESTED: &'static str = "requested";
+}
+
+/// Answer of `POST /v1/swaps/{id}/claim` (a buyer's swap: the claim leaf now) and
+/// `POST /v1/swaps/{id}/refund` (a seller's swap: the refund leaf, the timeout having come).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScriptSpendResponse {
+    /// The swap id (hex).
+    pub swap_id: String,
+    /// `claim` or `refund`.
+    pub spend: String,
+    /// The swap's state after the request (`claim_broadcast`, `refunding`, ...).
+    pub state: String,
 }
 
 /// Query of `GET /v1/swaps/{id}/events`.

@@ -512,6 +512,19 @@ impl Engine {
         Ok(())
     }
 
+    /// Asks a swap for its own script-path spend as soon as the chain allows (the buyer's claim
+    /// leaf, the seller's refund leaf from the timeout on), without waiting on the peer; a spend
+    /// that is out goes out again. [`EngineError::Swap`] says why when there is nothing to spend
+    /// now (and, for a refund before the timeout, from which block).
+    ///
+    /// # Errors
+    /// [`EngineError::UnknownSwap`], [`EngineError::Swap`].
+    pub async fn script_spend(&self, swap_id: SwapId) -> Result<(), EngineError> {
+        self.feed(swap_id, Event::UserScriptSpend).await?;
+        self.flush_queues().await;
+        Ok(())
+    }
+
     /// The state name and kind of an active (in-memory) swap (never waits for the swap).
     pub async fn swap_state(&self, swap_id: SwapId) -> Option<(String, StateKind)> {
         self.inner.swaps.get(&swap_id).map(|s| {
