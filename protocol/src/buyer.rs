@@ -1639,12 +1639,27 @@ impl BuyerSwap {
     }
 
     fn broadcast_claim(&mut self, spend: SpendTx, purpose: TxPurpose, ctx: &Context) -> Actions {
-        let BuyerState::Claiming { terms, htlc, preimage, .. } = &self.rec.state else {
+        let BuyerState::Claiming { .. } = &self.rec.state else {
             return Ok(Vec::new());
         };
-        let (terms, htlc, preimage) = (terms.clone(), htlc.clone(), preimage.clone());
         let fee_sat = spend.fee().to_sat();
         let tx = spend.finalize().map_err(internal)?;
+        self.enter_claim_broadcast(&tx, purpose, None, ctx)?;
+        Ok(self.live.broadcast(tx, purpose, fee_sat, ctx.tip_height))
+    }
+
+    /// `Claiming` -> `ClaimBroadcast`, with `tx` the claim that is out.
+    fn enter_claim_broadcast(
+        &mut self,
+        tx: &Transaction,
+        purpose: TxPurpose,
+        batch_inputs_sat: Option<u64>,
+        ctx: &Context,
+    ) -> Result<(), SwapError> {
+        let BuyerState::Claiming { terms, htlc, preimage, .. } = &self.rec.state else {
+            return Err(internal("no claim in progress"));
+        };
+        let (terms, htlc, preimage) = (terms.clone(), htlc.clone(), preimage.clone());
         self.go(BuyerState::ClaimBroadcast {
             terms,
             htlc,
@@ -1652,9 +1667,8 @@ impl BuyerSwap {
             claim_tx: tx.clone(),
             purpose,
             sent_height: ctx.tip_height,
-            batch_inputs_sat: None,
-        })?;
-        Ok(self.live.broadcast(tx, purpose, fee_sat, ctx.tip_height))
+            batch_inputs_sat,
+        })
     }
 
     /// In `ClaimBroadcast`, at a tick: when a block came without our claim and the fee rule
@@ -1807,7 +1821,6 @@ impl BuyerSwap {
     /// once every swap of the batch has taken it.
     fn on_claim_built(&mut self, tx: Transaction, inputs_sat: u64, ctx: &Context) -> Actions {
         let Some(output) = self.rec.state.htlc_output().cloned() else { return Ok(Vec::new()) };
-        let Some(preimage) = self.preimage().cloned() else { return Ok(Vec::new()) };
         if self.htlc()?.spend_path(&tx, output.outpoint) != Some(HtlcSpendPath::ClaimLeaf) {
             return Err(SwapError::Internal(
                 "the claim does not spend our htlc's claim leaf".into(),
@@ -1843,17 +1856,8 @@ impl BuyerSwap {
                     vsize: tx.vsize() as u64,
                 }
             }
-            BuyerState::Claiming { terms, htlc, .. } => {
-                let (terms, htlc) = (terms.clone(), htlc.clone());
-                self.go(BuyerState::ClaimBroadcast {
-                    terms,
-                    htlc,
-                    preimage,
-                    claim_tx: tx.clone(),
-                    purpose,
-                    sent_height: ctx.tip_height,
-                    batch_inputs_sat,
-                })?;
+            BuyerState::Claiming { .. } => {
+                self.enter_claim_broadcast(&tx, purpose, batch_inputs_sat, ctx)?;
                 Notification::broadcast(&tx, purpose, fee_share)
             }
             _ => return Ok(Vec::new()),
