@@ -26,6 +26,7 @@ use core::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::messages::Offer;
+use crate::types::SwapDirection;
 
 /// Smallest swap amount, in satoshis: the dust limit of a P2TR output (Bitcoin Core's
 /// `GetDustThreshold` for a witness v1 output at the default dust relay fee of 3 sat/vB: 330 sat).
@@ -95,6 +96,20 @@ pub enum QuoteError {
     /// An intermediate value overflowed or went above [`MAX_MONEY_SAT`].
     #[error("fee arithmetic overflowed")]
     Overflow,
+    /// Loop in: the fees leave nothing (or less than the dust limit) to pay over Lightning.
+    #[error("fees of {fees} sat leave less than {dust} sat of the {amount} sat to pay")]
+    FeesExceedAmount {
+        /// `swap_fee + funding_fee`.
+        fees: u64,
+        /// The amount asked for.
+        amount: u64,
+        /// [`DUST_LIMIT_SAT`].
+        dust: u64,
+    },
+    /// Loop in: an offer asks for a prepay (the maker locks nothing before the taker does, so
+    /// there is nothing to deter).
+    #[error("a loop-in offer has no prepay")]
+    PrepayInLoopIn,
 }
 
 /// The seller's quote differs from the buyer's own computation. The buyer refuses the swap.
@@ -124,6 +139,19 @@ impl Quote {
     /// [`QuoteError::BelowDust`] below [`DUST_LIMIT_SAT`], [`QuoteError::PrepayTooLarge`] and
     /// [`QuoteError::Overflow`].
     pub fn compute(offer: &Offer, amount_sat: u64) -> Result<Quote, QuoteError> {
+        if offer.direction == SwapDirection::LoopIn {
+            if offer.prepay_sat.is_some_and(|p| p > 0) {
+                return Err(QuoteError::PrepayInLoopIn);
+            }
+            return Self::loop_in_from_parts(
+                amount_sat,
+                offer.fee_base_sat,
+                offer.fee_ppm,
+                offer.funding_fee_sat,
+                offer.min_amount_sat,
+                offer.max_amount_sat,
+            );
+        }
         Self::from_parts(
             amount_sat,
             offer.fee_base_sat,
@@ -183,6 +211,42 @@ impl Quote {
             invoice_amount_sat,
             htlc_amount_sat: amount_sat,
         })
+    }
+
+    /// The quote of a loop in (spec `01-messages.md`, "The quote"): the taker locks `amount_sat`
+    /// (`htlc_amount_sat`), the maker pays the taker's invoice for
+    /// `amount_sat - swap_fee_sat - funding_fee_sat` over Lightning, `funding_fee_sat` being the
+    /// maker's on-chain cost (its claim of the HTLC); no prepay.
+    ///
+    /// Arguments: `amount_sat, fee_base_sat, fee_ppm, funding_fee_sat, min_amount_sat,
+    /// max_amount_sat`.
+    ///
+    /// # Errors
+    /// As [`Quote::from_parts`], and [`QuoteError::FeesExceedAmount`] when less than
+    /// [`DUST_LIMIT_SAT`] would be left to pay.
+    pub fn loop_in_from_parts(
+        amount_sat: u64,
+        fee_base_sat: u64,
+        fee_ppm: u32,
+        funding_fee_sat: u64,
+        min_amount_sat: u64,
+        max_amount_sat: u64,
+    ) -> Result<Quote, QuoteError> {
+        let mut q = Self::from_parts(
+            amount_sat,
+            fee_base_sat,
+            fee_ppm,
+            funding_fee_sat,
+            min_amount_sat,
+            max_amount_sat,
+            0,
+        )?;
+        let fees = q.fee_sat();
+        q.invoice_amount_sat =
+            amount_sat.checked_sub(fees).filter(|left| *left >= DUST_LIMIT_SAT).ok_or(
+                QuoteError::FeesExceedAmount { fees, amount: amount_sat, dust: DUST_LIMIT_SAT },
+            )?;
+        Ok(q)
     }
 
     /// The seller's part of the cost: `swap_fee_sat + funding_fee_sat` (saturating). This is what
@@ -313,6 +377,24 @@ mod tests {
             Quote::from_parts(1_000, 10, 0, 10, 0, u64::MAX, 1_021),
             Err(QuoteError::PrepayTooLarge { prepay: 1_021, total: 1_020 })
         );
+    }
+
+    #[test]
+    fn loop_in_pays_the_amount_less_the_fees() {
+        let q = Quote::loop_in_from_parts(100_000, 1_000, 2_500, 300, 10_000, 1_000_000).unwrap();
+        assert_eq!(q.htlc_amount_sat, 100_000, "the taker locks the amount");
+        assert_eq!(q.invoice_amount_sat + q.swap_fee_sat + q.funding_fee_sat, 100_000);
+        assert_eq!(q.invoice_amount_sat, 100_000 - 1_250 - 300);
+        assert_eq!(q.prepay_sat, 0);
+        assert_eq!(
+            Quote::loop_in_from_parts(2_000, 1_500, 0, 200, 0, u64::MAX),
+            Err(QuoteError::FeesExceedAmount { fees: 1_700, amount: 2_000, dust: DUST_LIMIT_SAT })
+        );
+        assert!(Quote::loop_in_from_parts(2_030, 1_500, 0, 200, 0, u64::MAX).is_ok());
+        assert!(matches!(
+            Quote::loop_in_from_parts(99, 0, 0, 0, 100, 200),
+            Err(QuoteError::AmountOutOfRange { .. })
+        ));
     }
 
     #[test]

@@ -1263,3 +1263,21 @@ fn deep_nesting_is_refused_without_overflow() {
     let deep_offer = "{\"v\":1,\"x\":".to_string() + &"[".repeat(MAX_OFFER_BYTES - 20);
     assert_eq!(decode_offer(deep_offer.as_bytes()).unwrap_err().kind(), "malformed");
 }
+
+/// A loop-in offer's quote: the taker locks the amount, the maker pays it less its fees; an in
+/// offer with a prepay has no quote, and a quote computed for the other direction is refused.
+#[test]
+fn a_loop_in_offer_is_quoted_the_other_way_round() {
+    let out = offer();
+    let inn = Offer { direction: SwapDirection::LoopIn, ..offer() };
+    let q_in = Quote::compute(&inn, 100_000).unwrap();
+    let q_out = Quote::compute(&out, 100_000).unwrap();
+    assert_eq!((q_in.htlc_amount_sat, q_in.invoice_amount_sat), (100_000, 100_000 - 1_250 - 300));
+    assert_eq!((q_out.htlc_amount_sat, q_out.invoice_amount_sat), (100_000, 100_000 + 1_250 + 300));
+    assert!(matches!(
+        q_out.check_against(&inn, 100_000),
+        Err(QuoteCheckError::Mismatch { field: "invoice_amount_sat", .. })
+    ));
+    let with_prepay = Offer { prepay_sat: Some(1_000), ..inn };
+    assert_eq!(Quote::compute(&with_prepay, 100_000), Err(QuoteError::PrepayInLoopIn));
+}
