@@ -69,6 +69,10 @@ pub(crate) struct MempoolEntry {
     pub seq: u64,
     pub fee: u64,
     pub vsize: u64,
+    /// When it entered the mempool (Unix seconds) and the tip height then (Bitcoin Core's
+    /// `getmempoolentry` `time` and `height`).
+    pub time: u64,
+    pub height: u32,
 }
 
 /// The full state of one regtest chain.
@@ -799,7 +803,14 @@ impl ChainState {
                 .insert(input.previous_output, (txid, u32::try_from(vin).unwrap_or(u32::MAX)));
         }
         self.mempool_seq += 1;
-        self.mempool.insert(txid, MempoolEntry { seq: self.mempool_seq, fee, vsize });
+        let entry = MempoolEntry {
+            seq: self.mempool_seq,
+            fee,
+            vsize,
+            time: u64::from(now_secs()),
+            height: self.tip_height(),
+        };
+        self.mempool.insert(txid, entry);
         self.txs.entry(txid).and_modify(|r| r.fee = fee).or_insert(TxRec {
             tx: tx.clone(),
             confirmed: None,
@@ -1398,8 +1409,16 @@ mod tests {
             s.mempool_spends.insert(i.previous_output, (txid, vin as u32));
         }
         s.mempool_seq += 1;
-        s.mempool
-            .insert(txid, MempoolEntry { seq: s.mempool_seq, fee: 0, vsize: tx.vsize() as u64 });
+        s.mempool.insert(
+            txid,
+            MempoolEntry {
+                seq: s.mempool_seq,
+                fee: 0,
+                vsize: tx.vsize() as u64,
+                time: 0,
+                height: 0,
+            },
+        );
         s.txs.insert(txid, TxRec { tx, confirmed: None, fee: 0 });
         txid
     }

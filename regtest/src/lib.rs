@@ -1,7 +1,8 @@
 //! Looper regtest: an embedded Bitcoin regtest chain whose consensus validation is Bitcoin
 //! Core's own engine (`libbitcoinkernel` through the `bitcoinkernel` crate), served behind an
-//! Esplora-compatible REST API and an Electrum protocol server (one chain, one mempool), so
-//! ldk-node, BDK and Looper's own chain sources can sync from it over either.
+//! Esplora-compatible REST API, an Electrum protocol server and Bitcoin Core's JSON-RPC (one
+//! chain, one mempool), so ldk-node, BDK and Looper's own chain sources can sync from it over
+//! any of them.
 //!
 //! * Blocks are built here (coinbase to a chosen script, BIP-34 height, witness commitment,
 //!   regtest bits, ground nonce, time above median-time-past) and handed to
@@ -35,6 +36,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod bitcoind;
 mod chain;
 mod electrum;
 mod error;
@@ -50,10 +52,12 @@ use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use bitcoin::hex::DisplayHex;
 use bitcoin::secp256k1::{Secp256k1, SecretKey};
 use bitcoin::{Address, Amount, BlockHash, Network, ScriptBuf, Transaction, Txid};
 use tokio::sync::watch;
 
+pub use bitcoind::COOKIE_USER;
 pub use chain::{
     is_final, script_hash, sign_p2wpkh, subsidy, COINBASE_MATURITY, INCREMENTAL_RELAY_FEE_SAT_KVB,
     MAX_REPLACEMENT_CANDIDATES, REGTEST_BITS,
@@ -79,6 +83,12 @@ pub struct ChainConfig {
     /// Address the Electrum protocol server listens on (`127.0.0.1:0`, the default, picks a
     /// free port).
     pub electrum_listen: SocketAddr,
+    /// Address Bitcoin Core's JSON-RPC interface listens on (`127.0.0.1:0`, the default, picks a
+    /// free port). It takes the cookie written to `DATADIR/.cookie` and [`ChainConfig::rpc_auth`].
+    pub rpc_listen: SocketAddr,
+    /// A user and password the JSON-RPC interface takes besides the cookie (bitcoind's
+    /// `-rpcuser`/`-rpcpassword`; default none).
+    pub rpc_auth: Option<(String, String)>,
     /// Blocks mined to the chain's own key when the chain is fresh, so that
     /// [`RegtestChain::fund_address`] has a matured coinbase (default 101).
     pub premine: u32,
@@ -100,6 +110,8 @@ impl ChainConfig {
             datadir: datadir.as_ref().to_path_buf(),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             electrum_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            rpc_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            rpc_auth: None,
             premine: 101,
             fee_rate_sat_vb: 1.0,
             min_fee_rate_sat_vb: 0.0,
@@ -113,6 +125,8 @@ pub struct RegtestChain {
     shared: Arc<Shared>,
     addr: SocketAddr,
     electrum_addr: SocketAddr,
+    rpc_addr: SocketAddr,
+    cookie: (PathBuf, String),
     stop: Option<watch::Sender<bool>>,
     server: Option<JoinHandle<()>>,
 }
@@ -122,13 +136,14 @@ impl std::fmt::Debug for RegtestChain {
         f.debug_struct("RegtestChain")
             .field("addr", &self.addr)
             .field("electrum_addr", &self.electrum_addr)
+            .field("rpc_addr", &self.rpc_addr)
             .finish()
     }
 }
 
 impl RegtestChain {
-    /// Starts a chain in `datadir` with an Esplora API and an Electrum server on free local
-    /// ports.
+    /// Starts a chain in `datadir` with an Esplora API, an Electrum server and Bitcoin Core's
+    /// JSON-RPC on free local ports.
     pub fn start(datadir: impl AsRef<Path>) -> Result<Self> {
         Self::start_with(ChainConfig::new(datadir))
     }
@@ -164,6 +179,22 @@ impl RegtestChain {
         let electrum_addr = electrum_listener
             .local_addr()
             .map_err(|e| Error::io("reading the electrum listen address", e))?;
+        let rpc_listener = std::net::TcpListener::bind(config.rpc_listen)
+            .map_err(|e| Error::io(format!("binding {}", config.rpc_listen), e))?;
+        rpc_listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::io("configuring the rpc listener", e))?;
+        let rpc_addr = rpc_listener
+            .local_addr()
+            .map_err(|e| Error::io("reading the rpc listen address", e))?;
+        // bitcoind's cookie: `__cookie__:<random>` in the data dir, readable by its owner only.
+        let cookie_password = bitcoin::secp256k1::rand::random::<[u8; 32]>().to_lower_hex_string();
+        let cookie_path = config.datadir.join(".cookie");
+        write_cookie(&cookie_path, &format!("{COOKIE_USER}:{cookie_password}"))?;
+        let mut credentials = vec![(COOKIE_USER.to_string(), cookie_password.clone())];
+        credentials.extend(config.rpc_auth.clone());
+        let rpc_router =
+            bitcoind::router(Arc::new(bitcoind::RpcState::new(Arc::clone(&shared), &credentials)));
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("regtest-esplora")
@@ -177,12 +208,13 @@ impl RegtestChain {
             .name("regtest-esplora".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    let (listener, electrum_listener) = match (
+                    let (listener, electrum_listener, rpc_listener) = match (
                         tokio::net::TcpListener::from_std(listener),
                         tokio::net::TcpListener::from_std(electrum_listener),
+                        tokio::net::TcpListener::from_std(rpc_listener),
                     ) {
-                        (Ok(l), Ok(e)) => (l, e),
-                        (Err(e), _) | (_, Err(e)) => {
+                        (Ok(l), Ok(e), Ok(r)) => (l, e, r),
+                        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                             tracing::error!("server listeners: {e}");
                             return;
                         }
@@ -191,19 +223,36 @@ impl RegtestChain {
                     let served = axum::serve(listener, router).with_graceful_shutdown(async move {
                         let _ = esplora_stop.changed().await;
                     });
+                    let mut rpc_stop = stop_rx.clone();
+                    let rpc =
+                        axum::serve(rpc_listener, rpc_router).with_graceful_shutdown(async move {
+                            let _ = rpc_stop.changed().await;
+                        });
                     let electrum = electrum::serve(electrum_listener, electrum_shared, stop_rx);
-                    let (served, ()) = tokio::join!(served, electrum);
+                    let (served, rpc, ()) = tokio::join!(served, rpc, electrum);
                     if let Err(e) = served {
                         tracing::error!("esplora server: {e}");
+                    }
+                    if let Err(e) = rpc {
+                        tracing::error!("json-rpc server: {e}");
                     }
                 });
                 runtime.shutdown_background();
             })
             .map_err(|e| Error::io("spawning the server thread", e))?;
         tracing::info!(
-            "regtest chain listening on http://{addr} (esplora), tcp://{electrum_addr} (electrum)"
+            "regtest chain listening on http://{addr} (esplora), tcp://{electrum_addr} \
+             (electrum), http://{rpc_addr} (bitcoind json-rpc)"
         );
-        Ok(Self { shared, addr, electrum_addr, stop: Some(stop_tx), server: Some(server) })
+        Ok(Self {
+            shared,
+            addr,
+            electrum_addr,
+            rpc_addr,
+            cookie: (cookie_path, cookie_password),
+            stop: Some(stop_tx),
+            server: Some(server),
+        })
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut chain::ChainState) -> Result<T>) -> Result<T> {
@@ -234,6 +283,27 @@ impl RegtestChain {
     /// Socket address the Electrum server listens on.
     pub fn electrum_addr(&self) -> SocketAddr {
         self.electrum_addr
+    }
+
+    /// URL of Bitcoin Core's JSON-RPC interface, e.g. `http://127.0.0.1:41236`.
+    pub fn rpc_url(&self) -> String {
+        format!("http://{}", self.rpc_addr)
+    }
+
+    /// Socket address the JSON-RPC interface listens on.
+    pub fn rpc_addr(&self) -> SocketAddr {
+        self.rpc_addr
+    }
+
+    /// The cookie file (`DATADIR/.cookie`, `__cookie__:PASSWORD`), as bitcoind writes it; removed
+    /// when the chain stops.
+    pub fn rpc_cookie_file(&self) -> &Path {
+        &self.cookie.0
+    }
+
+    /// The cookie's user and password ([`COOKIE_USER`] and the file's password).
+    pub fn rpc_cookie(&self) -> (String, String) {
+        (COOKIE_USER.to_string(), self.cookie.1.clone())
     }
 
     /// Height of the active tip.
@@ -445,6 +515,7 @@ impl RegtestChain {
         if let Ok(mut g) = self.shared.state.lock() {
             g.take();
         }
+        let _ = std::fs::remove_file(&self.cookie.0);
     }
 }
 
@@ -452,6 +523,22 @@ impl Drop for RegtestChain {
     fn drop(&mut self) {
         self.stop_inner();
     }
+}
+
+/// Writes bitcoind's cookie file, readable by its owner only.
+fn write_cookie(path: &Path, content: &str) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file =
+        options.open(path).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
+    file.write_all(content.as_bytes())
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
 }
 
 /// A fee rate in sat/vB as Bitcoin Core keeps it: whole sat/kvB.

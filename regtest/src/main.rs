@@ -21,7 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a regtest chain (Bitcoin Core's kernel) behind an Esplora API and an Electrum server.
+    /// Run a regtest chain (Bitcoin Core's kernel) behind an Esplora API, an Electrum server and
+    /// Bitcoin Core's JSON-RPC.
     Chain(ChainArgs),
     /// Start the chain, a local Nostr relay and looper-nodes (a seller and buyers), funded and
     /// with buyer -> seller channels; print each node's API and a ready `looper` command line.
@@ -93,6 +94,16 @@ struct ChainArgs {
     /// Address for the Electrum protocol server (plain TCP; electrs's regtest port by default).
     #[arg(long, default_value = "127.0.0.1:60401")]
     electrum_listen: SocketAddr,
+    /// Address for Bitcoin Core's JSON-RPC (bitcoind's regtest port by default); it takes the
+    /// cookie in DATADIR/.cookie, and --rpc-user/--rpc-password when given.
+    #[arg(long, default_value = "127.0.0.1:18443")]
+    rpc_listen: SocketAddr,
+    /// A JSON-RPC user (with --rpc-password), besides the cookie.
+    #[arg(long, requires = "rpc_password")]
+    rpc_user: Option<String>,
+    /// The JSON-RPC user's password.
+    #[arg(long, requires = "rpc_user")]
+    rpc_password: Option<String>,
     /// Data directory (kernel block files and chainstate).
     #[arg(long)]
     datadir: PathBuf,
@@ -117,6 +128,8 @@ fn run_chain(args: ChainArgs) -> anyhow::Result<()> {
     let mut config = ChainConfig::new(&args.datadir);
     config.listen = args.listen;
     config.electrum_listen = args.electrum_listen;
+    config.rpc_listen = args.rpc_listen;
+    config.rpc_auth = args.rpc_user.zip(args.rpc_password);
     config.premine = args.premine;
     config.fee_rate_sat_vb = args.fee_rate;
     config.min_fee_rate_sat_vb = args.min_fee_rate;
@@ -124,6 +137,7 @@ fn run_chain(args: ChainArgs) -> anyhow::Result<()> {
     let chain = RegtestChain::start_with(config).context("starting the regtest chain")?;
     println!("esplora: {}", chain.esplora_url());
     println!("electrum: {}", chain.electrum_url());
+    println!("bitcoind rpc: {} (cookie {})", chain.rpc_url(), chain.rpc_cookie_file().display());
     println!("tip height: {}, miner address: {}", chain.tip_height()?, chain.miner_address()?);
     let rt =
         tokio::runtime::Builder::new_current_thread().enable_all().build().context("runtime")?;

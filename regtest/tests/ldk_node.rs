@@ -1,5 +1,7 @@
-//! Two ldk-node 0.7 nodes on the embedded chain's Esplora API: fund, open a channel, pay a
-//! BOLT11 invoice, close cooperatively (the close confirms), and follow a two-block reorg.
+//! Two ldk-node 0.7 nodes on the embedded chain: fund, open a channel, pay a BOLT11 invoice,
+//! close cooperatively (the close confirms), and follow a two-block reorg; both on the Esplora
+//! API, then one on the Electrum server and the other on Bitcoin Core's JSON-RPC (cookie
+//! authentication).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
@@ -9,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bitcoin::{Amount, Network, OutPoint};
 use common::{free_port, wait_for, TempDir};
-use ldk_node::config::{BackgroundSyncConfig, EsploraSyncConfig};
+use ldk_node::config::{BackgroundSyncConfig, ElectrumSyncConfig, EsploraSyncConfig};
 use ldk_node::lightning::ln::msgs::SocketAddress;
 use ldk_node::lightning_invoice::{Bolt11InvoiceDescription, Description};
 use ldk_node::{Builder, Event, Node};
@@ -17,22 +19,55 @@ use looper_regtest::RegtestChain;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-fn build_node(chain: &RegtestChain, dir: &TempDir, name: &str, seed: u8) -> (Node, SocketAddress) {
+/// Which of the chain's interfaces a node reads.
+#[derive(Clone, Copy)]
+enum Source {
+    Esplora,
+    Electrum,
+    BitcoindRpc,
+}
+
+fn build_node(
+    chain: &RegtestChain,
+    dir: &TempDir,
+    name: &str,
+    seed: u8,
+    source: Source,
+) -> (Node, SocketAddress) {
     let port = free_port();
     let addr = SocketAddress::from_str(&format!("127.0.0.1:{port}")).unwrap();
-    let sync = EsploraSyncConfig {
-        background_sync_config: Some(BackgroundSyncConfig {
-            onchain_wallet_sync_interval_secs: 10,
-            lightning_wallet_sync_interval_secs: 10,
-            fee_rate_cache_update_interval_secs: 10,
-        }),
+    let background = BackgroundSyncConfig {
+        onchain_wallet_sync_interval_secs: 10,
+        lightning_wallet_sync_interval_secs: 10,
+        fee_rate_cache_update_interval_secs: 10,
     };
     let mut builder = Builder::new();
     builder.set_network(Network::Regtest);
     builder.set_storage_dir_path(dir.sub(name).to_string_lossy().into_owned());
     builder.set_entropy_seed_bytes([seed; 64]);
     builder.set_listening_addresses(vec![addr.clone()]).unwrap();
-    builder.set_chain_source_esplora(chain.esplora_url(), Some(sync));
+    match source {
+        Source::Esplora => {
+            let sync = EsploraSyncConfig { background_sync_config: Some(background) };
+            builder.set_chain_source_esplora(chain.esplora_url(), Some(sync));
+        }
+        Source::Electrum => {
+            let sync = ElectrumSyncConfig { background_sync_config: Some(background) };
+            builder.set_chain_source_electrum(chain.electrum_url(), Some(sync));
+        }
+        Source::BitcoindRpc => {
+            // The cookie, read from its file as a client of bitcoind does.
+            let cookie = std::fs::read_to_string(chain.rpc_cookie_file()).unwrap();
+            let (user, password) = cookie.trim().split_once(':').unwrap();
+            let rpc = chain.rpc_addr();
+            builder.set_chain_source_bitcoind_rpc(
+                rpc.ip().to_string(),
+                rpc.port(),
+                user.to_string(),
+                password.to_string(),
+            );
+        }
+    }
     let node = builder.build().unwrap();
     node.start().unwrap();
     (node, addr)
@@ -64,10 +99,19 @@ fn sync(nodes: &[&Node]) {
 
 #[test]
 fn ldk_node_channel_payment_close_and_reorg() {
-    let dir = TempDir::new("ldk");
+    channel_payment_close_and_reorg("ldk", Source::Esplora, Source::Esplora);
+}
+
+#[test]
+fn ldk_node_over_electrum_and_bitcoind_rpc() {
+    channel_payment_close_and_reorg("ldk-el-rpc", Source::Electrum, Source::BitcoindRpc);
+}
+
+fn channel_payment_close_and_reorg(name: &str, source_a: Source, source_b: Source) {
+    let dir = TempDir::new(name);
     let chain = RegtestChain::start(dir.sub("chain")).unwrap();
-    let (a, _a_addr) = build_node(&chain, &dir, "a", 1);
-    let (b, b_addr) = build_node(&chain, &dir, "b", 2);
+    let (a, _a_addr) = build_node(&chain, &dir, "a", 1, source_a);
+    let (b, b_addr) = build_node(&chain, &dir, "b", 2, source_b);
 
     // Fund both (b needs an anchor reserve to accept the channel).
     let fund_a = a.onchain_payment().new_address().unwrap();
