@@ -1,13 +1,13 @@
 //! Chain access for the engine: one [`ChainSource`] trait (object-safe, usable as
-//! `Arc<dyn ChainSource>`) and its implementations over Esplora ([`EsploraChainSource`]) and
-//! Electrum ([`ElectrumChainSource`]), chosen by `[chain] source` in the configuration
-//! ([`crate::config::ChainBackend`]).
+//! `Arc<dyn ChainSource>`) and its implementations over Esplora ([`EsploraChainSource`]),
+//! Electrum ([`ElectrumChainSource`]) and Bitcoin Core's JSON-RPC ([`BitcoindChainSource`], which
+//! keeps its own index of the scripts it is asked about), chosen by `[chain] source` in the
+//! configuration ([`crate::config::ChainBackend`]).
 //!
 //! The engine asks only what a swap needs: the tip, a transaction's status, whether an HTLC output
 //! was spent and by what (claim or refund: the witness of the spending transaction carries the
-//! preimage), the history of an HTLC script, broadcasting (idempotent), and fee rates. A bitcoind
-//! RPC source can implement the same trait later; the conformance tests implement it over a
-//! simulated chain.
+//! preimage), the history of an HTLC script, broadcasting (idempotent), and fee rates. The
+//! conformance tests implement it over a simulated chain.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,8 +17,13 @@ use async_trait::async_trait;
 use bitcoin::{Amount, FeeRate, OutPoint, Script, Transaction, Txid};
 use looper_protocol::fees::{FeeEstimates, ESTIMATE_TARGETS};
 
+mod bitcoind;
 mod electrum;
 
+pub use bitcoind::{
+    BitcoindChainSource, BitcoindRpc, RpcAuth, RpcError as BitcoindRpcError, WalletFeed,
+    MEMPOOL_REFRESH, SCAN_WINDOW,
+};
 pub use electrum::{ElectrumChainSource, ElectrumClient};
 
 /// Where a transaction stands.

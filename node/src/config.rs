@@ -66,14 +66,30 @@
 //! API at `esplora_url` (a public one by default on every network but regtest);
 //! `source = "electrum"` reads the Electrum server at `electrum_url` (`tcp://HOST:PORT` or
 //! `ssl://HOST:PORT`, certificates checked; no default: name your own, e.g. your electrs or
-//! Fulcrum). Flags and environment: `--chain-source` (`LOOPER_CHAIN_SOURCE`), `--electrum-url`
-//! (`LOOPER_ELECTRUM_URL`), `--esplora-url` (`LOOPER_ESPLORA_URL`). ldk-node 0.7's Electrum
-//! client cannot use a proxy, so `source = "electrum"` is refused together with `proxy`.
+//! Fulcrum); `source = "bitcoind"` reads Bitcoin Core's JSON-RPC at `bitcoind_rpc_url`
+//! (`http://HOST:PORT`; default `http://127.0.0.1:` and the network's RPC port,
+//! [`default_bitcoind_rpc_port`]) with its cookie file (`bitcoind_rpc_cookie`, e.g.
+//! `~/.bitcoin/.cookie`) or `bitcoind_rpc_user` and `bitcoind_rpc_password`. bitcoind needs
+//! `-blockfilterindex=1` to find the HTLCs' transactions quickly (without it every block of the
+//! last weeks is read once; see [`crate::chain::BitcoindChainSource`]) and `-txindex=1` helps.
+//! Flags and environment: `--chain-source` (`LOOPER_CHAIN_SOURCE`), `--electrum-url`
+//! (`LOOPER_ELECTRUM_URL`), `--esplora-url` (`LOOPER_ESPLORA_URL`), `--bitcoind-rpc-url`,
+//! `--bitcoind-rpc-cookie`, `--bitcoind-rpc-user`, `--bitcoind-rpc-password`
+//! (`LOOPER_BITCOIND_RPC_URL`, ..._COOKIE, ..._USER, ..._PASSWORD; prefer the environment or the
+//! file for the password). ldk-node 0.7's Electrum and bitcoind clients cannot use a proxy, so
+//! both are refused together with `proxy`.
 //!
 //! ```toml
 //! [chain]
 //! source = "electrum"
 //! electrum_url = "ssl://electrum.example.org:50002"
+//! ```
+//!
+//! ```toml
+//! [chain]
+//! source = "bitcoind"
+//! bitcoind_rpc_url = "http://127.0.0.1:8332"
+//! bitcoind_rpc_cookie = "/home/me/.bitcoin/.cookie"
 //! ```
 //!
 //! The `[lightning]` section configures the embedded ldk-node: `listen` (its peer-to-peer
@@ -152,10 +168,18 @@ pub struct Overrides {
     pub network: Option<String>,
     /// Esplora HTTP API base URL.
     pub esplora_url: Option<String>,
-    /// Chain source (`chain.source`): `esplora` or `electrum`.
+    /// Chain source (`chain.source`): `esplora`, `electrum` or `bitcoind`.
     pub chain_source: Option<String>,
     /// Electrum server URL (`chain.electrum_url`).
     pub electrum_url: Option<String>,
+    /// bitcoind's JSON-RPC URL (`chain.bitcoind_rpc_url`).
+    pub bitcoind_rpc_url: Option<String>,
+    /// bitcoind's cookie file (`chain.bitcoind_rpc_cookie`).
+    pub bitcoind_rpc_cookie: Option<PathBuf>,
+    /// bitcoind's RPC user (`chain.bitcoind_rpc_user`).
+    pub bitcoind_rpc_user: Option<String>,
+    /// bitcoind's RPC password (`chain.bitcoind_rpc_password`).
+    pub bitcoind_rpc_password: Option<String>,
     /// Nostr relay URLs; replace the file's when not empty.
     pub relays: Vec<String>,
     /// SOCKS5 proxy for the relays and the chain source (`socks5h://IP:PORT`, [`parse_proxy`]).
@@ -238,17 +262,34 @@ pub enum ChainSourceKind {
     Esplora,
     /// An Electrum server (`chain.electrum_url`).
     Electrum,
+    /// Bitcoin Core's JSON-RPC (`chain.bitcoind_rpc_url`).
+    Bitcoind,
 }
 
 impl FromStr for ChainSourceKind {
     type Err = String;
 
-    /// `esplora` or `electrum` (any case); the error is a sentence for [`ConfigError::Invalid`].
+    /// `esplora`, `electrum` or `bitcoind` (any case); the error is a sentence for
+    /// [`ConfigError::Invalid`].
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().as_str() {
             "esplora" => Ok(ChainSourceKind::Esplora),
             "electrum" => Ok(ChainSourceKind::Electrum),
-            _ => Err(format!("unknown chain source {s:?} (expected \"esplora\" or \"electrum\")")),
+            "bitcoind" => Ok(ChainSourceKind::Bitcoind),
+            _ => Err(format!(
+                "unknown chain source {s:?} (expected \"esplora\", \"electrum\" or \"bitcoind\")"
+            )),
+        }
+    }
+}
+
+impl ChainSourceKind {
+    /// The name in `looper.toml`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChainSourceKind::Esplora => "esplora",
+            ChainSourceKind::Electrum => "electrum",
+            ChainSourceKind::Bitcoind => "bitcoind",
         }
     }
 }
@@ -261,6 +302,24 @@ pub struct ChainConfig {
     /// The Electrum server (`tcp://HOST:PORT` or `ssl://HOST:PORT`); required with
     /// `source = "electrum"`, refused otherwise.
     pub electrum_url: Option<String>,
+    /// bitcoind's JSON-RPC (`http://HOST:PORT`); with `source = "bitcoind"` (default
+    /// `http://127.0.0.1:` and [`default_bitcoind_rpc_port`]), refused otherwise.
+    pub bitcoind_rpc_url: Option<String>,
+    /// bitcoind's cookie file; or `bitcoind_rpc_user` and `bitcoind_rpc_password`.
+    pub bitcoind_rpc_cookie: Option<PathBuf>,
+    /// bitcoind's RPC user (with `bitcoind_rpc_password`).
+    pub bitcoind_rpc_user: Option<String>,
+    /// bitcoind's RPC password (never printed).
+    #[serde(serialize_with = "hidden")]
+    pub bitcoind_rpc_password: Option<String>,
+}
+
+/// Prints a secret setting as whether it is set.
+fn hidden<S: serde::Serializer>(value: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => s.serialize_str("(set)"),
+        None => s.serialize_none(),
+    }
 }
 
 /// The chain source as the node uses it: the kind and its server ([`Config::chain_backend`]).
@@ -270,6 +329,24 @@ pub enum ChainBackend {
     Esplora(String),
     /// The Electrum server at this URL.
     Electrum(String),
+    /// bitcoind's JSON-RPC.
+    Bitcoind {
+        /// Its URL (`http://HOST:PORT`).
+        url: String,
+        /// The cookie file, or a user and password.
+        auth: crate::chain::RpcAuth,
+    },
+}
+
+/// bitcoind's default JSON-RPC port per network.
+pub fn default_bitcoind_rpc_port(network: Network) -> u16 {
+    match network {
+        Network::Bitcoin => 8332,
+        Network::Testnet => 18332,
+        Network::Testnet4 => 48332,
+        Network::Signet => 38332,
+        Network::Regtest => 18443,
+    }
 }
 
 /// Safety limits (`[safety]`).
@@ -749,6 +826,10 @@ struct FileConfig {
 struct FileChain {
     source: Option<String>,
     electrum_url: Option<String>,
+    bitcoind_rpc_url: Option<String>,
+    bitcoind_rpc_cookie: Option<PathBuf>,
+    bitcoind_rpc_user: Option<String>,
+    bitcoind_rpc_password: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -847,7 +928,7 @@ impl Config {
     ) -> Result<Config, ConfigError> {
         let network = network_setting(args.network.clone().or(file.network))?;
 
-        let chain = ChainConfig {
+        let mut chain = ChainConfig {
             source: match args.chain_source.clone().or(file.chain.source) {
                 Some(text) => text.parse().map_err(|reason| invalid("chain.source", reason))?,
                 None => ChainSourceKind::default(),
@@ -857,7 +938,25 @@ impl Config {
                 .clone()
                 .or(file.chain.electrum_url)
                 .map(|u| u.trim().to_string()),
+            bitcoind_rpc_url: args
+                .bitcoind_rpc_url
+                .clone()
+                .or(file.chain.bitcoind_rpc_url)
+                .map(|u| u.trim().trim_end_matches('/').to_string()),
+            bitcoind_rpc_cookie: args
+                .bitcoind_rpc_cookie
+                .clone()
+                .or(file.chain.bitcoind_rpc_cookie),
+            bitcoind_rpc_user: args.bitcoind_rpc_user.clone().or(file.chain.bitcoind_rpc_user),
+            bitcoind_rpc_password: args
+                .bitcoind_rpc_password
+                .clone()
+                .or(file.chain.bitcoind_rpc_password),
         };
+        if chain.source == ChainSourceKind::Bitcoind && chain.bitcoind_rpc_url.is_none() {
+            chain.bitcoind_rpc_url =
+                Some(format!("http://127.0.0.1:{}", default_bitcoind_rpc_port(network)));
+        }
         let esplora_url = match args.esplora_url.clone().or(file.esplora_url) {
             Some(url) => Some(url),
             // The public default only when Esplora is the source.
@@ -1002,6 +1101,16 @@ impl Config {
             ChainSourceKind::Electrum => {
                 ChainBackend::Electrum(self.chain.electrum_url.clone().unwrap_or_default())
             }
+            ChainSourceKind::Bitcoind => ChainBackend::Bitcoind {
+                url: self.chain.bitcoind_rpc_url.clone().unwrap_or_default(),
+                auth: match &self.chain.bitcoind_rpc_cookie {
+                    Some(path) => crate::chain::RpcAuth::Cookie(path.clone()),
+                    None => crate::chain::RpcAuth::UserPassword {
+                        user: self.chain.bitcoind_rpc_user.clone().unwrap_or_default(),
+                        password: self.chain.bitcoind_rpc_password.clone().unwrap_or_default(),
+                    },
+                },
+            },
         }
     }
 
@@ -1013,35 +1122,101 @@ impl Config {
             }
             None => {}
         }
-        match (self.chain.source, &self.chain.electrum_url) {
-            (ChainSourceKind::Electrum, None) => {
+        let source = self.chain.source;
+        // A setting of another source than the chosen one is a mistake: say so.
+        let unused = [
+            ("chain.electrum_url", self.chain.electrum_url.is_some(), ChainSourceKind::Electrum),
+            (
+                "chain.bitcoind_rpc_cookie",
+                self.chain.bitcoind_rpc_cookie.is_some(),
+                ChainSourceKind::Bitcoind,
+            ),
+            (
+                "chain.bitcoind_rpc_user",
+                self.chain.bitcoind_rpc_user.is_some(),
+                ChainSourceKind::Bitcoind,
+            ),
+            (
+                "chain.bitcoind_rpc_password",
+                self.chain.bitcoind_rpc_password.is_some(),
+                ChainSourceKind::Bitcoind,
+            ),
+            (
+                "chain.bitcoind_rpc_url",
+                self.chain.bitcoind_rpc_url.is_some(),
+                ChainSourceKind::Bitcoind,
+            ),
+        ];
+        for (key, set, wanted) in unused {
+            if set && source != wanted {
                 return Err(invalid(
-                    "chain.electrum_url",
-                    "required with chain.source = \"electrum\" (e.g. tcp://127.0.0.1:50001 or \
-                     ssl://electrum.example.org:50002; --electrum-url, LOOPER_ELECTRUM_URL)",
-                ))
+                    key,
+                    format!(
+                        "set while chain.source is \"{}\": set chain.source = \"{}\" \
+                         (--chain-source {}) to use it",
+                        source.name(),
+                        wanted.name(),
+                        wanted.name()
+                    ),
+                ));
             }
-            (ChainSourceKind::Electrum, Some(url)) => {
-                validate_electrum_url(url)?;
-                if let Some(proxy) = self.proxy {
-                    return Err(invalid(
-                        "chain.source",
-                        format!(
-                            "\"electrum\" cannot be used with proxy {proxy}: ldk-node 0.7's \
-                             Electrum client has no proxy setting and would connect directly \
-                             (use \"esplora\" through the proxy)"
-                        ),
-                    ));
+        }
+        match source {
+            ChainSourceKind::Esplora => {}
+            ChainSourceKind::Electrum => {
+                match &self.chain.electrum_url {
+                    None => return Err(invalid(
+                        "chain.electrum_url",
+                        "required with chain.source = \"electrum\" (e.g. tcp://127.0.0.1:50001 or \
+                         ssl://electrum.example.org:50002; --electrum-url, LOOPER_ELECTRUM_URL)",
+                    )),
+                    Some(url) => validate_electrum_url(url)?,
                 }
             }
-            (ChainSourceKind::Esplora, Some(_)) => {
-                return Err(invalid(
-                    "chain.electrum_url",
-                    "set while chain.source is \"esplora\": set chain.source = \"electrum\" \
-                     (--chain-source electrum) to use it",
-                ))
+            ChainSourceKind::Bitcoind => {
+                validate_bitcoind_url(self.chain.bitcoind_rpc_url.as_deref().unwrap_or_default())?;
+                let c = &self.chain;
+                match (&c.bitcoind_rpc_cookie, &c.bitcoind_rpc_user, &c.bitcoind_rpc_password) {
+                    (Some(_), None, None) | (None, Some(_), Some(_)) => {}
+                    (None, None, None) => return Err(invalid(
+                        "chain.bitcoind_rpc_cookie",
+                        "bitcoind needs credentials: its cookie file (e.g. ~/.bitcoin/.cookie; \
+                             --bitcoind-rpc-cookie) or chain.bitcoind_rpc_user and \
+                             chain.bitcoind_rpc_password",
+                    )),
+                    (Some(_), _, _) => {
+                        return Err(invalid(
+                            "chain.bitcoind_rpc_cookie",
+                            "give the cookie file or a user and password, not both",
+                        ))
+                    }
+                    (None, Some(_), None) => {
+                        return Err(invalid(
+                            "chain.bitcoind_rpc_password",
+                            "required with chain.bitcoind_rpc_user",
+                        ))
+                    }
+                    (None, None, Some(_)) => {
+                        return Err(invalid(
+                            "chain.bitcoind_rpc_user",
+                            "required with chain.bitcoind_rpc_password",
+                        ))
+                    }
+                }
             }
-            (ChainSourceKind::Esplora, None) => {}
+        }
+        if let (ChainSourceKind::Electrum | ChainSourceKind::Bitcoind, Some(proxy)) =
+            (source, self.proxy)
+        {
+            return Err(invalid(
+                "chain.source",
+                format!(
+                    "\"{}\" cannot be used with proxy {proxy}: ldk-node 0.7's {} client has no \
+                     proxy setting and would connect directly (use \"esplora\" through the proxy)",
+                    source.name(),
+                    if source == ChainSourceKind::Electrum { "Electrum" } else { "bitcoind RPC" },
+                ),
+            ));
         }
         Ok(())
     }
@@ -1372,6 +1547,36 @@ fn validate_electrum_url(url: &str) -> Result<(), ConfigError> {
     }
 }
 
+/// Checks bitcoind's JSON-RPC URL: `http://HOST:PORT` (ldk-node's client speaks plain HTTP to a
+/// host and port).
+fn validate_bitcoind_url(url: &str) -> Result<(), ConfigError> {
+    let key = "chain.bitcoind_rpc_url";
+    let form = "bitcoind's JSON-RPC URL of the form http://HOST:PORT";
+    if url.starts_with("https://") {
+        return Err(invalid(
+            key,
+            format!("{url:?}: bitcoind's RPC is plain HTTP (http://HOST:PORT)"),
+        ));
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(invalid(key, format!("{url:?} is not {form}")));
+    };
+    let Some((host, port)) = rest.rsplit_once(':') else {
+        return Err(invalid(key, format!("{url:?} has no port: it is not {form}")));
+    };
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host_ok = !host.is_empty()
+        && !host.contains(['/', '@', '?', '#'])
+        && !host.chars().any(char::is_whitespace);
+    if !host_ok {
+        return Err(invalid(key, format!("{url:?} has no valid host: it is not {form}")));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(invalid(key, format!("{url:?} has no valid port: it is not {form}"))),
+    }
+}
+
 /// Reads a network setting (`None`: not set anywhere).
 fn network_setting(text: Option<String>) -> Result<Network, ConfigError> {
     let text = text.ok_or_else(|| {
@@ -1529,6 +1734,10 @@ mod tests {
                 "--esplora-url" => o.esplora_url = Some(value()),
                 "--chain-source" => o.chain_source = Some(value()),
                 "--electrum-url" => o.electrum_url = Some(value()),
+                "--bitcoind-rpc-url" => o.bitcoind_rpc_url = Some(value()),
+                "--bitcoind-rpc-cookie" => o.bitcoind_rpc_cookie = Some(value().into()),
+                "--bitcoind-rpc-user" => o.bitcoind_rpc_user = Some(value()),
+                "--bitcoind-rpc-password" => o.bitcoind_rpc_password = Some(value()),
                 "--relay" => o.relays.push(value()),
                 "--proxy" => o.proxy = Some(value()),
                 "--ln-listen" => o.ln_listen.push(value()),
@@ -1734,7 +1943,7 @@ messages_per_minute = 1200
         for (over, text, why) in [
             (
                 regtest(&[]),
-                "[chain]\nsource = \"bitcoind\"\n",
+                "[chain]\nsource = \"neutrino\"\n",
                 "chain.source: unknown chain source",
             ),
             (regtest(&[]), "[chain]\nsource = \"electrum\"\n", "chain.electrum_url: required"),
@@ -1775,6 +1984,113 @@ messages_per_minute = 1200
             assert!(c.is_ok(), "{url}: {c:?}");
         }
     }
+
+    #[test]
+    fn bitcoind_chain_settings() {
+        let no_esplora = args(&["--network", "regtest", "--relay", "ws://127.0.0.1:7777"]);
+        // The cookie, the default URL of the network.
+        let text = "[chain]\nsource = \"bitcoind\"\nbitcoind_rpc_cookie = \"/b/.cookie\"\n";
+        let c = load_toml(&no_esplora, text).unwrap();
+        assert_eq!(c.esplora_url, None);
+        assert_eq!(
+            c.chain_backend(),
+            ChainBackend::Bitcoind {
+                url: "http://127.0.0.1:18443".into(),
+                auth: crate::chain::RpcAuth::Cookie("/b/.cookie".into()),
+            }
+        );
+        let c = load_toml(&args(&["--network", "signet"]), text).unwrap();
+        assert_eq!(c.chain.bitcoind_rpc_url.as_deref(), Some("http://127.0.0.1:38332"));
+        // User and password from flags; the password is never printed.
+        let c = load_toml(
+            &no_esplora.clone().tap(|o| {
+                o.chain_source = Some("bitcoind".into());
+                o.bitcoind_rpc_url = Some("http://10.0.0.5:8332/".into());
+                o.bitcoind_rpc_user = Some("looper".into());
+                o.bitcoind_rpc_password = Some("hunter2".into());
+            }),
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            c.chain_backend(),
+            ChainBackend::Bitcoind {
+                url: "http://10.0.0.5:8332".into(),
+                auth: crate::chain::RpcAuth::UserPassword {
+                    user: "looper".into(),
+                    password: "hunter2".into()
+                },
+            }
+        );
+        let printed = serde_json::to_string(&c).unwrap();
+        assert!(!printed.contains("hunter2"), "{printed}");
+        assert!(printed.contains(r#""bitcoind_rpc_password":"(set)""#), "{printed}");
+        // Refused, naming the key.
+        let bitcoind = "[chain]\nsource = \"bitcoind\"\n";
+        for (over, text, why) in [
+            (no_esplora.clone(), bitcoind, "chain.bitcoind_rpc_cookie: bitcoind needs credentials"),
+            (
+                no_esplora.clone(),
+                "[chain]\nsource = \"bitcoind\"\nbitcoind_rpc_cookie = \"/c\"\nbitcoind_rpc_user = \"u\"\n",
+                "chain.bitcoind_rpc_cookie: give the cookie file or a user and password, not both",
+            ),
+            (
+                no_esplora.clone(),
+                "[chain]\nsource = \"bitcoind\"\nbitcoind_rpc_user = \"u\"\n",
+                "chain.bitcoind_rpc_password: required with chain.bitcoind_rpc_user",
+            ),
+            (
+                no_esplora.clone(),
+                "[chain]\nsource = \"bitcoind\"\nbitcoind_rpc_password = \"p\"\n",
+                "chain.bitcoind_rpc_user: required with chain.bitcoind_rpc_password",
+            ),
+            (
+                regtest(&[]),
+                "[chain]\nbitcoind_rpc_cookie = \"/c\"\n",
+                "chain.bitcoind_rpc_cookie: set while chain.source is \"esplora\": set chain.source = \"bitcoind\"",
+            ),
+            (
+                no_esplora.clone(),
+                "[chain]\nsource = \"electrum\"\nelectrum_url = \"tcp://h:1\"\nbitcoind_rpc_url = \"http://h:1\"\n",
+                "chain.bitcoind_rpc_url: set while chain.source is \"electrum\"",
+            ),
+            (
+                regtest(&["--proxy", "socks5h://127.0.0.1:9050"]),
+                "[chain]\nsource = \"bitcoind\"\nbitcoind_rpc_cookie = \"/c\"\n",
+                "chain.source: \"bitcoind\" cannot be used with proxy 127.0.0.1:9050",
+            ),
+        ] {
+            let e = err_text(&over, text);
+            assert!(e.contains(why), "{text}: {e}");
+        }
+        for url in [
+            "https://127.0.0.1:8332",
+            "127.0.0.1:8332",
+            "http://127.0.0.1",
+            "http://:8332",
+            "http://u:p@host:8332",
+            "http://host/wallet:1",
+        ] {
+            let e = err_text(
+                &no_esplora.clone().tap(|o| {
+                    o.chain_source = Some("bitcoind".into());
+                    o.bitcoind_rpc_url = Some(url.into());
+                    o.bitcoind_rpc_cookie = Some("/c".into());
+                }),
+                "",
+            );
+            assert!(e.starts_with("invalid configuration: chain.bitcoind_rpc_url: "), "{url}: {e}");
+        }
+    }
+
+    /// Changes a value in place and hands it back (for overrides in table tests).
+    trait Tap: Sized {
+        fn tap(mut self, f: impl FnOnce(&mut Self)) -> Self {
+            f(&mut self);
+            self
+        }
+    }
+    impl Tap for Overrides {}
 
     #[test]
     fn proxy_setting() {

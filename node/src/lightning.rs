@@ -430,6 +430,17 @@ pub enum LdkChain {
     Esplora(String),
     /// An Electrum server (`tcp://HOST:PORT` or `ssl://HOST:PORT`).
     Electrum(String),
+    /// bitcoind's JSON-RPC.
+    BitcoindRpc {
+        /// Its host.
+        host: String,
+        /// Its port.
+        port: u16,
+        /// The RPC user (`__cookie__` for the cookie).
+        user: String,
+        /// The password.
+        password: String,
+    },
 }
 
 /// [`Lightning`] over an embedded ldk-node.
@@ -619,6 +630,9 @@ fn build_node(
             let sync = ElectrumSyncConfig { background_sync_config: Some(background) };
             builder.set_chain_source_electrum(url.clone(), Some(sync))
         }
+        // ldk-node polls bitcoind every 2 seconds on its own (no interval to set).
+        LdkChain::BitcoindRpc { host, port, user, password } => builder
+            .set_chain_source_bitcoind_rpc(host.clone(), *port, user.clone(), password.clone()),
     };
     let node = builder.build().map_err(|e| LightningError::Build(e.to_string()))?;
     node.start().map_err(|e| LightningError::Build(e.to_string()))?;

@@ -42,7 +42,7 @@ struct Args {
     esplora_url: Option<String>,
 
     /// Chain source of the swap engine, the wallet and the Lightning node: `esplora` (default,
-    /// at --esplora-url) or `electrum` (at --electrum-url).
+    /// at --esplora-url), `electrum` (at --electrum-url) or `bitcoind` (at --bitcoind-rpc-url).
     #[arg(long, env = "LOOPER_CHAIN_SOURCE", value_name = "SOURCE")]
     chain_source: Option<String>,
 
@@ -50,6 +50,30 @@ struct Args {
     /// electrum).
     #[arg(long, env = "LOOPER_ELECTRUM_URL", value_name = "URL")]
     electrum_url: Option<String>,
+
+    /// bitcoind's JSON-RPC URL, `http://HOST:PORT` (with --chain-source bitcoind; default
+    /// http://127.0.0.1 and the network's RPC port).
+    #[arg(long, env = "LOOPER_BITCOIND_RPC_URL", value_name = "URL")]
+    bitcoind_rpc_url: Option<String>,
+
+    /// bitcoind's cookie file, e.g. `~/.bitcoin/.cookie` (or --bitcoind-rpc-user and
+    /// --bitcoind-rpc-password).
+    #[arg(long, env = "LOOPER_BITCOIND_RPC_COOKIE", value_name = "FILE")]
+    bitcoind_rpc_cookie: Option<PathBuf>,
+
+    /// bitcoind's RPC user.
+    #[arg(long, env = "LOOPER_BITCOIND_RPC_USER", value_name = "USER")]
+    bitcoind_rpc_user: Option<String>,
+
+    /// bitcoind's RPC password (prefer LOOPER_BITCOIND_RPC_PASSWORD or the configuration file:
+    /// a command line is visible to other users).
+    #[arg(
+        long,
+        env = "LOOPER_BITCOIND_RPC_PASSWORD",
+        value_name = "PASSWORD",
+        hide_env_values = true
+    )]
+    bitcoind_rpc_password: Option<String>,
 
     /// Nostr relay URL (repeat the flag for several; the variable takes a comma-separated list).
     /// Replaces the relays of the configuration file.
@@ -102,6 +126,10 @@ impl Args {
             esplora_url: self.esplora_url.clone(),
             chain_source: self.chain_source.clone(),
             electrum_url: self.electrum_url.clone(),
+            bitcoind_rpc_url: self.bitcoind_rpc_url.clone(),
+            bitcoind_rpc_cookie: self.bitcoind_rpc_cookie.clone(),
+            bitcoind_rpc_user: self.bitcoind_rpc_user.clone(),
+            bitcoind_rpc_password: self.bitcoind_rpc_password.clone(),
             relays: self.relays.clone(),
             proxy: self.proxy.clone(),
             ln_listen: self.ln_listen.clone(),
@@ -233,6 +261,10 @@ mod tests {
                 esplora_url: Some("http://e".into()),
                 chain_source: Some("electrum".into()),
                 electrum_url: Some("tcp://127.0.0.1:50001".into()),
+                bitcoind_rpc_url: None,
+                bitcoind_rpc_cookie: None,
+                bitcoind_rpc_user: None,
+                bitcoind_rpc_password: None,
                 relays: vec!["ws://a".into(), "ws://b".into()],
                 proxy: Some("socks5h://127.0.0.1:9050".into()),
                 ln_listen: vec!["127.0.0.1:1".into()],
@@ -240,6 +272,22 @@ mod tests {
                 log_json: true,
                 restore: Some(RestoreSource::Stdin),
             }
+        );
+        let o = parse(&[
+            "--bitcoind-rpc-url",
+            "http://127.0.0.1:8332",
+            "--bitcoind-rpc-cookie",
+            "/b/.cookie",
+            "--bitcoind-rpc-user",
+            "u",
+            "--bitcoind-rpc-password",
+            "p",
+        ]);
+        assert_eq!(o.bitcoind_rpc_url.as_deref(), Some("http://127.0.0.1:8332"));
+        assert_eq!(o.bitcoind_rpc_cookie, Some("/b/.cookie".into()));
+        assert_eq!(
+            (o.bitcoind_rpc_user.as_deref(), o.bitcoind_rpc_password.as_deref()),
+            (Some("u"), Some("p"))
         );
         let o = parse(&["--restore", "/words.txt"]);
         assert_eq!(o.restore, Some(RestoreSource::File("/words.txt".into())));

@@ -13,7 +13,9 @@ use looper_protocol::messages::{Offer, OfferError};
 use looper_protocol::seller::SellerPolicy;
 
 use crate::backup::{BackupKeys, BackupOptions, Backups, SHUTDOWN_FLUSH_TIMEOUT};
-use crate::chain::{ChainSource, ElectrumChainSource, EsploraChainSource};
+use crate::chain::{
+    BitcoindChainSource, BitcoindRpc, ChainSource, ElectrumChainSource, EsploraChainSource,
+};
 use crate::config::{ChainBackend, Config};
 use crate::engine::io::{BdkSwapWallet, OsEntropy, SystemClock};
 use crate::engine::{Engine, EngineConfig, EngineParts, FeeSettings};
@@ -143,7 +145,37 @@ async fn chain_source(
             let sync = WalletSync::Electrum(Arc::clone(electrum.client()));
             Ok((electrum.into_dyn(), sync, LdkChain::Electrum(url)))
         }
+        ChainBackend::Bitcoind { url, auth } => {
+            tracing::info!(%url, "chain source: bitcoind JSON-RPC");
+            let op = "connect to bitcoind";
+            let rpc = BitcoindRpc::new(&url, auth).map_err(|e| {
+                crate::chain::ChainError::Request { op: op.into(), source: Box::new(e) }
+            })?;
+            // ldk-node takes a user and password: the cookie's, as it is now.
+            let (user, password) = rpc.credentials().map_err(|e| {
+                crate::chain::ChainError::Request { op: op.into(), source: Box::new(e) }
+            })?;
+            let (host, port) = bitcoind_host_port(&url).ok_or_else(|| {
+                crate::chain::ChainError::InvalidResponse {
+                    op: op.into(),
+                    reason: format!("{url} is not http://HOST:PORT"),
+                }
+            })?;
+            let bitcoind = Arc::new(BitcoindChainSource::new(rpc, fallback));
+            bitcoind.check(config.network).await?;
+            let chain: Arc<dyn ChainSource> = bitcoind.clone();
+            let ldk = LdkChain::BitcoindRpc { host, port, user, password };
+            Ok((chain, WalletSync::Bitcoind(bitcoind), ldk))
+        }
     }
+}
+
+/// The host and port of `http://HOST:PORT` (validated by the configuration).
+fn bitcoind_host_port(url: &str) -> Option<(String, u16)> {
+    let rest = url.strip_prefix("http://")?.trim_end_matches('/');
+    let (host, port) = rest.rsplit_once(':')?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    Some((host.to_string(), port.parse().ok()?))
 }
 
 /// A started node.

@@ -35,7 +35,7 @@ use bitcoin::address::NetworkUnchecked;
 use bitcoin::{Address, Amount, FeeRate, Network, ScriptBuf, Transaction, Txid};
 use redb::{Database, ReadableTable, TableDefinition};
 
-use crate::chain::{ChainError, ChainSource, ElectrumClient};
+use crate::chain::{BitcoindChainSource, ChainError, ChainSource, ElectrumClient};
 use crate::seed::NodeKeys;
 
 /// Name of the redb table holding the wallet's changesets.
@@ -59,6 +59,9 @@ pub enum WalletSync {
     Esplora(esplora_client::AsyncClient),
     /// An Electrum server (bdk_electrum; merkle proofs checked against the headers).
     Electrum(Arc<ElectrumClient>),
+    /// bitcoind's JSON-RPC: blocks (those matching the wallet's scripts, by their BIP-0158
+    /// filters) and the mempool ([`BitcoindChainSource::wallet_feed`]).
+    Bitcoind(Arc<BitcoindChainSource>),
 }
 
 impl std::fmt::Debug for WalletSync {
@@ -66,6 +69,7 @@ impl std::fmt::Debug for WalletSync {
         match self {
             WalletSync::Esplora(c) => f.debug_tuple("Esplora").field(&c.url()).finish(),
             WalletSync::Electrum(_) => f.write_str("Electrum"),
+            WalletSync::Bitcoind(_) => f.write_str("Bitcoind"),
         }
     }
 }
@@ -501,7 +505,51 @@ impl LooperWallet {
         match source {
             WalletSync::Esplora(client) => self.sync(client).await,
             WalletSync::Electrum(client) => self.sync_electrum(client).await,
+            WalletSync::Bitcoind(source) => self.sync_bitcoind(source).await,
         }
+    }
+
+    /// [`LooperWallet::sync`] through bitcoind's JSON-RPC: the blocks since the wallet's last
+    /// checkpoint still in bitcoind's chain (a reorg is rolled back there), whole where a
+    /// block's filter matches the wallet's scripts (revealed and look-ahead), headers elsewhere;
+    /// then the mempool's transactions, and the wallet's unconfirmed ones the mempool no longer
+    /// holds are marked evicted (as of the sync's start, so that one recorded during the sync
+    /// stays). A wallet restored from its seed reads the chain from genesis.
+    ///
+    /// # Errors
+    /// As [`LooperWallet::sync`].
+    pub async fn sync_bitcoind(&self, source: &BitcoindChainSource) -> Result<(), WalletError> {
+        let (checkpoint, scripts, started) = {
+            let mut inner = self.lock()?;
+            let scripts: Vec<ScriptBuf> =
+                inner.wallet.spk_index().inner().all_spks().values().cloned().collect();
+            (inner.wallet.latest_checkpoint(), scripts, inner.stamp())
+        };
+        let feed = source
+            .wallet_feed(&checkpoint, &scripts)
+            .await
+            .map_err(|e| WalletError::Sync(Box::new(e)))?;
+        let mut inner = self.lock()?;
+        for (block, height, connected_to) in &feed.blocks {
+            inner
+                .wallet
+                .apply_block_connected_to(block, *height, *connected_to)
+                .map_err(|e| WalletError::Sync(Box::new(e)))?;
+        }
+        let in_pool: std::collections::HashSet<Txid> =
+            feed.mempool.iter().map(|t| t.compute_txid()).collect();
+        inner.wallet.apply_unconfirmed_txs(feed.mempool.iter().map(|t| (Arc::clone(t), started)));
+        let gone: Vec<(Txid, u64)> = inner
+            .wallet
+            .transactions()
+            .filter(|t| !t.chain_position.is_confirmed())
+            .map(|t| t.tx_node.txid)
+            .filter(|txid| !in_pool.contains(txid))
+            .map(|txid| (txid, started))
+            .collect();
+        inner.wallet.apply_evicted_txs(gone);
+        inner.synced_once = true;
+        inner.persist()
     }
 
     /// What the next sync asks: a full scan first in this process, then the revealed scripts.

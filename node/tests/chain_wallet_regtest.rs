@@ -11,11 +11,15 @@ use std::time::Instant;
 use anyhow::Result;
 use bitcoin::secp256k1::{Keypair, Secp256k1};
 use bitcoin::{Address, Amount, FeeRate, Network, OutPoint, ScriptBuf, Txid};
+use std::sync::Arc;
+
 use looper_node::chain::{
-    ChainError, ChainSource, ElectrumChainSource, EsploraChainSource, TxStatus,
+    BitcoindChainSource, BitcoindRpc, ChainError, ChainSource, ElectrumChainSource,
+    EsploraChainSource, RpcAuth, TxStatus,
 };
 use looper_node::seed::{Mnemonic, NodeKeys};
 use looper_node::store::RedbStore;
+use looper_node::wallet::WalletSync;
 use looper_node::wallet::{LooperWallet, WalletError};
 use looper_regtest::RegtestChain;
 
@@ -173,38 +177,79 @@ async fn chain_source_contract(chain: &RegtestChain, src: &dyn ChainSource) -> R
     Ok(())
 }
 
+/// The chain's interfaces.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Esplora,
+    Electrum,
+    Bitcoind,
+}
+
+/// A chain source of `kind` on `chain` and the wallet sync through it.
+async fn source(chain: &RegtestChain, kind: Source) -> Result<(Arc<dyn ChainSource>, WalletSync)> {
+    let fallback = FeeRate::from_sat_per_vb_u32(3);
+    Ok(match kind {
+        Source::Esplora => {
+            let src = EsploraChainSource::new(&chain.esplora_url(), fallback)?;
+            let sync = WalletSync::Esplora(src.client().clone());
+            (src.into_dyn(), sync)
+        }
+        Source::Electrum => {
+            let src = ElectrumChainSource::connect(&chain.electrum_url(), fallback).await?;
+            let sync = WalletSync::Electrum(Arc::clone(src.client()));
+            (src.into_dyn(), sync)
+        }
+        Source::Bitcoind => {
+            let auth = RpcAuth::Cookie(chain.rpc_cookie_file().to_path_buf());
+            let src = Arc::new(BitcoindChainSource::new(
+                BitcoindRpc::new(&chain.rpc_url(), auth)?,
+                fallback,
+            ));
+            src.check(Network::Regtest).await?;
+            (src.clone() as Arc<dyn ChainSource>, WalletSync::Bitcoind(src))
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn both_chain_sources_answer_alike() -> Result<()> {
+async fn every_chain_source_answers_alike() -> Result<()> {
     let dir = tempfile::tempdir()?;
-    let chain = RegtestChain::start(dir.path().join("esplora"))?;
-    let esplora = EsploraChainSource::new(&chain.esplora_url(), FeeRate::from_sat_per_vb_u32(3))?;
-    chain_source_contract(&chain, &esplora).await?;
-    drop(chain);
-    let chain = RegtestChain::start(dir.path().join("electrum"))?;
-    let electrum =
-        ElectrumChainSource::connect(&chain.electrum_url(), FeeRate::from_sat_per_vb_u32(3))
-            .await?;
-    chain_source_contract(&chain, &electrum).await?;
+    for kind in [Source::Esplora, Source::Electrum, Source::Bitcoind] {
+        let chain = RegtestChain::start(dir.path().join(format!("{kind:?}")))?;
+        let (src, _) = source(&chain, kind).await?;
+        chain_source_contract(&chain, src.as_ref())
+            .await
+            .map_err(|e| anyhow::anyhow!("{kind:?}: {e:#}"))?;
+    }
     Ok(())
 }
 
-/// The wallet synced over Electrum (bdk_electrum): full scan, receive, a funding through the
-/// Electrum chain source, a send, a reorg, and a restore from the seed.
+/// The wallet synced over Electrum (bdk_electrum) and over bitcoind's JSON-RPC (blocks and
+/// mempool): full scan, receive, a funding through the source, a send, a reorg, and a restore
+/// from the seed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wallet_syncs_over_electrum() -> Result<()> {
+    wallet_syncs_over(Source::Electrum).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wallet_syncs_over_bitcoind_rpc() -> Result<()> {
+    wallet_syncs_over(Source::Bitcoind).await
+}
+
+async fn wallet_syncs_over(kind: Source) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let chain = start_chain(dir.path());
-    let src = ElectrumChainSource::connect(&chain.electrum_url(), FeeRate::from_sat_per_vb_u32(2))
-        .await?;
+    let (src, sync) = source(&chain, kind).await?;
     let cap = FeeRate::from_sat_per_vb_u32(20);
     let store = RedbStore::open(&dir.path().join("node").join("looper.redb"))?;
     let wallet = LooperWallet::load_or_create(store.database(), &keys(), Network::Regtest, cap)?;
-    wallet.sync_electrum(src.client()).await?;
+    wallet.sync_with(&sync).await?;
     assert_eq!(wallet.balance()?.total(), Amount::ZERO);
     assert_eq!(wallet.synced_height()?, chain.tip_height()?);
 
     chain.fund_address(&wallet.new_address()?, Amount::from_sat(1_000_000))?;
-    wallet.sync_electrum(src.client()).await?;
+    wallet.sync_with(&sync).await?;
     assert_eq!(wallet.balance()?.confirmed, Amount::from_sat(1_000_000));
 
     let outputs = vec![(random_p2tr(), Amount::from_sat(300_000))];
@@ -212,16 +257,16 @@ async fn wallet_syncs_over_electrum() -> Result<()> {
     let txid = src.broadcast(&funding.tx).await?;
     wallet.apply_unconfirmed(&funding.tx)?;
     let after = Amount::from_sat(700_000) - funding.fee;
-    wallet.sync_electrum(src.client()).await?;
+    wallet.sync_with(&sync).await?;
     assert_eq!(wallet.balance()?.total(), after);
     chain.mine(1)?;
-    wallet.sync_electrum(src.client()).await?;
+    wallet.sync_with(&sync).await?;
     assert_eq!(wallet.balance()?.confirmed, after);
 
     let (_, outside) = looper_regtest::test_key("outside-electrum")?;
     let sent = wallet
         .send(
-            &src,
+            src.as_ref(),
             outside.to_string().parse()?,
             Amount::from_sat(100_000),
             FeeRate::from_sat_per_vb_u32(2),
@@ -229,7 +274,7 @@ async fn wallet_syncs_over_electrum() -> Result<()> {
         .await?;
     assert_eq!(src.tx_status(&sent).await?, Some(TxStatus::Unconfirmed));
     chain.mine(1)?;
-    wallet.sync_electrum(src.client()).await?;
+    wallet.sync_with(&sync).await?;
     let balance = wallet.balance()?;
     assert_eq!(balance.total(), balance.confirmed);
     assert!(balance.confirmed < after - Amount::from_sat(100_000));
@@ -237,19 +282,19 @@ async fn wallet_syncs_over_electrum() -> Result<()> {
     // A reorg of both blocks: the wallet follows (its transactions are pending again), then
     // they confirm anew.
     chain.reorg(2)?;
-    wallet.sync_electrum(src.client()).await?;
+    wallet.sync_with(&sync).await?;
     assert_eq!(wallet.synced_height()?, chain.tip_height()?);
     assert_eq!(wallet.balance()?.total(), balance.total());
     assert_eq!(wallet.balance()?.confirmed, Amount::ZERO, "the funded coin is spent, pending");
     assert_eq!(src.tx_status(&txid).await?, Some(TxStatus::Unconfirmed));
     chain.mine(1)?;
-    wallet.sync_electrum(src.client()).await?;
+    wallet.sync_with(&sync).await?;
     assert_eq!(wallet.balance()?, balance);
 
     // Restore from the seed alone: the full scan over Electrum finds the same funds.
     let other = RedbStore::open(&dir.path().join("restored").join("looper.redb"))?;
     let restored = LooperWallet::load_or_create(other.database(), &keys(), Network::Regtest, cap)?;
-    restored.sync_electrum(src.client()).await?;
+    restored.sync_with(&sync).await?;
     assert_eq!(restored.balance()?.confirmed, balance.confirmed);
     Ok(())
 }

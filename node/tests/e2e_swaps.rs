@@ -1,7 +1,7 @@
 //! End to end on the regtest harness: real `looper-node` processes (this crate's binary), the
 //! embedded chain, a local Nostr relay, a real ldk-node channel buyer -> seller. Loop outs with
-//! the cooperative claim (once per chain source: Esplora, and Electrum for the engine, the
-//! wallet and ldk-node) and the script-path claim, the refunds (cooperative after the buyer's abort;
+//! the cooperative claim (once per chain source: Esplora, Electrum and bitcoind's JSON-RPC, each
+//! for the engine, the wallet and ldk-node) and the script-path claim, the refunds (cooperative after the buyer's abort;
 //! the refund leaf after the timeout when the buyer is gone), SIGKILL and restart of either side
 //! at each swap state (balances before and after differ only by the accounted fees), a reorg of
 //! the funding block, a funding that vanishes before the payment (reorganised out and dropped;
@@ -215,13 +215,24 @@ async fn e2e_cooperative_claim_and_no_secret_in_logs() -> Result<()> {
 /// opened at setup, the payment) all read the chain over Electrum.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn e2e_cooperative_claim_over_electrum() -> Result<()> {
+    cooperative_claim_on(NodeChainSource::Electrum, "chain source: Electrum").await
+}
+
+/// The same over bitcoind's JSON-RPC (cookie authentication): the engines' script histories
+/// from the scanned blocks' filters, the wallets synced from blocks, ldk-node's bitcoind source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_cooperative_claim_over_bitcoind_rpc() -> Result<()> {
+    cooperative_claim_on(NodeChainSource::BitcoindRpc, "chain source: bitcoind JSON-RPC").await
+}
+
+async fn cooperative_claim_on(source: NodeChainSource, logged: &str) -> Result<()> {
     let s = scratch()?;
-    let mut c = config(&s.dir, NodeSpec::seller("seller").on(NodeChainSource::Electrum));
-    c.nodes[1] = NodeSpec::buyer("buyer").on(NodeChainSource::Electrum);
+    let mut c = config(&s.dir, NodeSpec::seller("seller").on(source));
+    c.nodes[1] = NodeSpec::buyer("buyer").on(source);
     let h = Harness::start(c).await?;
     for node in h.nodes() {
         let log = std::fs::read_to_string(node.log_file())?;
-        ensure!(log.contains("chain source: Electrum"), "{} is not on Electrum", node.name());
+        ensure!(log.contains(logged), "{} is not on {source:?}", node.name());
     }
     let before = balances(&h).await?;
     let miner = h.start_miner(Duration::from_secs(1));

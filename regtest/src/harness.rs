@@ -18,7 +18,8 @@
 //! Each node runs as a child process with `--datadir DIR/<name> --network regtest
 //! --esplora-url .. --relay .. --ln-listen 127.0.0.1:P --api-listen 127.0.0.1:Q` (with
 //! [`NodeChainSource::Electrum`], `--chain-source electrum --electrum-url ..` instead of
-//! `--esplora-url`: the chain's Electrum server); its seller settings and short sync intervals
+//! `--esplora-url`: the chain's Electrum server; with [`NodeChainSource::BitcoindRpc`],
+//! `--chain-source bitcoind --bitcoind-rpc-url .. --bitcoind-rpc-cookie ..`); its seller settings and short sync intervals
 //! are in `DIR/<name>/looper.toml`; its standard output and error go to `DIR/<name>/node.log`.
 
 mod client;
@@ -199,6 +200,8 @@ pub enum NodeChainSource {
     Esplora,
     /// The Electrum server ([`RegtestChain::electrum_url`]).
     Electrum,
+    /// Bitcoin Core's JSON-RPC ([`RegtestChain::rpc_url`], with the chain's cookie file).
+    BitcoindRpc,
 }
 
 /// One node of the harness.
@@ -982,6 +985,14 @@ fn chain_args(chain: &RegtestChain, source: NodeChainSource) -> Vec<String> {
             "electrum".into(),
             "--electrum-url".into(),
             chain.electrum_url(),
+        ],
+        NodeChainSource::BitcoindRpc => vec![
+            "--chain-source".into(),
+            "bitcoind".into(),
+            "--bitcoind-rpc-url".into(),
+            chain.rpc_url(),
+            "--bitcoind-rpc-cookie".into(),
+            chain.rpc_cookie_file().display().to_string(),
         ],
     }
 }

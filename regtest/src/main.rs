@@ -51,6 +51,8 @@ enum ChainSourceArg {
     Esplora,
     /// The chain's Electrum server.
     Electrum,
+    /// The chain's Bitcoin Core JSON-RPC.
+    Bitcoind,
 }
 
 impl From<ChainSourceArg> for harness::NodeChainSource {
@@ -58,6 +60,7 @@ impl From<ChainSourceArg> for harness::NodeChainSource {
         match a {
             ChainSourceArg::Esplora => harness::NodeChainSource::Esplora,
             ChainSourceArg::Electrum => harness::NodeChainSource::Electrum,
+            ChainSourceArg::Bitcoind => harness::NodeChainSource::BitcoindRpc,
         }
     }
 }

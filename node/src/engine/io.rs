@@ -4,7 +4,7 @@
 //!
 //! | trait | production | what for |
 //! |---|---|---|
-//! | [`ChainSource`](crate::chain::ChainSource) | Esplora or Electrum | tip, HTLC histories, broadcast, fees |
+//! | [`ChainSource`](crate::chain::ChainSource) | Esplora, Electrum or bitcoind RPC | tip, HTLC histories, broadcast, fees |
 //! | [`Lightning`](crate::lightning::Lightning) | ldk-node | invoices, payments, their events |
 //! | [`SwapWallet`] | BDK ([`BdkSwapWallet`]) | addresses, funding transactions |
 //! | [`SwapTransport`] | Nostr ([`NostrTransport`]) | swap messages, offers |
