@@ -299,6 +299,9 @@ pub struct SellerSwap {
     htlc: Htlc,
     /// When an unsettled claim is looked at next (`Paid`; unix seconds).
     claim_check_at_secs: u64,
+    /// The invoice's expiry, decoded once ([`SellerSwap::invoice_expiry`]): every tick of a
+    /// funded swap looks at it, and decoding a BOLT11 invoice recovers its signer's key.
+    invoice_expiry: Option<u64>,
 }
 
 swap_api!(SellerSwap, SellerRecord, SellerState);
@@ -402,7 +405,13 @@ impl SellerSwap {
             policy,
             state: SellerState::AwaitingInvoice,
         };
-        let swap = SellerSwap { rec, live: Live::new(keys), htlc, claim_check_at_secs: 0 };
+        let swap = SellerSwap {
+            rec,
+            live: Live::new(keys),
+            htlc,
+            claim_check_at_secs: 0,
+            invoice_expiry: None,
+        };
         let actions = vec![Action::Persist, swap.create_invoice(amount_msat, expiry_secs)];
         Ok((swap, actions))
     }
@@ -448,7 +457,13 @@ impl SellerSwap {
             return Err(SwapError::WrongKeys { key_index: record.core.key_index });
         }
         let htlc = Htlc::new(record.htlc_params.clone()).map_err(internal)?;
-        Ok(SellerSwap { rec: record, live: Live::new(keys), htlc, claim_check_at_secs: 0 })
+        Ok(SellerSwap {
+            rec: record,
+            live: Live::new(keys),
+            htlc,
+            claim_check_at_secs: 0,
+            invoice_expiry: None,
+        })
     }
 
     /// The seller's part of [`SellerSwap::resume`], after the re-sent messages `sent`.
@@ -1132,7 +1147,20 @@ impl SellerSwap {
         Some(result)
     }
 
+    /// When the invoice expires (unix seconds), decoded once it exists (the swap's one invoice
+    /// never changes).
+    fn invoice_expiry(&mut self) -> Option<u64> {
+        if self.invoice_expiry.is_none() {
+            self.invoice_expiry = self.rec.invoice_expires_at();
+        }
+        self.invoice_expiry
+    }
+
     fn handle_tick(&mut self, ctx: &Context, rng: &mut impl Rng) -> Actions {
+        let expired_unpaid = matches!(self.rec.state, SellerState::Funded { .. })
+            && self
+                .invoice_expiry()
+                .is_some_and(|at| ctx.now_secs >= at.saturating_add(EXPIRED_INVOICE_REFUND_SECS));
         match &self.rec.state {
             SellerState::RefundingCooperatively { invoice, funding, deadline_secs, attempts }
                 if ctx.now_secs >= *deadline_secs =>
@@ -1179,11 +1207,7 @@ impl SellerSwap {
                     Some("the prepay was not paid before its invoice expired".into()),
                 )
             }
-            SellerState::Funded { invoice, refund_attempts: 0, .. }
-                if invoice_expired_at(invoice).is_some_and(|at| {
-                    ctx.now_secs >= at.saturating_add(EXPIRED_INVOICE_REFUND_SECS)
-                }) =>
-            {
+            SellerState::Funded { refund_attempts: 0, .. } if expired_unpaid => {
                 // The invoice expired unpaid: the coins need not wait for the timeout. A buyer
                 // that is there signs (it never does once it has paid); a silent one leaves the
                 // refund leaf at the timeout.
