@@ -52,6 +52,9 @@ pub const PARALLEL_REQUESTS: usize = 4;
 /// Scripts asked for in one Electrum batch during a sync.
 pub const ELECTRUM_BATCH_SIZE: usize = 10;
 
+/// Most passes of a bitcoind sync over the same blocks while its payments reveal new scripts.
+const BITCOIND_SYNC_ROUNDS: usize = 10;
+
 /// The client a [`LooperWallet`] syncs through: the node's chain source's.
 #[derive(Clone)]
 pub enum WalletSync {
@@ -519,23 +522,37 @@ impl LooperWallet {
     /// # Errors
     /// As [`LooperWallet::sync`].
     pub async fn sync_bitcoind(&self, source: &BitcoindChainSource) -> Result<(), WalletError> {
-        let (checkpoint, scripts, started) = {
+        let (checkpoint, started) = {
             let mut inner = self.lock()?;
-            let scripts: Vec<ScriptBuf> =
-                inner.wallet.spk_index().inner().all_spks().values().cloned().collect();
-            (inner.wallet.latest_checkpoint(), scripts, inner.stamp())
+            (inner.wallet.latest_checkpoint(), inner.stamp())
         };
-        let feed = source
-            .wallet_feed(&checkpoint, &scripts)
-            .await
-            .map_err(|e| WalletError::Sync(Box::new(e)))?;
-        let mut inner = self.lock()?;
-        for (block, height, connected_to) in &feed.blocks {
-            inner
-                .wallet
-                .apply_block_connected_to(block, *height, *connected_to)
+        let scripts = |inner: &MutexGuard<'_, Inner>| -> Vec<ScriptBuf> {
+            inner.wallet.spk_index().inner().all_spks().values().cloned().collect()
+        };
+        // A payment found in a block can move the look-ahead window: read the same blocks again
+        // for the new scripts until they stay the same (as a full scan's stop gap).
+        let mut known = scripts(&self.lock()?);
+        let mut rounds = 0;
+        let feed = loop {
+            let feed = source
+                .wallet_feed(&checkpoint, &known)
+                .await
                 .map_err(|e| WalletError::Sync(Box::new(e)))?;
-        }
+            let mut inner = self.lock()?;
+            for (block, height, connected_to) in &feed.blocks {
+                inner
+                    .wallet
+                    .apply_block_connected_to(block, *height, *connected_to)
+                    .map_err(|e| WalletError::Sync(Box::new(e)))?;
+            }
+            let now = scripts(&inner);
+            rounds += 1;
+            if now.len() == known.len() || rounds >= BITCOIND_SYNC_ROUNDS {
+                break feed;
+            }
+            known = now;
+        };
+        let mut inner = self.lock()?;
         let in_pool: std::collections::HashSet<Txid> =
             feed.mempool.iter().map(|t| t.compute_txid()).collect();
         inner.wallet.apply_unconfirmed_txs(feed.mempool.iter().map(|t| (Arc::clone(t), started)));

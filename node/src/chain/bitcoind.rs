@@ -786,20 +786,36 @@ impl BitcoindChainSource {
             }
             let mut view = self.view.lock().await;
             self.load_filters(&mut view, &hashes).await.map_err(request_err(op))?;
-            for (height, hash) in (from..=tip).zip(hashes) {
-                let matched = match view.filters.get(&hash) {
-                    Some(filter) => filter
-                        .match_any(&hash, scripts.iter().map(|s| s.as_bytes()))
-                        .unwrap_or(true),
+            let matched: Vec<bool> = hashes
+                .iter()
+                .map(|hash| match view.filters.get(hash) {
+                    Some(filter) => {
+                        filter.match_any(hash, scripts.iter().map(|s| s.as_bytes())).unwrap_or(true)
+                    }
                     None => true,
-                };
+                })
+                .collect();
+            // The headers of the blocks the wallet has nothing in, in batches.
+            let missed: Vec<Value> = hashes
+                .iter()
+                .zip(&matched)
+                .filter(|(_, m)| !**m)
+                .map(|(h, _)| json!([h.to_string(), false]))
+                .collect();
+            let mut headers = self
+                .rpc
+                .batch("getblockheader", missed)
+                .await
+                .map_err(request_err(op))?
+                .into_iter();
+            for ((height, hash), matched) in (from..=tip).zip(hashes).zip(matched) {
                 let block = if matched {
                     (*self.block(&mut view, &hash).await.map_err(request_err(op))?).clone()
                 } else {
-                    let v = self
-                        .rpc
-                        .call("getblockheader", json!([hash.to_string(), false]))
-                        .await
+                    let v = headers
+                        .next()
+                        .ok_or_else(|| decode("getblockheader", "an answer is missing"))
+                        .and_then(|r| r)
                         .map_err(request_err(op))?;
                     let header: Header =
                         parse_hex("getblockheader", &v).map_err(request_err(op))?;
