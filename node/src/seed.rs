@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | on-chain wallet (BIP-0086 taproot) | `m/86'/coin'/0'/{0,1}/*` | [`NodeKeys::wallet_descriptors`] |
 //! | swap keys and preimages (`looper_protocol::keys`) | `m/10147'/coin'/0'` | [`NodeKeys::swap_master`] |
+//! | the Nostr key of swap `i` as a taker (spec `04-nostr.md`, "Keys") | `m/10147'/coin'/0'/i'/1237'` | [`swap_nostr_secret_key`], [`NodeKeys::swap_nostr_secret_key`] |
 //! | ldk-node entropy | `m/10147'/coin'/2'` | [`NodeKeys::ldk_seed_bytes`] |
 //! | swap-record backups (their own Nostr key, see `crate::backup`) | `m/10147'/coin'/3'` | [`NodeKeys::backup_secret_key`] |
 //! | Nostr identity (NIP-06) | `m/44'/1237'/0'/0/0` | [`NodeKeys::nostr_secret_key`] |
@@ -16,6 +17,12 @@
 //! `10147` is Looper's purpose number (an unassigned BIP-43 purpose). Restoring from the mnemonic
 //! alone therefore gives back the wallet, the Lightning node's keys, the Nostr identity and every
 //! swap key (with the persisted swap index, or by scanning).
+//!
+//! A swap's Nostr key as a taker sits in that swap's own branch below the swap master, at `1237'`
+//! (NIP-06's coin type), far from the protocol's per-swap children (`0'` to `3'`,
+//! `looper_protocol::keys`, which reserves it): the engine, which holds the swap master, derives it
+//! from the swap's key index, so a node restored from its seed speaks to its counterparties with
+//! the same keys again. It is never the identity's, nor any other swap's.
 //!
 //! Nothing here logs or formats a secret: `Debug` of every type holding one is redacted.
 
@@ -38,6 +45,30 @@ pub const API_TOKEN_FILE_NAME: &str = "api.token";
 
 /// BIP-43 purpose of Looper's own branches (swap keys, ldk-node entropy).
 pub const LOOPER_PURPOSE: u32 = 10147;
+
+/// Child of a swap's branch (`swap master/i'`) that holds the swap's Nostr key as a taker:
+/// `1237'` (hardened; NIP-06's coin type). See [`swap_nostr_secret_key`].
+pub const SWAP_NOSTR_KEY_CHILD: u32 = 1237;
+
+/// The Nostr secret key of swap `index` as a taker: `swap_master/index'/1237'`, i.e.
+/// `m/10147'/coin'/0'/index'/1237'` of the seed. A buyer seals every message of that swap with it
+/// and reads the seller's answers gift-wrapped to it, so that a seller cannot link a buyer's swaps
+/// to each other or to its identity (spec `04-nostr.md`, "Keys"). Deterministic: the swap record
+/// keeps its key index, and a node restored from its seed derives the same key again.
+/// Convert with `nostr_sdk::SecretKey::from_slice(&key.secret_bytes())`.
+///
+/// # Errors
+/// [`SeedError::Derivation`] for an index of 2^31 or more (no hardened child), as
+/// `looper_protocol::keys::SwapKeys::derive`.
+pub fn swap_nostr_secret_key(swap_master: &Xpriv, index: u32) -> Result<SecretKey, SeedError> {
+    let path = [NodeKeys::hardened(index)?, NodeKeys::hardened(SWAP_NOSTR_KEY_CHILD)?];
+    swap_master.derive_priv(&Secp256k1::signing_only(), &path).map(|x| x.private_key).map_err(
+        |source| SeedError::Derivation {
+            path: format!("{index}'/{SWAP_NOSTR_KEY_CHILD}' below the swap master"),
+            source,
+        },
+    )
+}
 
 /// Mode of every secret file: read and write for the owner only.
 pub const SECRET_FILE_MODE: u32 = 0o600;
@@ -419,6 +450,15 @@ impl NodeKeys {
         )
     }
 
+    /// The Nostr secret key of swap `index` as a taker ([`swap_nostr_secret_key`] of
+    /// [`NodeKeys::swap_master`]).
+    ///
+    /// # Errors
+    /// [`SeedError::Derivation`] for an index of 2^31 or more.
+    pub fn swap_nostr_secret_key(&self, index: u32) -> Result<SecretKey, SeedError> {
+        swap_nostr_secret_key(&self.swap_master()?, index)
+    }
+
     /// 64 bytes of entropy for ldk-node (`Builder::set_entropy_seed_bytes`): the secret key and
     /// the chain code of `m/10147'/coin'/2'`.
     ///
@@ -574,6 +614,8 @@ mod tests {
 
     const LDK_SEED_REGTEST: &str = "c5bdf3237229d9c691f431c537b90eaebb416ae56c1acb636707a04a9c227b157d654c29a12cd04e4955c704f57e1fb2c66e70f90ed61d5c9ed713a692cae23e";
     const SWAP_MASTER_REGTEST: &str = "tprv8ggMxL8bAtEVsXF5vbLJzv4NtTU75A8QULFZfhHE9BgLmeupwU6c46cHmkFmAfdtv2YKsatAXEjAgea57otFrrnfbzj1eFjY5txSzLrwhPA";
+    const SWAP_NOSTR_KEY_0_REGTEST: &str =
+        "cbe68817dffb02d3531c94a448373fe592dc88362afa27b8aec648f7624ce7a2";
     const ABANDON: &str = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
 
     fn mode(path: &Path) -> u32 {
@@ -667,6 +709,52 @@ mod tests {
             .starts_with("tr([73c5da0a/86'/1'/0']tprv"));
         let dbg = format!("{reg:?} {m:?}");
         assert!(!dbg.contains("prv") && !dbg.contains("abandon"), "{dbg}");
+    }
+
+    #[test]
+    fn swap_nostr_keys() {
+        let m = Mnemonic::parse(ABANDON, "test").unwrap();
+        let reg = NodeKeys::from_mnemonic(&m, Network::Regtest).unwrap();
+        let master = reg.swap_master().unwrap();
+        // Fixed vector: m/10147'/1'/0'/0'/1237' of the "abandon ... about" mnemonic.
+        let first = swap_nostr_secret_key(&master, 0).unwrap();
+        assert_eq!(hex::encode(first.secret_bytes()), SWAP_NOSTR_KEY_0_REGTEST);
+        let by_path = reg
+            .master()
+            .derive_priv(
+                &Secp256k1::signing_only(),
+                &DerivationPath::from_str("m/10147'/1'/0'/0'/1237'").unwrap(),
+            )
+            .unwrap();
+        assert_eq!(first, by_path.private_key);
+        assert_eq!(reg.swap_nostr_secret_key(0).unwrap(), first);
+        // Deterministic: the same seed (a restored node) gives the same key for the same index.
+        let again =
+            NodeKeys::from_mnemonic(&Mnemonic::parse(ABANDON, "x").unwrap(), Network::Regtest)
+                .unwrap();
+        assert_eq!(again.swap_nostr_secret_key(0).unwrap(), first);
+        // One per index, none of them the identity, the backup key or a key of the swap itself.
+        let identity = reg.nostr_secret_key().unwrap();
+        let backup = reg.backup_secret_key().unwrap();
+        let mut seen = std::collections::HashSet::new();
+        for index in [0, 1, 2, 7, 100, (1 << 31) - 1] {
+            let k = swap_nostr_secret_key(&master, index).unwrap();
+            assert!(seen.insert(k.secret_bytes()), "index {index} repeats a key");
+            assert_ne!(k, identity);
+            assert_ne!(k, backup);
+            let swap = looper_protocol::keys::SwapKeys::derive(&master, index).unwrap();
+            for other in [swap.musig(), swap.claim(), swap.refund()] {
+                assert_ne!(k, other.secret_key(), "index {index}");
+            }
+        }
+        // Per network, like the swap keys.
+        let main = NodeKeys::from_mnemonic(&m, Network::Bitcoin).unwrap();
+        assert_ne!(main.swap_nostr_secret_key(0).unwrap(), first);
+        // No hardened child for 2^31.
+        assert!(matches!(
+            swap_nostr_secret_key(&master, 1 << 31),
+            Err(SeedError::Derivation { .. })
+        ));
     }
 
     #[test]

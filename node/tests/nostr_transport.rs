@@ -8,7 +8,7 @@ use bitcoin::Network;
 use looper_node::nostr::wire::{self, Envelope, Offer, OFFER_KIND};
 use looper_node::nostr::{
     build_gift_wrap, Incoming, MemoryProcessedEvents, NostrTransport, OfferFilter, ProcessedEvents,
-    RateLimit, SendOptions, TransportConfig,
+    RateLimit, SendOptions, TransportConfig, TransportError, MAX_KEYS_PER_FILTER,
 };
 use nostr_relay_builder::prelude::{
     EventBuilder, Keys, Kind, LocalRelay, MemoryDatabase, MemoryDatabaseOptions, RelayBuilder, Tag,
@@ -537,6 +537,152 @@ async fn proof_of_work_demanded_by_the_offer() -> Result<()> {
 
     buyer.shutdown().await;
     seller.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swap_keys_are_heard_and_spoken_besides_the_identity() -> Result<()> {
+    // A buyer talks to a seller with a swap's own key: the seller sees that key as the sender and
+    // answers to it; the buyer hears the answer on that key, as well as its identity's messages,
+    // until it gives the key back. More keys than one filter holds spread over several
+    // subscriptions, all heard.
+    let (relay, url) = start_relay().await?;
+    let (seller, mut seller_rx) = transport(config(&[&url])).await?;
+    let (buyer, mut buyer_rx) = transport(config(&[&url])).await?;
+
+    // An answer stored before the key is added comes once it is (no `since`: a resumed swap).
+    let early = Keys::generate();
+    seller.send(&early.public_key(), &[], &other(7)).await?;
+    let keys: Vec<Keys> = (0..MAX_KEYS_PER_FILTER + 5).map(|_| Keys::generate()).collect();
+    for k in &keys {
+        buyer.add_key(k.clone()).await?;
+    }
+    buyer.add_key(keys[0].clone()).await?;
+    buyer.add_key(early.clone()).await?;
+    assert_eq!(buyer.swap_keys().len(), MAX_KEYS_PER_FILTER + 6, "a key added twice is one");
+    let got = recv(&mut buyer_rx).await?;
+    assert_eq!((got.recipient, seq_of(&got)), (early.public_key(), Some(7)));
+
+    // The last key (in the second subscription) speaks and hears.
+    let last = keys[MAX_KEYS_PER_FILTER + 4].clone();
+    let as_last = SendOptions { from: Some(last.public_key()), ..Default::default() };
+    buyer.send_with(&seller.public_key(), &[], &request(0), as_last).await?;
+    let req = recv(&mut seller_rx).await?;
+    assert_eq!((req.sender, req.recipient), (last.public_key(), seller.public_key()));
+    assert_ne!(req.sender, buyer.public_key(), "the identity does not show");
+    seller.send(&req.sender, &[], &other(1)).await?;
+    let answer = recv(&mut buyer_rx).await?;
+    assert_eq!(
+        (answer.recipient, answer.sender, seq_of(&answer)),
+        (last.public_key(), seller.public_key(), Some(1))
+    );
+    // The identity is heard as before, and a key of the first subscription too.
+    seller.send(&buyer.public_key(), &[], &other(2)).await?;
+    assert_eq!(recv(&mut buyer_rx).await?.recipient, buyer.public_key());
+    seller.send(&keys[0].public_key(), &[], &other(3)).await?;
+    assert_eq!(recv(&mut buyer_rx).await?.recipient, keys[0].public_key());
+
+    // Given back: nothing more is heard on the key, and nothing can be sent as it.
+    buyer.remove_key(&last.public_key()).await;
+    assert!(!buyer.swap_keys().contains(&last.public_key()));
+    seller.send(&last.public_key(), &[], &other(4)).await?;
+    quiet(&mut buyer_rx, Duration::from_secs(2)).await?;
+    let refused = buyer.send_with(&seller.public_key(), &[], &request(5), as_last).await;
+    assert!(matches!(refused, Err(TransportError::UnknownKey(k)) if k == last.public_key()));
+    for k in keys.iter().chain([&early]) {
+        buyer.remove_key(&k.public_key()).await;
+    }
+    assert!(buyer.swap_keys().is_empty());
+    // The identity is still heard once every swap key is gone.
+    seller.send(&buyer.public_key(), &[], &other(6)).await?;
+    assert_eq!(seq_of(&recv(&mut buyer_rx).await?), Some(6));
+
+    buyer.shutdown().await;
+    seller.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}
+
+/// The keys `transport` asks the relay at `url` for (the `#p` of its subscriptions there).
+async fn keys_asked(transport: &NostrTransport, url: &str) -> Result<Vec<String>> {
+    use nostr_sdk::{Alphabet, SingleLetterTag};
+    let relay = transport.client().relay(url).await?;
+    let mut keys: Vec<String> = relay
+        .subscriptions()
+        .await
+        .values()
+        .flatten()
+        .filter_map(|f| f.generic_tags.get(&SingleLetterTag::lowercase(Alphabet::P)))
+        .flatten()
+        .cloned()
+        .collect();
+    keys.sort();
+    Ok(keys)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peers_relay_is_asked_only_for_the_keys_that_spoke_there() -> Result<()> {
+    // A buyer with two swap keys writes to a seller on the seller's relay with one of them: that
+    // relay is asked for that key's gift wraps only (the answer arrives), never for the buyer's
+    // identity or its other swap's key; the buyer's own relay is asked for all of them.
+    let (relay_s, url_s) = start_relay().await?;
+    let (relay_b, url_b) = start_relay().await?;
+    let (seller, mut seller_rx) = transport(config(&[&url_s])).await?;
+    let (buyer, mut buyer_rx) = transport(config(&[&url_b])).await?;
+    let (a, b) = (Keys::generate(), Keys::generate());
+    buyer.add_key(a.clone()).await?;
+    buyer.add_key(b.clone()).await?;
+    let as_a = SendOptions { from: Some(a.public_key()), ..Default::default() };
+    buyer.send_with(&seller.public_key(), std::slice::from_ref(&url_s), &request(0), as_a).await?;
+    assert_eq!(recv(&mut seller_rx).await?.sender, a.public_key());
+    seller.send(&a.public_key(), &[], &other(1)).await?;
+    let answer = recv(&mut buyer_rx).await?;
+    assert_eq!((answer.recipient, seq_of(&answer)), (a.public_key(), Some(1)));
+
+    assert_eq!(keys_asked(&buyer, &url_s).await?, vec![a.public_key().to_hex()]);
+    let mut all = [buyer.public_key(), a.public_key(), b.public_key()]
+        .iter()
+        .map(|k| k.to_hex())
+        .collect::<Vec<_>>();
+    all.sort();
+    assert_eq!(keys_asked(&buyer, &url_b).await?, all);
+    // Given back: no relay is asked for it any more.
+    buyer.remove_key(&a.public_key()).await;
+    assert!(keys_asked(&buyer, &url_s).await?.is_empty());
+    assert!(!keys_asked(&buyer, &url_b).await?.contains(&a.public_key().to_hex()));
+
+    buyer.shutdown().await;
+    seller.shutdown().await;
+    relay_s.shutdown();
+    relay_b.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_identity_is_asked_for_work_before_decrypting() -> Result<()> {
+    // A node serving only a proof-of-work offer, expecting no unmined message on its identity,
+    // drops unmined gift wraps to its identity unread; its sellers' unmined answers to a swap key
+    // are read.
+    let (relay, url) = start_relay().await?;
+    let (node, mut node_rx) = transport(config(&[&url])).await?;
+    let (peer, _p) = transport(config(&[&url])).await?;
+    let mut o = offer("worky", Network::Regtest, 10_000, 1_000_000, 0, 0);
+    o.pow_difficulty = Some(8);
+    node.publish_offer(&o).await?;
+    node.set_unmined_expected(false);
+    let swap_key = Keys::generate();
+    node.add_key(swap_key.clone()).await?;
+    peer.send(&node.public_key(), &[], &other(1)).await?;
+    peer.send(&swap_key.public_key(), &[], &other(2)).await?;
+    let got = recv(&mut node_rx).await?;
+    assert_eq!((got.recipient, seq_of(&got)), (swap_key.public_key(), Some(2)));
+    quiet(&mut node_rx, Duration::from_secs(1)).await?;
+    let st = node.stats().await;
+    assert_eq!((st.insufficient_pow, st.invalid), (1, 0), "{st:?}");
+
+    peer.shutdown().await;
+    node.shutdown().await;
     relay.shutdown();
     Ok(())
 }

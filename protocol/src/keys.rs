@@ -10,6 +10,7 @@
 //! | claim key (buyer) | `i'/1'` |
 //! | refund key (seller) | `i'/2'` |
 //! | preimage (seller) | `sha256("looper/preimage" ‖ secret key at i'/3')` |
+//! | (reserved: the node's Nostr key of the swap as a taker, `looper-node`) | `i'/1237'` |
 //!
 //! so a node restored from its seed alone finds every swap's keys by walking `i` upwards.
 

@@ -21,7 +21,9 @@ use looper_node::engine::io::{Clock, Entropy, SwapTransport, SwapWallet};
 use looper_node::lightning::{
     ChannelInfo, Lightning, LightningDelivery, LightningError, PayOutcome, PaymentInfo,
 };
-use looper_node::nostr::{EventId, Incoming, PublicKey as NostrKey, TransportError};
+use looper_node::nostr::{
+    EventId, Incoming, Keys as NostrKeys, PublicKey as NostrKey, TransportError,
+};
 use looper_node::store::{
     MemoryStore, RestoreState, StoreError, SwapEvent, SwapFilter, SwapRecord, SwapStore,
 };
@@ -266,7 +268,9 @@ impl Lightning for SimLightning {
     fn take_events(&self) -> Option<mpsc::Receiver<LightningDelivery>> {
         let (tx, rx) = mpsc::channel(64);
         let mut slot = self.events.lock().ok()?;
-        if slot.is_some() {
+        // Once per engine: a restarted engine takes them again when the last one's are gone
+        // (what was delivered to it and not acknowledged comes again, as after a crash).
+        if slot.as_ref().is_some_and(|tx| !tx.is_closed()) {
             return None;
         }
         *slot = Some(tx);
@@ -737,6 +741,10 @@ pub struct Packet {
     pub from: NodeIdx,
     /// Recipient.
     pub to: NodeIdx,
+    /// The key it was sent as (the sender's identity or one of its swap keys).
+    pub from_key: NostrKey,
+    /// The key it was sent to.
+    pub to_key: NostrKey,
     /// The message.
     pub envelope: Envelope,
 }
@@ -751,8 +759,15 @@ pub struct Wire {
     pub unacked: Vec<Vec<Packet>>,
     /// Delivered and acknowledged (for replays).
     pub delivered: Vec<Packet>,
-    /// Each node's Nostr key.
+    /// Each node's Nostr identity.
     pub keys: Vec<NostrKey>,
+    /// Every swap key a node ever held ([`SwapTransport::add_key`]), and whose it is (the relays
+    /// take messages to a key its node gave back, which never reads them).
+    pub swap_keys: std::collections::BTreeMap<NostrKey, NodeIdx>,
+    /// The swap keys held now.
+    pub held: std::collections::BTreeSet<NostrKey>,
+    /// Messages a node sent as a key it did not hold (an invariant violation of the test bed).
+    pub violations: Vec<String>,
     /// Offers published, per node.
     pub offers: Vec<Vec<Offer>>,
     next: u64,
@@ -772,10 +787,27 @@ impl Wire {
         h.to_byte_array()
     }
 
-    /// The message as the recipient's transport hands it over.
+    /// Whose key `key` is (an identity or a swap key).
+    pub fn owner(&self, key: &NostrKey) -> Option<NodeIdx> {
+        self.keys.iter().position(|k| k == key).or_else(|| self.swap_keys.get(key).copied())
+    }
+
+    /// A node restarts: its transport holds none of its swap keys until its engine adds them
+    /// again.
+    pub fn forget_swap_keys(&mut self, node: NodeIdx) {
+        let swap_keys = &self.swap_keys;
+        self.held.retain(|k| swap_keys.get(k) != Some(&node));
+    }
+
+    /// The message as the recipient's transport hands it over; `None` when it is addressed to a
+    /// swap key its node does not hold (now), which it does not read.
     pub fn incoming(&self, p: &Packet) -> Option<Incoming> {
+        if self.swap_keys.contains_key(&p.to_key) && !self.held.contains(&p.to_key) {
+            return None;
+        }
         Some(Incoming {
-            sender: *self.keys.get(p.from)?,
+            sender: p.from_key,
+            recipient: p.to_key,
             event_id: EventId::from_byte_array(p.id),
             relay: nostr_sdk::RelayUrl::parse("ws://127.0.0.1:1").ok()?,
             created_at: nostr_sdk::Timestamp::from(0),
@@ -812,6 +844,21 @@ impl SwapTransport for SimTransport {
             .unwrap_or_else(|| nostr_sdk::Keys::generate().public_key())
     }
 
+    async fn add_key(&self, keys: &NostrKeys) -> Result<(), TransportError> {
+        let mut wire = wire_lock(&self.wire);
+        let key = keys.public_key();
+        wire.swap_keys.insert(key, self.node);
+        wire.held.insert(key);
+        Ok(())
+    }
+
+    async fn remove_key(&self, key: &NostrKey) {
+        let mut wire = wire_lock(&self.wire);
+        if wire.swap_keys.get(key) == Some(&self.node) {
+            wire.held.remove(key);
+        }
+    }
+
     fn incoming(&self) -> Option<mpsc::Receiver<Incoming>> {
         None
     }
@@ -832,6 +879,7 @@ impl SwapTransport for SimTransport {
 
     async fn send(
         &self,
+        from: &NostrKey,
         peer: &NostrKey,
         _relays: &[String],
         envelope: &Envelope,
@@ -840,11 +888,29 @@ impl SwapTransport for SimTransport {
             return Err(TransportError::Shutdown);
         }
         let mut wire = wire_lock(&self.wire);
-        let Some(to) = wire.keys.iter().position(|k| k == peer) else {
+        let ours = wire.keys.get(self.node) == Some(from) || wire.held.contains(from);
+        if !ours || wire.owner(from) != Some(self.node) {
+            let what = format!(
+                "VIOLATION node {} sent {} of swap {} as a key it does not hold",
+                self.node,
+                envelope.body.kind_name(),
+                envelope.swap_id
+            );
+            wire.violations.push(what);
+            return Err(TransportError::UnknownKey(*from));
+        }
+        let Some(to) = wire.owner(peer) else {
             return Err(TransportError::NoRelays);
         };
         let id = wire.next_id();
-        wire.in_flight.push(Packet { id, from: self.node, to, envelope: envelope.clone() });
+        wire.in_flight.push(Packet {
+            id,
+            from: self.node,
+            to,
+            from_key: *from,
+            to_key: *peer,
+            envelope: envelope.clone(),
+        });
         Ok(())
     }
 

@@ -12,8 +12,8 @@ use bitcoin::Network;
 use looper_node::engine::io::SwapTransport;
 use looper_node::engine::EngineConfig;
 use looper_node::nostr::{
-    EventId, Incoming, MemoryProcessedEvents, NostrTransport, OfferFilter, PublicKey,
-    TransportConfig, TransportError,
+    EventId, Incoming, Keys as NostrKeys, MemoryProcessedEvents, NostrTransport, OfferFilter,
+    PublicKey, SendOptions, TransportConfig, TransportError,
 };
 use looper_node::store::SwapStore;
 use looper_protocol::buyer::BuyerPolicy;
@@ -90,10 +90,11 @@ pub struct PairOptions {
     pub auto_prepay: bool,
     /// The seller's budget for capital locked in unpaid HTLCs.
     pub seller_max_unpaid_locked_sat: Option<u64>,
-    /// The seller drops the buyer's requests (its key is on the block list).
+    /// The seller drops the buyer's requests (the key of the buyer's first swap is on the block
+    /// list: a buyer talks to a seller with a key of each swap).
     pub seller_blocks_buyer: bool,
-    /// The seller blocks the buyer's key at runtime (through [`Engine::block_peer`], as the API
-    /// does) before the buyer takes the offer.
+    /// The seller blocks the key of the buyer's first swap at runtime (through
+    /// [`Engine::block_peer`], as the API does) before the buyer takes the offer.
     ///
     /// [`Engine::block_peer`]: looper_node::engine::Engine::block_peer
     pub seller_blocks_buyer_at_runtime: bool,
@@ -153,6 +154,12 @@ impl SwapTransport for MockWireTransport {
     fn public_key(&self) -> PublicKey {
         self.inner.public_key()
     }
+    async fn add_key(&self, keys: &NostrKeys) -> Result<(), TransportError> {
+        self.inner.add_key(keys.clone()).await
+    }
+    async fn remove_key(&self, key: &PublicKey) {
+        self.inner.remove_key(key).await;
+    }
     fn incoming(&self) -> Option<mpsc::Receiver<Incoming>> {
         self.inner.incoming()
     }
@@ -161,10 +168,12 @@ impl SwapTransport for MockWireTransport {
     }
     async fn send(
         &self,
+        from: &PublicKey,
         peer: &PublicKey,
         relays: &[String],
         envelope: &Envelope,
     ) -> Result<(), TransportError> {
+        let opts = SendOptions { from: Some(*from), ..SendOptions::default() };
         if let Some(silent) = &self.silent_after_accept {
             if silent.load(std::sync::atomic::Ordering::Relaxed) {
                 return Ok(());
@@ -185,23 +194,24 @@ impl SwapTransport for MockWireTransport {
                 let delay = Duration::from_millis(thread_rng().gen_range(0..300));
                 tokio::spawn(async move {
                     tokio::time::sleep(delay).await;
-                    let _ = t.send(&peer, &relays, &env).await;
+                    let _ = t.send_with(&peer, &relays, &env, opts).await;
                 });
             } else {
-                self.inner.send(peer, relays, &env).await?;
+                self.inner.send_with(peer, relays, &env, opts).await?;
             }
         }
         Ok(())
     }
     async fn send_with_pow(
         &self,
+        from: &PublicKey,
         peer: &PublicKey,
         relays: &[String],
         envelope: &Envelope,
         pow: u8,
     ) -> Result<(), TransportError> {
         // A buyer's messages to a proof-of-work seller: the wire mocks leave them alone.
-        SwapTransport::send_with_pow(&self.inner, peer, relays, envelope, pow).await
+        SwapTransport::send_with_pow(&self.inner, from, peer, relays, envelope, pow).await
     }
     fn set_unmined_expected(&self, expected: bool) {
         self.inner.set_unmined_expected(expected);
@@ -234,6 +244,26 @@ pub struct Pair {
     buyer_stop: Option<oneshot::Sender<()>>,
     seller_stop: Option<oneshot::Sender<()>>,
     runs: Vec<JoinHandle<()>>,
+    buyer_run: Option<JoinHandle<()>>,
+    /// The buyer's identity (a restarted buyer connects with it again).
+    buyer_keys: Keys,
+    /// The seller's identity.
+    seller_keys: Keys,
+    relays: Vec<String>,
+}
+
+/// The Nostr key the buyer's swap of key index `index` talks to the seller with
+/// (`looper_node::seed::swap_nostr_secret_key` of the buyer's swap master).
+///
+/// # Errors
+/// The key cannot be derived (an index of 2^31 or more).
+pub fn buyer_swap_key(index: u32) -> Result<PublicKey, PairError> {
+    let master = crate::node::master(BUYER)?;
+    let secret = looper_node::seed::swap_nostr_secret_key(&master, index)
+        .map_err(|e| PairError::Other(e.to_string()))?;
+    let secret = nostr_sdk::SecretKey::from_slice(&secret.secret_bytes())
+        .map_err(|e| PairError::Other(e.to_string()))?;
+    Ok(Keys::new(secret).public_key())
 }
 
 /// A Nostr transport for a test node, acknowledging by hand as looper-node does.
@@ -241,7 +271,14 @@ pub struct Pair {
 /// # Errors
 /// The transport does not connect.
 pub async fn transport(relays: &[String]) -> Result<NostrTransport, PairError> {
-    let keys = Keys::generate();
+    transport_with(&Keys::generate(), relays).await
+}
+
+/// As [`transport`], with the identity `keys`.
+///
+/// # Errors
+/// The transport does not connect.
+pub async fn transport_with(keys: &Keys, relays: &[String]) -> Result<NostrTransport, PairError> {
     let mut c = TransportConfig::new(keys.secret_key().to_secret_bytes(), relays.to_vec());
     c.retry_interval = Duration::from_secs(1);
     c.fetch_timeout = Duration::from_secs(3);
@@ -285,8 +322,10 @@ impl Pair {
             w.mine();
             w.mine_min_fee_rate_sat_vb = o.mine_min_fee_rate_sat_vb;
         }
-        let seller_t = transport(&o.relays).await?;
-        let buyer_t = transport(&o.relays).await?;
+        let seller_keys = Keys::generate();
+        let seller_t = transport_with(&seller_keys, &o.relays).await?;
+        let buyer_keys = Keys::generate();
+        let buyer_t = transport_with(&buyer_keys, &o.relays).await?;
         let wire = |t: &NostrTransport| -> Arc<dyn SwapTransport> {
             Arc::new(MockWireTransport {
                 inner: t.clone(),
@@ -316,11 +355,11 @@ impl Pair {
             seller_config.auto_prepay = true;
         }
         if o.seller_blocks_buyer {
-            seller_config.blocked_peers = vec![buyer_t.public_key().to_hex()];
+            seller_config.blocked_peers = vec![buyer_swap_key(0)?.to_hex()];
         }
         let seller = SimNode::start(&world, SELLER, seller_wire, seller_config, 1).await?;
         if o.seller_blocks_buyer_at_runtime {
-            seller.engine.block_peer(buyer_t.public_key(), Some("blocked at runtime"))?;
+            seller.engine.block_peer(buyer_swap_key(0)?, Some("blocked at runtime"))?;
         }
         let buyer =
             SimNode::start(&world, BUYER, wire(&buyer_t), config(SellerPolicy::default()), 2)
@@ -379,6 +418,10 @@ impl Pair {
             buyer_stop: None,
             seller_stop: None,
             runs: Vec::new(),
+            buyer_run: None,
+            buyer_keys,
+            seller_keys,
+            relays: o.relays.clone(),
         };
         pair.run_engines();
         pair.spawn_driver(o.block_interval);
@@ -395,13 +438,51 @@ impl Pair {
             let run = tokio::spawn(node.engine.clone().run(async move {
                 let _ = rx.await;
             }));
-            self.runs.push(run);
             if idx == BUYER {
+                self.buyer_run = Some(run);
                 self.buyer_stop = Some(tx);
             } else {
+                self.runs.push(run);
                 self.seller_stop = Some(tx);
             }
         }
+    }
+
+    /// The seller's identity keys (a test may speak as the seller beside its node).
+    pub fn seller_keys(&self) -> &Keys {
+        &self.seller_keys
+    }
+
+    /// The buyer's process ends: its engine stops (waited for), its transport disconnects.
+    /// [`Pair::restart_buyer`] starts it again.
+    pub async fn kill_buyer(&mut self) {
+        self.stop_buyer();
+        if let Some(run) = self.buyer_run.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), run).await;
+        }
+        self.buyer_t.shutdown().await;
+    }
+
+    /// The buyer's process starts again as after a restore from its seed (killed first if it
+    /// runs): a new transport (the same identity, no processed events: every stored gift wrap
+    /// comes again) and a new engine over its store. The engine's resume has the transport
+    /// listen to the open swaps' own keys again.
+    ///
+    /// # Errors
+    /// The transport or the engine does not start.
+    pub async fn restart_buyer(&mut self) -> Result<(), PairError> {
+        if self.buyer_run.is_some() {
+            self.kill_buyer().await;
+        }
+        self.buyer_t = transport_with(&self.buyer_keys, &self.relays).await?;
+        self.buyer.transport = Arc::new(self.buyer_t.clone());
+        self.buyer.restart().await?;
+        let (tx, rx) = oneshot::channel::<()>();
+        self.buyer_run = Some(tokio::spawn(self.buyer.engine.clone().run(async move {
+            let _ = rx.await;
+        })));
+        self.buyer_stop = Some(tx);
+        Ok(())
     }
 
     fn spawn_driver(&mut self, block_interval: Duration) {
@@ -525,7 +606,7 @@ impl Pair {
             let _ = stop.send(true);
             let _ = task.await;
         }
-        for r in self.runs.drain(..) {
+        for r in self.runs.drain(..).chain(self.buyer_run.take()) {
             let _ = tokio::time::timeout(Duration::from_secs(10), r).await;
         }
         self.buyer_t.shutdown().await;

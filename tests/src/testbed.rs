@@ -203,6 +203,9 @@ pub async fn run(sc: Scenario) -> Result<Outcome, Failure> {
     }
     bed.settle().await?;
     let (claimed, refunded) = bed.check_end()?;
+    if bed.sc.malice.is_none_or(|(who, _)| who != BUYER) {
+        bed.check_keys()?;
+    }
     let w = lock(&bed.world);
     let seller_txids: Vec<_> =
         w.broadcasts.iter().filter(|(n, _)| *n == SELLER).map(|(_, t)| *t).collect();
@@ -324,7 +327,7 @@ impl Bed {
         // Restart dead nodes now and then.
         for idx in [BUYER, SELLER] {
             if self.nodes[idx].is_dead() && self.rng.gen_bool(0.3) {
-                if let Err(e) = self.nodes[idx].restart().await {
+                if let Err(e) = self.restart(idx).await {
                     self.log(format!("node {idx} restart failed: {e}"));
                 }
             }
@@ -584,7 +587,7 @@ impl Bed {
                 *c = None;
             }
             if self.nodes[idx].is_dead() {
-                self.nodes[idx].restart().await.map_err(|e| fail(self, format!("restart: {e}")))?;
+                self.restart(idx).await.map_err(|e| fail(self, format!("restart: {e}")))?;
             }
         }
         for round in 0..400 {
@@ -658,9 +661,43 @@ impl Bed {
         })
     }
 
+    /// Restarts node `idx` as a new process: its transport holds none of its swap keys until
+    /// the engine's resume adds them again.
+    async fn restart(&mut self, idx: usize) -> Result<(), looper_node::engine::EngineError> {
+        lock_wire(&self.wire).forget_swap_keys(idx);
+        self.nodes[idx].restart().await
+    }
+
     fn check_now(&self) -> Result<(), Failure> {
         if let Some(v) = self.trace.iter().find(|l| l.starts_with("VIOLATION")) {
             return Err(fail(self, v.clone()));
+        }
+        if let Some(v) = lock_wire(&self.wire).violations.first().cloned() {
+            return Err(fail(self, v));
+        }
+        Ok(())
+    }
+
+    /// The seller saw each of the buyer's swaps come from a key of that swap only: never the
+    /// buyer's identity, never a key of another swap (spec `04-nostr.md`, "Keys").
+    fn check_keys(&self) -> Result<(), Failure> {
+        let buyer = lock_wire(&self.wire).keys[BUYER].to_hex();
+        let records = self.nodes[SELLER].store.inner.list_swaps(&SwapFilter::default());
+        let mut peers = std::collections::BTreeSet::new();
+        for r in records.unwrap_or_default() {
+            let Ok(rec) = looper_protocol::record::SwapRecord::from_bytes(&r.data) else {
+                continue;
+            };
+            let looper_protocol::record::SwapRecord::Seller(s) = rec else { continue };
+            if s.peer() == buyer {
+                return Err(fail(
+                    self,
+                    format!("swap {}: the buyer's identity reached the seller", r.id),
+                ));
+            }
+            if !peers.insert(s.peer().to_string()) {
+                return Err(fail(self, format!("swap {}: a buyer key of another swap", r.id)));
+            }
         }
         Ok(())
     }

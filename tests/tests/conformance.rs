@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Result};
 use bitcoin::Network;
 use looper_conformance::fakes::InvoiceTamper;
-use looper_conformance::pair::{transport, Pair, PairOptions, SELLER};
+use looper_conformance::pair::{
+    buyer_swap_key, transport, transport_with, Pair, PairOptions, SELLER,
+};
 use looper_node::engine::BlockSource;
 use looper_node::nostr::wire::{self, Envelope};
 use looper_node::nostr::{Incoming, SendOptions};
@@ -354,7 +356,9 @@ async fn a_blocked_key_gets_nothing() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_blocked_at_runtime_gets_nothing_until_unblocked() -> Result<()> {
     let (relay, _, mut p) = setup(|o| o.seller_blocks_buyer_at_runtime = true).await?;
-    let buyer = p.buyer_t.public_key();
+    // The buyer talks to the seller with its swap's own key: that is the key the seller sees,
+    // and blocks.
+    let buyer = buyer_swap_key(0)?;
     // Blocked through the engine, as `POST /v1/seller/blocked` does: in memory and in the store.
     assert!(p.seller.engine.is_blocked(&buyer));
     let listed = p.seller.engine.blocked_peers()?;
@@ -366,31 +370,149 @@ async fn a_key_blocked_at_runtime_gets_nothing_until_unblocked() -> Result<()> {
     assert_eq!(buyer_state(&p).map(|s| s.name()), Some("Requested"), "no answer to a blocked key");
     assert!(p.seller.engine.swap_ids().await.is_empty(), "no seller swap");
 
-    // Unblocked: the buyer's next request is served to the end.
+    // Unblocked: the buyer's request, sent again by its restarted node from the same key, is
+    // served to the end.
     assert!(p.seller.engine.unblock_peer(&buyer)?);
     assert!(!p.seller.engine.unblock_peer(&buyer)?, "unblocking twice changes nothing");
     assert!(!p.seller.engine.is_blocked(&buyer));
     assert!(p.seller.store.inner.blocked_keys()?.is_empty());
-    let seller = p.seller_t.public_key();
-    let next =
-        p.buyer.engine.take_offer(p.offer.clone(), seller, 200_000, BuyerPolicy::default()).await?;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let b = p.buyer.engine.swap_state(next).await.map(|s| s.0);
-        let s = p.seller.engine.swap_state(next).await.map(|s| s.0);
-        if b.as_deref() == Some("Claimed") && s.as_deref() == Some("Claimed") {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(anyhow!("next swap: buyer {b:?}, seller {s:?}; log {:?}", p.log_tail(30)));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    p.restart_buyer().await?;
+    p.wait_for(CLAIMED, CLAIMED, Duration::from_secs(60)).await?;
 
     // Blocked again, the key stays blocked across a restart (loaded from the store).
     p.seller.engine.block_peer(buyer, None)?;
     p.seller.restart().await?;
     assert!(p.seller.engine.is_blocked(&buyer), "the block list is loaded at start");
+    p.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}
+
+/// Waits (bounded) until `swap` is in one of `states` on both nodes.
+async fn wait_swap(p: &Pair, swap: looper_protocol::SwapId, states: &[&str]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let b = p.buyer.engine.swap_state(swap).await.map(|s| s.0);
+        let s = p.seller.engine.swap_state(swap).await.map(|s| s.0);
+        let done = |x: &Option<String>| x.as_deref().is_some_and(|x| states.contains(&x));
+        if done(&b) && done(&s) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(anyhow!(
+                "swap {swap}: buyer {b:?}, seller {s:?}; log {:?}",
+                p.log_tail(30)
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_swap_of_a_buyer_talks_with_a_key_of_its_own() -> Result<()> {
+    // One buyer, two swaps with one seller: the seller sees two keys, neither the buyer's
+    // identity, each derived from the seed by the swap's key index; a message of the seller to
+    // one swap's key about the other swap is refused; both swaps complete; the keys are given
+    // back once the swaps ended.
+    let (relay, url, p) = setup(|o| o.mock_payment_delay_blocks = 10).await?;
+    let seller = p.seller_t.public_key();
+    let first = p.swap_id;
+    let second =
+        p.buyer.engine.take_offer(p.offer.clone(), seller, 150_000, BuyerPolicy::default()).await?;
+    wait_swap(&p, first, &["Accepted", "Funded", "Paid", "Claimed"]).await?;
+    wait_swap(&p, second, &["Accepted", "Funded", "Paid", "Claimed"]).await?;
+
+    let identity = p.buyer_t.public_key();
+    let mut keys = Vec::new();
+    for id in [first, second] {
+        let buyer_side = p.buyer.engine.swap_record(id).await.ok_or(anyhow!("no buyer swap"))?;
+        let seller_side = p.seller.engine.swap_record(id).await.ok_or(anyhow!("no seller swap"))?;
+        let looper_protocol::record::SwapRecord::Seller(s) = seller_side else {
+            return Err(anyhow!("not a seller swap"));
+        };
+        let key = buyer_swap_key(buyer_side.key_index())?;
+        assert_eq!(s.peer(), key.to_hex(), "the seller sees the swap's own key");
+        assert_ne!(key, identity, "never the buyer's identity");
+        keys.push(key);
+    }
+    assert_ne!(keys[0], keys[1], "one key per swap");
+    let mut held = p.buyer_t.swap_keys();
+    held.sort();
+    let mut want = keys.clone();
+    want.sort();
+    assert_eq!(held, want, "the buyer's transport listens to both swaps' keys");
+
+    // The seller (its identity, the peer of both swaps) writes to the first swap's key about
+    // the second swap: not the second swap's message. The buyer answers from the first swap's
+    // key as it would about a swap it does not know.
+    let spy = transport_with(p.seller_keys(), std::slice::from_ref(&url)).await?;
+    let mut srx = spy.incoming().ok_or_else(|| anyhow!("incoming taken"))?;
+    let abort = Envelope::new(
+        second,
+        1,
+        Message::SwapAbort(SwapAbort { reason: AbortReason::UserRequested, message: None }),
+    );
+    spy.send(&keys[0], &[], &abort).await?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let m = match tokio::time::timeout(left, srx.recv()).await {
+            Ok(Some(m)) => m,
+            _ => return Err(anyhow!("no refusal of the misaddressed message")),
+        };
+        let refusal = m.sender == keys[0]
+            && m.message.as_ref().is_ok_and(|e| e.swap_id == second)
+            && error_of(&m).is_ok_and(|e| e.code == ErrorCode::UnknownSwap);
+        if refusal {
+            break;
+        }
+    }
+
+    wait_swap(&p, first, CLAIMED).await?;
+    wait_swap(&p, second, CLAIMED).await?;
+    for id in [first, second] {
+        let events = p.buyer.store.inner.swap_events(&id, 0)?;
+        assert!(
+            events.iter().any(|e| e.event["purpose"] == "cooperative_claim"),
+            "swap {id} claimed cooperatively: {events:?}"
+        );
+    }
+    // Both swaps ended: the buyer's transport stops listening to their keys.
+    let deadline = Instant::now() + WAIT;
+    while !p.buyer_t.swap_keys().is_empty() {
+        if Instant::now() > deadline {
+            return Err(anyhow!("keys still held: {:?}", p.buyer_t.swap_keys()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    spy.shutdown().await;
+    p.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restored_buyer_hears_its_seller_on_the_swap_key() -> Result<()> {
+    // The buyer's process ends once the seller accepted; the seller funds and tells it while it
+    // is away. The buyer comes back with a new transport and no processed events (as a node
+    // restored from its seed and backups): its engine listens to the swap's key again, reads
+    // what the seller sent there meanwhile, and the cooperative claim's round trip goes through
+    // that key.
+    let (relay, _, mut p) = setup(|o| {
+        o.buyer_policy = BuyerPolicy { min_confirmations: 3, ..BuyerPolicy::default() };
+    })
+    .await?;
+    p.wait_for(&["Accepted", "Funded"], &[], WAIT).await?;
+    let key = buyer_swap_key(0)?;
+    assert_eq!(p.buyer_t.swap_keys(), vec![key]);
+    p.kill_buyer().await;
+    p.wait_for(&[], &["Funded"], WAIT).await?;
+    p.restart_buyer().await?;
+    assert_eq!(p.buyer_t.swap_keys(), vec![key], "the resumed swap listens to its key again");
+    p.wait_for(CLAIMED, CLAIMED, Duration::from_secs(60)).await?;
+    assert_eq!(p.purposes(), vec![TxPurpose::Funding, TxPurpose::CooperativeClaim]);
+    let st = p.buyer_t.stats().await;
+    assert!(st.delivered > 0, "the new transport delivered the seller's answers: {st:?}");
     p.shutdown().await;
     relay.shutdown();
     Ok(())

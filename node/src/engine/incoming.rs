@@ -1,5 +1,10 @@
 //! Messages from peers: a known swap's messages are fed to it; a `swap_request` starts a seller
 //! swap; everything else is answered with an `error` (never an `error` to an `error`).
+//!
+//! A message is a swap's when it names the swap, comes from the swap's peer and is addressed to
+//! our key in that swap ([`Slot::local`]: the identity as a seller, the swap's own key as a
+//! buyer). Answers go out as the key the message was addressed to, so that a buyer swap's key
+//! never shows the identity or another swap's key. Only the identity takes swap requests.
 
 use std::sync::Arc;
 
@@ -13,6 +18,7 @@ use super::offers::FUNDING_FEE_RESERVE_SAT;
 use super::swaps::{Machine, Slot, UnpaidLock};
 use super::{blocking_store, Engine};
 use crate::nostr::{Incoming, PublicKey as NostrPublicKey};
+use crate::store::SwapRole;
 
 impl Engine {
     /// Handles one message delivered by the transport, then acknowledges it (marks it
@@ -43,7 +49,8 @@ impl Engine {
                     tracing::debug!(sender = %inc.sender, "decode-error reply rate limited");
                     return true;
                 }
-                if let Err(e) = self.inner.transport.send(&inc.sender, &[], &reply).await {
+                let transport = &self.inner.transport;
+                if let Err(e) = transport.send(&inc.recipient, &inc.sender, &[], &reply).await {
                     tracing::debug!(error = %e, "cannot send decode-error reply");
                 }
                 return true;
@@ -51,17 +58,31 @@ impl Engine {
         };
         let sender = inc.sender.to_hex();
         let id = env.swap_id;
+        let (me, to) = (&inc.recipient, &inc.sender);
+        let to_identity = *me == self.inner.transport.public_key();
+        if !to_identity && matches!(env.body, Message::SwapRequest(_)) {
+            // A buyer swap's own key sells nothing. No answer: any would tell the key apart.
+            tracing::debug!(swap = %id, "swap request to a swap's own key dropped");
+            return true;
+        }
         match self.inner.swaps.get(&id) {
-            Some(slot) if slot.peer == sender => self.on_peer_message(&slot, env).await,
-            Some(_) => {
-                tracing::warn!(swap = %id, sender = %sender, "message from a stranger for a known swap");
+            Some(slot) if slot.peer == sender && slot.local == *me => {
+                self.on_peer_message(&slot, env).await
+            }
+            Some(slot) => {
+                if slot.peer == sender {
+                    // The swap's own peer, to another of our keys (another swap's, or the
+                    // identity): not that swap's message. Answered as for a swap we do not know,
+                    // so that the answer does not link the two keys.
+                    tracing::warn!(swap = %id, sender = %sender, "message for a known swap to another of our keys");
+                } else {
+                    tracing::warn!(swap = %id, sender = %sender, "message from a stranger for a known swap");
+                }
                 if matches!(env.body, Message::SwapRequest(_)) {
                     // A live swap id from another key: never a second swap under that id.
-                    self.reply_error(&inc.sender, &env, ErrorCode::InvalidState, "swap id in use")
-                        .await;
+                    self.reply_error(me, to, &env, ErrorCode::InvalidState, "swap id in use").await;
                 } else {
-                    self.reply_error(&inc.sender, &env, ErrorCode::UnknownSwap, "unknown swap")
-                        .await;
+                    self.reply_error(me, to, &env, ErrorCode::UnknownSwap, "unknown swap").await;
                 }
                 true
             }
@@ -69,10 +90,17 @@ impl Engine {
                 Message::SwapRequest(_) => self.on_request(inc.sender, env).await,
                 Message::Error(_) => true,
                 _ => {
-                    // A finished swap (not in memory) or a stranger.
-                    let stored = blocking_store(|| self.inner.store.get_swap(&id)).ok().flatten();
-                    if stored.is_none() {
-                        self.reply_error(&inc.sender, &env, ErrorCode::UnknownSwap, "unknown swap")
+                    // A seller swap that finished (not in memory: no answer, its buyer may
+                    // still send), or a stranger. A buyer swap's key hears only its own swap,
+                    // which is in memory while the key is held; the identity never a buyer
+                    // swap's messages.
+                    let finished_sale = to_identity
+                        && blocking_store(|| self.inner.store.get_swap(&id))
+                            .ok()
+                            .flatten()
+                            .is_some_and(|r| r.role == SwapRole::Seller);
+                    if !finished_sale {
+                        self.reply_error(me, to, &env, ErrorCode::UnknownSwap, "unknown swap")
                             .await;
                     }
                     true
@@ -104,8 +132,11 @@ impl Engine {
         }
     }
 
+    /// Answers `env` from `to` with an `error`, as `from` (the key `env` was addressed to);
+    /// never an `error` to an `error`.
     pub(super) async fn reply_error(
         &self,
+        from: &NostrPublicKey,
         to: &NostrPublicKey,
         env: &Envelope,
         code: ErrorCode,
@@ -115,7 +146,7 @@ impl Engine {
             return;
         }
         let reply = Envelope::error_reply(env.swap_id, 0, ErrorMessage::new(code, message));
-        if let Err(e) = self.inner.transport.send(to, &[], &reply).await {
+        if let Err(e) = self.inner.transport.send(from, to, &[], &reply).await {
             tracing::debug!(error = %e, "cannot send error reply");
         }
     }
@@ -124,6 +155,7 @@ impl Engine {
     async fn on_request(&self, sender: NostrPublicKey, env: Envelope) -> bool {
         let Message::SwapRequest(req) = env.body.clone() else { return true };
         let id = env.swap_id;
+        let me = self.inner.transport.public_key();
         if self.is_blocked(&sender) {
             tracing::debug!(swap = %id, sender = %sender, "swap request from a blocked key dropped");
             return true;
@@ -136,7 +168,7 @@ impl Engine {
             .flatten()
             .and_then(|v| serde_json::from_value::<Offer>(v).ok());
         let Some(offer) = offer else {
-            self.reply_error(&sender, &env, ErrorCode::UnknownOffer, "no such offer").await;
+            self.reply_error(&me, &sender, &env, ErrorCode::UnknownOffer, "no such offer").await;
             return true;
         };
         if !self.has_room(&mut self.inner.swaps.select(|_| true).iter().map(|(_, s)| s)) {
@@ -145,7 +177,7 @@ impl Engine {
         }
         if let Err((code, why)) = self.can_serve(&offer, req.amount_sat) {
             tracing::info!(swap = %id, amount_sat = req.amount_sat, reason = %why, "swap request refused");
-            self.reply_error(&sender, &env, code, &why).await;
+            self.reply_error(&me, &sender, &env, code, &why).await;
             return true;
         }
         let keys = match blocking_store(|| self.inner.store.next_swap_index())
@@ -155,7 +187,7 @@ impl Engine {
             Ok(k) => k,
             Err(e) => {
                 tracing::error!(error = %e, "cannot derive swap keys");
-                self.reply_error(&sender, &env, ErrorCode::Internal, "internal error").await;
+                self.reply_error(&me, &sender, &env, ErrorCode::Internal, "internal error").await;
                 return true;
             }
         };
@@ -163,7 +195,7 @@ impl Engine {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "no refund address");
-                self.reply_error(&sender, &env, ErrorCode::Internal, "internal error").await;
+                self.reply_error(&me, &sender, &env, ErrorCode::Internal, "internal error").await;
                 return true;
             }
         };
@@ -173,7 +205,7 @@ impl Engine {
         {
             Ok((swap, actions)) => {
                 let amount_sat = swap.request().amount_sat;
-                let slot = Arc::new(Slot::new(Machine::Seller(swap)));
+                let slot = Arc::new(Slot::new(Machine::Seller(swap), me, false));
                 // Locked before anyone else can see it: its first actions run before any other
                 // event of this swap.
                 let mut machine = slot.machine.lock().await;
@@ -199,7 +231,7 @@ impl Engine {
             Err(err) => {
                 tracing::info!(swap = %id, error = %err.message, "swap request refused");
                 let reply = Envelope::error_reply(id, 0, err);
-                if let Err(e) = self.inner.transport.send(&sender, &[], &reply).await {
+                if let Err(e) = self.inner.transport.send(&me, &sender, &[], &reply).await {
                     tracing::debug!(error = %e, "cannot send error reply");
                 }
                 true
@@ -283,7 +315,9 @@ impl Engine {
 
     async fn refuse_busy(&self, sender: &NostrPublicKey, env: &Envelope) {
         tracing::info!(swap = %env.swap_id, "swap request refused: too many swaps");
-        self.reply_error(sender, env, ErrorCode::RateLimited, "too many swaps in progress").await;
+        let me = self.inner.transport.public_key();
+        self.reply_error(&me, sender, env, ErrorCode::RateLimited, "too many swaps in progress")
+            .await;
     }
 }
 

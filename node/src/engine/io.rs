@@ -19,7 +19,9 @@ use bitcoin::{Amount, FeeRate, ScriptBuf, Transaction};
 use looper_protocol::messages::{Envelope, Offer};
 use rand::{CryptoRng, RngCore};
 
-use crate::nostr::{EventId, Incoming, NostrTransport, PublicKey, SendOptions, TransportError};
+use crate::nostr::{
+    EventId, Incoming, Keys, NostrTransport, PublicKey, SendOptions, TransportError,
+};
 use crate::wallet::{CpfpTx, FundingTx, LooperWallet, WalletError};
 
 /// The node's on-chain wallet as the engine uses it: it pays HTLCs (seller) and receives claims
@@ -159,34 +161,58 @@ impl SwapWallet for BdkSwapWallet {
 }
 
 /// How swap messages and offers travel (Nostr gift wraps in production).
+///
+/// The node speaks with two kinds of keys: its identity ([`SwapTransport::public_key`]: its
+/// offers, and its swaps as a seller) and, as a buyer, one key per swap derived from the seed
+/// (`crate::seed::swap_nostr_secret_key`), held with [`SwapTransport::add_key`] for as long as
+/// the swap may hear from its seller (spec `04-nostr.md`, "Keys").
 #[async_trait]
 pub trait SwapTransport: Send + Sync {
-    /// This node's key as its peers see it.
+    /// This node's identity: the author of its offers and its key as a seller.
     fn public_key(&self) -> PublicKey;
+    /// Receives the messages addressed to `keys` too (delivered on
+    /// [`SwapTransport::incoming`] with it as [`Incoming::recipient`]) and sends as it: a buyer
+    /// swap's own key. Adding a key it holds changes nothing.
+    ///
+    /// # Errors
+    /// The relays could not be told (the key is held all the same, see
+    /// [`NostrTransport::add_key`]).
+    async fn add_key(&self, keys: &Keys) -> Result<(), TransportError>;
+    /// Stops receiving the messages addressed to `key` and forgets it (a swap that ended).
+    async fn remove_key(&self, key: &PublicKey);
     /// The stream of messages addressed to this node (once; `None` after the first call).
     fn incoming(&self) -> Option<tokio::sync::mpsc::Receiver<Incoming>>;
     /// Marks a delivered message processed: it is not delivered again, not even after a
     /// restart. Called only once what follows from it is persisted.
     fn ack(&self, event_id: &EventId) -> Result<bool, TransportError>;
-    /// Sends `envelope` to `peer` (through `relays` besides the node's own, when given).
+    /// Sends `envelope` to `peer` as `from` (the identity or a key given to
+    /// [`SwapTransport::add_key`]), through `relays` besides the node's own, when given.
+    ///
+    /// # Errors
+    /// [`TransportError::UnknownKey`] when `from` is neither; the transport's own failures.
     async fn send(
         &self,
+        from: &PublicKey,
         peer: &PublicKey,
         relays: &[String],
         envelope: &Envelope,
     ) -> Result<(), TransportError>;
     /// As [`SwapTransport::send`], with NIP-13 proof of work of `pow` bits on the gift wrap (a
     /// `swap_request` for an offer that asks for it). Without an override the work is skipped.
+    ///
+    /// # Errors
+    /// As [`SwapTransport::send`].
     async fn send_with_pow(
         &self,
+        from: &PublicKey,
         peer: &PublicKey,
         relays: &[String],
         envelope: &Envelope,
         _pow: u8,
     ) -> Result<(), TransportError> {
-        self.send(peer, relays, envelope).await
+        self.send(from, peer, relays, envelope).await
     }
-    /// Whether messages without proof of work may come (the node has swaps as a buyer): see
+    /// Whether messages without proof of work may come to the identity: see
     /// [`NostrTransport::set_unmined_expected`]. Without an override, nothing.
     fn set_unmined_expected(&self, _expected: bool) {}
     /// Publishes (or replaces) an offer.
@@ -201,6 +227,14 @@ impl SwapTransport for NostrTransport {
         NostrTransport::public_key(self)
     }
 
+    async fn add_key(&self, keys: &Keys) -> Result<(), TransportError> {
+        NostrTransport::add_key(self, keys.clone()).await
+    }
+
+    async fn remove_key(&self, key: &PublicKey) {
+        NostrTransport::remove_key(self, key).await;
+    }
+
     fn incoming(&self) -> Option<tokio::sync::mpsc::Receiver<Incoming>> {
         NostrTransport::incoming(self)
     }
@@ -211,21 +245,24 @@ impl SwapTransport for NostrTransport {
 
     async fn send(
         &self,
+        from: &PublicKey,
         peer: &PublicKey,
         relays: &[String],
         envelope: &Envelope,
     ) -> Result<(), TransportError> {
-        NostrTransport::send(self, peer, relays, envelope).await.map(|_| ())
+        let opts = SendOptions { from: Some(*from), ..SendOptions::default() };
+        NostrTransport::send_with(self, peer, relays, envelope, opts).await.map(|_| ())
     }
 
     async fn send_with_pow(
         &self,
+        from: &PublicKey,
         peer: &PublicKey,
         relays: &[String],
         envelope: &Envelope,
         pow: u8,
     ) -> Result<(), TransportError> {
-        let opts = SendOptions { pow: Some(pow), ..SendOptions::default() };
+        let opts = SendOptions { pow: Some(pow), from: Some(*from), ..SendOptions::default() };
         NostrTransport::send_with(self, peer, relays, envelope, opts).await.map(|_| ())
     }
 

@@ -18,6 +18,12 @@
 //! At start ([`Engine::start`]) every open swap is loaded, its keys derived again from the seed
 //! (`key_index`), and `resume` carried out.
 //!
+//! Nostr keys: the node's identity serves its offers and its swaps as a seller; each buyer swap
+//! talks to its seller with a key of its own ([`crate::seed::swap_nostr_secret_key`] of its key
+//! index), which the transport holds from the swap's start (or resume) until the swap can no
+//! longer hear from the seller. A message is the swap's only when it names the swap, comes from
+//! its peer and is addressed to the swap's key (spec `04-nostr.md`, "Keys").
+//!
 //! Locking: no engine-wide lock is held across an await. Each swap has its own lock, held while
 //! one of its events is handled (its events are handled one at a time, in arrival order); see
 //! [`swaps`](self) for the rules.
@@ -62,7 +68,7 @@ use self::io::{Clock, Entropy, SwapTransport, SwapWallet};
 use self::swaps::{Machine, Slot, SwapTable};
 use crate::chain::{ChainError, ChainSource};
 use crate::lightning::{Lightning, LightningDelivery, LightningEvent};
-use crate::nostr::{PublicKey as NostrPublicKey, RateLimit, RateLimiter};
+use crate::nostr::{Keys as NostrKeys, PublicKey as NostrPublicKey, RateLimit, RateLimiter};
 use crate::store::{StoreError, SwapStore};
 use crate::wallet::WalletError;
 
@@ -336,6 +342,9 @@ impl Engine {
             claim_flush: tokio::sync::Mutex::new(()),
             notifications,
         });
+        // Every message to the identity can be asked for proof of work: the sellers' answers to
+        // this node's buyer swaps go to the swaps' own keys.
+        inner.transport.set_unmined_expected(false);
         let engine = Engine { inner };
         if let Err(e) = engine.sync_wallet().await {
             tracing::warn!(error = %e, "wallet sync at start failed");
@@ -369,7 +378,8 @@ impl Engine {
                 }
             };
             tracing::info!(swap = %id, state = machine.state_name(), "resuming swap");
-            let slot = Arc::new(Slot::new(machine));
+            let (local, holds_key) = self.local_key(id, &machine).await;
+            let slot = Arc::new(Slot::new(machine, local, holds_key));
             if self.inner.swaps.insert_if(id, Arc::clone(&slot), |_| true).is_ok() {
                 self.resume_one(id, &slot).await;
             }
@@ -422,6 +432,76 @@ impl Engine {
             .map_err(|e| EngineError::Keys(e.to_string()))
     }
 
+    /// The Nostr keys of buyer swap `index` ([`crate::seed::swap_nostr_secret_key`]).
+    ///
+    /// # Errors
+    /// [`EngineError::Keys`] for an index of 2^31 or more.
+    fn swap_nostr_keys(&self, index: u32) -> Result<NostrKeys, EngineError> {
+        let secret = crate::seed::swap_nostr_secret_key(&self.inner.swap_master, index)
+            .map_err(|e| EngineError::Keys(e.to_string()))?;
+        let secret = nostr_sdk::SecretKey::from_slice(&secret.secret_bytes())
+            .map_err(|e| EngineError::Keys(e.to_string()))?;
+        Ok(NostrKeys::new(secret))
+    }
+
+    /// Has the transport hold buyer swap `id`'s own key (derived from `index`) and returns its
+    /// public key. A transport that could not tell its relays still holds it (its refetch asks
+    /// for it): logged.
+    ///
+    /// # Errors
+    /// [`EngineError::Keys`] when the key cannot be derived.
+    async fn hold_swap_key(&self, id: SwapId, index: u32) -> Result<NostrPublicKey, EngineError> {
+        let keys = self.swap_nostr_keys(index)?;
+        if let Err(e) = self.inner.transport.add_key(&keys).await {
+            tracing::warn!(swap = %id, error = %e, "cannot subscribe to the swap's own key yet");
+        }
+        Ok(keys.public_key())
+    }
+
+    /// Our key in a loaded swap, and whether the transport holds it for the swap: the
+    /// identity for a seller swap; the swap's own key for a buyer swap, held while it may hear
+    /// from its seller.
+    async fn local_key(&self, id: SwapId, machine: &Machine) -> (NostrPublicKey, bool) {
+        let identity = self.inner.transport.public_key();
+        if !machine.is_buyer() {
+            return (identity, false);
+        }
+        let tip = self.lock_ctx().tip_height;
+        let held = machine.hears_seller(tip);
+        let key = if held {
+            self.hold_swap_key(id, machine.key_index()).await
+        } else {
+            self.swap_nostr_keys(machine.key_index()).map(|k| k.public_key())
+        };
+        match key {
+            Ok(key) => (key, held),
+            Err(e) => {
+                // Only for an index with no hardened child, whose swap keys cannot be derived
+                // either: the swap never loads, so never speaks.
+                tracing::error!(swap = %id, error = %e, "cannot derive the swap's nostr key");
+                (identity, false)
+            }
+        }
+    }
+
+    /// Gives back the own keys of buyer swaps that can no longer hear from their seller
+    /// ([`Machine::hears_seller`]): the transport stops listening to them.
+    async fn release_swap_keys(&self) {
+        let tip = self.lock_ctx().tip_height;
+        // A pending swap keeps its key: only ended ones are looked at (under their lock).
+        let holding = self.inner.swaps.select(|s| {
+            s.holds_key.load(std::sync::atomic::Ordering::Relaxed)
+                && s.view().kind != StateKind::Pending
+        });
+        for (id, slot) in holding {
+            let done = !slot.machine.lock().await.hears_seller(tip);
+            if done && slot.holds_key.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                tracing::debug!(swap = %id, "the swap's own nostr key is released");
+                self.inner.transport.remove_key(&slot.local).await;
+            }
+        }
+    }
+
     /// Syncs the on-chain wallet.
     ///
     /// # Errors
@@ -470,6 +550,9 @@ impl Engine {
         let index = blocking_store(|| self.inner.store.next_swap_index())?;
         let keys = SwapKeys::derive(&self.inner.swap_master, index)
             .map_err(|e| EngineError::Keys(e.to_string()))?;
+        // The swap's own Nostr key: never the identity, so that the seller cannot link this swap
+        // to the node's other swaps.
+        let nostr_keys = self.swap_nostr_keys(index)?;
         let claim_destination = match destination {
             Some(spk) => spk,
             None => self.inner.wallet.new_script()?,
@@ -488,14 +571,16 @@ impl Engine {
         };
         let (swap, actions) = BuyerSwap::start(start, &ctx).map_err(EngineError::Refused)?;
         tracing::info!(swap = %swap_id, amount_sat, "taking offer");
-        let slot = Arc::new(Slot::new(Machine::Buyer(swap)));
+        let slot = Arc::new(Slot::new(Machine::Buyer(swap), nostr_keys.public_key(), true));
         let mut machine = slot.machine.lock().await;
         if self.inner.swaps.insert_if(swap_id, Arc::clone(&slot), |_| true).is_err() {
             return Err(EngineError::Swap("swap id collision".into()));
         }
-        // The seller's answers are not mined: from now on (before the request goes out, not at
-        // the next poll) the transport opens gift wraps without proof of work.
-        self.inner.transport.set_unmined_expected(true);
+        // Listening to the swap's key before the request goes out (stored answers would come
+        // all the same: the subscription has no `since`).
+        if let Err(e) = self.inner.transport.add_key(&nostr_keys).await {
+            tracing::warn!(swap = %swap_id, error = %e, "cannot subscribe to the swap's own key yet");
+        }
         self.carry_out(swap_id, &slot, &mut machine, actions).await;
         drop(machine);
         self.flush_queues().await;

@@ -90,6 +90,37 @@ impl Machine {
         }
     }
 
+    /// The swap's key index (its keys, preimage and, as a buyer, Nostr key derive from it).
+    pub(super) fn key_index(&self) -> u32 {
+        match self {
+            Machine::Buyer(b) => b.key_index(),
+            Machine::Seller(s) => s.key_index(),
+            Machine::Unloaded(r) => r.key_index(),
+        }
+    }
+
+    /// A buyer swap (it speaks with its own Nostr key, not the node's identity).
+    pub(super) fn is_buyer(&self) -> bool {
+        matches!(self, Machine::Buyer(_) | Machine::Unloaded(ProtoRecord::Buyer(_)))
+    }
+
+    /// A buyer swap that may still hear from its seller at tip `tip`, so keeps its Nostr key:
+    /// while pending, and once aborted with agreed terms until the HTLC's timeout (the seller
+    /// may ask to refund cooperatively until then).
+    pub(super) fn hears_seller(&self, tip: u32) -> bool {
+        match self {
+            Machine::Buyer(b) => match b.kind() {
+                StateKind::Pending => true,
+                _ => {
+                    matches!(b.state(), looper_protocol::buyer::BuyerState::Aborted { .. })
+                        && b.terms().is_some_and(|t| tip < t.htlc_params.timeout_height)
+                }
+            },
+            Machine::Unloaded(ProtoRecord::Buyer(r)) => r.kind() == StateKind::Pending,
+            _ => false,
+        }
+    }
+
     /// The swap's amount (the HTLC value).
     fn amount_sat(&self) -> u64 {
         match self {
@@ -282,6 +313,13 @@ pub(super) struct Watch {
 pub(super) struct Slot {
     /// The counterparty's Nostr key (hex); fixed for the swap's life.
     pub(super) peer: String,
+    /// Our Nostr key in this swap: the node's identity as a seller, the swap's own key as a
+    /// buyer (spec `04-nostr.md`, "Keys"). Its messages go out as this key, and only messages
+    /// addressed to it are the swap's. Fixed for the swap's life.
+    pub(super) local: NostrPublicKey,
+    /// A buyer swap's own key is held by the transport (given back once the swap can no longer
+    /// hear from its seller, [`Machine::hears_seller`]).
+    pub(super) holds_key: std::sync::atomic::AtomicBool,
     pub(super) machine: Mutex<Machine>,
     view: StdMutex<View>,
     pub(super) watch: StdMutex<Watch>,
@@ -295,9 +333,13 @@ fn locked<T>(m: &StdMutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Slot {
-    pub(super) fn new(machine: Machine) -> Slot {
+    /// A slot for `machine`, speaking as `local` (`holds_key`: a swap key the transport holds
+    /// for it).
+    pub(super) fn new(machine: Machine, local: NostrPublicKey, holds_key: bool) -> Slot {
         Slot {
             peer: machine.peer().to_string(),
+            local,
+            holds_key: std::sync::atomic::AtomicBool::new(holds_key),
             view: StdMutex::new(View::of(&machine)),
             machine: Mutex::new(machine),
             watch: StdMutex::new(Watch::default()),
@@ -522,23 +564,24 @@ impl Engine {
                     _ => None,
                 };
                 let request = matches!(env.body, Message::SwapRequest(_));
+                let transport = &self.inner.transport;
+                let from = &slot.local;
                 let sent = match pow.filter(|d| *d > 0) {
                     Some(bits) if !request => {
-                        self.inner.transport.send_with_pow(&pk, &relays, &env, bits).await
+                        transport.send_with_pow(from, &pk, &relays, &env, bits).await
                     }
                     Some(bits) => {
                         // Shown in the swap's events (`looper out` prints them as they come):
                         // at 20 bits and more this takes seconds.
                         self.notify(id, Notification::ProofOfWork { bits, millis: None });
                         let started = std::time::Instant::now();
-                        let sent =
-                            self.inner.transport.send_with_pow(&pk, &relays, &env, bits).await;
+                        let sent = transport.send_with_pow(from, &pk, &relays, &env, bits).await;
                         let millis =
                             u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
                         self.notify(id, Notification::ProofOfWork { bits, millis: Some(millis) });
                         sent
                     }
-                    None => self.inner.transport.send(&pk, &relays, &env).await,
+                    None => transport.send(from, &pk, &relays, &env).await,
                 };
                 if let Err(e) = sent {
                     tracing::warn!(swap = %id, error = %e, "cannot send swap message");

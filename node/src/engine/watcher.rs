@@ -53,14 +53,8 @@ impl Engine {
             if self.reprice_served_prepay() {
                 self.refresh_served_offer().await;
             }
-            // Sellers do not mine their messages: while this node buys, its transport checks
-            // proof of work after decrypting (on swap requests only).
-            let buying = !self
-                .inner
-                .swaps
-                .select(|s| !s.view().seller && s.view().kind == StateKind::Pending)
-                .is_empty();
-            self.inner.transport.set_unmined_expected(buying);
+            // Buyer swaps that ended stop listening to their own keys.
+            self.release_swap_keys().await;
             for (id, slot) in self.inner.swaps.select(Slot::needs_resume) {
                 self.resume_one(id, &slot).await;
             }

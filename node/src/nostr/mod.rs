@@ -8,7 +8,9 @@
 //!   [`NostrTransport::refresh_offers`] / [`NostrTransport::spawn_refresher`],
 //!   [`NostrTransport::discover_offers`];
 //! - swap messages: [`NostrTransport::send`] / [`NostrTransport::send_with`], and
-//!   [`NostrTransport::incoming`] for the decoded messages addressed to this node.
+//!   [`NostrTransport::incoming`] for the decoded messages addressed to this node: to its
+//!   identity, or to a swap's own key held with [`NostrTransport::add_key`] (a buyer talks to
+//!   each seller with a key of that swap only, spec `04-nostr.md`, "Keys").
 
 mod offers;
 mod processed;
@@ -18,7 +20,7 @@ pub(crate) use transport::{connection_mode, send_until_accepted};
 pub mod wire;
 mod wrap;
 
-pub use nostr_sdk::{EventId, PublicKey, Timestamp};
+pub use nostr_sdk::{EventId, Keys, PublicKey, Timestamp};
 pub use offers::{
     offer_event_builder, offer_relay_filter, parse_offer_event, select_offers, DiscoveredOffer,
     OfferFilter, OfferRejection, NETWORK_TAG,
@@ -27,7 +29,7 @@ pub use processed::{MemoryProcessedEvents, ProcessedEvents, ProcessedStoreError}
 pub use ratelimit::{RateLimit, RateLimiter};
 pub use transport::{
     Incoming, NostrTransport, RefreshHandle, SendOptions, SendReport, TransportConfig,
-    TransportError, TransportStats,
+    TransportError, TransportStats, MAX_KEYS_PER_FILTER,
 };
 pub use wrap::{
     build_gift_wrap, build_seal, committed_pow, event_size, max_gift_wrap_bytes, open_gift_wrap,

@@ -27,10 +27,21 @@ const REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 /// How far back that refetch looks: NIP-59's two days of randomised `created_at`, plus a day.
 const REFETCH_WINDOW: Duration = Duration::from_secs(3 * 24 * 3600);
 
+/// Most keys in the `#p` of one subscription filter: the swap keys read on a relay are spread
+/// over as many subscriptions as needed (relays bound the size of a filter).
+pub const MAX_KEYS_PER_FILTER: usize = 100;
+
+/// Id of the identity's subscription on each relay it is read on.
+const IDENTITY_SUBSCRIPTION: &str = "looper-identity";
+
+/// Prefix of the ids of the swap keys' subscriptions on a relay (`looper-swap-keys-0`, ...).
+const SWAP_KEYS_SUBSCRIPTION: &str = "looper-swap-keys-";
+
 /// Configuration of a [`NostrTransport`].
 #[derive(Clone)]
 pub struct TransportConfig {
-    /// The node's Nostr secret key (derived from the seed by the caller). Never logged.
+    /// The node's Nostr identity secret key (derived from the seed by the caller). Never logged.
+    /// Swap keys are added at runtime ([`NostrTransport::add_key`]).
     pub secret_key: [u8; 32],
     /// Our relays (`wss://` or `ws://` URLs): offers are published and messages received here.
     pub relays: Vec<String>,
@@ -167,6 +178,10 @@ pub enum TransportError {
     /// The transport was shut down.
     #[error("transport is shut down")]
     Shutdown,
+    /// A message was to be sent as a key the transport does not hold (neither the node's
+    /// identity nor a swap key added with [`NostrTransport::add_key`]).
+    #[error("not one of this node's keys: {0}")]
+    UnknownKey(PublicKey),
 }
 
 /// A swap message addressed to this node.
@@ -174,6 +189,9 @@ pub enum TransportError {
 pub struct Incoming {
     /// The peer's node key (author of the seal and of the rumor).
     pub sender: PublicKey,
+    /// Which of this node's keys the gift wrap is addressed to: its identity, or a swap's own
+    /// key ([`NostrTransport::add_key`]). Answers go out as this key.
+    pub recipient: PublicKey,
     /// Id of the gift wrap (the id persisted in [`ProcessedEvents`]).
     pub event_id: EventId,
     /// The relay it first arrived from.
@@ -194,6 +212,9 @@ pub struct SendOptions {
     pub pow: Option<u8>,
     /// Override [`TransportConfig::message_ttl`] for this message.
     pub ttl: Option<Duration>,
+    /// Seal the message with this key, one added with [`NostrTransport::add_key`] (a swap's own
+    /// key); `None`: the node's identity.
+    pub from: Option<PublicKey>,
 }
 
 /// What [`NostrTransport::send`] did.
@@ -249,7 +270,13 @@ fn bump(c: &AtomicU64) {
 
 struct Inner {
     client: Client,
+    /// The node's identity.
     keys: Keys,
+    /// Swap keys received and sent as besides the identity ([`NostrTransport::add_key`]).
+    swap_keys: StdMutex<HashMap<PublicKey, Keys>>,
+    /// Which of our keys each relay is asked for; held while relays are told of a change, so
+    /// that changes reach them in order.
+    listening: Mutex<Listening>,
     config: TransportConfig,
     our_relays: Vec<RelayUrl>,
     relay_opts: RelayOptions,
@@ -263,6 +290,19 @@ struct Inner {
     /// do not mine): the proof of work is then checked after decrypting, on swap requests only
     /// ([`NostrTransport::set_unmined_expected`]).
     unmined_expected: std::sync::atomic::AtomicBool,
+}
+
+/// Which of the node's keys each relay is asked for. A key is read on the node's own relays and
+/// on every relay it sent a message to (a peer's relays), nowhere else: a relay learns no key
+/// that did not speak there (a seller's relay sees neither the buyer's identity nor its swap keys
+/// with other sellers).
+#[derive(Default)]
+struct Listening {
+    /// Relays the identity is read on (subscription [`IDENTITY_SUBSCRIPTION`]).
+    identity: std::collections::HashSet<RelayUrl>,
+    /// Per relay, the swap keys read there, by subscription ([`SWAP_KEYS_SUBSCRIPTION`] and its
+    /// position), at most [`MAX_KEYS_PER_FILTER`] each; an emptied one is reused.
+    swap_keys: HashMap<RelayUrl, Vec<Vec<PublicKey>>>,
 }
 
 /// The Nostr side of a Looper node. Cheap to clone (shared state).
@@ -374,15 +414,12 @@ impl NostrTransport {
         client.connect().await;
         client.wait_for_connection(Duration::from_secs(5)).await;
 
-        // Gift wraps addressed to us, without `since`: NIP-59 randomises created_at up to two days
-        // into the past, so a `since` would silently skip messages. Duplicates are filtered below.
-        let filter = Filter::new().kind(Kind::GiftWrap).pubkey(keys.public_key());
-        client.subscribe(filter, None).await.map_err(|e| TransportError::Pool(e.to_string()))?;
-
         let (tx, rx) = mpsc::channel(config.channel_capacity.max(1));
         let inner = Arc::new(Inner {
             client,
             keys,
+            swap_keys: StdMutex::new(HashMap::new()),
+            listening: Mutex::new(Listening::default()),
             our_relays,
             relay_opts,
             processed,
@@ -399,17 +436,148 @@ impl NostrTransport {
         if let Ok(mut tasks) = inner.tasks.lock() {
             tasks.push(handle);
         }
+        let transport = Self { inner };
+        // Gift wraps addressed to us, without `since`: NIP-59 randomises created_at up to two days
+        // into the past, so a `since` would silently skip messages. Duplicates are filtered by
+        // the receiver. On our relays only: a peer's relay is asked for a key once it spoke
+        // there. Swap keys get subscriptions of their own as they come (`add_key`).
+        let identity = transport.inner.keys.public_key();
+        if let Err(e) = transport.listen(identity, &transport.inner.our_relays).await {
+            // Asked again at the next message the node sends as its identity there.
+            tracing::warn!(error = %e, "not every relay reads the node's key yet");
+        }
+        let inner = &transport.inner;
         tracing::info!(
             pubkey = %inner.keys.public_key(),
             relays = inner.our_relays.len(),
             "nostr transport started"
         );
-        Ok(Self { inner })
+        Ok(transport)
     }
 
     /// The node's Nostr public key (sellers advertise it as the author of their offers).
     pub fn public_key(&self) -> PublicKey {
         self.inner.keys.public_key()
+    }
+
+    /// Receives the gift wraps addressed to `keys` too, and lets [`SendOptions::from`] seal
+    /// messages with it: a buyer swap's own key, which its seller sees instead of the node's
+    /// identity (spec `04-nostr.md`, "Keys"). The relays are asked at once for the gift wraps
+    /// to it (stored ones included: no `since`), in a subscription of at most
+    /// [`MAX_KEYS_PER_FILTER`] keys; no connection is reopened. Adding a key twice, or the
+    /// identity, changes nothing.
+    ///
+    /// # Errors
+    /// [`TransportError::Pool`] when the relay pool refused the subscription: the key is held all
+    /// the same, and the periodic refetch asks the relays for its gift wraps.
+    pub async fn add_key(&self, keys: Keys) -> Result<(), TransportError> {
+        let key = keys.public_key();
+        if key == self.inner.keys.public_key() {
+            return Ok(());
+        }
+        lock(&self.inner.swap_keys).insert(key, keys);
+        self.listen(key, &self.inner.our_relays).await
+    }
+
+    /// Stops receiving the gift wraps addressed to `key` (added with
+    /// [`NostrTransport::add_key`]) and forgets it: on every relay that read it, the
+    /// subscription that held it is sent again without it, or closed when it held nothing
+    /// else. The identity cannot be removed.
+    pub async fn remove_key(&self, key: &PublicKey) {
+        let mut listening = self.inner.listening.lock().await;
+        if lock(&self.inner.swap_keys).remove(key).is_none() {
+            return;
+        }
+        for (url, subscriptions) in listening.swap_keys.iter_mut() {
+            let Some(position) = subscriptions.iter().position(|s| s.contains(key)) else {
+                continue;
+            };
+            let Some(subscription) = subscriptions.get_mut(position) else { continue };
+            subscription.retain(|k| k != key);
+            let id = swap_keys_subscription(position);
+            let Ok(relay) = self.inner.client.relay(url).await else { continue };
+            let told = if subscription.is_empty() {
+                relay.unsubscribe(&id).await
+            } else {
+                relay.subscribe_with_id(id, gift_wraps_to(subscription), Default::default()).await
+            };
+            if let Err(e) = told {
+                // That relay may keep sending the key's gift wraps: dropped unread (not ours).
+                tracing::debug!(relay = %url, error = %e, "cannot narrow a swap keys subscription");
+            }
+            while subscriptions.last().is_some_and(Vec::is_empty) {
+                subscriptions.pop();
+            }
+        }
+        listening.swap_keys.retain(|_, subscriptions| !subscriptions.is_empty());
+        tracing::debug!(keys = lock(&self.inner.swap_keys).len(), "swap key removed");
+    }
+
+    /// Asks each relay of `targets` (in the pool, connecting) that is not asked yet for the gift
+    /// wraps to `key`: the identity or a held swap key. A relay that refuses is not counted as
+    /// asked (the next message as `key` there asks again).
+    async fn listen(&self, key: PublicKey, targets: &[RelayUrl]) -> Result<(), TransportError> {
+        let identity = self.inner.keys.public_key();
+        let mut listening = self.inner.listening.lock().await;
+        let mut failed = None;
+        for url in targets {
+            let relay = match self.inner.client.relay(url).await {
+                Ok(r) => r,
+                Err(e) => {
+                    failed = Some(format!("{url}: {e}"));
+                    continue;
+                }
+            };
+            let (id, filter) = if key == identity {
+                if !listening.identity.insert(url.clone()) {
+                    continue;
+                }
+                (SubscriptionId::new(IDENTITY_SUBSCRIPTION), gift_wraps_to(&[key]))
+            } else {
+                let subscriptions = listening.swap_keys.entry(url.clone()).or_default();
+                if subscriptions.iter().any(|s| s.contains(&key)) {
+                    continue;
+                }
+                let position =
+                    match subscriptions.iter().position(|s| s.len() < MAX_KEYS_PER_FILTER) {
+                        Some(p) => p,
+                        None => {
+                            subscriptions.push(Vec::new());
+                            subscriptions.len() - 1
+                        }
+                    };
+                let Some(subscription) = subscriptions.get_mut(position) else { continue };
+                subscription.push(key);
+                (swap_keys_subscription(position), gift_wraps_to(subscription))
+            };
+            if let Err(e) = relay.subscribe_with_id(id, filter, Default::default()).await {
+                tracing::debug!(relay = %url, error = %e, "cannot subscribe");
+                failed = Some(format!("{url}: {e}"));
+                if key == identity {
+                    listening.identity.remove(url);
+                } else if let Some(subscriptions) = listening.swap_keys.get_mut(url) {
+                    // Sent again without it at the next change of that subscription.
+                    for s in subscriptions.iter_mut() {
+                        s.retain(|k| *k != key);
+                    }
+                }
+            }
+        }
+        if key != identity {
+            let on = listening.swap_keys.values().flatten().flatten().filter(|k| **k == key);
+            tracing::debug!(relays = on.count(), "swap key read");
+        }
+        match failed {
+            Some(reason) => Err(TransportError::Pool(reason)),
+            None => Ok(()),
+        }
+    }
+
+    /// The swap keys the transport holds besides the identity ([`NostrTransport::add_key`]).
+    pub fn swap_keys(&self) -> Vec<PublicKey> {
+        let mut keys: Vec<PublicKey> = lock(&self.inner.swap_keys).keys().copied().collect();
+        keys.sort();
+        keys
     }
 
     /// Our relays, as configured.
@@ -434,11 +602,13 @@ impl NostrTransport {
         Ok(self.inner.processed.mark_processed(event_id.to_bytes())?)
     }
 
-    /// Says whether messages without proof of work may come to this node (it has swaps in
-    /// progress as a buyer: sellers do not mine their messages). While not, and while every
-    /// offer it serves asks for proof of work, a gift wrap with less than the least of it is
-    /// dropped before it is decrypted (buyers mine every message to such a seller; spec
-    /// `04-nostr.md`). Starts `true` (checks after decrypting) until the engine says otherwise.
+    /// Says whether messages without proof of work may come to this node's identity. While not,
+    /// and while every offer it serves asks for proof of work, a gift wrap to the identity with
+    /// less than the least of it is dropped before it is decrypted (buyers mine every message to
+    /// such a seller; spec `04-nostr.md`). Gift wraps to a swap key ([`NostrTransport::add_key`]:
+    /// a buyer swap's, whose seller does not mine its answers) are never checked before
+    /// decrypting. Starts `true` (checks after decrypting) until the engine, whose buyer swaps
+    /// hear their sellers on their own keys, says otherwise.
     pub fn set_unmined_expected(&self, expected: bool) {
         self.inner.unmined_expected.store(expected, Ordering::Relaxed);
     }
@@ -527,7 +697,14 @@ impl NostrTransport {
             });
         }
         let expiration = now_plus(opts.ttl.unwrap_or(self.inner.config.message_ttl));
-        let seal = wrap::build_seal(&self.inner.keys, peer, content).await?;
+        let sender = match opts.from {
+            Some(key) if key != self.inner.keys.public_key() => lock(&self.inner.swap_keys)
+                .get(&key)
+                .cloned()
+                .ok_or(TransportError::UnknownKey(key))?,
+            _ => self.inner.keys.clone(),
+        };
+        let seal = wrap::build_seal(&sender, peer, content).await?;
         let receiver = *peer;
         let event = match opts.pow.filter(|d| *d > 0) {
             Some(d) => tokio::task::spawn_blocking(move || {
@@ -553,6 +730,11 @@ impl NostrTransport {
                 targets.push(url.clone());
             }
         }
+        // The key is read where it speaks: the peer answers on its relays.
+        self.add_relays(&targets).await;
+        if let Err(e) = self.listen(sender.public_key(), &targets).await {
+            tracing::debug!(error = %e, "not every relay reads the sending key yet");
+        }
         self.deliver(&event, targets).await
     }
 
@@ -564,17 +746,7 @@ impl NostrTransport {
         targets: Vec<RelayUrl>,
     ) -> Result<SendReport, TransportError> {
         let client = &self.inner.client;
-        for url in &targets {
-            match client.pool().add_relay(url.clone(), self.inner.relay_opts.clone()).await {
-                Ok(true) => {
-                    if let Err(e) = client.connect_relay(url.clone()).await {
-                        tracing::debug!(relay = %url, error = %e, "cannot connect peer relay");
-                    }
-                }
-                Ok(false) => {}
-                Err(e) => tracing::debug!(relay = %url, error = %e, "cannot add peer relay"),
-            }
-        }
+        self.add_relays(&targets).await;
         let timeout = self.inner.config.send_timeout;
         let event_bytes = wrap::event_size(event);
         match send_until_accepted(client, &targets, event, timeout).await {
@@ -583,6 +755,22 @@ impl NostrTransport {
             }
             Err(last_error) => {
                 Err(TransportError::NotDelivered { event_id: event.id, timeout, last_error })
+            }
+        }
+    }
+
+    /// Adds the relays of `targets` the pool does not have yet, and connects them.
+    async fn add_relays(&self, targets: &[RelayUrl]) {
+        let client = &self.inner.client;
+        for url in targets {
+            match client.pool().add_relay(url.clone(), self.inner.relay_opts.clone()).await {
+                Ok(true) => {
+                    if let Err(e) = client.connect_relay(url.clone()).await {
+                        tracing::debug!(relay = %url, error = %e, "cannot connect peer relay");
+                    }
+                }
+                Ok(false) => {}
+                Err(e) => tracing::debug!(relay = %url, error = %e, "cannot add peer relay"),
             }
         }
     }
@@ -762,37 +950,54 @@ impl Receiver {
 
     /// Asks our relays again for the gift wraps addressed to us (all of them, or those dated
     /// from `since`: NIP-59 dates a wrap up to two days in the past, so a window must be wider).
+    /// Every key of the node is asked for (the identity and the swap keys, at most
+    /// [`MAX_KEYS_PER_FILTER`] per request).
     async fn refetch(&mut self, since: Option<Timestamp>) -> bool {
-        let mut filter = Filter::new().kind(Kind::GiftWrap).pubkey(self.inner.keys.public_key());
-        if let Some(since) = since {
-            filter = filter.since(since);
-        }
-        match self
-            .inner
-            .client
-            .fetch_events_from(
-                self.inner.our_relays.clone(),
-                filter,
-                self.inner.config.fetch_timeout,
-            )
-            .await
-        {
-            Ok(events) => {
-                let relay = self.inner.our_relays.first().cloned();
-                for event in events {
-                    if let Some(relay) = relay.clone() {
-                        if !self.handle(relay, event).await {
-                            return false;
+        let mut keys = vec![self.inner.keys.public_key()];
+        keys.extend(lock(&self.inner.swap_keys).keys().copied());
+        for chunk in keys.chunks(MAX_KEYS_PER_FILTER) {
+            let mut filter = gift_wraps_to(chunk);
+            if let Some(since) = since {
+                filter = filter.since(since);
+            }
+            let fetched = self
+                .inner
+                .client
+                .fetch_events_from(
+                    self.inner.our_relays.clone(),
+                    filter,
+                    self.inner.config.fetch_timeout,
+                )
+                .await;
+            match fetched {
+                Ok(events) => {
+                    let relay = self.inner.our_relays.first().cloned();
+                    for event in events {
+                        if let Some(relay) = relay.clone() {
+                            if !self.handle(relay, event).await {
+                                return false;
+                            }
                         }
                     }
                 }
-                true
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "refetching gift wraps failed");
-                true
+                Err(e) => tracing::warn!(error = %e, "refetching gift wraps failed"),
             }
         }
+        true
+    }
+
+    /// The key of this node a gift wrap is addressed to (its `p` tag): the identity or a swap
+    /// key.
+    fn recipient(&self, event: &Event) -> Option<Keys> {
+        let me = self.inner.keys.public_key();
+        let swap_keys = lock(&self.inner.swap_keys);
+        event.tags.public_keys().find_map(|p| {
+            if *p == me {
+                Some(self.inner.keys.clone())
+            } else {
+                swap_keys.get(p).cloned()
+            }
+        })
     }
 
     fn remember(&mut self, id: EventId) -> bool {
@@ -810,10 +1015,11 @@ impl Receiver {
 
     /// Handles one event; returns `false` when the consumer is gone.
     async fn handle(&mut self, relay: RelayUrl, event: Event) -> bool {
-        let me = self.inner.keys.public_key();
-        if event.kind != Kind::GiftWrap || !event.tags.public_keys().any(|p| *p == me) {
+        if event.kind != Kind::GiftWrap {
             return true;
         }
+        let Some(recipient) = self.recipient(&event) else { return true };
+        let to_identity = recipient.public_key() == self.inner.keys.public_key();
         let inner = Arc::clone(&self.inner);
         let c = &inner.counters;
         bump(&c.received);
@@ -840,8 +1046,9 @@ impl Receiver {
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "processed-events store unavailable"),
         }
-        if !self.inner.unmined_expected.load(Ordering::Relaxed) {
-            // Every message to this node must carry the work: check it before decrypting.
+        if to_identity && !self.inner.unmined_expected.load(Ordering::Relaxed) {
+            // Every message to this node's identity must carry the work: check it before
+            // decrypting. (A swap key hears only its seller's answers, which are not mined.)
             let (floor, bits) = (pow_floor(&inner).await, wrap::committed_pow(&event));
             if bits < floor {
                 bump(&c.insufficient_pow);
@@ -850,7 +1057,7 @@ impl Receiver {
                 return true;
             }
         }
-        let opened = match wrap::open_gift_wrap(&self.inner.keys, &event).await {
+        let opened = match wrap::open_gift_wrap(&recipient, &event).await {
             Ok(o) => o,
             Err(e) => {
                 bump(&c.invalid);
@@ -907,6 +1114,7 @@ impl Receiver {
         bump(&c.delivered);
         let incoming = Incoming {
             sender: opened.sender,
+            recipient: recipient.public_key(),
             event_id: event.id,
             relay,
             created_at: opened.created_at,
@@ -921,6 +1129,21 @@ impl Receiver {
             tracing::warn!(error = %e, "cannot persist processed event id");
         }
     }
+}
+
+/// The subscription id of a relay's swap keys at `position` of [`Listening::swap_keys`].
+fn swap_keys_subscription(position: usize) -> SubscriptionId {
+    SubscriptionId::new(format!("{SWAP_KEYS_SUBSCRIPTION}{position}"))
+}
+
+/// The gift wraps addressed to any of `keys`.
+fn gift_wraps_to(keys: &[PublicKey]) -> Filter {
+    Filter::new().kind(Kind::GiftWrap).pubkeys(keys.iter().copied())
+}
+
+/// A short lock: a panic while holding it leaves plain data behind, so keep going.
+fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// The proof of work every gift wrap to this node must carry to be decrypted (while it expects

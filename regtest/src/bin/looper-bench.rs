@@ -242,9 +242,10 @@ async fn concurrent(cli: &Cli, binary: &std::path::Path, dir: &std::path::Path) 
     let mut seller = NodeSpec::seller("seller");
     seller.max_concurrent_swaps = u32::try_from(total).unwrap_or(u32::MAX).max(1);
     seller.offer.timeout_delta = cli.timeout_delta;
-    // Without per-swap Nostr keys (issue 17 item 7), a buyer's K requests and messages all come
-    // from one key, and the seller's answers to one buyer all from one key: raise the per-sender
-    // limits of every node beyond K swaps at once (the node's defaults stay as they are).
+    // The seller's answers to one buyer all come from its one key (a buyer counts them over all
+    // its swaps; its own requests come from one key per swap): raise the per-sender limits of
+    // every node beyond K swaps at once, as in the published runs (the node's defaults stay as
+    // they are).
     let limits =
         (k > 1).then(|| PeerLimits::for_swaps_at_once(u32::try_from(k).unwrap_or(u32::MAX)));
     seller.peer_limits = limits;
