@@ -1531,6 +1531,17 @@ fn validate_electrum_url(url: &str) -> Result<(), ConfigError> {
     let Some(rest) = ["tcp://", "ssl://"].iter().find_map(|s| url.strip_prefix(s)) else {
         return Err(invalid(key, format!("{url:?} is not {form}")));
     };
+    validate_host_port(key, form, url, rest)
+}
+
+/// Checks the `HOST:PORT` that is `rest` of `url` (a host name, an IPv4 or a bracketed IPv6
+/// address, nothing after the port), for setting `key` of the given `form`.
+fn validate_host_port(
+    key: &'static str,
+    form: &str,
+    url: &str,
+    rest: &str,
+) -> Result<(), ConfigError> {
     let Some((host, port)) = rest.rsplit_once(':') else {
         return Err(invalid(key, format!("{url:?} has no port: it is not {form}")));
     };
@@ -1561,20 +1572,7 @@ fn validate_bitcoind_url(url: &str) -> Result<(), ConfigError> {
     let Some(rest) = url.strip_prefix("http://") else {
         return Err(invalid(key, format!("{url:?} is not {form}")));
     };
-    let Some((host, port)) = rest.rsplit_once(':') else {
-        return Err(invalid(key, format!("{url:?} has no port: it is not {form}")));
-    };
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    let host_ok = !host.is_empty()
-        && !host.contains(['/', '@', '?', '#'])
-        && !host.chars().any(char::is_whitespace);
-    if !host_ok {
-        return Err(invalid(key, format!("{url:?} has no valid host: it is not {form}")));
-    }
-    match port.parse::<u16>() {
-        Ok(p) if p > 0 => Ok(()),
-        _ => Err(invalid(key, format!("{url:?} has no valid port: it is not {form}"))),
-    }
+    validate_host_port(key, form, url, rest)
 }
 
 /// Reads a network setting (`None`: not set anywhere).
