@@ -109,9 +109,9 @@ pub fn export_swap(
                 leaf: SpendLeaf::Refund,
                 key_index,
                 derivation_path: path(2),
-                pubkey: p.seller_refund_key.to_string(),
+                pubkey: p.refund_key.to_string(),
                 musig_derivation_path: path(0),
-                musig_pubkey: p.seller_musig_key.to_string(),
+                musig_pubkey: p.locker_musig_key.to_string(),
             };
             (
                 SwapRole::Seller,
@@ -181,8 +181,8 @@ fn exported_htlc(
         confirmed_height: funding.and_then(|(_, h)| h),
         output_key: htlc.output_key().to_string(),
         internal_key: htlc.internal_key().to_string(),
-        seller_musig_pubkey: p.seller_musig_key.to_string(),
-        buyer_musig_pubkey: p.buyer_musig_key.to_string(),
+        seller_musig_pubkey: p.locker_musig_key.to_string(),
+        buyer_musig_pubkey: p.claimer_musig_key.to_string(),
         merkle_root: htlc
             .merkle_root()
             .map(|r| r.to_byte_array().to_lower_hex_string())
@@ -191,13 +191,13 @@ fn exported_htlc(
         claim_leaf: leaf(
             htlc.claim_script(),
             htlc.claim_control_block(),
-            &p.buyer_claim_key,
+            &p.claim_key,
             "claim",
         )?,
         refund_leaf: leaf(
             htlc.refund_script(),
             htlc.refund_control_block(),
-            &p.seller_refund_key,
+            &p.refund_key,
             "refund",
         )?,
     })

@@ -38,10 +38,10 @@ fn fixture() -> Fixture {
         .expect("buyer keys");
     let params = HtlcParams {
         payment_hash: seller.payment_hash(),
-        buyer_claim_key: buyer.claim_pubkey(),
-        seller_refund_key: seller.refund_pubkey(),
-        seller_musig_key: seller.musig_pubkey(),
-        buyer_musig_key: buyer.musig_pubkey(),
+        claim_key: buyer.claim_pubkey(),
+        refund_key: seller.refund_pubkey(),
+        locker_musig_key: seller.musig_pubkey(),
+        claimer_musig_key: buyer.musig_pubkey(),
         timeout_height: 800_144,
         network: Network::Regtest,
     };
@@ -75,7 +75,7 @@ fn musig_key_path_claim(f: &Fixture) -> Transaction {
     let sighash = tx.sighash(0).expect("sighash");
     let session = InitiatorSession::new(
         &f.htlc,
-        Signer::Buyer,
+        Signer::Claimer,
         f.buyer.musig().secret_key(),
         sighash,
         &mut rng,
@@ -83,7 +83,7 @@ fn musig_key_path_claim(f: &Fixture) -> Transaction {
     .expect("session");
     let (seller_nonce, seller_partial) = musig::respond(
         &f.htlc,
-        Signer::Seller,
+        Signer::Locker,
         &f.seller.musig().secret_key(),
         &sighash,
         &session.public_nonce(),

@@ -89,10 +89,10 @@ fn batch_table() -> Res<()> {
             let buyer = SwapKeys::derive(&master(2)?, i)?;
             let htlc = Htlc::new(HtlcParams {
                 payment_hash: seller.payment_hash(),
-                buyer_claim_key: buyer.claim_pubkey(),
-                seller_refund_key: seller.refund_pubkey(),
-                seller_musig_key: seller.musig_pubkey(),
-                buyer_musig_key: buyer.musig_pubkey(),
+                claim_key: buyer.claim_pubkey(),
+                refund_key: seller.refund_pubkey(),
+                locker_musig_key: seller.musig_pubkey(),
+                claimer_musig_key: buyer.musig_pubkey(),
                 timeout_height: 1_000,
                 network: Network::Regtest,
             })?;

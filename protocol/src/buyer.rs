@@ -971,10 +971,10 @@ impl BuyerSwap {
         }
         let htlc_params = HtlcParams {
             payment_hash: accept.payment_hash,
-            buyer_claim_key: self.rec.claim_pubkey,
-            seller_refund_key: accept.seller_refund_pubkey,
-            seller_musig_key: accept.seller_musig_pubkey,
-            buyer_musig_key: self.rec.musig_pubkey,
+            claim_key: self.rec.claim_pubkey,
+            refund_key: accept.seller_refund_pubkey,
+            locker_musig_key: accept.seller_musig_pubkey,
+            claimer_musig_key: self.rec.musig_pubkey,
             timeout_height: accept.timeout_height,
             network: self.rec.core.offer.network,
         };
@@ -1580,7 +1580,7 @@ impl BuyerSwap {
         let rate = self.claim_fee_rate(ctx, KEY_PATH_SPEND_VBYTES, None).unwrap_or(ctx.fee_rate);
         let (tx_hex, buyer_nonce) = self.live.start_coop(
             &self.htlc()?,
-            Signer::Buyer,
+            Signer::Claimer,
             output.outpoint,
             terms.quote.htlc_amount_sat,
             self.rec.claim_destination.clone(),
@@ -1909,7 +1909,7 @@ impl BuyerSwap {
         let htlc = self.htlc()?;
         let answer = req.tx().map_err(|e| e.to_string()).and_then(|tx| {
             let (amount_sat, outpoint) = (terms.quote.htlc_amount_sat, output.outpoint);
-            let who = Signer::Buyer;
+            let who = Signer::Claimer;
             self.live.cosign(&htlc, who, tx, outpoint, amount_sat, &req.seller_nonce, "refund", rng)
         });
         let mut actions = Vec::new();

@@ -1,10 +1,10 @@
 //! The swap contract: a taproot HTLC (spec `03-transactions.md`, "The HTLC output").
 //!
 //! ```text
-//! internal key  = KeyAgg(seller_musig_key, buyer_musig_key)        (BIP-0327, this fixed order)
+//! internal key  = KeyAgg(locker_musig_key, claimer_musig_key)        (BIP-0327, this fixed order)
 //! claim leaf    = OP_SIZE 32 OP_EQUALVERIFY OP_HASH160 <ripemd160(H)> OP_EQUALVERIFY
-//!                 <buyer_claim_xonly> OP_CHECKSIG
-//! refund leaf   = <seller_refund_xonly> OP_CHECKSIGVERIFY <timeout_height> OP_CHECKLOCKTIMEVERIFY
+//!                 <claim_xonly> OP_CHECKSIG
+//! refund leaf   = <refund_xonly> OP_CHECKSIGVERIFY <timeout_height> OP_CHECKLOCKTIMEVERIFY
 //! output        = P2TR(internal key + BIP-0341 taptweak of the tree {claim, refund})
 //! ```
 //!
@@ -44,19 +44,28 @@ pub enum HtlcSpendPath {
 }
 
 /// Everything both parties agree on that determines the HTLC output.
+///
+/// The keys are named by money role, the same in both directions: the **locker** made the
+/// preimage, locks the BTC and may refund after the timeout (the seller in a loop out, the taker
+/// in a loop in); the **claimer** pays the invoice and claims with the preimage. Records, vectors
+/// and backups keep the names of the loop-out roles (`buyer_claim_key`, ...) on disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HtlcParams {
     /// `sha256(preimage)`; the claim leaf commits to `ripemd160` of it.
     pub payment_hash: PaymentHash,
-    /// The buyer's key in the claim leaf.
-    pub buyer_claim_key: XOnlyPublicKey,
-    /// The seller's key in the refund leaf.
-    pub seller_refund_key: XOnlyPublicKey,
-    /// The seller's MuSig2 key (first in the key aggregation).
-    pub seller_musig_key: PublicKey,
-    /// The buyer's MuSig2 key (second in the key aggregation).
-    pub buyer_musig_key: PublicKey,
-    /// Absolute block height from which the seller may refund through the refund leaf.
+    /// The claimer's key in the claim leaf.
+    #[serde(rename = "buyer_claim_key")]
+    pub claim_key: XOnlyPublicKey,
+    /// The locker's key in the refund leaf.
+    #[serde(rename = "seller_refund_key")]
+    pub refund_key: XOnlyPublicKey,
+    /// The locker's MuSig2 key (first in the key aggregation).
+    #[serde(rename = "seller_musig_key")]
+    pub locker_musig_key: PublicKey,
+    /// The claimer's MuSig2 key (second in the key aggregation).
+    #[serde(rename = "buyer_musig_key")]
+    pub claimer_musig_key: PublicKey,
+    /// Absolute block height from which the locker may refund through the refund leaf.
     pub timeout_height: u32,
     /// The network the address is for.
     pub network: Network,
@@ -144,13 +153,13 @@ impl Htlc {
         if params.timeout_height >= LOCKTIME_THRESHOLD {
             return Err(HtlcError::TimeoutIsTimestamp(params.timeout_height));
         }
-        if params.seller_musig_key == params.buyer_musig_key {
+        if params.locker_musig_key == params.claimer_musig_key {
             return Err(HtlcError::DuplicateMusigKey);
         }
-        let claim_script = claim_leaf(&params.payment_hash, &params.buyer_claim_key);
-        let refund_script = refund_leaf(&params.seller_refund_key, params.timeout_height);
+        let claim_script = claim_leaf(&params.payment_hash, &params.claim_key);
+        let refund_script = refund_leaf(&params.refund_key, params.timeout_height);
 
-        let untweaked = KeyAggContext::new([params.seller_musig_key, params.buyer_musig_key])
+        let untweaked = KeyAggContext::new([params.locker_musig_key, params.claimer_musig_key])
             .map_err(|e| HtlcError::KeyAgg(e.to_string()))?;
         let agg: PublicKey = untweaked.aggregated_pubkey();
         let internal_key = agg.x_only_public_key().0;
@@ -327,7 +336,7 @@ impl Htlc {
 }
 
 /// The claim leaf: `OP_SIZE 32 OP_EQUALVERIFY OP_HASH160 <ripemd160(H)> OP_EQUALVERIFY <key> OP_CHECKSIG`.
-pub fn claim_leaf(payment_hash: &PaymentHash, buyer_claim_key: &XOnlyPublicKey) -> ScriptBuf {
+pub fn claim_leaf(payment_hash: &PaymentHash, claim_key: &XOnlyPublicKey) -> ScriptBuf {
     ScriptBuf::builder()
         .push_opcode(OP_SIZE)
         .push_int(32)
@@ -335,15 +344,15 @@ pub fn claim_leaf(payment_hash: &PaymentHash, buyer_claim_key: &XOnlyPublicKey) 
         .push_opcode(OP_HASH160)
         .push_slice(payment_hash.hash160())
         .push_opcode(OP_EQUALVERIFY)
-        .push_x_only_key(buyer_claim_key)
+        .push_x_only_key(claim_key)
         .push_opcode(OP_CHECKSIG)
         .into_script()
 }
 
 /// The refund leaf: `<key> OP_CHECKSIGVERIFY <timeout_height> OP_CHECKLOCKTIMEVERIFY`.
-pub fn refund_leaf(seller_refund_key: &XOnlyPublicKey, timeout_height: u32) -> ScriptBuf {
+pub fn refund_leaf(refund_key: &XOnlyPublicKey, timeout_height: u32) -> ScriptBuf {
     ScriptBuf::builder()
-        .push_x_only_key(seller_refund_key)
+        .push_x_only_key(refund_key)
         .push_opcode(OP_CHECKSIGVERIFY)
         .push_int(i64::from(timeout_height))
         .push_opcode(OP_CLTV)

@@ -27,10 +27,12 @@ use crate::htlc::Htlc;
 /// The two signers of an HTLC's key path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Signer {
-    /// The seller (first key in the aggregation).
-    Seller,
-    /// The buyer (second key in the aggregation).
-    Buyer,
+    /// The locker: made the preimage, locked the BTC, refunds (first key in the aggregation; the
+    /// seller of a loop out).
+    Locker,
+    /// The claimer: pays the invoice, claims (second key in the aggregation; the buyer of a loop
+    /// out).
+    Claimer,
 }
 
 /// What went wrong in a MuSig2 signing session.
@@ -95,8 +97,8 @@ fn our_key_check(htlc: &Htlc, who: Signer, seckey: &SecretKey) -> Result<PublicK
     let secp = Secp256k1::signing_only();
     let pk = seckey.public_key(&secp);
     let expected = match who {
-        Signer::Seller => htlc.params().seller_musig_key,
-        Signer::Buyer => htlc.params().buyer_musig_key,
+        Signer::Locker => htlc.params().locker_musig_key,
+        Signer::Claimer => htlc.params().claimer_musig_key,
     };
     if pk == expected {
         Ok(pk)
@@ -107,8 +109,8 @@ fn our_key_check(htlc: &Htlc, who: Signer, seckey: &SecretKey) -> Result<PublicK
 
 fn their_key(htlc: &Htlc, us: Signer) -> PublicKey {
     match us {
-        Signer::Seller => htlc.params().buyer_musig_key,
-        Signer::Buyer => htlc.params().seller_musig_key,
+        Signer::Locker => htlc.params().claimer_musig_key,
+        Signer::Claimer => htlc.params().locker_musig_key,
     }
 }
 
@@ -221,8 +223,8 @@ impl InitiatorSession {
             musig2::sign_partial(&self.key_agg, self.seckey, self.secnonce.0, &agg_nonce, msg)
                 .map_err(|e| MusigError::Signing(e.to_string()))?;
         let partials = match self.who {
-            Signer::Seller => [ours, their_partial],
-            Signer::Buyer => [their_partial, ours],
+            Signer::Locker => [ours, their_partial],
+            Signer::Claimer => [their_partial, ours],
         };
         let sig: schnorr::Signature =
             musig2::aggregate_partial_signatures(&self.key_agg, &agg_nonce, partials, msg)
@@ -261,8 +263,8 @@ pub fn respond<R: RngCore + CryptoRng>(
 /// order keeps the code obvious.
 fn aggregate_nonces(us: Signer, ours: &PubNonce, theirs: &PubNonce) -> AggNonce {
     match us {
-        Signer::Seller => AggNonce::sum([ours, theirs]),
-        Signer::Buyer => AggNonce::sum([theirs, ours]),
+        Signer::Locker => AggNonce::sum([ours, theirs]),
+        Signer::Claimer => AggNonce::sum([theirs, ours]),
     }
 }
 

@@ -376,10 +376,10 @@ impl SellerSwap {
             .ok_or_else(|| err(ErrorCode::Internal, "timeout overflow"))?;
         let htlc_params = HtlcParams {
             payment_hash: keys.payment_hash(),
-            buyer_claim_key: request.buyer_claim_pubkey,
-            seller_refund_key: keys.refund_pubkey(),
-            seller_musig_key: keys.musig_pubkey(),
-            buyer_musig_key: request.buyer_musig_pubkey,
+            claim_key: request.buyer_claim_pubkey,
+            refund_key: keys.refund_pubkey(),
+            locker_musig_key: keys.musig_pubkey(),
+            claimer_musig_key: request.buyer_musig_pubkey,
             timeout_height,
             network: offer.network,
         };
@@ -451,7 +451,7 @@ impl SellerSwap {
     /// [`SwapError::Internal`] when the record's HTLC does not build.
     pub fn load(record: SellerRecord, keys: SwapKeys) -> Result<Self, SwapError> {
         if keys.index() != record.core.key_index
-            || keys.musig_pubkey() != record.htlc_params.seller_musig_key
+            || keys.musig_pubkey() != record.htlc_params.locker_musig_key
             || keys.payment_hash() != record.htlc_params.payment_hash
         {
             return Err(SwapError::WrongKeys { key_index: record.core.key_index });
@@ -966,7 +966,7 @@ impl SellerSwap {
         let answer = req.tx().map_err(|e| e.to_string()).and_then(|tx| {
             let amount_sat = self.rec.quote.htlc_amount_sat;
             let (htlc, outpoint) = (&self.htlc, funding.outpoint);
-            let who = Signer::Seller;
+            let who = Signer::Locker;
             self.live.cosign(htlc, who, tx, outpoint, amount_sat, &req.buyer_nonce, "claim", rng)
         });
         match answer {
@@ -1000,7 +1000,7 @@ impl SellerSwap {
         let rate = self.refund_fee_rate(ctx, KEY_PATH_SPEND_VBYTES, None).unwrap_or(ctx.fee_rate);
         let (tx_hex, seller_nonce) = self.live.start_coop(
             &self.htlc,
-            Signer::Seller,
+            Signer::Locker,
             funding.outpoint,
             amount_sat,
             destination,

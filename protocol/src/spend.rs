@@ -320,7 +320,7 @@ impl SpendTx {
         if preimage.payment_hash() != params.payment_hash {
             return Err(SpendError::WrongPreimage);
         }
-        if claim_key.x_only_public_key().0 != params.buyer_claim_key {
+        if claim_key.x_only_public_key().0 != params.claim_key {
             return Err(SpendError::WrongKey(SpendPath::ClaimScript));
         }
         let control = input.htlc.claim_control_block().ok_or(SpendError::ControlBlock(index))?;
@@ -345,7 +345,7 @@ impl SpendTx {
         refund_key: &Keypair,
     ) -> Result<(), SpendError> {
         let input = self.input(index, SpendPath::RefundScript)?;
-        if refund_key.x_only_public_key().0 != input.htlc.params().seller_refund_key {
+        if refund_key.x_only_public_key().0 != input.htlc.params().refund_key {
             return Err(SpendError::WrongKey(SpendPath::RefundScript));
         }
         let control = input.htlc.refund_control_block().ok_or(SpendError::ControlBlock(index))?;

@@ -29,8 +29,8 @@ fn fee_rate(sat_vb: u64) -> FeeRate {
 fn cooperative(p: &Pair, spend: &mut SpendTx, index: usize, initiator: Signer) {
     let sighash = spend.sighash(index).unwrap();
     let (ours, theirs, responder) = match initiator {
-        Signer::Buyer => (&p.buyer, &p.seller, Signer::Seller),
-        Signer::Seller => (&p.seller, &p.buyer, Signer::Buyer),
+        Signer::Claimer => (&p.buyer, &p.seller, Signer::Locker),
+        Signer::Locker => (&p.seller, &p.buyer, Signer::Claimer),
     };
     let session =
         InitiatorSession::new(&p.htlc, initiator, ours.musig().secret_key(), sighash, &mut OsRng)
@@ -57,7 +57,7 @@ fn single(p: &Pair, path: SpendPath) -> SpendTx {
 fn cooperative_claim_is_111_vbytes_and_valid() {
     let p = pair(0, TIMEOUT);
     let mut spend = single(&p, SpendPath::KeyPath);
-    cooperative(&p, &mut spend, 0, Signer::Buyer);
+    cooperative(&p, &mut spend, 0, Signer::Claimer);
     let prevouts = spend.prevouts().to_vec();
     let fee = spend.fee();
     let tx = spend.finalize().unwrap();
@@ -72,7 +72,7 @@ fn cooperative_claim_is_111_vbytes_and_valid() {
 fn cooperative_refund_is_valid_before_the_timeout() {
     let p = pair(1, TIMEOUT);
     let mut spend = single(&p, SpendPath::KeyPath);
-    cooperative(&p, &mut spend, 0, Signer::Seller);
+    cooperative(&p, &mut spend, 0, Signer::Locker);
     let prevouts = spend.prevouts().to_vec();
     let tx = spend.finalize().unwrap();
     assert_eq!(tx.lock_time, LockTime::ZERO, "a cooperative refund needs no timeout");
@@ -131,9 +131,9 @@ fn batch_claim_mixes_key_and_script_paths() {
         })
         .collect();
     let mut spend = SpendTx::build(inputs, destination(), fee_rate(5)).unwrap();
-    cooperative(&swaps[0], &mut spend, 0, Signer::Buyer);
+    cooperative(&swaps[0], &mut spend, 0, Signer::Claimer);
     spend.sign_claim_script(1, swaps[1].buyer.claim(), swaps[1].seller.preimage()).unwrap();
-    cooperative(&swaps[2], &mut spend, 2, Signer::Buyer);
+    cooperative(&swaps[2], &mut spend, 2, Signer::Claimer);
     let prevouts = spend.prevouts().to_vec();
     let tx = spend.finalize().unwrap();
     // One shared transaction overhead instead of three.
@@ -231,7 +231,7 @@ fn corrupted_partial_signature_is_refused_before_aggregation() {
     let sighash = spend.sighash(0).unwrap();
     let session = InitiatorSession::new(
         &p.htlc,
-        Signer::Buyer,
+        Signer::Claimer,
         p.buyer.musig().secret_key(),
         sighash,
         &mut OsRng,
@@ -239,7 +239,7 @@ fn corrupted_partial_signature_is_refused_before_aggregation() {
     .unwrap();
     let (nonce, partial) = musig::respond(
         &p.htlc,
-        Signer::Seller,
+        Signer::Locker,
         &p.seller.musig().secret_key(),
         &sighash,
         &session.public_nonce(),
@@ -256,7 +256,7 @@ fn corrupted_partial_signature_is_refused_before_aggregation() {
 fn corrupted_final_signature_fails_in_core() {
     let p = pair(8, TIMEOUT);
     let mut spend = single(&p, SpendPath::KeyPath);
-    cooperative(&p, &mut spend, 0, Signer::Buyer);
+    cooperative(&p, &mut spend, 0, Signer::Claimer);
     let prevouts = spend.prevouts().to_vec();
     let mut tx = spend.finalize().unwrap();
     let mut sig = tx.input[0].witness.to_vec()[0].clone();
@@ -272,13 +272,13 @@ fn musig_refuses_a_key_that_is_not_ours() {
     let sighash = spend.sighash(0).unwrap();
     let err = InitiatorSession::new(
         &p.htlc,
-        Signer::Buyer,
+        Signer::Claimer,
         p.seller.musig().secret_key(),
         sighash,
         &mut OsRng,
     )
     .unwrap_err();
-    assert_eq!(err, MusigError::WrongKey(Signer::Buyer));
+    assert_eq!(err, MusigError::WrongKey(Signer::Claimer));
 }
 
 #[test]
@@ -295,7 +295,7 @@ fn bad_parameters_are_typed_errors() {
         HtlcError::TimeoutPassed { timeout_height: 100, tip_height: 100 }
     );
     let mut same = params(&seller, &buyer, 100);
-    same.buyer_musig_key = same.seller_musig_key;
+    same.claimer_musig_key = same.locker_musig_key;
     assert_eq!(Htlc::new(same).unwrap_err(), HtlcError::DuplicateMusigKey);
 
     let p = pair(0, TIMEOUT);

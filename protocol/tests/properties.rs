@@ -23,10 +23,10 @@ prop_compose! {
         if a.public_key() == b.public_key() { return None; }
         Some(HtlcParams {
             payment_hash: PaymentHash(hash),
-            buyer_claim_key: c.x_only_public_key().0,
-            seller_refund_key: d.x_only_public_key().0,
-            seller_musig_key: a.public_key(),
-            buyer_musig_key: b.public_key(),
+            claim_key: c.x_only_public_key().0,
+            refund_key: d.x_only_public_key().0,
+            locker_musig_key: a.public_key(),
+            claimer_musig_key: b.public_key(),
             timeout_height: timeout,
             network: Network::Regtest,
         })
@@ -80,14 +80,14 @@ proptest! {
         match which {
             0 => q.payment_hash = PaymentHash(flip32(p.payment_hash.0)),
             1 => q.timeout_height = (p.timeout_height ^ (1 << (bit % 28))).clamp(1, 499_999_999),
-            2 => match bitcoin::secp256k1::XOnlyPublicKey::from_slice(&flip32(p.buyer_claim_key.serialize())) {
-                Ok(k) => q.buyer_claim_key = k, Err(_) => return Ok(()) },
-            3 => match bitcoin::secp256k1::XOnlyPublicKey::from_slice(&flip32(p.seller_refund_key.serialize())) {
-                Ok(k) => q.seller_refund_key = k, Err(_) => return Ok(()) },
-            4 => { let mut s = p.seller_musig_key.serialize(); s[1 + bit / 8] ^= 1 << (bit % 8);
-                match PublicKey::from_slice(&s) { Ok(k) => q.seller_musig_key = k, Err(_) => return Ok(()) } }
-            _ => { let mut s = p.buyer_musig_key.serialize(); s[1 + bit / 8] ^= 1 << (bit % 8);
-                match PublicKey::from_slice(&s) { Ok(k) => q.buyer_musig_key = k, Err(_) => return Ok(()) } }
+            2 => match bitcoin::secp256k1::XOnlyPublicKey::from_slice(&flip32(p.claim_key.serialize())) {
+                Ok(k) => q.claim_key = k, Err(_) => return Ok(()) },
+            3 => match bitcoin::secp256k1::XOnlyPublicKey::from_slice(&flip32(p.refund_key.serialize())) {
+                Ok(k) => q.refund_key = k, Err(_) => return Ok(()) },
+            4 => { let mut s = p.locker_musig_key.serialize(); s[1 + bit / 8] ^= 1 << (bit % 8);
+                match PublicKey::from_slice(&s) { Ok(k) => q.locker_musig_key = k, Err(_) => return Ok(()) } }
+            _ => { let mut s = p.claimer_musig_key.serialize(); s[1 + bit / 8] ^= 1 << (bit % 8);
+                match PublicKey::from_slice(&s) { Ok(k) => q.claimer_musig_key = k, Err(_) => return Ok(()) } }
         }
         if q == p { return Ok(()) }
         let Ok(other) = Htlc::new(q) else { return Ok(()) };
@@ -98,7 +98,7 @@ proptest! {
     fn musig_key_order_matters(p in params()) {
         let Some(p) = p else { return Ok(()) };
         let mut swapped = p.clone();
-        std::mem::swap(&mut swapped.seller_musig_key, &mut swapped.buyer_musig_key);
+        std::mem::swap(&mut swapped.locker_musig_key, &mut swapped.claimer_musig_key);
         let a = Htlc::new(p).unwrap();
         let b = Htlc::new(swapped).unwrap();
         prop_assert_ne!(a.internal_key(), b.internal_key());

@@ -81,10 +81,10 @@ fn htlc_vectors() {
                 "name": case.name,
                 "input": {
                     "payment_hash": p.payment_hash.to_string(),
-                    "buyer_claim_key": p.buyer_claim_key.to_string(),
-                    "seller_refund_key": p.seller_refund_key.to_string(),
-                    "seller_musig_key": p.seller_musig_key.to_string(),
-                    "buyer_musig_key": p.buyer_musig_key.to_string(),
+                    "buyer_claim_key": p.claim_key.to_string(),
+                    "seller_refund_key": p.refund_key.to_string(),
+                    "seller_musig_key": p.locker_musig_key.to_string(),
+                    "buyer_musig_key": p.claimer_musig_key.to_string(),
                     "timeout_height": p.timeout_height,
                 },
                 "output": {
@@ -142,7 +142,7 @@ fn coop(
     who: Signer,
 ) {
     let sighash = spend.sighash(index).unwrap();
-    let their_role = if who == Signer::Buyer { Signer::Seller } else { Signer::Buyer };
+    let their_role = if who == Signer::Claimer { Signer::Locker } else { Signer::Claimer };
     let seckey = ours.musig().secret_key();
     let session =
         InitiatorSession::new(htlc, who, seckey, sighash, &mut SeedRng([0x11; 32])).unwrap();
@@ -192,11 +192,11 @@ fn spend_vectors() {
     };
 
     let mut s = one(SpendPath::KeyPath);
-    coop(&htlc, &buyer, &seller, &mut s, 0, Signer::Buyer);
+    coop(&htlc, &buyer, &seller, &mut s, 0, Signer::Claimer);
     record("cooperative claim (buyer initiates)", s);
 
     let mut s = one(SpendPath::KeyPath);
-    coop(&htlc, &seller, &buyer, &mut s, 0, Signer::Seller);
+    coop(&htlc, &seller, &buyer, &mut s, 0, Signer::Locker);
     record("cooperative refund (seller initiates)", s);
 
     let mut s = one(SpendPath::ClaimScript);

@@ -34,10 +34,10 @@ pub fn pair(index: u32, timeout_height: u32) -> Pair {
 pub fn params(seller: &SwapKeys, buyer: &SwapKeys, timeout_height: u32) -> HtlcParams {
     HtlcParams {
         payment_hash: seller.payment_hash(),
-        buyer_claim_key: buyer.claim_pubkey(),
-        seller_refund_key: seller.refund_pubkey(),
-        seller_musig_key: seller.musig_pubkey(),
-        buyer_musig_key: buyer.musig_pubkey(),
+        claim_key: buyer.claim_pubkey(),
+        refund_key: seller.refund_pubkey(),
+        locker_musig_key: seller.musig_pubkey(),
+        claimer_musig_key: buyer.musig_pubkey(),
         timeout_height,
         network: Network::Regtest,
     }
