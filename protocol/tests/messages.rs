@@ -147,6 +147,8 @@ fn accept(quote: Quote, prepay_invoice: Option<String>) -> SwapAccept {
 fn examples() -> Vec<(&'static str, Envelope)> {
     let quote = offer().quote(100_000).unwrap();
     let prepay_quote = offer_with_prepay().quote(100_000).unwrap();
+    let in_offer = Offer { direction: SwapDirection::LoopIn, ..offer() };
+    let in_quote = Quote::compute(&in_offer, 100_000).unwrap();
     let env = |seq, body| Envelope::new(swap_id(), seq, body);
     vec![
         (
@@ -180,6 +182,50 @@ fn examples() -> Vec<(&'static str, Envelope)> {
             ),
         ),
         ("swap_funded", env(1, Message::SwapFunded(SwapFunded::new(&funding_tx(), 0)))),
+        (
+            "loop_in_request",
+            env(
+                0,
+                Message::LoopInRequest(LoopInRequest {
+                    offer_id: "regtest-in_1".into(),
+                    direction: SwapDirection::LoopIn,
+                    network: Network::Regtest,
+                    amount_sat: 100_000,
+                    payment_hash: preimage().payment_hash(),
+                    locker_musig_pubkey: pk(3),
+                    locker_refund_pubkey: xonly(4),
+                    max_total_fee_sat: 2_000,
+                }),
+            ),
+        ),
+        (
+            "loop_in_accept",
+            env(
+                0,
+                Message::LoopInAccept(LoopInAccept {
+                    direction: SwapDirection::LoopIn,
+                    claimer_musig_pubkey: pk(1),
+                    claimer_claim_pubkey: xonly(2),
+                    timeout_height: 1_288,
+                    htlc_script_pubkey: p2tr(7),
+                    htlc_amount_sat: in_quote.htlc_amount_sat,
+                    quote: in_quote,
+                }),
+            ),
+        ),
+        (
+            "loop_in_swap_funded",
+            env(
+                1,
+                Message::SwapFunded(SwapFunded {
+                    invoice: Some(
+                        "lnbcrt987750n1pjexampleloopininvoicepp5qqqsyqcyq5rqwzqfqqqsyqcyq5rq"
+                            .into(),
+                    ),
+                    ..SwapFunded::new(&funding_tx(), 0)
+                }),
+            ),
+        ),
         (
             "coop_claim_request",
             env(
@@ -326,6 +372,48 @@ fn build_vectors() -> Vec<Value> {
     let req = example("swap_request");
     let acc = example("swap_accept");
     let abort = example("swap_abort");
+    let in_req = example("loop_in_request");
+    let in_acc = example("loop_in_accept");
+    out.push(invalid(
+        "loop_in_request_without_payment_hash",
+        "envelope",
+        without(in_req.clone(), "payment_hash"),
+        "malformed",
+        Some("payment_hash"),
+        "direction loop_in: the request carries the taker's hash and refund key",
+    ));
+    out.push(invalid(
+        "loop_out_request_with_loop_in_fields_only",
+        "envelope",
+        with(in_req.clone(), "direction", json!("loop_out")),
+        "malformed",
+        Some("buyer_musig_pubkey"),
+        "the direction names the fields a swap_request must carry",
+    ));
+    out.push(invalid(
+        "loop_in_accept_without_claim_key",
+        "envelope",
+        without(in_acc.clone(), "claimer_claim_pubkey"),
+        "malformed",
+        Some("claimer_claim_pubkey"),
+        "",
+    ));
+    out.push(invalid(
+        "swap_accept_direction_loop_out",
+        "envelope",
+        with(acc.clone(), "direction", json!("loop_out")),
+        "malformed",
+        Some("direction"),
+        "only a loop-in swap_accept names a direction",
+    ));
+    out.push(invalid(
+        "swap_funded_bad_invoice",
+        "envelope",
+        with(example("swap_funded"), "invoice", json!("lnbc 1")),
+        "malformed",
+        Some("invoice"),
+        "",
+    ));
     out.push(invalid(
         "unknown_version",
         "envelope",
@@ -1047,8 +1135,18 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 c,
                 max_total_fee_sat,
                 prepay_accepted,
-            )| {
-                Message::SwapRequest(SwapRequest {
+            )| match direction {
+                SwapDirection::LoopIn => Message::LoopInRequest(LoopInRequest {
+                    offer_id,
+                    direction,
+                    network,
+                    amount_sat,
+                    payment_hash: PaymentHash(c.serialize()),
+                    locker_musig_pubkey: m,
+                    locker_refund_pubkey: c,
+                    max_total_fee_sat,
+                }),
+                _ => Message::SwapRequest(SwapRequest {
                     offer_id,
                     direction,
                     network,
@@ -1057,7 +1155,7 @@ fn arb_message() -> impl Strategy<Value = Message> {
                     buyer_claim_pubkey: c,
                     max_total_fee_sat,
                     prepay_accepted,
-                })
+                }),
             },
         );
     let accept = (
@@ -1088,12 +1186,35 @@ fn arb_message() -> impl Strategy<Value = Message> {
                 })
             },
         );
-    let funded = (any::<[u8; 32]>(), any::<u32>(), arb_tx_hex()).prop_map(|(t, vout, tx_hex)| {
-        Message::SwapFunded(SwapFunded { txid: Txid::from_byte_array(t), vout, tx_hex })
-    });
+    let in_accept =
+        (arb_pubkey(), arb_xonly(), any::<u32>(), arb_xonly(), any::<u64>(), arb_quote()).prop_map(
+            |(m, c, timeout_height, out, htlc_amount_sat, quote)| {
+                let mut spk = vec![0x51, 0x20];
+                spk.extend_from_slice(&out.serialize());
+                Message::LoopInAccept(LoopInAccept {
+                    direction: SwapDirection::LoopIn,
+                    claimer_musig_pubkey: m,
+                    claimer_claim_pubkey: c,
+                    timeout_height,
+                    htlc_script_pubkey: ScriptBuf::from_bytes(spk),
+                    htlc_amount_sat,
+                    quote,
+                })
+            },
+        );
+    let funded = (any::<[u8; 32]>(), any::<u32>(), arb_tx_hex(), prop::option::of(arb_invoice()))
+        .prop_map(|(t, vout, tx_hex, invoice)| {
+            Message::SwapFunded(SwapFunded {
+                txid: Txid::from_byte_array(t),
+                vout,
+                tx_hex,
+                invoice,
+            })
+        });
     prop_oneof![
         request,
         accept,
+        in_accept,
         funded,
         (arb_tx_hex(), arb_nonce()).prop_map(|(tx_hex, buyer_nonce)| Message::CoopClaimRequest(
             CoopClaimRequest { tx_hex, buyer_nonce, preimage: None }

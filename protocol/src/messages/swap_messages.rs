@@ -225,7 +225,54 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// Seller -> buyer: the HTLC is funded (broadcast, perhaps not yet confirmed).
+    /// Taker (locker) -> maker (claimer): take a loop-in offer for `amount_sat` (wire type
+    /// `swap_request` with `direction: loop_in`). The taker made the preimage and will lock the
+    /// BTC; the maker pays the taker's invoice once the lock confirms.
+    pub struct LoopInRequest {
+        /// The offer taken.
+        pub offer_id: String => "offer_id",
+        /// Always [`SwapDirection::LoopIn`] (checked by the decoder).
+        pub direction: SwapDirection => "direction",
+        /// Must equal the offer's network.
+        pub network: Network => "network",
+        /// The swap amount: the value of the HTLC output the taker locks.
+        pub amount_sat: u64 => "amount_sat",
+        /// `sha256(preimage)`; the taker made the preimage from its seed.
+        pub payment_hash: PaymentHash => "payment_hash",
+        /// The taker's MuSig2 key (the locker's: first in key aggregation).
+        pub locker_musig_pubkey: PublicKey => "locker_musig_pubkey",
+        /// The taker's key in the refund leaf.
+        pub locker_refund_pubkey: XOnlyPublicKey => "locker_refund_pubkey",
+        /// The most the taker accepts as `swap_fee_sat + funding_fee_sat` (the maker's fee and
+        /// its claim's on-chain cost, taken from the invoice amount).
+        pub max_total_fee_sat: u64 => "max_total_fee_sat",
+    }
+}
+
+wire_struct! {
+    /// Maker (claimer) -> taker (locker): the loop in is accepted (wire type `swap_accept` with
+    /// `direction: loop_in`): the maker's keys and the contract. No invoice: the taker issues it
+    /// with `swap_funded`.
+    pub struct LoopInAccept {
+        /// Always [`SwapDirection::LoopIn`] (checked by the decoder).
+        pub direction: SwapDirection => "direction",
+        /// The maker's MuSig2 key (the claimer's: second in key aggregation).
+        pub claimer_musig_pubkey: PublicKey => "claimer_musig_pubkey",
+        /// The maker's key in the claim leaf.
+        pub claimer_claim_pubkey: XOnlyPublicKey => "claimer_claim_pubkey",
+        /// Absolute block height of the refund leaf's `OP_CHECKLOCKTIMEVERIFY`.
+        pub timeout_height: u32 => "timeout_height",
+        /// The HTLC output's scriptPubKey (P2TR, 34 bytes), hex.
+        pub htlc_script_pubkey: ScriptBuf => "htlc_script_pubkey",
+        /// Value of the HTLC output, in satoshis (equals `quote.htlc_amount_sat`).
+        pub htlc_amount_sat: u64 => "htlc_amount_sat",
+        /// The fee breakdown.
+        pub quote: Quote => "quote",
+    }
+}
+
+wire_struct! {
+    /// Locker -> claimer: the HTLC is funded (broadcast, perhaps not yet confirmed).
     pub struct SwapFunded {
         /// Id of the funding transaction.
         pub txid: Txid => "txid",
@@ -233,6 +280,10 @@ wire_struct! {
         pub vout: u32 => "vout",
         /// The raw funding transaction, hex (at most [`MAX_TX_BYTES`] bytes).
         pub tx_hex: String => "tx_hex",
+        /// Loop in: the taker's BOLT11 invoice for the swap's hash, of `quote.invoice_amount_sat`
+        /// (required in a loop in, absent in a loop out, where `swap_accept` carried it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub invoice: Option<String> => "invoice",
     }
 }
 
@@ -370,6 +421,7 @@ impl SwapFunded {
             txid: tx.compute_txid(),
             vout,
             tx_hex: bitcoin::consensus::encode::serialize_hex(tx),
+            invoice: None,
         }
     }
 
@@ -415,11 +467,17 @@ impl CoopRefundRequest {
 #[serde(tag = "type", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum Message {
-    /// `swap_request`, buyer -> seller.
+    /// `swap_request`, buyer -> seller (loop out).
     SwapRequest(SwapRequest),
-    /// `swap_accept`, seller -> buyer.
+    /// `swap_accept`, seller -> buyer (loop out).
     SwapAccept(SwapAccept),
-    /// `swap_funded`, seller -> buyer.
+    /// `swap_request` with `direction: loop_in`, taker (locker) -> maker (claimer).
+    #[serde(rename = "swap_request")]
+    LoopInRequest(LoopInRequest),
+    /// `swap_accept` with `direction: loop_in`, maker (claimer) -> taker (locker).
+    #[serde(rename = "swap_accept")]
+    LoopInAccept(LoopInAccept),
+    /// `swap_funded`, locker -> claimer.
     SwapFunded(SwapFunded),
     /// `coop_claim_request`, buyer -> seller.
     CoopClaimRequest(CoopClaimRequest),
@@ -452,8 +510,8 @@ impl Message {
     /// The wire `type` of this message.
     pub fn kind_name(&self) -> &'static str {
         match self {
-            Message::SwapRequest(_) => "swap_request",
-            Message::SwapAccept(_) => "swap_accept",
+            Message::SwapRequest(_) | Message::LoopInRequest(_) => "swap_request",
+            Message::SwapAccept(_) | Message::LoopInAccept(_) => "swap_accept",
             Message::SwapFunded(_) => "swap_funded",
             Message::CoopClaimRequest(_) => "coop_claim_request",
             Message::CoopClaimResponse(_) => "coop_claim_response",
@@ -470,8 +528,23 @@ impl Message {
         map: &Map<String, Value>,
     ) -> Result<Option<Message>, FieldError> {
         Ok(Some(match type_name {
-            "swap_request" => Message::SwapRequest(SwapRequest::from_map(map)?),
-            "swap_accept" => Message::SwapAccept(SwapAccept::from_map(map)?),
+            // One wire type per step; the direction picks the fields it must carry.
+            "swap_request" => match direction(map)? {
+                SwapDirection::LoopOut => Message::SwapRequest(SwapRequest::from_map(map)?),
+                SwapDirection::LoopIn => Message::LoopInRequest(LoopInRequest::from_map(map)?),
+            },
+            "swap_accept" => match map.get("direction") {
+                None => Message::SwapAccept(SwapAccept::from_map(map)?),
+                Some(_) => match direction(map)? {
+                    SwapDirection::LoopIn => Message::LoopInAccept(LoopInAccept::from_map(map)?),
+                    SwapDirection::LoopOut => {
+                        return Err(FieldError::new(
+                            "direction",
+                            "a loop-out swap_accept carries no direction",
+                        ))
+                    }
+                },
+            },
             "swap_funded" => Message::SwapFunded(SwapFunded::from_map(map)?),
             "coop_claim_request" => Message::CoopClaimRequest(CoopClaimRequest::from_map(map)?),
             "coop_claim_response" => Message::CoopClaimResponse(CoopClaimResponse::from_map(map)?),
@@ -496,19 +569,28 @@ impl Message {
                     ));
                 }
             }
+            Message::LoopInRequest(m) => {
+                if !is_valid_offer_id(&m.offer_id) {
+                    return Err(FieldError::new(
+                        "offer_id",
+                        "must be 1 to 64 characters of [A-Za-z0-9_-]",
+                    ));
+                }
+            }
+            Message::LoopInAccept(m) => check_p2tr("htlc_script_pubkey", &m.htlc_script_pubkey)?,
             Message::SwapAccept(m) => {
                 check_invoice("invoice", &m.invoice)?;
                 if let Some(p) = &m.prepay_invoice {
                     check_invoice("prepay_invoice", p)?;
                 }
-                if !m.htlc_script_pubkey.is_p2tr() {
-                    return Err(FieldError::new(
-                        "htlc_script_pubkey",
-                        "not a P2TR scriptPubKey (OP_1 <32 bytes>)",
-                    ));
+                check_p2tr("htlc_script_pubkey", &m.htlc_script_pubkey)?;
+            }
+            Message::SwapFunded(m) => {
+                check_tx_hex("tx_hex", &m.tx_hex)?;
+                if let Some(invoice) = &m.invoice {
+                    check_invoice("invoice", invoice)?;
                 }
             }
-            Message::SwapFunded(m) => check_tx_hex("tx_hex", &m.tx_hex)?,
             Message::CoopClaimRequest(m) => check_tx_hex("tx_hex", &m.tx_hex)?,
             Message::CoopRefundRequest(m) => check_tx_hex("tx_hex", &m.tx_hex)?,
             Message::CoopClaimResponse(_) | Message::CoopRefundResponse(_) => {}
@@ -531,6 +613,18 @@ impl Message {
         }
         Ok(())
     }
+}
+
+/// The `direction` of a `swap_request` or `swap_accept`.
+fn direction(map: &Map<String, Value>) -> Result<SwapDirection, FieldError> {
+    field(map, "direction")
+}
+
+fn check_p2tr(path: &str, script: &ScriptBuf) -> Result<(), FieldError> {
+    if !script.is_p2tr() {
+        return Err(FieldError::new(path, "not a P2TR scriptPubKey (OP_1 <32 bytes>)"));
+    }
+    Ok(())
 }
 
 impl<'de> Deserialize<'de> for Message {
