@@ -139,28 +139,25 @@ impl Quote {
     /// [`QuoteError::BelowDust`] below [`DUST_LIMIT_SAT`], [`QuoteError::PrepayTooLarge`] and
     /// [`QuoteError::Overflow`].
     pub fn compute(offer: &Offer, amount_sat: u64) -> Result<Quote, QuoteError> {
-        if offer.direction == SwapDirection::LoopIn {
-            if offer.prepay_sat.is_some_and(|p| p > 0) {
-                return Err(QuoteError::PrepayInLoopIn);
-            }
-            return Self::loop_in_from_parts(
-                amount_sat,
-                offer.fee_base_sat,
-                offer.fee_ppm,
-                offer.funding_fee_sat,
-                offer.min_amount_sat,
-                offer.max_amount_sat,
-            );
+        let prepay_sat = offer.prepay_sat.unwrap_or(0);
+        let loop_in = offer.direction == SwapDirection::LoopIn;
+        if loop_in && prepay_sat > 0 {
+            return Err(QuoteError::PrepayInLoopIn);
         }
-        Self::from_parts(
+        let quote = Self::from_parts(
             amount_sat,
             offer.fee_base_sat,
             offer.fee_ppm,
             offer.funding_fee_sat,
             offer.min_amount_sat,
             offer.max_amount_sat,
-            offer.prepay_sat.unwrap_or(0),
-        )
+            prepay_sat,
+        )?;
+        if loop_in {
+            quote.into_loop_in()
+        } else {
+            Ok(quote)
+        }
     }
 
     /// Computes a quote from the raw terms (what [`Quote::compute`] takes from the offer).
@@ -232,7 +229,7 @@ impl Quote {
         min_amount_sat: u64,
         max_amount_sat: u64,
     ) -> Result<Quote, QuoteError> {
-        let mut q = Self::from_parts(
+        Self::from_parts(
             amount_sat,
             fee_base_sat,
             fee_ppm,
@@ -240,13 +237,19 @@ impl Quote {
             min_amount_sat,
             max_amount_sat,
             0,
-        )?;
-        let fees = q.fee_sat();
-        q.invoice_amount_sat =
-            amount_sat.checked_sub(fees).filter(|left| *left >= DUST_LIMIT_SAT).ok_or(
-                QuoteError::FeesExceedAmount { fees, amount: amount_sat, dust: DUST_LIMIT_SAT },
-            )?;
-        Ok(q)
+        )?
+        .into_loop_in()
+    }
+
+    /// The loop-in reading of a loop-out quote without prepay: the taker locks `amount_sat` and
+    /// is paid the amount less the fees.
+    fn into_loop_in(mut self) -> Result<Quote, QuoteError> {
+        let (fees, amount) = (self.fee_sat(), self.amount_sat);
+        self.invoice_amount_sat = amount
+            .checked_sub(fees)
+            .filter(|left| *left >= DUST_LIMIT_SAT)
+            .ok_or(QuoteError::FeesExceedAmount { fees, amount, dust: DUST_LIMIT_SAT })?;
+        Ok(self)
     }
 
     /// The seller's part of the cost: `swap_fee_sat + funding_fee_sat` (saturating). This is what
