@@ -40,6 +40,7 @@ use serde_json::{json, Value};
 use crate::chain::{BlockRec, ChainState};
 use crate::error::Error;
 use crate::esplora::served_fee_estimates;
+use crate::rpc::{RpcError, RpcResult};
 use crate::Shared;
 
 /// Bitcoin Core's `RPC_MISC_ERROR`.
@@ -70,21 +71,6 @@ pub const COOKIE_USER: &str = "__cookie__";
 
 /// Bitcoin Core's default minimum relay and incremental fee rate (sat/kvB).
 const MIN_RELAY_FEE_SAT_KVB: u64 = 1000;
-
-/// A JSON-RPC error with Bitcoin Core's code.
-#[derive(Debug)]
-struct RpcError {
-    code: i64,
-    message: String,
-}
-
-impl RpcError {
-    fn new(code: i64, message: impl Into<String>) -> Self {
-        RpcError { code, message: message.into() }
-    }
-}
-
-type RpcResult<T> = Result<T, RpcError>;
 
 /// The server's state: the chain, the accepted credentials (`user:password`, base64 as in the
 /// `Authorization` header) and the BIP-0158 filters computed so far.
@@ -165,7 +151,7 @@ fn reply(status: StatusCode, body: Value) -> Response {
 }
 
 fn error_body(id: Value, e: &RpcError) -> Value {
-    json!({ "result": null, "error": { "code": e.code, "message": e.message }, "id": id })
+    json!({ "result": null, "error": e.to_json(), "id": id })
 }
 
 /// One request: the HTTP status Bitcoin Core gives it (for a lone request) and the answer.

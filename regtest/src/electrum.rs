@@ -42,6 +42,7 @@ use tokio::sync::watch;
 use crate::chain::{script_hash, ChainState};
 use crate::error::Error;
 use crate::esplora::{history, merkle_branch, script_utxos, served_fee_estimates};
+use crate::rpc::{RpcError, RpcResult};
 use crate::Shared;
 
 /// The Electrum protocol version served.
@@ -72,17 +73,7 @@ const INTERNAL_ERROR: i64 = -32603;
 /// ElectrumX's `BAD_REQUEST`: the chain does not know or refuses what was asked.
 const BAD_REQUEST: i64 = 1;
 
-/// A JSON-RPC error.
-#[derive(Debug)]
-struct RpcError {
-    code: i64,
-    message: String,
-}
-
 impl RpcError {
-    fn new(code: i64, message: impl Into<String>) -> Self {
-        RpcError { code, message: message.into() }
-    }
     fn params(message: impl Into<String>) -> Self {
         Self::new(INVALID_PARAMS, message)
     }
@@ -90,8 +81,6 @@ impl RpcError {
         Self::new(BAD_REQUEST, message)
     }
 }
-
-type RpcResult<T> = Result<T, RpcError>;
 
 /// Accepts connections until `stop` changes (or its sender is dropped); each connection is
 /// served by its own task, which ends with the runtime.
@@ -166,7 +155,7 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watc
 }
 
 fn error_response(id: Value, e: &RpcError) -> Value {
-    json!({ "jsonrpc": "2.0", "id": id, "error": { "code": e.code, "message": e.message } })
+    json!({ "jsonrpc": "2.0", "id": id, "error": e.to_json() })
 }
 
 fn notification(method: &str, params: Value) -> Value {

@@ -44,6 +44,7 @@ mod esplora;
 mod external;
 pub mod harness;
 mod kernel;
+mod rpc;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
