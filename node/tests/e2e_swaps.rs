@@ -234,16 +234,23 @@ async fn cooperative_claim_on(source: NodeChainSource, logged: &str) -> Result<(
         let log = std::fs::read_to_string(node.log_file())?;
         ensure!(log.contains(logged), "{} is not on {source:?}", node.name());
     }
-    let before = balances(&h).await?;
-    let miner = h.start_miner(Duration::from_secs(1));
-    let swap_id = take(&h).await?;
-    let r = finish(&h, &swap_id).await?;
-    miner.stop();
-    eprintln!("{r}");
-    ensure!(r.claim_purpose == "cooperative_claim", "{r:?}");
-    check_balances(&h, before, &r).await?;
+    run_loop_out(&h, "cooperative_claim").await?;
     h.stop().await;
     Ok(())
+}
+
+/// One loop out on `h` with a miner running: claimed through `purpose`, the balances differing
+/// only by the fees.
+async fn run_loop_out(h: &Harness, purpose: &str) -> Result<LoopOutReport> {
+    let before = balances(h).await?;
+    let miner = h.start_miner(Duration::from_secs(1));
+    let swap_id = take(h).await?;
+    let r = finish(h, &swap_id).await?;
+    miner.stop();
+    eprintln!("{r}");
+    ensure!(r.claim_purpose == purpose, "{r:?}");
+    check_balances(h, before, &r).await?;
+    Ok(r)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -252,14 +259,7 @@ async fn e2e_script_path_claim() -> Result<()> {
     let mut seller = NodeSpec::seller("seller");
     seller.seller_cooperative = false;
     let h = Harness::start(config(&s.dir, seller)).await?;
-    let before = balances(&h).await?;
-    let miner = h.start_miner(Duration::from_secs(1));
-    let swap_id = take(&h).await?;
-    let r = finish(&h, &swap_id).await?;
-    miner.stop();
-    eprintln!("{r}");
-    ensure!(r.claim_purpose == "script_claim", "{r:?}");
-    check_balances(&h, before, &r).await?;
+    run_loop_out(&h, "script_claim").await?;
     h.stop().await;
     Ok(())
 }
