@@ -188,12 +188,7 @@ fn exported_htlc(
             .map(|r| r.to_byte_array().to_lower_hex_string())
             .unwrap_or_default(),
         timeout_height: p.timeout_height,
-        claim_leaf: leaf(
-            htlc.claim_script(),
-            htlc.claim_control_block(),
-            &p.claim_key,
-            "claim",
-        )?,
+        claim_leaf: leaf(htlc.claim_script(), htlc.claim_control_block(), &p.claim_key, "claim")?,
         refund_leaf: leaf(
             htlc.refund_script(),
             htlc.refund_control_block(),

@@ -245,10 +245,11 @@ impl Quote {
     /// is paid the amount less the fees.
     fn into_loop_in(mut self) -> Result<Quote, QuoteError> {
         let (fees, amount) = (self.fee_sat(), self.amount_sat);
-        self.invoice_amount_sat = amount
-            .checked_sub(fees)
-            .filter(|left| *left >= DUST_LIMIT_SAT)
-            .ok_or(QuoteError::FeesExceedAmount { fees, amount, dust: DUST_LIMIT_SAT })?;
+        self.invoice_amount_sat =
+            amount
+                .checked_sub(fees)
+                .filter(|left| *left >= DUST_LIMIT_SAT)
+                .ok_or(QuoteError::FeesExceedAmount { fees, amount, dust: DUST_LIMIT_SAT })?;
         Ok(self)
     }
 
