@@ -347,7 +347,8 @@ async fn discover_offers(
 ) -> Typed<Vec<DiscoveredOffer>> {
     let Query(q) = q.map_err(|e| ApiError::bad("amount_sat", e.body_text()))?;
     let amount_sat = positive("amount_sat", q.amount_sat)?;
-    let filter = OfferFilter { network: s.network, amount_sat, sellers: Vec::new() };
+    let filter =
+        OfferFilter { network: s.network, amount_sat, sellers: Vec::new(), direction: q.direction };
     let found = s
         .nostr
         .discover_offers(&filter)
@@ -462,7 +463,12 @@ async fn swap_out(
             offer
         }
         (None, Some(id)) => {
-            let filter = OfferFilter { network: s.network, amount_sat, sellers: vec![seller] };
+            let filter = OfferFilter {
+                network: s.network,
+                amount_sat,
+                sellers: vec![seller],
+                direction: looper_protocol::SwapDirection::LoopOut,
+            };
             let found = s
                 .nostr
                 .discover_offers(&filter)
@@ -521,6 +527,7 @@ fn summary(r: &SwapRecord, figures: Option<&SwapFigures>) -> SwapSummary {
     use crate::store::{SwapRole, SwapStatus};
     SwapSummary {
         swap_id: r.id.to_string(),
+        direction: figures.map_or(looper_protocol::SwapDirection::LoopOut, |f| f.direction),
         role: match r.role {
             SwapRole::Buyer => looper_api::SwapRole::Buyer,
             SwapRole::Seller => looper_api::SwapRole::Seller,

@@ -258,6 +258,7 @@ fn referenced(schema: &Value, out: &mut BTreeSet<String>) {
 fn sample_summary() -> looper_api::SwapSummary {
     looper_api::SwapSummary {
         swap_id: "00".repeat(32),
+        direction: looper_protocol::SwapDirection::LoopOut,
         role: looper_api::SwapRole::Buyer,
         state: "Claimed".into(),
         status: looper_api::SwapStatus::Succeeded,

@@ -666,6 +666,7 @@ async fn unpaid_swap(abort: bool) -> Result<()> {
             network: Network::Regtest,
             amount_sat: 50_000,
             sellers: vec![seller_pk],
+            direction: looper_protocol::SwapDirection::LoopOut,
         };
         let offers = buyer.transport.discover_offers(&filter).await.ok()?;
         offers.into_iter().find(|d| d.offer.offer_id == "config-offer")

@@ -221,7 +221,12 @@ async fn offers_publish_discover_filter_withdraw() -> Result<()> {
         raw.send_event(&b.sign_with_keys(&raw_keys)?).await?;
     }
 
-    let want = OfferFilter { network: Network::Regtest, amount_sat: 100_000, sellers: vec![] };
+    let want = OfferFilter {
+        network: Network::Regtest,
+        amount_sat: 100_000,
+        sellers: vec![],
+        direction: looper_protocol::SwapDirection::LoopOut,
+    };
     let found = buyer.discover_offers(&want).await?;
     let ids: Vec<&str> = found.iter().map(|o| o.offer.offer_id.as_str()).collect();
     assert_eq!(ids, ["cheap", "dear"], "ranked by cost, filtered: {found:#?}");
@@ -264,7 +269,12 @@ async fn offers_expire() -> Result<()> {
     let (seller, _rx) = transport(c).await?;
     let (buyer, _rx2) = transport(config(&[&url])).await?;
     seller.publish_offer(&offer("short", Network::Regtest, 1_000, 1_000_000, 0, 0)).await?;
-    let want = OfferFilter { network: Network::Regtest, amount_sat: 10_000, sellers: vec![] };
+    let want = OfferFilter {
+        network: Network::Regtest,
+        amount_sat: 10_000,
+        sellers: vec![],
+        direction: looper_protocol::SwapDirection::LoopOut,
+    };
     assert_eq!(buyer.discover_offers(&want).await?.len(), 1);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(buyer.discover_offers(&want).await?.is_empty(), "expired offer dropped");
@@ -516,7 +526,12 @@ async fn proof_of_work_demanded_by_the_offer() -> Result<()> {
     let mut o = offer("worky", Network::Regtest, 10_000, 1_000_000, 0, 0);
     o.pow_difficulty = Some(8);
     seller.publish_offer(&o).await?;
-    let want = OfferFilter { network: Network::Regtest, amount_sat: 50_000, sellers: vec![] };
+    let want = OfferFilter {
+        network: Network::Regtest,
+        amount_sat: 50_000,
+        sellers: vec![],
+        direction: looper_protocol::SwapDirection::LoopOut,
+    };
     let found = buyer.discover_offers(&want).await?;
     assert_eq!(found.len(), 1);
     let pow = found[0].offer.pow_difficulty;
@@ -867,7 +882,12 @@ async fn relay_traffic_goes_through_the_proxy() -> Result<()> {
 
     // Offers and messages both ways, through the proxy.
     seller.publish_offer(&offer("tor", Network::Regtest, 10_000, 1_000_000, 0, 0)).await?;
-    let want = OfferFilter { network: Network::Regtest, amount_sat: 100_000, sellers: vec![] };
+    let want = OfferFilter {
+        network: Network::Regtest,
+        amount_sat: 100_000,
+        sellers: vec![],
+        direction: looper_protocol::SwapDirection::LoopOut,
+    };
     let found = buyer.discover_offers(&want).await?;
     assert_eq!(found.len(), 1, "{found:#?}");
     assert_eq!(found[0].seller, seller.public_key());

@@ -163,6 +163,7 @@ async fn vectors_validate() -> Result<()> {
         network: Network::Regtest,
         amount_sat: o["discover"]["amount_sat"].as_u64().unwrap_or_default(),
         sellers: vec![],
+        direction: looper_protocol::SwapDirection::LoopOut,
     };
     let found = parse_offer_event(&event, &filter, event.created_at)?;
     ensure!(Some(found.cost_sat) == o["discover"]["cost_sat"].as_u64());
@@ -171,6 +172,13 @@ async fn vectors_validate() -> Result<()> {
     ensure!(parse_offer_event(&event, &filter, expiration).is_err());
     let signet = OfferFilter { network: Network::Signet, ..filter.clone() };
     ensure!(parse_offer_event(&event, &signet, event.created_at).is_err());
+    // A loop-out offer is not listed to a taker looking for loop in (nor the other way).
+    let loop_in =
+        OfferFilter { direction: looper_protocol::SwapDirection::LoopIn, ..filter.clone() };
+    ensure!(matches!(
+        parse_offer_event(&event, &loop_in, event.created_at),
+        Err(looper_node::nostr::OfferRejection::WrongDirection)
+    ));
 
     // --- the gift-wrapped swap message
     let g = &doc["gift_wrap"];

@@ -388,6 +388,7 @@ impl Pair {
                 network: Network::Regtest,
                 amount_sat: o.amount_sat,
                 sellers: vec![],
+                direction: looper_protocol::SwapDirection::LoopOut,
             };
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {

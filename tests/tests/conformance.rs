@@ -138,6 +138,7 @@ async fn the_automatic_prepay_follows_the_fee_rate() -> Result<()> {
         network: Network::Regtest,
         amount_sat: 200_000,
         sellers: vec![],
+        direction: looper_protocol::SwapDirection::LoopOut,
     };
     let deadline = Instant::now() + WAIT;
     loop {

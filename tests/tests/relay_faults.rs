@@ -136,6 +136,7 @@ async fn random_events_relay() -> Result<()> {
                 network: Network::Regtest,
                 amount_sat: 200_000,
                 sellers: vec![],
+                direction: looper_protocol::SwapDirection::LoopOut,
             })
             .await?;
         assert!(found.is_empty(), "random notes are not offers: {found:?}");

@@ -7,6 +7,7 @@ use looper_api::{
     OfferTerms, SellerHistory, WithdrawResponse,
 };
 use looper_protocol::messages::Offer;
+use looper_protocol::SwapDirection;
 use serde_json::{json, Value};
 
 use super::{parse_sat, Ctx};
@@ -197,9 +198,16 @@ pub fn claim_fee_rate_of(info: &InfoResponse, conf_target: Option<u16>) -> (u64,
 
 /// `GET /v1/offers/discover?amount_sat=N`, with quotes, best (cheapest) first.
 pub async fn fetch(client: &Client, amount: u64, fee_rate: u64) -> CliResult<Vec<Candidate>> {
-    let q = DiscoverQuery { amount_sat: amount };
+    let q = DiscoverQuery { amount_sat: amount, direction: SwapDirection::LoopOut };
+    let direction = serde_json::to_value(q.direction)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
     let list: Vec<DiscoveredOffer> = client
-        .get(&format!("/v1/offers/discover?amount_sat={}", q.amount_sat), "discover offers")
+        .get(
+            &format!("/v1/offers/discover?amount_sat={}&direction={direction}", q.amount_sat),
+            "discover offers",
+        )
         .await?;
     let mut out: Vec<Candidate> = list
         .into_iter()

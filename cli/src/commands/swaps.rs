@@ -114,6 +114,7 @@ pub fn render_swaps(v: &SwapList) -> String {
         .map(|s| {
             vec![
                 s.swap_id.clone(),
+                direction_cell(s.direction).into(),
                 s.role.to_string(),
                 s.status.to_string(),
                 s.state.clone(),
@@ -127,6 +128,7 @@ pub fn render_swaps(v: &SwapList) -> String {
     table(
         &[
             ("SWAP", Align::Left),
+            ("DIR", Align::Left),
             ("ROLE", Align::Left),
             ("STATUS", Align::Left),
             ("STATE", Align::Left),
@@ -137,6 +139,14 @@ pub fn render_swaps(v: &SwapList) -> String {
         ],
         &rows,
     )
+}
+
+/// The DIR cell: `out` (Lightning to on-chain) or `in` (on-chain to Lightning).
+fn direction_cell(d: looper_protocol::SwapDirection) -> &'static str {
+    match d {
+        looper_protocol::SwapDirection::LoopIn => "in",
+        _ => "out",
+    }
 }
 
 /// The COST cell: a buyer's cost (what it paid, or will pay per its quote while pending); a
@@ -556,6 +566,7 @@ mod tests {
     fn summary(id: &str, role: looper_api::SwapRole, created_at: u64) -> SwapSummary {
         SwapSummary {
             swap_id: id.into(),
+            direction: looper_protocol::SwapDirection::LoopOut,
             role,
             state: "Claimed".into(),
             status: SwapStatus::Succeeded,
@@ -579,10 +590,10 @@ mod tests {
         assert_eq!(
             render_swaps(&list),
             "\
-SWAP  ROLE    STATUS     STATE    AMOUNT (sat)    COST (sat)  PAYMENT HASH           CREATED (unix)
-b1    buyer   succeeded  Claimed       100,000         1,661  -             1970-01-01 00:00:03 UTC
-s1    seller  succeeded  Claimed       100,000  earned 1,550  -             1970-01-01 00:00:02 UTC
-o1    buyer   succeeded  Claimed             -             -  -             1970-01-01 00:00:01 UTC
+SWAP  DIR  ROLE    STATUS     STATE    AMOUNT (sat)    COST (sat)  PAYMENT HASH           CREATED (unix)
+b1    out  buyer   succeeded  Claimed       100,000         1,661  -             1970-01-01 00:00:03 UTC
+s1    out  seller  succeeded  Claimed       100,000  earned 1,550  -             1970-01-01 00:00:02 UTC
+o1    out  buyer   succeeded  Claimed             -             -  -             1970-01-01 00:00:01 UTC
 "
         );
         // JSON: the fields are added, the others unchanged; absent ones left out.

@@ -28,6 +28,7 @@ mod terms;
 
 use bitcoin::Network;
 use looper_protocol::messages::Offer;
+use looper_protocol::SwapDirection;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -159,6 +160,13 @@ pub struct WithdrawResponse {
 pub struct DiscoverQuery {
     /// The swap amount the offers must cover (at least 1).
     pub amount_sat: u64,
+    /// The offers' direction (default `loop_out`).
+    #[serde(default = "loop_out")]
+    pub direction: SwapDirection,
+}
+
+fn loop_out() -> SwapDirection {
+    SwapDirection::LoopOut
 }
 
 /// One entry of `GET /v1/offers/discover` (a JSON array of these, cheapest first).
@@ -308,14 +316,24 @@ pub struct SwapOutResponse {
     pub swap_id: String,
 }
 
-/// Our side of a swap.
+/// Our side of a swap, by what we do with the money (the names of loop out, where the buyer is
+/// the taker and the seller the maker; in a loop in the maker is the buyer and the taker the
+/// seller: see [`SwapSummary::direction`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SwapRole {
-    /// The taker: pays Lightning, receives on-chain (loop out).
+    /// The claimer: pays Lightning, receives on-chain.
     Buyer,
-    /// The maker: locks on-chain, receives Lightning.
+    /// The locker: locks on-chain, receives Lightning.
     Seller,
+}
+
+impl SwapRole {
+    /// Whether this side asked for the swap (the taker) in `direction`: the buyer of a loop out,
+    /// the seller (locker) of a loop in.
+    pub fn is_taker(self, direction: SwapDirection) -> bool {
+        (self == SwapRole::Buyer) == (direction == SwapDirection::LoopOut)
+    }
 }
 
 /// Where a swap stands.
@@ -361,6 +379,9 @@ impl std::fmt::Display for SwapRole {
 pub struct SwapSummary {
     /// The swap id (hex).
     pub swap_id: String,
+    /// Loop out or loop in (records of nodes before loop in: loop out).
+    #[serde(default = "loop_out")]
+    pub direction: SwapDirection,
     /// Our side.
     pub role: SwapRole,
     /// The state machine's state name (`"Requested"`, ..., `"Claimed"`).
@@ -404,6 +425,9 @@ pub struct SwapList {
 pub struct SwapDetail {
     /// The swap id (hex).
     pub swap_id: String,
+    /// As [`SwapSummary::direction`].
+    #[serde(default = "loop_out")]
+    pub direction: SwapDirection,
     /// Our side.
     pub role: SwapRole,
     /// The state machine's state name (`"Requested"`, ..., `"Claimed"`).
@@ -436,6 +460,7 @@ impl SwapDetail {
     pub fn new(summary: SwapSummary, record: Value) -> Self {
         let SwapSummary {
             swap_id,
+            direction,
             role,
             state,
             status,
@@ -448,6 +473,7 @@ impl SwapDetail {
         } = summary;
         SwapDetail {
             swap_id,
+            direction,
             role,
             state,
             status,
@@ -465,6 +491,7 @@ impl SwapDetail {
     pub fn summary(&self) -> SwapSummary {
         SwapSummary {
             swap_id: self.swap_id.clone(),
+            direction: self.direction,
             role: self.role,
             state: self.state.clone(),
             status: self.status,
@@ -1136,6 +1163,7 @@ mod tests {
     fn swap_detail_is_flat() {
         let summary = SwapSummary {
             swap_id: "ab".into(),
+            direction: SwapDirection::LoopOut,
             role: SwapRole::Buyer,
             state: "Claimed".into(),
             status: SwapStatus::Succeeded,
@@ -1160,12 +1188,15 @@ mod tests {
 
     #[test]
     fn a_summary_without_amounts_still_reads() {
-        // An older node's answer: no amount, cost or earned fee.
+        // An older node's answer: no direction, amount, cost or earned fee.
         let v = json!({"swap_id": "ab", "role": "seller", "state": "Claimed",
             "status": "succeeded", "payment_hash": null, "created_at": 1, "updated_at": 2});
         let s: SwapSummary = serde_json::from_value(v.clone()).unwrap();
         assert_eq!((s.amount_sat, s.cost_sat, s.earned_sat), (None, None, None));
-        assert_eq!(serde_json::to_value(&s).unwrap(), v);
+        assert_eq!(s.direction, SwapDirection::LoopOut);
+        let mut again = v;
+        again["direction"] = json!("loop_out");
+        assert_eq!(serde_json::to_value(&s).unwrap(), again);
     }
 
     #[test]

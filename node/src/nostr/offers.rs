@@ -4,6 +4,7 @@ use nostr_sdk::prelude::*;
 
 use super::wire::{self, Offer, MAX_OFFER_BYTES, OFFER_KIND};
 use bitcoin::Network;
+use looper_protocol::SwapDirection;
 
 /// The single-letter tag carrying the offer's network (`["n", "regtest"]`), so relays can filter.
 pub const NETWORK_TAG: Alphabet = Alphabet::N;
@@ -17,6 +18,8 @@ pub struct OfferFilter {
     pub amount_sat: u64,
     /// Only offers from these sellers (empty: any seller).
     pub sellers: Vec<PublicKey>,
+    /// Only offers of this direction (a taker of a loop out cannot take a loop-in offer).
+    pub direction: SwapDirection,
 }
 
 /// A valid offer found on a relay.
@@ -66,6 +69,9 @@ pub enum OfferRejection {
     /// Not from one of the wanted sellers.
     #[error("seller not wanted")]
     OtherSeller,
+    /// The other direction.
+    #[error("offer is for the other direction")]
+    WrongDirection,
 }
 
 /// The offer event (to be signed by the seller's node key): content = the offer with
@@ -141,6 +147,9 @@ pub fn parse_offer_event(
     }
     if offer.network != filter.network {
         return Err(OfferRejection::WrongNetwork(offer.network));
+    }
+    if offer.direction != filter.direction {
+        return Err(OfferRejection::WrongDirection);
     }
     let cost_sat =
         wire::offer_cost(&offer, filter.amount_sat).ok_or(OfferRejection::AmountOutOfRange)?;
