@@ -627,6 +627,20 @@ impl LooperWallet {
         Ok(info.address)
     }
 
+    /// `count` new receive addresses (revealed and persisted together, in one write): what
+    /// [`LooperWallet::new_address`] gives, for callers that hand them out one by one later.
+    ///
+    /// # Errors
+    /// Persistence errors.
+    pub fn new_addresses(&self, count: usize) -> Result<Vec<Address>, WalletError> {
+        let mut inner = self.lock()?;
+        let addresses = (0..count)
+            .map(|_| inner.wallet.reveal_next_address(KeychainKind::External).address)
+            .collect();
+        inner.persist()?;
+        Ok(addresses)
+    }
+
     /// Reveals (and persists) the wallet's addresses up to the highest one among `scripts`,
     /// searching the first `search_limit` addresses of each keychain; returns how many of
     /// `scripts` were found. A wallet restored from the seed alone calls it with the claim and

@@ -5,9 +5,11 @@
 //!   queued for publication ([`BackupHandle::submit`], never blocking);
 //! - `next_swap_index`: indices are handed out in reserved blocks; the first index of a new block
 //!   is returned only after the mark "every index below N may be used" reached a relay
-//!   ([`BackupHandle::reserve_blocking`]), otherwise the call fails and no index is used.
+//!   ([`BackupHandle::reserve_blocking`]), otherwise the call fails and no index is used. Once
+//!   an index in the last reserved block is drawn, the next blocks are reserved in the background,
+//!   so that a burst of swaps seldom waits for a mark.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use super::codec::Payload;
@@ -35,9 +37,11 @@ pub struct BackedUpStore {
     inner: Arc<dyn SwapStore>,
     backup: BackupHandle,
     /// Indices below this are covered by a mark a relay accepted in this process.
-    reserved: AtomicU32,
-    /// Held while an index is drawn and its block reserved (one reservation at a time; the
-    /// record writes never wait for it).
+    reserved: Arc<AtomicU32>,
+    /// A reservation ahead of need ([`BackedUpStore::reserve_ahead`]) is under way.
+    reserving_ahead: Arc<AtomicBool>,
+    /// Held while a block is reserved (one reservation at a time; drawing an index inside a
+    /// reserved block and the record writes never wait for it).
     drawing: Mutex<()>,
     block: u32,
 }
@@ -63,7 +67,8 @@ impl BackedUpStore {
         BackedUpStore {
             inner,
             backup,
-            reserved: AtomicU32::new(0),
+            reserved: Arc::new(AtomicU32::new(0)),
+            reserving_ahead: Arc::new(AtomicBool::new(false)),
             drawing: Mutex::new(()),
             block: block.max(1),
         }
@@ -142,7 +147,44 @@ impl BackedUpStore {
         self.reserved.fetch_max(up_to, Ordering::SeqCst);
         Ok(())
     }
+
+    /// When `index` is in the last block of the reserved indices, reserves the blocks after them
+    /// in the background (on the current tokio runtime; none: nothing), so that a burst of
+    /// swaps does not wait for a mark at every block: each mark is published at least a second
+    /// after the one before (its `created_at` must be later), and a burst draws more than a
+    /// block a second. The mark covers [`AHEAD_BLOCKS`] blocks past the reserved ones. A
+    /// failure is only logged: the index that needs the block reserves it itself.
+    fn reserve_ahead(&self, index: u32) {
+        let reserved = self.reserved_up_to();
+        if reserved.saturating_sub(index) > self.block
+            || self.reserving_ahead.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.reserving_ahead.store(false, Ordering::SeqCst);
+            return;
+        };
+        let up_to = reserved
+            .saturating_add(self.block.saturating_mul(AHEAD_BLOCKS))
+            .min(MAX_SWAP_INDEX.saturating_add(1));
+        // Queued now: a draw that needs these blocks before they are reserved waits behind it.
+        let reservation = self.backup.reserve_queued(up_to);
+        let (mark, busy) = (Arc::clone(&self.reserved), Arc::clone(&self.reserving_ahead));
+        runtime.spawn(async move {
+            match reservation.await {
+                Ok(()) => {
+                    mark.fetch_max(up_to, Ordering::SeqCst);
+                }
+                Err(e) => tracing::debug!(up_to, error = %e, "cannot reserve swap indices ahead"),
+            }
+            busy.store(false, Ordering::SeqCst);
+        });
+    }
 }
+
+/// How many blocks [`BackedUpStore::reserve_ahead`] reserves past the reserved indices.
+const AHEAD_BLOCKS: u32 = 4;
 
 impl SwapStore for BackedUpStore {
     fn put_swap(&self, record: &SwapRecord) -> Result<(), StoreError> {
@@ -196,12 +238,19 @@ impl SwapStore for BackedUpStore {
     /// The index is drawn (and persisted) first; when it is not covered by this process's
     /// reservation, a new block is reserved before it is returned. When that fails the index is
     /// burnt (never used) and the call fails.
+    ///
+    /// Concurrent callers draw their indices together (one group commit of the store, each its
+    /// own index) and only the reservation is taken one at a time, looked at again under the
+    /// lock: a block reserved meanwhile by another caller covers this index too.
     fn next_swap_index(&self) -> Result<u32, StoreError> {
-        let _drawing = self.drawing.lock().map_err(|_| StoreError::Poisoned)?;
         let index = self.inner.next_swap_index()?;
         if index >= self.reserved_up_to() {
-            self.reserve_from(index)?;
+            let _drawing = self.drawing.lock().map_err(|_| StoreError::Poisoned)?;
+            if index >= self.reserved_up_to() {
+                self.reserve_from(index)?;
+            }
         }
+        self.reserve_ahead(index);
         Ok(index)
     }
 

@@ -121,17 +121,29 @@ impl BackupHandle {
     /// # Errors
     /// As [`BackupHandle::reserve_blocking`].
     pub async fn reserve(&self, up_to: u32) -> Result<(), BackupError> {
+        self.reserve_queued(up_to).await
+    }
+
+    /// [`BackupHandle::reserve`], queued at once: the reservation is asked for before this
+    /// returns (after those asked for before it, before those asked for after it); the future
+    /// waits for its outcome.
+    pub fn reserve_queued(
+        &self,
+        up_to: u32,
+    ) -> impl std::future::Future<Output = Result<(), BackupError>> + Send + 'static {
         let (tx, rx) = oneshot::channel();
-        self.reservations
+        let queued = self
+            .reservations
             .send(ReserveJob { up_to, reply: Reply::Async(tx) })
-            .map_err(|_| BackupError::Stopped)?;
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(BackupError::NotDelivered {
-                timeout: self.options.reserve_timeout,
-                last_error: e,
-            }),
-            Err(_) => Err(BackupError::Stopped),
+            .map_err(|_| BackupError::Stopped);
+        let timeout = self.options.reserve_timeout;
+        async move {
+            queued?;
+            match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(BackupError::NotDelivered { timeout, last_error: e }),
+                Err(_) => Err(BackupError::Stopped),
+            }
         }
     }
 

@@ -74,7 +74,10 @@ impl Engine {
         let mut fresh = Vec::with_capacity(waiting.len());
         for item in waiting {
             let (id, script, amount) = &item;
-            match self.inner.wallet.find_funding(script, Amount::from_sat(*amount)) {
+            let found = super::blocking_store(|| {
+                self.inner.wallet.find_funding(script, Amount::from_sat(*amount))
+            });
+            match found {
                 Ok(Some((tx, vout))) => {
                     tracing::info!(swap = %id, txid = %tx.compute_txid(), "taking the funding built before a restart");
                     self.fund_one(*id, Event::FundingBuilt { tx, vout }).await;

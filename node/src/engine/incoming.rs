@@ -32,7 +32,8 @@ impl Engine {
             );
             return;
         }
-        if let Err(e) = self.inner.transport.ack(&event_id) {
+        // A durable write (the store's group commit): not on a worker of the runtime.
+        if let Err(e) = blocking_store(|| self.inner.transport.ack(&event_id)) {
             tracing::warn!(error = %e, "cannot mark a nostr event processed");
         }
     }
@@ -175,7 +176,8 @@ impl Engine {
             self.refuse_busy(&sender, &env).await;
             return true;
         }
-        if let Err((code, why)) = self.can_serve(&offer, req.amount_sat) {
+        // The wallet's and the Lightning node's locks are taken: never on a worker of the runtime.
+        if let Err((code, why)) = blocking_store(|| self.can_serve(&offer, req.amount_sat)) {
             tracing::info!(swap = %id, amount_sat = req.amount_sat, reason = %why, "swap request refused");
             self.reply_error(&me, &sender, &env, code, &why).await;
             return true;
@@ -191,7 +193,7 @@ impl Engine {
                 return true;
             }
         };
-        let refund = match self.inner.wallet.new_script() {
+        let refund = match blocking_store(|| self.inner.wallet.new_script()) {
             Ok(s) => s,
             Err(e) => {
                 tracing::error!(error = %e, "no refund address");

@@ -75,11 +75,19 @@ pub trait SwapWallet: Send + Sync {
     }
 }
 
+/// How many receive scripts [`BdkSwapWallet`] reveals at once for the swaps' claims and refunds
+/// (one wallet write for all of them instead of one per swap). Below the wallet's
+/// [`crate::wallet::STOP_GAP`]: the scripts a restart leaves unused never hide a later payment
+/// from a full scan.
+pub const SCRIPT_BATCH: usize = 16;
+
 /// The BDK wallet with the chain source's client that syncs it (`None`: the engine does not
 /// sync it).
 pub struct BdkSwapWallet {
     wallet: Arc<LooperWallet>,
     sync: Option<crate::wallet::WalletSync>,
+    /// Scripts revealed and persisted ahead ([`SCRIPT_BATCH`] at a time), not handed out yet.
+    spare: std::sync::Mutex<std::collections::VecDeque<ScriptBuf>>,
 }
 
 impl BdkSwapWallet {
@@ -89,7 +97,7 @@ impl BdkSwapWallet {
         wallet: Arc<LooperWallet>,
         sync: Option<impl Into<crate::wallet::WalletSync>>,
     ) -> Self {
-        BdkSwapWallet { wallet, sync: sync.map(Into::into) }
+        BdkSwapWallet { wallet, sync: sync.map(Into::into), spare: Default::default() }
     }
 }
 
@@ -102,7 +110,19 @@ impl std::fmt::Debug for BdkSwapWallet {
 #[async_trait]
 impl SwapWallet for BdkSwapWallet {
     fn new_script(&self) -> Result<ScriptBuf, WalletError> {
-        Ok(self.wallet.new_address()?.script_pubkey())
+        // Held across the refill: concurrent callers wait for it rather than reveal more.
+        let mut spare = self.spare.lock().map_err(|_| WalletError::Poisoned)?;
+        if let Some(script) = spare.pop_front() {
+            return Ok(script);
+        }
+        let mut revealed =
+            self.wallet.new_addresses(SCRIPT_BATCH)?.into_iter().map(|a| a.script_pubkey());
+        let first = match revealed.next() {
+            Some(script) => script,
+            None => self.wallet.new_address()?.script_pubkey(),
+        };
+        spare.extend(revealed);
+        Ok(first)
     }
 
     fn spendable_sat(&self) -> Result<u64, WalletError> {
@@ -124,9 +144,13 @@ impl SwapWallet for BdkSwapWallet {
     ) -> Result<FundingTx, WalletError> {
         // Held while building and recording only: no network wait under it.
         let _spending = self.wallet.spend_guard().await;
-        let funding = self.wallet.build_funding_tx(outputs, fee_rate)?;
-        self.wallet.apply_unconfirmed(&funding.tx)?;
-        Ok(funding)
+        // Coin selection, signing and a durable write under the wallet's lock: not on a worker
+        // of the runtime (the swap messages' handlers would stall behind it).
+        super::blocking_store(|| {
+            let funding = self.wallet.build_funding_tx(outputs, fee_rate)?;
+            self.wallet.apply_unconfirmed(&funding.tx)?;
+            Ok(funding)
+        })
     }
 
     fn find_funding(

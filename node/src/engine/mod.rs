@@ -299,7 +299,7 @@ fn blocking_store<T>(f: impl FnOnce() -> T) -> T {
 }
 
 /// Most swap messages handled at the same time by [`Engine::run`].
-const MAX_CONCURRENT_MESSAGES: usize = 64;
+const MAX_CONCURRENT_MESSAGES: usize = 256;
 
 impl Engine {
     /// Builds the engine: loads every open swap, re-attaches its keys and carries out `resume`.
@@ -555,7 +555,7 @@ impl Engine {
         let nostr_keys = self.swap_nostr_keys(index)?;
         let claim_destination = match destination {
             Some(spk) => spk,
-            None => self.inner.wallet.new_script()?,
+            None => blocking_store(|| self.inner.wallet.new_script())?,
         };
         let mut id = [0u8; 32];
         self.inner.entropy.fill(&mut id);
@@ -676,7 +676,7 @@ impl Engine {
     }
 
     /// Runs the engine until `shutdown` resolves: swap messages are handled as they arrive (up
-    /// to 64 at once, each followed by the queued fundings), Lightning
+    /// to 256 at once, each followed by the queued fundings), Lightning
     /// events one at a time in order, a chain poll every [`EngineConfig::chain_poll`] and the
     /// served offer republished every [`EngineConfig::offer_refresh`].
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) {
