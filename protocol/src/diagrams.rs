@@ -22,12 +22,19 @@ pub fn state_diagrams() -> Vec<(&'static str, String)> {
         (
             "seller.md",
             format!(
-                "{header}# Seller (loop out)\n\nPoint of no return: `Paid`.\n\n{}",
+                "{header}# Seller: the locker (loop out as maker, loop in as taker)\n\n\
+                 A loop out starts in `AwaitingInvoice`, a loop in in `Requested`. \
+                 Point of no return: `Paid`.\n\n{}",
                 mermaid(
                     "Seller",
                     SELLER_TRANSITIONS,
                     "AwaitingInvoice",
                     &["Claimed", "Refunded", "Aborted"]
+                )
+                .replacen(
+                    "    [*] --> AwaitingInvoice\n",
+                    "    [*] --> AwaitingInvoice: loop out (maker)\n    [*] --> Requested: loop in (taker)\n",
+                    1
                 )
             ),
         ),

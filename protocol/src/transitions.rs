@@ -46,15 +46,31 @@ swap_states! {
     failed: [Aborted, Lost],
 }
 
-/// The seller's transition table (the diagrams in `spec/diagrams/` are generated from it).
+/// The seller's (the locker's) transition table (the diagrams in `spec/diagrams/` are generated
+/// from it). A loop out starts in `AwaitingInvoice`, a loop in (the locker as taker) in
+/// `Requested`.
 pub const SELLER_TRANSITIONS: &[Transition] = &[
+    (
+        "Requested",
+        "AwaitingInvoice",
+        "loop in: swap_accept passes the taker's checks / create the invoice",
+    ),
+    (
+        "Requested",
+        "Aborted",
+        "loop in: a failed check (send swap_abort), error, swap_abort or user abort",
+    ),
     (
         "AwaitingInvoice",
         "Accepted",
-        "invoices created / send swap_accept, fund (with a prepay: once it is received)",
+        "invoices created / loop out: send swap_accept; fund (with a prepay: once it is received)",
     ),
-    ("AwaitingInvoice", "Aborted", "swap_abort"),
-    ("Accepted", "Funded", "funding built / persist, broadcast, send swap_funded"),
+    ("AwaitingInvoice", "Aborted", "swap_abort, user abort or timeout too close"),
+    (
+        "Accepted",
+        "Funded",
+        "funding built / persist, broadcast, send swap_funded (loop in: with the invoice)",
+    ),
     ("Accepted", "Aborted", "swap_abort, funding failed, or the prepay unpaid at its expiry"),
     ("Funded", "Paid", "payment claimable in time / claim it"),
     ("Funded", "RefundingCooperatively", "swap_abort / send coop_refund_request"),
@@ -71,7 +87,15 @@ pub const SELLER_TRANSITIONS: &[Transition] = &[
 
 swap_states! {
     SellerState, SELLER_TRANSITIONS;
-    pending: [AwaitingInvoice, Accepted, Funded, Paid, RefundingCooperatively, Refunding],
+    pending: [
+        Requested,
+        AwaitingInvoice,
+        Accepted,
+        Funded,
+        Paid,
+        RefundingCooperatively,
+        Refunding,
+    ],
     succeeded: [Claimed],
     failed: [Refunded, Aborted],
 }

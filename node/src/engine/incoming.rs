@@ -204,7 +204,7 @@ impl Engine {
         match SellerSwap::from_request(id, sender.to_hex(), offer, req, keys, refund, policy, &ctx)
         {
             Ok((swap, actions)) => {
-                let amount_sat = swap.request().amount_sat;
+                let amount_sat = swap.request().amount_sat();
                 let slot = Arc::new(Slot::new(Machine::Seller(swap), me, false));
                 // Locked before anyone else can see it: its first actions run before any other
                 // event of this swap.
