@@ -15,8 +15,15 @@ pub fn state_diagrams() -> Vec<(&'static str, String)> {
         (
             "buyer.md",
             format!(
-                "{header}# Buyer (loop out)\n\nPoint of no return: `Paying`.\n\n{}",
+                "{header}# Buyer: the claimer (loop out as taker, loop in as maker)\n\n\
+                 A loop out starts in `Requested`, a loop in in `Accepting`. \
+                 Point of no return: `Paying`.\n\n{}",
                 mermaid("Buyer", BUYER_TRANSITIONS, "Requested", &["Claimed", "Aborted", "Lost"])
+                    .replacen(
+                        "    [*] --> Requested\n",
+                        "    [*] --> Requested: loop out (taker)\n    [*] --> Accepting: loop in (maker)\n",
+                        1
+                    )
             ),
         ),
         (

@@ -12,6 +12,12 @@ use crate::swap::Transition;
 pub const BUYER_TRANSITIONS: &[Transition] = &[
     ("Requested", "Accepted", "swap_accept passes every check / pay the prepay, if any"),
     ("Requested", "Aborted", "error, swap_abort, a failed check or user abort"),
+    ("Accepting", "Accepted", "loop in: swap_funded with the taker's invoice passes every check"),
+    (
+        "Accepting",
+        "Aborted",
+        "loop in: a failed check, error, swap_abort, user abort, funding timeout / send swap_abort",
+    ),
     ("Accepted", "Funded", "htlc on chain with agreed script and value"),
     (
         "Accepted",
@@ -41,7 +47,7 @@ pub const BUYER_TRANSITIONS: &[Transition] = &[
 
 swap_states! {
     BuyerState, BUYER_TRANSITIONS;
-    pending: [Requested, Accepted, Funded, Paying, Claiming, ClaimBroadcast],
+    pending: [Requested, Accepting, Accepted, Funded, Paying, Claiming, ClaimBroadcast],
     succeeded: [Claimed],
     failed: [Aborted, Lost],
 }
