@@ -507,6 +507,20 @@ pub const MESSAGE_TYPES: &[&str] = &[
 ];
 
 impl Message {
+    /// Whether this message asks for a new swap (a `swap_request` of either direction).
+    pub fn is_request(&self) -> bool {
+        matches!(self, Message::SwapRequest(_) | Message::LoopInRequest(_))
+    }
+
+    /// The offer a `swap_request` (either direction) takes.
+    pub fn requested_offer_id(&self) -> Option<&str> {
+        match self {
+            Message::SwapRequest(r) => Some(&r.offer_id),
+            Message::LoopInRequest(r) => Some(&r.offer_id),
+            _ => None,
+        }
+    }
+
     /// The wire `type` of this message.
     pub fn kind_name(&self) -> &'static str {
         match self {
