@@ -531,7 +531,7 @@ impl Pair {
         let quote = *seller.quote();
         let t = seller.timeout_height().unwrap_or(0);
         let hash = seller.payment_hash();
-        let script = Some(seller.htlc().script_pubkey().to_owned());
+        let script = seller.htlc().map(|h| h.script_pubkey().to_owned());
         let after = seller.state().name();
         match action {
             Action::ClaimPayment { payment_hash, amount_msat, preimage } => {

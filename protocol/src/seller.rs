@@ -1415,8 +1415,18 @@ impl SellerSwap {
                     }
                 }
             }
-            Message::Error(error) if self.rec.state == SellerState::Requested => {
-                // Loop in: the maker refused our request; nothing was agreed, nothing locked.
+            Message::Error(error)
+                if self.loop_in()
+                    && matches!(
+                        self.rec.state,
+                        SellerState::Requested
+                            | SellerState::AwaitingInvoice
+                            | SellerState::Accepted { .. }
+                    ) =>
+            {
+                // Loop in, before the funding: the maker refused our request (or no longer knows
+                // the swap it accepted); nothing is locked, so nothing will be (a funding built
+                // meanwhile is never broadcast).
                 let message = format!("{}: {}", error.code.as_str(), error.message);
                 let message: String = message.chars().take(MAX_TEXT_CHARS).collect();
                 let note = Action::Notify(Notification::PeerError { error });

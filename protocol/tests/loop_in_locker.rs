@@ -778,6 +778,28 @@ fn an_error_from_the_maker_in_requested_ends_the_swap() {
 }
 
 #[test]
+fn an_error_from_the_maker_before_the_funding_ends_the_swap_and_nothing_is_funded() {
+    for mut swap in [accepted(), invoiced()] {
+        let error = ErrorMessage::new(ErrorCode::UnknownSwap, "no such swap");
+        let actions = feed(&mut swap, from_maker(1, Message::Error(error)), &ctx());
+        assert_eq!(actions[0], Action::Persist);
+        assert!(sent(&actions).is_empty());
+        assert!(matches!(swap.state(), SellerState::Aborted { reason: AbortReason::Internal, .. }));
+        let tx = funding_tx(swap.htlc().unwrap().script_pubkey(), AMOUNT);
+        assert!(feed(&mut swap, Event::FundingBuilt { tx, vout: 1 }, &ctx()).is_empty());
+    }
+    // Once funded an error is only reported (the loop-out rule).
+    let (mut swap, _) = funded();
+    let error = ErrorMessage::new(ErrorCode::InvalidState, "later");
+    let actions = feed(&mut swap, from_maker(1, Message::Error(error)), &ctx());
+    assert!(
+        matches!(&actions[..], [Action::Persist, Action::Notify(Notification::PeerError { .. })]),
+        "{actions:?}"
+    );
+    assert!(matches!(swap.state(), SellerState::Funded { .. }));
+}
+
+#[test]
 fn a_swap_abort_from_the_maker_in_requested_ends_the_swap() {
     let (mut swap, _) = start();
     let abort = SwapAbort { reason: AbortReason::OfferWithdrawn, message: None };
