@@ -26,7 +26,7 @@ use crate::keys::SwapKeys;
 use crate::messages::{
     AbortReason, CoopClaimRequest, CoopClaimResponse, CoopRefundRequest, ErrorCode, ErrorMessage,
     LoopInAccept, LoopInRequest, Message, Offer, SwapAccept, SwapFunded, SwapRequest,
-    MAX_TEXT_CHARS, MAX_TIMEOUT_DELTA,
+    MAX_TEXT_CHARS, MAX_TIMEOUT_DELTA, MIN_CLTV_BUDGET_BLOCKS,
 };
 use crate::musig::Signer;
 use crate::shared::{
@@ -813,10 +813,17 @@ impl SellerSwap {
             };
             return Err(LockerCheckError::HtlcAmountMismatch { expected_sat: amount_sat, got_sat });
         }
-        let at = |slack: fn(u32, u32) -> u32| {
-            slack(ctx.tip_height.saturating_add(offer.timeout_delta), TIMEOUT_SLACK_BLOCKS)
-        };
-        let (min, max) = (at(u32::saturating_sub), at(u32::saturating_add));
+        // Not later than the offer says (plus the blocks found while the messages travelled):
+        // our coins would stay locked longer. Earlier only shortens our lock, as a maker whose
+        // chain view lags sets it; the floor is the offer's own (`01-messages.md`): room for
+        // the confirmations and the claimer's payment, so that the swap can complete.
+        let min = ctx
+            .tip_height
+            .saturating_add(offer.claim_margin)
+            .saturating_add(offer.min_confirmations)
+            .saturating_add(MIN_CLTV_BUDGET_BLOCKS);
+        let max =
+            ctx.tip_height.saturating_add(offer.timeout_delta).saturating_add(TIMEOUT_SLACK_BLOCKS);
         if accept.timeout_height < min || accept.timeout_height > max {
             return Err(LockerCheckError::TimeoutOutOfRange {
                 timeout_height: accept.timeout_height,

@@ -23,6 +23,7 @@ use looper_protocol::keys::SwapKeys;
 use looper_protocol::messages::{
     decode_envelope, encode, AbortReason, CoopClaimRequest, CoopRefundResponse, Envelope,
     ErrorCode, ErrorMessage, LoopInAccept, Message, Offer, PubNonceBytes, SwapAbort, SwapFunded,
+    MIN_CLTV_BUDGET_BLOCKS,
 };
 use looper_protocol::musig::{self, InitiatorSession, Signer};
 use looper_protocol::record::SwapRecord;
@@ -629,22 +630,23 @@ fn a_wrong_amount_is_refused() {
 
 #[test]
 fn a_timeout_too_far_or_too_near_is_refused() {
-    let delta = offer().timeout_delta;
+    let o = offer();
+    let delta = o.timeout_delta;
+    let floor = TIP + o.claim_margin + o.min_confirmations + MIN_CLTV_BUDGET_BLOCKS;
     let expected = |t| LockerCheckError::TimeoutOutOfRange {
         timeout_height: t,
-        min: TIP + delta - TIMEOUT_SLACK_BLOCKS,
+        min: floor,
         max: TIP + delta + TIMEOUT_SLACK_BLOCKS,
     };
-    for t in
-        [TIP + delta + TIMEOUT_SLACK_BLOCKS + 1, TIP + delta - TIMEOUT_SLACK_BLOCKS - 1, TIP + 1]
-    {
+    for t in [TIP + delta + TIMEOUT_SLACK_BLOCKS + 1, floor - 1, TIP + 1] {
         let (mut swap, _) = start();
         let acc = accept_at(&swap, t);
         let actions = feed(&mut swap, from_maker(0, Message::LoopInAccept(acc)), &ctx());
         assert_eq!(abort_check(&swap, &actions), expected(t));
     }
-    // The slack's edges pass.
-    for t in [TIP + delta + TIMEOUT_SLACK_BLOCKS, TIP + delta - TIMEOUT_SLACK_BLOCKS] {
+    // The edges pass, and so does a maker whose tip lags ten blocks behind ours (its timeout
+    // is earlier: our coins are locked for less).
+    for t in [TIP + delta + TIMEOUT_SLACK_BLOCKS, floor, TIP + delta - 10] {
         let (mut swap, _) = start();
         let acc = accept_at(&swap, t);
         feed(&mut swap, from_maker(0, Message::LoopInAccept(acc)), &ctx());

@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
-use looper_protocol::keys::SwapKeys;
 use looper_protocol::buyer::BuyerSwap;
+use looper_protocol::keys::SwapKeys;
 use looper_protocol::messages::{Envelope, ErrorCode, ErrorMessage, LoopInRequest, Message, Offer};
 use looper_protocol::seller::SellerSwap;
 use looper_protocol::swap::{Event, StateKind};
