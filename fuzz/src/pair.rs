@@ -529,9 +529,9 @@ impl Pair {
     ) {
         let Some(seller) = self.seller.as_ref() else { return };
         let quote = *seller.quote();
-        let t = seller.htlc_params().timeout_height;
+        let t = seller.timeout_height().unwrap_or(0);
         let hash = seller.payment_hash();
-        let script = Some(seller.htlc().script_pubkey().to_owned());
+        let script = seller.htlc().map(|h| h.script_pubkey().to_owned());
         let after = seller.state().name();
         match action {
             Action::ClaimPayment { payment_hash, amount_msat, preimage } => {
@@ -1360,7 +1360,7 @@ impl Pair {
         self.restart(Party::Seller);
         for _ in 0..400 {
             self.pump();
-            let end = self.seller.as_ref().map_or(0, |s| s.htlc_params().timeout_height) + 30;
+            let end = self.seller.as_ref().map_or(0, |s| s.timeout_height().unwrap_or(0)) + 30;
             let done = self.buyer.kind() != StateKind::Pending
                 && self.seller.as_ref().is_none_or(|s| s.kind() != StateKind::Pending);
             if done || self.ctx.tip_height > end {

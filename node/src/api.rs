@@ -20,7 +20,7 @@ use axum::routing::{delete, get, post, MethodRouter};
 use axum::{Extension, Json, Router};
 use bitcoin::address::NetworkUnchecked;
 use bitcoin::hashes::Hash;
-use bitcoin::{Address, Amount, FeeRate, Network};
+use bitcoin::{Address, Amount, FeeRate, Network, ScriptBuf};
 use ldk_node::lightning_invoice::Bolt11Invoice;
 use looper_api::{
     AbortResponse, AddressResponse, BlockRequest, BlockedKey, BlockedList, Channel, ChannelList,
@@ -29,13 +29,14 @@ use looper_api::{
     InvoiceResponse, LnBalance, LnInfo, LnWithdrawRequest, OfferIdResponse, OfferList, OpenRequest,
     OpenResponse, PayRequest, PayResponse, PaymentDirection, PaymentInfo, PaymentStatus, Peer,
     PeerList, ScriptSpendResponse, SellerHistory, SendRequest, SendResponse, StatsResponse,
-    SwapDetail, SwapEvents, SwapExport, SwapList, SwapOutRequest, SwapOutResponse, SwapSummary,
-    SyncResponse, UnblockResponse, WalletBalance, WithdrawResponse,
+    SwapDetail, SwapEvents, SwapExport, SwapInRequest, SwapList, SwapOutRequest, SwapOutResponse,
+    SwapSummary, SyncResponse, UnblockResponse, WalletBalance, WithdrawResponse,
 };
 use looper_protocol::buyer::BuyerPolicy;
 use looper_protocol::messages::Offer;
 use looper_protocol::record::SwapRecord as ProtoRecord;
-use looper_protocol::{PaymentHash, Preimage, SwapId};
+use looper_protocol::seller::LoopInLimits;
+use looper_protocol::{PaymentHash, Preimage, SwapDirection, SwapId};
 
 use crate::engine::{BlockListError, BlockedPeer, Engine, EngineError};
 use crate::lightning::{ChannelRef, LightningError, PayOutcome, WithdrawAmount};
@@ -163,6 +164,7 @@ impl ApiError {
             EngineError::Wallet(w) => Self::wallet(w),
             // The check's own code (`fee_too_high`, `claim_margin_too_low`, ...).
             EngineError::Refused(check) => Self::new(ErrorCode::from(&check), check),
+            EngineError::LoopInRefused(check) => Self::new(ErrorCode::from(&check), check),
             EngineError::UnknownSwap(id) => Self::not_found(format!("no active swap {id}")),
             other => Self::internal(other),
         }
@@ -206,6 +208,7 @@ fn method_router(method: &str, path: &str) -> Option<MethodRouter<ApiState>> {
         ("POST", "/v1/seller/blocked") => post(block_key),
         ("DELETE", "/v1/seller/blocked/{key}") => delete(unblock_key),
         ("POST", "/v1/swaps/out") => post(swap_out),
+        ("POST", "/v1/swaps/in") => post(swap_in),
         ("GET", "/v1/swaps") => get(list_swaps),
         ("GET", "/v1/swaps/{id}") => get(get_swap),
         ("POST", "/v1/swaps/{id}/abort") => post(abort_swap),
@@ -431,71 +434,17 @@ async fn swap_out(
     let amount_sat = positive("amount_sat", req.amount_sat)?;
     // Before anything is looked up or sent.
     facts.check_ceiling("amount_sat", amount_sat)?;
-    let destination = match req.address.as_deref().map(str::trim) {
-        Some(text) => {
-            let address = Address::<NetworkUnchecked>::from_str(text)
-                .map_err(|e| ApiError::bad("address", e))?;
-            if !address.is_valid_for_network(s.network) {
-                return Err(ApiError::bad("address", format!("not a {} address", s.network)));
-            }
-            Some(address.assume_checked().script_pubkey())
-        }
-        None => None,
-    };
+    let destination = address_script(&s, "address", req.address.as_deref())?;
     if req.conf_target.is_some_and(|t| !(1..=crate::config::MAX_CONF_TARGET).contains(&t)) {
         let max = crate::config::MAX_CONF_TARGET;
         return Err(ApiError::bad("conf_target", format!("must be between 1 and {max} blocks")));
     }
-    let offer = match (req.offer, req.offer_id) {
-        (Some(offer), id) => {
-            if id.as_ref().is_some_and(|id| *id != offer.offer_id) {
-                return Err(ApiError::bad("offer_id", "differs from offer.offer_id"));
-            }
-            // An inline offer is checked as strictly as one read from a relay.
-            offer.validate().map_err(|e| ApiError::bad("offer", e))?;
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            if offer.is_expired(now) {
-                return Err(ApiError::bad("offer", "offer expired"));
-            }
-            offer
-        }
-        (None, Some(id)) => {
-            let filter = OfferFilter {
-                network: s.network,
-                amount_sat,
-                sellers: vec![seller],
-                direction: looper_protocol::SwapDirection::LoopOut,
-            };
-            let found = s
-                .nostr
-                .discover_offers(&filter)
-                .await
-                .map_err(|e| ApiError::internal(format!("offer discovery failed: {e}")))?;
-            found.into_iter().find(|d| d.offer.offer_id == id).map(|d| d.offer).ok_or_else(
-                || {
-                    ApiError::new(
-                        ErrorCode::UnknownOffer,
-                        format!("no valid offer {id} of this seller for {amount_sat} sat"),
-                    )
-                },
-            )?
-        }
-        (None, None) => return Err(ApiError::bad("offer_id", "missing")),
-    };
-    if offer.network != s.network {
-        return Err(ApiError::bad("offer", "offer network differs from the node's"));
-    }
+    let offer =
+        resolve_offer(&s, req.offer, req.offer_id, seller, amount_sat, SwapDirection::LoopOut)
+            .await?;
     let defaults = facts.buyer_defaults;
-    let ppm_limit = facts.buyer_max_fee_ppm.map_or(u64::MAX, |ppm| {
-        u64::try_from(u128::from(amount_sat) * u128::from(ppm) / 1_000_000).unwrap_or(u64::MAX)
-    });
     let policy = BuyerPolicy {
-        max_total_fee_sat: req
-            .max_total_fee_sat
-            .unwrap_or(defaults.max_total_fee_sat.min(ppm_limit)),
+        max_total_fee_sat: req.max_total_fee_sat.unwrap_or(fee_limit(&facts, amount_sat)),
         max_route_cltv: req.max_route_cltv.unwrap_or(defaults.max_route_cltv),
         min_confirmations: req.min_confirmations.unwrap_or(defaults.min_confirmations),
         claim_conf_target: req.conf_target.or(defaults.claim_conf_target),
@@ -508,6 +457,115 @@ async fn swap_out(
         .await
         .map_err(ApiError::engine)?;
     Ok(Json(SwapOutResponse { swap_id: id.to_string() }))
+}
+
+/// The script of the optional address `text` (field `field`), checked for the node's network.
+fn address_script(
+    s: &ApiState,
+    field: &str,
+    text: Option<&str>,
+) -> Result<Option<ScriptBuf>, ApiError> {
+    let Some(text) = text.map(str::trim) else { return Ok(None) };
+    let address =
+        Address::<NetworkUnchecked>::from_str(text).map_err(|e| ApiError::bad(field, e))?;
+    if !address.is_valid_for_network(s.network) {
+        return Err(ApiError::bad(field, format!("not a {} address", s.network)));
+    }
+    Ok(Some(address.assume_checked().script_pubkey()))
+}
+
+/// The offer a swap takes: the inline `offer` (checked as strictly as one read from a relay), or
+/// `offer_id` of `maker` looked up on the relays for `amount_sat` in `direction`.
+async fn resolve_offer(
+    s: &ApiState,
+    offer: Option<Offer>,
+    offer_id: Option<String>,
+    maker: NostrPublicKey,
+    amount_sat: u64,
+    direction: SwapDirection,
+) -> Result<Offer, ApiError> {
+    let offer = match (offer, offer_id) {
+        (Some(offer), id) => {
+            if id.as_ref().is_some_and(|id| *id != offer.offer_id) {
+                return Err(ApiError::bad("offer_id", "differs from offer.offer_id"));
+            }
+            offer.validate().map_err(|e| ApiError::bad("offer", e))?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            if offer.is_expired(now) {
+                return Err(ApiError::bad("offer", "offer expired"));
+            }
+            offer
+        }
+        (None, Some(id)) => {
+            let filter =
+                OfferFilter { network: s.network, amount_sat, sellers: vec![maker], direction };
+            let found = s
+                .nostr
+                .discover_offers(&filter)
+                .await
+                .map_err(|e| ApiError::internal(format!("offer discovery failed: {e}")))?;
+            found.into_iter().find(|d| d.offer.offer_id == id).map(|d| d.offer).ok_or_else(
+                || {
+                    ApiError::new(
+                        ErrorCode::UnknownOffer,
+                        format!("no valid offer {id} of this maker for {amount_sat} sat"),
+                    )
+                },
+            )?
+        }
+        (None, None) => return Err(ApiError::bad("offer_id", "missing")),
+    };
+    if offer.network != s.network {
+        return Err(ApiError::bad("offer", "offer network differs from the node's"));
+    }
+    if offer.direction != direction {
+        return Err(ApiError::bad(
+            "offer",
+            match direction {
+                SwapDirection::LoopIn => "not a loop-in offer (take it with POST /v1/swaps/out)",
+                _ => "not a loop-out offer (take it with POST /v1/swaps/in)",
+            },
+        ));
+    }
+    Ok(offer)
+}
+
+/// `POST /v1/swaps/in`: loop in as taker (this node locks, the maker pays).
+async fn swap_in(
+    State(s): State<ApiState>,
+    Extension(facts): Extension<Arc<NodeFacts>>,
+    req: Result<Json<SwapInRequest>, JsonRejection>,
+) -> Typed<SwapOutResponse> {
+    let req = body(req)?;
+    let maker = NostrPublicKey::from_hex(&req.maker).map_err(|e| ApiError::bad("maker", e))?;
+    let amount_sat = positive("amount_sat", req.amount_sat)?;
+    facts.check_ceiling("amount_sat", amount_sat)?;
+    let refund = address_script(&s, "refund_address", req.refund_address.as_deref())?;
+    let offer =
+        resolve_offer(&s, req.offer, req.offer_id, maker, amount_sat, SwapDirection::LoopIn)
+            .await?;
+    let limits = LoopInLimits {
+        max_total_fee_sat: req.max_total_fee_sat.unwrap_or(fee_limit(&facts, amount_sat)),
+        ..LoopInLimits::default()
+    };
+    let id = s
+        .engine
+        .take_loop_in_offer(offer, maker, amount_sat, limits, refund)
+        .await
+        .map_err(ApiError::engine)?;
+    Ok(Json(SwapOutResponse { swap_id: id.to_string() }))
+}
+
+/// The node's default fee limit for a swap of `amount_sat`: the lower of `[buyer]
+/// max_total_fee_sat` and `max_total_fee_ppm` of the amount.
+fn fee_limit(facts: &NodeFacts, amount_sat: u64) -> u64 {
+    let ppm_limit = facts.buyer_max_fee_ppm.map_or(u64::MAX, |ppm| {
+        u64::try_from(u128::from(amount_sat) * u128::from(ppm) / 1_000_000).unwrap_or(u64::MAX)
+    });
+    facts.buyer_defaults.max_total_fee_sat.min(ppm_limit)
 }
 
 /// Runs `f` on the store on a blocking thread (it reads every swap, or every swap's events).

@@ -104,18 +104,19 @@ pub fn export_swap(
                 }
                 _ => None,
             };
+            // A loop in still asking has no contract yet.
             let p = s.htlc_params();
             let key = ExportedKey {
                 leaf: SpendLeaf::Refund,
                 key_index,
                 derivation_path: path(2),
-                pubkey: p.refund_key.to_string(),
+                pubkey: p.map(|p| p.refund_key.to_string()).unwrap_or_default(),
                 musig_derivation_path: path(0),
-                musig_pubkey: p.locker_musig_key.to_string(),
+                musig_pubkey: p.map(|p| p.locker_musig_key.to_string()).unwrap_or_default(),
             };
             (
                 SwapRole::Seller,
-                Some(p.clone()),
+                p.cloned(),
                 Some(s.quote().htlc_amount_sat),
                 funding,
                 keys.map(|k| k.preimage().clone()),

@@ -359,6 +359,19 @@ fn api_types_match_schemas() {
         }],
         seen,
     );
+    check_type(
+        &doc,
+        "SwapInRequest",
+        &[a::SwapInRequest {
+            offer_id: Some("in1".into()),
+            offer: Some(sample_offer()),
+            maker: "ab".repeat(32),
+            amount_sat: 50_000,
+            max_total_fee_sat: Some(3_000),
+            refund_address: Some("bcrt1q".into()),
+        }],
+        seen,
+    );
     check_type(&doc, "SwapOutResponse", &[a::SwapOutResponse { swap_id: "00".repeat(32) }], seen);
     // An unpaid swap whose record does not read: no payment hash, no amounts.
     let mut unpaid = sample_summary();

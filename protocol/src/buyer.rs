@@ -1,8 +1,14 @@
-//! The buyer's side of a loop out (spec `02-swap-flow.md`, "Buyer").
+//! The claimer's side of a swap (spec `02-swap-flow.md`, "Buyer"): the party that pays over
+//! Lightning and claims the HTLC with the preimage its payment revealed. In a loop out it is the
+//! taker (the buyer, [`BuyerSwap::start`]); in a loop in the maker, which answers a taker's
+//! request ([`BuyerSwap::from_loop_in_request`]) and waits for the taker's lock and invoice. From
+//! `Accepted` on both directions run the same states.
 //!
 //! ```text
-//! Requested -> Accepted -> Funded -> Paying (point of no return) -> Claiming -> ClaimBroadcast -> Claimed
-//!     '------------'-----------'--> Aborted (nothing paid; answers the seller's cooperative refund)
+//! loop out: Requested --.
+//!                       +--> Accepted -> Funded -> Paying (point of no return) -> Claiming -> ClaimBroadcast -> Claimed
+//! loop in:  Accepting --'         |          |
+//!     '------------'--------------'----------'--> Aborted (nothing paid; answers the locker's cooperative refund)
 //! ```
 
 use core::str::FromStr;
@@ -19,8 +25,9 @@ use crate::fees::{spend_fee_rate, Outstanding, SpendFee, DEADLINE_SAFETY_BLOCKS}
 use crate::htlc::{Htlc, HtlcParams, HtlcSpendPath};
 use crate::keys::SwapKeys;
 use crate::messages::{
-    AbortReason, CoopClaimRequest, CoopRefundRequest, CoopRefundResponse, ErrorCode, Message,
-    Offer, SwapAccept, SwapFunded, SwapRequest, MIN_CLTV_BUDGET_BLOCKS,
+    AbortReason, CoopClaimRequest, CoopRefundRequest, CoopRefundResponse, ErrorCode, ErrorMessage,
+    LoopInAccept, LoopInRequest, Message, Offer, SwapAccept, SwapFunded, SwapRequest,
+    MIN_CLTV_BUDGET_BLOCKS,
 };
 use crate::musig::Signer;
 use crate::shared::{
@@ -235,6 +242,16 @@ pub struct PrepayTerms {
     pub amount_msat: u64,
 }
 
+/// Loop in: what the maker (the claimer) agreed in its `swap_accept`, before the taker's invoice
+/// (which comes with `swap_funded`) completes the [`Terms`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoopInTerms {
+    /// The quote (the maker pays `invoice_amount_sat` for an HTLC of `htlc_amount_sat`).
+    pub quote: Quote,
+    /// The HTLC parameters: the taker's hash, MuSig2 and refund keys, ours, the timeout.
+    pub htlc_params: HtlcParams,
+}
+
 /// Where the HTLC is on chain, as our chain source sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HtlcOutput {
@@ -251,6 +268,20 @@ pub struct HtlcOutput {
 pub enum BuyerState {
     /// `swap_request` sent.
     Requested,
+    /// Loop in: the maker answered the taker's request with `swap_accept` and waits for
+    /// `swap_funded` with the taker's invoice (nothing is paid without it). It watches the
+    /// HTLC's script meanwhile.
+    Accepting {
+        /// What the maker agreed.
+        offered: LoopInTerms,
+        /// The maker stops waiting for `swap_funded` at this time (unix seconds): the
+        /// acceptance plus the offer's `invoice_expiry_secs`.
+        funding_deadline_secs: u64,
+        /// The HTLC output, when the chain showed it before `swap_funded` (agreed script and
+        /// value): it moves the swap on to `Funded` once the invoice passes its checks.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        htlc: Option<HtlcOutput>,
+    },
     /// Terms checked; waiting for the HTLC.
     Accepted {
         /// The terms.
@@ -356,6 +387,10 @@ pub enum BuyerState {
         terms: Option<Terms>,
         /// The HTLC, if seen.
         htlc: Option<HtlcOutput>,
+        /// Loop in, aborted in `Accepting` (no invoice, so no [`Terms`]): what the maker had
+        /// agreed, to co-sign the taker's cooperative refund of a late lock.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        offered: Option<Box<LoopInTerms>>,
     },
     /// Paid, but the HTLC went back to the seller (only a dishonest seller or a claim that came
     /// too late leads here).
@@ -392,9 +427,28 @@ impl BuyerState {
         }
     }
 
+    /// The HTLC's parameters: the terms', or in a loop in before the invoice, the maker's offer.
+    fn htlc_params(&self) -> Option<&HtlcParams> {
+        self.terms().map(|t| &t.htlc_params).or_else(|| self.offered().map(|o| &o.htlc_params))
+    }
+
+    /// The quote: the terms', or in a loop in before the invoice, the maker's offer.
+    fn quote(&self) -> Option<&Quote> {
+        self.terms().map(|t| &t.quote).or_else(|| self.offered().map(|o| &o.quote))
+    }
+
+    /// Loop in, before the invoice: what the maker agreed.
+    fn offered(&self) -> Option<&LoopInTerms> {
+        match self {
+            BuyerState::Accepting { offered, .. } => Some(offered),
+            BuyerState::Aborted { offered, .. } => offered.as_deref(),
+            _ => None,
+        }
+    }
+
     fn htlc_output(&self) -> Option<&HtlcOutput> {
         match self {
-            BuyerState::Aborted { htlc, .. } => htlc.as_ref(),
+            BuyerState::Aborted { htlc, .. } | BuyerState::Accepting { htlc, .. } => htlc.as_ref(),
             other => {
                 variant_field!(other, BuyerState, htlc, [Funded, Paying, Claiming, ClaimBroadcast])
             }
@@ -557,9 +611,26 @@ impl BuyerRecord {
         self.lightning_state_lost = true;
     }
 
-    /// The payment hash, once accepted.
+    /// The payment hash, once accepted (in a loop in from the start: the taker's, which the node
+    /// keeps unique among its swaps).
     pub fn payment_hash(&self) -> Option<PaymentHash> {
-        self.state.terms().map(|t| t.htlc_params.payment_hash)
+        self.state.htlc_params().map(|p| p.payment_hash)
+    }
+
+    /// Which way the swap moves money: the direction of the offer taken (loop out: we are the
+    /// taker; loop in: we are the maker).
+    pub fn direction(&self) -> SwapDirection {
+        self.core.offer.direction
+    }
+
+    /// The HTLC's parameters, once agreed (loop out: accepted; loop in: from the start).
+    pub fn htlc_params(&self) -> Option<&HtlcParams> {
+        self.state.htlc_params()
+    }
+
+    /// The quote, once agreed (loop out: accepted; loop in: from the start).
+    pub fn quote(&self) -> Option<&Quote> {
+        self.state.quote()
     }
 
     /// The prepay invoice's payment hash, once accepted with a prepay.
@@ -573,8 +644,9 @@ impl BuyerRecord {
     }
 }
 
-/// One loop out, buyer side: its [`BuyerRecord`] (read through `Deref`; only the state machine
-/// changes it), its keys and what lives in memory only.
+/// One swap, claimer side (the buyer of a loop out, the maker of a loop in): its [`BuyerRecord`]
+/// (read through `Deref`; only the state machine changes it), its keys and what lives in memory
+/// only.
 #[derive(Debug, Clone)]
 pub struct BuyerSwap {
     rec: BuyerRecord,
@@ -670,6 +742,135 @@ impl BuyerSwap {
         Ok((swap, vec![Action::Persist, send]))
     }
 
+    /// Loop in, as the maker: takes a taker's `swap_request` (direction `loop_in`) for our
+    /// loop-in `offer`, checks it against the offer and our `policy` and, when it fits, starts the
+    /// swap in `Accepting`: persists, sends `swap_accept` and watches the HTLC's script at once
+    /// (so the lock is seen even if `swap_funded` is lost).
+    ///
+    /// The checks, in order (spec `02-swap-flow.md`, "Loop in: the claimer as maker"): the offer
+    /// id and expiry (`unknown_offer`); offer and request both `loop_in` and on the offer's
+    /// network (`invalid_params`); a quote for the amount (`amount_out_of_range`); its fee within
+    /// the taker's `max_total_fee_sat` (`invalid_params`); the offer's `claim_margin` not below our
+    /// own floor (`internal`: our configuration); our own claim affordable at our highest claim
+    /// fee rate (`amount_out_of_range`); an HTLC that builds from the taker's keys and ours, with
+    /// `timeout_height = tip + offer.timeout_delta` (`invalid_params`, e.g. the taker named our
+    /// own MuSig2 key).
+    ///
+    /// Not checked here, the node's part: that `request.payment_hash` is not the hash of another
+    /// of its swaps (two swaps on one hash would let one payment's preimage open both HTLCs), and
+    /// its own limits (rate, liquidity to pay `quote.invoice_amount_sat`).
+    ///
+    /// # Errors
+    /// The `error` to send back when the request does not fit; nothing is kept.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_loop_in_request(
+        swap_id: SwapId,
+        peer: String,
+        offer: Offer,
+        request: LoopInRequest,
+        keys: SwapKeys,
+        claim_destination: ScriptBuf,
+        policy: BuyerPolicy,
+        ctx: &Context,
+    ) -> Result<(Self, Vec<Action>), ErrorMessage> {
+        fn err(code: ErrorCode, message: impl core::fmt::Display) -> ErrorMessage {
+            ErrorMessage::new(code, message)
+        }
+        if request.offer_id != offer.offer_id {
+            return Err(err(ErrorCode::UnknownOffer, format!("no offer {}", request.offer_id)));
+        }
+        if offer.is_expired(ctx.now_secs) {
+            return Err(err(ErrorCode::UnknownOffer, "offer expired"));
+        }
+        if request.direction != SwapDirection::LoopIn || offer.direction != SwapDirection::LoopIn {
+            return Err(err(ErrorCode::InvalidParams, "this offer serves loop_in only"));
+        }
+        if request.network != offer.network {
+            return Err(err(ErrorCode::InvalidParams, "network does not match the offer"));
+        }
+        let quote = Quote::compute(&offer, request.amount_sat)
+            .map_err(|e| err(ErrorCode::AmountOutOfRange, e))?;
+        if quote.fee_sat() > request.max_total_fee_sat {
+            return Err(err(
+                ErrorCode::InvalidParams,
+                format!(
+                    "fee {} sat exceeds max_total_fee_sat {}",
+                    quote.fee_sat(),
+                    request.max_total_fee_sat
+                ),
+            ));
+        }
+        if offer.claim_margin < policy.min_claim_margin {
+            return Err(err(
+                ErrorCode::Internal,
+                BuyerCheckError::ClaimMarginTooLow {
+                    offered: offer.claim_margin,
+                    min: policy.min_claim_margin,
+                },
+            ));
+        }
+        check_claim_affordable(quote.htlc_amount_sat, policy.max_claim_fee_rate_sat_vb)
+            .map_err(|e| err(ErrorCode::AmountOutOfRange, e))?;
+        let timeout_height = ctx
+            .tip_height
+            .checked_add(offer.timeout_delta)
+            .ok_or_else(|| err(ErrorCode::Internal, "timeout overflow"))?;
+        let htlc_params = HtlcParams {
+            payment_hash: request.payment_hash,
+            claim_key: keys.claim_pubkey(),
+            refund_key: request.locker_refund_pubkey,
+            locker_musig_key: request.locker_musig_pubkey,
+            claimer_musig_key: keys.musig_pubkey(),
+            timeout_height,
+            network: offer.network,
+        };
+        let htlc = Htlc::new_at(htlc_params.clone(), ctx.tip_height)
+            .map_err(|e| err(ErrorCode::InvalidParams, e))?;
+        let accept = LoopInAccept {
+            direction: SwapDirection::LoopIn,
+            claimer_musig_pubkey: keys.musig_pubkey(),
+            claimer_claim_pubkey: keys.claim_pubkey(),
+            timeout_height,
+            htlc_script_pubkey: htlc.script_pubkey().to_owned(),
+            htlc_amount_sat: quote.htlc_amount_sat,
+            quote,
+        };
+        let funding_deadline_secs =
+            ctx.now_secs.saturating_add(u64::from(offer.invoice_expiry_secs));
+        let core = CoreRecord {
+            swap_id,
+            key_index: keys.index(),
+            peer,
+            offer,
+            created_at: ctx.now_secs,
+            inbox: Inbox { next_seq: 1, early: Vec::new() },
+            outbox: Outbox::default(),
+        };
+        let rec = BuyerRecord {
+            core,
+            amount_sat: request.amount_sat,
+            policy,
+            claim_destination,
+            musig_pubkey: keys.musig_pubkey(),
+            claim_pubkey: keys.claim_pubkey(),
+            state: BuyerState::Accepting {
+                offered: LoopInTerms { quote, htlc_params },
+                funding_deadline_secs,
+                htlc: None,
+            },
+            lightning_state_lost: false,
+        };
+        let mut swap = BuyerSwap::with_keys(rec, keys);
+        let send = swap.rec.core.send(Message::LoopInAccept(accept));
+        let actions = vec![
+            Action::Persist,
+            send,
+            Action::WatchHtlc { script_pubkey: htlc.script_pubkey().to_owned() },
+            Action::Notify(Notification::Accepted { quote, timeout_height }),
+        ];
+        Ok((swap, actions))
+    }
+
     fn with_keys(rec: BuyerRecord, keys: SwapKeys) -> Self {
         BuyerSwap {
             rec,
@@ -693,6 +894,14 @@ impl BuyerSwap {
             return Err(SwapError::WrongKeys { key_index: record.core.key_index });
         }
         Ok(BuyerSwap::with_keys(record, keys))
+    }
+
+    /// What the peer is, in texts we send: the seller of a loop out, the taker of a loop in.
+    fn peer_role(&self) -> &'static str {
+        match self.rec.direction() {
+            SwapDirection::LoopIn => "taker",
+            _ => "seller",
+        }
     }
 
     /// The blocks kept for the claim after a payment resolves: the offer's margin, never below
@@ -724,19 +933,22 @@ impl BuyerSwap {
     }
 
     fn htlc(&self) -> Result<Htlc, SwapError> {
-        let terms =
-            self.rec.state.terms().ok_or_else(|| SwapError::Internal("no terms yet".into()))?;
-        Htlc::new(terms.htlc_params.clone()).map_err(internal)
+        let params = self
+            .rec
+            .state
+            .htlc_params()
+            .ok_or_else(|| SwapError::Internal("no terms yet".into()))?;
+        Htlc::new(params.clone()).map_err(internal)
     }
 
     /// The buyer's part of [`BuyerSwap::resume`], after the re-sent messages `sent`.
     fn resume_role(&mut self, sent: Vec<Action>, ctx: &Context, rng: &mut impl Rng) -> Actions {
         let mut actions = sent;
-        if let Some(terms) = self.rec.state.terms() {
+        if let Some(params) = self.rec.state.htlc_params() {
             if self.kind() == StateKind::Pending
                 || matches!(self.rec.state, BuyerState::Aborted { .. })
             {
-                let htlc = Htlc::new(terms.htlc_params.clone()).map_err(internal)?;
+                let htlc = Htlc::new(params.clone()).map_err(internal)?;
                 actions.push(Action::WatchHtlc { script_pubkey: htlc.script_pubkey().to_owned() });
             }
         }
@@ -814,9 +1026,10 @@ impl BuyerSwap {
             Event::UserScriptSpend => self.on_user_claim(ctx),
             Event::HtlcGone { outpoint } => self.on_htlc_gone(outpoint),
             Event::UserAbort => match self.rec.state {
-                BuyerState::Requested | BuyerState::Accepted { .. } | BuyerState::Funded { .. } => {
-                    self.abort(AbortReason::UserRequested, None, None)
-                }
+                BuyerState::Requested
+                | BuyerState::Accepting { .. }
+                | BuyerState::Accepted { .. }
+                | BuyerState::Funded { .. } => self.abort(AbortReason::UserRequested, None, None),
                 _ => {
                     Err(SwapError::Unexpected { event: "user_abort", state: self.rec.state.name() })
                 }
@@ -884,7 +1097,7 @@ impl BuyerSwap {
         ])
     }
 
-    /// Aborts before paying: tells the seller (who refunds cooperatively).
+    /// Aborts before paying: tells the peer (the locker, which refunds cooperatively).
     fn abort(
         &mut self,
         reason: AbortReason,
@@ -899,10 +1112,13 @@ impl BuyerSwap {
             }
             _ => None,
         });
+        let offered =
+            if terms.is_none() { self.rec.state.offered().cloned().map(Box::new) } else { None };
         let text = message.clone().or_else(|| check.as_ref().map(|c| c.to_string()));
         let text =
             text.map(|t| t.chars().take(crate::messages::MAX_TEXT_CHARS).collect::<String>());
-        self.go(BuyerState::Aborted { reason, check, message: text.clone(), terms, htlc })?;
+        let message = text.clone();
+        self.go(BuyerState::Aborted { reason, check, message, terms, htlc, offered })?;
         self.live.coop = Ephemeral(None);
         let finished = self.finished();
         Ok(self.rec.core.abort_actions(reason, text, finished))
@@ -1067,7 +1283,12 @@ impl BuyerSwap {
                     Err(check) => self.abort(AbortReason::ChecksFailed, Some(check), None),
                 }
             }
-            Message::SwapFunded(funded) => self.on_swap_funded(funded),
+            Message::SwapFunded(funded) => {
+                if matches!(self.rec.state, BuyerState::Accepting { .. }) {
+                    return self.on_loop_in_funded(funded, ctx);
+                }
+                self.on_swap_funded(funded)
+            }
             Message::CoopClaimResponse(resp) => {
                 let BuyerState::Claiming { .. } = &self.rec.state else { return Ok(Vec::new()) };
                 let Some(signed) = self.live.finish_coop(&resp.seller_nonce, &resp.partial_sig)
@@ -1096,31 +1317,145 @@ impl BuyerSwap {
                 }
                 let terms = self.rec.state.terms().cloned();
                 let htlc = self.rec.state.htlc_output().cloned();
+                let offered = self.rec.state.offered().cloned().map(Box::new);
                 self.go(BuyerState::Aborted {
                     reason: abort.reason,
                     check: None,
                     message: abort.message,
                     terms,
                     htlc,
+                    offered,
                 })?;
                 Ok(vec![Action::Persist, note, self.finished()])
             }
             Message::Error(error) => {
                 let note = Action::Notify(Notification::PeerError { error: error.clone() });
-                if self.rec.state == BuyerState::Requested {
+                // Before any HTLC: the peer refused our `swap_request` (loop out) or our
+                // `swap_accept` (loop in); the swap ends. A loop-in maker keeps what it agreed,
+                // to co-sign a cooperative refund should the taker have locked anyway.
+                if matches!(self.rec.state, BuyerState::Requested | BuyerState::Accepting { .. }) {
+                    let htlc = self.rec.state.htlc_output().cloned();
+                    let offered = self.rec.state.offered().cloned().map(Box::new);
                     self.go(BuyerState::Aborted {
                         reason: AbortReason::Internal,
                         check: None,
                         message: Some(format!("{}: {}", error.code.as_str(), error.message)),
                         terms: None,
-                        htlc: None,
+                        htlc,
+                        offered,
                     })?;
                     return Ok(vec![Action::Persist, note, self.finished()]);
                 }
                 Ok(vec![note])
             }
-            other => Ok(vec![self.rec.core.refuse_unexpected(&other, "seller")]),
+            other => {
+                let peer = self.peer_role();
+                Ok(vec![self.rec.core.refuse_unexpected(&other, peer)])
+            }
         }
+    }
+
+    /// Loop in: the taker's `swap_funded` in `Accepting`, with its invoice. The invoice's checks
+    /// ([`BuyerSwap::check_loop_in_invoice`]), then the funding's of [`BuyerSwap::on_swap_funded`]
+    /// (the announced output pays the agreed value to the HTLC's script). Passed: `Accepted` with
+    /// the complete [`Terms`] and the announced outpoint, and from there as in a loop out (the
+    /// payment waits for the HTLC's confirmations on our own chain view; an output already seen
+    /// moves the swap on to `Funded` at once). Failed: `swap_abort` with `checks_failed`, nothing
+    /// paid.
+    fn on_loop_in_funded(&mut self, funded: SwapFunded, ctx: &Context) -> Actions {
+        let BuyerState::Accepting { offered, htlc: seen, .. } = &self.rec.state else {
+            return Ok(Vec::new());
+        };
+        let (offered, seen) = (offered.clone(), seen.clone());
+        let terms = match self.check_loop_in_invoice(funded.invoice.as_deref(), &offered, ctx) {
+            Ok(terms) => terms,
+            Err(check) => return self.abort(AbortReason::ChecksFailed, Some(check), None),
+        };
+        if let Err(reason) = self.check_funding_tx(&funded, offered.quote.htlc_amount_sat) {
+            return self.abort(
+                AbortReason::ChecksFailed,
+                Some(BuyerCheckError::HtlcScriptMismatch(reason)),
+                None,
+            );
+        }
+        let announced = OutPoint { txid: funded.txid, vout: funded.vout };
+        self.go(BuyerState::Accepted { terms, announced: Some(announced) })?;
+        let mut actions = vec![Action::Persist];
+        if let Some(seen) = seen {
+            let (amount_sat, script) = (offered.quote.htlc_amount_sat, self.htlc()?);
+            let script_pubkey = script.script_pubkey().to_owned();
+            let (outpoint, confirmed_height) = (seen.outpoint, seen.confirmed_height);
+            actions.extend(self.on_htlc_output(
+                outpoint,
+                amount_sat,
+                script_pubkey,
+                confirmed_height,
+                ctx,
+            )?);
+        }
+        Ok(actions)
+    }
+
+    /// Loop in: the taker's invoice against what the maker agreed: present, decodes as BOLT11,
+    /// for the offer's network, for the HTLC's hash, for exactly `quote.invoice_amount_sat`, not
+    /// expired. Its payee is whichever node the taker names: the hash binds the invoice to the
+    /// HTLC (paying it reveals the preimage that opens the claim leaf, whoever is paid), so
+    /// unlike a loop out there is no offer's node to compare it with.
+    fn check_loop_in_invoice(
+        &self,
+        invoice: Option<&str>,
+        offered: &LoopInTerms,
+        ctx: &Context,
+    ) -> Result<Terms, BuyerCheckError> {
+        let text = invoice.ok_or_else(|| {
+            BuyerCheckError::InvoiceInvalid("missing: a loop-in swap_funded carries it".into())
+        })?;
+        let invoice = Bolt11Invoice::from_str(text)
+            .map_err(|e| BuyerCheckError::InvoiceInvalid(e.to_string()))?;
+        if invoice.network() != self.rec.core.offer.network {
+            return Err(BuyerCheckError::InvoiceNetwork);
+        }
+        if invoice.payment_hash().to_byte_array() != offered.htlc_params.payment_hash.0 {
+            return Err(BuyerCheckError::InvoiceHashMismatch);
+        }
+        let quote_msat = offered.quote.invoice_amount_sat.saturating_mul(1000);
+        let invoice_msat = invoice.amount_milli_satoshis().unwrap_or(0);
+        if invoice_msat != quote_msat {
+            return Err(BuyerCheckError::InvoiceAmountMismatch { invoice_msat, quote_msat });
+        }
+        if invoice.would_expire(Duration::from_secs(ctx.now_secs)) {
+            return Err(BuyerCheckError::InvoiceExpired);
+        }
+        let expires_at = invoice.expires_at().map(|d| d.as_secs()).unwrap_or(u64::MAX);
+        Ok(Terms {
+            invoice: text.to_string(),
+            invoice_amount_msat: invoice_msat,
+            invoice_expires_at: expires_at,
+            min_final_cltv: u32::try_from(invoice.min_final_cltv_expiry_delta())
+                .unwrap_or(u32::MAX),
+            quote: offered.quote,
+            htlc_params: offered.htlc_params.clone(),
+            prepay: None,
+        })
+    }
+
+    /// `swap_funded`'s transaction: it decodes, its id is `txid`, and output `vout` pays
+    /// `amount_sat` to the HTLC's script.
+    fn check_funding_tx(&self, funded: &SwapFunded, amount_sat: u64) -> Result<(), String> {
+        let htlc = self.htlc().map_err(|e| e.to_string())?;
+        let tx = funded.tx().map_err(|e| e.to_string())?;
+        let out = tx.output.get(funded.vout as usize).ok_or("no such output")?;
+        if out.script_pubkey != *htlc.script_pubkey() {
+            return Err("funding output script differs from the htlc".to_string());
+        }
+        if out.value != Amount::from_sat(amount_sat) {
+            return Err(format!(
+                "funding output pays {} sat, agreed {}",
+                out.value.to_sat(),
+                amount_sat
+            ));
+        }
+        Ok(())
     }
 
     fn on_swap_funded(&mut self, funded: SwapFunded) -> Actions {
@@ -1128,22 +1463,8 @@ impl BuyerSwap {
             return Ok(Vec::new());
         };
         let terms = terms.clone();
-        let htlc = self.htlc()?;
-        let check = funded.tx().map_err(|e| e.to_string()).and_then(|tx| {
-            let out = tx.output.get(funded.vout as usize).ok_or("no such output")?;
-            if out.script_pubkey != *htlc.script_pubkey() {
-                return Err("funding output script differs from the htlc".to_string());
-            }
-            if out.value != Amount::from_sat(terms.quote.htlc_amount_sat) {
-                return Err(format!(
-                    "funding output pays {} sat, agreed {}",
-                    out.value.to_sat(),
-                    terms.quote.htlc_amount_sat
-                ));
-            }
-            Ok(())
-        });
-        match check {
+        self.htlc()?;
+        match self.check_funding_tx(&funded, terms.quote.htlc_amount_sat) {
             Ok(()) => {
                 self.rec.state = BuyerState::Accepted {
                     terms,
@@ -1167,6 +1488,9 @@ impl BuyerSwap {
         confirmed_height: Option<u32>,
         ctx: &Context,
     ) -> Actions {
+        if let BuyerState::Accepting { .. } = &self.rec.state {
+            return self.on_early_htlc_output(outpoint, value_sat, script_pubkey, confirmed_height);
+        }
         let (terms, current) = match &self.rec.state {
             BuyerState::Accepted { terms, .. } => (terms.clone(), None),
             BuyerState::Funded { terms, htlc, .. } => (terms.clone(), Some(htlc.clone())),
@@ -1227,6 +1551,44 @@ impl BuyerSwap {
         }
         actions.extend(self.maybe_pay(ctx)?);
         Ok(actions)
+    }
+
+    /// Loop in, in `Accepting`: the HTLC output seen on chain before the taker's `swap_funded`.
+    /// Remembered (the swap moves on to `Funded` once the invoice passes its checks: nothing is
+    /// paid without it); another value than the agreed one fails the swap, as in `Accepted`.
+    fn on_early_htlc_output(
+        &mut self,
+        outpoint: OutPoint,
+        value_sat: u64,
+        script_pubkey: ScriptBuf,
+        confirmed_height: Option<u32>,
+    ) -> Actions {
+        let BuyerState::Accepting { offered, htlc, .. } = &self.rec.state else {
+            return Ok(Vec::new());
+        };
+        let expected_sat = offered.quote.htlc_amount_sat;
+        if script_pubkey != *self.htlc()?.script_pubkey() {
+            return Ok(Vec::new());
+        }
+        if htlc.as_ref().is_some_and(|h| h.outpoint != outpoint) {
+            return Ok(Vec::new());
+        }
+        if value_sat != expected_sat {
+            return self.abort(
+                AbortReason::ChecksFailed,
+                Some(BuyerCheckError::HtlcAmountMismatch { expected_sat, got_sat: value_sat }),
+                None,
+            );
+        }
+        let output = HtlcOutput { outpoint, confirmed_height };
+        let BuyerState::Accepting { htlc, .. } = &mut self.rec.state else {
+            return Ok(Vec::new());
+        };
+        if htlc.as_ref() == Some(&output) {
+            return Ok(Vec::new());
+        }
+        *htlc = Some(output);
+        Ok(vec![Action::Persist])
     }
 
     fn required_confirmations(&self) -> u32 {
@@ -1411,7 +1773,11 @@ impl BuyerSwap {
             return Ok(Vec::new());
         }
         let note = Action::Notify(Notification::FundingGone { txid: outpoint.txid });
-        match &self.rec.state {
+        match &mut self.rec.state {
+            BuyerState::Accepting { htlc, .. } => {
+                *htlc = None;
+                Ok(vec![Action::Persist, note])
+            }
             BuyerState::Funded { terms, .. } => {
                 let terms = terms.clone();
                 self.verifying_htlc = false;
@@ -1901,14 +2267,25 @@ impl BuyerSwap {
             }
             _ => None,
         };
-        let (Some(output), Some(terms)) =
-            (self.rec.state.htlc_output().cloned().or(announced), self.rec.state.terms().cloned())
-        else {
+        // Loop in, before the invoice (`Accepting`, or aborted there): the HTLC may have been
+        // locked without our seeing it (a late lock after our `funding_timeout`). The refund
+        // then names it: it spends an output of the HTLC's script, whose key path we co-sign,
+        // for the agreed value (the signature commits to both; another output or value makes
+        // it invalid). We never pay in these states, so the refund takes nothing from us.
+        let early = self.rec.state.offered().and_then(|_| {
+            let tx = req.tx().ok()?;
+            let input = tx.input.first().filter(|_| tx.input.len() == 1)?;
+            Some(HtlcOutput { outpoint: input.previous_output, confirmed_height: None })
+        });
+        let (Some(output), Some(quote)) = (
+            self.rec.state.htlc_output().cloned().or(announced).or(early),
+            self.rec.state.quote().copied(),
+        ) else {
             return Ok(vec![self.no_refund_to_sign()]);
         };
         let htlc = self.htlc()?;
         let answer = req.tx().map_err(|e| e.to_string()).and_then(|tx| {
-            let (amount_sat, outpoint) = (terms.quote.htlc_amount_sat, output.outpoint);
+            let (amount_sat, outpoint) = (quote.htlc_amount_sat, output.outpoint);
             let who = Signer::Claimer;
             self.live.cosign(&htlc, who, tx, outpoint, amount_sat, &req.seller_nonce, "refund", rng)
         });
@@ -1919,11 +2296,8 @@ impl BuyerSwap {
             // drops a message it has seen.
             actions.extend(self.rec.core.outbox.sent.last().cloned().map(Action::Send));
         } else {
-            actions.extend(self.abort(
-                AbortReason::UserRequested,
-                None,
-                Some("seller refunds".into()),
-            )?);
+            let why = format!("{} refunds", self.peer_role());
+            actions.extend(self.abort(AbortReason::UserRequested, None, Some(why))?);
         }
         let send = match answer {
             Ok((buyer_nonce, partial_sig)) => {
@@ -2013,6 +2387,24 @@ impl BuyerSwap {
 
     fn handle_tick(&mut self, ctx: &Context, rng: &mut impl Rng) -> Actions {
         match &self.rec.state {
+            BuyerState::Accepting { offered, funding_deadline_secs, .. } => {
+                // Loop in: a taker that never funds costs us a message, not a wait without end.
+                let timeout = offered.htlc_params.timeout_height;
+                let too_late = ctx
+                    .tip_height
+                    .saturating_add(self.claim_margin())
+                    .saturating_add(MIN_CLTV_BUDGET_BLOCKS)
+                    >= timeout;
+                if too_late || ctx.now_secs >= *funding_deadline_secs {
+                    let why = if too_late {
+                        "too few blocks left before the timeout to pay safely"
+                    } else {
+                        "no swap_funded in time"
+                    };
+                    return self.abort(AbortReason::FundingTimeout, None, Some(why.into()));
+                }
+                Ok(Vec::new())
+            }
             BuyerState::Accepted { terms, .. } => {
                 if ctx.now_secs >= terms.invoice_expires_at {
                     return self.abort(

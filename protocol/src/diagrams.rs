@@ -15,19 +15,33 @@ pub fn state_diagrams() -> Vec<(&'static str, String)> {
         (
             "buyer.md",
             format!(
-                "{header}# Buyer (loop out)\n\nPoint of no return: `Paying`.\n\n{}",
+                "{header}# Buyer: the claimer (loop out as taker, loop in as maker)\n\n\
+                 A loop out starts in `Requested`, a loop in in `Accepting`. \
+                 Point of no return: `Paying`.\n\n{}",
                 mermaid("Buyer", BUYER_TRANSITIONS, "Requested", &["Claimed", "Aborted", "Lost"])
+                    .replacen(
+                        "    [*] --> Requested\n",
+                        "    [*] --> Requested: loop out (taker)\n    [*] --> Accepting: loop in (maker)\n",
+                        1
+                    )
             ),
         ),
         (
             "seller.md",
             format!(
-                "{header}# Seller (loop out)\n\nPoint of no return: `Paid`.\n\n{}",
+                "{header}# Seller: the locker (loop out as maker, loop in as taker)\n\n\
+                 A loop out starts in `AwaitingInvoice`, a loop in in `Requested`. \
+                 Point of no return: `Paid`.\n\n{}",
                 mermaid(
                     "Seller",
                     SELLER_TRANSITIONS,
                     "AwaitingInvoice",
                     &["Claimed", "Refunded", "Aborted"]
+                )
+                .replacen(
+                    "    [*] --> AwaitingInvoice\n",
+                    "    [*] --> AwaitingInvoice: loop out (maker)\n    [*] --> Requested: loop in (taker)\n",
+                    1
                 )
             ),
         ),

@@ -7,8 +7,9 @@
 //!
 //! # Driving a swap
 //!
-//! A swap is a value without I/O. [`buyer::BuyerSwap::start`] (a buyer taking an offer) or
-//! [`seller::SellerSwap::from_request`] (a seller answering a `swap_request`) creates one; the
+//! A swap is a value without I/O. [`buyer::BuyerSwap::start`] (a buyer taking an offer),
+//! [`seller::SellerSwap::from_request`] (a seller answering a `swap_request`) or
+//! [`seller::SellerSwap::start_loop_in`] (a taker locking in a loop in) creates one; the
 //! driver then feeds it [`swap::Event`]s with a [`swap::Context`] (time, tip height, fee rate are
 //! only ever arguments) and a fresh RNG, and carries out the returned [`swap::Action`]s in order:
 //!

@@ -1,10 +1,17 @@
-//! The seller's side of a loop out (spec `02-swap-flow.md`, "Seller").
+//! The locker's side of a swap (spec `02-swap-flow.md`, "Seller" and "Loop in: the locker as
+//! taker"): the party that makes the preimage, issues the invoice, locks the HTLC and refunds it
+//! after the timeout. In a loop out the locker is the maker (the seller answering a
+//! `swap_request`, [`SellerSwap::from_request`]); in a loop in it is the taker
+//! ([`SellerSwap::start_loop_in`]: it sends the request and checks the maker's `swap_accept`).
+//! From the funding on both run the same states.
 //!
 //! ```text
-//! AwaitingInvoice -> Accepted (-> prepay received) -> Funded -> Paid (point of no return) -> Claimed
-//!                        |          |-> RefundingCooperatively -> Refunding -> Refunded
-//!                        |          '-> Refunding (timeout) ----------------^
-//!                        '-> Aborted
+//! (loop in) Requested --.
+//!                        v
+//! (loop out)      AwaitingInvoice -> Accepted (-> prepay received) -> Funded -> Paid (point of no return) -> Claimed
+//!                        |               |          |-> RefundingCooperatively -> Refunding -> Refunded
+//!                        |               |          '-> Refunding (timeout) ----------------^
+//!                        '---------------'-> Aborted
 //! ```
 
 use core::str::FromStr;
@@ -18,7 +25,8 @@ use crate::htlc::{Htlc, HtlcParams, HtlcSpendPath};
 use crate::keys::SwapKeys;
 use crate::messages::{
     AbortReason, CoopClaimRequest, CoopClaimResponse, CoopRefundRequest, ErrorCode, ErrorMessage,
-    Message, Offer, SwapAccept, SwapFunded, SwapRequest,
+    LoopInAccept, LoopInRequest, Message, Offer, SwapAccept, SwapFunded, SwapRequest,
+    MAX_TEXT_CHARS, MAX_TIMEOUT_DELTA, MIN_CLTV_BUDGET_BLOCKS,
 };
 use crate::musig::Signer;
 use crate::shared::{
@@ -28,7 +36,7 @@ use crate::shared::{
 use crate::spend::{KEY_PATH_SPEND_VBYTES, REFUND_SCRIPT_PATH_VBYTES};
 use crate::swap::{
     Action, Context, Event, Inbox, Notification, Outbox, PaymentStatus, SwapError, TxPurpose,
-    COOP_TIMEOUT_SECS, SECS_PER_BLOCK,
+    COOP_TIMEOUT_SECS, SECS_PER_BLOCK, TIMEOUT_SLACK_BLOCKS,
 };
 use crate::terms::Quote;
 use crate::types::{PaymentHash, SwapDirection, SwapId};
@@ -79,15 +87,19 @@ pub struct Funding {
     pub confirmed_height: Option<u32>,
 }
 
-/// The seller's states. Each carries what it needs.
+/// The seller's (the locker's) states. Each carries what it needs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum SellerState {
-    /// Request accepted; the invoice is being created.
+    /// Loop in, as taker: `swap_request` sent; waiting for the maker's `swap_accept`. Nothing is
+    /// locked and there is no HTLC yet.
+    Requested,
+    /// Request accepted (loop out: we accepted the buyer's; loop in: the maker's `swap_accept`
+    /// passed our checks); the invoice is being created.
     AwaitingInvoice,
-    /// `swap_accept` sent; the funding transaction is being built (with a prepay: once it is
-    /// received).
+    /// The invoice exists (loop out: `swap_accept` sent); the funding transaction is being built
+    /// (with a prepay: once it is received).
     Accepted {
         /// The BOLT11 invoice.
         invoice: String,
@@ -173,6 +185,9 @@ pub enum SellerState {
         reason: AbortReason,
         /// Details.
         message: Option<String>,
+        /// Loop in: the check of the maker's `swap_accept` that failed, when one did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        check: Option<LockerCheckError>,
     },
 }
 
@@ -211,6 +226,193 @@ impl Default for SellerPolicy {
     }
 }
 
+/// The taker's limits when it locks (a loop in, [`SellerSwap::start_loop_in`]): what it accepts
+/// of a maker's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LoopInLimits {
+    /// Most the taker pays as `swap_fee_sat + funding_fee_sat` (taken from the invoice the maker
+    /// pays).
+    pub max_total_fee_sat: u64,
+    /// Most blocks from the tip to `timeout_height` the taker accepts: how long its coins stay
+    /// locked, at worst, when the maker never pays.
+    pub max_timeout_delta: u32,
+}
+
+impl Default for LoopInLimits {
+    fn default() -> Self {
+        Self { max_total_fee_sat: u64::MAX, max_timeout_delta: MAX_TIMEOUT_DELTA }
+    }
+}
+
+/// The request a seller's swap was made from. Stored as the request itself: its `direction`
+/// tells which (records of a loop out read as before).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+#[non_exhaustive]
+pub enum SellerRequest {
+    /// Loop out, as maker: the buyer's `swap_request` we answered.
+    LoopOut(SwapRequest),
+    /// Loop in, as taker: the `swap_request` we sent to the maker.
+    LoopIn(LoopInRequest),
+}
+
+impl<'de> Deserialize<'de> for SellerRequest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let value = serde_json::Value::deserialize(d)?;
+        let direction = value.get("direction").cloned().unwrap_or(serde_json::Value::Null);
+        let direction: SwapDirection =
+            serde_json::from_value(direction).map_err(D::Error::custom)?;
+        match direction {
+            SwapDirection::LoopOut => {
+                serde_json::from_value(value).map(SellerRequest::LoopOut).map_err(D::Error::custom)
+            }
+            SwapDirection::LoopIn => {
+                serde_json::from_value(value).map(SellerRequest::LoopIn).map_err(D::Error::custom)
+            }
+        }
+    }
+}
+
+impl SellerRequest {
+    /// Which way the swap moves money.
+    pub fn direction(&self) -> SwapDirection {
+        match self {
+            SellerRequest::LoopOut(_) => SwapDirection::LoopOut,
+            SellerRequest::LoopIn(_) => SwapDirection::LoopIn,
+        }
+    }
+
+    /// The swap amount: the value of the HTLC output.
+    pub fn amount_sat(&self) -> u64 {
+        match self {
+            SellerRequest::LoopOut(r) => r.amount_sat,
+            SellerRequest::LoopIn(r) => r.amount_sat,
+        }
+    }
+
+    /// The offer taken.
+    pub fn offer_id(&self) -> &str {
+        match self {
+            SellerRequest::LoopOut(r) => &r.offer_id,
+            SellerRequest::LoopIn(r) => &r.offer_id,
+        }
+    }
+
+    /// The taker's bound on `swap_fee_sat + funding_fee_sat`.
+    pub fn max_total_fee_sat(&self) -> u64 {
+        match self {
+            SellerRequest::LoopOut(r) => r.max_total_fee_sat,
+            SellerRequest::LoopIn(r) => r.max_total_fee_sat,
+        }
+    }
+}
+
+/// A check the taker makes, as locker of a loop in, before it asks and on the maker's
+/// `swap_accept` (spec `02-swap-flow.md`, "Loop in: the locker as taker"); each failure has its
+/// own name. A failure on `swap_accept` is answered with `swap_abort` `checks_failed`: nothing is
+/// locked yet.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "check", content = "detail", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LockerCheckError {
+    /// The offer is not a loop-in offer.
+    #[error("the offer is not a loop-in offer")]
+    NotLoopIn,
+    /// The offer is invalid or expired.
+    #[error("invalid offer: {0}")]
+    InvalidOffer(String),
+    /// The maker's quote differs from ours (or none can be computed for the amount).
+    #[error("quote mismatch: {0}")]
+    QuoteMismatch(String),
+    /// The fee is above the taker's limit.
+    #[error("fee {fee_sat} sat exceeds the limit of {max_sat} sat")]
+    FeeTooHigh {
+        /// The quote's `swap_fee_sat + funding_fee_sat`.
+        fee_sat: u64,
+        /// The limit ([`LoopInLimits::max_total_fee_sat`]).
+        max_sat: u64,
+    },
+    /// The HTLC value differs from the amount asked.
+    #[error("htlc amount {got_sat} sat differs from the agreed {expected_sat} sat")]
+    HtlcAmountMismatch {
+        /// The amount asked.
+        expected_sat: u64,
+        /// What the maker sent (`htlc_amount_sat`, or the quote's when that differs).
+        got_sat: u64,
+    },
+    /// The timeout is outside what the offer promised.
+    #[error("timeout height {timeout_height} is outside [{min}, {max}]")]
+    TimeoutOutOfRange {
+        /// The timeout.
+        timeout_height: u32,
+        /// Lowest acceptable (`tip + timeout_delta - TIMEOUT_SLACK_BLOCKS`).
+        min: u32,
+        /// Highest acceptable (`tip + timeout_delta + TIMEOUT_SLACK_BLOCKS`).
+        max: u32,
+    },
+    /// The timeout locks the taker's coins longer than it accepts.
+    #[error("a timeout {blocks} blocks away is beyond this node's limit of {max}")]
+    TimeoutTooLong {
+        /// Blocks from the tip to the timeout (the offer's `timeout_delta` before the request).
+        blocks: u32,
+        /// The limit ([`LoopInLimits::max_timeout_delta`]).
+        max: u32,
+    },
+    /// The HTLC script differs from the one rebuilt from the keys, the hash and the timeout.
+    #[error("htlc script mismatch: {0}")]
+    HtlcScriptMismatch(String),
+}
+
+impl LockerCheckError {
+    /// Every check's stable code, as in the spec and the node's API errors.
+    pub const CODES: &'static [&'static str] = &[
+        "not_loop_in",
+        "invalid_offer",
+        "quote_mismatch",
+        "fee_too_high",
+        "htlc_amount_mismatch",
+        "timeout_out_of_range",
+        "timeout_too_long",
+        "htlc_script_mismatch",
+    ];
+
+    /// The check's stable snake_case code (the `check` tag of the serialized error).
+    pub fn code(&self) -> &'static str {
+        match self {
+            LockerCheckError::NotLoopIn => "not_loop_in",
+            LockerCheckError::InvalidOffer(_) => "invalid_offer",
+            LockerCheckError::QuoteMismatch(_) => "quote_mismatch",
+            LockerCheckError::FeeTooHigh { .. } => "fee_too_high",
+            LockerCheckError::HtlcAmountMismatch { .. } => "htlc_amount_mismatch",
+            LockerCheckError::TimeoutOutOfRange { .. } => "timeout_out_of_range",
+            LockerCheckError::TimeoutTooLong { .. } => "timeout_too_long",
+            LockerCheckError::HtlcScriptMismatch(_) => "htlc_script_mismatch",
+        }
+    }
+}
+
+/// Everything a taker needs to start a loop in as the locker ([`SellerSwap::start_loop_in`]).
+#[derive(Debug, Clone)]
+pub struct LockerStart {
+    /// A fresh random swap id.
+    pub swap_id: SwapId,
+    /// The maker (Nostr public key, hex).
+    pub peer: String,
+    /// The maker's loop-in offer.
+    pub offer: Offer,
+    /// The amount to lock.
+    pub amount_sat: u64,
+    /// What the taker accepts of the maker's terms.
+    pub limits: LoopInLimits,
+    /// How the swap behaves once funded (co-signing the maker's claim).
+    pub policy: SellerPolicy,
+    /// Where refunds go.
+    pub refund_destination: ScriptBuf,
+    /// Our keys for this swap (the preimage is theirs).
+    pub keys: SwapKeys,
+}
+
 /// A seller's swap as stored (the `swap` of a [`crate::record::SwapRecord`]): everything but the
 /// keys, which derive again from [`SellerRecord::key_index`], and the memory-only MuSig2
 /// session. [`SellerSwap::load`] makes it a running swap again.
@@ -218,16 +420,21 @@ impl Default for SellerPolicy {
 pub struct SellerRecord {
     #[serde(flatten)]
     core: CoreRecord,
-    /// The buyer's request.
-    request: SwapRequest,
+    /// The request: the buyer's (loop out) or ours (loop in).
+    request: SellerRequest,
     /// The quote.
     quote: Quote,
-    /// The HTLC parameters.
-    htlc_params: HtlcParams,
+    /// The HTLC parameters (absent only in a loop in's `Requested` and its end without an
+    /// accepted contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    htlc_params: Option<HtlcParams>,
     /// Where refunds go.
     refund_destination: ScriptBuf,
     /// Policy.
     policy: SellerPolicy,
+    /// Loop in: the taker's limits on the maker's terms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    limits: Option<LoopInLimits>,
     /// The state.
     state: SellerState,
 }
@@ -240,8 +447,8 @@ impl SellerRecord {
         &self.state
     }
 
-    /// When the swap's invoice expires (unix seconds), once it was created: the buyer stops
-    /// waiting for the funding then.
+    /// When the swap's invoice expires (unix seconds), once it was created: the claimer (the
+    /// buyer in a loop out, the maker in a loop in) stops waiting for the funding then.
     pub fn invoice_expires_at(&self) -> Option<u64> {
         match &self.state {
             SellerState::Accepted { invoice, .. }
@@ -251,9 +458,24 @@ impl SellerRecord {
         }
     }
 
-    /// The buyer's request.
-    pub fn request(&self) -> &SwapRequest {
+    /// The request the swap was made from: the buyer's (loop out) or ours (loop in).
+    pub fn request(&self) -> &SellerRequest {
         &self.request
+    }
+
+    /// Which way the swap moves money: loop out (we are the maker) or loop in (the taker).
+    pub fn direction(&self) -> SwapDirection {
+        self.request.direction()
+    }
+
+    /// The swap amount: the value of the HTLC output.
+    pub fn amount_sat(&self) -> u64 {
+        self.request.amount_sat()
+    }
+
+    /// Loop in: the taker's limits on the maker's terms.
+    pub fn loop_in_limits(&self) -> Option<&LoopInLimits> {
+        self.limits.as_ref()
     }
 
     /// The quote.
@@ -261,9 +483,14 @@ impl SellerRecord {
         &self.quote
     }
 
-    /// The HTLC parameters.
-    pub fn htlc_params(&self) -> &HtlcParams {
-        &self.htlc_params
+    /// The HTLC parameters, once agreed (a loop in has none while `Requested`).
+    pub fn htlc_params(&self) -> Option<&HtlcParams> {
+        self.htlc_params.as_ref()
+    }
+
+    /// The HTLC's `timeout_height`, once agreed.
+    pub fn timeout_height(&self) -> Option<u32> {
+        self.htlc_params.as_ref().map(|p| p.timeout_height)
     }
 
     /// Where refunds go.
@@ -276,9 +503,14 @@ impl SellerRecord {
         &self.policy
     }
 
-    /// The payment hash.
+    /// The payment hash (ours: we made the preimage).
     pub fn payment_hash(&self) -> PaymentHash {
-        self.htlc_params.payment_hash
+        match (&self.request, &self.htlc_params) {
+            (SellerRequest::LoopIn(r), _) => r.payment_hash,
+            (_, Some(p)) => p.payment_hash,
+            // Never: a loop out has its HTLC from the start (a record without it does not load).
+            (SellerRequest::LoopOut(_), None) => PaymentHash([0; 32]),
+        }
     }
 
     /// The prepay invoice's payment hash, while the swap waits for it.
@@ -290,13 +522,15 @@ impl SellerRecord {
     }
 }
 
-/// One loop out, seller side: its [`SellerRecord`] (read through `Deref`; only the state machine
-/// changes it), its keys and the memory-only MuSig2 session of a cooperative refund.
+/// One swap, locker side (the seller of a loop out, the taker of a loop in): its
+/// [`SellerRecord`] (read through `Deref`; only the state machine changes it), its keys and the
+/// memory-only MuSig2 session of a cooperative refund.
 #[derive(Debug, Clone)]
 pub struct SellerSwap {
     rec: SellerRecord,
     live: Live,
-    htlc: Htlc,
+    /// The HTLC, once agreed (a loop in has none while `Requested`).
+    htlc: Option<Htlc>,
     /// When an unsettled claim is looked at next (`Paid`; unix seconds).
     claim_check_at_secs: u64,
     /// The invoice's expiry, decoded once ([`SellerSwap::invoice_expiry`]): every tick of a
@@ -314,9 +548,19 @@ fn invoice_expired_at(invoice: &str) -> Option<u64> {
 
 /// Invoice expiry: the offer's, but at most half the time to the timeout.
 fn invoice_expiry_secs(offer: &Offer) -> u32 {
-    let half_timeout_secs = u64::from(offer.timeout_delta) * SECS_PER_BLOCK / 2;
+    invoice_expiry_secs_within(offer, offer.timeout_delta)
+}
+
+/// Invoice expiry with `blocks_left` to the timeout: the offer's, but at most half that time.
+fn invoice_expiry_secs_within(offer: &Offer, blocks_left: u32) -> u32 {
+    let half_timeout_secs = u64::from(blocks_left) * SECS_PER_BLOCK / 2;
     u32::try_from(half_timeout_secs.min(u64::from(offer.invoice_expiry_secs)))
         .unwrap_or(offer.invoice_expiry_secs)
+}
+
+/// The error of a step that needs the HTLC before one was agreed (a bug: never panics).
+fn no_htlc() -> SwapError {
+    SwapError::Internal("the swap has no htlc yet".into())
 }
 
 fn err(code: ErrorCode, message: impl core::fmt::Display) -> ErrorMessage {
@@ -385,6 +629,7 @@ impl SellerSwap {
         };
         let htlc = Htlc::new_at(htlc_params.clone(), ctx.tip_height)
             .map_err(|e| err(ErrorCode::InvalidParams, e))?;
+        let request = SellerRequest::LoopOut(request);
         let expiry_secs = invoice_expiry_secs(&offer);
         let amount_msat = quote.invoice_amount_sat.saturating_mul(1000);
         let core = CoreRecord {
@@ -400,20 +645,244 @@ impl SellerSwap {
             core,
             request,
             quote,
-            htlc_params,
+            htlc_params: Some(htlc_params),
             refund_destination,
             policy,
+            limits: None,
             state: SellerState::AwaitingInvoice,
         };
         let swap = SellerSwap {
             rec,
             live: Live::new(keys),
-            htlc,
+            htlc: Some(htlc),
             claim_check_at_secs: 0,
             invoice_expiry: None,
         };
         let actions = vec![Action::Persist, swap.create_invoice(amount_msat, expiry_secs)];
         Ok((swap, actions))
+    }
+
+    /// Starts a loop in as the taker, who locks: checks the maker's loop-in offer against our
+    /// limits, computes the quote and sends `swap_request` (`Requested`). The maker answers with
+    /// `swap_accept` (its keys and the contract), which the swap checks before it asks for the
+    /// invoice and funds.
+    ///
+    /// # Errors
+    /// [`LockerCheckError`] when the offer cannot serve the amount within the limits; nothing is
+    /// sent.
+    pub fn start_loop_in(
+        start: LockerStart,
+        ctx: &Context,
+    ) -> Result<(Self, Vec<Action>), LockerCheckError> {
+        let LockerStart {
+            swap_id,
+            peer,
+            offer,
+            amount_sat,
+            limits,
+            policy,
+            refund_destination,
+            keys,
+        } = start;
+        if offer.direction != SwapDirection::LoopIn {
+            return Err(LockerCheckError::NotLoopIn);
+        }
+        offer.validate().map_err(|e| LockerCheckError::InvalidOffer(e.to_string()))?;
+        if offer.is_expired(ctx.now_secs) {
+            return Err(LockerCheckError::InvalidOffer("the offer expired".into()));
+        }
+        let quote = Quote::compute(&offer, amount_sat)
+            .map_err(|e| LockerCheckError::QuoteMismatch(e.to_string()))?;
+        if quote.fee_sat() > limits.max_total_fee_sat {
+            return Err(LockerCheckError::FeeTooHigh {
+                fee_sat: quote.fee_sat(),
+                max_sat: limits.max_total_fee_sat,
+            });
+        }
+        if offer.timeout_delta > limits.max_timeout_delta {
+            return Err(LockerCheckError::TimeoutTooLong {
+                blocks: offer.timeout_delta,
+                max: limits.max_timeout_delta,
+            });
+        }
+        let request = LoopInRequest {
+            offer_id: offer.offer_id.clone(),
+            direction: SwapDirection::LoopIn,
+            network: offer.network,
+            amount_sat,
+            payment_hash: keys.payment_hash(),
+            locker_musig_pubkey: keys.musig_pubkey(),
+            locker_refund_pubkey: keys.refund_pubkey(),
+            max_total_fee_sat: limits.max_total_fee_sat.min(quote.fee_sat()),
+        };
+        let core = CoreRecord {
+            swap_id,
+            key_index: keys.index(),
+            peer,
+            offer,
+            created_at: ctx.now_secs,
+            inbox: Inbox::default(),
+            outbox: Outbox::default(),
+        };
+        let rec = SellerRecord {
+            core,
+            request: SellerRequest::LoopIn(request.clone()),
+            quote,
+            htlc_params: None,
+            refund_destination,
+            policy,
+            limits: Some(limits),
+            state: SellerState::Requested,
+        };
+        let mut swap = SellerSwap {
+            rec,
+            live: Live::new(keys),
+            htlc: None,
+            claim_check_at_secs: 0,
+            invoice_expiry: None,
+        };
+        let send = swap.rec.core.send(Message::LoopInRequest(request));
+        Ok((swap, vec![Action::Persist, send]))
+    }
+
+    /// Whether we are the taker of a loop in.
+    fn loop_in(&self) -> bool {
+        self.rec.direction() == SwapDirection::LoopIn
+    }
+
+    /// The peer (the claimer) as messages and errors name it: the buyer of a loop out, the maker
+    /// of a loop in.
+    fn claimer(&self) -> &'static str {
+        if self.loop_in() {
+            "maker"
+        } else {
+            "buyer"
+        }
+    }
+
+    /// The HTLC's timeout, `u32::MAX` before one is agreed (nothing is locked then).
+    fn timeout(&self) -> u32 {
+        self.rec.timeout_height().unwrap_or(u32::MAX)
+    }
+
+    /// The HTLC, which every state from `AwaitingInvoice` on has.
+    fn contract(&self) -> Result<&Htlc, SwapError> {
+        self.htlc.as_ref().ok_or_else(no_htlc)
+    }
+
+    /// The invoice to ask the Lightning node for, of `quote.invoice_amount_sat`: in a loop out
+    /// with the expiry computed from the offer's `timeout_delta` (as when the swap was accepted),
+    /// in a loop in from the blocks left to the agreed timeout now.
+    fn ask_invoice(&self, ctx: &Context) -> Action {
+        let amount_msat = self.rec.quote.invoice_amount_sat.saturating_mul(1000);
+        let offer = &self.rec.core.offer;
+        let expiry_secs = if self.loop_in() {
+            invoice_expiry_secs_within(offer, self.timeout().saturating_sub(ctx.tip_height))
+        } else {
+            invoice_expiry_secs(offer)
+        };
+        self.create_invoice(amount_msat, expiry_secs)
+    }
+
+    /// The taker's checks of the maker's `swap_accept` (spec `02-swap-flow.md`, "Loop in: the
+    /// locker as taker"), in order; passed, the HTLC parameters and the HTLC they build.
+    fn check_loop_in_accept(
+        &self,
+        accept: &LoopInAccept,
+        ctx: &Context,
+    ) -> Result<(HtlcParams, Htlc), LockerCheckError> {
+        let offer = &self.rec.core.offer;
+        let amount_sat = self.rec.amount_sat();
+        let limits = self.rec.limits.unwrap_or_default();
+        let quote = &accept.quote;
+        quote
+            .check_against(offer, amount_sat)
+            .map_err(|e| LockerCheckError::QuoteMismatch(e.to_string()))?;
+        let max_fee = limits.max_total_fee_sat.min(self.rec.request.max_total_fee_sat());
+        if quote.fee_sat() > max_fee {
+            return Err(LockerCheckError::FeeTooHigh {
+                fee_sat: quote.fee_sat(),
+                max_sat: max_fee,
+            });
+        }
+        if accept.htlc_amount_sat != quote.htlc_amount_sat || quote.htlc_amount_sat != amount_sat {
+            let got_sat = if accept.htlc_amount_sat != amount_sat {
+                accept.htlc_amount_sat
+            } else {
+                quote.htlc_amount_sat
+            };
+            return Err(LockerCheckError::HtlcAmountMismatch { expected_sat: amount_sat, got_sat });
+        }
+        // Not later than the offer says (plus the blocks found while the messages travelled):
+        // our coins would stay locked longer. Earlier only shortens our lock, as a maker whose
+        // chain view lags sets it; the floor is the offer's own (`01-messages.md`): room for
+        // the confirmations and the claimer's payment, so that the swap can complete.
+        let min = ctx
+            .tip_height
+            .saturating_add(offer.claim_margin)
+            .saturating_add(offer.min_confirmations)
+            .saturating_add(MIN_CLTV_BUDGET_BLOCKS);
+        let max =
+            ctx.tip_height.saturating_add(offer.timeout_delta).saturating_add(TIMEOUT_SLACK_BLOCKS);
+        if accept.timeout_height < min || accept.timeout_height > max {
+            return Err(LockerCheckError::TimeoutOutOfRange {
+                timeout_height: accept.timeout_height,
+                min,
+                max,
+            });
+        }
+        let blocks = accept.timeout_height.saturating_sub(ctx.tip_height);
+        if blocks > limits.max_timeout_delta {
+            return Err(LockerCheckError::TimeoutTooLong { blocks, max: limits.max_timeout_delta });
+        }
+        let keys = self.keys();
+        let params = HtlcParams {
+            payment_hash: keys.payment_hash(),
+            claim_key: accept.claimer_claim_pubkey,
+            refund_key: keys.refund_pubkey(),
+            locker_musig_key: keys.musig_pubkey(),
+            claimer_musig_key: accept.claimer_musig_pubkey,
+            timeout_height: accept.timeout_height,
+            network: offer.network,
+        };
+        let htlc = Htlc::new_at(params.clone(), ctx.tip_height)
+            .map_err(|e| LockerCheckError::HtlcScriptMismatch(e.to_string()))?;
+        htlc.verify_script_pubkey(&accept.htlc_script_pubkey)
+            .map_err(|e| LockerCheckError::HtlcScriptMismatch(e.to_string()))?;
+        Ok((params, htlc))
+    }
+
+    /// Loop in: the maker's `swap_accept`. In `Requested` it is checked: passed, the contract is
+    /// ours too and the invoice is asked for; failed, the swap ends (`swap_abort`
+    /// `checks_failed`, nothing locked). Elsewhere (a maker answering our request again) it is
+    /// ignored.
+    fn on_loop_in_accept(&mut self, accept: LoopInAccept, ctx: &Context) -> Actions {
+        if self.rec.state != SellerState::Requested {
+            return Ok(Vec::new());
+        }
+        match self.check_loop_in_accept(&accept, ctx) {
+            Ok((params, htlc)) => {
+                let note = Action::Notify(Notification::Accepted {
+                    quote: self.rec.quote,
+                    timeout_height: params.timeout_height,
+                });
+                self.go(SellerState::AwaitingInvoice)?;
+                self.rec.htlc_params = Some(params);
+                self.htlc = Some(htlc);
+                Ok(vec![Action::Persist, note, self.ask_invoice(ctx)])
+            }
+            Err(check) => {
+                let reason = AbortReason::ChecksFailed;
+                let text: String = check.to_string().chars().take(MAX_TEXT_CHARS).collect();
+                self.go(SellerState::Aborted {
+                    reason,
+                    message: Some(text.clone()),
+                    check: Some(check),
+                })?;
+                let finished = self.finished();
+                Ok(self.rec.core.abort_actions(reason, Some(text), finished))
+            }
+        }
     }
 
     /// The invoices to ask the Lightning node for: the hold invoice and, when the quote has one,
@@ -431,16 +900,16 @@ impl SellerSwap {
     }
 
     /// The funding order, once nothing (no unpaid prepay) holds it back.
-    fn fund_htlc(&self) -> Action {
-        Action::FundHtlc {
-            script_pubkey: self.htlc.script_pubkey().to_owned(),
+    fn fund_htlc(&self) -> Result<Action, SwapError> {
+        Ok(Action::FundHtlc {
+            script_pubkey: self.contract()?.script_pubkey().to_owned(),
             amount_sat: self.rec.quote.htlc_amount_sat,
-        }
+        })
     }
 
-    /// The HTLC.
-    pub fn htlc(&self) -> &Htlc {
-        &self.htlc
+    /// The HTLC, once agreed (a loop in has none while `Requested`).
+    pub fn htlc(&self) -> Option<&Htlc> {
+        self.htlc.as_ref()
     }
 
     /// Loads a stored swap with its keys (derived again from [`SellerRecord::key_index`]); then
@@ -450,13 +919,21 @@ impl SellerSwap {
     /// [`SwapError::WrongKeys`] when the keys are not the ones the swap was made with;
     /// [`SwapError::Internal`] when the record's HTLC does not build.
     pub fn load(record: SellerRecord, keys: SwapKeys) -> Result<Self, SwapError> {
+        let (musig_key, payment_hash) = match (&record.htlc_params, &record.request) {
+            (Some(p), _) => (p.locker_musig_key, p.payment_hash),
+            (None, SellerRequest::LoopIn(r)) => (r.locker_musig_pubkey, r.payment_hash),
+            (None, SellerRequest::LoopOut(_)) => {
+                return Err(SwapError::Internal("a loop-out record without its htlc".into()))
+            }
+        };
         if keys.index() != record.core.key_index
-            || keys.musig_pubkey() != record.htlc_params.locker_musig_key
-            || keys.payment_hash() != record.htlc_params.payment_hash
+            || keys.musig_pubkey() != musig_key
+            || keys.payment_hash() != payment_hash
+            || keys.payment_hash() != record.payment_hash()
         {
             return Err(SwapError::WrongKeys { key_index: record.core.key_index });
         }
-        let htlc = Htlc::new(record.htlc_params.clone()).map_err(internal)?;
+        let htlc = record.htlc_params.clone().map(Htlc::new).transpose().map_err(internal)?;
         Ok(SellerSwap {
             rec: record,
             live: Live::new(keys),
@@ -469,27 +946,26 @@ impl SellerSwap {
     /// The seller's part of [`SellerSwap::resume`], after the re-sent messages `sent`.
     fn resume_role(&mut self, sent: Vec<Action>, ctx: &Context, rng: &mut impl Rng) -> Actions {
         let mut actions = sent;
-        let htlc = self.htlc.clone();
+        let watch = || -> Result<Action, SwapError> {
+            Ok(Action::WatchHtlc { script_pubkey: self.contract()?.script_pubkey().to_owned() })
+        };
         match &self.rec.state {
-            SellerState::AwaitingInvoice => {
-                actions.push(self.create_invoice(
-                    self.rec.quote.invoice_amount_sat.saturating_mul(1000),
-                    invoice_expiry_secs(&self.rec.core.offer),
-                ));
-            }
+            // Loop in: our request went out again with the messages above.
+            SellerState::Requested => {}
+            SellerState::AwaitingInvoice => actions.push(self.ask_invoice(ctx)),
             SellerState::Accepted { prepay, .. } => {
-                actions.push(Action::WatchHtlc { script_pubkey: htlc.script_pubkey().to_owned() });
+                actions.push(watch()?);
                 match prepay {
                     // Received while we were down (or before the record said so): ask.
                     Some(p) if !p.paid => {
                         actions.push(Action::CheckPayment { payment_hash: p.payment_hash });
                     }
-                    _ => actions.push(self.fund_htlc()),
+                    _ => actions.push(self.fund_htlc()?),
                 }
             }
             SellerState::Funded { funding, .. }
             | SellerState::RefundingCooperatively { funding, .. } => {
-                actions.push(Action::WatchHtlc { script_pubkey: htlc.script_pubkey().to_owned() });
+                actions.push(watch()?);
                 if funding.confirmed_height.is_none() {
                     actions.push(Action::Broadcast {
                         tx: funding.tx.clone(),
@@ -514,7 +990,7 @@ impl SellerSwap {
             }
             SellerState::Paid { amount_msat, claim_settled, .. } => {
                 // The claim may not have happened before the restart; claiming is idempotent.
-                actions.push(Action::WatchHtlc { script_pubkey: htlc.script_pubkey().to_owned() });
+                actions.push(watch()?);
                 if !claim_settled {
                     actions.push(Action::ClaimPayment {
                         payment_hash: self.payment_hash(),
@@ -525,7 +1001,7 @@ impl SellerSwap {
                 }
             }
             SellerState::Refunding { refund_tx, purpose, .. } => {
-                actions.push(Action::WatchHtlc { script_pubkey: htlc.script_pubkey().to_owned() });
+                actions.push(watch()?);
                 actions.push(Action::Broadcast { tx: refund_tx.clone(), purpose: *purpose });
             }
             SellerState::Claimed { .. }
@@ -589,9 +1065,11 @@ impl SellerSwap {
             },
             Event::HtlcChecked { .. } => Ok(Vec::new()),
             Event::UserAbort => match self.rec.state {
-                SellerState::AwaitingInvoice | SellerState::Accepted { .. } => {
-                    self.abort(AbortReason::UserRequested, None)
-                }
+                // Nothing is locked yet: the swap just ends (a funding built meanwhile is never
+                // broadcast).
+                SellerState::Requested
+                | SellerState::AwaitingInvoice
+                | SellerState::Accepted { .. } => self.abort(AbortReason::UserRequested, None),
                 SellerState::Funded { .. } => self.start_coop_refund(ctx, rng),
                 _ => {
                     Err(SwapError::Unexpected { event: "user_abort", state: self.rec.state.name() })
@@ -611,12 +1089,14 @@ impl SellerSwap {
 
     fn abort(&mut self, reason: AbortReason, message: Option<String>) -> Actions {
         match self.rec.state {
-            SellerState::AwaitingInvoice | SellerState::Accepted { .. } => {}
+            SellerState::Requested
+            | SellerState::AwaitingInvoice
+            | SellerState::Accepted { .. } => {}
             _ => {
                 return Err(SwapError::Unexpected { event: "abort", state: self.rec.state.name() })
             }
         }
-        self.go(SellerState::Aborted { reason, message: message.clone() })?;
+        self.go(SellerState::Aborted { reason, message: message.clone(), check: None })?;
         let finished = self.finished();
         Ok(self.rec.core.abort_actions(reason, message, finished))
     }
@@ -647,14 +1127,23 @@ impl SellerSwap {
                 })
             }
         };
-        let htlc = self.htlc.clone();
+        let htlc = self.contract()?.clone();
+        if self.loop_in() {
+            // The maker asked nothing of us: no swap_accept; the invoice goes with swap_funded.
+            self.go(SellerState::Accepted { invoice, prepay })?;
+            return Ok(vec![
+                Action::Persist,
+                Action::WatchHtlc { script_pubkey: htlc.script_pubkey().to_owned() },
+                self.fund_htlc()?,
+            ]);
+        }
         let keys = self.keys();
         let accept = SwapAccept {
             invoice: invoice.clone(),
             payment_hash: self.payment_hash(),
             seller_musig_pubkey: keys.musig_pubkey(),
             seller_refund_pubkey: keys.refund_pubkey(),
-            timeout_height: self.rec.htlc_params.timeout_height,
+            timeout_height: self.timeout(),
             htlc_script_pubkey: htlc.script_pubkey().to_owned(),
             htlc_amount_sat: self.rec.quote.htlc_amount_sat,
             quote: self.rec.quote,
@@ -669,7 +1158,7 @@ impl SellerSwap {
             Action::WatchHtlc { script_pubkey: htlc.script_pubkey().to_owned() },
         ];
         if !wait_for_prepay {
-            actions.push(self.fund_htlc());
+            actions.push(self.fund_htlc()?);
         }
         Ok(actions)
     }
@@ -690,7 +1179,7 @@ impl SellerSwap {
         Ok(vec![
             Action::Persist,
             Action::Notify(Notification::Prepaid { amount_sat: self.rec.quote.prepay_sat }),
-            self.fund_htlc(),
+            self.fund_htlc()?,
         ])
     }
 
@@ -699,7 +1188,7 @@ impl SellerSwap {
             // Aborted meanwhile, or a duplicate: the transaction is never broadcast.
             return Ok(Vec::new());
         };
-        let htlc = self.htlc();
+        let htlc = self.contract()?;
         let ok = tx.output.get(vout as usize).is_some_and(|o| {
             o.script_pubkey == *htlc.script_pubkey()
                 && o.value == Amount::from_sat(self.rec.quote.htlc_amount_sat)
@@ -712,7 +1201,7 @@ impl SellerSwap {
             tx,
             confirmed_height: None,
         };
-        let msg = SwapFunded::new(&funding.tx, vout);
+        let msg = self.swap_funded(&funding.tx, vout, invoice);
         let txid = funding.outpoint.txid;
         let tx = funding.tx.clone();
         self.go(SellerState::Funded {
@@ -735,6 +1224,16 @@ impl SellerSwap {
         ])
     }
 
+    /// The `swap_funded` announcing `tx`: in a loop in it carries our invoice (the maker pays it
+    /// once the HTLC confirms); a loop out's `swap_accept` carried it.
+    fn swap_funded(&self, tx: &Transaction, vout: u32, invoice: &str) -> SwapFunded {
+        let mut msg = SwapFunded::new(tx, vout);
+        if self.loop_in() {
+            msg.invoice = Some(invoice.to_owned());
+        }
+        msg
+    }
+
     fn on_payment_claimable(
         &mut self,
         payment_hash: PaymentHash,
@@ -747,8 +1246,8 @@ impl SellerSwap {
         let preimage = self.keys().preimage().clone();
         let enough = amount_msat >= self.rec.quote.invoice_amount_sat.saturating_mul(1000);
         // The safety rule: claim only while the buyer can still claim on chain.
-        let in_time = ctx.tip_height.saturating_add(self.rec.core.offer.claim_margin)
-            <= self.rec.htlc_params.timeout_height;
+        let in_time =
+            ctx.tip_height.saturating_add(self.rec.core.offer.claim_margin) <= self.timeout();
         match &self.rec.state {
             SellerState::Funded { funding, invoice, .. } if enough && in_time => {
                 let (funding, invoice) = (funding.clone(), invoice.clone());
@@ -834,8 +1333,9 @@ impl SellerSwap {
             _ => None,
         };
         let destination = &self.rec.refund_destination;
+        let Some(htlc) = self.htlc.as_ref() else { return Ok(Vec::new()) };
         let Some(ours) =
-            spend_is_ours(&self.htlc, &tx, funding.outpoint, HtlcSpendPath::RefundLeaf, |tx| {
+            spend_is_ours(htlc, &tx, funding.outpoint, HtlcSpendPath::RefundLeaf, |tx| {
                 refunding == Some(txid) || tx.output.iter().any(|o| o.script_pubkey == *destination)
             })
         else {
@@ -866,10 +1366,13 @@ impl SellerSwap {
                     message: abort.message.clone(),
                 });
                 let mut actions = match self.rec.state {
-                    SellerState::AwaitingInvoice | SellerState::Accepted { .. } => {
+                    SellerState::Requested
+                    | SellerState::AwaitingInvoice
+                    | SellerState::Accepted { .. } => {
                         self.go(SellerState::Aborted {
                             reason: abort.reason,
                             message: abort.message,
+                            check: None,
                         })?;
                         vec![Action::Persist, self.finished()]
                     }
@@ -919,6 +1422,28 @@ impl SellerSwap {
                     }
                 }
             }
+            Message::Error(error)
+                if self.loop_in()
+                    && matches!(
+                        self.rec.state,
+                        SellerState::Requested
+                            | SellerState::AwaitingInvoice
+                            | SellerState::Accepted { .. }
+                    ) =>
+            {
+                // Loop in, before the funding: the maker refused our request (or no longer knows
+                // the swap it accepted); nothing is locked, so nothing will be (a funding built
+                // meanwhile is never broadcast).
+                let message = format!("{}: {}", error.code.as_str(), error.message);
+                let message: String = message.chars().take(MAX_TEXT_CHARS).collect();
+                let note = Action::Notify(Notification::PeerError { error });
+                self.go(SellerState::Aborted {
+                    reason: AbortReason::Internal,
+                    message: Some(message),
+                    check: None,
+                })?;
+                Ok(vec![Action::Persist, note, self.finished()])
+            }
             Message::Error(error) => {
                 let note = Action::Notify(Notification::PeerError { error });
                 // The buyer refuses the cooperative refund (it cannot or will not sign): stop
@@ -936,8 +1461,12 @@ impl SellerSwap {
                 };
                 Ok(if gave_up { vec![Action::Persist, note] } else { vec![note] })
             }
-            Message::SwapRequest(_) => Ok(Vec::new()),
-            other => Ok(vec![self.rec.core.refuse_unexpected(&other, "buyer")]),
+            Message::LoopInAccept(accept) if self.loop_in() => self.on_loop_in_accept(accept, ctx),
+            Message::SwapRequest(_) if !self.loop_in() => Ok(Vec::new()),
+            other => {
+                let from = self.claimer();
+                Ok(vec![self.rec.core.refuse_unexpected(&other, from)])
+            }
         }
     }
 
@@ -965,7 +1494,7 @@ impl SellerSwap {
             (funding.clone(), *amount_msat, *coop_signatures, invoice.clone(), *claim_settled);
         let answer = req.tx().map_err(|e| e.to_string()).and_then(|tx| {
             let amount_sat = self.rec.quote.htlc_amount_sat;
-            let (htlc, outpoint) = (&self.htlc, funding.outpoint);
+            let (htlc, outpoint) = (self.htlc.as_ref().ok_or("no htlc yet")?, funding.outpoint);
             let who = Signer::Locker;
             self.live.cosign(htlc, who, tx, outpoint, amount_sat, &req.buyer_nonce, "claim", rng)
         });
@@ -999,7 +1528,7 @@ impl SellerSwap {
             (self.rec.quote.htlc_amount_sat, self.rec.refund_destination.clone());
         let rate = self.refund_fee_rate(ctx, KEY_PATH_SPEND_VBYTES, None).unwrap_or(ctx.fee_rate);
         let (tx_hex, seller_nonce) = self.live.start_coop(
-            &self.htlc,
+            self.htlc.as_ref().ok_or_else(no_htlc)?,
             Signer::Locker,
             funding.outpoint,
             amount_sat,
@@ -1021,7 +1550,7 @@ impl SellerSwap {
     /// [`Event::UserScriptSpend`]: the refund leaf now when the timeout has come (without
     /// waiting on a cooperative refund asked of the buyer); a refund that is out goes out again.
     fn on_user_refund(&mut self, ctx: &Context) -> Actions {
-        let timeout = self.rec.htlc_params.timeout_height;
+        let timeout = self.timeout();
         match &self.rec.state {
             SellerState::Funded { funding, .. }
             | SellerState::RefundingCooperatively { funding, .. } => {
@@ -1029,8 +1558,9 @@ impl SellerSwap {
                     return Err(SwapError::NotNow {
                         reason: format!(
                             "the refund leaf is valid from block {timeout} ({} blocks from now); \
-                             the node refunds then, or before cooperatively if the buyer signs",
-                            timeout - ctx.tip_height
+                             the node refunds then, or before cooperatively if the {} signs",
+                            timeout - ctx.tip_height,
+                            self.claimer()
                         ),
                     });
                 }
@@ -1051,11 +1581,13 @@ impl SellerSwap {
                 actions.push(Action::Broadcast { tx: refund_tx.clone(), purpose: *purpose });
                 Ok(actions)
             }
-            SellerState::AwaitingInvoice | SellerState::Accepted { .. } => {
+            SellerState::Requested
+            | SellerState::AwaitingInvoice
+            | SellerState::Accepted { .. } => {
                 Err(SwapError::NotNow { reason: "nothing is locked yet: abort the swap".into() })
             }
             SellerState::Paid { .. } | SellerState::Claimed { .. } => Err(SwapError::NotNow {
-                reason: "the buyer paid: the HTLC is the buyer's to claim".into(),
+                reason: format!("the {0} paid: the HTLC is the {0}'s to claim", self.claimer()),
             }),
             _ => Err(SwapError::NotNow { reason: "the swap is over".into() }),
         }
@@ -1106,7 +1638,7 @@ impl SellerSwap {
     ) -> Result<(Transaction, u64), SwapError> {
         let keys = self.keys();
         let tx = crate::spend::refund_script_path(
-            &self.htlc,
+            self.contract()?,
             funding.outpoint,
             Amount::from_sat(self.rec.quote.htlc_amount_sat),
             keys.refund(),
@@ -1126,7 +1658,7 @@ impl SellerSwap {
         let SellerState::Refunding { funding, refund_tx, sent_height, .. } = &self.rec.state else {
             return None;
         };
-        if ctx.tip_height < self.rec.htlc_params.timeout_height {
+        if ctx.tip_height < self.timeout() {
             return None;
         }
         let value_sat = self.rec.quote.htlc_amount_sat;
@@ -1173,18 +1705,15 @@ impl SellerSwap {
                 };
                 self.live.coop = Ephemeral(None);
                 self.go(to)?;
+                let reason = format!("no cooperative refund from the {} in time", self.claimer());
                 let mut actions = vec![
                     Action::Persist,
-                    Action::Notify(Notification::CooperationFailed {
-                        reason: "no cooperative refund from the buyer in time".into(),
-                    }),
+                    Action::Notify(Notification::CooperationFailed { reason }),
                 ];
                 actions.extend(self.handle_tick(ctx, rng)?);
                 Ok(actions)
             }
-            SellerState::Funded { funding, .. }
-                if ctx.tip_height >= self.rec.htlc_params.timeout_height =>
-            {
+            SellerState::Funded { funding, .. } if ctx.tip_height >= self.timeout() => {
                 let funding = funding.clone();
                 let rate = self
                     .refund_fee_rate(ctx, REFUND_SCRIPT_PATH_VBYTES, None)
@@ -1194,7 +1723,7 @@ impl SellerSwap {
             }
             SellerState::AwaitingInvoice | SellerState::Accepted { .. }
                 if ctx.tip_height.saturating_add(self.rec.core.offer.claim_margin)
-                    >= self.rec.htlc_params.timeout_height =>
+                    >= self.timeout() =>
             {
                 self.abort(AbortReason::TimeoutTooClose, Some("funding never happened".into()))
             }

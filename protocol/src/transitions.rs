@@ -12,6 +12,12 @@ use crate::swap::Transition;
 pub const BUYER_TRANSITIONS: &[Transition] = &[
     ("Requested", "Accepted", "swap_accept passes every check / pay the prepay, if any"),
     ("Requested", "Aborted", "error, swap_abort, a failed check or user abort"),
+    ("Accepting", "Accepted", "loop in: swap_funded with the taker's invoice passes every check"),
+    (
+        "Accepting",
+        "Aborted",
+        "loop in: a failed check, error, swap_abort, user abort, funding timeout / send swap_abort",
+    ),
     ("Accepted", "Funded", "htlc on chain with agreed script and value"),
     (
         "Accepted",
@@ -41,21 +47,41 @@ pub const BUYER_TRANSITIONS: &[Transition] = &[
 
 swap_states! {
     BuyerState, BUYER_TRANSITIONS;
-    pending: [Requested, Accepted, Funded, Paying, Claiming, ClaimBroadcast],
+    pending: [Requested, Accepting, Accepted, Funded, Paying, Claiming, ClaimBroadcast],
     succeeded: [Claimed],
     failed: [Aborted, Lost],
 }
 
-/// The seller's transition table (the diagrams in `spec/diagrams/` are generated from it).
+/// The seller's (the locker's) transition table (the diagrams in `spec/diagrams/` are generated
+/// from it). A loop out starts in `AwaitingInvoice`, a loop in (the locker as taker) in
+/// `Requested`.
 pub const SELLER_TRANSITIONS: &[Transition] = &[
+    (
+        "Requested",
+        "AwaitingInvoice",
+        "loop in: swap_accept passes the taker's checks / create the invoice",
+    ),
+    (
+        "Requested",
+        "Aborted",
+        "loop in: a failed check (send swap_abort), error, swap_abort or user abort",
+    ),
     (
         "AwaitingInvoice",
         "Accepted",
-        "invoices created / send swap_accept, fund (with a prepay: once it is received)",
+        "invoices created / loop out: send swap_accept; fund (with a prepay: once it is received)",
     ),
-    ("AwaitingInvoice", "Aborted", "swap_abort"),
-    ("Accepted", "Funded", "funding built / persist, broadcast, send swap_funded"),
-    ("Accepted", "Aborted", "swap_abort, funding failed, or the prepay unpaid at its expiry"),
+    ("AwaitingInvoice", "Aborted", "swap_abort, user abort, timeout too close; loop in: error"),
+    (
+        "Accepted",
+        "Funded",
+        "funding built / persist, broadcast, send swap_funded (loop in: with the invoice)",
+    ),
+    (
+        "Accepted",
+        "Aborted",
+        "swap_abort, user abort, funding failed, the prepay unpaid at its expiry; loop in: error",
+    ),
     ("Funded", "Paid", "payment claimable in time / claim it"),
     ("Funded", "RefundingCooperatively", "swap_abort / send coop_refund_request"),
     ("Funded", "Refunding", "tip >= timeout / refund leaf"),
@@ -71,7 +97,15 @@ pub const SELLER_TRANSITIONS: &[Transition] = &[
 
 swap_states! {
     SellerState, SELLER_TRANSITIONS;
-    pending: [AwaitingInvoice, Accepted, Funded, Paid, RefundingCooperatively, Refunding],
+    pending: [
+        Requested,
+        AwaitingInvoice,
+        Accepted,
+        Funded,
+        Paid,
+        RefundingCooperatively,
+        Refunding,
+    ],
     succeeded: [Claimed],
     failed: [Refunded, Aborted],
 }

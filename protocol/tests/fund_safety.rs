@@ -128,6 +128,7 @@ fn a_payment_that_succeeds_after_an_abort_is_claimed() {
         message: None,
         terms,
         htlc,
+        offered: None,
     };
     // The state is not writable from outside: edit the stored record and load it again.
     let mut record = serde_json::to_value(SwapRecord::from(&sim.buyer)).unwrap();

@@ -272,7 +272,7 @@ fn the_user_forces_the_refund_leaf_from_the_timeout_on() {
     }
     let ctx = sim.ctx;
     let seller = sim.seller.as_mut().unwrap();
-    let timeout = seller.htlc_params().timeout_height;
+    let timeout = seller.htlc_params().unwrap().timeout_height;
     let r =
         seller.handle(Event::UserScriptSpend, &ctx, &mut bitcoin::secp256k1::rand::thread_rng());
     match r {

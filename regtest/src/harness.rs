@@ -944,6 +944,39 @@ impl Harness {
         .await
     }
 
+    /// Has `maker` publish a loop-in offer of its spec's terms (id `<name>-in`) on the harness's
+    /// relay; the offer's id.
+    ///
+    /// # Errors
+    /// API errors.
+    pub async fn publish_loop_in_offer(&self, maker: &str) -> Result<String, HarnessError> {
+        let node = self.node(maker)?;
+        let mut offer = seller_offer(node, &self.relay_url)?;
+        offer = Offer {
+            offer_id: format!("{}-in", node.name()),
+            direction: looper_protocol::SwapDirection::LoopIn,
+            prepay_sat: None,
+            ..offer
+        };
+        node.client.publish_offer(&offer).await
+    }
+
+    /// The cheapest loop-in offer `taker` discovers for `amount_sat` (waits for one).
+    ///
+    /// # Errors
+    /// [`HarnessError::Timeout`] when none shows up.
+    pub async fn best_loop_in_offer(
+        &self,
+        taker: &str,
+        amount_sat: u64,
+    ) -> Result<DiscoveredOffer, HarnessError> {
+        let node = self.node(taker)?;
+        wait_until("a loop-in offer on the relay", SETUP_TIMEOUT, || async move {
+            node.client.discover_loop_in(amount_sat).await.ok()?.into_iter().next()
+        })
+        .await
+    }
+
     /// Stops the nodes (SIGTERM, SIGKILL after 20 s), the relay and the chain.
     pub async fn stop(mut self) {
         let nodes = std::mem::take(&mut self.nodes);

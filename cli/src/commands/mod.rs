@@ -3,6 +3,7 @@
 pub mod block;
 pub mod info;
 pub mod ln;
+pub mod loop_in;
 pub mod offers;
 pub mod out;
 pub mod stats;
@@ -92,7 +93,9 @@ pub enum Command {
     #[command(after_help = "Example:\n  looper info\n  looper --json info")]
     Info,
     /// Live offers on Nostr, best (cheapest) first.
-    #[command(after_help = "Example:\n  looper offers --amount 250000")]
+    #[command(
+        after_help = "Examples:\n  looper offers --amount 250000\n  looper offers --in --amount 250000"
+    )]
     Offers(offers::OffersArgs),
     /// This node's own offers (seller): create, list, withdraw.
     #[command(subcommand)]
@@ -105,6 +108,12 @@ pub enum Command {
         after_help = "Examples:\n  looper out --amount 250000 --best\n  looper out --amount 250000 --offer 5f2c... --max-total-fee 3000 --yes"
     )]
     Out(out::OutArgs),
+    /// Loop in: lock on-chain BTC, be paid over Lightning. Shows the quote, asks, then follows
+    /// the swap.
+    #[command(
+        after_help = "Examples:\n  looper in --amount 250000\n  looper in --amount 250000 --offer in-1 --max-total-fee 3000 --yes"
+    )]
+    In(loop_in::InArgs),
     /// Every swap of this node, newest first.
     #[command(after_help = "Example:\n  looper swaps")]
     Swaps,
@@ -231,6 +240,7 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::Offer(cmd) => offers::offer(&ctx, cmd).await,
         Command::Block(cmd) => block::block(&ctx, cmd).await,
         Command::Out(args) => out::out(&ctx, &args).await,
+        Command::In(args) => loop_in::loop_in(&ctx, &args).await,
         Command::Swaps => swaps::list(&ctx).await,
         Command::Swap(args) => swaps::swap(&ctx, args).await,
         Command::Stats => stats::stats(&ctx).await,

@@ -17,6 +17,9 @@ use crate::output::{group, print_json, sat, short, table, Align};
 
 /// Virtual size of the buyer's cooperative claim transaction (key path, one P2TR output).
 pub const CLAIM_VSIZE_VB: u64 = 111;
+/// Virtual size of a loop-in taker's funding transaction, estimated: one P2TR input, the HTLC
+/// output and change (the wallet's actual coins decide).
+pub const FUNDING_VSIZE_VB: u64 = 154;
 /// Fee rate assumed for the claim estimate when neither `--fee-rate` nor the node gives one.
 pub const FALLBACK_FEE_RATE_SAT_VB: u64 = 2;
 
@@ -31,14 +34,19 @@ pub struct OffersArgs {
     /// it gives one, else 2).
     #[arg(long, value_name = "SAT_PER_VB", value_parser = parse_sat)]
     pub fee_rate: Option<u64>,
+    /// Loop-in offers (this node would lock on-chain BTC and be paid over Lightning) instead of
+    /// loop-out offers.
+    #[arg(long = "in")]
+    pub loop_in: bool,
 }
 
 /// Seller commands.
 #[derive(Debug, Subcommand)]
 pub enum OfferCommand {
-    /// Publish an offer (loop out: this node sells on-chain BTC for Lightning).
+    /// Publish an offer (loop out: this node sells on-chain BTC for Lightning; `--direction in`:
+    /// it pays over Lightning for on-chain BTC).
     #[command(
-        after_help = "Example:\n  looper offer create --min 100000 --max 5000000 --fee-base 1000 --fee-ppm 5000"
+        after_help = "Examples:\n  looper offer create --min 100000 --max 5000000 --fee-base 1000 --fee-ppm 5000\n  looper offer create --direction in --min 100000 --max 2000000"
     )]
     Create(Box<CreateArgs>),
     /// This node's published offers.
@@ -65,6 +73,10 @@ pub struct CreateArgs {
     /// The offer expires this many seconds from now.
     #[arg(long, value_name = "SECS", default_value_t = 86_400)]
     pub expires_in: u64,
+    /// `out` (loop out: takers pay Lightning, this node locks on-chain BTC) or `in` (loop in:
+    /// takers lock on-chain BTC, this node pays over Lightning; no prepay).
+    #[arg(long, value_name = "DIRECTION", default_value = "out", value_parser = parse_direction)]
+    pub direction: SwapDirection,
     /// Nostr relay buyers reach this node on (repeatable). Default: the node's relays.
     #[arg(long = "relay", value_name = "URL")]
     pub relays: Vec<String>,
@@ -108,12 +120,15 @@ pub struct Quote {
     pub swap_fee_sat: u64,
     /// The offer's funding fee.
     pub funding_fee_sat: u64,
-    /// Estimated claim fee: 111 vB x fee rate.
+    /// Estimated fee of our own transaction: the claim (loop out, 111 vB) or the funding (loop
+    /// in, about [`FUNDING_VSIZE_VB`]) x fee rate.
     pub claim_fee_sat: u64,
     /// The fee rate of the estimate.
     pub fee_rate_sat_vb: u64,
     /// Prepayment (part of what is paid, not a cost).
     pub prepay_sat: u64,
+    /// A loop-in quote: we lock on chain and are paid over Lightning.
+    pub loop_in: bool,
 }
 
 impl Quote {
@@ -122,13 +137,21 @@ impl Quote {
         self.swap_fee_sat.saturating_add(self.funding_fee_sat).saturating_add(self.claim_fee_sat)
     }
 
-    /// What the buyer pays over Lightning: amount + swap fee + funding fee.
+    /// Loop out: what the buyer pays over Lightning (amount + swap fee + funding fee). Loop in:
+    /// what leaves the wallet on chain (amount + the funding's own fee, estimated).
     pub fn pay_sat(&self) -> u64 {
+        if self.loop_in {
+            return self.amount_sat.saturating_add(self.claim_fee_sat);
+        }
         self.amount_sat.saturating_add(self.swap_fee_sat).saturating_add(self.funding_fee_sat)
     }
 
-    /// What arrives on-chain: amount - claim fee.
+    /// Loop out: what arrives on-chain (amount - claim fee). Loop in: what arrives over
+    /// Lightning (amount - swap fee - funding fee).
     pub fn receive_sat(&self) -> u64 {
+        if self.loop_in {
+            return self.amount_sat.saturating_sub(self.swap_fee_sat + self.funding_fee_sat);
+        }
         self.amount_sat.saturating_sub(self.claim_fee_sat)
     }
 
@@ -153,13 +176,16 @@ impl Quote {
 /// quote", plus the estimated claim fee), `None` when the offer does not cover the amount.
 pub fn quote(offer: &Offer, amount: u64, fee_rate: u64) -> Option<Quote> {
     let q = looper_protocol::terms::Quote::compute(offer, amount).ok()?;
+    let loop_in = offer.direction == SwapDirection::LoopIn;
+    let own_vsize = if loop_in { FUNDING_VSIZE_VB } else { CLAIM_VSIZE_VB };
     Some(Quote {
         amount_sat: amount,
         swap_fee_sat: q.swap_fee_sat,
         funding_fee_sat: q.funding_fee_sat,
-        claim_fee_sat: CLAIM_VSIZE_VB.saturating_mul(fee_rate),
+        claim_fee_sat: own_vsize.saturating_mul(fee_rate),
         fee_rate_sat_vb: fee_rate,
         prepay_sat: q.prepay_sat,
+        loop_in,
     })
 }
 
@@ -196,9 +222,14 @@ pub fn claim_fee_rate_of(info: &InfoResponse, conf_target: Option<u16>) -> (u64,
     (rate.unwrap_or(FALLBACK_FEE_RATE_SAT_VB), target)
 }
 
-/// `GET /v1/offers/discover?amount_sat=N`, with quotes, best (cheapest) first.
-pub async fn fetch(client: &Client, amount: u64, fee_rate: u64) -> CliResult<Vec<Candidate>> {
-    let q = DiscoverQuery { amount_sat: amount, direction: SwapDirection::LoopOut };
+/// `GET /v1/offers/discover?amount_sat=N&direction=D`, with quotes, best (cheapest) first.
+pub async fn fetch(
+    client: &Client,
+    amount: u64,
+    fee_rate: u64,
+    direction: SwapDirection,
+) -> CliResult<Vec<Candidate>> {
+    let q = DiscoverQuery { amount_sat: amount, direction };
     let direction = serde_json::to_value(q.direction)
         .ok()
         .and_then(|v| v.as_str().map(str::to_owned))
@@ -252,7 +283,8 @@ pub async fn discover(ctx: &Ctx, args: &OffersArgs) -> CliResult<()> {
     };
     let client = ctx.client()?;
     let (rate, _) = claim_fee_rate(&client, args.fee_rate, None).await?;
-    let list = fetch(&client, amount, rate).await?;
+    let direction = if args.loop_in { SwapDirection::LoopIn } else { SwapDirection::LoopOut };
+    let list = fetch(&client, amount, rate, direction).await?;
     if ctx.json() {
         print_json(&json!({
             "amount_sat": args.amount,
@@ -389,7 +421,7 @@ fn build_offer(args: &CreateArgs, info: &InfoResponse) -> CliResult<Offer> {
             .unwrap_or(0);
         format!("o{:x}{:x}", nanos & 0xffff_ffff_ffff, std::process::id())
     });
-    Ok(args.terms.offer(OfferContext {
+    let ctx = OfferContext {
         offer_id: id,
         network: info.network,
         ln_node_id,
@@ -398,7 +430,20 @@ fn build_offer(args: &CreateArgs, info: &InfoResponse) -> CliResult<Offer> {
         expires_at: now.saturating_add(args.expires_in),
         // `--prepay auto`: the funding and refund fees at the node's current fee rate.
         fee_rate_sat_vb: info.fee_rate_sat_vb,
-    }))
+    };
+    Ok(match args.direction {
+        SwapDirection::LoopIn => args.terms.loop_in_offer(ctx),
+        _ => args.terms.offer(ctx),
+    })
+}
+
+/// `--direction`: `out` or `in` (`loop_out`/`loop_in` too).
+fn parse_direction(s: &str) -> Result<SwapDirection, String> {
+    match s.trim() {
+        "out" | "loop_out" => Ok(SwapDirection::LoopOut),
+        "in" | "loop_in" => Ok(SwapDirection::LoopIn),
+        other => Err(format!("`{other}` is neither `out` nor `in`")),
+    }
 }
 
 fn render_own_offers(v: &OfferList) -> String {

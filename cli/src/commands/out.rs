@@ -109,7 +109,7 @@ pub async fn out(ctx: &Ctx, args: &OutArgs) -> CliResult<()> {
         Some(rate) => (rate, None),
         None => claim_fee_rate_of(&info, conf_target),
     };
-    let list = fetch(&client, amount, rate).await?;
+    let list = fetch(&client, amount, rate, looper_protocol::SwapDirection::LoopOut).await?;
     let chosen = match &args.offer {
         Some(id) => list.iter().find(|c| c.offer.offer_id == *id).ok_or_else(|| {
             CliError::failure(
@@ -250,7 +250,7 @@ fn above_ceiling(amount: u64, max: u64) -> CliError {
 }
 
 /// `--address`: a Bitcoin address (any network here; the node checks its own).
-fn parse_address(s: &str) -> Result<String, String> {
+pub(super) fn parse_address(s: &str) -> Result<String, String> {
     let s = s.trim();
     s.parse::<bitcoin::Address<bitcoin::address::NetworkUnchecked>>()
         .map(|_| s.to_string())

@@ -3,18 +3,27 @@
 use std::fmt;
 
 use looper_protocol::buyer::BuyerCheckError;
+use looper_protocol::seller::LockerCheckError;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// The code of a buyer check that refused an offer: one of
-/// [`BuyerCheckError::CODES`] (`fee_too_high`, `claim_margin_too_low`, ...; spec
-/// `02-swap-flow.md`, "Buyer checks").
+/// The code of a taker's check that refused an offer: one of [`BuyerCheckError::CODES`]
+/// (`fee_too_high`, `claim_margin_too_low`, ...; spec `02-swap-flow.md`, "Buyer checks") or, for
+/// a loop in, of [`LockerCheckError::CODES`] (`not_loop_in`, `timeout_too_long`, ...; the codes
+/// both share mean the same).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BuyerCheckCode(&'static str);
 
 impl BuyerCheckCode {
     /// The check's code when `code` is one of [`BuyerCheckError::CODES`].
     pub fn new(code: &str) -> Option<Self> {
-        BuyerCheckError::CODES.iter().find(|c| **c == code).map(|c| BuyerCheckCode(c))
+        Self::all().find(|c| c.0 == code)
+    }
+
+    /// Every code: the buyer's, then the loop-in taker's not among them.
+    fn all() -> impl Iterator<Item = BuyerCheckCode> {
+        let buyer = BuyerCheckError::CODES.iter();
+        let locker = LockerCheckError::CODES.iter().filter(|c| !BuyerCheckError::CODES.contains(c));
+        buyer.chain(locker).map(|c| BuyerCheckCode(c))
     }
 
     /// The code of `check`.
@@ -86,10 +95,7 @@ impl ErrorCode {
     /// Every code a node of this version answers: [`ErrorCode::FIXED`], then one
     /// [`ErrorCode::Refused`] per buyer check.
     pub fn all() -> impl Iterator<Item = ErrorCode> {
-        Self::FIXED
-            .iter()
-            .cloned()
-            .chain(BuyerCheckError::CODES.iter().map(|c| ErrorCode::Refused(BuyerCheckCode(c))))
+        Self::FIXED.iter().cloned().chain(BuyerCheckCode::all().map(ErrorCode::Refused))
     }
 
     /// The code read from its name; [`ErrorCode::Unknown`] when it is none of ours.
@@ -138,6 +144,12 @@ impl ErrorCode {
 impl From<&BuyerCheckError> for ErrorCode {
     fn from(check: &BuyerCheckError) -> Self {
         ErrorCode::Refused(BuyerCheckCode::of(check))
+    }
+}
+
+impl From<&LockerCheckError> for ErrorCode {
+    fn from(check: &LockerCheckError) -> Self {
+        ErrorCode::Refused(BuyerCheckCode(check.code()))
     }
 }
 

@@ -49,6 +49,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/seller/blocked"),
     ("DELETE", "/v1/seller/blocked/{key}"),
     ("POST", "/v1/swaps/out"),
+    ("POST", "/v1/swaps/in"),
     ("GET", "/v1/swaps"),
     ("GET", "/v1/swaps/{id}"),
     ("POST", "/v1/swaps/{id}/abort"),
@@ -309,11 +310,40 @@ pub struct SwapOutRequest {
     pub address: Option<String>,
 }
 
-/// Answer of `POST /v1/swaps/out`.
+/// Answer of `POST /v1/swaps/out` and `POST /v1/swaps/in`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SwapOutResponse {
     /// The new swap's id (hex).
     pub swap_id: String,
+}
+
+/// Body of `POST /v1/swaps/in`: lock `amount_sat` on chain for Lightning funds, taking the
+/// loop-in offer `offer_id` of `maker` (looked up on the relays), or the given `offer`. This node
+/// makes the preimage, issues the invoice and funds the HTLC from its wallet once the maker
+/// accepted; the maker pays once the funding confirms. The limits left out default to the
+/// node's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SwapInRequest {
+    /// The offer's id (looked up on the relays when `offer` is absent; must equal
+    /// `offer.offer_id` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer_id: Option<String>,
+    /// The offer itself (as `GET /v1/offers/discover?direction=loop_in` listed it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offer: Option<Offer>,
+    /// The maker's Nostr public key (hex); `seller` is accepted too.
+    #[serde(alias = "seller")]
+    pub maker: String,
+    /// The swap amount: what this node locks in the HTLC (the invoice it is paid is that less
+    /// the maker's fees).
+    pub amount_sat: u64,
+    /// Most this node pays the maker in fees (`swap_fee_sat + funding_fee_sat` of the quote;
+    /// default: the node's `[buyer]` fee limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_total_fee_sat: Option<u64>,
+    /// Where a refund pays to (default: a new address of the node's swap wallet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refund_address: Option<String>,
 }
 
 /// Our side of a swap, by what we do with the money (the names of loop out, where the buyer is

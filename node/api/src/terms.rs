@@ -292,6 +292,15 @@ impl OfferTerms {
     }
 }
 
+impl OfferTerms {
+    /// The loop-in offer of these terms (the maker pays over Lightning and claims the taker's
+    /// lock): as [`OfferTerms::offer`] with `direction: loop_in` and no prepay (the maker locks
+    /// nothing before the taker has; spec `01-messages.md`, "The quote").
+    pub fn loop_in_offer(&self, ctx: OfferContext) -> Offer {
+        Offer { direction: SwapDirection::LoopIn, prepay_sat: None, ..self.offer(ctx) }
+    }
+}
+
 impl Default for OfferTerms {
     fn default() -> Self {
         Self::DEFAULT

@@ -8,8 +8,9 @@
 
 use std::sync::Arc;
 
+use looper_protocol::buyer::BuyerSwap;
 use looper_protocol::keys::SwapKeys;
-use looper_protocol::messages::{Envelope, ErrorCode, ErrorMessage, Message, Offer};
+use looper_protocol::messages::{Envelope, ErrorCode, ErrorMessage, LoopInRequest, Message, Offer};
 use looper_protocol::seller::SellerSwap;
 use looper_protocol::swap::{Event, StateKind};
 use looper_protocol::terms::Quote;
@@ -18,7 +19,6 @@ use super::offers::FUNDING_FEE_RESERVE_SAT;
 use super::swaps::{Machine, Slot, UnpaidLock};
 use super::{blocking_store, Engine};
 use crate::nostr::{Incoming, PublicKey as NostrPublicKey};
-use crate::store::SwapRole;
 
 impl Engine {
     /// Handles one message delivered by the transport, then acknowledges it (marks it
@@ -61,7 +61,7 @@ impl Engine {
         let id = env.swap_id;
         let (me, to) = (&inc.recipient, &inc.sender);
         let to_identity = *me == self.inner.transport.public_key();
-        if !to_identity && matches!(env.body, Message::SwapRequest(_)) {
+        if !to_identity && env.body.is_request() {
             // A buyer swap's own key sells nothing. No answer: any would tell the key apart.
             tracing::debug!(swap = %id, "swap request to a swap's own key dropped");
             return true;
@@ -79,7 +79,7 @@ impl Engine {
                 } else {
                     tracing::warn!(swap = %id, sender = %sender, "message from a stranger for a known swap");
                 }
-                if matches!(env.body, Message::SwapRequest(_)) {
+                if env.body.is_request() {
                     // A live swap id from another key: never a second swap under that id.
                     self.reply_error(me, to, &env, ErrorCode::InvalidState, "swap id in use").await;
                 } else {
@@ -88,19 +88,22 @@ impl Engine {
                 true
             }
             None => match &env.body {
-                Message::SwapRequest(_) => self.on_request(inc.sender, env).await,
+                Message::SwapRequest(_) | Message::LoopInRequest(_) => {
+                    self.on_request(inc.sender, env).await
+                }
                 Message::Error(_) => true,
                 _ => {
-                    // A seller swap that finished (not in memory: no answer, its buyer may
-                    // still send), or a stranger. A buyer swap's key hears only its own swap,
-                    // which is in memory while the key is held; the identity never a buyer
-                    // swap's messages.
-                    let finished_sale = to_identity
+                    // A maker swap that finished (not in memory: no answer, its taker may
+                    // still send), or a stranger. A taker swap's key hears only its own swap,
+                    // which is in memory while the key is held; the identity hears only maker
+                    // swaps (and, from before per-swap keys, finished buyer swaps: no answer
+                    // either).
+                    let finished_maker_swap = to_identity
                         && blocking_store(|| self.inner.store.get_swap(&id))
                             .ok()
                             .flatten()
-                            .is_some_and(|r| r.role == SwapRole::Seller);
-                    if !finished_sale {
+                            .is_some();
+                    if !finished_maker_swap {
                         self.reply_error(me, to, &env, ErrorCode::UnknownSwap, "unknown swap")
                             .await;
                     }
@@ -113,12 +116,13 @@ impl Engine {
     /// A message from the swap's own peer.
     async fn on_peer_message(&self, slot: &Slot, env: Envelope) -> bool {
         let id = env.swap_id;
-        if matches!(env.body, Message::SwapRequest(_)) {
-            // The buyer did not get our answer (or asks again after a restart): the same
+        if env.body.is_request() {
+            // The taker did not get our answer (or asks again after a restart): the same
             // swap_accept (and what followed) again, never a second swap.
             let mut machine = slot.machine.lock().await;
             let resend = match &*machine {
-                Machine::Seller(s) => s.outbox().resend_all(),
+                Machine::Seller(s) if !machine.is_taker() => s.outbox().resend_all(),
+                Machine::Buyer(b) if !machine.is_taker() => b.outbox().resend_all(),
                 _ => Vec::new(),
             };
             tracing::debug!(swap = %id, "repeated swap_request: answers sent again");
@@ -152,9 +156,14 @@ impl Engine {
         }
     }
 
-    /// A `swap_request` for a swap id the engine does not hold: a new seller swap.
+    /// A `swap_request` (either direction) for a swap id the engine does not hold: a new maker
+    /// swap: the seller of a loop out, the claimer of a loop in.
     async fn on_request(&self, sender: NostrPublicKey, env: Envelope) -> bool {
-        let Message::SwapRequest(req) = env.body.clone() else { return true };
+        let (offer_id, amount_sat) = match &env.body {
+            Message::SwapRequest(r) => (r.offer_id.clone(), r.amount_sat),
+            Message::LoopInRequest(r) => (r.offer_id.clone(), r.amount_sat),
+            _ => return true,
+        };
         let id = env.swap_id;
         let me = self.inner.transport.public_key();
         if self.is_blocked(&sender) {
@@ -164,7 +173,7 @@ impl Engine {
         if blocking_store(|| self.inner.store.get_swap(&id)).ok().flatten().is_some() {
             return true; // a finished swap's request again
         }
-        let offer = blocking_store(|| self.inner.store.get_offer(&req.offer_id))
+        let offer = blocking_store(|| self.inner.store.get_offer(&offer_id))
             .ok()
             .flatten()
             .and_then(|v| serde_json::from_value::<Offer>(v).ok());
@@ -177,8 +186,12 @@ impl Engine {
             return true;
         }
         // The wallet's and the Lightning node's locks are taken: never on a worker of the runtime.
-        if let Err((code, why)) = blocking_store(|| self.can_serve(&offer, req.amount_sat)) {
-            tracing::info!(swap = %id, amount_sat = req.amount_sat, reason = %why, "swap request refused");
+        let served = blocking_store(|| match &env.body {
+            Message::LoopInRequest(r) => self.can_serve_loop_in(&offer, r),
+            _ => self.can_serve(&offer, amount_sat),
+        });
+        if let Err((code, why)) = served {
+            tracing::info!(swap = %id, amount_sat, reason = %why, "swap request refused");
             self.reply_error(&me, &sender, &env, code, &why).await;
             return true;
         }
@@ -193,21 +206,43 @@ impl Engine {
                 return true;
             }
         };
-        let refund = match blocking_store(|| self.inner.wallet.new_script()) {
+        // Where our spend of the HTLC pays: the refund (loop out) or the claim (loop in).
+        let destination = match blocking_store(|| self.inner.wallet.new_script()) {
             Ok(s) => s,
             Err(e) => {
-                tracing::error!(error = %e, "no refund address");
+                tracing::error!(error = %e, "no wallet address for the swap");
                 self.reply_error(&me, &sender, &env, ErrorCode::Internal, "internal error").await;
                 return true;
             }
         };
         let ctx = self.context();
-        let policy = self.inner.config.seller_policy;
-        match SellerSwap::from_request(id, sender.to_hex(), offer, req, keys, refund, policy, &ctx)
-        {
-            Ok((swap, actions)) => {
-                let amount_sat = swap.request().amount_sat;
-                let slot = Arc::new(Slot::new(Machine::Seller(swap), me, false));
+        let peer = sender.to_hex();
+        let started = match env.body.clone() {
+            Message::LoopInRequest(req) => {
+                let policy = self.inner.config.claimer_policy;
+                BuyerSwap::from_loop_in_request(
+                    id,
+                    peer,
+                    offer,
+                    req,
+                    keys,
+                    destination,
+                    policy,
+                    &ctx,
+                )
+                .map(|(swap, actions)| (Machine::Buyer(swap), actions))
+            }
+            Message::SwapRequest(req) => {
+                let policy = self.inner.config.seller_policy;
+                SellerSwap::from_request(id, peer, offer, req, keys, destination, policy, &ctx)
+                    .map(|(swap, actions)| (Machine::Seller(swap), actions))
+            }
+            _ => return true,
+        };
+        match started {
+            Ok((machine, actions)) => {
+                let direction = machine.direction();
+                let slot = Arc::new(Slot::new(machine, me, false));
                 // Locked before anyone else can see it: its first actions run before any other
                 // event of this swap.
                 let mut machine = slot.machine.lock().await;
@@ -221,7 +256,7 @@ impl Engine {
                         return true;
                     }
                 }
-                tracing::info!(swap = %id, amount_sat, "new swap request accepted");
+                tracing::info!(swap = %id, amount_sat, ?direction, "new swap request accepted");
                 let persisted = self.carry_out(id, &slot, &mut machine, actions).await;
                 if !persisted {
                     // Never recorded: forget it, so that the request delivered again (it stays
@@ -239,6 +274,47 @@ impl Engine {
                 true
             }
         }
+    }
+
+    /// Maker of a loop in, before answering: the payment hash is not another swap's (paying it
+    /// would reveal nothing new: its preimage may be known), and the Lightning node can pay the
+    /// invoice (outbound capacity of its ready channels). Otherwise the error code and message
+    /// to answer with.
+    fn can_serve_loop_in(
+        &self,
+        offer: &Offer,
+        req: &LoopInRequest,
+    ) -> Result<(), (ErrorCode, String)> {
+        let hash = req.payment_hash;
+        let in_use = self.inner.swaps.select(|s| s.view().payment_hash == Some(hash));
+        let stored = blocking_store(|| self.inner.store.get_swap_by_payment_hash(&hash));
+        if !in_use.is_empty() || !matches!(stored, Ok(None)) {
+            return Err((ErrorCode::InvalidParams, "payment hash in use".into()));
+        }
+        if !self.inner.config.check_liquidity {
+            return Ok(());
+        }
+        // An amount the offer cannot serve is refused by the state machine with its own error.
+        let Ok(quote) = Quote::compute(offer, req.amount_sat) else { return Ok(()) };
+        let outbound_msat: u64 = self
+            .inner
+            .lightning
+            .channels()
+            .iter()
+            .filter(|c| c.ready)
+            .map(|c| c.outbound_msat)
+            .fold(0, u64::saturating_add);
+        if outbound_msat < quote.invoice_amount_sat.saturating_mul(1000) {
+            return Err((
+                ErrorCode::AmountOutOfRange,
+                format!(
+                    "the maker cannot pay {} sat over Lightning now (outbound capacity {} sat)",
+                    quote.invoice_amount_sat,
+                    outbound_msat / 1000
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Seller: fewer swaps in progress among `all` than `max_concurrent_swaps`.
@@ -327,7 +403,7 @@ impl Engine {
 fn serving(all: &mut dyn Iterator<Item = &Arc<Slot>>) -> usize {
     all.filter(|s| {
         let v = s.view();
-        v.seller && v.kind == StateKind::Pending
+        v.maker && v.kind == StateKind::Pending
     })
     .count()
 }

@@ -56,7 +56,9 @@ use looper_protocol::fees::{FeeEstimates, DEFAULT_SPEND_TARGET};
 use looper_protocol::keys::SwapKeys;
 use looper_protocol::messages::Offer;
 use looper_protocol::record::SwapRecord as ProtoRecord;
-use looper_protocol::seller::SellerPolicy;
+use looper_protocol::seller::{
+    LockerCheckError, LockerStart, LoopInLimits, SellerPolicy, SellerSwap,
+};
 use looper_protocol::swap::{Context, Event, Notification, StateKind, TxPurpose};
 use looper_protocol::SwapId;
 use serde::Serialize;
@@ -90,6 +92,9 @@ pub enum EngineError {
     /// The buyer's checks refused the offer (the check's code reaches the API).
     #[error("offer refused: {0}")]
     Refused(BuyerCheckError),
+    /// The loop-in taker's checks refused the offer (the check's code reaches the API).
+    #[error("offer refused: {0}")]
+    LoopInRefused(LockerCheckError),
     /// The state machine refused the event.
     #[error("swap refused the request: {0}")]
     Swap(String),
@@ -112,8 +117,11 @@ pub enum EngineError {
 /// Engine settings.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Seller policy for new swaps.
+    /// Seller policy for new swaps (also the locker's of a loop in this node takes).
     pub seller_policy: SellerPolicy,
+    /// The claimer's limits in a loop in this node serves as maker (its route CLTV cap, its
+    /// confirmations floor, its claim fee cap; the fee limit does not apply to a maker).
+    pub claimer_policy: BuyerPolicy,
     /// How often the chain is polled (and `Tick` fed).
     pub chain_poll: Duration,
     /// Every how many polls the on-chain wallet is synced.
@@ -182,6 +190,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             seller_policy: SellerPolicy::default(),
+            claimer_policy: BuyerPolicy::default(),
             chain_poll: Duration::from_secs(3),
             wallet_sync_every: 5,
             seller_offer: None,
@@ -463,11 +472,11 @@ impl Engine {
     /// from its seller.
     async fn local_key(&self, id: SwapId, machine: &Machine) -> (NostrPublicKey, bool) {
         let identity = self.inner.transport.public_key();
-        if !machine.is_buyer() {
+        if !machine.is_taker() {
             return (identity, false);
         }
         let tip = self.lock_ctx().tip_height;
-        let held = machine.hears_seller(tip);
+        let held = machine.hears_peer(tip);
         let key = if held {
             self.hold_swap_key(id, machine.key_index()).await
         } else {
@@ -485,7 +494,7 @@ impl Engine {
     }
 
     /// Gives back the own keys of buyer swaps that can no longer hear from their seller
-    /// ([`Machine::hears_seller`]): the transport stops listening to them.
+    /// ([`Machine::hears_peer`]): the transport stops listening to them.
     async fn release_swap_keys(&self) {
         let tip = self.lock_ctx().tip_height;
         // A pending swap keeps its key: only ended ones are looked at (under their lock).
@@ -494,7 +503,7 @@ impl Engine {
                 && s.view().kind != StateKind::Pending
         });
         for (id, slot) in holding {
-            let done = !slot.machine.lock().await.hears_seller(tip);
+            let done = !slot.machine.lock().await.hears_peer(tip);
             if done && slot.holds_key.swap(false, std::sync::atomic::Ordering::Relaxed) {
                 tracing::debug!(swap = %id, "the swap's own nostr key is released");
                 self.inner.transport.remove_key(&slot.local).await;
@@ -537,15 +546,7 @@ impl Engine {
         policy: BuyerPolicy,
         destination: Option<ScriptBuf>,
     ) -> Result<SwapId, EngineError> {
-        // The offer's checks run against the chain as it is now (the seller answers from its
-        // own tip at once: a stale one here would refuse a fair timeout).
-        let tip = self.inner.chain.tip_height().await?;
-        let estimates = watcher::read_estimates(&*self.inner.chain).await;
-        {
-            let mut ctx = self.lock_ctx();
-            ctx.tip_height = ctx.tip_height.max(tip);
-            watcher::apply_fees(&mut ctx, estimates, &self.inner.config.fees, &*self.inner.wallet);
-        }
+        self.refresh_context().await?;
         let ctx = self.context();
         let index = blocking_store(|| self.inner.store.next_swap_index())?;
         let keys = SwapKeys::derive(&self.inner.swap_master, index)
@@ -572,19 +573,92 @@ impl Engine {
         let (swap, actions) = BuyerSwap::start(start, &ctx).map_err(EngineError::Refused)?;
         tracing::info!(swap = %swap_id, amount_sat, "taking offer");
         let slot = Arc::new(Slot::new(Machine::Buyer(swap), nostr_keys.public_key(), true));
+        self.start_taker_swap(swap_id, slot, &nostr_keys, actions).await?;
+        Ok(swap_id)
+    }
+
+    /// Loop in as taker: locks `amount_sat` for Lightning funds, taking `offer` (a loop-in
+    /// offer) of `maker`. This node makes the preimage, issues the invoice and funds the HTLC
+    /// from its wallet once the maker accepted; refunds go to `refund_destination` (default: a
+    /// new address of the node's wallet). Returns the new swap's id.
+    ///
+    /// # Errors
+    /// [`EngineError::LoopInRefused`] when the offer does not fit `limits`; store, wallet or key
+    /// errors.
+    pub async fn take_loop_in_offer(
+        &self,
+        offer: Offer,
+        maker: NostrPublicKey,
+        amount_sat: u64,
+        limits: LoopInLimits,
+        refund_destination: Option<ScriptBuf>,
+    ) -> Result<SwapId, EngineError> {
+        self.refresh_context().await?;
+        let ctx = self.context();
+        let index = blocking_store(|| self.inner.store.next_swap_index())?;
+        let keys = SwapKeys::derive(&self.inner.swap_master, index)
+            .map_err(|e| EngineError::Keys(e.to_string()))?;
+        // The swap's own Nostr key, as for a loop out: the maker cannot link it to our others.
+        let nostr_keys = self.swap_nostr_keys(index)?;
+        let refund_destination = match refund_destination {
+            Some(spk) => spk,
+            None => blocking_store(|| self.inner.wallet.new_script())?,
+        };
+        let mut id = [0u8; 32];
+        self.inner.entropy.fill(&mut id);
+        let swap_id = SwapId(id);
+        let start = LockerStart {
+            swap_id,
+            peer: maker.to_hex(),
+            offer,
+            amount_sat,
+            limits,
+            policy: self.inner.config.seller_policy,
+            refund_destination,
+            keys,
+        };
+        let (swap, actions) =
+            SellerSwap::start_loop_in(start, &ctx).map_err(EngineError::LoopInRefused)?;
+        tracing::info!(swap = %swap_id, amount_sat, "taking a loop-in offer");
+        let slot = Arc::new(Slot::new(Machine::Seller(swap), nostr_keys.public_key(), true));
+        self.start_taker_swap(swap_id, slot, &nostr_keys, actions).await?;
+        Ok(swap_id)
+    }
+
+    /// Inserts a taker swap just started, has the transport hold its own key (before its
+    /// request goes out), and carries out its first actions.
+    async fn start_taker_swap(
+        &self,
+        swap_id: SwapId,
+        slot: Arc<Slot>,
+        nostr_keys: &NostrKeys,
+        actions: Vec<looper_protocol::swap::Action>,
+    ) -> Result<(), EngineError> {
         let mut machine = slot.machine.lock().await;
         if self.inner.swaps.insert_if(swap_id, Arc::clone(&slot), |_| true).is_err() {
             return Err(EngineError::Swap("swap id collision".into()));
         }
         // Listening to the swap's key before the request goes out (stored answers would come
         // all the same: the subscription has no `since`).
-        if let Err(e) = self.inner.transport.add_key(&nostr_keys).await {
+        if let Err(e) = self.inner.transport.add_key(nostr_keys).await {
             tracing::warn!(swap = %swap_id, error = %e, "cannot subscribe to the swap's own key yet");
         }
         self.carry_out(swap_id, &slot, &mut machine, actions).await;
         drop(machine);
         self.flush_queues().await;
-        Ok(swap_id)
+        Ok(())
+    }
+
+    /// Brings the context's tip and fee estimates up to the chain's now: a taker's checks run
+    /// against the chain as it is (the maker answers from its own tip at once: a stale one here
+    /// would refuse a fair timeout).
+    async fn refresh_context(&self) -> Result<(), EngineError> {
+        let tip = self.inner.chain.tip_height().await?;
+        let estimates = watcher::read_estimates(&*self.inner.chain).await;
+        let mut ctx = self.lock_ctx();
+        ctx.tip_height = ctx.tip_height.max(tip);
+        watcher::apply_fees(&mut ctx, estimates, &self.inner.config.fees, &*self.inner.wallet);
+        Ok(())
     }
 
     /// Asks a swap to abort (the state machine decides what that means in its state).

@@ -13,11 +13,11 @@ use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
 use bitcoin::{OutPoint, ScriptBuf};
 use looper_protocol::buyer::BuyerSwap;
 use looper_protocol::keys::SwapKeys;
-use looper_protocol::messages::Message;
+use looper_protocol::messages::Offer;
 use looper_protocol::record::{Swap as LoadedSwap, SwapRecord as ProtoRecord};
 use looper_protocol::seller::{SellerState, SellerSwap};
 use looper_protocol::swap::{Action, Context, Event, Notification, PaymentStatus, StateKind};
-use looper_protocol::{PaymentHash, SwapId};
+use looper_protocol::{PaymentHash, SwapDirection, SwapId};
 use tokio::sync::Mutex;
 
 use super::io::EntropyRng;
@@ -99,15 +99,35 @@ impl Machine {
         }
     }
 
-    /// A buyer swap (it speaks with its own Nostr key, not the node's identity).
-    pub(super) fn is_buyer(&self) -> bool {
-        matches!(self, Machine::Buyer(_) | Machine::Unloaded(ProtoRecord::Buyer(_)))
+    /// The swap's offer.
+    fn offer(&self) -> &Offer {
+        match self {
+            Machine::Buyer(b) => b.offer(),
+            Machine::Seller(s) => s.offer(),
+            Machine::Unloaded(ProtoRecord::Buyer(r)) => r.offer(),
+            Machine::Unloaded(ProtoRecord::Seller(r)) => r.offer(),
+        }
     }
 
-    /// A buyer swap that may still hear from its seller at tip `tip`, so keeps its Nostr key:
-    /// while pending, and once aborted with agreed terms until the HTLC's timeout (the seller
-    /// may ask to refund cooperatively until then).
-    pub(super) fn hears_seller(&self, tip: u32) -> bool {
+    /// Loop out or loop in (the offer's direction).
+    pub(super) fn direction(&self) -> SwapDirection {
+        self.offer().direction
+    }
+
+    /// Whether this node asked for the swap (the taker: the buyer of a loop out, the locker of a
+    /// loop in). A taker speaks with the swap's own Nostr key, never the node's identity.
+    pub(super) fn is_taker(&self) -> bool {
+        let claimer = matches!(self, Machine::Buyer(_) | Machine::Unloaded(ProtoRecord::Buyer(_)));
+        claimer == (self.direction() == SwapDirection::LoopOut)
+    }
+
+    /// A taker swap that may still hear from its maker at tip `tip`, so keeps its Nostr key:
+    /// while pending; a loop-out buyer also once aborted with agreed terms until the HTLC's
+    /// timeout (the seller may ask to refund cooperatively until then).
+    pub(super) fn hears_peer(&self, tip: u32) -> bool {
+        if !self.is_taker() {
+            return false;
+        }
         match self {
             Machine::Buyer(b) => match b.kind() {
                 StateKind::Pending => true,
@@ -116,8 +136,8 @@ impl Machine {
                         && b.terms().is_some_and(|t| tip < t.htlc_params.timeout_height)
                 }
             },
-            Machine::Unloaded(ProtoRecord::Buyer(r)) => r.kind() == StateKind::Pending,
-            _ => false,
+            Machine::Seller(s) => s.kind() == StateKind::Pending,
+            Machine::Unloaded(r) => r.kind() == StateKind::Pending,
         }
     }
 
@@ -131,10 +151,12 @@ impl Machine {
         }
     }
 
+    /// Where a taker sends its messages: the offer's relays (a maker answers on its own).
     fn relays(&self) -> Vec<String> {
-        match self {
-            Machine::Buyer(b) => b.offer().relays.clone(),
-            _ => Vec::new(),
+        if self.is_taker() {
+            self.offer().relays.clone()
+        } else {
+            Vec::new()
         }
     }
 
@@ -241,16 +263,20 @@ pub(super) struct View {
     pub(super) kind: StateKind,
     pub(super) payment_hash: Option<PaymentHash>,
     pub(super) prepay_hash: Option<PaymentHash>,
+    /// The locker's machine (the seller of a loop out, the taker of a loop in).
     pub(super) seller: bool,
+    /// We published the offer (the seller of a loop out, the claimer of a loop in).
+    pub(super) maker: bool,
     /// The swap's amount (the HTLC value).
     pub(super) amount_sat: u64,
 }
 
 impl View {
-    /// Seller: the HTLC is (about to be) locked and not paid for: accepted (funding queued or
-    /// waiting for the prepay), funded, or being refunded. What the unpaid-capital budget counts.
+    /// Seller of a loop out: the HTLC is (about to be) locked and not paid for: accepted
+    /// (funding queued or waiting for the prepay), funded, or being refunded. What the
+    /// unpaid-capital budget counts (a taker's own lock in a loop in is its own choice).
     pub(super) fn unpaid_lock(&self) -> Option<UnpaidLock> {
-        if !self.seller {
+        if !(self.seller && self.maker) {
             return None;
         }
         match self.state {
@@ -283,6 +309,7 @@ impl View {
                 machine,
                 Machine::Seller(_) | Machine::Unloaded(ProtoRecord::Seller(_))
             ),
+            maker: !machine.is_taker(),
             amount_sat: machine.amount_sat(),
         }
     }
@@ -318,7 +345,7 @@ pub(super) struct Slot {
     /// addressed to it are the swap's. Fixed for the swap's life.
     pub(super) local: NostrPublicKey,
     /// A buyer swap's own key is held by the transport (given back once the swap can no longer
-    /// hear from its seller, [`Machine::hears_seller`]).
+    /// hear from its maker, [`Machine::hears_peer`]).
     pub(super) holds_key: std::sync::atomic::AtomicBool,
     pub(super) machine: Mutex<Machine>,
     view: StdMutex<View>,
@@ -557,13 +584,10 @@ impl Engine {
                     tracing::error!(swap = %id, "peer key does not parse");
                     return Ok(None);
                 };
-                // A buyer mines every message to a seller whose offer asks for proof of work:
-                // such a seller may drop unmined gift wraps before decrypting them.
-                let pow = match &*machine {
-                    Machine::Buyer(b) => b.offer().pow_difficulty,
-                    _ => None,
-                };
-                let request = matches!(env.body, Message::SwapRequest(_));
+                // A taker mines every message to a maker whose offer asks for proof of work:
+                // such a maker may drop unmined gift wraps before decrypting them.
+                let pow = machine.is_taker().then(|| machine.offer().pow_difficulty).flatten();
+                let request = env.body.is_request();
                 let transport = &self.inner.transport;
                 let from = &slot.local;
                 let sent = match pow.filter(|d| *d > 0) {

@@ -17,15 +17,12 @@ pub fn offer_content(offer: &Offer) -> String {
 
 /// Whether this message opens a new swap (rate limited and checked for proof of work).
 pub fn is_swap_request(envelope: &Envelope) -> bool {
-    matches!(envelope.body, Message::SwapRequest(_))
+    envelope.body.is_request()
 }
 
-/// The offer a swap request takes.
+/// The offer a swap request (either direction) takes.
 pub fn requested_offer_id(envelope: &Envelope) -> Option<&str> {
-    match &envelope.body {
-        Message::SwapRequest(r) => Some(r.offer_id.as_str()),
-        _ => None,
-    }
+    envelope.body.requested_offer_id()
 }
 
 /// The network's name as used in the offer's `n` tag (`bitcoin`, `testnet`, `signet`, `regtest`).

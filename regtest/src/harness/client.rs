@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use looper_api::{
     AddressResponse, ChannelList, OfferIdResponse, OpenRequest, OpenResponse, SwapEvent,
-    SwapEvents, SwapList, SwapOutRequest, SwapOutResponse, SwapSummary, SyncResponse,
+    SwapEvents, SwapInRequest, SwapList, SwapOutRequest, SwapOutResponse, SwapSummary,
+    SyncResponse,
 };
 use looper_protocol::messages::Offer;
 use serde::de::DeserializeOwned;
@@ -189,6 +190,41 @@ impl ApiClient {
     /// As [`ApiClient::get`].
     pub async fn discover(&self, amount_sat: u64) -> Result<Vec<DiscoveredOffer>, HarnessError> {
         self.get(&format!("/v1/offers/discover?amount_sat={amount_sat}")).await
+    }
+
+    /// `GET /v1/offers/discover?amount_sat=N&direction=loop_in`: loop-in offers, cheapest
+    /// first.
+    ///
+    /// # Errors
+    /// As [`ApiClient::get`].
+    pub async fn discover_loop_in(
+        &self,
+        amount_sat: u64,
+    ) -> Result<Vec<DiscoveredOffer>, HarnessError> {
+        self.get(&format!("/v1/offers/discover?amount_sat={amount_sat}&direction=loop_in")).await
+    }
+
+    /// `POST /v1/swaps/in`: takes the loop-in `offer` for `amount_sat` (this node locks); the
+    /// swap id.
+    ///
+    /// # Errors
+    /// As [`ApiClient::post`].
+    pub async fn swap_in(
+        &self,
+        offer: &DiscoveredOffer,
+        amount_sat: u64,
+        max_total_fee_sat: u64,
+    ) -> Result<String, HarnessError> {
+        let body = SwapInRequest {
+            offer_id: Some(offer.offer.offer_id.clone()),
+            offer: Some(offer.offer.clone()),
+            maker: offer.seller.clone(),
+            amount_sat,
+            max_total_fee_sat: Some(max_total_fee_sat),
+            refund_address: None,
+        };
+        let v: SwapOutResponse = self.post("/v1/swaps/in", &body).await?;
+        Ok(v.swap_id)
     }
 
     /// `POST /v1/swaps/out`: takes `offer` of `seller` for `amount_sat`; the swap id.

@@ -1,0 +1,179 @@
+//! `looper in`: discover loop-in offers, quote, confirm, take, follow. This node locks on-chain
+//! BTC and is paid over Lightning (its inbound liquidity: outbound capacity to spend later).
+
+use std::time::Instant;
+
+use clap::Args;
+use looper_api::{InfoResponse, SwapInRequest, SwapOutResponse};
+use looper_protocol::SwapDirection;
+use serde_json::json;
+
+use super::offers::{fetch, Candidate, Quote, FUNDING_VSIZE_VB};
+use super::out::parse_address;
+use super::swaps::Follower;
+use super::{confirm, parse_sat, Ctx};
+use crate::error::{CliError, CliResult};
+use crate::output::{duration, key_values, print_json_line, sat, short};
+
+/// `looper in`.
+#[derive(Debug, Args)]
+pub struct InArgs {
+    /// Amount to lock on-chain, in satoshis (you are paid that less the maker's fees over
+    /// Lightning).
+    #[arg(long, value_name = "SAT", value_parser = parse_sat)]
+    pub amount: u64,
+    /// Take this offer (id from `looper offers --in`).
+    #[arg(long, value_name = "ID")]
+    pub offer: Option<String>,
+    /// Refuse offers whose fees (swap fee + the maker's on-chain fee) are above this, in
+    /// satoshis.
+    #[arg(long, value_name = "SAT", value_parser = parse_sat)]
+    pub max_total_fee: Option<u64>,
+    /// Where a refund goes if the maker never pays (default: a new address of the node's
+    /// wallet).
+    #[arg(long, value_name = "ADDR", value_parser = parse_address)]
+    pub refund_address: Option<String>,
+    /// Fee rate for the funding fee estimate, in sat/vB (default: the node's estimate).
+    #[arg(long, value_name = "SAT_PER_VB", value_parser = parse_sat)]
+    pub fee_rate: Option<u64>,
+    /// Do not ask for confirmation.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+/// The quote shown before asking.
+pub fn render_quote(c: &Candidate, q: &Quote) -> String {
+    let mut out = format!(
+        "Loop in {} to offer {} (maker {})\n",
+        sat(q.amount_sat),
+        c.offer.offer_id,
+        short(&c.seller)
+    );
+    let pairs = vec![
+        ("total cost", sat(q.total_cost_sat())),
+        ("  swap fee", sat(q.swap_fee_sat)),
+        ("  maker's on-chain fee", sat(q.funding_fee_sat)),
+        (
+            "  funding fee (est.)",
+            format!(
+                "{} ({FUNDING_VSIZE_VB} vB x {} sat/vB)",
+                sat(q.claim_fee_sat),
+                q.fee_rate_sat_vb
+            ),
+        ),
+        ("you lock (on-chain)", sat(q.pay_sat())),
+        ("you receive (Lightning)", sat(q.receive_sat())),
+        ("confirmations", c.offer.min_confirmations.to_string()),
+        ("refund after", format!("{} blocks if the maker never pays", c.offer.timeout_delta)),
+    ];
+    out.push_str(&key_values(&pairs));
+    out
+}
+
+/// Runs `looper in`.
+pub async fn loop_in(ctx: &Ctx, args: &InArgs) -> CliResult<()> {
+    let client = ctx.client()?;
+    let info: InfoResponse = client.get("/v1/info", "get the node's info").await?;
+    let amount = args.amount;
+    if let Some(max) = info.max_swap_amount_sat.filter(|max| amount > *max) {
+        return Err(CliError::failure(
+            format!("cannot loop in {}", sat(amount)),
+            format!("it is above the node's safety.max_swap_amount_sat ({})", sat(max)),
+            "swap less, or raise safety.max_swap_amount_sat in the node's looper.toml",
+        ));
+    }
+    let rate = args.fee_rate.unwrap_or(info.fee_rate_sat_vb.max(1));
+    let list = fetch(&client, amount, rate, SwapDirection::LoopIn).await?;
+    let chosen = match &args.offer {
+        Some(id) => list.iter().find(|c| c.offer.offer_id == *id).ok_or_else(|| {
+            CliError::failure(
+                format!("cannot take offer {id}"),
+                format!("no live loop-in offer {id} covers {} ({} do)", sat(amount), list.len()),
+                format!("list them with `looper offers --in --amount {amount}`"),
+            )
+        })?,
+        None => list.first().ok_or_else(|| {
+            CliError::failure(
+                format!("cannot loop in {}", sat(amount)),
+                "no live loop-in offer covers this amount",
+                "see the ranges on offer with `looper offers --in --amount SAT`",
+            )
+        })?,
+    };
+    let quote = chosen.quote.ok_or_else(|| {
+        CliError::failure("cannot quote the offer", "it does not cover the amount", "")
+    })?;
+    let offer_id = chosen.offer.offer_id.clone();
+    let fees = quote.swap_fee_sat.saturating_add(quote.funding_fee_sat);
+    if let Some(max) = args.max_total_fee.filter(|max| fees > *max) {
+        return Err(CliError::failure(
+            format!("cannot take offer {offer_id}"),
+            format!("its fees {} are above --max-total-fee {}", sat(fees), sat(max)),
+            format!("raise --max-total-fee or pick another offer: `looper offers --in --amount {amount}`"),
+        ));
+    }
+    if ctx.json() {
+        print_json_line(&json!({
+            "type": "quote", "maker": chosen.seller, "offer_id": offer_id, "quote": quote.to_json(),
+        }));
+    } else {
+        print!("{}", render_quote(chosen, &quote));
+    }
+    confirm("Take this offer?", args.yes)?;
+
+    let start = Instant::now();
+    let body = SwapInRequest {
+        offer_id: Some(offer_id.clone()),
+        offer: Some(chosen.offer.clone()),
+        maker: chosen.seller.clone(),
+        amount_sat: amount,
+        max_total_fee_sat: args.max_total_fee.or(Some(fees)),
+        refund_address: args.refund_address.clone(),
+    };
+    let v: SwapOutResponse =
+        client.post("/v1/swaps/in", &body, &format!("take offer {offer_id}")).await?;
+    let swap_id = v.swap_id;
+    if ctx.json() {
+        print_json_line(&json!({"type": "started", "swap_id": swap_id}));
+    } else {
+        println!(
+            "swap {swap_id} started (follow it elsewhere with `looper swap monitor {swap_id}`)"
+        );
+    }
+    let mut follower = Follower::new(swap_id.clone(), ctx.json(), false, start);
+    while !follower.outcome.finished {
+        follower.step(&client, 25).await?;
+    }
+    let o = &follower.outcome;
+    let elapsed = start.elapsed().as_secs();
+    if ctx.json() {
+        print_json_line(&json!({
+            "type": "result",
+            "swap_id": swap_id,
+            "status": if o.succeeded { "succeeded" } else { "failed" },
+            "state": o.state,
+            "received_sat": if o.succeeded { Some(quote.receive_sat()) } else { None },
+            "swap_fee_sat": quote.swap_fee_sat,
+            "funding_fee_sat": quote.funding_fee_sat,
+            "elapsed_secs": elapsed,
+        }));
+    }
+    if !o.succeeded {
+        return Err(CliError::failure(
+            format!("swap {swap_id} did not succeed"),
+            format!("it ended in state {}", o.state),
+            format!("see `looper swap {swap_id}`; a lock the maker did not pay for is refunded to this node's wallet"),
+        ));
+    }
+    if !ctx.json() {
+        println!(
+            "done: received {} over Lightning for {} locked (swap fee {} + maker's on-chain fee {}), took {}",
+            sat(quote.receive_sat()),
+            sat(amount),
+            sat(quote.swap_fee_sat),
+            sat(quote.funding_fee_sat),
+            duration(elapsed)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! Loop in end to end on the regtest harness: real `looper-node` processes, the embedded chain,
+//! a local Nostr relay and the ldk-node channel buyer -> seller of the harness. Here the node
+//! named `buyer` (it has the channel's outbound liquidity) makes a loop-in offer and pays; the
+//! node named `seller` (on-chain funds, inbound liquidity) takes it: it makes the preimage,
+//! locks the HTLC and is paid over Lightning; the maker claims the HTLC cooperatively.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod e2e_common;
+
+use std::time::Duration;
+
+use anyhow::{ensure, Result};
+use looper_protocol::SwapDirection;
+use looper_regtest::harness::{wait_until, Harness, HarnessConfig, NodeSpec};
+
+use e2e_common::{scratch, AMOUNT, MAX_FEE};
+
+const SWAP_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn config(dir: &std::path::Path) -> HarnessConfig {
+    let mut c = HarnessConfig::new(dir, env!("CARGO_BIN_EXE_looper-node"));
+    c.nodes = vec![NodeSpec::seller("seller"), NodeSpec::buyer("buyer")];
+    c.channel_sat = 10 * AMOUNT + 100_000;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_loop_in_cooperative_claim() -> Result<()> {
+    let s = scratch()?;
+    let h = Harness::start(config(&s.dir)).await?;
+    let maker = h.node("buyer")?.api().clone();
+    let taker = h.node("seller")?.api().clone();
+    h.publish_loop_in_offer("buyer").await?;
+    h.sync_all().await;
+    let taker_wallet = taker.wallet_balance().await?.total_sat;
+    let taker_in = taker.ln_balance().await?.lightning_outbound_msat;
+    let maker_wallet = maker.wallet_balance().await?.total_sat;
+
+    let offer = h.best_loop_in_offer("seller", AMOUNT).await?;
+    ensure!(offer.offer.direction == SwapDirection::LoopIn, "{offer:?}");
+    // A loop-out taker never sees it.
+    let out_offers = taker.discover(AMOUNT).await?;
+    ensure!(out_offers.iter().all(|d| d.offer.direction == SwapDirection::LoopOut));
+
+    let miner = h.start_miner(Duration::from_secs(1));
+    let id = taker.swap_in(&offer, AMOUNT, MAX_FEE).await?;
+    let end = wait_until("the taker's loop in final", SWAP_TIMEOUT, || async {
+        let v = taker.swap(&id).await.ok()?;
+        v.is_final().then_some(v)
+    })
+    .await?;
+    ensure!(end.state == "Claimed", "taker (locker) ended in {}: {:?}", end.state, end.record);
+    ensure!(end.direction == SwapDirection::LoopIn);
+    let made = wait_until("the maker's side final", SWAP_TIMEOUT, || async {
+        let v = maker.swap(&id).await.ok()?;
+        v.is_final().then_some(v)
+    })
+    .await?;
+    miner.stop();
+    ensure!(made.state == "Claimed", "maker (claimer) ended in {}: {:?}", made.state, made.record);
+    ensure!(made.direction == SwapDirection::LoopIn);
+    // The maker's claim went out through the key path, co-signed by the taker.
+    let events = maker.swap_events(&id).await?;
+    let text = serde_json::to_string(&events)?;
+    ensure!(text.contains("cooperative_claim"), "maker's events: {text}");
+
+    // The money: the taker paid AMOUNT + its funding fee on chain and was paid the invoice
+    // (AMOUNT less the maker's fees) over Lightning; the maker's wallet got AMOUNT less its
+    // claim fee.
+    let quote = &end.record["swap"]["quote"];
+    let invoice_sat = quote["invoice_amount_sat"].as_u64().unwrap_or(0);
+    ensure!(invoice_sat > 0 && invoice_sat < AMOUNT, "quote {quote}");
+    // The taker's invoice was paid in full (inbound, succeeded, its amount).
+    let hash = end.payment_hash.clone().unwrap_or_default();
+    let paid: looper_api::PaymentInfo = taker.get(&format!("/v1/ln/payments/{hash}")).await?;
+    ensure!(paid.status == looper_api::PaymentStatus::Succeeded, "{paid:?}");
+    ensure!(paid.direction == looper_api::PaymentDirection::Inbound, "{paid:?}");
+    ensure!(paid.amount_msat == Some(invoice_sat * 1000), "{paid:?}, invoice {invoice_sat} sat");
+    let got = wait_until("balances settled", SWAP_TIMEOUT, || async {
+        h.sync_all().await;
+        let out = taker.ln_balance().await.ok()?.lightning_outbound_msat;
+        let tw = taker.wallet_balance().await.ok()?.total_sat;
+        let mw = maker.wallet_balance().await.ok()?.total_sat;
+        eprintln!("taker out {taker_in} -> {out} msat, wallet {taker_wallet} -> {tw}; maker wallet {maker_wallet} -> {mw}");
+        (out > taker_in && tw < taker_wallet - AMOUNT && mw > maker_wallet).then_some((tw, mw))
+    })
+    .await?;
+    let (tw, mw) = got;
+    let funding_fee = taker_wallet - AMOUNT - tw;
+    let claim_fee = maker_wallet + AMOUNT - mw;
+    ensure!(funding_fee < 2_000, "taker's funding fee {funding_fee}");
+    ensure!(claim_fee < 1_000, "maker's claim fee {claim_fee}");
+    eprintln!(
+        "loop in of {AMOUNT} sat: taker paid {funding_fee} sat funding fee, received {invoice_sat} \
+         sat over Lightning; maker claimed {} sat ({claim_fee} sat claim fee)",
+        AMOUNT - claim_fee
+    );
+    h.stop().await;
+    Ok(())
+}
