@@ -210,7 +210,12 @@ mod tests {
             assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
             assert_eq!(ErrorCode::parse(code.as_str()), code);
         }
-        assert_eq!(ErrorCode::all().count(), 10 + BuyerCheckError::CODES.len());
+        let locker_only =
+            LockerCheckError::CODES.iter().filter(|c| !BuyerCheckError::CODES.contains(c)).count();
+        assert_eq!(ErrorCode::all().count(), 10 + BuyerCheckError::CODES.len() + locker_only);
+        for code in ["not_loop_in", "timeout_too_long", "timeout_out_of_range"] {
+            assert!(matches!(ErrorCode::parse(code), ErrorCode::Refused(_)), "{code}");
+        }
         assert_eq!(ErrorCode::parse("amount_above_limit").status(), 422);
         assert_eq!(ErrorCode::parse("fee_too_high").status(), 422);
         assert_eq!(ErrorCode::parse("brand_new"), ErrorCode::Unknown("brand_new".into()));
