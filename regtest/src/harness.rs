@@ -944,6 +944,33 @@ impl Harness {
         .await
     }
 
+    /// Runs one loop in: `maker` publishes a loop-in offer, `taker` takes it for `amount_sat`
+    /// (locks on chain, is paid over Lightning); follows the maker's side to `Claimed` (blocks
+    /// must come: see [`Harness::start_miner`]) and reports amounts, fees, transactions and time
+    /// per phase.
+    ///
+    /// # Errors
+    /// [`HarnessError::SwapFailed`] when the swap ends otherwise; timeouts; API errors.
+    pub async fn loop_in(
+        &self,
+        taker: &str,
+        maker: &str,
+        amount_sat: u64,
+        max_total_fee_sat: u64,
+    ) -> Result<LoopOutReport, HarnessError> {
+        self.publish_loop_in_offer(maker).await?;
+        let t0 = Instant::now();
+        let offer = self.best_loop_in_offer(taker, amount_sat).await?;
+        let discovered = t0.elapsed();
+        let start = Instant::now();
+        let swap_id =
+            self.node(taker)?.client.swap_in(&offer, amount_sat, max_total_fee_sat).await?;
+        let mut report = report::follow(self.node(maker)?, &swap_id, start, SETUP_TIMEOUT).await?;
+        report.discover = discovered;
+        report.fill_chain_data(&self.chain.esplora_url()).await;
+        Ok(report)
+    }
+
     /// Has `maker` publish a loop-in offer of its spec's terms (id `<name>-in`) on the harness's
     /// relay; the offer's id.
     ///

@@ -82,6 +82,10 @@ struct DemoArgs {
     /// Swap amount in satoshis.
     #[arg(long, default_value_t = 100_000)]
     amount: u64,
+    /// Run a loop in instead: the buyer node (it has the channel's outbound liquidity) makes a
+    /// loop-in offer and pays; the seller node locks on chain and is paid over Lightning.
+    #[arg(long = "in")]
+    loop_in: bool,
     /// Keep the scratch directory (node logs, chain) afterwards.
     #[arg(long)]
     keep: bool,
@@ -250,9 +254,16 @@ fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         for node in harness.nodes() {
             println!("    {}: {}", node.name(), node.cli_command());
         }
-        println!("==> loop out of {amount} sat (a block is mined every second)");
         let miner = harness.start_miner(Duration::from_secs(1));
-        let report = harness.loop_out("buyer", amount, amount / 10).await;
+        let report = if args.loop_in {
+            println!(
+                "==> loop in of {amount} sat: the seller node locks, the buyer node pays (a block is mined every second)"
+            );
+            harness.loop_in("seller", "buyer", amount, amount / 10).await
+        } else {
+            println!("==> loop out of {amount} sat (a block is mined every second)");
+            harness.loop_out("buyer", amount, amount / 10).await
+        };
         miner.stop();
         let logs: Vec<_> = harness.nodes().iter().map(|n| n.log_file()).collect();
         harness.stop().await;

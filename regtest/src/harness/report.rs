@@ -20,11 +20,14 @@ pub struct Phase {
     pub duration: Duration,
 }
 
-/// What one loop out cost and how long it took.
+/// What one swap cost and how long it took, followed on the claimer (the buyer of a loop out,
+/// the maker of a loop in).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoopOutReport {
     /// The swap id.
     pub swap_id: String,
+    /// A loop in (the taker locked, the maker paid and claimed).
+    pub loop_in: bool,
     /// Swap amount (the HTLC value).
     pub amount_sat: u64,
     /// The seller's swap fee.
@@ -95,19 +98,34 @@ fn secs(d: Duration) -> String {
 
 impl fmt::Display for LoopOutReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "loop out {}", self.swap_id)?;
-        writeln!(f, "  amount          {} sat", self.amount_sat)?;
+        if self.loop_in {
+            writeln!(f, "loop in {}", self.swap_id)?;
+            writeln!(f, "  amount          {} sat locked by the taker", self.amount_sat)?;
+            writeln!(
+                f,
+                "  fees            swap {} + maker's on-chain {} + taker's funding {} = taker's cost {} sat; paid {} sat over Lightning",
+                self.swap_fee_sat,
+                self.funding_fee_sat,
+                self.funding_fee_paid_sat,
+                self.swap_fee_sat + self.funding_fee_sat + self.funding_fee_paid_sat,
+                self.amount_sat.saturating_sub(self.swap_fee_sat + self.funding_fee_sat)
+            )?;
+            writeln!(f, "  maker's claim   fee {} sat", self.claim_fee_sat)?;
+        } else {
+            writeln!(f, "loop out {}", self.swap_id)?;
+            writeln!(f, "  amount          {} sat", self.amount_sat)?;
+            writeln!(
+                f,
+                "  fees            swap {} + funding {} + claim {} = total cost {} sat",
+                self.swap_fee_sat,
+                self.funding_fee_sat,
+                self.claim_fee_sat,
+                self.total_cost_sat()
+            )?;
+        }
         writeln!(
             f,
-            "  fees            swap {} + funding {} + claim {} = total cost {} sat",
-            self.swap_fee_sat,
-            self.funding_fee_sat,
-            self.claim_fee_sat,
-            self.total_cost_sat()
-        )?;
-        writeln!(
-            f,
-            "  funding tx      {} ({} vB, {} outputs, seller paid {} sat)",
+            "  funding tx      {} ({} vB, {} outputs, locker paid {} sat)",
             self.funding_txid, self.funding_vsize, self.funding_outputs, self.funding_fee_paid_sat
         )?;
         writeln!(
@@ -175,7 +193,8 @@ pub async fn follow(
             detail: Value::Array(events).to_string(),
         });
     }
-    let mut r = LoopOutReport { swap_id: swap_id.into(), ..LoopOutReport::default() };
+    let loop_in = view.direction == looper_protocol::SwapDirection::LoopIn;
+    let mut r = LoopOutReport { swap_id: swap_id.into(), loop_in, ..LoopOutReport::default() };
     for e in &events {
         match e["event"].as_str() {
             Some("accepted") => {
@@ -206,9 +225,14 @@ pub async fn follow(
     }
     let at = |i: usize| seen.get(i).copied().flatten().unwrap_or_default();
     let span = |a: usize, b: usize| at(b).saturating_sub(at(a));
+    let (first, second) = if loop_in {
+        ("request -> locked, swap_funded checked", "swap_funded -> funding confirmed")
+    } else {
+        ("request -> accepted (nostr round trip)", "accepted -> funded and confirmed")
+    };
     r.phases = vec![
-        Phase { name: "request -> accepted (nostr round trip)", duration: span(0, 1) },
-        Phase { name: "accepted -> funded and confirmed", duration: span(1, 2) },
+        Phase { name: first, duration: span(0, 1) },
+        Phase { name: second, duration: span(1, 2) },
         Phase { name: "payment (lightning)", duration: span(2, 4) },
         Phase { name: "claim (musig2 co-sign, broadcast)", duration: span(4, 5) },
         Phase { name: "claim broadcast -> confirmed", duration: span(5, 6) },
