@@ -854,6 +854,21 @@ struct FileApi {
 }
 
 impl Config {
+    /// The claimer's limits of `[buyer]` (and the fee-rate cap of `[fees]`): a loop out's
+    /// defaults (`POST /v1/swaps/out` overrides them per swap) and a loop in's as maker.
+    pub fn buyer_policy(&self) -> looper_protocol::buyer::BuyerPolicy {
+        looper_protocol::buyer::BuyerPolicy {
+            max_total_fee_sat: self.buyer.max_total_fee_sat,
+            max_route_cltv: self.buyer.max_route_cltv,
+            min_confirmations: self.buyer.min_confirmations,
+            min_claim_margin: self.buyer.min_claim_margin,
+            // Claims are never priced above the node's fee-rate cap.
+            max_claim_fee_rate_sat_vb: self.fees.max_fee_rate_sat_vb,
+            claim_conf_target: None,
+            max_prepay_sat: self.buyer.max_prepay_sat,
+        }
+    }
+
     /// Builds the configuration from the overrides (the command line and the environment), the
     /// configuration file and the defaults, then validates it.
     ///

@@ -316,6 +316,7 @@ impl LooperNode {
                 seller_policy: SellerPolicy {
                     cooperative_claims: config.seller.cooperative_claims,
                 },
+                claimer_policy: config.buyer_policy(),
                 chain_poll: Duration::from_secs(config.sync.chain_poll_secs.max(1)),
                 wallet_sync_every: wallet_every.max(1),
                 seller_offer: seller_offer(&config, lightning.node_id())
@@ -378,16 +379,7 @@ impl LooperNode {
         let facts = crate::api::NodeFacts {
             ln_listen: self.config.lightning.listen.iter().map(|a| a.to_string()).collect(),
             relays: self.config.relays.clone(),
-            buyer_defaults: looper_protocol::buyer::BuyerPolicy {
-                max_total_fee_sat: self.config.buyer.max_total_fee_sat,
-                max_route_cltv: self.config.buyer.max_route_cltv,
-                min_confirmations: self.config.buyer.min_confirmations,
-                min_claim_margin: self.config.buyer.min_claim_margin,
-                // Claims are never priced above the node's fee-rate cap.
-                max_claim_fee_rate_sat_vb: self.config.fees.max_fee_rate_sat_vb,
-                claim_conf_target: None,
-                max_prepay_sat: self.config.buyer.max_prepay_sat,
-            },
+            buyer_defaults: self.config.buyer_policy(),
             buyer_max_fee_ppm: Some(self.config.buyer.max_total_fee_ppm),
             max_swap_amount_sat: self.config.safety.max_swap_amount_sat,
         };

@@ -2,7 +2,9 @@
 //! a local Nostr relay and the ldk-node channel buyer -> seller of the harness. Here the node
 //! named `buyer` (it has the channel's outbound liquidity) makes a loop-in offer and pays; the
 //! node named `seller` (on-chain funds, inbound liquidity) takes it: it makes the preimage,
-//! locks the HTLC and is paid over Lightning; the maker claims the HTLC cooperatively.
+//! locks the HTLC and is paid over Lightning; the maker claims the HTLC cooperatively, or through
+//! the claim leaf when the taker does not co-sign. A maker that never pays: the taker refunds
+//! through the refund leaf after the timeout.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod e2e_common;
@@ -13,13 +15,17 @@ use anyhow::{ensure, Result};
 use looper_protocol::SwapDirection;
 use looper_regtest::harness::{wait_until, Harness, HarnessConfig, NodeSpec};
 
-use e2e_common::{scratch, AMOUNT, MAX_FEE};
+use e2e_common::{scratch, state_of, AMOUNT, MAX_FEE};
 
 const SWAP_TIMEOUT: Duration = Duration::from_secs(180);
 
 fn config(dir: &std::path::Path) -> HarnessConfig {
+    config_with(dir, NodeSpec::seller("seller"), NodeSpec::buyer("buyer"))
+}
+
+fn config_with(dir: &std::path::Path, taker: NodeSpec, maker: NodeSpec) -> HarnessConfig {
     let mut c = HarnessConfig::new(dir, env!("CARGO_BIN_EXE_looper-node"));
-    c.nodes = vec![NodeSpec::seller("seller"), NodeSpec::buyer("buyer")];
+    c.nodes = vec![taker, maker];
     c.channel_sat = 10 * AMOUNT + 100_000;
     c
 }
@@ -95,6 +101,80 @@ async fn e2e_loop_in_cooperative_claim() -> Result<()> {
          sat over Lightning; maker claimed {} sat ({claim_fee} sat claim fee)",
         AMOUNT - claim_fee
     );
+    h.stop().await;
+    Ok(())
+}
+
+/// The taker (locker) does not co-sign (`seller.cooperative_claims = false`): the maker claims
+/// through the claim leaf with the preimage its payment revealed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_loop_in_script_path_claim() -> Result<()> {
+    let s = scratch()?;
+    let mut taker = NodeSpec::seller("seller");
+    taker.seller_cooperative = false;
+    let h = Harness::start(config_with(&s.dir, taker, NodeSpec::buyer("buyer"))).await?;
+    let miner = h.start_miner(Duration::from_secs(1));
+    let r = h.loop_in("seller", "buyer", AMOUNT, MAX_FEE).await?;
+    miner.stop();
+    eprintln!("{r}");
+    ensure!(r.claim_purpose == "script_claim", "{r:?}");
+    let taker_state = wait_until("the taker's side final", SWAP_TIMEOUT, || async {
+        let v = h.node("seller").ok()?.api().swap(&r.swap_id).await.ok()?;
+        v.is_final().then_some(v.state)
+    })
+    .await?;
+    ensure!(taker_state == "Claimed", "taker ended in {taker_state}");
+    h.stop().await;
+    Ok(())
+}
+
+/// The maker accepts, sees the lock and never pays (it is frozen from the funding on): the
+/// taker refunds through the refund leaf once the timeout passes, and gets its coins back less
+/// the funding and refund fees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_loop_in_refund_when_the_maker_never_pays() -> Result<()> {
+    let s = scratch()?;
+    let mut maker = NodeSpec::buyer("buyer");
+    maker.offer.timeout_delta = 60;
+    maker.offer.claim_margin = 2;
+    maker.offer.min_confirmations = 3;
+    maker.buyer_min_claim_margin = Some(2);
+    let mut h = Harness::start(config_with(&s.dir, NodeSpec::seller("seller"), maker)).await?;
+    h.publish_loop_in_offer("buyer").await?;
+    h.sync_all().await;
+    let taker = h.node("seller")?.api().clone();
+    let before = taker.wallet_balance().await?.total_sat;
+    let offer = h.best_loop_in_offer("seller", AMOUNT).await?;
+    let id = taker.swap_in(&offer, AMOUNT, MAX_FEE).await?;
+    wait_until("the maker sees the lock", SWAP_TIMEOUT, || async {
+        (state_of(&h, "buyer", &id).await == "Funded").then_some(())
+    })
+    .await?;
+    // Frozen before the funding's third confirmation: it never pays.
+    h.pause("buyer")?;
+    let deadline = std::time::Instant::now() + SWAP_TIMEOUT;
+    loop {
+        let st = state_of(&h, "seller", &id).await;
+        if st == "Refunded" {
+            break;
+        }
+        ensure!(std::time::Instant::now() < deadline, "taker never refunded (at {st})");
+        h.mine(if st == "Refunding" { 1 } else { 5 }).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let v = taker.swap(&id).await?;
+    ensure!(v.direction == SwapDirection::LoopIn);
+    let events = serde_json::to_string(&taker.swap_events(&id).await?)?;
+    ensure!(events.contains("script_refund"), "taker's events: {events}");
+    // Nothing was paid over Lightning; the wallet lost the two fees only.
+    h.resume("buyer")?;
+    let after = wait_until("the taker's wallet settled", SWAP_TIMEOUT, || async {
+        h.sync_all().await;
+        let now = taker.wallet_balance().await.ok()?.total_sat;
+        (now > before - 2_000 && now < before).then_some(now)
+    })
+    .await?;
+    eprintln!("loop in refunded: the taker's wallet {before} -> {after} sat");
     h.stop().await;
     Ok(())
 }
