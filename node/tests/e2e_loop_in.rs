@@ -178,3 +178,78 @@ async fn e2e_loop_in_refund_when_the_maker_never_pays() -> Result<()> {
     h.stop().await;
     Ok(())
 }
+
+/// The maker aborts after the lock (before paying; the offer asks 50 confirmations so it would
+/// not pay yet): the taker asks it to co-sign a refund and gets its coins back at once through
+/// the key path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_loop_in_cooperative_refund_when_the_maker_aborts() -> Result<()> {
+    let s = scratch()?;
+    let mut maker = NodeSpec::buyer("buyer");
+    maker.offer.min_confirmations = 50;
+    maker.offer.timeout_delta = 200;
+    let h = Harness::start(config_with(&s.dir, NodeSpec::seller("seller"), maker)).await?;
+    h.publish_loop_in_offer("buyer").await?;
+    let taker = h.node("seller")?.api().clone();
+    let offer = h.best_loop_in_offer("seller", AMOUNT).await?;
+    let id = taker.swap_in(&offer, AMOUNT, MAX_FEE).await?;
+    wait_until("the maker sees the lock", SWAP_TIMEOUT, || async {
+        (state_of(&h, "buyer", &id).await == "Funded").then_some(())
+    })
+    .await?;
+    let _: serde_json::Value = h
+        .node("buyer")?
+        .api()
+        .post(&format!("/v1/swaps/{id}/abort"), &serde_json::json!({}))
+        .await?;
+    let miner = h.start_miner(Duration::from_secs(1));
+    let end = wait_until("the taker refunded", SWAP_TIMEOUT, || async {
+        let v = taker.swap(&id).await.ok()?;
+        v.is_final().then_some(v)
+    })
+    .await;
+    miner.stop();
+    let end = end?;
+    ensure!(end.state == "Refunded", "taker ended in {}", end.state);
+    let events = serde_json::to_string(&taker.swap_events(&id).await?)?;
+    ensure!(events.contains("cooperative_refund"), "taker's events: {events}");
+    ensure!(state_of(&h, "buyer", &id).await == "Aborted");
+    h.stop().await;
+    Ok(())
+}
+
+/// One node does a loop out and a loop in at once with the same peer: the seller node sells
+/// on chain (loop out, it locks) while it takes the buyer node's loop-in offer (it locks again,
+/// and is paid over Lightning); both swaps end claimed on both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_a_loop_out_and_a_loop_in_at_once() -> Result<()> {
+    let s = scratch()?;
+    let h = Harness::start(config(&s.dir)).await?;
+    h.publish_loop_in_offer("buyer").await?;
+    let out_offer = h.best_offer("buyer", AMOUNT).await?;
+    let in_offer = h.best_loop_in_offer("seller", AMOUNT).await?;
+    let miner = h.start_miner(Duration::from_secs(1));
+    let out_id = h.node("buyer")?.api().swap_out(&out_offer, AMOUNT, MAX_FEE).await?;
+    let in_id = h.node("seller")?.api().swap_in(&in_offer, AMOUNT, MAX_FEE).await?;
+    for (node, id) in
+        [("buyer", &out_id), ("seller", &out_id), ("seller", &in_id), ("buyer", &in_id)]
+    {
+        let api = h.node(node)?.api().clone();
+        let state = wait_until(&format!("{node}'s side of {id} final"), SWAP_TIMEOUT, || {
+            let api = api.clone();
+            async move {
+                let v = api.swap(id).await.ok()?;
+                v.is_final().then_some(v.state)
+            }
+        })
+        .await?;
+        ensure!(state == "Claimed", "{node} ended {id} in {state}");
+    }
+    miner.stop();
+    let listed = h.node("seller")?.api().swaps().await?;
+    let directions: Vec<_> = listed.iter().map(|s| (s.swap_id.clone(), s.direction)).collect();
+    ensure!(directions.contains(&(out_id.clone(), SwapDirection::LoopOut)), "{directions:?}");
+    ensure!(directions.contains(&(in_id.clone(), SwapDirection::LoopIn)), "{directions:?}");
+    h.stop().await;
+    Ok(())
+}
