@@ -253,3 +253,101 @@ async fn e2e_a_loop_out_and_a_loop_in_at_once() -> Result<()> {
     h.stop().await;
     Ok(())
 }
+
+/// The taker's (locker's) states of a claimed loop in, in order.
+const TAKER_ORDER: [&str; 6] =
+    ["Requested", "AwaitingInvoice", "Accepted", "Funded", "Paid", "Claimed"];
+/// The maker's (claimer's) states of a claimed loop in, in order.
+const MAKER_ORDER: [&str; 7] =
+    ["Accepting", "Accepted", "Funded", "Paying", "Claiming", "ClaimBroadcast", "Claimed"];
+/// States reached by a Lightning update whose ChannelManager write is still under way (see
+/// `e2e_swaps.rs`, `LDK_SETTLE`: a kill inside that window makes LDK force-close the channel,
+/// funds safe; not this test's subject).
+const LDK_WRITES_AT: [(&str, &str); 3] =
+    [("buyer", "Paying"), ("buyer", "Claiming"), ("seller", "Paid")];
+
+/// One loop in with `victim` (the taker `seller` or the maker `buyer`) killed with SIGKILL in
+/// `state` (or the first state after it, when it passed too fast), restarted: both sides must
+/// end `Claimed`. Blocks are mined only while a side waits for one (stalled 2 s), so the
+/// waiting states hold still. Returns the state the kill hit.
+async fn kill_in(h: &mut Harness, victim: &str, state: &str) -> Result<String> {
+    let order: &[&str] = if victim == "seller" { &TAKER_ORDER } else { &MAKER_ORDER };
+    let target = order.iter().position(|s| *s == state).expect("a state of the order");
+    let offer = h.best_loop_in_offer("seller", AMOUNT).await?;
+    let id = h.node("seller")?.api().swap_in(&offer, AMOUNT, MAX_FEE).await?;
+    let deadline = std::time::Instant::now() + SWAP_TIMEOUT;
+    let mut last = (String::new(), std::time::Instant::now());
+    let killed_at = loop {
+        let now = state_of(h, victim, &id).await;
+        let at = order.iter().position(|s| *s == now);
+        if at.is_some_and(|i| i >= target) {
+            ensure!(now != "Claimed", "{victim} passed {state}: ended in {now}");
+            break now;
+        }
+        let maker = state_of(h, "buyer", &id).await;
+        if maker != last.0 {
+            last = (maker.clone(), std::time::Instant::now());
+        }
+        let waits_for_a_block = matches!(maker.as_str(), "Accepted" | "Funded" | "ClaimBroadcast");
+        if waits_for_a_block && last.1.elapsed() > Duration::from_secs(2) {
+            h.mine(1).await?;
+            last.1 = std::time::Instant::now();
+        }
+        ensure!(std::time::Instant::now() < deadline, "{victim} never reached {state} (at {now})");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    if LDK_WRITES_AT.contains(&(victim, killed_at.as_str())) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    h.kill(victim)?;
+    h.restart(victim).await?;
+    let miner = h.start_miner(Duration::from_secs(1));
+    let ends = both_final(h, &id).await;
+    miner.stop();
+    for (side, end) in ends? {
+        ensure!(end == "Claimed", "{side} ended in {end} after {victim} was killed at {killed_at}");
+    }
+    Ok(killed_at)
+}
+
+/// The final state of swap `id` on the taker (`seller`) and the maker (`buyer`).
+async fn both_final(h: &Harness, id: &str) -> Result<Vec<(&'static str, String)>> {
+    let mut out = Vec::new();
+    for side in ["seller", "buyer"] {
+        let api = h.node(side)?.api().clone();
+        let end = wait_until(&format!("{side} final"), SWAP_TIMEOUT, || {
+            let api = api.clone();
+            async move {
+                let v = api.swap(id).await.ok()?;
+                v.is_final().then_some(v.state)
+            }
+        })
+        .await?;
+        out.push((side, end));
+    }
+    Ok(out)
+}
+
+/// SIGKILL of either side at each state of a loop in: every swap still ends claimed on both
+/// sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn e2e_loop_in_sigkill_at_each_state() -> Result<()> {
+    let s = scratch()?;
+    let mut h = Harness::start(config(&s.dir)).await?;
+    h.publish_loop_in_offer("buyer").await?;
+    let mut caught = Vec::new();
+    for state in &TAKER_ORDER[..5] {
+        let at = kill_in(&mut h, "seller", state).await?;
+        eprintln!("taker killed for {state}: at {at}");
+        caught.push((("taker", *state), at));
+    }
+    for state in &MAKER_ORDER[..6] {
+        let at = kill_in(&mut h, "buyer", state).await?;
+        eprintln!("maker killed for {state}: at {at}");
+        caught.push((("maker", *state), at));
+    }
+    let exact = caught.iter().filter(|((_, want), at)| want == at).count();
+    eprintln!("{exact} of {} kills hit their state exactly: {caught:?}", caught.len());
+    h.stop().await;
+    Ok(())
+}
