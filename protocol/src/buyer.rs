@@ -38,8 +38,8 @@ use crate::spend::{
     HtlcInput, SpendPath, SpendTx, CLAIM_SCRIPT_PATH_VBYTES, KEY_PATH_SPEND_VBYTES,
 };
 use crate::swap::{
-    confirmations, Action, Context, Event, HtlcStatus, Inbox, Notification, Outbox, PaymentStatus,
-    StateKind, SwapError, TxPurpose, COOP_TIMEOUT_SECS, DEFAULT_CLAIM_MARGIN, TIMEOUT_SLACK_BLOCKS,
+    confirmations, Action, Context, Event, HtlcStatus, Notification, PaymentStatus, StateKind,
+    SwapError, TxPurpose, COOP_TIMEOUT_SECS, DEFAULT_CLAIM_MARGIN, TIMEOUT_SLACK_BLOCKS,
 };
 use crate::terms::{Quote, DUST_LIMIT_SAT};
 use crate::types::{PaymentHash, Preimage, SwapDirection, SwapId};
@@ -718,15 +718,14 @@ impl BuyerSwap {
             max_total_fee_sat: start.policy.max_total_fee_sat.min(quote.fee_sat()),
             prepay_accepted: quote.prepay_sat > 0,
         };
-        let core = CoreRecord {
-            swap_id: start.swap_id,
-            key_index: start.keys.index(),
-            peer: start.peer,
-            offer: start.offer,
-            created_at: ctx.now_secs,
-            inbox: Inbox::default(),
-            outbox: Outbox::default(),
-        };
+        let core = CoreRecord::start(
+            start.swap_id,
+            &start.keys,
+            start.peer,
+            start.offer,
+            ctx.now_secs,
+            false,
+        );
         let rec = BuyerRecord {
             core,
             amount_sat: start.amount_sat,
@@ -837,15 +836,7 @@ impl BuyerSwap {
         };
         let funding_deadline_secs =
             ctx.now_secs.saturating_add(u64::from(offer.invoice_expiry_secs));
-        let core = CoreRecord {
-            swap_id,
-            key_index: keys.index(),
-            peer,
-            offer,
-            created_at: ctx.now_secs,
-            inbox: Inbox { next_seq: 1, early: Vec::new() },
-            outbox: Outbox::default(),
-        };
+        let core = CoreRecord::start(swap_id, &keys, peer, offer, ctx.now_secs, true);
         let rec = BuyerRecord {
             core,
             amount_sat: request.amount_sat,

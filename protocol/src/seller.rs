@@ -35,8 +35,8 @@ use crate::shared::{
 };
 use crate::spend::{KEY_PATH_SPEND_VBYTES, REFUND_SCRIPT_PATH_VBYTES};
 use crate::swap::{
-    Action, Context, Event, Inbox, Notification, Outbox, PaymentStatus, SwapError, TxPurpose,
-    COOP_TIMEOUT_SECS, SECS_PER_BLOCK, TIMEOUT_SLACK_BLOCKS,
+    Action, Context, Event, Notification, PaymentStatus, SwapError, TxPurpose, COOP_TIMEOUT_SECS,
+    SECS_PER_BLOCK, TIMEOUT_SLACK_BLOCKS,
 };
 use crate::terms::Quote;
 use crate::types::{PaymentHash, SwapDirection, SwapId};
@@ -632,15 +632,7 @@ impl SellerSwap {
         let request = SellerRequest::LoopOut(request);
         let expiry_secs = invoice_expiry_secs(&offer);
         let amount_msat = quote.invoice_amount_sat.saturating_mul(1000);
-        let core = CoreRecord {
-            swap_id,
-            key_index: keys.index(),
-            peer,
-            offer,
-            created_at: ctx.now_secs,
-            inbox: Inbox { next_seq: 1, early: Vec::new() },
-            outbox: Outbox::default(),
-        };
+        let core = CoreRecord::start(swap_id, &keys, peer, offer, ctx.now_secs, true);
         let rec = SellerRecord {
             core,
             request,
@@ -715,15 +707,7 @@ impl SellerSwap {
             locker_refund_pubkey: keys.refund_pubkey(),
             max_total_fee_sat: limits.max_total_fee_sat.min(quote.fee_sat()),
         };
-        let core = CoreRecord {
-            swap_id,
-            key_index: keys.index(),
-            peer,
-            offer,
-            created_at: ctx.now_secs,
-            inbox: Inbox::default(),
-            outbox: Outbox::default(),
-        };
+        let core = CoreRecord::start(swap_id, &keys, peer, offer, ctx.now_secs, false);
         let rec = SellerRecord {
             core,
             request: SellerRequest::LoopIn(request.clone()),

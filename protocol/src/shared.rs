@@ -315,6 +315,32 @@ pub(crate) struct CoreRecord {
 }
 
 impl CoreRecord {
+    /// The core of a swap started now (`ctx.now_secs`) with `keys`: by the taker (`answering:
+    /// false`: it sends the request), or by the maker answering the request (`answering: true`:
+    /// the request was the peer's message 0).
+    pub(crate) fn start(
+        swap_id: SwapId,
+        keys: &crate::keys::SwapKeys,
+        peer: String,
+        offer: Offer,
+        now_secs: u64,
+        answering: bool,
+    ) -> Self {
+        CoreRecord {
+            swap_id,
+            key_index: keys.index(),
+            peer,
+            offer,
+            created_at: now_secs,
+            inbox: if answering {
+                Inbox { next_seq: 1, early: Vec::new() }
+            } else {
+                Inbox::default()
+            },
+            outbox: Outbox::default(),
+        }
+    }
+
     /// Numbers and records a message, returning the action that sends it.
     pub(crate) fn send(&mut self, body: Message) -> Action {
         self.outbox.send(self.swap_id, body)

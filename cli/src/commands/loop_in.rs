@@ -4,13 +4,13 @@
 use std::time::Instant;
 
 use clap::Args;
-use looper_api::{InfoResponse, SwapInRequest, SwapOutResponse};
+use looper_api::{InfoResponse, SwapInRequest};
 use looper_protocol::SwapDirection;
 use serde_json::json;
 
 use super::offers::{fetch, Candidate, Quote, FUNDING_VSIZE_VB};
 use super::out::parse_address;
-use super::swaps::Follower;
+use super::swaps::start_and_follow;
 use super::{confirm, parse_sat, Ctx};
 use crate::error::{CliError, CliResult};
 use crate::output::{duration, key_values, print_json_line, sat, short};
@@ -130,20 +130,8 @@ pub async fn loop_in(ctx: &Ctx, args: &InArgs) -> CliResult<()> {
         max_total_fee_sat: args.max_total_fee.or(Some(fees)),
         refund_address: args.refund_address.clone(),
     };
-    let v: SwapOutResponse =
-        client.post("/v1/swaps/in", &body, &format!("take offer {offer_id}")).await?;
-    let swap_id = v.swap_id;
-    if ctx.json() {
-        print_json_line(&json!({"type": "started", "swap_id": swap_id}));
-    } else {
-        println!(
-            "swap {swap_id} started (follow it elsewhere with `looper swap monitor {swap_id}`)"
-        );
-    }
-    let mut follower = Follower::new(swap_id.clone(), ctx.json(), false, start);
-    while !follower.outcome.finished {
-        follower.step(&client, 25).await?;
-    }
+    let (swap_id, follower) =
+        start_and_follow(ctx, &client, "/v1/swaps/in", &body, &offer_id, start).await?;
     let o = &follower.outcome;
     let elapsed = start.elapsed().as_secs();
     if ctx.json() {

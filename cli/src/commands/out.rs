@@ -3,11 +3,11 @@
 use std::time::Instant;
 
 use clap::Args;
-use looper_api::{ErrorBody, ErrorCode, InfoResponse, SwapOutRequest, SwapOutResponse};
+use looper_api::{ErrorBody, ErrorCode, InfoResponse, SwapOutRequest};
 use serde_json::json;
 
 use super::offers::{claim_fee_rate_of, fetch, Candidate, Quote, CLAIM_VSIZE_VB};
-use super::swaps::Follower;
+use super::swaps::start_and_follow;
 use super::{confirm, parse_sat, Ctx};
 use crate::error::{CliError, CliResult};
 use crate::output::{duration, key_values, num, print_json_line, sat, short};
@@ -176,20 +176,8 @@ pub async fn out(ctx: &Ctx, args: &OutArgs) -> CliResult<()> {
         max_prepay_sat: args.max_prepay,
         address: args.address.clone(),
     };
-    let v: SwapOutResponse =
-        client.post("/v1/swaps/out", &body, &format!("take offer {offer_id}")).await?;
-    let swap_id = v.swap_id;
-    if ctx.json() {
-        print_json_line(&json!({"type": "started", "swap_id": swap_id}));
-    } else {
-        println!(
-            "swap {swap_id} started (follow it elsewhere with `looper swap monitor {swap_id}`)"
-        );
-    }
-    let mut follower = Follower::new(swap_id.clone(), ctx.json(), false, start);
-    while !follower.outcome.finished {
-        follower.step(&client, 25).await?;
-    }
+    let (swap_id, follower) =
+        start_and_follow(ctx, &client, "/v1/swaps/out", &body, &offer_id, start).await?;
     let o = &follower.outcome;
     let elapsed = start.elapsed().as_secs();
     let agreed = o.quote.clone().unwrap_or(serde_json::Value::Null);

@@ -372,6 +372,36 @@ pub struct Outcome {
     pub quote: Option<Value>,
 }
 
+/// Starts a swap with `POST path` (`body`, taking `offer_id`), says so, and follows it to its end
+/// from `start`, printing its events: the swap id and the follower with the outcome.
+///
+/// # Errors
+/// The client's error.
+pub async fn start_and_follow(
+    ctx: &Ctx,
+    client: &Client,
+    path: &str,
+    body: &impl serde::Serialize,
+    offer_id: &str,
+    start: Instant,
+) -> CliResult<(String, Follower)> {
+    let v: looper_api::SwapOutResponse =
+        client.post(path, body, &format!("take offer {offer_id}")).await?;
+    let swap_id = v.swap_id;
+    if ctx.json() {
+        print_json_line(&json!({"type": "started", "swap_id": swap_id}));
+    } else {
+        println!(
+            "swap {swap_id} started (follow it elsewhere with `looper swap monitor {swap_id}`)"
+        );
+    }
+    let mut follower = Follower::new(swap_id.clone(), ctx.json(), false, start);
+    while !follower.outcome.finished {
+        follower.step(client, 25).await?;
+    }
+    Ok((swap_id, follower))
+}
+
 /// Follows one swap's event log, printing each event once.
 #[derive(Debug)]
 pub struct Follower {

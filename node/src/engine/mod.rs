@@ -183,6 +183,15 @@ impl Default for FeeSettings {
     }
 }
 
+/// What a swap this node takes starts from ([`Engine::taker_parts`]).
+struct TakerParts {
+    ctx: Context,
+    keys: SwapKeys,
+    nostr_keys: NostrKeys,
+    destination: ScriptBuf,
+    swap_id: SwapId,
+}
+
 /// Default confirmation target of fundings, in blocks (Loop's HTLC target).
 pub const DEFAULT_FUNDING_TARGET: u16 = 6;
 
@@ -546,21 +555,8 @@ impl Engine {
         policy: BuyerPolicy,
         destination: Option<ScriptBuf>,
     ) -> Result<SwapId, EngineError> {
-        self.refresh_context().await?;
-        let ctx = self.context();
-        let index = blocking_store(|| self.inner.store.next_swap_index())?;
-        let keys = SwapKeys::derive(&self.inner.swap_master, index)
-            .map_err(|e| EngineError::Keys(e.to_string()))?;
-        // The swap's own Nostr key: never the identity, so that the seller cannot link this swap
-        // to the node's other swaps.
-        let nostr_keys = self.swap_nostr_keys(index)?;
-        let claim_destination = match destination {
-            Some(spk) => spk,
-            None => blocking_store(|| self.inner.wallet.new_script())?,
-        };
-        let mut id = [0u8; 32];
-        self.inner.entropy.fill(&mut id);
-        let swap_id = SwapId(id);
+        let TakerParts { ctx, keys, nostr_keys, destination: claim_destination, swap_id } =
+            self.taker_parts(destination).await?;
         let start = BuyerStart {
             swap_id,
             peer: seller.to_hex(),
@@ -593,20 +589,8 @@ impl Engine {
         limits: LoopInLimits,
         refund_destination: Option<ScriptBuf>,
     ) -> Result<SwapId, EngineError> {
-        self.refresh_context().await?;
-        let ctx = self.context();
-        let index = blocking_store(|| self.inner.store.next_swap_index())?;
-        let keys = SwapKeys::derive(&self.inner.swap_master, index)
-            .map_err(|e| EngineError::Keys(e.to_string()))?;
-        // The swap's own Nostr key, as for a loop out: the maker cannot link it to our others.
-        let nostr_keys = self.swap_nostr_keys(index)?;
-        let refund_destination = match refund_destination {
-            Some(spk) => spk,
-            None => blocking_store(|| self.inner.wallet.new_script())?,
-        };
-        let mut id = [0u8; 32];
-        self.inner.entropy.fill(&mut id);
-        let swap_id = SwapId(id);
+        let TakerParts { ctx, keys, nostr_keys, destination: refund_destination, swap_id } =
+            self.taker_parts(refund_destination).await?;
         let start = LockerStart {
             swap_id,
             peer: maker.to_hex(),
@@ -623,6 +607,26 @@ impl Engine {
         let slot = Arc::new(Slot::new(Machine::Seller(swap), nostr_keys.public_key(), true));
         self.start_taker_swap(swap_id, slot, &nostr_keys, actions).await?;
         Ok(swap_id)
+    }
+
+    /// What a swap this node takes starts from: the context refreshed from the chain, the swap's
+    /// keys at a fresh index, its own Nostr key (never the identity, so that the maker cannot link
+    /// it to the node's other swaps), where our spend of the HTLC pays (`destination`, or a new
+    /// address of the wallet) and a fresh random swap id.
+    async fn taker_parts(&self, destination: Option<ScriptBuf>) -> Result<TakerParts, EngineError> {
+        self.refresh_context().await?;
+        let ctx = self.context();
+        let index = blocking_store(|| self.inner.store.next_swap_index())?;
+        let keys = SwapKeys::derive(&self.inner.swap_master, index)
+            .map_err(|e| EngineError::Keys(e.to_string()))?;
+        let nostr_keys = self.swap_nostr_keys(index)?;
+        let destination = match destination {
+            Some(spk) => spk,
+            None => blocking_store(|| self.inner.wallet.new_script())?,
+        };
+        let mut id = [0u8; 32];
+        self.inner.entropy.fill(&mut id);
+        Ok(TakerParts { ctx, keys, nostr_keys, destination, swap_id: SwapId(id) })
     }
 
     /// Inserts a taker swap just started, has the transport hold its own key (before its
