@@ -36,13 +36,13 @@ fn replaced(sim: &Sim, who: &str) -> usize {
 }
 
 fn timeout(sim: &Sim) -> u32 {
-    sim.buyer.terms().unwrap().htlc_params.timeout_height
+    sim.buyer().terms().unwrap().htlc_params.timeout_height
 }
 
 /// Mines until the buyer's claim confirmed (or 300 blocks).
 fn mine_until_claimed(sim: &mut Sim) {
     for _ in 0..300 {
-        if matches!(sim.buyer.state(), BuyerState::Claimed { .. }) {
+        if matches!(sim.buyer().state(), BuyerState::Claimed { .. }) {
             break;
         }
         sim.mine(1);
@@ -57,7 +57,7 @@ fn a_claim_in_a_spike_above_the_cap_is_replaced_until_it_confirms_before_the_tim
     let mut sim = sim(Opts::default());
     spike(&mut sim, vb(600));
     mine_until_claimed(&mut sim);
-    let BuyerState::Claimed { claim_txid, .. } = sim.buyer.state() else {
+    let BuyerState::Claimed { claim_txid, .. } = sim.buyer().state() else {
         panic!("not claimed: {:#?}", sim.log)
     };
     let (height, tx) = sim.chain.confirmed.get(claim_txid).cloned().unwrap();
@@ -77,7 +77,7 @@ fn a_claim_under_a_spike_within_the_cap_is_replaced_at_the_estimate() {
     let mut sim = sim(Opts::default());
     spike(&mut sim, vb(50));
     mine_until_claimed(&mut sim);
-    assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer().state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
     // Estimates and the mempool agree: the first claim already pays enough.
     assert_eq!(replaced(&sim, "Buyer"), 0, "{:#?}", sim.log);
 
@@ -85,7 +85,7 @@ fn a_claim_under_a_spike_within_the_cap_is_replaced_at_the_estimate() {
     let mut sim = self::sim(Opts { payment_delay_blocks: 1, ..Opts::default() });
     for _ in 0..40 {
         if matches!(
-            sim.buyer.state(),
+            sim.buyer().state(),
             BuyerState::Claiming { .. } | BuyerState::ClaimBroadcast { .. }
         ) {
             break;
@@ -94,7 +94,7 @@ fn a_claim_under_a_spike_within_the_cap_is_replaced_at_the_estimate() {
     }
     spike(&mut sim, vb(80));
     mine_until_claimed(&mut sim);
-    assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer().state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
     assert_eq!(replaced(&sim, "Buyer"), 1, "{:#?}", sim.log);
     assert_eq!(sim.replacements.len(), 1, "replaced in the mempool: {:#?}", sim.log);
     sim.check_invariants();
@@ -120,7 +120,7 @@ fn a_restarted_buyer_continues_from_its_persisted_replacement() {
     let resumed = &sim.broadcasts[before..];
     assert!(resumed.iter().all(|(p, _, t)| *p != Party::Buyer || *t == replacement), "{resumed:?}");
     mine_until_claimed(&mut sim);
-    let BuyerState::Claimed { claim_txid, .. } = sim.buyer.state() else {
+    let BuyerState::Claimed { claim_txid, .. } = sim.buyer().state() else {
         panic!("not claimed: {:#?}", sim.log)
     };
     let (height, _) = sim.chain.confirmed.get(claim_txid).cloned().unwrap();
