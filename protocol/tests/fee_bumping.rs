@@ -1,7 +1,8 @@
 //! Fees and replacement (issue 14, spec `03-cooperative-spend.md`, "Fees and replacement"): a
 //! claim or refund that does not confirm in a fee spike is replaced by one paying more, each
 //! replacement persisted before it is broadcast (the simulation asserts it at every broadcast),
-//! and the buyer's claim confirms before the timeout even when the spike is above its cap.
+//! and the buyer's claim confirms before the timeout even when the spike is above its cap. The
+//! spike and the stuck refund run in both directions (loop out and loop in).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,14 +14,19 @@ use looper_protocol::buyer::BuyerState;
 use looper_protocol::fees::{FeeEstimates, MAX_DEADLINE_FEE_PERCENT};
 use looper_protocol::seller::SellerState;
 use looper_protocol::swap::TxPurpose;
-use sim::{Opts, Party, Sim};
+use sim::{Opts, Party, Sim, DIRECTIONS};
 
 fn vb(n: u64) -> FeeRate {
     FeeRate::from_sat_per_vb(n).unwrap()
 }
 
 fn sim(opts: Opts) -> Sim {
-    Sim::new(Opts { route_cltv: 60, ..opts })
+    let mut sim = Sim::new(Opts { route_cltv: 60, ..opts });
+    if sim.opts.loop_in {
+        // The request reaches the maker (the buyer): both machines exist.
+        sim.pump();
+    }
+    sim
 }
 
 /// A spike to `rate`: the mempool refuses and blocks leave out anything below it, and the
@@ -54,7 +60,13 @@ fn mine_until_claimed(sim: &mut Sim) {
 /// confirms before the timeout, paying less than the deadline's share of the HTLC.
 #[test]
 fn a_claim_in_a_spike_above_the_cap_is_replaced_until_it_confirms_before_the_timeout() {
-    let mut sim = sim(Opts::default());
+    for loop_in in DIRECTIONS {
+        claim_in_a_spike_above_the_cap(loop_in);
+    }
+}
+
+fn claim_in_a_spike_above_the_cap(loop_in: bool) {
+    let mut sim = sim(Opts { loop_in, ..Opts::default() });
     spike(&mut sim, vb(600));
     mine_until_claimed(&mut sim);
     let BuyerState::Claimed { claim_txid, .. } = sim.buyer().state() else {
@@ -131,7 +143,13 @@ fn a_restarted_buyer_continues_from_its_persisted_replacement() {
 /// The seller's refund, stuck when fees rise, is replaced at the new estimate under its cap.
 #[test]
 fn a_refund_stuck_in_a_spike_is_replaced() {
-    let mut sim = sim(Opts { buyer_vanishes_after_accept: true, ..Opts::default() });
+    for loop_in in DIRECTIONS {
+        refund_stuck_in_a_spike(loop_in);
+    }
+}
+
+fn refund_stuck_in_a_spike(loop_in: bool) {
+    let mut sim = sim(Opts { loop_in, buyer_vanishes_after_accept: true, ..Opts::default() });
     sim.ctx.fees.max_rate = vb(100);
     sim.pump();
     for _ in 0..300 {
