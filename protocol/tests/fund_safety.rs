@@ -453,3 +453,43 @@ fn an_expired_unpaid_invoice_is_refunded_cooperatively_before_the_timeout() {
     let timeout = START_HEIGHT + sim.offer.timeout_delta;
     assert!(height < timeout, "refunded at {height}, the timeout is {timeout}");
 }
+
+/// The fund-safety scenarios of the settled swap, as loop ins (the seller, the locker, took the
+/// buyer's loop-in offer; everything after the funding is the shared code): a Lightning claim
+/// that never settles, a dropped claim, a lost cooperative-refund request, an expired unpaid
+/// invoice whose `swap_abort` was lost.
+#[test]
+fn the_settlement_and_refund_rules_hold_in_a_loop_in() {
+    let sim = run(Opts { loop_in: true, seller_claim_never_settles: true, ..Opts::default() });
+    assert_eq!(sim.buyer_paid_msat, 0);
+    assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }), "{:#?}", sim.log);
+    assert!(!sim.purposes().contains(&TxPurpose::CooperativeClaim));
+
+    let sim = run(Opts { loop_in: true, drop_first_claim: true, ..Opts::default() });
+    assert!(matches!(sim.buyer().state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(sim.log.iter().any(|l| l.contains("dropped by the network")), "{:#?}", sim.log);
+
+    let sim = run(Opts {
+        loop_in: true,
+        buyer_aborts_when_funded: true,
+        drop_first_refund_request: true,
+        ..Opts::default()
+    });
+    assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }), "{:#?}", sim.log);
+    assert_eq!(sim.purposes(), vec![TxPurpose::Funding, TxPurpose::CooperativeRefund]);
+
+    let sim = run(Opts {
+        loop_in: true,
+        fail_first_payments: 1_000,
+        drop_buyer_abort: true,
+        ..Opts::default()
+    });
+    assert_eq!(sim.buyer_paid_msat, 0);
+    assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }), "{:#?}", sim.log);
+    assert_eq!(
+        sim.purposes(),
+        vec![TxPurpose::Funding, TxPurpose::CooperativeRefund],
+        "{:#?}",
+        sim.log
+    );
+}
