@@ -250,7 +250,8 @@ def invoices(envelopes):
 
 # --- state_machines ---------------------------------------------------------------------------
 
-# Op bytes of looper_fuzz::pair::Pair::run_bytes: `op % 20` picks the step, bit 5 of `op` the
+# Op bytes of looper_fuzz::pair::Pair::run_bytes (after its first byte, the direction): `op % 20`
+# picks the step, bit 5 of `op` the
 # party (0: buyer, 1: seller), bit 7 a variant; arguments follow.
 TO_BUYER, TO_SELLER = 0, 40          # deliver (arg: queue index)
 MINE = 7                             # arg: blocks - 1
@@ -306,8 +307,29 @@ def state_machine_seeds():
         "late_payment_after_timeout": OPEN + [MINE, 0] + [MINE, 7] * 16 + [PAY_ARRIVES, 0,
                                                                          PAY_RESULT],
     }
+    # Loop in: the seller (the locker) asks, the buyer (the maker) accepts, the seller funds and
+    # sends its invoice; from there the same steps by money role.
+    open_in = [TO_BUYER, 0, TO_SELLER, 0, TO_BUYER, 0]  # request, accept, funded
+    loop_in = {
+        "in_cooperative_claim": open_in + PAY + COOP_CLAIM,
+        "in_script_claim_seller_silent": open_in + PAY + [DROP_TO_SELLER, 0, ADVANCE, 40, MINE, 0],
+        "in_buyer_aborts_funded_coop_refund": open_in + [ABORT_BUYER, TO_SELLER, 0, TO_BUYER, 0,
+                                                         TO_SELLER, 0, MINE, 0],
+        "in_payment_never_arrives_refund_leaf": open_in + [MINE, 7] * 20,
+        "in_request_dropped_then_resent": [DROP_TO_BUYER, 0, RESTART_SELLER] + open_in + PAY
+        + COOP_CLAIM,
+        "in_crash_requested_and_accepting": [CRASH_SELLER, 0, RESTART_SELLER, TO_BUYER, 0,
+                                             CRASH_BUYER, 0, RESTART_BUYER, TO_SELLER, 0,
+                                             TO_BUYER, 0] + PAY + COOP_CLAIM,
+        "in_altered_accept": [TO_BUYER, 0, ALTER_TO_SELLER, 0, 3, 0, 1, 0, 0, 0, TO_BUYER, 0,
+                              MINE, 0],
+        "in_funding_fails": [FUNDING_FAILS] + open_in,
+    }
+    # The first byte is the direction: 0 loop out, 1 loop in.
     for name, ops in seeds.items():
-        write("state_machines", name, bytes(ops))
+        write("state_machines", name, bytes([0] + ops))
+    for name, ops in loop_in.items():
+        write("state_machines", name, bytes([1] + ops))
 
 
 def main():

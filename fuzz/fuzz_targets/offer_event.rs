@@ -2,9 +2,9 @@
 //! nostr-sdk, then looper-node's `parse_offer_event` and `select_offers` (spec `04-nostr.md`,
 //! "Offers").
 //!
-//! Checks: never a panic; an accepted offer is valid, unexpired, of the wanted network, its `d` tag
-//! is its id, its direction the wanted one, and its cost is the quote's for the wanted amount; `select_offers` keeps only such
-//! offers, cheapest first.
+//! Checks: never a panic; an accepted offer is valid, unexpired, of the wanted network and
+//! direction, its `d` tag is its id, and its cost is the quote's for the wanted amount;
+//! `select_offers` keeps only such offers, cheapest first.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -47,12 +47,12 @@ fuzz_target!(|data: &[u8]| {
         let only_other = OfferFilter {
             network,
             amount_sat,
+            direction,
             sellers: vec![nostr_sdk::Keys::parse(
                 "0000000000000000000000000000000000000000000000000000000000000001",
             )
             .expect("a valid key")
             .public_key()],
-            direction,
         };
         if event.pubkey != only_other.sellers[0] {
             assert!(parse_offer_event(&event, &only_other, now).is_err());

@@ -8,6 +8,11 @@
 //! The environment is honest where the protocol trusts it (each party's own chain view, its own
 //! Lightning node, its own store) and hostile where it does not (the peer's messages, timing and
 //! ordering, crashes).
+//!
+//! The first byte picks the direction (its low bit: 0 loop out, 1 loop in). In a loop in the
+//! seller (the locker) is the taker and starts with its `swap_request`, and the buyer (the
+//! claimer) is made from the request delivered to it; everything after runs as in a loop out,
+//! with the parties' money roles (the buyer pays and claims, the seller locks and refunds).
 
 use std::collections::VecDeque;
 
@@ -27,14 +32,15 @@ use looper_protocol::messages::{
 };
 use looper_protocol::record::SwapRecord;
 use looper_protocol::seller::{
-    SellerPolicy, SellerState, SellerSwap, MAX_COOP_SIGNATURES, SELLER_TRANSITIONS,
+    LockerStart, LoopInLimits, SellerPolicy, SellerState, SellerSwap, MAX_COOP_SIGNATURES,
+    SELLER_TRANSITIONS,
 };
 use looper_protocol::swap::{
     Action, Context, Event, HtlcStatus, PaymentStatus, StateKind, Transition, TxPurpose,
 };
-use looper_protocol::{PaymentHash, Preimage};
+use looper_protocol::{PaymentHash, Preimage, SwapDirection, SwapId};
 
-use crate::{master, offer, p2tr, start_buyer, start_context, InvoiceSpec};
+use crate::{buyer_policy, master, offer, p2tr, start_buyer, start_context, InvoiceSpec};
 
 /// Which party.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,7 +153,10 @@ pub struct Pair {
     ctx: Context,
     rng: StdRng,
     offer: Offer,
-    buyer: BuyerSwap,
+    /// The swap's id (both machines').
+    swap_id: SwapId,
+    /// The buyer: from the start in a loop out, once the request reached it in a loop in.
+    buyer: Option<BuyerSwap>,
     seller: Option<SellerSwap>,
     buyer_record: Vec<u8>,
     seller_record: Vec<u8>,
@@ -198,9 +207,12 @@ fn in_table(table: &[Transition], from: &str, to: &str) -> bool {
     false
 }
 
-fn record_of(party: Party, buyer: &BuyerSwap, seller: Option<&SellerSwap>) -> Vec<u8> {
+fn record_of(party: Party, buyer: Option<&BuyerSwap>, seller: Option<&SellerSwap>) -> Vec<u8> {
     let record = match party {
-        Party::Buyer => SwapRecord::from(buyer),
+        Party::Buyer => match buyer {
+            Some(b) => SwapRecord::from(b),
+            None => return Vec::new(),
+        },
         Party::Seller => match seller {
             Some(s) => SwapRecord::from(s),
             None => return Vec::new(),
@@ -229,17 +241,43 @@ impl Default for Pair {
 }
 
 impl Pair {
-    /// A buyer that has just sent its `swap_request`, and no seller yet.
+    /// A loop out: a buyer that has just sent its `swap_request`, and no seller yet.
     pub fn new() -> Self {
+        Self::with_direction(false)
+    }
+
+    /// A loop out as [`Pair::new`], or a loop in: a seller (the taker, the locker) that has just
+    /// sent its `swap_request` for the buyer's loop-in offer, and no buyer yet.
+    pub fn with_direction(loop_in: bool) -> Self {
         // Claims through the node's batcher, as `looper-node` runs them.
         let ctx = Context { batch_claims: true, ..start_context() };
-        let (buyer, actions) = start_buyer(&ctx);
+        let mut offer = offer();
+        let (buyer, seller, first, actions) = if loop_in {
+            offer.direction = SwapDirection::LoopIn;
+            offer.offer_id = "fuzz-in".into();
+            let start = LockerStart {
+                swap_id: SwapId([0xab; 32]),
+                peer: "buyer".into(),
+                offer: offer.clone(),
+                amount_sat: crate::AMOUNT_SAT,
+                limits: LoopInLimits { max_total_fee_sat: 50_000, max_timeout_delta: 200 },
+                policy: SellerPolicy::default(),
+                refund_destination: p2tr(10),
+                keys: seller_keys(0),
+            };
+            let (s, actions) = SellerSwap::start_loop_in(start, &ctx).expect("the locker starts");
+            (None, Some(s), Party::Seller, actions)
+        } else {
+            let (b, actions) = start_buyer(&ctx);
+            (Some(b), None, Party::Buyer, actions)
+        };
         let mut pair = Pair {
             ctx,
             rng: StdRng::seed_from_u64(7),
-            offer: offer(),
+            offer,
+            swap_id: SwapId([0xab; 32]),
             buyer,
-            seller: None,
+            seller,
             buyer_record: Vec::new(),
             seller_record: Vec::new(),
             to_seller: VecDeque::new(),
@@ -259,14 +297,25 @@ impl Pair {
             track: Track::default(),
             log: Vec::new(),
         };
-        pair.run(Party::Buyer, actions);
+        if first == Party::Seller {
+            pair.check_actions(first, Origin::Handle, &Event::Tick, "Requested", &actions, 0);
+        }
+        pair.run(first, actions);
         pair
+    }
+
+    /// The buyer, which every buyer action and state check has (the fuzz run fails otherwise).
+    fn b(&self) -> &BuyerSwap {
+        match &self.buyer {
+            Some(b) => b,
+            None => self.fail("a buyer action or check without a buyer"),
+        }
     }
 
     fn fail(&self, what: &str) -> ! {
         panic!(
             "invariant violated: {what}\nbuyer: {:?}\nseller: {:?}\nsteps:\n{}",
-            self.buyer.state().name(),
+            self.buyer.as_ref().map(|b| b.state().name()),
             self.seller.as_ref().map(|s| s.state().name()),
             self.log.join("\n")
         )
@@ -280,14 +329,14 @@ impl Pair {
 
     fn outbox_len(&self, party: Party) -> usize {
         match party {
-            Party::Buyer => self.buyer.outbox().sent.len(),
+            Party::Buyer => self.buyer.as_ref().map_or(0, |b| b.outbox().sent.len()),
             Party::Seller => self.seller.as_ref().map_or(0, |s| s.outbox().sent.len()),
         }
     }
 
     fn state_name(&self, party: Party) -> &'static str {
         match party {
-            Party::Buyer => self.buyer.state().name(),
+            Party::Buyer => self.buyer.as_ref().map_or("-", |b| b.state().name()),
             Party::Seller => self.seller.as_ref().map_or("-", |s| s.state().name()),
         }
     }
@@ -301,11 +350,14 @@ impl Pair {
         let before_name = self.state_name(party);
         let resends = self.outbox_len(party);
         let before_swap = match party {
-            Party::Buyer => Some(SwapRecord::from(&self.buyer)),
+            Party::Buyer => self.buyer.as_ref().map(SwapRecord::from),
             Party::Seller => self.seller.as_ref().map(SwapRecord::from),
         };
         let result = match party {
-            Party::Buyer => self.buyer.handle(event.clone(), &ctx, &mut self.rng),
+            Party::Buyer => match self.buyer.as_mut() {
+                Some(b) => b.handle(event.clone(), &ctx, &mut self.rng),
+                None => return,
+            },
             Party::Seller => match self.seller.as_mut() {
                 Some(s) => s.handle(event.clone(), &ctx, &mut self.rng),
                 None => return,
@@ -319,7 +371,7 @@ impl Pair {
             Err(e) => {
                 self.log.push(format!("  refused: {e}"));
                 let before = before_swap.map(|r| r.to_bytes().expect("a swap record encodes"));
-                let after = record_of(party, &self.buyer, self.seller.as_ref());
+                let after = record_of(party, self.buyer.as_ref(), self.seller.as_ref());
                 self.check(
                     before.unwrap_or_default() == after,
                     "an event refused with an error changed the swap",
@@ -387,7 +439,7 @@ impl Pair {
                 attempt,
                 ..
             } => {
-                let BuyerState::Paying { terms, htlc, max_cltv, .. } = &self.buyer.state() else {
+                let BuyerState::Paying { terms, htlc, max_cltv, .. } = &self.b().state() else {
                     self.fail("PayInvoice outside Paying");
                 };
                 // Never a second payment while one may still succeed (or did): a new attempt
@@ -430,7 +482,7 @@ impl Pair {
                         *max_total_cltv_expiry_delta
                             >= MIN_CLTV_BUDGET_BLOCKS.max(terms.min_final_cltv)
                             && *max_total_cltv_expiry_delta <= available
-                            && *max_total_cltv_expiry_delta <= self.buyer.policy().max_route_cltv,
+                            && *max_total_cltv_expiry_delta <= self.b().policy().max_route_cltv,
                         "PayInvoice with a cltv budget outside [max(42, f), min(R, T - tip - m)]",
                     );
                     self.check(
@@ -456,7 +508,7 @@ impl Pair {
                     let required = self
                         .offer
                         .min_confirmations
-                        .max(self.buyer.policy().min_confirmations)
+                        .max(self.b().policy().min_confirmations)
                         .max(1);
                     let confs = looper_protocol::swap::confirmations(height, self.ctx.tip_height);
                     self.check(
@@ -472,19 +524,19 @@ impl Pair {
             }
             Action::Send(env) => match &env.body {
                 Message::CoopRefundResponse(_) => {
-                    let live = self.buyer.payment_hash().is_some_and(|h| self.payment_live(h));
+                    let live = self.b().payment_hash().is_some_and(|h| self.payment_live(h));
                     self.check(
                         !live && !self.track.payment_succeeded,
                         "a cooperative refund signed while a payment is in flight or done (after the point of no return)",
                     );
                     self.check(
-                        matches!(self.buyer.state(), BuyerState::Aborted { .. }),
+                        matches!(self.b().state(), BuyerState::Aborted { .. }),
                         "a cooperative refund signed before Aborted was persisted",
                     );
                     self.track.buyer_signed_refund = true;
                 }
                 Message::SwapAbort(SwapAbort { reason, .. }) => {
-                    let live = self.buyer.payment_hash().is_some_and(|h| self.payment_live(h));
+                    let live = self.b().payment_hash().is_some_and(|h| self.payment_live(h));
                     self.check(
                         !live && !self.track.payment_succeeded,
                         "swap_abort sent after the point of no return",
@@ -652,7 +704,7 @@ impl Pair {
     /// Invariants of the pair after every step.
     fn check_global(&self) {
         self.check(
-            !matches!(self.buyer.state(), BuyerState::Lost { .. }),
+            !self.buyer.as_ref().is_some_and(|b| matches!(b.state(), BuyerState::Lost { .. })),
             "the buyer lost the HTLC after paying (no honest seller refunds a paid swap)",
         );
         if let Some(s) = &self.seller {
@@ -680,7 +732,7 @@ impl Pair {
     // ----- carrying out actions ---------------------------------------------------------------
 
     fn persist(&mut self, party: Party) -> bool {
-        let bytes = record_of(party, &self.buyer, self.seller.as_ref());
+        let bytes = record_of(party, self.buyer.as_ref(), self.seller.as_ref());
         // A record always reads back, and reads back to the same record.
         let back = SwapRecord::from_bytes(&bytes).expect("a persisted record decodes");
         let again = back.to_bytes().expect("a decoded record encodes");
@@ -772,11 +824,10 @@ impl Pair {
                 Action::QueueClaim => {
                     // The node's claim batcher, with this one swap: built, taken, broadcast.
                     let ctx = self.ctx;
-                    if let Ok((event, tx)) = looper_protocol::claims::claim_alone(&self.buyer, &ctx)
-                    {
+                    if let Ok((event, tx)) = looper_protocol::claims::claim_alone(self.b(), &ctx) {
                         let txid = tx.compute_txid();
                         self.feed(party, event);
-                        if self.buyer.claim_txid() == Some(txid) {
+                        if self.b().claim_txid() == Some(txid) {
                             self.broadcast(tx);
                         }
                     }
@@ -981,10 +1032,11 @@ impl Pair {
                     self.fail("the buyer's record does not restore");
                 };
                 let keys = buyer_keys(b.key_index());
-                self.buyer = BuyerSwap::load(b, keys).expect("the buyer's keys fit");
-                let before = self.buyer.state().name();
-                let resends = self.buyer.outbox().sent.len();
-                let actions = self.buyer.resume(&ctx, &mut self.rng).expect("the buyer resumes");
+                let b = BuyerSwap::load(b, keys).expect("the buyer's keys fit");
+                let before = b.state().name();
+                let resends = b.outbox().sent.len();
+                let buyer = self.buyer.insert(b);
+                let actions = buyer.resume(&ctx, &mut self.rng).expect("the buyer resumes");
                 self.check_actions(
                     Party::Buyer,
                     Origin::Resume,
@@ -999,8 +1051,7 @@ impl Pair {
                 if self.seller_record.is_empty() {
                     return;
                 }
-                let Ok(SwapRecord::Seller(s)) = SwapRecord::from_bytes(&self.seller_record)
-                else {
+                let Ok(SwapRecord::Seller(s)) = SwapRecord::from_bytes(&self.seller_record) else {
                     self.fail("the seller's record does not restore");
                 };
                 let keys = seller_keys(s.key_index());
@@ -1074,6 +1125,39 @@ impl Pair {
             }
             return;
         }
+        if to == Party::Buyer && self.buyer.is_none() {
+            // Loop in: the maker (the claimer) is made from the taker's request.
+            let Message::LoopInRequest(req) = env.body.clone() else { return };
+            self.log.push("Buyer <- swap_request (loop in)".into());
+            match BuyerSwap::from_loop_in_request(
+                env.swap_id,
+                "seller".into(),
+                self.offer.clone(),
+                req,
+                buyer_keys(0),
+                p2tr(20),
+                buyer_policy(),
+                &self.ctx,
+            ) {
+                Ok((b, actions)) => {
+                    self.buyer = Some(b);
+                    self.check_actions(
+                        Party::Buyer,
+                        Origin::Handle,
+                        &Event::Tick,
+                        "Accepting",
+                        &actions,
+                        0,
+                    );
+                    self.run(Party::Buyer, actions);
+                }
+                Err(e) => {
+                    let reply = Envelope::error_reply(env.swap_id, 0, e);
+                    self.to_seller.push_back(reply);
+                }
+            }
+            return;
+        }
         self.feed(to, Event::Message(env));
     }
 
@@ -1088,7 +1172,7 @@ impl Pair {
 
     fn next_seq(&self, to: Party) -> u32 {
         match to {
-            Party::Buyer => self.buyer.inbox().next_seq,
+            Party::Buyer => self.buyer.as_ref().map_or(0, |b| b.inbox().next_seq),
             Party::Seller => self.seller.as_ref().map_or(0, |s| s.inbox().next_seq),
         }
     }
@@ -1241,7 +1325,7 @@ impl Pair {
         } else {
             Message::Error(ErrorMessage::new(ErrorCode::InvalidState, "forged"))
         };
-        let swap_id = self.buyer.swap_id();
+        let swap_id = self.swap_id;
         let env = Envelope::new(swap_id, self.next_seq(to), body);
         self.log.push(format!("{to:?}: forged {}", env.body.kind_name()));
         self.deliver(to, env);
@@ -1250,8 +1334,10 @@ impl Pair {
     /// Runs the fuzz bytes as a sequence of steps, then lets the swap finish honestly and checks
     /// the outcome.
     pub fn run_bytes(data: &[u8]) {
-        let mut pair = Pair::new();
         let mut it = data.iter().copied();
+        // The direction byte: its low bit.
+        let loop_in = it.next().is_some_and(|d| d & 1 == 1);
+        let mut pair = Pair::with_direction(loop_in);
         let mut steps = 0;
         while let Some(op) = it.next() {
             steps += 1;
@@ -1343,7 +1429,7 @@ impl Pair {
         if std::env::var_os("LOOPER_FUZZ_LOG").is_some() {
             eprintln!(
                 "buyer: {}, seller: {}\n{}",
-                pair.buyer.state().name(),
+                pair.state_name(Party::Buyer),
                 pair.state_name(Party::Seller),
                 pair.log.join("\n")
             );
@@ -1360,8 +1446,13 @@ impl Pair {
         self.restart(Party::Seller);
         for _ in 0..400 {
             self.pump();
-            let end = self.seller.as_ref().map_or(0, |s| s.timeout_height().unwrap_or(0)) + 30;
-            let done = self.buyer.kind() != StateKind::Pending
+            // No seller (a loop out's request never delivered): nothing to wait for. A seller
+            // without a timeout yet (a loop in's `Requested`): until it ends or the rounds do.
+            let end = self
+                .seller
+                .as_ref()
+                .map_or(0, |s| s.timeout_height().unwrap_or(u32::MAX - 30).saturating_add(30));
+            let done = self.buyer.as_ref().is_none_or(|b| b.kind() != StateKind::Pending)
                 && self.seller.as_ref().is_none_or(|s| s.kind() != StateKind::Pending);
             if done || self.ctx.tip_height > end {
                 break;
@@ -1374,7 +1465,7 @@ impl Pair {
         self.pump();
         if self.track.payment_succeeded || self.track.seller_claimed {
             self.check(
-                matches!(self.buyer.state(), BuyerState::Claimed { .. }),
+                matches!(self.b().state(), BuyerState::Claimed { .. }),
                 "outcome: the seller was paid but the buyer did not claim the HTLC",
             );
         }
@@ -1384,7 +1475,14 @@ impl Pair {
                     matches!(s.state(), SellerState::Claimed { .. } | SellerState::Refunded { .. });
                 self.check(done, "outcome: the seller's HTLC is neither claimed nor refunded");
             }
-            self.check(s.kind() != StateKind::Pending, "outcome: the seller never finished");
+            // A loop-in taker whose request no maker of its swap answered (its swap id altered
+            // on the way) waits in `Requested` with nothing locked, as a loop-out taker in
+            // `Requested` does.
+            let unanswered = matches!(s.state(), SellerState::Requested);
+            self.check(
+                s.kind() != StateKind::Pending || unanswered,
+                "outcome: the seller never finished",
+            );
         }
     }
 
@@ -1522,5 +1620,47 @@ fn mutate_leaf(v: &serde_json::Value, how: u8, value: u64) -> serde_json::Value 
         }
         Value::Bool(b) => Value::Bool(!b),
         other => other.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pair;
+
+    /// The committed seeds of the `state_machines` target (both directions: the first byte) run
+    /// without breaking an invariant, outside libFuzzer (`cargo test` in `fuzz/`).
+    #[test]
+    fn the_committed_seeds_keep_every_invariant() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus/state_machines");
+        let mut loop_ins = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            loop_ins += usize::from(bytes.first().is_some_and(|d| d & 1 == 1));
+            Pair::run_bytes(&bytes);
+        }
+        assert!(loop_ins >= 5, "loop-in seeds: {loop_ins}");
+    }
+
+    /// Both directions let finish honestly from the start.
+    #[test]
+    fn both_directions_finish() {
+        Pair::run_bytes(&[1]);
+        Pair::run_bytes(&[0]);
+    }
+
+    /// A few hundred pseudo-random inputs in each direction (a smoke run without libFuzzer;
+    /// `LOOPER_FUZZ_SMOKE=N` runs N).
+    #[test]
+    fn pseudo_random_inputs_keep_every_invariant() {
+        use bitcoin::secp256k1::rand::{rngs::StdRng, Rng, SeedableRng};
+        let n: usize =
+            std::env::var("LOOPER_FUZZ_SMOKE").ok().and_then(|v| v.parse().ok()).unwrap_or(300);
+        let mut rng = StdRng::seed_from_u64(42);
+        for i in 0..n {
+            let len = rng.gen_range(1..160);
+            let mut bytes: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+            bytes[0] = (i % 2) as u8;
+            Pair::run_bytes(&bytes);
+        }
     }
 }

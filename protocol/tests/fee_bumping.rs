@@ -1,7 +1,8 @@
 //! Fees and replacement (issue 14, spec `03-cooperative-spend.md`, "Fees and replacement"): a
 //! claim or refund that does not confirm in a fee spike is replaced by one paying more, each
 //! replacement persisted before it is broadcast (the simulation asserts it at every broadcast),
-//! and the buyer's claim confirms before the timeout even when the spike is above its cap.
+//! and the buyer's claim confirms before the timeout even when the spike is above its cap. The
+//! spike and the stuck refund run in both directions (loop out and loop in).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -13,14 +14,19 @@ use looper_protocol::buyer::BuyerState;
 use looper_protocol::fees::{FeeEstimates, MAX_DEADLINE_FEE_PERCENT};
 use looper_protocol::seller::SellerState;
 use looper_protocol::swap::TxPurpose;
-use sim::{Opts, Party, Sim};
+use sim::{Opts, Party, Sim, DIRECTIONS};
 
 fn vb(n: u64) -> FeeRate {
     FeeRate::from_sat_per_vb(n).unwrap()
 }
 
 fn sim(opts: Opts) -> Sim {
-    Sim::new(Opts { route_cltv: 60, ..opts })
+    let mut sim = Sim::new(Opts { route_cltv: 60, ..opts });
+    if sim.opts.loop_in {
+        // The request reaches the maker (the buyer): both machines exist.
+        sim.pump();
+    }
+    sim
 }
 
 /// A spike to `rate`: the mempool refuses and blocks leave out anything below it, and the
@@ -36,13 +42,13 @@ fn replaced(sim: &Sim, who: &str) -> usize {
 }
 
 fn timeout(sim: &Sim) -> u32 {
-    sim.buyer.terms().unwrap().htlc_params.timeout_height
+    sim.buyer().terms().unwrap().htlc_params.timeout_height
 }
 
 /// Mines until the buyer's claim confirmed (or 300 blocks).
 fn mine_until_claimed(sim: &mut Sim) {
     for _ in 0..300 {
-        if matches!(sim.buyer.state(), BuyerState::Claimed { .. }) {
+        if matches!(sim.buyer().state(), BuyerState::Claimed { .. }) {
             break;
         }
         sim.mine(1);
@@ -54,10 +60,16 @@ fn mine_until_claimed(sim: &mut Sim) {
 /// confirms before the timeout, paying less than the deadline's share of the HTLC.
 #[test]
 fn a_claim_in_a_spike_above_the_cap_is_replaced_until_it_confirms_before_the_timeout() {
-    let mut sim = sim(Opts::default());
+    for loop_in in DIRECTIONS {
+        claim_in_a_spike_above_the_cap(loop_in);
+    }
+}
+
+fn claim_in_a_spike_above_the_cap(loop_in: bool) {
+    let mut sim = sim(Opts { loop_in, ..Opts::default() });
     spike(&mut sim, vb(600));
     mine_until_claimed(&mut sim);
-    let BuyerState::Claimed { claim_txid, .. } = sim.buyer.state() else {
+    let BuyerState::Claimed { claim_txid, .. } = sim.buyer().state() else {
         panic!("not claimed: {:#?}", sim.log)
     };
     let (height, tx) = sim.chain.confirmed.get(claim_txid).cloned().unwrap();
@@ -77,7 +89,7 @@ fn a_claim_under_a_spike_within_the_cap_is_replaced_at_the_estimate() {
     let mut sim = sim(Opts::default());
     spike(&mut sim, vb(50));
     mine_until_claimed(&mut sim);
-    assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer().state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
     // Estimates and the mempool agree: the first claim already pays enough.
     assert_eq!(replaced(&sim, "Buyer"), 0, "{:#?}", sim.log);
 
@@ -85,7 +97,7 @@ fn a_claim_under_a_spike_within_the_cap_is_replaced_at_the_estimate() {
     let mut sim = self::sim(Opts { payment_delay_blocks: 1, ..Opts::default() });
     for _ in 0..40 {
         if matches!(
-            sim.buyer.state(),
+            sim.buyer().state(),
             BuyerState::Claiming { .. } | BuyerState::ClaimBroadcast { .. }
         ) {
             break;
@@ -94,7 +106,7 @@ fn a_claim_under_a_spike_within_the_cap_is_replaced_at_the_estimate() {
     }
     spike(&mut sim, vb(80));
     mine_until_claimed(&mut sim);
-    assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer().state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
     assert_eq!(replaced(&sim, "Buyer"), 1, "{:#?}", sim.log);
     assert_eq!(sim.replacements.len(), 1, "replaced in the mempool: {:#?}", sim.log);
     sim.check_invariants();
@@ -120,7 +132,7 @@ fn a_restarted_buyer_continues_from_its_persisted_replacement() {
     let resumed = &sim.broadcasts[before..];
     assert!(resumed.iter().all(|(p, _, t)| *p != Party::Buyer || *t == replacement), "{resumed:?}");
     mine_until_claimed(&mut sim);
-    let BuyerState::Claimed { claim_txid, .. } = sim.buyer.state() else {
+    let BuyerState::Claimed { claim_txid, .. } = sim.buyer().state() else {
         panic!("not claimed: {:#?}", sim.log)
     };
     let (height, _) = sim.chain.confirmed.get(claim_txid).cloned().unwrap();
@@ -131,7 +143,13 @@ fn a_restarted_buyer_continues_from_its_persisted_replacement() {
 /// The seller's refund, stuck when fees rise, is replaced at the new estimate under its cap.
 #[test]
 fn a_refund_stuck_in_a_spike_is_replaced() {
-    let mut sim = sim(Opts { buyer_vanishes_after_accept: true, ..Opts::default() });
+    for loop_in in DIRECTIONS {
+        refund_stuck_in_a_spike(loop_in);
+    }
+}
+
+fn refund_stuck_in_a_spike(loop_in: bool) {
+    let mut sim = sim(Opts { loop_in, buyer_vanishes_after_accept: true, ..Opts::default() });
     sim.ctx.fees.max_rate = vb(100);
     sim.pump();
     for _ in 0..300 {

@@ -66,8 +66,8 @@ fn an_offer_below_the_buyers_claim_margin_floor_is_refused() {
 #[test]
 fn every_payment_keeps_the_claim_margin_before_the_timeout() {
     let sim = run(Opts { fail_first_payments: 2, ..Opts::default() });
-    assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
-    let timeout = sim.buyer.terms().unwrap().htlc_params.timeout_height;
+    assert!(matches!(sim.buyer().state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    let timeout = sim.buyer().terms().unwrap().htlc_params.timeout_height;
     assert_eq!(sim.pay_budgets.len(), 3);
     for (tip, budget) in &sim.pay_budgets {
         assert!(tip + budget + 20 <= timeout, "tip {tip} + budget {budget} + 20 > {timeout}");
@@ -88,19 +88,20 @@ fn a_replayed_failure_of_an_earlier_attempt_is_ignored() {
         sim.mine(1);
     }
     assert_eq!(sim.attempts, vec![1, 2], "{:#?}", sim.log);
-    assert!(matches!(sim.buyer.state(), BuyerState::Paying { attempt: 2, .. }));
+    assert!(matches!(sim.buyer().state(), BuyerState::Paying { attempt: 2, .. }));
     for _ in 0..5 {
         let stale = Event::PaymentFailed { attempt: 1, reason: "replayed".into() };
-        let actions = sim.buyer.handle(stale, &sim.ctx.clone(), &mut sim.rng).unwrap();
+        let actions =
+            sim.buyer.as_mut().unwrap().handle(stale, &sim.ctx.clone(), &mut sim.rng).unwrap();
         assert!(actions.is_empty(), "{actions:?}");
     }
-    assert!(matches!(sim.buyer.state(), BuyerState::Paying { attempt: 2, .. }));
+    assert!(matches!(sim.buyer().state(), BuyerState::Paying { attempt: 2, .. }));
     // The seller asks for a refund now: refused, a payment is in flight.
     sim.user_abort(Party::Seller);
     sim.pump();
     sim.run_to_end(400);
     sim.check_invariants();
-    assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer().state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
     assert!(matches!(sim.seller_state(), SellerState::Claimed { .. }), "{:#?}", sim.log);
 }
 
@@ -117,8 +118,8 @@ fn a_payment_that_succeeds_after_an_abort_is_claimed() {
     }
     // The old bug: a stale failure moved the swap to Aborted while the payment was in flight.
     // Whatever got it there, the success must still lead to the claim.
-    let terms = sim.buyer.terms().cloned();
-    let htlc = match &sim.buyer.state() {
+    let terms = sim.buyer().terms().cloned();
+    let htlc = match &sim.buyer().state() {
         BuyerState::Paying { htlc, .. } => Some(htlc.clone()),
         other => panic!("not paying: {}", other.name()),
     };
@@ -131,15 +132,15 @@ fn a_payment_that_succeeds_after_an_abort_is_claimed() {
         offered: None,
     };
     // The state is not writable from outside: edit the stored record and load it again.
-    let mut record = serde_json::to_value(SwapRecord::from(&sim.buyer)).unwrap();
+    let mut record = serde_json::to_value(SwapRecord::from(sim.buyer())).unwrap();
     record["swap"]["state"] = serde_json::to_value(aborted).unwrap();
     let SwapRecord::Buyer(record) = serde_json::from_value(record).unwrap() else {
         panic!("not a buyer record")
     };
     let keys = SwapKeys::derive(&master(2), record.key_index()).unwrap();
-    sim.buyer = BuyerSwap::load(record, keys).unwrap();
+    sim.buyer = Some(BuyerSwap::load(record, keys).unwrap());
     sim.run_to_end(400);
-    assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer().state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
 }
 
 /// Item 3: a buyer that crashed in `Paying` asks its node first and never pays twice; an attempt
@@ -161,8 +162,8 @@ fn resuming_in_paying_never_pays_twice_or_with_a_stale_budget() {
         sim.log
     );
     assert!(sim.pay_budgets[0].0 >= START_HEIGHT + 4, "from the tip after the restart");
-    assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
-    let timeout = sim.buyer.terms().unwrap().htlc_params.timeout_height;
+    assert!(matches!(sim.buyer().state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    let timeout = sim.buyer().terms().unwrap().htlc_params.timeout_height;
     for (tip, budget) in &sim.pay_budgets {
         assert!(tip + budget + 20 <= timeout, "stale budget: tip {tip} budget {budget}");
     }
@@ -181,7 +182,7 @@ fn resuming_in_paying_never_pays_twice_or_with_a_stale_budget() {
         payment_delay_blocks: 3,
         ..Opts::default()
     });
-    assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer().state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
 }
 
 /// Item 5: a seller whose Lightning claim never settles does not co-sign the claim; the HTLC
@@ -204,7 +205,7 @@ fn a_funding_that_disappears_is_not_paid_for() {
         let mut sim = sim(Opts::default());
         sim.pump();
         // Funded and in the mempool, not confirmed yet.
-        let funding: Txid = match &sim.buyer.state() {
+        let funding: Txid = match &sim.buyer().state() {
             BuyerState::Funded { htlc, .. } => htlc.outpoint.txid,
             other => panic!("not funded: {} {:#?}", other.name(), sim.log),
         };
@@ -214,7 +215,7 @@ fn a_funding_that_disappears_is_not_paid_for() {
         sim.run_to_end(300);
         assert_eq!(sim.buyer_paid_msat, 0, "notify={notify}: {:#?}", sim.log);
         assert!(sim.attempts.is_empty(), "notify={notify}: {:#?}", sim.log);
-        assert!(matches!(sim.buyer.state(), BuyerState::Aborted { .. }), "{:#?}", sim.log);
+        assert!(matches!(sim.buyer().state(), BuyerState::Aborted { .. }), "{:#?}", sim.log);
     }
 }
 
@@ -222,10 +223,10 @@ fn a_funding_that_disappears_is_not_paid_for() {
 #[test]
 fn a_dropped_claim_is_rebroadcast() {
     let sim = run(Opts { drop_first_claim: true, ..Opts::default() });
-    assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer().state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
     let line = sim.log.iter().find(|l| l.contains("dropped by the network")).unwrap();
     let dropped_at: u32 = line.rsplit(' ').next().unwrap().parse().unwrap();
-    let BuyerState::Claimed { claim_txid, .. } = sim.buyer.state() else { unreachable!() };
+    let BuyerState::Claimed { claim_txid, .. } = sim.buyer().state() else { unreachable!() };
     let (confirmed_at, _) = sim.chain.confirmed[claim_txid];
     // Out again at the next block, mined in the one after: not a block later.
     assert!(confirmed_at <= dropped_at + 2, "dropped at {dropped_at}, confirmed at {confirmed_at}");
@@ -332,9 +333,9 @@ fn every_buyer_check_has_a_stable_code() {
 fn a_restored_buyer_with_its_payments_lost_never_pays_again_nor_cosigns_a_refund() {
     let mut sim = sim(Opts::default());
     sim.pump();
-    assert!(matches!(sim.buyer.state(), BuyerState::Funded { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer().state(), BuyerState::Funded { .. }), "{:#?}", sim.log);
     // The backup shows `Funded`; the node that restores it knows no payment.
-    let mut record = sim.buyer.record().clone();
+    let mut record = sim.buyer().record().clone();
     record.mark_lightning_state_lost();
     sim.buyer_record = SwapRecord::from(record).to_bytes().unwrap();
     sim.restart(Party::Buyer);
@@ -343,7 +344,7 @@ fn a_restored_buyer_with_its_payments_lost_never_pays_again_nor_cosigns_a_refund
     assert!(sim.attempts.is_empty(), "paid again: {:?}", sim.attempts);
     assert!(!sim.purposes().contains(&TxPurpose::CooperativeRefund), "{:#?}", sim.log);
     assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }), "{:#?}", sim.log);
-    assert_eq!(sim.buyer.state().name(), "Lost", "fate unknown: {:#?}", sim.log);
+    assert_eq!(sim.buyer().state().name(), "Lost", "fate unknown: {:#?}", sim.log);
 }
 
 /// Item 7 / issue 14: estimates far above the buyer's cap (2,000 sat/vB: 152 vB of it would be
@@ -359,12 +360,12 @@ fn a_claim_is_priced_at_the_cap_when_estimates_are_above_it() {
         }
         sim.mine(1);
     }
-    assert!(matches!(sim.buyer.state(), BuyerState::Paying { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer().state(), BuyerState::Paying { .. }), "{:#?}", sim.log);
     sim.ctx.fees.estimates =
         looper_protocol::fees::FeeEstimates::flat(FeeRate::from_sat_per_vb(2_000).unwrap());
     sim.run_to_end(100);
     sim.check_invariants();
-    let BuyerState::Claimed { claim_txid, .. } = sim.buyer.state() else {
+    let BuyerState::Claimed { claim_txid, .. } = sim.buyer().state() else {
         panic!("not claimed: {:#?}", sim.log)
     };
     let (_, tx) = sim.chain.confirmed.get(claim_txid).cloned().unwrap();
@@ -383,7 +384,7 @@ fn a_refund_seen_before_the_payments_fate_waits_for_it() {
         Opts { payment_delay_blocks: 130, hold_buyer_failure_reports: true, ..Opts::default() };
     let refunded_while_paying = |sim: &Sim| {
         assert!(
-            matches!(sim.buyer.state(), BuyerState::Paying { refunded_by: Some(_), .. }),
+            matches!(sim.buyer().state(), BuyerState::Paying { refunded_by: Some(_), .. }),
             "{:#?}",
             sim.log
         );
@@ -393,7 +394,7 @@ fn a_refund_seen_before_the_payments_fate_waits_for_it() {
     let aborted_unpaid = |sim: &Sim| {
         assert!(
             matches!(
-                sim.buyer.state(),
+                sim.buyer().state(),
                 BuyerState::Aborted { check: Some(BuyerCheckError::HtlcSpent), .. }
             ),
             "{:#?}",
@@ -419,7 +420,7 @@ fn a_refund_seen_before_the_payments_fate_waits_for_it() {
     let mut sim = run_until_refunded(opts);
     let preimage = SwapKeys::derive(&master(1), 0).unwrap().preimage().clone();
     sim.inject(Party::Buyer, Event::PaymentSucceeded { preimage });
-    assert!(matches!(sim.buyer.state(), BuyerState::Lost { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer().state(), BuyerState::Lost { .. }), "{:#?}", sim.log);
 }
 
 fn run_until_refunded(opts: Opts) -> Sim {
@@ -437,7 +438,7 @@ fn an_expired_unpaid_invoice_is_refunded_cooperatively_before_the_timeout() {
     let sim = run(Opts { fail_first_payments: 1_000, drop_buyer_abort: true, ..Opts::default() });
     assert!(sim.log.iter().any(|l| l == "wire: swap_abort lost"), "{:#?}", sim.log);
     assert_eq!(sim.buyer_paid_msat, 0);
-    assert!(matches!(sim.buyer.state(), BuyerState::Aborted { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer().state(), BuyerState::Aborted { .. }), "{:#?}", sim.log);
     let SellerState::Refunded { .. } = sim.seller_state() else {
         panic!("not refunded: {:#?}", sim.log)
     };
@@ -451,4 +452,44 @@ fn an_expired_unpaid_invoice_is_refunded_cooperatively_before_the_timeout() {
     let (height, _) = sim.chain.confirmed[&refund];
     let timeout = START_HEIGHT + sim.offer.timeout_delta;
     assert!(height < timeout, "refunded at {height}, the timeout is {timeout}");
+}
+
+/// The fund-safety scenarios of the settled swap, as loop ins (the seller, the locker, took the
+/// buyer's loop-in offer; everything after the funding is the shared code): a Lightning claim
+/// that never settles, a dropped claim, a lost cooperative-refund request, an expired unpaid
+/// invoice whose `swap_abort` was lost.
+#[test]
+fn the_settlement_and_refund_rules_hold_in_a_loop_in() {
+    let sim = run(Opts { loop_in: true, seller_claim_never_settles: true, ..Opts::default() });
+    assert_eq!(sim.buyer_paid_msat, 0);
+    assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }), "{:#?}", sim.log);
+    assert!(!sim.purposes().contains(&TxPurpose::CooperativeClaim));
+
+    let sim = run(Opts { loop_in: true, drop_first_claim: true, ..Opts::default() });
+    assert!(matches!(sim.buyer().state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(sim.log.iter().any(|l| l.contains("dropped by the network")), "{:#?}", sim.log);
+
+    let sim = run(Opts {
+        loop_in: true,
+        buyer_aborts_when_funded: true,
+        drop_first_refund_request: true,
+        ..Opts::default()
+    });
+    assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }), "{:#?}", sim.log);
+    assert_eq!(sim.purposes(), vec![TxPurpose::Funding, TxPurpose::CooperativeRefund]);
+
+    let sim = run(Opts {
+        loop_in: true,
+        fail_first_payments: 1_000,
+        drop_buyer_abort: true,
+        ..Opts::default()
+    });
+    assert_eq!(sim.buyer_paid_msat, 0);
+    assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }), "{:#?}", sim.log);
+    assert_eq!(
+        sim.purposes(),
+        vec![TxPurpose::Funding, TxPurpose::CooperativeRefund],
+        "{:#?}",
+        sim.log
+    );
 }

@@ -29,7 +29,7 @@ fn run(opts: Opts) -> Sim {
 #[test]
 fn a_prepaid_swap_completes_and_the_buyer_pays_the_same_total() {
     let sim = run(Opts::default());
-    assert!(matches!(sim.buyer.state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    assert!(matches!(sim.buyer().state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
     assert!(matches!(sim.seller_state(), SellerState::Claimed { .. }));
     assert_eq!(sim.purposes(), vec![TxPurpose::Funding, TxPurpose::CooperativeClaim]);
     assert_eq!(sim.prepaid_msat, PREPAY_SAT * 1000);
@@ -71,7 +71,7 @@ fn a_buyer_that_prepays_and_vanishes_leaves_the_prepay_with_the_seller() {
 #[test]
 fn a_prepay_invoice_that_differs_from_the_quote_is_refused_unpaid() {
     let sim = run(Opts { tamper: Some(Tamper::PrepayAmount), ..Opts::default() });
-    let BuyerState::Aborted { check: Some(check), .. } = sim.buyer.state() else {
+    let BuyerState::Aborted { check: Some(check), .. } = sim.buyer().state() else {
         panic!("buyer not aborted: {:#?}", sim.log);
     };
     assert_eq!(check.code(), "prepay_invoice_invalid");
@@ -108,9 +108,9 @@ fn a_crash_on_either_side_around_the_prepay_pays_it_once_and_finishes() {
     ] {
         let sim = run(Opts { crash_at: Some((party, state)), ..Opts::default() });
         assert!(
-            matches!(sim.buyer.state(), BuyerState::Claimed { .. }),
+            matches!(sim.buyer().state(), BuyerState::Claimed { .. }),
             "crash of {party:?} at {state}: buyer {:?}\n{:#?}",
-            sim.buyer.state().name(),
+            sim.buyer().state().name(),
             sim.log
         );
         assert_eq!(sim.prepaid_msat, PREPAY_SAT * 1000, "paid once ({party:?} at {state})");

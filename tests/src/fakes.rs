@@ -141,6 +141,8 @@ pub struct SimLightning {
     events: Mutex<Option<mpsc::Sender<LightningDelivery>>>,
     /// Fault-injection mock: what the node does to the invoices it issues.
     pub tamper: Mutex<Option<InvoiceTamper>>,
+    /// Fault-injection mock: the node never sends a payment (a claimer that never pays).
+    pub refuse_payments: std::sync::atomic::AtomicBool,
 }
 
 /// How a dishonest seller's Lightning node tampers with its invoices (fault-injection mock).
@@ -159,7 +161,13 @@ pub enum InvoiceTamper {
 impl SimLightning {
     /// The Lightning node of `node`.
     pub fn new(world: SharedWorld, node: NodeIdx) -> SimLightning {
-        SimLightning { world, node, events: Mutex::new(None), tamper: Mutex::new(None) }
+        SimLightning {
+            world,
+            node,
+            events: Mutex::new(None),
+            tamper: Mutex::new(None),
+            refuse_payments: std::sync::atomic::AtomicBool::new(false),
+        }
     }
 
     fn alive(&self) -> Result<(), LightningError> {
@@ -348,6 +356,9 @@ impl Lightning for SimLightning {
         max_total_cltv_expiry_delta: u32,
     ) -> Result<PayOutcome, LightningError> {
         self.alive()?;
+        if self.refuse_payments.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(LightningError::Node { op: "pay", reason: "no route".into() });
+        }
         let inv =
             Bolt11Invoice::from_str(invoice).map_err(|e| invalid("invoice", e.to_string()))?;
         let hash = PaymentHash(inv.payment_hash().to_byte_array());
@@ -459,11 +470,12 @@ impl Lightning for SimLightning {
         // limited by it in this world).
         let w = lock(&self.world);
         let inbound_msat = w.ln_inbound_msat.get(self.node).copied().unwrap_or(0);
+        let outbound_msat = w.ln_outbound_msat.get(self.node).copied().unwrap_or(0);
         vec![ChannelInfo {
             channel_id: format!("sim-{}", self.node),
             counterparty: String::new(),
             capacity_sat: inbound_msat / 1000,
-            outbound_msat: 0,
+            outbound_msat,
             inbound_msat,
             ready: true,
             usable: true,

@@ -18,7 +18,7 @@ use looper_node::nostr::{
 use looper_node::store::SwapStore;
 use looper_protocol::buyer::BuyerPolicy;
 use looper_protocol::messages::{Envelope, Message, Offer};
-use looper_protocol::seller::SellerPolicy;
+use looper_protocol::seller::{LoopInLimits, SellerPolicy};
 use looper_protocol::swap::TxPurpose;
 use looper_protocol::SwapId;
 use nostr_sdk::Keys;
@@ -106,6 +106,12 @@ pub struct PairOptions {
     pub mock_seller_vanishes_after_accept: bool,
     /// Blocks are full of transactions paying this rate (sat/vB): cheaper ones wait.
     pub mine_min_fee_rate_sat_vb: u64,
+    /// Loop in: the buyer (the claimer) publishes a loop-in offer and the seller (the locker)
+    /// finds it and takes it ([`Engine::take_loop_in_offer`]); the nodes keep their money
+    /// roles. The seller-side mocks stay the seller's.
+    ///
+    /// [`Engine::take_loop_in_offer`]: looper_node::engine::Engine::take_loop_in_offer
+    pub loop_in: bool,
 }
 
 impl PairOptions {
@@ -134,6 +140,7 @@ impl PairOptions {
             pow_difficulty: None,
             mock_seller_vanishes_after_accept: false,
             mine_min_fee_rate_sat_vb: 0,
+            loop_in: false,
         }
     }
 }
@@ -319,6 +326,14 @@ impl Pair {
             if let Some(inbound) = o.seller_inbound_msat {
                 w.ln_inbound_msat[SELLER] = inbound;
             }
+            if o.loop_in {
+                // The locker checks the offer it found against its clock: the relay's copy
+                // expires an hour after it was published, by the wall clock.
+                w.now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(w.now);
+            }
             w.mine();
             w.mine_min_fee_rate_sat_vb = o.mine_min_fee_rate_sat_vb;
         }
@@ -347,6 +362,12 @@ impl Pair {
         let mut seller_config = config(o.seller_policy);
         seller_config.max_unpaid_locked_sat = o.seller_max_unpaid_locked_sat;
         let mut published = offer(&world, o.relays.clone());
+        if o.loop_in {
+            // The maker is the buyer: its node is the offer's.
+            published.offer_id = "conformance-in".into();
+            published.direction = looper_protocol::SwapDirection::LoopIn;
+            published.ln_node_id = lock(&world).ln_node_id(BUYER);
+        }
         published.prepay_sat = o.prepay_sat;
         published.pow_difficulty = o.pow_difficulty;
         if o.auto_prepay {
@@ -375,7 +396,9 @@ impl Pair {
             .wallet
             .refuse_funding
             .store(o.mock_seller_vanishes_after_accept, std::sync::atomic::Ordering::Relaxed);
-        if o.auto_prepay {
+        if o.loop_in {
+            buyer.engine.publish_offer(&published).await?;
+        } else if o.auto_prepay {
             // What `Engine::run` does first: a poll (the fee estimates), the offer priced and
             // published.
             seller.engine.poll().await;
@@ -383,19 +406,26 @@ impl Pair {
         } else {
             seller.engine.publish_offer(&published).await?;
         }
+        // The taker finds the maker's offer: the buyer a loop-out one, the seller a loop-in one.
+        let (taker_t, maker_t) =
+            if o.loop_in { (&seller_t, &buyer_t) } else { (&buyer_t, &seller_t) };
         let taken = if o.discover {
             let want = OfferFilter {
                 network: Network::Regtest,
                 amount_sat: o.amount_sat,
                 sellers: vec![],
-                direction: looper_protocol::SwapDirection::LoopOut,
+                direction: if o.loop_in {
+                    looper_protocol::SwapDirection::LoopIn
+                } else {
+                    looper_protocol::SwapDirection::LoopOut
+                },
             };
             let deadline = Instant::now() + Duration::from_secs(20);
             loop {
-                let found = buyer_t.discover_offers(&want).await?;
+                let found = taker_t.discover_offers(&want).await?;
                 if let Some(f) = found.first() {
-                    if f.seller != seller_t.public_key() {
-                        return Err(PairError::Other("discovered another seller".into()));
+                    if f.seller != maker_t.public_key() {
+                        return Err(PairError::Other("discovered another maker".into()));
                     }
                     break f.offer.clone();
                 }
@@ -426,9 +456,22 @@ impl Pair {
         };
         pair.run_engines();
         pair.spawn_driver(o.block_interval);
-        let seller_pk = pair.seller_t.public_key();
-        pair.swap_id =
-            pair.buyer.engine.take_offer(taken, seller_pk, o.amount_sat, o.buyer_policy).await?;
+        if o.loop_in {
+            let buyer_pk = pair.buyer_t.public_key();
+            let limits = LoopInLimits { max_total_fee_sat: 50_000, max_timeout_delta: 200 };
+            pair.swap_id = pair
+                .seller
+                .engine
+                .take_loop_in_offer(taken, buyer_pk, o.amount_sat, limits, None)
+                .await?;
+        } else {
+            let seller_pk = pair.seller_t.public_key();
+            pair.swap_id = pair
+                .buyer
+                .engine
+                .take_offer(taken, seller_pk, o.amount_sat, o.buyer_policy)
+                .await?;
+        }
         Ok(pair)
     }
 

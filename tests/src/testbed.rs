@@ -5,6 +5,11 @@
 //! reorg, time passing, a chain source failing, a node crashing right after a commit and
 //! restarting from its store. After each step and at the end, the invariants are checked; a
 //! failing seed is reported with the run's trace and replays exactly.
+//!
+//! Both directions run: in a loop out the buyer takes the seller's offer; in a loop in the seller
+//! (the locker, the taker) takes the buyer's loop-in offer (`Engine::take_loop_in_offer`) and the
+//! buyer's engine serves the request as maker. The nodes keep their money roles whichever way:
+//! [`BUYER`] pays over Lightning and claims, [`SELLER`] locks and refunds.
 
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +20,7 @@ use looper_node::engine::io::SwapTransport;
 use looper_node::store::{SwapFilter, SwapStore};
 use looper_protocol::buyer::BuyerPolicy;
 use looper_protocol::messages::{Message, Offer};
+use looper_protocol::seller::LoopInLimits;
 use looper_protocol::SwapId;
 use nostr_sdk::Keys;
 
@@ -24,9 +30,9 @@ use crate::fakes::{
 use crate::node::{sim_config, sim_offer, SimNode};
 use crate::world::{lock, PayState, SharedWorld, World};
 
-/// The buyer's node index.
+/// The buyer's (the claimer's) node index: the taker of a loop out, the maker of a loop in.
 pub const BUYER: usize = 0;
-/// The seller's node index.
+/// The seller's (the locker's) node index: the maker of a loop out, the taker of a loop in.
 pub const SELLER: usize = 1;
 
 /// How the malicious party (if any) deviates.
@@ -50,6 +56,10 @@ pub enum Malice {
     InvoicePayee,
     /// Seller: funds, then double-spends the funding before it confirms.
     DoubleSpendFunding,
+    /// Seller: its wallet never funds an HTLC.
+    NeverFunds,
+    /// Buyer: its Lightning node never pays.
+    NeverPays,
 }
 
 /// What a run is made of.
@@ -65,17 +75,21 @@ pub struct Scenario {
     pub malice: Option<(usize, Malice)>,
     /// Crashes allowed.
     pub crashes: bool,
+    /// Loop in (the seller takes the buyer's loop-in offer) rather than loop out.
+    pub loop_in: bool,
 }
 
 impl Scenario {
-    /// The scenario as one word (`seed:steps:swaps:crashes:who-malice`), for
-    /// [`Scenario::parse`] and the `LOOPER_SCENARIO` variable of `tests/tests/testbed.rs`.
+    /// The scenario as one word (`seed:steps:swaps:crashes:who-malice:direction`, the direction
+    /// `out` or `in`), for [`Scenario::parse`] and the `LOOPER_SCENARIO` variable of
+    /// `tests/tests/testbed.rs`.
     pub fn repro(&self) -> String {
         let malice = match self.malice {
             Some((who, m)) => format!("{}-{m:?}", if who == BUYER { "buyer" } else { "seller" }),
             None => "honest".into(),
         };
-        format!("{}:{}:{}:{}:{malice}", self.seed, self.steps, self.swaps, self.crashes)
+        let direction = if self.loop_in { "in" } else { "out" };
+        format!("{}:{}:{}:{}:{malice}:{direction}", self.seed, self.steps, self.swaps, self.crashes)
     }
 
     /// Reads [`Scenario::repro`]'s form back.
@@ -94,13 +108,19 @@ impl Scenario {
                 Some((who, kind))
             }
         };
-        Some(Scenario { seed, steps, swaps, malice, crashes })
+        // Without a direction: a loop out (the form before loop in).
+        let loop_in = match it.next() {
+            None | Some("out") => false,
+            Some("in") => true,
+            Some(_) => return None,
+        };
+        Some(Scenario { seed, steps, swaps, malice, crashes, loop_in })
     }
 }
 
 impl Malice {
     /// Every kind.
-    pub const ALL: [Malice; 9] = [
+    pub const ALL: [Malice; 11] = [
         Malice::WrongKeys,
         Malice::WithholdSignatures,
         Malice::Replays,
@@ -110,7 +130,27 @@ impl Malice {
         Malice::InvoiceAmount,
         Malice::InvoicePayee,
         Malice::DoubleSpendFunding,
+        Malice::NeverFunds,
+        Malice::NeverPays,
     ];
+
+    /// What a malicious seller (the locker, whichever direction) does.
+    pub const SELLER: [Malice; 10] = [
+        Malice::WrongKeys,
+        Malice::WithholdSignatures,
+        Malice::Replays,
+        Malice::LateSettlement,
+        Malice::ShortFunding,
+        Malice::InvoiceHash,
+        Malice::InvoiceAmount,
+        Malice::InvoicePayee,
+        Malice::DoubleSpendFunding,
+        Malice::NeverFunds,
+    ];
+
+    /// What a malicious buyer (the claimer, whichever direction) does.
+    pub const BUYER: [Malice; 4] =
+        [Malice::WrongKeys, Malice::WithholdSignatures, Malice::Replays, Malice::NeverPays];
 }
 
 /// A finished run.
@@ -170,8 +210,10 @@ struct Bed {
     started: Vec<SwapId>,
     crashes: u32,
     trace: Vec<String>,
-    /// What the seller accepted, per swap: payment hash and HTLC script.
+    /// What the maker accepted, per swap: payment hash and HTLC script.
     accepts: std::collections::BTreeMap<SwapId, (looper_protocol::PaymentHash, bitcoin::ScriptBuf)>,
+    /// Loop in: the payment hash each of the taker's requests named.
+    requested: std::collections::BTreeMap<SwapId, looper_protocol::PaymentHash>,
 }
 
 fn fail(bed: &Bed, what: impl Into<String>) -> Failure {
@@ -195,6 +237,9 @@ pub async fn run(sc: Scenario) -> Result<Outcome, Failure> {
         trace: vec![],
     })?;
     bed.start_swaps().await;
+    if bed.started.len() < usize::try_from(sc.swaps).unwrap_or(usize::MAX) {
+        return Err(fail(&bed, format!("{} of {} swaps started", bed.started.len(), sc.swaps)));
+    }
     let mut steps = 0;
     while steps < sc.steps {
         steps += 1;
@@ -203,7 +248,7 @@ pub async fn run(sc: Scenario) -> Result<Outcome, Failure> {
     }
     bed.settle().await?;
     let (claimed, refunded) = bed.check_end()?;
-    if bed.sc.malice.is_none_or(|(who, _)| who != BUYER) {
+    if bed.sc.malice.is_none_or(|(who, _)| who != bed.roles().0) {
         bed.check_keys()?;
     }
     let w = lock(&bed.world);
@@ -261,8 +306,15 @@ impl Bed {
                 .map_err(|e| e.to_string())?;
             nodes.push(node);
         }
-        let ln_node_id = lock(&world).ln_node_id(SELLER);
-        let offer = sim_offer("bed", ln_node_id, vec![], u64::MAX / 2);
+        let maker = if sc.loop_in { BUYER } else { SELLER };
+        let ln_node_id = lock(&world).ln_node_id(maker);
+        let mut offer = sim_offer("bed", ln_node_id, vec![], u64::MAX / 2);
+        if sc.loop_in {
+            offer.offer_id = "bed-in".into();
+            offer.direction = looper_protocol::SwapDirection::LoopIn;
+            // The locker checks the offer as published (its relay list included).
+            offer.relays = vec!["ws://127.0.0.1:1".into()];
+        }
         let mut bed = Bed {
             sc,
             rng: StdRng::seed_from_u64(sc.seed),
@@ -274,8 +326,9 @@ impl Bed {
             crashes: 0,
             trace: Vec::new(),
             accepts: std::collections::BTreeMap::new(),
+            requested: std::collections::BTreeMap::new(),
         };
-        bed.nodes[SELLER].engine.publish_offer(&offer).await.map_err(|e| e.to_string())?;
+        bed.nodes[maker].engine.publish_offer(&offer).await.map_err(|e| e.to_string())?;
         bed.arm_malice();
         Ok(bed)
     }
@@ -300,6 +353,12 @@ impl Bed {
         if m == Malice::ShortFunding {
             node.wallet.shortchange_sat.store(1_000, std::sync::atomic::Ordering::Relaxed);
         }
+        if m == Malice::NeverFunds {
+            node.wallet.refuse_funding.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if m == Malice::NeverPays {
+            node.lightning.refuse_payments.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
     fn log(&mut self, line: String) {
@@ -307,18 +366,31 @@ impl Bed {
     }
 
     async fn start_swaps(&mut self) {
-        let seller_pk = lock_wire(&self.wire).keys[SELLER];
+        let (taker, maker) = self.roles();
+        let maker_pk = lock_wire(&self.wire).keys[maker];
         for i in 0..self.sc.swaps {
             let amount = 100_000 + u64::from(i) * 10_000;
-            let policy = BuyerPolicy::default();
-            match self.nodes[BUYER]
-                .engine
-                .take_offer(self.offer.clone(), seller_pk, amount, policy)
-                .await
-            {
+            let engine = &self.nodes[taker].engine;
+            let taken = if self.sc.loop_in {
+                let limits = LoopInLimits { max_total_fee_sat: 50_000, max_timeout_delta: 200 };
+                engine.take_loop_in_offer(self.offer.clone(), maker_pk, amount, limits, None).await
+            } else {
+                let policy = BuyerPolicy::default();
+                engine.take_offer(self.offer.clone(), maker_pk, amount, policy).await
+            };
+            match taken {
                 Ok(id) => self.started.push(id),
-                Err(e) => self.log(format!("take_offer refused: {e}")),
+                Err(e) => self.log(format!("taking the offer refused: {e}")),
             }
+        }
+    }
+
+    /// The taker's and the maker's node indices.
+    fn roles(&self) -> (usize, usize) {
+        if self.sc.loop_in {
+            (SELLER, BUYER)
+        } else {
+            (BUYER, SELLER)
         }
     }
 
@@ -409,8 +481,20 @@ impl Bed {
 
     async fn deliver(&mut self, p: Packet) {
         let to = p.to;
-        if let (SELLER, Message::SwapAccept(a)) = (p.from, &p.envelope.body) {
-            self.accepts.insert(p.envelope.swap_id, (a.payment_hash, a.htlc_script_pubkey.clone()));
+        match (p.from, &p.envelope.body) {
+            (SELLER, Message::SwapAccept(a)) => {
+                self.accepts
+                    .insert(p.envelope.swap_id, (a.payment_hash, a.htlc_script_pubkey.clone()));
+            }
+            (SELLER, Message::LoopInRequest(r)) => {
+                self.requested.entry(p.envelope.swap_id).or_insert(r.payment_hash);
+            }
+            (BUYER, Message::LoopInAccept(a)) => {
+                if let Some(hash) = self.requested.get(&p.envelope.swap_id) {
+                    self.accepts.insert(p.envelope.swap_id, (*hash, a.htlc_script_pubkey.clone()));
+                }
+            }
+            _ => {}
         }
         let p = self.tamper(p);
         let Some(p) = p else { return };
@@ -678,25 +762,28 @@ impl Bed {
         Ok(())
     }
 
-    /// The seller saw each of the buyer's swaps come from a key of that swap only: never the
-    /// buyer's identity, never a key of another swap (spec `04-nostr.md`, "Keys").
+    /// The maker saw each of the taker's swaps come from a key of that swap only: never the
+    /// taker's identity, never a key of another swap (spec `04-nostr.md`, "Keys").
     fn check_keys(&self) -> Result<(), Failure> {
-        let buyer = lock_wire(&self.wire).keys[BUYER].to_hex();
-        let records = self.nodes[SELLER].store.inner.list_swaps(&SwapFilter::default());
+        use looper_protocol::record::SwapRecord;
+        let (taker, maker) = self.roles();
+        let taker_key = lock_wire(&self.wire).keys[taker].to_hex();
+        let records = self.nodes[maker].store.inner.list_swaps(&SwapFilter::default());
         let mut peers = std::collections::BTreeSet::new();
         for r in records.unwrap_or_default() {
-            let Ok(rec) = looper_protocol::record::SwapRecord::from_bytes(&r.data) else {
-                continue;
+            let peer = match SwapRecord::from_bytes(&r.data) {
+                Ok(SwapRecord::Seller(s)) => s.peer().to_string(),
+                Ok(SwapRecord::Buyer(b)) => b.peer().to_string(),
+                _ => continue,
             };
-            let looper_protocol::record::SwapRecord::Seller(s) = rec else { continue };
-            if s.peer() == buyer {
+            if peer == taker_key {
                 return Err(fail(
                     self,
-                    format!("swap {}: the buyer's identity reached the seller", r.id),
+                    format!("swap {}: the taker's identity reached the maker", r.id),
                 ));
             }
-            if !peers.insert(s.peer().to_string()) {
-                return Err(fail(self, format!("swap {}: a buyer key of another swap", r.id)));
+            if !peers.insert(peer) {
+                return Err(fail(self, format!("swap {}: a taker key of another swap", r.id)));
             }
         }
         Ok(())

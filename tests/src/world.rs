@@ -110,6 +110,8 @@ pub struct World {
     pub payment_delay: Vec<u32>,
     /// Per node: what its (one, simulated) channel can receive, msat.
     pub ln_inbound_msat: Vec<u64>,
+    /// Each node's Lightning outbound capacity (what a loop-in maker checks it can pay).
+    pub ln_outbound_msat: Vec<u64>,
     /// Settlements held back: (hash, preimage, height from which it settles).
     pub deferred: Vec<(PaymentHash, Preimage, u32)>,
     next_seq: u64,
@@ -164,6 +166,7 @@ impl World {
             block_secs: 600,
             payment_delay: vec![0; nodes],
             ln_inbound_msat: vec![1_000_000_000_000; nodes],
+            ln_outbound_msat: vec![1_000_000_000_000; nodes],
             deferred: Vec::new(),
             next_seq: 0,
             log: Vec::new(),

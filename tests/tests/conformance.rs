@@ -63,6 +63,27 @@ async fn cooperative_claim_over_the_relay() -> Result<()> {
     Ok(())
 }
 
+/// A whole loop in between two engines over the real local relay: the buyer (the claimer, the
+/// maker) publishes a loop-in offer, the seller (the locker, the taker) finds it on the relay and
+/// takes it, locks, is paid its invoice (the amount less the fees) and co-signs the buyer's
+/// key-path claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loop_in_over_the_relay() -> Result<()> {
+    let (relay, _, p) = setup(|o| o.loop_in = true).await?;
+    p.wait_for(CLAIMED, CLAIMED, WAIT).await?;
+    assert_eq!(p.purposes(), vec![TxPurpose::Funding, TxPurpose::CooperativeClaim]);
+    let quote = looper_protocol::terms::Quote::compute(&p.offer, 200_000).unwrap();
+    assert_eq!(p.offer.direction, looper_protocol::SwapDirection::LoopIn);
+    assert_eq!(p.settled_msat(), quote.invoice_amount_sat * 1000, "paid the amount less the fees");
+    assert!(quote.invoice_amount_sat < 200_000);
+    // The seller (the taker) locked; the buyer (the maker) claimed to its own wallet.
+    let records = p.buyer.store.inner.list_swaps(&Default::default())?;
+    assert_eq!(records.len(), 1);
+    p.shutdown().await;
+    relay.shutdown();
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seller_uncooperative_script_claim() -> Result<()> {
     let (relay, _, p) =

@@ -18,7 +18,7 @@ use looper_protocol::buyer::{BuyerPolicy, BuyerStart, BuyerState, BuyerSwap};
 use looper_protocol::keys::SwapKeys;
 use looper_protocol::messages::{decode_envelope, encode, Envelope, Message, Offer};
 use looper_protocol::record::SwapRecord;
-use looper_protocol::seller::{SellerPolicy, SellerState, SellerSwap};
+use looper_protocol::seller::{LockerStart, LoopInLimits, SellerPolicy, SellerState, SellerSwap};
 use looper_protocol::swap::{
     Action, Context, Event, HtlcStatus, PaymentStatus, StateKind, TxPurpose,
 };
@@ -85,7 +85,16 @@ pub struct Opts {
     /// The buyer's node holds back the news that the seller failed its payment back (until
     /// [`Sim::release_held_reports`]).
     pub hold_buyer_failure_reports: bool,
+    /// Which way the swap goes. Loop out (the default): the buyer (claimer) takes the seller's
+    /// offer. Loop in: the seller (locker) takes the buyer's loop-in offer
+    /// ([`SellerSwap::start_loop_in`]) and the buyer, its maker, answers the request the wire
+    /// delivers ([`BuyerSwap::from_loop_in_request`]). The parties keep their money roles: the
+    /// buyer pays and claims, the seller locks and refunds, whichever direction.
+    pub loop_in: bool,
 }
+
+/// Both directions, for scenarios run in each.
+pub const DIRECTIONS: [bool; 2] = [false, true];
 
 /// The preimage of the seller's prepay invoice (the sim's Lightning node makes it).
 pub const PREPAY_PREIMAGE: [u8; 32] = [0x77; 32];
@@ -146,7 +155,9 @@ pub struct Sim {
     pub ctx: Context,
     pub rng: StdRng,
     pub offer: Offer,
-    pub buyer: BuyerSwap,
+    /// The buyer (the claimer): from the start in a loop out, once the request arrives in a loop
+    /// in.
+    pub buyer: Option<BuyerSwap>,
     pub seller: Option<SellerSwap>,
     pub buyer_record: Vec<u8>,
     pub seller_record: Vec<u8>,
@@ -221,6 +232,20 @@ pub fn p2tr(tag: u8) -> ScriptBuf {
     ScriptBuf::new_p2tr(&Secp256k1::new(), k.claim_pubkey(), None)
 }
 
+/// The buyer's policy: as taker of a loop out, as maker of a loop in.
+fn buyer_policy(opts: &Opts) -> BuyerPolicy {
+    let mut policy = BuyerPolicy {
+        max_total_fee_sat: 50_000,
+        max_route_cltv: opts.buyer_max_route_cltv.unwrap_or(500),
+        min_confirmations: 1,
+        ..BuyerPolicy::default()
+    };
+    if let Some(max) = opts.buyer_max_prepay_sat {
+        policy.max_prepay_sat = max;
+    }
+    policy
+}
+
 impl Sim {
     pub fn new(opts: Opts) -> Self {
         let ctx = Context::new(START_TIME, START_HEIGHT, FeeRate::from_sat_per_vb(2).unwrap());
@@ -229,32 +254,47 @@ impl Sim {
             offer.claim_margin = margin;
         }
         offer.prepay_sat = opts.prepay_sat;
-        let mut policy = BuyerPolicy {
-            max_total_fee_sat: 50_000,
-            max_route_cltv: opts.buyer_max_route_cltv.unwrap_or(500),
-            min_confirmations: 1,
-            ..BuyerPolicy::default()
-        };
-        if let Some(max) = opts.buyer_max_prepay_sat {
-            policy.max_prepay_sat = max;
+        if opts.loop_in {
+            offer.direction = SwapDirection::LoopIn;
+            offer.offer_id = "sim-in".into();
         }
-        let start = BuyerStart {
-            swap_id: SwapId([0xab; 32]),
-            peer: "seller".into(),
-            offer: offer.clone(),
-            amount_sat: 200_000,
-            policy,
-            claim_destination: p2tr(20),
-            keys: SwapKeys::derive(&master(2), 0).unwrap(),
+        let mut buyer = None;
+        let mut seller = None;
+        let (first, actions) = if opts.loop_in {
+            let start = LockerStart {
+                swap_id: SwapId([0xab; 32]),
+                peer: "buyer".into(),
+                offer: offer.clone(),
+                amount_sat: 200_000,
+                limits: LoopInLimits { max_total_fee_sat: 50_000, max_timeout_delta: 200 },
+                policy: SellerPolicy { cooperative_claims: !opts.seller_uncooperative },
+                refund_destination: p2tr(10),
+                keys: SwapKeys::derive(&master(1), 0).unwrap(),
+            };
+            let (s, actions) = SellerSwap::start_loop_in(start, &ctx).expect("locker starts");
+            seller = Some(s);
+            (Party::Seller, actions)
+        } else {
+            let start = BuyerStart {
+                swap_id: SwapId([0xab; 32]),
+                peer: "seller".into(),
+                offer: offer.clone(),
+                amount_sat: 200_000,
+                policy: buyer_policy(&opts),
+                claim_destination: p2tr(20),
+                keys: SwapKeys::derive(&master(2), 0).unwrap(),
+            };
+            let (b, actions) = BuyerSwap::start(start, &ctx).expect("buyer starts");
+            buyer = Some(b);
+            (Party::Buyer, actions)
         };
-        let (buyer, actions) = BuyerSwap::start(start, &ctx).expect("buyer starts");
         let mut sim = Sim {
             opts,
             ctx,
             rng: StdRng::seed_from_u64(7),
             offer,
             buyer,
-            seller: None,
+            seller,
             buyer_record: Vec::new(),
             seller_record: Vec::new(),
             to_seller: VecDeque::new(),
@@ -284,8 +324,26 @@ impl Sim {
             buyer_gone: false,
             ln_secret: SecretKey::from_slice(&[7; 32]).unwrap(),
         };
-        sim.run(Party::Buyer, actions);
+        sim.run(first, actions);
         sim
+    }
+
+    /// The buyer (the claimer); in a loop in, once the request reached it.
+    pub fn buyer(&self) -> &BuyerSwap {
+        self.buyer.as_ref().expect("the buyer exists")
+    }
+
+    pub fn buyer_mut(&mut self) -> &mut BuyerSwap {
+        self.buyer.as_mut().expect("the buyer exists")
+    }
+
+    /// Whether `party`'s machine exists (a loop-in buyer only once the request arrived; a
+    /// loop-out seller likewise).
+    pub fn exists(&self, party: Party) -> bool {
+        match party {
+            Party::Buyer => self.buyer.is_some(),
+            Party::Seller => self.seller.is_some(),
+        }
     }
 
     fn wire(&mut self, to: Party, env: Envelope) {
@@ -360,7 +418,10 @@ impl Sim {
         }
         let ctx = self.ctx;
         let result = match party {
-            Party::Buyer => self.buyer.handle(event, &ctx, &mut self.rng),
+            Party::Buyer => match self.buyer.as_mut() {
+                Some(b) => b.handle(event, &ctx, &mut self.rng),
+                None => return,
+            },
             Party::Seller => match self.seller.as_mut() {
                 Some(s) => s.handle(event, &ctx, &mut self.rng),
                 None => return,
@@ -374,7 +435,7 @@ impl Sim {
 
     fn state_name(&self, party: Party) -> &'static str {
         match party {
-            Party::Buyer => self.buyer.state().name(),
+            Party::Buyer => self.buyer.as_ref().map(|b| b.state().name()).unwrap_or("-"),
             Party::Seller => self.seller.as_ref().map(|s| s.state().name()).unwrap_or("-"),
         }
     }
@@ -385,7 +446,7 @@ impl Sim {
             match action {
                 Action::Persist => {
                     let bytes = match party {
-                        Party::Buyer => SwapRecord::from(&self.buyer).to_bytes().unwrap(),
+                        Party::Buyer => SwapRecord::from(self.buyer()).to_bytes().unwrap(),
                         Party::Seller => {
                             SwapRecord::from(self.seller.as_ref().unwrap()).to_bytes().unwrap()
                         }
@@ -413,6 +474,15 @@ impl Sim {
                         && matches!(self.buyer_ln, LnStatus::Pending | LnStatus::Succeeded)
                     {
                         self.refund_sigs_while_paying += 1;
+                    }
+                    if party == Party::Buyer && self.opts.tamper == Some(Tamper::HtlcScript) {
+                        // Loop in: the maker's accept names another script.
+                        if let Message::LoopInAccept(mut a) = env.body.clone() {
+                            a.htlc_script_pubkey = p2tr(33);
+                            let env = Envelope { body: Message::LoopInAccept(a), ..env };
+                            self.wire(Party::Seller, env);
+                            continue;
+                        }
                     }
                     if party == Party::Seller && self.opts.tamper == Some(Tamper::HtlcScript) {
                         if let Message::SwapAccept(mut a) = env.body.clone() {
@@ -487,7 +557,7 @@ impl Sim {
                 Action::QueueClaim => {
                     // A node batches claims; alone, the claim is built at once.
                     let ctx = self.ctx;
-                    match looper_protocol::claims::claim_alone(&self.buyer, &ctx) {
+                    match looper_protocol::claims::claim_alone(self.buyer(), &ctx) {
                         Ok((event, tx)) => {
                             self.feed(party, event);
                             self.broadcast(party, tx, TxPurpose::ScriptClaim);
@@ -667,8 +737,8 @@ impl Sim {
                     panic!("not a buyer record")
                 };
                 let keys = SwapKeys::derive(&master(2), b.key_index()).unwrap();
-                self.buyer = BuyerSwap::load(b, keys).unwrap();
-                let actions = self.buyer.resume(&ctx, &mut self.rng).unwrap();
+                let buyer = self.buyer.insert(BuyerSwap::load(b, keys).unwrap());
+                let actions = buyer.resume(&ctx, &mut self.rng).unwrap();
                 self.run(Party::Buyer, actions);
             }
             Party::Seller => {
@@ -897,41 +967,70 @@ impl Sim {
     pub fn deliver_one(&mut self, to: Party) {
         let queue = if to == Party::Seller { &mut self.to_seller } else { &mut self.to_buyer };
         let Some(env) = queue.pop_front() else { return };
-        if to == Party::Seller {
-            self.to_seller.push_front(env);
-            self.deliver_seller_front();
-        } else {
-            self.feed(Party::Buyer, Event::Message(env));
-            self.after_step();
-        }
+        self.deliver(to, env);
     }
 
-    fn deliver_seller_front(&mut self) {
-        let Some(env) = self.to_seller.pop_front() else { return };
-        if self.seller.is_none() {
-            let Message::SwapRequest(req) = env.body.clone() else { return };
-            let policy = SellerPolicy { cooperative_claims: !self.opts.seller_uncooperative };
-            let keys = SwapKeys::derive(&master(1), 0).unwrap();
-            match SellerSwap::from_request(
-                env.swap_id,
-                "buyer".into(),
-                self.offer.clone(),
-                req,
-                keys,
-                p2tr(10),
-                policy,
-                &self.ctx,
-            ) {
-                Ok((s, actions)) => {
-                    self.seller = Some(s);
-                    self.run(Party::Seller, actions);
-                }
-                Err(e) => self.wire(Party::Buyer, Envelope::error_reply(env.swap_id, 0, e)),
-            }
+    /// Hands `env` to `to`: the request that makes the maker's machine when it has none yet
+    /// (the seller of a loop out, the buyer of a loop in), else an event.
+    fn deliver(&mut self, to: Party, env: Envelope) {
+        if !self.exists(to) {
+            self.make_maker(to, env);
             return;
         }
-        self.feed(Party::Seller, Event::Message(env));
+        self.feed(to, Event::Message(env));
         self.after_step();
+    }
+
+    /// The maker's machine, from the taker's request (anything else before it is lost).
+    fn make_maker(&mut self, to: Party, env: Envelope) {
+        let made = match (to, env.body.clone()) {
+            (Party::Seller, Message::SwapRequest(req)) => {
+                let policy = SellerPolicy { cooperative_claims: !self.opts.seller_uncooperative };
+                let keys = SwapKeys::derive(&master(1), 0).unwrap();
+                SellerSwap::from_request(
+                    env.swap_id,
+                    "buyer".into(),
+                    self.offer.clone(),
+                    req,
+                    keys,
+                    p2tr(10),
+                    policy,
+                    &self.ctx,
+                )
+                .map(|(s, actions)| {
+                    self.seller = Some(s);
+                    actions
+                })
+            }
+            (Party::Buyer, Message::LoopInRequest(req)) => {
+                let keys = SwapKeys::derive(&master(2), 0).unwrap();
+                BuyerSwap::from_loop_in_request(
+                    env.swap_id,
+                    "seller".into(),
+                    self.offer.clone(),
+                    req,
+                    keys,
+                    p2tr(20),
+                    buyer_policy(&self.opts),
+                    &self.ctx,
+                )
+                .map(|(b, actions)| {
+                    self.buyer = Some(b);
+                    actions
+                })
+            }
+            _ => return,
+        };
+        match made {
+            Ok(actions) => {
+                self.run(to, actions);
+                self.after_step();
+            }
+            Err(e) => {
+                let back = if to == Party::Seller { Party::Buyer } else { Party::Seller };
+                self.wire(back, Envelope::error_reply(env.swap_id, 0, e));
+            }
+        }
     }
 
     /// Delivers every queued message (in the configured order) until the wire is quiet.
@@ -952,26 +1051,22 @@ impl Sim {
             if to == Party::Seller && self.buyer_gone {
                 continue;
             }
-            if to == Party::Seller {
-                self.to_seller.push_front(env);
-                self.deliver_seller_front();
-                continue;
-            }
-            self.feed(to, Event::Message(env));
-            self.after_step();
+            self.deliver(to, env);
         }
         panic!("the wire never went quiet: {:#?}", self.log);
     }
 
     fn after_step(&mut self) {
-        if self.opts.buyer_vanishes_after_accept
-            && matches!(self.buyer.state(), BuyerState::Accepted { .. } | BuyerState::Funded { .. })
-        {
+        let Some(buyer) = self.buyer.as_ref() else { return };
+        // Loop in: once the seller's `swap_funded` passed (the lock is out), not in `Accepting`
+        // (the accept would be lost with it and nothing ever locked).
+        let accepted =
+            matches!(buyer.state(), BuyerState::Accepted { .. } | BuyerState::Funded { .. });
+        let funded = matches!(buyer.state(), BuyerState::Funded { .. });
+        if self.opts.buyer_vanishes_after_accept && accepted {
             self.buyer_gone = true;
         }
-        if self.opts.buyer_aborts_when_funded
-            && matches!(self.buyer.state(), BuyerState::Funded { .. })
-        {
+        if self.opts.buyer_aborts_when_funded && funded {
             self.feed(Party::Buyer, Event::UserAbort);
         }
     }
@@ -1043,7 +1138,8 @@ impl Sim {
 
     pub fn finished(&self) -> bool {
         let seller_done = self.seller.as_ref().is_none_or(|s| s.kind() != StateKind::Pending);
-        seller_done && (self.buyer.kind() != StateKind::Pending || self.buyer_gone)
+        let buyer_done = self.buyer.as_ref().is_none_or(|b| b.kind() != StateKind::Pending);
+        seller_done && (buyer_done || self.buyer_gone)
     }
 
     pub fn seller_state(&self) -> &SellerState {
@@ -1075,9 +1171,21 @@ impl Sim {
         }
         if self.buyer_paid_msat > 0 && !self.buyer_gone {
             assert!(
-                matches!(self.buyer.state(), BuyerState::Claimed { .. }),
+                matches!(self.buyer().state(), BuyerState::Claimed { .. }),
                 "buyer paid but did not claim: {:?}\n{:#?}",
-                self.buyer.state().name(),
+                self.buyer().state().name(),
+                self.log
+            );
+        }
+        // (A funding the sim altered behind the seller's back is not the one its record holds:
+        // its refund spends an outpoint that does not exist.)
+        if htlc_locked && self.opts.tamper != Some(Tamper::FundingValue) {
+            // Every swap ends: a lock is claimed or refunded, whoever misbehaved.
+            assert!(
+                self.finished(),
+                "a swap is still pending: buyer {}, seller {}\n{:#?}",
+                self.state_name(Party::Buyer),
+                self.state_name(Party::Seller),
                 self.log
             );
         }
