@@ -1,5 +1,5 @@
 //! The swap engine: drives the protocol's [`BuyerSwap`] and
-//! [`SellerSwap`](looper_protocol::seller::SellerSwap) state machines with
+//! [`SellerSwap`] state machines with
 //! real I/O (the node's counterpart of `protocol/tests/sim`).
 //!
 //! Every event (a peer's message, a Lightning event, a chain change, a tick, an API call) is fed
