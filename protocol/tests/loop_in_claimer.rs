@@ -46,27 +46,7 @@ const AMOUNT_SAT: u64 = 200_000;
 const SWAP_ID: SwapId = SwapId([0xcd; 32]);
 
 fn offer() -> Offer {
-    Offer {
-        version: 1,
-        offer_id: "in".into(),
-        network: Network::Regtest,
-        direction: SwapDirection::LoopIn,
-        min_amount_sat: 10_000,
-        max_amount_sat: 5_000_000,
-        fee_base_sat: 1_000,
-        fee_ppm: 2_500,
-        funding_fee_sat: 300,
-        prepay_sat: None,
-        min_confirmations: 1,
-        timeout_delta: 144,
-        claim_margin: 20,
-        invoice_expiry_secs: 3_600,
-        ln_node_id: SecretKey::from_slice(&[7; 32]).unwrap().public_key(&Secp256k1::new()),
-        ln_address: None,
-        relays: vec!["ws://127.0.0.1:7777".into()],
-        pow_difficulty: None,
-        expires_at: START_TIME + 86_400,
-    }
+    common::offer(SwapDirection::LoopIn, "in", START_TIME + 86_400)
 }
 
 fn policy() -> BuyerPolicy {

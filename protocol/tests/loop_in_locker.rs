@@ -66,25 +66,8 @@ fn p2tr(tag: u8) -> ScriptBuf {
 /// The maker's loop-in offer.
 fn offer() -> Offer {
     Offer {
-        version: 1,
-        offer_id: "in".into(),
-        network: Network::Regtest,
-        direction: SwapDirection::LoopIn,
-        min_amount_sat: 10_000,
-        max_amount_sat: 5_000_000,
-        fee_base_sat: 1_000,
-        fee_ppm: 2_500,
-        funding_fee_sat: 300,
-        prepay_sat: None,
-        min_confirmations: 1,
-        timeout_delta: 144,
-        claim_margin: 20,
-        invoice_expiry_secs: 3_600,
         ln_node_id: SecretKey::from_slice(&[9; 32]).unwrap().public_key(&Secp256k1::new()),
-        ln_address: None,
-        relays: vec!["ws://127.0.0.1:7777".into()],
-        pow_difficulty: None,
-        expires_at: NOW + 86_400,
+        ..common::offer(SwapDirection::LoopIn, "in", NOW + 86_400)
     }
 }
 

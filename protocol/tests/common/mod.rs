@@ -12,6 +12,8 @@ use bitcoinkernel::{
 };
 use looper_protocol::htlc::{Htlc, HtlcParams};
 use looper_protocol::keys::SwapKeys;
+use looper_protocol::messages::Offer;
+use looper_protocol::SwapDirection;
 
 pub fn master(tag: u8) -> Xpriv {
     Xpriv::new_master(Network::Regtest, &[tag; 32]).unwrap()
@@ -75,4 +77,32 @@ pub fn kernel_verify(tx: &Transaction, spent: &[TxOut]) -> Result<(), String> {
 
 pub fn htlc_out(htlc: &Htlc, amount: Amount) -> TxOut {
     TxOut { value: amount, script_pubkey: htlc.script_pubkey().to_owned() }
+}
+
+/// The tests' offer: `direction`, 10 000 to 5 000 000 sat, 1 000 sat + 2 500 ppm, 300 sat funding
+/// fee, no prepay, 1 confirmation, a 144-block timeout, a 20-block claim margin, expiring at
+/// `expires_at`; the maker's Lightning node is the key `[7; 32]`.
+pub fn offer(direction: SwapDirection, offer_id: &str, expires_at: u64) -> Offer {
+    let secp = bitcoin::secp256k1::Secp256k1::new();
+    Offer {
+        version: 1,
+        offer_id: offer_id.into(),
+        network: Network::Regtest,
+        direction,
+        min_amount_sat: 10_000,
+        max_amount_sat: 5_000_000,
+        fee_base_sat: 1_000,
+        fee_ppm: 2_500,
+        funding_fee_sat: 300,
+        prepay_sat: None,
+        min_confirmations: 1,
+        timeout_delta: 144,
+        claim_margin: 20,
+        invoice_expiry_secs: 3_600,
+        ln_node_id: bitcoin::secp256k1::SecretKey::from_slice(&[7; 32]).unwrap().public_key(&secp),
+        ln_address: None,
+        relays: vec!["ws://127.0.0.1:7777".into()],
+        pow_difficulty: None,
+        expires_at,
+    }
 }

@@ -10,8 +10,8 @@ use bitcoin::hashes::{sha256, Hash};
 use bitcoin::secp256k1::{rand::rngs::StdRng, rand::SeedableRng, Secp256k1, SecretKey};
 use bitcoin::transaction::Version;
 use bitcoin::{
-    absolute::LockTime, Amount, FeeRate, Network, OutPoint, ScriptBuf, Sequence, Transaction, TxIn,
-    TxOut, Txid, Witness,
+    absolute::LockTime, Amount, FeeRate, OutPoint, ScriptBuf, Sequence, Transaction, TxIn, TxOut,
+    Txid, Witness,
 };
 use lightning_invoice::{Currency, InvoiceBuilder, PaymentSecret};
 use looper_protocol::buyer::{BuyerPolicy, BuyerStart, BuyerState, BuyerSwap};
@@ -204,27 +204,7 @@ pub struct Sim {
 }
 
 pub fn offer() -> Offer {
-    Offer {
-        version: 1,
-        offer_id: "sim".into(),
-        network: Network::Regtest,
-        direction: SwapDirection::LoopOut,
-        min_amount_sat: 10_000,
-        max_amount_sat: 5_000_000,
-        fee_base_sat: 1_000,
-        fee_ppm: 2_500,
-        funding_fee_sat: 300,
-        prepay_sat: None,
-        min_confirmations: 1,
-        timeout_delta: 144,
-        claim_margin: 20,
-        invoice_expiry_secs: 3_600,
-        ln_node_id: SecretKey::from_slice(&[7; 32]).unwrap().public_key(&Secp256k1::new()),
-        ln_address: None,
-        relays: vec!["ws://127.0.0.1:7777".into()],
-        pow_difficulty: None,
-        expires_at: START_TIME + 86_400,
-    }
+    crate::common::offer(SwapDirection::LoopOut, "sim", START_TIME + 86_400)
 }
 
 pub fn p2tr(tag: u8) -> ScriptBuf {
