@@ -435,14 +435,16 @@ async fn each_swap_of_a_buyer_talks_with_a_key_of_its_own() -> Result<()> {
     // One buyer, two swaps with one seller: the seller sees two keys, neither the buyer's
     // identity, each derived from the seed by the swap's key index; a message of the seller to
     // one swap's key about the other swap is refused; both swaps complete; the keys are given
-    // back once the swaps ended.
-    let (relay, url, p) = setup(|o| o.mock_payment_delay_blocks = 10).await?;
+    // back once the swaps ended. The buyer's payments are held in flight (100 blocks, well
+    // within their expiry) until the refusal came, so that neither swap ends, and gives its key
+    // back, before the misaddressed message reaches it.
+    let (relay, url, p) = setup(|o| o.mock_payment_delay_blocks = 100).await?;
     let seller = p.seller_t.public_key();
     let first = p.swap_id;
     let second =
         p.buyer.engine.take_offer(p.offer.clone(), seller, 150_000, BuyerPolicy::default()).await?;
-    wait_swap(&p, first, &["Accepted", "Funded", "Paid", "Claimed"]).await?;
-    wait_swap(&p, second, &["Accepted", "Funded", "Paid", "Claimed"]).await?;
+    wait_swap(&p, first, &["Accepted", "Funded", "Paying"]).await?;
+    wait_swap(&p, second, &["Accepted", "Funded", "Paying"]).await?;
 
     let identity = p.buyer_t.public_key();
     let mut keys = Vec::new();
@@ -488,6 +490,12 @@ async fn each_swap_of_a_buyer_talks_with_a_key_of_its_own() -> Result<()> {
         if refusal {
             break;
         }
+    }
+    // The payments arrive now.
+    {
+        let mut w = looper_conformance::world::lock(&p.world);
+        w.payment_delay.fill(0);
+        w.slow_until.clear();
     }
 
     wait_swap(&p, first, CLAIMED).await?;
