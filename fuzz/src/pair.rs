@@ -260,7 +260,7 @@ impl Pair {
                 peer: "buyer".into(),
                 offer: offer.clone(),
                 amount_sat: crate::AMOUNT_SAT,
-                limits: LoopInLimits { max_total_fee_sat: 50_000, max_timeout_delta: 200 },
+                limits: LoopInLimits { max_total_fee_sat: 50_000, max_timeout_delta: 200, ..LoopInLimits::default() },
                 policy: SellerPolicy::default(),
                 refund_destination: p2tr(10),
                 keys: seller_keys(0),
@@ -683,7 +683,7 @@ impl Pair {
                 }
                 _ => {}
             },
-            Action::FundHtlc { script_pubkey, amount_sat } => {
+            Action::FundHtlc { script_pubkey, amount_sat, .. } => {
                 self.check(
                     Some(script_pubkey) == script.as_ref() && *amount_sat == quote.htlc_amount_sat,
                     "FundHtlc for another script or amount",
@@ -794,7 +794,7 @@ impl Pair {
                     // The pair's offer asks for no prepay.
                     self.feed(party, Event::InvoiceCreated { invoice, prepay_invoice: None });
                 }
-                Action::FundHtlc { script_pubkey, amount_sat } => {
+                Action::FundHtlc { script_pubkey, amount_sat, .. } => {
                     if self.next_funding_fails {
                         self.next_funding_fails = false;
                         self.feed(party, Event::FundingFailed { reason: "wallet empty".into() });

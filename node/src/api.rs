@@ -435,10 +435,7 @@ async fn swap_out(
     // Before anything is looked up or sent.
     facts.check_ceiling("amount_sat", amount_sat)?;
     let destination = address_script(&s, "address", req.address.as_deref())?;
-    if req.conf_target.is_some_and(|t| !(1..=crate::config::MAX_CONF_TARGET).contains(&t)) {
-        let max = crate::config::MAX_CONF_TARGET;
-        return Err(ApiError::bad("conf_target", format!("must be between 1 and {max} blocks")));
-    }
+    check_conf_target(req.conf_target)?;
     let offer =
         resolve_offer(&s, req.offer, req.offer_id, seller, amount_sat, SwapDirection::LoopOut)
             .await?;
@@ -544,11 +541,13 @@ async fn swap_in(
     let amount_sat = positive("amount_sat", req.amount_sat)?;
     facts.check_ceiling("amount_sat", amount_sat)?;
     let refund = address_script(&s, "refund_address", req.refund_address.as_deref())?;
+    check_conf_target(req.conf_target)?;
     let offer =
         resolve_offer(&s, req.offer, req.offer_id, maker, amount_sat, SwapDirection::LoopIn)
             .await?;
     let limits = LoopInLimits {
         max_total_fee_sat: req.max_total_fee_sat.unwrap_or(fee_limit(&facts, amount_sat)),
+        funding_conf_target: req.conf_target,
         ..LoopInLimits::default()
     };
     let id = s
@@ -557,6 +556,15 @@ async fn swap_in(
         .await
         .map_err(ApiError::engine)?;
     Ok(Json(SwapOutResponse { swap_id: id.to_string() }))
+}
+
+/// A request's `conf_target`, when given: 1 to [`crate::config::MAX_CONF_TARGET`] blocks.
+fn check_conf_target(target: Option<u16>) -> Result<(), ApiError> {
+    let max = crate::config::MAX_CONF_TARGET;
+    if target.is_some_and(|t| !(1..=max).contains(&t)) {
+        return Err(ApiError::bad("conf_target", format!("must be between 1 and {max} blocks")));
+    }
+    Ok(())
 }
 
 /// The node's default fee limit for a swap of `amount_sat`: the lower of `[buyer]

@@ -31,6 +31,11 @@
 //! parameters are the "Numbers to start from" of the protocol design (timeout delta 288 blocks,
 //! claim margin 20 blocks, 1 confirmation, invoice expiry one hour).
 //!
+//! The `[seller.in]` section, when present, holds the terms of a loop-in offer served besides
+//! ([`SellerConfig::loop_in`]): the same [`OfferTerms`] keys but `prepay_sat` (a loop-in offer has
+//! no prepay), and `enabled` (default on). It does not need `seller.enabled`, which governs the
+//! loop-out offer.
+//!
 //! The `[peer_limits]` section bounds what one Nostr key may send this node: new swap requests
 //! (`swap_request_burst` at once, refilled at `swap_requests_per_minute`; default 5 and 10) and
 //! swap messages of any kind (`message_burst`, `messages_per_minute`; default 60 and 120).
@@ -427,6 +432,11 @@ pub struct SellerConfig {
     /// channel or route it already has (the invoice's route hints lead to the seller's private
     /// channels) or opens a channel to an address it got some other way.
     pub publish_lightning_address: bool,
+    /// The terms of the loop-in offer this node publishes besides (`[seller.in]`, the
+    /// [`OfferTerms`] keys but the prepay): it pays the taker's invoice over Lightning and claims
+    /// the taker's lock. `None` (no section, or `enabled = false` in it): no loop-in offer.
+    #[serde(rename = "in", skip_serializing_if = "Option::is_none")]
+    pub loop_in: Option<OfferTerms>,
 }
 
 /// The `[seller]` keys that are not offer terms.
@@ -582,6 +592,7 @@ impl Default for SellerConfig {
             blocked_keys: Vec::new(),
             check_liquidity: true,
             publish_lightning_address: true,
+            loop_in: None,
         }
     }
 }
@@ -1289,10 +1300,44 @@ impl Config {
 
     fn validate_seller(&self) -> Result<(), ConfigError> {
         let s = &self.seller;
-        let t = &s.terms;
+        self.validate_terms(&s.terms, false)?;
+        if let Some(t) = &s.loop_in {
+            self.validate_terms(t, true)?;
+        }
+        if s.max_concurrent_swaps == 0 {
+            return Err(invalid("seller.max_concurrent_swaps", "must be >= 1"));
+        }
+        if s.max_unpaid_locked_sat != 0 && s.max_unpaid_locked_sat < s.terms.min_amount_sat {
+            return Err(invalid(
+                "seller.max_unpaid_locked_sat",
+                "must be 0 (no cap) or >= seller.min_amount_sat",
+            ));
+        }
+        self.seller_blocked_keys()?;
+        Ok(())
+    }
+
+    /// The offer terms of `[seller]`, or of `[seller.in]` (`loop_in`).
+    fn validate_terms(&self, t: &OfferTerms, loop_in: bool) -> Result<(), ConfigError> {
+        // The key `name` of the section, as written in looper.toml.
+        macro_rules! key {
+            ($name:literal) => {
+                if loop_in {
+                    concat!("seller.in.", $name)
+                } else {
+                    concat!("seller.", $name)
+                }
+            };
+        }
+        let section = if loop_in { "seller.in" } else { "seller" };
+        if loop_in && !matches!(t.prepay_sat, looper_api::Prepay::Sat(0)) {
+            // The maker of a loop in locks nothing before the taker has (`[seller.in]` reads
+            // as no prepay when it names none).
+            return Err(invalid(key!("prepay_sat"), "a loop-in offer has no prepay: leave it out"));
+        }
         if t.min_amount_sat < looper_protocol::terms::DUST_LIMIT_SAT {
             return Err(invalid(
-                "seller.min_amount_sat",
+                key!("min_amount_sat"),
                 format!(
                     "must be >= {} (the dust limit of the HTLC output)",
                     looper_protocol::terms::DUST_LIMIT_SAT
@@ -1301,39 +1346,42 @@ impl Config {
         }
         if t.max_amount_sat > looper_protocol::terms::MAX_MONEY_SAT {
             return Err(invalid(
-                "seller.max_amount_sat",
+                key!("max_amount_sat"),
                 "must be <= 2100000000000000 (21 million BTC)",
             ));
         }
         if t.max_amount_sat < t.min_amount_sat {
             return Err(invalid(
-                "seller.max_amount_sat",
-                format!("must be >= seller.min_amount_sat ({})", t.min_amount_sat),
+                key!("max_amount_sat"),
+                format!("must be >= {section}.min_amount_sat ({})", t.min_amount_sat),
             ));
         }
         if t.fee_ppm > MAX_FEE_PPM {
-            return Err(invalid("seller.fee_ppm", format!("must be <= {MAX_FEE_PPM}")));
+            return Err(invalid(key!("fee_ppm"), format!("must be <= {MAX_FEE_PPM}")));
         }
         if t.fee_base_sat > t.min_amount_sat {
-            return Err(invalid("seller.fee_base_sat", "must be <= seller.min_amount_sat"));
+            return Err(invalid(
+                key!("fee_base_sat"),
+                format!("must be <= {section}.min_amount_sat"),
+            ));
         }
         if t.min_confirmations == 0 || t.min_confirmations > 100 {
-            return Err(invalid("seller.min_confirmations", "must be between 1 and 100"));
+            return Err(invalid(key!("min_confirmations"), "must be between 1 and 100"));
         }
         if t.timeout_delta > MAX_TIMEOUT_DELTA_BLOCKS {
             return Err(invalid(
-                "seller.timeout_delta",
+                key!("timeout_delta"),
                 format!("must be <= {MAX_TIMEOUT_DELTA_BLOCKS}"),
             ));
         }
         if self.network != Network::Regtest && t.timeout_delta < MIN_TIMEOUT_DELTA_BLOCKS {
             return Err(invalid(
-                "seller.timeout_delta",
+                key!("timeout_delta"),
                 format!("must be >= {MIN_TIMEOUT_DELTA_BLOCKS} outside regtest"),
             ));
         }
         if t.claim_margin == 0 {
-            return Err(invalid("seller.claim_margin", "must be >= 1"));
+            return Err(invalid(key!("claim_margin"), "must be >= 1"));
         }
         // The protocol's rule for offers (`Offer::validate`): room for the claim margin, the
         // confirmations and a Lightning route's minimum CLTV budget.
@@ -1343,31 +1391,24 @@ impl Config {
             .saturating_add(looper_protocol::messages::MIN_CLTV_BUDGET_BLOCKS);
         if t.timeout_delta < needed {
             return Err(invalid(
-                "seller.timeout_delta",
+                key!("timeout_delta"),
                 format!(
-                    "must be >= seller.claim_margin + seller.min_confirmations + 42 (>= {needed})"
+                    "must be >= {section}.claim_margin + {section}.min_confirmations + 42 (>= {needed})"
                 ),
             ));
         }
         if matches!(t.prepay_sat, looper_api::Prepay::Sat(sat) if sat > t.min_amount_sat) {
-            return Err(invalid("seller.prepay_sat", "must be <= seller.min_amount_sat"));
-        }
-        if s.max_concurrent_swaps == 0 {
-            return Err(invalid("seller.max_concurrent_swaps", "must be >= 1"));
-        }
-        if s.max_unpaid_locked_sat != 0 && s.max_unpaid_locked_sat < t.min_amount_sat {
             return Err(invalid(
-                "seller.max_unpaid_locked_sat",
-                "must be 0 (no cap) or >= seller.min_amount_sat",
+                key!("prepay_sat"),
+                format!("must be <= {section}.min_amount_sat"),
             ));
         }
-        self.seller_blocked_keys()?;
         if !(60..=86_400).contains(&t.invoice_expiry_secs) {
-            return Err(invalid("seller.invoice_expiry_secs", "must be between 60 and 86400"));
+            return Err(invalid(key!("invoice_expiry_secs"), "must be between 60 and 86400"));
         }
         if t.pow_difficulty > looper_protocol::messages::MAX_POW_DIFFICULTY {
             return Err(invalid(
-                "seller.pow_difficulty",
+                key!("pow_difficulty"),
                 format!("must be <= {}", looper_protocol::messages::MAX_POW_DIFFICULTY),
             ));
         }
@@ -1376,31 +1417,36 @@ impl Config {
 
     fn validate_safety(&self) -> Result<(), ConfigError> {
         let dust = looper_protocol::terms::DUST_LIMIT_SAT;
-        match self.safety.max_swap_amount_sat {
-            Some(max) if max < dust => Err(invalid(
+        let Some(max) = self.safety.max_swap_amount_sat else { return Ok(()) };
+        if max < dust {
+            return Err(invalid(
                 "safety.max_swap_amount_sat",
                 format!("must be 0 (no ceiling) or >= {dust} (the dust limit of the HTLC output)"),
-            )),
-            Some(max) if self.seller.enabled && self.seller.terms.max_amount_sat > max => {
-                Err(invalid(
-                    "seller.max_amount_sat",
-                    format!(
-                        "{} is above safety.max_swap_amount_sat ({max}{}): lower \
-                         seller.max_amount_sat, or raise safety.max_swap_amount_sat in [safety] \
-                         (0: no ceiling)",
-                        self.seller.terms.max_amount_sat,
-                        if self.network == Network::Bitcoin
-                            && max == DEFAULT_MAINNET_MAX_SWAP_AMOUNT_SAT
-                        {
-                            ", the mainnet default"
-                        } else {
-                            ""
-                        }
-                    ),
-                ))
-            }
-            _ => Ok(()),
+            ));
         }
+        let default =
+            if self.network == Network::Bitcoin && max == DEFAULT_MAINNET_MAX_SWAP_AMOUNT_SAT {
+                ", the mainnet default"
+            } else {
+                ""
+            };
+        let offers = [
+            (self.seller.enabled.then_some(&self.seller.terms), "seller.max_amount_sat"),
+            (self.seller.loop_in.as_ref(), "seller.in.max_amount_sat"),
+        ];
+        for (terms, key) in offers {
+            if let Some(t) = terms.filter(|t| t.max_amount_sat > max) {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{} is above safety.max_swap_amount_sat ({max}{default}): lower {key}, or \
+                         raise safety.max_swap_amount_sat in [safety] (0: no ceiling)",
+                        t.max_amount_sat
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn validate_buyer(&self) -> Result<(), ConfigError> {
@@ -1684,8 +1730,13 @@ pub fn default_datadir(
 
 /// The `[seller]` section: its [`OfferTerms`] keys (current names or older aliases) and the
 /// seller's own options; an unknown key or a value of the wrong type is refused naming the key.
-fn seller_section(path: &Path, table: toml::Table) -> Result<SellerConfig, ConfigError> {
+fn seller_section(path: &Path, mut table: toml::Table) -> Result<SellerConfig, ConfigError> {
     let parse = |message: String| ConfigError::Parse { path: path.to_path_buf(), message };
+    let loop_in = match table.remove("in") {
+        None => None,
+        Some(toml::Value::Table(t)) => loop_in_section(path, t)?,
+        Some(_) => return Err(parse("[seller]: `in` must be a table: [seller.in]".into())),
+    };
     if let Some(key) =
         table.keys().find(|k| !OfferTerms::is_key(k) && !SellerOptions::KEYS.contains(&k.as_str()))
     {
@@ -1711,7 +1762,35 @@ fn seller_section(path: &Path, table: toml::Table) -> Result<SellerConfig, Confi
         blocked_keys: options.blocked_keys,
         check_liquidity: options.check_liquidity,
         publish_lightning_address: options.publish_lightning_address,
+        loop_in,
     })
+}
+
+/// The `[seller.in]` section: the loop-in offer's [`OfferTerms`] keys and `enabled` (default
+/// on: the section is there to publish the offer).
+fn loop_in_section(path: &Path, mut table: toml::Table) -> Result<Option<OfferTerms>, ConfigError> {
+    let parse = |message: String| ConfigError::Parse { path: path.to_path_buf(), message };
+    let enabled = match table.remove("enabled") {
+        None => true,
+        Some(toml::Value::Boolean(b)) => b,
+        Some(v) => {
+            return Err(parse(format!(
+                "[seller.in]: enabled: invalid type: {}, expected a boolean",
+                v.type_str()
+            )))
+        }
+    };
+    if let Some(key) = table.keys().find(|k| !OfferTerms::is_key(k)) {
+        return Err(parse(format!(
+            "unknown key `{key}` in [seller.in], expected one of: enabled, {}",
+            OfferTerms::KEYS.join(", ")
+        )));
+    }
+    // No prepay unless named (and then refused by the validation, saying why).
+    table.entry("prepay_sat").or_insert(toml::Value::Integer(0));
+    let terms = OfferTerms::deserialize(table)
+        .map_err(|e| parse(format!("[seller.in]: {}", e.to_string().trim_end())))?;
+    Ok(enabled.then_some(terms))
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
@@ -2452,6 +2531,52 @@ listen = "127.0.0.1:2222"
         load_toml(&regtest(&[]), "[seller]\ntimeout_delta = 70\n").unwrap();
         let e = err_text(&args(&["--network", "signet"]), "[seller]\ntimeout_delta = 70\n");
         assert!(e.contains("seller.timeout_delta: must be >= 144 outside regtest"), "{e}");
+    }
+
+    #[test]
+    fn seller_in_section() {
+        let c = load_toml(&regtest(&[]), "[seller.in]\nmax_amount_sat = 300000\nfee_ppm = 2500\n")
+            .unwrap();
+        let t = c.seller.loop_in.unwrap();
+        assert_eq!((t.max_amount_sat, t.fee_ppm), (300_000, 2_500));
+        assert_eq!(t.min_amount_sat, OfferTerms::default().min_amount_sat, "defaults fill in");
+        assert!(!c.seller.enabled, "[seller.in] leaves the loop-out offer off");
+        let off = load_toml(&regtest(&[]), "[seller.in]\nenabled = false\nfee_ppm = 1\n").unwrap();
+        assert_eq!(off.seller.loop_in, None);
+        let cases: &[(&str, &str)] = &[
+            ("fee_ppm = 100001", "invalid configuration: seller.in.fee_ppm: must be <= 100000"),
+            (
+                "min_amount_sat = 5000\nmax_amount_sat = 4000",
+                "invalid configuration: seller.in.max_amount_sat: must be >= seller.in.min_amount_sat (5000)",
+            ),
+            (
+                "timeout_delta = 21",
+                "invalid configuration: seller.in.timeout_delta: must be >= seller.in.claim_margin + seller.in.min_confirmations + 42 (>= 63)",
+            ),
+            (
+                "prepay_sat = 1000",
+                "invalid configuration: seller.in.prepay_sat: a loop-in offer has no prepay: leave it out",
+            ),
+        ];
+        for (body, expected) in cases {
+            let e = err_text(&regtest(&[]), &format!("[seller.in]\n{body}\n"));
+            assert_eq!(e, *expected, "for {body}");
+        }
+        let e = err_text(&regtest(&[]), "[seller.in]\nmax_concurrent_swaps = 3\n");
+        assert!(e.contains("unknown key `max_concurrent_swaps` in [seller.in]"), "{e}");
+        let e = err_text(&regtest(&[]), "[seller.in]\nenabled = 1\n");
+        assert!(e.contains("[seller.in]: enabled"), "{e}");
+        let e = err_text(&regtest(&[]), "[seller]\nin = 3\n");
+        assert!(e.contains("[seller.in]"), "{e}");
+        // The mainnet-style ceiling holds for the loop-in offer too.
+        let e = err_text(
+            &regtest(&[]),
+            "[safety]\nmax_swap_amount_sat = 100000\n[seller.in]\nmax_amount_sat = 200000\n",
+        );
+        assert!(
+            e.contains("seller.in.max_amount_sat: 200000 is above safety.max_swap_amount_sat"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bitcoin::secp256k1::PublicKey;
 use bitcoin::FeeRate;
-use looper_api::OfferContext;
+use looper_api::{OfferContext, OfferTerms};
 use looper_protocol::messages::{Offer, OfferError};
 use looper_protocol::seller::SellerPolicy;
 
@@ -62,6 +62,9 @@ impl ProcessedEvents for StoreProcessedEvents {
 /// The id of the offer built from the configuration's seller section.
 pub const CONFIG_OFFER_ID: &str = "looper";
 
+/// The id of the loop-in offer built from the configuration's `[seller.in]` section.
+pub const CONFIG_LOOP_IN_OFFER_ID: &str = "looper-in";
+
 /// The offer built from the configuration's `[seller]` section (`None` when `seller.enabled` is
 /// off): amount range, fees, funding fee, prepay, confirmations, timeout delta, claim margin,
 /// invoice expiry, our Lightning node id and first routable listen address (none when
@@ -75,14 +78,36 @@ pub fn seller_offer(config: &Config, ln_node_id: PublicKey) -> Result<Option<Off
     if !s.enabled {
         return Ok(None);
     }
+    config_offer(config, &s.terms, ln_node_id, false).map(Some)
+}
+
+/// The loop-in offer built from the configuration's `[seller.in]` section (`None` without one):
+/// as [`seller_offer`], with `direction: loop_in` and no prepay.
+///
+/// # Errors
+/// The offer's terms do not validate.
+pub fn seller_loop_in_offer(
+    config: &Config,
+    ln_node_id: PublicKey,
+) -> Result<Option<Offer>, OfferError> {
+    let Some(terms) = &config.seller.loop_in else { return Ok(None) };
+    config_offer(config, terms, ln_node_id, true).map(Some)
+}
+
+fn config_offer(
+    config: &Config,
+    terms: &OfferTerms,
+    ln_node_id: PublicKey,
+    loop_in: bool,
+) -> Result<Offer, OfferError> {
     let ln_address = config
         .lightning
         .listen
         .iter()
-        .find(|a| s.publish_lightning_address && !a.ip().is_unspecified())
+        .find(|a| config.seller.publish_lightning_address && !a.ip().is_unspecified())
         .map(|a| a.to_string());
-    let offer = s.terms.offer(OfferContext {
-        offer_id: CONFIG_OFFER_ID.to_string(),
+    let ctx = OfferContext {
+        offer_id: if loop_in { CONFIG_LOOP_IN_OFFER_ID } else { CONFIG_OFFER_ID }.to_string(),
         network: config.network,
         ln_node_id,
         ln_address,
@@ -91,9 +116,10 @@ pub fn seller_offer(config: &Config, ln_node_id: PublicKey) -> Result<Option<Off
         // An automatic prepay is priced at the floor until the engine's first fee estimate
         // reprices it (`EngineConfig::auto_prepay`).
         fee_rate_sat_vb: 1,
-    });
+    };
+    let offer = if loop_in { terms.loop_in_offer(ctx) } else { terms.offer(ctx) };
     offer.validate()?;
-    Ok(Some(offer))
+    Ok(offer)
 }
 
 /// What the start logs as warnings about the `proxy` setting: what goes around the proxy.
@@ -321,6 +347,8 @@ impl LooperNode {
                 wallet_sync_every: wallet_every.max(1),
                 seller_offer: seller_offer(&config, lightning.node_id())
                     .map_err(step("build the offer from the seller settings"))?,
+                loop_in_offer: seller_loop_in_offer(&config, lightning.node_id())
+                    .map_err(step("build the loop-in offer from the [seller.in] settings"))?,
                 max_concurrent_swaps: config
                     .seller
                     .enabled
@@ -451,6 +479,33 @@ mod tests {
         assert_eq!(offer.ln_address, None);
         assert_eq!(offer.ln_node_id, node_id());
         offer.validate().unwrap();
+    }
+
+    #[test]
+    fn the_loop_in_offer_comes_from_seller_in() {
+        assert_eq!(seller_loop_in_offer(&config(SELLER), node_id()).unwrap(), None);
+        let only_in =
+            "[seller.in]\nmin_amount_sat = 20000\nmax_amount_sat = 500000\nfee_ppm = 3000\n";
+        let offer = seller_loop_in_offer(&config(only_in), node_id()).unwrap().unwrap();
+        assert_eq!(offer.offer_id, CONFIG_LOOP_IN_OFFER_ID);
+        assert_eq!(offer.direction, looper_protocol::SwapDirection::LoopIn);
+        assert_eq!(
+            (offer.min_amount_sat, offer.max_amount_sat, offer.fee_ppm),
+            (20_000, 500_000, 3_000)
+        );
+        assert_eq!(offer.prepay_sat, None);
+        offer.validate().unwrap();
+        // Without `seller.enabled` no loop-out offer; with both, two offers of their own ids.
+        assert_eq!(seller_offer(&config(only_in), node_id()).unwrap(), None);
+        let both = format!("{SELLER}{only_in}");
+        let out = seller_offer(&config(&both), node_id()).unwrap().unwrap();
+        assert_eq!(
+            (out.offer_id.as_str(), out.direction),
+            (CONFIG_OFFER_ID, looper_protocol::SwapDirection::LoopOut)
+        );
+        assert!(seller_loop_in_offer(&config(&both), node_id()).unwrap().is_some());
+        let off = "[seller.in]\nenabled = false\nmax_amount_sat = 500000\n";
+        assert_eq!(seller_loop_in_offer(&config(off), node_id()).unwrap(), None);
     }
 
     #[test]

@@ -369,6 +369,7 @@ fn api_types_match_schemas() {
             amount_sat: 50_000,
             max_total_fee_sat: Some(3_000),
             refund_address: Some("bcrt1q".into()),
+            conf_target: Some(3),
         }],
         seen,
     );

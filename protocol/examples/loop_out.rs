@@ -190,7 +190,7 @@ impl World {
                         Event::InvoiceCreated { invoice: invoice.to_string(), prepay_invoice: None };
                     self.events.push_back((party, event));
                 }
-                Action::FundHtlc { script_pubkey, amount_sat } => {
+                Action::FundHtlc { script_pubkey, amount_sat, .. } => {
                     // The seller's wallet: one input of its own, the HTLC output first.
                     let tx = Transaction {
                         version: transaction::Version::TWO,

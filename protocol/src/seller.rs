@@ -236,11 +236,19 @@ pub struct LoopInLimits {
     /// Most blocks from the tip to `timeout_height` the taker accepts: how long its coins stay
     /// locked, at worst, when the maker never pays.
     pub max_timeout_delta: u32,
+    /// Confirmation target (blocks) of this swap's funding transaction; `None`: the node's
+    /// funding target ([`Action::FundHtlc::conf_target`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub funding_conf_target: Option<u16>,
 }
 
 impl Default for LoopInLimits {
     fn default() -> Self {
-        Self { max_total_fee_sat: u64::MAX, max_timeout_delta: MAX_TIMEOUT_DELTA }
+        Self {
+            max_total_fee_sat: u64::MAX,
+            max_timeout_delta: MAX_TIMEOUT_DELTA,
+            funding_conf_target: None,
+        }
     }
 }
 
@@ -888,6 +896,7 @@ impl SellerSwap {
         Ok(Action::FundHtlc {
             script_pubkey: self.contract()?.script_pubkey().to_owned(),
             amount_sat: self.rec.quote.htlc_amount_sat,
+            conf_target: self.rec.limits.and_then(|l| l.funding_conf_target),
         })
     }
 

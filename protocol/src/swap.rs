@@ -268,6 +268,10 @@ pub enum Action {
         script_pubkey: ScriptBuf,
         /// Its value.
         amount_sat: u64,
+        /// Confirmation target (blocks) the swap asks for its funding (a loop in's
+        /// `--conf-target`); `None`: the node's funding target. Fundings of different targets
+        /// are not batched together.
+        conf_target: Option<u16>,
     },
     /// Buyer (with [`Context::batch_claims`]): claim the HTLC through the claim leaf in the
     /// node's next claim batch, replacing the claim that is out, if any ([`crate::claims`]:

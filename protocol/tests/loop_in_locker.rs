@@ -80,7 +80,7 @@ fn maker_keys() -> SwapKeys {
 }
 
 fn limits() -> LoopInLimits {
-    LoopInLimits { max_total_fee_sat: 5_000, max_timeout_delta: 200 }
+    LoopInLimits { max_total_fee_sat: 5_000, max_timeout_delta: 200, ..LoopInLimits::default() }
 }
 
 fn start_with(
@@ -371,7 +371,11 @@ fn happy_path_request_accept_invoice_fund_paid_claimed_with_the_makers_coop_clai
         vec![
             Action::Persist,
             Action::WatchHtlc { script_pubkey: script.clone() },
-            Action::FundHtlc { script_pubkey: script.clone(), amount_sat: AMOUNT },
+            Action::FundHtlc {
+                script_pubkey: script.clone(),
+                amount_sat: AMOUNT,
+                conf_target: None
+            },
         ]
     );
     assert!(swap.invoice_expires_at().is_some());
@@ -905,6 +909,31 @@ fn a_restart_in_awaiting_invoice_asks_for_the_invoice_again() {
     assert!(matches!(swap.state(), SellerState::Accepted { .. }));
 }
 
+/// The taker's own funding target (`looper in --conf-target`) rides on `FundHtlc`, also after a
+/// restart (it is part of the record's limits).
+#[test]
+fn the_funding_asks_for_the_takers_own_confirmation_target() {
+    let urgent = LoopInLimits { funding_conf_target: Some(2), ..limits() };
+    let (mut swap, _) = start_with(offer(), urgent).unwrap();
+    let acc = accept(&swap);
+    feed(&mut swap, from_maker(0, Message::LoopInAccept(acc)), &ctx());
+    let invoice = Event::InvoiceCreated { invoice: the_invoice(), prepay_invoice: None };
+    let actions = feed(&mut swap, invoice, &ctx());
+    let targets = |actions: &[Action]| -> Vec<Option<u16>> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::FundHtlc { conf_target, .. } => Some(*conf_target),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(targets(&actions), vec![Some(2)]);
+    let mut back = restart(&swap);
+    assert_eq!(back.loop_in_limits().and_then(|l| l.funding_conf_target), Some(2));
+    assert_eq!(targets(&back.resume(&ctx(), &mut rng()).unwrap()), vec![Some(2)]);
+}
+
 #[test]
 fn a_restart_in_accepted_asks_for_the_funding_again_and_funds_once() {
     let swap = invoiced();
@@ -916,7 +945,11 @@ fn a_restart_in_accepted_asks_for_the_funding_again_and_funds_once() {
     let funds: Vec<_> = actions.iter().filter(|a| matches!(a, Action::FundHtlc { .. })).collect();
     assert_eq!(
         funds,
-        vec![&Action::FundHtlc { script_pubkey: script.clone(), amount_sat: AMOUNT }]
+        vec![&Action::FundHtlc {
+            script_pubkey: script.clone(),
+            amount_sat: AMOUNT,
+            conf_target: None
+        }]
     );
     // The wallet answers (perhaps twice: the order before the restart and after): one funding.
     let tx = funding_tx(&script, AMOUNT);

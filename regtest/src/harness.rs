@@ -232,6 +232,9 @@ pub struct NodeSpec {
     pub max_fee_rate_sat_vb: Option<u64>,
     /// Its chain source (default: Esplora).
     pub chain_source: NodeChainSource,
+    /// It serves a loop-in offer of its `offer` terms from its configuration (`[seller.in]`,
+    /// offer id `looper-in`), whatever its role.
+    pub loop_in_offer: bool,
 }
 
 impl NodeSpec {
@@ -248,6 +251,7 @@ impl NodeSpec {
             peer_limits: None,
             max_fee_rate_sat_vb: None,
             chain_source: NodeChainSource::Esplora,
+            loop_in_offer: false,
         }
     }
     /// A buyer.
@@ -1130,6 +1134,14 @@ fn node_toml(spec: &NodeSpec) -> String {
     }
     if !spec.seller_checks_liquidity {
         s.push_str("check_liquidity = false\n");
+    }
+    if spec.loop_in_offer {
+        s.push_str("\n[seller.in]\n");
+        if let Ok(serde_json::Value::Object(terms)) = serde_json::to_value(spec.offer) {
+            for (key, value) in terms.into_iter().filter(|(k, _)| k != "prepay_sat") {
+                s.push_str(&format!("{key} = {value}\n"));
+            }
+        }
     }
     s.push_str("\n[buyer]\nmax_total_fee_sat = 100000\nmax_route_cltv = 200\n");
     if let Some(margin) = spec.buyer_min_claim_margin {

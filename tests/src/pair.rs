@@ -458,7 +458,11 @@ impl Pair {
         pair.spawn_driver(o.block_interval);
         if o.loop_in {
             let buyer_pk = pair.buyer_t.public_key();
-            let limits = LoopInLimits { max_total_fee_sat: 50_000, max_timeout_delta: 200 };
+            let limits = LoopInLimits {
+                max_total_fee_sat: 50_000,
+                max_timeout_delta: 200,
+                ..LoopInLimits::default()
+            };
             pair.swap_id = pair
                 .seller
                 .engine

@@ -372,7 +372,11 @@ impl Bed {
             let amount = 100_000 + u64::from(i) * 10_000;
             let engine = &self.nodes[taker].engine;
             let taken = if self.sc.loop_in {
-                let limits = LoopInLimits { max_total_fee_sat: 50_000, max_timeout_delta: 200 };
+                let limits = LoopInLimits {
+                    max_total_fee_sat: 50_000,
+                    max_timeout_delta: 200,
+                    ..LoopInLimits::default()
+                };
                 engine.take_loop_in_offer(self.offer.clone(), maker_pk, amount, limits, None).await
             } else {
                 let policy = BuyerPolicy::default();

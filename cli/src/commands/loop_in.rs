@@ -8,7 +8,7 @@ use looper_api::{InfoResponse, SwapInRequest};
 use looper_protocol::SwapDirection;
 use serde_json::json;
 
-use super::offers::{fetch, Candidate, Quote, FUNDING_VSIZE_VB};
+use super::offers::{estimate_for, fetch, Candidate, Quote, FUNDING_VSIZE_VB};
 use super::out::parse_address;
 use super::swaps::start_and_follow;
 use super::{confirm, parse_sat, Ctx};
@@ -33,9 +33,15 @@ pub struct InArgs {
     /// wallet).
     #[arg(long, value_name = "ADDR", value_parser = parse_address)]
     pub refund_address: Option<String>,
-    /// Fee rate for the funding fee estimate, in sat/vB (default: the node's estimate).
+    /// Fee rate for the funding fee estimate, in sat/vB (default: the node's estimate for the
+    /// funding's confirmation target).
     #[arg(long, value_name = "SAT_PER_VB", value_parser = parse_sat)]
     pub fee_rate: Option<u64>,
+    /// Confirmation target of this swap's funding transaction, in blocks (default: the node's
+    /// `fees.funding_conf_target`, 6). A funding of its own target is not batched with the
+    /// node's other fundings.
+    #[arg(long, value_name = "BLOCKS", value_parser = clap::value_parser!(u16).range(1..=1008))]
+    pub conf_target: Option<u16>,
     /// Do not ask for confirmation.
     #[arg(long, short = 'y')]
     pub yes: bool,
@@ -82,7 +88,8 @@ pub async fn loop_in(ctx: &Ctx, args: &InArgs) -> CliResult<()> {
             "swap less, or raise safety.max_swap_amount_sat in the node's looper.toml",
         ));
     }
-    let rate = args.fee_rate.unwrap_or(info.fee_rate_sat_vb.max(1));
+    let estimate = args.conf_target.and_then(|t| estimate_for(&info, t));
+    let rate = args.fee_rate.or(estimate).unwrap_or(info.fee_rate_sat_vb).max(1);
     let list = fetch(&client, amount, rate, SwapDirection::LoopIn).await?;
     let chosen = match &args.offer {
         Some(id) => list.iter().find(|c| c.offer.offer_id == *id).ok_or_else(|| {
@@ -129,6 +136,7 @@ pub async fn loop_in(ctx: &Ctx, args: &InArgs) -> CliResult<()> {
         amount_sat: amount,
         max_total_fee_sat: args.max_total_fee.or(Some(fees)),
         refund_address: args.refund_address.clone(),
+        conf_target: args.conf_target,
     };
     let (swap_id, follower) =
         start_and_follow(ctx, &client, "/v1/swaps/in", &body, &offer_id, start).await?;

@@ -209,17 +209,20 @@ pub async fn claim_fee_rate(
 /// [`FALLBACK_FEE_RATE_SAT_VB`].
 pub fn claim_fee_rate_of(info: &InfoResponse, conf_target: Option<u16>) -> (u64, Option<u16>) {
     let target = conf_target.or(Some(info.claim_conf_target).filter(|t| *t > 0));
-    // The estimate of the longest listed target not above ours (the protocol's rule).
-    let estimate = target.and_then(|t| {
-        info.fee_estimates_sat_vb
-            .iter()
-            .filter_map(|(k, v)| Some((k.parse::<u16>().ok()?, *v)))
-            .filter(|(k, _)| *k <= t)
-            .max_by_key(|(k, _)| *k)
-            .map(|(_, v)| v)
-    });
+    let estimate = target.and_then(|t| estimate_for(info, t));
     let rate = estimate.or(Some(info.fee_rate_sat_vb)).filter(|r| *r > 0);
     (rate.unwrap_or(FALLBACK_FEE_RATE_SAT_VB), target)
+}
+
+/// The node's fee estimate (sat/vB) for confirming within `target` blocks from its `/v1/info`:
+/// that of the longest listed target not above it (the protocol's rule).
+pub fn estimate_for(info: &InfoResponse, target: u16) -> Option<u64> {
+    info.fee_estimates_sat_vb
+        .iter()
+        .filter_map(|(k, v)| Some((k.parse::<u16>().ok()?, *v)))
+        .filter(|(k, _)| *k <= target)
+        .max_by_key(|(k, _)| *k)
+        .map(|(_, v)| v)
 }
 
 /// `GET /v1/offers/discover?amount_sat=N&direction=D`, with quotes, best (cheapest) first.

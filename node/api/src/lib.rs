@@ -344,6 +344,10 @@ pub struct SwapInRequest {
     /// Where a refund pays to (default: a new address of the node's swap wallet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refund_address: Option<String>,
+    /// Confirmation target (blocks, 1 to 1008) of this swap's funding transaction (default: the
+    /// node's `fees.funding_conf_target`); such a funding is not batched with other targets'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conf_target: Option<u16>,
 }
 
 /// Our side of a swap, by what we do with the money (the names of loop out, where the buyer is

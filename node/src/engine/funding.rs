@@ -14,8 +14,19 @@ use super::Engine;
 /// 50 outputs keep a funding near 3 kB.
 pub const MAX_FUNDING_OUTPUTS: usize = 50;
 
-/// A queued `FundHtlc`: the swap, the HTLC's script and amount.
-pub(super) type FundingRequest = (SwapId, ScriptBuf, u64);
+/// A queued `FundHtlc`.
+#[derive(Debug, Clone)]
+pub(super) struct FundingRequest {
+    /// The swap.
+    id: SwapId,
+    /// The HTLC's script.
+    script: ScriptBuf,
+    /// The HTLC's value.
+    amount_sat: u64,
+    /// The swap's own confirmation target (`None`: the node's): only fundings of one target
+    /// share a transaction.
+    conf_target: Option<u16>,
+}
 
 impl Engine {
     /// The queued fundings ([`Engine::flush_funding`]), then the queued claims
@@ -25,8 +36,14 @@ impl Engine {
         self.flush_claims().await;
     }
 
-    pub(super) fn queue_funding(&self, id: SwapId, script: ScriptBuf, amount_sat: u64) {
-        self.lock_misc().funding_queue.push((id, script, amount_sat));
+    pub(super) fn queue_funding(
+        &self,
+        id: SwapId,
+        script: ScriptBuf,
+        amount_sat: u64,
+        conf_target: Option<u16>,
+    ) {
+        self.lock_misc().funding_queue.push(FundingRequest { id, script, amount_sat, conf_target });
     }
 
     /// Funds every queued `FundHtlc` in one transaction and feeds each swap its
@@ -51,19 +68,15 @@ impl Engine {
         }
     }
 
-    /// One batch of [`Engine::flush_funding`]: what is queued now, up to
-    /// [`MAX_FUNDING_OUTPUTS`] (the rest stays queued for the next batch).
+    /// One batch of [`Engine::flush_funding`]: what is queued now with the confirmation target
+    /// of the first in the queue, up to [`MAX_FUNDING_OUTPUTS`] (the rest stays queued, in order,
+    /// for the next batches).
     async fn flush_queued(&self) {
-        let queued = {
-            let mut misc = self.lock_misc();
-            let take = misc.funding_queue.len().min(MAX_FUNDING_OUTPUTS);
-            let rest = misc.funding_queue.split_off(take);
-            std::mem::replace(&mut misc.funding_queue, rest)
-        };
+        let (queued, target) = next_batch(&mut self.lock_misc().funding_queue);
         // Only swaps still waiting for their funding (an abort meanwhile drops its output).
         let mut waiting = Vec::with_capacity(queued.len());
         for item in queued {
-            let Some(slot) = self.inner.swaps.get(&item.0) else { continue };
+            let Some(slot) = self.inner.swaps.get(&item.id) else { continue };
             if slot.machine.lock().await.awaits_funding() {
                 waiting.push(item);
             }
@@ -73,9 +86,9 @@ impl Engine {
         // output that no swap watches.
         let mut fresh = Vec::with_capacity(waiting.len());
         for item in waiting {
-            let (id, script, amount) = &item;
+            let id = &item.id;
             let found = super::blocking_store(|| {
-                self.inner.wallet.find_funding(script, Amount::from_sat(*amount))
+                self.inner.wallet.find_funding(&item.script, Amount::from_sat(item.amount_sat))
             });
             match found {
                 Ok(Some((tx, vout))) => {
@@ -95,15 +108,20 @@ impl Engine {
         if let Err(e) = self.inner.wallet.sync().await {
             tracing::debug!(error = %e, "wallet sync before funding failed");
         }
-        let rate = self.context().fee_rate;
+        let rate = {
+            let ctx = self.context();
+            // A swap's own target: its estimate under the wallet's cap, as the node's.
+            target.map_or(ctx.fee_rate, |t| ctx.fees.estimates.rate_for(t).min(ctx.fees.max_rate))
+        };
         match self.build(&waiting, rate).await {
             Ok((tx, vouts)) => {
                 if waiting.len() > 1 {
                     tracing::info!(swaps = waiting.len(), txid = %tx.compute_txid(), "funding several swaps in one transaction");
                 }
                 let mut taken = false;
-                for ((id, _, _), vout) in waiting.iter().zip(vouts) {
-                    taken |= self.fund_one(*id, Event::FundingBuilt { tx: tx.clone(), vout }).await;
+                for (item, vout) in waiting.iter().zip(vouts) {
+                    let event = Event::FundingBuilt { tx: tx.clone(), vout };
+                    taken |= self.fund_one(item.id, event).await;
                 }
                 self.forget_unless(taken, &tx);
             }
@@ -115,21 +133,21 @@ impl Engine {
                             let taken = match vouts.first() {
                                 Some(vout) => {
                                     let event = Event::FundingBuilt { tx: tx.clone(), vout: *vout };
-                                    self.fund_one(item.0, event).await
+                                    self.fund_one(item.id, event).await
                                 }
                                 None => false,
                             };
                             self.forget_unless(taken, &tx);
                         }
                         Err(e) => {
-                            self.fund_one(item.0, Event::FundingFailed { reason: e }).await;
+                            self.fund_one(item.id, Event::FundingFailed { reason: e }).await;
                         }
                     }
                 }
             }
             Err(e) => {
-                for (id, _, _) in &waiting {
-                    self.fund_one(*id, Event::FundingFailed { reason: e.clone() }).await;
+                for item in &waiting {
+                    self.fund_one(item.id, Event::FundingFailed { reason: e.clone() }).await;
                 }
             }
         }
@@ -141,7 +159,7 @@ impl Engine {
         rate: bitcoin::FeeRate,
     ) -> Result<(Transaction, Vec<u32>), String> {
         let outputs: Vec<(ScriptBuf, Amount)> =
-            batch.iter().map(|(_, spk, amount)| (spk.clone(), Amount::from_sat(*amount))).collect();
+            batch.iter().map(|r| (r.script.clone(), Amount::from_sat(r.amount_sat))).collect();
         let f = self.inner.wallet.fund(&outputs, rate).await.map_err(|e| e.to_string())?;
         if f.vouts.len() != batch.len() {
             self.forget_unless(false, &f.tx);
@@ -239,5 +257,60 @@ impl Engine {
                 true
             }
         }
+    }
+}
+
+/// Takes the next batch out of `queue`: the requests of the first one's confirmation target, up
+/// to [`MAX_FUNDING_OUTPUTS`], in queue order; the rest stays queued in order. Returns the batch
+/// and its target.
+fn next_batch(queue: &mut Vec<FundingRequest>) -> (Vec<FundingRequest>, Option<u16>) {
+    let target = queue.first().and_then(|r| r.conf_target);
+    let (mut batch, mut rest) = (Vec::new(), Vec::new());
+    for r in queue.drain(..) {
+        if r.conf_target == target && batch.len() < MAX_FUNDING_OUTPUTS {
+            batch.push(r);
+        } else {
+            rest.push(r);
+        }
+    }
+    *queue = rest;
+    (batch, target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(n: u8, conf_target: Option<u16>) -> FundingRequest {
+        FundingRequest {
+            id: SwapId([n; 32]),
+            script: ScriptBuf::new(),
+            amount_sat: 10_000,
+            conf_target,
+        }
+    }
+
+    fn ids(batch: &[FundingRequest]) -> Vec<u8> {
+        batch.iter().map(|r| r.id.0[0]).collect()
+    }
+
+    #[test]
+    fn a_batch_holds_one_confirmation_target() {
+        let mut queue =
+            vec![request(1, None), request(2, Some(2)), request(3, None), request(4, Some(2))];
+        let (batch, target) = next_batch(&mut queue);
+        assert_eq!((ids(&batch), target), (vec![1, 3], None));
+        let (batch, target) = next_batch(&mut queue);
+        assert_eq!((ids(&batch), target), (vec![2, 4], Some(2)));
+        assert!(queue.is_empty());
+        assert_eq!(next_batch(&mut queue).0.len(), 0);
+    }
+
+    #[test]
+    fn a_batch_holds_at_most_the_most_outputs() {
+        let mut queue: Vec<_> = (0..60).map(|n| request(n, None)).collect();
+        let (batch, _) = next_batch(&mut queue);
+        assert_eq!(batch.len(), MAX_FUNDING_OUTPUTS);
+        assert_eq!(ids(&queue), (50..60).collect::<Vec<u8>>());
     }
 }

@@ -296,14 +296,7 @@ impl Engine {
         }
         // An amount the offer cannot serve is refused by the state machine with its own error.
         let Ok(quote) = Quote::compute(offer, req.amount_sat) else { return Ok(()) };
-        let outbound_msat: u64 = self
-            .inner
-            .lightning
-            .channels()
-            .iter()
-            .filter(|c| c.ready)
-            .map(|c| c.outbound_msat)
-            .fold(0, u64::saturating_add);
+        let outbound_msat = self.outbound_msat();
         if outbound_msat < quote.invoice_amount_sat.saturating_mul(1000) {
             return Err((
                 ErrorCode::AmountOutOfRange,

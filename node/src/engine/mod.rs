@@ -130,6 +130,10 @@ pub struct EngineConfig {
     /// [`Engine::run`] starts and republished every [`EngineConfig::offer_refresh`] with a new
     /// `expires_at` (now + [`EngineConfig::offer_ttl`]), until withdrawn.
     pub seller_offer: Option<Offer>,
+    /// Maker of loop ins: the loop-in offer served from the configuration (`[seller.in]`),
+    /// republished as [`EngineConfig::seller_offer`] is, its `max_amount_sat` following what the
+    /// node's channels can pay ([`Engine::refresh_loop_in_offer`]).
+    pub loop_in_offer: Option<Offer>,
     /// Seller: most swaps served at the same time (`seller.max_concurrent_swaps`); further
     /// requests are refused with `rate_limited`. `None`: no limit.
     pub max_concurrent_swaps: Option<u32>,
@@ -203,6 +207,7 @@ impl Default for EngineConfig {
             chain_poll: Duration::from_secs(3),
             wallet_sync_every: 5,
             seller_offer: None,
+            loop_in_offer: None,
             max_concurrent_swaps: None,
             max_unpaid_locked_sat: None,
             blocked_peers: Vec::new(),
@@ -258,6 +263,11 @@ struct Misc {
     /// The served offer is off the relays because the wallet could not fund it; the chain poll
     /// publishes it again once it can.
     offer_unfunded: bool,
+    /// The configuration's loop-in offer while it is served (cleared when withdrawn).
+    served_in_offer: Option<Offer>,
+    /// The loop-in offer is off the relays because the channels could not pay its minimum; the
+    /// chain poll publishes it again once they can.
+    in_offer_unpayable: bool,
     /// Replies to undecodable messages, per sender.
     decode_replies: RateLimiter<NostrPublicKey>,
     /// `FundHtlc`s not funded yet, funded together by [`Engine::flush_funding`].
@@ -335,6 +345,8 @@ impl Engine {
             polls: 0,
             served_offer: parts.config.seller_offer.clone(),
             offer_unfunded: false,
+            served_in_offer: parts.config.loop_in_offer.clone(),
+            in_offer_unpayable: false,
             decode_replies: RateLimiter::new(parts.config.decode_reply_limit),
             funding_queue: Vec::new(),
             retry_broadcasts: BTreeMap::new(),
@@ -797,9 +809,16 @@ impl Engine {
         }
         handlers.abort_all();
         loops.abort_all();
-        // A stopped seller serves nobody: take the offer off the relays (bounded wait).
-        let served = self.lock_misc().served_offer.as_ref().map(|o| o.offer_id.clone());
-        if let Some(id) = served {
+        // A stopped seller serves nobody: take the offers off the relays (bounded wait).
+        let served: Vec<String> = {
+            let misc = self.lock_misc();
+            misc.served_offer
+                .iter()
+                .chain(&misc.served_in_offer)
+                .map(|o| o.offer_id.clone())
+                .collect()
+        };
+        for id in served {
             let withdraw = self.inner.transport.withdraw_offer(&id);
             match tokio::time::timeout(Duration::from_secs(5), withdraw).await {
                 Ok(Ok(_)) => tracing::info!(offer = %id, "offer withdrawn at shutdown"),

@@ -1,5 +1,6 @@
 //! The seller's offers: the one served from the configuration is republished with a fresh
-//! expiry, follows what the wallet can fund, and is taken off the relays while it cannot.
+//! expiry, follows what the wallet can fund, and is taken off the relays while it cannot; the
+//! configuration's loop-in offer likewise follows what the channels can pay.
 
 use looper_api::Prepay;
 use looper_protocol::messages::Offer;
@@ -46,6 +47,9 @@ impl Engine {
             if misc.served_offer.as_ref().is_some_and(|o| o.offer_id == offer_id) {
                 misc.served_offer = None;
             }
+            if misc.served_in_offer.as_ref().is_some_and(|o| o.offer_id == offer_id) {
+                misc.served_in_offer = None;
+            }
         }
         let existed = blocking_store(|| self.inner.store.delete_offer(offer_id))?;
         self.inner
@@ -64,6 +68,7 @@ impl Engine {
     /// spendable balance (less a fee reserve), and it is withdrawn from the relays while the
     /// wallet cannot fund even `min_amount_sat` (and published again once it can).
     pub async fn refresh_served_offer(&self) {
+        self.refresh_loop_in_offer().await;
         self.reprice_served_prepay();
         let Some(mut offer) = self.lock_misc().served_offer.clone() else { return };
         offer.expires_at =
@@ -121,6 +126,58 @@ impl Engine {
 }
 
 impl Engine {
+    /// Maker of loop ins: publishes the configuration's loop-in offer again (if still served)
+    /// with a new `expires_at` (at each [`Engine::refresh_served_offer`]). It follows what the
+    /// node can pay over Lightning: its `max_amount_sat` is lowered to the ready channels'
+    /// outbound capacity (the invoice it pays is the amount less its fees), and it is withdrawn
+    /// from the relays while that cannot cover `min_amount_sat` (published again once it can).
+    pub async fn refresh_loop_in_offer(&self) {
+        let Some(mut offer) = self.lock_misc().served_in_offer.clone() else { return };
+        offer.expires_at =
+            self.inner.clock.now_secs().saturating_add(self.inner.config.offer_ttl.as_secs());
+        let outbound_sat = self.outbound_msat() / 1000;
+        let payable = if self.inner.config.check_liquidity {
+            payable_offer(offer, outbound_sat)
+        } else {
+            Some(offer)
+        };
+        let Some(offer) = payable else {
+            let id = {
+                let mut misc = self.lock_misc();
+                if misc.in_offer_unpayable {
+                    return;
+                }
+                misc.in_offer_unpayable = true;
+                misc.served_in_offer.as_ref().map(|o| o.offer_id.clone())
+            };
+            tracing::info!(outbound_sat, "the channels cannot pay the loop-in offer: withdrawn");
+            if let Some(id) = id {
+                if let Err(e) = self.inner.transport.withdraw_offer(&id).await {
+                    tracing::warn!(error = %e, "cannot withdraw the loop-in offer");
+                }
+            }
+            return;
+        };
+        self.lock_misc().in_offer_unpayable = false;
+        match self.publish_offer(&offer).await {
+            Ok(()) => tracing::info!(offer = %offer.offer_id, "loop-in offer published"),
+            Err(e) => {
+                tracing::warn!(offer = %offer.offer_id, error = %e, "cannot publish the loop-in offer")
+            }
+        }
+    }
+
+    /// What the node's ready channels can send now, in msat.
+    pub(super) fn outbound_msat(&self) -> u64 {
+        self.inner
+            .lightning
+            .channels()
+            .iter()
+            .filter(|c| c.ready)
+            .map(|c| c.outbound_msat)
+            .fold(0, u64::saturating_add)
+    }
+
     /// Seller: the automatic prepay ([`EngineConfig::auto_prepay`](super::EngineConfig)) at the
     /// current fee rates: the funding's and the refund's, whichever is higher.
     fn auto_prepay_sat(&self, min_amount_sat: u64) -> Option<u64> {
@@ -190,6 +247,17 @@ fn fundable_offer(mut offer: Offer, spendable_sat: u64) -> Option<Offer> {
     Some(offer)
 }
 
+/// The loop-in offer as far as `outbound_sat` can pay it: `max_amount_sat` lowered to the
+/// outbound capacity (the invoice, the amount less the maker's fees, then fits); `None` when it
+/// cannot cover `min_amount_sat`.
+fn payable_offer(mut offer: Offer, outbound_sat: u64) -> Option<Offer> {
+    if outbound_sat < offer.min_amount_sat {
+        return None;
+    }
+    offer.max_amount_sat = offer.max_amount_sat.min(outbound_sat);
+    Some(offer)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -216,6 +284,13 @@ mod tests {
         assert_eq!(hidden, Offer { ln_address: None, ..o.clone() }, "nothing else changes");
         let none = offer(10_000, 100_000);
         assert!(matches!(published_form(&none, false), std::borrow::Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn the_loop_in_offer_follows_the_channels() {
+        assert!(payable_offer(offer(10_000, 100_000), 9_999).is_none());
+        assert_eq!(payable_offer(offer(10_000, 100_000), 50_000).unwrap().max_amount_sat, 50_000);
+        assert_eq!(payable_offer(offer(10_000, 100_000), 900_000).unwrap().max_amount_sat, 100_000);
     }
 
     #[test]

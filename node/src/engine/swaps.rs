@@ -646,9 +646,9 @@ impl Engine {
                 };
                 Ok(Some(Event::InvoiceCreated { invoice, prepay_invoice }))
             }
-            Action::FundHtlc { script_pubkey, amount_sat } => {
+            Action::FundHtlc { script_pubkey, amount_sat, conf_target } => {
                 // Funded with the other swaps queued meanwhile (`flush_funding`).
-                self.queue_funding(id, script_pubkey, amount_sat);
+                self.queue_funding(id, script_pubkey, amount_sat, conf_target);
                 Ok(None)
             }
             Action::QueueClaim => {

@@ -42,6 +42,9 @@ impl Engine {
             if self.lock_misc().offer_unfunded {
                 // Funds may have arrived: the refresh publishes the offer again if they did.
                 self.refresh_served_offer().await;
+            } else if self.lock_misc().in_offer_unpayable {
+                // Likewise for the loop-in offer and the channels' outbound capacity.
+                self.refresh_loop_in_offer().await;
             }
         }
         if let Some(tip) = tip {

@@ -246,7 +246,11 @@ impl Sim {
                 peer: "buyer".into(),
                 offer: offer.clone(),
                 amount_sat: 200_000,
-                limits: LoopInLimits { max_total_fee_sat: 50_000, max_timeout_delta: 200 },
+                limits: LoopInLimits {
+                    max_total_fee_sat: 50_000,
+                    max_timeout_delta: 200,
+                    ..LoopInLimits::default()
+                },
                 policy: SellerPolicy { cooperative_claims: !opts.seller_uncooperative },
                 refund_destination: p2tr(10),
                 keys: SwapKeys::derive(&master(1), 0).unwrap(),
@@ -514,7 +518,7 @@ impl Sim {
                     let preimage = looper_protocol::Preimage(PREPAY_PREIMAGE);
                     self.feed(Party::Buyer, Event::PaymentSucceeded { preimage });
                 }
-                Action::FundHtlc { script_pubkey, amount_sat } => {
+                Action::FundHtlc { script_pubkey, amount_sat, .. } => {
                     let tx = Transaction {
                         version: Version::TWO,
                         lock_time: LockTime::ZERO,

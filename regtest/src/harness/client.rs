@@ -215,6 +215,20 @@ impl ApiClient {
         amount_sat: u64,
         max_total_fee_sat: u64,
     ) -> Result<String, HarnessError> {
+        self.swap_in_at(offer, amount_sat, max_total_fee_sat, None).await
+    }
+
+    /// [`ApiClient::swap_in`] with the funding's own confirmation target (`conf_target`).
+    ///
+    /// # Errors
+    /// As [`ApiClient::post`].
+    pub async fn swap_in_at(
+        &self,
+        offer: &DiscoveredOffer,
+        amount_sat: u64,
+        max_total_fee_sat: u64,
+        conf_target: Option<u16>,
+    ) -> Result<String, HarnessError> {
         let body = SwapInRequest {
             offer_id: Some(offer.offer.offer_id.clone()),
             offer: Some(offer.offer.clone()),
@@ -222,6 +236,7 @@ impl ApiClient {
             amount_sat,
             max_total_fee_sat: Some(max_total_fee_sat),
             refund_address: None,
+            conf_target,
         };
         let v: SwapOutResponse = self.post("/v1/swaps/in", &body).await?;
         Ok(v.swap_id)
