@@ -255,6 +255,26 @@ pub struct EngineParts {
     pub config: EngineConfig,
 }
 
+/// Which of the configuration's offers ([`Misc::served`]).
+#[derive(Debug, Clone, Copy)]
+enum Served {
+    /// The loop-out offer (`[seller]`).
+    Out,
+    /// The loop-in offer (`[seller.in]`).
+    In,
+}
+
+impl Misc {
+    /// The configuration's offer `which` while it is served, and whether it is off the relays
+    /// because the node cannot serve it now.
+    fn served(&mut self, which: Served) -> (&mut Option<Offer>, &mut bool) {
+        match which {
+            Served::Out => (&mut self.served_offer, &mut self.offer_unfunded),
+            Served::In => (&mut self.served_in_offer, &mut self.in_offer_unpayable),
+        }
+    }
+}
+
 /// Engine-wide odds and ends, each touched under a short lock (never across an await).
 struct Misc {
     polls: u32,

@@ -5,7 +5,7 @@
 use looper_api::Prepay;
 use looper_protocol::messages::Offer;
 
-use super::{blocking_store, Engine, EngineError};
+use super::{blocking_store, Engine, EngineError, Served};
 
 /// Sats kept back from an offer's maximum for the funding transaction's fee.
 pub(super) const FUNDING_FEE_RESERVE_SAT: u64 = 2_000;
@@ -90,32 +90,35 @@ impl Engine {
             }
             None => spendable,
         };
-        match fundable_offer(offer, spendable) {
-            Some(fundable) => {
-                offer = fundable;
-                self.lock_misc().offer_unfunded = false;
-            }
-            None => {
-                let id = {
-                    let mut misc = self.lock_misc();
-                    if misc.offer_unfunded {
-                        return;
-                    }
-                    misc.offer_unfunded = true;
-                    misc.served_offer.as_ref().map(|o| o.offer_id.clone())
-                };
-                tracing::info!(
-                    spendable_sat = spendable,
-                    "wallet cannot fund the offer: withdrawn"
-                );
-                if let Some(id) = id {
-                    if let Err(e) = self.inner.transport.withdraw_offer(&id).await {
-                        tracing::warn!(error = %e, "cannot withdraw the offer");
-                    }
+        let fundable = fundable_offer(offer, spendable);
+        let why =
+            format!("the wallet cannot fund the offer ({spendable} sat spendable): withdrawn");
+        self.publish_served(Served::Out, fundable, &why).await;
+    }
+
+    /// Publishes the configuration's offer `which` as far as the node can serve it (`servable`),
+    /// or, when it cannot (`None`), takes it off the relays once, saying `why`, until it can
+    /// again.
+    async fn publish_served(&self, which: Served, servable: Option<Offer>, why: &str) {
+        let Some(offer) = servable else {
+            let id = {
+                let mut misc = self.lock_misc();
+                let (offer, off) = misc.served(which);
+                let id = offer.as_ref().map(|o| o.offer_id.clone());
+                if std::mem::replace(off, true) {
+                    return;
                 }
-                return;
+                id
+            };
+            tracing::info!("{why}");
+            if let Some(id) = id {
+                if let Err(e) = self.inner.transport.withdraw_offer(&id).await {
+                    tracing::warn!(offer = %id, error = %e, "cannot withdraw the offer");
+                }
             }
-        }
+            return;
+        };
+        *self.lock_misc().served(which).1 = false;
         match self.publish_offer(&offer).await {
             Ok(()) => tracing::info!(offer = %offer.offer_id, "offer published"),
             Err(e) => {
@@ -141,30 +144,10 @@ impl Engine {
         } else {
             Some(offer)
         };
-        let Some(offer) = payable else {
-            let id = {
-                let mut misc = self.lock_misc();
-                if misc.in_offer_unpayable {
-                    return;
-                }
-                misc.in_offer_unpayable = true;
-                misc.served_in_offer.as_ref().map(|o| o.offer_id.clone())
-            };
-            tracing::info!(outbound_sat, "the channels cannot pay the loop-in offer: withdrawn");
-            if let Some(id) = id {
-                if let Err(e) = self.inner.transport.withdraw_offer(&id).await {
-                    tracing::warn!(error = %e, "cannot withdraw the loop-in offer");
-                }
-            }
-            return;
-        };
-        self.lock_misc().in_offer_unpayable = false;
-        match self.publish_offer(&offer).await {
-            Ok(()) => tracing::info!(offer = %offer.offer_id, "loop-in offer published"),
-            Err(e) => {
-                tracing::warn!(offer = %offer.offer_id, error = %e, "cannot publish the loop-in offer")
-            }
-        }
+        let why = format!(
+            "the channels cannot pay the loop-in offer ({outbound_sat} sat outbound): withdrawn"
+        );
+        self.publish_served(Served::In, payable, &why).await;
     }
 
     /// What the node's ready channels can send now, in msat.
