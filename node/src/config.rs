@@ -877,6 +877,7 @@ impl Config {
             max_claim_fee_rate_sat_vb: self.fees.max_fee_rate_sat_vb,
             claim_conf_target: None,
             max_prepay_sat: self.buyer.max_prepay_sat,
+            request_timeout_secs: looper_protocol::swap::REQUEST_TIMEOUT_SECS,
         }
     }
 

@@ -39,7 +39,8 @@ use crate::spend::{
 };
 use crate::swap::{
     confirmations, Action, Context, Event, HtlcStatus, Notification, PaymentStatus, StateKind,
-    SwapError, TxPurpose, COOP_TIMEOUT_SECS, DEFAULT_CLAIM_MARGIN, TIMEOUT_SLACK_BLOCKS,
+    SwapError, TxPurpose, COOP_TIMEOUT_SECS, DEFAULT_CLAIM_MARGIN, REQUEST_TIMEOUT_SECS,
+    TIMEOUT_SLACK_BLOCKS,
 };
 use crate::terms::{Quote, DUST_LIMIT_SAT};
 use crate::types::{PaymentHash, Preimage, SwapDirection, SwapId};
@@ -484,6 +485,13 @@ pub struct BuyerPolicy {
     /// an offer asking more is refused.
     #[serde(default = "default_max_prepay")]
     pub max_prepay_sat: u64,
+    /// How long the buyer waits for the seller's `swap_accept` (from the swap's creation)
+    /// before it gives up ([`REQUEST_TIMEOUT_SECS`] by default).
+    #[serde(
+        default = "crate::swap::default_request_timeout",
+        skip_serializing_if = "crate::swap::is_default_request_timeout"
+    )]
+    pub request_timeout_secs: u64,
 }
 
 /// Default of [`BuyerPolicy::max_prepay_sat`].
@@ -517,6 +525,7 @@ impl Default for BuyerPolicy {
             max_claim_fee_rate_sat_vb: DEFAULT_MAX_CLAIM_FEE_RATE_SAT_VB,
             claim_conf_target: None,
             max_prepay_sat: DEFAULT_MAX_PREPAY_SAT,
+            request_timeout_secs: REQUEST_TIMEOUT_SECS,
         }
     }
 }
@@ -2378,6 +2387,17 @@ impl BuyerSwap {
 
     fn handle_tick(&mut self, ctx: &Context, rng: &mut impl Rng) -> Actions {
         match &self.rec.state {
+            BuyerState::Requested
+                if ctx.now_secs
+                    >= self
+                        .rec
+                        .core
+                        .created_at
+                        .saturating_add(self.rec.policy.request_timeout_secs) =>
+            {
+                let why = "no swap_accept in time";
+                self.abort(AbortReason::FundingTimeout, None, Some(why.into()))
+            }
             BuyerState::Accepting { offered, funding_deadline_secs, .. } => {
                 // Loop in: a taker that never funds costs us a message, not a wait without end.
                 let timeout = offered.htlc_params.timeout_height;

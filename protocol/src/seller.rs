@@ -36,7 +36,7 @@ use crate::shared::{
 use crate::spend::{KEY_PATH_SPEND_VBYTES, REFUND_SCRIPT_PATH_VBYTES};
 use crate::swap::{
     Action, Context, Event, Notification, PaymentStatus, SwapError, TxPurpose, COOP_TIMEOUT_SECS,
-    SECS_PER_BLOCK, TIMEOUT_SLACK_BLOCKS,
+    REQUEST_TIMEOUT_SECS, SECS_PER_BLOCK, TIMEOUT_SLACK_BLOCKS,
 };
 use crate::terms::Quote;
 use crate::types::{PaymentHash, SwapDirection, SwapId};
@@ -240,6 +240,13 @@ pub struct LoopInLimits {
     /// funding target ([`Action::FundHtlc::conf_target`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub funding_conf_target: Option<u16>,
+    /// How long the taker waits for the maker's `swap_accept` (from the swap's creation) before
+    /// it gives up ([`REQUEST_TIMEOUT_SECS`] by default).
+    #[serde(
+        default = "crate::swap::default_request_timeout",
+        skip_serializing_if = "crate::swap::is_default_request_timeout"
+    )]
+    pub request_timeout_secs: u64,
 }
 
 impl Default for LoopInLimits {
@@ -248,6 +255,7 @@ impl Default for LoopInLimits {
             max_total_fee_sat: u64::MAX,
             max_timeout_delta: MAX_TIMEOUT_DELTA,
             funding_conf_target: None,
+            request_timeout_secs: REQUEST_TIMEOUT_SECS,
         }
     }
 }
@@ -1687,6 +1695,15 @@ impl SellerSwap {
                 .invoice_expiry()
                 .is_some_and(|at| ctx.now_secs >= at.saturating_add(EXPIRED_INVOICE_REFUND_SECS));
         match &self.rec.state {
+            SellerState::Requested
+                if ctx.now_secs
+                    >= self.rec.core.created_at.saturating_add(
+                        self.rec.limits.unwrap_or_default().request_timeout_secs,
+                    ) =>
+            {
+                // Loop in: the maker never answered; nothing was locked.
+                self.abort(AbortReason::FundingTimeout, Some("no swap_accept in time".into()))
+            }
             SellerState::RefundingCooperatively { invoice, funding, deadline_secs, attempts }
                 if ctx.now_secs >= *deadline_secs =>
             {

@@ -18,6 +18,23 @@ use crate::types::{PaymentHash, Preimage, SwapId};
 pub const DEFAULT_CLAIM_MARGIN: u32 = 20;
 /// How long the buyer waits for the seller's partial signature before the script path.
 pub const COOP_TIMEOUT_SECS: u64 = 30;
+/// How long a taker waits in `Requested` for the maker's `swap_accept` (from the swap's
+/// creation) by default (`BuyerPolicy::request_timeout_secs`,
+/// `LoopInLimits::request_timeout_secs`) before it gives up: aborts with `funding_timeout` (nothing was locked or paid yet).
+/// A maker that never answers (offline, or dropping the taker's requests) then costs the taker a
+/// wait, not a swap pending for ever (which holds a slot of the node's swaps in flight).
+pub const REQUEST_TIMEOUT_SECS: u64 = 900;
+
+/// [`REQUEST_TIMEOUT_SECS`], for records written before the takers' limits named one.
+pub(crate) fn default_request_timeout() -> u64 {
+    REQUEST_TIMEOUT_SECS
+}
+
+/// Records keep the default unwritten (they read as they did before it existed).
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's `skip_serializing_if` passes a reference
+pub(crate) fn is_default_request_timeout(secs: &u64) -> bool {
+    *secs == REQUEST_TIMEOUT_SECS
+}
 /// How many early (out-of-order) messages a swap buffers.
 pub const MAX_EARLY_MESSAGES: usize = 16;
 /// Blocks the buyer allows a timeout to exceed `tip + offer.timeout_delta` (blocks found while the

@@ -47,6 +47,40 @@ fn start(offer_margin: u32, amount_sat: u64, policy: BuyerPolicy) -> Result<(), 
     BuyerSwap::start(start, &ctx).map(|_| ())
 }
 
+/// A seller that never answers the request (offline, or dropping it): the buyer gives up after
+/// `REQUEST_TIMEOUT_SECS`, telling the seller, instead of a swap pending for ever.
+#[test]
+fn a_request_the_seller_never_answers_ends() {
+    use looper_protocol::messages::{AbortReason, Message};
+    use looper_protocol::swap::{Action, StateKind, REQUEST_TIMEOUT_SECS};
+    let ctx = Context::new(START_TIME, START_HEIGHT, FeeRate::from_sat_per_vb(2).unwrap());
+    let start = BuyerStart {
+        swap_id: SwapId([1; 32]),
+        peer: "seller".into(),
+        offer: sim::offer(),
+        amount_sat: 200_000,
+        policy: BuyerPolicy::default(),
+        claim_destination: sim::p2tr(20),
+        keys: SwapKeys::derive(&master(2), 0).unwrap(),
+    };
+    let (mut swap, _) = BuyerSwap::start(start, &ctx).unwrap();
+    use bitcoin::secp256k1::rand::{rngs::StdRng, SeedableRng};
+    let mut rng = StdRng::seed_from_u64(1);
+    let at = |secs: u64| {
+        Context::new(START_TIME + secs, START_HEIGHT + 1, FeeRate::from_sat_per_vb(2).unwrap())
+    };
+    let early = swap.handle(Event::Tick, &at(REQUEST_TIMEOUT_SECS - 1), &mut rng).unwrap();
+    assert!(early.is_empty(), "{early:?}");
+    assert_eq!(swap.state(), &BuyerState::Requested);
+    let late = swap.handle(Event::Tick, &at(REQUEST_TIMEOUT_SECS), &mut rng).unwrap();
+    assert_eq!(swap.kind(), StateKind::Failed, "{:?}", swap.state());
+    assert!(late.contains(&Action::Persist));
+    let told = late.iter().any(|a| {
+        matches!(a, Action::Send(e) if matches!(&e.body, Message::SwapAbort(m) if m.reason == AbortReason::FundingTimeout))
+    });
+    assert!(told, "{late:?}");
+}
+
 /// Item 1: the seller's offer no longer sets the buyer's safety margin.
 #[test]
 fn an_offer_below_the_buyers_claim_margin_floor_is_refused() {

@@ -909,6 +909,27 @@ fn a_restart_in_awaiting_invoice_asks_for_the_invoice_again() {
     assert!(matches!(swap.state(), SellerState::Accepted { .. }));
 }
 
+/// A maker that never answers the request: the taker gives up after `REQUEST_TIMEOUT_SECS`
+/// (nothing was locked), telling the maker.
+#[test]
+fn a_request_the_maker_never_answers_ends() {
+    use looper_protocol::swap::{StateKind, REQUEST_TIMEOUT_SECS};
+    let (mut swap, _) = start();
+    let at = |secs: u64| Context::new(NOW + secs, TIP + 1, FeeRate::from_sat_per_vb(2).unwrap());
+    assert!(feed(&mut swap, Event::Tick, &at(REQUEST_TIMEOUT_SECS - 1)).is_empty());
+    assert_eq!(swap.state(), &SellerState::Requested);
+    let late = feed(&mut swap, Event::Tick, &at(REQUEST_TIMEOUT_SECS));
+    assert_eq!(swap.kind(), StateKind::Failed, "{:?}", swap.state());
+    let aborts: Vec<_> = sent(&late)
+        .into_iter()
+        .filter_map(|e| match e.body {
+            Message::SwapAbort(m) => Some(m.reason),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(aborts, vec![AbortReason::FundingTimeout], "{late:?}");
+}
+
 /// The taker's own funding target (`looper in --conf-target`) rides on `FundHtlc`, also after a
 /// restart (it is part of the record's limits).
 #[test]

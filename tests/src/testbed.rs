@@ -368,6 +368,9 @@ impl Bed {
     async fn start_swaps(&mut self) {
         let (taker, maker) = self.roles();
         let maker_pk = lock_wire(&self.wire).keys[maker];
+        // The bed's clock runs 600 s a block and a message may wait blocks for its delivery: a
+        // taker here waits for the answer to its request for days, not the default 15 minutes.
+        let request_timeout_secs = 7 * 24 * 3_600;
         for i in 0..self.sc.swaps {
             let amount = 100_000 + u64::from(i) * 10_000;
             let engine = &self.nodes[taker].engine;
@@ -375,11 +378,12 @@ impl Bed {
                 let limits = LoopInLimits {
                     max_total_fee_sat: 50_000,
                     max_timeout_delta: 200,
+                    request_timeout_secs,
                     ..LoopInLimits::default()
                 };
                 engine.take_loop_in_offer(self.offer.clone(), maker_pk, amount, limits, None).await
             } else {
-                let policy = BuyerPolicy::default();
+                let policy = BuyerPolicy { request_timeout_secs, ..BuyerPolicy::default() };
                 engine.take_offer(self.offer.clone(), maker_pk, amount, policy).await
             };
             match taken {
