@@ -96,6 +96,57 @@ impl ApiClient {
         self.send(reqwest::Method::POST, path, Some(body)).await
     }
 
+    /// `PUT path` with a JSON body.
+    ///
+    /// # Errors
+    /// [`HarnessError::Http`] or [`HarnessError::Api`].
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, HarnessError> {
+        self.send(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    /// Pays `amount_sat` to `to` over Lightning (an invoice of `to`, paid by this node) and waits
+    /// for the payment to succeed: moves a channel's balance.
+    ///
+    /// # Errors
+    /// As [`ApiClient::post`]; [`HarnessError::Http`] when the payment fails,
+    /// [`HarnessError::Timeout`] when it does not end within a minute.
+    pub async fn push_payment(&self, to: &ApiClient, amount_sat: u64) -> Result<(), HarnessError> {
+        let invoice: looper_api::InvoiceResponse = to
+            .post(
+                "/v1/ln/invoice",
+                &looper_api::InvoiceRequest {
+                    amount_msat: amount_sat * 1000,
+                    description: Some("push".into()),
+                    expiry_secs: None,
+                },
+            )
+            .await?;
+        let paid: looper_api::PayResponse =
+            self.post("/v1/ln/pay", &serde_json::json!({ "invoice": invoice.invoice })).await?;
+        let path = format!("/v1/ln/payments/{}", paid.payment_hash);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let p: looper_api::PaymentInfo = self.get(&path).await?;
+            match p.status {
+                looper_api::PaymentStatus::Succeeded => return Ok(()),
+                looper_api::PaymentStatus::Failed => {
+                    return Err(HarnessError::Http {
+                        what: format!("pay {amount_sat} sat"),
+                        reason: "the payment failed".into(),
+                    })
+                }
+                _ if std::time::Instant::now() > deadline => {
+                    return Err(HarnessError::Timeout(format!("a payment of {amount_sat} sat")))
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+            }
+        }
+    }
+
     /// `GET /v1/info`.
     ///
     /// # Errors
