@@ -1068,6 +1068,30 @@ async fn live_api_matches_openapi() -> Result<()> {
     }
     let stats = live.expect("GET", "/v1/stats", None, 200).await?;
     assert_eq!(stats["swaps"], 0, "{stats}");
+    // Autoloop: off by default; rules set (partial: the rest defaults) and read back; a dry run
+    // of a node without channels; invalid rules refused.
+    let st = live.expect("GET", "/v1/autoloop", None, 200).await?;
+    assert_eq!(
+        (&st["config"]["enabled"], &st["stopped"]),
+        (&json!(false), &json!("autoloop is disabled"))
+    );
+    let st =
+        live.expect("PUT", "/v1/autoloop", Some(json!({"rule": {"high_pct": 70}})), 200).await?;
+    assert_eq!(st["config"]["rule"]["high_pct"], 70);
+    assert_eq!(st["config"]["rule"]["low_pct"], 20);
+    assert!(st["period_start"].as_u64().unwrap() > 0, "{st}");
+    let plan = live.expect("POST", "/v1/autoloop/dry-run", None, 200).await?;
+    assert_eq!((&plan["dry_run"], &plan["decisions"]), (&json!(true), &json!([])));
+    live.error(
+        "PUT",
+        "/v1/autoloop",
+        json!({"rule": {"low_pct": 90}}),
+        400,
+        "bad_request",
+        "low_pct",
+    )
+    .await?;
+    live.error("PUT", "/v1/autoloop", json!({"bogus": 1}), 400, "bad_request", "bogus").await?;
     live.expect("GET", "/v1/ln/channels", None, 200).await?;
     let ln_addr = live.expect("POST", "/v1/ln/address", None, 200).await?;
     assert!(ln_addr["address"].as_str().unwrap().starts_with("bcrt1"));
