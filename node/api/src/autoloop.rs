@@ -89,8 +89,8 @@ pub struct AutoloopOverride {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AutoloopBudget {
-    /// Most fees per period (swap fees + on-chain fees), sat. A swap in flight counts with its
-    /// quoted cost until it ends, then with what it cost.
+    /// Most fees per period (swap fees + on-chain fees + a loop out's routing fee), sat. A swap
+    /// in flight counts with its quoted cost until it ends, then with what it cost.
     pub max_fee_sat: u64,
     /// Length of a period, seconds (periods run back to back from the first rules set).
     pub period_secs: u64,

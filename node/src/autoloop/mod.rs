@@ -19,7 +19,8 @@
 //! What a swap costs (the budget's unit): the maker's swap fee and on-chain charge (its quote)
 //! plus this node's own on-chain fee (a loop out's claim, a loop in's funding; estimated at the
 //! current fee rate while in flight; a failed swap costs the prepay and what was lost, or a loop
-//! in's funding and refund fees). Lightning routing fees are not counted.
+//! in's funding and refund fees), plus a loop out's Lightning routing fee once it ended (not
+//! known before: not in the quote a swap is chosen by).
 //!
 //! Limits: a swap is not pinned to its channel (ldk-node picks the route of a loop out's payment
 //! and the maker's route of a loop in's), so on a node with several channels to different peers
@@ -44,6 +45,7 @@ use serde::{Deserialize, Serialize};
 
 use self::plan::{BudgetState, Candidate, ChannelState, OwnFees, PlanInput};
 use crate::engine::{Engine, EngineError};
+use crate::lightning::Lightning;
 use crate::nostr::{NostrTransport, OfferFilter, PublicKey as NostrPublicKey};
 use crate::stats;
 use crate::store::{StoreError, SwapStore};
@@ -262,11 +264,14 @@ impl Autoloop {
     /// The ledger: every autoloop swap, ended ones brought up to date (and stored so).
     async fn ledger(&self) -> Result<Vec<(SwapId, LedgerEntry)>, AutoloopError> {
         let now = now_secs();
+        let lightning = Arc::clone(self.inner.engine.lightning());
         blocking(self.store(), move |store| {
             let mut out = Vec::new();
             for (id, label) in store.swap_labels()? {
                 let Some(mut entry) = entry_of(&label) else { continue };
-                if entry.status == SwapStatus::Pending && settle(store, &id, &mut entry, now)? {
+                if entry.status == SwapStatus::Pending
+                    && settle(store, &*lightning, &id, &mut entry, now)?
+                {
                     if let Ok(v) = serde_json::to_value(&entry) {
                         store.put_swap_label(&id, &v)?;
                     }
@@ -613,9 +618,11 @@ fn check(config: &AutoloopConfig) -> Result<(), AutoloopError> {
     Ok(())
 }
 
-/// Brings a pending entry up to date from its swap's record; `true` when it ended.
+/// Brings a pending entry up to date from its swap's record (and a loop out's routing fee from
+/// the Lightning node); `true` when it ended.
 fn settle(
     store: &dyn SwapStore,
+    lightning: &dyn Lightning,
     id: &SwapId,
     entry: &mut LedgerEntry,
     now: u64,
@@ -631,6 +638,13 @@ fn settle(
     };
     let Some(figures) = stats::figures_in(store, &record)? else { return Ok(false) };
     let quote_fee = figures.quote.map_or(0, |q| q.fee_sat());
+    // What a loop out's payment paid the route (a loop in's maker pays its own).
+    let routing = record
+        .payment_hash
+        .and_then(|h| lightning.payment(h))
+        .filter(|p| p.direction == "outbound")
+        .and_then(|p| p.fee_paid_msat)
+        .map_or(0, |msat| msat.div_ceil(1000));
     let (status, cost) = match (figures.kind, entry.direction) {
         (StateKind::Pending, _) => return Ok(false),
         (StateKind::Succeeded, SwapDirection::LoopIn) => {
@@ -642,9 +656,11 @@ fn settle(
             (SwapStatus::Failed, own.saturating_add(figures.onchain_fee_sat))
         }
         (StateKind::Succeeded, _) => {
-            (SwapStatus::Succeeded, figures.cost_sat().unwrap_or(quote_fee))
+            (SwapStatus::Succeeded, figures.cost_sat().unwrap_or(quote_fee).saturating_add(routing))
         }
-        (StateKind::Failed, _) => (SwapStatus::Failed, figures.cost_sat().unwrap_or(0)),
+        (StateKind::Failed, _) => {
+            (SwapStatus::Failed, figures.cost_sat().unwrap_or(0).saturating_add(routing))
+        }
     };
     entry.status = status;
     entry.cost_sat = Some(cost);
