@@ -277,18 +277,19 @@ async fn show(ctx: &Ctx, key: &str) -> CliResult<()> {
         return Ok(());
     }
     let s = &v;
-    print!(
-        "{}",
-        key_values(&[
-            ("swap", s.swap_id.clone()),
-            ("role", s.role.to_string()),
-            ("status", s.status.to_string()),
-            ("state", s.state.clone()),
-            ("payment hash", s.payment_hash.clone().unwrap_or_else(|| "-".into())),
-            ("created", date(s.created_at)),
-            ("updated", date(s.updated_at)),
-        ])
-    );
+    let mut pairs = vec![
+        ("swap", s.swap_id.clone()),
+        ("role", s.role.to_string()),
+        ("status", s.status.to_string()),
+        ("state", s.state.clone()),
+        ("payment hash", s.payment_hash.clone().unwrap_or_else(|| "-".into())),
+        ("created", date(s.created_at)),
+        ("updated", date(s.updated_at)),
+    ];
+    if let Some(label) = &s.label {
+        pairs.push(("label", label.clone()));
+    }
+    print!("{}", key_values(&pairs));
     let events = client.swap_events(&s.swap_id, 0, 0).await?;
     if !events.events.is_empty() {
         println!("events:");

@@ -401,6 +401,11 @@ impl Autoloop {
             }
         }
         if let Ok(mut last) = self.inner.last_run.lock() {
+            // Said once when it starts holding (the budget spent, swaps in flight).
+            let before = last.as_ref().and_then(|p| p.stopped.clone());
+            if let Some(why) = plan.stopped.as_ref().filter(|w| before.as_ref() != Some(*w)) {
+                tracing::info!("autoloop starts nothing: {why}");
+            }
             *last = Some(plan.clone());
         }
         Ok(plan)
