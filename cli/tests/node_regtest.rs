@@ -103,6 +103,33 @@ async fn cli_against_a_regtest_node() -> anyhow::Result<()> {
     assert_eq!(r.code, 0, "{r:?}");
     assert_eq!(r.stdout, "no swap in progress\n");
 
+    // autoloop: off by default; set (the rest keeps its defaults); a dry run of a node without
+    // channels; a usage error.
+    let r = cli(&url, &token, &["autoloop", "status"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(r.stdout.starts_with("autoloop:"), "{r:?}");
+    assert!(r.stdout.contains("stopped:") && r.stdout.contains("autoloop is disabled"), "{r:?}");
+    let r = cli(
+        &url,
+        &token,
+        &["--json", "autoloop", "set", "--enable", "--high", "70", "--budget", "9000"],
+    )
+    .await;
+    assert_eq!(r.code, 0, "{r:?}");
+    let st = r.json();
+    assert_eq!(st["config"]["enabled"], true);
+    assert_eq!(st["config"]["rule"]["high_pct"], 70);
+    assert_eq!(st["config"]["rule"]["low_pct"], 20);
+    assert_eq!(st["config"]["budget"]["max_fee_sat"], 9000);
+    let r = cli(&url, &token, &["autoloop", "dry-run"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout, "no channels\n");
+    let r = cli(&url, &token, &["autoloop", "set", "--low", "90"]).await;
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(r.stderr.contains("low_pct (90) must be below high_pct (70)"), "{r:?}");
+    let r = cli(&url, &token, &["--json", "autoloop", "set", "--disable"]).await;
+    assert_eq!(r.json()["config"]["enabled"], false, "{r:?}");
+
     // An unknown swap.
     let unknown = "00".repeat(32);
     let r = cli(&url, &token, &["swap", &unknown]).await;

@@ -180,6 +180,9 @@ fn help_has_examples() {
         vec!["ln", "disconnect"],
         vec!["ln", "close"],
         vec!["ln", "withdraw"],
+        vec!["autoloop", "status"],
+        vec!["autoloop", "set"],
+        vec!["autoloop", "dry-run"],
         vec!["sync"],
         vec!["completions"],
     ] {

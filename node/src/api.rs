@@ -16,21 +16,22 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, MethodRouter};
+use axum::routing::{delete, get, post, put, MethodRouter};
 use axum::{Extension, Json, Router};
 use bitcoin::address::NetworkUnchecked;
 use bitcoin::hashes::Hash;
 use bitcoin::{Address, Amount, FeeRate, Network, ScriptBuf};
 use ldk_node::lightning_invoice::Bolt11Invoice;
 use looper_api::{
-    AbortResponse, AddressResponse, BlockRequest, BlockedKey, BlockedList, Channel, ChannelList,
-    CloseRequest, CloseResponse, ConnectRequest, DisconnectResponse, DiscoverQuery,
-    DiscoveredOffer, ErrorBody, ErrorCode, EventsQuery, InfoResponse, InvoiceRequest,
-    InvoiceResponse, LnBalance, LnInfo, LnWithdrawRequest, OfferIdResponse, OfferList, OpenRequest,
-    OpenResponse, PayRequest, PayResponse, PaymentDirection, PaymentInfo, PaymentStatus, Peer,
-    PeerList, ScriptSpendResponse, SellerHistory, SendRequest, SendResponse, StatsResponse,
-    SwapDetail, SwapEvents, SwapExport, SwapInRequest, SwapList, SwapOutRequest, SwapOutResponse,
-    SwapSummary, SyncResponse, UnblockResponse, WalletBalance, WithdrawResponse,
+    AbortResponse, AddressResponse, AutoloopConfig, AutoloopPlan, AutoloopStatus, BlockRequest,
+    BlockedKey, BlockedList, Channel, ChannelList, CloseRequest, CloseResponse, ConnectRequest,
+    DisconnectResponse, DiscoverQuery, DiscoveredOffer, ErrorBody, ErrorCode, EventsQuery,
+    InfoResponse, InvoiceRequest, InvoiceResponse, LnBalance, LnInfo, LnWithdrawRequest,
+    OfferIdResponse, OfferList, OpenRequest, OpenResponse, PayRequest, PayResponse,
+    PaymentDirection, PaymentInfo, PaymentStatus, Peer, PeerList, ScriptSpendResponse,
+    SellerHistory, SendRequest, SendResponse, StatsResponse, SwapDetail, SwapEvents, SwapExport,
+    SwapInRequest, SwapList, SwapOutRequest, SwapOutResponse, SwapSummary, SyncResponse,
+    UnblockResponse, WalletBalance, WithdrawResponse,
 };
 use looper_protocol::buyer::BuyerPolicy;
 use looper_protocol::messages::Offer;
@@ -65,6 +66,8 @@ pub struct ApiState {
     pub token: Arc<ApiToken>,
     /// The node's network.
     pub network: Network,
+    /// Autoloop (`/v1/autoloop`).
+    pub autoloop: crate::autoloop::Autoloop,
 }
 
 /// Facts about the node the engine does not hold, shown by `GET /v1/info`.
@@ -169,6 +172,14 @@ impl ApiError {
             other => Self::internal(other),
         }
     }
+    fn autoloop(e: crate::autoloop::AutoloopError) -> Self {
+        use crate::autoloop::AutoloopError;
+        match e {
+            AutoloopError::Invalid(reason) => Self::new(ErrorCode::BadRequest, reason),
+            AutoloopError::Engine(e) => Self::engine(e),
+            other => Self::internal(other),
+        }
+    }
     fn block_list(e: BlockListError) -> Self {
         match e {
             BlockListError::FromConfig(_) => Self::new(ErrorCode::Conflict, e),
@@ -234,6 +245,9 @@ fn method_router(method: &str, path: &str) -> Option<MethodRouter<ApiState>> {
         ("POST", "/v1/ln/channels/{id}/close") => post(ln_close),
         ("POST", "/v1/ln/withdraw") => post(ln_withdraw),
         ("POST", "/v1/sync") => post(sync),
+        ("GET", "/v1/autoloop") => get(autoloop_status),
+        ("PUT", "/v1/autoloop") => put(autoloop_set),
+        ("POST", "/v1/autoloop/dry-run") => post(autoloop_dry_run),
         _ => return None,
     })
 }
@@ -589,7 +603,7 @@ async fn read_store<T: Send + 'static>(
 }
 
 /// A stored swap as the API lists it, with its amounts when its record reads (`figures`).
-fn summary(r: &SwapRecord, figures: Option<&SwapFigures>) -> SwapSummary {
+fn summary(r: &SwapRecord, figures: Option<&SwapFigures>, label: Option<String>) -> SwapSummary {
     use crate::store::{SwapRole, SwapStatus};
     SwapSummary {
         swap_id: r.id.to_string(),
@@ -610,15 +624,29 @@ fn summary(r: &SwapRecord, figures: Option<&SwapFigures>) -> SwapSummary {
         amount_sat: figures.map(|f| f.amount_sat),
         cost_sat: figures.and_then(SwapFigures::cost_sat),
         earned_sat: figures.and_then(SwapFigures::earned_sat),
+        label,
     }
+}
+
+/// The label a swap's stored label shows (`"autoloop"` for autoloop's ledger entries).
+fn label_name(label: &serde_json::Value) -> Option<String> {
+    label.get("label").and_then(serde_json::Value::as_str).map(str::to_string)
 }
 
 async fn list_swaps(State(s): State<ApiState>) -> Typed<SwapList> {
     let swaps = read_store(&s, |store| {
         let records = store.list_swaps(&SwapFilter::default())?;
+        let labels: std::collections::BTreeMap<SwapId, String> = store
+            .swap_labels()?
+            .into_iter()
+            .filter_map(|(id, l)| label_name(&l).map(|n| (id, n)))
+            .collect();
         records
             .iter()
-            .map(|r| Ok(summary(r, stats::figures_in(store, r)?.as_ref())))
+            .map(|r| {
+                let label = labels.get(&r.id).cloned();
+                Ok(summary(r, stats::figures_in(store, r)?.as_ref(), label))
+            })
             .collect::<Result<Vec<_>, StoreError>>()
     })
     .await?;
@@ -653,7 +681,15 @@ async fn get_swap(State(s): State<ApiState>, Path(key): Path<String>) -> Typed<S
         .and_then(|rec| serde_json::to_value(rec).ok())
         .unwrap_or_default();
     let figures = stats::figures_in(s.engine.store().as_ref(), &r).map_err(ApiError::internal)?;
-    Ok(Json(SwapDetail::new(summary(&r, figures.as_ref()), record)))
+    let label = s
+        .engine
+        .store()
+        .swap_labels()
+        .map_err(ApiError::internal)?
+        .into_iter()
+        .find(|(id, _)| *id == r.id)
+        .and_then(|(_, l)| label_name(&l));
+    Ok(Json(SwapDetail::new(summary(&r, figures.as_ref(), label), record)))
 }
 
 async fn abort_swap(State(s): State<ApiState>, Path(key): Path<String>) -> Typed<AbortResponse> {
@@ -1228,6 +1264,25 @@ async fn ln_withdraw(
         .await
         .map_err(ApiError::lightning)?;
     Ok(Json(SendResponse { txid: txid.to_string() }))
+}
+
+/// `GET /v1/autoloop`: rules, budget, swaps in flight, the last run.
+async fn autoloop_status(State(s): State<ApiState>) -> Typed<AutoloopStatus> {
+    Ok(Json(s.autoloop.status().await.map_err(ApiError::autoloop)?))
+}
+
+/// `PUT /v1/autoloop`: new rules (kept in the store).
+async fn autoloop_set(
+    State(s): State<ApiState>,
+    req: Result<Json<AutoloopConfig>, JsonRejection>,
+) -> Typed<AutoloopStatus> {
+    let config = body(req)?;
+    Ok(Json(s.autoloop.set_config(config).await.map_err(ApiError::autoloop)?))
+}
+
+/// `POST /v1/autoloop/dry-run`: what autoloop would do now and why; changes nothing.
+async fn autoloop_dry_run(State(s): State<ApiState>) -> Typed<AutoloopPlan> {
+    Ok(Json(s.autoloop.dry_run().await.map_err(ApiError::autoloop)?))
 }
 
 async fn sync(State(s): State<ApiState>) -> Typed<SyncResponse> {

@@ -536,6 +536,8 @@ pub struct SyncConfig {
     pub chain_poll_secs: u64,
     /// Fee-rate estimate refresh interval.
     pub fee_rate_secs: u64,
+    /// How often autoloop looks at the channels while it is enabled (`looper autoloop set`).
+    pub autoloop_secs: u64,
 }
 
 /// Per-sender limits on incoming Nostr swap traffic (`[peer_limits]`): token buckets keyed by
@@ -624,7 +626,13 @@ impl Default for FeeConfig {
 
 impl Default for SyncConfig {
     fn default() -> Self {
-        SyncConfig { wallet_secs: 30, lightning_secs: 30, chain_poll_secs: 10, fee_rate_secs: 600 }
+        SyncConfig {
+            wallet_secs: 30,
+            lightning_secs: 30,
+            chain_poll_secs: 10,
+            fee_rate_secs: 600,
+            autoloop_secs: 60,
+        }
     }
 }
 
@@ -1503,6 +1511,7 @@ impl Config {
             ("sync.lightning_secs", s.lightning_secs),
             ("sync.chain_poll_secs", s.chain_poll_secs),
             ("sync.fee_rate_secs", s.fee_rate_secs),
+            ("sync.autoloop_secs", s.autoloop_secs),
         ] {
             if value == 0 || value > 86_400 {
                 return Err(invalid(key, "must be between 1 and 86400 seconds"));
@@ -1950,6 +1959,7 @@ wallet_secs = 1
 lightning_secs = 2
 chain_poll_secs = 3
 fee_rate_secs = 4
+autoloop_secs = 5
 
 [peer_limits]
 swap_request_burst = 100
@@ -1986,6 +1996,8 @@ messages_per_minute = 1200
         assert_eq!(c.buyer.min_confirmations, 3);
         assert_eq!(c.fees.max_fee_rate_sat_vb, 50);
         assert_eq!(c.sync.fee_rate_secs, 4);
+        assert_eq!(c.sync.autoloop_secs, 5);
+        assert_eq!(load_toml(&regtest(&[]), "").unwrap().sync.autoloop_secs, 60);
         assert_eq!(c.peer_limits.swap_requests(), RateLimit::new(100, 600));
         assert_eq!(c.peer_limits.messages(), RateLimit::new(300, 1200));
     }

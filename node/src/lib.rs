@@ -7,6 +7,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod autoloop;
 pub mod backup;
 pub mod chain;
 pub mod config;

@@ -404,6 +404,19 @@ impl LooperNode {
         let engine_task = tokio::spawn(self.engine.clone().run(async move {
             let _ = engine_stop.wait_for(|s| *s).await;
         }));
+        let autoloop = crate::autoloop::Autoloop::new(
+            self.engine.clone(),
+            self.transport.clone(),
+            crate::autoloop::AutoloopSettings {
+                network: self.config.network,
+                buyer_policy: self.config.buyer_policy(),
+                interval: Duration::from_secs(self.config.sync.autoloop_secs.max(1)),
+            },
+        );
+        let mut autoloop_stop = stop_rx.clone();
+        let autoloop_task = tokio::spawn(autoloop.clone().run(async move {
+            let _ = autoloop_stop.wait_for(|s| *s).await;
+        }));
         let facts = crate::api::NodeFacts {
             ln_listen: self.config.lightning.listen.iter().map(|a| a.to_string()).collect(),
             relays: self.config.relays.clone(),
@@ -418,6 +431,7 @@ impl LooperNode {
                 nostr: self.transport.clone(),
                 token: Arc::new(self.token),
                 network: self.config.network,
+                autoloop,
             },
             facts,
         );
@@ -430,6 +444,7 @@ impl LooperNode {
         tracing::info!("shutting down");
         let _ = stop_tx.send(true);
         let _ = engine_task.await;
+        let _ = autoloop_task.await;
         // Open event streams and long polls would hold a graceful shutdown: a moment, then cut.
         let abort = server_task.abort_handle();
         if tokio::time::timeout(Duration::from_secs(3), server_task).await.is_err() {

@@ -268,6 +268,7 @@ fn sample_summary() -> looper_api::SwapSummary {
         amount_sat: Some(100_000),
         cost_sat: Some(1_661),
         earned_sat: None,
+        label: Some("autoloop".into()),
     }
 }
 
@@ -704,6 +705,82 @@ fn api_types_match_schemas() {
         ..export.clone()
     };
     check_type(&doc, "SwapExport", &[export, requested], seen);
+    let rule = a::AutoloopRule::default();
+    check_type(&doc, "AutoloopRule", &[rule], seen);
+    let by_channel = a::AutoloopOverride { channel_id: Some("cc".repeat(32)), peer: None, rule };
+    let by_peer = a::AutoloopOverride { channel_id: None, peer: Some("02".repeat(33)), rule };
+    check_type(&doc, "AutoloopOverride", &[by_channel.clone(), by_peer], seen);
+    check_type(&doc, "AutoloopBudget", &[a::AutoloopBudget::default()], seen);
+    let config = a::AutoloopConfig { overrides: vec![by_channel], ..a::AutoloopConfig::default() };
+    check_type(&doc, "AutoloopConfig", std::slice::from_ref(&config), seen);
+    let choice = a::AutoloopChoice {
+        seller: "ab".repeat(32),
+        offer_id: "o1".into(),
+        swap_fee_sat: 1_250,
+        maker_onchain_fee_sat: 300,
+        own_onchain_fee_sat: 111,
+        total_cost_sat: 1_661,
+    };
+    check_type(&doc, "AutoloopChoice", std::slice::from_ref(&choice), seen);
+    let started = a::AutoloopDecision {
+        channel_id: "cc".repeat(32),
+        peer: "02".repeat(33),
+        capacity_sat: 2_000_000,
+        local_sat: 1_700_000,
+        remote_sat: 280_000,
+        local_pct: 85,
+        rule,
+        action: a::AutoloopAction::LoopOut,
+        amount_sat: Some(500_000),
+        choice: Some(choice),
+        reason: "loop out 500000 sat".into(),
+        swap_id: Some("00".repeat(32)),
+    };
+    let idle = a::AutoloopDecision {
+        action: a::AutoloopAction::None,
+        amount_sat: None,
+        choice: None,
+        swap_id: None,
+        reason: "local share 50% within [20%, 80%]".into(),
+        ..started.clone()
+    };
+    check_type(&doc, "AutoloopDecision", &[started.clone(), idle], seen);
+    let run = a::AutoloopPlan {
+        at: 1_800_000_000,
+        dry_run: false,
+        stopped: None,
+        decisions: vec![started],
+    };
+    let dry = a::AutoloopPlan {
+        dry_run: true,
+        stopped: Some("autoloop is disabled".into()),
+        ..run.clone()
+    };
+    check_type(&doc, "AutoloopPlan", &[run.clone(), dry], seen);
+    let swap = a::AutoloopSwap {
+        swap_id: "00".repeat(32),
+        direction: looper_protocol::SwapDirection::LoopIn,
+        channel_id: "cc".repeat(32),
+        seller: "ab".repeat(32),
+        amount_sat: 500_000,
+        created_at: 1_800_000_000,
+        cost_sat: 1_661,
+        status: a::SwapStatus::Pending,
+    };
+    check_type(&doc, "AutoloopSwap", std::slice::from_ref(&swap), seen);
+    let status = a::AutoloopStatus {
+        config,
+        period_start: 1_800_000_000,
+        spent_sat: 1_661,
+        left_sat: 18_339,
+        in_flight: 1,
+        stopped: Some("1 autoloop swap(s) in flight (max_in_flight 1)".into()),
+        swaps: vec![swap],
+        last_run: Some(run),
+    };
+    let fresh =
+        a::AutoloopStatus { stopped: None, last_run: None, swaps: Vec::new(), ..status.clone() };
+    check_type(&doc, "AutoloopStatus", &[status, fresh], seen);
     check_type(
         &doc,
         "Error",
@@ -939,6 +1016,15 @@ async fn live_api_matches_openapi() -> Result<()> {
             nostr: transport.clone(),
             token: Arc::new(token.clone()),
             network: Network::Regtest,
+            autoloop: looper_node::autoloop::Autoloop::new(
+                engine.clone(),
+                transport.clone(),
+                looper_node::autoloop::AutoloopSettings {
+                    network: Network::Regtest,
+                    buyer_policy: Default::default(),
+                    interval: std::time::Duration::from_secs(60),
+                },
+            ),
         },
         NodeFacts {
             ln_listen: vec![listen.clone()],
@@ -983,6 +1069,30 @@ async fn live_api_matches_openapi() -> Result<()> {
     }
     let stats = live.expect("GET", "/v1/stats", None, 200).await?;
     assert_eq!(stats["swaps"], 0, "{stats}");
+    // Autoloop: off by default; rules set (partial: the rest defaults) and read back; a dry run
+    // of a node without channels; invalid rules refused.
+    let st = live.expect("GET", "/v1/autoloop", None, 200).await?;
+    assert_eq!(
+        (&st["config"]["enabled"], &st["stopped"]),
+        (&json!(false), &json!("autoloop is disabled"))
+    );
+    let st =
+        live.expect("PUT", "/v1/autoloop", Some(json!({"rule": {"high_pct": 70}})), 200).await?;
+    assert_eq!(st["config"]["rule"]["high_pct"], 70);
+    assert_eq!(st["config"]["rule"]["low_pct"], 20);
+    assert!(st["period_start"].as_u64().unwrap() > 0, "{st}");
+    let plan = live.expect("POST", "/v1/autoloop/dry-run", None, 200).await?;
+    assert_eq!((&plan["dry_run"], &plan["decisions"]), (&json!(true), &json!([])));
+    live.error(
+        "PUT",
+        "/v1/autoloop",
+        json!({"rule": {"low_pct": 90}}),
+        400,
+        "bad_request",
+        "low_pct",
+    )
+    .await?;
+    live.error("PUT", "/v1/autoloop", json!({"bogus": 1}), 400, "bad_request", "bogus").await?;
     live.expect("GET", "/v1/ln/channels", None, 200).await?;
     let ln_addr = live.expect("POST", "/v1/ln/address", None, 200).await?;
     assert!(ln_addr["address"].as_str().unwrap().starts_with("bcrt1"));

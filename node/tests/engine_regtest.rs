@@ -188,6 +188,22 @@ impl SwapStore for MockFailingStore {
     fn blocked_keys(&self) -> Result<Vec<looper_node::store::BlockEntry>, StoreError> {
         self.inner.blocked_keys()
     }
+    fn put_swap_label(
+        &self,
+        id: &looper_protocol::SwapId,
+        label: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.inner.put_swap_label(id, label)
+    }
+    fn swap_labels(&self) -> Result<Vec<(looper_protocol::SwapId, serde_json::Value)>, StoreError> {
+        self.inner.swap_labels()
+    }
+    fn put_setting(&self, name: &str, value: &serde_json::Value) -> Result<(), StoreError> {
+        self.inner.put_setting(name, value)
+    }
+    fn setting(&self, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        self.inner.setting(name)
+    }
 }
 
 fn free_port() -> u16 {
@@ -530,6 +546,15 @@ async fn loop_out(cooperative: bool) -> Result<()> {
         nostr: buyer.transport.clone(),
         token: Arc::new(token.clone()),
         network: Network::Regtest,
+        autoloop: looper_node::autoloop::Autoloop::new(
+            buyer.engine.clone(),
+            buyer.transport.clone(),
+            looper_node::autoloop::AutoloopSettings {
+                network: Network::Regtest,
+                buyer_policy: Default::default(),
+                interval: std::time::Duration::from_secs(60),
+            },
+        ),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let api_addr = listener.local_addr()?;

@@ -1148,7 +1148,8 @@ fn node_toml(spec: &NodeSpec) -> String {
         s.push_str(&format!("min_claim_margin = {margin}\n"));
     }
     s.push_str(
-        "\n[sync]\nwallet_secs = 2\nlightning_secs = 2\nchain_poll_secs = 1\nfee_rate_secs = 60\n",
+        "\n[sync]\nwallet_secs = 2\nlightning_secs = 2\nchain_poll_secs = 1\nfee_rate_secs = 60\n\
+         autoloop_secs = 1\n",
     );
     if let Some(cap) = spec.max_fee_rate_sat_vb {
         s.push_str(&format!("\n[fees]\nmax_fee_rate_sat_vb = {cap}\n"));

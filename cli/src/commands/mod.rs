@@ -1,5 +1,6 @@
 //! The command line (clap) and the dispatch to one module per command group.
 
+pub mod autoloop;
 pub mod block;
 pub mod info;
 pub mod ln;
@@ -134,6 +135,10 @@ pub enum Command {
     /// invoice, pay, address, withdraw.
     #[command(subcommand)]
     Ln(ln::LnCommand),
+    /// Autoloop: rules that keep the channels balanced by swapping on their own within a fee
+    /// budget (off by default): status, set, dry-run.
+    #[command(subcommand)]
+    Autoloop(autoloop::AutoloopCommand),
     /// Sync the wallets with the chain now.
     #[command(after_help = "Example:\n  looper sync")]
     Sync,
@@ -246,6 +251,7 @@ pub async fn run(cli: Cli) -> CliResult<()> {
         Command::Stats => stats::stats(&ctx).await,
         Command::Wallet(cmd) => wallet::wallet(&ctx, cmd).await,
         Command::Ln(cmd) => ln::ln(&ctx, cmd).await,
+        Command::Autoloop(cmd) => autoloop::autoloop(&ctx, cmd).await,
         Command::Sync => info::sync(&ctx).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();

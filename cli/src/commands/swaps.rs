@@ -122,6 +122,7 @@ pub fn render_swaps(v: &SwapList) -> String {
                 cost_cell(s),
                 short(s.payment_hash.as_deref().unwrap_or("-")),
                 date(s.created_at),
+                s.label.clone().unwrap_or_else(|| "-".into()),
             ]
         })
         .collect();
@@ -136,6 +137,7 @@ pub fn render_swaps(v: &SwapList) -> String {
             ("COST (sat)", Align::Right),
             ("PAYMENT HASH", Align::Left),
             ("CREATED (unix)", Align::Right),
+            ("LABEL", Align::Left),
         ],
         &rows,
     )
@@ -275,18 +277,19 @@ async fn show(ctx: &Ctx, key: &str) -> CliResult<()> {
         return Ok(());
     }
     let s = &v;
-    print!(
-        "{}",
-        key_values(&[
-            ("swap", s.swap_id.clone()),
-            ("role", s.role.to_string()),
-            ("status", s.status.to_string()),
-            ("state", s.state.clone()),
-            ("payment hash", s.payment_hash.clone().unwrap_or_else(|| "-".into())),
-            ("created", date(s.created_at)),
-            ("updated", date(s.updated_at)),
-        ])
-    );
+    let mut pairs = vec![
+        ("swap", s.swap_id.clone()),
+        ("role", s.role.to_string()),
+        ("status", s.status.to_string()),
+        ("state", s.state.clone()),
+        ("payment hash", s.payment_hash.clone().unwrap_or_else(|| "-".into())),
+        ("created", date(s.created_at)),
+        ("updated", date(s.updated_at)),
+    ];
+    if let Some(label) = &s.label {
+        pairs.push(("label", label.clone()));
+    }
+    print!("{}", key_values(&pairs));
     let events = client.swap_events(&s.swap_id, 0, 0).await?;
     if !events.events.is_empty() {
         println!("events:");
@@ -606,13 +609,18 @@ mod tests {
             amount_sat: Some(100_000),
             cost_sat: None,
             earned_sat: None,
+            label: None,
         }
     }
 
     #[test]
     fn the_swap_table_shows_amounts_and_costs() {
         use looper_api::SwapRole;
-        let bought = SwapSummary { cost_sat: Some(1_661), ..summary("b1", SwapRole::Buyer, 3) };
+        let bought = SwapSummary {
+            cost_sat: Some(1_661),
+            label: Some("autoloop".into()),
+            ..summary("b1", SwapRole::Buyer, 3)
+        };
         let sold = SwapSummary { earned_sat: Some(1_550), ..summary("s1", SwapRole::Seller, 2) };
         // An older node's answer: no amounts.
         let old = SwapSummary { amount_sat: None, ..summary("o1", SwapRole::Buyer, 1) };
@@ -620,10 +628,10 @@ mod tests {
         assert_eq!(
             render_swaps(&list),
             "\
-SWAP  DIR  ROLE    STATUS     STATE    AMOUNT (sat)    COST (sat)  PAYMENT HASH           CREATED (unix)
-b1    out  buyer   succeeded  Claimed       100,000         1,661  -             1970-01-01 00:00:03 UTC
-s1    out  seller  succeeded  Claimed       100,000  earned 1,550  -             1970-01-01 00:00:02 UTC
-o1    out  buyer   succeeded  Claimed             -             -  -             1970-01-01 00:00:01 UTC
+SWAP  DIR  ROLE    STATUS     STATE    AMOUNT (sat)    COST (sat)  PAYMENT HASH           CREATED (unix)  LABEL
+b1    out  buyer   succeeded  Claimed       100,000         1,661  -             1970-01-01 00:00:03 UTC  autoloop
+s1    out  seller  succeeded  Claimed       100,000  earned 1,550  -             1970-01-01 00:00:02 UTC  -
+o1    out  buyer   succeeded  Claimed             -             -  -             1970-01-01 00:00:01 UTC  -
 "
         );
         // JSON: the fields are added, the others unchanged; absent ones left out.
@@ -634,6 +642,8 @@ o1    out  buyer   succeeded  Claimed             -             -  -            
         assert!(v["swaps"][1].get("cost_sat").is_none(), "{v}");
         assert!(v["swaps"][0].get("amount_sat").is_none(), "{v}");
         assert_eq!(v["swaps"][0]["payment_hash"], Value::Null);
+        assert_eq!(v["swaps"][2]["label"], "autoloop");
+        assert!(v["swaps"][1].get("label").is_none(), "{v}");
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! ```
 #![deny(missing_docs)]
 
+mod autoloop;
 mod error;
 mod terms;
 
@@ -32,6 +33,10 @@ use looper_protocol::SwapDirection;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use autoloop::{
+    AutoloopAction, AutoloopBudget, AutoloopChoice, AutoloopConfig, AutoloopDecision,
+    AutoloopOverride, AutoloopPlan, AutoloopRule, AutoloopStatus, AutoloopSwap, AUTOLOOP_LABEL,
+};
 pub use error::{BuyerCheckCode, ErrorBody, ErrorCode};
 pub use terms::{OfferContext, OfferTerms, Prepay, PrepayParseError, AUTO_PREPAY_FUNDING_VBYTES};
 
@@ -75,6 +80,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/ln/channels/{id}/close"),
     ("POST", "/v1/ln/withdraw"),
     ("POST", "/v1/sync"),
+    ("GET", "/v1/autoloop"),
+    ("PUT", "/v1/autoloop"),
+    ("POST", "/v1/autoloop/dry-run"),
 ];
 
 /// Default cap on a payment route's total CLTV expiry delta (`POST /v1/ln/pay`; LDK's default).
@@ -445,6 +453,9 @@ pub struct SwapSummary {
     /// Absent for a buyer, or when the record does not read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub earned_sat: Option<u64>,
+    /// What started the swap when not the operator: `"autoloop"` ([`AUTOLOOP_LABEL`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
 }
 
 /// `GET /v1/swaps`.
@@ -483,6 +494,9 @@ pub struct SwapDetail {
     /// As [`SwapSummary::earned_sat`] (seller).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub earned_sat: Option<u64>,
+    /// As [`SwapSummary::label`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
     /// The protocol's swap record (its versioned JSON; no keys, no unrevealed preimage); `null`
     /// (absent) when it could not be read.
     #[serde(default, skip_serializing_if = "Value::is_null")]
@@ -504,6 +518,7 @@ impl SwapDetail {
             amount_sat,
             cost_sat,
             earned_sat,
+            label,
         } = summary;
         SwapDetail {
             swap_id,
@@ -517,6 +532,7 @@ impl SwapDetail {
             amount_sat,
             cost_sat,
             earned_sat,
+            label,
             record,
         }
     }
@@ -535,6 +551,7 @@ impl SwapDetail {
             amount_sat: self.amount_sat,
             cost_sat: self.cost_sat,
             earned_sat: self.earned_sat,
+            label: self.label.clone(),
         }
     }
 
@@ -1207,6 +1224,7 @@ mod tests {
             amount_sat: Some(100_000),
             cost_sat: Some(1_661),
             earned_sat: None,
+            label: None,
         };
         let d = SwapDetail::new(summary.clone(), serde_json::json!({"v": 1}));
         assert_eq!(d.summary(), summary);

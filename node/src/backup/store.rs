@@ -307,4 +307,20 @@ impl SwapStore for BackedUpStore {
     fn blocked_keys(&self) -> Result<Vec<BlockEntry>, StoreError> {
         self.inner.blocked_keys()
     }
+    fn put_swap_label(
+        &self,
+        id: &looper_protocol::SwapId,
+        label: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.inner.put_swap_label(id, label)
+    }
+    fn swap_labels(&self) -> Result<Vec<(looper_protocol::SwapId, serde_json::Value)>, StoreError> {
+        self.inner.swap_labels()
+    }
+    fn put_setting(&self, name: &str, value: &serde_json::Value) -> Result<(), StoreError> {
+        self.inner.put_setting(name, value)
+    }
+    fn setting(&self, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        self.inner.setting(name)
+    }
 }

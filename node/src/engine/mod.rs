@@ -438,6 +438,17 @@ impl Engine {
         Ok(())
     }
 
+    /// The fee rate of the swaps' own spends as last estimated (a claim's or refund's target),
+    /// and of fundings.
+    pub fn fee_rates(&self) -> (FeeRate, FeeRate) {
+        let ctx = self.lock_ctx();
+        let targets = &self.inner.config.fees;
+        (
+            ctx.fees.estimates.rate_for(targets.claim_target),
+            ctx.fees.estimates.rate_for(targets.funding_target),
+        )
+    }
+
     /// The confirmation targets of the swaps' own transactions.
     pub fn fee_settings(&self) -> FeeSettings {
         self.inner.config.fees
@@ -587,8 +598,25 @@ impl Engine {
         policy: BuyerPolicy,
         destination: Option<ScriptBuf>,
     ) -> Result<SwapId, EngineError> {
+        self.take_offer_labelled(offer, seller, amount_sat, policy, destination, None).await
+    }
+
+    /// Like [`Engine::take_offer_to`], with a label ([`SwapStore::put_swap_label`]) committed
+    /// under the new swap's id before the swap starts (autoloop's ledger entry).
+    ///
+    /// # Errors
+    /// As [`Engine::take_offer`].
+    pub async fn take_offer_labelled(
+        &self,
+        offer: Offer,
+        seller: NostrPublicKey,
+        amount_sat: u64,
+        policy: BuyerPolicy,
+        destination: Option<ScriptBuf>,
+        label: Option<serde_json::Value>,
+    ) -> Result<SwapId, EngineError> {
         let TakerParts { ctx, keys, nostr_keys, destination: claim_destination, swap_id } =
-            self.taker_parts(destination).await?;
+            self.taker_parts(destination, label.as_ref()).await?;
         let start = BuyerStart {
             swap_id,
             peer: seller.to_hex(),
@@ -621,8 +649,26 @@ impl Engine {
         limits: LoopInLimits,
         refund_destination: Option<ScriptBuf>,
     ) -> Result<SwapId, EngineError> {
+        self.take_loop_in_offer_labelled(offer, maker, amount_sat, limits, refund_destination, None)
+            .await
+    }
+
+    /// Like [`Engine::take_loop_in_offer`], with a label committed under the new swap's id
+    /// before the swap starts (as [`Engine::take_offer_labelled`]).
+    ///
+    /// # Errors
+    /// As [`Engine::take_loop_in_offer`].
+    pub async fn take_loop_in_offer_labelled(
+        &self,
+        offer: Offer,
+        maker: NostrPublicKey,
+        amount_sat: u64,
+        limits: LoopInLimits,
+        refund_destination: Option<ScriptBuf>,
+        label: Option<serde_json::Value>,
+    ) -> Result<SwapId, EngineError> {
         let TakerParts { ctx, keys, nostr_keys, destination: refund_destination, swap_id } =
-            self.taker_parts(refund_destination).await?;
+            self.taker_parts(refund_destination, label.as_ref()).await?;
         let start = LockerStart {
             swap_id,
             peer: maker.to_hex(),
@@ -644,8 +690,12 @@ impl Engine {
     /// What a swap this node takes starts from: the context refreshed from the chain, the swap's
     /// keys at a fresh index, its own Nostr key (never the identity, so that the maker cannot link
     /// it to the node's other swaps), where our spend of the HTLC pays (`destination`, or a new
-    /// address of the wallet) and a fresh random swap id.
-    async fn taker_parts(&self, destination: Option<ScriptBuf>) -> Result<TakerParts, EngineError> {
+    /// address of the wallet) and a fresh random swap id, under which `label` is committed.
+    async fn taker_parts(
+        &self,
+        destination: Option<ScriptBuf>,
+        label: Option<&serde_json::Value>,
+    ) -> Result<TakerParts, EngineError> {
         self.refresh_context().await?;
         let ctx = self.context();
         let index = blocking_store(|| self.inner.store.next_swap_index())?;
@@ -658,6 +708,9 @@ impl Engine {
         };
         let mut id = [0u8; 32];
         self.inner.entropy.fill(&mut id);
+        if let Some(label) = label {
+            blocking_store(|| self.inner.store.put_swap_label(&SwapId(id), label))?;
+        }
         Ok(TakerParts { ctx, keys, nostr_keys, destination, swap_id: SwapId(id) })
     }
 

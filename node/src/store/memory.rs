@@ -19,6 +19,8 @@ struct Inner {
     processed: BTreeMap<[u8; 32], u64>,
     events: BTreeMap<SwapId, Vec<serde_json::Value>>,
     blocked: BTreeMap<String, BlockMeta>,
+    labels: BTreeMap<SwapId, serde_json::Value>,
+    settings: BTreeMap<String, serde_json::Value>,
 }
 
 /// The [`SwapStore`] in memory.
@@ -190,5 +192,23 @@ impl SwapStore for MemoryStore {
     fn blocked_keys(&self) -> Result<Vec<BlockEntry>, StoreError> {
         let inner = self.lock()?;
         Ok(inner.blocked.iter().map(|(k, m)| m.clone().into_entry(k.clone())).collect())
+    }
+
+    fn put_swap_label(&self, id: &SwapId, label: &serde_json::Value) -> Result<(), StoreError> {
+        self.lock()?.labels.insert(*id, label.clone());
+        Ok(())
+    }
+
+    fn swap_labels(&self) -> Result<Vec<(SwapId, serde_json::Value)>, StoreError> {
+        Ok(self.lock()?.labels.iter().map(|(k, v)| (*k, v.clone())).collect())
+    }
+
+    fn put_setting(&self, name: &str, value: &serde_json::Value) -> Result<(), StoreError> {
+        self.lock()?.settings.insert(name.to_string(), value.clone());
+        Ok(())
+    }
+
+    fn setting(&self, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        Ok(self.lock()?.settings.get(name).cloned())
     }
 }

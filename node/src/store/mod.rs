@@ -1,7 +1,8 @@
 //! The node's persistent state behind one trait, [`SwapStore`]: swap records, our published
 //! offers, the swap key-derivation index, the [`RestoreState`], processed Nostr event ids, a
-//! per-swap event log and the seller's block list of Nostr keys (the keys blocked through the
-//! API; those of the configuration are not stored).
+//! per-swap event log, the seller's block list of Nostr keys (the keys blocked through the
+//! API; those of the configuration are not stored), swap labels (autoloop's ledger) and named
+//! settings (autoloop's rules).
 //!
 //! Two implementations: [`RedbStore`] (one redb file, `DATADIR/looper.redb`, shared with the BDK
 //! wallet persister through [`RedbStore::database`]) and [`MemoryStore`] (tests, simulations).
@@ -348,6 +349,32 @@ pub trait SwapStore: Send + Sync {
     /// # Errors
     /// [`StoreError`] on a database or decoding error.
     fn blocked_keys(&self) -> Result<Vec<BlockEntry>, StoreError>;
+
+    /// Inserts or replaces the label of a swap (JSON; autoloop's ledger entry of a swap it
+    /// started, written before the swap starts). A label may name a swap id that has no record
+    /// (a swap refused before its first commit).
+    ///
+    /// # Errors
+    /// [`StoreError`] if the write cannot be committed.
+    fn put_swap_label(&self, id: &SwapId, label: &serde_json::Value) -> Result<(), StoreError>;
+
+    /// Every swap label, ordered by swap id.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database or decoding error.
+    fn swap_labels(&self) -> Result<Vec<(SwapId, serde_json::Value)>, StoreError>;
+
+    /// Inserts or replaces a named setting (JSON; e.g. autoloop's rules).
+    ///
+    /// # Errors
+    /// [`StoreError`] if the write cannot be committed.
+    fn put_setting(&self, name: &str, value: &serde_json::Value) -> Result<(), StoreError>;
+
+    /// A named setting.
+    ///
+    /// # Errors
+    /// [`StoreError`] on a database or decoding error.
+    fn setting(&self, name: &str) -> Result<Option<serde_json::Value>, StoreError>;
 }
 
 /// Largest swap index: indices are hardened BIP-32 child numbers (below 2^31).

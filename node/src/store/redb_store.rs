@@ -43,6 +43,11 @@ const OFFERS: TableDefinition<&str, &str> = TableDefinition::new("offers");
 const NOSTR_PROCESSED: TableDefinition<[u8; 32], u64> = TableDefinition::new("nostr_processed");
 const SWAP_EVENTS: TableDefinition<([u8; 32], u64), &str> = TableDefinition::new("swap_events");
 const BLOCKED_KEYS: TableDefinition<&str, &str> = TableDefinition::new("blocked_keys");
+/// Swap labels (autoloop's ledger), JSON by swap id. Added in schema version 1 (a table is
+/// created at open: older files need no migration).
+const SWAP_LABELS: TableDefinition<[u8; 32], &str> = TableDefinition::new("swap_labels");
+/// Named settings (autoloop's rules), JSON by name.
+const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
 
 const KEY_SCHEMA_VERSION: &str = "schema_version";
 const KEY_NEXT_SWAP_INDEX: &str = "next_swap_index";
@@ -165,6 +170,8 @@ impl RedbStore {
         tx.open_table(NOSTR_PROCESSED).map_err(db_err("create tables"))?;
         tx.open_table(SWAP_EVENTS).map_err(db_err("create tables"))?;
         tx.open_table(BLOCKED_KEYS).map_err(db_err("create tables"))?;
+        tx.open_table(SWAP_LABELS).map_err(db_err("create tables"))?;
+        tx.open_table(SETTINGS).map_err(db_err("create tables"))?;
         tx.commit().map_err(db_err("commit the schema"))
     }
 
@@ -501,5 +508,53 @@ impl SwapStore for RedbStore {
             out.push(meta.into_entry(key));
         }
         Ok(out)
+    }
+
+    fn put_swap_label(&self, id: &SwapId, label: &serde_json::Value) -> Result<(), StoreError> {
+        let json = serde_json::to_string(label)
+            .map_err(|source| StoreError::Encode { what: format!("label of swap {id}"), source })?;
+        let key = id.0;
+        self.write(move |tx| {
+            let mut table = tx.open_table(SWAP_LABELS).map_err(db_err("open swap labels"))?;
+            table.insert(key, json.as_str()).map_err(db_err("write a swap label"))?;
+            Ok(())
+        })
+    }
+
+    fn swap_labels(&self) -> Result<Vec<(SwapId, serde_json::Value)>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("begin a read"))?;
+        let table = tx.open_table(SWAP_LABELS).map_err(db_err("open swap labels"))?;
+        let mut out = Vec::new();
+        for entry in table.iter().map_err(db_err("list swap labels"))? {
+            let (key, json) = entry.map_err(db_err("list swap labels"))?;
+            let id = SwapId(key.value());
+            let label = serde_json::from_str(json.value()).map_err(|source| {
+                StoreError::Corrupt { what: format!("label of swap {id}"), source }
+            })?;
+            out.push((id, label));
+        }
+        Ok(out)
+    }
+
+    fn put_setting(&self, name: &str, value: &serde_json::Value) -> Result<(), StoreError> {
+        let json = serde_json::to_string(value)
+            .map_err(|source| StoreError::Encode { what: format!("setting {name}"), source })?;
+        let name = name.to_string();
+        self.write(move |tx| {
+            let mut table = tx.open_table(SETTINGS).map_err(db_err("open settings"))?;
+            table.insert(name.as_str(), json.as_str()).map_err(db_err("write a setting"))?;
+            Ok(())
+        })
+    }
+
+    fn setting(&self, name: &str) -> Result<Option<serde_json::Value>, StoreError> {
+        let tx = self.db.begin_read().map_err(db_err("begin a read"))?;
+        let table = tx.open_table(SETTINGS).map_err(db_err("open settings"))?;
+        let Some(json) = table.get(name).map_err(db_err("read a setting"))? else {
+            return Ok(None);
+        };
+        serde_json::from_str(json.value())
+            .map(Some)
+            .map_err(|source| StoreError::Corrupt { what: format!("setting {name}"), source })
     }
 }

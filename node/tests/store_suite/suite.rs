@@ -29,7 +29,8 @@ macro_rules! swap_store_test_suite {
                 restore_state_roundtrip,
                 processed_events,
                 swap_event_log,
-                blocked_keys_roundtrip
+                blocked_keys_roundtrip,
+                labels_and_settings
             );
         }
     };
@@ -278,4 +279,23 @@ pub fn blocked_keys_roundtrip(store: &dyn SwapStore) {
     assert!(store.unblock_key(&a).unwrap());
     assert!(!store.unblock_key(&a).unwrap());
     assert_eq!(store.blocked_keys().unwrap(), vec![first[1].clone()]);
+}
+
+/// Swap labels and named settings: write, replace, read back in order; absent ones.
+pub fn labels_and_settings(store: &dyn SwapStore) {
+    assert!(store.swap_labels().unwrap().is_empty());
+    assert_eq!(store.setting("autoloop").unwrap(), None);
+    store.put_swap_label(&id(2), &serde_json::json!({"label": "autoloop", "n": 2})).unwrap();
+    store.put_swap_label(&id(1), &serde_json::json!({"label": "autoloop", "n": 1})).unwrap();
+    store.put_swap_label(&id(2), &serde_json::json!({"label": "autoloop", "n": 3})).unwrap();
+    let labels = store.swap_labels().unwrap();
+    assert_eq!(labels.len(), 2);
+    assert_eq!(labels[0], (id(1), serde_json::json!({"label": "autoloop", "n": 1})));
+    assert_eq!(labels[1], (id(2), serde_json::json!({"label": "autoloop", "n": 3})));
+    store.put_setting("autoloop", &serde_json::json!({"enabled": true})).unwrap();
+    store.put_setting("autoloop", &serde_json::json!({"enabled": false})).unwrap();
+    store.put_setting("other", &serde_json::json!(1)).unwrap();
+    assert_eq!(store.setting("autoloop").unwrap(), Some(serde_json::json!({"enabled": false})));
+    assert_eq!(store.setting("other").unwrap(), Some(serde_json::json!(1)));
+    assert_eq!(store.setting("none").unwrap(), None);
 }

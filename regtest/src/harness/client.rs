@@ -96,6 +96,74 @@ impl ApiClient {
         self.send(reqwest::Method::POST, path, Some(body)).await
     }
 
+    /// `PUT path` with a JSON body.
+    ///
+    /// # Errors
+    /// [`HarnessError::Http`] or [`HarnessError::Api`].
+    pub async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, HarnessError> {
+        self.send(reqwest::Method::PUT, path, Some(body)).await
+    }
+
+    /// Pays `amount_sat` to `to` over Lightning (an invoice of `to`, paid by this node) and waits
+    /// for the payment to succeed: moves a channel's balance. A payment refused or failed is
+    /// tried again with a new invoice for up to a minute.
+    ///
+    /// # Errors
+    /// As [`ApiClient::post`]; [`HarnessError::Http`] when the payments keep failing,
+    /// [`HarnessError::Timeout`] when one does not end within the minute.
+    pub async fn push_payment(&self, to: &ApiClient, amount_sat: u64) -> Result<(), HarnessError> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let retry = || std::time::Instant::now() < deadline;
+        // The channel refuses a payment while the previous one's HTLC is still being removed
+        // (what may be in flight is capped): tried again, with a new invoice, for a while.
+        'attempt: loop {
+            let invoice: looper_api::InvoiceResponse = to
+                .post(
+                    "/v1/ln/invoice",
+                    &looper_api::InvoiceRequest {
+                        amount_msat: amount_sat * 1000,
+                        description: Some("push".into()),
+                        expiry_secs: None,
+                    },
+                )
+                .await?;
+            let body = serde_json::json!({ "invoice": invoice.invoice });
+            let paid: looper_api::PayResponse = match self.post("/v1/ln/pay", &body).await {
+                Ok(p) => p,
+                Err(HarnessError::Api { .. }) if retry() => {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    continue 'attempt;
+                }
+                Err(e) => return Err(e),
+            };
+            let path = format!("/v1/ln/payments/{}", paid.payment_hash);
+            loop {
+                let p: looper_api::PaymentInfo = self.get(&path).await?;
+                match p.status {
+                    looper_api::PaymentStatus::Succeeded => return Ok(()),
+                    looper_api::PaymentStatus::Failed if retry() => {
+                        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                        continue 'attempt;
+                    }
+                    looper_api::PaymentStatus::Failed => {
+                        return Err(HarnessError::Http {
+                            what: format!("pay {amount_sat} sat"),
+                            reason: "the payment failed".into(),
+                        })
+                    }
+                    _ if !retry() => {
+                        return Err(HarnessError::Timeout(format!("a payment of {amount_sat} sat")))
+                    }
+                    _ => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                }
+            }
+        }
+    }
+
     /// `GET /v1/info`.
     ///
     /// # Errors
