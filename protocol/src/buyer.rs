@@ -259,6 +259,13 @@ pub struct HtlcOutput {
     pub outpoint: OutPoint,
     /// Confirmed at.
     pub confirmed_height: Option<u32>,
+    /// After the payment: the tip height when the output left the chain (its funding
+    /// reorganised out and dropped, or its input double-spent); `None` while it is on chain as
+    /// far as we know. Cleared when it comes back; still out the required confirmations past
+    /// the timeout, the swap ends [`BuyerState::Lost`] (spec `02-swap-flow.md`, "Residual risk:
+    /// a funding double-spent after the payment").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gone_since: Option<u32>,
 }
 
 /// The buyer's states.
@@ -393,12 +400,18 @@ pub enum BuyerState {
         offered: Option<Box<LoopInTerms>>,
     },
     /// Paid, but the HTLC went back to the seller (only a dishonest seller or a claim that came
-    /// too late leads here).
+    /// too late leads here), or its funding left the chain for good after the payment (the
+    /// seller double-spent it: the residual risk of paying after `min_confirmations`). The loss
+    /// is the invoice paid (`terms.invoice_amount_msat`).
     Lost {
         /// The terms.
         terms: Terms,
-        /// The seller's spend.
+        /// The seller's spend; with `funding_gone`, the funding transaction that left the chain.
         spend_txid: Txid,
+        /// The HTLC's funding left the chain after the payment and was still out the required
+        /// confirmations past the timeout (nothing of it was ever claimable again).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        funding_gone: bool,
     },
 }
 
@@ -1015,7 +1028,7 @@ impl BuyerSwap {
             Event::HtlcChecked { outpoint, status } => self.on_htlc_checked(outpoint, status, ctx),
             Event::ClaimBuilt { tx, inputs_sat } => self.on_claim_built(tx, inputs_sat, ctx),
             Event::UserScriptSpend => self.on_user_claim(ctx),
-            Event::HtlcGone { outpoint } => self.on_htlc_gone(outpoint),
+            Event::HtlcGone { outpoint } => self.on_htlc_gone(outpoint, ctx),
             Event::UserAbort => match self.rec.state {
                 BuyerState::Requested
                 | BuyerState::Accepting { .. }
@@ -1099,7 +1112,7 @@ impl BuyerSwap {
         let htlc = self.rec.state.htlc_output().cloned().or(match &self.rec.state {
             // Keep the announced outpoint: the seller's cooperative refund needs it.
             BuyerState::Accepted { announced: Some(o), .. } => {
-                Some(HtlcOutput { outpoint: *o, confirmed_height: None })
+                Some(HtlcOutput { outpoint: *o, confirmed_height: None, gone_since: None })
             }
             _ => None,
         });
@@ -1487,7 +1500,7 @@ impl BuyerSwap {
             BuyerState::Funded { terms, htlc, .. } => (terms.clone(), Some(htlc.clone())),
             BuyerState::Paying { .. }
             | BuyerState::Claiming { .. }
-            | BuyerState::ClaimBroadcast { .. } => return Ok(Vec::new()),
+            | BuyerState::ClaimBroadcast { .. } => return self.on_htlc_back(outpoint),
             _ => return Ok(Vec::new()),
         };
         let htlc = self.htlc()?;
@@ -1519,7 +1532,7 @@ impl BuyerSwap {
             } => (*payment_attempts, *unsent_attempts, *retry_at_secs, *attempt),
             _ => (0, 0, 0, 0),
         };
-        let output = HtlcOutput { outpoint, confirmed_height };
+        let output = HtlcOutput { outpoint, confirmed_height, gone_since: None };
         let changed = current.as_ref() != Some(&output);
         let mut actions = Vec::new();
         if changed {
@@ -1571,7 +1584,7 @@ impl BuyerSwap {
                 None,
             );
         }
-        let output = HtlcOutput { outpoint, confirmed_height };
+        let output = HtlcOutput { outpoint, confirmed_height, gone_since: None };
         let BuyerState::Accepting { htlc, .. } = &mut self.rec.state else {
             return Ok(Vec::new());
         };
@@ -1716,6 +1729,10 @@ impl BuyerSwap {
         status: HtlcStatus,
         ctx: &Context,
     ) -> Actions {
+        if matches!(self.rec.state, BuyerState::Claiming { .. } | BuyerState::ClaimBroadcast { .. })
+        {
+            return self.on_paid_htlc_checked(outpoint, status, ctx);
+        }
         let BuyerState::Funded { htlc, .. } = &self.rec.state else {
             self.verifying_htlc = false;
             return Ok(Vec::new());
@@ -1725,7 +1742,7 @@ impl BuyerSwap {
         }
         self.verifying_htlc = false;
         match status {
-            HtlcStatus::Missing => self.on_htlc_gone(outpoint),
+            HtlcStatus::Missing => self.on_htlc_gone(outpoint, ctx),
             HtlcStatus::Spent => {
                 self.abort(AbortReason::ChecksFailed, Some(BuyerCheckError::HtlcSpent), None)
             }
@@ -1757,8 +1774,10 @@ impl BuyerSwap {
 
     /// The HTLC output left the chain (reorg, double spend). Before paying: wait for it again
     /// (`Accepted`; the usual deadlines abort the swap if it never comes back). After paying:
-    /// keep watching, the claim is rebroadcast every block and confirms once the HTLC is back.
-    fn on_htlc_gone(&mut self, outpoint: OutPoint) -> Actions {
+    /// keep watching, the claim is rebroadcast every block and confirms once the HTLC is back;
+    /// the height it left at is recorded (`HtlcOutput::gone_since`), and an output still out
+    /// past the timeout ends the swap `Lost` ([`BuyerSwap::on_paid_htlc_checked`]).
+    fn on_htlc_gone(&mut self, outpoint: OutPoint, ctx: &Context) -> Actions {
         let Some(output) = self.rec.state.htlc_output() else { return Ok(Vec::new()) };
         if output.outpoint != outpoint {
             return Ok(Vec::new());
@@ -1775,7 +1794,97 @@ impl BuyerSwap {
                 self.go(BuyerState::Accepted { terms, announced: None })?;
                 Ok(vec![Action::Persist, note])
             }
+            BuyerState::Paying { htlc, .. }
+            | BuyerState::Claiming { htlc, .. }
+            | BuyerState::ClaimBroadcast { htlc, .. }
+                if htlc.gone_since.is_none() =>
+            {
+                htlc.gone_since = Some(ctx.tip_height);
+                Ok(vec![Action::Persist, note])
+            }
             _ => Ok(vec![note]),
+        }
+    }
+
+    /// After paying, the HTLC output back on chain: it is claimable again (the claim that is
+    /// out confirms with it).
+    fn on_htlc_back(&mut self, outpoint: OutPoint) -> Actions {
+        match &mut self.rec.state {
+            BuyerState::Paying { htlc, .. }
+            | BuyerState::Claiming { htlc, .. }
+            | BuyerState::ClaimBroadcast { htlc, .. }
+                if htlc.outpoint == outpoint && htlc.gone_since.is_some() =>
+            {
+                htlc.gone_since = None;
+                Ok(vec![Action::Persist])
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// The deadline of a paid swap's HTLC: the timeout plus the required confirmations
+    /// ([`BuyerSwap::required_confirmations`], the depth the buyer trusted before paying), in
+    /// `Claiming` and `ClaimBroadcast`.
+    fn gone_deadline(&self) -> Option<(u32, &HtlcOutput)> {
+        match &self.rec.state {
+            BuyerState::Claiming { terms, htlc, .. }
+            | BuyerState::ClaimBroadcast { terms, htlc, .. } => {
+                let depth = self.required_confirmations();
+                Some((terms.htlc_params.timeout_height.saturating_add(depth), htlc))
+            }
+            _ => None,
+        }
+    }
+
+    /// Past the deadline ([`BuyerSwap::gone_deadline`]) with the HTLC neither claimed nor
+    /// refunded: the chain is asked at every tick whether the output is still there
+    /// ([`Action::CheckHtlc`], answered in [`BuyerSwap::on_paid_htlc_checked`]). Asked rather
+    /// than waited for: a node that restarted after the funding left never hears it leave.
+    fn check_htlc_past_timeout(&self, ctx: &Context) -> Option<Action> {
+        let (deadline, htlc) = self.gone_deadline()?;
+        if ctx.tip_height < deadline {
+            return None;
+        }
+        let script_pubkey = self.htlc().ok()?.script_pubkey().to_owned();
+        Some(Action::CheckHtlc { outpoint: htlc.outpoint, script_pubkey })
+    }
+
+    /// The chain's answer about the HTLC of a paid swap past its deadline. Back (unspent): its
+    /// departure is forgotten, the claim that is out confirms with it. Missing: the departure is
+    /// recorded (`HtlcOutput::gone_since`) if it was not; missing at a later block than the
+    /// one it was recorded at, the funding is gone for good: no block up to the timeout holds
+    /// it, deeper than any reorg the swap allows for, and from the timeout on the seller may take
+    /// the HTLC back the moment it reappears. Only a seller that double-spent its funding after
+    /// being paid gets here (a funding that was only reorganised out is broadcast again by the
+    /// seller, and comes back). The swap ends `Lost`, the invoice paid being the loss.
+    fn on_paid_htlc_checked(
+        &mut self,
+        outpoint: OutPoint,
+        status: HtlcStatus,
+        ctx: &Context,
+    ) -> Actions {
+        let Some((deadline, htlc)) = self.gone_deadline() else { return Ok(Vec::new()) };
+        if htlc.outpoint != outpoint {
+            return Ok(Vec::new());
+        }
+        match status {
+            HtlcStatus::Unspent { .. } => self.on_htlc_back(outpoint),
+            HtlcStatus::Spent => Ok(Vec::new()), // the spend comes as `Event::HtlcSpent`
+            HtlcStatus::Missing => {
+                let gone_before = htlc.gone_since.is_some_and(|h| h < ctx.tip_height);
+                if !gone_before || ctx.tip_height < deadline {
+                    return self.on_htlc_gone(outpoint, ctx);
+                }
+                let Some(terms) = self.rec.state.terms().cloned() else { return Ok(Vec::new()) };
+                let (txid, lost_sat) = (outpoint.txid, terms.invoice_amount_msat / 1000);
+                self.go(BuyerState::Lost { terms, spend_txid: txid, funding_gone: true })?;
+                self.live.coop = Ephemeral(None);
+                Ok(vec![
+                    Action::Persist,
+                    Action::Notify(Notification::FundingLost { txid, lost_sat }),
+                    self.finished(),
+                ])
+            }
         }
     }
 
@@ -1862,7 +1971,7 @@ impl BuyerSwap {
                     ));
                 }
                 let (terms, spend_txid) = (terms.clone(), *spend_txid);
-                self.go(BuyerState::Lost { terms, spend_txid })?;
+                self.go(BuyerState::Lost { terms, spend_txid, funding_gone: false })?;
                 return Ok(vec![
                     Action::Persist,
                     Action::Notify(Notification::Paid),
@@ -2254,7 +2363,7 @@ impl BuyerSwap {
         }
         let announced = match &self.rec.state {
             BuyerState::Accepted { announced: Some(o), .. } => {
-                Some(HtlcOutput { outpoint: *o, confirmed_height: None })
+                Some(HtlcOutput { outpoint: *o, confirmed_height: None, gone_since: None })
             }
             _ => None,
         };
@@ -2266,7 +2375,11 @@ impl BuyerSwap {
         let early = self.rec.state.offered().and_then(|_| {
             let tx = req.tx().ok()?;
             let input = tx.input.first().filter(|_| tx.input.len() == 1)?;
-            Some(HtlcOutput { outpoint: input.previous_output, confirmed_height: None })
+            Some(HtlcOutput {
+                outpoint: input.previous_output,
+                confirmed_height: None,
+                gone_since: None,
+            })
         });
         let (Some(output), Some(quote)) = (
             self.rec.state.htlc_output().cloned().or(announced).or(early),
@@ -2327,7 +2440,7 @@ impl BuyerSwap {
                     let received_sat = self.received_by(&tx);
                     self.go(BuyerState::Claimed { terms, claim_txid: txid, received_sat })?;
                 } else {
-                    self.go(BuyerState::Lost { terms, spend_txid: txid })?;
+                    self.go(BuyerState::Lost { terms, spend_txid: txid, funding_gone: false })?;
                 }
                 Ok(vec![Action::Persist, self.finished()])
             }
@@ -2341,7 +2454,7 @@ impl BuyerSwap {
                 // will never learn it, and calls it lost.
                 if self.rec.lightning_state_lost {
                     let terms = terms.clone();
-                    self.go(BuyerState::Lost { terms, spend_txid: txid })?;
+                    self.go(BuyerState::Lost { terms, spend_txid: txid, funding_gone: false })?;
                     return Ok(vec![Action::Persist, self.finished()]);
                 }
                 if let BuyerState::Paying { refunded_by, .. } = &mut self.rec.state {
@@ -2377,6 +2490,13 @@ impl BuyerSwap {
     }
 
     fn handle_tick(&mut self, ctx: &Context, rng: &mut impl Rng) -> Actions {
+        let check = self.check_htlc_past_timeout(ctx);
+        let mut actions = self.tick_state(ctx, rng)?;
+        actions.extend(check);
+        Ok(actions)
+    }
+
+    fn tick_state(&mut self, ctx: &Context, rng: &mut impl Rng) -> Actions {
         match &self.rec.state {
             BuyerState::Accepting { offered, funding_deadline_secs, .. } => {
                 // Loop in: a taker that never funds costs us a message, not a wait without end.
