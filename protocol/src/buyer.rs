@@ -20,6 +20,7 @@ use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, Txid};
 use lightning_invoice::Bolt11Invoice;
 use serde::{Deserialize, Serialize};
 
+use crate::checks::{check_htlc_amount, check_htlc_script, check_quote, check_timeout, own_quote};
 use crate::claims::{ClaimMember, ClaimOut};
 use crate::fees::{spend_fee_rate, Outstanding, SpendFee, DEADLINE_SAFETY_BLOCKS};
 use crate::htlc::{Htlc, HtlcParams, HtlcSpendPath};
@@ -39,7 +40,7 @@ use crate::spend::{
 };
 use crate::swap::{
     confirmations, Action, Context, Event, HtlcStatus, Notification, PaymentStatus, StateKind,
-    SwapError, TxPurpose, COOP_TIMEOUT_SECS, DEFAULT_CLAIM_MARGIN, TIMEOUT_SLACK_BLOCKS,
+    SwapError, TxPurpose, COOP_TIMEOUT_SECS, DEFAULT_CLAIM_MARGIN,
 };
 use crate::terms::{Quote, DUST_LIMIT_SAT};
 use crate::types::{PaymentHash, Preimage, SwapDirection, SwapId};
@@ -61,155 +62,9 @@ pub const PAYMENT_RETRY_SECS: u64 = 10;
 /// few minutes, enough for a restarted node's peers to reconnect.
 pub const MAX_UNSENT_PAYMENT_ATTEMPTS: u32 = 30;
 
-/// A check the buyer makes before paying; each failure has its own name (spec
-/// `02-swap-flow.md`, "Buyer checks").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[serde(tag = "check", content = "detail", rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum BuyerCheckError {
-    /// The seller's quote differs from ours.
-    #[error("quote mismatch: {0}")]
-    QuoteMismatch(String),
-    /// The fee is above the buyer's limit.
-    #[error("fee {fee_sat} sat exceeds the limit of {max_sat} sat")]
-    FeeTooHigh {
-        /// The quote's fee.
-        fee_sat: u64,
-        /// The limit.
-        max_sat: u64,
-    },
-    /// The invoice does not decode.
-    #[error("invoice does not decode: {0}")]
-    InvoiceInvalid(String),
-    /// The invoice is not signed by the offer's Lightning node.
-    #[error("invoice payee is not the offer's lightning node")]
-    InvoicePayee,
-    /// The invoice is for another network.
-    #[error("invoice is for another network")]
-    InvoiceNetwork,
-    /// The invoice's hash is not the HTLC's.
-    #[error("invoice payment hash differs from the htlc's")]
-    InvoiceHashMismatch,
-    /// The invoice asks for another amount than the quote.
-    #[error("invoice amount {invoice_msat} msat differs from the quote's {quote_msat} msat")]
-    InvoiceAmountMismatch {
-        /// What the invoice asks.
-        invoice_msat: u64,
-        /// What the quote says.
-        quote_msat: u64,
-    },
-    /// The invoice has expired.
-    #[error("invoice expired")]
-    InvoiceExpired,
-    /// The offer's prepay is above the buyer's limit.
-    #[error("prepay of {prepay_sat} sat exceeds the limit of {max_sat} sat")]
-    PrepayTooHigh {
-        /// The offer's prepay.
-        prepay_sat: u64,
-        /// The limit ([`BuyerPolicy::max_prepay_sat`]).
-        max_sat: u64,
-    },
-    /// The prepay invoice is missing, unexpected, or not what the quote says.
-    #[error("prepay invoice: {0}")]
-    PrepayInvoiceInvalid(String),
-    /// The HTLC script differs from the one rebuilt from the agreed terms.
-    #[error("htlc script mismatch: {0}")]
-    HtlcScriptMismatch(String),
-    /// The HTLC value differs from the quote's.
-    #[error("htlc amount {got_sat} sat differs from the agreed {expected_sat} sat")]
-    HtlcAmountMismatch {
-        /// Agreed.
-        expected_sat: u64,
-        /// Found.
-        got_sat: u64,
-    },
-    /// The timeout is outside what the offer allows.
-    #[error("timeout height {timeout_height} is outside [{min}, {max}]")]
-    TimeoutOutOfRange {
-        /// The timeout.
-        timeout_height: u32,
-        /// Lowest acceptable.
-        min: u32,
-        /// Highest acceptable.
-        max: u32,
-    },
-    /// Too few blocks left for a Lightning route.
-    #[error("cltv budget of {budget} blocks is below the {needed} a route needs")]
-    CltvBudgetTooShort {
-        /// Blocks available to the route.
-        budget: u32,
-        /// Blocks needed.
-        needed: u32,
-    },
-    /// The HTLC was spent before we paid.
-    #[error("htlc spent before payment")]
-    HtlcSpent,
-    /// The offer keeps fewer blocks for the claim than the buyer's own floor.
-    #[error("offer's claim margin of {offered} blocks is below this node's floor of {min}")]
-    ClaimMarginTooLow {
-        /// The offer's `claim_margin`.
-        offered: u32,
-        /// The buyer's floor ([`BuyerPolicy::min_claim_margin`]).
-        min: u32,
-    },
-    /// A claim at the highest fee rate the buyer would pay leaves the HTLC at or below dust.
-    #[error("a claim at {fee_rate_sat_vb} sat/vB costs {claim_fee_sat} sat: too much of the {htlc_sat} sat htlc")]
-    ClaimUnaffordable {
-        /// The HTLC value.
-        htlc_sat: u64,
-        /// The script-path claim fee at that rate.
-        claim_fee_sat: u64,
-        /// The rate ([`BuyerPolicy::max_claim_fee_rate_sat_vb`]).
-        fee_rate_sat_vb: u64,
-    },
-}
-
-impl BuyerCheckError {
-    /// Every check's stable code, as in the spec's table and the node's API errors.
-    pub const CODES: &'static [&'static str] = &[
-        "quote_mismatch",
-        "fee_too_high",
-        "invoice_invalid",
-        "invoice_payee",
-        "invoice_network",
-        "invoice_hash_mismatch",
-        "invoice_amount_mismatch",
-        "invoice_expired",
-        "prepay_too_high",
-        "prepay_invoice_invalid",
-        "htlc_script_mismatch",
-        "htlc_amount_mismatch",
-        "timeout_out_of_range",
-        "cltv_budget_too_short",
-        "htlc_spent",
-        "claim_margin_too_low",
-        "claim_unaffordable",
-    ];
-
-    /// The check's stable snake_case code (spec `02-swap-flow.md`, "Buyer checks"; the `check`
-    /// tag of the serialized error).
-    pub fn code(&self) -> &'static str {
-        match self {
-            BuyerCheckError::QuoteMismatch(_) => "quote_mismatch",
-            BuyerCheckError::FeeTooHigh { .. } => "fee_too_high",
-            BuyerCheckError::InvoiceInvalid(_) => "invoice_invalid",
-            BuyerCheckError::InvoicePayee => "invoice_payee",
-            BuyerCheckError::InvoiceNetwork => "invoice_network",
-            BuyerCheckError::InvoiceHashMismatch => "invoice_hash_mismatch",
-            BuyerCheckError::InvoiceAmountMismatch { .. } => "invoice_amount_mismatch",
-            BuyerCheckError::InvoiceExpired => "invoice_expired",
-            BuyerCheckError::PrepayTooHigh { .. } => "prepay_too_high",
-            BuyerCheckError::PrepayInvoiceInvalid(_) => "prepay_invoice_invalid",
-            BuyerCheckError::HtlcScriptMismatch(_) => "htlc_script_mismatch",
-            BuyerCheckError::HtlcAmountMismatch { .. } => "htlc_amount_mismatch",
-            BuyerCheckError::TimeoutOutOfRange { .. } => "timeout_out_of_range",
-            BuyerCheckError::CltvBudgetTooShort { .. } => "cltv_budget_too_short",
-            BuyerCheckError::HtlcSpent => "htlc_spent",
-            BuyerCheckError::ClaimMarginTooLow { .. } => "claim_margin_too_low",
-            BuyerCheckError::ClaimUnaffordable { .. } => "claim_unaffordable",
-        }
-    }
-}
+/// The buyer's (the claimer's) checks: the [`CheckError`](crate::checks::CheckError) both roles
+/// share (kept under this name for its users).
+pub use crate::checks::CheckError as BuyerCheckError;
 
 /// What the buyer agreed to in `swap_accept`, checked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -700,14 +555,7 @@ impl BuyerSwap {
     /// # Errors
     /// [`BuyerCheckError`] when the offer cannot serve the amount within the policy.
     pub fn start(start: BuyerStart, ctx: &Context) -> Result<(Self, Vec<Action>), BuyerCheckError> {
-        let quote = Quote::compute(&start.offer, start.amount_sat)
-            .map_err(|e| BuyerCheckError::QuoteMismatch(e.to_string()))?;
-        if quote.fee_sat() > start.policy.max_total_fee_sat {
-            return Err(BuyerCheckError::FeeTooHigh {
-                fee_sat: quote.fee_sat(),
-                max_sat: start.policy.max_total_fee_sat,
-            });
-        }
+        let quote = own_quote(&start.offer, start.amount_sat, start.policy.max_total_fee_sat)?;
         if quote.prepay_sat > start.policy.max_prepay_sat {
             return Err(BuyerCheckError::PrepayTooHigh {
                 prepay_sat: quote.prepay_sat,
@@ -1129,16 +977,8 @@ impl BuyerSwap {
     }
 
     fn check_accept(&self, accept: &SwapAccept, ctx: &Context) -> Result<Terms, BuyerCheckError> {
-        let quote = &accept.quote;
-        quote
-            .check_against(&self.rec.core.offer, self.rec.amount_sat)
-            .map_err(|e| BuyerCheckError::QuoteMismatch(e.to_string()))?;
-        if quote.fee_sat() > self.rec.policy.max_total_fee_sat {
-            return Err(BuyerCheckError::FeeTooHigh {
-                fee_sat: quote.fee_sat(),
-                max_sat: self.rec.policy.max_total_fee_sat,
-            });
-        }
+        let (quote, offer) = (&accept.quote, &self.rec.core.offer);
+        check_quote(quote, offer, self.rec.amount_sat, self.rec.policy.max_total_fee_sat)?;
         let prepay = self.check_prepay(accept, ctx)?;
         let invoice = Bolt11Invoice::from_str(&accept.invoice)
             .map_err(|e| BuyerCheckError::InvoiceInvalid(e.to_string()))?;
@@ -1170,25 +1010,8 @@ impl BuyerSwap {
             .tip_height
             .saturating_add(self.claim_margin())
             .saturating_add(MIN_CLTV_BUDGET_BLOCKS);
-        let max = ctx
-            .tip_height
-            .saturating_add(self.rec.core.offer.timeout_delta)
-            .saturating_add(TIMEOUT_SLACK_BLOCKS);
-        if accept.timeout_height < min || accept.timeout_height > max {
-            return Err(BuyerCheckError::TimeoutOutOfRange {
-                timeout_height: accept.timeout_height,
-                min,
-                max,
-            });
-        }
-        if accept.htlc_amount_sat != quote.htlc_amount_sat
-            || quote.htlc_amount_sat != self.rec.amount_sat
-        {
-            return Err(BuyerCheckError::HtlcAmountMismatch {
-                expected_sat: self.rec.amount_sat,
-                got_sat: accept.htlc_amount_sat,
-            });
-        }
+        check_timeout(accept.timeout_height, min, ctx.tip_height, offer)?;
+        check_htlc_amount(accept.htlc_amount_sat, quote, self.rec.amount_sat)?;
         let htlc_params = HtlcParams {
             payment_hash: accept.payment_hash,
             claim_key: self.rec.claim_pubkey,
@@ -1198,10 +1021,7 @@ impl BuyerSwap {
             timeout_height: accept.timeout_height,
             network: self.rec.core.offer.network,
         };
-        let htlc = Htlc::new(htlc_params.clone())
-            .map_err(|e| BuyerCheckError::HtlcScriptMismatch(e.to_string()))?;
-        htlc.verify_script_pubkey(&accept.htlc_script_pubkey)
-            .map_err(|e| BuyerCheckError::HtlcScriptMismatch(e.to_string()))?;
+        check_htlc_script(&htlc_params, &accept.htlc_script_pubkey, None)?;
         let expires_at = invoice.expires_at().map(|d| d.as_secs()).unwrap_or(u64::MAX);
         Ok(Terms {
             invoice: accept.invoice.clone(),

@@ -13,7 +13,7 @@ use looper_protocol::htlc::Htlc;
 use looper_protocol::htlc::HtlcSpendPath;
 use looper_protocol::keys::SwapKeys;
 use looper_protocol::record::SwapRecord;
-use looper_protocol::seller::SellerState;
+use looper_protocol::seller::{LockerCheckError, SellerState};
 use looper_protocol::spend::{claim_script_path, refund_script_path};
 use looper_protocol::swap::{Context, Event, StateKind, TxPurpose};
 use looper_protocol::SwapId;
@@ -288,7 +288,7 @@ fn claim_or_refund_is_read_from_the_witness() {
     assert_eq!(p.htlc.spend_path(&claim, other), None);
 }
 
-/// Every check has its own stable code, listed once in `BuyerCheckError::CODES` (the node's API
+/// Every check of either role has its own stable code, listed once in `CheckError::CODES` (the node's API
 /// answers with it; `node/tests/api_openapi.rs` checks that `node/openapi.yaml` lists each).
 #[test]
 fn every_buyer_check_has_a_stable_code() {
@@ -315,6 +315,10 @@ fn every_buyer_check_has_a_stable_code() {
         BuyerCheckError::HtlcSpent,
         BuyerCheckError::ClaimMarginTooLow { offered: 0, min: 0 },
         BuyerCheckError::ClaimUnaffordable { htlc_sat: 0, claim_fee_sat: 0, fee_rate_sat_vb: 0 },
+        // The loop-in locker's own (one type for both roles: `LockerCheckError` is this one).
+        LockerCheckError::NotLoopIn,
+        LockerCheckError::InvalidOffer(String::new()),
+        LockerCheckError::TimeoutTooLong { blocks: 0, max: 0 },
     ];
     let codes: Vec<&str> = all.iter().map(BuyerCheckError::code).collect();
     assert_eq!(codes, BuyerCheckError::CODES);
