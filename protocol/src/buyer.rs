@@ -20,7 +20,10 @@ use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, Txid};
 use lightning_invoice::Bolt11Invoice;
 use serde::{Deserialize, Serialize};
 
-use crate::checks::{check_htlc_amount, check_htlc_script, check_quote, check_timeout, own_quote};
+use crate::checks::{
+    admit_request, check_htlc_amount, check_htlc_script, check_quote, check_timeout, own_quote,
+    Asked,
+};
 use crate::claims::{ClaimMember, ClaimOut};
 use crate::fees::{spend_fee_rate, Outstanding, SpendFee, DEADLINE_SAFETY_BLOCKS};
 use crate::htlc::{Htlc, HtlcParams, HtlcSpendPath};
@@ -406,6 +409,28 @@ pub fn check_claim_affordable(htlc_sat: u64, fee_rate_sat_vb: u64) -> Result<(),
     Ok(())
 }
 
+/// The invoice's terms, in either direction: for the HTLC's hash, for exactly the quote's
+/// `invoice_amount_sat`, not expired. Its amount in msat when they hold.
+fn check_invoice_terms(
+    invoice: &Bolt11Invoice,
+    payment_hash: &PaymentHash,
+    quote: &Quote,
+    ctx: &Context,
+) -> Result<u64, BuyerCheckError> {
+    if invoice.payment_hash().to_byte_array() != payment_hash.0 {
+        return Err(BuyerCheckError::InvoiceHashMismatch);
+    }
+    let quote_msat = quote.invoice_amount_sat.saturating_mul(1000);
+    let invoice_msat = invoice.amount_milli_satoshis().unwrap_or(0);
+    if invoice_msat != quote_msat {
+        return Err(BuyerCheckError::InvoiceAmountMismatch { invoice_msat, quote_msat });
+    }
+    if invoice.would_expire(Duration::from_secs(ctx.now_secs)) {
+        return Err(BuyerCheckError::InvoiceExpired);
+    }
+    Ok(invoice_msat)
+}
+
 /// A buyer's swap as stored (the `swap` of a [`crate::record::SwapRecord`]): everything but the
 /// keys, which derive again from [`BuyerRecord::key_index`], and what lives in memory only (the
 /// MuSig2 session of a cooperative claim). [`BuyerSwap::load`] makes it a running swap again.
@@ -636,30 +661,16 @@ impl BuyerSwap {
         fn err(code: ErrorCode, message: impl core::fmt::Display) -> ErrorMessage {
             ErrorMessage::new(code, message)
         }
-        if request.offer_id != offer.offer_id {
-            return Err(err(ErrorCode::UnknownOffer, format!("no offer {}", request.offer_id)));
-        }
-        if offer.is_expired(ctx.now_secs) {
-            return Err(err(ErrorCode::UnknownOffer, "offer expired"));
-        }
-        if request.direction != SwapDirection::LoopIn || offer.direction != SwapDirection::LoopIn {
-            return Err(err(ErrorCode::InvalidParams, "this offer serves loop_in only"));
-        }
-        if request.network != offer.network {
-            return Err(err(ErrorCode::InvalidParams, "network does not match the offer"));
-        }
-        let quote = Quote::compute(&offer, request.amount_sat)
-            .map_err(|e| err(ErrorCode::AmountOutOfRange, e))?;
-        if quote.fee_sat() > request.max_total_fee_sat {
-            return Err(err(
-                ErrorCode::InvalidParams,
-                format!(
-                    "fee {} sat exceeds max_total_fee_sat {}",
-                    quote.fee_sat(),
-                    request.max_total_fee_sat
-                ),
-            ));
-        }
+        let asked = Asked {
+            offer_id: &request.offer_id,
+            direction: request.direction,
+            serves: SwapDirection::LoopIn,
+            network: request.network,
+            amount_sat: request.amount_sat,
+            max_total_fee_sat: request.max_total_fee_sat,
+            prepay_accepted: false,
+        };
+        let quote = admit_request(&offer, &asked, ctx.now_secs)?;
         if offer.claim_margin < policy.min_claim_margin {
             return Err(err(
                 ErrorCode::Internal,
@@ -988,17 +999,7 @@ impl BuyerSwap {
         if invoice.recover_payee_pub_key() != self.rec.core.offer.ln_node_id {
             return Err(BuyerCheckError::InvoicePayee);
         }
-        if invoice.payment_hash().to_byte_array() != accept.payment_hash.0 {
-            return Err(BuyerCheckError::InvoiceHashMismatch);
-        }
-        let quote_msat = quote.invoice_amount_sat.saturating_mul(1000);
-        let invoice_msat = invoice.amount_milli_satoshis().unwrap_or(0);
-        if invoice_msat != quote_msat {
-            return Err(BuyerCheckError::InvoiceAmountMismatch { invoice_msat, quote_msat });
-        }
-        if invoice.would_expire(Duration::from_secs(ctx.now_secs)) {
-            return Err(BuyerCheckError::InvoiceExpired);
-        }
+        let invoice_msat = check_invoice_terms(&invoice, &accept.payment_hash, quote, ctx)?;
         if self.rec.core.offer.claim_margin < self.rec.policy.min_claim_margin {
             return Err(BuyerCheckError::ClaimMarginTooLow {
                 offered: self.rec.core.offer.claim_margin,
@@ -1239,17 +1240,8 @@ impl BuyerSwap {
         if invoice.network() != self.rec.core.offer.network {
             return Err(BuyerCheckError::InvoiceNetwork);
         }
-        if invoice.payment_hash().to_byte_array() != offered.htlc_params.payment_hash.0 {
-            return Err(BuyerCheckError::InvoiceHashMismatch);
-        }
-        let quote_msat = offered.quote.invoice_amount_sat.saturating_mul(1000);
-        let invoice_msat = invoice.amount_milli_satoshis().unwrap_or(0);
-        if invoice_msat != quote_msat {
-            return Err(BuyerCheckError::InvoiceAmountMismatch { invoice_msat, quote_msat });
-        }
-        if invoice.would_expire(Duration::from_secs(ctx.now_secs)) {
-            return Err(BuyerCheckError::InvoiceExpired);
-        }
+        let hash = &offered.htlc_params.payment_hash;
+        let invoice_msat = check_invoice_terms(&invoice, hash, &offered.quote, ctx)?;
         let expires_at = invoice.expires_at().map(|d| d.as_secs()).unwrap_or(u64::MAX);
         Ok(Terms {
             invoice: text.to_string(),

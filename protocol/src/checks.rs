@@ -3,13 +3,14 @@
 //! `swap_accept`, the loop-in maker on `swap_funded`) and the loop-in locker's (on the maker's
 //! `swap_accept`). The checks both roles make are the functions here.
 
-use bitcoin::ScriptBuf;
+use bitcoin::{Network, ScriptBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::htlc::{Htlc, HtlcParams};
-use crate::messages::Offer;
+use crate::messages::{ErrorCode, ErrorMessage, Offer};
 use crate::swap::TIMEOUT_SLACK_BLOCKS;
 use crate::terms::Quote;
+use crate::types::SwapDirection;
 
 /// A check a party makes of the other's terms before it commits anything; each failure has its
 /// own stable name, its `code()` (spec `02-swap-flow.md`, "Buyer checks" for the claimer, "Loop
@@ -262,4 +263,66 @@ pub(crate) fn check_htlc_script(
     .map_err(|e| mismatch(&e))?;
     htlc.verify_script_pubkey(script_pubkey).map_err(|e| mismatch(&e))?;
     Ok(htlc)
+}
+
+/// What a taker's request asks of the maker's offer (both directions' `swap_request`).
+pub(crate) struct Asked<'a> {
+    /// The offer it names.
+    pub offer_id: &'a str,
+    /// Its direction.
+    pub direction: SwapDirection,
+    /// The direction the maker's role serves (a seller's `swap_request`: loop out; a claimer
+    /// maker's: loop in); the request and the offer must both be of it.
+    pub serves: SwapDirection,
+    /// Its network.
+    pub network: Network,
+    /// The amount.
+    pub amount_sat: u64,
+    /// The taker's bound on `swap_fee_sat + funding_fee_sat`.
+    pub max_total_fee_sat: u64,
+    /// Whether the taker accepts the offer's prepay (a loop in has none).
+    pub prepay_accepted: bool,
+}
+
+/// The maker's admission of a taker's request, the part both directions share: our offer, not
+/// expired, of the request's direction and network; the quote for the amount (within the offer's
+/// range), its prepay accepted, its fee within the taker's bound. The wire `error` to send back
+/// when the request does not fit.
+pub(crate) fn admit_request(
+    offer: &Offer,
+    asked: &Asked<'_>,
+    now_secs: u64,
+) -> Result<Quote, ErrorMessage> {
+    let err = |code: ErrorCode, message: String| ErrorMessage::new(code, message);
+    if asked.offer_id != offer.offer_id {
+        return Err(err(ErrorCode::UnknownOffer, format!("no offer {}", asked.offer_id)));
+    }
+    if offer.is_expired(now_secs) {
+        return Err(err(ErrorCode::UnknownOffer, "offer expired".into()));
+    }
+    if asked.direction != asked.serves || offer.direction != asked.serves {
+        let only = match asked.serves {
+            SwapDirection::LoopOut => "only loop_out is supported",
+            SwapDirection::LoopIn => "this offer serves loop_in only",
+        };
+        return Err(err(ErrorCode::InvalidParams, only.into()));
+    }
+    if asked.network != offer.network {
+        return Err(err(ErrorCode::InvalidParams, "network does not match the offer".into()));
+    }
+    let quote = Quote::compute(offer, asked.amount_sat)
+        .map_err(|e| err(ErrorCode::AmountOutOfRange, e.to_string()))?;
+    if quote.prepay_sat > 0 && !asked.prepay_accepted {
+        let why = format!("the offer asks for a prepay of {} sat", quote.prepay_sat);
+        return Err(err(ErrorCode::InvalidParams, why));
+    }
+    if quote.fee_sat() > asked.max_total_fee_sat {
+        let why = format!(
+            "fee {} sat exceeds max_total_fee_sat {}",
+            quote.fee_sat(),
+            asked.max_total_fee_sat
+        );
+        return Err(err(ErrorCode::InvalidParams, why));
+    }
+    Ok(quote)
 }

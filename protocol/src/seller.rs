@@ -20,7 +20,10 @@ use bitcoin::hashes::Hash;
 use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, Txid};
 use serde::{Deserialize, Serialize};
 
-use crate::checks::{check_htlc_amount, check_htlc_script, check_quote, check_timeout, own_quote};
+use crate::checks::{
+    admit_request, check_htlc_amount, check_htlc_script, check_quote, check_timeout, own_quote,
+    Asked,
+};
 use crate::fees::{spend_fee_rate, Outstanding, SpendFee};
 use crate::htlc::{Htlc, HtlcParams, HtlcSpendPath};
 use crate::keys::SwapKeys;
@@ -506,37 +509,16 @@ impl SellerSwap {
         policy: SellerPolicy,
         ctx: &Context,
     ) -> Result<(Self, Vec<Action>), ErrorMessage> {
-        if request.offer_id != offer.offer_id {
-            return Err(err(ErrorCode::UnknownOffer, format!("no offer {}", request.offer_id)));
-        }
-        if offer.is_expired(ctx.now_secs) {
-            return Err(err(ErrorCode::UnknownOffer, "offer expired"));
-        }
-        if request.direction != SwapDirection::LoopOut || offer.direction != SwapDirection::LoopOut
-        {
-            return Err(err(ErrorCode::InvalidParams, "only loop_out is supported"));
-        }
-        if request.network != offer.network {
-            return Err(err(ErrorCode::InvalidParams, "network does not match the offer"));
-        }
-        let quote = Quote::compute(&offer, request.amount_sat)
-            .map_err(|e| err(ErrorCode::AmountOutOfRange, e))?;
-        if quote.prepay_sat > 0 && !request.prepay_accepted {
-            return Err(err(
-                ErrorCode::InvalidParams,
-                format!("the offer asks for a prepay of {} sat", quote.prepay_sat),
-            ));
-        }
-        if quote.fee_sat() > request.max_total_fee_sat {
-            return Err(err(
-                ErrorCode::InvalidParams,
-                format!(
-                    "fee {} sat exceeds max_total_fee_sat {}",
-                    quote.fee_sat(),
-                    request.max_total_fee_sat
-                ),
-            ));
-        }
+        let asked = Asked {
+            offer_id: &request.offer_id,
+            direction: request.direction,
+            serves: SwapDirection::LoopOut,
+            network: request.network,
+            amount_sat: request.amount_sat,
+            max_total_fee_sat: request.max_total_fee_sat,
+            prepay_accepted: request.prepay_accepted,
+        };
+        let quote = admit_request(&offer, &asked, ctx.now_secs)?;
         let timeout_height = ctx
             .tip_height
             .checked_add(offer.timeout_delta)
