@@ -105,9 +105,9 @@ impl NodeFacts {
 
 /// An error answer: an HTTP status and an [`ErrorBody`] whose [`ErrorCode`] is one of
 /// `unauthorized` (401), `bad_request` (400, the message names the field), `not_found` (404),
-/// `unknown_offer` (404), `insufficient_funds` (400), the code of the buyer check that refuses an
-/// offer (422: `fee_too_high`, `claim_margin_too_low`, ...,
-/// [`BuyerCheckError::CODES`](looper_protocol::buyer::BuyerCheckError::CODES)),
+/// `unknown_offer` (404), `insufficient_funds` (400), the code of the taker's check that refuses
+/// an offer (422: `fee_too_high`, `claim_margin_too_low`, `not_loop_in`, ...,
+/// [`CheckError::CODES`](looper_protocol::checks::CheckError::CODES)),
 /// `amount_above_limit` (422, above `safety.max_swap_amount_sat`), `conflict` (409; also a
 /// cooperative close whose peer is away, a disconnect of a peer with channels),
 /// `lightning_error` (502), `chain_error` (502), `internal` (500).
@@ -167,7 +167,6 @@ impl ApiError {
             EngineError::Wallet(w) => Self::wallet(w),
             // The check's own code (`fee_too_high`, `claim_margin_too_low`, ...).
             EngineError::Refused(check) => Self::new(ErrorCode::from(&check), check),
-            EngineError::LoopInRefused(check) => Self::new(ErrorCode::from(&check), check),
             EngineError::UnknownSwap(id) => Self::not_found(format!("no active swap {id}")),
             other => Self::internal(other),
         }

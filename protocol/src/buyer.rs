@@ -20,6 +20,10 @@ use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, Txid};
 use lightning_invoice::Bolt11Invoice;
 use serde::{Deserialize, Serialize};
 
+use crate::checks::{
+    admit_request, check_htlc_amount, check_htlc_script, check_quote, check_timeout, own_quote,
+    Asked,
+};
 use crate::claims::{ClaimMember, ClaimOut};
 use crate::fees::{spend_fee_rate, Outstanding, SpendFee, DEADLINE_SAFETY_BLOCKS};
 use crate::htlc::{Htlc, HtlcParams, HtlcSpendPath};
@@ -40,7 +44,6 @@ use crate::spend::{
 use crate::swap::{
     confirmations, Action, Context, Event, HtlcStatus, Notification, PaymentStatus, StateKind,
     SwapError, TxPurpose, COOP_TIMEOUT_SECS, DEFAULT_CLAIM_MARGIN, REQUEST_TIMEOUT_SECS,
-    TIMEOUT_SLACK_BLOCKS,
 };
 use crate::terms::{Quote, DUST_LIMIT_SAT};
 use crate::types::{PaymentHash, Preimage, SwapDirection, SwapId};
@@ -62,155 +65,9 @@ pub const PAYMENT_RETRY_SECS: u64 = 10;
 /// few minutes, enough for a restarted node's peers to reconnect.
 pub const MAX_UNSENT_PAYMENT_ATTEMPTS: u32 = 30;
 
-/// A check the buyer makes before paying; each failure has its own name (spec
-/// `02-swap-flow.md`, "Buyer checks").
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[serde(tag = "check", content = "detail", rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum BuyerCheckError {
-    /// The seller's quote differs from ours.
-    #[error("quote mismatch: {0}")]
-    QuoteMismatch(String),
-    /// The fee is above the buyer's limit.
-    #[error("fee {fee_sat} sat exceeds the limit of {max_sat} sat")]
-    FeeTooHigh {
-        /// The quote's fee.
-        fee_sat: u64,
-        /// The limit.
-        max_sat: u64,
-    },
-    /// The invoice does not decode.
-    #[error("invoice does not decode: {0}")]
-    InvoiceInvalid(String),
-    /// The invoice is not signed by the offer's Lightning node.
-    #[error("invoice payee is not the offer's lightning node")]
-    InvoicePayee,
-    /// The invoice is for another network.
-    #[error("invoice is for another network")]
-    InvoiceNetwork,
-    /// The invoice's hash is not the HTLC's.
-    #[error("invoice payment hash differs from the htlc's")]
-    InvoiceHashMismatch,
-    /// The invoice asks for another amount than the quote.
-    #[error("invoice amount {invoice_msat} msat differs from the quote's {quote_msat} msat")]
-    InvoiceAmountMismatch {
-        /// What the invoice asks.
-        invoice_msat: u64,
-        /// What the quote says.
-        quote_msat: u64,
-    },
-    /// The invoice has expired.
-    #[error("invoice expired")]
-    InvoiceExpired,
-    /// The offer's prepay is above the buyer's limit.
-    #[error("prepay of {prepay_sat} sat exceeds the limit of {max_sat} sat")]
-    PrepayTooHigh {
-        /// The offer's prepay.
-        prepay_sat: u64,
-        /// The limit ([`BuyerPolicy::max_prepay_sat`]).
-        max_sat: u64,
-    },
-    /// The prepay invoice is missing, unexpected, or not what the quote says.
-    #[error("prepay invoice: {0}")]
-    PrepayInvoiceInvalid(String),
-    /// The HTLC script differs from the one rebuilt from the agreed terms.
-    #[error("htlc script mismatch: {0}")]
-    HtlcScriptMismatch(String),
-    /// The HTLC value differs from the quote's.
-    #[error("htlc amount {got_sat} sat differs from the agreed {expected_sat} sat")]
-    HtlcAmountMismatch {
-        /// Agreed.
-        expected_sat: u64,
-        /// Found.
-        got_sat: u64,
-    },
-    /// The timeout is outside what the offer allows.
-    #[error("timeout height {timeout_height} is outside [{min}, {max}]")]
-    TimeoutOutOfRange {
-        /// The timeout.
-        timeout_height: u32,
-        /// Lowest acceptable.
-        min: u32,
-        /// Highest acceptable.
-        max: u32,
-    },
-    /// Too few blocks left for a Lightning route.
-    #[error("cltv budget of {budget} blocks is below the {needed} a route needs")]
-    CltvBudgetTooShort {
-        /// Blocks available to the route.
-        budget: u32,
-        /// Blocks needed.
-        needed: u32,
-    },
-    /// The HTLC was spent before we paid.
-    #[error("htlc spent before payment")]
-    HtlcSpent,
-    /// The offer keeps fewer blocks for the claim than the buyer's own floor.
-    #[error("offer's claim margin of {offered} blocks is below this node's floor of {min}")]
-    ClaimMarginTooLow {
-        /// The offer's `claim_margin`.
-        offered: u32,
-        /// The buyer's floor ([`BuyerPolicy::min_claim_margin`]).
-        min: u32,
-    },
-    /// A claim at the highest fee rate the buyer would pay leaves the HTLC at or below dust.
-    #[error("a claim at {fee_rate_sat_vb} sat/vB costs {claim_fee_sat} sat: too much of the {htlc_sat} sat htlc")]
-    ClaimUnaffordable {
-        /// The HTLC value.
-        htlc_sat: u64,
-        /// The script-path claim fee at that rate.
-        claim_fee_sat: u64,
-        /// The rate ([`BuyerPolicy::max_claim_fee_rate_sat_vb`]).
-        fee_rate_sat_vb: u64,
-    },
-}
-
-impl BuyerCheckError {
-    /// Every check's stable code, as in the spec's table and the node's API errors.
-    pub const CODES: &'static [&'static str] = &[
-        "quote_mismatch",
-        "fee_too_high",
-        "invoice_invalid",
-        "invoice_payee",
-        "invoice_network",
-        "invoice_hash_mismatch",
-        "invoice_amount_mismatch",
-        "invoice_expired",
-        "prepay_too_high",
-        "prepay_invoice_invalid",
-        "htlc_script_mismatch",
-        "htlc_amount_mismatch",
-        "timeout_out_of_range",
-        "cltv_budget_too_short",
-        "htlc_spent",
-        "claim_margin_too_low",
-        "claim_unaffordable",
-    ];
-
-    /// The check's stable snake_case code (spec `02-swap-flow.md`, "Buyer checks"; the `check`
-    /// tag of the serialized error).
-    pub fn code(&self) -> &'static str {
-        match self {
-            BuyerCheckError::QuoteMismatch(_) => "quote_mismatch",
-            BuyerCheckError::FeeTooHigh { .. } => "fee_too_high",
-            BuyerCheckError::InvoiceInvalid(_) => "invoice_invalid",
-            BuyerCheckError::InvoicePayee => "invoice_payee",
-            BuyerCheckError::InvoiceNetwork => "invoice_network",
-            BuyerCheckError::InvoiceHashMismatch => "invoice_hash_mismatch",
-            BuyerCheckError::InvoiceAmountMismatch { .. } => "invoice_amount_mismatch",
-            BuyerCheckError::InvoiceExpired => "invoice_expired",
-            BuyerCheckError::PrepayTooHigh { .. } => "prepay_too_high",
-            BuyerCheckError::PrepayInvoiceInvalid(_) => "prepay_invoice_invalid",
-            BuyerCheckError::HtlcScriptMismatch(_) => "htlc_script_mismatch",
-            BuyerCheckError::HtlcAmountMismatch { .. } => "htlc_amount_mismatch",
-            BuyerCheckError::TimeoutOutOfRange { .. } => "timeout_out_of_range",
-            BuyerCheckError::CltvBudgetTooShort { .. } => "cltv_budget_too_short",
-            BuyerCheckError::HtlcSpent => "htlc_spent",
-            BuyerCheckError::ClaimMarginTooLow { .. } => "claim_margin_too_low",
-            BuyerCheckError::ClaimUnaffordable { .. } => "claim_unaffordable",
-        }
-    }
-}
+/// The buyer's (the claimer's) checks: the [`CheckError`](crate::checks::CheckError) both roles
+/// share (kept under this name for its users).
+pub use crate::checks::CheckError as BuyerCheckError;
 
 /// What the buyer agreed to in `swap_accept`, checked.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -260,6 +117,13 @@ pub struct HtlcOutput {
     pub outpoint: OutPoint,
     /// Confirmed at.
     pub confirmed_height: Option<u32>,
+    /// After the payment: the tip height when the output left the chain (its funding
+    /// reorganised out and dropped, or its input double-spent); `None` while it is on chain as
+    /// far as we know. Cleared when it comes back; still out the required confirmations past
+    /// the timeout, the swap ends [`BuyerState::Lost`] (spec `02-swap-flow.md`, "Residual risk:
+    /// a funding double-spent after the payment").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gone_since: Option<u32>,
 }
 
 /// The buyer's states.
@@ -394,12 +258,18 @@ pub enum BuyerState {
         offered: Option<Box<LoopInTerms>>,
     },
     /// Paid, but the HTLC went back to the seller (only a dishonest seller or a claim that came
-    /// too late leads here).
+    /// too late leads here), or its funding left the chain for good after the payment (the
+    /// seller double-spent it: the residual risk of paying after `min_confirmations`). The loss
+    /// is the invoice paid (`terms.invoice_amount_msat`).
     Lost {
         /// The terms.
         terms: Terms,
-        /// The seller's spend.
+        /// The seller's spend; with `funding_gone`, the funding transaction that left the chain.
         spend_txid: Txid,
+        /// The HTLC's funding left the chain after the payment and was still out the required
+        /// confirmations past the timeout (nothing of it was ever claimable again).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        funding_gone: bool,
     },
 }
 
@@ -545,6 +415,28 @@ pub fn check_claim_affordable(htlc_sat: u64, fee_rate_sat_vb: u64) -> Result<(),
         });
     }
     Ok(())
+}
+
+/// The invoice's terms, in either direction: for the HTLC's hash, for exactly the quote's
+/// `invoice_amount_sat`, not expired. Its amount in msat when they hold.
+fn check_invoice_terms(
+    invoice: &Bolt11Invoice,
+    payment_hash: &PaymentHash,
+    quote: &Quote,
+    ctx: &Context,
+) -> Result<u64, BuyerCheckError> {
+    if invoice.payment_hash().to_byte_array() != payment_hash.0 {
+        return Err(BuyerCheckError::InvoiceHashMismatch);
+    }
+    let quote_msat = quote.invoice_amount_sat.saturating_mul(1000);
+    let invoice_msat = invoice.amount_milli_satoshis().unwrap_or(0);
+    if invoice_msat != quote_msat {
+        return Err(BuyerCheckError::InvoiceAmountMismatch { invoice_msat, quote_msat });
+    }
+    if invoice.would_expire(Duration::from_secs(ctx.now_secs)) {
+        return Err(BuyerCheckError::InvoiceExpired);
+    }
+    Ok(invoice_msat)
 }
 
 /// A buyer's swap as stored (the `swap` of a [`crate::record::SwapRecord`]): everything but the
@@ -696,14 +588,7 @@ impl BuyerSwap {
     /// # Errors
     /// [`BuyerCheckError`] when the offer cannot serve the amount within the policy.
     pub fn start(start: BuyerStart, ctx: &Context) -> Result<(Self, Vec<Action>), BuyerCheckError> {
-        let quote = Quote::compute(&start.offer, start.amount_sat)
-            .map_err(|e| BuyerCheckError::QuoteMismatch(e.to_string()))?;
-        if quote.fee_sat() > start.policy.max_total_fee_sat {
-            return Err(BuyerCheckError::FeeTooHigh {
-                fee_sat: quote.fee_sat(),
-                max_sat: start.policy.max_total_fee_sat,
-            });
-        }
+        let quote = own_quote(&start.offer, start.amount_sat, start.policy.max_total_fee_sat)?;
         if quote.prepay_sat > start.policy.max_prepay_sat {
             return Err(BuyerCheckError::PrepayTooHigh {
                 prepay_sat: quote.prepay_sat,
@@ -784,30 +669,16 @@ impl BuyerSwap {
         fn err(code: ErrorCode, message: impl core::fmt::Display) -> ErrorMessage {
             ErrorMessage::new(code, message)
         }
-        if request.offer_id != offer.offer_id {
-            return Err(err(ErrorCode::UnknownOffer, format!("no offer {}", request.offer_id)));
-        }
-        if offer.is_expired(ctx.now_secs) {
-            return Err(err(ErrorCode::UnknownOffer, "offer expired"));
-        }
-        if request.direction != SwapDirection::LoopIn || offer.direction != SwapDirection::LoopIn {
-            return Err(err(ErrorCode::InvalidParams, "this offer serves loop_in only"));
-        }
-        if request.network != offer.network {
-            return Err(err(ErrorCode::InvalidParams, "network does not match the offer"));
-        }
-        let quote = Quote::compute(&offer, request.amount_sat)
-            .map_err(|e| err(ErrorCode::AmountOutOfRange, e))?;
-        if quote.fee_sat() > request.max_total_fee_sat {
-            return Err(err(
-                ErrorCode::InvalidParams,
-                format!(
-                    "fee {} sat exceeds max_total_fee_sat {}",
-                    quote.fee_sat(),
-                    request.max_total_fee_sat
-                ),
-            ));
-        }
+        let asked = Asked {
+            offer_id: &request.offer_id,
+            direction: request.direction,
+            serves: SwapDirection::LoopIn,
+            network: request.network,
+            amount_sat: request.amount_sat,
+            max_total_fee_sat: request.max_total_fee_sat,
+            prepay_accepted: false,
+        };
+        let quote = admit_request(&offer, &asked, ctx.now_secs)?;
         if offer.claim_margin < policy.min_claim_margin {
             return Err(err(
                 ErrorCode::Internal,
@@ -1024,7 +895,7 @@ impl BuyerSwap {
             Event::HtlcChecked { outpoint, status } => self.on_htlc_checked(outpoint, status, ctx),
             Event::ClaimBuilt { tx, inputs_sat } => self.on_claim_built(tx, inputs_sat, ctx),
             Event::UserScriptSpend => self.on_user_claim(ctx),
-            Event::HtlcGone { outpoint } => self.on_htlc_gone(outpoint),
+            Event::HtlcGone { outpoint } => self.on_htlc_gone(outpoint, ctx),
             Event::UserAbort => match self.rec.state {
                 BuyerState::Requested
                 | BuyerState::Accepting { .. }
@@ -1108,7 +979,7 @@ impl BuyerSwap {
         let htlc = self.rec.state.htlc_output().cloned().or(match &self.rec.state {
             // Keep the announced outpoint: the seller's cooperative refund needs it.
             BuyerState::Accepted { announced: Some(o), .. } => {
-                Some(HtlcOutput { outpoint: *o, confirmed_height: None })
+                Some(HtlcOutput { outpoint: *o, confirmed_height: None, gone_since: None })
             }
             _ => None,
         });
@@ -1125,16 +996,8 @@ impl BuyerSwap {
     }
 
     fn check_accept(&self, accept: &SwapAccept, ctx: &Context) -> Result<Terms, BuyerCheckError> {
-        let quote = &accept.quote;
-        quote
-            .check_against(&self.rec.core.offer, self.rec.amount_sat)
-            .map_err(|e| BuyerCheckError::QuoteMismatch(e.to_string()))?;
-        if quote.fee_sat() > self.rec.policy.max_total_fee_sat {
-            return Err(BuyerCheckError::FeeTooHigh {
-                fee_sat: quote.fee_sat(),
-                max_sat: self.rec.policy.max_total_fee_sat,
-            });
-        }
+        let (quote, offer) = (&accept.quote, &self.rec.core.offer);
+        check_quote(quote, offer, self.rec.amount_sat, self.rec.policy.max_total_fee_sat)?;
         let prepay = self.check_prepay(accept, ctx)?;
         let invoice = Bolt11Invoice::from_str(&accept.invoice)
             .map_err(|e| BuyerCheckError::InvoiceInvalid(e.to_string()))?;
@@ -1144,17 +1007,7 @@ impl BuyerSwap {
         if invoice.recover_payee_pub_key() != self.rec.core.offer.ln_node_id {
             return Err(BuyerCheckError::InvoicePayee);
         }
-        if invoice.payment_hash().to_byte_array() != accept.payment_hash.0 {
-            return Err(BuyerCheckError::InvoiceHashMismatch);
-        }
-        let quote_msat = quote.invoice_amount_sat.saturating_mul(1000);
-        let invoice_msat = invoice.amount_milli_satoshis().unwrap_or(0);
-        if invoice_msat != quote_msat {
-            return Err(BuyerCheckError::InvoiceAmountMismatch { invoice_msat, quote_msat });
-        }
-        if invoice.would_expire(Duration::from_secs(ctx.now_secs)) {
-            return Err(BuyerCheckError::InvoiceExpired);
-        }
+        let invoice_msat = check_invoice_terms(&invoice, &accept.payment_hash, quote, ctx)?;
         if self.rec.core.offer.claim_margin < self.rec.policy.min_claim_margin {
             return Err(BuyerCheckError::ClaimMarginTooLow {
                 offered: self.rec.core.offer.claim_margin,
@@ -1166,25 +1019,8 @@ impl BuyerSwap {
             .tip_height
             .saturating_add(self.claim_margin())
             .saturating_add(MIN_CLTV_BUDGET_BLOCKS);
-        let max = ctx
-            .tip_height
-            .saturating_add(self.rec.core.offer.timeout_delta)
-            .saturating_add(TIMEOUT_SLACK_BLOCKS);
-        if accept.timeout_height < min || accept.timeout_height > max {
-            return Err(BuyerCheckError::TimeoutOutOfRange {
-                timeout_height: accept.timeout_height,
-                min,
-                max,
-            });
-        }
-        if accept.htlc_amount_sat != quote.htlc_amount_sat
-            || quote.htlc_amount_sat != self.rec.amount_sat
-        {
-            return Err(BuyerCheckError::HtlcAmountMismatch {
-                expected_sat: self.rec.amount_sat,
-                got_sat: accept.htlc_amount_sat,
-            });
-        }
+        check_timeout(accept.timeout_height, min, ctx.tip_height, offer)?;
+        check_htlc_amount(accept.htlc_amount_sat, quote, self.rec.amount_sat)?;
         let htlc_params = HtlcParams {
             payment_hash: accept.payment_hash,
             claim_key: self.rec.claim_pubkey,
@@ -1194,10 +1030,7 @@ impl BuyerSwap {
             timeout_height: accept.timeout_height,
             network: self.rec.core.offer.network,
         };
-        let htlc = Htlc::new(htlc_params.clone())
-            .map_err(|e| BuyerCheckError::HtlcScriptMismatch(e.to_string()))?;
-        htlc.verify_script_pubkey(&accept.htlc_script_pubkey)
-            .map_err(|e| BuyerCheckError::HtlcScriptMismatch(e.to_string()))?;
+        check_htlc_script(&htlc_params, &accept.htlc_script_pubkey, None)?;
         let expires_at = invoice.expires_at().map(|d| d.as_secs()).unwrap_or(u64::MAX);
         Ok(Terms {
             invoice: accept.invoice.clone(),
@@ -1415,17 +1248,8 @@ impl BuyerSwap {
         if invoice.network() != self.rec.core.offer.network {
             return Err(BuyerCheckError::InvoiceNetwork);
         }
-        if invoice.payment_hash().to_byte_array() != offered.htlc_params.payment_hash.0 {
-            return Err(BuyerCheckError::InvoiceHashMismatch);
-        }
-        let quote_msat = offered.quote.invoice_amount_sat.saturating_mul(1000);
-        let invoice_msat = invoice.amount_milli_satoshis().unwrap_or(0);
-        if invoice_msat != quote_msat {
-            return Err(BuyerCheckError::InvoiceAmountMismatch { invoice_msat, quote_msat });
-        }
-        if invoice.would_expire(Duration::from_secs(ctx.now_secs)) {
-            return Err(BuyerCheckError::InvoiceExpired);
-        }
+        let hash = &offered.htlc_params.payment_hash;
+        let invoice_msat = check_invoice_terms(&invoice, hash, &offered.quote, ctx)?;
         let expires_at = invoice.expires_at().map(|d| d.as_secs()).unwrap_or(u64::MAX);
         Ok(Terms {
             invoice: text.to_string(),
@@ -1496,7 +1320,7 @@ impl BuyerSwap {
             BuyerState::Funded { terms, htlc, .. } => (terms.clone(), Some(htlc.clone())),
             BuyerState::Paying { .. }
             | BuyerState::Claiming { .. }
-            | BuyerState::ClaimBroadcast { .. } => return Ok(Vec::new()),
+            | BuyerState::ClaimBroadcast { .. } => return self.on_htlc_back(outpoint),
             _ => return Ok(Vec::new()),
         };
         let htlc = self.htlc()?;
@@ -1528,7 +1352,7 @@ impl BuyerSwap {
             } => (*payment_attempts, *unsent_attempts, *retry_at_secs, *attempt),
             _ => (0, 0, 0, 0),
         };
-        let output = HtlcOutput { outpoint, confirmed_height };
+        let output = HtlcOutput { outpoint, confirmed_height, gone_since: None };
         let changed = current.as_ref() != Some(&output);
         let mut actions = Vec::new();
         if changed {
@@ -1580,7 +1404,7 @@ impl BuyerSwap {
                 None,
             );
         }
-        let output = HtlcOutput { outpoint, confirmed_height };
+        let output = HtlcOutput { outpoint, confirmed_height, gone_since: None };
         let BuyerState::Accepting { htlc, .. } = &mut self.rec.state else {
             return Ok(Vec::new());
         };
@@ -1725,6 +1549,10 @@ impl BuyerSwap {
         status: HtlcStatus,
         ctx: &Context,
     ) -> Actions {
+        if matches!(self.rec.state, BuyerState::Claiming { .. } | BuyerState::ClaimBroadcast { .. })
+        {
+            return self.on_paid_htlc_checked(outpoint, status, ctx);
+        }
         let BuyerState::Funded { htlc, .. } = &self.rec.state else {
             self.verifying_htlc = false;
             return Ok(Vec::new());
@@ -1734,7 +1562,7 @@ impl BuyerSwap {
         }
         self.verifying_htlc = false;
         match status {
-            HtlcStatus::Missing => self.on_htlc_gone(outpoint),
+            HtlcStatus::Missing => self.on_htlc_gone(outpoint, ctx),
             HtlcStatus::Spent => {
                 self.abort(AbortReason::ChecksFailed, Some(BuyerCheckError::HtlcSpent), None)
             }
@@ -1766,8 +1594,10 @@ impl BuyerSwap {
 
     /// The HTLC output left the chain (reorg, double spend). Before paying: wait for it again
     /// (`Accepted`; the usual deadlines abort the swap if it never comes back). After paying:
-    /// keep watching, the claim is rebroadcast every block and confirms once the HTLC is back.
-    fn on_htlc_gone(&mut self, outpoint: OutPoint) -> Actions {
+    /// keep watching, the claim is rebroadcast every block and confirms once the HTLC is back;
+    /// the height it left at is recorded (`HtlcOutput::gone_since`), and an output still out
+    /// past the timeout ends the swap `Lost` ([`BuyerSwap::on_paid_htlc_checked`]).
+    fn on_htlc_gone(&mut self, outpoint: OutPoint, ctx: &Context) -> Actions {
         let Some(output) = self.rec.state.htlc_output() else { return Ok(Vec::new()) };
         if output.outpoint != outpoint {
             return Ok(Vec::new());
@@ -1784,7 +1614,97 @@ impl BuyerSwap {
                 self.go(BuyerState::Accepted { terms, announced: None })?;
                 Ok(vec![Action::Persist, note])
             }
+            BuyerState::Paying { htlc, .. }
+            | BuyerState::Claiming { htlc, .. }
+            | BuyerState::ClaimBroadcast { htlc, .. }
+                if htlc.gone_since.is_none() =>
+            {
+                htlc.gone_since = Some(ctx.tip_height);
+                Ok(vec![Action::Persist, note])
+            }
             _ => Ok(vec![note]),
+        }
+    }
+
+    /// After paying, the HTLC output back on chain: it is claimable again (the claim that is
+    /// out confirms with it).
+    fn on_htlc_back(&mut self, outpoint: OutPoint) -> Actions {
+        match &mut self.rec.state {
+            BuyerState::Paying { htlc, .. }
+            | BuyerState::Claiming { htlc, .. }
+            | BuyerState::ClaimBroadcast { htlc, .. }
+                if htlc.outpoint == outpoint && htlc.gone_since.is_some() =>
+            {
+                htlc.gone_since = None;
+                Ok(vec![Action::Persist])
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// The deadline of a paid swap's HTLC: the timeout plus the required confirmations
+    /// ([`BuyerSwap::required_confirmations`], the depth the buyer trusted before paying), in
+    /// `Claiming` and `ClaimBroadcast`.
+    fn gone_deadline(&self) -> Option<(u32, &HtlcOutput)> {
+        match &self.rec.state {
+            BuyerState::Claiming { terms, htlc, .. }
+            | BuyerState::ClaimBroadcast { terms, htlc, .. } => {
+                let depth = self.required_confirmations();
+                Some((terms.htlc_params.timeout_height.saturating_add(depth), htlc))
+            }
+            _ => None,
+        }
+    }
+
+    /// Past the deadline ([`BuyerSwap::gone_deadline`]) with the HTLC neither claimed nor
+    /// refunded: the chain is asked at every tick whether the output is still there
+    /// ([`Action::CheckHtlc`], answered in [`BuyerSwap::on_paid_htlc_checked`]). Asked rather
+    /// than waited for: a node that restarted after the funding left never hears it leave.
+    fn check_htlc_past_timeout(&self, ctx: &Context) -> Option<Action> {
+        let (deadline, htlc) = self.gone_deadline()?;
+        if ctx.tip_height < deadline {
+            return None;
+        }
+        let script_pubkey = self.htlc().ok()?.script_pubkey().to_owned();
+        Some(Action::CheckHtlc { outpoint: htlc.outpoint, script_pubkey })
+    }
+
+    /// The chain's answer about the HTLC of a paid swap past its deadline. Back (unspent): its
+    /// departure is forgotten, the claim that is out confirms with it. Missing: the departure is
+    /// recorded (`HtlcOutput::gone_since`) if it was not; missing at a later block than the
+    /// one it was recorded at, the funding is gone for good: no block up to the timeout holds
+    /// it, deeper than any reorg the swap allows for, and from the timeout on the seller may take
+    /// the HTLC back the moment it reappears. Only a seller that double-spent its funding after
+    /// being paid gets here (a funding that was only reorganised out is broadcast again by the
+    /// seller, and comes back). The swap ends `Lost`, the invoice paid being the loss.
+    fn on_paid_htlc_checked(
+        &mut self,
+        outpoint: OutPoint,
+        status: HtlcStatus,
+        ctx: &Context,
+    ) -> Actions {
+        let Some((deadline, htlc)) = self.gone_deadline() else { return Ok(Vec::new()) };
+        if htlc.outpoint != outpoint {
+            return Ok(Vec::new());
+        }
+        match status {
+            HtlcStatus::Unspent { .. } => self.on_htlc_back(outpoint),
+            HtlcStatus::Spent => Ok(Vec::new()), // the spend comes as `Event::HtlcSpent`
+            HtlcStatus::Missing => {
+                let gone_before = htlc.gone_since.is_some_and(|h| h < ctx.tip_height);
+                if !gone_before || ctx.tip_height < deadline {
+                    return self.on_htlc_gone(outpoint, ctx);
+                }
+                let Some(terms) = self.rec.state.terms().cloned() else { return Ok(Vec::new()) };
+                let (txid, lost_sat) = (outpoint.txid, terms.invoice_amount_msat / 1000);
+                self.go(BuyerState::Lost { terms, spend_txid: txid, funding_gone: true })?;
+                self.live.coop = Ephemeral(None);
+                Ok(vec![
+                    Action::Persist,
+                    Action::Notify(Notification::FundingLost { txid, lost_sat }),
+                    self.finished(),
+                ])
+            }
         }
     }
 
@@ -1871,7 +1791,7 @@ impl BuyerSwap {
                     ));
                 }
                 let (terms, spend_txid) = (terms.clone(), *spend_txid);
-                self.go(BuyerState::Lost { terms, spend_txid })?;
+                self.go(BuyerState::Lost { terms, spend_txid, funding_gone: false })?;
                 return Ok(vec![
                     Action::Persist,
                     Action::Notify(Notification::Paid),
@@ -2263,7 +2183,7 @@ impl BuyerSwap {
         }
         let announced = match &self.rec.state {
             BuyerState::Accepted { announced: Some(o), .. } => {
-                Some(HtlcOutput { outpoint: *o, confirmed_height: None })
+                Some(HtlcOutput { outpoint: *o, confirmed_height: None, gone_since: None })
             }
             _ => None,
         };
@@ -2275,7 +2195,11 @@ impl BuyerSwap {
         let early = self.rec.state.offered().and_then(|_| {
             let tx = req.tx().ok()?;
             let input = tx.input.first().filter(|_| tx.input.len() == 1)?;
-            Some(HtlcOutput { outpoint: input.previous_output, confirmed_height: None })
+            Some(HtlcOutput {
+                outpoint: input.previous_output,
+                confirmed_height: None,
+                gone_since: None,
+            })
         });
         let (Some(output), Some(quote)) = (
             self.rec.state.htlc_output().cloned().or(announced).or(early),
@@ -2336,7 +2260,7 @@ impl BuyerSwap {
                     let received_sat = self.received_by(&tx);
                     self.go(BuyerState::Claimed { terms, claim_txid: txid, received_sat })?;
                 } else {
-                    self.go(BuyerState::Lost { terms, spend_txid: txid })?;
+                    self.go(BuyerState::Lost { terms, spend_txid: txid, funding_gone: false })?;
                 }
                 Ok(vec![Action::Persist, self.finished()])
             }
@@ -2350,7 +2274,7 @@ impl BuyerSwap {
                 // will never learn it, and calls it lost.
                 if self.rec.lightning_state_lost {
                     let terms = terms.clone();
-                    self.go(BuyerState::Lost { terms, spend_txid: txid })?;
+                    self.go(BuyerState::Lost { terms, spend_txid: txid, funding_gone: false })?;
                     return Ok(vec![Action::Persist, self.finished()]);
                 }
                 if let BuyerState::Paying { refunded_by, .. } = &mut self.rec.state {
@@ -2386,6 +2310,13 @@ impl BuyerSwap {
     }
 
     fn handle_tick(&mut self, ctx: &Context, rng: &mut impl Rng) -> Actions {
+        let check = self.check_htlc_past_timeout(ctx);
+        let mut actions = self.tick_state(ctx, rng)?;
+        actions.extend(check);
+        Ok(actions)
+    }
+
+    fn tick_state(&mut self, ctx: &Context, rng: &mut impl Rng) -> Actions {
         match &self.rec.state {
             BuyerState::Requested
                 if ctx.now_secs

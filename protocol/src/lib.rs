@@ -51,6 +51,7 @@
 #![deny(missing_docs)]
 
 pub mod buyer;
+pub mod checks;
 pub mod claims;
 pub mod diagrams;
 pub mod fees;

@@ -20,6 +20,10 @@ use bitcoin::hashes::Hash;
 use bitcoin::{Amount, FeeRate, OutPoint, ScriptBuf, Transaction, Txid};
 use serde::{Deserialize, Serialize};
 
+use crate::checks::{
+    admit_request, check_htlc_amount, check_htlc_script, check_quote, check_timeout, own_quote,
+    Asked,
+};
 use crate::fees::{spend_fee_rate, Outstanding, SpendFee};
 use crate::htlc::{Htlc, HtlcParams, HtlcSpendPath};
 use crate::keys::SwapKeys;
@@ -36,7 +40,7 @@ use crate::shared::{
 use crate::spend::{KEY_PATH_SPEND_VBYTES, REFUND_SCRIPT_PATH_VBYTES};
 use crate::swap::{
     Action, Context, Event, Notification, PaymentStatus, SwapError, TxPurpose, COOP_TIMEOUT_SECS,
-    REQUEST_TIMEOUT_SECS, SECS_PER_BLOCK, TIMEOUT_SLACK_BLOCKS,
+    REQUEST_TIMEOUT_SECS, SECS_PER_BLOCK,
 };
 use crate::terms::Quote;
 use crate::types::{PaymentHash, SwapDirection, SwapId};
@@ -324,89 +328,11 @@ impl SellerRequest {
     }
 }
 
-/// A check the taker makes, as locker of a loop in, before it asks and on the maker's
-/// `swap_accept` (spec `02-swap-flow.md`, "Loop in: the locker as taker"); each failure has its
-/// own name. A failure on `swap_accept` is answered with `swap_abort` `checks_failed`: nothing is
-/// locked yet.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
-#[serde(tag = "check", content = "detail", rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum LockerCheckError {
-    /// The offer is not a loop-in offer.
-    #[error("the offer is not a loop-in offer")]
-    NotLoopIn,
-    /// The offer is invalid or expired.
-    #[error("invalid offer: {0}")]
-    InvalidOffer(String),
-    /// The maker's quote differs from ours (or none can be computed for the amount).
-    #[error("quote mismatch: {0}")]
-    QuoteMismatch(String),
-    /// The fee is above the taker's limit.
-    #[error("fee {fee_sat} sat exceeds the limit of {max_sat} sat")]
-    FeeTooHigh {
-        /// The quote's `swap_fee_sat + funding_fee_sat`.
-        fee_sat: u64,
-        /// The limit ([`LoopInLimits::max_total_fee_sat`]).
-        max_sat: u64,
-    },
-    /// The HTLC value differs from the amount asked.
-    #[error("htlc amount {got_sat} sat differs from the agreed {expected_sat} sat")]
-    HtlcAmountMismatch {
-        /// The amount asked.
-        expected_sat: u64,
-        /// What the maker sent (`htlc_amount_sat`, or the quote's when that differs).
-        got_sat: u64,
-    },
-    /// The timeout is outside what the offer promised.
-    #[error("timeout height {timeout_height} is outside [{min}, {max}]")]
-    TimeoutOutOfRange {
-        /// The timeout.
-        timeout_height: u32,
-        /// Lowest acceptable (`tip + timeout_delta - TIMEOUT_SLACK_BLOCKS`).
-        min: u32,
-        /// Highest acceptable (`tip + timeout_delta + TIMEOUT_SLACK_BLOCKS`).
-        max: u32,
-    },
-    /// The timeout locks the taker's coins longer than it accepts.
-    #[error("a timeout {blocks} blocks away is beyond this node's limit of {max}")]
-    TimeoutTooLong {
-        /// Blocks from the tip to the timeout (the offer's `timeout_delta` before the request).
-        blocks: u32,
-        /// The limit ([`LoopInLimits::max_timeout_delta`]).
-        max: u32,
-    },
-    /// The HTLC script differs from the one rebuilt from the keys, the hash and the timeout.
-    #[error("htlc script mismatch: {0}")]
-    HtlcScriptMismatch(String),
-}
-
-impl LockerCheckError {
-    /// Every check's stable code, as in the spec and the node's API errors.
-    pub const CODES: &'static [&'static str] = &[
-        "not_loop_in",
-        "invalid_offer",
-        "quote_mismatch",
-        "fee_too_high",
-        "htlc_amount_mismatch",
-        "timeout_out_of_range",
-        "timeout_too_long",
-        "htlc_script_mismatch",
-    ];
-
-    /// The check's stable snake_case code (the `check` tag of the serialized error).
-    pub fn code(&self) -> &'static str {
-        match self {
-            LockerCheckError::NotLoopIn => "not_loop_in",
-            LockerCheckError::InvalidOffer(_) => "invalid_offer",
-            LockerCheckError::QuoteMismatch(_) => "quote_mismatch",
-            LockerCheckError::FeeTooHigh { .. } => "fee_too_high",
-            LockerCheckError::HtlcAmountMismatch { .. } => "htlc_amount_mismatch",
-            LockerCheckError::TimeoutOutOfRange { .. } => "timeout_out_of_range",
-            LockerCheckError::TimeoutTooLong { .. } => "timeout_too_long",
-            LockerCheckError::HtlcScriptMismatch(_) => "htlc_script_mismatch",
-        }
-    }
-}
+/// The checks the taker makes, as locker of a loop in, before it asks and on the maker's
+/// `swap_accept` (spec `02-swap-flow.md`, "Loop in: the locker as taker"): the
+/// [`CheckError`](crate::checks::CheckError) both roles share (kept under this name for its users). A failure on `swap_accept` is answered
+/// with `swap_abort` `checks_failed`: nothing is locked yet.
+pub use crate::checks::CheckError as LockerCheckError;
 
 /// Everything a taker needs to start a loop in as the locker ([`SellerSwap::start_loop_in`]).
 #[derive(Debug, Clone)]
@@ -599,37 +525,16 @@ impl SellerSwap {
         policy: SellerPolicy,
         ctx: &Context,
     ) -> Result<(Self, Vec<Action>), ErrorMessage> {
-        if request.offer_id != offer.offer_id {
-            return Err(err(ErrorCode::UnknownOffer, format!("no offer {}", request.offer_id)));
-        }
-        if offer.is_expired(ctx.now_secs) {
-            return Err(err(ErrorCode::UnknownOffer, "offer expired"));
-        }
-        if request.direction != SwapDirection::LoopOut || offer.direction != SwapDirection::LoopOut
-        {
-            return Err(err(ErrorCode::InvalidParams, "only loop_out is supported"));
-        }
-        if request.network != offer.network {
-            return Err(err(ErrorCode::InvalidParams, "network does not match the offer"));
-        }
-        let quote = Quote::compute(&offer, request.amount_sat)
-            .map_err(|e| err(ErrorCode::AmountOutOfRange, e))?;
-        if quote.prepay_sat > 0 && !request.prepay_accepted {
-            return Err(err(
-                ErrorCode::InvalidParams,
-                format!("the offer asks for a prepay of {} sat", quote.prepay_sat),
-            ));
-        }
-        if quote.fee_sat() > request.max_total_fee_sat {
-            return Err(err(
-                ErrorCode::InvalidParams,
-                format!(
-                    "fee {} sat exceeds max_total_fee_sat {}",
-                    quote.fee_sat(),
-                    request.max_total_fee_sat
-                ),
-            ));
-        }
+        let asked = Asked {
+            offer_id: &request.offer_id,
+            direction: request.direction,
+            serves: SwapDirection::LoopOut,
+            network: request.network,
+            amount_sat: request.amount_sat,
+            max_total_fee_sat: request.max_total_fee_sat,
+            prepay_accepted: request.prepay_accepted,
+        };
+        let quote = admit_request(&offer, &asked, ctx.now_secs)?;
         let timeout_height = ctx
             .tip_height
             .checked_add(offer.timeout_delta)
@@ -699,14 +604,7 @@ impl SellerSwap {
         if offer.is_expired(ctx.now_secs) {
             return Err(LockerCheckError::InvalidOffer("the offer expired".into()));
         }
-        let quote = Quote::compute(&offer, amount_sat)
-            .map_err(|e| LockerCheckError::QuoteMismatch(e.to_string()))?;
-        if quote.fee_sat() > limits.max_total_fee_sat {
-            return Err(LockerCheckError::FeeTooHigh {
-                fee_sat: quote.fee_sat(),
-                max_sat: limits.max_total_fee_sat,
-            });
-        }
+        let quote = own_quote(&offer, amount_sat, limits.max_total_fee_sat)?;
         if offer.timeout_delta > limits.max_timeout_delta {
             return Err(LockerCheckError::TimeoutTooLong {
                 blocks: offer.timeout_delta,
@@ -795,24 +693,9 @@ impl SellerSwap {
         let amount_sat = self.rec.amount_sat();
         let limits = self.rec.limits.unwrap_or_default();
         let quote = &accept.quote;
-        quote
-            .check_against(offer, amount_sat)
-            .map_err(|e| LockerCheckError::QuoteMismatch(e.to_string()))?;
         let max_fee = limits.max_total_fee_sat.min(self.rec.request.max_total_fee_sat());
-        if quote.fee_sat() > max_fee {
-            return Err(LockerCheckError::FeeTooHigh {
-                fee_sat: quote.fee_sat(),
-                max_sat: max_fee,
-            });
-        }
-        if accept.htlc_amount_sat != quote.htlc_amount_sat || quote.htlc_amount_sat != amount_sat {
-            let got_sat = if accept.htlc_amount_sat != amount_sat {
-                accept.htlc_amount_sat
-            } else {
-                quote.htlc_amount_sat
-            };
-            return Err(LockerCheckError::HtlcAmountMismatch { expected_sat: amount_sat, got_sat });
-        }
+        check_quote(quote, offer, amount_sat, max_fee)?;
+        check_htlc_amount(accept.htlc_amount_sat, quote, amount_sat)?;
         // Not later than the offer says (plus the blocks found while the messages travelled):
         // our coins would stay locked longer. Earlier only shortens our lock, as a maker whose
         // chain view lags sets it; the floor is the offer's own (`01-messages.md`): room for
@@ -822,15 +705,7 @@ impl SellerSwap {
             .saturating_add(offer.claim_margin)
             .saturating_add(offer.min_confirmations)
             .saturating_add(MIN_CLTV_BUDGET_BLOCKS);
-        let max =
-            ctx.tip_height.saturating_add(offer.timeout_delta).saturating_add(TIMEOUT_SLACK_BLOCKS);
-        if accept.timeout_height < min || accept.timeout_height > max {
-            return Err(LockerCheckError::TimeoutOutOfRange {
-                timeout_height: accept.timeout_height,
-                min,
-                max,
-            });
-        }
+        check_timeout(accept.timeout_height, min, ctx.tip_height, offer)?;
         let blocks = accept.timeout_height.saturating_sub(ctx.tip_height);
         if blocks > limits.max_timeout_delta {
             return Err(LockerCheckError::TimeoutTooLong { blocks, max: limits.max_timeout_delta });
@@ -845,10 +720,7 @@ impl SellerSwap {
             timeout_height: accept.timeout_height,
             network: offer.network,
         };
-        let htlc = Htlc::new_at(params.clone(), ctx.tip_height)
-            .map_err(|e| LockerCheckError::HtlcScriptMismatch(e.to_string()))?;
-        htlc.verify_script_pubkey(&accept.htlc_script_pubkey)
-            .map_err(|e| LockerCheckError::HtlcScriptMismatch(e.to_string()))?;
+        let htlc = check_htlc_script(&params, &accept.htlc_script_pubkey, Some(ctx.tip_height))?;
         Ok((params, htlc))
     }
 

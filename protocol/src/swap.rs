@@ -417,6 +417,14 @@ pub enum Notification {
         /// The funding transaction.
         txid: Txid,
     },
+    /// Buyer, after paying: the HTLC's funding transaction left the chain and stayed out past
+    /// the timeout (the seller double-spent it): the invoice paid is lost, the swap ends `Lost`.
+    FundingLost {
+        /// The funding transaction.
+        txid: Txid,
+        /// What the buyer paid and lost, in sat.
+        lost_sat: u64,
+    },
     /// A claim or refund transaction was broadcast.
     Broadcast {
         /// Its id.

@@ -38,11 +38,11 @@ pub const BUYER_TRANSITIONS: &[Transition] = &[
     ),
     ("Aborted", "Claiming", "a payment for the hash found succeeded (claim anyway)"),
     ("Claiming", "ClaimBroadcast", "coop_claim_response, or 30 s / script path"),
-    ("Claiming", "Lost", "htlc refunded by the seller"),
+    ("Claiming", "Lost", "htlc refunded by the seller, or its funding gone past the timeout"),
     ("Claiming", "Claimed", "our claim confirmed (broadcast before a restart)"),
     ("Paying", "Lost", "htlc refunded, then the payment succeeded (or its fate is lost: restored)"),
     ("ClaimBroadcast", "Claimed", "claim confirmed"),
-    ("ClaimBroadcast", "Lost", "htlc refunded by the seller"),
+    ("ClaimBroadcast", "Lost", "htlc refunded by the seller, or its funding gone past the timeout"),
 ];
 
 swap_states! {

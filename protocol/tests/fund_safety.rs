@@ -9,12 +9,13 @@ mod sim;
 
 use bitcoin::{Amount, FeeRate, OutPoint, Txid};
 use looper_protocol::buyer::{BuyerCheckError, BuyerPolicy, BuyerStart, BuyerState, BuyerSwap};
+use looper_protocol::htlc::Htlc;
 use looper_protocol::htlc::HtlcSpendPath;
 use looper_protocol::keys::SwapKeys;
 use looper_protocol::record::SwapRecord;
-use looper_protocol::seller::SellerState;
+use looper_protocol::seller::{LockerCheckError, SellerState};
 use looper_protocol::spend::{claim_script_path, refund_script_path};
-use looper_protocol::swap::{Context, Event, TxPurpose};
+use looper_protocol::swap::{Context, Event, StateKind, TxPurpose};
 use looper_protocol::SwapId;
 use sim::{Opts, Party, Sim, START_HEIGHT, START_TIME};
 
@@ -321,7 +322,7 @@ fn claim_or_refund_is_read_from_the_witness() {
     assert_eq!(p.htlc.spend_path(&claim, other), None);
 }
 
-/// Every check has its own stable code, listed once in `BuyerCheckError::CODES` (the node's API
+/// Every check of either role has its own stable code, listed once in `CheckError::CODES` (the node's API
 /// answers with it; `node/tests/api_openapi.rs` checks that `node/openapi.yaml` lists each).
 #[test]
 fn every_buyer_check_has_a_stable_code() {
@@ -348,6 +349,10 @@ fn every_buyer_check_has_a_stable_code() {
         BuyerCheckError::HtlcSpent,
         BuyerCheckError::ClaimMarginTooLow { offered: 0, min: 0 },
         BuyerCheckError::ClaimUnaffordable { htlc_sat: 0, claim_fee_sat: 0, fee_rate_sat_vb: 0 },
+        // The loop-in locker's own (one type for both roles: `LockerCheckError` is this one).
+        LockerCheckError::NotLoopIn,
+        LockerCheckError::InvalidOffer(String::new()),
+        LockerCheckError::TimeoutTooLong { blocks: 0, max: 0 },
     ];
     let codes: Vec<&str> = all.iter().map(BuyerCheckError::code).collect();
     assert_eq!(codes, BuyerCheckError::CODES);
@@ -526,4 +531,95 @@ fn the_settlement_and_refund_rules_hold_in_a_loop_in() {
         "{:#?}",
         sim.log
     );
+}
+
+/// A swap whose buyer is paying (a payment takes 3 blocks to arrive).
+fn paying(loop_in: bool) -> Sim {
+    let mut sim = sim(Opts { payment_delay_blocks: 3, loop_in, ..Opts::default() });
+    sim.pump();
+    for _ in 0..100 {
+        if sim.buyer().state().has_paid() {
+            break;
+        }
+        sim.advance_secs(31);
+        sim.mine(1);
+    }
+    let state = sim.buyer().state();
+    assert!(matches!(state, BuyerState::Paying { .. }), "{} {:#?}", state.name(), sim.log);
+    sim
+}
+
+/// After the payment, the seller double-spends its funding (the residual risk of paying after
+/// `min_confirmations`, spec `02-swap-flow.md`): the buyer keeps trying to claim until the
+/// required confirmations past the timeout, then ends `Lost` with the invoice as its loss, in
+/// both directions. The funding leaves while the payment is still in flight (`Paying`): the
+/// decision waits for the payment's fate.
+#[test]
+fn a_funding_double_spent_after_the_payment_ends_lost_past_the_timeout() {
+    for loop_in in sim::DIRECTIONS {
+        let mut sim = paying(loop_in);
+        let BuyerState::Paying { htlc, terms, .. } = sim.buyer().state() else { unreachable!() };
+        let (funding, timeout) = (htlc.outpoint.txid, terms.htlc_params.timeout_height);
+        sim.remove_tx(funding, true);
+        while sim.ctx.tip_height < timeout {
+            sim.advance_secs(31);
+            sim.mine(1);
+        }
+        // Paid and still claiming at the timeout: a funding that came back would be claimed.
+        let state = sim.buyer().state();
+        assert!(
+            matches!(state, BuyerState::Claiming { .. } | BuyerState::ClaimBroadcast { .. }),
+            "loop_in={loop_in}: {} {:#?}",
+            state.name(),
+            sim.log
+        );
+        let gone_since = match state {
+            BuyerState::Claiming { htlc, .. } | BuyerState::ClaimBroadcast { htlc, .. } => {
+                htlc.gone_since
+            }
+            _ => None,
+        };
+        assert!(gone_since.is_some(), "the departure is recorded");
+        // The record keeps it across a restart.
+        sim.restart(Party::Buyer);
+        sim.run_to_end(20);
+        let BuyerState::Lost { terms, spend_txid, funding_gone } = sim.buyer().state() else {
+            panic!("loop_in={loop_in}: not lost: {} {:#?}", sim.buyer().state().name(), sim.log)
+        };
+        assert!(*funding_gone);
+        assert_eq!(*spend_txid, funding);
+        assert_eq!(sim.buyer_paid_msat, terms.invoice_amount_msat, "the loss is the invoice");
+        assert!(sim.ctx.tip_height > timeout, "not before the timeout and its depth");
+        assert_eq!(sim.buyer().kind(), StateKind::Failed);
+        let record = SwapRecord::from(sim.buyer()).to_bytes().unwrap();
+        let back = SwapRecord::from_bytes(&record).unwrap();
+        let SwapRecord::Buyer(b) = back else { panic!("a buyer record") };
+        assert!(matches!(b.state(), BuyerState::Lost { funding_gone: true, .. }));
+    }
+}
+
+/// A funding that leaves the buyer's chain view after the payment and comes back (a reorg, a
+/// chain source that lost it for a while) is claimed as usual: its departure is forgotten.
+#[test]
+fn a_funding_that_leaves_and_comes_back_after_the_payment_is_claimed() {
+    for loop_in in sim::DIRECTIONS {
+        let mut sim = paying(loop_in);
+        let BuyerState::Paying { htlc, terms, .. } = sim.buyer().state() else { unreachable!() };
+        let (outpoint, confirmed_height) = (htlc.outpoint, htlc.confirmed_height);
+        let value_sat = terms.quote.htlc_amount_sat;
+        let script_pubkey =
+            Htlc::new(terms.htlc_params.clone()).unwrap().script_pubkey().to_owned();
+        sim.inject(Party::Buyer, Event::HtlcGone { outpoint });
+        let BuyerState::Paying { htlc, .. } = sim.buyer().state() else { panic!("paying") };
+        assert!(htlc.gone_since.is_some());
+        sim.inject(
+            Party::Buyer,
+            Event::HtlcOutput { outpoint, value_sat, script_pubkey, confirmed_height },
+        );
+        let BuyerState::Paying { htlc, .. } = sim.buyer().state() else { panic!("paying") };
+        assert_eq!(htlc.gone_since, None);
+        sim.run_to_end(400);
+        sim.check_invariants();
+        assert!(matches!(sim.buyer().state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
+    }
 }

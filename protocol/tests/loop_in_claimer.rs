@@ -1051,3 +1051,61 @@ fn loop_out_messages_are_refused_in_a_loop_in() {
     assert!(e.message.contains("taker"), "{}", e.message);
     assert_eq!(run.state_name(), "Accepting");
 }
+
+/// A paid claimer whose HTLC's funding the taker double-spent: nothing is decided before the
+/// timeout plus the required confirmations; from then on the chain is asked at each tick
+/// (`CheckHtlc`, also after a restart that never saw the output leave), and a second `Missing`
+/// at a later block ends the swap `Lost` (the funding's txid, `funding_gone`), told with the
+/// amount lost. An output found there again in between is claimable as before.
+#[test]
+fn a_funding_gone_after_the_payment_ends_lost_on_two_missing_checks_past_the_deadline() {
+    let asks = |actions: &[Action]| actions.iter().any(|a| matches!(a, Action::CheckHtlc { .. }));
+    // Paid and claiming (the cooperative claim or, once its time is up, the claim leaf's):
+    // when the HTLC left the chain.
+    let gone_since = |run: &Run| match run.maker.state() {
+        BuyerState::Claiming { htlc, .. } | BuyerState::ClaimBroadcast { htlc, .. } => {
+            htlc.gone_since
+        }
+        other => panic!("not claiming: {}", other.name()),
+    };
+    let mut run = Run::new();
+    run.run_to_claiming();
+    let outpoint = run.outpoint();
+    let actions = run.feed(Event::HtlcGone { outpoint });
+    assert_eq!(actions.first(), Some(&Action::Persist), "the departure is recorded");
+    assert_eq!(gone_since(&run), Some(run.ctx.tip_height));
+    // Before the deadline (timeout + 1 confirmation here): nothing asked, nothing decided.
+    let deadline = run.accept.timeout_height + 1;
+    run.mine(deadline - 1 - run.ctx.tip_height);
+    assert!(!asks(&run.tick()));
+    let missing = HtlcStatus::Missing;
+    run.feed(Event::HtlcChecked { outpoint, status: missing });
+    assert!(gone_since(&run).is_some(), "not before the deadline");
+    // A restart loses nothing: the record keeps the departure.
+    run.restart();
+    run.mine(1);
+    assert!(asks(&run.tick()), "asked at the deadline");
+    // Back on chain: forgotten; missing again: recorded again, not decided at once.
+    let unspent = HtlcStatus::Unspent { value_sat: AMOUNT_SAT, confirmed_height: Some(1) };
+    run.feed(Event::HtlcChecked { outpoint, status: unspent });
+    assert_eq!(gone_since(&run), None);
+    run.feed(Event::HtlcChecked { outpoint, status: missing });
+    assert_eq!(gone_since(&run), Some(run.ctx.tip_height), "one look is not enough");
+    run.mine(1);
+    assert!(asks(&run.tick()));
+    let actions = run.feed(Event::HtlcChecked { outpoint, status: missing });
+    let BuyerState::Lost { terms, spend_txid, funding_gone } = run.maker.state() else {
+        panic!("lost: {}", run.state_name())
+    };
+    assert!(*funding_gone);
+    assert_eq!(*spend_txid, outpoint.txid);
+    let lost_sat = terms.invoice_amount_msat / 1000;
+    assert_eq!(lost_sat, run.quote().invoice_amount_sat);
+    let told = Action::Notify(Notification::FundingLost { txid: outpoint.txid, lost_sat });
+    assert!(actions.contains(&told), "{actions:?}");
+    assert_eq!(actions.first(), Some(&Action::Persist));
+    assert_eq!(run.maker.kind(), StateKind::Failed);
+    // Ended: no more questions.
+    run.mine(1);
+    assert!(!asks(&run.tick()));
+}

@@ -160,6 +160,10 @@ pub struct Outcome {
     pub claimed: u32,
     /// Swaps that ended refunded (or never funded).
     pub refunded: u32,
+    /// Swaps the buyer paid and lost to a seller that double-spent its funding afterwards
+    /// ([`Malice::DoubleSpendFunding`] only: the residual risk of paying after
+    /// `min_confirmations`, spec `00-introduction.md`).
+    pub lost: u32,
     /// Crashes injected.
     pub crashes: u32,
     /// Steps taken.
@@ -247,7 +251,7 @@ pub async fn run(sc: Scenario) -> Result<Outcome, Failure> {
         bed.check_now()?;
     }
     bed.settle().await?;
-    let (claimed, refunded) = bed.check_end()?;
+    let (claimed, refunded, lost) = bed.check_end()?;
     if bed.sc.malice.is_none_or(|(who, _)| who != bed.roles().0) {
         bed.check_keys()?;
     }
@@ -271,6 +275,7 @@ pub async fn run(sc: Scenario) -> Result<Outcome, Failure> {
     Ok(Outcome {
         claimed,
         refunded,
+        lost,
         crashes: bed.crashes,
         steps,
         log: w.log.clone(),
@@ -797,11 +802,14 @@ impl Bed {
         Ok(())
     }
 
-    /// End of run: nobody honest lost money.
-    fn check_end(&self) -> Result<(u32, u32), Failure> {
+    /// End of run: nobody honest lost money, but for a buyer that paid a seller who then
+    /// double-spent its funding: that buyer's swap must have ended `Lost` with the invoice it
+    /// paid as its loss ([`Bed::check_lost_to_double_spend`]).
+    fn check_end(&self) -> Result<(u32, u32, u32), Failure> {
         let w = lock(&self.world);
         let mut claimed = 0;
         let mut refunded = 0;
+        let mut lost = 0;
         for (id, (hash, htlc_spk)) in &self.accepts {
             let paid = w.payments.get(hash).is_some_and(|p| p.state == PayState::Succeeded);
             let mut to_buyer = false;
@@ -830,6 +838,16 @@ impl Bed {
             }
             let honest_buyer = self.sc.malice.is_none_or(|(who, _)| who != BUYER);
             let honest_seller = self.sc.malice.is_none_or(|(who, _)| who != SELLER);
+            let double_spent = self.sc.malice == Some((SELLER, Malice::DoubleSpendFunding));
+            if paid && !to_buyer && honest_buyer && double_spent {
+                let paid_msat = w.payments.get(hash).map_or(0, |p| p.amount_msat);
+                if let Err(what) = self.check_lost_to_double_spend(*id, htlc_spk, paid_msat, &w) {
+                    drop(w);
+                    return Err(fail(self, format!("swap {id}: {what}")));
+                }
+                lost += 1;
+                continue;
+            }
             if paid && !to_buyer && honest_buyer {
                 drop(w);
                 return Err(fail(
@@ -857,7 +875,47 @@ impl Bed {
                 refunded += 1;
             }
         }
-        Ok((claimed, refunded))
+        Ok((claimed, refunded, lost))
+    }
+
+    /// A buyer that paid and did not get the coins, in a run where the seller double-spends its
+    /// fundings: no transaction paying the HTLC's script is confirmed (its funding was
+    /// double-spent), and the buyer's swap ended `Lost` (`funding_gone`) with the payment as its
+    /// loss in the node's figures.
+    fn check_lost_to_double_spend(
+        &self,
+        id: SwapId,
+        htlc_spk: &bitcoin::ScriptBuf,
+        paid_msat: u64,
+        w: &World,
+    ) -> Result<(), String> {
+        use looper_protocol::buyer::BuyerState;
+        use looper_protocol::record::SwapRecord;
+        let funded = w
+            .all()
+            .any(|(t, h)| h.is_some() && t.output.iter().any(|o| &o.script_pubkey == htlc_spk));
+        if funded {
+            return Err("the buyer paid but did not get the coins of a funded HTLC".into());
+        }
+        let records = self.nodes[BUYER].store.inner.list_swaps(&SwapFilter::default());
+        let record = records
+            .unwrap_or_default()
+            .into_iter()
+            .find(|r| r.id == id)
+            .ok_or("the buyer has no record of it")?;
+        let proto = SwapRecord::from_bytes(&record.data).map_err(|e| e.to_string())?;
+        let SwapRecord::Buyer(b) = &proto else { return Err("not a buyer record".into()) };
+        let BuyerState::Lost { funding_gone: true, .. } = b.state() else {
+            return Err(format!(
+                "the buyer paid, its funding was double-spent, and it ended {}, not lost",
+                record.state
+            ));
+        };
+        let figures = looper_node::stats::figures(&proto, &[]);
+        if figures.lost_sat * 1000 != paid_msat {
+            return Err(format!("lost {} sat, paid {paid_msat} msat", figures.lost_sat));
+        }
+        Ok(())
     }
 }
 

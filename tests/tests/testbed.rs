@@ -14,7 +14,7 @@ fn seeds(default: u64) -> u64 {
 
 async fn many(name: &str, n: u64, make: impl Fn(u64) -> Scenario) {
     let mut failures = Vec::new();
-    let (mut claimed, mut refunded, mut crashes, mut loop_ins) = (0, 0, 0, 0);
+    let (mut claimed, mut refunded, mut lost, mut crashes, mut loop_ins) = (0, 0, 0, 0, 0);
     for seed in 0..n {
         let sc = make(seed);
         loop_ins += u64::from(sc.loop_in);
@@ -22,12 +22,13 @@ async fn many(name: &str, n: u64, make: impl Fn(u64) -> Scenario) {
             Ok(o) => {
                 claimed += o.claimed;
                 refunded += o.refunded;
+                lost += o.lost;
                 crashes += o.crashes;
             }
             Err(f) => failures.push(f.to_string()),
         }
     }
-    eprintln!("{name}: {n} seeds ({loop_ins} loop in), {claimed} swaps claimed, {refunded} refunded, {crashes} crashes injected, {} failed", failures.len());
+    eprintln!("{name}: {n} seeds ({loop_ins} loop in), {claimed} swaps claimed, {refunded} refunded, {lost} lost to a double-spent funding, {crashes} crashes injected, {} failed", failures.len());
     assert!(
         failures.is_empty(),
         "{name}: {} seeds failed:\n{}",
@@ -51,7 +52,10 @@ async fn one_scenario() {
             if std::env::var_os("LOOPER_BED_LOG").is_some() {
                 o.log.iter().filter(|l| !l.starts_with("mined")).for_each(|l| eprintln!("{l}"));
             }
-            eprintln!("{} claimed, {} refunded, {} crashes", o.claimed, o.refunded, o.crashes)
+            eprintln!(
+                "{} claimed, {} refunded, {} lost, {} crashes",
+                o.claimed, o.refunded, o.lost, o.crashes
+            )
         }
         Err(f) => panic!("{f}"),
     }

@@ -564,6 +564,11 @@ pub fn describe(e: &Value) -> String {
             "funding {} left the chain (reorg or double spend): waiting for it again",
             text(e, "txid")
         ),
+        "funding_lost" => format!(
+            "funding {} left the chain after the payment and never came back: {} sat lost",
+            text(e, "txid"),
+            text(e, "lost_sat")
+        ),
         "peer_error" => {
             let err = e.get("error").cloned().unwrap_or(Value::Null);
             format!("peer error: {} {}", text(&err, "code"), text(&err, "message"))

@@ -2,32 +2,28 @@
 
 use std::fmt;
 
-use looper_protocol::buyer::BuyerCheckError;
-use looper_protocol::seller::LockerCheckError;
+use looper_protocol::checks::CheckError;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// The code of a taker's check that refused an offer: one of [`BuyerCheckError::CODES`]
-/// (`fee_too_high`, `claim_margin_too_low`, ...; spec `02-swap-flow.md`, "Buyer checks") or, for
-/// a loop in, of [`LockerCheckError::CODES`] (`not_loop_in`, `timeout_too_long`, ...; the codes
-/// both share mean the same).
+/// The code of a taker's check that refused an offer: one of [`CheckError::CODES`], the checks
+/// both roles share (`fee_too_high`, `claim_margin_too_low`, ...; spec `02-swap-flow.md`, "Buyer
+/// checks"; for a loop in also `not_loop_in`, `timeout_too_long`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct BuyerCheckCode(&'static str);
 
 impl BuyerCheckCode {
-    /// The check's code when `code` is one of [`BuyerCheckError::CODES`].
+    /// The check's code when `code` is one of [`CheckError::CODES`].
     pub fn new(code: &str) -> Option<Self> {
         Self::all().find(|c| c.0 == code)
     }
 
-    /// Every code: the buyer's, then the loop-in taker's not among them.
+    /// Every code: the claimer's, then the loop-in locker's own.
     fn all() -> impl Iterator<Item = BuyerCheckCode> {
-        let buyer = BuyerCheckError::CODES.iter();
-        let locker = LockerCheckError::CODES.iter().filter(|c| !BuyerCheckError::CODES.contains(c));
-        buyer.chain(locker).map(|c| BuyerCheckCode(c))
+        CheckError::CODES.iter().map(|c| BuyerCheckCode(c))
     }
 
     /// The code of `check`.
-    pub fn of(check: &BuyerCheckError) -> Self {
+    pub fn of(check: &CheckError) -> Self {
         BuyerCheckCode(check.code())
     }
 
@@ -141,15 +137,9 @@ impl ErrorCode {
     }
 }
 
-impl From<&BuyerCheckError> for ErrorCode {
-    fn from(check: &BuyerCheckError) -> Self {
+impl From<&CheckError> for ErrorCode {
+    fn from(check: &CheckError) -> Self {
         ErrorCode::Refused(BuyerCheckCode::of(check))
-    }
-}
-
-impl From<&LockerCheckError> for ErrorCode {
-    fn from(check: &LockerCheckError) -> Self {
-        ErrorCode::Refused(BuyerCheckCode(check.code()))
     }
 }
 
@@ -210,9 +200,7 @@ mod tests {
             assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
             assert_eq!(ErrorCode::parse(code.as_str()), code);
         }
-        let locker_only =
-            LockerCheckError::CODES.iter().filter(|c| !BuyerCheckError::CODES.contains(c)).count();
-        assert_eq!(ErrorCode::all().count(), 10 + BuyerCheckError::CODES.len() + locker_only);
+        assert_eq!(ErrorCode::all().count(), 10 + CheckError::CODES.len());
         for code in ["not_loop_in", "timeout_too_long", "timeout_out_of_range"] {
             assert!(matches!(ErrorCode::parse(code), ErrorCode::Refused(_)), "{code}");
         }

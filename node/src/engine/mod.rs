@@ -51,14 +51,13 @@ use std::time::Duration;
 
 use bitcoin::bip32::Xpriv;
 use bitcoin::{FeeRate, ScriptBuf};
-use looper_protocol::buyer::{BuyerCheckError, BuyerPolicy, BuyerStart, BuyerSwap};
+use looper_protocol::buyer::{BuyerPolicy, BuyerStart, BuyerSwap};
+use looper_protocol::checks::CheckError;
 use looper_protocol::fees::{FeeEstimates, DEFAULT_SPEND_TARGET};
 use looper_protocol::keys::SwapKeys;
 use looper_protocol::messages::Offer;
 use looper_protocol::record::SwapRecord as ProtoRecord;
-use looper_protocol::seller::{
-    LockerCheckError, LockerStart, LoopInLimits, SellerPolicy, SellerSwap,
-};
+use looper_protocol::seller::{LockerStart, LoopInLimits, SellerPolicy, SellerSwap};
 use looper_protocol::swap::{Context, Event, Notification, StateKind, TxPurpose};
 use looper_protocol::SwapId;
 use serde::Serialize;
@@ -89,12 +88,10 @@ pub enum EngineError {
     /// Key derivation failed.
     #[error("cannot derive swap keys: {0}")]
     Keys(String),
-    /// The buyer's checks refused the offer (the check's code reaches the API).
+    /// The taker's checks refused the offer: a loop-out buyer's or a loop-in locker's (the
+    /// check's code reaches the API).
     #[error("offer refused: {0}")]
-    Refused(BuyerCheckError),
-    /// The loop-in taker's checks refused the offer (the check's code reaches the API).
-    #[error("offer refused: {0}")]
-    LoopInRefused(LockerCheckError),
+    Refused(CheckError),
     /// The state machine refused the event.
     #[error("swap refused the request: {0}")]
     Swap(String),
@@ -639,7 +636,7 @@ impl Engine {
     /// new address of the node's wallet). Returns the new swap's id.
     ///
     /// # Errors
-    /// [`EngineError::LoopInRefused`] when the offer does not fit `limits`; store, wallet or key
+    /// [`EngineError::Refused`] when the offer does not fit `limits`; store, wallet or key
     /// errors.
     pub async fn take_loop_in_offer(
         &self,
@@ -680,7 +677,7 @@ impl Engine {
             keys,
         };
         let (swap, actions) =
-            SellerSwap::start_loop_in(start, &ctx).map_err(EngineError::LoopInRefused)?;
+            SellerSwap::start_loop_in(start, &ctx).map_err(EngineError::Refused)?;
         tracing::info!(swap = %swap_id, amount_sat, "taking a loop-in offer");
         let slot = Arc::new(Slot::new(Machine::Seller(swap), nostr_keys.public_key(), true));
         self.start_taker_swap(swap_id, slot, &nostr_keys, actions).await?;

@@ -740,6 +740,15 @@ impl Engine {
     /// Logs a swap's notification in its event log and tells the subscribers.
     pub(super) fn notify(&self, id: SwapId, notification: Notification) {
         tracing::info!(swap = %id, notification = ?notification, "swap progress");
+        if let Notification::FundingLost { txid, lost_sat } = &notification {
+            tracing::warn!(
+                swap = %id,
+                funding_txid = %txid,
+                lost_sat,
+                "the htlc's funding left the chain after our payment and never came back: the \
+                 payment is lost (the seller double-spent its funding)"
+            );
+        }
         let value = serde_json::to_value(&notification).unwrap_or_default();
         let seq = blocking_store(|| self.inner.store.append_swap_event(&id, &value))
             .unwrap_or_else(|e| {
