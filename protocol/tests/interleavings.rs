@@ -85,3 +85,20 @@ proptest! {
         }
     }
 }
+
+/// The maker's `swap_accept` is lost for good: the taker gives up on its request
+/// (`REQUEST_TIMEOUT_SECS`) instead of waiting in `Requested` for ever, and the maker's lock is
+/// refunded. Found by the property test above, in both directions.
+#[test]
+fn a_lost_swap_accept_ends_both_sides() {
+    for loop_in in [false, true] {
+        let mut sim = Sim::new(Opts { loop_in, route_cltv: 60, ..Opts::default() });
+        sim.deliver_one(Party::Seller);
+        sim.drop_next(Party::Buyer);
+        sim.run_to_end(600);
+        if sim.seller.is_some() && sim.buyer.is_some() {
+            sim.check_invariants();
+        }
+        assert_eq!(sim.buyer_paid_msat, 0, "loop_in {loop_in}");
+    }
+}
