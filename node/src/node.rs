@@ -411,6 +411,7 @@ impl LooperNode {
                 network: self.config.network,
                 buyer_policy: self.config.buyer_policy(),
                 interval: Duration::from_secs(self.config.sync.autoloop_secs.max(1)),
+                max_swap_amount_sat: self.config.safety.max_swap_amount_sat,
             },
         );
         let mut autoloop_stop = stop_rx.clone();

@@ -1023,6 +1023,7 @@ async fn live_api_matches_openapi() -> Result<()> {
                     network: Network::Regtest,
                     buyer_policy: Default::default(),
                     interval: std::time::Duration::from_secs(60),
+                    max_swap_amount_sat: None,
                 },
             ),
         },

@@ -553,6 +553,7 @@ async fn loop_out(cooperative: bool) -> Result<()> {
                 network: Network::Regtest,
                 buyer_policy: Default::default(),
                 interval: std::time::Duration::from_secs(60),
+                max_swap_amount_sat: None,
             },
         ),
     });

@@ -91,6 +91,9 @@ pub struct AutoloopSettings {
     pub buyer_policy: BuyerPolicy,
     /// How often autoloop runs while enabled (`[sync] autoloop_secs`).
     pub interval: Duration,
+    /// The node's ceiling on one swap (`safety.max_swap_amount_sat`; `None`: none): autoloop
+    /// never swaps more, whatever its rules say.
+    pub max_swap_amount_sat: Option<u64>,
 }
 
 /// What the store keeps under [`SETTING`].
@@ -570,6 +573,7 @@ impl Autoloop {
             seller_failures: &failures,
             own_fees,
             now,
+            max_swap_amount_sat: self.inner.settings.max_swap_amount_sat,
         };
         let (plan, chosen) = plan::plan(&input, dry_run);
         Ok((plan, chosen, stored))

@@ -99,6 +99,9 @@ pub struct PlanInput<'a> {
     pub own_fees: OwnFees,
     /// Now, UNIX seconds.
     pub now: u64,
+    /// The node's ceiling on one swap (`safety.max_swap_amount_sat`; `None`: none): no rule
+    /// swaps more.
+    pub max_swap_amount_sat: Option<u64>,
 }
 
 /// The rule of `channel`: its own, else its peer's, else the node-wide one.
@@ -299,6 +302,7 @@ fn decide(
         Ok(n) => n,
         Err(why) => return (None, why),
     };
+    let amount = input.max_swap_amount_sat.map_or(amount, |max| amount.min(max));
     let verb = match direction {
         SwapDirection::LoopIn => "loop in",
         _ => "loop out",
@@ -430,6 +434,7 @@ mod tests {
         busy: BTreeSet<String>,
         offers: Vec<Candidate>,
         failures: BTreeMap<String, u32>,
+        ceiling: Option<u64>,
     }
 
     impl World {
@@ -446,6 +451,7 @@ mod tests {
                     cand("cc", offer("in-c", SwapDirection::LoopIn, 800, 2_000)),
                 ],
                 failures: BTreeMap::new(),
+                ceiling: None,
             }
         }
 
@@ -460,6 +466,7 @@ mod tests {
                 seller_failures: &self.failures,
                 own_fees: OwnFees { loop_out_claim_sat: 111, loop_in_funding_sat: 154 },
                 now: 1_000_000_000,
+                max_swap_amount_sat: self.ceiling,
             };
             let (plan, chosen) = plan(&input, true);
             for (d, c) in plan.decisions.iter().zip(&chosen) {
@@ -493,6 +500,15 @@ mod tests {
         assert_eq!((c.seller.as_str(), c.offer_id.as_str()), ("bb", "out-b"));
         assert_eq!(c.total_cost_sat, 500 + 600 + 300 + 111);
         assert_eq!(c.own_onchain_fee_sat, 111);
+    }
+
+    #[test]
+    fn the_nodes_swap_ceiling_caps_every_rule() {
+        let mut w = World::new(vec![channel("c1", 100_000, 900_000)]);
+        w.ceiling = Some(120_000);
+        let d = &w.plan().decisions[0];
+        assert_eq!(d.action, AutoloopAction::LoopIn);
+        assert_eq!(d.amount_sat, Some(120_000), "the rule's 300 000 capped by the ceiling");
     }
 
     #[test]
