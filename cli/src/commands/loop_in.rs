@@ -47,8 +47,8 @@ pub struct InArgs {
     pub yes: bool,
 }
 
-/// The quote shown before asking.
-pub fn render_quote(c: &Candidate, q: &Quote) -> String {
+/// The quote shown before asking; `conf_target`: the funding's own target the estimate is for.
+pub fn render_quote(c: &Candidate, q: &Quote, conf_target: Option<u16>) -> String {
     let mut out = format!(
         "Loop in {} to offer {} (maker {})\n",
         sat(q.amount_sat),
@@ -62,9 +62,10 @@ pub fn render_quote(c: &Candidate, q: &Quote) -> String {
         (
             "  funding fee (est.)",
             format!(
-                "{} ({FUNDING_VSIZE_VB} vB x {} sat/vB)",
+                "{} ({FUNDING_VSIZE_VB} vB x {} sat/vB{})",
                 sat(q.claim_fee_sat),
-                q.fee_rate_sat_vb
+                q.fee_rate_sat_vb,
+                conf_target.map(|t| format!(", target {t} blocks")).unwrap_or_default()
             ),
         ),
         ("you lock (on-chain)", sat(q.pay_sat())),
@@ -90,6 +91,8 @@ pub async fn loop_in(ctx: &Ctx, args: &InArgs) -> CliResult<()> {
     }
     let estimate = args.conf_target.and_then(|t| estimate_for(&info, t));
     let rate = args.fee_rate.or(estimate).unwrap_or(info.fee_rate_sat_vb).max(1);
+    // The target the estimate is for (none when --fee-rate set the rate).
+    let shown_target = args.conf_target.filter(|_| args.fee_rate.is_none());
     let list = fetch(&client, amount, rate, SwapDirection::LoopIn).await?;
     let chosen = match &args.offer {
         Some(id) => list.iter().find(|c| c.offer.offer_id == *id).ok_or_else(|| {
@@ -120,11 +123,15 @@ pub async fn loop_in(ctx: &Ctx, args: &InArgs) -> CliResult<()> {
         ));
     }
     if ctx.json() {
+        let mut q = quote.to_json();
+        if let Some(t) = shown_target {
+            q["conf_target"] = json!(t);
+        }
         print_json_line(&json!({
-            "type": "quote", "maker": chosen.seller, "offer_id": offer_id, "quote": quote.to_json(),
+            "type": "quote", "maker": chosen.seller, "offer_id": offer_id, "quote": q,
         }));
     } else {
-        print!("{}", render_quote(chosen, &quote));
+        print!("{}", render_quote(chosen, &quote, shown_target));
     }
     confirm("Take this offer?", args.yes)?;
 
@@ -172,4 +179,39 @@ pub async fn loop_in(ctx: &Ctx, args: &InArgs) -> CliResult<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use looper_api::{OfferContext, OfferTerms};
+
+    use super::*;
+    use crate::commands::offers::quote;
+
+    #[test]
+    fn the_quote_names_the_fundings_own_target() {
+        let offer = OfferTerms::default().loop_in_offer(OfferContext {
+            offer_id: "in".into(),
+            network: bitcoin::Network::Regtest,
+            ln_node_id: "02eec7245d6b7d2ccb30380bfbe2a3648cd7a942653f5aa340edcea1f283686619"
+                .parse()
+                .unwrap(),
+            ln_address: None,
+            relays: vec!["ws://r".into()],
+            expires_at: 1,
+            fee_rate_sat_vb: 2,
+        });
+        let q = quote(&offer, 100_000, 25).unwrap();
+        let c = Candidate {
+            seller: "ab".repeat(32),
+            offer,
+            quote: Some(q),
+            history: Default::default(),
+        };
+        let with = render_quote(&c, &q, Some(1));
+        assert!(with.contains("x 25 sat/vB, target 1 blocks)"), "{with}");
+        let without = render_quote(&c, &q, None);
+        assert!(without.contains("x 25 sat/vB)"), "{without}");
+    }
 }
