@@ -627,6 +627,15 @@ impl LooperWallet {
         Ok(info.address)
     }
 
+    /// How many receive addresses the wallet has revealed (the next one's index).
+    ///
+    /// # Errors
+    /// [`WalletError::Poisoned`].
+    pub fn revealed_receive_addresses(&self) -> Result<u32, WalletError> {
+        let inner = self.lock()?;
+        Ok(inner.wallet.derivation_index(KeychainKind::External).map_or(0, |i| i.saturating_add(1)))
+    }
+
     /// `count` new receive addresses (revealed and persisted together, in one write): what
     /// [`LooperWallet::new_address`] gives, for callers that hand them out one by one later.
     ///

@@ -12,6 +12,7 @@
 //! | [`Clock`] | [`SystemClock`] | the swaps' `now` |
 //! | [`Entropy`] | [`OsEntropy`] | swap ids, MuSig2 nonces |
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -76,18 +77,32 @@ pub trait SwapWallet: Send + Sync {
 }
 
 /// How many receive scripts [`BdkSwapWallet`] reveals at once for the swaps' claims and refunds
-/// (one wallet write for all of them instead of one per swap). Below the wallet's
+/// (one wallet write for all of them instead of one per swap). With the [`SCRIPT_REFILL_AT`]
+/// scripts left when the next batch is revealed, below the wallet's
 /// [`crate::wallet::STOP_GAP`]: the scripts a restart leaves unused never hide a later payment
 /// from a full scan.
 pub const SCRIPT_BATCH: usize = 16;
+
+/// [`BdkSwapWallet`] reveals the next [`SCRIPT_BATCH`] in the background once this many revealed
+/// scripts are left, so that a burst of swap requests finds them revealed and persisted (one
+/// durable wallet write per batch, not on the requests' path).
+pub const SCRIPT_REFILL_AT: usize = crate::wallet::STOP_GAP - SCRIPT_BATCH - 1;
+
+const _: () = assert!(SCRIPT_REFILL_AT + SCRIPT_BATCH < crate::wallet::STOP_GAP);
+
+/// Longest wait of [`BdkSwapWallet::new_script`] for a background refill before it looks again.
+const REFILL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The BDK wallet with the chain source's client that syncs it (`None`: the engine does not
 /// sync it).
 pub struct BdkSwapWallet {
     wallet: Arc<LooperWallet>,
     sync: Option<crate::wallet::WalletSync>,
-    /// Scripts revealed and persisted ahead ([`SCRIPT_BATCH`] at a time), not handed out yet.
-    spare: std::sync::Mutex<std::collections::VecDeque<ScriptBuf>>,
+    /// Scripts revealed and persisted ahead ([`SCRIPT_BATCH`] at a time), not handed out yet,
+    /// and the signal of a background refill's end.
+    spare: Arc<(std::sync::Mutex<std::collections::VecDeque<ScriptBuf>>, std::sync::Condvar)>,
+    /// A background refill of `spare` is under way.
+    refilling: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl BdkSwapWallet {
@@ -97,7 +112,41 @@ impl BdkSwapWallet {
         wallet: Arc<LooperWallet>,
         sync: Option<impl Into<crate::wallet::WalletSync>>,
     ) -> Self {
-        BdkSwapWallet { wallet, sync: sync.map(Into::into), spare: Default::default() }
+        BdkSwapWallet {
+            wallet,
+            sync: sync.map(Into::into),
+            spare: Default::default(),
+            refilling: Default::default(),
+        }
+    }
+}
+
+impl BdkSwapWallet {
+    /// Reveals the next [`SCRIPT_BATCH`] scripts on tokio's blocking pool (no runtime: nothing;
+    /// the next caller that finds none reveals them), unless a refill is under way.
+    fn refill_in_background(&self) {
+        if self.refilling.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.refilling.store(false, Ordering::SeqCst);
+            return;
+        };
+        let (wallet, spare, refilling) =
+            (Arc::clone(&self.wallet), Arc::clone(&self.spare), Arc::clone(&self.refilling));
+        runtime.spawn_blocking(move || {
+            let revealed = wallet.new_addresses(SCRIPT_BATCH);
+            let (spare, refilled) = &*spare;
+            // Under the lock: a caller that saw the refill under way is waiting, or will be.
+            let mut spare = spare.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match revealed {
+                Ok(revealed) => spare.extend(revealed.into_iter().map(|a| a.script_pubkey())),
+                Err(e) => tracing::debug!(error = %e, "cannot reveal the next wallet scripts"),
+            }
+            refilling.store(false, Ordering::SeqCst);
+            drop(spare);
+            refilled.notify_all();
+        });
     }
 }
 
@@ -110,11 +159,24 @@ impl std::fmt::Debug for BdkSwapWallet {
 #[async_trait]
 impl SwapWallet for BdkSwapWallet {
     fn new_script(&self) -> Result<ScriptBuf, WalletError> {
-        // Held across the refill: concurrent callers wait for it rather than reveal more.
-        let mut spare = self.spare.lock().map_err(|_| WalletError::Poisoned)?;
-        if let Some(script) = spare.pop_front() {
-            return Ok(script);
+        let (spare, refilled) = &*self.spare;
+        let mut spare = spare.lock().map_err(|_| WalletError::Poisoned)?;
+        loop {
+            if let Some(script) = spare.pop_front() {
+                if spare.len() <= SCRIPT_REFILL_AT {
+                    self.refill_in_background();
+                }
+                return Ok(script);
+            }
+            if !self.refilling.load(Ordering::SeqCst) {
+                break;
+            }
+            // The background refill is under way: wait for it (revealing more here would leave
+            // more scripts unused than the gap allows).
+            spare = refilled.wait_timeout(spare, REFILL_WAIT).map_err(|_| WalletError::Poisoned)?.0;
         }
+        // No refill under way (none started, or it failed): reveal the batch here, under the
+        // lock, so that concurrent callers wait for it rather than reveal more.
         let mut revealed =
             self.wallet.new_addresses(SCRIPT_BATCH)?.into_iter().map(|a| a.script_pubkey());
         let first = match revealed.next() {
@@ -368,3 +430,56 @@ impl RngCore for EntropyRng<'_> {
 // Every `Entropy` is a cryptographic source in production (`OsEntropy`); the test bed's seeded
 // one is declared so for the tests only.
 impl CryptoRng for EntropyRng<'_> {}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::collections::HashSet;
+
+    use bitcoin::Network;
+
+    use super::*;
+    use crate::seed::{Mnemonic, NodeKeys};
+    use crate::store::RedbStore;
+
+    const ABANDON: &str = "abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon abandon about";
+
+    /// However fast scripts are taken, every one is new, and the revealed scripts not handed out
+    /// stay below the stop gap (a restart leaves them unused: a full scan must see past them).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn scripts_are_refilled_ahead_and_never_leave_a_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("looper.redb")).unwrap();
+        let keys =
+            NodeKeys::from_mnemonic(&Mnemonic::parse(ABANDON, "t").unwrap(), Network::Regtest)
+                .unwrap();
+        let cap = FeeRate::from_sat_per_vb_u32(50);
+        let wallet = Arc::new(
+            LooperWallet::load_or_create(store.database(), &keys, Network::Regtest, cap).unwrap(),
+        );
+        let swap_wallet =
+            Arc::new(BdkSwapWallet::new(Arc::clone(&wallet), None::<crate::wallet::WalletSync>));
+        // Takers on several threads at once, as the message handlers are.
+        let takers: Vec<_> = (0..4)
+            .map(|_| {
+                let w = Arc::clone(&swap_wallet);
+                tokio::task::spawn_blocking(move || {
+                    (0..50).map(|_| w.new_script().unwrap()).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut seen = HashSet::new();
+        for t in takers {
+            for script in t.await.unwrap() {
+                assert!(seen.insert(script), "a script handed out twice");
+            }
+        }
+        assert_eq!(seen.len(), 200);
+        // Let a refill under way finish, then count what is revealed and not handed out.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let unused = wallet.revealed_receive_addresses().unwrap() as usize - seen.len();
+        assert!(unused < crate::wallet::STOP_GAP, "{unused} revealed scripts left unused");
+        assert!(unused > SCRIPT_REFILL_AT, "the refill ran ahead ({unused} left)");
+    }
+}

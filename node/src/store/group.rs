@@ -1,24 +1,28 @@
 //! Group commit for [`super::RedbStore`]: the writes of concurrent callers go into one redb
 //! transaction and one durable commit.
 //!
-//! Every write is a closure queued with a channel for its outcome. The caller then takes the
-//! leader's lock: whoever holds it takes everything queued, runs it in one write transaction,
-//! commits, and tells each caller its outcome. Callers that queue while a leader commits wait for
-//! the lock; the next of them commits all of their writes together. A lone caller commits its
-//! own write at once (one transaction, as without grouping). Nobody returns before the commit
-//! that holds its write is durable (persist before act holds), and the writes of one caller
-//! are committed in the order it made them.
+//! Every write is a closure queued, with a channel for its outcome, to the store's writer thread.
+//! The writer takes everything queued, runs it in one write transaction, commits, and tells each
+//! caller its outcome; writes queued while it commits go into its next transaction. A lone write
+//! is committed at once (one transaction, as without grouping). Nobody returns before the commit
+//! that holds its write is durable (persist before act holds), and the writes of one caller are
+//! committed in the order it made them.
 //!
 //! A write that fails rolls back the whole transaction; it is reported failed and the others are
 //! run again in a new transaction (the closures run again from the start, so they are `FnMut`
 //! and keep nothing from a failed run).
 //!
-//! Why: redb takes one write transaction at a time, and many concurrent writers (64 message
+//! Why: redb takes one write transaction at a time, and many concurrent writers (the message
 //! handlers answering a burst of swap requests) spent most of their time waiting on each other's
-//! commits (`docs/benchmarks.md`, "Swap store").
+//! commits. Why a thread of its own: when the callers took turns as the committing leader, each
+//! had to take the leader's lock to learn that another had committed its write, so a burst of
+//! writers woke one after the other behind that lock (hundreds of milliseconds on two busy
+//! cores for commits of about one); now each caller wakes once, when its outcome is sent
+//! (`docs/benchmarks.md`, "Swap store" and "One seller, 500 concurrent swaps").
 
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
 
 use redb::{Database, WriteTransaction};
 
@@ -32,22 +36,51 @@ struct Queued {
     done: mpsc::Sender<Result<(), StoreError>>,
 }
 
-/// The queue and the leader's lock.
-#[derive(Default)]
+/// The writer thread and the queue to it. Dropping it lets the thread finish what is queued and
+/// waits for it (the database is closed when the last handle to it goes).
 pub(super) struct GroupCommit {
-    queue: Mutex<Vec<Queued>>,
-    leader: Mutex<()>,
+    queue: Option<mpsc::Sender<Queued>>,
+    writer: Option<JoinHandle<()>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+fn stopped() -> StoreError {
+    StoreError::Database {
+        op: "group commit",
+        source: Box::new(redb::Error::Io(std::io::Error::other("the store's writer stopped"))),
+    }
+}
+
 impl GroupCommit {
+    /// Starts the writer thread of `db`.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] when the thread cannot be started.
+    pub(super) fn start(db: Arc<Database>) -> Result<GroupCommit, StoreError> {
+        let (queue, jobs) = mpsc::channel::<Queued>();
+        let writer = std::thread::Builder::new()
+            .name("looper-store-writer".into())
+            .spawn(move || {
+                while let Ok(first) = jobs.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(jobs.try_iter());
+                    commit(&db, batch);
+                }
+            })
+            .map_err(|e| StoreError::Database {
+                op: "start the store's writer",
+                source: Box::new(redb::Error::Io(e)),
+            })?;
+        Ok(GroupCommit { queue: Some(queue), writer: Some(writer) })
+    }
+
     /// Runs `op` in a write transaction committed durably, with whatever other writes are queued.
+    /// Blocks the calling thread until then.
     pub(super) fn write<R: Send + 'static>(
         &self,
-        db: &Database,
         mut op: impl FnMut(&WriteTransaction) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
         let value: Arc<Mutex<Option<R>>> = Arc::new(Mutex::new(None));
@@ -58,25 +91,24 @@ impl GroupCommit {
             Ok(())
         });
         let (done, outcome) = mpsc::channel();
-        lock(&self.queue).push(Queued { job, done });
-        let result = loop {
-            if let Ok(r) = outcome.try_recv() {
-                break r;
-            }
-            let _leader = lock(&self.leader);
-            // A leader before us may have committed ours meanwhile.
-            if let Ok(r) = outcome.try_recv() {
-                break r;
-            }
-            let batch = std::mem::take(&mut *lock(&self.queue));
-            commit(db, batch);
-        };
-        result?;
+        let queue = self.queue.as_ref().ok_or_else(stopped)?;
+        queue.send(Queued { job, done }).map_err(|_| stopped())?;
+        outcome.recv().map_err(|_| stopped())??;
         let taken = lock(&value).take();
         taken.ok_or_else(|| StoreError::Database {
             op: "group commit",
             source: Box::new(redb::Error::Io(std::io::Error::other("a write left no value"))),
         })
+    }
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        // The writer ends once the queue is closed and empty.
+        drop(self.queue.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
     }
 }
 
@@ -154,7 +186,7 @@ mod tests {
     #[test]
     fn concurrent_writers_each_get_their_value_and_every_write_lands() {
         let db = db();
-        let group = Arc::new(GroupCommit::default());
+        let group = Arc::new(GroupCommit::start(Arc::clone(&db)).unwrap());
         let threads: Vec<_> = (0..16u64)
             .map(|t| {
                 let (db, group) = (Arc::clone(&db), Arc::clone(&group));
@@ -162,7 +194,7 @@ mod tests {
                     for n in 0..25u64 {
                         let k = t * 1000 + n;
                         let got = group
-                            .write(&db, move |tx| {
+                            .write(move |tx| {
                                 tx.open_table(T).unwrap().insert(k, k * 2).unwrap();
                                 Ok(k + 1)
                             })

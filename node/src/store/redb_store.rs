@@ -104,7 +104,8 @@ impl RedbStore {
     /// # Errors
     /// As [`RedbStore::open`].
     pub fn from_database(db: Arc<Database>) -> Result<RedbStore, StoreError> {
-        let store = RedbStore { db, group: Arc::new(GroupCommit::default()) };
+        let group = Arc::new(GroupCommit::start(Arc::clone(&db))?);
+        let store = RedbStore { db, group };
         store.init()?;
         Ok(store)
     }
@@ -114,7 +115,7 @@ impl RedbStore {
         &self,
         op: impl FnMut(&WriteTransaction) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        self.group.write(&self.db, op)
+        self.group.write(op)
     }
 
     /// The shared database, for the wallet persister.
