@@ -714,6 +714,10 @@ impl Sim {
 
     pub fn restart(&mut self, party: Party) {
         let ctx = self.ctx;
+        // A restarted node's chain watcher reports what it sees afresh (the engine's memory of
+        // what it fed is gone with the process).
+        let tag = (party == Party::Buyer) as u8;
+        self.seen.retain(|(p, _), _| *p != tag);
         match party {
             Party::Buyer => {
                 let SwapRecord::Buyer(b) = SwapRecord::from_bytes(&self.buyer_record).unwrap()
