@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use bitcoin::{OutPoint, Txid};
 use looper_protocol::fees::{DEADLINE_SAFETY_BLOCKS, MAX_DEADLINE_FEE_PERCENT, URGENT_BLOCKS};
+use looper_protocol::swap::ANTI_REORG_DEPTH;
 use looper_regtest::harness::{wait_until, Harness, HarnessConfig, LoopOutReport, NodeSpec};
 use serde_json::{json, Value};
 
@@ -273,7 +274,8 @@ async fn dropped_claim_rebroadcast(h: &Harness) -> Result<()> {
     })
     .await?;
     eprintln!("dropped claim {} back in the mempool after block {tip}", claim.txid);
-    h.mine(1).await?;
+    // Final once ANTI_REORG_DEPTH deep.
+    h.mine(ANTI_REORG_DEPTH).await?;
     wait_state(h, "buyer", &id, "Claimed").await?;
     let rec = record(h, "buyer", &id).await?;
     let claimed = find_first(&rec, "claim_txid").and_then(|v| v.as_str().map(String::from));
@@ -337,6 +339,17 @@ async fn spike_claim_bumped(h: &mut Harness, restart: bool) -> Result<()> {
     loop {
         let st = state_of(h, "buyer", &id).await;
         if st == "Claimed" {
+            break;
+        }
+        let spend = h.chain().outspend(&outpoint)?;
+        if let Some(spend) =
+            spend.filter(|t| h.chain().confirmation_height(t).ok().flatten().is_some())
+        {
+            // Confirmed: the swap ends once the claim is ANTI_REORG_DEPTH deep (past the timeout
+            // maybe: the seller, paid, never refunds).
+            eprintln!("claim {spend} confirmed at tip {}", h.chain().tip_height()?);
+            h.mine(ANTI_REORG_DEPTH - 1).await?;
+            wait_state(h, "buyer", &id, "Claimed").await?;
             break;
         }
         let seller_st = state_of(h, "seller", &id).await;
@@ -529,7 +542,7 @@ async fn refund_bumped(h: &mut Harness) -> Result<()> {
         h.chain().in_mempool(&r2.txid).ok()?.then_some(())
     })
     .await?;
-    h.mine(1).await?;
+    h.mine(ANTI_REORG_DEPTH).await?;
     wait_state(h, "seller", &id, "Refunded").await?;
     ensure!(h.chain().outspend(&outpoint)? == Some(r2.txid), "the htlc's spend is not {r2:?}");
     let ev = events(h, "seller", &id).await?;

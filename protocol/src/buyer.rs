@@ -42,8 +42,8 @@ use crate::spend::{
     HtlcInput, SpendPath, SpendTx, CLAIM_SCRIPT_PATH_VBYTES, KEY_PATH_SPEND_VBYTES,
 };
 use crate::swap::{
-    confirmations, Action, Context, Event, HtlcStatus, Notification, PaymentStatus, StateKind,
-    SwapError, TxPurpose, COOP_TIMEOUT_SECS, DEFAULT_CLAIM_MARGIN, REQUEST_TIMEOUT_SECS,
+    confirmations, Action, ConfirmedSpend, Context, Event, HtlcStatus, Notification, PaymentStatus,
+    StateKind, SwapError, TxPurpose, COOP_TIMEOUT_SECS, DEFAULT_CLAIM_MARGIN, REQUEST_TIMEOUT_SECS,
 };
 use crate::terms::{Quote, DUST_LIMIT_SAT};
 use crate::types::{PaymentHash, Preimage, SwapDirection, SwapId};
@@ -124,6 +124,11 @@ pub struct HtlcOutput {
     /// a funding double-spent after the payment").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gone_since: Option<u32>,
+    /// After the payment: a spend of the HTLC seen confirmed, not yet [`ANTI_REORG_DEPTH`](crate::swap::ANTI_REORG_DEPTH)
+    /// deep (our claim, or the seller's refund). The swap ends `Claimed` or `Lost` once it is;
+    /// forgotten when it leaves the chain (spec `02-swap-flow.md`, "Final at depth").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spent: Option<ConfirmedSpend>,
 }
 
 /// The buyer's states.
@@ -823,6 +828,12 @@ impl BuyerSwap {
                 actions.push(Action::WatchHtlc { script_pubkey: htlc.script_pubkey().to_owned() });
             }
         }
+        // A spend recorded as confirmed is forgotten: the chain reports it again at the next
+        // look if it is still there (one that left while the node was down is never reported
+        // gone). The claim that is out goes out again below.
+        if self.paid_spend().is_some() {
+            self.forget_spend(None, ctx, false);
+        }
         match &self.rec.state {
             BuyerState::Funded { terms, .. } if self.rec.lightning_state_lost => {
                 // A stale backup may show `Funded` for a swap that was paid: ask first.
@@ -860,7 +871,10 @@ impl BuyerSwap {
             Event::HtlcOutput { outpoint, value_sat, script_pubkey, confirmed_height } => {
                 self.on_htlc_output(outpoint, value_sat, script_pubkey, confirmed_height, ctx)
             }
-            Event::HtlcSpent { tx, confirmed_height } => self.on_htlc_spent(tx, confirmed_height),
+            Event::HtlcSpent { tx, confirmed_height } => {
+                self.on_htlc_spent(tx, confirmed_height, ctx)
+            }
+            Event::HtlcSpendGone { outpoint, txid } => self.on_spend_gone(outpoint, txid, ctx),
             Event::PaymentSucceeded { preimage } => {
                 if let Some(p) =
                     self.prepay_terms().filter(|p| p.payment_hash == preimage.payment_hash())
@@ -978,9 +992,12 @@ impl BuyerSwap {
         let terms = self.rec.state.terms().cloned();
         let htlc = self.rec.state.htlc_output().cloned().or(match &self.rec.state {
             // Keep the announced outpoint: the seller's cooperative refund needs it.
-            BuyerState::Accepted { announced: Some(o), .. } => {
-                Some(HtlcOutput { outpoint: *o, confirmed_height: None, gone_since: None })
-            }
+            BuyerState::Accepted { announced: Some(o), .. } => Some(HtlcOutput {
+                outpoint: *o,
+                confirmed_height: None,
+                gone_since: None,
+                spent: None,
+            }),
             _ => None,
         });
         let offered =
@@ -1352,7 +1369,7 @@ impl BuyerSwap {
             } => (*payment_attempts, *unsent_attempts, *retry_at_secs, *attempt),
             _ => (0, 0, 0, 0),
         };
-        let output = HtlcOutput { outpoint, confirmed_height, gone_since: None };
+        let output = HtlcOutput { outpoint, confirmed_height, gone_since: None, spent: None };
         let changed = current.as_ref() != Some(&output);
         let mut actions = Vec::new();
         if changed {
@@ -1404,7 +1421,7 @@ impl BuyerSwap {
                 None,
             );
         }
-        let output = HtlcOutput { outpoint, confirmed_height, gone_since: None };
+        let output = HtlcOutput { outpoint, confirmed_height, gone_since: None, spent: None };
         let BuyerState::Accepting { htlc, .. } = &mut self.rec.state else {
             return Ok(Vec::new());
         };
@@ -1620,6 +1637,7 @@ impl BuyerSwap {
                 if htlc.gone_since.is_none() =>
             {
                 htlc.gone_since = Some(ctx.tip_height);
+                htlc.spent = None;
                 Ok(vec![Action::Persist, note])
             }
             _ => Ok(vec![note]),
@@ -2012,6 +2030,9 @@ impl BuyerSwap {
     /// What the node needs to claim this swap's HTLC through the claim leaf in a batch
     /// ([`crate::claims`]): in `Claiming` and `ClaimBroadcast`, `None` otherwise.
     pub fn claim_member(&self, ctx: &Context) -> Option<ClaimMember> {
+        if self.paid_spend().is_some() {
+            return None; // claimed (or refunded) in the chain: nothing to build
+        }
         let (terms, htlc, out) = match &self.rec.state {
             BuyerState::Claiming { terms, htlc, .. } => (terms, htlc, None),
             BuyerState::ClaimBroadcast { terms, htlc, claim_tx, batch_inputs_sat, .. } => {
@@ -2182,9 +2203,12 @@ impl BuyerSwap {
             return Ok(Vec::new());
         }
         let announced = match &self.rec.state {
-            BuyerState::Accepted { announced: Some(o), .. } => {
-                Some(HtlcOutput { outpoint: *o, confirmed_height: None, gone_since: None })
-            }
+            BuyerState::Accepted { announced: Some(o), .. } => Some(HtlcOutput {
+                outpoint: *o,
+                confirmed_height: None,
+                gone_since: None,
+                spent: None,
+            }),
             _ => None,
         };
         // Loop in, before the invoice (`Accepting`, or aborted there): the HTLC may have been
@@ -2199,6 +2223,7 @@ impl BuyerSwap {
                 outpoint: input.previous_output,
                 confirmed_height: None,
                 gone_since: None,
+                spent: None,
             })
         });
         let (Some(output), Some(quote)) = (
@@ -2235,7 +2260,12 @@ impl BuyerSwap {
         Ok(actions)
     }
 
-    fn on_htlc_spent(&mut self, tx: Transaction, confirmed_height: Option<u32>) -> Actions {
+    fn on_htlc_spent(
+        &mut self,
+        tx: Transaction,
+        confirmed_height: Option<u32>,
+        ctx: &Context,
+    ) -> Actions {
         let Some(output) = self.rec.state.htlc_output().cloned() else { return Ok(Vec::new()) };
         // The witness names the path: a claim leaf spend is the buyer's claim, a refund leaf
         // spend the seller's refund. A key-path spend is one the buyer signed: its claim (paying
@@ -2250,19 +2280,8 @@ impl BuyerSwap {
         };
         let txid = tx.compute_txid();
         match &self.rec.state {
-            BuyerState::Claiming { terms, .. } | BuyerState::ClaimBroadcast { terms, .. } => {
-                if confirmed_height.is_none() {
-                    return Ok(Vec::new());
-                }
-                let terms = terms.clone();
-                self.live.coop = Ephemeral(None);
-                if ours {
-                    let received_sat = self.received_by(&tx);
-                    self.go(BuyerState::Claimed { terms, claim_txid: txid, received_sat })?;
-                } else {
-                    self.go(BuyerState::Lost { terms, spend_txid: txid, funding_gone: false })?;
-                }
-                Ok(vec![Action::Persist, self.finished()])
+            BuyerState::Claiming { .. } | BuyerState::ClaimBroadcast { .. } => {
+                self.on_paid_htlc_spent(&tx, ours, confirmed_height, ctx)
             }
             BuyerState::Funded { .. } => {
                 self.abort(AbortReason::ChecksFailed, Some(BuyerCheckError::HtlcSpent), None)
@@ -2289,6 +2308,145 @@ impl BuyerSwap {
         }
     }
 
+    /// After paying (`Claiming`, `ClaimBroadcast`): a spend of the HTLC as the chain shows it
+    /// (spec `02-swap-flow.md`, "Final at depth"). Confirmed, it is recorded
+    /// ([`HtlcOutput::spent`]; ours becomes the claim that is out, to go out again should it
+    /// leave the chain) and the swap ends `Claimed` (ours) or `Lost` (the seller's refund) once
+    /// it is [`ANTI_REORG_DEPTH`](crate::swap::ANTI_REORG_DEPTH) deep. In the mempool, a spend recorded as confirmed left the
+    /// chain (a reorg): it is forgotten.
+    fn on_paid_htlc_spent(
+        &mut self,
+        tx: &Transaction,
+        ours: bool,
+        confirmed_height: Option<u32>,
+        ctx: &Context,
+    ) -> Actions {
+        let Some(height) = confirmed_height else {
+            return Ok(self.forget_spend(None, ctx, false));
+        };
+        let txid = tx.compute_txid();
+        let mut changed = false;
+        if ours {
+            changed = self.adopt_claim(tx, ctx)?;
+        }
+        let spend = ConfirmedSpend { txid, height, ours };
+        if let Some(htlc) = self.paid_htlc_mut() {
+            if htlc.spent != Some(spend) {
+                htlc.spent = Some(spend);
+                htlc.gone_since = None;
+                changed = true;
+            }
+        }
+        self.live.coop = Ephemeral(None);
+        let mut actions = if changed { vec![Action::Persist] } else { Vec::new() };
+        actions.extend(self.finish_at_depth(ctx)?);
+        Ok(actions)
+    }
+
+    /// Our claim `tx`, seen confirmed, becomes the claim that is out: from `Claiming` (a claim
+    /// broadcast before a restart) to `ClaimBroadcast`; in `ClaimBroadcast`, an earlier version
+    /// than the latest. Whether the state changed.
+    fn adopt_claim(&mut self, tx: &Transaction, ctx: &Context) -> Result<bool, SwapError> {
+        let Some(output) = self.rec.state.htlc_output() else { return Ok(false) };
+        let purpose = match self.htlc()?.spend_path(tx, output.outpoint) {
+            Some(HtlcSpendPath::ClaimLeaf) => TxPurpose::ScriptClaim,
+            _ => TxPurpose::CooperativeClaim,
+        };
+        let txid = tx.compute_txid();
+        match &mut self.rec.state {
+            BuyerState::Claiming { .. } => {
+                self.enter_claim_broadcast(tx, purpose, None, ctx)?;
+                Ok(true)
+            }
+            BuyerState::ClaimBroadcast { claim_tx, purpose: p, batch_inputs_sat, .. }
+                if claim_tx.compute_txid() != txid =>
+            {
+                if tx.input.len() != claim_tx.input.len() || tx.input.len() < 2 {
+                    *batch_inputs_sat = None;
+                }
+                *claim_tx = tx.clone();
+                *p = purpose;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// The HTLC of a paid swap that claims (`Claiming`, `ClaimBroadcast`).
+    fn paid_htlc_mut(&mut self) -> Option<&mut HtlcOutput> {
+        match &mut self.rec.state {
+            BuyerState::Claiming { htlc, .. } | BuyerState::ClaimBroadcast { htlc, .. } => {
+                Some(htlc)
+            }
+            _ => None,
+        }
+    }
+
+    /// The spend of the HTLC recorded as confirmed (`Claiming`, `ClaimBroadcast`).
+    fn paid_spend(&self) -> Option<ConfirmedSpend> {
+        match &self.rec.state {
+            BuyerState::Claiming { htlc, .. } | BuyerState::ClaimBroadcast { htlc, .. } => {
+                htlc.spent
+            }
+            _ => None,
+        }
+    }
+
+    /// The recorded spend (`txid`, or any with `None`) left the chain: forgotten. The claim that
+    /// is out counts as sent now (the fee rule replaces it if a block comes without it) and,
+    /// with `rebroadcast`, goes out again at once (it was dropped with its block).
+    fn forget_spend(
+        &mut self,
+        txid: Option<Txid>,
+        ctx: &Context,
+        rebroadcast: bool,
+    ) -> Vec<Action> {
+        let Some(htlc) = self.paid_htlc_mut() else { return Vec::new() };
+        match htlc.spent {
+            Some(s) if txid.is_none_or(|t| t == s.txid) => htlc.spent = None,
+            _ => return Vec::new(),
+        }
+        let mut actions = vec![Action::Persist];
+        if let BuyerState::ClaimBroadcast { claim_tx, purpose, sent_height, .. } =
+            &mut self.rec.state
+        {
+            *sent_height = ctx.tip_height;
+            self.live.broadcast_height = ctx.tip_height;
+            if rebroadcast {
+                actions.push(Action::Broadcast { tx: claim_tx.clone(), purpose: *purpose });
+            }
+        }
+        actions
+    }
+
+    /// [`Event::HtlcSpendGone`]: the recorded spend left the chain and the mempool.
+    fn on_spend_gone(&mut self, outpoint: OutPoint, txid: Txid, ctx: &Context) -> Actions {
+        if self.rec.state.htlc_output().is_none_or(|h| h.outpoint != outpoint) {
+            return Ok(Vec::new());
+        }
+        Ok(self.forget_spend(Some(txid), ctx, true))
+    }
+
+    /// `Claimed` (our claim) or `Lost` (the seller's refund) once the recorded spend is
+    /// [`ANTI_REORG_DEPTH`](crate::swap::ANTI_REORG_DEPTH) deep; nothing before.
+    fn finish_at_depth(&mut self, ctx: &Context) -> Actions {
+        let Some(spend) = self.paid_spend().filter(|s| s.is_final(ctx.tip_height)) else {
+            return Ok(Vec::new());
+        };
+        let Some(terms) = self.rec.state.terms().cloned() else { return Ok(Vec::new()) };
+        self.live.coop = Ephemeral(None);
+        if spend.ours {
+            let received_sat = match &self.rec.state {
+                BuyerState::ClaimBroadcast { claim_tx, .. } => self.received_by(claim_tx),
+                _ => 0,
+            };
+            self.go(BuyerState::Claimed { terms, claim_txid: spend.txid, received_sat })?;
+        } else {
+            self.go(BuyerState::Lost { terms, spend_txid: spend.txid, funding_gone: false })?;
+        }
+        Ok(vec![Action::Persist, self.finished()])
+    }
+
     /// What our claim `tx` brought this swap: what it pays our destination, or for a claim of
     /// several swaps, our HTLC less an equal share of its fee.
     fn received_by(&self, tx: &Transaction) -> u64 {
@@ -2310,6 +2468,11 @@ impl BuyerSwap {
     }
 
     fn handle_tick(&mut self, ctx: &Context, rng: &mut impl Rng) -> Actions {
+        if self.paid_spend().is_some() {
+            // A spend of the HTLC is in the chain: nothing to send, broadcast or replace; the
+            // swap ends once it is final.
+            return self.finish_at_depth(ctx);
+        }
         let check = self.check_htlc_past_timeout(ctx);
         let mut actions = self.tick_state(ctx, rng)?;
         actions.extend(check);

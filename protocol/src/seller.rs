@@ -39,8 +39,8 @@ use crate::shared::{
 };
 use crate::spend::{KEY_PATH_SPEND_VBYTES, REFUND_SCRIPT_PATH_VBYTES};
 use crate::swap::{
-    Action, Context, Event, Notification, PaymentStatus, SwapError, TxPurpose, COOP_TIMEOUT_SECS,
-    REQUEST_TIMEOUT_SECS, SECS_PER_BLOCK,
+    Action, ConfirmedSpend, Context, Event, Notification, PaymentStatus, StateKind, SwapError,
+    TxPurpose, COOP_TIMEOUT_SECS, REQUEST_TIMEOUT_SECS, SECS_PER_BLOCK,
 };
 use crate::terms::Quote;
 use crate::types::{PaymentHash, SwapDirection, SwapId};
@@ -89,6 +89,12 @@ pub struct Funding {
     pub tx: Transaction,
     /// Height of its block, once confirmed.
     pub confirmed_height: Option<u32>,
+    /// A spend of the HTLC seen confirmed, not yet
+    /// [`ANTI_REORG_DEPTH`](crate::swap::ANTI_REORG_DEPTH) deep (the claimer's claim, or our
+    /// refund). The swap ends `Claimed` or `Refunded` once it is; forgotten when it leaves the
+    /// chain (spec `02-swap-flow.md`, "Final at depth").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spent: Option<ConfirmedSpend>,
 }
 
 /// The seller's (the locker's) states. Each carries what it needs.
@@ -824,6 +830,12 @@ impl SellerSwap {
     /// The seller's part of [`SellerSwap::resume`], after the re-sent messages `sent`.
     fn resume_role(&mut self, sent: Vec<Action>, ctx: &Context, rng: &mut impl Rng) -> Actions {
         let mut actions = sent;
+        // A spend recorded as confirmed is forgotten: the chain reports it again at the next
+        // look if it is still there (one that left while the node was down is never reported
+        // gone). The refund that is out goes out again below.
+        if self.recorded_spend().is_some() {
+            self.forget_spend(None, ctx, false);
+        }
         let watch = || -> Result<Action, SwapError> {
             Ok(Action::WatchHtlc { script_pubkey: self.contract()?.script_pubkey().to_owned() })
         };
@@ -907,7 +919,15 @@ impl SellerSwap {
                     _ => Ok(Vec::new()),
                 }
             }
-            Event::HtlcSpent { tx, confirmed_height } => self.on_htlc_spent(tx, confirmed_height),
+            Event::HtlcSpent { tx, confirmed_height } => {
+                self.on_htlc_spent(tx, confirmed_height, ctx)
+            }
+            Event::HtlcSpendGone { outpoint, txid } => {
+                if self.rec.state.funding().is_none_or(|f| f.outpoint != outpoint) {
+                    return Ok(Vec::new());
+                }
+                Ok(self.forget_spend(Some(txid), ctx, true))
+            }
             Event::PaymentClaimable { payment_hash, amount_msat } => {
                 self.on_payment_claimable(payment_hash, amount_msat, ctx)
             }
@@ -933,9 +953,14 @@ impl SellerSwap {
                 self.on_payment_status(status)
             }
             Event::HtlcGone { outpoint } => match self.rec.state.funding_mut() {
-                // Reorganised out: rebroadcast every block until it confirms again.
-                Some(f) if f.outpoint == outpoint && f.confirmed_height.is_some() => {
+                // Reorganised out: rebroadcast every block until it confirms again (and its
+                // spend with it).
+                Some(f)
+                    if f.outpoint == outpoint
+                        && (f.confirmed_height.is_some() || f.spent.is_some()) =>
+                {
                     f.confirmed_height = None;
+                    f.spent = None;
                     self.live.broadcast_height = 0;
                     Ok(vec![Action::Persist])
                 }
@@ -1078,6 +1103,7 @@ impl SellerSwap {
             outpoint: OutPoint { txid: tx.compute_txid(), vout },
             tx,
             confirmed_height: None,
+            spent: None,
         };
         let msg = self.swap_funded(&funding.tx, vout, invoice);
         let txid = funding.outpoint.txid;
@@ -1200,7 +1226,21 @@ impl SellerSwap {
         }
     }
 
-    fn on_htlc_spent(&mut self, tx: Transaction, confirmed_height: Option<u32>) -> Actions {
+    /// A spend of the HTLC as the chain shows it (spec `02-swap-flow.md`, "Final at depth").
+    /// Confirmed, it is recorded ([`Funding::spent`]; our refund becomes the refund that is out,
+    /// to go out again should it leave the chain) and the swap ends `Refunded` (ours) or
+    /// `Claimed` (the claimer's) once it is [`ANTI_REORG_DEPTH`](crate::swap::ANTI_REORG_DEPTH)
+    /// deep. In the mempool, a spend recorded as confirmed left the chain (a reorg): it is
+    /// forgotten.
+    fn on_htlc_spent(
+        &mut self,
+        tx: Transaction,
+        confirmed_height: Option<u32>,
+        ctx: &Context,
+    ) -> Actions {
+        if self.kind() != StateKind::Pending {
+            return Ok(Vec::new());
+        }
         let Some(funding) = self.rec.state.funding().cloned() else { return Ok(Vec::new()) };
         let txid = tx.compute_txid();
         // The witness names the path: the refund leaf is ours, the claim leaf the buyer's. A
@@ -1212,6 +1252,7 @@ impl SellerSwap {
         };
         let destination = &self.rec.refund_destination;
         let Some(htlc) = self.htlc.as_ref() else { return Ok(Vec::new()) };
+        let Some(path) = htlc.spend_path(&tx, funding.outpoint) else { return Ok(Vec::new()) };
         let Some(ours) =
             spend_is_ours(htlc, &tx, funding.outpoint, HtlcSpendPath::RefundLeaf, |tx| {
                 refunding == Some(txid) || tx.output.iter().any(|o| o.script_pubkey == *destination)
@@ -1219,21 +1260,96 @@ impl SellerSwap {
         else {
             return Ok(Vec::new());
         };
-        let Some(_) = confirmed_height else { return Ok(Vec::new()) };
+        let Some(height) = confirmed_height else {
+            return Ok(self.forget_spend(None, ctx, false));
+        };
+        let mut changed = false;
+        if let SellerState::Refunding { refund_tx, purpose, .. } = &mut self.rec.state {
+            if ours && refund_tx.compute_txid() != txid {
+                // An earlier version than the latest: the one to send again if it leaves.
+                *refund_tx = tx.clone();
+                *purpose = if path == HtlcSpendPath::RefundLeaf {
+                    TxPurpose::ScriptRefund
+                } else {
+                    TxPurpose::CooperativeRefund
+                };
+                changed = true;
+            }
+        }
+        let spend = ConfirmedSpend { txid, height, ours };
+        if let Some(f) = self.rec.state.funding_mut() {
+            if f.spent != Some(spend) {
+                f.spent = Some(spend);
+                changed = true;
+            }
+        }
+        let mut actions = if changed { vec![Action::Persist] } else { Vec::new() };
+        actions.extend(self.finish_at_depth(ctx)?);
+        Ok(actions)
+    }
+
+    /// The spend of the HTLC recorded as confirmed, while the swap is pending.
+    fn recorded_spend(&self) -> Option<ConfirmedSpend> {
+        if self.kind() != StateKind::Pending {
+            return None;
+        }
+        self.rec.state.funding().and_then(|f| f.spent)
+    }
+
+    /// `Refunded` (our refund) or `Claimed` (the claimer's claim) once the recorded spend is
+    /// [`ANTI_REORG_DEPTH`](crate::swap::ANTI_REORG_DEPTH) deep; nothing before.
+    fn finish_at_depth(&mut self, ctx: &Context) -> Actions {
+        let Some(spend) = self.recorded_spend().filter(|s| s.is_final(ctx.tip_height)) else {
+            return Ok(Vec::new());
+        };
+        let Some(funding) = self.rec.state.funding().cloned() else { return Ok(Vec::new()) };
         let amount_msat = match &self.rec.state {
             SellerState::Paid { amount_msat, .. } => *amount_msat,
             _ => 0,
         };
-        let next = if ours {
-            SellerState::Refunded { funding, refund_txid: txid }
+        let next = if spend.ours {
+            SellerState::Refunded { funding, refund_txid: spend.txid }
         } else {
-            SellerState::Claimed { funding, claim_txid: txid, amount_msat }
+            SellerState::Claimed { funding, claim_txid: spend.txid, amount_msat }
         };
-        if next.name() == self.rec.state.name() {
-            return Ok(Vec::new());
-        }
+        self.live.coop = Ephemeral(None);
         self.go(next)?;
         Ok(vec![Action::Persist, self.finished()])
+    }
+
+    /// The recorded spend (`txid`, or any with `None`) left the chain: forgotten. The refund that
+    /// is out counts as sent now (the fee rule replaces it if a block comes without it) and,
+    /// with `rebroadcast`, goes out again at once (it was dropped with its block), after its
+    /// funding if that is out of the chain too.
+    fn forget_spend(
+        &mut self,
+        txid: Option<Txid>,
+        ctx: &Context,
+        rebroadcast: bool,
+    ) -> Vec<Action> {
+        if self.kind() != StateKind::Pending {
+            return Vec::new();
+        }
+        let Some(f) = self.rec.state.funding_mut() else { return Vec::new() };
+        match f.spent {
+            Some(s) if txid.is_none_or(|t| t == s.txid) => f.spent = None,
+            _ => return Vec::new(),
+        }
+        let mut actions = vec![Action::Persist];
+        if let SellerState::Refunding { funding, refund_tx, purpose, sent_height } =
+            &mut self.rec.state
+        {
+            *sent_height = ctx.tip_height;
+            self.live.broadcast_height = ctx.tip_height;
+            if rebroadcast {
+                if funding.confirmed_height.is_none() {
+                    let tx = funding.tx.clone();
+                    actions.push(Action::Broadcast { tx, purpose: TxPurpose::Funding });
+                }
+                actions.push(Action::Broadcast { tx: refund_tx.clone(), purpose: *purpose });
+            }
+        }
+        actions
     }
 
     fn handle_message(&mut self, body: Message, ctx: &Context, rng: &mut impl Rng) -> Actions {
@@ -1567,6 +1683,19 @@ impl SellerSwap {
     }
 
     fn handle_tick(&mut self, ctx: &Context, rng: &mut impl Rng) -> Actions {
+        if self.recorded_spend().is_some() {
+            // A spend of the HTLC is in the chain: nothing to broadcast or replace (a payment's
+            // claim is still looked after); the swap ends once it is final.
+            let mut actions = self.finish_at_depth(ctx)?;
+            if actions.is_empty() && matches!(self.rec.state, SellerState::Paid { .. }) {
+                actions = self.tick_state(ctx, rng)?;
+            }
+            return Ok(actions);
+        }
+        self.tick_state(ctx, rng)
+    }
+
+    fn tick_state(&mut self, ctx: &Context, rng: &mut impl Rng) -> Actions {
         let expired_unpaid = matches!(self.rec.state, SellerState::Funded { .. })
             && self
                 .invoice_expiry()

@@ -44,6 +44,12 @@ pub const TIMEOUT_SLACK_BLOCKS: u32 = 6;
 pub const SECS_PER_BLOCK: u64 = 600;
 /// Target in blocks for claim and refund fees (the default of [`Fees`]'s targets).
 pub const CLAIM_FEE_TARGET_BLOCKS: u16 = crate::fees::DEFAULT_SPEND_TARGET;
+/// Confirmations at which a spend of the HTLC (a claim or a refund, ours or the peer's) is final
+/// (spec `02-swap-flow.md`, "Final at depth"): until then the swap keeps watching the HTLC, a
+/// spend of ours that leaves the chain goes out again and a spend of the peer's that replaces it
+/// after a reorg decides the outcome. LDK's `ANTI_REORG_DELAY`: no reorg this deep has happened
+/// on mainnet since 2013.
+pub const ANTI_REORG_DEPTH: u32 = 6;
 
 /// Time and chain tip, passed to every call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -192,6 +198,15 @@ pub enum Event {
     HtlcGone {
         /// The outpoint.
         outpoint: OutPoint,
+    },
+    /// A spend of the HTLC output reported before ([`Event::HtlcSpent`]) is in neither the chain
+    /// nor the mempool any more (its block was reorganised out and the transaction dropped): the
+    /// output is unspent again.
+    HtlcSpendGone {
+        /// The HTLC outpoint.
+        outpoint: OutPoint,
+        /// The spend that left.
+        txid: Txid,
     },
     /// The user asks to abort.
     UserAbort,
@@ -627,6 +642,26 @@ pub fn mermaid(title: &str, table: &[Transition], initial: &str, finals: &[&str]
     }
     out.push_str("```\n");
     out
+}
+
+/// A spend of the HTLC seen confirmed and not yet [`ANTI_REORG_DEPTH`] deep: the swap's outcome
+/// once it is final (spec `02-swap-flow.md`, "Final at depth"). Forgotten when it leaves the
+/// chain, and when a swap is loaded (the chain reports it again at the next look).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfirmedSpend {
+    /// The spending transaction.
+    pub txid: Txid,
+    /// Height of the block that holds it.
+    pub height: u32,
+    /// Ours (the buyer's claim, the seller's refund) or the peer's.
+    pub ours: bool,
+}
+
+impl ConfirmedSpend {
+    /// Whether the spend is [`ANTI_REORG_DEPTH`] deep with the tip at `tip`.
+    pub fn is_final(&self, tip: u32) -> bool {
+        confirmations(Some(self.height), tip) >= ANTI_REORG_DEPTH
+    }
 }
 
 /// Number of confirmations of a transaction confirmed at `height` with the tip at `tip`.

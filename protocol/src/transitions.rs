@@ -38,11 +38,19 @@ pub const BUYER_TRANSITIONS: &[Transition] = &[
     ),
     ("Aborted", "Claiming", "a payment for the hash found succeeded (claim anyway)"),
     ("Claiming", "ClaimBroadcast", "coop_claim_response, or 30 s / script path"),
-    ("Claiming", "Lost", "htlc refunded by the seller, or its funding gone past the timeout"),
-    ("Claiming", "Claimed", "our claim confirmed (broadcast before a restart)"),
+    (
+        "Claiming",
+        "Lost",
+        "a refund by the seller 6 blocks deep, or the htlc funding gone past the timeout",
+    ),
+    ("Claiming", "ClaimBroadcast", "our claim seen confirmed (broadcast before a restart)"),
     ("Paying", "Lost", "htlc refunded, then the payment succeeded (or its fate is lost: restored)"),
-    ("ClaimBroadcast", "Claimed", "claim confirmed"),
-    ("ClaimBroadcast", "Lost", "htlc refunded by the seller, or its funding gone past the timeout"),
+    ("ClaimBroadcast", "Claimed", "our claim 6 blocks deep (out again if a reorg drops it)"),
+    (
+        "ClaimBroadcast",
+        "Lost",
+        "a refund by the seller 6 blocks deep, or the htlc funding gone past the timeout",
+    ),
 ];
 
 swap_states! {
@@ -85,14 +93,18 @@ pub const SELLER_TRANSITIONS: &[Transition] = &[
     ("Funded", "Paid", "payment claimable in time / claim it"),
     ("Funded", "RefundingCooperatively", "swap_abort / send coop_refund_request"),
     ("Funded", "Refunding", "tip >= timeout / refund leaf"),
-    ("Funded", "Claimed", "htlc claimed (preimage leaked)"),
+    ("Funded", "Claimed", "a claim by the claimer 6 blocks deep (preimage leaked)"),
     ("RefundingCooperatively", "Refunding", "coop_refund_response / broadcast"),
     ("RefundingCooperatively", "Funded", "no answer in 30 s or bad signature"),
-    ("RefundingCooperatively", "Claimed", "htlc claimed (preimage out: a late settlement)"),
-    ("Paid", "Claimed", "claim confirmed"),
+    (
+        "RefundingCooperatively",
+        "Claimed",
+        "a claim by the claimer 6 blocks deep (preimage out: a late settlement)",
+    ),
+    ("Paid", "Claimed", "a claim by the claimer 6 blocks deep"),
     ("Paid", "Funded", "the claim never settled (payment failed back) / refundable again"),
-    ("Refunding", "Refunded", "refund confirmed"),
-    ("Refunding", "Claimed", "buyer's claim confirmed first"),
+    ("Refunding", "Refunded", "our refund 6 blocks deep (out again if a reorg drops it)"),
+    ("Refunding", "Claimed", "a claim by the claimer 6 blocks deep instead"),
 ];
 
 swap_states! {

@@ -32,7 +32,7 @@ use looper_protocol::record::{Swap, SwapRecord};
 use looper_protocol::spend::{HtlcInput, SpendPath, SpendTx};
 use looper_protocol::swap::{
     Action, Context, Event, HtlcStatus, Notification, PaymentStatus, StateKind, TxPurpose,
-    COOP_TIMEOUT_SECS,
+    ANTI_REORG_DEPTH, COOP_TIMEOUT_SECS,
 };
 use looper_protocol::terms::Quote;
 use looper_protocol::{PaymentHash, SwapDirection, SwapId};
@@ -518,6 +518,14 @@ fn cooperative_claim_end_to_end() {
     run.mine(1);
     let height = run.ctx.tip_height;
     let actions = run.feed(Event::HtlcSpent { tx: tx.clone(), confirmed_height: Some(height) });
+    // Confirmed once: not final before ANTI_REORG_DEPTH confirmations.
+    assert!(!actions.iter().any(|a| matches!(a, Action::Notify(Notification::Finished { .. }))));
+    assert!(matches!(run.maker.state(), BuyerState::ClaimBroadcast { .. }));
+    run.mine(ANTI_REORG_DEPTH - 2);
+    assert!(run.tick().is_empty(), "nothing to rebroadcast or replace while it is in the chain");
+    assert!(matches!(run.maker.state(), BuyerState::ClaimBroadcast { .. }));
+    run.mine(1);
+    let actions = run.tick();
     assert!(actions.iter().any(|a| matches!(a, Action::Notify(Notification::Finished { .. }))));
     let BuyerState::Claimed { received_sat, claim_txid, .. } = run.maker.state() else {
         panic!("{}", run.state_name())
@@ -546,6 +554,9 @@ fn script_path_when_the_taker_does_not_cosign() {
     assert_eq!(tx.output[0].script_pubkey, destination());
     let height = run.ctx.tip_height + 1;
     run.feed(Event::HtlcSpent { tx, confirmed_height: Some(height) });
+    assert!(matches!(run.maker.state(), BuyerState::ClaimBroadcast { .. }));
+    run.mine(ANTI_REORG_DEPTH);
+    run.tick();
     assert!(matches!(run.maker.state(), BuyerState::Claimed { .. }));
 }
 

@@ -33,7 +33,8 @@ use looper_protocol::seller::{
 };
 use looper_protocol::spend::{HtlcInput, SpendPath, SpendTx};
 use looper_protocol::swap::{
-    Action, Context, Event, Notification, StateKind, SwapError, TxPurpose, TIMEOUT_SLACK_BLOCKS,
+    Action, Context, Event, Notification, StateKind, SwapError, TxPurpose, ANTI_REORG_DEPTH,
+    TIMEOUT_SLACK_BLOCKS,
 };
 use looper_protocol::terms::Quote;
 use looper_protocol::{PaymentHash, SwapDirection, SwapId};
@@ -468,6 +469,12 @@ fn happy_path_request_accept_invoice_fund_paid_claimed_with_the_makers_coop_clai
         Event::HtlcSpent { tx: claim.clone(), confirmed_height: Some(TIP + 3) },
         &later,
     );
+    assert_eq!(actions, vec![Action::Persist]);
+    // Final at ANTI_REORG_DEPTH confirmations.
+    assert!(matches!(swap.state(), SellerState::Paid { .. }), "{:?}", swap.state());
+    let mut deep = later;
+    deep.tip_height = TIP + 2 + ANTI_REORG_DEPTH;
+    let actions = swap.handle(Event::Tick, &deep, &mut rng()).unwrap();
     assert_eq!(actions[0], Action::Persist);
     let SellerState::Claimed { claim_txid, amount_msat: got, .. } = swap.state() else {
         panic!("{:?}", swap.state())
@@ -525,6 +532,9 @@ fn the_refund_leaf_after_the_timeout_when_the_maker_never_pays() {
         Event::HtlcSpent { tx: refund.clone(), confirmed_height: Some(timeout + 1) },
         &at,
     );
+    assert!(matches!(swap.state(), SellerState::Refunding { .. }));
+    at.tip_height = timeout + ANTI_REORG_DEPTH;
+    swap.handle(Event::Tick, &at, &mut rng()).unwrap();
     assert!(
         matches!(swap.state(), SellerState::Refunded { refund_txid, .. } if *refund_txid == refund.compute_txid())
     );

@@ -21,6 +21,7 @@ use looper_node::store::{SwapFilter, SwapStore};
 use looper_protocol::buyer::BuyerPolicy;
 use looper_protocol::messages::{Message, Offer};
 use looper_protocol::seller::LoopInLimits;
+use looper_protocol::swap::ANTI_REORG_DEPTH;
 use looper_protocol::SwapId;
 use nostr_sdk::Keys;
 
@@ -218,6 +219,10 @@ struct Bed {
     accepts: std::collections::BTreeMap<SwapId, (looper_protocol::PaymentHash, bitcoin::ScriptBuf)>,
     /// Loop in: the payment hash each of the taker's requests named.
     requested: std::collections::BTreeMap<SwapId, looper_protocol::PaymentHash>,
+    /// Chain faults' own randomness (the scheduler's sequence stays that of the seed).
+    fault_rng: StdRng,
+    /// The highest tip so far (a reorg's depth counts from it).
+    high_tip: u32,
 }
 
 fn fail(bed: &Bed, what: impl Into<String>) -> Failure {
@@ -332,6 +337,8 @@ impl Bed {
             trace: Vec::new(),
             accepts: std::collections::BTreeMap::new(),
             requested: std::collections::BTreeMap::new(),
+            fault_rng: StdRng::seed_from_u64(sc.seed ^ 0x5eed_fa17),
+            high_tip: 0,
         };
         bed.nodes[maker].engine.publish_offer(&offer).await.map_err(|e| e.to_string())?;
         bed.arm_malice();
@@ -456,11 +463,34 @@ impl Bed {
                     }
                 }
             }
-            93 => {
-                lock(&self.world).reorg();
-            }
+            93 => self.reorg(),
             94..=95 => self.malicious_extra().await,
             _ => self.poll_random().await,
+        }
+    }
+
+    /// A reorg of one block. Half of the time the mempool then drops the HTLC spends (claims,
+    /// refunds) that came back from it: nobody but their owner sends them again (spec
+    /// `02-swap-flow.md`, "Final at depth"). Not for a reorg as deep as
+    /// [`ANTI_REORG_DEPTH`] below the highest tip: that deep, a spend is final.
+    fn reorg(&mut self) {
+        let drop = self.fault_rng.gen_bool(0.5);
+        let scripts: Vec<bitcoin::ScriptBuf> =
+            self.accepts.values().map(|(_, spk)| spk.clone()).collect();
+        let mut w = lock(&self.world);
+        self.high_tip = self.high_tip.max(w.tip);
+        let block = w.blocks.last().cloned().unwrap_or_default();
+        w.reorg();
+        if !drop || self.high_tip.saturating_sub(w.tip) >= ANTI_REORG_DEPTH {
+            return;
+        }
+        for tx in block {
+            let spends_htlc = tx.input.iter().any(|i| {
+                w.output(i.previous_output).is_some_and(|o| scripts.contains(&o.script_pubkey))
+            });
+            if spends_htlc {
+                w.drop_from_mempool(tx.compute_txid());
+            }
         }
     }
 
@@ -936,5 +966,218 @@ fn replace_keys(v: &mut serde_json::Value) {
         serde_json::Value::Array(a) => a.iter_mut().for_each(replace_keys),
         serde_json::Value::Object(o) => o.values_mut().for_each(replace_keys),
         _ => {}
+    }
+}
+
+/// A scripted chain fault on one honest swap ([`drill`]; spec `02-swap-flow.md`, "Final at
+/// depth").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drill {
+    /// The buyer's claim, confirmed once, is reorganised out and the mempool drops it.
+    ClaimDropped,
+    /// The seller's refund (the buyer's node never pays), confirmed once, likewise.
+    RefundDropped,
+    /// The buyer's claim, confirmed once, is reorganised out and the new chain holds the
+    /// seller's refund of the HTLC in its place (a seller that refunds after being paid: the
+    /// buyer is the honest party).
+    RefundReplacesClaim,
+}
+
+/// What a [`drill`] saw.
+#[derive(Debug)]
+pub struct DrillOutcome {
+    /// The buyer's final state.
+    pub buyer: String,
+    /// The seller's final state (`None`: still pending, the adversary of
+    /// [`Drill::RefundReplacesClaim`]).
+    pub seller: Option<String>,
+    /// The spend that decided, and the height of its block.
+    pub decided_by: (bitcoin::Txid, u32),
+    /// The tip at which each node's swap ended (buyer, seller).
+    pub ended_at: (Option<u32>, Option<u32>),
+    /// The spend that left was sent again by its owner.
+    pub sent_again: bool,
+}
+
+/// Runs one honest swap (loop in or out) over the test bed's world without random faults until
+/// the spend `d` is about is confirmed once, plays the fault, then mines until the swap ends.
+///
+/// # Errors
+/// What did not happen as the rule says, with the trace.
+pub async fn drill(d: Drill, loop_in: bool) -> Result<DrillOutcome, Failure> {
+    let malice = (d == Drill::RefundDropped).then_some((BUYER, Malice::NeverPays));
+    let sc = Scenario { seed: 1, steps: 0, swaps: 1, malice, crashes: false, loop_in };
+    let mut bed = Bed::new(sc).await.map_err(|e| Failure {
+        scenario: sc,
+        seed: sc.seed,
+        what: e,
+        trace: vec![],
+    })?;
+    bed.arm_malice();
+    bed.start_swaps().await;
+    let Some(&id) = bed.started.first() else { return Err(fail(&bed, "no swap started")) };
+    let spend = match d {
+        Drill::RefundDropped => SELLER,
+        _ => BUYER,
+    };
+    // Until the spend is in the block just mined, seen by both nodes.
+    let mut spend_tx = None;
+    for _ in 0..400 {
+        bed.quiet_round().await;
+        lock(&bed.world).mine();
+        spend_tx = bed.htlc_spend_in_last_block(spend);
+        if spend_tx.is_some() {
+            break;
+        }
+    }
+    let Some(tx) = spend_tx else { return Err(fail(&bed, "the spend never confirmed")) };
+    let txid = tx.compute_txid();
+    for idx in [BUYER, SELLER] {
+        bed.nodes[idx].engine.poll().await;
+    }
+    let watchers: &[usize] = if d == Drill::RefundDropped { &[SELLER] } else { &[BUYER, SELLER] };
+    if watchers.iter().any(|idx| bed.ended(*idx, id).is_some()) {
+        return Err(fail(&bed, "a swap ended at the spend's first confirmation"));
+    }
+    let broadcasts = lock(&bed.world).broadcasts.len();
+    {
+        let mut w = lock(&bed.world);
+        w.reorg();
+        w.drop_from_mempool(txid);
+    }
+    if d == Drill::RefundReplacesClaim {
+        let refund = bed.sellers_refund(id)?;
+        let mut w = lock(&bed.world);
+        w.log.push(format!("the new chain holds the seller's refund {}", refund.compute_txid()));
+        w.mempool.push(refund);
+        w.mine();
+    }
+    for idx in [BUYER, SELLER] {
+        bed.nodes[idx].engine.poll().await;
+    }
+    let sent_again = {
+        let w = lock(&bed.world);
+        w.broadcasts[broadcasts..].iter().any(|(n, t)| *n == spend && *t == txid)
+            && w.mempool.iter().any(|t| t.compute_txid() == txid)
+    };
+    let mut ended_at = (None, None);
+    for _ in 0..400 {
+        bed.quiet_round().await;
+        let tip = lock(&bed.world).tip;
+        if ended_at.0.is_none() && bed.ended(BUYER, id).is_some() {
+            ended_at.0 = Some(tip);
+        }
+        if ended_at.1.is_none() && bed.ended(SELLER, id).is_some() {
+            ended_at.1 = Some(tip);
+        }
+        let seller_done = ended_at.1.is_some() || d == Drill::RefundReplacesClaim;
+        if ended_at.0.is_some() && seller_done {
+            break;
+        }
+        lock(&bed.world).mine();
+    }
+    let Some(buyer) = bed.ended(BUYER, id) else { return Err(fail(&bed, "the buyer never ended")) };
+    let decided_by = {
+        let w = lock(&bed.world);
+        let spk = bed.accepts.get(&id).map(|(_, spk)| spk.clone()).unwrap_or_default();
+        let found = w
+            .all()
+            .filter(|(t, h)| {
+                h.is_some()
+                    && t.input.iter().any(|i| {
+                        w.output(i.previous_output).is_some_and(|o| o.script_pubkey == spk)
+                    })
+            })
+            .map(|(t, h)| (t.compute_txid(), h.unwrap_or(0)))
+            .next();
+        found
+    };
+    let Some(decided_by) = decided_by else { return Err(fail(&bed, "no spend confirmed")) };
+    Ok(DrillOutcome { buyer, seller: bed.ended(SELLER, id), decided_by, ended_at, sent_again })
+}
+
+impl Bed {
+    /// Messages, Lightning events and payments delivered, both nodes polled (no block).
+    async fn quiet_round(&mut self) {
+        for _ in 0..50 {
+            let p = lock_wire(&self.wire).in_flight.first().cloned();
+            let Some(_) = p else { break };
+            let p = lock_wire(&self.wire).in_flight.remove(0);
+            self.deliver(p).await;
+        }
+        for idx in [BUYER, SELLER] {
+            for _ in 0..20 {
+                let engine = self.nodes[idx].engine.clone();
+                let any = deliver_ln_event(&self.world, idx, 0, false, |d| async move {
+                    engine.handle_lightning(d).await;
+                })
+                .await;
+                if !any {
+                    break;
+                }
+            }
+        }
+        lock(&self.world).deliver_payments();
+        for idx in [BUYER, SELLER] {
+            self.nodes[idx].engine.poll().await;
+        }
+    }
+
+    /// A spend of an accepted HTLC in the last block, broadcast by node `by`.
+    fn htlc_spend_in_last_block(&self, by: usize) -> Option<bitcoin::Transaction> {
+        let w = lock(&self.world);
+        let scripts: Vec<_> = self.accepts.values().map(|(_, spk)| spk.clone()).collect();
+        w.blocks.last()?.iter().find_map(|t| {
+            let spends = t.input.iter().any(|i| {
+                w.output(i.previous_output).is_some_and(|o| scripts.contains(&o.script_pubkey))
+            });
+            let txid = t.compute_txid();
+            let mine = w.broadcasts.iter().any(|(n, id)| *n == by && *id == txid);
+            (spends && mine).then(|| t.clone())
+        })
+    }
+
+    /// The final state of node `idx`'s swap `id`, once it ended.
+    fn ended(&self, idx: usize, id: SwapId) -> Option<String> {
+        let records = self.nodes[idx].store.inner.list_swaps(&SwapFilter::default()).ok()?;
+        let r = records.into_iter().find(|r| r.id == id)?;
+        (r.status != looper_node::store::SwapStatus::Pending).then_some(r.state)
+    }
+
+    /// The seller's refund of swap `id` through the refund leaf (its lock time is not checked
+    /// in a block the drill makes).
+    fn sellers_refund(&self, id: SwapId) -> Result<bitcoin::Transaction, Failure> {
+        use looper_protocol::keys::SwapKeys;
+        use looper_protocol::record::SwapRecord;
+        use looper_protocol::seller::SellerState;
+        let records = self.nodes[SELLER].store.inner.list_swaps(&SwapFilter::default());
+        let record = records
+            .unwrap_or_default()
+            .into_iter()
+            .find(|r| r.id == id)
+            .ok_or_else(|| fail(self, "no seller record"))?;
+        let Ok(SwapRecord::Seller(s)) = SwapRecord::from_bytes(&record.data) else {
+            return Err(fail(self, "not a seller record"));
+        };
+        let funding = match s.state() {
+            SellerState::Paid { funding, .. } => funding.clone(),
+            other => return Err(fail(self, format!("seller in {}", other.name()))),
+        };
+        let master = crate::node::master(SELLER).map_err(|e| fail(self, e.to_string()))?;
+        let keys =
+            SwapKeys::derive(&master, s.key_index()).map_err(|e| fail(self, e.to_string()))?;
+        let params = s.htlc_params().cloned().ok_or_else(|| fail(self, "no htlc"))?;
+        let htlc =
+            looper_protocol::htlc::Htlc::new(params).map_err(|e| fail(self, e.to_string()))?;
+        let rate = bitcoin::FeeRate::from_sat_per_vb(5).unwrap_or(bitcoin::FeeRate::ZERO);
+        looper_protocol::spend::refund_script_path(
+            &htlc,
+            funding.outpoint,
+            bitcoin::Amount::from_sat(s.quote().htlc_amount_sat),
+            keys.refund(),
+            wallet_script(SELLER, 7),
+            rate,
+        )
+        .map_err(|e| fail(self, e.to_string()))
     }
 }

@@ -6,7 +6,8 @@
 //! ones as a loop out, so loop in costs the CI no extra seeds.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
-use looper_conformance::testbed::{run, Malice, Scenario, BUYER, SELLER};
+use looper_conformance::testbed::{drill, run, Drill, Malice, Scenario, BUYER, SELLER};
+use looper_protocol::swap::ANTI_REORG_DEPTH;
 
 fn seeds(default: u64) -> u64 {
     std::env::var("LOOPER_BED_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
@@ -168,5 +169,47 @@ async fn loop_in_claims_through_the_leaf_when_the_seller_withholds_its_signature
         };
         let o = run(sc).await.unwrap_or_else(|f| panic!("{f}"));
         assert_eq!(o.claimed + o.refunded, 3, "{}", sc.repro());
+    }
+}
+
+/// Final at depth (spec `02-swap-flow.md`), both directions, over the real engines: the buyer's
+/// claim confirmed once, reorganised out and dropped from the mempool, goes out again, and both
+/// swaps end `Claimed` only once it is `ANTI_REORG_DEPTH` deep. Before the rule both ended at the
+/// first confirmation and the claim was never sent again (seeds 614 and 90509 found it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_claim_reorganised_out_and_dropped_goes_out_again() {
+    for loop_in in [false, true] {
+        let o = drill(Drill::ClaimDropped, loop_in).await.unwrap_or_else(|f| panic!("{f}"));
+        assert!(o.sent_again, "{o:?}");
+        assert_eq!(o.buyer, "Claimed", "loop_in {loop_in}");
+        assert_eq!(o.seller.as_deref(), Some("Claimed"));
+        let deep = o.decided_by.1 + ANTI_REORG_DEPTH - 1;
+        assert!(o.ended_at.0.is_some_and(|t| t >= deep), "{o:?}");
+        assert!(o.ended_at.1.is_some_and(|t| t >= deep), "{o:?}");
+    }
+}
+
+/// The same for the seller's refund of a buyer that never pays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_refund_reorganised_out_and_dropped_goes_out_again() {
+    for loop_in in [false, true] {
+        let o = drill(Drill::RefundDropped, loop_in).await.unwrap_or_else(|f| panic!("{f}"));
+        assert!(o.sent_again, "{o:?}");
+        assert_eq!(o.seller.as_deref(), Some("Refunded"), "loop_in {loop_in}");
+        let deep = o.decided_by.1 + ANTI_REORG_DEPTH - 1;
+        assert!(o.ended_at.1.is_some_and(|t| t >= deep), "{o:?}");
+    }
+}
+
+/// A reorg puts the seller's refund where the buyer's claim was: the buyer follows the chain
+/// and ends `Lost` (by that refund) once it is deep, not `Claimed` at its claim's first
+/// confirmation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_reorg_that_lands_the_other_sides_spend_decides() {
+    for loop_in in [false, true] {
+        let o = drill(Drill::RefundReplacesClaim, loop_in).await.unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!(o.buyer, "Lost", "loop_in {loop_in}: {o:?}");
+        let deep = o.decided_by.1 + ANTI_REORG_DEPTH - 1;
+        assert!(o.ended_at.0.is_some_and(|t| t >= deep), "{o:?}");
     }
 }

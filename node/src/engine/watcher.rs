@@ -118,6 +118,7 @@ impl Engine {
                 }
             }
             let mut gone: Vec<OutPoint> = Vec::new();
+            let mut spend_gone: Vec<(OutPoint, bitcoin::Txid)> = Vec::new();
             {
                 let mut watch = slot.watch();
                 for op in &outputs {
@@ -133,10 +134,13 @@ impl Engine {
                                 confirmed_height: h.status.height(),
                             },
                         )),
-                        // A spend seen before is gone (reorganised out): forget it, so that the
-                        // next spend is reported.
+                        // A spend seen before is gone (reorganised out and dropped): forget it,
+                        // so that the next spend is reported, and tell the swap (its spend goes
+                        // out again if it was ours).
                         None => {
-                            watch.seen.remove(&Seen::Spend(*op));
+                            if let Some((txid, _)) = watch.seen.remove(&Seen::Spend(*op)) {
+                                spend_gone.push((*op, txid));
+                            }
                         }
                     }
                 }
@@ -166,6 +170,18 @@ impl Engine {
                 tracing::warn!(swap = %id, %outpoint, "htlc output left the chain");
                 if let Err(e) = self.feed_slot(id, slot, Event::HtlcGone { outpoint }).await {
                     tracing::debug!(swap = %id, error = %e, "chain event refused");
+                }
+            }
+            for (outpoint, txid) in spend_gone {
+                tracing::warn!(swap = %id, %outpoint, %txid, "htlc spend left the chain");
+                let event = Event::HtlcSpendGone { outpoint, txid };
+                let fed = self.feed_slot(id, slot, event).await;
+                if !matches!(fed, Ok(true)) {
+                    if let Err(e) = fed {
+                        tracing::debug!(swap = %id, error = %e, "chain event refused");
+                    }
+                    // Not taken: remembered, so that the next poll finds it gone again.
+                    slot.watch().seen.insert(Seen::Spend(outpoint), (txid, None));
                 }
             }
             for (key, _, event) in events {

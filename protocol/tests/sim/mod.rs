@@ -714,6 +714,10 @@ impl Sim {
 
     pub fn restart(&mut self, party: Party) {
         let ctx = self.ctx;
+        // A restarted node's chain watcher reports what it sees afresh (the engine's memory of
+        // what it fed is gone with the process).
+        let tag = (party == Party::Buyer) as u8;
+        self.seen.retain(|(p, _), _| *p != tag);
         match party {
             Party::Buyer => {
                 let SwapRecord::Buyer(b) = SwapRecord::from_bytes(&self.buyer_record).unwrap()
@@ -875,13 +879,17 @@ impl Sim {
                         },
                     );
                 }
+                let key = ((party == Party::Buyer) as u8, format!("spent {op}"));
                 if let Some((tx, h)) = self.chain.spender_of(op).map(|(t, h)| (t.clone(), h)) {
-                    let key = ((party == Party::Buyer) as u8, format!("spent {op}"));
                     let val = format!("{} {h:?}", tx.compute_txid());
                     if self.seen.get(&key) != Some(&val) {
                         self.seen.insert(key, val);
                         self.feed(party, Event::HtlcSpent { tx, confirmed_height: h });
                     }
+                } else if let Some(val) = self.seen.remove(&key) {
+                    // The spend reported before is in neither the chain nor the mempool.
+                    let txid = val.split(' ').next().and_then(|t| t.parse().ok()).unwrap();
+                    self.feed(party, Event::HtlcSpendGone { outpoint: op, txid });
                 }
             }
         }
@@ -923,6 +931,38 @@ impl Sim {
             self.seen.remove(&key);
             self.feed(party, Event::HtlcGone { outpoint });
         }
+    }
+
+    /// A reorg takes the block holding `txid` out of the chain: the transaction goes back to the
+    /// mempool or, with `drop`, leaves it too (the mempool dropped it); the watchers report what
+    /// they see now.
+    pub fn reorg_out(&mut self, txid: Txid, drop: bool) {
+        let (h, tx) = self.chain.confirmed.remove(&txid).expect("a confirmed transaction");
+        self.log.push(format!("chain: {txid} at {h} reorganised out (dropped: {drop})"));
+        if !drop {
+            self.chain.mempool.push(tx);
+        }
+        self.notify_chain();
+    }
+
+    /// A reorg puts `tx` at the height of the confirmed `txid`, which leaves the chain and the
+    /// mempool (a competing spend of the same output won in the new chain).
+    pub fn reorg_replace(&mut self, txid: Txid, tx: Transaction) {
+        let (h, _) = self.chain.confirmed.remove(&txid).expect("a confirmed transaction");
+        self.chain.mempool.retain(|t| t.compute_txid() != txid);
+        self.log.push(format!("chain: {txid} at {h} replaced by {}", tx.compute_txid()));
+        self.chain.confirmed.insert(tx.compute_txid(), (h, tx));
+        self.notify_chain();
+    }
+
+    /// Height of the block holding `txid`, if confirmed.
+    pub fn confirmed_at(&self, txid: Txid) -> Option<u32> {
+        self.chain.confirmed.get(&txid).map(|(h, _)| *h)
+    }
+
+    /// Whether `txid` is in the mempool.
+    pub fn in_mempool(&self, txid: Txid) -> bool {
+        self.chain.mempool.iter().any(|t| t.compute_txid() == txid)
     }
 
     /// Drops the next message queued for `to`.
