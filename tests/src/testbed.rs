@@ -695,6 +695,20 @@ impl Bed {
         lock(&self.world).mine();
     }
 
+    /// Node `idx`'s Lightning events delivered in order, up to 20 (a round's worth).
+    async fn drain_lightning(&self, idx: usize) {
+        for _ in 0..20 {
+            let engine = self.nodes[idx].engine.clone();
+            let any = deliver_ln_event(&self.world, idx, 0, false, |d| async move {
+                engine.handle_lightning(d).await;
+            })
+            .await;
+            if !any {
+                break;
+            }
+        }
+    }
+
     async fn poll_random(&mut self) {
         let idx = self.rng.gen_range(0..2);
         if !self.nodes[idx].is_dead() {
@@ -733,16 +747,7 @@ impl Bed {
                         self.nodes[idx].engine.handle_message(inc).await;
                     }
                 }
-                for _ in 0..20 {
-                    let engine = self.nodes[idx].engine.clone();
-                    let any = deliver_ln_event(&self.world, idx, 0, false, |d| async move {
-                        engine.handle_lightning(d).await;
-                    })
-                    .await;
-                    if !any {
-                        break;
-                    }
-                }
+                self.drain_lightning(idx).await;
             }
             lock(&self.world).deliver_payments();
             for idx in [BUYER, SELLER] {
@@ -1106,16 +1111,7 @@ impl Bed {
             self.deliver(p).await;
         }
         for idx in [BUYER, SELLER] {
-            for _ in 0..20 {
-                let engine = self.nodes[idx].engine.clone();
-                let any = deliver_ln_event(&self.world, idx, 0, false, |d| async move {
-                    engine.handle_lightning(d).await;
-                })
-                .await;
-                if !any {
-                    break;
-                }
-            }
+            self.drain_lightning(idx).await;
         }
         lock(&self.world).deliver_payments();
         for idx in [BUYER, SELLER] {

@@ -81,7 +81,7 @@ pub trait SwapWallet: Send + Sync {
 /// scripts left when the next batch is revealed, below the wallet's
 /// [`crate::wallet::STOP_GAP`]: the scripts a restart leaves unused never hide a later payment
 /// from a full scan.
-pub const SCRIPT_BATCH: usize = 16;
+pub const SCRIPT_BATCH: usize = 8;
 
 /// [`BdkSwapWallet`] reveals the next [`SCRIPT_BATCH`] in the background once this many revealed
 /// scripts are left, so that a burst of swap requests finds them revealed and persisted (one
