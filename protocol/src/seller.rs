@@ -1801,11 +1801,23 @@ impl SellerSwap {
                 }
                 Ok(parent.into_iter().chain(refund).collect())
             }
-            SellerState::Paid { claim_settled: false, .. }
-                if ctx.now_secs >= self.claim_check_at_secs =>
-            {
-                self.claim_check_at_secs = ctx.now_secs.saturating_add(CLAIM_CHECK_SECS);
-                Ok(vec![Action::CheckPayment { payment_hash: self.payment_hash() }])
+            SellerState::Paid { funding, claim_settled, .. } => {
+                let mut actions = Vec::new();
+                // Paid for: a funding reorganised out and dropped goes out again every block
+                // until it confirms (the claimer's claim spends it; only a double spend, the
+                // residual risk its confirmations bought, may take it away).
+                if funding.confirmed_height.is_none() {
+                    actions.extend(self.live.rebroadcast(
+                        ctx.tip_height,
+                        &funding.tx,
+                        TxPurpose::Funding,
+                    ));
+                }
+                if !*claim_settled && ctx.now_secs >= self.claim_check_at_secs {
+                    self.claim_check_at_secs = ctx.now_secs.saturating_add(CLAIM_CHECK_SECS);
+                    actions.push(Action::CheckPayment { payment_hash: self.payment_hash() });
+                }
+                Ok(actions)
             }
             _ => Ok(Vec::new()),
         }

@@ -118,6 +118,42 @@ fn a_claim_reorganised_out_and_dropped_goes_out_again_and_is_final_only_at_depth
     }
 }
 
+/// A deeper reorg after the payment takes out the claim and the funding under it, and the mempool
+/// drops both: the seller, paid, sends its funding again (the claimer's claim needs it), the
+/// claim follows, and both end `Claimed`. Before, a paid seller never sent its funding again.
+#[test]
+fn a_paid_sellers_funding_reorganised_out_and_dropped_goes_out_again() {
+    for loop_in in DIRECTIONS {
+        let mut sim = sim(loop_in, Opts::default());
+        let claim = mine_until(&mut sim, "a confirmed claim", buyer_claim_confirmed);
+        let SellerState::Paid { funding, .. } = sim.seller_state() else {
+            panic!("{}", seller_state(&sim))
+        };
+        let funding_txid = funding.tx.compute_txid();
+        sim.reorg_out(claim.compute_txid(), true);
+        sim.reorg_out(funding_txid, true);
+        assert!(!sim.in_mempool(funding_txid));
+        // Sent again with the next block (every block until it confirms).
+        sim.advance_secs(31);
+        sim.mine(1);
+        let back = sim.in_mempool(funding_txid) || sim.confirmed_at(funding_txid).is_some();
+        assert!(back, "loop_in {loop_in}: sent again: {:#?}", sim.log);
+        sim.run_to_end(400);
+        assert!(
+            matches!(sim.buyer().state(), BuyerState::Claimed { .. }),
+            "loop_in {loop_in}: {}: {:#?}",
+            buyer_state(&sim),
+            sim.log
+        );
+        assert!(
+            matches!(sim.seller_state(), SellerState::Claimed { .. }),
+            "{}",
+            seller_state(&sim)
+        );
+        sim.check_invariants();
+    }
+}
+
 /// The seller's refund (the buyer vanished without paying) confirms once; a reorg takes it out
 /// and the mempool drops it: the seller sends it again and ends `Refunded` only at depth.
 #[test]

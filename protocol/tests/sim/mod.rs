@@ -850,6 +850,7 @@ impl Sim {
 
     fn notify_chain(&mut self) {
         let watchers = self.watch.clone();
+        let mut present: Vec<(u8, OutPoint)> = Vec::new();
         for (party, spk) in watchers {
             let outputs: Vec<(OutPoint, u64, Option<u32>)> = self
                 .chain
@@ -865,6 +866,7 @@ impl Sim {
                 })
                 .collect();
             for (op, value, height) in outputs {
+                present.push(((party == Party::Buyer) as u8, op));
                 let key = ((party == Party::Buyer) as u8, format!("out {op}"));
                 let val = format!("{height:?}");
                 if self.seen.get(&key) != Some(&val) {
@@ -892,6 +894,20 @@ impl Sim {
                     self.feed(party, Event::HtlcSpendGone { outpoint: op, txid });
                 }
             }
+        }
+        // An output reported before that is in neither the chain nor the mempool now (its
+        // transaction was reorganised out and dropped): gone, as the node's watcher says it.
+        let gone: Vec<(u8, OutPoint)> = self
+            .seen
+            .keys()
+            .filter_map(|(p, k)| Some((*p, k.strip_prefix("out ")?.parse().ok()?)))
+            .filter(|key| !present.contains(key))
+            .collect();
+        for (p, op) in gone {
+            self.seen.remove(&(p, format!("out {op}")));
+            self.seen.remove(&(p, format!("spent {op}")));
+            let party = if p == 1 { Party::Buyer } else { Party::Seller };
+            self.feed(party, Event::HtlcGone { outpoint: op });
         }
     }
 
