@@ -695,6 +695,16 @@ impl Bed {
         lock(&self.world).mine();
     }
 
+    /// The messages in flight delivered in order, up to 50 (a round's worth).
+    async fn deliver_in_flight(&mut self) {
+        for _ in 0..50 {
+            let p = lock_wire(&self.wire).in_flight.first().cloned();
+            let Some(_) = p else { break };
+            let p = lock_wire(&self.wire).in_flight.remove(0);
+            self.deliver(p).await;
+        }
+    }
+
     /// Node `idx`'s Lightning events delivered in order, up to 20 (a round's worth).
     async fn drain_lightning(&self, idx: usize) {
         for _ in 0..20 {
@@ -732,12 +742,7 @@ impl Bed {
             }
         }
         for round in 0..400 {
-            for _ in 0..50 {
-                let p = lock_wire(&self.wire).in_flight.first().cloned();
-                let Some(_) = p else { break };
-                let p = lock_wire(&self.wire).in_flight.remove(0);
-                self.deliver(p).await;
-            }
+            self.deliver_in_flight().await;
             for idx in [BUYER, SELLER] {
                 // Unacknowledged messages come again (a relay refetch).
                 let unacked = lock_wire(&self.wire).unacked[idx].clone();
@@ -1104,12 +1109,7 @@ pub async fn drill(d: Drill, loop_in: bool) -> Result<DrillOutcome, Failure> {
 impl Bed {
     /// Messages, Lightning events and payments delivered, both nodes polled (no block).
     async fn quiet_round(&mut self) {
-        for _ in 0..50 {
-            let p = lock_wire(&self.wire).in_flight.first().cloned();
-            let Some(_) = p else { break };
-            let p = lock_wire(&self.wire).in_flight.remove(0);
-            self.deliver(p).await;
-        }
+        self.deliver_in_flight().await;
         for idx in [BUYER, SELLER] {
             self.drain_lightning(idx).await;
         }

@@ -135,18 +135,33 @@ impl BdkSwapWallet {
         let (wallet, spare, refilling) =
             (Arc::clone(&self.wallet), Arc::clone(&self.spare), Arc::clone(&self.refilling));
         runtime.spawn_blocking(move || {
+            // Ends the refill however this returns (a panic in the wallet included), so that no
+            // caller waits for one that is gone.
+            let _end = RefillEnd { spare: Arc::clone(&spare), refilling };
             let revealed = wallet.new_addresses(SCRIPT_BATCH);
-            let (spare, refilled) = &*spare;
-            // Under the lock: a caller that saw the refill under way is waiting, or will be.
-            let mut spare = spare.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut scripts = spare.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             match revealed {
-                Ok(revealed) => spare.extend(revealed.into_iter().map(|a| a.script_pubkey())),
+                Ok(revealed) => scripts.extend(revealed.into_iter().map(|a| a.script_pubkey())),
                 Err(e) => tracing::debug!(error = %e, "cannot reveal the next wallet scripts"),
             }
-            refilling.store(false, Ordering::SeqCst);
-            drop(spare);
-            refilled.notify_all();
         });
+    }
+}
+
+/// Marks a background refill ended, under the spare scripts' lock (a caller that saw it under
+/// way is waiting, or will be), and wakes the callers waiting for it.
+struct RefillEnd {
+    spare: Arc<(std::sync::Mutex<std::collections::VecDeque<ScriptBuf>>, std::sync::Condvar)>,
+    refilling: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for RefillEnd {
+    fn drop(&mut self) {
+        let (spare, refilled) = &*self.spare;
+        let guard = spare.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.refilling.store(false, Ordering::SeqCst);
+        drop(guard);
+        refilled.notify_all();
     }
 }
 
