@@ -27,6 +27,8 @@ use ldk_node::{Builder, Node};
 use looper_protocol::{PaymentHash, Preimage};
 use tokio::sync::{mpsc, oneshot};
 
+pub mod kv;
+
 /// An event of the Lightning node that concerns swaps.
 #[derive(Debug, Clone)]
 pub enum LightningEvent {
@@ -634,32 +636,15 @@ fn build_node(
         LdkChain::BitcoindRpc { host, port, user, password } => builder
             .set_chain_source_bitcoind_rpc(host.clone(), *port, user.clone(), password.clone()),
     };
-    use_wal(&config.storage_dir);
-    let node = builder.build().map_err(|e| LightningError::Build(e.to_string()))?;
+    // ldk-node's SQLite file, written with group commit (`kv`): the writes of concurrent
+    // payments and channels share their fsyncs.
+    let store = kv::GroupSqliteStore::open(&config.storage_dir)
+        .map_err(|e| LightningError::Build(format!("Lightning store: {e}")))?;
+    let node = builder
+        .build_with_store(kv::dyn_store(store))
+        .map_err(|e| LightningError::Build(e.to_string()))?;
     node.start().map_err(|e| LightningError::Build(e.to_string()))?;
     Ok(node)
-}
-
-/// Puts ldk-node's SQLite store (`ldk_node_data.sqlite` in `storage_dir`) in write-ahead-log
-/// mode, a setting the database file keeps, before ldk-node opens it. In its default rollback
-/// journal mode every write (each invoice a seller creates for a swap is one, under the payment
-/// store's lock) costs several fsyncs; with the log it costs one, and stays as durable (the
-/// connection's `synchronous` stays FULL: the log is synced at every commit). A file that cannot
-/// be switched is left as it is (logged): the node works the same, only slower.
-fn use_wal(storage_dir: &std::path::Path) {
-    let path = storage_dir.join(ldk_node::io::sqlite_store::SQLITE_DB_FILE_NAME);
-    let switched = std::fs::create_dir_all(storage_dir)
-        .map_err(|e| e.to_string())
-        .and_then(|()| rusqlite::Connection::open(&path).map_err(|e| e.to_string()))
-        .and_then(|db| {
-            db.query_row("PRAGMA journal_mode=WAL", [], |row| row.get::<_, String>(0))
-                .map_err(|e| e.to_string())
-        });
-    match switched {
-        Ok(mode) if mode.eq_ignore_ascii_case("wal") => {}
-        Ok(mode) => tracing::warn!(%mode, "ldk-node's store stays out of write-ahead-log mode"),
-        Err(e) => tracing::warn!(error = %e, "cannot put ldk-node's store in write-ahead-log mode"),
-    }
 }
 
 fn map_event(event: &ldk_node::Event) -> Option<LightningEvent> {
