@@ -144,6 +144,10 @@ fn normalize(s: &str) -> String {
             if let Some(i) = trimmed.find("  ") {
                 l = format!("  <SEQ>{}", &trimmed[i..]);
             }
+            // The event's time ("2026-11-27 21:17:23 UTC  ").
+            if let Some(i) = l.find(" UTC  ") {
+                l = format!("  <SEQ>  <AT>{}", &l[i + 4..]);
+            }
         }
         if out.last() != Some(&l) {
             out.push(l);

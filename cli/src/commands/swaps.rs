@@ -294,7 +294,9 @@ async fn show(ctx: &Ctx, key: &str) -> CliResult<()> {
     if !events.events.is_empty() {
         println!("events:");
         for e in &events.events {
-            println!("  {:>3}  {}", e.seq, describe(&e.event));
+            // The time the node logged it (none for events logged by older versions).
+            let at = e.at_ms().map(|ms| format!("{}  ", date(ms / 1000))).unwrap_or_default();
+            println!("  {:>3}  {at}{}", e.seq, describe(&e.event));
         }
     }
     Ok(())

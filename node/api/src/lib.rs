@@ -725,14 +725,23 @@ pub struct SwapEvent {
     /// Position in the swap's log, from 0, without gaps.
     pub seq: u64,
     /// The engine's notification, tagged by `event` (`accepted`, `funding_seen`, ...,
-    /// `finished`); its shape is the engine's.
+    /// `finished`), with the time it was logged ([`EVENT_TIME`]); its shape is the engine's.
     pub event: Value,
 }
+
+/// The field of every swap event (beside `event`) that tells when the node logged it, in UNIX
+/// milliseconds by the node's clock. Events logged before it was added have none.
+pub const EVENT_TIME: &str = "at_ms";
 
 impl SwapEvent {
     /// The event's tag (`"finished"`, ...), if it has one.
     pub fn kind(&self) -> Option<&str> {
         self.event.get("event").and_then(Value::as_str)
+    }
+
+    /// When the node logged the event ([`EVENT_TIME`]), UNIX milliseconds.
+    pub fn at_ms(&self) -> Option<u64> {
+        self.event.get(EVENT_TIME).and_then(Value::as_u64)
     }
 }
 

@@ -384,6 +384,12 @@ impl SwapTransport for NostrTransport {
 pub trait Clock: Send + Sync {
     /// Now.
     fn now_secs(&self) -> u64;
+
+    /// Now, in milliseconds (the time of a swap's events); by default [`Clock::now_secs`] in
+    /// milliseconds.
+    fn now_millis(&self) -> u64 {
+        self.now_secs().saturating_mul(1000)
+    }
 }
 
 /// The system clock.
@@ -395,6 +401,13 @@ impl Clock for SystemClock {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+
+    fn now_millis(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
             .unwrap_or(0)
     }
 }

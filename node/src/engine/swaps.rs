@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
 
 use bitcoin::{OutPoint, ScriptBuf};
+use looper_api::EVENT_TIME;
 use looper_protocol::buyer::BuyerSwap;
 use looper_protocol::keys::SwapKeys;
 use looper_protocol::messages::Offer;
@@ -749,7 +750,11 @@ impl Engine {
                  payment is lost (the seller double-spent its funding)"
             );
         }
-        let value = serde_json::to_value(&notification).unwrap_or_default();
+        let mut value = serde_json::to_value(&notification).unwrap_or_default();
+        if let serde_json::Value::Object(fields) = &mut value {
+            // When it happened (UNIX milliseconds): the log tells how long each step took.
+            fields.insert(EVENT_TIME.into(), self.inner.clock.now_millis().into());
+        }
         let seq = blocking_store(|| self.inner.store.append_swap_event(&id, &value))
             .unwrap_or_else(|e| {
                 tracing::warn!(swap = %id, error = %e, "cannot log swap event");

@@ -13,13 +13,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use clap::Parser;
 use looper_regtest::harness::{
     find_node_binary, Harness, HarnessConfig, LoopOutReport, NodeHandle, NodeSpec, PeerLimits,
-    BUYER_STATES,
 };
 use looper_regtest::RegtestChain;
 
@@ -155,17 +154,18 @@ async fn latency(cli: &Cli, binary: &std::path::Path, dir: &std::path::Path) -> 
 /// Largest channel ldk-node opens without large-channel support (2^24 - 1 sat).
 const MAX_CHANNEL_SAT: u64 = 16_777_215;
 
-/// What one buyer's poller saw of one swap: when it was first seen in each of
-/// [`BUYER_STATES`] (or a later one), and its final state.
+/// What one buyer's poller saw of one swap: its final state, once it has one.
 #[derive(Debug, Default, Clone)]
 struct Seen {
-    at: [Option<Instant>; BUYER_STATES.len()],
     final_state: Option<String>,
-    final_at: Option<Instant>,
 }
 
-/// Polls `GET /v1/swaps` of a buyer every 100 ms, recording when each swap is first seen in each
-/// state, until `done` is set and every swap in `expected` is final (or `deadline`).
+/// How often the pollers list a buyer's swaps. They only tell when every swap is final (the
+/// times come from the event logs): a slow poll leaves the 2 cores to the nodes being measured.
+const POLL_EVERY: Duration = Duration::from_millis(500);
+
+/// Polls `GET /v1/swaps` of a buyer every [`POLL_EVERY`] until `done` is set and every swap in
+/// `expected` is final (or `deadline`).
 async fn poll_buyer(
     node: &NodeHandle,
     expected: &Mutex<Vec<String>>,
@@ -175,17 +175,10 @@ async fn poll_buyer(
     let mut seen: HashMap<String, Seen> = HashMap::new();
     loop {
         if let Ok(list) = node.api().swaps().await {
-            let now = Instant::now();
             for s in list {
                 let entry = seen.entry(s.swap_id.clone()).or_default();
-                if let Some(i) = BUYER_STATES.iter().position(|b| *b == s.state) {
-                    for slot in entry.at.iter_mut().take(i + 1) {
-                        slot.get_or_insert(now);
-                    }
-                }
                 if s.status.is_final() && entry.final_state.is_none() {
                     entry.final_state = Some(s.state.clone());
-                    entry.final_at = Some(now);
                 }
             }
         }
@@ -199,35 +192,65 @@ async fn poll_buyer(
         if finished || Instant::now() > deadline {
             return seen;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(POLL_EVERY).await;
     }
 }
 
-/// One swap of the concurrent run: when its `POST /v1/swaps/out` was made and answered.
+/// One swap of the concurrent run: when its `POST /v1/swaps/out` was made and answered (UNIX
+/// milliseconds, the clock the nodes time their events with).
 struct Started {
     buyer: usize,
     id: String,
-    called: Instant,
-    answered: Instant,
+    called_ms: u64,
+    answered_ms: u64,
 }
 
-/// Funding txid and claim (vsize, purpose) of a finished swap, from its event log.
-async fn swap_chain_data(node: &NodeHandle, id: &str) -> (String, u64) {
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// What the buyer's event log of a finished swap tells: when (its node's `at_ms`) it handled the
+/// seller's `swap_accept`, saw the funding at the confirmations it needs, broadcast its claim and
+/// finished; the funding txid and the claim's vsize.
+#[derive(Debug, Default)]
+struct SwapLog {
+    accepted: Option<u64>,
+    funded: Option<u64>,
+    claim_broadcast: Option<u64>,
+    finished: Option<u64>,
+    funding_txid: String,
+    claim_vsize: u64,
+}
+
+async fn swap_log(node: &NodeHandle, id: &str) -> SwapLog {
     let events = node.api().swap_events(id).await.unwrap_or_default();
-    let mut funding = String::new();
-    let mut claim_vsize = 0;
+    let mut log = SwapLog::default();
     for e in &events {
+        let at = e[looper_api::EVENT_TIME].as_u64();
         match e["event"].as_str() {
-            Some("funding_seen") => funding = e["txid"].as_str().unwrap_or("").into(),
-            Some("broadcast") => claim_vsize = e["vsize"].as_u64().unwrap_or(0),
+            Some("accepted") => log.accepted = log.accepted.or(at),
+            Some("funding_seen") => {
+                log.funding_txid = e["txid"].as_str().unwrap_or("").into();
+                if e["confirmations"].as_u64() >= e["required"].as_u64() {
+                    log.funded = log.funded.or(at);
+                }
+            }
+            Some("broadcast") => {
+                log.claim_vsize = e["vsize"].as_u64().unwrap_or(0);
+                log.claim_broadcast = log.claim_broadcast.or(at);
+            }
+            Some("finished") => log.finished = log.finished.or(at),
             _ => {}
         }
     }
-    (funding, claim_vsize)
+    log
 }
 
-fn secs_between(a: Instant, b: Option<Instant>) -> Option<f64> {
-    b.map(|b| b.saturating_duration_since(a).as_secs_f64())
+fn secs_between(a: u64, b: Option<u64>) -> Option<f64> {
+    b.map(|b| b.saturating_sub(a) as f64 / 1000.0)
 }
 
 async fn concurrent(cli: &Cli, binary: &std::path::Path, dir: &std::path::Path) -> Result<()> {
@@ -276,7 +299,7 @@ async fn concurrent(cli: &Cli, binary: &std::path::Path, dir: &std::path::Path) 
     let deadline = Instant::now() + Duration::from_secs(cli.timeout_secs);
     let expected: Vec<Mutex<Vec<String>>> = (0..n).map(|_| Mutex::new(Vec::new())).collect();
     let done = AtomicBool::new(false);
-    let start = Instant::now();
+    let start_ms = unix_ms();
     let pollers = futures_join_all(
         (0..n)
             .map(|i| {
@@ -293,13 +316,13 @@ async fn concurrent(cli: &Cli, binary: &std::path::Path, dir: &std::path::Path) 
             let expected = &expected[i];
             (0..k).map(move |_| async move {
                 let node = h.node(&format!("buyer{i}"))?;
-                let called = Instant::now();
+                let called_ms = unix_ms();
                 let id = node.api().swap_out(offer, cli.amount, cli.amount / 10).await?;
-                let answered = Instant::now();
+                let answered_ms = unix_ms();
                 if let Ok(mut ids) = expected.lock() {
                     ids.push(id.clone());
                 }
-                anyhow::Ok(Started { buyer: i, id, called, answered })
+                anyhow::Ok(Started { buyer: i, id, called_ms, answered_ms })
             })
         });
         let started = futures_join_all(calls.collect()).await;
@@ -351,17 +374,25 @@ async fn concurrent(cli: &Cli, binary: &std::path::Path, dir: &std::path::Path) 
             serde_json::Value::Array(events)
         );
     }
-    let last = claimed.iter().filter_map(|(_, v)| v.final_at).max().unwrap_or(start);
-    let wall = last.saturating_duration_since(start);
-    let col = |f: &dyn Fn(&Started, &Seen) -> Option<f64>| {
-        sorted(claimed.iter().filter_map(|(s, v)| f(s, v)).collect())
+    // The times of each step come from the buyers' event logs, read after the timed part (the
+    // pollers only tell when every swap is final).
+    let mut logs = Vec::with_capacity(claimed.len());
+    for (s, _) in &claimed {
+        let node = h.node(&format!("buyer{}", s.buyer))?;
+        logs.push((*s, swap_log(node, &s.id).await));
+    }
+    let first = swaps.iter().map(|s| s.called_ms).min().unwrap_or(start_ms);
+    let last = logs.iter().filter_map(|(_, l)| l.finished).max().unwrap_or(first);
+    let wall = Duration::from_millis(last.saturating_sub(first));
+    let col = |f: &dyn Fn(&Started, &SwapLog) -> Option<f64>| {
+        sorted(logs.iter().filter_map(|(s, l)| f(s, l)).collect())
     };
-    let api_call = col(&|s, _| Some(s.answered.saturating_duration_since(s.called).as_secs_f64()));
-    let accept_call = col(&|s, v| secs_between(s.called, v.at[1]));
-    let accept_sent = col(&|s, v| secs_between(s.answered, v.at[1]));
-    let funded = col(&|s, v| secs_between(s.called, v.at[2]));
-    let broadcast = col(&|s, v| secs_between(s.called, v.at[5]));
-    let done_at = col(&|s, v| secs_between(s.called, v.final_at));
+    let api_call = col(&|s, _| secs_between(s.called_ms, Some(s.answered_ms)));
+    let accept_call = col(&|s, l| secs_between(s.called_ms, l.accepted));
+    let accept_sent = col(&|s, l| secs_between(s.answered_ms, l.accepted));
+    let funded = col(&|s, l| secs_between(s.called_ms, l.funded));
+    let broadcast = col(&|s, l| secs_between(s.called_ms, l.claim_broadcast));
+    let done_at = col(&|s, l| secs_between(s.called_ms, l.finished));
     let p =
         |v: &[f64]| format!("{:.2} s / {:.2} s / {:.2} s", pct(v, 0.5), pct(v, 0.99), pct(v, 1.0));
 
@@ -397,11 +428,9 @@ async fn concurrent(cli: &Cli, binary: &std::path::Path, dir: &std::path::Path) 
     // On-chain figures, read after the timed part.
     let mut per_tx: HashMap<String, u64> = HashMap::new();
     let mut claim_vsizes = Vec::new();
-    for (s, _) in &claimed {
-        let node = h.node(&format!("buyer{}", s.buyer))?;
-        let (funding, claim_vsize) = swap_chain_data(node, &s.id).await;
-        *per_tx.entry(funding).or_default() += 1;
-        claim_vsizes.push(claim_vsize);
+    for (_, l) in &logs {
+        *per_tx.entry(l.funding_txid.clone()).or_default() += 1;
+        claim_vsizes.push(l.claim_vsize);
     }
     let mut funding_vbytes = 0u64;
     for txid in per_tx.keys().filter(|t| !t.is_empty()) {
