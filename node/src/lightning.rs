@@ -28,6 +28,7 @@ use looper_protocol::{PaymentHash, Preimage};
 use tokio::sync::{mpsc, oneshot};
 
 pub mod kv;
+pub mod log;
 
 /// An event of the Lightning node that concerns swaps.
 #[derive(Debug, Clone)]
@@ -636,6 +637,10 @@ fn build_node(
         LdkChain::BitcoindRpc { host, port, user, password } => builder
             .set_chain_source_bitcoind_rpc(host.clone(), *port, user.clone(), password.clone()),
     };
+    // ldk-node's log file, through one open handle that never panics the node (`log`).
+    let ldk_log = log::LdkFileLog::open(&config.storage_dir)
+        .map_err(|e| LightningError::Build(format!("Lightning log: {e}")))?;
+    builder.set_custom_logger(Arc::new(ldk_log));
     // ldk-node's SQLite file, written with group commit (`kv`): the writes of concurrent
     // payments and channels share their fsyncs.
     let store = kv::GroupSqliteStore::open(&config.storage_dir)
