@@ -646,7 +646,7 @@ fn build_node(
     let store = kv::GroupSqliteStore::open(&config.storage_dir)
         .map_err(|e| LightningError::Build(format!("Lightning store: {e}")))?;
     let node = builder
-        .build_with_store(kv::dyn_store(store))
+        .build_with_store(Arc::new(store))
         .map_err(|e| LightningError::Build(e.to_string()))?;
     node.start().map_err(|e| LightningError::Build(e.to_string()))?;
     Ok(node)

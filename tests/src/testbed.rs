@@ -698,9 +698,11 @@ impl Bed {
     /// The messages in flight delivered in order, up to 50 (a round's worth).
     async fn deliver_in_flight(&mut self) {
         for _ in 0..50 {
-            let p = lock_wire(&self.wire).in_flight.first().cloned();
-            let Some(_) = p else { break };
-            let p = lock_wire(&self.wire).in_flight.remove(0);
+            let next = {
+                let mut wire = lock_wire(&self.wire);
+                (!wire.in_flight.is_empty()).then(|| wire.in_flight.remove(0))
+            };
+            let Some(p) = next else { break };
             self.deliver(p).await;
         }
     }

@@ -28,7 +28,7 @@
 
 use std::path::Path;
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -73,8 +73,8 @@ struct Queued {
 /// ldk-node's SQLite key-value store, with the writes of concurrent callers committed together.
 /// Dropping it lets the writer finish what is queued and waits for it.
 pub struct GroupSqliteStore {
-    queue: Mutex<Option<mpsc::Sender<Queued>>>,
-    writer: Mutex<Option<JoinHandle<()>>>,
+    queue: Option<mpsc::Sender<Queued>>,
+    writer: Option<JoinHandle<()>>,
     reader: Mutex<Connection>,
 }
 
@@ -132,8 +132,8 @@ impl GroupSqliteStore {
             })
             .map_err(|e| other(format!("start the Lightning store's writer: {e}")))?;
         Ok(GroupSqliteStore {
-            queue: Mutex::new(Some(queue)),
-            writer: Mutex::new(Some(writer)),
+            queue: Some(queue),
+            writer: Some(writer),
             reader: Mutex::new(reader),
         })
     }
@@ -141,8 +141,7 @@ impl GroupSqliteStore {
     /// Queues `change`; the outcome goes to `reply`. The change's place in the order is fixed
     /// here, by the call.
     fn enqueue(&self, change: Change, reply: Reply) -> Result<(), Reply> {
-        let queue = lock(&self.queue);
-        match queue.as_ref() {
+        match &self.queue {
             Some(q) => q.send(Queued { change, reply }).map_err(|mpsc::SendError(q)| q.reply),
             None => Err(reply),
         }
@@ -207,8 +206,8 @@ impl GroupSqliteStore {
 impl Drop for GroupSqliteStore {
     fn drop(&mut self) {
         // The writer ends once the queue is closed and empty.
-        drop(lock(&self.queue).take());
-        if let Some(writer) = lock(&self.writer).take() {
+        drop(self.queue.take());
+        if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
     }
@@ -374,14 +373,11 @@ impl KVStore for GroupSqliteStore {
     }
 }
 
-/// The store as ldk-node takes it.
-pub fn dyn_store(store: GroupSqliteStore) -> Arc<ldk_node::DynStore> {
-    Arc::new(store)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::Arc;
 
     use super::*;
 

@@ -81,15 +81,13 @@ impl LdkFileLog {
     }
 
     fn write_line(&self, open: &mut Open, line: &[u8]) -> std::io::Result<()> {
-        if open.written >= self.max_bytes || open.file.is_none() {
-            // A rotation that failed, or a file lost to an earlier error, is tried again.
-            if open.file.is_some() {
-                self.rotate(open)?;
-            } else {
-                let (file, written) = open_append(&self.path)?;
-                open.file = Some(file);
-                open.written = written;
-            }
+        if open.file.is_none() {
+            // Lost to an earlier error (or a rotation that failed): opened again.
+            let (file, written) = open_append(&self.path)?;
+            open.file = Some(file);
+            open.written = written;
+        } else if open.written >= self.max_bytes {
+            self.rotate(open)?;
         }
         let file = open.file.as_mut().ok_or_else(|| std::io::Error::other("no log file"))?;
         file.write_all(line)?;

@@ -154,40 +154,31 @@ async fn latency(cli: &Cli, binary: &std::path::Path, dir: &std::path::Path) -> 
 /// Largest channel ldk-node opens without large-channel support (2^24 - 1 sat).
 const MAX_CHANNEL_SAT: u64 = 16_777_215;
 
-/// What one buyer's poller saw of one swap: its final state, once it has one.
-#[derive(Debug, Default, Clone)]
-struct Seen {
-    final_state: Option<String>,
-}
-
 /// How often the pollers list a buyer's swaps. They only tell when every swap is final (the
 /// times come from the event logs): a slow poll leaves the 2 cores to the nodes being measured.
 const POLL_EVERY: Duration = Duration::from_millis(500);
 
 /// Polls `GET /v1/swaps` of a buyer every [`POLL_EVERY`] until `done` is set and every swap in
-/// `expected` is final (or `deadline`).
+/// `expected` is final (or `deadline`): the final state of each swap seen final, by id.
 async fn poll_buyer(
     node: &NodeHandle,
     expected: &Mutex<Vec<String>>,
     done: &AtomicBool,
     deadline: Instant,
-) -> HashMap<String, Seen> {
-    let mut seen: HashMap<String, Seen> = HashMap::new();
+) -> HashMap<String, String> {
+    let mut seen: HashMap<String, String> = HashMap::new();
     loop {
         if let Ok(list) = node.api().swaps().await {
             for s in list {
-                let entry = seen.entry(s.swap_id.clone()).or_default();
-                if s.status.is_final() && entry.final_state.is_none() {
-                    entry.final_state = Some(s.state.clone());
+                if s.status.is_final() {
+                    seen.entry(s.swap_id.clone()).or_insert_with(|| s.state.clone());
                 }
             }
         }
         let finished = done.load(Ordering::SeqCst)
             && expected
                 .lock()
-                .map(|ids| {
-                    ids.iter().all(|id| seen.get(id).is_some_and(|s| s.final_state.is_some()))
-                })
+                .map(|ids| ids.iter().all(|id| seen.contains_key(id)))
                 .unwrap_or(false);
         if finished || Instant::now() > deadline {
             return seen;
@@ -330,7 +321,7 @@ async fn concurrent(cli: &Cli, binary: &std::path::Path, dir: &std::path::Path) 
         started
     };
     let (seen, started) = tokio::join!(pollers, calls);
-    let seen: Vec<HashMap<String, Seen>> = seen.into_iter().collect::<Result<_>>()?;
+    let seen: Vec<HashMap<String, String>> = seen.into_iter().collect::<Result<_>>()?;
     let rss_after = proc_status_kib(seller_pid, "VmRSS:");
     let rss_peak = proc_status_kib(seller_pid, "VmHWM:");
     drop(miner);
@@ -351,18 +342,15 @@ async fn concurrent(cli: &Cli, binary: &std::path::Path, dir: &std::path::Path) 
     let mut claimed = Vec::new();
     let mut failed: HashMap<String, usize> = HashMap::new();
     for s in &swaps {
-        let v = seen[s.buyer].get(&s.id).cloned().unwrap_or_default();
-        match v.final_state.as_deref() {
-            Some("Claimed") => claimed.push((s, v)),
+        match seen[s.buyer].get(&s.id).map(String::as_str) {
+            Some("Claimed") => claimed.push(s),
             Some(other) => *failed.entry(other.to_string()).or_default() += 1,
             None => *failed.entry("unfinished".into()).or_default() += 1,
         }
     }
     for s in swaps
         .iter()
-        .filter(|s| {
-            seen[s.buyer].get(&s.id).and_then(|v| v.final_state.as_deref()) != Some("Claimed")
-        })
+        .filter(|s| seen[s.buyer].get(&s.id).map(String::as_str) != Some("Claimed"))
         .take(3)
     {
         let node = h.node(&format!("buyer{}", s.buyer))?;
@@ -377,7 +365,7 @@ async fn concurrent(cli: &Cli, binary: &std::path::Path, dir: &std::path::Path) 
     // The times of each step come from the buyers' event logs, read after the timed part (the
     // pollers only tell when every swap is final).
     let mut logs = Vec::with_capacity(claimed.len());
-    for (s, _) in &claimed {
+    for s in &claimed {
         let node = h.node(&format!("buyer{}", s.buyer))?;
         logs.push((*s, swap_log(node, &s.id).await));
     }
