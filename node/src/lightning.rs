@@ -533,14 +533,24 @@ impl LdkLightning {
         &self.node
     }
 
+    /// Runs `f` on a blocking thread and returns once what it wrote is durable. The payment
+    /// records it writes do not hold ldk-node's payment store while their commit is awaited
+    /// ([`kv::defer_commits`]): a burst of invoices (or claims) shares commits instead of
+    /// taking one each in turn.
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Node) -> Result<T, LightningError> + Send + 'static,
     ) -> Result<T, LightningError> {
         let node = Arc::clone(&self.node);
-        tokio::task::spawn_blocking(move || f(&node))
+        let (out, written) = tokio::task::spawn_blocking(move || kv::defer_commits(|| f(&node)))
             .await
-            .map_err(|e| LightningError::Task(e.to_string()))?
+            .map_err(|e| LightningError::Task(e.to_string()))?;
+        let out = out?;
+        written
+            .durable()
+            .await
+            .map_err(|e| LightningError::Node { op: "store a payment", reason: e.to_string() })?;
+        Ok(out)
     }
 }
 

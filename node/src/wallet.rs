@@ -43,8 +43,15 @@ pub const WALLET_TABLE_NAME: &str = "bdk_wallet_changesets";
 
 const WALLET_TABLE: TableDefinition<u64, &str> = TableDefinition::new(WALLET_TABLE_NAME);
 
-/// Gap of unused addresses scanned past the last used one on a full scan.
-pub const STOP_GAP: usize = 20;
+/// Gap of unused addresses scanned past the last used one on a full scan, and the wallet's
+/// look-ahead (the scripts past the last revealed one that a block scan matches). 50, not the
+/// usual 20: a seller reveals its swaps' destinations in batches ahead of the requests
+/// (`engine::io::SCRIPT_BATCH`), and a crash leaves those not handed out unused; with a wider
+/// gap the batches are large enough that a burst of swap requests does not wait for them.
+pub const STOP_GAP: usize = 50;
+
+/// [`STOP_GAP`] as BDK's look-ahead takes it.
+const LOOKAHEAD: u32 = STOP_GAP as u32;
 
 /// Parallel Esplora requests during a sync.
 pub const PARALLEL_REQUESTS: usize = 4;
@@ -356,6 +363,8 @@ pub struct LooperWallet {
     /// Held from building a spending transaction until it is broadcast and applied, so two
     /// spends (an HTLC funding and a `send`) never pick the same coins.
     spend: tokio::sync::Mutex<()>,
+    /// The balance as last computed, for [`LooperWallet::recent_balance`].
+    last_balance: Mutex<Option<Balance>>,
     network: Network,
     max_fee_rate: FeeRate,
 }
@@ -396,11 +405,13 @@ impl LooperWallet {
             .descriptor(KeychainKind::Internal, Some(descriptors.internal.clone()))
             .extract_keys()
             .check_network(network)
+            .lookahead(LOOKAHEAD)
             .load_wallet(&mut persister);
         let wallet = match loaded {
             Ok(Some(wallet)) => wallet,
             Ok(None) => Wallet::create(descriptors.external, descriptors.internal)
                 .network(network)
+                .lookahead(LOOKAHEAD)
                 .create_wallet(&mut persister)
                 .map_err(|e| match e {
                     bdk_wallet::CreateWithPersistError::Persist(p) => WalletError::Persist(p),
@@ -423,6 +434,7 @@ impl LooperWallet {
         Ok(LooperWallet {
             inner: Mutex::new(Inner { wallet, persister, synced_once: false, last_stamp: 0 }),
             spend: tokio::sync::Mutex::new(()),
+            last_balance: Mutex::new(None),
             network,
             max_fee_rate,
         })
@@ -597,7 +609,41 @@ impl LooperWallet {
     /// # Errors
     /// [`WalletError::Poisoned`].
     pub fn balance(&self) -> Result<Balance, WalletError> {
-        Ok(self.lock()?.wallet.balance())
+        let balance = self.lock()?.wallet.balance();
+        self.remember_balance(&balance);
+        Ok(balance)
+    }
+
+    /// The balance without waiting for the wallet: computed now when nobody holds it, otherwise
+    /// the one computed last (the wallet is building, signing or persisting a transaction; what
+    /// that changes shows on the next call). For checks a moment's lag cannot hurt: a seller
+    /// asking whether it can fund one more swap does not wait behind its own fundings.
+    ///
+    /// # Errors
+    /// [`WalletError::Poisoned`].
+    pub fn recent_balance(&self) -> Result<Balance, WalletError> {
+        match self.inner.try_lock() {
+            Ok(inner) => {
+                let balance = inner.wallet.balance();
+                drop(inner);
+                self.remember_balance(&balance);
+                Ok(balance)
+            }
+            Err(std::sync::TryLockError::WouldBlock) => {
+                let last = self.last_balance.lock().map_err(|_| WalletError::Poisoned)?.clone();
+                match last {
+                    Some(balance) => Ok(balance),
+                    None => self.balance(),
+                }
+            }
+            Err(std::sync::TryLockError::Poisoned(_)) => Err(WalletError::Poisoned),
+        }
+    }
+
+    fn remember_balance(&self, balance: &Balance) {
+        if let Ok(mut last) = self.last_balance.lock() {
+            *last = Some(balance.clone());
+        }
     }
 
     /// Serializes spends: hold the guard from building a transaction until it is broadcast and
@@ -1042,6 +1088,26 @@ mod tests {
     }
 
     #[test]
+    fn the_recent_balance_does_not_wait_for_a_busy_wallet() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("looper.redb")).unwrap();
+        let w = LooperWallet::load_or_create(
+            store.database(),
+            &keys(Network::Regtest),
+            Network::Regtest,
+            FeeRate::from_sat_per_vb_u32(50),
+        )
+        .unwrap();
+        // Nothing computed yet and the wallet free: computed now.
+        assert_eq!(w.recent_balance().unwrap(), w.balance().unwrap());
+        // The wallet held (building a funding, say): the last one, at once.
+        let held = w.inner.lock().unwrap();
+        assert_eq!(w.recent_balance().unwrap().total(), Amount::ZERO);
+        drop(held);
+        assert_eq!(w.recent_balance().unwrap().total(), Amount::ZERO);
+    }
+
+    #[test]
     fn reveal_scripts_moves_past_a_gap() {
         let cap = FeeRate::from_sat_per_vb_u32(50);
         let old_dir = tempfile::tempdir().unwrap();
@@ -1053,9 +1119,9 @@ mod tests {
             cap,
         )
         .unwrap();
-        // A seller's unused refund addresses: the 40th is far past the full scan's stop gap.
-        let addresses: Vec<Address> = (0..40).map(|_| old.new_address().unwrap()).collect();
-        let refund = addresses[39].script_pubkey();
+        // A seller's unused refund addresses: the 120th is far past the full scan's stop gap.
+        let addresses: Vec<Address> = (0..120).map(|_| old.new_address().unwrap()).collect();
+        let refund = addresses[119].script_pubkey();
 
         let new_dir = tempfile::tempdir().unwrap();
         let new_store = RedbStore::open(&new_dir.path().join("looper.redb")).unwrap();
@@ -1074,7 +1140,7 @@ mod tests {
         assert!(!addresses.contains(&next));
         // Idempotent; a script beyond the search limit is not found.
         assert_eq!(restored.reveal_scripts(&[refund], 1_000).unwrap(), 1);
-        assert_eq!(restored.reveal_scripts(&[addresses[39].script_pubkey()], 10).unwrap(), 0);
+        assert_eq!(restored.reveal_scripts(&[addresses[119].script_pubkey()], 10).unwrap(), 0);
         assert_eq!(restored.reveal_scripts(&[], 10).unwrap(), 0);
         assert!(!restored.is_mine(&foreign).unwrap());
     }

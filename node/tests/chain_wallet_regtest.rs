@@ -291,12 +291,13 @@ async fn wallet_syncs_over(kind: Source) -> Result<()> {
     wallet.sync_with(&sync).await?;
     assert_eq!(wallet.balance()?, balance);
 
-    // Payments to addresses 20 and 40 apart: a restored wallet finds the second only once the
+    // Payments to addresses 40 and 80 apart: a restored wallet finds the second only once the
     // first moved its look-ahead window (a full scan's stop gap; bitcoind: a second pass).
+    let spacing = looper_node::wallet::STOP_GAP - 10;
     let mut far = Vec::new();
-    for i in 1..=40 {
+    for i in 1..=2 * spacing {
         let addr = wallet.new_address()?;
-        if i % 20 == 0 {
+        if i % spacing == 0 {
             far.push(addr);
         }
     }

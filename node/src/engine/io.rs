@@ -32,7 +32,9 @@ pub trait SwapWallet: Send + Sync {
     /// A new script of the wallet to receive a claim or a refund (revealed and persisted, so it
     /// is watched from now on).
     fn new_script(&self) -> Result<ScriptBuf, WalletError>;
-    /// What the wallet can spend now (confirmed and trusted pending), in sat.
+    /// What the wallet can spend now (confirmed and trusted pending), in sat: the seller's
+    /// check before taking a swap, which need not wait for a funding the wallet is busy with
+    /// (the balance may then lag by that funding).
     fn spendable_sat(&self) -> Result<u64, WalletError>;
     /// Brings the wallet up to date with the chain.
     async fn sync(&self) -> Result<(), WalletError>;
@@ -81,7 +83,7 @@ pub trait SwapWallet: Send + Sync {
 /// scripts left when the next batch is revealed, below the wallet's
 /// [`crate::wallet::STOP_GAP`]: the scripts a restart leaves unused never hide a later payment
 /// from a full scan.
-pub const SCRIPT_BATCH: usize = 8;
+pub const SCRIPT_BATCH: usize = 24;
 
 /// [`BdkSwapWallet`] reveals the next [`SCRIPT_BATCH`] in the background once this many revealed
 /// scripts are left, so that a burst of swap requests finds them revealed and persisted (one
@@ -203,7 +205,7 @@ impl SwapWallet for BdkSwapWallet {
     }
 
     fn spendable_sat(&self) -> Result<u64, WalletError> {
-        let b = self.wallet.balance()?;
+        let b = self.wallet.recent_balance()?;
         Ok((b.confirmed + b.trusted_pending).to_sat())
     }
 

@@ -23,12 +23,24 @@
 //! - a statement that fails is reported to its caller only: SQLite rolls back that statement and
 //!   the transaction goes on; a commit that fails fails every write of the transaction.
 //!
+//! One exception, asked for by the caller: the writes to ldk-node's payment store ([`PAYMENTS`])
+//! made inside [`defer_commits`] return once queued, and the caller awaits them together
+//! afterwards ([`Deferred::durable`]). ldk-node holds its payment store's lock while it writes a
+//! record, so a burst of invoices otherwise takes one commit each, one after the other; deferred,
+//! the lock is let go at once and the invoices of a burst share commits, while each call that
+//! made them still returns only once its records are durable (`LdkLightning` awaits them before
+//! it answers). Reads wait for any deferred write still in the queue, so a read still sees every
+//! write whose call returned. Channel monitors and the channel manager are never deferred: LDK
+//! acts on their persistence (messages to the peer) as soon as the write returns.
+//!
 //! The file stays ldk-node's: [`GroupSqliteStore::open`] lets ldk-node's `SqliteStore` create or
 //! migrate the schema first, so a node can go back to ldk-node's stock store and read everything.
 
+use std::cell::RefCell;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -43,10 +55,93 @@ use rusqlite::{named_params, Connection, OptionalExtension};
 /// How long a connection waits for a lock another connection holds before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// ldk-node's payment store (its primary namespace, `PAYMENT_INFO_PERSISTENCE_PRIMARY_NAMESPACE`):
+/// the only writes [`defer_commits`] defers.
+pub const PAYMENTS: &str = "payments";
+
 /// A change queued to the writer.
 enum Change {
-    Write { primary: String, secondary: String, key: String, value: Vec<u8> },
-    Remove { primary: String, secondary: String, key: String },
+    Write {
+        primary: String,
+        secondary: String,
+        key: String,
+        value: Vec<u8>,
+    },
+    Remove {
+        primary: String,
+        secondary: String,
+        key: String,
+    },
+    /// Nothing: answered once everything queued before it is committed.
+    Barrier,
+}
+
+impl Change {
+    /// A write or removal in ldk-node's payment store.
+    fn is_payment(&self) -> bool {
+        match self {
+            Change::Write { primary, .. } | Change::Remove { primary, .. } => primary == PAYMENTS,
+            Change::Barrier => false,
+        }
+    }
+}
+
+thread_local! {
+    /// The outcomes of this thread's deferred writes, inside [`defer_commits`].
+    static DEFERRED: RefCell<Option<Vec<tokio::sync::oneshot::Receiver<io::Result<()>>>>> =
+        const { RefCell::new(None) };
+}
+
+/// Runs `f` with the payment-store writes it makes on this thread deferred: each returns once
+/// queued (its place in the order taken), and the returned [`Deferred`] resolves when they are
+/// all durable. Other writes are not deferred. Whoever acts on what `f` did (an invoice handed
+/// to a peer) awaits [`Deferred::durable`] first.
+pub fn defer_commits<R>(f: impl FnOnce() -> R) -> (R, Deferred) {
+    /// Puts back the scope that was there before, even when `f` panics (the thread is a pool's).
+    struct Scope(Option<Vec<tokio::sync::oneshot::Receiver<io::Result<()>>>>);
+    impl Drop for Scope {
+        fn drop(&mut self) {
+            let outer = self.0.take();
+            DEFERRED.with(|d| *d.borrow_mut() = outer);
+        }
+    }
+    let scope = Scope(DEFERRED.with(|d| d.borrow_mut().replace(Vec::new())));
+    let out = f();
+    let pending = DEFERRED.with(|d| d.borrow_mut().take()).unwrap_or_default();
+    drop(scope);
+    (out, Deferred(pending))
+}
+
+/// The deferred writes of one [`defer_commits`] call, not known to be durable yet. Dropping it
+/// does not undo them: they are committed all the same.
+#[must_use = "await `durable` before acting on what the deferred writes record"]
+pub struct Deferred(Vec<tokio::sync::oneshot::Receiver<io::Result<()>>>);
+
+impl Deferred {
+    /// How many writes were deferred.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether nothing was deferred.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Resolves once every deferred write is durable.
+    ///
+    /// # Errors
+    /// The first write that failed (or the writer stopped before committing it).
+    pub async fn durable(self) -> io::Result<()> {
+        let mut outcome = Ok(());
+        for rx in self.0 {
+            let result = rx.await.map_err(|_| stopped()).and_then(|r| r);
+            if outcome.is_ok() {
+                outcome = result;
+            }
+        }
+        outcome
+    }
 }
 
 /// Where the writer sends a change's outcome: a blocked thread (the sync API) or a future.
@@ -68,6 +163,8 @@ impl Reply {
 struct Queued {
     change: Change,
     reply: Reply,
+    /// Counted in [`GroupSqliteStore::unconfirmed`] until committed.
+    deferred: bool,
 }
 
 /// ldk-node's SQLite key-value store, with the writes of concurrent callers committed together.
@@ -76,6 +173,8 @@ pub struct GroupSqliteStore {
     queue: Option<mpsc::Sender<Queued>>,
     writer: Option<JoinHandle<()>>,
     reader: Mutex<Connection>,
+    /// Deferred writes queued and not committed yet: reads wait for them first.
+    unconfirmed: Arc<AtomicUsize>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -120,6 +219,8 @@ impl GroupSqliteStore {
         let writer_db = connect(&path)?;
         let reader = connect(&path)?;
         let (queue, changes) = mpsc::channel::<Queued>();
+        let unconfirmed = Arc::new(AtomicUsize::new(0));
+        let committed = Arc::clone(&unconfirmed);
         let writer = std::thread::Builder::new()
             .name("looper-ldk-writer".into())
             .spawn(move || {
@@ -127,7 +228,7 @@ impl GroupSqliteStore {
                 while let Ok(first) = changes.recv() {
                     let mut batch = vec![first];
                     batch.extend(changes.try_iter());
-                    commit(&mut db, batch);
+                    commit(&mut db, batch, &committed);
                 }
             })
             .map_err(|e| other(format!("start the Lightning store's writer: {e}")))?;
@@ -135,29 +236,62 @@ impl GroupSqliteStore {
             queue: Some(queue),
             writer: Some(writer),
             reader: Mutex::new(reader),
+            unconfirmed,
         })
     }
 
     /// Queues `change`; the outcome goes to `reply`. The change's place in the order is fixed
     /// here, by the call.
-    fn enqueue(&self, change: Change, reply: Reply) -> Result<(), Reply> {
+    fn enqueue(&self, change: Change, reply: Reply, deferred: bool) -> Result<(), Reply> {
         match &self.queue {
-            Some(q) => q.send(Queued { change, reply }).map_err(|mpsc::SendError(q)| q.reply),
+            Some(q) => {
+                q.send(Queued { change, reply, deferred }).map_err(|mpsc::SendError(q)| q.reply)
+            }
             None => Err(reply),
         }
     }
 
+    /// The sync API: waits for the commit, unless the change is a payment-store write inside
+    /// [`defer_commits`] (then its outcome goes to the scope).
     fn change_blocking(&self, change: Change) -> io::Result<()> {
+        if change.is_payment() && DEFERRED.with(|d| d.borrow().is_some()) {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            // Counted before it is queued: the writer may commit it at once.
+            self.unconfirmed.fetch_add(1, Ordering::SeqCst);
+            if self.enqueue(change, Reply::Future(tx), true).is_err() {
+                self.unconfirmed.fetch_sub(1, Ordering::SeqCst);
+                return Err(stopped());
+            }
+            DEFERRED.with(|d| {
+                if let Some(pending) = d.borrow_mut().as_mut() {
+                    pending.push(rx);
+                }
+            });
+            return Ok(());
+        }
+        self.wait_for(change)
+    }
+
+    /// Queues `change` and waits for the commit that holds it.
+    fn wait_for(&self, change: Change) -> io::Result<()> {
         let (tx, rx) = mpsc::channel();
-        if self.enqueue(change, Reply::Blocking(tx)).is_err() {
+        if self.enqueue(change, Reply::Blocking(tx), false).is_err() {
             return Err(stopped());
         }
         rx.recv().map_err(|_| stopped())?
     }
 
+    /// Before a read: every deferred write queued so far is committed.
+    fn settle_deferred(&self) -> io::Result<()> {
+        if self.unconfirmed.load(Ordering::SeqCst) == 0 {
+            return Ok(());
+        }
+        self.wait_for(Change::Barrier)
+    }
+
     fn change_async(&self, change: Change) -> AsyncResult<'static, (), io::Error> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.enqueue(change, Reply::Future(tx)).is_err() {
+        if self.enqueue(change, Reply::Future(tx), false).is_err() {
             return Box::pin(std::future::ready(Err(stopped())));
         }
         Box::pin(async move { rx.await.map_err(|_| stopped())? })
@@ -165,6 +299,7 @@ impl GroupSqliteStore {
 
     fn read_now(&self, primary: &str, secondary: &str, key: &str) -> io::Result<Vec<u8>> {
         check(primary, secondary, Some(key), "read")?;
+        self.settle_deferred()?;
         let db = lock(&self.reader);
         let sql = format!(
             "SELECT value FROM {KV_TABLE_NAME} WHERE primary_namespace=:p AND \
@@ -190,6 +325,7 @@ impl GroupSqliteStore {
 
     fn list_now(&self, primary: &str, secondary: &str) -> io::Result<Vec<String>> {
         check(primary, secondary, None, "list")?;
+        self.settle_deferred()?;
         let db = lock(&self.reader);
         let sql = format!(
             "SELECT key FROM {KV_TABLE_NAME} WHERE primary_namespace=:p AND \
@@ -239,14 +375,20 @@ fn check(primary: &str, secondary: &str, key: Option<&str>, op: &str) -> io::Res
     }
 }
 
-/// Applies `batch` in one transaction and commits it, then answers each caller.
-fn commit(db: &mut Connection, batch: Vec<Queued>) {
+/// Applies `batch` in one transaction and commits it, then answers each caller. Its deferred
+/// writes leave `unconfirmed` once the transaction is over (committed or not), before anyone
+/// is answered.
+fn commit(db: &mut Connection, batch: Vec<Queued>, unconfirmed: &AtomicUsize) {
+    let deferred = batch.iter().filter(|q| q.deferred).count();
+    let settled = || unconfirmed.fetch_sub(deferred, Ordering::SeqCst);
     if let Err(e) = db.execute_batch("BEGIN IMMEDIATE") {
+        settled();
         return fail_all(batch, &format!("begin a transaction: {e}"));
     }
     let outcomes: Vec<io::Result<()>> = batch.iter().map(|q| apply(db, &q.change)).collect();
     match db.execute_batch("COMMIT") {
         Ok(()) => {
+            settled();
             for (q, outcome) in batch.into_iter().zip(outcomes) {
                 q.reply.send(outcome);
             }
@@ -254,6 +396,7 @@ fn commit(db: &mut Connection, batch: Vec<Queued>) {
         Err(e) => {
             // Nothing of the transaction is kept.
             let _ = db.execute_batch("ROLLBACK");
+            settled();
             fail_all(batch, &format!("commit: {e}"));
         }
     }
@@ -288,6 +431,7 @@ fn apply(db: &Connection, change: &Change) -> io::Result<()> {
                 .map(|_| ())
                 .map_err(|e| other(format!("remove {}: {e}", name(primary, secondary, key))))
         }
+        Change::Barrier => Ok(()),
     }
 }
 
@@ -482,6 +626,75 @@ mod tests {
         assert_eq!(KVStoreSync::read(&stock, "manager", "", "m").unwrap(), vec![7; 10]);
     }
 
+    #[tokio::test]
+    async fn deferred_payment_writes_return_queued_and_are_durable_when_awaited() {
+        let dir = tmp();
+        let store = Arc::new(GroupSqliteStore::open(dir.path()).unwrap());
+        let s = Arc::clone(&store);
+        let (written, deferred) = defer_commits(move || {
+            for n in 0..20u8 {
+                KVStoreSync::write(&*s, PAYMENTS, "", &format!("p{n}"), vec![n]).unwrap();
+            }
+            // Not a payment record: waits for its commit as always.
+            KVStoreSync::write(&*s, "monitors", "", "m", vec![7]).unwrap();
+            KVStoreSync::remove(&*s, PAYMENTS, "", "p0", false).unwrap();
+            // A read inside the scope sees the scope's own writes.
+            KVStoreSync::read(&*s, PAYMENTS, "", "p19").unwrap()
+        });
+        assert_eq!(written, vec![19]);
+        assert_eq!(deferred.len(), 21, "the 20 payment writes and the payment removal");
+        // Another thread reads before the caller awaits: it sees every write that returned.
+        let s = Arc::clone(&store);
+        let listed = std::thread::spawn(move || KVStoreSync::list(&*s, PAYMENTS, "").unwrap())
+            .join()
+            .unwrap();
+        assert_eq!(listed.len(), 19);
+        deferred.durable().await.unwrap();
+        assert_eq!(store.unconfirmed.load(Ordering::SeqCst), 0);
+        // Outside a scope nothing is deferred, whatever the namespace.
+        let ((), none) = defer_commits(|| ());
+        assert!(none.is_empty());
+        assert!(DEFERRED.with(|d| d.borrow().is_none()));
+        KVStoreSync::write(&*store, PAYMENTS, "", "later", vec![1]).unwrap();
+        assert_eq!(store.unconfirmed.load(Ordering::SeqCst), 0);
+        drop(store);
+        let store = GroupSqliteStore::open(dir.path()).unwrap();
+        assert_eq!(KVStoreSync::list(&store, PAYMENTS, "").unwrap().len(), 20);
+        assert_eq!(KVStoreSync::read(&store, "monitors", "", "m").unwrap(), vec![7]);
+    }
+
+    #[tokio::test]
+    async fn a_deferred_write_that_fails_fails_the_wait_and_a_panic_ends_the_scope() {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (ok_tx, ok_rx) = tokio::sync::oneshot::channel();
+        ok_tx.send(Ok(())).unwrap();
+        tx.send(Err(other("disk full"))).unwrap();
+        let failed = Deferred(vec![ok_rx, rx]).durable().await.unwrap_err();
+        assert!(failed.to_string().contains("disk full"));
+        // The writer gone before answering.
+        let (gone, rx) = tokio::sync::oneshot::channel::<io::Result<()>>();
+        drop(gone);
+        assert!(Deferred(vec![rx]).durable().await.is_err());
+        // A panic inside the scope leaves the thread without one (a pool thread is reused).
+        let caught = std::panic::catch_unwind(|| defer_commits(|| panic!("inside")));
+        assert!(caught.is_err());
+        assert!(DEFERRED.with(|d| d.borrow().is_none()));
+        // Nested scopes: the inner one's writes are its own; the outer one is back after it.
+        let dir = tmp();
+        let store = GroupSqliteStore::open(dir.path()).unwrap();
+        let (inner, outer) = defer_commits(|| {
+            KVStoreSync::write(&store, PAYMENTS, "", "a", vec![1]).unwrap();
+            let ((), inner) = defer_commits(|| {
+                KVStoreSync::write(&store, PAYMENTS, "", "b", vec![2]).unwrap();
+            });
+            KVStoreSync::write(&store, PAYMENTS, "", "c", vec![3]).unwrap();
+            inner
+        });
+        assert_eq!((inner.len(), outer.len()), (1, 2));
+        inner.durable().await.unwrap();
+        outer.durable().await.unwrap();
+    }
+
     #[test]
     fn writes_survive_a_reopen_and_a_failed_statement_fails_only_its_caller() {
         let dir = tmp();
@@ -501,6 +714,7 @@ mod tests {
                         value: vec![0],
                     },
                     reply: Reply::Blocking(tx_bad),
+                    deferred: false,
                 },
                 Queued {
                     change: Change::Write {
@@ -510,10 +724,11 @@ mod tests {
                         value: vec![2],
                     },
                     reply: Reply::Blocking(tx_ok),
+                    deferred: false,
                 },
             ];
             let mut db = connect(&dir.path().join(SQLITE_DB_FILE_NAME)).unwrap();
-            commit(&mut db, batch);
+            commit(&mut db, batch, &AtomicUsize::new(0));
             assert!(rx_bad.recv().unwrap().is_err());
             rx_ok.recv().unwrap().unwrap();
         }
