@@ -196,11 +196,6 @@ pub enum BuyerState {
         /// another attempt is ignored.
         #[serde(default)]
         attempt: u32,
-        /// The seller's refund of the HTLC, confirmed while the payment's fate was still
-        /// unknown: the payment's outcome decides between `Aborted` (it failed: nothing lost)
-        /// and `Lost` (it succeeded).
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        refunded_by: Option<Txid>,
     },
     /// Paid; claiming the HTLC.
     Claiming {
@@ -828,12 +823,10 @@ impl BuyerSwap {
                 actions.push(Action::WatchHtlc { script_pubkey: htlc.script_pubkey().to_owned() });
             }
         }
-        // A spend recorded as confirmed is forgotten: the chain reports it again at the next
-        // look if it is still there (one that left while the node was down is never reported
-        // gone). The claim that is out goes out again below.
-        if self.paid_spend().is_some() {
-            self.forget_spend(None, ctx, false);
-        }
+        // A spend recorded as confirmed is forgotten (a refund seen while paying too): the chain
+        // reports it again at the next look if it is still there (one that left while the node
+        // was down is never reported gone). The claim that is out goes out again below.
+        self.forget_spend(None, ctx, false);
         match &self.rec.state {
             BuyerState::Funded { terms, .. } if self.rec.lightning_state_lost => {
                 // A stale backup may show `Funded` for a swap that was paid: ask first.
@@ -933,19 +926,12 @@ impl BuyerSwap {
     /// left: back to `Funded`, the next attempt after [`PAYMENT_RETRY_SECS`] and the checks
     /// again (an unsent attempt does not count as a failed one); else abort.
     fn on_payment_failed(&mut self, ctx: &Context, reason: String, unsent: bool) -> Actions {
-        let BuyerState::Paying {
-            terms,
-            htlc,
-            payment_attempts,
-            unsent_attempts,
-            attempt,
-            refunded_by,
-            ..
-        } = &self.rec.state
+        let BuyerState::Paying { terms, htlc, payment_attempts, unsent_attempts, attempt, .. } =
+            &self.rec.state
         else {
             return Ok(Vec::new());
         };
-        if refunded_by.is_some() {
+        if htlc.spent.is_some() {
             // The seller refunded and the payment failed: nothing lost, nothing to retry.
             return self.abort(
                 AbortReason::PaymentFailed,
@@ -1522,7 +1508,6 @@ impl BuyerSwap {
             payment_attempts,
             unsent_attempts,
             attempt,
-            refunded_by: None,
         })?;
         Ok(vec![Action::Persist, action, Action::Notify(Notification::Paying { max_cltv: budget })])
     }
@@ -1762,7 +1747,6 @@ impl BuyerSwap {
                         payment_attempts: *payment_attempts,
                         unsent_attempts: *unsent_attempts,
                         attempt: *attempt,
-                        refunded_by: None,
                     };
                     self.go(to)?;
                     actions.insert(0, Action::Persist);
@@ -1800,22 +1784,6 @@ impl BuyerSwap {
         // Whatever the state says, a payment that succeeded leads to the claim: the HTLC is ours
         // (also after a stale failure moved the swap back to `Funded` or `Aborted`).
         let (terms, htlc) = match &self.rec.state {
-            BuyerState::Paying { terms, refunded_by: Some(spend_txid), .. } => {
-                // Paid after the seller took the HTLC back: only a dishonest seller (or a
-                // Lightning HTLC that outlived its CLTV budget) gets here.
-                if preimage.payment_hash() != terms.htlc_params.payment_hash {
-                    return Err(SwapError::Internal(
-                        "preimage does not match the payment hash".into(),
-                    ));
-                }
-                let (terms, spend_txid) = (terms.clone(), *spend_txid);
-                self.go(BuyerState::Lost { terms, spend_txid, funding_gone: false })?;
-                return Ok(vec![
-                    Action::Persist,
-                    Action::Notify(Notification::Paid),
-                    self.finished(),
-                ]);
-            }
             BuyerState::Paying { terms, htlc, .. } | BuyerState::Funded { terms, htlc, .. } => {
                 (terms.clone(), htlc.clone())
             }
@@ -1838,6 +1806,13 @@ impl BuyerSwap {
         })?;
         actions.insert(0, Action::Persist);
         actions.push(Action::Notify(Notification::Paid));
+        if self.paid_spend().is_some() {
+            // Paid after the seller's refund confirmed (a dishonest seller, or a Lightning HTLC
+            // that outlived its CLTV budget): nothing to claim while the refund is in the chain.
+            // Lost once it is final; should a reorg take it out, the HTLC is claimed after all.
+            actions.extend(self.finish_at_depth(ctx)?);
+            return Ok(actions);
+        }
         actions.extend(self.try_start_claim(ctx, rng));
         Ok(actions)
     }
@@ -2296,13 +2271,20 @@ impl BuyerSwap {
                     self.go(BuyerState::Lost { terms, spend_txid: txid, funding_gone: false })?;
                     return Ok(vec![Action::Persist, self.finished()]);
                 }
-                if let BuyerState::Paying { refunded_by, .. } = &mut self.rec.state {
-                    if refunded_by.is_some() {
-                        return Ok(Vec::new());
+                let Some(height) = confirmed_height else { return Ok(Vec::new()) };
+                let spend = Some(ConfirmedSpend { txid, height, ours: false });
+                match &mut self.rec.state {
+                    BuyerState::Paying { htlc, .. } if htlc.spent != spend => {
+                        htlc.spent = spend;
+                        Ok(vec![Action::Persist])
                     }
-                    *refunded_by = Some(txid);
+                    _ => Ok(Vec::new()),
                 }
-                Ok(vec![Action::Persist])
+            }
+            BuyerState::Paying { .. } if confirmed_height.is_none() => {
+                // The refund recorded as confirmed is back in the mempool (a reorg): forgotten
+                // until it confirms again.
+                Ok(self.forget_spend(Some(txid), ctx, false))
             }
             _ => Ok(vec![]),
         }
@@ -2372,12 +2354,13 @@ impl BuyerSwap {
         }
     }
 
-    /// The HTLC of a paid swap that claims (`Claiming`, `ClaimBroadcast`).
+    /// The HTLC of a swap that paid or is paying (`Paying`, `Claiming`, `ClaimBroadcast`): where
+    /// a confirmed spend of it is recorded until it is final.
     fn paid_htlc_mut(&mut self) -> Option<&mut HtlcOutput> {
         match &mut self.rec.state {
-            BuyerState::Claiming { htlc, .. } | BuyerState::ClaimBroadcast { htlc, .. } => {
-                Some(htlc)
-            }
+            BuyerState::Paying { htlc, .. }
+            | BuyerState::Claiming { htlc, .. }
+            | BuyerState::ClaimBroadcast { htlc, .. } => Some(htlc),
             _ => None,
         }
     }

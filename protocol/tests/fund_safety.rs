@@ -15,7 +15,7 @@ use looper_protocol::keys::SwapKeys;
 use looper_protocol::record::SwapRecord;
 use looper_protocol::seller::{LockerCheckError, SellerState};
 use looper_protocol::spend::{claim_script_path, refund_script_path};
-use looper_protocol::swap::{Context, Event, StateKind, TxPurpose};
+use looper_protocol::swap::{Context, Event, StateKind, TxPurpose, ANTI_REORG_DEPTH};
 use looper_protocol::SwapId;
 use sim::{Opts, Party, Sim, START_HEIGHT, START_TIME};
 
@@ -422,11 +422,7 @@ fn a_refund_seen_before_the_payments_fate_waits_for_it() {
     let opts =
         Opts { payment_delay_blocks: 130, hold_buyer_failure_reports: true, ..Opts::default() };
     let refunded_while_paying = |sim: &Sim| {
-        assert!(
-            matches!(sim.buyer().state(), BuyerState::Paying { refunded_by: Some(_), .. }),
-            "{:#?}",
-            sim.log
-        );
+        assert!(refund_recorded_while_paying(sim).is_some(), "{:#?}", sim.log);
         assert!(matches!(sim.seller_state(), SellerState::Refunded { .. }), "{:#?}", sim.log);
     };
 
@@ -466,6 +462,74 @@ fn run_until_refunded(opts: Opts) -> Sim {
     let mut sim = sim(opts);
     sim.run_to_end(300);
     sim
+}
+
+/// The seller's refund the buyer recorded as confirmed while paying.
+fn refund_recorded_while_paying(sim: &Sim) -> Option<Txid> {
+    match sim.buyer().state() {
+        BuyerState::Paying { htlc, .. } => htlc.spent.filter(|s| !s.ours).map(|s| s.txid),
+        _ => None,
+    }
+}
+
+/// As [`a_refund_seen_before_the_payments_fate_waits_for_it`], but the payment succeeds while
+/// the refund is one block deep: the buyer is not `Lost` until the refund is final, starts no
+/// claim meanwhile, and claims the HTLC should a reorg take the refund out.
+#[test]
+fn a_payment_that_succeeds_after_a_refund_is_lost_only_when_the_refund_is_final() {
+    let opts =
+        Opts { payment_delay_blocks: 130, hold_buyer_failure_reports: true, ..Opts::default() };
+    let preimage = SwapKeys::derive(&master(1), 0).unwrap().preimage().clone();
+    let refunded_one_deep = |opts: Opts| {
+        let mut sim = sim(opts);
+        sim.pump();
+        for _ in 0..300 {
+            if let Some(txid) = refund_recorded_while_paying(&sim) {
+                assert_eq!(sim.confirmed_at(txid), Some(sim.ctx.tip_height), "one block deep");
+                return (sim, txid);
+            }
+            sim.advance_secs(31);
+            sim.mine(1);
+        }
+        panic!("never refunded while paying: {:#?}", sim.log)
+    };
+
+    // The refund stays: lost, exactly when it is final.
+    let (mut sim, refund) = refunded_one_deep(opts.clone());
+    let refund_height = sim.confirmed_at(refund).unwrap();
+    sim.inject(Party::Buyer, Event::PaymentSucceeded { preimage: preimage.clone() });
+    let claimed_before = sim.purposes().len();
+    sim.mine(ANTI_REORG_DEPTH - 2);
+    assert_eq!(sim.buyer().state().name(), "Claiming", "{:#?}", sim.log);
+    assert_eq!(sim.purposes().len(), claimed_before, "no claim against a confirmed refund");
+    sim.mine(1);
+    assert_eq!(sim.ctx.tip_height, refund_height + ANTI_REORG_DEPTH - 1);
+    let BuyerState::Lost { spend_txid, .. } = sim.buyer().state() else {
+        panic!("not lost at depth: {:#?}", sim.log)
+    };
+    assert_eq!(*spend_txid, refund);
+
+    // A reorg takes the refund out (and the seller is gone, so it does not come back): the
+    // buyer, paid, claims the HTLC with the preimage its payment revealed.
+    let (mut sim, refund) = refunded_one_deep(opts.clone());
+    sim.inject(Party::Buyer, Event::PaymentSucceeded { preimage: preimage.clone() });
+    sim.seller = None;
+    sim.reorg_out(refund, true);
+    sim.run_to_end(300);
+    assert!(matches!(sim.buyer().state(), BuyerState::Claimed { .. }), "{:#?}", sim.log);
+
+    // Back in the mempool after a reorg: forgotten until it confirms again (then final at depth).
+    let (mut sim, refund) = refunded_one_deep(opts);
+    sim.reorg_out(refund, false);
+    assert_eq!(refund_recorded_while_paying(&sim), None, "{:#?}", sim.log);
+    sim.inject(Party::Buyer, Event::PaymentSucceeded { preimage });
+    sim.mine(1);
+    let height = sim.confirmed_at(refund).expect("confirmed again");
+    sim.mine(ANTI_REORG_DEPTH - 2);
+    assert_ne!(sim.buyer().state().name(), "Lost", "{:#?}", sim.log);
+    sim.mine(1);
+    assert_eq!(sim.ctx.tip_height, height + ANTI_REORG_DEPTH - 1);
+    assert_eq!(sim.buyer().state().name(), "Lost", "{:#?}", sim.log);
 }
 
 /// Issue 15.3: the invoice expired unpaid and the buyer's `swap_abort` was lost. The seller does
