@@ -263,13 +263,8 @@ impl LooperNode {
         let store =
             RedbStore::open(&config.datadir.join(DB_FILE_NAME)).map_err(step("open the store"))?;
         let wallet = Arc::new(
-            LooperWallet::load_or_create(
-                store.database(),
-                &keys,
-                config.network,
-                config.max_fee_rate(),
-            )
-            .map_err(step("load the wallet"))?,
+            LooperWallet::load_or_create(&store, &keys, config.network, config.max_fee_rate())
+                .map_err(step("load the wallet"))?,
         );
         // Backups: restore an emptied store before anything uses it, then wrap it. A restore
         // that cannot reach any relay fails the start (it could reuse a swap key otherwise).

@@ -9,7 +9,9 @@
 //! redb (and a second database file format) into the node. `bdk_wallet::ChangeSet` is serde, so a
 //! persister is small: [`RedbWalletPersister`] appends every staged changeset as one JSON row of
 //! the table [`WALLET_TABLE_NAME`] in `DATADIR/looper.redb` (the same file and `redb::Database` as
-//! the [`crate::store::RedbStore`]), each in its own committed write transaction. Loading merges
+//! the [`crate::store::RedbStore`]), each committed before the call returns: in the store's group
+//! commit when the persister was made from the store ([`RedbWalletPersister::grouped`], as the
+//! node does), else in a write transaction of its own. Loading merges
 //! the rows in order (BDK's `Merge`) and compacts them back into one row, so the table stays small
 //! and a write costs one append, not a rewrite of the whole wallet.
 //!
@@ -33,10 +35,11 @@ use bdk_wallet::{
 };
 use bitcoin::address::NetworkUnchecked;
 use bitcoin::{Address, Amount, FeeRate, Network, ScriptBuf, Transaction, Txid};
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 
 use crate::chain::{BitcoindChainSource, ChainError, ChainSource, ElectrumClient};
 use crate::seed::NodeKeys;
+use crate::store::{RedbStore, StoreError};
 
 /// Name of the redb table holding the wallet's changesets.
 pub const WALLET_TABLE_NAME: &str = "bdk_wallet_changesets";
@@ -108,6 +111,9 @@ pub enum WalletPersistError {
         #[source]
         source: Box<redb::Error>,
     },
+    /// A changeset could not be encoded.
+    #[error("cannot encode a wallet changeset")]
+    Encode(#[source] serde_json::Error),
     /// A stored changeset could not be decoded or a changeset encoded.
     #[error("corrupt or unencodable wallet changeset (row {row})")]
     Json {
@@ -127,6 +133,9 @@ fn pdb<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> WalletPersis
 #[derive(Clone)]
 pub struct RedbWalletPersister {
     db: Arc<Database>,
+    /// The swap store on the same database, whose group commit the changesets join (`None`: a
+    /// write transaction of their own).
+    group: Option<RedbStore>,
 }
 
 impl std::fmt::Debug for RedbWalletPersister {
@@ -136,9 +145,19 @@ impl std::fmt::Debug for RedbWalletPersister {
 }
 
 impl RedbWalletPersister {
-    /// A persister on `db` (usually [`crate::store::RedbStore::database`]).
+    /// A persister on `db` (usually [`crate::store::RedbStore::database`]), each changeset in a
+    /// write transaction of its own.
     pub fn new(db: Arc<Database>) -> RedbWalletPersister {
-        RedbWalletPersister { db }
+        RedbWalletPersister { db, group: None }
+    }
+
+    /// A persister on `store`'s database whose changesets join the store's group commit
+    /// ([`RedbStore::write_in_group`]): redb takes one write transaction at a time, and while a
+    /// burst of swaps keeps the store's writer committing, a wallet write of its own waited
+    /// behind several of its transactions (with the wallet locked: a seller revealing the next
+    /// refund scripts held up every request behind it).
+    pub fn grouped(store: &RedbStore) -> RedbWalletPersister {
+        RedbWalletPersister { db: store.database(), group: Some(store.clone()) }
     }
 
     /// Number of changeset rows currently stored (1 after a load; grows by one per persist).
@@ -196,16 +215,52 @@ impl WalletPersister for RedbWalletPersister {
         if changeset.is_empty() {
             return Ok(());
         }
-        let tx = persister.db.begin_write().map_err(pdb("begin a write"))?;
-        {
-            let mut table = tx.open_table(WALLET_TABLE).map_err(pdb("open the wallet table"))?;
-            let next =
-                table.last().map_err(pdb("read the wallet"))?.map_or(0, |(k, _)| k.value() + 1);
-            let json = serde_json::to_string(changeset)
-                .map_err(|source| WalletPersistError::Json { row: next, source })?;
-            table.insert(next, json.as_str()).map_err(pdb("write the wallet"))?;
+        let json = serde_json::to_string(changeset).map_err(WalletPersistError::Encode)?;
+        match &persister.group {
+            Some(store) => {
+                store.write_in_group(move |tx| append_changeset(tx, &json)).map_err(persist_error)
+            }
+            None => {
+                let tx = persister.db.begin_write().map_err(pdb("begin a write"))?;
+                append_changeset(&tx, &json).map_err(persist_error)?;
+                tx.commit().map_err(pdb("commit the wallet"))
+            }
         }
-        tx.commit().map_err(pdb("commit the wallet"))
+    }
+}
+
+impl From<Arc<Database>> for RedbWalletPersister {
+    fn from(db: Arc<Database>) -> Self {
+        RedbWalletPersister::new(db)
+    }
+}
+
+impl From<&RedbStore> for RedbWalletPersister {
+    fn from(store: &RedbStore) -> Self {
+        RedbWalletPersister::grouped(store)
+    }
+}
+
+/// Appends the changeset `json` as the wallet table's next row, in `tx`.
+fn append_changeset(tx: &WriteTransaction, json: &str) -> Result<(), StoreError> {
+    let db =
+        |op: &'static str| move |e: redb::Error| StoreError::Database { op, source: Box::new(e) };
+    let mut table =
+        tx.open_table(WALLET_TABLE).map_err(|e| db("open the wallet table")(e.into()))?;
+    let last = table.last().map_err(|e| db("read the wallet")(e.into()))?;
+    let next = last.map_or(0, |(k, _)| k.value() + 1);
+    table.insert(next, json).map_err(|e| db("write the wallet")(e.into()))?;
+    Ok(())
+}
+
+/// A store error of a wallet write, as the persister's error.
+fn persist_error(e: StoreError) -> WalletPersistError {
+    match e {
+        StoreError::Database { op, source } => WalletPersistError::Database { op, source },
+        other => WalletPersistError::Database {
+            op: "write the wallet",
+            source: Box::new(redb::Error::Io(std::io::Error::other(other.to_string()))),
+        },
     }
 }
 
@@ -393,13 +448,13 @@ impl LooperWallet {
     /// [`WalletError::Mismatch`] when the stored wallet is for other keys or another network;
     /// persistence or descriptor errors.
     pub fn load_or_create(
-        db: Arc<Database>,
+        persister: impl Into<RedbWalletPersister>,
         keys: &NodeKeys,
         network: Network,
         max_fee_rate: FeeRate,
     ) -> Result<LooperWallet, WalletError> {
         let descriptors = keys.wallet_descriptors()?;
-        let mut persister = RedbWalletPersister::new(db);
+        let mut persister = persister.into();
         let loaded = Wallet::load()
             .descriptor(KeychainKind::External, Some(descriptors.external.clone()))
             .descriptor(KeychainKind::Internal, Some(descriptors.internal.clone()))
@@ -1050,16 +1105,26 @@ mod tests {
         let cap = FeeRate::from_sat_per_vb_u32(50);
         let (a1, a2);
         {
+            // Written through the store's group commit (as the node does), beside swap writes.
             let store = RedbStore::open(&path).unwrap();
             let w = LooperWallet::load_or_create(
-                store.database(),
+                &store,
                 &keys(Network::Regtest),
                 Network::Regtest,
                 cap,
             )
             .unwrap();
+            let swaps = {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    use crate::store::SwapStore;
+                    (0..50).map(|_| store.next_swap_index().unwrap()).collect::<Vec<_>>().pop()
+                })
+            };
             a1 = w.new_address().unwrap();
             a2 = w.new_address().unwrap();
+            assert_eq!(w.new_addresses(30).unwrap().len(), 30);
+            assert_eq!(swaps.join().unwrap(), Some(49));
             assert_ne!(a1, a2);
             assert_eq!(w.balance().unwrap().total(), Amount::ZERO);
             // BIP-0086 regtest first address of the "abandon" mnemonic.
@@ -1082,9 +1147,9 @@ mod tests {
         assert_ne!(a3, a1);
         assert_ne!(a3, a2);
         assert!(w.is_mine(&a1.script_pubkey()).unwrap());
-        // The swap store in the same file is untouched and usable.
+        // The swap store in the same file kept its writes and is usable.
         use crate::store::SwapStore;
-        assert_eq!(store.next_swap_index().unwrap(), 0);
+        assert_eq!(store.next_swap_index().unwrap(), 50);
     }
 
     #[test]

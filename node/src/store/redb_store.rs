@@ -118,6 +118,21 @@ impl RedbStore {
         self.group.write(op)
     }
 
+    /// Runs `op` in a write transaction of the store's group commit (`store/group.rs`), with the
+    /// other writes queued now, and returns once that transaction is durable: for other tables
+    /// in the same database (the wallet's changesets), so that their writes do not wait for
+    /// redb's write lock behind the store's. A failing `op` fails only its caller; `op` may run
+    /// again (after another write of its group failed) and must not keep anything from a run.
+    ///
+    /// # Errors
+    /// `op`'s error, or [`StoreError::Database`] when the commit fails.
+    pub fn write_in_group<R: Send + 'static>(
+        &self,
+        op: impl FnMut(&WriteTransaction) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.write(op)
+    }
+
     /// The shared database, for the wallet persister.
     pub fn database(&self) -> Arc<Database> {
         Arc::clone(&self.db)
