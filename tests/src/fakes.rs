@@ -65,8 +65,14 @@ fn status(h: Option<u32>) -> TxStatus {
 #[async_trait]
 impl ChainSource for SimChain {
     async fn tip_height(&self) -> Result<u32, ChainError> {
+        // A network round trip's worth of waiting: other tasks run meanwhile.
+        tokio::task::yield_now().await;
         self.check("read the tip")?;
-        Ok(lock(&self.world).tip)
+        let mut w = lock(&self.world);
+        if let Some(reads) = w.tip_reads.get_mut(self.node) {
+            *reads += 1;
+        }
+        Ok(w.tip)
     }
 
     async fn tx_status(&self, txid: &Txid) -> Result<Option<TxStatus>, ChainError> {

@@ -87,6 +87,8 @@ pub struct World {
     pub refused: Vec<(NodeIdx, String)>,
     /// Nodes whose chain source fails.
     pub chain_down: Vec<bool>,
+    /// Per node: the tip reads its chain source answered.
+    pub tip_reads: Vec<u64>,
     /// Nodes that crashed and have not restarted: every effect they attempt is dropped.
     pub dead: Vec<bool>,
     /// Lightning node keys.
@@ -163,6 +165,7 @@ impl World {
             ln_acked: vec![Vec::new(); nodes],
             slow_until: BTreeMap::new(),
             settle_delay: vec![0; nodes],
+            tip_reads: vec![0; nodes],
             block_secs: 600,
             payment_delay: vec![0; nodes],
             ln_inbound_msat: vec![1_000_000_000_000; nodes],

@@ -12,6 +12,7 @@ use looper_conformance::fakes::InvoiceTamper;
 use looper_conformance::pair::{
     buyer_swap_key, transport, transport_with, Pair, PairOptions, SELLER,
 };
+use looper_conformance::world::lock;
 use looper_node::engine::BlockSource;
 use looper_node::nostr::wire::{self, Envelope};
 use looper_node::nostr::{Incoming, SendOptions};
@@ -428,6 +429,35 @@ async fn wait_swap(p: &Pair, swap: looper_protocol::SwapId, states: &[&str]) -> 
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn takers_that_come_together_share_one_read_of_the_chain() -> Result<()> {
+    // Twenty offers taken at once: each taker's checks run against the chain as it is now, but
+    // a read that started after a call came serves it (two or three reads, not twenty: the
+    // first, and one for everyone who came while the one before was under way).
+    let (relay, url, p) = setup(|o| o.mock_payment_delay_blocks = 100).await?;
+    let seller = p.seller_t.public_key();
+    let before = lock(&p.world).tip_reads[p.buyer.idx];
+    let mut takes = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (engine, offer) = (p.buyer.engine.clone(), p.offer.clone());
+        takes.spawn(async move {
+            engine.take_offer(offer, seller, 150_000, BuyerPolicy::default()).await
+        });
+    }
+    let mut ids = std::collections::HashSet::new();
+    while let Some(taken) = takes.join_next().await {
+        ids.insert(taken??);
+    }
+    assert_eq!(ids.len(), 20);
+    let reads = lock(&p.world).tip_reads[p.buyer.idx] - before;
+    assert!((1..=3).contains(&reads), "{reads} tip reads for 20 takers at once");
+    // One that comes after them reads again.
+    p.buyer.engine.take_offer(p.offer.clone(), seller, 150_000, BuyerPolicy::default()).await?;
+    assert_eq!(lock(&p.world).tip_reads[p.buyer.idx] - before, reads + 1);
+    drop((relay, url));
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,6 +46,7 @@ pub use track::SellerTrack;
 mod watcher;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
 use std::time::Duration;
 
@@ -318,6 +319,12 @@ struct Inner {
     funding_flush: tokio::sync::Mutex<()>,
     /// Held by the one running [`Engine::flush_claims`].
     claim_flush: tokio::sync::Mutex<()>,
+    /// Held by the one reading the chain for takers ([`Engine::refresh_context`], across the
+    /// chain calls), with the number of the last read that succeeded: takers that come together
+    /// share one read.
+    refresh: tokio::sync::Mutex<u64>,
+    /// Reads of [`Inner::refresh`] started (numbered from 1, under its lock).
+    refresh_started: AtomicU64,
     notifications: broadcast::Sender<SwapNotification>,
 }
 
@@ -387,6 +394,8 @@ impl Engine {
             misc: StdMutex::new(misc),
             funding_flush: tokio::sync::Mutex::new(()),
             claim_flush: tokio::sync::Mutex::new(()),
+            refresh: tokio::sync::Mutex::new(0),
+            refresh_started: AtomicU64::new(0),
             notifications,
         });
         // Every message to the identity can be asked for proof of work: the sellers' answers to
@@ -547,13 +556,13 @@ impl Engine {
     async fn release_swap_keys(&self) {
         let tip = self.lock_ctx().tip_height;
         // A pending swap keeps its key: only ended ones are looked at (under their lock).
-        let holding = self.inner.swaps.select(|s| {
-            s.holds_key.load(std::sync::atomic::Ordering::Relaxed)
-                && s.view().kind != StateKind::Pending
-        });
+        let holding = self
+            .inner
+            .swaps
+            .select(|s| s.holds_key.load(Ordering::Relaxed) && s.view().kind != StateKind::Pending);
         for (id, slot) in holding {
             let done = !slot.machine.lock().await.hears_peer(tip);
-            if done && slot.holds_key.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            if done && slot.holds_key.swap(false, Ordering::Relaxed) {
                 tracing::debug!(swap = %id, "the swap's own nostr key is released");
                 self.inner.transport.remove_key(&slot.local).await;
             }
@@ -737,13 +746,24 @@ impl Engine {
 
     /// Brings the context's tip and fee estimates up to the chain's now: a taker's checks run
     /// against the chain as it is (the maker answers from its own tip at once: a stale one here
-    /// would refuse a fair timeout).
+    /// would refuse a fair timeout). Takers that come together share one read of the chain: a
+    /// read that started after this call came is as good as its own (a node taking 100 offers at
+    /// once asked its chain source 200 times).
     async fn refresh_context(&self) -> Result<(), EngineError> {
+        let started_before = self.inner.refresh_started.load(Ordering::SeqCst);
+        let mut last_read = self.inner.refresh.lock().await;
+        if *last_read > started_before {
+            return Ok(());
+        }
+        let this = self.inner.refresh_started.fetch_add(1, Ordering::SeqCst) + 1;
         let tip = self.inner.chain.tip_height().await?;
         let estimates = watcher::read_estimates(&*self.inner.chain).await;
-        let mut ctx = self.lock_ctx();
-        ctx.tip_height = ctx.tip_height.max(tip);
-        watcher::apply_fees(&mut ctx, estimates, &self.inner.config.fees, &*self.inner.wallet);
+        {
+            let mut ctx = self.lock_ctx();
+            ctx.tip_height = ctx.tip_height.max(tip);
+            watcher::apply_fees(&mut ctx, estimates, &self.inner.config.fees, &*self.inner.wallet);
+        }
+        *last_read = this;
         Ok(())
     }
 
