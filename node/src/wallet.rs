@@ -1098,6 +1098,20 @@ mod tests {
         NodeKeys::from_mnemonic(&Mnemonic::parse(ABANDON, "t").unwrap(), network).unwrap()
     }
 
+    /// A fresh regtest wallet in a temporary store, paying at most `cap_sat_vb`.
+    fn regtest_wallet(cap_sat_vb: u32) -> (tempfile::TempDir, RedbStore, LooperWallet) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RedbStore::open(&dir.path().join("looper.redb")).unwrap();
+        let w = LooperWallet::load_or_create(
+            store.database(),
+            &keys(Network::Regtest),
+            Network::Regtest,
+            FeeRate::from_sat_per_vb_u32(cap_sat_vb),
+        )
+        .unwrap();
+        (dir, store, w)
+    }
+
     #[test]
     fn create_reload_and_persist_in_the_shared_file() {
         let dir = tempfile::tempdir().unwrap();
@@ -1154,15 +1168,7 @@ mod tests {
 
     #[test]
     fn the_recent_balance_does_not_wait_for_a_busy_wallet() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = RedbStore::open(&dir.path().join("looper.redb")).unwrap();
-        let w = LooperWallet::load_or_create(
-            store.database(),
-            &keys(Network::Regtest),
-            Network::Regtest,
-            FeeRate::from_sat_per_vb_u32(50),
-        )
-        .unwrap();
+        let (_dir, _store, w) = regtest_wallet(50);
         // Nothing computed yet and the wallet free: computed now.
         assert_eq!(w.recent_balance().unwrap(), w.balance().unwrap());
         // The wallet held (building a funding, say): the last one, at once.
@@ -1174,29 +1180,12 @@ mod tests {
 
     #[test]
     fn reveal_scripts_moves_past_a_gap() {
-        let cap = FeeRate::from_sat_per_vb_u32(50);
-        let old_dir = tempfile::tempdir().unwrap();
-        let old_store = RedbStore::open(&old_dir.path().join("looper.redb")).unwrap();
-        let old = LooperWallet::load_or_create(
-            old_store.database(),
-            &keys(Network::Regtest),
-            Network::Regtest,
-            cap,
-        )
-        .unwrap();
+        let (_old_dir, _old_store, old) = regtest_wallet(50);
         // A seller's unused refund addresses: the 120th is far past the full scan's stop gap.
         let addresses: Vec<Address> = (0..120).map(|_| old.new_address().unwrap()).collect();
         let refund = addresses[119].script_pubkey();
 
-        let new_dir = tempfile::tempdir().unwrap();
-        let new_store = RedbStore::open(&new_dir.path().join("looper.redb")).unwrap();
-        let restored = LooperWallet::load_or_create(
-            new_store.database(),
-            &keys(Network::Regtest),
-            Network::Regtest,
-            cap,
-        )
-        .unwrap();
+        let (_new_dir, _new_store, restored) = regtest_wallet(50);
         let foreign = ScriptBuf::new_op_return([1u8; 4]);
         assert_eq!(restored.reveal_scripts(&[refund.clone(), foreign.clone()], 1_000).unwrap(), 1);
         assert!(restored.is_mine(&refund).unwrap());
@@ -1240,15 +1229,7 @@ mod tests {
 
     #[test]
     fn funding_without_funds_is_a_typed_error() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = RedbStore::open(&dir.path().join("looper.redb")).unwrap();
-        let w = LooperWallet::load_or_create(
-            store.database(),
-            &keys(Network::Regtest),
-            Network::Regtest,
-            FeeRate::from_sat_per_vb_u32(5),
-        )
-        .unwrap();
+        let (_dir, _store, w) = regtest_wallet(5);
         assert!(matches!(
             w.build_funding_tx(&[], FeeRate::from_sat_per_vb_u32(1)),
             Err(WalletError::NoOutputs)
