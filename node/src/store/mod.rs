@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use looper_protocol::{PaymentHash, SwapId};
 pub use memory::MemoryStore;
-pub use redb_store::{RedbStore, SCHEMA_VERSION};
+pub use redb_store::{RedbStore, INDEX_BLOCK, SCHEMA_VERSION};
 
 /// File name of the database in the data dir.
 pub const DB_FILE_NAME: &str = "looper.redb";
@@ -259,8 +259,9 @@ pub trait SwapStore: Send + Sync {
     /// [`StoreError`] if the write cannot be committed.
     fn delete_offer(&self, id: &str) -> Result<bool, StoreError>;
 
-    /// Returns the next unused swap key index and persists its successor before returning, so an
-    /// index is never handed out twice, even across a crash.
+    /// Returns the next unused swap key index, committed as used before it is returned (alone, or
+    /// with a block of the next ones, [`INDEX_BLOCK`] for [`RedbStore`]), so an index is never
+    /// handed out twice, even across a crash.
     ///
     /// # Errors
     /// [`StoreError::IndexExhausted`] after 2^31 indices, or a database error.

@@ -20,7 +20,7 @@
 //! ([`crate::wallet::WALLET_TABLE_NAME`]).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 
@@ -57,6 +57,11 @@ fn db_err<E: Into<redb::Error>>(op: &'static str) -> impl FnOnce(E) -> StoreErro
     move |e| StoreError::Database { op, source: Box::new(e.into()) }
 }
 
+/// The drawn-ahead indices (a poisoned lock is taken over: two plain numbers, each update whole).
+fn lock_indices(m: &Mutex<Option<IndexBlock>>) -> MutexGuard<'_, Option<IndexBlock>> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// A value of the meta table (0 when absent), in a read or a write transaction.
 fn meta_value(
     meta: &impl ReadableTable<&'static str, u64>,
@@ -73,6 +78,21 @@ fn meta_value(
 pub struct RedbStore {
     db: Arc<Database>,
     group: Arc<GroupCommit>,
+    /// Swap indices drawn ahead ([`INDEX_BLOCK`] at a time): `next..end`, where `end` is the
+    /// stored next index; `None` until the first draw reads it.
+    indices: Arc<Mutex<Option<IndexBlock>>>,
+}
+
+/// How many swap indices [`RedbStore`] commits as used at once: one durable write per block,
+/// not per swap. A crash skips what is left of the block (indices are never handed out twice;
+/// a skipped one is a key path never used).
+pub const INDEX_BLOCK: u32 = 32;
+
+/// Swap indices committed as used and not handed out yet.
+#[derive(Debug, Clone, Copy)]
+struct IndexBlock {
+    next: u64,
+    end: u64,
 }
 
 impl std::fmt::Debug for RedbStore {
@@ -105,7 +125,7 @@ impl RedbStore {
     /// As [`RedbStore::open`].
     pub fn from_database(db: Arc<Database>) -> Result<RedbStore, StoreError> {
         let group = Arc::new(GroupCommit::start(Arc::clone(&db))?);
-        let store = RedbStore { db, group };
+        let store = RedbStore { db, group, indices: Arc::new(Mutex::new(None)) };
         store.init()?;
         Ok(store)
     }
@@ -350,24 +370,42 @@ impl SwapStore for RedbStore {
         })
     }
 
+    /// Hands out the next index of the block drawn ahead, drawing (and committing) the next
+    /// block first when it is used up: never an index that is not committed as used.
     fn next_swap_index(&self) -> Result<u32, StoreError> {
-        self.write(|tx| {
-            let mut meta = tx.open_table(META).map_err(db_err("open the meta table"))?;
-            let current = meta_value(&meta, KEY_NEXT_SWAP_INDEX, "read the swap index")?;
-            let index = u32::try_from(current)
-                .ok()
-                .filter(|i| *i <= MAX_SWAP_INDEX)
-                .ok_or(StoreError::IndexExhausted)?;
-            meta.insert(KEY_NEXT_SWAP_INDEX, current + 1)
-                .map_err(db_err("write the swap index"))?;
-            Ok(index)
-        })
+        let mut indices = lock_indices(&self.indices);
+        let block = match *indices {
+            Some(b) if b.next < b.end => b,
+            _ => {
+                let (next, end) = self.write(|tx| {
+                    let mut meta = tx.open_table(META).map_err(db_err("open the meta table"))?;
+                    let current = meta_value(&meta, KEY_NEXT_SWAP_INDEX, "read the swap index")?;
+                    if current > u64::from(MAX_SWAP_INDEX) {
+                        return Err(StoreError::IndexExhausted);
+                    }
+                    let end = (current + u64::from(INDEX_BLOCK)).min(u64::from(MAX_SWAP_INDEX) + 1);
+                    meta.insert(KEY_NEXT_SWAP_INDEX, end)
+                        .map_err(db_err("write the swap index"))?;
+                    Ok((current, end))
+                })?;
+                IndexBlock { next, end }
+            }
+        };
+        let index = u32::try_from(block.next).map_err(|_| StoreError::IndexExhausted)?;
+        *indices = Some(IndexBlock { next: block.next + 1, end: block.end });
+        Ok(index)
     }
 
     fn peek_swap_index(&self) -> Result<u32, StoreError> {
-        let tx = self.db.begin_read().map_err(db_err("begin a read"))?;
-        let meta = tx.open_table(META).map_err(db_err("open the meta table"))?;
-        let current = meta_value(&meta, KEY_NEXT_SWAP_INDEX, "read the swap index")?;
+        let indices = lock_indices(&self.indices);
+        let current = match *indices {
+            Some(b) => b.next,
+            None => {
+                let tx = self.db.begin_read().map_err(db_err("begin a read"))?;
+                let meta = tx.open_table(META).map_err(db_err("open the meta table"))?;
+                meta_value(&meta, KEY_NEXT_SWAP_INDEX, "read the swap index")?
+            }
+        };
         u32::try_from(current).map_err(|_| StoreError::IndexExhausted)
     }
 
@@ -375,7 +413,8 @@ impl SwapStore for RedbStore {
         if at_least > MAX_SWAP_INDEX.saturating_add(1) {
             return Err(StoreError::IndexExhausted);
         }
-        let next = self.write(move |tx| {
+        let mut indices = lock_indices(&self.indices);
+        let stored = self.write(move |tx| {
             let mut meta = tx.open_table(META).map_err(db_err("open the meta table"))?;
             let current = meta_value(&meta, KEY_NEXT_SWAP_INDEX, "read the swap index")?;
             let next = current.max(u64::from(at_least));
@@ -384,7 +423,16 @@ impl SwapStore for RedbStore {
             }
             Ok(next)
         })?;
-        u32::try_from(next).map_err(|_| StoreError::IndexExhausted)
+        // What is left of the block below `at_least` is skipped; past its end, the next draw
+        // starts at the stored index.
+        let block = match *indices {
+            Some(b) if u64::from(at_least) < b.end => {
+                IndexBlock { next: b.next.max(u64::from(at_least)), end: b.end }
+            }
+            _ => IndexBlock { next: stored, end: stored },
+        };
+        *indices = Some(block);
+        u32::try_from(block.next).map_err(|_| StoreError::IndexExhausted)
     }
 
     fn restore_state(&self) -> Result<RestoreState, StoreError> {
