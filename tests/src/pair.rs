@@ -112,6 +112,8 @@ pub struct PairOptions {
     ///
     /// [`Engine::take_loop_in_offer`]: looper_node::engine::Engine::take_loop_in_offer
     pub loop_in: bool,
+    /// How often the buyer's engine polls the chain (`None`: the sim's 50 ms).
+    pub buyer_chain_poll: Option<Duration>,
 }
 
 impl PairOptions {
@@ -141,6 +143,7 @@ impl PairOptions {
             mock_seller_vanishes_after_accept: false,
             mine_min_fee_rate_sat_vb: 0,
             loop_in: false,
+            buyer_chain_poll: None,
         }
     }
 }
@@ -382,9 +385,11 @@ impl Pair {
         if o.seller_blocks_buyer_at_runtime {
             seller.engine.block_peer(buyer_swap_key(0)?, Some("blocked at runtime"))?;
         }
-        let buyer =
-            SimNode::start(&world, BUYER, wire(&buyer_t), config(SellerPolicy::default()), 2)
-                .await?;
+        let mut buyer_config = config(SellerPolicy::default());
+        if let Some(every) = o.buyer_chain_poll {
+            buyer_config.chain_poll = every;
+        }
+        let buyer = SimNode::start(&world, BUYER, wire(&buyer_t), buyer_config, 2).await?;
         if let Ok(mut t) = seller.lightning.tamper.lock() {
             *t = o.mock_invoice;
         }

@@ -434,10 +434,17 @@ async fn wait_swap(p: &Pair, swap: looper_protocol::SwapId, states: &[&str]) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn takers_that_come_together_share_one_read_of_the_chain() -> Result<()> {
     // Twenty offers taken at once: each taker's checks run against the chain as it is now, but
-    // a read that started after a call came serves it (two or three reads, not twenty: the
-    // first, and one for everyone who came while the one before was under way).
-    let (relay, url, p) = setup(|o| o.mock_payment_delay_blocks = 100).await?;
+    // a read that started after a call came serves it (a few reads, not twenty: the first, and
+    // one for everyone who came while the one before was under way). The buyer's
+    // engine polls the chain once an hour here, so that only the takers read the tip.
+    let (relay, url, p) = setup(|o| {
+        o.mock_payment_delay_blocks = 100;
+        o.buyer_chain_poll = Some(Duration::from_secs(3_600));
+    })
+    .await?;
     let seller = p.seller_t.public_key();
+    // The engine's first poll (at its start) is over.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let before = lock(&p.world).tip_reads[p.buyer.idx];
     let mut takes = tokio::task::JoinSet::new();
     for _ in 0..20 {
@@ -452,7 +459,9 @@ async fn takers_that_come_together_share_one_read_of_the_chain() -> Result<()> {
     }
     assert_eq!(ids.len(), 20);
     let reads = lock(&p.world).tip_reads[p.buyer.idx] - before;
-    assert!((1..=3).contains(&reads), "{reads} tip reads for 20 takers at once");
+    // Two when every taker came before the first read ended; a slow scheduler can spread them
+    // over a few more, never one each.
+    assert!((1..=5).contains(&reads), "{reads} tip reads for 20 takers at once");
     // One that comes after them reads again.
     p.buyer.engine.take_offer(p.offer.clone(), seller, 150_000, BuyerPolicy::default()).await?;
     assert_eq!(lock(&p.world).tip_reads[p.buyer.idx] - before, reads + 1);
