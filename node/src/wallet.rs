@@ -114,6 +114,9 @@ pub enum WalletPersistError {
     /// A changeset could not be encoded.
     #[error("cannot encode a wallet changeset")]
     Encode(#[source] serde_json::Error),
+    /// The store's group commit failed otherwise (its writer stopped).
+    #[error("the store could not write the wallet")]
+    Store(#[source] StoreError),
     /// A stored changeset could not be decoded or a changeset encoded.
     #[error("corrupt or unencodable wallet changeset (row {row})")]
     Json {
@@ -257,10 +260,7 @@ fn append_changeset(tx: &WriteTransaction, json: &str) -> Result<(), StoreError>
 fn persist_error(e: StoreError) -> WalletPersistError {
     match e {
         StoreError::Database { op, source } => WalletPersistError::Database { op, source },
-        other => WalletPersistError::Database {
-            op: "write the wallet",
-            source: Box::new(redb::Error::Io(std::io::Error::other(other.to_string()))),
-        },
+        other => WalletPersistError::Store(other),
     }
 }
 

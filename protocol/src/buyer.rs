@@ -2271,8 +2271,8 @@ impl BuyerSwap {
                     self.go(BuyerState::Lost { terms, spend_txid: txid, funding_gone: false })?;
                     return Ok(vec![Action::Persist, self.finished()]);
                 }
-                let Some(height) = confirmed_height else { return Ok(Vec::new()) };
-                let spend = Some(ConfirmedSpend { txid, height, ours: false });
+                let spend =
+                    confirmed_height.map(|height| ConfirmedSpend { txid, height, ours: false });
                 match &mut self.rec.state {
                     BuyerState::Paying { htlc, .. } if htlc.spent != spend => {
                         htlc.spent = spend;
